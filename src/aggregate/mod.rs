@@ -1,0 +1,286 @@
+//! Pure aggregation: accepted events in, live figures out.
+//!
+//! Everything here is deterministic and free of I/O and clock reads: the caller passes the
+//! current time (`now`, Unix milliseconds) to every query. Windows are defined over event time
+//! (`occurred_at`), so the same set of events gives the same figures whatever order they arrived
+//! in. That property is what lets a new leader rebuild the state from the store after a failover.
+//!
+//! What it keeps in memory, and why:
+//! - per user, the latest activity and the latest sign-out (two max-registers): enough to decide
+//!   "active now" without keeping every event;
+//! - per second, orders and net revenue for the last hour: orders per minute and revenue last hour
+//!   are sums over these (so windows are precise to one second);
+//! - per local day and per minute, net revenue and orders: the same increments the store persists
+//!   (see [`Delta`]), cached for today's revenue and the current history point.
+
+mod event;
+
+pub use event::{Event, EventKind, Millis};
+
+use chrono::{NaiveDate, TimeZone};
+use chrono_tz::Tz;
+use std::collections::{BTreeMap, HashMap};
+
+pub const MINUTE_MS: Millis = 60_000;
+const SECOND_MS: Millis = 1_000;
+const HOUR_SECS: i64 = 3_600;
+/// Producers may be a little ahead of us: events up to this far in the future are accepted
+/// (SPEC §3.2) and count as "now" in the trailing windows.
+pub const MAX_FUTURE_MS: Millis = 5 * MINUTE_MS;
+/// Events older than this are rejected, and ids are remembered this long for deduplication.
+pub const MAX_AGE_MS: Millis = 24 * 60 * MINUTE_MS;
+
+/// What the aggregator needs to know about the deployment.
+#[derive(Debug, Clone)]
+pub struct AggregateSettings {
+    pub active_window_ms: Millis,
+    pub timezone: Tz,
+}
+
+/// The figures of one moment: what a snapshot shows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Figures {
+    pub active_users: u64,
+    pub orders_per_minute: u64,
+    pub revenue_today_minor: i64,
+    pub revenue_last_hour_minor: i64,
+    pub point: Point,
+}
+
+/// One history point: a minute's orders and net revenue, and the users active at its end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Point {
+    pub minute: Millis,
+    pub orders: i64,
+    pub revenue_minor: i64,
+    pub active_users: u64,
+}
+
+/// Orders and net revenue of one bucket (a second, a minute).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Tally {
+    pub orders: i64,
+    pub revenue_minor: i64,
+}
+
+impl Tally {
+    fn add(&mut self, other: Tally) {
+        self.orders += other.orders;
+        self.revenue_minor += other.revenue_minor;
+    }
+
+    fn is_zero(&self) -> bool {
+        self.orders == 0 && self.revenue_minor == 0
+    }
+}
+
+/// The durable effect of a set of newly applied events: increments per minute and per local day.
+/// The store adds these to its tables in the same transaction that records the event ids.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Delta {
+    pub minutes: BTreeMap<Millis, Tally>,
+    pub days: BTreeMap<NaiveDate, i64>,
+}
+
+impl Delta {
+    pub fn of<'a>(events: impl IntoIterator<Item = &'a Event>, timezone: Tz) -> Delta {
+        let mut delta = Delta::default();
+        for event in events {
+            let tally = event.tally();
+            if tally.is_zero() {
+                continue;
+            }
+            delta
+                .minutes
+                .entry(minute_of(event.occurred_at))
+                .or_default()
+                .add(tally);
+            *delta
+                .days
+                .entry(local_date(event.occurred_at, timezone))
+                .or_default() += tally.revenue_minor;
+        }
+        delta.days.retain(|_, revenue| *revenue != 0);
+        delta
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.minutes.is_empty() && self.days.is_empty()
+    }
+}
+
+/// The persisted state a new leader rebuilds from (see `store::Store::load_restore`).
+#[derive(Debug, Clone, Default)]
+pub struct RestoreInput {
+    /// Every applied event that can still affect a trailing window at `now`.
+    pub recent_events: Vec<Event>,
+    /// Net revenue per local day, for the days around `now`.
+    pub days: Vec<(NaiveDate, i64)>,
+    /// History tallies of the minutes around `now`.
+    pub minutes: Vec<(Millis, Tally)>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Presence {
+    last_active: Millis,
+    last_signed_out: Millis,
+}
+
+impl Presence {
+    fn is_active(&self, now: Millis, window: Millis) -> bool {
+        // A sign-out at the same instant as the last activity wins: it is the user's last word.
+        self.last_active > self.last_signed_out && self.last_active > now - window
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Aggregator {
+    settings: AggregateSettings,
+    users: HashMap<String, Presence>,
+    seconds: BTreeMap<i64, Tally>,
+    minutes: BTreeMap<Millis, Tally>,
+    days: BTreeMap<NaiveDate, i64>,
+}
+
+impl Aggregator {
+    pub fn new(settings: AggregateSettings) -> Self {
+        Self {
+            settings,
+            users: HashMap::new(),
+            seconds: BTreeMap::new(),
+            minutes: BTreeMap::new(),
+            days: BTreeMap::new(),
+        }
+    }
+
+    /// Rebuilds the state a leader had, from what the store kept.
+    pub fn restore(settings: AggregateSettings, input: RestoreInput) -> Self {
+        let mut aggregator = Self::new(settings);
+        for event in &input.recent_events {
+            aggregator.observe(event);
+        }
+        aggregator.days = input.days.into_iter().collect();
+        aggregator.minutes = input.minutes.into_iter().collect();
+        aggregator
+    }
+
+    /// How far back `restore` needs events: the longest trailing window.
+    pub fn restore_horizon_ms(&self) -> Millis {
+        self.settings.active_window_ms.max(HOUR_SECS * SECOND_MS)
+    }
+
+    pub fn settings(&self) -> &AggregateSettings {
+        &self.settings
+    }
+
+    /// Applies one newly accepted (not duplicate) event.
+    pub fn apply(&mut self, event: &Event) {
+        self.observe(event);
+        let tally = event.tally();
+        if tally.is_zero() {
+            return;
+        }
+        self.minutes
+            .entry(minute_of(event.occurred_at))
+            .or_default()
+            .add(tally);
+        *self
+            .days
+            .entry(local_date(event.occurred_at, self.settings.timezone))
+            .or_default() += tally.revenue_minor;
+    }
+
+    /// The parts of an event that only live in memory: presence and per-second tallies.
+    fn observe(&mut self, event: &Event) {
+        let presence = self.users.entry(event.user_id.clone()).or_insert(Presence {
+            last_active: Millis::MIN,
+            last_signed_out: Millis::MIN,
+        });
+        match event.kind {
+            EventKind::UserSignedOut => {
+                presence.last_signed_out = presence.last_signed_out.max(event.occurred_at)
+            }
+            _ => presence.last_active = presence.last_active.max(event.occurred_at),
+        }
+        let tally = event.tally();
+        if !tally.is_zero() {
+            self.seconds
+                .entry(event.occurred_at.div_euclid(SECOND_MS))
+                .or_default()
+                .add(tally);
+        }
+    }
+
+    /// The figures at `now`.
+    pub fn figures(&self, now: Millis) -> Figures {
+        let active_users = self.active_users_at(now);
+        let now_sec = now.div_euclid(SECOND_MS);
+        let orders_per_minute = self.sum_seconds_since(now_sec - 60).orders.max(0) as u64;
+        let revenue_last_hour_minor = self.sum_seconds_since(now_sec - HOUR_SECS).revenue_minor;
+        let today = local_date(now, self.settings.timezone);
+        let minute = minute_of(now);
+        let current = self.minutes.get(&minute).copied().unwrap_or_default();
+        Figures {
+            active_users,
+            orders_per_minute,
+            revenue_today_minor: self.days.get(&today).copied().unwrap_or(0),
+            revenue_last_hour_minor,
+            point: Point {
+                minute,
+                orders: current.orders,
+                revenue_minor: current.revenue_minor,
+                active_users,
+            },
+        }
+    }
+
+    /// Users whose latest event falls within the active window ending at `at`.
+    pub fn active_users_at(&self, at: Millis) -> u64 {
+        let window = self.settings.active_window_ms;
+        self.users
+            .values()
+            .filter(|presence| presence.is_active(at, window))
+            .count() as u64
+    }
+
+    /// Sum of the per-second tallies strictly after `after_sec` (future-dated events included).
+    fn sum_seconds_since(&self, after_sec: i64) -> Tally {
+        let mut sum = Tally::default();
+        for tally in self.seconds.range(after_sec + 1..).map(|(_, t)| *t) {
+            sum.add(tally);
+        }
+        sum
+    }
+
+    /// Forgets what can no longer affect any figure at `now` or later, so memory stays bounded.
+    pub fn prune(&mut self, now: Millis) {
+        let window = self.settings.active_window_ms;
+        self.users
+            .retain(|_, presence| presence.last_active > now - window);
+        let oldest_second = now.div_euclid(SECOND_MS) - HOUR_SECS;
+        self.seconds = self.seconds.split_off(&oldest_second);
+        self.minutes = self.minutes.split_off(&(minute_of(now) - 2 * MINUTE_MS));
+        let yesterday = local_date(now - MAX_AGE_MS, self.settings.timezone);
+        self.days = self.days.split_off(&yesterday);
+    }
+}
+
+/// Start of the minute containing `at`.
+pub fn minute_of(at: Millis) -> Millis {
+    at - at.rem_euclid(MINUTE_MS)
+}
+
+/// The calendar date of `at` in `timezone`.
+pub fn local_date(at: Millis, timezone: Tz) -> NaiveDate {
+    match timezone.timestamp_millis_opt(at) {
+        chrono::LocalResult::Single(t) => t.date_naive(),
+        chrono::LocalResult::Ambiguous(t, _) => t.date_naive(),
+        // An instant always maps to exactly one local time; this arm only exists for the type.
+        chrono::LocalResult::None => chrono::DateTime::from_timestamp_millis(at)
+            .map(|t| t.date_naive())
+            .unwrap_or_default(),
+    }
+}
+
+#[cfg(test)]
+mod tests;

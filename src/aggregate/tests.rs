@@ -1,0 +1,267 @@
+use super::*;
+use chrono::{DateTime, NaiveDate};
+
+const WINDOW_MS: Millis = 300_000;
+
+fn at(rfc3339: &str) -> Millis {
+    DateTime::parse_from_rfc3339(rfc3339)
+        .expect("test timestamps are valid")
+        .timestamp_millis()
+}
+
+fn settings(timezone: Tz) -> AggregateSettings {
+    AggregateSettings {
+        active_window_ms: WINDOW_MS,
+        timezone,
+    }
+}
+
+fn event(id: &str, kind: EventKind, occurred_at: Millis, user: &str) -> Event {
+    Event {
+        id: id.into(),
+        kind,
+        occurred_at,
+        user_id: user.into(),
+    }
+}
+
+fn placed(id: &str, amount_minor: i64, occurred_at: Millis, user: &str) -> Event {
+    event(
+        id,
+        EventKind::OrderPlaced { amount_minor },
+        occurred_at,
+        user,
+    )
+}
+
+fn refunded(id: &str, amount_minor: i64, occurred_at: Millis, user: &str) -> Event {
+    event(
+        id,
+        EventKind::OrderRefunded { amount_minor },
+        occurred_at,
+        user,
+    )
+}
+
+fn aggregate(events: &[Event], timezone: Tz) -> Aggregator {
+    let mut aggregator = Aggregator::new(settings(timezone));
+    for e in events {
+        aggregator.apply(e);
+    }
+    aggregator
+}
+
+#[test]
+fn orders_and_refunds_make_net_revenue_and_order_rate() {
+    let now = at("2026-11-23T10:15:30Z");
+    let events = [
+        placed("a", 1999, now - 10_000, "u1"),
+        placed("b", 500, now - 20_000, "u2"),
+        refunded("c", 300, now - 5_000, "u1"),
+    ];
+    let figures = aggregate(&events, Tz::UTC).figures(now);
+    assert_eq!(figures.orders_per_minute, 2);
+    assert_eq!(figures.revenue_today_minor, 2199);
+    assert_eq!(figures.revenue_last_hour_minor, 2199);
+    assert_eq!(figures.active_users, 2);
+    assert_eq!(figures.point.minute, at("2026-11-23T10:15:00Z"));
+    assert_eq!(figures.point.orders, 2);
+    assert_eq!(figures.point.revenue_minor, 2199);
+}
+
+#[test]
+fn trailing_windows_drop_old_orders() {
+    let now = at("2026-11-23T10:15:30Z");
+    let events = [
+        placed("recent", 100, now - 59_000, "u1"),
+        placed("two-minutes", 200, now - 120_000, "u1"),
+        placed("two-hours", 400, now - 2 * 3_600_000, "u1"),
+    ];
+    let figures = aggregate(&events, Tz::UTC).figures(now);
+    assert_eq!(figures.orders_per_minute, 1);
+    assert_eq!(figures.revenue_last_hour_minor, 300);
+    assert_eq!(figures.revenue_today_minor, 700);
+}
+
+#[test]
+fn a_user_is_active_within_the_window_only() {
+    let now = at("2026-11-23T10:15:30Z");
+    let events = [
+        event(
+            "in",
+            EventKind::UserActive,
+            now - WINDOW_MS + 1_000,
+            "inside",
+        ),
+        event(
+            "out",
+            EventKind::UserActive,
+            now - WINDOW_MS - 1_000,
+            "outside",
+        ),
+        event("other", EventKind::Other, now - 1_000, "shipper"),
+    ];
+    assert_eq!(aggregate(&events, Tz::UTC).figures(now).active_users, 2);
+}
+
+#[test]
+fn sign_out_removes_a_user_until_their_next_event() {
+    let now = at("2026-11-23T10:15:30Z");
+    let mut events = vec![
+        event("a", EventKind::UserActive, now - 60_000, "u1"),
+        event("b", EventKind::UserSignedOut, now - 30_000, "u1"),
+    ];
+    assert_eq!(aggregate(&events, Tz::UTC).figures(now).active_users, 0);
+    events.push(event("c", EventKind::UserActive, now - 10_000, "u1"));
+    assert_eq!(aggregate(&events, Tz::UTC).figures(now).active_users, 1);
+}
+
+#[test]
+fn figures_do_not_depend_on_arrival_order() {
+    let now = at("2026-11-23T10:15:30Z");
+    let events = vec![
+        event("a", EventKind::UserActive, now - 60_000, "u1"),
+        event("b", EventKind::UserSignedOut, now - 30_000, "u1"),
+        placed("c", 700, now - 90_000, "u2"),
+        refunded("d", 200, now - 10_000, "u2"),
+        event("e", EventKind::UserActive, now - 5_000, "u3"),
+    ];
+    let forward = aggregate(&events, Tz::UTC).figures(now);
+    let mut reversed = events.clone();
+    reversed.reverse();
+    assert_eq!(aggregate(&reversed, Tz::UTC).figures(now), forward);
+    assert_eq!(forward.active_users, 2);
+}
+
+#[test]
+fn late_events_count_in_history_and_revenue_but_never_make_a_user_active() {
+    let now = at("2026-11-23T10:15:30Z");
+    let late = placed("late", 1_000, now - 2 * 3_600_000, "sleeper");
+    let aggregator = aggregate(std::slice::from_ref(&late), Tz::UTC);
+    let figures = aggregator.figures(now);
+    assert_eq!(figures.active_users, 0);
+    assert_eq!(figures.revenue_today_minor, 1_000);
+    assert_eq!(figures.revenue_last_hour_minor, 0);
+    let delta = Delta::of([&late], Tz::UTC);
+    assert_eq!(
+        delta.minutes.get(&at("2026-11-23T08:15:00Z")),
+        Some(&Tally {
+            orders: 1,
+            revenue_minor: 1_000
+        })
+    );
+}
+
+#[test]
+fn today_follows_the_configured_timezone() {
+    let new_york: Tz = "America/New_York".parse().expect("known zone");
+    // 03:00 UTC on the 24th is still the 23rd in New York (UTC-5).
+    let now = at("2026-11-24T03:00:00Z");
+    let events = [
+        placed("yesterday-utc", 100, at("2026-11-23T06:00:00Z"), "u"),
+        placed("today-local", 200, at("2026-11-23T23:00:00Z"), "u"),
+        placed(
+            "before-local-midnight",
+            400,
+            at("2026-11-23T04:59:59Z"),
+            "u",
+        ),
+    ];
+    assert_eq!(
+        aggregate(&events, new_york)
+            .figures(now)
+            .revenue_today_minor,
+        300
+    );
+    assert_eq!(
+        aggregate(&events, Tz::UTC).figures(now).revenue_today_minor,
+        0
+    );
+    assert_eq!(
+        local_date(at("2026-11-23T04:59:59Z"), new_york),
+        NaiveDate::from_ymd_opt(2026, 11, 22).expect("valid date")
+    );
+}
+
+#[test]
+fn future_events_within_the_tolerance_count_as_now() {
+    let now = at("2026-11-23T10:15:30Z");
+    let events = [placed("ahead", 100, now + 60_000, "u1")];
+    let figures = aggregate(&events, Tz::UTC).figures(now);
+    assert_eq!(figures.orders_per_minute, 1);
+    assert_eq!(figures.active_users, 1);
+}
+
+#[test]
+fn restore_from_stored_effects_gives_the_same_figures() {
+    let now = at("2026-11-23T10:15:30Z");
+    let events = vec![
+        placed("a", 1999, now - 10_000, "u1"),
+        refunded("b", 500, now - 3 * 3_600_000, "u2"),
+        event("c", EventKind::UserActive, now - 100_000, "u3"),
+        event("d", EventKind::UserSignedOut, now - 50_000, "u3"),
+        placed("e", 250, now - 1_800_000, "u4"),
+    ];
+    let live = aggregate(&events, Tz::UTC);
+    let delta = Delta::of(&events, Tz::UTC);
+    let horizon = live.restore_horizon_ms();
+    let restored = Aggregator::restore(
+        settings(Tz::UTC),
+        RestoreInput {
+            recent_events: events
+                .iter()
+                .filter(|e| e.occurred_at > now - horizon)
+                .cloned()
+                .collect(),
+            days: delta.days.into_iter().collect(),
+            minutes: delta.minutes.into_iter().collect(),
+        },
+    );
+    assert_eq!(restored.figures(now), live.figures(now));
+}
+
+#[test]
+fn pruning_keeps_the_figures_and_bounds_memory() {
+    let now = at("2026-11-23T10:15:30Z");
+    let events: Vec<Event> = (0..5_000)
+        .map(|i| placed(&format!("e{i}"), 10, now - i * 1_000, &format!("u{i}")))
+        .collect();
+    let mut aggregator = aggregate(&events, Tz::UTC);
+    let before = aggregator.figures(now);
+    aggregator.prune(now);
+    assert_eq!(aggregator.figures(now), before);
+    assert!(aggregator.users.len() <= 301, "{}", aggregator.users.len());
+    assert!(
+        aggregator.seconds.len() <= 3_601,
+        "{}",
+        aggregator.seconds.len()
+    );
+}
+
+#[test]
+fn delta_sums_per_minute_and_day_and_skips_non_orders() {
+    let base = at("2026-11-23T10:15:00Z");
+    let events = [
+        placed("a", 100, base + 1_000, "u"),
+        placed("b", 200, base + 59_000, "u"),
+        refunded("c", 50, base + 61_000, "u"),
+        event("d", EventKind::UserActive, base + 2_000, "u"),
+    ];
+    let delta = Delta::of(&events, Tz::UTC);
+    assert_eq!(delta.minutes.len(), 2);
+    assert_eq!(
+        delta.minutes[&base],
+        Tally {
+            orders: 2,
+            revenue_minor: 300
+        }
+    );
+    assert_eq!(
+        delta.minutes[&(base + MINUTE_MS)],
+        Tally {
+            orders: 0,
+            revenue_minor: -50
+        }
+    );
+    assert_eq!(delta.days.values().sum::<i64>(), 250);
+}

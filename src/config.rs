@@ -1,0 +1,306 @@
+//! Command line and environment (SPEC §1–2), parsed once at start into typed values.
+//!
+//! Every option is a flag with an environment fallback; flags win. Values are validated while
+//! parsing, so a bad one stops the program with one line naming the option. Nothing else in the
+//! crate reads the environment.
+
+use chrono_tz::Tz;
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::str::FromStr;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "pulseboard",
+    version,
+    about = "Live metrics dashboard: RabbitMQ events aggregated exactly once, pushed to dashboards"
+)]
+pub struct Cli {
+    /// Log line format.
+    #[arg(long, env = "PULSEBOARD_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true)]
+    pub log_format: LogFormat,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the service: HTTP, SSE, WebSocket and metrics; consumes RabbitMQ.
+    Serve(Box<ServeArgs>),
+    /// Publish realistic events to RabbitMQ with publisher confirms.
+    Simulate(SimulateArgs),
+    /// Apply database migrations and exit.
+    Migrate(DatabaseArgs),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct DatabaseArgs {
+    /// sqlite://… (embedded, the default) or postgres://… (required for several instances).
+    #[arg(
+        long = "database-url",
+        env = "DATABASE_URL",
+        default_value = "sqlite://data/pulseboard.db?mode=rwc",
+        value_parser = parse_database_url
+    )]
+    pub database_url: DatabaseUrl,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct BrokerArgs {
+    /// RabbitMQ address.
+    #[arg(
+        long = "amqp-url",
+        env = "AMQP_URL",
+        default_value = "amqp://guest:guest@127.0.0.1:5672/%2f",
+        value_parser = parse_amqp_url,
+        hide_env_values = true
+    )]
+    pub amqp_url: String,
+
+    /// Topic exchange the producers publish to.
+    #[arg(long, env = "PULSEBOARD_EXCHANGE", default_value = "events", value_parser = parse_amqp_name)]
+    pub exchange: String,
+
+    /// Prefix of every queue and exchange the service itself declares.
+    #[arg(long, env = "PULSEBOARD_QUEUE_PREFIX", default_value = "pulseboard", value_parser = parse_amqp_name)]
+    pub queue_prefix: String,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    /// Also generate demo traffic; without a reachable RabbitMQ it flows through an in-process queue.
+    #[arg(long)]
+    pub demo: bool,
+
+    /// HTTP listen address.
+    #[arg(long, env = "PULSEBOARD_BIND", default_value = "127.0.0.1:8080")]
+    pub bind: SocketAddr,
+
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+
+    #[command(flatten)]
+    pub broker: BrokerArgs,
+
+    /// This instance's name [default: host name + port].
+    #[arg(long, env = "PULSEBOARD_NODE_ID", value_parser = parse_node_id)]
+    pub node_id: Option<String>,
+
+    /// Coalescing tick: at most one snapshot per tick, only when something changed.
+    #[arg(long, env = "PULSEBOARD_SNAPSHOT_INTERVAL_MS", default_value_t = 250,
+          value_parser = clap::value_parser!(u64).range(10..=60_000))]
+    pub snapshot_interval_ms: u64,
+
+    /// SSE heartbeat and WebSocket ping interval.
+    #[arg(long, env = "PULSEBOARD_HEARTBEAT_SECS", default_value_t = 15,
+          value_parser = clap::value_parser!(u64).range(1..=3_600))]
+    pub heartbeat_secs: u64,
+
+    /// A user is active if any event of theirs occurred within this window.
+    #[arg(long, env = "PULSEBOARD_ACTIVE_WINDOW_SECS", default_value_t = 300,
+          value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    pub active_window_secs: u64,
+
+    #[command(flatten)]
+    pub money: MoneyArgs,
+
+    /// IANA time zone that defines "today".
+    #[arg(long, env = "PULSEBOARD_TIMEZONE", default_value = "UTC", value_parser = parse_timezone)]
+    pub timezone: Tz,
+
+    /// Key for sessions and access tokens [default: generated once, kept in the database].
+    #[arg(long, env = "PULSEBOARD_SECRET", hide_env_values = true)]
+    pub secret: Option<String>,
+
+    /// Password of the operator `admin` created when no user exists.
+    #[arg(long, env = "PULSEBOARD_ADMIN_PASSWORD", hide_env_values = true)]
+    pub admin_password: Option<String>,
+
+    /// Comma list of origins allowed to open the console WebSocket [default: own origin].
+    #[arg(long, env = "PULSEBOARD_ALLOWED_ORIGINS", value_delimiter = ',')]
+    pub allowed_origins: Vec<String>,
+
+    /// PEM certificate chain; with --tls-key the service speaks HTTPS only.
+    #[arg(long, env = "PULSEBOARD_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// PEM private key; with --tls-cert the service speaks HTTPS only.
+    #[arg(long, env = "PULSEBOARD_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+
+    /// When set, /metrics requires `Authorization: Bearer <token>`.
+    #[arg(long, env = "PULSEBOARD_METRICS_TOKEN", hide_env_values = true)]
+    pub metrics_token: Option<String>,
+
+    /// Demo traffic rate in events per second (with --demo).
+    #[arg(long, default_value_t = 40, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub demo_rate: u32,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct MoneyArgs {
+    /// The one revenue currency (ISO 4217 code).
+    #[arg(long, env = "PULSEBOARD_CURRENCY", default_value = "USD", value_parser = parse_currency)]
+    pub currency: String,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct SimulateArgs {
+    /// Events per second.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub rate: u32,
+
+    /// Seconds to run [default: until interrupted].
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    pub duration: Option<u64>,
+
+    /// Number of distinct simulated users.
+    #[arg(long, default_value_t = 1_000, value_parser = clap::value_parser!(u32).range(1..))]
+    pub users: u32,
+
+    #[command(flatten)]
+    pub broker: BrokerArgs,
+
+    #[command(flatten)]
+    pub money: MoneyArgs,
+}
+
+/// A validated database address; the scheme picks the backend.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DatabaseUrl {
+    pub url: String,
+    pub backend: Backend,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+impl FromStr for DatabaseUrl {
+    type Err = String;
+
+    fn from_str(url: &str) -> Result<Self, Self::Err> {
+        parse_database_url(url)
+    }
+}
+
+fn parse_database_url(url: &str) -> Result<DatabaseUrl, String> {
+    let backend = if url.starts_with("sqlite:") {
+        Backend::Sqlite
+    } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        Backend::Postgres
+    } else {
+        return Err("expected sqlite://PATH or postgres://…".into());
+    };
+    Ok(DatabaseUrl {
+        url: url.to_owned(),
+        backend,
+    })
+}
+
+fn parse_amqp_url(url: &str) -> Result<String, String> {
+    lapin::uri::AMQPUri::from_str(url).map_err(|e| format!("not an AMQP URL: {e}"))?;
+    Ok(url.to_owned())
+}
+
+fn parse_amqp_name(name: &str) -> Result<String, String> {
+    let valid = !name.is_empty()
+        && name.len() <= 200
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.:".contains(c));
+    if valid {
+        Ok(name.to_owned())
+    } else {
+        Err("use 1 to 200 characters of letters, digits, '-', '_', '.', ':'".into())
+    }
+}
+
+fn parse_node_id(name: &str) -> Result<String, String> {
+    let valid = !name.is_empty() && name.len() <= 64 && !name.chars().any(char::is_control);
+    if valid {
+        Ok(name.to_owned())
+    } else {
+        Err("use 1 to 64 printable characters".into())
+    }
+}
+
+fn parse_currency(code: &str) -> Result<String, String> {
+    if code.len() == 3 && code.chars().all(|c| c.is_ascii_uppercase()) {
+        Ok(code.to_owned())
+    } else {
+        Err("expected an ISO 4217 code such as USD".into())
+    }
+}
+
+fn parse_timezone(name: &str) -> Result<Tz, String> {
+    name.parse::<Tz>()
+        .map_err(|_| "not an IANA time zone (such as Europe/Berlin)".to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("pulseboard").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn serve_has_the_spec_defaults() {
+        let cli = parse(&["serve"]).expect("parses");
+        let Command::Serve(serve) = cli.command else {
+            panic!("not serve")
+        };
+        assert_eq!(serve.snapshot_interval_ms, 250);
+        assert_eq!(serve.heartbeat_secs, 15);
+        assert_eq!(serve.active_window_secs, 300);
+        assert_eq!(serve.money.currency, "USD");
+        assert_eq!(serve.timezone, Tz::UTC);
+        assert_eq!(serve.broker.queue_prefix, "pulseboard");
+    }
+
+    #[test]
+    fn bad_values_name_the_option() {
+        for (args, option) in [
+            (vec!["serve", "--bind", "nowhere"], "--bind"),
+            (
+                vec!["serve", "--database-url", "mysql://x"],
+                "--database-url",
+            ),
+            (vec!["serve", "--amqp-url", "http://x"], "--amqp-url"),
+            (vec!["serve", "--timezone", "Mars/Base"], "--timezone"),
+            (vec!["serve", "--currency", "usd"], "--currency"),
+            (
+                vec!["serve", "--snapshot-interval-ms", "0"],
+                "--snapshot-interval-ms",
+            ),
+        ] {
+            let error = parse(&args).expect_err("refused").to_string();
+            let first_line = error.lines().next().unwrap_or_default();
+            assert!(first_line.contains(option), "{args:?}: {first_line}");
+        }
+    }
+
+    #[test]
+    fn database_backend_follows_the_scheme() {
+        assert_eq!(
+            parse_database_url("postgres://localhost/x").map(|u| u.backend),
+            Ok(Backend::Postgres)
+        );
+        assert_eq!(
+            parse_database_url("sqlite::memory:").map(|u| u.backend),
+            Ok(Backend::Sqlite)
+        );
+    }
+}

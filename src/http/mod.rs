@@ -1,0 +1,77 @@
+//! HTTP: routes of SPEC §5 over the application state, request metrics, JSON errors.
+//!
+//! Handlers are thin: they read the hub, the store or the ingest status and shape the answer.
+//! They never touch RabbitMQ and never compute figures.
+
+mod error;
+mod routes;
+
+pub use error::{error_body, ApiError};
+
+use crate::ingest::StatusCell;
+use crate::live::Hub;
+use crate::metrics::Metrics;
+use crate::store::Store;
+use actix_web::body::MessageBody;
+use actix_web::dev::{ServiceRequest, ServiceResponse};
+use actix_web::middleware::Next;
+use actix_web::web;
+use std::sync::Arc;
+use std::time::Instant;
+
+/// Everything a request handler may use.
+pub struct AppState {
+    pub node: String,
+    pub store: Store,
+    pub hub: Hub,
+    pub status: Arc<StatusCell>,
+    pub metrics: Arc<Metrics>,
+    pub metrics_token: Option<String>,
+}
+
+/// Request bodies above this are refused with 413 before a handler runs.
+const MAX_JSON_BODY: usize = 64 * 1024;
+
+pub fn configure(config: &mut web::ServiceConfig) {
+    config
+        .app_data(
+            web::JsonConfig::default()
+                .limit(MAX_JSON_BODY)
+                .error_handler(|error, _| {
+                    ApiError::BadRequest(format!("invalid JSON body: {error}")).into()
+                }),
+        )
+        .app_data(web::QueryConfig::default().error_handler(|error, _| {
+            ApiError::BadRequest(format!("invalid query: {error}")).into()
+        }))
+        .configure(routes::configure)
+        .default_service(web::to(|| async {
+            Err::<web::Json<()>, _>(ApiError::NotFound)
+        }));
+}
+
+/// Counts and times every request by its route pattern (never the raw path: bounded labels).
+pub async fn record_metrics(
+    request: ServiceRequest,
+    next: Next<impl MessageBody>,
+) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
+    let started = Instant::now();
+    let metrics = request
+        .app_data::<web::Data<AppState>>()
+        .map(|s| s.metrics.clone());
+    let method = request.method().as_str().to_owned();
+    let route = request
+        .match_pattern()
+        .unwrap_or_else(|| "unmatched".into());
+    let response = next.call(request).await?;
+    if let Some(metrics) = metrics {
+        let status = response.status().as_u16().to_string();
+        let labels = [method.as_str(), route.as_str(), status.as_str()];
+        metrics.http_requests.with_label_values(&labels).inc();
+        metrics
+            .http_request_duration
+            .with_label_values(&labels)
+            .observe(started.elapsed().as_secs_f64());
+    }
+    Ok(response)
+}

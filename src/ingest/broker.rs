@@ -1,0 +1,280 @@
+//! RabbitMQ plumbing for ingest: connection, topology (SPEC §3), the consumer, dead letters.
+//!
+//! Topology, declared idempotently by every instance at connect:
+//! - `$PULSEBOARD_EXCHANGE` (topic, durable): where producers publish;
+//! - `<prefix>.events` (durable, single active consumer) bound with `order.*` and `user.*`,
+//!   dead-lettering into `<prefix>.dlx` (fanout) → `<prefix>.dead` (durable);
+//! - `<prefix>.live` (fanout, transient): snapshots between instances (see `live::fanout`).
+//!
+//! A malformed message is republished to `<prefix>.dlx` with `x-pulseboard-reason` (a broker
+//! rejection could not add that header) and acknowledged only after the broker confirmed the
+//! copy, together with its batch.
+
+use crate::aggregate::Millis;
+use crate::ingest::decode::Rejection;
+use lapin::options::{
+    BasicConsumeOptions, BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions,
+    ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
+};
+use lapin::publisher_confirm::{Confirmation, PublisherConfirm};
+use lapin::types::{AMQPValue, FieldTable, LongString};
+use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, Consumer, ExchangeKind};
+use std::time::Duration;
+
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+#[derive(Debug, thiserror::Error)]
+pub enum BrokerError {
+    #[error("cannot reach RabbitMQ within {0:?}")]
+    Timeout(Duration),
+    #[error("RabbitMQ: {0}")]
+    Amqp(#[from] lapin::Error),
+    #[error("RabbitMQ refused the dead letter")]
+    DeadLetterRefused,
+}
+
+/// Names of everything the service declares, derived once from the configuration.
+#[derive(Debug, Clone)]
+pub struct Topology {
+    pub exchange: String,
+    pub events_queue: String,
+    pub dead_exchange: String,
+    pub dead_queue: String,
+    pub live_exchange: String,
+}
+
+impl Topology {
+    pub fn new(exchange: &str, prefix: &str) -> Self {
+        Topology {
+            exchange: exchange.to_owned(),
+            events_queue: format!("{prefix}.events"),
+            dead_exchange: format!("{prefix}.dlx"),
+            dead_queue: format!("{prefix}.dead"),
+            live_exchange: format!("{prefix}.live"),
+        }
+    }
+
+    pub async fn declare(&self, channel: &Channel) -> Result<(), BrokerError> {
+        let durable = ExchangeDeclareOptions {
+            durable: true,
+            ..Default::default()
+        };
+        channel
+            .exchange_declare(
+                &self.exchange,
+                ExchangeKind::Topic,
+                durable,
+                FieldTable::default(),
+            )
+            .await?;
+        channel
+            .exchange_declare(
+                &self.dead_exchange,
+                ExchangeKind::Fanout,
+                durable,
+                FieldTable::default(),
+            )
+            .await?;
+        channel
+            .exchange_declare(
+                &self.live_exchange,
+                ExchangeKind::Fanout,
+                ExchangeDeclareOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+        let durable_queue = QueueDeclareOptions {
+            durable: true,
+            ..Default::default()
+        };
+        channel
+            .queue_declare(&self.dead_queue, durable_queue, FieldTable::default())
+            .await?;
+        channel
+            .queue_bind(
+                &self.dead_queue,
+                &self.dead_exchange,
+                "",
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+        let mut arguments = FieldTable::default();
+        arguments.insert(
+            "x-dead-letter-exchange".into(),
+            AMQPValue::LongString(self.dead_exchange.as_str().into()),
+        );
+        // Belt and braces beside the database lease: the broker itself delivers to one consumer.
+        arguments.insert("x-single-active-consumer".into(), AMQPValue::Boolean(true));
+        channel
+            .queue_declare(&self.events_queue, durable_queue, arguments)
+            .await?;
+        for pattern in ["order.*", "user.*"] {
+            channel
+                .queue_bind(
+                    &self.events_queue,
+                    &self.exchange,
+                    pattern,
+                    QueueBindOptions::default(),
+                    FieldTable::default(),
+                )
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Ready messages in `queue`, without declaring it.
+    pub async fn depth(channel: &Channel, queue: &str) -> Result<u32, BrokerError> {
+        let queue = channel
+            .queue_declare(
+                queue,
+                QueueDeclareOptions {
+                    passive: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await?;
+        Ok(queue.message_count())
+    }
+}
+
+/// Opens a connection on the Tokio runtime, giving up after [`CONNECT_TIMEOUT`].
+pub async fn connect(url: &str, name: &str) -> Result<Connection, BrokerError> {
+    let properties = ConnectionProperties::default()
+        .with_executor(tokio_executor_trait::Tokio::current())
+        .with_reactor(tokio_reactor_trait::Tokio)
+        .with_connection_name(name.into());
+    tokio::time::timeout(CONNECT_TIMEOUT, Connection::connect(url, properties))
+        .await
+        .map_err(|_| BrokerError::Timeout(CONNECT_TIMEOUT))?
+        .map_err(BrokerError::from)
+}
+
+/// The leader's link: a consuming channel and a confirming channel for dead letters.
+pub struct ConsumerLink {
+    connection: Connection,
+    pub consumer: Consumer,
+    consume_channel: Channel,
+    dead_channel: Channel,
+    dead_exchange: String,
+}
+
+impl ConsumerLink {
+    pub async fn open(
+        url: &str,
+        node: &str,
+        topology: &Topology,
+        prefetch: u16,
+    ) -> Result<ConsumerLink, BrokerError> {
+        let connection = connect(url, &format!("pulseboard ingest {node}")).await?;
+        let consume_channel = connection.create_channel().await?;
+        topology.declare(&consume_channel).await?;
+        consume_channel
+            .basic_qos(prefetch, BasicQosOptions::default())
+            .await?;
+        let dead_channel = connection.create_channel().await?;
+        dead_channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await?;
+        let consumer = consume_channel
+            .basic_consume(
+                &topology.events_queue,
+                &format!("pulseboard-{node}"),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+        Ok(ConsumerLink {
+            connection,
+            consumer,
+            consume_channel,
+            dead_channel,
+            dead_exchange: topology.dead_exchange.clone(),
+        })
+    }
+
+    /// Acknowledges every delivery up to and including `tag`.
+    pub async fn ack_through(&self, tag: u64) -> Result<(), BrokerError> {
+        self.consume_channel
+            .basic_ack(tag, lapin::options::BasicAckOptions { multiple: true })
+            .await?;
+        Ok(())
+    }
+
+    /// Publishes a copy of a refused message with its reason; await the returned confirm before
+    /// acknowledging the original.
+    pub async fn dead_letter(
+        &self,
+        message: &RawMessage,
+        rejection: &Rejection,
+        node: &str,
+        now: Millis,
+    ) -> Result<PublisherConfirm, BrokerError> {
+        let mut headers = message.headers.clone().unwrap_or_default();
+        headers.insert(
+            "x-pulseboard-reason".into(),
+            AMQPValue::LongString(LongString::from(rejection.to_string())),
+        );
+        headers.insert(
+            "x-pulseboard-node".into(),
+            AMQPValue::LongString(node.into()),
+        );
+        headers.insert(
+            "x-pulseboard-rejected-at".into(),
+            AMQPValue::LongLongInt(now),
+        );
+        let properties = BasicProperties::default()
+            .with_delivery_mode(2)
+            .with_headers(headers);
+        let confirm = self
+            .dead_channel
+            .basic_publish(
+                &self.dead_exchange,
+                &message.routing_key,
+                BasicPublishOptions::default(),
+                &message.body,
+                properties,
+            )
+            .await?;
+        Ok(confirm)
+    }
+
+    /// Cancels consumption and closes: unacknowledged deliveries go back to the queue.
+    pub async fn close(self) {
+        let _ = self.consume_channel.close(200, "bye").await;
+        let _ = self.dead_channel.close(200, "bye").await;
+        let _ = self.connection.close(200, "bye").await;
+    }
+}
+
+/// Waits for the broker's verdict on a dead letter.
+pub async fn confirmed(confirm: PublisherConfirm) -> Result<(), BrokerError> {
+    match confirm.await? {
+        Confirmation::Ack(_) | Confirmation::NotRequested => Ok(()),
+        Confirmation::Nack(_) => Err(BrokerError::DeadLetterRefused),
+    }
+}
+
+/// One consumed message, as ingest sees it before decoding.
+#[derive(Debug, Clone)]
+pub struct RawMessage {
+    pub body: Vec<u8>,
+    pub routing_key: String,
+    pub headers: Option<FieldTable>,
+    pub arrived_at: Millis,
+    /// Broker delivery tag; 0 for in-process (demo) messages that need no acknowledgement.
+    pub tag: u64,
+}
+
+impl RawMessage {
+    pub fn from_delivery(delivery: lapin::message::Delivery, arrived_at: Millis) -> Self {
+        RawMessage {
+            headers: delivery.properties.headers().clone(),
+            routing_key: delivery.routing_key.to_string(),
+            tag: delivery.delivery_tag,
+            body: delivery.data,
+            arrived_at,
+        }
+    }
+}

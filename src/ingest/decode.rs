@@ -1,0 +1,337 @@
+//! Message body → [`Event`], or the reason it is refused (SPEC §3, §3.2).
+//!
+//! Pure: the arrival time and the configured currency are passed in. Every refusal carries a
+//! stable code (the start of the `x-pulseboard-reason` header) and a human detail.
+
+use crate::aggregate::{Event, EventKind, Millis, MAX_AGE_MS, MAX_FUTURE_MS};
+use serde_json::{Map, Value};
+use std::fmt;
+
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
+const MAX_ID_CHARS: usize = 128;
+
+/// Why a message was dead-lettered. Rendered as `<code>: <detail>`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejection {
+    pub code: &'static str,
+    pub detail: String,
+}
+
+impl Rejection {
+    fn new(code: &'static str, detail: impl Into<String>) -> Self {
+        Self {
+            code,
+            detail: detail.into(),
+        }
+    }
+}
+
+impl fmt::Display for Rejection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.code, self.detail)
+    }
+}
+
+/// What decoding needs besides the bytes.
+#[derive(Debug, Clone, Copy)]
+pub struct DecodeContext<'a> {
+    pub currency: &'a str,
+    pub arrived_at: Millis,
+}
+
+pub fn decode(body: &[u8], context: DecodeContext<'_>) -> Result<Event, Rejection> {
+    if body.len() > MAX_BODY_BYTES {
+        return Err(Rejection::new(
+            "too_large",
+            format!(
+                "body is {} bytes, the limit is {MAX_BODY_BYTES}",
+                body.len()
+            ),
+        ));
+    }
+    let text = std::str::from_utf8(body)
+        .map_err(|e| Rejection::new("not_utf8", format!("body is not UTF-8: {e}")))?;
+    let value: Value = serde_json::from_str(text)
+        .map_err(|e| Rejection::new("not_json", format!("body is not JSON: {e}")))?;
+    let Value::Object(fields) = value else {
+        return Err(Rejection::new("not_object", "body is not a JSON object"));
+    };
+
+    let id = bounded_string(&fields, "id")?;
+    let event_type = required(&fields, "type")?
+        .as_str()
+        .ok_or_else(|| Rejection::new("invalid_field", "type must be a string"))?;
+    let occurred_at = timestamp(&fields, context.arrived_at)?;
+    let user_id = bounded_string(&fields, "user_id")?;
+    let kind = match event_type {
+        "order.placed" => EventKind::OrderPlaced {
+            amount_minor: order_amount(&fields, context.currency)?,
+        },
+        "order.refunded" => EventKind::OrderRefunded {
+            amount_minor: order_amount(&fields, context.currency)?,
+        },
+        "user.active" => EventKind::UserActive,
+        "user.signed_out" => EventKind::UserSignedOut,
+        _ => EventKind::Other,
+    };
+    Ok(Event {
+        id: id.to_owned(),
+        kind,
+        occurred_at,
+        user_id: user_id.to_owned(),
+    })
+}
+
+fn required<'a>(fields: &'a Map<String, Value>, name: &str) -> Result<&'a Value, Rejection> {
+    match fields.get(name) {
+        None | Some(Value::Null) => Err(Rejection::new("missing_field", name.to_owned())),
+        Some(value) => Ok(value),
+    }
+}
+
+fn bounded_string<'a>(fields: &'a Map<String, Value>, name: &str) -> Result<&'a str, Rejection> {
+    let invalid = || {
+        Rejection::new(
+            "invalid_field",
+            format!("{name} must be a string of 1 to {MAX_ID_CHARS} characters"),
+        )
+    };
+    let text = required(fields, name)?.as_str().ok_or_else(invalid)?;
+    let chars = text.chars().count();
+    if chars == 0 || chars > MAX_ID_CHARS {
+        return Err(invalid());
+    }
+    Ok(text)
+}
+
+fn timestamp(fields: &Map<String, Value>, arrived_at: Millis) -> Result<Millis, Rejection> {
+    let text = required(fields, "occurred_at")?.as_str().ok_or_else(|| {
+        Rejection::new(
+            "invalid_field",
+            "occurred_at must be an RFC 3339 string with offset",
+        )
+    })?;
+    let occurred_at = chrono::DateTime::parse_from_rfc3339(text)
+        .map_err(|e| {
+            Rejection::new(
+                "invalid_field",
+                format!("occurred_at is not RFC 3339 with offset: {e}"),
+            )
+        })?
+        .timestamp_millis();
+    if occurred_at > arrived_at + MAX_FUTURE_MS {
+        return Err(Rejection::new(
+            "too_far_in_future",
+            format!("occurred_at {text} is more than 5 minutes ahead of arrival"),
+        ));
+    }
+    if occurred_at < arrived_at - MAX_AGE_MS {
+        return Err(Rejection::new(
+            "too_old",
+            format!("occurred_at {text} is more than 24 hours before arrival"),
+        ));
+    }
+    Ok(occurred_at)
+}
+
+fn order_amount(fields: &Map<String, Value>, currency: &str) -> Result<i64, Rejection> {
+    let Value::Object(data) = required(fields, "data")? else {
+        return Err(Rejection::new("invalid_field", "data must be an object"));
+    };
+    let order_id_ok = matches!(required(data, "order_id")
+        .map_err(|_| Rejection::new("missing_field", "data.order_id"))?, Value::String(s) if !s.is_empty());
+    if !order_id_ok {
+        return Err(Rejection::new(
+            "invalid_field",
+            "data.order_id must be a non-empty string",
+        ));
+    }
+    let amount = required(data, "amount_minor")
+        .map_err(|_| Rejection::new("missing_field", "data.amount_minor"))?;
+    let amount_minor = amount
+        .as_i64()
+        .filter(|amount| *amount >= 0)
+        .ok_or_else(|| {
+            Rejection::new(
+                "invalid_field",
+                format!("data.amount_minor must be an integer >= 0, got {amount}"),
+            )
+        })?;
+    let event_currency = required(data, "currency")
+        .map_err(|_| Rejection::new("missing_field", "data.currency"))?
+        .as_str()
+        .ok_or_else(|| Rejection::new("invalid_field", "data.currency must be a string"))?;
+    if event_currency != currency {
+        return Err(Rejection::new(
+            "wrong_currency",
+            format!("data.currency is {event_currency}, this service counts {currency}"),
+        ));
+    }
+    Ok(amount_minor)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    const NOW: Millis = 1_795_428_930_000; // 2026-11-23T10:15:30Z
+
+    fn context() -> DecodeContext<'static> {
+        DecodeContext {
+            currency: "USD",
+            arrived_at: NOW,
+        }
+    }
+
+    fn order(kind: &str) -> Value {
+        json!({"id": "evt-1", "type": kind, "occurred_at": "2026-11-23T10:15:00.123Z",
+               "user_id": "u-42", "data": {"order_id": "o-1", "amount_minor": 1999, "currency": "USD"}})
+    }
+
+    fn decode_value(value: &Value) -> Result<Event, Rejection> {
+        decode(value.to_string().as_bytes(), context())
+    }
+
+    fn rejected_code(value: &Value) -> &'static str {
+        match decode_value(value) {
+            Ok(event) => panic!("accepted {value}: {event:?}"),
+            Err(rejection) => rejection.code,
+        }
+    }
+
+    #[test]
+    fn accepts_the_spec_example() {
+        let event = decode_value(&order("order.placed")).expect("valid");
+        assert_eq!(event.kind, EventKind::OrderPlaced { amount_minor: 1999 });
+        assert_eq!(event.occurred_at, NOW - 29_877);
+        assert_eq!(event.user_id, "u-42");
+    }
+
+    #[test]
+    fn accepts_an_offset_other_than_utc() {
+        let mut value = order("order.refunded");
+        value["occurred_at"] = json!("2026-11-23T11:15:00.123+01:00");
+        let event = decode_value(&value).expect("valid");
+        assert_eq!(event.occurred_at, NOW - 29_877);
+    }
+
+    #[test]
+    fn unknown_types_are_accepted_as_other_without_data() {
+        let value = json!({"id": "e", "type": "order.shipped", "occurred_at": "2026-11-23T10:15:00Z", "user_id": "u"});
+        assert_eq!(decode_value(&value).expect("valid").kind, EventKind::Other);
+    }
+
+    #[test]
+    fn refuses_every_malformed_case() {
+        type Mutation = Box<dyn Fn(&mut Value)>;
+        let cases: Vec<(&str, Mutation, &str)> = vec![
+            (
+                "no id",
+                Box::new(|v| drop(v.as_object_mut().map(|o| o.remove("id")))),
+                "missing_field",
+            ),
+            (
+                "numeric id",
+                Box::new(|v| v["id"] = json!(7)),
+                "invalid_field",
+            ),
+            (
+                "empty id",
+                Box::new(|v| v["id"] = json!("")),
+                "invalid_field",
+            ),
+            (
+                "long id",
+                Box::new(|v| v["id"] = json!("x".repeat(129))),
+                "invalid_field",
+            ),
+            (
+                "no type",
+                Box::new(|v| drop(v.as_object_mut().map(|o| o.remove("type")))),
+                "missing_field",
+            ),
+            (
+                "no time",
+                Box::new(|v| v["occurred_at"] = Value::Null),
+                "missing_field",
+            ),
+            (
+                "no offset",
+                Box::new(|v| v["occurred_at"] = json!("2026-11-23T10:15:00")),
+                "invalid_field",
+            ),
+            (
+                "future",
+                Box::new(|v| v["occurred_at"] = json!("2026-11-23T10:21:00Z")),
+                "too_far_in_future",
+            ),
+            (
+                "old",
+                Box::new(|v| v["occurred_at"] = json!("2026-11-22T10:15:00Z")),
+                "too_old",
+            ),
+            (
+                "no user",
+                Box::new(|v| drop(v.as_object_mut().map(|o| o.remove("user_id")))),
+                "missing_field",
+            ),
+            (
+                "no data",
+                Box::new(|v| drop(v.as_object_mut().map(|o| o.remove("data")))),
+                "missing_field",
+            ),
+            (
+                "negative",
+                Box::new(|v| v["data"]["amount_minor"] = json!(-1)),
+                "invalid_field",
+            ),
+            (
+                "fraction",
+                Box::new(|v| v["data"]["amount_minor"] = json!(19.99)),
+                "invalid_field",
+            ),
+            (
+                "string amount",
+                Box::new(|v| v["data"]["amount_minor"] = json!("1999")),
+                "invalid_field",
+            ),
+            (
+                "no order id",
+                Box::new(|v| drop(v["data"].as_object_mut().map(|o| o.remove("order_id")))),
+                "missing_field",
+            ),
+            (
+                "currency",
+                Box::new(|v| v["data"]["currency"] = json!("EUR")),
+                "wrong_currency",
+            ),
+        ];
+        for (name, mutate, code) in cases {
+            let mut value = order("order.placed");
+            mutate(&mut value);
+            assert_eq!(rejected_code(&value), code, "case {name}: {value}");
+        }
+    }
+
+    #[test]
+    fn refuses_bodies_that_are_not_json_objects() {
+        let refuse = |body: &[u8]| decode(body, context()).expect_err("refused").code;
+        assert_eq!(refuse(b"not json"), "not_json");
+        assert_eq!(refuse(b"[1,2]"), "not_object");
+        assert_eq!(refuse(&[0xff, 0xfe, b'{']), "not_utf8");
+        let huge = format!("{{\"pad\":\"{}\"}}", "x".repeat(MAX_BODY_BYTES));
+        assert_eq!(refuse(huge.as_bytes()), "too_large");
+    }
+
+    #[test]
+    fn the_reason_names_the_field() {
+        let mut value = order("order.placed");
+        value["data"]["amount_minor"] = json!(-5);
+        let reason = decode_value(&value).expect_err("refused").to_string();
+        assert!(
+            reason.starts_with("invalid_field: data.amount_minor"),
+            "{reason}"
+        );
+    }
+}

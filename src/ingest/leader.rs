@@ -1,0 +1,577 @@
+//! One term of leadership: consume, commit, acknowledge, aggregate, publish snapshots.
+//!
+//! A single task owns the aggregator, so no lock guards it. It waits on three things: the next
+//! message, the end of the batching linger, and the snapshot tick. Messages are gathered into
+//! batches (up to `max_batch`, or `batch_linger` after the first); a batch is decoded, committed
+//! in one transaction fenced by the lease, then acknowledged with one multiple-ack, then applied
+//! to the in-memory figures. The broker keeps pushing up to `prefetch` messages meanwhile, so the
+//! next batch is ready when the commit returns.
+//!
+//! Failure handling: a lost broker drops the uncommitted batch (the broker redelivers it) and
+//! reconnects with backoff while snapshots go on; a lost lease or a database error ends the term.
+
+use super::broker::{confirmed, BrokerError, ConsumerLink, RawMessage};
+use super::decode::{decode, DecodeContext, Rejection};
+use super::{IngestContext, LEASE_POLL};
+use crate::aggregate::{minute_of, Aggregator, Event, EventKind, Figures, Millis, MINUTE_MS};
+use crate::clock::now_ms;
+use crate::live::{IngestState, IngestView, Snapshot, SnapshotFrame};
+use crate::retry::Backoff;
+use crate::store::{Lease, StoreError};
+use futures_util::StreamExt;
+use lapin::publisher_confirm::PublisherConfirm;
+use std::collections::HashSet;
+use std::fmt;
+use std::time::Duration;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+/// Snapshot sequence numbers reserved per database round trip.
+const SEQ_BLOCK: i64 = 1_000;
+/// Followers that joined late get the current snapshot within this interval.
+const REBROADCAST: Duration = Duration::from_secs(1);
+const PRUNE_EVERY: Duration = Duration::from_secs(60);
+
+pub(super) enum LeadEnd {
+    Shutdown,
+    LostLease,
+    Database(StoreError),
+}
+
+impl fmt::Display for LeadEnd {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            LeadEnd::Shutdown => f.write_str("shutting down"),
+            LeadEnd::LostLease => f.write_str("lease lost to another node"),
+            LeadEnd::Database(error) => write!(f, "{error}"),
+        }
+    }
+}
+
+impl From<StoreError> for LeadEnd {
+    fn from(error: StoreError) -> Self {
+        match error {
+            StoreError::LostLease => LeadEnd::LostLease,
+            other => LeadEnd::Database(other),
+        }
+    }
+}
+
+pub(super) async fn lead(
+    context: &IngestContext,
+    lease: Lease,
+    local: Option<&mut mpsc::Receiver<RawMessage>>,
+    shutdown: &CancellationToken,
+) -> LeadEnd {
+    let mut feed = match local {
+        Some(receiver) => Feed::Local(receiver),
+        None => Feed::Broker(Box::new(BrokerFeed::new())),
+    };
+    let end = match Leader::start(context, lease.clone()).await {
+        Ok(mut leader) => leader.run(&mut feed, shutdown).await,
+        Err(end) => end,
+    };
+    feed.close().await;
+    if matches!(end, LeadEnd::Shutdown) {
+        // Hand over at once instead of making the next leader wait for the lease to expire.
+        if let Err(error) = context.store.release_lease(&lease).await {
+            tracing::warn!(%error, "could not release the ingest lease");
+        }
+    }
+    end
+}
+
+/// What was last published, to publish only on change.
+#[derive(PartialEq)]
+struct Published {
+    figures: Figures,
+    state: IngestState,
+    dead_letters: u64,
+}
+
+struct Leader<'a> {
+    context: &'a IngestContext,
+    lease: Lease,
+    aggregator: Aggregator,
+    next_seq: i64,
+    seq_end: i64,
+    pending: Vec<RawMessage>,
+    linger_deadline: Option<Instant>,
+    last_renewed: Instant,
+    current_minute: Millis,
+    last_prune: Instant,
+    last_broadcast: Instant,
+    published: Option<Published>,
+    oldest_unpublished_arrival: Option<Millis>,
+    lag_seconds: f64,
+}
+
+impl<'a> Leader<'a> {
+    async fn start(context: &'a IngestContext, lease: Lease) -> Result<Leader<'a>, LeadEnd> {
+        let settings = &context.settings;
+        let now = now_ms();
+        let horizon = Aggregator::new(settings.aggregate.clone()).restore_horizon_ms();
+        let restore = context
+            .store
+            .load_restore(now, horizon, settings.aggregate.timezone)
+            .await?;
+        tracing::info!(
+            recent_events = restore.recent_events.len(),
+            "rebuilt the live figures from the store"
+        );
+        let aggregator = Aggregator::restore(settings.aggregate.clone(), restore);
+        context.metrics.leader.set(1);
+        context.status.update(|s| {
+            s.is_leader = true;
+            s.leader = Some(settings.node.clone());
+            s.database_error = None;
+        });
+        Ok(Leader {
+            context,
+            lease,
+            aggregator,
+            next_seq: 1,
+            seq_end: 0,
+            pending: Vec::with_capacity(settings.max_batch),
+            linger_deadline: None,
+            last_renewed: Instant::now(),
+            current_minute: minute_of(now),
+            last_prune: Instant::now(),
+            last_broadcast: Instant::now(),
+            published: None,
+            oldest_unpublished_arrival: None,
+            lag_seconds: 0.0,
+        })
+    }
+
+    async fn run(&mut self, feed: &mut Feed<'_>, shutdown: &CancellationToken) -> LeadEnd {
+        let mut tick = tokio::time::interval(self.context.settings.snapshot_interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        feed.maybe_connect(self.context);
+        let result: Result<(), LeadEnd> = async {
+            loop {
+                let linger = self.linger_deadline;
+                tokio::select! {
+                    biased;
+                    _ = shutdown.cancelled() => {
+                        // Commit and acknowledge what was already received, then stop.
+                        self.flush(feed).await?;
+                        return Err(LeadEnd::Shutdown);
+                    }
+                    item = feed.next() => self.on_feed(item, feed).await?,
+                    _ = sleep_until(linger), if linger.is_some() => self.flush(feed).await?,
+                    _ = tick.tick() => self.on_tick(feed).await?,
+                }
+            }
+        }
+        .await;
+        match result {
+            Ok(()) => LeadEnd::Shutdown,
+            Err(end) => end,
+        }
+    }
+
+    async fn on_feed(&mut self, item: FeedItem, feed: &mut Feed<'_>) -> Result<(), LeadEnd> {
+        match item {
+            FeedItem::Message(message) => {
+                if self.pending.is_empty() {
+                    self.linger_deadline =
+                        Some(Instant::now() + self.context.settings.batch_linger);
+                }
+                self.pending.push(message);
+                if self.pending.len() >= self.context.settings.max_batch {
+                    self.flush(feed).await?;
+                }
+            }
+            FeedItem::Connected => {
+                tracing::info!("consuming from RabbitMQ");
+                self.set_connected(true, None);
+            }
+            FeedItem::Lost(error) => {
+                tracing::warn!(%error, "lost RabbitMQ; reconnecting with backoff");
+                // Unacknowledged messages of the lost channel come back from the broker.
+                self.pending.clear();
+                self.linger_deadline = None;
+                self.set_connected(false, Some(error));
+            }
+        }
+        Ok(())
+    }
+
+    fn set_connected(&self, connected: bool, error: Option<String>) {
+        self.context.metrics.ingest_up.set(i64::from(connected));
+        self.context.status.update(|s| {
+            s.broker_connected = connected;
+            if error.is_some() || connected {
+                s.last_error = error;
+            }
+        });
+    }
+
+    fn link_failed(&self, feed: &mut Feed<'_>, error: BrokerError) {
+        let message = error.to_string();
+        feed.lose(error);
+        self.set_connected(false, Some(message));
+    }
+
+    /// Decode, commit, acknowledge, apply: the exactly-once step.
+    async fn flush(&mut self, feed: &mut Feed<'_>) -> Result<(), LeadEnd> {
+        self.linger_deadline = None;
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        let batch = std::mem::take(&mut self.pending);
+        let now = now_ms();
+        let settings = &self.context.settings;
+        let metrics = &self.context.metrics;
+
+        let mut events: Vec<(Event, Millis)> = Vec::with_capacity(batch.len());
+        let mut ids = HashSet::with_capacity(batch.len());
+        let mut confirms = Vec::new();
+        for message in &batch {
+            let context = DecodeContext {
+                currency: &settings.currency,
+                arrived_at: message.arrived_at,
+            };
+            match decode(&message.body, context) {
+                Ok(event) if ids.insert(event.id.clone()) => {
+                    events.push((event, message.arrived_at))
+                }
+                Ok(event) => metrics.count_event(event.kind.label(), "duplicate"),
+                Err(rejection) => {
+                    metrics.count_event("unknown", "rejected");
+                    tracing::warn!(reason = %rejection, routing_key = %message.routing_key,
+                        "dead-lettering a malformed event");
+                    match feed
+                        .dead_letter(message, &rejection, &settings.node, now)
+                        .await
+                    {
+                        Ok(confirm) => confirms.extend(confirm),
+                        Err(error) => {
+                            self.link_failed(feed, error);
+                            return Ok(());
+                        }
+                    }
+                }
+            }
+        }
+
+        let (batch_events, arrivals): (Vec<Event>, Vec<Millis>) = events.into_iter().unzip();
+        let applied = self
+            .context
+            .store
+            .apply_batch(&self.lease, &batch_events, settings.aggregate.timezone, now)
+            .await?;
+        self.last_renewed = Instant::now();
+
+        for confirm in confirms {
+            if let Err(error) = confirmed(confirm).await {
+                // Committed but not acknowledged: the redelivery will be seen as a duplicate.
+                self.link_failed(feed, error);
+                return Ok(());
+            }
+        }
+        if let Some(last) = batch.last() {
+            if let Err(error) = feed.ack_through(last.tag).await {
+                self.link_failed(feed, error);
+                return Ok(());
+            }
+        }
+
+        let mut newest_occurred = None;
+        for ((event, arrived_at), fresh) in batch_events.iter().zip(arrivals).zip(applied.fresh) {
+            let outcome = match (fresh, &event.kind) {
+                (false, _) => "duplicate",
+                (true, EventKind::Other) => "ignored",
+                (true, _) => "applied",
+            };
+            metrics.count_event(event.kind.label(), outcome);
+            if !fresh {
+                continue;
+            }
+            self.aggregator.apply(event);
+            metrics
+                .event_age
+                .observe((arrived_at - event.occurred_at).max(0) as f64 / 1000.0);
+            self.oldest_unpublished_arrival = Some(
+                self.oldest_unpublished_arrival
+                    .map_or(arrived_at, |o| o.min(arrived_at)),
+            );
+            newest_occurred = newest_occurred.max(Some(event.occurred_at));
+        }
+        if let Some(occurred) = newest_occurred {
+            self.lag_seconds = (now_ms() - occurred).max(0) as f64 / 1000.0;
+            let lag = self.lag_seconds;
+            self.context.status.update(|s| s.lag_seconds = lag);
+        }
+        Ok(())
+    }
+
+    async fn on_tick(&mut self, feed: &mut Feed<'_>) -> Result<(), LeadEnd> {
+        let now = now_ms();
+        if self.last_renewed.elapsed() >= LEASE_POLL {
+            self.context.store.renew_lease(&self.lease, now).await?;
+            self.last_renewed = Instant::now();
+        }
+        feed.maybe_connect(self.context);
+        self.close_finished_minutes(now).await?;
+        if self.last_prune.elapsed() >= PRUNE_EVERY {
+            self.prune(now);
+        }
+        self.publish_if_changed(now, feed.connected()).await?;
+        if self.last_broadcast.elapsed() >= REBROADCAST {
+            if let Some(frame) = self.context.hub.latest() {
+                self.context.fanout.send(frame);
+            }
+            self.last_broadcast = Instant::now();
+        }
+        Ok(())
+    }
+
+    /// Writes "active users at the end of the minute" for the minute that just ended.
+    async fn close_finished_minutes(&mut self, now: Millis) -> Result<(), LeadEnd> {
+        let minute = minute_of(now);
+        if minute > self.current_minute {
+            let closed = self.current_minute;
+            let active = self.aggregator.active_users_at(closed + MINUTE_MS - 1);
+            self.context.store.close_minute(closed, active).await?;
+            self.current_minute = minute;
+        }
+        Ok(())
+    }
+
+    fn prune(&mut self, now: Millis) {
+        self.aggregator.prune(now);
+        self.last_prune = Instant::now();
+        let store = self.context.store.clone();
+        tokio::spawn(async move {
+            match store.prune(now).await {
+                Ok(rows) => tracing::debug!(rows, "pruned expired rows"),
+                Err(error) => tracing::warn!(%error, "pruning failed; will retry"),
+            }
+        });
+    }
+
+    fn ingest_view(&self, connected: bool) -> IngestView {
+        let status = self.context.status.get();
+        let state = if !connected {
+            IngestState::Disconnected
+        } else if status.paused {
+            IngestState::Paused
+        } else if self.context.settings.demo {
+            IngestState::Demo
+        } else {
+            IngestState::Running
+        };
+        IngestView {
+            state,
+            leader: Some(self.context.settings.node.clone()),
+            lag_seconds: self.lag_seconds,
+            dead_letters: status.dead_letters,
+        }
+    }
+
+    /// Publishes a snapshot if the figures or the ingest state changed since the last one.
+    async fn publish_if_changed(&mut self, now: Millis, connected: bool) -> Result<(), LeadEnd> {
+        let figures = self.aggregator.figures(now);
+        let view = self.ingest_view(connected);
+        let current = Published {
+            figures,
+            state: view.state,
+            dead_letters: view.dead_letters,
+        };
+        if self.published.as_ref() == Some(&current) {
+            return Ok(());
+        }
+        let seq = self.take_seq().await?;
+        let settings = &self.context.settings;
+        let snapshot = Snapshot::new(seq, now, &settings.node, &figures, &settings.currency, view);
+        let frame = SnapshotFrame::new(snapshot, self.oldest_unpublished_arrival.take());
+        self.context.hub.publish(frame.clone());
+        self.context.fanout.send(frame);
+        self.last_broadcast = Instant::now();
+        let metrics = &self.context.metrics;
+        metrics.active_users.set(figures.active_users as i64);
+        metrics
+            .orders_per_minute
+            .set(figures.orders_per_minute as i64);
+        metrics.revenue_today_minor.set(figures.revenue_today_minor);
+        self.published = Some(current);
+        Ok(())
+    }
+
+    async fn take_seq(&mut self) -> Result<i64, LeadEnd> {
+        if self.next_seq > self.seq_end {
+            self.next_seq = self.context.store.reserve_seq(SEQ_BLOCK).await?;
+            self.seq_end = self.next_seq + SEQ_BLOCK - 1;
+        }
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        Ok(seq)
+    }
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
+    }
+}
+
+enum FeedItem {
+    Message(RawMessage),
+    Connected,
+    Lost(String),
+}
+
+/// Where messages come from during this term.
+enum Feed<'r> {
+    Broker(Box<BrokerFeed>),
+    /// The demo's in-process queue: nothing to acknowledge, nowhere to dead-letter.
+    Local(&'r mut mpsc::Receiver<RawMessage>),
+}
+
+struct BrokerFeed {
+    link: Option<ConsumerLink>,
+    connecting: Option<JoinHandle<Result<ConsumerLink, BrokerError>>>,
+    retry_at: Instant,
+    backoff: Backoff,
+}
+
+impl BrokerFeed {
+    fn new() -> Self {
+        BrokerFeed {
+            link: None,
+            connecting: None,
+            retry_at: Instant::now(),
+            backoff: Backoff::new(Duration::from_millis(250), Duration::from_secs(10)),
+        }
+    }
+}
+
+impl Feed<'_> {
+    /// The next message or link change. Cancel-safe: dropping the future loses nothing.
+    async fn next(&mut self) -> FeedItem {
+        match self {
+            Feed::Local(receiver) => match receiver.recv().await {
+                Some(message) => FeedItem::Message(message),
+                None => std::future::pending().await,
+            },
+            Feed::Broker(broker) => {
+                if let Some(connecting) = &mut broker.connecting {
+                    let result = connecting.await;
+                    broker.connecting = None;
+                    return match result {
+                        Ok(Ok(link)) => {
+                            broker.backoff.reset();
+                            broker.link = Some(link);
+                            FeedItem::Connected
+                        }
+                        Ok(Err(error)) => broker.failed(error.to_string()),
+                        Err(error) => broker.failed(error.to_string()),
+                    };
+                }
+                let Some(link) = &mut broker.link else {
+                    return std::future::pending().await;
+                };
+                match link.consumer.next().await {
+                    Some(Ok(delivery)) => {
+                        FeedItem::Message(RawMessage::from_delivery(delivery, now_ms()))
+                    }
+                    Some(Err(error)) => broker.drop_link(error.to_string()),
+                    None => broker.drop_link("the broker cancelled the consumer".into()),
+                }
+            }
+        }
+    }
+
+    fn connected(&self) -> bool {
+        match self {
+            Feed::Local(_) => true,
+            Feed::Broker(broker) => broker.link.is_some(),
+        }
+    }
+
+    fn maybe_connect(&mut self, context: &IngestContext) {
+        let Feed::Broker(broker) = self else { return };
+        if broker.link.is_some() || broker.connecting.is_some() || Instant::now() < broker.retry_at
+        {
+            return;
+        }
+        let settings = context.settings.clone();
+        broker.connecting = Some(tokio::spawn(async move {
+            ConsumerLink::open(
+                &settings.amqp_url,
+                &settings.node,
+                &settings.topology,
+                settings.prefetch,
+            )
+            .await
+        }));
+    }
+
+    async fn dead_letter(
+        &self,
+        message: &RawMessage,
+        rejection: &Rejection,
+        node: &str,
+        now: Millis,
+    ) -> Result<Option<PublisherConfirm>, BrokerError> {
+        match self.link() {
+            Some(link) => link
+                .dead_letter(message, rejection, node, now)
+                .await
+                .map(Some),
+            None => Ok(None),
+        }
+    }
+
+    async fn ack_through(&self, tag: u64) -> Result<(), BrokerError> {
+        match self.link() {
+            Some(link) => link.ack_through(tag).await,
+            None => Ok(()),
+        }
+    }
+
+    fn link(&self) -> Option<&ConsumerLink> {
+        match self {
+            Feed::Broker(broker) => broker.link.as_ref(),
+            Feed::Local(_) => None,
+        }
+    }
+
+    /// Drops the broker link after a failure; the next tick reconnects after a backoff.
+    fn lose(&mut self, error: BrokerError) {
+        if let Feed::Broker(broker) = self {
+            tracing::warn!(%error, "RabbitMQ link failed");
+            let _ = broker.drop_link(error.to_string());
+        }
+    }
+
+    async fn close(self) {
+        if let Feed::Broker(mut broker) = self {
+            if let Some(connecting) = broker.connecting.take() {
+                connecting.abort();
+            }
+            if let Some(link) = broker.link.take() {
+                link.close().await;
+            }
+        }
+    }
+}
+
+impl BrokerFeed {
+    fn failed(&mut self, error: String) -> FeedItem {
+        self.retry_at = Instant::now() + self.backoff.next_delay();
+        FeedItem::Lost(error)
+    }
+
+    fn drop_link(&mut self, error: String) -> FeedItem {
+        if let Some(link) = self.link.take() {
+            tokio::spawn(link.close());
+        }
+        self.failed(error)
+    }
+}

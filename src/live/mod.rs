@@ -1,0 +1,238 @@
+//! Live delivery: the snapshot every client sees, and the hub that hands it out.
+//!
+//! A snapshot is serialized once when it is published ([`SnapshotFrame`]); every connection
+//! shares that one encoding. The hub keeps only the latest frame (a `watch` channel): a reader
+//! that falls behind skips to the newest snapshot instead of queueing old ones, so a slow client
+//! costs the server nothing but one pointer.
+
+pub mod fanout;
+
+use crate::aggregate::{Figures, Millis};
+use crate::clock::rfc3339;
+use serde::{Deserialize, Serialize};
+use std::sync::Arc;
+use tokio::sync::watch;
+
+/// SPEC §4.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Snapshot {
+    pub seq: i64,
+    pub generated_at: String,
+    pub node: String,
+    pub active_users: u64,
+    pub orders_per_minute: u64,
+    pub revenue: Revenue,
+    pub ingest: IngestView,
+    pub point: PointView,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Revenue {
+    pub currency: String,
+    pub today_minor: i64,
+    pub last_hour_minor: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct IngestView {
+    pub state: IngestState,
+    pub leader: Option<String>,
+    pub lag_seconds: f64,
+    pub dead_letters: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum IngestState {
+    Running,
+    Paused,
+    Disconnected,
+    Demo,
+}
+
+/// A history point as it appears on the wire (SPEC §4 `point`, §5 history).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PointView {
+    pub minute: String,
+    pub orders: i64,
+    pub revenue_minor: i64,
+    pub active_users: u64,
+}
+
+impl From<crate::aggregate::Point> for PointView {
+    fn from(point: crate::aggregate::Point) -> Self {
+        PointView {
+            minute: rfc3339_minute(point.minute),
+            orders: point.orders,
+            revenue_minor: point.revenue_minor,
+            active_users: point.active_users,
+        }
+    }
+}
+
+/// `2026-11-23T10:15:00Z`: minutes are whole, so no fraction.
+fn rfc3339_minute(minute: Millis) -> String {
+    chrono::DateTime::from_timestamp_millis(minute)
+        .unwrap_or_default()
+        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+}
+
+impl Snapshot {
+    pub fn new(
+        seq: i64,
+        now: Millis,
+        node: &str,
+        figures: &Figures,
+        currency: &str,
+        ingest: IngestView,
+    ) -> Self {
+        Snapshot {
+            seq,
+            generated_at: rfc3339(now),
+            node: node.to_owned(),
+            active_users: figures.active_users,
+            orders_per_minute: figures.orders_per_minute,
+            revenue: Revenue {
+                currency: currency.to_owned(),
+                today_minor: figures.revenue_today_minor,
+                last_hour_minor: figures.revenue_last_hour_minor,
+            },
+            ingest,
+            point: figures.point.into(),
+        }
+    }
+}
+
+/// A published snapshot with its one JSON encoding.
+#[derive(Debug)]
+pub struct SnapshotFrame {
+    pub snapshot: Snapshot,
+    pub json: Arc<str>,
+    /// Arrival time of the oldest event first reflected in this snapshot, for the delivery
+    /// latency metric (`None` when no new event is in it).
+    pub oldest_arrival: Option<Millis>,
+}
+
+impl SnapshotFrame {
+    pub fn new(snapshot: Snapshot, oldest_arrival: Option<Millis>) -> Arc<Self> {
+        // Serializing a struct of strings and numbers cannot fail.
+        let json = serde_json::to_string(&snapshot).unwrap_or_default();
+        Arc::new(SnapshotFrame {
+            snapshot,
+            json: json.into(),
+            oldest_arrival,
+        })
+    }
+
+    /// A frame received from another instance: its JSON is kept as it came.
+    pub fn from_parts(
+        snapshot: Snapshot,
+        json: Arc<str>,
+        oldest_arrival: Option<Millis>,
+    ) -> Arc<Self> {
+        Arc::new(SnapshotFrame {
+            snapshot,
+            json,
+            oldest_arrival,
+        })
+    }
+
+    pub fn seq(&self) -> i64 {
+        self.snapshot.seq
+    }
+}
+
+/// The latest snapshot of this instance, whoever produced it. Cloning is shallow.
+#[derive(Clone)]
+pub struct Hub {
+    latest: Arc<watch::Sender<Option<Arc<SnapshotFrame>>>>,
+}
+
+impl Default for Hub {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Hub {
+    pub fn new() -> Self {
+        Hub {
+            latest: Arc::new(watch::Sender::new(None)),
+        }
+    }
+
+    /// Makes `frame` the current snapshot unless a newer one is already here (a late fan-out
+    /// message from a former leader must not move `seq` backwards). Returns whether it was taken.
+    pub fn publish(&self, frame: Arc<SnapshotFrame>) -> bool {
+        self.latest.send_if_modified(|current| {
+            let newer = current.as_ref().is_none_or(|c| frame.seq() > c.seq());
+            if newer {
+                *current = Some(frame);
+            }
+            newer
+        })
+    }
+
+    pub fn latest(&self) -> Option<Arc<SnapshotFrame>> {
+        self.latest.borrow().clone()
+    }
+
+    /// A receiver that always sees the newest frame, never a backlog.
+    pub fn subscribe(&self) -> watch::Receiver<Option<Arc<SnapshotFrame>>> {
+        self.latest.subscribe()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::aggregate::Point;
+
+    fn frame(seq: i64) -> Arc<SnapshotFrame> {
+        let figures = Figures {
+            active_users: 3,
+            orders_per_minute: 2,
+            revenue_today_minor: 1999,
+            revenue_last_hour_minor: 500,
+            point: Point {
+                minute: 1_795_428_900_000,
+                orders: 2,
+                revenue_minor: 500,
+                active_users: 3,
+            },
+        };
+        let ingest = IngestView {
+            state: IngestState::Running,
+            leader: Some("web-1".into()),
+            lag_seconds: 0.04,
+            dead_letters: 0,
+        };
+        SnapshotFrame::new(
+            Snapshot::new(seq, 1_795_428_930_250, "web-1", &figures, "USD", ingest),
+            None,
+        )
+    }
+
+    #[test]
+    fn snapshot_json_has_the_spec_shape() {
+        let json: serde_json::Value = serde_json::from_str(&frame(1042).json).expect("json");
+        assert_eq!(json["seq"], 1042);
+        assert_eq!(json["generated_at"], "2026-11-23T10:15:30.250Z");
+        assert_eq!(json["revenue"]["currency"], "USD");
+        assert_eq!(json["revenue"]["today_minor"], 1999);
+        assert_eq!(json["ingest"]["state"], "running");
+        assert_eq!(json["ingest"]["leader"], "web-1");
+        assert_eq!(json["point"]["minute"], "2026-11-23T10:15:00Z");
+        assert_eq!(json["point"]["active_users"], 3);
+    }
+
+    #[test]
+    fn the_hub_never_goes_back_in_seq() {
+        let hub = Hub::new();
+        assert!(hub.publish(frame(5)));
+        assert!(!hub.publish(frame(4)));
+        assert!(!hub.publish(frame(5)));
+        assert!(hub.publish(frame(6)));
+        assert_eq!(hub.latest().map(|f| f.seq()), Some(6));
+    }
+}

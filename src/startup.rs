@@ -1,0 +1,281 @@
+//! Wiring: builds the application state from the configuration, starts the tasks (ingest,
+//! fan-out, demo traffic) and the HTTP server, and stops them in order on shutdown.
+//!
+//! Shutdown order: stop accepting HTTP, then let ingest commit and acknowledge its batch in
+//! flight and release the lease, then close the fan-out link and the database pool.
+
+use crate::aggregate::AggregateSettings;
+use crate::config::ServeArgs;
+use crate::ingest::broker::{self, RawMessage, Topology};
+use crate::ingest::{IngestContext, IngestSettings, StatusCell};
+use crate::live::fanout::{self, FanoutContext, FanoutSender};
+use crate::live::Hub;
+use crate::metrics::Metrics;
+use crate::simulate::TrafficGenerator;
+use crate::store::Store;
+use crate::{clock, http};
+use actix_web::{middleware, web, App, HttpServer};
+use anyhow::Context;
+use std::net::TcpListener;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+pub struct Application {
+    port: u16,
+    server: actix_web::dev::Server,
+    tasks: Vec<JoinHandle<()>>,
+    shutdown: CancellationToken,
+    store: Store,
+}
+
+impl Application {
+    pub async fn build(args: ServeArgs) -> anyhow::Result<Application> {
+        let listener = TcpListener::bind(args.bind)
+            .with_context(|| format!("PULSEBOARD_BIND {}: cannot listen", args.bind))?;
+        let address = listener
+            .local_addr()
+            .context("PULSEBOARD_BIND: no local address")?;
+        let node = args
+            .node_id
+            .clone()
+            .unwrap_or_else(|| format!("{}:{}", host_name(), address.port()));
+
+        let metrics = Arc::new(Metrics::new(&node)?);
+        let store = Store::connect(&args.database.database_url)
+            .await
+            .context("DATABASE_URL")?;
+        store.migrate().await.context("DATABASE_URL")?;
+
+        let hub = Hub::new();
+        let status = Arc::new(StatusCell::default());
+        let shutdown = CancellationToken::new();
+        let topology = Topology::new(&args.broker.exchange, &args.broker.queue_prefix);
+        let (fanout_sender, fanout_receiver) = FanoutSender::channel();
+        let mut tasks = Vec::new();
+
+        let local_demo = if args.demo {
+            Some(start_demo(&args, &topology, &shutdown, &mut tasks).await)
+        } else {
+            None
+        }
+        .flatten();
+        let is_local_demo = local_demo.is_some();
+
+        let ingest = Arc::new(IngestContext {
+            settings: IngestSettings {
+                node: node.clone(),
+                amqp_url: args.broker.amqp_url.clone(),
+                topology: topology.clone(),
+                currency: args.money.currency.clone(),
+                aggregate: AggregateSettings {
+                    active_window_ms: args.active_window_secs as i64 * 1000,
+                    timezone: args.timezone,
+                },
+                snapshot_interval: Duration::from_millis(args.snapshot_interval_ms),
+                prefetch: 2_000,
+                max_batch: 1_000,
+                batch_linger: Duration::from_millis(5),
+                demo: args.demo,
+                local_demo: is_local_demo,
+            },
+            store: store.clone(),
+            hub: hub.clone(),
+            status: status.clone(),
+            metrics: metrics.clone(),
+            fanout: fanout_sender,
+        });
+        tasks.push(tokio::spawn(crate::ingest::run(
+            ingest,
+            local_demo,
+            shutdown.clone(),
+        )));
+        if is_local_demo {
+            // No broker: this instance is alone, nothing to fan out to.
+            drop(fanout_receiver);
+        } else {
+            let context = FanoutContext {
+                amqp_url: args.broker.amqp_url.clone(),
+                node: node.clone(),
+                topology,
+                hub: hub.clone(),
+                status: status.clone(),
+                metrics: metrics.clone(),
+            };
+            tasks.push(tokio::spawn(fanout::run(
+                context,
+                fanout_receiver,
+                shutdown.clone(),
+            )));
+        }
+
+        let state = web::Data::new(http::AppState {
+            node: node.clone(),
+            store: store.clone(),
+            hub,
+            status,
+            metrics,
+            metrics_token: args.metrics_token.clone(),
+        });
+        let server = HttpServer::new(move || {
+            App::new()
+                .app_data(state.clone())
+                .wrap(middleware::from_fn(http::record_metrics))
+                .configure(http::configure)
+        })
+        .disable_signals()
+        .shutdown_timeout(5)
+        .listen(listener)
+        .with_context(|| format!("PULSEBOARD_BIND {address}: cannot serve"))?
+        .run();
+
+        tracing::info!(%node, "listening on http://{address}");
+        Ok(Application {
+            port: address.port(),
+            server,
+            tasks,
+            shutdown,
+            store,
+        })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Serves until SIGTERM or Ctrl-C, then shuts down gracefully.
+    pub async fn run_until_stopped(self) -> anyhow::Result<()> {
+        let handle = self.server.handle();
+        let server = tokio::spawn(self.server);
+        wait_for_signal().await;
+        tracing::info!("shutting down");
+        handle.stop(true).await;
+        self.shutdown.cancel();
+        for task in self.tasks {
+            let _ = task.await;
+        }
+        let _ = server.await;
+        self.store.close().await;
+        tracing::info!("stopped");
+        Ok(())
+    }
+}
+
+/// Starts the demo generator. Returns the in-process queue when RabbitMQ is unreachable.
+async fn start_demo(
+    args: &ServeArgs,
+    topology: &Topology,
+    shutdown: &CancellationToken,
+    tasks: &mut Vec<JoinHandle<()>>,
+) -> Option<mpsc::Receiver<RawMessage>> {
+    let rate = args.demo_rate;
+    let generator = TrafficGenerator::new(200, &args.money.currency, rand::random());
+    match broker::connect(&args.broker.amqp_url, "pulseboard demo").await {
+        Ok(connection) => {
+            tracing::info!(rate, "demo traffic goes through RabbitMQ");
+            let channel = match connection.create_channel().await {
+                Ok(channel) if topology.declare(&channel).await.is_ok() => channel,
+                _ => return None,
+            };
+            let exchange = topology.exchange.clone();
+            tasks.push(tokio::spawn(demo_loop(
+                rate,
+                generator,
+                shutdown.clone(),
+                move |event| {
+                    let channel = channel.clone();
+                    let exchange = exchange.clone();
+                    async move {
+                        let _ = channel
+                            .basic_publish(
+                                &exchange,
+                                event.routing_key,
+                                Default::default(),
+                                &event.body,
+                                Default::default(),
+                            )
+                            .await;
+                    }
+                },
+            )));
+            None
+        }
+        Err(error) => {
+            tracing::warn!(%error, rate, "RabbitMQ unreachable: demo traffic goes through an in-process queue");
+            let (sender, receiver) = mpsc::channel(10_000);
+            tasks.push(tokio::spawn(demo_loop(
+                rate,
+                generator,
+                shutdown.clone(),
+                move |event| {
+                    let message = RawMessage {
+                        body: event.body,
+                        routing_key: event.routing_key.to_owned(),
+                        headers: None,
+                        arrived_at: clock::now_ms(),
+                        tag: 0,
+                    };
+                    // A full queue means ingest is far behind; dropping demo traffic is fine.
+                    let _ = sender.try_send(message);
+                    std::future::ready(())
+                },
+            )));
+            Some(receiver)
+        }
+    }
+}
+
+async fn demo_loop<F, Fut>(
+    rate: u32,
+    mut generator: TrafficGenerator,
+    shutdown: CancellationToken,
+    mut emit: F,
+) where
+    F: FnMut(crate::simulate::Generated) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    let started = tokio::time::Instant::now();
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let due = started.elapsed().as_secs_f64() * f64::from(rate);
+        while (generator.tally.sent as f64) < due {
+            emit(generator.next_event(clock::now_ms())).await;
+        }
+    }
+}
+
+async fn wait_for_signal() {
+    let interrupt = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut terminate =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(signal) => signal,
+                Err(_) => {
+                    let _ = interrupt.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = interrupt => {}
+            _ = terminate.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = interrupt.await;
+}
+
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|name| name.trim().to_owned())
+        .filter(|name| !name.is_empty())
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| "localhost".into())
+}
