@@ -1,0 +1,435 @@
+//! Test harness: the real `pulseboard` binary on a random port, with its own database (a SQLite
+//! file or a fresh PostgreSQL database) and its own queue prefix and exchange on the real broker,
+//! so tests run in parallel without meeting. Services are reached only through their real
+//! interfaces: HTTP and RabbitMQ.
+
+use futures_util::stream::{FuturesUnordered, StreamExt};
+use lapin::options::{
+    BasicAckOptions, BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions,
+    ExchangeDeleteOptions, QueueDeleteOptions,
+};
+use lapin::types::AMQPValue;
+use lapin::BasicProperties;
+use pulseboard::ingest::broker::{connect, Topology};
+use serde_json::Value;
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+pub const AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+pub const POSTGRES_ADMIN_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// A database of the test's own; a PostgreSQL one is dropped when the test ends.
+pub struct TestDatabase {
+    pub url: String,
+    postgres_name: Option<String>,
+    _folder: tempfile::TempDir,
+}
+
+impl TestDatabase {
+    pub async fn new(backend: Backend) -> TestDatabase {
+        let folder = tempfile::tempdir().expect("temporary folder");
+        match backend {
+            Backend::Sqlite => TestDatabase {
+                url: format!(
+                    "sqlite://{}/pulseboard.db?mode=rwc",
+                    folder.path().display()
+                ),
+                postgres_name: None,
+                _folder: folder,
+            },
+            Backend::Postgres => {
+                let name = format!("pb_test_{}", short_id());
+                postgres_admin(&format!("CREATE DATABASE {name}")).await;
+                TestDatabase {
+                    url: format!("postgres://postgres@127.0.0.1:5432/{name}"),
+                    postgres_name: Some(name),
+                    _folder: folder,
+                }
+            }
+        }
+    }
+}
+
+impl Drop for TestDatabase {
+    fn drop(&mut self) {
+        if let Some(name) = self.postgres_name.take() {
+            // Best effort, synchronously: the runtime may already be gone.
+            let _ = std::process::Command::new("psql")
+                .args(["-h", "127.0.0.1", "-U", "postgres", "-qc"])
+                .arg(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+        }
+    }
+}
+
+async fn postgres_admin(sql: &str) {
+    use sqlx::Connection;
+    let mut connection = sqlx::PgConnection::connect(POSTGRES_ADMIN_URL)
+        .await
+        .expect("PostgreSQL must be reachable at 127.0.0.1:5432 (run scripts/test.sh)");
+    sqlx::Executor::execute(&mut connection, sql)
+        .await
+        .expect("admin statement");
+}
+
+pub fn short_id() -> String {
+    uuid::Uuid::new_v4().simple().to_string()[..12].to_owned()
+}
+
+/// Queue prefix and exchange of one test.
+#[derive(Debug, Clone)]
+pub struct Names {
+    pub prefix: String,
+    pub exchange: String,
+}
+
+impl Names {
+    pub fn new() -> Names {
+        let prefix = format!("test-{}", short_id());
+        Names {
+            exchange: format!("{prefix}.ev"),
+            prefix,
+        }
+    }
+}
+
+/// How to start one service process.
+#[derive(Debug, Clone)]
+pub struct ServiceConfig {
+    pub database_url: String,
+    pub names: Names,
+    pub node: String,
+    pub amqp_url: String,
+    pub args: Vec<String>,
+    pub env: Vec<(String, String)>,
+}
+
+impl ServiceConfig {
+    pub fn new(database: &TestDatabase, names: &Names, node: &str) -> ServiceConfig {
+        ServiceConfig {
+            database_url: database.url.clone(),
+            names: names.clone(),
+            node: node.to_owned(),
+            amqp_url: AMQP_URL.to_owned(),
+            args: vec!["serve".into()],
+            env: vec![("PULSEBOARD_SNAPSHOT_INTERVAL_MS".into(), "100".into())],
+        }
+    }
+}
+
+/// A running `pulseboard serve`; killed when dropped.
+pub struct Service {
+    child: Child,
+    pub base_url: String,
+    pub log: Arc<Mutex<String>>,
+    http: reqwest::Client,
+}
+
+impl Service {
+    pub async fn start(config: &ServiceConfig) -> Service {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_pulseboard"));
+        command
+            .args(&config.args)
+            .env("PULSEBOARD_BIND", "127.0.0.1:0")
+            .env("DATABASE_URL", &config.database_url)
+            .env("AMQP_URL", &config.amqp_url)
+            .env("PULSEBOARD_QUEUE_PREFIX", &config.names.prefix)
+            .env("PULSEBOARD_EXCHANGE", &config.names.exchange)
+            .env("PULSEBOARD_NODE_ID", &config.node)
+            .env("RUST_LOG", "info")
+            .envs(config.env.iter().map(|(k, v)| (k, v)))
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        let mut child = command.spawn().expect("spawn pulseboard");
+        let stderr = child.stderr.take().expect("piped stderr");
+        let log = Arc::new(Mutex::new(String::new()));
+        let (address_tx, address_rx) = tokio::sync::oneshot::channel();
+        tokio::spawn(collect_log(
+            stderr,
+            log.clone(),
+            address_tx,
+            config.node.clone(),
+        ));
+        let address = tokio::time::timeout(Duration::from_secs(30), address_rx)
+            .await
+            .unwrap_or_else(|_| panic!("service did not start in 30 s:\n{}", read(&log)))
+            .unwrap_or_else(|_| panic!("service exited before listening:\n{}", read(&log)));
+        Service {
+            child,
+            base_url: format!("http://{address}"),
+            log,
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(10))
+                .build()
+                .expect("http client"),
+        }
+    }
+
+    pub fn log_text(&self) -> String {
+        read(&self.log)
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base_url)
+    }
+
+    pub async fn get(&self, path: &str) -> reqwest::Response {
+        self.http.get(self.url(path)).send().await.expect("GET")
+    }
+
+    pub async fn get_json(&self, path: &str) -> (u16, Value) {
+        let response = self.get(path).await;
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+
+    /// The current snapshot, or `None` while there is none (or the request fails).
+    pub async fn snapshot(&self) -> Option<Value> {
+        let response = self
+            .http
+            .get(self.url("/api/dashboard/snapshot"))
+            .send()
+            .await
+            .ok()?;
+        if !response.status().is_success() {
+            return None;
+        }
+        response.json().await.ok()
+    }
+
+    /// Polls the snapshot until `accept` holds; panics with the last one after `timeout`.
+    pub async fn wait_for_snapshot(
+        &self,
+        timeout: Duration,
+        accept: impl Fn(&Value) -> bool,
+    ) -> Value {
+        let started = Instant::now();
+        let mut last = None;
+        while started.elapsed() < timeout {
+            if let Some(snapshot) = self.snapshot().await {
+                if accept(&snapshot) {
+                    return snapshot;
+                }
+                last = Some(snapshot);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!(
+            "no matching snapshot within {timeout:?}; last: {last:?}\nservice log:\n{}",
+            self.log_text()
+        );
+    }
+
+    /// Sum of `pulseboard_events_total` with this outcome.
+    pub async fn events_counted(&self, outcome: &str) -> u64 {
+        let Ok(response) = self.http.get(self.url("/metrics")).send().await else {
+            return 0;
+        };
+        let text = response.text().await.unwrap_or_default();
+        metric_sum(
+            &text,
+            "pulseboard_events_total",
+            &format!("outcome=\"{outcome}\""),
+        )
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id().expect("running child has a pid")
+    }
+
+    /// SIGKILL: no chance to clean up.
+    pub async fn kill(&mut self) {
+        self.child.kill().await.expect("SIGKILL");
+    }
+
+    /// SIGTERM, then the exit status (panics if it does not exit within `timeout`).
+    pub async fn terminate(&mut self, timeout: Duration) -> std::process::ExitStatus {
+        let status = std::process::Command::new("kill")
+            .args(["-TERM", &self.pid().to_string()])
+            .status()
+            .expect("kill -TERM");
+        assert!(status.success());
+        tokio::time::timeout(timeout, self.child.wait())
+            .await
+            .unwrap_or_else(|_| panic!("no exit within {timeout:?}:\n{}", self.log_text()))
+            .expect("wait")
+    }
+}
+
+async fn collect_log(
+    stderr: tokio::process::ChildStderr,
+    log: Arc<Mutex<String>>,
+    address_tx: tokio::sync::oneshot::Sender<String>,
+    node: String,
+) {
+    let mut address_tx = Some(address_tx);
+    let mut lines = BufReader::new(stderr).lines();
+    let folder = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("service-logs");
+    let _ = std::fs::create_dir_all(&folder);
+    while let Ok(Some(line)) = lines.next_line().await {
+        if let Some(at) = line.find("listening on http://") {
+            let address: String = line[at + "listening on http://".len()..]
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '.' || *c == ':')
+                .collect();
+            if let Some(tx) = address_tx.take() {
+                let _ = tx.send(address);
+            }
+        }
+        let mut text = log.lock().unwrap_or_else(|p| p.into_inner());
+        text.push_str(&line);
+        text.push('\n');
+        let _ = std::fs::write(folder.join(format!("{node}.log")), text.as_bytes());
+    }
+}
+
+fn read(log: &Arc<Mutex<String>>) -> String {
+    log.lock().unwrap_or_else(|p| p.into_inner()).clone()
+}
+
+/// Sums the samples of `name` whose label set contains `label`.
+pub fn metric_sum(text: &str, name: &str, label: &str) -> u64 {
+    text.lines()
+        .filter(|line| line.starts_with(&format!("{name}{{")) && line.contains(label))
+        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>() as u64
+}
+
+/// A producer and inspector on the real broker, scoped to one test's names.
+pub struct Broker {
+    connection: lapin::Connection,
+    channel: lapin::Channel,
+    pub names: Names,
+    topology: Topology,
+}
+
+impl Broker {
+    /// Connects and declares the service's topology, so messages queue before it starts.
+    pub async fn connect(names: &Names) -> Broker {
+        let connection = connect(AMQP_URL, "pulseboard test")
+            .await
+            .expect("RabbitMQ must be reachable at 127.0.0.1:5672 (run scripts/test.sh)");
+        let channel = connection.create_channel().await.expect("channel");
+        let topology = Topology::new(&names.exchange, &names.prefix);
+        topology.declare(&channel).await.expect("topology");
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await
+            .expect("confirms");
+        Broker {
+            connection,
+            channel,
+            names: names.clone(),
+            topology,
+        }
+    }
+
+    /// Publishes every message and waits until the broker confirmed all of them.
+    pub async fn publish_all(&self, messages: &[(String, Vec<u8>)]) {
+        let mut confirms = FuturesUnordered::new();
+        for (routing_key, body) in messages {
+            let confirm = self
+                .channel
+                .basic_publish(
+                    &self.names.exchange,
+                    routing_key,
+                    BasicPublishOptions::default(),
+                    body,
+                    BasicProperties::default().with_delivery_mode(2),
+                )
+                .await
+                .expect("publish");
+            confirms.push(confirm);
+        }
+        while let Some(confirm) = confirms.next().await {
+            assert!(
+                confirm.expect("confirm").is_ack(),
+                "broker refused a message"
+            );
+        }
+    }
+
+    /// Takes every dead letter off `<prefix>.dead`: (reason header, body).
+    pub async fn take_dead_letters(&self) -> Vec<(String, Vec<u8>)> {
+        let mut letters = Vec::new();
+        while let Some(message) = self
+            .channel
+            .basic_get(&self.topology.dead_queue, BasicGetOptions::default())
+            .await
+            .expect("basic_get")
+        {
+            let reason = message
+                .delivery
+                .properties
+                .headers()
+                .as_ref()
+                .and_then(|h| h.inner().get("x-pulseboard-reason").cloned())
+                .map(|value| match value {
+                    AMQPValue::LongString(text) => text.to_string(),
+                    other => format!("{other:?}"),
+                })
+                .unwrap_or_default();
+            letters.push((reason, message.delivery.data.clone()));
+            message
+                .delivery
+                .ack(BasicAckOptions::default())
+                .await
+                .expect("ack");
+        }
+        letters
+    }
+
+    pub async fn events_queue_depth(&self) -> u32 {
+        Topology::depth(&self.channel, &self.topology.events_queue)
+            .await
+            .expect("depth")
+    }
+
+    /// Deletes what the test declared.
+    pub async fn cleanup(self) {
+        for queue in [&self.topology.events_queue, &self.topology.dead_queue] {
+            let _ = self
+                .channel
+                .queue_delete(queue, QueueDeleteOptions::default())
+                .await;
+        }
+        for exchange in [
+            &self.topology.exchange,
+            &self.topology.dead_exchange,
+            &self.topology.live_exchange,
+        ] {
+            let _ = self
+                .channel
+                .exchange_delete(exchange, ExchangeDeleteOptions::default())
+                .await;
+        }
+        let _ = self.connection.close(200, "done").await;
+    }
+}
+
+/// An event body of SPEC §3.
+pub fn event(id: &str, kind: &str, seconds_ago: i64, user: &str, amount: Option<i64>) -> Vec<u8> {
+    let occurred_at = chrono::Utc::now() - chrono::Duration::seconds(seconds_ago);
+    let mut value = serde_json::json!({
+        "id": id,
+        "type": kind,
+        "occurred_at": occurred_at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+        "user_id": user,
+    });
+    if let Some(amount) = amount {
+        value["data"] = serde_json::json!({"order_id": format!("o-{id}"), "amount_minor": amount, "currency": "USD"});
+    }
+    value.to_string().into_bytes()
+}

@@ -1,0 +1,9 @@
+//! Black-box tests: the real binary against real RabbitMQ, PostgreSQL and SQLite.
+
+mod cli;
+mod crash;
+mod demo;
+mod failover;
+mod helpers;
+mod ingest;
+mod traffic;

@@ -1,0 +1,27 @@
+//! Generated streams of valid events with a known tally.
+
+use pulseboard::simulate::{SentTally, TrafficGenerator};
+
+/// `count` realistic events plus a re-send of every tenth one (duplicates of earlier ids).
+pub fn stream_with_duplicates(count: usize, seed: u64) -> (Vec<(String, Vec<u8>)>, SentTally) {
+    let mut generator = TrafficGenerator::new(500, "USD", seed);
+    let now = chrono::Utc::now().timestamp_millis();
+    let mut messages = Vec::with_capacity(count + count / 10);
+    for i in 0..count {
+        let event = generator.next_event(now);
+        let message = (event.routing_key.to_owned(), event.body);
+        if i % 10 == 9 {
+            messages.push(message.clone());
+        }
+        messages.push(message);
+    }
+    (messages, generator.tally)
+}
+
+pub fn net_revenue(tally: &SentTally) -> i64 {
+    tally.placed_minor - tally.refunded_minor
+}
+
+pub fn placed(tally: &SentTally) -> u64 {
+    tally.by_type.get("order.placed").copied().unwrap_or(0)
+}
