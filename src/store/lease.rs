@@ -45,7 +45,8 @@ impl Lease {
 }
 
 impl Store {
-    /// Takes the lease if it has expired. `None` while someone else holds it.
+    /// Takes the lease if it has expired, or if this node held it (after a database blip it
+    /// resumes at once, under a new epoch). `None` while another node holds it.
     pub async fn try_acquire_lease(
         &self,
         node: &str,
@@ -54,7 +55,7 @@ impl Store {
     ) -> Result<Option<Lease>, StoreError> {
         let row = sqlx::query(
             "UPDATE leader_lease SET holder = $1, epoch = epoch + 1, expires_at = $2 \
-             WHERE name = 'ingest' AND expires_at < $3 RETURNING epoch",
+             WHERE name = 'ingest' AND (expires_at < $3 OR holder = $1) RETURNING epoch",
         )
         .bind(node)
         .bind(now + ttl_ms)
