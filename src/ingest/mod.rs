@@ -114,6 +114,7 @@ pub async fn run(
                 tracing::info!(epoch = lease.epoch, "this node now leads ingest");
                 let end = leader::lead(&context, lease, local.as_mut(), &shutdown).await;
                 context.metrics.leader.set(0);
+                context.metrics.ingest_up.set(0);
                 context.status.update(|s| {
                     s.is_leader = false;
                     s.broker_connected = false;
