@@ -6,8 +6,9 @@
 
 use crate::aggregate::AggregateSettings;
 use crate::config::ServeArgs;
+use crate::http::LiveSettings;
 use crate::ingest::broker::{self, RawMessage, Topology};
-use crate::ingest::{IngestContext, IngestSettings, StatusCell};
+use crate::ingest::{IngestContext, IngestSettings, LeaderInputs, StatusCell};
 use crate::live::fanout::{self, FanoutContext, FanoutSender};
 use crate::live::Hub;
 use crate::metrics::Metrics;
@@ -29,6 +30,7 @@ pub struct Application {
     tasks: Vec<JoinHandle<()>>,
     shutdown: CancellationToken,
     store: Store,
+    hub: Hub,
 }
 
 impl Application {
@@ -49,7 +51,9 @@ impl Application {
             .context("DATABASE_URL")?;
         store.migrate().await.context("DATABASE_URL")?;
 
-        let hub = Hub::new();
+        let hub = Hub::new(store.last_announcement_id().await.context("DATABASE_URL")?);
+        let live = LiveSettings::new(Duration::from_secs(args.heartbeat_secs));
+        let (refresh_sender, refresh_receiver) = mpsc::channel(1);
         let status = Arc::new(StatusCell::default());
         let shutdown = CancellationToken::new();
         let topology = Topology::new(&args.broker.exchange, &args.broker.queue_prefix);
@@ -85,11 +89,15 @@ impl Application {
             hub: hub.clone(),
             status: status.clone(),
             metrics: metrics.clone(),
-            fanout: fanout_sender,
+            fanout: fanout_sender.clone(),
         });
+        let inputs = LeaderInputs {
+            local: local_demo,
+            refresh: refresh_receiver,
+        };
         tasks.push(tokio::spawn(crate::ingest::run(
             ingest,
-            local_demo,
+            inputs,
             shutdown.clone(),
         )));
         if is_local_demo {
@@ -103,6 +111,8 @@ impl Application {
                 hub: hub.clone(),
                 status: status.clone(),
                 metrics: metrics.clone(),
+                store: store.clone(),
+                refresh: refresh_sender.clone(),
             };
             tasks.push(tokio::spawn(fanout::run(
                 context,
@@ -114,17 +124,22 @@ impl Application {
         let state = web::Data::new(http::AppState {
             node: node.clone(),
             store: store.clone(),
-            hub,
+            hub: hub.clone(),
             status,
             metrics,
             metrics_token: args.metrics_token.clone(),
+            live,
+            fanout: fanout_sender,
+            refresh: refresh_sender,
         });
+        let stall_timeout = live.stall_timeout;
         let server = HttpServer::new(move || {
             App::new()
                 .app_data(state.clone())
                 .wrap(middleware::from_fn(http::record_metrics))
                 .configure(http::configure)
         })
+        .on_connect(move |connection, _| abort_stalled_readers(connection, stall_timeout))
         .disable_signals()
         .shutdown_timeout(5)
         .listen(listener)
@@ -138,6 +153,7 @@ impl Application {
             tasks,
             shutdown,
             store,
+            hub,
         })
     }
 
@@ -151,6 +167,8 @@ impl Application {
         let server = tokio::spawn(self.server);
         wait_for_signal().await;
         tracing::info!("shutting down");
+        // End the live streams first, or the graceful stop would wait for them to time out.
+        self.hub.close();
         handle.stop(true).await;
         self.shutdown.cancel();
         for task in self.tasks {
@@ -246,6 +264,25 @@ async fn demo_loop<F, Fut>(
         let due = started.elapsed().as_secs_f64() * f64::from(rate);
         while (generator.tally.sent as f64) < due {
             emit(generator.next_event(clock::now_ms())).await;
+        }
+    }
+}
+
+/// Kernel send buffer per connection (Linux doubles it): what a stalled reader can pin in kernel
+/// memory, instead of the megabytes autotuning would grow to.
+const SEND_BUFFER_BYTES: usize = 64 * 1024;
+
+/// A client that stops reading leaves our data unacknowledged in a zero window; with
+/// `TCP_USER_TIMEOUT` the kernel aborts such a connection after `timeout` (Linux applies it to
+/// zero-window probes), which ends its stream and frees everything it held.
+fn abort_stalled_readers(connection: &dyn std::any::Any, timeout: Duration) {
+    if let Some(stream) = connection.downcast_ref::<actix_web::rt::net::TcpStream>() {
+        let socket = socket2::SockRef::from(stream);
+        if let Err(error) = socket
+            .set_tcp_user_timeout(Some(timeout))
+            .and_then(|()| socket.set_send_buffer_size(SEND_BUFFER_BYTES))
+        {
+            tracing::debug!(%error, "could not bound the connection's socket");
         }
     }
 }

@@ -3,12 +3,15 @@
 //! Handlers are thin: they read the hub, the store or the ingest status and shape the answer.
 //! They never touch RabbitMQ and never compute figures.
 
+mod announcements;
+mod dashboard;
 mod error;
 mod routes;
 
 pub use error::{error_body, ApiError};
 
 use crate::ingest::StatusCell;
+use crate::live::fanout::FanoutSender;
 use crate::live::Hub;
 use crate::metrics::Metrics;
 use crate::store::Store;
@@ -17,7 +20,8 @@ use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::middleware::Next;
 use actix_web::web;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
 
 /// Everything a request handler may use.
 pub struct AppState {
@@ -27,6 +31,28 @@ pub struct AppState {
     pub status: Arc<StatusCell>,
     pub metrics: Arc<Metrics>,
     pub metrics_token: Option<String>,
+    pub live: LiveSettings,
+    pub fanout: FanoutSender,
+    /// Asks this instance's leader loop for a snapshot now.
+    pub refresh: mpsc::Sender<()>,
+}
+
+/// Timing of live connections.
+#[derive(Debug, Clone, Copy)]
+pub struct LiveSettings {
+    /// SSE comment heartbeat (and WebSocket ping) interval.
+    pub heartbeat: Duration,
+    /// How long a client may leave sent data unread before the kernel aborts its connection.
+    pub stall_timeout: Duration,
+}
+
+impl LiveSettings {
+    pub fn new(heartbeat: Duration) -> Self {
+        LiveSettings {
+            heartbeat,
+            stall_timeout: (heartbeat * 2).clamp(Duration::from_secs(5), Duration::from_secs(60)),
+        }
+    }
 }
 
 /// Request bodies above this are refused with 413 before a handler runs.

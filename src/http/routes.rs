@@ -1,6 +1,7 @@
-//! Route handlers: snapshot, health, readiness, metrics.
+//! The route table (SPEC §5) and the small handlers: snapshot, health, readiness, metrics.
 
-use super::{error_body, ApiError, AppState};
+use super::{announcements, dashboard, error_body, ApiError, AppState};
+use crate::live::{poll, sse};
 use actix_web::http::header;
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde_json::json;
@@ -11,13 +12,19 @@ const READY_DATABASE_TIMEOUT: Duration = Duration::from_secs(2);
 pub fn configure(config: &mut web::ServiceConfig) {
     config
         .route("/api/dashboard/snapshot", web::get().to(snapshot))
+        .route("/api/dashboard/history", web::get().to(dashboard::history))
+        .route("/api/dashboard/refresh", web::post().to(dashboard::refresh))
+        .route("/api/dashboard/stream", web::get().to(sse::stream))
+        .route("/api/dashboard/poll", web::get().to(poll::poll))
+        .route("/api/announcements", web::get().to(announcements::list))
+        .route("/api/announcements", web::post().to(announcements::create))
         .route("/healthz", web::get().to(healthz))
         .route("/readyz", web::get().to(readyz))
         .route("/metrics", web::get().to(metrics));
 }
 
 async fn snapshot(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
-    let frame = state.hub.latest().ok_or_else(|| {
+    let frame = state.hub.latest_frame().ok_or_else(|| {
         ApiError::Unavailable("no snapshot yet: waiting for the ingest leader".into())
     })?;
     Ok(HttpResponse::Ok()

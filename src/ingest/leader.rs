@@ -12,7 +12,7 @@
 
 use super::broker::{confirmed, BrokerError, ConsumerLink, RawMessage};
 use super::decode::{decode, DecodeContext, Rejection};
-use super::{IngestContext, LEASE_POLL};
+use super::{IngestContext, LeaderInputs, LEASE_POLL};
 use crate::aggregate::{minute_of, Aggregator, Event, EventKind, Figures, Millis, MINUTE_MS};
 use crate::clock::now_ms;
 use crate::live::{IngestState, IngestView, Snapshot, SnapshotFrame};
@@ -62,15 +62,16 @@ impl From<StoreError> for LeadEnd {
 pub(super) async fn lead(
     context: &IngestContext,
     lease: Lease,
-    local: Option<&mut mpsc::Receiver<RawMessage>>,
+    inputs: &mut LeaderInputs,
     shutdown: &CancellationToken,
 ) -> LeadEnd {
-    let mut feed = match local {
+    let refresh = &mut inputs.refresh;
+    let mut feed = match inputs.local.as_mut() {
         Some(receiver) => Feed::Local(receiver),
         None => Feed::Broker(Box::new(BrokerFeed::new())),
     };
     let end = match Leader::start(context, lease.clone()).await {
-        Ok(mut leader) => leader.run(&mut feed, shutdown).await,
+        Ok(mut leader) => leader.run(&mut feed, refresh, shutdown).await,
         Err(end) => end,
     };
     feed.close().await;
@@ -146,7 +147,12 @@ impl<'a> Leader<'a> {
         })
     }
 
-    async fn run(&mut self, feed: &mut Feed<'_>, shutdown: &CancellationToken) -> LeadEnd {
+    async fn run(
+        &mut self,
+        feed: &mut Feed<'_>,
+        refresh: &mut mpsc::Receiver<()>,
+        shutdown: &CancellationToken,
+    ) -> LeadEnd {
         let mut tick = tokio::time::interval(self.context.settings.snapshot_interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         feed.maybe_connect(self.context);
@@ -163,6 +169,9 @@ impl<'a> Leader<'a> {
                     item = feed.next() => self.on_feed(item, feed).await?,
                     _ = sleep_until(linger), if linger.is_some() => self.flush(feed).await?,
                     _ = tick.tick() => self.on_tick(feed).await?,
+                    Some(()) = refresh.recv() => {
+                        self.publish_snapshot(now_ms(), feed.connected(), true).await?
+                    }
                 }
             }
         }
@@ -320,9 +329,9 @@ impl<'a> Leader<'a> {
         if self.last_prune.elapsed() >= PRUNE_EVERY {
             self.prune(now);
         }
-        self.publish_if_changed(now, feed.connected()).await?;
+        self.publish_snapshot(now, feed.connected(), false).await?;
         if self.last_broadcast.elapsed() >= REBROADCAST {
-            if let Some(frame) = self.context.hub.latest() {
+            if let Some(frame) = self.context.hub.latest_frame() {
                 self.context.fanout.send(frame);
             }
             self.last_broadcast = Instant::now();
@@ -373,8 +382,14 @@ impl<'a> Leader<'a> {
         }
     }
 
-    /// Publishes a snapshot if the figures or the ingest state changed since the last one.
-    async fn publish_if_changed(&mut self, now: Millis, connected: bool) -> Result<(), LeadEnd> {
+    /// Publishes a snapshot if the figures or the ingest state changed since the last one, or
+    /// when `force`d (a refresh request).
+    async fn publish_snapshot(
+        &mut self,
+        now: Millis,
+        connected: bool,
+        force: bool,
+    ) -> Result<(), LeadEnd> {
         let figures = self.aggregator.figures(now);
         let view = self.ingest_view(connected);
         let current = Published {
@@ -382,7 +397,7 @@ impl<'a> Leader<'a> {
             state: view.state,
             dead_letters: view.dead_letters,
         };
-        if self.published.as_ref() == Some(&current) {
+        if !force && self.published.as_ref() == Some(&current) {
             return Ok(());
         }
         let seq = self.take_seq().await?;

@@ -94,15 +94,25 @@ pub struct IngestContext {
     pub fanout: FanoutSender,
 }
 
+/// What a leader reads besides the broker; kept across terms of leadership.
+pub struct LeaderInputs {
+    /// The demo's in-process queue, when there is no broker.
+    pub local: Option<mpsc::Receiver<RawMessage>>,
+    /// Requests to publish a snapshot now (`POST /api/dashboard/refresh`).
+    pub refresh: mpsc::Receiver<()>,
+}
+
 /// Competes for the lease until `shutdown`; leads while holding it.
 pub async fn run(
     context: Arc<IngestContext>,
-    mut local: Option<mpsc::Receiver<RawMessage>>,
+    mut inputs: LeaderInputs,
     shutdown: CancellationToken,
 ) {
     let node = context.settings.node.clone();
     let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
-    context.status.update(|s| s.local_demo = local.is_some());
+    context
+        .status
+        .update(|s| s.local_demo = inputs.local.is_some());
     while !shutdown.is_cancelled() {
         let wait = match context
             .store
@@ -112,7 +122,7 @@ pub async fn run(
             Ok(Some(lease)) => {
                 backoff.reset();
                 tracing::info!(epoch = lease.epoch, "this node now leads ingest");
-                let end = leader::lead(&context, lease, local.as_mut(), &shutdown).await;
+                let end = leader::lead(&context, lease, &mut inputs, &shutdown).await;
                 context.metrics.leader.set(0);
                 context.metrics.ingest_up.set(0);
                 context.status.update(|s| {

@@ -1,16 +1,21 @@
-//! Snapshots between instances, through RabbitMQ's `<prefix>.live` fanout exchange.
+//! Between instances, through RabbitMQ's `<prefix>.live` fanout exchange: snapshots (from the
+//! leader), announcements (from whichever instance took them) and refresh requests (to the
+//! leader). The message `type` property says which.
 //!
-//! The leader hands each frame to [`FanoutSender::send`] (never blocking: a full queue drops the
-//! frame, and the next snapshot or the 1 s rebroadcast supersedes it). Every instance runs
-//! [`run`]: it keeps one connection (reconnecting with backoff), publishes what its leader sends,
-//! consumes every snapshot from an exclusive queue into its [`Hub`], and polls the depths of the
-//! events and dead-letter queues for status and metrics.
+//! Senders never block: a full queue drops the message. That is safe for each kind: the next
+//! snapshot or the 1 s rebroadcast supersedes a snapshot, a hub fills any announcement gap from
+//! the store, and a refresh caller times out. Every instance runs [`run`]: one connection
+//! (reconnecting with backoff), publishing what this instance sends, consuming everything from
+//! an exclusive queue into its [`Hub`], and polling the depths of the events and dead-letter
+//! queues for status and metrics. On every (re)connect the hub catches up on announcements
+//! from the store.
 
-use super::{Hub, Snapshot, SnapshotFrame};
+use super::{Announcement, Hub, Snapshot, SnapshotFrame};
 use crate::ingest::broker::{connect, BrokerError, Topology};
 use crate::ingest::StatusCell;
 use crate::metrics::Metrics;
 use crate::retry::Backoff;
+use crate::store::Store;
 use futures_util::StreamExt;
 use lapin::options::{
     BasicConsumeOptions, BasicPublishOptions, QueueBindOptions, QueueDeclareOptions,
@@ -25,18 +30,44 @@ use tokio_util::sync::CancellationToken;
 const OLDEST_ARRIVAL_HEADER: &str = "x-oldest-arrival";
 const DEPTH_POLL: Duration = Duration::from_secs(2);
 
-/// The leader's side: frames to publish to every instance.
+/// What this instance tells the others.
+#[derive(Debug)]
+pub enum Outgoing {
+    Snapshot(Arc<SnapshotFrame>),
+    Announcement(Announcement),
+    Refresh,
+}
+
+impl Outgoing {
+    fn kind(&self) -> &'static str {
+        match self {
+            Outgoing::Snapshot(_) => "snapshot",
+            Outgoing::Announcement(_) => "announcement",
+            Outgoing::Refresh => "refresh",
+        }
+    }
+}
+
 #[derive(Clone)]
-pub struct FanoutSender(mpsc::Sender<Arc<SnapshotFrame>>);
+pub struct FanoutSender(mpsc::Sender<Outgoing>);
 
 impl FanoutSender {
-    pub fn channel() -> (FanoutSender, mpsc::Receiver<Arc<SnapshotFrame>>) {
-        let (sender, receiver) = mpsc::channel(16);
+    pub fn channel() -> (FanoutSender, mpsc::Receiver<Outgoing>) {
+        let (sender, receiver) = mpsc::channel(64);
         (FanoutSender(sender), receiver)
     }
 
     pub fn send(&self, frame: Arc<SnapshotFrame>) {
-        let _ = self.0.try_send(frame);
+        let _ = self.0.try_send(Outgoing::Snapshot(frame));
+    }
+
+    pub fn send_announcement(&self, announcement: Announcement) {
+        let _ = self.0.try_send(Outgoing::Announcement(announcement));
+    }
+
+    /// Asks whichever instance leads to publish a snapshot now.
+    pub fn request_refresh(&self) {
+        let _ = self.0.try_send(Outgoing::Refresh);
     }
 }
 
@@ -47,12 +78,15 @@ pub struct FanoutContext {
     pub hub: Hub,
     pub status: Arc<StatusCell>,
     pub metrics: Arc<Metrics>,
+    pub store: Store,
+    /// The leader loop's refresh requests (read only while this instance leads).
+    pub refresh: mpsc::Sender<()>,
 }
 
 /// Runs until `shutdown`, reconnecting after every failure.
 pub async fn run(
     context: FanoutContext,
-    mut outgoing: mpsc::Receiver<Arc<SnapshotFrame>>,
+    mut outgoing: mpsc::Receiver<Outgoing>,
     shutdown: CancellationToken,
 ) {
     let mut backoff = Backoff::new(Duration::from_millis(250), Duration::from_secs(10));
@@ -82,7 +116,7 @@ pub async fn run(
 /// One connection's life: returns `Ok` on shutdown, `Err` when the link failed.
 async fn session(
     context: &FanoutContext,
-    outgoing: &mut mpsc::Receiver<Arc<SnapshotFrame>>,
+    outgoing: &mut mpsc::Receiver<Outgoing>,
     shutdown: &CancellationToken,
     backoff: &mut Backoff,
 ) -> Result<(), BrokerError> {
@@ -132,21 +166,24 @@ async fn session(
         }
     });
     tracing::info!("snapshot fan-out connected");
+    if let Err(error) = context.hub.catch_up(&context.store).await {
+        tracing::warn!(%error, "could not catch up on announcements");
+    }
 
     let mut depth_tick = tokio::time::interval(DEPTH_POLL);
     let outcome = loop {
         tokio::select! {
             _ = shutdown.cancelled() => break Ok(()),
             delivery = incoming.next() => match delivery {
-                Some(Ok(delivery)) => receive(context, &delivery),
+                Some(Ok(delivery)) => receive(context, &delivery).await,
                 Some(Err(error)) => break Err(error.into()),
                 None => break Err(BrokerError::Amqp(lapin::Error::InvalidChannelState(
                     lapin::ChannelState::Closed,
                 ))),
             },
-            frame = outgoing.recv() => {
-                let Some(frame) = frame else { break Ok(()) };
-                publish(&channel, &context.topology.live_exchange, &frame).await?;
+            message = outgoing.recv() => {
+                let Some(message) = message else { break Ok(()) };
+                publish(&channel, &context.topology.live_exchange, &message).await?;
             }
             _ = depth_tick.tick() => poll_depths(context, &depth_channel).await?,
         }
@@ -158,30 +195,65 @@ async fn session(
 async fn publish(
     channel: &lapin::Channel,
     exchange: &str,
-    frame: &SnapshotFrame,
+    message: &Outgoing,
 ) -> Result<(), BrokerError> {
     let mut headers = FieldTable::default();
-    if let Some(arrival) = frame.oldest_arrival {
-        headers.insert(
-            OLDEST_ARRIVAL_HEADER.into(),
-            AMQPValue::LongLongInt(arrival),
-        );
-    }
+    let body: Vec<u8> = match message {
+        Outgoing::Snapshot(frame) => {
+            if let Some(arrival) = frame.oldest_arrival {
+                headers.insert(
+                    OLDEST_ARRIVAL_HEADER.into(),
+                    AMQPValue::LongLongInt(arrival),
+                );
+            }
+            frame.json.as_bytes().to_vec()
+        }
+        // A struct of strings and numbers always serializes.
+        Outgoing::Announcement(announcement) => {
+            serde_json::to_vec(announcement).unwrap_or_default()
+        }
+        Outgoing::Refresh => Vec::new(),
+    };
     channel
         .basic_publish(
             exchange,
             "",
             BasicPublishOptions::default(),
-            frame.json.as_bytes(),
+            &body,
             BasicProperties::default()
                 .with_content_type("application/json".into())
+                .with_type(message.kind().into())
                 .with_headers(headers),
         )
         .await?;
     Ok(())
 }
 
-fn receive(context: &FanoutContext, delivery: &lapin::message::Delivery) {
+async fn receive(context: &FanoutContext, delivery: &lapin::message::Delivery) {
+    let kind = delivery
+        .properties
+        .kind()
+        .as_ref()
+        .map(|k| k.as_str().to_owned());
+    match kind.as_deref() {
+        Some("announcement") => match serde_json::from_slice::<Announcement>(&delivery.data) {
+            Ok(announcement) => {
+                if let Err(error) = context.hub.announce(announcement, &context.store).await {
+                    tracing::warn!(%error, "could not fill an announcement gap from the store");
+                }
+            }
+            Err(error) => tracing::warn!(%error, "ignoring an unreadable announcement"),
+        },
+        Some("refresh") => {
+            if context.status.get().is_leader {
+                let _ = context.refresh.try_send(());
+            }
+        }
+        _ => receive_snapshot(context, delivery),
+    }
+}
+
+fn receive_snapshot(context: &FanoutContext, delivery: &lapin::message::Delivery) {
     let snapshot: Snapshot = match serde_json::from_slice(&delivery.data) {
         Ok(snapshot) => snapshot,
         Err(error) => {
@@ -198,6 +270,14 @@ fn receive(context: &FanoutContext, delivery: &lapin::message::Delivery) {
             AMQPValue::LongLongInt(at) => Some(*at),
             _ => None,
         });
+    let metrics = &context.metrics;
+    metrics.active_users.set(snapshot.active_users as i64);
+    metrics
+        .orders_per_minute
+        .set(snapshot.orders_per_minute as i64);
+    metrics
+        .revenue_today_minor
+        .set(snapshot.revenue.today_minor);
     let json = String::from_utf8_lossy(&delivery.data);
     context.hub.publish(SnapshotFrame::from_parts(
         snapshot,

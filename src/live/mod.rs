@@ -1,17 +1,24 @@
-//! Live delivery: the snapshot every client sees, and the hub that hands it out.
+//! Live delivery: the snapshot and announcements every client sees, and how they get there.
 //!
-//! A snapshot is serialized once when it is published ([`SnapshotFrame`]); every connection
-//! shares that one encoding. The hub keeps only the latest frame (a `watch` channel): a reader
-//! that falls behind skips to the newest snapshot instead of queueing old ones, so a slow client
-//! costs the server nothing but one pointer.
+//! - [`hub`]: this instance's latest snapshot and announcement ring, each frame encoded once;
+//! - [`sse`] and [`poll`]: the two HTTP transports (SPEC §5–6), sharing one id scheme;
+//! - [`fanout`]: snapshots, announcements and refresh requests between instances (RabbitMQ);
+//! - [`announce`]: storing and publishing an announcement; [`connection`]: per-connection metrics.
 
+pub mod announce;
+pub mod connection;
 pub mod fanout;
+pub mod hub;
+pub mod poll;
+pub mod sse;
+
+pub use announce::{Announcement, Level};
+pub use hub::{EventId, Hub};
 
 use crate::aggregate::{Figures, Millis};
 use crate::clock::rfc3339;
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
-use tokio::sync::watch;
 
 /// SPEC §4.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -142,47 +149,6 @@ impl SnapshotFrame {
     }
 }
 
-/// The latest snapshot of this instance, whoever produced it. Cloning is shallow.
-#[derive(Clone)]
-pub struct Hub {
-    latest: Arc<watch::Sender<Option<Arc<SnapshotFrame>>>>,
-}
-
-impl Default for Hub {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-impl Hub {
-    pub fn new() -> Self {
-        Hub {
-            latest: Arc::new(watch::Sender::new(None)),
-        }
-    }
-
-    /// Makes `frame` the current snapshot unless a newer one is already here (a late fan-out
-    /// message from a former leader must not move `seq` backwards). Returns whether it was taken.
-    pub fn publish(&self, frame: Arc<SnapshotFrame>) -> bool {
-        self.latest.send_if_modified(|current| {
-            let newer = current.as_ref().is_none_or(|c| frame.seq() > c.seq());
-            if newer {
-                *current = Some(frame);
-            }
-            newer
-        })
-    }
-
-    pub fn latest(&self) -> Option<Arc<SnapshotFrame>> {
-        self.latest.borrow().clone()
-    }
-
-    /// A receiver that always sees the newest frame, never a backlog.
-    pub fn subscribe(&self) -> watch::Receiver<Option<Arc<SnapshotFrame>>> {
-        self.latest.subscribe()
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -228,11 +194,20 @@ mod tests {
 
     #[test]
     fn the_hub_never_goes_back_in_seq() {
-        let hub = Hub::new();
+        let hub = Hub::new(3);
         assert!(hub.publish(frame(5)));
         assert!(!hub.publish(frame(4)));
         assert!(!hub.publish(frame(5)));
         assert!(hub.publish(frame(6)));
-        assert_eq!(hub.latest().map(|f| f.seq()), Some(6));
+        let latest = hub.latest().expect("published");
+        assert_eq!(latest.frame.seq(), 6);
+        assert_eq!(latest.index, 2);
+        assert_eq!(latest.id.to_string(), "3-6");
+        let sse = std::str::from_utf8(&latest.sse).expect("utf-8");
+        assert!(
+            sse.starts_with("id: 3-6\nevent: snapshot\ndata: {\"seq\":6,"),
+            "{sse}"
+        );
+        assert!(sse.ends_with("}\n\n"), "{sse}");
     }
 }

@@ -10,8 +10,10 @@
 //! `RETURNING`), only the migrations differ. Sums are cast to BIGINT because PostgreSQL's NUMERIC
 //! has no portable decoding.
 
+mod announcements;
 mod lease;
 
+pub use announcements::StoredAnnouncement;
 pub use lease::Lease;
 
 use crate::aggregate::{
@@ -342,7 +344,12 @@ impl Store {
             .execute(&self.pool)
             .await?
             .rows_affected();
-        Ok(events + minutes)
+        let announcements = sqlx::query("DELETE FROM announcements WHERE created_at < $1")
+            .bind(now - announcements::ANNOUNCEMENTS_KEEP_MS)
+            .execute(&self.pool)
+            .await?
+            .rows_affected();
+        Ok(events + minutes + announcements)
     }
 
     /// Count of applied ids currently remembered (for status and tests).

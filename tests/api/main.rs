@@ -6,4 +6,6 @@ mod demo;
 mod failover;
 mod helpers;
 mod ingest;
+mod live;
+mod sse_client;
 mod traffic;

@@ -1,0 +1,65 @@
+//! `GET/POST /api/announcements` (SPEC §5).
+
+use super::{ApiError, AppState};
+use crate::clock::now_ms;
+use crate::live::announce::{self, validate_message, Announcement, Level};
+use actix_web::{web, HttpResponse};
+use serde::Deserialize;
+
+const DEFAULT_LIMIT: i64 = 20;
+const MAX_LIMIT: i64 = 100;
+
+#[derive(Debug, Deserialize)]
+pub struct ListQuery {
+    limit: Option<i64>,
+}
+
+/// `{"announcements":[…]}`, newest first.
+pub async fn list(
+    query: web::Query<ListQuery>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let limit = query.limit.unwrap_or(DEFAULT_LIMIT);
+    if !(1..=MAX_LIMIT).contains(&limit) {
+        return Err(ApiError::BadRequest(format!(
+            "limit must be between 1 and {MAX_LIMIT}"
+        )));
+    }
+    let announcements: Vec<Announcement> = state
+        .store
+        .latest_announcements(limit)
+        .await?
+        .into_iter()
+        .map(Announcement::from)
+        .collect();
+    Ok(HttpResponse::Ok().json(serde_json::json!({ "announcements": announcements })))
+}
+
+#[derive(Debug, Deserialize)]
+pub struct NewAnnouncement {
+    message: String,
+    level: String,
+}
+
+/// 201 with the announcement, after it was stored and handed to every dashboard.
+pub async fn create(
+    body: web::Json<NewAnnouncement>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let body = body.into_inner();
+    validate_message(&body.message).map_err(ApiError::BadRequest)?;
+    let level = Level::parse(&body.level)
+        .ok_or_else(|| ApiError::BadRequest("level must be info, warning or critical".into()))?;
+    // Until sign-in exists every author is anonymous.
+    let announcement = announce::publish(
+        &state.store,
+        &state.hub,
+        &state.fanout,
+        level,
+        &body.message,
+        "anonymous",
+        now_ms(),
+    )
+    .await?;
+    Ok(HttpResponse::Created().json(announcement))
+}

@@ -1,0 +1,101 @@
+//! Dashboard data beside the live streams: history for backfilling charts, forced refresh.
+
+use super::{ApiError, AppState};
+use crate::aggregate::{minute_of, Point, MINUTE_MS};
+use crate::clock::now_ms;
+use crate::live::PointView;
+use actix_web::http::header;
+use actix_web::{web, HttpResponse};
+use serde::Deserialize;
+use std::collections::HashMap;
+use std::time::Duration;
+
+const MAX_HISTORY_MINUTES: i64 = 10_080;
+const DEFAULT_HISTORY_MINUTES: i64 = 60;
+const REFRESH_TIMEOUT: Duration = Duration::from_secs(3);
+
+#[derive(Debug, Deserialize)]
+pub struct HistoryQuery {
+    minutes: Option<i64>,
+}
+
+/// `{"points":[…]}`: one point per minute, oldest first, ending with the current minute;
+/// minutes without events are zeros, so charts need no gap handling.
+pub async fn history(
+    query: web::Query<HistoryQuery>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let minutes = query.minutes.unwrap_or(DEFAULT_HISTORY_MINUTES);
+    if !(1..=MAX_HISTORY_MINUTES).contains(&minutes) {
+        return Err(ApiError::BadRequest(format!(
+            "minutes must be between 1 and {MAX_HISTORY_MINUTES}"
+        )));
+    }
+    let current = minute_of(now_ms());
+    let first = current - (minutes - 1) * MINUTE_MS;
+    let stored: HashMap<i64, Point> = state
+        .store
+        .history(first, current + MINUTE_MS)
+        .await?
+        .into_iter()
+        .map(|point| (point.minute, point))
+        .collect();
+    let live_point = state
+        .hub
+        .latest_frame()
+        .map(|frame| frame.snapshot.point.clone())
+        .filter(|point| point.minute == PointView::from(empty(current)).minute);
+    let points: Vec<PointView> = (0..minutes)
+        .map(|i| first + i * MINUTE_MS)
+        .map(|minute| match (&live_point, minute == current) {
+            (Some(point), true) => point.clone(),
+            _ => stored.get(&minute).copied().unwrap_or(empty(minute)).into(),
+        })
+        .collect();
+    Ok(HttpResponse::Ok()
+        .insert_header((header::CACHE_CONTROL, "no-store"))
+        .json(serde_json::json!({ "points": points })))
+}
+
+fn empty(minute: i64) -> Point {
+    Point {
+        minute,
+        orders: 0,
+        revenue_minor: 0,
+        active_users: 0,
+    }
+}
+
+/// Asks the leader (here, or through the fan-out) for a snapshot now and returns it once it
+/// reached this instance, so every dashboard got it too.
+pub async fn refresh(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    let mut snapshots = state.hub.subscribe().snapshots;
+    let before = snapshots
+        .borrow_and_update()
+        .as_ref()
+        .map_or(0, |p| p.id.seq);
+    if state.status.get().is_leader {
+        let _ = state.refresh.try_send(());
+    } else {
+        state.fanout.request_refresh();
+    }
+    let fresh = tokio::time::timeout(REFRESH_TIMEOUT, async {
+        loop {
+            if snapshots.changed().await.is_err() {
+                return None;
+            }
+            let current = snapshots.borrow_and_update().clone();
+            if let Some(published) = current.filter(|p| p.id.seq > before) {
+                return Some(published);
+            }
+        }
+    })
+    .await
+    .ok()
+    .flatten()
+    .ok_or_else(|| ApiError::Unavailable("no ingest leader answered the refresh".into()))?;
+    Ok(HttpResponse::Ok()
+        .content_type("application/json")
+        .insert_header((header::CACHE_CONTROL, "no-store"))
+        .body(fresh.frame.json.to_string()))
+}

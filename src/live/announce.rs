@@ -1,0 +1,115 @@
+//! Announcements: an operator's message to every dashboard (SPEC §5–6), stored first, then
+//! handed to this instance's hub and fanned out to the others.
+
+use super::fanout::FanoutSender;
+use super::Hub;
+use crate::aggregate::Millis;
+use crate::clock::rfc3339;
+use crate::store::{Store, StoreError, StoredAnnouncement};
+use serde::{Deserialize, Serialize};
+
+pub const MAX_MESSAGE_CHARS: usize = 500;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Level {
+    Info,
+    Warning,
+    Critical,
+}
+
+impl Level {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Level::Info => "info",
+            Level::Warning => "warning",
+            Level::Critical => "critical",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Level> {
+        match text {
+            "info" => Some(Level::Info),
+            "warning" => Some(Level::Warning),
+            "critical" => Some(Level::Critical),
+            _ => None,
+        }
+    }
+}
+
+/// SPEC §6: `{"id","level","message","author","created_at"}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Announcement {
+    pub id: i64,
+    pub level: Level,
+    pub message: String,
+    pub author: String,
+    pub created_at: String,
+}
+
+impl From<StoredAnnouncement> for Announcement {
+    fn from(stored: StoredAnnouncement) -> Self {
+        Announcement {
+            id: stored.id,
+            // Only valid levels are ever stored; an unknown one is shown as info.
+            level: Level::parse(&stored.level).unwrap_or(Level::Info),
+            message: stored.message,
+            author: stored.author,
+            created_at: rfc3339(stored.created_at),
+        }
+    }
+}
+
+/// Checks a message: 1 to 500 characters, not only blanks.
+pub fn validate_message(message: &str) -> Result<(), String> {
+    let chars = message.chars().count();
+    if message.trim().is_empty() || chars > MAX_MESSAGE_CHARS {
+        return Err(format!(
+            "message must have 1 to {MAX_MESSAGE_CHARS} characters"
+        ));
+    }
+    Ok(())
+}
+
+/// Stores the announcement, delivers it on this instance and fans it out to the others.
+pub async fn publish(
+    store: &Store,
+    hub: &Hub,
+    fanout: &FanoutSender,
+    level: Level,
+    message: &str,
+    author: &str,
+    now: Millis,
+) -> Result<Announcement, StoreError> {
+    let announcement: Announcement = store
+        .create_announcement(level.as_str(), message, author, now)
+        .await?
+        .into();
+    hub.announce(announcement.clone(), store).await?;
+    fanout.send_announcement(announcement.clone());
+    Ok(announcement)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_must_be_one_to_five_hundred_characters() {
+        assert!(validate_message("deploy at 5").is_ok());
+        assert!(validate_message(&"é".repeat(500)).is_ok());
+        assert!(validate_message(&"x".repeat(501)).is_err());
+        assert!(validate_message("   ").is_err());
+        assert!(validate_message("").is_err());
+    }
+
+    #[test]
+    fn levels_are_lowercase_on_the_wire() {
+        assert_eq!(
+            serde_json::to_string(&Level::Critical).ok().as_deref(),
+            Some("\"critical\"")
+        );
+        assert_eq!(Level::parse("warning"), Some(Level::Warning));
+        assert_eq!(Level::parse("WARNING"), None);
+    }
+}

@@ -1,0 +1,123 @@
+//! `GET /api/dashboard/poll?after=ID&timeout=S`: the long-poll fallback (SPEC §5) for networks
+//! where streaming is blocked. Same ids as SSE: `after` is the id of the last event received.
+//!
+//! Answers at once when something newer than `after` exists (missed announcements from the
+//! store, in order, then the current snapshot if newer), otherwise waits for the next one, or
+//! answers an empty list after `timeout` seconds (at most 30).
+
+use super::connection::{ConnectionGuard, Transport};
+use super::hub::{EventId, REPLAY_WINDOW_MS};
+use crate::clock::now_ms;
+use crate::http::{ApiError, AppState};
+use actix_web::http::header;
+use actix_web::{web, HttpResponse};
+use serde::Deserialize;
+use std::fmt::Write;
+use std::time::Duration;
+
+pub const MAX_TIMEOUT_SECS: u64 = 30;
+const DEFAULT_TIMEOUT_SECS: u64 = 25;
+const MAX_EVENTS: i64 = 100;
+
+#[derive(Debug, Deserialize)]
+pub struct PollQuery {
+    after: Option<String>,
+    timeout: Option<u64>,
+}
+
+pub async fn poll(
+    query: web::Query<PollQuery>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let query = query.into_inner();
+    let after = match query.after.as_deref() {
+        None | Some("") => None,
+        Some(text) => Some(EventId::parse(text).ok_or_else(|| {
+            ApiError::BadRequest("after must be an event id received from this service".into())
+        })?),
+    };
+    let timeout = Duration::from_secs(
+        query
+            .timeout
+            .unwrap_or(DEFAULT_TIMEOUT_SECS)
+            .min(MAX_TIMEOUT_SECS),
+    );
+    let guard = ConnectionGuard::open(state.metrics.clone(), Transport::Poll, after.is_some());
+    let mut subscription = state.hub.subscribe();
+    let deadline = tokio::time::Instant::now() + timeout;
+    let closing = state.hub.closing();
+    loop {
+        subscription.snapshots.borrow_and_update();
+        let events = newer_than(after, &state).await?;
+        if !events.is_empty() {
+            for (kind, _, _) in &events {
+                guard.count_sent(kind);
+            }
+            return Ok(respond(&events));
+        }
+        tokio::select! {
+            _ = tokio::time::sleep_until(deadline) => return Ok(respond(&[])),
+            _ = closing.cancelled() => return Ok(respond(&[])),
+            _ = subscription.announcements.recv() => {}
+            _ = subscription.snapshots.changed() => {}
+        }
+    }
+}
+
+/// (kind, id, data) of everything newer than `after`, oldest first, the snapshot last.
+async fn newer_than(
+    after: Option<EventId>,
+    state: &AppState,
+) -> Result<Vec<(&'static str, EventId, std::sync::Arc<str>)>, ApiError> {
+    let current = state.hub.latest();
+    let Some(after) = after else {
+        return Ok(current
+            .map(|p| vec![("snapshot", p.id, p.frame.json.clone())])
+            .unwrap_or_default());
+    };
+    let seq = current.as_ref().map_or(after.seq, |p| p.id.seq);
+    let mut events = Vec::new();
+    let mut last_announcement = after.announcement;
+    for stored in state
+        .store
+        .announcements_after(after.announcement, now_ms() - REPLAY_WINDOW_MS, MAX_EVENTS)
+        .await?
+    {
+        last_announcement = stored.id;
+        let id = EventId {
+            announcement: stored.id,
+            seq,
+        };
+        let json = serde_json::to_string(&super::Announcement::from(stored)).unwrap_or_default();
+        events.push(("announcement", id, json.into()));
+    }
+    if let Some(published) = current.filter(|p| p.id.seq > after.seq) {
+        // The snapshot's id also covers the announcements just listed, so that polling after
+        // it never repeats them.
+        let id = EventId {
+            announcement: published.id.announcement.max(last_announcement),
+            seq: published.id.seq,
+        };
+        events.push(("snapshot", id, published.frame.json.clone()));
+    }
+    Ok(events)
+}
+
+fn respond(events: &[(&str, EventId, std::sync::Arc<str>)]) -> HttpResponse {
+    let mut body = String::from("{\"events\":[");
+    for (i, (kind, id, data)) in events.iter().enumerate() {
+        if i > 0 {
+            body.push(',');
+        }
+        // Ids are digits and '-', kinds are fixed words, data is our own JSON: no escaping needed.
+        let _ = write!(
+            body,
+            "{{\"id\":\"{id}\",\"event\":\"{kind}\",\"data\":{data}}}"
+        );
+    }
+    body.push_str("]}");
+    HttpResponse::Ok()
+        .content_type("application/json")
+        .insert_header((header::CACHE_CONTROL, "no-store"))
+        .body(body)
+}

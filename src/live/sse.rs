@@ -1,0 +1,189 @@
+//! `GET /api/dashboard/stream`: Server-Sent Events (SPEC §6).
+//!
+//! A connection opens with `retry:`, then (when resuming) every announcement it missed, from the
+//! store, in order, then the current snapshot. Afterwards it writes announcements as they come,
+//! the newest snapshot when there is one it has not written, and a comment line when it has been
+//! quiet for a heartbeat interval.
+//!
+//! The body is polled only when the socket can take more, so a slow reader never queues frames:
+//! snapshots coalesce in the hub's one slot. A reader that falls a whole announcement ring
+//! behind is disconnected here (it resumes by `Last-Event-ID`), and one that stops reading
+//! entirely is aborted by the kernel (`TCP_USER_TIMEOUT`, set in `startup`).
+
+use super::connection::{ConnectionGuard, Transport};
+use super::hub::{sse_event, AnnouncementFrame, EventId, Subscription, REPLAY_WINDOW_MS};
+use crate::clock::now_ms;
+use crate::http::{ApiError, AppState};
+use actix_web::http::header;
+use actix_web::{web, HttpRequest, HttpResponse};
+use bytes::Bytes;
+use serde::Deserialize;
+use std::collections::VecDeque;
+use std::convert::Infallible;
+use std::time::{Duration, Instant};
+use tokio::sync::broadcast::error::RecvError;
+
+/// Reconnection delay suggested to EventSource clients.
+const RETRY_MS: u64 = 2_000;
+const MAX_REPLAY: i64 = 1_000;
+
+#[derive(Debug, Deserialize)]
+pub struct StreamQuery {
+    #[serde(rename = "lastEventId")]
+    last_event_id: Option<String>,
+}
+
+pub async fn stream(
+    request: HttpRequest,
+    query: web::Query<StreamQuery>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let resume_text = request
+        .headers()
+        .get("Last-Event-ID")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+        .or_else(|| query.into_inner().last_event_id);
+    let resume = resume_text.as_deref().and_then(EventId::parse);
+    let guard = ConnectionGuard::open(state.metrics.clone(), Transport::Sse, resume_text.is_some());
+
+    // Subscribe before reading the store, so nothing falls between replay and live delivery.
+    let mut subscription = state.hub.subscribe();
+    let mut opening = VecDeque::from([Bytes::from(format!("retry: {RETRY_MS}\n\n"))]);
+    let mut last_announcement = state.hub.last_announcement();
+    if let Some(resume) = resume {
+        let replay = state
+            .store
+            .announcements_after(resume.announcement, now_ms() - REPLAY_WINDOW_MS, MAX_REPLAY)
+            .await?;
+        last_announcement = resume.announcement;
+        let seq = state.hub.latest().map_or(resume.seq, |p| p.id.seq);
+        for stored in replay {
+            last_announcement = last_announcement.max(stored.id);
+            opening.push_back(AnnouncementFrame::new(stored.into(), seq).sse);
+            guard.count_sent("announcement");
+        }
+    }
+    let mut last_index = 0;
+    if let Some(current) = subscription.snapshots.borrow_and_update().clone() {
+        last_index = current.index;
+        // This snapshot may predate announcements the client already has (it connected after
+        // them, or they were just replayed): its id must not send the client back before them.
+        let id = EventId {
+            announcement: current.id.announcement.max(last_announcement),
+            seq: current.id.seq,
+        };
+        opening.push_back(sse_event(&id, "snapshot", &current.frame.json));
+        guard.count_sent("snapshot");
+    }
+
+    let client = SseClient {
+        subscription,
+        opening,
+        last_announcement,
+        last_index,
+        heartbeat: state.live.heartbeat,
+        stall_timeout: state.live.stall_timeout,
+        last_write: Instant::now(),
+        closing: state.hub.closing(),
+        hub: state.hub.clone(),
+        guard,
+    };
+    Ok(HttpResponse::Ok()
+        .content_type("text/event-stream")
+        .insert_header((header::CACHE_CONTROL, "no-cache"))
+        .insert_header(("X-Accel-Buffering", "no"))
+        // Compression would buffer events; say so explicitly for any compressing middleware.
+        .insert_header((header::CONTENT_ENCODING, "identity"))
+        .streaming(futures_util::stream::unfold(client, next_chunk)))
+}
+
+struct SseClient {
+    subscription: Subscription,
+    opening: VecDeque<Bytes>,
+    last_announcement: i64,
+    last_index: u64,
+    heartbeat: Duration,
+    stall_timeout: Duration,
+    last_write: Instant,
+    closing: tokio_util::sync::CancellationToken,
+    hub: super::Hub,
+    guard: ConnectionGuard,
+}
+
+impl Drop for SseClient {
+    fn drop(&mut self) {
+        // The kernel aborts a reader that stopped reading; from here that looks like a close,
+        // except that we had something to send and could not for a long while.
+        let behind = self.hub.last_announcement() > self.last_announcement
+            || self.hub.latest().is_some_and(|p| p.index > self.last_index);
+        if behind && self.last_write.elapsed() >= self.stall_timeout / 2 {
+            self.guard.set_reason("slow_client");
+        }
+    }
+}
+
+async fn next_chunk(mut client: SseClient) -> Option<(Result<Bytes, Infallible>, SseClient)> {
+    if let Some(chunk) = client.opening.pop_front() {
+        return Some((Ok(chunk), client));
+    }
+    loop {
+        let heartbeat = tokio::time::sleep(client.heartbeat);
+        tokio::select! {
+            biased;
+            _ = client.closing.cancelled() => {
+                client.guard.set_reason("shutdown");
+                return None;
+            }
+            received = client.subscription.announcements.recv() => match received {
+                Ok(frame) if frame.announcement.id <= client.last_announcement => continue,
+                Ok(frame) => {
+                    client.last_announcement = frame.announcement.id;
+                    client.guard.count_sent("announcement");
+                    return Some((Ok(client.wrote(frame.sse.clone())), client));
+                }
+                Err(RecvError::Lagged(_)) => {
+                    client.guard.set_reason("slow_client");
+                    return None;
+                }
+                Err(RecvError::Closed) => return None,
+            },
+            changed = client.subscription.snapshots.changed() => {
+                if changed.is_err() {
+                    return None;
+                }
+                let Some(published) = client.subscription.snapshots.borrow_and_update().clone() else {
+                    continue;
+                };
+                if published.index <= client.last_index {
+                    continue;
+                }
+                let skipped = published.index - client.last_index - 1;
+                if client.last_index > 0 && skipped > 0 {
+                    client.guard.metrics().slow_client_coalesced
+                        .with_label_values(&[Transport::Sse.label()])
+                        .inc_by(skipped);
+                }
+                client.last_index = published.index;
+                client.guard.count_sent("snapshot");
+                if let Some(arrival) = published.frame.oldest_arrival {
+                    client.guard.metrics().delivery_latency
+                        .with_label_values(&[Transport::Sse.label()])
+                        .observe((now_ms() - arrival).max(0) as f64 / 1000.0);
+                }
+                return Some((Ok(client.wrote(published.sse.clone())), client));
+            }
+            _ = heartbeat => {
+                client.guard.count_sent("heartbeat");
+                return Some((Ok(client.wrote(Bytes::from_static(b": heartbeat\n\n"))), client));
+            }
+        }
+    }
+}
+
+impl SseClient {
+    fn wrote(&mut self, chunk: Bytes) -> Bytes {
+        self.last_write = Instant::now();
+        chunk
+    }
+}

@@ -1,0 +1,540 @@
+//! Live delivery (SPEC §4–6): SSE with resume, heartbeats, slow clients, long-poll, fan-out
+//! across instances, announcements, refresh and history — real sockets, real RabbitMQ.
+
+use crate::helpers::{
+    event, metric_sum, Backend, Broker, Names, Service, ServiceConfig, TestDatabase,
+};
+use crate::sse_client::SseClient;
+use serde_json::{json, Value};
+use std::io::Write;
+use std::time::{Duration, Instant};
+
+const STREAM: &str = "/api/dashboard/stream";
+
+async fn post(service: &Service, path: &str, body: Value) -> (u16, Value) {
+    let response = reqwest::Client::new()
+        .post(service.url(path))
+        .json(&body)
+        .send()
+        .await
+        .expect("POST");
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+async fn announce(service: &Service, message: &str) -> Value {
+    let (status, body) = post(
+        service,
+        "/api/announcements",
+        json!({"message": message, "level": "warning"}),
+    )
+    .await;
+    assert_eq!(status, 201, "{body}");
+    body
+}
+
+fn config(
+    database: &TestDatabase,
+    names: &Names,
+    node: &str,
+    interval_ms: u64,
+    heartbeat: u64,
+) -> ServiceConfig {
+    let mut config = ServiceConfig::new(database, names, node);
+    config.env = vec![
+        (
+            "PULSEBOARD_SNAPSHOT_INTERVAL_MS".into(),
+            interval_ms.to_string(),
+        ),
+        ("PULSEBOARD_HEARTBEAT_SECS".into(), heartbeat.to_string()),
+    ];
+    config
+}
+
+#[tokio::test]
+async fn a_client_sees_the_opening_snapshot_at_once_and_news_within_one_interval() {
+    let database = TestDatabase::new(Backend::Sqlite).await;
+    let names = Names::new();
+    let broker = Broker::connect(&names).await;
+    let service = Service::start(&config(&database, &names, "sse-1", 250, 15)).await;
+    service
+        .wait_for_snapshot(Duration::from_secs(10), |_| true)
+        .await;
+
+    let started = Instant::now();
+    let mut client = SseClient::connect(&service.base_url, STREAM, None).await;
+    assert_eq!(client.headers["content-type"], "text/event-stream");
+    assert_eq!(client.headers["cache-control"], "no-cache");
+    assert_eq!(client.headers["x-accel-buffering"], "no");
+    let retry = client
+        .next(Duration::from_secs(1))
+        .await
+        .expect("retry line");
+    assert_eq!(retry.event, "retry");
+    let opening = client
+        .next(Duration::from_secs(1))
+        .await
+        .expect("opening snapshot");
+    assert_eq!(opening.event, "snapshot");
+    assert!(opening.id.is_some());
+    assert!(
+        started.elapsed() < Duration::from_millis(500),
+        "opening took {:?}",
+        started.elapsed()
+    );
+    let before = opening.json()["revenue"]["today_minor"]
+        .as_i64()
+        .expect("revenue");
+
+    // Several rounds: each published event must show in a snapshot within 250 ms + 50 ms.
+    let mut worst = Duration::ZERO;
+    for round in 0..5 {
+        tokio::time::sleep(Duration::from_millis(130 * round)).await;
+        let id = format!("live-{round}");
+        broker
+            .publish_all(&[(
+                "order.placed".into(),
+                event(&id, "order.placed", 0, "u1", Some(100)),
+            )])
+            .await;
+        let published = Instant::now();
+        let expected = before + 100 * (round as i64 + 1);
+        loop {
+            let snapshot = client.next_of("snapshot", Duration::from_secs(2)).await;
+            if snapshot.json()["revenue"]["today_minor"] == expected {
+                worst = worst.max(snapshot.received_at - published);
+                break;
+            }
+        }
+    }
+    assert!(
+        worst <= Duration::from_millis(300),
+        "slowest update took {worst:?}"
+    );
+    broker.cleanup().await;
+}
+
+#[tokio::test]
+async fn heartbeats_arrive_on_an_idle_stream_at_the_configured_interval() {
+    let database = TestDatabase::new(Backend::Sqlite).await;
+    let names = Names::new();
+    let _broker = Broker::connect(&names).await;
+    let service = Service::start(&config(&database, &names, "hb-1", 250, 1)).await;
+    service
+        .wait_for_snapshot(Duration::from_secs(10), |_| true)
+        .await;
+    let mut client = SseClient::connect(&service.base_url, STREAM, None).await;
+    client.next_of("snapshot", Duration::from_secs(2)).await;
+
+    let mut beats = Vec::new();
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_millis(3_600) {
+        if let Some(block) = client.next(Duration::from_secs(2)).await {
+            if block.event == "comment" {
+                beats.push(block.received_at);
+            }
+        }
+    }
+    assert!(beats.len() >= 3, "{} heartbeats in 3.6 s", beats.len());
+    for pair in beats.windows(2) {
+        let gap = pair[1] - pair[0];
+        assert!(
+            gap >= Duration::from_millis(900) && gap <= Duration::from_millis(1_300),
+            "gap {gap:?}"
+        );
+    }
+}
+
+/// Reads every event of the stream's opening until its snapshot: (announcement messages, snapshot).
+async fn resume(service: &Service, last_id: &str) -> (Vec<String>, Value) {
+    let mut client = SseClient::connect(&service.base_url, STREAM, Some(last_id)).await;
+    let mut messages = Vec::new();
+    loop {
+        let block = client
+            .next(Duration::from_secs(5))
+            .await
+            .expect("resume events");
+        match block.event.as_str() {
+            "announcement" => messages.push(
+                block.json()["message"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned(),
+            ),
+            "snapshot" => return (messages, block.json()),
+            _ => {}
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_reconnecting_client_gets_exactly_the_missed_announcements_then_the_snapshot_on_any_instance(
+) {
+    let database = TestDatabase::new(Backend::Postgres).await;
+    let names = Names::new();
+    let _broker = Broker::connect(&names).await;
+    let first = Service::start(&config(&database, &names, "res-a", 100, 15)).await;
+    let second = Service::start(&config(&database, &names, "res-b", 100, 15)).await;
+    for service in [&first, &second] {
+        service
+            .wait_for_snapshot(Duration::from_secs(15), |_| true)
+            .await;
+    }
+    announce(&first, "before").await;
+
+    let mut client = SseClient::connect(&first.base_url, STREAM, None).await;
+    let last = client
+        .next_of("snapshot", Duration::from_secs(2))
+        .await
+        .id
+        .expect("id");
+    drop(client);
+    for message in ["one", "two", "three"] {
+        announce(&first, message).await;
+    }
+
+    let (missed, snapshot) = resume(&first, &last).await;
+    assert_eq!(missed, ["one", "two", "three"]);
+    assert!(snapshot["seq"].is_i64());
+    // The other instance replays the same three, in order, from the shared database.
+    let (missed, _) = resume(&second, &last).await;
+    assert_eq!(missed, ["one", "two", "three"]);
+    // The query-string form works too.
+    let mut client = SseClient::connect(
+        &second.base_url,
+        &format!("{STREAM}?lastEventId={last}"),
+        None,
+    )
+    .await;
+    assert_eq!(
+        client
+            .next_of("announcement", Duration::from_secs(2))
+            .await
+            .json()["message"],
+        "one"
+    );
+
+    let (_, listed) = second.get_json("/api/announcements?limit=2").await;
+    let listed: Vec<&str> = listed["announcements"]
+        .as_array()
+        .expect("list")
+        .iter()
+        .filter_map(|a| a["message"].as_str())
+        .collect();
+    assert_eq!(listed, ["three", "two"], "newest first");
+}
+
+#[tokio::test]
+async fn two_instances_serve_the_same_seq_sequence_and_each_others_announcements() {
+    let database = TestDatabase::new(Backend::Postgres).await;
+    let names = Names::new();
+    let broker = Broker::connect(&names).await;
+    let first = Service::start(&config(&database, &names, "fan-a", 100, 15)).await;
+    let second = Service::start(&config(&database, &names, "fan-b", 100, 15)).await;
+    for service in [&first, &second] {
+        service
+            .wait_for_snapshot(Duration::from_secs(15), |s| {
+                s["ingest"]["leader"].is_string()
+            })
+            .await;
+    }
+    let mut a = SseClient::connect(&first.base_url, STREAM, None).await;
+    let mut b = SseClient::connect(&second.base_url, STREAM, None).await;
+    a.next_of("snapshot", Duration::from_secs(2)).await;
+    b.next_of("snapshot", Duration::from_secs(2)).await;
+
+    for burst in 0..6 {
+        let id = format!("fan-{burst}");
+        broker
+            .publish_all(&[(
+                "order.placed".into(),
+                event(&id, "order.placed", 0, "u1", Some(10)),
+            )])
+            .await;
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let (on_a, on_b) = tokio::join!(snapshot_seqs(&mut a), snapshot_seqs(&mut b));
+    assert!(on_a.len() >= 6, "{on_a:?}");
+    assert!(on_a.windows(2).all(|w| w[0] < w[1]), "{on_a:?}");
+    assert_eq!(on_a, on_b, "both instances deliver the same snapshots");
+
+    // An announcement posted on either instance reaches clients of both.
+    announce(&second, "from b").await;
+    assert_eq!(
+        a.next_of("announcement", Duration::from_secs(2))
+            .await
+            .json()["message"],
+        "from b"
+    );
+    assert_eq!(
+        b.next_of("announcement", Duration::from_secs(2))
+            .await
+            .json()["message"],
+        "from b"
+    );
+    announce(&first, "from a").await;
+    assert_eq!(
+        b.next_of("announcement", Duration::from_secs(2))
+            .await
+            .json()["message"],
+        "from a"
+    );
+    broker.cleanup().await;
+}
+
+/// The seqs of the snapshots that arrive until the stream has been quiet for 700 ms.
+async fn snapshot_seqs(client: &mut SseClient) -> Vec<i64> {
+    let mut seqs = Vec::new();
+    while let Some(block) = client.next(Duration::from_millis(700)).await {
+        if block.event == "snapshot" {
+            seqs.push(block.json()["seq"].as_i64().expect("seq"));
+        }
+    }
+    seqs
+}
+
+#[tokio::test]
+async fn long_poll_answers_at_once_when_something_is_newer_and_after_its_timeout_otherwise() {
+    let database = TestDatabase::new(Backend::Sqlite).await;
+    let names = Names::new();
+    let _broker = Broker::connect(&names).await;
+    let service = Service::start(&config(&database, &names, "poll-1", 100, 15)).await;
+    // Wait until the leader has settled (its first snapshot predates the broker link).
+    service
+        .wait_for_snapshot(Duration::from_secs(10), |s| {
+            s["ingest"]["state"] == "running"
+        })
+        .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let started = Instant::now();
+    let (status, first) = service.get_json("/api/dashboard/poll?timeout=5").await;
+    assert_eq!(status, 200);
+    assert!(started.elapsed() < Duration::from_millis(500));
+    let events = first["events"].as_array().expect("events");
+    assert_eq!(events.len(), 1, "{first}");
+    assert_eq!(events[0]["event"], "snapshot");
+    assert!(events[0]["data"]["seq"].is_i64());
+    let id = events[0]["id"].as_str().expect("id").to_owned();
+
+    let started = Instant::now();
+    let (status, empty) = service
+        .get_json(&format!("/api/dashboard/poll?after={id}&timeout=2"))
+        .await;
+    let waited = started.elapsed();
+    assert_eq!(status, 200);
+    assert_eq!(empty["events"], json!([]), "{empty}");
+    assert!(
+        waited >= Duration::from_millis(1_900) && waited < Duration::from_secs(3),
+        "{waited:?}"
+    );
+
+    // Something new during the wait: the poll answers with it before its timeout.
+    let waiting = {
+        let url = service.url(&format!("/api/dashboard/poll?after={id}&timeout=20"));
+        tokio::spawn(async move {
+            let started = Instant::now();
+            let body: Value = reqwest::get(url)
+                .await
+                .expect("poll")
+                .json()
+                .await
+                .expect("json");
+            (body, started.elapsed())
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    announce(&service, "during the wait").await;
+    let (body, waited) = waiting.await.expect("poll task");
+    assert!(waited < Duration::from_secs(5), "{waited:?}");
+    assert_eq!(body["events"][0]["event"], "announcement", "{body}");
+    assert_eq!(body["events"][0]["data"]["message"], "during the wait");
+    // Polling after the last id received repeats nothing.
+    let last = body["events"]
+        .as_array()
+        .and_then(|e| e.last())
+        .and_then(|e| e["id"].as_str())
+        .expect("id")
+        .to_owned();
+    let (_, again) = service
+        .get_json(&format!("/api/dashboard/poll?after={last}&timeout=1"))
+        .await;
+    assert!(
+        again["events"]
+            .as_array()
+            .is_some_and(|e| e.iter().all(|e| e["event"] == "snapshot")),
+        "{again}"
+    );
+
+    let (status, bad) = service.get_json("/api/dashboard/poll?after=garbage").await;
+    assert_eq!(status, 400);
+    assert_eq!(bad["error"]["code"], "bad_request");
+}
+
+#[tokio::test]
+async fn a_stalled_client_is_bounded_and_disconnected_while_a_fast_one_keeps_its_pace() {
+    let database = TestDatabase::new(Backend::Sqlite).await;
+    let names = Names::new();
+    let _broker = Broker::connect(&names).await;
+    // Heartbeat 2 s: a reader that stops reading is aborted after 5 s.
+    let service = Service::start(&config(&database, &names, "slow-1", 100, 2)).await;
+    service
+        .wait_for_snapshot(Duration::from_secs(10), |_| true)
+        .await;
+    let rss_before = resident_kib(service.pid());
+
+    // The stalled client: a tiny receive buffer, one request, never a read.
+    let address: std::net::SocketAddr = service
+        .base_url
+        .trim_start_matches("http://")
+        .parse()
+        .expect("address");
+    let socket =
+        socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
+    socket.set_recv_buffer_size(4_096).expect("rcvbuf");
+    socket.connect(&address.into()).expect("connect");
+    let mut stalled: std::net::TcpStream = socket.into();
+    write!(
+        stalled,
+        "GET {STREAM} HTTP/1.1\r\nHost: {address}\r\nAccept: text/event-stream\r\n\r\n"
+    )
+    .expect("request");
+
+    let mut fast = SseClient::connect(&service.base_url, STREAM, None).await;
+    fast.next_of("snapshot", Duration::from_secs(2)).await;
+    let long_message = "x".repeat(490);
+    let mut worst = Duration::ZERO;
+    for i in 0..300 {
+        let posted = Instant::now();
+        announce(&service, &format!("{i} {long_message}")).await;
+        let received = fast.next_of("announcement", Duration::from_secs(2)).await;
+        assert!(received.json()["message"]
+            .as_str()
+            .is_some_and(|m| m.starts_with(&format!("{i} "))));
+        worst = worst.max(received.received_at - posted);
+    }
+    assert!(
+        worst < Duration::from_millis(250),
+        "the fast client's worst delivery took {worst:?}"
+    );
+
+    // The stalled one is disconnected (its unread data times out) and counted as slow.
+    let mut disconnected = false;
+    for _ in 0..150 {
+        let text = service
+            .get("/metrics")
+            .await
+            .text()
+            .await
+            .unwrap_or_default();
+        if metric_sum(
+            &text,
+            "pulseboard_slow_client_disconnects_total",
+            "transport=\"sse\"",
+        ) >= 1
+        {
+            disconnected = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        disconnected,
+        "the stalled client was not disconnected:\n{}",
+        service.log_text()
+    );
+    let grown = resident_kib(service.pid()).saturating_sub(rss_before);
+    assert!(grown < 16 * 1024, "resident memory grew by {grown} KiB");
+    drop(stalled);
+}
+
+fn resident_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|status| {
+            status
+                .lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kib| kib.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+#[tokio::test]
+async fn refresh_pushes_a_new_snapshot_and_history_backfills_every_minute() {
+    let database = TestDatabase::new(Backend::Sqlite).await;
+    let names = Names::new();
+    let broker = Broker::connect(&names).await;
+    let service = Service::start(&config(&database, &names, "refresh-1", 100, 15)).await;
+    let before = service
+        .wait_for_snapshot(Duration::from_secs(10), |_| true)
+        .await;
+    let mut client = SseClient::connect(&service.base_url, STREAM, None).await;
+    client.next_of("snapshot", Duration::from_secs(2)).await;
+
+    let (status, refreshed) = post(&service, "/api/dashboard/refresh", json!({})).await;
+    assert_eq!(status, 200, "{refreshed}");
+    assert!(
+        refreshed["seq"].as_i64() > before["seq"].as_i64(),
+        "{refreshed}"
+    );
+    let pushed = client.next_of("snapshot", Duration::from_secs(2)).await;
+    assert_eq!(
+        pushed.json()["seq"],
+        refreshed["seq"],
+        "every dashboard got it"
+    );
+
+    broker
+        .publish_all(&[(
+            "order.placed".into(),
+            event("h1", "order.placed", 0, "u1", Some(4_200)),
+        )])
+        .await;
+    service
+        .wait_for_snapshot(Duration::from_secs(5), |s| s["point"]["orders"] == 1)
+        .await;
+    let (status, history) = service.get_json("/api/dashboard/history?minutes=15").await;
+    assert_eq!(status, 200);
+    let points = history["points"].as_array().expect("points");
+    assert_eq!(points.len(), 15);
+    assert_eq!(
+        points[14]["orders"], 1,
+        "the current minute is last: {history}"
+    );
+    assert_eq!(points[14]["revenue_minor"], 4_200);
+    assert!(points[..14].iter().all(|p| p["orders"] == 0));
+    for (status_query, code) in [
+        ("minutes=0", 400),
+        ("minutes=10081", 400),
+        ("minutes=x", 400),
+    ] {
+        let (status, body) = service
+            .get_json(&format!("/api/dashboard/history?{status_query}"))
+            .await;
+        assert_eq!(status, code, "{status_query}");
+        assert_eq!(body["error"]["code"], "bad_request");
+    }
+    let (status, body) = post(
+        &service,
+        "/api/announcements",
+        json!({"message": "", "level": "info"}),
+    )
+    .await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (400, Some("bad_request"))
+    );
+    let (status, body) = post(
+        &service,
+        "/api/announcements",
+        json!({"message": "hi", "level": "loud"}),
+    )
+    .await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (400, Some("bad_request"))
+    );
+    broker.cleanup().await;
+}
