@@ -275,22 +275,39 @@ impl<'a> Leader<'a> {
             .await?;
         self.last_renewed = Instant::now();
 
-        for confirm in confirms {
-            if let Err(error) = confirmed(confirm).await {
-                // Committed but not acknowledged: the redelivery will be seen as a duplicate.
-                self.link_failed(feed, error);
-                return Ok(());
-            }
+        // Committed: the events count from now on, whatever happens to the acknowledgement.
+        // If it fails, the broker redelivers them and the store recognises them as duplicates.
+        let acknowledged = self
+            .acknowledge(feed, confirms, batch.last().map(|m| m.tag))
+            .await;
+        self.apply_committed(&batch_events, &arrivals, &applied.fresh);
+        if let Err(error) = acknowledged {
+            self.link_failed(feed, error);
         }
-        if let Some(last) = batch.last() {
-            if let Err(error) = feed.ack_through(last.tag).await {
-                self.link_failed(feed, error);
-                return Ok(());
-            }
-        }
+        Ok(())
+    }
 
+    /// Waits for the dead letters' confirms, then acknowledges the batch with one multiple-ack.
+    async fn acknowledge(
+        &self,
+        feed: &Feed<'_>,
+        confirms: Vec<PublisherConfirm>,
+        last_tag: Option<u64>,
+    ) -> Result<(), BrokerError> {
+        for confirm in confirms {
+            confirmed(confirm).await?;
+        }
+        match last_tag {
+            Some(tag) => feed.ack_through(tag).await,
+            None => Ok(()),
+        }
+    }
+
+    /// Counts a committed batch and adds its new events to the live figures.
+    fn apply_committed(&mut self, events: &[Event], arrivals: &[Millis], fresh: &[bool]) {
+        let metrics = &self.context.metrics;
         let mut newest_occurred = None;
-        for ((event, arrived_at), fresh) in batch_events.iter().zip(arrivals).zip(applied.fresh) {
+        for ((event, &arrived_at), &fresh) in events.iter().zip(arrivals).zip(fresh) {
             let outcome = match (fresh, &event.kind) {
                 (false, _) => "duplicate",
                 (true, EventKind::Other) => "ignored",
@@ -315,7 +332,6 @@ impl<'a> Leader<'a> {
             let lag = self.lag_seconds;
             self.context.status.update(|s| s.lag_seconds = lag);
         }
-        Ok(())
     }
 
     async fn on_tick(&mut self, feed: &mut Feed<'_>) -> Result<(), LeadEnd> {
