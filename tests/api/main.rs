@@ -7,5 +7,7 @@ mod failover;
 mod helpers;
 mod ingest;
 mod live;
+mod outage;
+mod private_services;
 mod sse_client;
 mod traffic;
