@@ -262,6 +262,14 @@ step() { # name command...
     fi
 }
 
+no_test_password_in_service_logs() {
+    if grep -rlE 'pw-[0-9a-f]{32}' target/tmp/service-logs 2>/dev/null; then
+        note "a test password appears in the service logs listed above"
+        return 1
+    fi
+    note "no test password in $(find target/tmp/service-logs -type f 2>/dev/null | wc -l) service logs"
+}
+
 main() {
     section "pulseboard tests (CI=$CI)"
     command -v cargo >/dev/null 2>&1 || die "cargo not found: install the Rust toolchain (rustup)"
@@ -294,11 +302,16 @@ main() {
     # Doc tests run first (nextest does not run them), so that the last test summary printed is
     # the one of the whole suite: a doc-test run may well count 0 tests.
     step doctests cargo test --doc
+    # Service logs of this run only, for the leak check below.
+    rm -rf target/tmp/service-logs
     if [[ "$runner" == nextest ]]; then
         step tests cargo nextest run --no-fail-fast
     else
         step tests cargo test --no-fail-fast --lib --bins --tests
     fi
+
+    # Test passwords all start with "pw-": none may appear in any service log of the run.
+    step log-hygiene no_test_password_in_service_logs
 
     section "Summary"
     note "passed: ${PASSED[*]:-none}"

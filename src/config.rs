@@ -31,8 +31,48 @@ pub enum Command {
     Serve(Box<ServeArgs>),
     /// Publish realistic events to RabbitMQ with publisher confirms.
     Simulate(SimulateArgs),
+    /// Manage the users who may sign in.
+    Users(UsersArgs),
     /// Apply database migrations and exit.
     Migrate(DatabaseArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct UsersArgs {
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+
+    #[command(subcommand)]
+    pub action: UsersAction,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum UsersAction {
+    /// Create a user; without --password-stdin a generated password is printed once.
+    Add {
+        #[arg(value_parser = parse_username)]
+        name: String,
+        /// admin (views dashboards) or operator (also uses the console).
+        #[arg(long)]
+        role: crate::auth::Role,
+        /// Read the password from standard input instead of generating one.
+        #[arg(long)]
+        password_stdin: bool,
+    },
+    /// List users and their roles.
+    List,
+    /// Remove a user and end their sessions.
+    Remove {
+        #[arg(value_parser = parse_username)]
+        name: String,
+    },
+    /// Set a new password (generated unless --password-stdin) and end the user's sessions.
+    Passwd {
+        #[arg(value_parser = parse_username)]
+        name: String,
+        #[arg(long)]
+        password_stdin: bool,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -117,7 +157,7 @@ pub struct ServeArgs {
     pub timezone: Tz,
 
     /// Key for sessions and access tokens [default: generated once, kept in the database].
-    #[arg(long, env = "PULSEBOARD_SECRET", hide_env_values = true)]
+    #[arg(long, env = "PULSEBOARD_SECRET", hide_env_values = true, value_parser = parse_secret)]
     pub secret: Option<String>,
 
     /// Password of the operator `admin` created when no user exists.
@@ -232,6 +272,19 @@ fn parse_node_id(name: &str) -> Result<String, String> {
         Ok(name.to_owned())
     } else {
         Err("use 1 to 64 printable characters".into())
+    }
+}
+
+fn parse_username(name: &str) -> Result<String, String> {
+    crate::auth::validate_username(name).map(|()| name.to_owned())
+}
+
+/// Never echoes the value: a bad secret is still a secret.
+fn parse_secret(secret: &str) -> Result<String, String> {
+    if secret.chars().count() >= 16 {
+        Ok(secret.to_owned())
+    } else {
+        Err("use at least 16 characters".into())
     }
 }
 

@@ -15,12 +15,15 @@
 //! - [`aggregate`]: the figures, pure and deterministic.
 //! - [`store`]: SQLite or PostgreSQL; dedupe, history, lease, sequence.
 //! - [`live`]: the snapshot hub and its fan-out between instances.
-//! - [`http`]: routes and the one JSON error type.
+//! - [`http`]: routes, pages and the one JSON error type; [`auth`]: who may call what;
+//!   [`console`]: the operators' WebSocket.
 //! - [`metrics`], [`telemetry`], [`startup`], [`simulate`].
 
 pub mod aggregate;
+pub mod auth;
 pub mod clock;
 pub mod config;
+pub mod console;
 pub mod http;
 pub mod ingest;
 pub mod live;
@@ -30,3 +33,4 @@ pub mod simulate;
 pub mod startup;
 pub mod store;
 pub mod telemetry;
+pub mod users;

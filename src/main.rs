@@ -4,7 +4,7 @@
 use clap::error::ErrorKind;
 use clap::Parser;
 use pulseboard::config::{Cli, Command};
-use pulseboard::{simulate, startup::Application, store::Store, telemetry};
+use pulseboard::{simulate, startup::Application, store::Store, telemetry, users};
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
@@ -36,6 +36,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
     match command {
         Command::Serve(args) => Application::build(*args).await?.run_until_stopped().await,
         Command::Simulate(args) => Ok(simulate::run(args).await?),
+        Command::Users(args) => users::run(args).await,
         Command::Migrate(args) => {
             let store = Store::connect(&args.database_url).await?;
             store.migrate().await?;

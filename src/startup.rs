@@ -51,6 +51,24 @@ impl Application {
             .context("DATABASE_URL")?;
         store.migrate().await.context("DATABASE_URL")?;
 
+        let secret = match &args.secret {
+            Some(secret) => secret.clone(),
+            None => store
+                .setting_or_insert("secret", crate::auth::random_token)
+                .await
+                .context("DATABASE_URL")?,
+        };
+        crate::users::bootstrap_admin(&store, args.admin_password.as_deref()).await?;
+        let tls = match (&args.tls_cert, &args.tls_key) {
+            (Some(cert), Some(key)) => Some(tls_config(cert, key)?),
+            _ => None,
+        };
+        let auth = crate::auth::AuthState::new(
+            secret.as_bytes(),
+            tls.is_some(),
+            args.allowed_origins.clone(),
+        );
+
         let hub = Hub::new(store.last_announcement_id().await.context("DATABASE_URL")?);
         let live = LiveSettings::new(Duration::from_secs(args.heartbeat_secs));
         let (refresh_sender, refresh_receiver) = mpsc::channel(1);
@@ -123,6 +141,7 @@ impl Application {
 
         let state = web::Data::new(http::AppState {
             node: node.clone(),
+            auth,
             store: store.clone(),
             hub: hub.clone(),
             status,
@@ -136,17 +155,22 @@ impl Application {
         let server = HttpServer::new(move || {
             App::new()
                 .app_data(state.clone())
+                .wrap(http::security_headers())
                 .wrap(middleware::from_fn(http::record_metrics))
                 .configure(http::configure)
         })
         .on_connect(move |connection, _| abort_stalled_readers(connection, stall_timeout))
         .disable_signals()
-        .shutdown_timeout(5)
-        .listen(listener)
+        .shutdown_timeout(5);
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        let server = match tls {
+            Some(config) => server.listen_rustls_0_23(listener, config),
+            None => server.listen(listener),
+        }
         .with_context(|| format!("PULSEBOARD_BIND {address}: cannot serve"))?
         .run();
 
-        tracing::info!(%node, "listening on http://{address}");
+        tracing::info!(%node, "listening on {scheme}://{address}");
         Ok(Application {
             port: address.port(),
             server,
@@ -276,7 +300,13 @@ const SEND_BUFFER_BYTES: usize = 64 * 1024;
 /// `TCP_USER_TIMEOUT` the kernel aborts such a connection after `timeout` (Linux applies it to
 /// zero-window probes), which ends its stream and frees everything it held.
 fn abort_stalled_readers(connection: &dyn std::any::Any, timeout: Duration) {
-    if let Some(stream) = connection.downcast_ref::<actix_web::rt::net::TcpStream>() {
+    type Tcp = actix_web::rt::net::TcpStream;
+    let stream = connection.downcast_ref::<Tcp>().or_else(|| {
+        connection
+            .downcast_ref::<actix_tls::accept::rustls_0_23::TlsStream<Tcp>>()
+            .map(|tls| tls.get_ref().0)
+    });
+    if let Some(stream) = stream {
         let socket = socket2::SockRef::from(stream);
         if let Err(error) = socket
             .set_tcp_user_timeout(Some(timeout))
@@ -285,6 +315,37 @@ fn abort_stalled_readers(connection: &dyn std::any::Any, timeout: Duration) {
             tracing::debug!(%error, "could not bound the connection's socket");
         }
     }
+}
+
+/// HTTPS from PEM files: the certificate chain and its private key.
+fn tls_config(
+    cert: &std::path::Path,
+    key: &std::path::Path,
+) -> anyhow::Result<rustls::ServerConfig> {
+    let open = |path: &std::path::Path, option: &str| {
+        std::fs::File::open(path)
+            .map(std::io::BufReader::new)
+            .with_context(|| format!("{option} {}: cannot read", path.display()))
+    };
+    let chain = rustls_pemfile::certs(&mut open(cert, "PULSEBOARD_TLS_CERT")?)
+        .collect::<Result<Vec<_>, _>>()
+        .with_context(|| format!("PULSEBOARD_TLS_CERT {}: not PEM", cert.display()))?;
+    if chain.is_empty() {
+        anyhow::bail!(
+            "PULSEBOARD_TLS_CERT {}: no certificate in it",
+            cert.display()
+        );
+    }
+    let private_key = rustls_pemfile::private_key(&mut open(key, "PULSEBOARD_TLS_KEY")?)
+        .with_context(|| format!("PULSEBOARD_TLS_KEY {}: not PEM", key.display()))?
+        .with_context(|| format!("PULSEBOARD_TLS_KEY {}: no private key in it", key.display()))?;
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .context("TLS: protocol versions")?
+        .with_no_client_auth()
+        .with_single_cert(chain, private_key)
+        .context("PULSEBOARD_TLS_CERT/PULSEBOARD_TLS_KEY: the key does not fit the certificate")
 }
 
 async fn wait_for_signal() {

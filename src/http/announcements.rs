@@ -1,6 +1,7 @@
 //! `GET/POST /api/announcements` (SPEC §5).
 
 use super::{ApiError, AppState};
+use crate::auth::{Operator, Viewer};
 use crate::clock::now_ms;
 use crate::live::announce::{self, validate_message, Announcement, Level};
 use actix_web::{web, HttpResponse};
@@ -16,6 +17,7 @@ pub struct ListQuery {
 
 /// `{"announcements":[…]}`, newest first.
 pub async fn list(
+    _viewer: Viewer,
     query: web::Query<ListQuery>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
@@ -43,6 +45,7 @@ pub struct NewAnnouncement {
 
 /// 201 with the announcement, after it was stored and handed to every dashboard.
 pub async fn create(
+    operator: Operator,
     body: web::Json<NewAnnouncement>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
@@ -50,14 +53,13 @@ pub async fn create(
     validate_message(&body.message).map_err(ApiError::BadRequest)?;
     let level = Level::parse(&body.level)
         .ok_or_else(|| ApiError::BadRequest("level must be info, warning or critical".into()))?;
-    // Until sign-in exists every author is anonymous.
     let announcement = announce::publish(
         &state.store,
         &state.hub,
         &state.fanout,
         level,
         &body.message,
-        "anonymous",
+        &operator.0.username,
         now_ms(),
     )
     .await?;

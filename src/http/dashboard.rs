@@ -2,6 +2,7 @@
 
 use super::{ApiError, AppState};
 use crate::aggregate::{minute_of, Point, MINUTE_MS};
+use crate::auth::Viewer;
 use crate::clock::now_ms;
 use crate::live::PointView;
 use actix_web::http::header;
@@ -22,6 +23,7 @@ pub struct HistoryQuery {
 /// `{"points":[…]}`: one point per minute, oldest first, ending with the current minute;
 /// minutes without events are zeros, so charts need no gap handling.
 pub async fn history(
+    _viewer: Viewer,
     query: web::Query<HistoryQuery>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
@@ -68,7 +70,10 @@ fn empty(minute: i64) -> Point {
 
 /// Asks the leader (here, or through the fan-out) for a snapshot now and returns it once it
 /// reached this instance, so every dashboard got it too.
-pub async fn refresh(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+pub async fn refresh(
+    _viewer: Viewer,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
     let mut snapshots = state.hub.subscribe().snapshots;
     let before = snapshots
         .borrow_and_update()

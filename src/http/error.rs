@@ -13,6 +13,14 @@ pub enum ApiError {
     Unauthorized,
     #[error("your role does not allow this")]
     Forbidden,
+    #[error("missing or invalid CSRF token")]
+    Csrf,
+    #[error("this origin may not open the console")]
+    ForbiddenOrigin,
+    #[error("wrong user name or password")]
+    BadCredentials,
+    #[error("too many failed attempts; retry later")]
+    RateLimited(std::time::Duration),
     #[error("no such route")]
     NotFound,
     #[error("{0}")]
@@ -26,7 +34,9 @@ impl ApiError {
         match self {
             ApiError::BadRequest(_) => "bad_request",
             ApiError::Unauthorized => "unauthorized",
-            ApiError::Forbidden => "forbidden",
+            ApiError::Forbidden | ApiError::Csrf | ApiError::ForbiddenOrigin => "forbidden",
+            ApiError::BadCredentials => "unauthorized",
+            ApiError::RateLimited(_) => "rate_limited",
             ApiError::NotFound => "not_found",
             ApiError::Unavailable(_) => "unavailable",
             ApiError::Internal(_) => "internal",
@@ -50,7 +60,11 @@ impl ResponseError for ApiError {
         match self {
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
-            ApiError::Forbidden => StatusCode::FORBIDDEN,
+            ApiError::Forbidden | ApiError::Csrf | ApiError::ForbiddenOrigin => {
+                StatusCode::FORBIDDEN
+            }
+            ApiError::BadCredentials => StatusCode::UNAUTHORIZED,
+            ApiError::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
             ApiError::NotFound => StatusCode::NOT_FOUND,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -61,6 +75,11 @@ impl ResponseError for ApiError {
         if let ApiError::Internal(cause) = self {
             tracing::error!(error = format!("{cause:#}"), "request failed");
         }
-        HttpResponse::build(self.status_code()).json(error_body(self.code(), &self.to_string()))
+        let mut response = HttpResponse::build(self.status_code())
+            .json(error_body(self.code(), &self.to_string()));
+        if let ApiError::RateLimited(wait) = self {
+            super::signin::retry_after(&mut response, *wait);
+        }
+        response
     }
 }

@@ -6,9 +6,12 @@
 mod announcements;
 mod dashboard;
 mod error;
+mod pages;
 mod routes;
+mod signin;
 
 pub use error::{error_body, ApiError};
+pub use pages::PageError;
 
 use crate::ingest::StatusCell;
 use crate::live::fanout::FanoutSender;
@@ -26,6 +29,7 @@ use tokio::sync::mpsc;
 /// Everything a request handler may use.
 pub struct AppState {
     pub node: String,
+    pub auth: crate::auth::AuthState,
     pub store: Store,
     pub hub: Hub,
     pub status: Arc<StatusCell>,
@@ -55,8 +59,9 @@ impl LiveSettings {
     }
 }
 
-/// Request bodies above this are refused with 413 before a handler runs.
+/// Request bodies above this are refused before a handler runs.
 const MAX_JSON_BODY: usize = 64 * 1024;
+const MAX_FORM_BODY: usize = 16 * 1024;
 
 pub fn configure(config: &mut web::ServiceConfig) {
     config
@@ -67,13 +72,42 @@ pub fn configure(config: &mut web::ServiceConfig) {
                     ApiError::BadRequest(format!("invalid JSON body: {error}")).into()
                 }),
         )
+        .app_data(
+            web::FormConfig::default()
+                .limit(MAX_FORM_BODY)
+                .error_handler(|error, _| {
+                    ApiError::BadRequest(format!("invalid form: {error}")).into()
+                }),
+        )
+        .app_data(web::PayloadConfig::default().limit(MAX_JSON_BODY))
         .app_data(web::QueryConfig::default().error_handler(|error, _| {
             ApiError::BadRequest(format!("invalid query: {error}")).into()
         }))
         .configure(routes::configure)
-        .default_service(web::to(|| async {
-            Err::<web::Json<()>, _>(ApiError::NotFound)
-        }));
+        .default_service(web::to(not_found));
+}
+
+/// Unknown API paths get the JSON error; anything else the 404 page.
+async fn not_found(request: actix_web::HttpRequest) -> actix_web::HttpResponse {
+    if request.path().starts_with("/api/") {
+        actix_web::ResponseError::error_response(&ApiError::NotFound)
+    } else {
+        actix_web::ResponseError::error_response(&PageError::NotFound)
+    }
+}
+
+/// Headers of every response: no framing, no sniffing, no referrer leaks, scripts and styles
+/// from this origin only (no inline script).
+pub fn security_headers() -> actix_web::middleware::DefaultHeaders {
+    actix_web::middleware::DefaultHeaders::new()
+        .add((
+            "Content-Security-Policy",
+            "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; \
+             connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'",
+        ))
+        .add(("X-Content-Type-Options", "nosniff"))
+        .add(("X-Frame-Options", "DENY"))
+        .add(("Referrer-Policy", "same-origin"))
 }
 
 /// Counts and times every request by its route pattern (never the raw path: bounded labels).

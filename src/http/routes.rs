@@ -1,6 +1,7 @@
 //! The route table (SPEC §5) and the small handlers: snapshot, health, readiness, metrics.
 
-use super::{announcements, dashboard, error_body, ApiError, AppState};
+use super::{announcements, dashboard, error_body, pages, signin, ApiError, AppState};
+use crate::auth::Viewer;
 use crate::live::{poll, sse};
 use actix_web::http::header;
 use actix_web::{web, HttpRequest, HttpResponse};
@@ -11,6 +12,14 @@ const READY_DATABASE_TIMEOUT: Duration = Duration::from_secs(2);
 
 pub fn configure(config: &mut web::ServiceConfig) {
     config
+        .route("/", web::get().to(pages::dashboard))
+        .route("/console", web::get().to(pages::console))
+        .route("/static/app.css", web::get().to(pages::stylesheet))
+        .route("/login", web::get().to(signin::login_page))
+        .route("/login", web::post().to(signin::login))
+        .route("/logout", web::post().to(signin::logout))
+        .route("/api/auth/token", web::post().to(signin::token))
+        .route("/ws/console", web::get().to(crate::console::upgrade))
         .route("/api/dashboard/snapshot", web::get().to(snapshot))
         .route("/api/dashboard/history", web::get().to(dashboard::history))
         .route("/api/dashboard/refresh", web::post().to(dashboard::refresh))
@@ -23,7 +32,7 @@ pub fn configure(config: &mut web::ServiceConfig) {
         .route("/metrics", web::get().to(metrics));
 }
 
-async fn snapshot(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+async fn snapshot(_viewer: Viewer, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     let frame = state.hub.latest_frame().ok_or_else(|| {
         ApiError::Unavailable("no snapshot yet: waiting for the ingest leader".into())
     })?;

@@ -7,6 +7,7 @@
 
 use super::connection::{ConnectionGuard, Transport};
 use super::hub::{EventId, REPLAY_WINDOW_MS};
+use crate::auth::Viewer;
 use crate::clock::now_ms;
 use crate::http::{ApiError, AppState};
 use actix_web::http::header;
@@ -26,6 +27,7 @@ pub struct PollQuery {
 }
 
 pub async fn poll(
+    _viewer: Viewer,
     query: web::Query<PollQuery>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {

@@ -12,6 +12,7 @@
 
 use super::connection::{ConnectionGuard, Transport};
 use super::hub::{sse_event, AnnouncementFrame, EventId, Subscription, REPLAY_WINDOW_MS};
+use crate::auth::Viewer;
 use crate::clock::now_ms;
 use crate::http::{ApiError, AppState};
 use actix_web::http::header;
@@ -34,6 +35,7 @@ pub struct StreamQuery {
 }
 
 pub async fn stream(
+    _viewer: Viewer,
     request: HttpRequest,
     query: web::Query<StreamQuery>,
     state: web::Data<AppState>,

@@ -12,9 +12,11 @@
 
 mod announcements;
 mod lease;
+mod users;
 
 pub use announcements::StoredAnnouncement;
 pub use lease::Lease;
+pub use users::{SessionRow, UserRow};
 
 use crate::aggregate::{
     minute_of, Delta, Event, EventKind, Millis, Point, RestoreInput, Tally, MAX_AGE_MS,
@@ -349,7 +351,12 @@ impl Store {
             .execute(&self.pool)
             .await?
             .rows_affected();
-        Ok(events + minutes + announcements)
+        let sessions = sqlx::query("DELETE FROM sessions WHERE expires_at < $1")
+            .bind(now)
+            .execute(&self.pool)
+            .await?
+            .rows_affected();
+        Ok(events + minutes + announcements + sessions)
     }
 
     /// Count of applied ids currently remembered (for status and tests).

@@ -27,9 +27,11 @@ pub enum Backend {
     Postgres,
 }
 
-/// A database of the test's own; a PostgreSQL one is dropped when the test ends.
+/// A database of the test's own; a PostgreSQL one is dropped when the test ends. Its first
+/// user, operator `admin`, gets `admin_password` (every instance on it shares that).
 pub struct TestDatabase {
     pub url: String,
+    pub admin_password: String,
     postgres_name: Option<String>,
     _folder: tempfile::TempDir,
 }
@@ -43,6 +45,7 @@ impl TestDatabase {
                     "sqlite://{}/pulseboard.db?mode=rwc",
                     folder.path().display()
                 ),
+                admin_password: test_password(),
                 postgres_name: None,
                 _folder: folder,
             },
@@ -51,6 +54,7 @@ impl TestDatabase {
                 postgres_admin(&format!("CREATE DATABASE {name}")).await;
                 TestDatabase {
                     url: format!("postgres://postgres@127.0.0.1:5432/{name}"),
+                    admin_password: test_password(),
                     postgres_name: Some(name),
                     _folder: folder,
                 }
@@ -83,6 +87,11 @@ async fn postgres_admin(sql: &str) {
         .expect("admin statement");
 }
 
+/// Test passwords share a prefix so that a scan of the service logs can find any leak.
+pub fn test_password() -> String {
+    format!("pw-{}", uuid::Uuid::new_v4().simple())
+}
+
 pub fn short_id() -> String {
     uuid::Uuid::new_v4().simple().to_string()[..12].to_owned()
 }
@@ -108,6 +117,7 @@ impl Names {
 #[derive(Debug, Clone)]
 pub struct ServiceConfig {
     pub database_url: String,
+    pub admin_password: String,
     pub names: Names,
     pub node: String,
     pub amqp_url: String,
@@ -119,6 +129,7 @@ impl ServiceConfig {
     pub fn new(database: &TestDatabase, names: &Names, node: &str) -> ServiceConfig {
         ServiceConfig {
             database_url: database.url.clone(),
+            admin_password: database.admin_password.clone(),
             names: names.clone(),
             node: node.to_owned(),
             amqp_url: AMQP_URL.to_owned(),
@@ -133,7 +144,9 @@ pub struct Service {
     child: Child,
     pub base_url: String,
     pub log: Arc<Mutex<String>>,
+    /// A client that sends the operator `admin`'s bearer token with every request.
     http: reqwest::Client,
+    token: String,
 }
 
 impl Service {
@@ -143,6 +156,7 @@ impl Service {
             .args(&config.args)
             .env("PULSEBOARD_BIND", "127.0.0.1:0")
             .env("DATABASE_URL", &config.database_url)
+            .env("PULSEBOARD_ADMIN_PASSWORD", &config.admin_password)
             .env("AMQP_URL", &config.amqp_url)
             .env("PULSEBOARD_QUEUE_PREFIX", &config.names.prefix)
             .env("PULSEBOARD_EXCHANGE", &config.names.exchange)
@@ -166,15 +180,41 @@ impl Service {
             .await
             .unwrap_or_else(|_| panic!("service did not start in 30 s:\n{}", read(&log)))
             .unwrap_or_else(|_| panic!("service exited before listening:\n{}", read(&log)));
+        let base_url = if read(&log).contains("listening on https://") {
+            format!("https://{address}")
+        } else {
+            format!("http://{address}")
+        };
+        let token = if base_url.starts_with("https") {
+            String::new()
+        } else {
+            fetch_token(&base_url, "admin", &config.admin_password).await
+        };
+        let mut headers = reqwest::header::HeaderMap::new();
+        if !token.is_empty() {
+            let bearer = format!("Bearer {token}").parse().expect("header value");
+            headers.insert(reqwest::header::AUTHORIZATION, bearer);
+        }
         Service {
             child,
-            base_url: format!("http://{address}"),
+            base_url,
             log,
             http: reqwest::Client::builder()
                 .timeout(Duration::from_secs(10))
+                .default_headers(headers)
                 .build()
                 .expect("http client"),
+            token,
         }
+    }
+
+    /// The client with the operator's bearer token.
+    pub fn client(&self) -> &reqwest::Client {
+        &self.http
+    }
+
+    pub fn token(&self) -> &str {
+        &self.token
     }
 
     pub fn log_text(&self) -> String {
@@ -268,6 +308,22 @@ impl Service {
     }
 }
 
+/// An access token from `POST /api/auth/token`.
+pub async fn fetch_token(base_url: &str, username: &str, password: &str) -> String {
+    let response = reqwest::Client::new()
+        .post(format!("{base_url}/api/auth/token"))
+        .json(&serde_json::json!({"username": username, "password": password}))
+        .send()
+        .await
+        .expect("token request");
+    assert_eq!(response.status(), 200, "token for {username}");
+    let body: Value = response.json().await.expect("token body");
+    body["access_token"]
+        .as_str()
+        .expect("access_token")
+        .to_owned()
+}
+
 async fn collect_log(
     stderr: tokio::process::ChildStderr,
     log: Arc<Mutex<String>>,
@@ -279,8 +335,11 @@ async fn collect_log(
     let folder = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("service-logs");
     let _ = std::fs::create_dir_all(&folder);
     while let Ok(Some(line)) = lines.next_line().await {
-        if let Some(at) = line.find("listening on http://") {
-            let address: String = line[at + "listening on http://".len()..]
+        let announced = ["listening on http://", "listening on https://"]
+            .iter()
+            .find_map(|marker| line.find(marker).map(|at| at + marker.len()));
+        if let Some(start) = announced {
+            let address: String = line[start..]
                 .chars()
                 .take_while(|c| c.is_ascii_alphanumeric() || *c == '.' || *c == ':')
                 .collect();

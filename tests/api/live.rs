@@ -12,7 +12,8 @@ use std::time::{Duration, Instant};
 const STREAM: &str = "/api/dashboard/stream";
 
 async fn post(service: &Service, path: &str, body: Value) -> (u16, Value) {
-    let response = reqwest::Client::new()
+    let response = service
+        .client()
         .post(service.url(path))
         .json(&body)
         .send()
@@ -62,7 +63,7 @@ async fn a_client_sees_the_opening_snapshot_at_once_and_news_within_one_interval
         .await;
 
     let started = Instant::now();
-    let mut client = SseClient::connect(&service.base_url, STREAM, None).await;
+    let mut client = SseClient::connect(&service, STREAM, None).await;
     assert_eq!(client.headers["content-type"], "text/event-stream");
     assert_eq!(client.headers["cache-control"], "no-cache");
     assert_eq!(client.headers["x-accel-buffering"], "no");
@@ -123,7 +124,7 @@ async fn heartbeats_arrive_on_an_idle_stream_at_the_configured_interval() {
     service
         .wait_for_snapshot(Duration::from_secs(10), |_| true)
         .await;
-    let mut client = SseClient::connect(&service.base_url, STREAM, None).await;
+    let mut client = SseClient::connect(&service, STREAM, None).await;
     client.next_of("snapshot", Duration::from_secs(2)).await;
 
     let mut beats = Vec::new();
@@ -147,7 +148,7 @@ async fn heartbeats_arrive_on_an_idle_stream_at_the_configured_interval() {
 
 /// Reads every event of the stream's opening until its snapshot: (announcement messages, snapshot).
 async fn resume(service: &Service, last_id: &str) -> (Vec<String>, Value) {
-    let mut client = SseClient::connect(&service.base_url, STREAM, Some(last_id)).await;
+    let mut client = SseClient::connect(service, STREAM, Some(last_id)).await;
     let mut messages = Vec::new();
     loop {
         let block = client
@@ -182,7 +183,7 @@ async fn a_reconnecting_client_gets_exactly_the_missed_announcements_then_the_sn
     }
     announce(&first, "before").await;
 
-    let mut client = SseClient::connect(&first.base_url, STREAM, None).await;
+    let mut client = SseClient::connect(&first, STREAM, None).await;
     let last = client
         .next_of("snapshot", Duration::from_secs(2))
         .await
@@ -200,12 +201,8 @@ async fn a_reconnecting_client_gets_exactly_the_missed_announcements_then_the_sn
     let (missed, _) = resume(&second, &last).await;
     assert_eq!(missed, ["one", "two", "three"]);
     // The query-string form works too.
-    let mut client = SseClient::connect(
-        &second.base_url,
-        &format!("{STREAM}?lastEventId={last}"),
-        None,
-    )
-    .await;
+    let mut client =
+        SseClient::connect(&second, &format!("{STREAM}?lastEventId={last}"), None).await;
     assert_eq!(
         client
             .next_of("announcement", Duration::from_secs(2))
@@ -238,8 +235,8 @@ async fn two_instances_serve_the_same_seq_sequence_and_each_others_announcements
             })
             .await;
     }
-    let mut a = SseClient::connect(&first.base_url, STREAM, None).await;
-    let mut b = SseClient::connect(&second.base_url, STREAM, None).await;
+    let mut a = SseClient::connect(&first, STREAM, None).await;
+    let mut b = SseClient::connect(&second, STREAM, None).await;
     a.next_of("snapshot", Duration::from_secs(2)).await;
     b.next_of("snapshot", Duration::from_secs(2)).await;
 
@@ -332,9 +329,12 @@ async fn long_poll_answers_at_once_when_something_is_newer_and_after_its_timeout
     // Something new during the wait: the poll answers with it before its timeout.
     let waiting = {
         let url = service.url(&format!("/api/dashboard/poll?after={id}&timeout=20"));
+        let client = service.client().clone();
         tokio::spawn(async move {
             let started = Instant::now();
-            let body: Value = reqwest::get(url)
+            let body: Value = client
+                .get(url)
+                .send()
                 .await
                 .expect("poll")
                 .json()
@@ -396,11 +396,13 @@ async fn a_stalled_client_is_bounded_and_disconnected_while_a_fast_one_keeps_its
     let mut stalled: std::net::TcpStream = socket.into();
     write!(
         stalled,
-        "GET {STREAM} HTTP/1.1\r\nHost: {address}\r\nAccept: text/event-stream\r\n\r\n"
+        "GET {STREAM} HTTP/1.1\r\nHost: {address}\r\nAccept: text/event-stream\r\n\
+         Authorization: Bearer {}\r\n\r\n",
+        service.token()
     )
     .expect("request");
 
-    let mut fast = SseClient::connect(&service.base_url, STREAM, None).await;
+    let mut fast = SseClient::connect(&service, STREAM, None).await;
     fast.next_of("snapshot", Duration::from_secs(2)).await;
     let long_message = "x".repeat(490);
     let mut worst = Duration::ZERO;
@@ -470,7 +472,7 @@ async fn refresh_pushes_a_new_snapshot_and_history_backfills_every_minute() {
     let before = service
         .wait_for_snapshot(Duration::from_secs(10), |_| true)
         .await;
-    let mut client = SseClient::connect(&service.base_url, STREAM, None).await;
+    let mut client = SseClient::connect(&service, STREAM, None).await;
     client.next_of("snapshot", Duration::from_secs(2)).await;
 
     let (status, refreshed) = post(&service, "/api/dashboard/refresh", json!({})).await;

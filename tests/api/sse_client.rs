@@ -1,5 +1,6 @@
 //! A minimal Server-Sent Events client over a real HTTP connection, for tests.
 
+use crate::helpers::Service;
 use bytes::Bytes;
 use futures_util::stream::{BoxStream, StreamExt};
 use std::time::{Duration, Instant};
@@ -26,9 +27,10 @@ pub struct SseClient {
 }
 
 impl SseClient {
-    /// Opens `path` (with `Last-Event-ID` when given) and checks it is an event stream.
-    pub async fn connect(base_url: &str, path: &str, last_event_id: Option<&str>) -> SseClient {
-        let mut request = reqwest::Client::new().get(format!("{base_url}{path}"));
+    /// Opens `path` as the service's operator (with `Last-Event-ID` when given) and checks it
+    /// is an event stream.
+    pub async fn connect(service: &Service, path: &str, last_event_id: Option<&str>) -> SseClient {
+        let mut request = service.client().get(service.url(path));
         if let Some(id) = last_event_id {
             request = request.header("Last-Event-ID", id);
         }

@@ -1,0 +1,202 @@
+//! Who is calling: credentials from the request, and the extractors that gate handlers.
+
+use super::{same_token, session_key, Role, CSRF_HEADER, SESSION_COOKIE};
+use crate::clock::now_ms;
+use crate::http::{ApiError, AppState, PageError};
+use actix_web::dev::Payload;
+use actix_web::http::{header, Method};
+use actix_web::{web, FromRequest, HttpRequest};
+use futures_util::future::LocalBoxFuture;
+use std::collections::HashMap;
+
+/// An authenticated caller.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    pub username: String,
+    pub role: Role,
+    pub credential: Credential,
+}
+
+#[derive(Debug, Clone)]
+pub enum Credential {
+    /// A browser session; its CSRF token guards unsafe methods.
+    Session { key: String, csrf: String },
+    /// A bearer or `access_token` token: not sent by browsers on their own, so no CSRF risk.
+    Token,
+}
+
+impl Caller {
+    pub fn csrf(&self) -> Option<&str> {
+        match &self.credential {
+            Credential::Session { csrf, .. } => Some(csrf),
+            Credential::Token => None,
+        }
+    }
+}
+
+/// The caller, if any credential is presented; a presented but invalid token is an error
+/// (an expired token must not silently fall back to an anonymous request).
+pub async fn authenticate(
+    request: &HttpRequest,
+    state: &AppState,
+) -> Result<Option<Caller>, ApiError> {
+    if let Some(token) = bearer_token(request).or_else(|| query_token(request)) {
+        // Checked without the database, so dashboards on tokens ride out a database outage;
+        // the price is that a removed user's token lives out its 15 minutes.
+        let claims = state
+            .auth
+            .keys
+            .verify(&token)
+            .ok_or(ApiError::Unauthorized)?;
+        return Ok(Some(Caller {
+            username: claims.sub,
+            role: claims.role,
+            credential: Credential::Token,
+        }));
+    }
+    if let Some(cookie) = request.cookie(SESSION_COOKIE) {
+        let key = session_key(cookie.value());
+        let session = state.store.session(&key, now_ms()).await.map_err(|error| {
+            tracing::warn!(%error, "cannot check a session");
+            ApiError::Unavailable("sessions are unavailable right now; try again shortly".into())
+        })?;
+        if let Some(session) = session {
+            return Ok(Some(Caller {
+                username: session.username,
+                role: session.role,
+                credential: Credential::Session {
+                    key,
+                    csrf: session.csrf,
+                },
+            }));
+        }
+    }
+    Ok(None)
+}
+
+fn bearer_token(request: &HttpRequest) -> Option<String> {
+    let value = request
+        .headers()
+        .get(header::AUTHORIZATION)?
+        .to_str()
+        .ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim().to_owned())
+}
+
+fn query_token(request: &HttpRequest) -> Option<String> {
+    serde_urlencoded::from_str::<HashMap<String, String>>(request.query_string())
+        .ok()?
+        .remove("access_token")
+}
+
+/// A session caller's unsafe request must carry the session's CSRF token in `X-CSRF-Token`.
+fn check_csrf(request: &HttpRequest, caller: &Caller) -> Result<(), ApiError> {
+    let safe = matches!(
+        *request.method(),
+        Method::GET | Method::HEAD | Method::OPTIONS
+    );
+    match caller.csrf() {
+        Some(expected) if !safe => {
+            let presented = request
+                .headers()
+                .get(CSRF_HEADER)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default();
+            if same_token(presented, expected) {
+                Ok(())
+            } else {
+                Err(ApiError::Csrf)
+            }
+        }
+        _ => Ok(()),
+    }
+}
+
+fn state_of(request: &HttpRequest) -> Result<web::Data<AppState>, ApiError> {
+    request
+        .app_data::<web::Data<AppState>>()
+        .cloned()
+        .ok_or_else(|| ApiError::Internal(anyhow::anyhow!("application state missing")))
+}
+
+async fn caller_with_role(request: HttpRequest, operator_only: bool) -> Result<Caller, ApiError> {
+    let state = state_of(&request)?;
+    let caller = authenticate(&request, &state)
+        .await?
+        .ok_or(ApiError::Unauthorized)?;
+    if operator_only && caller.role != Role::Operator {
+        return Err(ApiError::Forbidden);
+    }
+    check_csrf(&request, &caller)?;
+    Ok(caller)
+}
+
+/// Any signed-in role (admin or operator): 401 otherwise.
+pub struct Viewer(pub Caller);
+
+impl FromRequest for Viewer {
+    type Error = ApiError;
+    type Future = LocalBoxFuture<'static, Result<Self, Self::Error>>;
+
+    fn from_request(request: &HttpRequest, _: &mut Payload) -> Self::Future {
+        let request = request.clone();
+        Box::pin(async move { caller_with_role(request, false).await.map(Viewer) })
+    }
+}
+
+/// The operator role: 401 when not signed in, 403 for an admin.
+pub struct Operator(pub Caller);
+
+impl FromRequest for Operator {
+    type Error = ApiError;
+    type Future = LocalBoxFuture<'static, Result<Self, Self::Error>>;
+
+    fn from_request(request: &HttpRequest, _: &mut Payload) -> Self::Future {
+        let request = request.clone();
+        Box::pin(async move { caller_with_role(request, true).await.map(Operator) })
+    }
+}
+
+async fn page_caller(request: HttpRequest, operator_only: bool) -> Result<Caller, PageError> {
+    match caller_with_role(request.clone(), operator_only).await {
+        Ok(caller) => Ok(caller),
+        Err(ApiError::Unauthorized) => Err(PageError::SignIn {
+            next: request
+                .uri()
+                .path_and_query()
+                .map(|p| p.as_str().to_owned())
+                .unwrap_or_else(|| "/".into()),
+        }),
+        Err(ApiError::Forbidden) => Err(PageError::Forbidden),
+        Err(error) => Err(PageError::Internal(error.to_string())),
+    }
+}
+
+/// A page for any signed-in role; otherwise a redirect to `/login?next=…`.
+pub struct PageViewer(pub Caller);
+
+impl FromRequest for PageViewer {
+    type Error = PageError;
+    type Future = LocalBoxFuture<'static, Result<Self, Self::Error>>;
+
+    fn from_request(request: &HttpRequest, _: &mut Payload) -> Self::Future {
+        let request = request.clone();
+        Box::pin(async move { page_caller(request, false).await.map(PageViewer) })
+    }
+}
+
+/// A page for operators; an admin gets the 403 page.
+pub struct PageOperator(pub Caller);
+
+impl FromRequest for PageOperator {
+    type Error = PageError;
+    type Future = LocalBoxFuture<'static, Result<Self, Self::Error>>;
+
+    fn from_request(request: &HttpRequest, _: &mut Payload) -> Self::Future {
+        let request = request.clone();
+        Box::pin(async move { page_caller(request, true).await.map(PageOperator) })
+    }
+}

@@ -1,0 +1,171 @@
+//! Identity and authorization: who is calling (session cookie, bearer token or `access_token`),
+//! whether their role allows the route, and the defences around signing in.
+//!
+//! Handlers state what they need by taking [`Viewer`] (admin or operator) or [`Operator`] as an
+//! argument; the extractors answer 401/403 in the SPEC §5 shape before the handler runs, and for
+//! cookie sessions also check the CSRF token of unsafe methods. Pages use [`PageViewer`] /
+//! [`PageOperator`], which redirect to `/login` instead.
+//!
+//! Boundaries: SQL in `store::users`; password hashing in [`password`]; tokens in [`token`];
+//! throttling in [`throttle`]. Nothing here logs a password, hash, token or secret.
+
+mod extract;
+pub mod password;
+pub mod throttle;
+pub mod token;
+
+pub use extract::{authenticate, Caller, Credential, Operator, PageOperator, PageViewer, Viewer};
+
+use crate::aggregate::Millis;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+use throttle::Throttle;
+use token::TokenKeys;
+
+pub const SESSION_COOKIE: &str = "pulseboard_session";
+pub const CSRF_COOKIE: &str = "pulseboard_csrf";
+pub const CSRF_HEADER: &str = "X-CSRF-Token";
+pub const TOKEN_TTL_SECS: i64 = 15 * 60;
+pub const SESSION_TTL_MS: Millis = 12 * 3_600_000;
+/// Failed attempts per user name or address per window; the last one is answered 429.
+const THROTTLE_LIMIT: usize = 10;
+const THROTTLE_WINDOW: Duration = Duration::from_secs(60);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Views dashboards.
+    Admin,
+    /// Views dashboards and uses the console.
+    Operator,
+}
+
+impl Role {
+    pub fn parse(text: &str) -> Option<Role> {
+        match text {
+            "admin" => Some(Role::Admin),
+            "operator" => Some(Role::Operator),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Admin => "admin",
+            Role::Operator => "operator",
+        }
+    }
+}
+
+impl std::str::FromStr for Role {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        Role::parse(text).ok_or_else(|| "expected admin or operator".to_string())
+    }
+}
+
+/// User names: 1 to 64 of letters, digits, `.`, `_`, `-`.
+pub fn validate_username(name: &str) -> Result<(), String> {
+    let valid = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || ".-_".contains(c));
+    if valid {
+        Ok(())
+    } else {
+        Err("a user name has 1 to 64 letters, digits, '.', '_' or '-'".into())
+    }
+}
+
+/// What authentication needs at run time.
+pub struct AuthState {
+    pub keys: TokenKeys,
+    /// Cookies get `Secure` when the service speaks HTTPS.
+    pub secure_cookies: bool,
+    /// Origins allowed to open the console WebSocket; empty means "the service's own".
+    pub allowed_origins: Vec<String>,
+    throttle: Mutex<Throttle>,
+}
+
+impl AuthState {
+    pub fn new(secret: &[u8], secure_cookies: bool, allowed_origins: Vec<String>) -> Self {
+        AuthState {
+            keys: TokenKeys::new(secret),
+            secure_cookies,
+            allowed_origins,
+            throttle: Mutex::new(Throttle::new(THROTTLE_LIMIT, THROTTLE_WINDOW)),
+        }
+    }
+
+    fn throttle(&self) -> std::sync::MutexGuard<'_, Throttle> {
+        // Plain counters: a panic elsewhere cannot leave them inconsistent.
+        self.throttle.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// `Err(retry_after)` while this user name or address has failed too often.
+    pub fn check_throttle(&self, username: &str, address: &str) -> Result<(), Duration> {
+        self.throttle()
+            .check(&throttle_keys(username, address), Instant::now())
+    }
+
+    pub fn record_failure(&self, username: &str, address: &str) {
+        self.throttle()
+            .fail(&throttle_keys(username, address), Instant::now());
+    }
+
+    pub fn record_success(&self, username: &str) {
+        self.throttle().succeed(&format!("user:{username}"));
+    }
+}
+
+fn throttle_keys(username: &str, address: &str) -> [String; 2] {
+    [format!("user:{username}"), format!("ip:{address}")]
+}
+
+/// Session ids are stored hashed: a leaked table does not hand out live sessions.
+pub fn session_key(session_id: &str) -> String {
+    hex(&Sha256::digest(session_id.as_bytes()))
+}
+
+/// 32 random bytes as URL-safe text: session ids and CSRF tokens.
+pub fn random_token() -> String {
+    use base64::Engine;
+    let bytes: [u8; 32] = rand::random();
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Constant-time equality for tokens.
+pub fn same_token(a: &str, b: &str) -> bool {
+    use subtle::ConstantTimeEq;
+    a.len() == b.len() && bool::from(a.as_bytes().ct_eq(b.as_bytes()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn user_names_are_short_and_plain() {
+        assert!(validate_username("ada.lovelace-1_x").is_ok());
+        for bad in ["", "a b", "ümlaut", &"x".repeat(65), "semi;colon"] {
+            assert!(validate_username(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn tokens_compare_exactly() {
+        let token = random_token();
+        assert!(same_token(&token, &token.clone()));
+        assert!(!same_token(&token, &random_token()));
+        assert!(!same_token("a", "ab"));
+        assert_eq!(session_key("x").len(), 64);
+    }
+}

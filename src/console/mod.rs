@@ -1,0 +1,295 @@
+//! The operations console: `GET /ws/console` (SPEC §7).
+//!
+//! The handshake is checked before the upgrade: credentials and the operator role (the
+//! [`Operator`] extractor: 401/403), then the `Origin` (403). A session then greets with
+//! `welcome`, answers commands, limits each connection to 20 commands a second, pings every
+//! heartbeat interval and closes a connection that left two pings unanswered.
+//!
+//! This version answers `help`, `ping` and `status`; the other commands of SPEC §7 answer
+//! `unavailable` until they are built (they are listed by `help` with that note).
+
+pub mod protocol;
+
+use crate::auth::Operator;
+use crate::clock::{now_ms, rfc3339};
+use crate::http::{ApiError, AppState};
+use crate::live::connection::{ConnectionGuard, Transport};
+use actix_web::http::header;
+use actix_web::{web, HttpRequest, HttpResponse};
+use futures_util::StreamExt;
+use serde_json::{json, Value};
+use std::time::{Duration, Instant};
+
+/// A console command, with whether this version performs it.
+pub struct CommandInfo {
+    pub name: &'static str,
+    pub payload: &'static str,
+    pub available: bool,
+}
+
+pub const COMMANDS: &[CommandInfo] = &[
+    CommandInfo {
+        name: "help",
+        payload: "-",
+        available: true,
+    },
+    CommandInfo {
+        name: "ping",
+        payload: "-",
+        available: true,
+    },
+    CommandInfo {
+        name: "status",
+        payload: "-",
+        available: true,
+    },
+    CommandInfo {
+        name: "subscribe",
+        payload: "{topics: [snapshots|events|audit|presence]}",
+        available: false,
+    },
+    CommandInfo {
+        name: "unsubscribe",
+        payload: "{topics: [...]}",
+        available: false,
+    },
+    CommandInfo {
+        name: "ingest.pause",
+        payload: "-",
+        available: false,
+    },
+    CommandInfo {
+        name: "ingest.resume",
+        payload: "-",
+        available: false,
+    },
+    CommandInfo {
+        name: "dlq.peek",
+        payload: "{limit: 1-100}",
+        available: false,
+    },
+    CommandInfo {
+        name: "dlq.replay",
+        payload: "{limit: 1-1000}",
+        available: false,
+    },
+    CommandInfo {
+        name: "dlq.purge",
+        payload: "{confirm: true}",
+        available: false,
+    },
+    CommandInfo {
+        name: "announce",
+        payload: "{message: 1-500 chars, level: info|warning|critical}",
+        available: false,
+    },
+    CommandInfo {
+        name: "connections.list",
+        payload: "-",
+        available: false,
+    },
+    CommandInfo {
+        name: "connections.kick",
+        payload: "{id}",
+        available: false,
+    },
+    CommandInfo {
+        name: "audit.tail",
+        payload: "{limit: 1-200}",
+        available: false,
+    },
+];
+
+const COMMANDS_PER_SECOND: usize = 20;
+
+pub async fn upgrade(
+    request: HttpRequest,
+    body: web::Payload,
+    operator: Operator,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    check_origin(&request, &state)?;
+    let (response, session, messages) = actix_ws::handle(&request, body)
+        .map_err(|e| ApiError::BadRequest(format!("not a WebSocket upgrade: {e}")))?;
+    let messages = messages
+        .max_frame_size(protocol::MAX_FRAME_BYTES)
+        .aggregate_continuations()
+        .max_continuation_size(protocol::MAX_FRAME_BYTES);
+    let guard = ConnectionGuard::open(state.metrics.clone(), Transport::Ws, false);
+    actix_web::rt::spawn(run(
+        session,
+        messages,
+        operator.0.username,
+        state.into_inner(),
+        guard,
+    ));
+    Ok(response)
+}
+
+/// Browsers always send `Origin` on a WebSocket; it must be an allowed one (by default this
+/// service's own). Clients that are not browsers send none and are judged by credentials alone.
+fn check_origin(request: &HttpRequest, state: &AppState) -> Result<(), ApiError> {
+    let Some(origin) = request
+        .headers()
+        .get(header::ORIGIN)
+        .and_then(|o| o.to_str().ok())
+    else {
+        return Ok(());
+    };
+    let allowed = if state.auth.allowed_origins.is_empty() {
+        let info = request.connection_info();
+        origin == format!("{}://{}", info.scheme(), info.host())
+    } else {
+        state.auth.allowed_origins.iter().any(|o| o == origin)
+    };
+    if allowed {
+        Ok(())
+    } else {
+        Err(ApiError::ForbiddenOrigin)
+    }
+}
+
+async fn run(
+    mut session: actix_ws::Session,
+    mut messages: actix_ws::AggregatedMessageStream,
+    user: String,
+    state: std::sync::Arc<AppState>,
+    _guard: ConnectionGuard,
+) {
+    let welcome = protocol::push(
+        "welcome",
+        json!({"user": user, "node": state.node, "commands": COMMANDS.iter().map(|c| c.name).collect::<Vec<_>>()}),
+    );
+    if session.text(welcome).await.is_err() {
+        return;
+    }
+    let mut ping = tokio::time::interval(state.live.heartbeat);
+    ping.tick().await;
+    let mut unanswered_pings = 0u8;
+    let mut recent: std::collections::VecDeque<Instant> = std::collections::VecDeque::new();
+    let reason = loop {
+        tokio::select! {
+            _ = ping.tick() => {
+                if unanswered_pings >= 2 {
+                    break Some(actix_ws::CloseReason::from(actix_ws::CloseCode::Away));
+                }
+                unanswered_pings += 1;
+                if session.ping(b"").await.is_err() { break None; }
+            }
+            message = messages.next() => match message {
+                Some(Ok(actix_ws::AggregatedMessage::Text(text))) => {
+                    let answer = answer(&text, &state, &mut recent).await;
+                    if session.text(answer).await.is_err() { break None; }
+                }
+                Some(Ok(actix_ws::AggregatedMessage::Pong(_))) => unanswered_pings = 0,
+                Some(Ok(actix_ws::AggregatedMessage::Ping(bytes))) => {
+                    if session.pong(&bytes).await.is_err() { break None; }
+                }
+                Some(Ok(actix_ws::AggregatedMessage::Binary(_))) => {
+                    let refusal = protocol::error(None, "bad_request", "send text frames of JSON");
+                    if session.text(refusal).await.is_err() { break None; }
+                }
+                Some(Ok(actix_ws::AggregatedMessage::Close(reason))) => break reason,
+                Some(Err(_)) | None => break None,
+            },
+        }
+    };
+    let _ = session.close(reason).await;
+}
+
+async fn answer(
+    text: &str,
+    state: &AppState,
+    recent: &mut std::collections::VecDeque<Instant>,
+) -> String {
+    let now = Instant::now();
+    while recent
+        .front()
+        .is_some_and(|t| now.duration_since(*t) >= Duration::from_secs(1))
+    {
+        recent.pop_front();
+    }
+    let command = match protocol::decode(text) {
+        Ok(command) => command,
+        Err(refusal) => {
+            count(state, "invalid", "bad_request", now);
+            return protocol::error(refusal.id.as_deref(), refusal.code, &refusal.message);
+        }
+    };
+    if recent.len() >= COMMANDS_PER_SECOND {
+        count(state, label(&command.name), "rate_limited", now);
+        return protocol::error(
+            Some(&command.id),
+            "rate_limited",
+            "more than 20 commands a second",
+        );
+    }
+    recent.push_back(now);
+    let outcome = perform(&command.name, state);
+    let (frame, outcome_label) = match outcome {
+        Ok(payload) => (protocol::reply(&command.id, payload), "ok"),
+        Err((code, message)) => (protocol::error(Some(&command.id), code, &message), code),
+    };
+    count(state, label(&command.name), outcome_label, now);
+    frame
+}
+
+fn perform(name: &str, state: &AppState) -> Result<Value, (&'static str, String)> {
+    match COMMANDS.iter().find(|c| c.name == name) {
+        None => Err(("unknown_command", format!("no command {name:?}; try help"))),
+        Some(info) if !info.available => Err((
+            "unavailable",
+            format!("{name} is not available in this version"),
+        )),
+        Some(_) => Ok(match name {
+            "help" => {
+                json!({"commands": COMMANDS.iter().map(|c| json!({"name": c.name, "payload": c.payload, "available": c.available})).collect::<Vec<_>>()})
+            }
+            "ping" => json!({"pong": true, "server_time": rfc3339(now_ms())}),
+            _ => status(state),
+        }),
+    }
+}
+
+fn status(state: &AppState) -> Value {
+    let status = state.status.get();
+    let frame = state.hub.latest_frame();
+    let connections: serde_json::Map<String, Value> = ["sse", "ws", "poll"]
+        .iter()
+        .map(|t| {
+            (
+                (*t).to_owned(),
+                json!(state.metrics.connections.with_label_values(&[*t]).get()),
+            )
+        })
+        .collect();
+    json!({
+        "node": state.node,
+        "leader": status.leader,
+        "ingest": frame.as_ref().map(|f| f.snapshot.ingest.state),
+        "queue_depth": status.queue_depth,
+        "dead_letters": status.dead_letters,
+        "connections": connections,
+    })
+}
+
+/// Metric label for a command: the known names, or `unknown` (bounded cardinality).
+fn label(name: &str) -> &'static str {
+    COMMANDS
+        .iter()
+        .find(|c| c.name == name)
+        .map_or("unknown", |c| c.name)
+}
+
+fn count(state: &AppState, command: &str, outcome: &str, started: Instant) {
+    state
+        .metrics
+        .console_commands
+        .with_label_values(&[command, outcome])
+        .inc();
+    state
+        .metrics
+        .console_command_duration
+        .with_label_values(&[command])
+        .observe(started.elapsed().as_secs_f64());
+}

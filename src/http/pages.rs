@@ -1,0 +1,187 @@
+//! Server-rendered pages (askama, compiled in): dashboard, console, error pages, and the one
+//! stylesheet. Pages answer in HTML, never JSON: not signed in is a redirect to `/login`.
+
+use crate::auth::{PageOperator, PageViewer};
+use crate::http::AppState;
+use actix_web::http::{header, StatusCode};
+use actix_web::{web, HttpResponse, ResponseError};
+use askama::Template;
+
+const STYLESHEET: &str = include_str!("../../static/app.css");
+
+#[derive(Debug, thiserror::Error)]
+pub enum PageError {
+    #[error("sign in first")]
+    SignIn { next: String },
+    #[error("your role does not allow this page")]
+    Forbidden,
+    #[error("no such page")]
+    NotFound,
+    #[error("{0}")]
+    Internal(String),
+}
+
+#[derive(Template)]
+#[template(path = "error.html")]
+struct ErrorPage<'a> {
+    title: &'a str,
+    message: &'a str,
+}
+
+impl ResponseError for PageError {
+    fn status_code(&self) -> StatusCode {
+        match self {
+            PageError::SignIn { .. } => StatusCode::SEE_OTHER,
+            PageError::Forbidden => StatusCode::FORBIDDEN,
+            PageError::NotFound => StatusCode::NOT_FOUND,
+            PageError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        let (title, message) = match self {
+            PageError::SignIn { next } => {
+                let query = serde_urlencoded::to_string([("next", next)]).unwrap_or_default();
+                return HttpResponse::SeeOther()
+                    .insert_header((header::LOCATION, format!("/login?{query}")))
+                    .finish();
+            }
+            PageError::Forbidden => ("Not allowed", "Your role does not allow this page."),
+            PageError::NotFound => ("Not found", "There is no page at this address."),
+            PageError::Internal(cause) => {
+                tracing::error!(%cause, "page failed");
+                (
+                    "Something went wrong",
+                    "The page could not be shown. Try again in a moment.",
+                )
+            }
+        };
+        html(self.status_code(), &ErrorPage { title, message })
+    }
+}
+
+/// Renders a template; a render failure becomes the plain 500 page.
+pub fn html(status: StatusCode, page: &impl Template) -> HttpResponse {
+    match page.render() {
+        Ok(body) => HttpResponse::build(status)
+            .content_type("text/html; charset=utf-8")
+            .insert_header((header::CACHE_CONTROL, "no-store"))
+            .body(body),
+        Err(error) => {
+            tracing::error!(%error, "template failed");
+            HttpResponse::InternalServerError()
+                .content_type("text/plain; charset=utf-8")
+                .body("internal error")
+        }
+    }
+}
+
+/// `12345` minor units → `123.45 USD` (two decimals; issue-free for the usual currencies).
+pub fn money(minor: i64, currency: &str) -> String {
+    let sign = if minor < 0 { "-" } else { "" };
+    let minor = minor.unsigned_abs();
+    format!("{sign}{}.{:02} {currency}", minor / 100, minor % 100)
+}
+
+#[derive(Template)]
+#[template(path = "dashboard.html")]
+struct DashboardPage<'a> {
+    user: &'a str,
+    role: &'a str,
+    csrf: &'a str,
+    snapshot: Option<&'a crate::live::Snapshot>,
+    today: String,
+    last_hour: String,
+    state: &'a str,
+}
+
+pub async fn dashboard(viewer: PageViewer, state: web::Data<AppState>) -> HttpResponse {
+    let caller = viewer.0;
+    let frame = state.hub.latest_frame();
+    let snapshot = frame.as_ref().map(|f| &f.snapshot);
+    let (today, last_hour) = snapshot
+        .map(|s| {
+            (
+                money(s.revenue.today_minor, &s.revenue.currency),
+                money(s.revenue.last_hour_minor, &s.revenue.currency),
+            )
+        })
+        .unwrap_or_default();
+    let ingest_state = snapshot.map_or("unknown", |s| state_name(s.ingest.state));
+    html(
+        StatusCode::OK,
+        &DashboardPage {
+            user: &caller.username,
+            role: caller.role.as_str(),
+            csrf: caller.csrf().unwrap_or_default(),
+            snapshot,
+            today,
+            last_hour,
+            state: ingest_state,
+        },
+    )
+}
+
+fn state_name(state: crate::live::IngestState) -> &'static str {
+    match state {
+        crate::live::IngestState::Running => "running",
+        crate::live::IngestState::Paused => "paused",
+        crate::live::IngestState::Disconnected => "disconnected",
+        crate::live::IngestState::Demo => "demo",
+    }
+}
+
+#[derive(Template)]
+#[template(path = "console.html")]
+struct ConsolePage<'a> {
+    user: &'a str,
+    role: &'a str,
+    csrf: &'a str,
+    commands: String,
+    node: &'a str,
+    leader: String,
+    state: &'a str,
+}
+
+pub async fn console(operator: PageOperator, state: web::Data<AppState>) -> HttpResponse {
+    let caller = operator.0;
+    let status = state.status.get();
+    let frame = state.hub.latest_frame();
+    html(
+        StatusCode::OK,
+        &ConsolePage {
+            user: &caller.username,
+            role: caller.role.as_str(),
+            csrf: caller.csrf().unwrap_or_default(),
+            commands: crate::console::COMMANDS
+                .iter()
+                .map(|c| c.name)
+                .collect::<Vec<_>>()
+                .join(", "),
+            node: &state.node,
+            leader: status.leader.unwrap_or_else(|| "none".into()),
+            state: frame
+                .as_ref()
+                .map_or("unknown", |f| state_name(f.snapshot.ingest.state)),
+        },
+    )
+}
+
+pub async fn stylesheet() -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("text/css; charset=utf-8")
+        .insert_header((header::CACHE_CONTROL, "public, max-age=3600"))
+        .body(STYLESHEET)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::money;
+
+    #[test]
+    fn money_has_two_decimals_and_a_sign() {
+        assert_eq!(money(1_843_300, "USD"), "18433.00 USD");
+        assert_eq!(money(5, "EUR"), "0.05 EUR");
+        assert_eq!(money(-120, "USD"), "-1.20 USD");
+    }
+}

@@ -1,0 +1,303 @@
+//! Signing in and out (SPEC §5): the form with its CSRF token, the session cookie, and access
+//! tokens for API clients. Failed attempts are throttled per user name and per address.
+
+use super::pages::html;
+use super::{ApiError, AppState};
+use crate::auth::{
+    authenticate, password, random_token, same_token, session_key, Credential, Role, CSRF_COOKIE,
+    SESSION_COOKIE, SESSION_TTL_MS, TOKEN_TTL_SECS,
+};
+use crate::clock::now_ms;
+use actix_web::cookie::{time, Cookie, SameSite};
+use actix_web::http::{header, StatusCode};
+use actix_web::{web, HttpRequest, HttpResponse};
+use askama::Template;
+use serde::Deserialize;
+
+#[derive(Template)]
+#[template(path = "login.html")]
+struct LoginPage<'a> {
+    csrf: &'a str,
+    next: &'a str,
+    username: &'a str,
+    error: Option<&'a str>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct NextQuery {
+    next: Option<String>,
+}
+
+/// Only a path on this site: never an absolute or protocol-relative URL (no open redirect).
+fn safe_next(next: Option<&str>) -> String {
+    match next {
+        Some(path) if path.starts_with('/') && !path.starts_with("//") && !path.contains('\\') => {
+            path.to_owned()
+        }
+        _ => "/".to_owned(),
+    }
+}
+
+fn cookie<'c>(
+    state: &AppState,
+    name: &'c str,
+    value: String,
+    path: &'c str,
+    max_age_secs: i64,
+) -> Cookie<'c> {
+    Cookie::build(name, value)
+        .path(path)
+        .http_only(true)
+        .secure(state.auth.secure_cookies)
+        .same_site(if name == SESSION_COOKIE {
+            SameSite::Lax
+        } else {
+            SameSite::Strict
+        })
+        .max_age(time::Duration::seconds(max_age_secs))
+        .finish()
+}
+
+fn login_form(
+    state: &AppState,
+    status: StatusCode,
+    next: &str,
+    username: &str,
+    error: Option<&str>,
+) -> HttpResponse {
+    let csrf = random_token();
+    let mut response = html(
+        status,
+        &LoginPage {
+            csrf: &csrf,
+            next,
+            username,
+            error,
+        },
+    );
+    // The form's token is also set as a cookie; POST must present both, equal (double submit).
+    let _ = response.add_cookie(&cookie(state, CSRF_COOKIE, csrf, "/login", 3_600));
+    response
+}
+
+pub async fn login_page(
+    request: HttpRequest,
+    query: web::Query<NextQuery>,
+    state: web::Data<AppState>,
+) -> HttpResponse {
+    let next = safe_next(query.next.as_deref());
+    if let Ok(Some(_)) = authenticate(&request, &state).await {
+        return redirect(&next);
+    }
+    login_form(&state, StatusCode::OK, &next, "", None)
+}
+
+#[derive(Deserialize)]
+pub struct LoginForm {
+    username: String,
+    password: String,
+    csrf: String,
+    next: Option<String>,
+}
+
+pub async fn login(
+    request: HttpRequest,
+    form: web::Form<LoginForm>,
+    state: web::Data<AppState>,
+) -> HttpResponse {
+    let form = form.into_inner();
+    let next = safe_next(form.next.as_deref());
+    let csrf_ok = request
+        .cookie(CSRF_COOKIE)
+        .is_some_and(|c| !form.csrf.is_empty() && same_token(c.value(), &form.csrf));
+    if !csrf_ok {
+        return login_form(
+            &state,
+            StatusCode::FORBIDDEN,
+            &next,
+            &form.username,
+            Some("This form expired. Please sign in again."),
+        );
+    }
+    let address = client_address(&request);
+    if let Err(wait) = state.auth.check_throttle(&form.username, &address) {
+        let mut response = login_form(
+            &state,
+            StatusCode::TOO_MANY_REQUESTS,
+            &next,
+            &form.username,
+            Some("Too many failed attempts. Wait a minute and try again."),
+        );
+        retry_after(&mut response, wait);
+        return response;
+    }
+    match check_password(&state, &form.username, &form.password).await {
+        Ok(Some(_role)) => {}
+        Ok(None) => {
+            state.auth.record_failure(&form.username, &address);
+            tracing::info!(user = %form.username, %address, "failed sign-in");
+            return login_form(
+                &state,
+                StatusCode::UNAUTHORIZED,
+                &next,
+                &form.username,
+                Some("Wrong user name or password."),
+            );
+        }
+        Err(error) => return actix_web::ResponseError::error_response(&error),
+    }
+    state.auth.record_success(&form.username);
+    let session_id = random_token();
+    let now = now_ms();
+    if let Err(error) = state
+        .store
+        .create_session(
+            &session_key(&session_id),
+            &form.username,
+            &random_token(),
+            now,
+            now + SESSION_TTL_MS,
+        )
+        .await
+    {
+        return actix_web::ResponseError::error_response(&ApiError::from(error));
+    }
+    tracing::info!(user = %form.username, "signed in");
+    let mut response = redirect(&next);
+    let _ = response.add_cookie(&cookie(
+        &state,
+        SESSION_COOKIE,
+        session_id,
+        "/",
+        SESSION_TTL_MS / 1000,
+    ));
+    let _ = response.add_removal_cookie(&cookie(&state, CSRF_COOKIE, String::new(), "/login", 0));
+    response
+}
+
+#[derive(Deserialize)]
+pub struct LogoutForm {
+    csrf: Option<String>,
+}
+
+/// Ends the session (the row is deleted: the cookie is worthless afterwards) and clears it.
+pub async fn logout(
+    request: HttpRequest,
+    form: Option<web::Form<LogoutForm>>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    if let Some(caller) = authenticate(&request, &state).await? {
+        if let Credential::Session { key, csrf } = &caller.credential {
+            let presented = form
+                .and_then(|f| f.into_inner().csrf)
+                .or_else(|| {
+                    request
+                        .headers()
+                        .get(crate::auth::CSRF_HEADER)
+                        .and_then(|v| v.to_str().ok())
+                        .map(str::to_owned)
+                })
+                .unwrap_or_default();
+            if !same_token(&presented, csrf) {
+                return Err(ApiError::Csrf);
+            }
+            state.store.delete_session(key).await?;
+            tracing::info!(user = %caller.username, "signed out");
+        }
+    }
+    let mut response = redirect("/login");
+    let _ = response.add_removal_cookie(&cookie(&state, SESSION_COOKIE, String::new(), "/", 0));
+    Ok(response)
+}
+
+#[derive(Deserialize)]
+pub struct TokenRequest {
+    username: String,
+    password: String,
+}
+
+/// `{"access_token","token_type":"Bearer","expires_in"}`; 401 on bad credentials, 429 when
+/// throttled.
+pub async fn token(
+    request: HttpRequest,
+    body: web::Json<TokenRequest>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let body = body.into_inner();
+    let address = client_address(&request);
+    state
+        .auth
+        .check_throttle(&body.username, &address)
+        .map_err(ApiError::RateLimited)?;
+    let Some(role) = check_password(&state, &body.username, &body.password).await? else {
+        state.auth.record_failure(&body.username, &address);
+        tracing::info!(user = %body.username, %address, "refused a token request");
+        return Err(ApiError::BadCredentials);
+    };
+    state.auth.record_success(&body.username);
+    let token = state
+        .auth
+        .keys
+        .issue(&body.username, role, now_ms() / 1000, TOKEN_TTL_SECS);
+    Ok(HttpResponse::Ok()
+        .insert_header((header::CACHE_CONTROL, "no-store"))
+        .json(serde_json::json!({
+            "access_token": token,
+            "token_type": "Bearer",
+            "expires_in": TOKEN_TTL_SECS,
+        })))
+}
+
+/// The user's role when the password is right. Unknown users cost a verify too.
+async fn check_password(
+    state: &AppState,
+    username: &str,
+    password: &str,
+) -> Result<Option<Role>, ApiError> {
+    let stored = state.store.user_credentials(username).await?;
+    let (hash, role) = match stored {
+        Some((hash, role)) => (hash, Some(role)),
+        None => (password::decoy_hash().to_owned(), None),
+    };
+    let password = password.to_owned();
+    let matches = web::block(move || password::verify(&password, &hash))
+        .await
+        .map_err(|e| ApiError::Internal(anyhow::anyhow!("password check: {e}")))?;
+    Ok(role.filter(|_| matches))
+}
+
+/// The peer's address. Behind a proxy every client shares the proxy's; see docs/operations.md.
+fn client_address(request: &HttpRequest) -> String {
+    request
+        .peer_addr()
+        .map(|a| a.ip().to_string())
+        .unwrap_or_else(|| "unknown".into())
+}
+
+pub fn retry_after(response: &mut HttpResponse, wait: std::time::Duration) {
+    let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+    if let Ok(value) = header::HeaderValue::from_str(&secs.to_string()) {
+        response.headers_mut().insert(header::RETRY_AFTER, value);
+    }
+}
+
+fn redirect(location: &str) -> HttpResponse {
+    HttpResponse::SeeOther()
+        .insert_header((header::LOCATION, location.to_owned()))
+        .finish()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::safe_next;
+
+    #[test]
+    fn next_stays_on_this_site() {
+        assert_eq!(safe_next(Some("/console")), "/console");
+        assert_eq!(safe_next(Some("/?x=1")), "/?x=1");
+        for evil in ["//evil.example", "https://evil.example", "/\\evil", "evil"] {
+            assert_eq!(safe_next(Some(evil)), "/", "{evil}");
+        }
+        assert_eq!(safe_next(None), "/");
+    }
+}
