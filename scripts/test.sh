@@ -211,11 +211,18 @@ ensure_rabbitmq() {
 }
 
 # ---------------------------------------------------------------------------------------------
-# Browser (later)
+# Browser
 # ---------------------------------------------------------------------------------------------
-# Hook: the browser tests of the dashboard pages will need Debian's Chromium
-# (apt-get install -y chromium chromium-driver: /usr/bin/chromium, /usr/bin/chromedriver).
-# Added with the issue that brings those tests; nothing is installed for it yet.
+# The browser tests drive Debian's Chromium through its WebDriver (chromium-driver).
+ensure_chromium() {
+    section "Chromium"
+    if [[ -x /usr/bin/chromium && -x /usr/bin/chromedriver ]]; then
+        note "chromium present: $(/usr/bin/chromium --version 2>/dev/null | head -n 1)"
+        return
+    fi
+    apt_install chromium chromium-driver
+    [[ -x /usr/bin/chromium && -x /usr/bin/chromedriver ]] || die "chromium or chromedriver missing after install"
+}
 
 # ---------------------------------------------------------------------------------------------
 # Rust checks and tests
@@ -277,6 +284,7 @@ main() {
 
     ensure_postgres
     ensure_rabbitmq
+    ensure_chromium
     raise_file_limit
 
     section "Tools"

@@ -70,7 +70,10 @@ impl Application {
         );
 
         let hub = Hub::new(store.last_announcement_id().await.context("DATABASE_URL")?);
-        let live = LiveSettings::new(Duration::from_secs(args.heartbeat_secs));
+        let live = LiveSettings::new(
+            Duration::from_millis(args.snapshot_interval_ms),
+            Duration::from_secs(args.heartbeat_secs),
+        );
         let (refresh_sender, refresh_receiver) = mpsc::channel(1);
         let status = Arc::new(StatusCell::default());
         let shutdown = CancellationToken::new();
@@ -171,6 +174,12 @@ impl Application {
         .run();
 
         tracing::info!(%node, "listening on {scheme}://{address}");
+        if args.demo {
+            tracing::info!(
+                "demo: open {scheme}://{address}/ in a browser and sign in as `admin` with \
+                 PULSEBOARD_ADMIN_PASSWORD (or, on a first start without it, the password logged above)"
+            );
+        }
         Ok(Application {
             port: address.port(),
             server,

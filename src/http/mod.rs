@@ -4,6 +4,7 @@
 //! They never touch RabbitMQ and never compute figures.
 
 mod announcements;
+pub mod assets;
 mod dashboard;
 mod error;
 mod pages;
@@ -44,6 +45,8 @@ pub struct AppState {
 /// Timing of live connections.
 #[derive(Debug, Clone, Copy)]
 pub struct LiveSettings {
+    /// At most one snapshot per this interval (the page shows when figures are stale).
+    pub snapshot_interval: Duration,
     /// SSE comment heartbeat (and WebSocket ping) interval.
     pub heartbeat: Duration,
     /// How long a client may leave sent data unread before the kernel aborts its connection.
@@ -51,8 +54,9 @@ pub struct LiveSettings {
 }
 
 impl LiveSettings {
-    pub fn new(heartbeat: Duration) -> Self {
+    pub fn new(snapshot_interval: Duration, heartbeat: Duration) -> Self {
         LiveSettings {
+            snapshot_interval,
             heartbeat,
             stall_timeout: (heartbeat * 2).clamp(Duration::from_secs(5), Duration::from_secs(60)),
         }

@@ -7,8 +7,6 @@ use actix_web::http::{header, StatusCode};
 use actix_web::{web, HttpResponse, ResponseError};
 use askama::Template;
 
-const STYLESHEET: &str = include_str!("../../static/app.css");
-
 #[derive(Debug, thiserror::Error)]
 pub enum PageError {
     #[error("sign in first")]
@@ -89,37 +87,78 @@ struct DashboardPage<'a> {
     user: &'a str,
     role: &'a str,
     csrf: &'a str,
-    snapshot: Option<&'a crate::live::Snapshot>,
+    currency: &'a str,
+    last_event_id: String,
+    generated_at: &'a str,
+    generated_time: String,
+    interval_ms: u128,
+    connection_state: &'a str,
+    connection_text: &'a str,
+    announcements: Vec<crate::live::Announcement>,
+    active_users: String,
+    orders_per_minute: String,
     today: String,
     last_hour: String,
     state: &'a str,
+    seq: String,
 }
 
-pub async fn dashboard(viewer: PageViewer, state: web::Data<AppState>) -> HttpResponse {
+/// Announcements shown on a fresh page: the latest few of the last day.
+const PAGE_ANNOUNCEMENTS: i64 = 5;
+
+/// The dashboard, rendered with the current figures so that they show before (and without) any
+/// script; `app.js` then keeps them live from the event stream.
+pub async fn dashboard(
+    viewer: PageViewer,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, PageError> {
     let caller = viewer.0;
-    let frame = state.hub.latest_frame();
-    let snapshot = frame.as_ref().map(|f| &f.snapshot);
-    let (today, last_hour) = snapshot
-        .map(|s| {
-            (
-                money(s.revenue.today_minor, &s.revenue.currency),
-                money(s.revenue.last_hour_minor, &s.revenue.currency),
-            )
-        })
-        .unwrap_or_default();
-    let ingest_state = snapshot.map_or("unknown", |s| state_name(s.ingest.state));
-    html(
+    let published = state.hub.latest();
+    let snapshot = published.as_ref().map(|p| &p.frame.snapshot);
+    let since = crate::clock::now_ms() - crate::live::hub::REPLAY_WINDOW_MS;
+    let announcements = state
+        .store
+        .latest_announcements(PAGE_ANNOUNCEMENTS)
+        .await
+        .map_err(|e| PageError::Internal(e.to_string()))?
+        .into_iter()
+        .filter(|a| a.created_at >= since)
+        .map(crate::live::Announcement::from)
+        .collect();
+    // The stream resumes from here: announcements already on the page are not sent again.
+    let last_event_id = crate::live::EventId {
+        announcement: state.hub.last_announcement(),
+        seq: snapshot.map_or(0, |s| s.seq),
+    };
+    let figure = |value: Option<String>| value.unwrap_or_else(|| "—".into());
+    Ok(html(
         StatusCode::OK,
         &DashboardPage {
             user: &caller.username,
             role: caller.role.as_str(),
             csrf: caller.csrf().unwrap_or_default(),
-            snapshot,
-            today,
-            last_hour,
-            state: ingest_state,
+            currency: snapshot.map_or("USD", |s| s.revenue.currency.as_str()),
+            last_event_id: last_event_id.to_string(),
+            generated_at: snapshot.map_or("", |s| s.generated_at.as_str()),
+            generated_time: snapshot
+                .and_then(|s| chrono::DateTime::parse_from_rfc3339(&s.generated_at).ok())
+                .map(|t| t.format("%H:%M:%S UTC").to_string())
+                .unwrap_or_else(|| "—".into()),
+            interval_ms: state.live.snapshot_interval.as_millis(),
+            // What a page without script says; app.js replaces it at once.
+            connection_state: "static",
+            connection_text: "Figures as of page load",
+            announcements,
+            active_users: figure(snapshot.map(|s| s.active_users.to_string())),
+            orders_per_minute: figure(snapshot.map(|s| s.orders_per_minute.to_string())),
+            today: figure(snapshot.map(|s| money(s.revenue.today_minor, &s.revenue.currency))),
+            last_hour: figure(
+                snapshot.map(|s| money(s.revenue.last_hour_minor, &s.revenue.currency)),
+            ),
+            state: snapshot.map_or("unknown", |s| state_name(s.ingest.state)),
+            seq: figure(snapshot.map(|s| s.seq.to_string())),
         },
-    )
+    ))
 }
 
 fn state_name(state: crate::live::IngestState) -> &'static str {
@@ -165,13 +204,6 @@ pub async fn console(operator: PageOperator, state: web::Data<AppState>) -> Http
                 .map_or("unknown", |f| state_name(f.snapshot.ingest.state)),
         },
     )
-}
-
-pub async fn stylesheet() -> HttpResponse {
-    HttpResponse::Ok()
-        .content_type("text/css; charset=utf-8")
-        .insert_header((header::CACHE_CONTROL, "public, max-age=3600"))
-        .body(STYLESHEET)
 }
 
 #[cfg(test)]

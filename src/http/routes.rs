@@ -1,6 +1,6 @@
 //! The route table (SPEC §5) and the small handlers: snapshot, health, readiness, metrics.
 
-use super::{announcements, dashboard, error_body, pages, signin, ApiError, AppState};
+use super::{announcements, assets, dashboard, error_body, pages, signin, ApiError, AppState};
 use crate::auth::Viewer;
 use crate::live::{poll, sse};
 use actix_web::http::header;
@@ -14,7 +14,7 @@ pub fn configure(config: &mut web::ServiceConfig) {
     config
         .route("/", web::get().to(pages::dashboard))
         .route("/console", web::get().to(pages::console))
-        .route("/static/app.css", web::get().to(pages::stylesheet))
+        .route("/static/{path:.*}", web::get().to(assets::serve))
         .route("/login", web::get().to(signin::login_page))
         .route("/login", web::post().to(signin::login))
         .route("/logout", web::post().to(signin::logout))

@@ -1,0 +1,417 @@
+//! The dashboard in a real headless Chromium (Debian's `chromium` and `chromium-driver`, driven
+//! over WebDriver). Every scenario saves a screenshot under `target/screenshots/`.
+
+use crate::helpers::{event, Backend, Broker, Names, Service, ServiceConfig, TestDatabase};
+use fantoccini::{Client, ClientBuilder, Locator};
+use serde_json::{json, Value};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+const CHROMIUM: &str = "/usr/bin/chromium";
+const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
+
+struct Browser {
+    client: Client,
+    _driver: tokio::process::Child,
+    _profile: tempfile::TempDir,
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port()
+}
+
+impl Browser {
+    async fn start(javascript: bool) -> Browser {
+        assert!(
+            std::path::Path::new(CHROMEDRIVER).exists(),
+            "chromium-driver is missing: run scripts/test.sh, which installs it"
+        );
+        let port = free_port();
+        let driver = tokio::process::Command::new(CHROMEDRIVER)
+            .arg(format!("--port={port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("chromedriver");
+        let profile = tempfile::tempdir().expect("profile");
+        let mut prefs = serde_json::Map::new();
+        if !javascript {
+            prefs.insert(
+                "profile.managed_default_content_settings.javascript".into(),
+                json!(2),
+            );
+        }
+        let capabilities = json!({
+            "browserName": "chrome",
+            "goog:chromeOptions": {
+                "binary": CHROMIUM,
+                "args": ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                         "--disable-quic", "--no-first-run", "--disable-background-networking",
+                         "--disable-component-update", "--disable-sync", "--window-size=1280,900",
+                         format!("--user-data-dir={}", profile.path().display())],
+                "prefs": prefs,
+            }
+        });
+        let serde_json::Value::Object(capabilities) = capabilities else {
+            unreachable!()
+        };
+        let connector = hyper_util::client::legacy::connect::HttpConnector::new();
+        let mut last_error = None;
+        for _ in 0..50 {
+            match ClientBuilder::new(connector.clone())
+                .capabilities(capabilities.clone())
+                .connect(&format!("http://127.0.0.1:{port}"))
+                .await
+            {
+                Ok(client) => {
+                    return Browser {
+                        client,
+                        _driver: driver,
+                        _profile: profile,
+                    }
+                }
+                Err(error) => last_error = Some(error),
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("no WebDriver session: {last_error:?}");
+    }
+
+    async fn screenshot(&self, name: &str) {
+        let folder = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/screenshots");
+        std::fs::create_dir_all(&folder).expect("screenshot folder");
+        let png = self.client.screenshot().await.expect("screenshot");
+        std::fs::write(folder.join(format!("{name}.png")), png).expect("write screenshot");
+    }
+
+    async fn sign_in(&self, service: &Service, password: &str) {
+        self.client.goto(&service.url("/")).await.expect("open");
+        let form = self
+            .client
+            .form(Locator::Css("form[action='/login']"))
+            .await
+            .expect("sign-in form");
+        form.set_by_name("username", "admin").await.expect("user");
+        form.set_by_name("password", password)
+            .await
+            .expect("password");
+        form.submit().await.expect("submit");
+        self.wait_for_css("[data-dashboard]", Duration::from_secs(10))
+            .await;
+    }
+
+    async fn wait_for_css(&self, css: &str, timeout: Duration) {
+        self.client
+            .wait()
+            .at_most(timeout)
+            .for_element(Locator::Css(css))
+            .await
+            .unwrap_or_else(|e| panic!("no {css}: {e}"));
+    }
+
+    async fn text(&self, css: &str) -> String {
+        self.client
+            .find(Locator::Css(css))
+            .await
+            .unwrap_or_else(|e| panic!("no {css}: {e}"))
+            .text()
+            .await
+            .expect("text")
+    }
+
+    async fn js(&self, script: &str) -> Value {
+        self.client.execute(script, vec![]).await.expect("script")
+    }
+
+    /// Polls `check` on the page's text at `css` until it holds.
+    async fn wait_for_text(
+        &self,
+        css: &str,
+        timeout: Duration,
+        check: impl Fn(&str) -> bool,
+    ) -> String {
+        let started = Instant::now();
+        loop {
+            let text = self.text(css).await;
+            if check(&text) {
+                return text;
+            }
+            assert!(
+                started.elapsed() < timeout,
+                "{css} stayed {text:?} for {timeout:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// No script error, no blocked resource and no failed request so far.
+    async fn assert_clean(&self) {
+        let errors = self
+            .js("return window.pulseboardErrors || ['app.js did not run'];")
+            .await;
+        assert_eq!(errors, json!([]), "script errors");
+        let failed = self
+            .js("return performance.getEntriesByType('resource').filter(e => e.responseStatus >= 400).map(e => e.name + ' ' + e.responseStatus);")
+            .await;
+        assert_eq!(failed, json!([]), "failed requests");
+    }
+}
+
+fn order(id: &str, amount: i64) -> (String, Vec<u8>) {
+    (
+        "order.placed".to_owned(),
+        event(id, "order.placed", 0, "u-browser", Some(amount)),
+    )
+}
+
+#[tokio::test]
+async fn sign_in_shows_rendered_figures_that_move_with_events_and_charts() {
+    let database = TestDatabase::new(Backend::Sqlite).await;
+    let names = Names::new();
+    let broker = Broker::connect(&names).await;
+    let service = Service::start(&ServiceConfig::new(&database, &names, "browser-1")).await;
+    broker.publish_all(&[order("b1", 1_000)]).await;
+    service
+        .wait_for_snapshot(Duration::from_secs(10), |s| {
+            s["revenue"]["today_minor"] == 1_000
+        })
+        .await;
+
+    let browser = Browser::start(true).await;
+    browser.sign_in(&service, &database.admin_password).await;
+    let rendered = browser.text("[data-figure='today_minor']").await;
+    assert!(
+        rendered.contains("10.00"),
+        "server-rendered revenue: {rendered}"
+    );
+    browser
+        .wait_for_text("[data-connection-text]", Duration::from_secs(5), |t| {
+            t.starts_with("Connected")
+        })
+        .await;
+
+    broker
+        .publish_all(&[order("b2", 2_345), order("b3", 1_000)])
+        .await;
+    let published = Instant::now();
+    let moved = browser
+        .wait_for_text("[data-figure='today_minor']", Duration::from_secs(2), |t| {
+            t.contains("43.45")
+        })
+        .await;
+    assert!(published.elapsed() < Duration::from_secs(2), "{moved}");
+    let chart = browser.js("const s = window.pulseboardSeries; return [s.xs.length, s.orders[s.orders.length - 1]];").await;
+    assert_eq!(chart[0], 60, "an hour of minutes: {chart}");
+    assert_eq!(chart[1], 3, "the current minute's orders: {chart}");
+    let ranges = browser
+        .js("return [...document.querySelectorAll('.uplot')].length;")
+        .await;
+    assert_eq!(ranges, 2, "two charts drawn");
+    browser.screenshot("1-dashboard-live").await;
+    browser.assert_clean().await;
+    broker.cleanup().await;
+}
+
+#[tokio::test]
+async fn refresh_and_announcements_show_on_the_page() {
+    let database = TestDatabase::new(Backend::Sqlite).await;
+    let names = Names::new();
+    let _broker = Broker::connect(&names).await;
+    let service = Service::start(&ServiceConfig::new(&database, &names, "browser-2")).await;
+    service
+        .wait_for_snapshot(Duration::from_secs(10), |s| {
+            s["ingest"]["state"] == "running"
+        })
+        .await;
+    let browser = Browser::start(true).await;
+    browser.sign_in(&service, &database.admin_password).await;
+    browser
+        .wait_for_text("[data-connection-text]", Duration::from_secs(5), |t| {
+            t.starts_with("Connected")
+        })
+        .await;
+
+    let before: i64 = browser.text("[data-seq]").await.parse().expect("seq");
+    browser
+        .client
+        .find(Locator::Css("[data-refresh]"))
+        .await
+        .expect("button")
+        .click()
+        .await
+        .expect("click");
+    browser
+        .wait_for_text("[data-seq]", Duration::from_secs(3), |t| {
+            t.parse::<i64>().is_ok_and(|s| s > before)
+        })
+        .await;
+
+    let response = service
+        .client()
+        .post(service.url("/api/announcements"))
+        .json(&json!({"message": "Deploy at 17:00, expect a short gap", "level": "warning"}))
+        .send()
+        .await
+        .expect("announce");
+    assert_eq!(response.status(), 201);
+    let banner = browser
+        .wait_for_text("[data-announcements]", Duration::from_secs(3), |t| {
+            t.contains("Deploy at 17:00")
+        })
+        .await;
+    assert!(banner.to_lowercase().contains("warning"), "{banner}");
+    browser.screenshot("3-refresh-and-announcement").await;
+    browser
+        .client
+        .find(Locator::Css("[data-announcement-id] [data-dismiss]"))
+        .await
+        .expect("dismiss")
+        .click()
+        .await
+        .expect("click");
+    let left = browser
+        .js("return document.querySelectorAll('[data-announcement-id]').length;")
+        .await;
+    assert_eq!(left, 0, "dismissed");
+    browser.assert_clean().await;
+}
+
+#[tokio::test]
+async fn without_javascript_the_signed_in_dashboard_still_shows_the_figures() {
+    let database = TestDatabase::new(Backend::Sqlite).await;
+    let names = Names::new();
+    let broker = Broker::connect(&names).await;
+    let service = Service::start(&ServiceConfig::new(&database, &names, "browser-4")).await;
+    broker.publish_all(&[order("nojs-1", 4_200)]).await;
+    service
+        .wait_for_snapshot(Duration::from_secs(10), |s| {
+            s["revenue"]["today_minor"] == 4_200
+        })
+        .await;
+
+    let browser = Browser::start(false).await;
+    browser.sign_in(&service, &database.admin_password).await;
+    assert!(browser
+        .text("[data-figure='today_minor']")
+        .await
+        .contains("42.00"));
+    assert_eq!(browser.text("[data-figure='orders_per_minute']").await, "1");
+    browser.screenshot("4-no-javascript").await;
+    broker.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_stopped_service_shows_reconnecting_then_heals_without_a_gap_and_with_the_missed_announcement(
+) {
+    let database = TestDatabase::new(Backend::Postgres).await;
+    let names = Names::new();
+    let broker = Broker::connect(&names).await;
+    let port = free_port();
+    let mut config = ServiceConfig::new(&database, &names, "heal-a");
+    config
+        .env
+        .push(("PULSEBOARD_BIND".into(), format!("127.0.0.1:{port}")));
+    config
+        .env
+        .push(("PULSEBOARD_HEARTBEAT_SECS".into(), "2".into()));
+    let mut service = Service::start(&config).await;
+    // A second instance on the same database takes the announcement while the first is down.
+    let other = Service::start(&ServiceConfig::new(&database, &names, "heal-b")).await;
+    service
+        .wait_for_snapshot(Duration::from_secs(15), |s| {
+            s["ingest"]["leader"].is_string()
+        })
+        .await;
+
+    let browser = Browser::start(true).await;
+    browser.sign_in(&service, &database.admin_password).await;
+    browser
+        .wait_for_text("[data-connection-text]", Duration::from_secs(5), |t| {
+            t.starts_with("Connected")
+        })
+        .await;
+
+    service.kill().await;
+    let stopped = Instant::now();
+    browser
+        .wait_for_text("[data-connection-text]", Duration::from_secs(2), |t| {
+            t.starts_with("Reconnecting")
+        })
+        .await;
+    assert!(
+        stopped.elapsed() <= Duration::from_secs(2),
+        "within the heartbeat interval"
+    );
+    browser.screenshot("2a-reconnecting").await;
+    let response = other
+        .client()
+        .post(other.url("/api/announcements"))
+        .json(&json!({"message": "Posted while you were away", "level": "critical"}))
+        .send()
+        .await
+        .expect("announce");
+    assert_eq!(response.status(), 201);
+    broker.publish_all(&[order("heal-1", 777)]).await;
+
+    drop(service);
+    let _service = Service::start(&config).await;
+    browser
+        .wait_for_text("[data-connection-text]", Duration::from_secs(20), |t| {
+            t.starts_with("Connected")
+        })
+        .await;
+    browser
+        .wait_for_text("[data-announcements]", Duration::from_secs(5), |t| {
+            t.contains("Posted while you were away")
+        })
+        .await;
+    browser
+        .wait_for_text("[data-figure='today_minor']", Duration::from_secs(5), |t| {
+            t.contains("7.77")
+        })
+        .await;
+    let gaps = browser
+        .js("const x = window.pulseboardSeries.xs; return x.slice(1).filter((v, i) => v - x[i] !== 60).length;")
+        .await;
+    assert_eq!(gaps, 0, "the chart has a point for every minute");
+    browser.screenshot("2b-healed").await;
+    broker.cleanup().await;
+}
+
+#[tokio::test]
+async fn demo_without_a_broker_says_how_to_sign_in_and_moves_within_five_seconds() {
+    let database = TestDatabase::new(Backend::Sqlite).await;
+    let mut config = ServiceConfig::new(&database, &Names::new(), "demo-browser");
+    config.args = vec!["serve".into(), "--demo".into()];
+    config.amqp_url = "amqp://guest:guest@127.0.0.1:1/%2f".into();
+    let service = Service::start(&config).await;
+    let log = service.log_text();
+    assert!(
+        log.contains("demo: open http://") && log.contains("sign in as `admin`"),
+        "{log}"
+    );
+
+    let browser = Browser::start(true).await;
+    browser.sign_in(&service, &database.admin_password).await;
+    let opened = Instant::now();
+    let first = browser.text("[data-figure='today_minor']").await;
+    browser
+        .wait_for_text("[data-figure='today_minor']", Duration::from_secs(5), |t| {
+            t != first
+        })
+        .await;
+    let points = browser
+        .js("return window.pulseboardSeries.orders.reduce((a, b) => a + b, 0);")
+        .await;
+    assert!(
+        points.as_i64() > Some(0),
+        "the chart shows demo orders: {points}"
+    );
+    assert!(opened.elapsed() < Duration::from_secs(5));
+    browser.screenshot("6-demo").await;
+    browser.assert_clean().await;
+}
