@@ -123,6 +123,13 @@ impl Browser {
             .expect("text")
     }
 
+    async fn wait_until_connected(&self, timeout: Duration) {
+        self.wait_for_text("[data-connection-text]", timeout, |t| {
+            t.starts_with("Connected")
+        })
+        .await;
+    }
+
     async fn js(&self, script: &str) -> Value {
         self.client.execute(script, vec![]).await.expect("script")
     }
@@ -188,11 +195,7 @@ async fn sign_in_shows_rendered_figures_that_move_with_events_and_charts() {
         rendered.contains("10.00"),
         "server-rendered revenue: {rendered}"
     );
-    browser
-        .wait_for_text("[data-connection-text]", Duration::from_secs(5), |t| {
-            t.starts_with("Connected")
-        })
-        .await;
+    browser.wait_until_connected(Duration::from_secs(5)).await;
 
     broker
         .publish_all(&[order("b2", 2_345), order("b3", 1_000)])
@@ -229,11 +232,7 @@ async fn refresh_and_announcements_show_on_the_page() {
         .await;
     let browser = Browser::start(true).await;
     browser.sign_in(&service, &database.admin_password).await;
-    browser
-        .wait_for_text("[data-connection-text]", Duration::from_secs(5), |t| {
-            t.starts_with("Connected")
-        })
-        .await;
+    browser.wait_until_connected(Duration::from_secs(5)).await;
 
     let before: i64 = browser.text("[data-seq]").await.parse().expect("seq");
     browser
@@ -329,11 +328,7 @@ async fn a_stopped_service_shows_reconnecting_then_heals_without_a_gap_and_with_
 
     let browser = Browser::start(true).await;
     browser.sign_in(&service, &database.admin_password).await;
-    browser
-        .wait_for_text("[data-connection-text]", Duration::from_secs(5), |t| {
-            t.starts_with("Connected")
-        })
-        .await;
+    browser.wait_until_connected(Duration::from_secs(5)).await;
 
     service.kill().await;
     let stopped = Instant::now();
