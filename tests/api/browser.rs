@@ -354,11 +354,7 @@ async fn a_stopped_service_shows_reconnecting_then_heals_without_a_gap_and_with_
 
     drop(service);
     let _service = Service::start(&config).await;
-    browser
-        .wait_for_text("[data-connection-text]", Duration::from_secs(20), |t| {
-            t.starts_with("Connected")
-        })
-        .await;
+    browser.wait_until_connected(Duration::from_secs(20)).await;
     browser
         .wait_for_text("[data-announcements]", Duration::from_secs(5), |t| {
             t.contains("Posted while you were away")
