@@ -99,21 +99,45 @@ const series = { xs: [], orders: [], revenue: [] };
 window.pulseboardSeries = series; // read by the browser tests
 const charts = {};
 
-function chartOptions(label, color, format) {
-  const width = Math.max(280, root.querySelector(".chart").clientWidth - 16);
+// Charts follow their box: its width, a height from the viewport, text from the root font size
+// (so a wall screen gets large labels as the rest of the page does).
+function chartSize(element) {
   return {
-    width,
-    height: 220,
+    width: Math.max(240, element.clientWidth),
+    height: Math.round(Math.min(520, Math.max(200, window.innerHeight * 0.28))),
+  };
+}
+
+function chartOptions(label, color, format, element) {
+  const fontPx = parseFloat(getComputedStyle(document.documentElement).fontSize) || 16;
+  const font = `${Math.round(fontPx * 0.8)}px system-ui, sans-serif`;
+  return {
+    ...chartSize(element),
     series: [{}, { label, stroke: color, width: 2, fill: `${color}22`, value: (u, v) => (v == null ? "—" : format(v)) }],
-    axes: [{ stroke: "currentColor" }, { stroke: "currentColor", values: (u, ticks) => ticks.map(format), size: 70 }],
+    axes: [
+      { stroke: "currentColor", font },
+      { stroke: "currentColor", font, values: (u, ticks) => ticks.map(format), size: Math.round(fontPx * 4.5) },
+    ],
     legend: { show: true },
     cursor: { drag: { x: false, y: false } },
   };
 }
 
 function makeCharts() {
-  charts.orders = new uPlot(chartOptions("Orders", "#2563eb", (v) => integer.format(v)), [series.xs, series.orders], root.querySelector('[data-chart="orders"]'));
-  charts.revenue = new uPlot(chartOptions("Revenue", "#16a34a", formatMoney), [series.xs, series.revenue], root.querySelector('[data-chart="revenue"]'));
+  const place = (name, label, color, format, data) => {
+    const element = root.querySelector(`[data-chart="${name}"]`);
+    charts[name] = new uPlot(chartOptions(label, color, format, element), data, element);
+    // Only a change of the box's width resizes the chart, on the next frame: resizing inside the
+    // observer's callback would notify it again in the same frame.
+    let width = element.clientWidth;
+    new ResizeObserver(() => {
+      if (element.clientWidth === width) return;
+      width = element.clientWidth;
+      requestAnimationFrame(() => charts[name].setSize(chartSize(element)));
+    }).observe(element);
+  };
+  place("orders", "Orders", "#2563eb", (v) => integer.format(v), [series.xs, series.orders]);
+  place("revenue", "Revenue", "#16a34a", formatMoney, [series.xs, series.revenue]);
 }
 
 function redraw() {
@@ -128,11 +152,17 @@ async function backfill() {
   series.xs = points.map((p) => Date.parse(p.minute) / 1000);
   series.orders = points.map((p) => p.orders);
   series.revenue = points.map((p) => p.revenue_minor);
-  redraw();
+  // Snapshots that arrived while the history was on its way are newer than it.
+  if (latestPoint) appendPoint(latestPoint);
+  else redraw();
 }
 
+let latestPoint = null;
+
 function appendPoint(point) {
-  if (!point || series.xs.length === 0) return;
+  if (!point) return;
+  latestPoint = point;
+  if (series.xs.length === 0) return;
   const x = Date.parse(point.minute) / 1000;
   const last = series.xs.length - 1;
   if (x === series.xs[last]) {
@@ -164,11 +194,6 @@ for (const button of root.querySelectorAll("[data-range]")) {
     backfill().catch(report);
   });
 }
-
-window.addEventListener("resize", () => {
-  const width = Math.max(280, root.querySelector(".chart").clientWidth - 16);
-  for (const chart of Object.values(charts)) chart.setSize({ width, height: 220 });
-});
 
 // ---------- announcements ----------
 const banner = root.querySelector("[data-announcements]");
