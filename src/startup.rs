@@ -159,6 +159,8 @@ impl Application {
             App::new()
                 .app_data(state.clone())
                 .wrap(http::security_headers())
+                // Compresses pages, assets and JSON; the event stream opts out (identity).
+                .wrap(middleware::Compress::default())
                 .wrap(middleware::from_fn(http::record_metrics))
                 .configure(http::configure)
         })

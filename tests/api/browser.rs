@@ -297,6 +297,71 @@ async fn refresh_and_announcements_show_on_the_page() {
 }
 
 #[tokio::test]
+async fn assets_are_versioned_compressed_and_cached_and_the_stream_is_not_compressed() {
+    let database = TestDatabase::new(Backend::Sqlite).await;
+    let service = Service::start(&ServiceConfig::new(&database, &Names::new(), "assets-1")).await;
+    let client = reqwest::Client::new();
+    let asset = |path: String| {
+        client
+            .get(service.url(&path))
+            .header("Accept-Encoding", "gzip")
+            .send()
+    };
+    let page = service.get("/").await.text().await.expect("page");
+    let script = page
+        .split("src=\"")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .expect("the page loads its script by a versioned URL")
+        .to_owned();
+    assert!(script.starts_with("/static/app.js?v="), "{script}");
+    let response = asset(script.clone()).await.expect("script");
+    assert_eq!(response.status(), 200);
+    let headers = response.headers().clone();
+    assert!(headers["content-type"]
+        .to_str()
+        .expect("ascii")
+        .contains("javascript"));
+    assert_eq!(headers["content-encoding"], "gzip");
+    assert!(headers["cache-control"]
+        .to_str()
+        .expect("ascii")
+        .contains("immutable"));
+    let etag = headers["etag"].to_str().expect("ascii").to_owned();
+    let again = client
+        .get(service.url(&script))
+        .header("If-None-Match", &etag)
+        .send()
+        .await
+        .expect("revalidate");
+    assert_eq!(again.status(), 304);
+    let licence = asset("/static/vendor/uplot/LICENSE".into())
+        .await
+        .expect("licence");
+    assert_eq!(
+        licence.status(),
+        200,
+        "the vendored licence ships with the binary"
+    );
+
+    let stream = service
+        .client()
+        .get(service.url("/api/dashboard/stream"))
+        .header("Accept-Encoding", "gzip")
+        .send()
+        .await
+        .expect("stream");
+    assert_eq!(stream.headers()["content-type"], "text/event-stream");
+    assert_ne!(
+        stream
+            .headers()
+            .get("content-encoding")
+            .map(|v| v.as_bytes()),
+        Some(&b"gzip"[..])
+    );
+}
+
+#[tokio::test]
 async fn without_javascript_the_signed_in_dashboard_still_shows_the_figures() {
     let database = TestDatabase::new(Backend::Sqlite).await;
     let names = Names::new();
