@@ -1,1 +1,1269 @@
-fn main() {}
+//! Sustained ingest benchmark: `cargo bench --bench ingest` (see docs/benchmarks.md).
+//!
+//! For each database backend (SQLite, then PostgreSQL), in one process run:
+//! - declares a fresh topology (prefix `bench-<uuid8>-<backend>`, exchange `<prefix>.ev`) plus a
+//!   second queue `<prefix>.raw` with the same arguments and bindings as `<prefix>.events`, so
+//!   every published event lands in both;
+//! - in rounds (4) of N/rounds events each: publishes them with publisher confirms, then
+//!   drains `<prefix>.raw` with a bare lapin consume-and-ack loop (the service's prefetch, one
+//!   multiple-ack per 1 000 deliveries) and `<prefix>.events` with the release
+//!   `pulseboard serve` (one database for the whole run, a new process each round), polling
+//!   `/metrics` every 50 ms until `pulseboard_events_total` reaches the round's events:
+//!   committed, acknowledged, counted. Which queue is drained first alternates (raw, service,
+//!   service, raw, …): the broker's pace drifts, and neither side should always go first;
+//! - after each round checks the dashboard's revenue against the generator's tally and, once
+//!   the service stopped (SIGTERM), that its queue is empty; at the end deletes everything.
+//!
+//! Rates are events over the summed drain times of all rounds.
+//!
+//! Environment: `BENCH_EVENTS` (N, events per backend, 200 000), `BENCH_BACKENDS`
+//! (`sqlite,postgres`), `BENCH_ROUNDS` (4), `BENCH_QUIET_SECS` (how long to wait for an idle
+//! machine before each drain, 300), `AMQP_URL`, `BENCH_PG_HOST` (127.0.0.1), `BENCH_PG_USER`
+//! (postgres).
+
+use anyhow::{bail, ensure, Context};
+use futures_util::stream::{FuturesUnordered, StreamExt};
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
+    ConfirmSelectOptions, ExchangeDeleteOptions, QueueBindOptions, QueueDeclareOptions,
+    QueueDeleteOptions,
+};
+use lapin::publisher_confirm::Confirmation;
+use lapin::types::{AMQPValue, FieldTable};
+use lapin::{BasicProperties, Channel, Connection};
+use pulseboard::ingest::broker::{connect, Topology};
+use pulseboard::simulate::TrafficGenerator;
+use std::collections::VecDeque;
+use std::process::Stdio;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+const DEFAULT_EVENTS: u64 = 200_000;
+const DEFAULT_AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+/// The service's consumer prefetch and batch size (src/startup.rs), mirrored by the raw loop.
+const PREFETCH: u16 = 2_000;
+const ACK_EVERY: u64 = 1_000;
+/// Publisher confirms awaited at once, as in `pulseboard simulate`.
+const MAX_UNCONFIRMED: usize = 20_000;
+const POLL_EVERY: Duration = Duration::from_millis(50);
+/// The run fails if the applied count stops moving for this long.
+const STALL_LIMIT: Duration = Duration::from_secs(60);
+const STARTUP_LIMIT: Duration = Duration::from_secs(30);
+const ADMIN_PASSWORD: &str = "bench-admin-password";
+const CURRENCY: &str = "USD";
+const USERS: u32 = 10_000;
+const PG_PORT: u16 = 5432;
+/// Service log lines kept for the error message of a failed run.
+const LOG_TAIL: usize = 20;
+/// A drain counts as quiet when processes other than the consumer, the broker and the database
+/// used less than this (% of one core) while it ran.
+const QUIET_OTHER: f64 = 25.0;
+/// A drain starts once everything but this process used less than the machine's floor (the
+/// least seen over one second so far) plus this, in % of one core: leftovers such as the
+/// broker settling after the pre-fill, or a burst of other people's builds and tests, must not
+/// skew it.
+const QUIET_MARGIN: f64 = 20.0;
+/// The machine's floor, in % of one core (f64 bits).
+static FLOOR: AtomicU64 = AtomicU64::new(u64::MAX);
+const DEFAULT_QUIET_SECS: u64 = 300;
+/// Rounds per backend; the order of the two drains alternates raw-service, service-raw,
+/// service-raw, raw-service, … so that neither side is always drained first.
+const DEFAULT_ROUNDS: u64 = 4;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+impl Backend {
+    fn name(self) -> &'static str {
+        match self {
+            Backend::Sqlite => "sqlite",
+            Backend::Postgres => "postgres",
+        }
+    }
+}
+
+/// One row of the result table.
+struct Row {
+    backend: Backend,
+    events: u64,
+    publish: Phase,
+    raw: Phase,
+    service: Phase,
+    /// From spawning the service to the first applied event: fresh database, then the slowest
+    /// restart.
+    startup: [Duration; 2],
+    rounds: Vec<Round>,
+    /// Every drain started on an idle machine and nothing else took a noticeable share of it.
+    quiet: bool,
+}
+
+/// One round's drains, for the per-round table.
+struct Round {
+    raw_first: bool,
+    raw: Phase,
+    service: Phase,
+}
+
+/// Events handled over a measured interval, with the CPU used meanwhile; rounds add up.
+#[derive(Clone, Copy, Default)]
+struct Phase {
+    events: u64,
+    seconds: f64,
+    cpu: CpuSpan,
+}
+
+impl Phase {
+    fn rate(&self) -> f64 {
+        self.events as f64 / self.seconds
+    }
+
+    fn add(&mut self, other: Phase) {
+        self.events += other.events;
+        self.seconds += other.seconds;
+        self.cpu.add(&other.cpu);
+    }
+}
+
+struct Settings {
+    events: u64,
+    backends: Vec<Backend>,
+    amqp_url: String,
+    pg_host: String,
+    pg_user: String,
+    quiet_limit: Duration,
+    rounds: u64,
+}
+
+fn main() {
+    let settings = settings();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("a Tokio runtime for the benchmark");
+    let background = runtime.block_on(measure_background());
+    print_machine(background);
+    let mut rows = Vec::new();
+    for backend in settings.backends.clone() {
+        eprintln!("== {} ==", backend.name());
+        match runtime.block_on(run_backend(&settings, backend)) {
+            Ok(row) => rows.push(row),
+            Err(error) => {
+                eprintln!("benchmark failed on {}: {error:#}", backend.name());
+                print_table(&rows);
+                std::process::exit(1);
+            }
+        }
+    }
+    print_table(&rows);
+}
+
+fn settings() -> Settings {
+    let events = match std::env::var("BENCH_EVENTS") {
+        Ok(text) => text
+            .replace('_', "")
+            .parse::<u64>()
+            .ok()
+            .filter(|n| *n >= 10 * ACK_EVERY)
+            .expect("BENCH_EVENTS must be a whole number of at least 10000"),
+        Err(_) => DEFAULT_EVENTS,
+    };
+    let backends = std::env::var("BENCH_BACKENDS")
+        .unwrap_or_else(|_| "sqlite,postgres".into())
+        .split(',')
+        .map(|name| match name.trim() {
+            "sqlite" => Backend::Sqlite,
+            "postgres" => Backend::Postgres,
+            other => panic!("BENCH_BACKENDS: unknown backend {other:?} (sqlite, postgres)"),
+        })
+        .collect();
+    Settings {
+        events,
+        backends,
+        amqp_url: std::env::var("AMQP_URL").unwrap_or_else(|_| DEFAULT_AMQP_URL.into()),
+        pg_host: std::env::var("BENCH_PG_HOST").unwrap_or_else(|_| "127.0.0.1".into()),
+        pg_user: std::env::var("BENCH_PG_USER").unwrap_or_else(|_| "postgres".into()),
+        rounds: std::env::var("BENCH_ROUNDS").map_or(DEFAULT_ROUNDS, |text| {
+            text.parse()
+                .ok()
+                .filter(|r| *r >= 1)
+                .expect("BENCH_ROUNDS must be a whole number of at least 1")
+        }),
+        quiet_limit: Duration::from_secs(
+            std::env::var("BENCH_QUIET_SECS")
+                .map(|text| {
+                    text.parse()
+                        .expect("BENCH_QUIET_SECS must be whole seconds")
+                })
+                .unwrap_or(DEFAULT_QUIET_SECS),
+        ),
+    }
+}
+
+/// Names of everything one backend's run creates on the broker.
+struct Names {
+    prefix: String,
+    topology: Topology,
+    raw_queue: String,
+}
+
+impl Names {
+    fn new(backend: Backend) -> Names {
+        let id = uuid::Uuid::new_v4().simple().to_string();
+        let prefix = format!("bench-{}-{}", &id[..8], backend.name());
+        let exchange = format!("{prefix}.ev");
+        Names {
+            topology: Topology::new(&exchange, &prefix),
+            raw_queue: format!("{prefix}.raw"),
+            prefix,
+        }
+    }
+}
+
+async fn run_backend(settings: &Settings, backend: Backend) -> anyhow::Result<Row> {
+    let names = Names::new(backend);
+    let connection = connect(&settings.amqp_url, "pulseboard bench")
+        .await
+        .context("RabbitMQ (AMQP_URL)")?;
+    let channel = connection.create_channel().await?;
+    let database = Database::create(settings, backend, &names.prefix)?;
+    let result = tokio::select! {
+        result = measure(settings, backend, &names, &connection, &channel, &database) => result,
+        signal = interrupted() => Err(anyhow::anyhow!("interrupted by {signal}; cleaning up")),
+    };
+    let cleanup = delete_topology(&channel, &names).await;
+    let _ = connection.close(200, "bench done").await;
+    let dropped = database.drop(settings);
+    let row = result?;
+    cleanup.context("deleting the bench topology")?;
+    dropped?;
+    Ok(row)
+}
+
+async fn measure(
+    settings: &Settings,
+    backend: Backend,
+    names: &Names,
+    connection: &Connection,
+    channel: &Channel,
+    database: &Database,
+) -> anyhow::Result<Row> {
+    names.topology.declare(channel).await?;
+    declare_raw_queue(channel, names).await?;
+    let mut generator = TrafficGenerator::new(USERS, CURRENCY, 0x5eed + backend as u64);
+    let mut row = Row {
+        backend,
+        events: settings.events,
+        publish: Phase::default(),
+        raw: Phase::default(),
+        service: Phase::default(),
+        startup: [Duration::ZERO; 2],
+        rounds: Vec::new(),
+        quiet: true,
+    };
+    let rounds = settings.rounds;
+    for round in 0..rounds as usize {
+        let n = settings.events / rounds + u64::from((round as u64) < settings.events % rounds);
+        let raw_first = matches!(round % 4, 0 | 3);
+        let mut done = Round {
+            raw_first,
+            raw: Phase::default(),
+            service: Phase::default(),
+        };
+        let publish = publish(connection, &names.topology.exchange, &mut generator, n).await?;
+        row.publish.add(publish);
+        for queue in [&names.topology.events_queue, &names.raw_queue] {
+            let depth = Topology::depth(channel, queue).await?;
+            ensure!(
+                u64::from(depth) == n,
+                "{queue} holds {depth} messages after publishing {n}"
+            );
+        }
+        eprintln!(
+            "round {}: published {n} events at {:.0}/s (confirmed)",
+            round + 1,
+            publish.rate()
+        );
+        if raw_first {
+            row.quiet &= wait_for_quiet(settings.quiet_limit).await;
+            done.raw = raw_phase(settings, names, n).await?;
+        }
+
+        row.quiet &= wait_for_quiet(settings.quiet_limit).await;
+        let mut service = Service::start(settings, names, &database.url).await?;
+        let outcome = service.drain(n).await;
+        let tally = &generator.tally;
+        let revenue = match &outcome {
+            Ok(_) => {
+                service
+                    .check_revenue(tally.placed_minor - tally.refunded_minor)
+                    .await
+            }
+            Err(_) => Ok(()),
+        };
+        let stopped = service.stop().await;
+        let (phase, startup) = outcome?;
+        revenue?;
+        stopped?;
+        eprintln!(
+            "round {}: pulseboard applied {:.0} events/s; revenue exact",
+            round + 1,
+            phase.rate()
+        );
+        done.service = phase;
+        let slot = usize::from(round > 0);
+        row.startup[slot] = row.startup[slot].max(startup);
+        let left = Topology::depth(channel, &names.topology.events_queue).await?;
+        ensure!(
+            left == 0,
+            "{} still holds {left} messages after the service stopped",
+            names.topology.events_queue
+        );
+
+        if !raw_first {
+            row.quiet &= wait_for_quiet(settings.quiet_limit).await;
+            done.raw = raw_phase(settings, names, n).await?;
+        }
+        row.raw.add(done.raw);
+        row.service.add(done.service);
+        row.rounds.push(done);
+    }
+    // Nothing else took a noticeable share of the machine while draining.
+    for phase in [&row.raw, &row.service] {
+        row.quiet &= phase.cpu.usage().other < QUIET_OTHER;
+    }
+    Ok(row)
+}
+
+/// Drains `n` events from the raw queue, measuring the rate and the CPU used.
+async fn raw_phase(settings: &Settings, names: &Names, n: u64) -> anyhow::Result<Phase> {
+    let before = CpuSample::take(None);
+    let (events, seconds) = raw_drain(&settings.amqp_url, &names.raw_queue, n).await?;
+    let phase = Phase {
+        events,
+        seconds,
+        cpu: CpuSample::take(None).since(&before),
+    };
+    eprintln!("raw lapin consume+ack: {:.0} events/s", phase.rate());
+    Ok(phase)
+}
+
+/// Resolves on Ctrl-C or SIGTERM, so that an interrupted run still deletes what it created.
+async fn interrupted() -> &'static str {
+    use tokio::signal::unix::{signal, SignalKind};
+    let Ok(mut terminate) = signal(SignalKind::terminate()) else {
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => "Ctrl-C",
+        _ = terminate.recv() => "SIGTERM",
+    }
+}
+
+/// The baseline queue: same arguments and bindings as `<prefix>.events`.
+async fn declare_raw_queue(channel: &Channel, names: &Names) -> anyhow::Result<()> {
+    let mut arguments = FieldTable::default();
+    arguments.insert(
+        "x-dead-letter-exchange".into(),
+        AMQPValue::LongString(names.topology.dead_exchange.as_str().into()),
+    );
+    arguments.insert("x-single-active-consumer".into(), AMQPValue::Boolean(true));
+    channel
+        .queue_declare(
+            &names.raw_queue,
+            QueueDeclareOptions {
+                durable: true,
+                ..Default::default()
+            },
+            arguments,
+        )
+        .await?;
+    for pattern in ["order.*", "user.*"] {
+        channel
+            .queue_bind(
+                &names.raw_queue,
+                &names.topology.exchange,
+                pattern,
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+    }
+    Ok(())
+}
+
+/// Publishes `n` persistent events with pipelined confirms.
+async fn publish(
+    connection: &Connection,
+    exchange: &str,
+    generator: &mut TrafficGenerator,
+    n: u64,
+) -> anyhow::Result<Phase> {
+    let publisher = connection.create_channel().await?;
+    publisher
+        .confirm_select(ConfirmSelectOptions::default())
+        .await?;
+    let started = Instant::now();
+    let mut unconfirmed = FuturesUnordered::new();
+    let mut refused = 0u64;
+    let mut settle = |result: Option<Result<Confirmation, lapin::Error>>| -> anyhow::Result<()> {
+        match result {
+            Some(Ok(Confirmation::Nack(_))) => refused += 1,
+            Some(Ok(_)) | None => {}
+            Some(Err(error)) => return Err(error).context("publisher confirm"),
+        }
+        Ok(())
+    };
+    for _ in 0..n {
+        let event = generator.next_event(unix_ms());
+        let confirm = publisher
+            .basic_publish(
+                exchange,
+                event.routing_key,
+                BasicPublishOptions::default(),
+                &event.body,
+                BasicProperties::default()
+                    .with_delivery_mode(2)
+                    .with_content_type("application/json".into()),
+            )
+            .await?;
+        unconfirmed.push(confirm);
+        while unconfirmed.len() >= MAX_UNCONFIRMED {
+            settle(unconfirmed.next().await)?;
+        }
+    }
+    while let Some(result) = unconfirmed.next().await {
+        settle(Some(result))?;
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    let _ = publisher.close(200, "published").await;
+    ensure!(refused == 0, "RabbitMQ refused {refused} published events");
+    Ok(Phase {
+        events: n,
+        seconds,
+        cpu: CpuSpan::default(),
+    })
+}
+
+/// The baseline: a bare consume-and-ack loop on its own connection. Returns the events and
+/// seconds from the first delivery to the last acknowledgement.
+async fn raw_drain(amqp_url: &str, queue: &str, n: u64) -> anyhow::Result<(u64, f64)> {
+    let connection = connect(amqp_url, "pulseboard bench raw consumer").await?;
+    let channel = connection.create_channel().await?;
+    channel
+        .basic_qos(PREFETCH, BasicQosOptions::default())
+        .await?;
+    let mut consumer = channel
+        .basic_consume(
+            queue,
+            "bench-raw",
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    let mut received = 0u64;
+    let mut first = None;
+    while received < n {
+        let delivery = tokio::time::timeout(STALL_LIMIT, consumer.next())
+            .await
+            .with_context(|| format!("no delivery from {queue} for {STALL_LIMIT:?}"))?
+            .context("the broker cancelled the raw consumer")??;
+        first.get_or_insert_with(Instant::now);
+        received += 1;
+        if received % ACK_EVERY == 0 || received == n {
+            channel
+                .basic_ack(delivery.delivery_tag, BasicAckOptions { multiple: true })
+                .await?;
+        }
+    }
+    let seconds = first.map_or(0.0, |t| t.elapsed().as_secs_f64());
+    let _ = channel.close(200, "drained").await;
+    let _ = connection.close(200, "drained").await;
+    // The first event is the clock's start, so n - 1 events fill the measured interval.
+    Ok((n - 1, seconds))
+}
+
+/// A running `pulseboard serve` and its address.
+struct Service {
+    child: Child,
+    /// The last lines the service logged.
+    log: Arc<Mutex<VecDeque<String>>>,
+    base: String,
+    http: reqwest::Client,
+    started: Instant,
+    token: Option<String>,
+}
+
+impl Service {
+    async fn start(settings: &Settings, names: &Names, database_url: &str) -> anyhow::Result<Self> {
+        let binary = env!("CARGO_BIN_EXE_pulseboard");
+        let started = Instant::now();
+        let mut child = Command::new(binary)
+            .arg("serve")
+            .env("PULSEBOARD_BIND", "127.0.0.1:0")
+            .env("DATABASE_URL", database_url)
+            .env("AMQP_URL", &settings.amqp_url)
+            .env("PULSEBOARD_QUEUE_PREFIX", &names.prefix)
+            .env("PULSEBOARD_EXCHANGE", &names.topology.exchange)
+            .env("PULSEBOARD_CURRENCY", CURRENCY)
+            .env("PULSEBOARD_TIMEZONE", "UTC")
+            .env("PULSEBOARD_ADMIN_PASSWORD", ADMIN_PASSWORD)
+            .env("PULSEBOARD_LOG_FORMAT", "text")
+            .env("RUST_LOG", "warn,pulseboard=info")
+            .env_remove("PULSEBOARD_METRICS_TOKEN")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("starting {binary}"))?;
+        let stderr = child.stderr.take().context("the service's stderr")?;
+        let mut lines = BufReader::new(stderr).lines();
+        let address = tokio::time::timeout(STARTUP_LIMIT, async {
+            while let Some(line) = lines.next_line().await? {
+                eprintln!("  service: {line}");
+                if let Some(rest) = line.split("listening on http://").nth(1) {
+                    let address: String = rest
+                        .chars()
+                        .take_while(|c| !c.is_whitespace() && *c != '"')
+                        .collect();
+                    return Ok(address);
+                }
+            }
+            bail!("the service exited before listening")
+        })
+        .await
+        .context("the service did not log `listening on http://…` in time")??;
+        // Keep reading stderr so the service never blocks on a full pipe; show warnings, keep
+        // the last lines for the error message if the run fails.
+        let log = Arc::new(Mutex::new(VecDeque::with_capacity(LOG_TAIL)));
+        let tail = log.clone();
+        tokio::spawn(async move {
+            while let Ok(Some(line)) = lines.next_line().await {
+                if !line.contains(" INFO ") {
+                    eprintln!("  service: {line}");
+                }
+                let mut tail = tail.lock().unwrap_or_else(|p| p.into_inner());
+                if tail.len() == LOG_TAIL {
+                    tail.pop_front();
+                }
+                tail.push_back(line);
+            }
+        });
+        Ok(Service {
+            child,
+            log,
+            base: format!("http://{address}"),
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(10))
+                .build()?,
+            started,
+            token: None,
+        })
+    }
+
+    /// Polls `/metrics` until `n` events are counted. Returns the drain from the first poll
+    /// that saw an event to the one that saw them all, and the time to that first poll.
+    async fn drain(&mut self, n: u64) -> anyhow::Result<(Phase, Duration)> {
+        let pid = self.child.id();
+        let mut first: Option<(Instant, u64, CpuSample)> = None;
+        let mut last_change = (Instant::now(), 0u64);
+        let mut ticker = tokio::time::interval(POLL_EVERY);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticker.tick().await;
+            if let Some(status) = self.child.try_wait()? {
+                bail!("the service exited early: {status}{}", self.log_tail());
+            }
+            let count = self.events_total().await?;
+            let now = Instant::now();
+            if count > 0 && first.is_none() {
+                first = Some((now, count, CpuSample::take(pid)));
+            }
+            if count != last_change.1 {
+                last_change = (now, count);
+            } else if now - last_change.0 > STALL_LIMIT {
+                bail!(
+                    "the service applied {count} of {n} events, then stalled{}",
+                    self.log_tail()
+                );
+            }
+            ensure!(
+                count <= n,
+                "the service counted {count} events, only {n} were sent"
+            );
+            if count == n {
+                let (start, counted_then, cpu_then) = first.context("no first poll")?;
+                let cpu = CpuSample::take(pid).since(&cpu_then);
+                let seconds = (now - start).as_secs_f64();
+                ensure!(
+                    seconds > 0.0,
+                    "everything was applied between two polls: raise BENCH_EVENTS"
+                );
+                // Events counted before the first poll that saw any are outside the interval.
+                let phase = Phase {
+                    events: n - counted_then,
+                    seconds,
+                    cpu,
+                };
+                return Ok((phase, start - self.started));
+            }
+        }
+    }
+
+    fn log_tail(&self) -> String {
+        let tail = self.log.lock().unwrap_or_else(|p| p.into_inner());
+        let lines: Vec<&str> = tail.iter().map(String::as_str).collect();
+        format!("; its last log lines:\n  {}", lines.join("\n  "))
+    }
+
+    /// Sum of `pulseboard_events_total` over all label sets.
+    async fn events_total(&self) -> anyhow::Result<u64> {
+        let text = self
+            .http
+            .get(format!("{}/metrics", self.base))
+            .send()
+            .await?
+            .error_for_status()
+            .context("GET /metrics")?
+            .text()
+            .await?;
+        let mut total = 0u64;
+        for line in text.lines() {
+            let Some(rest) = line.strip_prefix("pulseboard_events_total") else {
+                continue;
+            };
+            if !(rest.starts_with('{') || rest.starts_with(' ')) {
+                continue;
+            }
+            let value = rest
+                .rsplit(' ')
+                .next()
+                .and_then(|v| v.parse::<f64>().ok())
+                .with_context(|| format!("unreadable metric line {line:?}"))?;
+            total += value as u64;
+        }
+        Ok(total)
+    }
+
+    /// Waits for a snapshot whose revenue today equals the generator's net revenue.
+    async fn check_revenue(&mut self, expected: i64) -> anyhow::Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut seen = None;
+        while Instant::now() < deadline {
+            let snapshot = self.snapshot().await?;
+            if let Some(snapshot) = snapshot {
+                let revenue = snapshot["revenue"]["today_minor"].as_i64();
+                if revenue == Some(expected) {
+                    return Ok(());
+                }
+                seen = revenue;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        bail!(
+            "REVENUE MISMATCH: the snapshot says today_minor = {seen:?}, \
+             the generator sent a net {expected} (placed - refunded)"
+        )
+    }
+
+    /// The current snapshot, signing in first if the API asks for credentials.
+    async fn snapshot(&mut self) -> anyhow::Result<Option<serde_json::Value>> {
+        let url = format!("{}/api/dashboard/snapshot", self.base);
+        let mut request = self.http.get(&url);
+        if let Some(token) = &self.token {
+            request = request.bearer_auth(token);
+        }
+        let response = request.send().await?;
+        match response.status().as_u16() {
+            200 => Ok(Some(response.json().await?)),
+            503 => Ok(None),
+            401 | 403 if self.token.is_none() => {
+                self.token = Some(self.sign_in().await?);
+                Ok(None)
+            }
+            status => bail!("GET /api/dashboard/snapshot answered {status}"),
+        }
+    }
+
+    async fn sign_in(&self) -> anyhow::Result<String> {
+        let body: serde_json::Value = self
+            .http
+            .post(format!("{}/api/auth/token", self.base))
+            .json(&serde_json::json!({"username": "admin", "password": ADMIN_PASSWORD}))
+            .send()
+            .await?
+            .error_for_status()
+            .context("POST /api/auth/token")?
+            .json()
+            .await?;
+        body["access_token"]
+            .as_str()
+            .map(str::to_owned)
+            .context("no access_token in the token answer")
+    }
+
+    /// SIGTERM, then waits for a clean exit (kills it after 20 s).
+    async fn stop(mut self) -> anyhow::Result<()> {
+        let pid = self.child.id().context("the service already exited")?;
+        let status = std::process::Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status()
+            .context("running kill -TERM")?;
+        ensure!(status.success(), "kill -TERM {pid} failed");
+        match tokio::time::timeout(Duration::from_secs(20), self.child.wait()).await {
+            Ok(status) => {
+                let status = status?;
+                ensure!(status.success(), "the service exited with {status}");
+                Ok(())
+            }
+            Err(_) => {
+                let _ = self.child.kill().await;
+                bail!("the service did not stop within 20 s of SIGTERM")
+            }
+        }
+    }
+}
+
+/// The database of one run: a temporary SQLite file or a fresh PostgreSQL database.
+struct Database {
+    url: String,
+    postgres_name: Option<String>,
+    _dir: Option<tempfile::TempDir>,
+}
+
+impl Database {
+    fn create(settings: &Settings, backend: Backend, prefix: &str) -> anyhow::Result<Database> {
+        match backend {
+            Backend::Sqlite => {
+                let dir = tempfile::tempdir().context("a temporary directory")?;
+                let path = dir.path().join("bench.db");
+                Ok(Database {
+                    url: format!("sqlite://{}?mode=rwc", path.display()),
+                    postgres_name: None,
+                    _dir: Some(dir),
+                })
+            }
+            Backend::Postgres => {
+                let name = prefix.replace(['-', '.'], "_");
+                psql(settings, &format!("CREATE DATABASE {name}"))?;
+                Ok(Database {
+                    url: format!(
+                        "postgres://{}@{}:{PG_PORT}/{name}",
+                        settings.pg_user, settings.pg_host
+                    ),
+                    postgres_name: Some(name),
+                    _dir: None,
+                })
+            }
+        }
+    }
+
+    fn drop(self, settings: &Settings) -> anyhow::Result<()> {
+        if let Some(name) = &self.postgres_name {
+            psql(
+                settings,
+                &format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"),
+            )?;
+        }
+        Ok(())
+    }
+}
+
+fn psql(settings: &Settings, sql: &str) -> anyhow::Result<String> {
+    let output = std::process::Command::new("psql")
+        .args(["-h", &settings.pg_host, "-p", &PG_PORT.to_string()])
+        .args(["-U", &settings.pg_user])
+        .args(["-d", "postgres", "-v", "ON_ERROR_STOP=1", "-tAc", sql])
+        .output()
+        .context("running psql (is the PostgreSQL client installed?)")?;
+    ensure!(
+        output.status.success(),
+        "psql {sql:?}: {}",
+        String::from_utf8_lossy(&output.stderr).trim()
+    );
+    Ok(String::from_utf8_lossy(&output.stdout).trim().to_owned())
+}
+
+async fn delete_topology(channel: &Channel, names: &Names) -> anyhow::Result<()> {
+    let topology = &names.topology;
+    for queue in [
+        &topology.events_queue,
+        &names.raw_queue,
+        &topology.dead_queue,
+    ] {
+        channel
+            .queue_delete(queue, QueueDeleteOptions::default())
+            .await
+            .with_context(|| format!("deleting queue {queue}"))?;
+    }
+    for exchange in [
+        &topology.exchange,
+        &topology.dead_exchange,
+        &topology.live_exchange,
+    ] {
+        channel
+            .exchange_delete(exchange, ExchangeDeleteOptions::default())
+            .await
+            .with_context(|| format!("deleting exchange {exchange}"))?;
+    }
+    Ok(())
+}
+
+/// Waits until the machine is nearly idle, at most `limit`; says whether it became so.
+async fn wait_for_quiet(limit: Duration) -> bool {
+    let deadline = Instant::now() + limit;
+    let mut warned = false;
+    loop {
+        let busy = others_busy().await;
+        if busy < floor() + QUIET_MARGIN {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            eprintln!(
+                "WARNING: the machine is still busy ({busy:.0}% of one core); measuring anyway"
+            );
+            return false;
+        }
+        if !warned {
+            eprintln!("waiting for the machine to quieten (busy: {busy:.0}% of one core)");
+            warned = true;
+        }
+    }
+}
+
+/// CPU used by every process but this one over the next second, in % of one core.
+async fn others_busy() -> f64 {
+    let before = machine_ticks();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let after = machine_ticks();
+    let wall = after.all.saturating_sub(before.all) as f64 / num_cores() as f64;
+    let others =
+        after.busy.saturating_sub(before.busy) as f64 - after.own.saturating_sub(before.own) as f64;
+    let busy = (others * 100.0 / wall.max(1.0)).max(0.0);
+    if busy < floor() {
+        FLOOR.store(busy.to_bits(), Ordering::Relaxed);
+    }
+    busy
+}
+
+fn floor() -> f64 {
+    match FLOOR.load(Ordering::Relaxed) {
+        u64::MAX => f64::MAX,
+        bits => f64::from_bits(bits),
+    }
+}
+
+/// The machine's steady background load: the quietest second out of up to ten.
+async fn measure_background() -> f64 {
+    for _ in 0..10 {
+        if others_busy().await < QUIET_OTHER {
+            break;
+        }
+    }
+    floor()
+}
+
+/// Busy and total ticks of the whole machine (/proc/stat), and this process's own.
+struct MachineTicks {
+    busy: u64,
+    iowait: u64,
+    all: u64,
+    own: u64,
+}
+
+fn machine_ticks() -> MachineTicks {
+    let own = process_ticks(std::process::id());
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    // user nice system idle iowait irq softirq steal
+    let fields: Vec<u64> = stat
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .skip(1)
+        .take(8)
+        .filter_map(|f| f.parse().ok())
+        .collect();
+    let all: u64 = fields.iter().sum();
+    let idle = fields.get(3).copied().unwrap_or(0);
+    let iowait = fields.get(4).copied().unwrap_or(0);
+    MachineTicks {
+        busy: all - idle - iowait,
+        iowait,
+        all,
+        own,
+    }
+}
+
+/// CPU time (clock ticks) of the processes involved, and of the whole machine.
+struct CpuSample {
+    /// The service (`Some(pid)`) or, for the raw loop, this benchmark process.
+    consumer: u64,
+    /// This benchmark process when it is not the consumer (polling `/metrics`).
+    bench: u64,
+    rabbitmq: u64,
+    postgres: u64,
+    busy: u64,
+    iowait: u64,
+    all: u64,
+}
+
+/// CPU ticks used over one or more intervals.
+#[derive(Clone, Copy, Default)]
+struct CpuSpan {
+    consumer: u64,
+    bench: u64,
+    rabbitmq: u64,
+    postgres: u64,
+    busy: u64,
+    iowait: u64,
+    /// Ticks of all cores together.
+    all: u64,
+}
+
+/// CPU used, in percent of one core (the machine's figures are out of `100 x cores`).
+#[derive(Clone, Copy, Default)]
+struct CpuUse {
+    consumer: f64,
+    rabbitmq: f64,
+    postgres: f64,
+    /// Everything else: other people's work on the machine, the kernel's network processing.
+    other: f64,
+    busy: f64,
+    iowait: f64,
+}
+
+impl CpuSpan {
+    fn add(&mut self, other: &CpuSpan) {
+        self.consumer += other.consumer;
+        self.bench += other.bench;
+        self.rabbitmq += other.rabbitmq;
+        self.postgres += other.postgres;
+        self.busy += other.busy;
+        self.iowait += other.iowait;
+        self.all += other.all;
+    }
+
+    fn usage(&self) -> CpuUse {
+        // Elapsed wall-clock ticks: /proc/stat counts every core.
+        let wall = self.all as f64 / num_cores() as f64;
+        if wall <= 0.0 {
+            return CpuUse::default();
+        }
+        let percent = |ticks: u64| ticks as f64 * 100.0 / wall;
+        let accounted = self.consumer + self.bench + self.rabbitmq + self.postgres;
+        CpuUse {
+            consumer: percent(self.consumer),
+            rabbitmq: percent(self.rabbitmq),
+            postgres: percent(self.postgres),
+            other: percent(self.busy.saturating_sub(accounted)),
+            busy: percent(self.busy),
+            iowait: percent(self.iowait),
+        }
+    }
+}
+
+impl CpuSample {
+    fn take(pid: Option<u32>) -> CpuSample {
+        let machine = machine_ticks();
+        let (consumer, bench) = match pid {
+            Some(pid) => (process_ticks(pid), machine.own),
+            None => (machine.own, 0),
+        };
+        let servers = SERVERS.get_or_init(Servers::find);
+        CpuSample {
+            consumer,
+            bench,
+            rabbitmq: servers.rabbitmq.map_or(0, process_ticks),
+            postgres: servers.postgres.map_or(0, postgres_ticks),
+            busy: machine.busy,
+            iowait: machine.iowait,
+            all: machine.all,
+        }
+    }
+
+    fn since(&self, earlier: &CpuSample) -> CpuSpan {
+        CpuSpan {
+            consumer: self.consumer.saturating_sub(earlier.consumer),
+            bench: self.bench.saturating_sub(earlier.bench),
+            rabbitmq: self.rabbitmq.saturating_sub(earlier.rabbitmq),
+            postgres: self.postgres.saturating_sub(earlier.postgres),
+            busy: self.busy.saturating_sub(earlier.busy),
+            iowait: self.iowait.saturating_sub(earlier.iowait),
+            all: self.all.saturating_sub(earlier.all),
+        }
+    }
+}
+
+/// The broker and database this benchmark talks to, found by their listening ports (other
+/// brokers or databases may run on the machine, e.g. ones started by the test suite).
+struct Servers {
+    rabbitmq: Option<u32>,
+    postgres: Option<u32>,
+}
+
+static SERVERS: OnceLock<Servers> = OnceLock::new();
+
+impl Servers {
+    fn find() -> Servers {
+        let amqp_port =
+            amqp_port(&std::env::var("AMQP_URL").unwrap_or_else(|_| DEFAULT_AMQP_URL.into()));
+        Servers {
+            rabbitmq: listener_pid(amqp_port),
+            postgres: listener_pid(PG_PORT),
+        }
+    }
+}
+
+fn amqp_port(url: &str) -> u16 {
+    let authority = url.split("://").nth(1).unwrap_or(url);
+    let host_port = authority.split('/').next().unwrap_or(authority);
+    let host_port = host_port.rsplit('@').next().unwrap_or(host_port);
+    host_port
+        .rsplit_once(':')
+        .and_then(|(_, port)| port.parse().ok())
+        .unwrap_or(5672)
+}
+
+/// The process listening on TCP `port`, through /proc/net/tcp{,6} and the processes' sockets.
+fn listener_pid(port: u16) -> Option<u32> {
+    let mut inodes = Vec::new();
+    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        let text = std::fs::read_to_string(table).unwrap_or_default();
+        for line in text.lines().skip(1) {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let listening = fields.get(3) == Some(&"0A");
+            let local_port = fields
+                .get(1)
+                .and_then(|a| a.rsplit_once(':'))
+                .and_then(|(_, p)| u16::from_str_radix(p, 16).ok());
+            if listening && local_port == Some(port) {
+                if let Some(inode) = fields.get(9) {
+                    inodes.push(format!("socket:[{inode}]"));
+                }
+            }
+        }
+    }
+    for pid in pids() {
+        let fds = std::fs::read_dir(format!("/proc/{pid}/fd"));
+        for fd in fds.into_iter().flatten().flatten() {
+            let target = std::fs::read_link(fd.path()).unwrap_or_default();
+            if inodes.iter().any(|i| target.as_os_str() == i.as_str()) {
+                return Some(pid);
+            }
+        }
+    }
+    None
+}
+
+fn pids() -> impl Iterator<Item = u32> {
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|entry| entry.file_name().to_str()?.parse().ok())
+}
+
+/// The PostgreSQL server: the postmaster and its children (backends, writers).
+fn postgres_ticks(postmaster: u32) -> u64 {
+    let children =
+        std::fs::read_to_string(format!("/proc/{postmaster}/task/{postmaster}/children"))
+            .unwrap_or_default();
+    children
+        .split_whitespace()
+        .filter_map(|pid| pid.parse().ok())
+        .map(process_ticks)
+        .sum::<u64>()
+        + process_ticks(postmaster)
+}
+
+/// The fields of /proc/<pid>/stat after the command name (the first is the state, field 3).
+fn stat_fields(pid: u32) -> Vec<String> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // The command name may contain spaces and parentheses: skip to its last `)`.
+    let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+    after.split_whitespace().map(str::to_owned).collect()
+}
+
+/// utime + stime of one process (all its threads), in clock ticks.
+fn process_ticks(pid: u32) -> u64 {
+    let fields = stat_fields(pid);
+    let field = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    // utime and stime are fields 14 and 15 of proc(5).
+    field(11) + field(12)
+}
+
+fn unix_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+fn print_machine(background: f64) {
+    let cpus = num_cores();
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let model = cpuinfo
+        .lines()
+        .find_map(|l| l.strip_prefix("model name"))
+        .and_then(|l| l.split(':').nth(1))
+        .map_or("unknown".into(), |m| m.trim().to_owned());
+    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+    let memory = meminfo
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))
+        .and_then(|kb| kb.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        .map_or("unknown".into(), |kb| {
+            format!("{:.1} GiB", kb / 1024.0 / 1024.0)
+        });
+    let rabbitmq = command_output("rabbitmqctl", &["version"]);
+    let postgres = command_output(
+        "psql",
+        &[
+            "-h",
+            "127.0.0.1",
+            "-U",
+            "postgres",
+            "-tAc",
+            "SHOW server_version",
+        ],
+    );
+    let kernel = command_output("uname", &["-r"]);
+    let rustc = command_output("rustc", &["--version"]);
+    let tmp_fs = command_output("df", &["--output=fstype", "/tmp"])
+        .lines()
+        .last()
+        .unwrap_or("unknown")
+        .trim()
+        .to_owned();
+    println!("## Machine");
+    println!();
+    println!("- CPUs: {cpus} ({model})");
+    println!("- memory: {memory}");
+    println!("- kernel: Linux {kernel}; /tmp (SQLite file) on {tmp_fs}");
+    println!("- RabbitMQ: {rabbitmq}; PostgreSQL: {postgres}; {rustc}");
+    let servers = SERVERS.get_or_init(Servers::find);
+    let pid = |pid: Option<u32>| pid.map_or("not found".to_owned(), |p| format!("pid {p}"));
+    println!(
+        "- CPU accounting: RabbitMQ {}, PostgreSQL {} (found by listening port)",
+        pid(servers.rabbitmq),
+        pid(servers.postgres)
+    );
+    println!(
+        "- background load before the run: {background:.0}% of one core (the quietest second); \
+         a drain is \"quiet\" when other processes used less than {QUIET_OTHER:.0}% meanwhile"
+    );
+    println!();
+}
+
+fn command_output(program: &str, args: &[&str]) -> String {
+    std::process::Command::new(program)
+        .args(args)
+        .stderr(Stdio::null())
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "unknown".into())
+}
+
+fn print_table(rows: &[Row]) {
+    if rows.is_empty() {
+        return;
+    }
+    println!("## Sustained ingest (release build, broker and database on this machine)");
+    println!();
+    println!(
+        "| backend | events | raw lapin consume+ack (events/s) | pulseboard applied (events/s) \
+         | ratio | publish with confirms (events/s) | start to first event | revenue | quiet |"
+    );
+    println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- | --- |");
+    for row in rows {
+        println!(
+            "| {} | {} | {:.0} | {:.0} | {:.2} | {:.0} | {:.2} s / {:.2} s | exact | {} |",
+            row.backend.name(),
+            row.events,
+            row.raw.rate(),
+            row.service.rate(),
+            row.service.rate() / row.raw.rate(),
+            row.publish.rate(),
+            row.startup[0].as_secs_f64(),
+            row.startup[1].as_secs_f64(),
+            if row.quiet { "yes" } else { "NO" },
+        );
+    }
+    println!();
+    println!(
+        "CPU while draining, % of one core (machine: % of {} cores)",
+        num_cores()
+    );
+    println!();
+    println!(
+        "| backend | phase | consumer process | RabbitMQ | PostgreSQL | other processes \
+         | machine busy | iowait |"
+    );
+    println!("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |");
+    for row in rows {
+        for (phase, cpu) in [
+            ("raw lapin loop", row.raw.cpu.usage()),
+            ("pulseboard", row.service.cpu.usage()),
+        ] {
+            println!(
+                "| {} | {phase} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} |",
+                row.backend.name(),
+                cpu.consumer,
+                cpu.rabbitmq,
+                cpu.postgres,
+                cpu.other,
+                cpu.busy,
+                cpu.iowait,
+            );
+        }
+    }
+    println!();
+    println!("Per round (events/s; \"other\" is CPU of other processes, % of one core)");
+    println!();
+    println!("| backend | round | drained first | raw | applied | ratio | other (raw / applied) |");
+    println!("| --- | ---: | --- | ---: | ---: | ---: | ---: |");
+    for row in rows {
+        for (i, round) in row.rounds.iter().enumerate() {
+            println!(
+                "| {} | {} | {} | {:.0} | {:.0} | {:.2} | {:.0} / {:.0} |",
+                row.backend.name(),
+                i + 1,
+                if round.raw_first { "raw" } else { "pulseboard" },
+                round.raw.rate(),
+                round.service.rate(),
+                round.service.rate() / round.raw.rate(),
+                round.raw.cpu.usage().other,
+                round.service.cpu.usage().other,
+            );
+        }
+    }
+    println!();
+    for row in rows {
+        let (raw, applied) = (row.raw.rate(), row.service.rate());
+        let verdict = |ok: bool| if ok { "met" } else { "MISSED" };
+        println!(
+            "- {}: applied >= 0.8 x raw: {}; applied >= 20 000 events/s: {}",
+            row.backend.name(),
+            verdict(applied >= 0.8 * raw),
+            verdict(applied >= 20_000.0),
+        );
+    }
+}
+
+fn num_cores() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}

@@ -1,1 +1,1722 @@
-fn main() {}
+//! Live delivery benchmark: `cargo bench --bench live` (see docs/benchmarks-live.md).
+//!
+//! For each client count N (`BENCH_CLIENTS`, default `1000,10000`), with a fresh service each:
+//! 1. declares a fresh topology (`bench-live-<uuid8>-<N>`, exchange `<prefix>.ev`) and starts the
+//!    release `pulseboard serve` on a temporary SQLite database, snapshot interval 250 ms;
+//! 2. reads the service's resident memory, opens N raw HTTP/1.1 SSE clients on loopback (500
+//!    every 100 ms, bound to source addresses 127.0.0.2..127.0.0.9 in turn), waits until every
+//!    one has its opening snapshot, lets them sit idle for 2 s and reads the memory again:
+//!    the difference over N is the resident memory per idle connection;
+//! 3. publishes `order.placed` events of 1 minor unit each at 5 000/s for 20 s, with pipelined
+//!    publisher confirms, from a thread of its own. Revenue today is then exactly the number of
+//!    orders applied, so a client that reads `"today_minor": R` knows its snapshot includes
+//!    orders 1..=R, and the publish instant of every order is kept in an array indexed by its
+//!    number;
+//! 4. every client parses each snapshot it receives (`id:` for the seq, `today_minor` for R) and
+//!    records two latencies at 1 ms resolution: to the **oldest** order new in this snapshot for
+//!    that client (the one that waited longest: the service's own `delivery_latency` definition)
+//!    and to the **newest** one (the R-th). Only orders published in the last 15 s of the load
+//!    count (the first 5 s are warm-up); snapshots received in that window are counted too;
+//! 5. samples CPU (service, this process split into client threads and the rest, RabbitMQ, the
+//!    whole machine) over the same window, reads the service's slow-client counters and its own
+//!    latency histogram, checks every client saw the final total, stops the service with
+//!    SIGTERM (clients still connected) and deletes everything it created.
+//!
+//! Environment: `BENCH_CLIENTS` (`1000,10000`), `BENCH_RATE` (5000), `BENCH_LOAD_SECS` (20),
+//! `AMQP_URL`, `BENCH_QUIET_SECS` (300: how long to wait for an idle machine before each case).
+//! The process needs `ulimit -n` above N + 1 000 (the service inherits it).
+
+use anyhow::{bail, ensure, Context};
+use futures_util::stream::{FuturesUnordered, StreamExt};
+use lapin::options::{
+    BasicPublishOptions, ConfirmSelectOptions, ExchangeDeleteOptions, QueueDeleteOptions,
+};
+use lapin::publisher_confirm::Confirmation;
+use lapin::{BasicProperties, Channel};
+use pulseboard::ingest::broker::{connect, Topology};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::process::Stdio;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::process::{Child, Command};
+
+const DEFAULT_CLIENTS: &str = "1000,10000";
+const DEFAULT_RATE: u64 = 5_000;
+const DEFAULT_LOAD_SECS: u64 = 20;
+const DEFAULT_AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+const DEFAULT_QUIET_SECS: u64 = 300;
+const DEFAULT_ATTEMPTS: u64 = 5;
+/// Consecutive seconds the machine must be nearly idle before a case starts.
+const QUIET_SECONDS: u32 = 3;
+/// The service's default coalescing tick (SPEC §2), stated explicitly.
+const SNAPSHOT_INTERVAL_MS: u64 = 250;
+/// Target: p99 within one snapshot interval plus this.
+const LATENCY_SLACK_MS: u64 = 50;
+/// Target: resident memory per idle connection.
+const MAX_KIB_PER_IDLE_CONNECTION: f64 = 20.0;
+/// Latency samples of orders published in the first seconds of the load are left out.
+const WARM_UP: Duration = Duration::from_secs(5);
+/// After the last publish: time for the last snapshot to reach every client.
+const DRAIN: Duration = Duration::from_secs(3);
+const IDLE_SETTLE: Duration = Duration::from_secs(2);
+const CONNECT_BATCH: usize = 500;
+const CONNECT_EVERY: Duration = Duration::from_millis(100);
+const CONNECT_LIMIT: Duration = Duration::from_secs(120);
+const CONNECT_ATTEMPTS: u32 = 5;
+/// Client source addresses 127.0.0.FIRST..=127.0.0.LAST, one per client in turn.
+const FIRST_SOURCE: u8 = 2;
+const LAST_SOURCE: u8 = 9;
+/// Latency histogram: 1 ms buckets up to 10 s; the last bucket holds everything above.
+const BUCKETS: usize = 10_001;
+/// Snapshot seqs tracked for generation and fan-out times (a fresh database starts at 1).
+const SEQS: usize = 65_536;
+/// CPU of processes other than the service, this benchmark and RabbitMQ above this (% of one
+/// core) during the window marks the figures as disturbed.
+const DISTURBED_OTHER: f64 = 10.0;
+/// Publisher confirms awaited at once, as in `pulseboard simulate`.
+const MAX_UNCONFIRMED: usize = 20_000;
+const STARTUP_LIMIT: Duration = Duration::from_secs(30);
+const ADMIN_PASSWORD: &str = "bench-admin-password";
+const CURRENCY: &str = "USD";
+/// A case starts once the whole machine used less than this (% of one core) over a second.
+const QUIET_BUSY: f64 = 25.0;
+/// Names of this process's threads, to tell the clients' CPU from the publisher's.
+const CLIENT_THREADS: &str = "bench-clients";
+const PUBLISHER_THREAD: &str = "bench-publisher";
+
+struct Settings {
+    clients: Vec<usize>,
+    rate: u64,
+    load: Duration,
+    amqp_url: String,
+    quiet_limit: Duration,
+    /// Runs of one case when other processes disturb its window.
+    attempts: u32,
+}
+
+fn main() {
+    let settings = settings();
+    check_fd_limit(&settings);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name(CLIENT_THREADS)
+        .build()
+        .expect("a Tokio runtime for the benchmark");
+    print_machine();
+    let mut rows = Vec::new();
+    for &n in &settings.clients {
+        let mut attempt = 1;
+        let outcome = loop {
+            eprintln!("== {n} clients (attempt {attempt}) ==");
+            match runtime.block_on(run_case(&settings, n)) {
+                Ok(mut row) if row.disturbed() && attempt < settings.attempts => {
+                    eprintln!("other processes were busy ({}); again", row.others);
+                    row.attempts = attempt;
+                }
+                Ok(mut row) => {
+                    row.attempts = attempt;
+                    break Ok(row);
+                }
+                Err(error) => break Err(error),
+            }
+            attempt += 1;
+        };
+        match outcome {
+            Ok(row) => rows.push(row),
+            Err(error) => {
+                eprintln!("benchmark failed with {n} clients: {error:#}");
+                print_tables(&settings, &rows);
+                std::process::exit(1);
+            }
+        }
+    }
+    print_tables(&settings, &rows);
+    // Client tasks of the last case may still hold sockets; do not wait for them.
+    runtime.shutdown_background();
+}
+
+fn settings() -> Settings {
+    let number = |name: &str, default: u64| -> u64 {
+        match std::env::var(name) {
+            Ok(text) => text
+                .replace('_', "")
+                .trim()
+                .parse()
+                .ok()
+                .filter(|n| *n > 0)
+                .unwrap_or_else(|| panic!("{name} must be a positive whole number")),
+            Err(_) => default,
+        }
+    };
+    let clients = std::env::var("BENCH_CLIENTS")
+        .unwrap_or_else(|_| DEFAULT_CLIENTS.into())
+        .split(',')
+        .map(|n| {
+            n.replace('_', "")
+                .trim()
+                .parse::<usize>()
+                .ok()
+                .filter(|n| *n > 0)
+                .expect("BENCH_CLIENTS must be a comma list of positive client counts")
+        })
+        .collect();
+    let load = Duration::from_secs(number("BENCH_LOAD_SECS", DEFAULT_LOAD_SECS));
+    assert!(
+        load > WARM_UP + Duration::from_secs(1),
+        "BENCH_LOAD_SECS must exceed the {WARM_UP:?} warm-up"
+    );
+    Settings {
+        clients,
+        rate: number("BENCH_RATE", DEFAULT_RATE),
+        load,
+        amqp_url: std::env::var("AMQP_URL").unwrap_or_else(|_| DEFAULT_AMQP_URL.into()),
+        quiet_limit: Duration::from_secs(number("BENCH_QUIET_SECS", DEFAULT_QUIET_SECS)),
+        attempts: number("BENCH_ATTEMPTS", DEFAULT_ATTEMPTS) as u32,
+    }
+}
+
+/// Every client costs a descriptor here and another in the service (which inherits this
+/// process's limit). Without libc the limit cannot be raised from inside, so say what to run.
+fn check_fd_limit(settings: &Settings) {
+    let needed = settings.clients.iter().max().copied().unwrap_or(0) as u64 + 1_000;
+    let limits = std::fs::read_to_string("/proc/self/limits").unwrap_or_default();
+    let soft = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .and_then(|l| l.split_whitespace().nth(3))
+        .and_then(|v| v.parse::<u64>().ok());
+    if let Some(soft) = soft {
+        if soft < needed {
+            eprintln!(
+                "the open-file limit is {soft}; {needed} are needed: run `ulimit -n {needed}` first"
+            );
+            std::process::exit(2);
+        }
+    }
+}
+
+/// Everything measured for one client count.
+struct Row {
+    clients: usize,
+    opened: u64,
+    connect_seconds: f64,
+    connect_retries: u64,
+    rss_before_kib: u64,
+    rss_idle_kib: u64,
+    rss_loaded_kib: u64,
+    bench_rss_per_client_kib: f64,
+    published: Published,
+    window_seconds: f64,
+    oldest: Summary,
+    newest: Summary,
+    /// Snapshot `generated_at` → client receipt, per snapshot per client.
+    fanout: Summary,
+    snapshots: SnapshotTimes,
+    snapshots_per_second: f64,
+    client_skipped: u64,
+    unmapped: u64,
+    server_latency: String,
+    /// Means over the window from the service's histograms, ms: broker transit
+    /// (`event_age`: arrival − occurred_at) and arrival → write (`delivery_latency`, sse).
+    event_age_mean: f64,
+    server_delivery_mean: f64,
+    cpu: CpuUse,
+    coalesced: u64,
+    slow_disconnects: u64,
+    lost: u64,
+    caught_up: u64,
+    stop_seconds: f64,
+    quiet: bool,
+    /// The busiest other processes during the window.
+    others: String,
+    /// Which run of this case this is (earlier ones were disturbed).
+    attempts: u32,
+}
+
+impl Row {
+    /// Other processes used the machine during the window: the figures are not this setup's.
+    fn disturbed(&self) -> bool {
+        !self.quiet || self.cpu.other > DISTURBED_OTHER || self.cpu.steal > DISTURBED_OTHER
+    }
+
+    fn kib_per_idle_connection(&self) -> f64 {
+        (self.rss_idle_kib as f64 - self.rss_before_kib as f64) / self.opened.max(1) as f64
+    }
+}
+
+/// Names of everything one case creates on the broker.
+struct Names {
+    prefix: String,
+    topology: Topology,
+}
+
+impl Names {
+    fn new(clients: usize) -> Names {
+        let id = uuid::Uuid::new_v4().simple().to_string();
+        let prefix = format!("bench-live-{}-{clients}", &id[..8]);
+        Names {
+            topology: Topology::new(&format!("{prefix}.ev"), &prefix),
+            prefix,
+        }
+    }
+}
+
+async fn run_case(settings: &Settings, n: usize) -> anyhow::Result<Row> {
+    let names = Names::new(n);
+    let connection = connect(&settings.amqp_url, "pulseboard live bench")
+        .await
+        .context("RabbitMQ (AMQP_URL)")?;
+    let channel = connection.create_channel().await?;
+    // Declared before the service starts, so the exchange exists whoever comes first.
+    names.topology.declare(&channel).await?;
+    let folder = tempfile::tempdir().context("a temporary directory")?;
+    let database_url = format!(
+        "sqlite://{}?mode=rwc",
+        folder.path().join("live.db").display()
+    );
+    let result = measure(settings, n, &names, &database_url).await;
+    let cleanup = delete_topology(&channel, &names.topology).await;
+    let _ = connection.close(200, "bench done").await;
+    let row = result?;
+    cleanup.context("deleting the bench topology")?;
+    Ok(row)
+}
+
+async fn measure(
+    settings: &Settings,
+    n: usize,
+    names: &Names,
+    database_url: &str,
+) -> anyhow::Result<Row> {
+    let quiet = wait_for_quiet(settings.quiet_limit).await;
+    let mut service = Service::start(settings, names, database_url).await?;
+    let outcome = drive(settings, n, names, &mut service, quiet).await;
+    let stop = service.stop().await;
+    let mut row = outcome?;
+    row.stop_seconds = stop?;
+    Ok(row)
+}
+
+/// Connects the clients, then runs the idle and the load phase against a running service.
+async fn drive(
+    settings: &Settings,
+    n: usize,
+    names: &Names,
+    service: &mut Service,
+    quiet: bool,
+) -> anyhow::Result<Row> {
+    service.wait_for_snapshot().await?;
+    let path = service.stream_path();
+    let server: SocketAddr = service.address.parse().context("the service's address")?;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let rss_before_kib = rss_kib(service.pid);
+    let bench_rss_before = rss_kib(std::process::id());
+
+    // Room for every order the load can publish, numbered from 1.
+    let capacity = (settings.rate * (settings.load.as_secs() + 2)) as usize + 1;
+    let shared = Arc::new(Shared::new(n, capacity));
+    let request: Arc<[u8]> =
+        format!("GET {path} HTTP/1.1\r\nHost: {server}\r\nAccept: text/event-stream\r\n\r\n")
+            .into_bytes()
+            .into();
+
+    // Idle: connect, wait for every opening snapshot, settle, measure.
+    let connect_started = Instant::now();
+    let mut clients = Vec::with_capacity(n);
+    for id in 0..n {
+        if id > 0 && id % CONNECT_BATCH == 0 {
+            tokio::time::sleep(CONNECT_EVERY).await;
+        }
+        clients.push(tokio::spawn(client(
+            id,
+            server,
+            request.clone(),
+            shared.clone(),
+        )));
+    }
+    let mut stalled = Instant::now();
+    let mut last_opened = 0;
+    loop {
+        let opened = shared.opened.load(Ordering::Relaxed);
+        let failed = shared.failed.load(Ordering::Relaxed);
+        if opened + failed >= n as u64 {
+            break;
+        }
+        if opened != last_opened {
+            (last_opened, stalled) = (opened, Instant::now());
+        }
+        if stalled.elapsed() > Duration::from_secs(15) || connect_started.elapsed() > CONNECT_LIMIT
+        {
+            eprintln!("WARNING: only {opened} of {n} clients got their opening snapshot");
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let connect_seconds = connect_started.elapsed().as_secs_f64();
+    let opened = shared.opened.load(Ordering::Relaxed);
+    if let Some(error) = shared.first_error() {
+        eprintln!("first client error: {error}");
+    }
+    ensure!(opened > 0, "no client got its opening snapshot");
+    eprintln!("{opened} clients connected in {connect_seconds:.1} s");
+    tokio::time::sleep(IDLE_SETTLE).await;
+    let rss_idle_kib = rss_kib(service.pid);
+    let bench_rss_per_client_kib =
+        (rss_kib(std::process::id()) as f64 - bench_rss_before as f64) / opened as f64;
+    eprintln!(
+        "service RSS {rss_before_kib} KiB before, {rss_idle_kib} KiB with {opened} idle clients"
+    );
+
+    // Load: publish, measure over the window after the warm-up.
+    let publisher = start_publisher(settings, &names.topology.exchange, shared.clone());
+    while !shared.load_started.load(Ordering::Acquire) {
+        if publisher.is_finished() {
+            let outcome = tokio::task::spawn_blocking(move || publisher.join()).await?;
+            let error = match outcome {
+                Ok(Err(error)) => error,
+                _ => anyhow::anyhow!("the publisher ended before publishing"),
+            };
+            return Err(error.context("the publisher could not start"));
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let load_start = shared.load_start_us.load(Ordering::Acquire);
+    tokio::time::sleep_until(
+        shared
+            .instant_at(load_start + WARM_UP.as_micros() as u64)
+            .into(),
+    )
+    .await;
+    let metrics_before = service.metrics().await?;
+    let cpu_before = CpuSample::take(service.pid);
+    let processes_before = ProcessTicks::take();
+    shared
+        .window_start_us
+        .store(shared.now_us(), Ordering::Release);
+    tokio::time::sleep_until(
+        shared
+            .instant_at(load_start + settings.load.as_micros() as u64)
+            .into(),
+    )
+    .await;
+    let window_end = shared.now_us();
+    shared.window_end_us.store(window_end, Ordering::Release);
+    let cpu = CpuSample::take(service.pid).since(&cpu_before);
+    let metrics_after = service.metrics().await?;
+    let published = tokio::task::spawn_blocking(move || publisher.join())
+        .await?
+        .map_err(|_| anyhow::anyhow!("the publisher thread panicked"))??;
+    tokio::time::sleep(DRAIN).await;
+    let metrics_end = service.metrics().await?;
+    let rss_loaded_kib = rss_kib(service.pid);
+
+    let window_seconds = (window_end - shared.window_start_us.load(Ordering::Acquire)) as f64 / 1e6;
+    let caught_up = shared
+        .last_seen
+        .iter()
+        .filter(|r| r.load(Ordering::Relaxed) == published.confirmed)
+        .count() as u64;
+    let row = Row {
+        clients: n,
+        opened,
+        connect_seconds,
+        connect_retries: shared.retries.load(Ordering::Relaxed),
+        rss_before_kib,
+        rss_idle_kib,
+        rss_loaded_kib,
+        bench_rss_per_client_kib,
+        window_seconds,
+        oldest: shared.oldest.summary(),
+        newest: shared.newest.summary(),
+        fanout: shared.fanout.summary(),
+        snapshots: shared.snapshot_times(),
+        snapshots_per_second: shared.window_snapshots.load(Ordering::Relaxed) as f64
+            / window_seconds,
+        client_skipped: shared.window_skipped.load(Ordering::Relaxed),
+        unmapped: shared.unmapped.load(Ordering::Relaxed),
+        server_latency: server_latency(&metrics_before, &metrics_after),
+        event_age_mean: metric_mean(
+            &metrics_before,
+            &metrics_after,
+            "pulseboard_event_age_seconds",
+            "",
+        ),
+        server_delivery_mean: metric_mean(
+            &metrics_before,
+            &metrics_after,
+            "pulseboard_delivery_latency_seconds",
+            "transport=\"sse\"",
+        ),
+        cpu,
+        coalesced: metric_sum(&metrics_end, "pulseboard_slow_client_coalesced_total", "") as u64,
+        slow_disconnects: metric_sum(&metrics_end, "pulseboard_slow_client_disconnects_total", "")
+            as u64,
+        lost: shared.lost.load(Ordering::Relaxed),
+        caught_up,
+        stop_seconds: 0.0,
+        quiet,
+        others: busiest_others(&processes_before, &ProcessTicks::take(), service.pid),
+        attempts: 1,
+        published,
+    };
+    // The service is stopped with the clients still connected; their closes are expected.
+    shared.stopping.store(true, Ordering::Release);
+    for handle in &clients {
+        handle.abort();
+    }
+    eprintln!(
+        "latency oldest p50/p99/max {}/{}/{} ms, newest {}/{}/{} ms; {:.0} snapshots/s",
+        row.oldest.p50,
+        row.oldest.p99,
+        row.oldest.max,
+        row.newest.p50,
+        row.newest.p99,
+        row.newest.max,
+        row.snapshots_per_second
+    );
+    Ok(row)
+}
+
+/// State shared by the publisher, the clients and the driver of one case. Times are
+/// microseconds since `base`.
+struct Shared {
+    base: Instant,
+    /// Publish instant of order k (1-based), 0 while not published.
+    published_at: Vec<AtomicU64>,
+    load_started: AtomicBool,
+    load_start_us: AtomicU64,
+    /// Measurement window: snapshots received and orders published in it count.
+    window_start_us: AtomicU64,
+    window_end_us: AtomicU64,
+    oldest: Histogram,
+    newest: Histogram,
+    fanout: Histogram,
+    /// Wall clock at `base`, µs since the Unix epoch, to place `generated_at` on our clock.
+    base_wall_us: i64,
+    /// Per snapshot seq: `generated_at` (0: not seen yet), first and last client receipt.
+    generated_us: Vec<AtomicU64>,
+    first_receipt_us: Vec<AtomicU64>,
+    last_receipt_us: Vec<AtomicU64>,
+    window_snapshots: AtomicU64,
+    /// Snapshot seqs a client never saw (coalesced for it, or lost), in the window.
+    window_skipped: AtomicU64,
+    /// Snapshots whose revenue did not name a published order (should stay 0).
+    unmapped: AtomicU64,
+    opened: AtomicU64,
+    failed: AtomicU64,
+    retries: AtomicU64,
+    lost: AtomicU64,
+    stopping: AtomicBool,
+    /// Revenue of the last snapshot each client received.
+    last_seen: Vec<AtomicU64>,
+    error: Mutex<Option<String>>,
+}
+
+impl Shared {
+    fn new(clients: usize, capacity: usize) -> Shared {
+        // `base` and `base_wall_us` are read back to back; the gap is well under 1 ms.
+        Shared {
+            base: Instant::now(),
+            published_at: (0..capacity).map(|_| AtomicU64::new(0)).collect(),
+            load_started: AtomicBool::new(false),
+            load_start_us: AtomicU64::new(0),
+            window_start_us: AtomicU64::new(u64::MAX),
+            window_end_us: AtomicU64::new(u64::MAX),
+            oldest: Histogram::new(),
+            newest: Histogram::new(),
+            fanout: Histogram::new(),
+            base_wall_us: chrono::Utc::now().timestamp_micros(),
+            generated_us: (0..SEQS).map(|_| AtomicU64::new(0)).collect(),
+            first_receipt_us: (0..SEQS).map(|_| AtomicU64::new(u64::MAX)).collect(),
+            last_receipt_us: (0..SEQS).map(|_| AtomicU64::new(0)).collect(),
+            window_snapshots: AtomicU64::new(0),
+            window_skipped: AtomicU64::new(0),
+            unmapped: AtomicU64::new(0),
+            opened: AtomicU64::new(0),
+            failed: AtomicU64::new(0),
+            retries: AtomicU64::new(0),
+            lost: AtomicU64::new(0),
+            stopping: AtomicBool::new(false),
+            last_seen: (0..clients).map(|_| AtomicU64::new(0)).collect(),
+            error: Mutex::new(None),
+        }
+    }
+
+    fn now_us(&self) -> u64 {
+        // Never 0, which means "not yet" in `published_at`.
+        (self.base.elapsed().as_micros() as u64).max(1)
+    }
+
+    fn instant_at(&self, us: u64) -> Instant {
+        self.base + Duration::from_micros(us)
+    }
+
+    fn in_window(&self, us: u64) -> bool {
+        us >= self.window_start_us.load(Ordering::Acquire)
+            && us < self.window_end_us.load(Ordering::Acquire)
+    }
+
+    /// Notes when snapshot `seq` was generated (parsing its `generated_at` once) and received.
+    fn note_snapshot(&self, seq: u64, event: &[u8], at: u64) {
+        let Some(slot) = self.generated_us.get(seq as usize) else {
+            return;
+        };
+        let mut generated = slot.load(Ordering::Relaxed);
+        if generated == 0 {
+            let Some(parsed) = generated_at(event) else {
+                return;
+            };
+            generated = (parsed - self.base_wall_us).max(1) as u64;
+            slot.store(generated, Ordering::Relaxed);
+        }
+        self.first_receipt_us[seq as usize].fetch_min(at, Ordering::Relaxed);
+        self.last_receipt_us[seq as usize].fetch_max(at, Ordering::Relaxed);
+        if self.in_window(at) {
+            self.fanout.record(at.saturating_sub(generated));
+        }
+    }
+
+    /// Snapshots generated in the window: how often, and how long until every client had one.
+    fn snapshot_times(&self) -> SnapshotTimes {
+        let generated: Vec<(u64, u64, u64)> = (0..SEQS)
+            .filter_map(|seq| {
+                let at = self.generated_us[seq].load(Ordering::Relaxed);
+                (at > 0 && self.in_window(at)).then(|| {
+                    (
+                        at,
+                        self.first_receipt_us[seq].load(Ordering::Relaxed),
+                        self.last_receipt_us[seq].load(Ordering::Relaxed),
+                    )
+                })
+            })
+            .collect();
+        if generated.len() < 2 {
+            return SnapshotTimes::default();
+        }
+        let mut gaps: Vec<u64> = generated.windows(2).map(|w| w[1].0 - w[0].0).collect();
+        let mut to_last: Vec<u64> = generated
+            .iter()
+            .map(|(at, _, last)| last.saturating_sub(*at))
+            .collect();
+        let span = (generated[generated.len() - 1].0 - generated[0].0) as f64 / 1e6;
+        gaps.sort_unstable();
+        to_last.sort_unstable();
+        let ms = |us: u64| us as f64 / 1_000.0;
+        let median = |v: &[u64]| ms(v[v.len() / 2]);
+        SnapshotTimes {
+            per_second: (generated.len() - 1) as f64 / span,
+            gap_median: median(&gaps),
+            gap_max: ms(gaps[gaps.len() - 1]),
+            first_median: ms({
+                let mut first: Vec<u64> = generated
+                    .iter()
+                    .map(|(at, first, _)| first.saturating_sub(*at))
+                    .collect();
+                first.sort_unstable();
+                first[first.len() / 2]
+            }),
+            last_median: median(&to_last),
+            last_max: ms(to_last[to_last.len() - 1]),
+        }
+    }
+
+    fn note_error(&self, error: String) {
+        let mut slot = self.error.lock().unwrap_or_else(|p| p.into_inner());
+        slot.get_or_insert(error);
+    }
+
+    fn first_error(&self) -> Option<String> {
+        self.error.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Records the latencies of one snapshot received at `at` that includes orders up to
+    /// `revenue`, the client's previous one up to `previous`.
+    fn record(&self, previous: u64, revenue: u64, at: u64) {
+        if revenue <= previous {
+            return;
+        }
+        let published = |k: u64| {
+            self.published_at
+                .get(k as usize)
+                .map(|t| t.load(Ordering::Acquire))
+                .filter(|t| *t > 0)
+        };
+        let (Some(oldest), Some(newest)) = (published(previous + 1), published(revenue)) else {
+            self.unmapped.fetch_add(1, Ordering::Relaxed);
+            return;
+        };
+        if self.in_window(oldest) {
+            self.oldest.record(at.saturating_sub(oldest));
+        }
+        if self.in_window(newest) {
+            self.newest.record(at.saturating_sub(newest));
+        }
+    }
+}
+
+/// How the service produced snapshots during the window, in ms.
+#[derive(Clone, Copy, Default)]
+struct SnapshotTimes {
+    per_second: f64,
+    /// Between consecutive `generated_at`s: the tick, stretched when the leader is late.
+    gap_median: f64,
+    gap_max: f64,
+    /// `generated_at` → the first / the last client that received it.
+    first_median: f64,
+    last_median: f64,
+    last_max: f64,
+}
+
+/// `"generated_at":"…"` of a snapshot, µs since the Unix epoch.
+fn generated_at(event: &[u8]) -> Option<i64> {
+    let key = b"\"generated_at\":\"";
+    let start = find(event, key)? + key.len();
+    let length = event[start..].iter().position(|b| *b == b'"')?;
+    let text = std::str::from_utf8(&event[start..start + length]).ok()?;
+    Some(
+        chrono::DateTime::parse_from_rfc3339(text)
+            .ok()?
+            .timestamp_micros(),
+    )
+}
+
+/// Fixed 1 ms buckets: exact enough for p50/p99, cheap to share between 10 000 tasks.
+struct Histogram {
+    buckets: Box<[AtomicU64]>,
+    count: AtomicU64,
+    sum_us: AtomicU64,
+    max_us: AtomicU64,
+}
+
+/// Percentiles in ms (upper edge of the 1 ms bucket); max exact to the microsecond.
+#[derive(Clone, Copy, Default)]
+struct Summary {
+    count: u64,
+    p50: u64,
+    p99: u64,
+    max: f64,
+    mean: f64,
+}
+
+impl Histogram {
+    fn new() -> Histogram {
+        Histogram {
+            buckets: (0..BUCKETS).map(|_| AtomicU64::new(0)).collect(),
+            count: AtomicU64::new(0),
+            sum_us: AtomicU64::new(0),
+            max_us: AtomicU64::new(0),
+        }
+    }
+
+    fn record(&self, us: u64) {
+        let bucket = ((us / 1_000) as usize).min(BUCKETS - 1);
+        self.buckets[bucket].fetch_add(1, Ordering::Relaxed);
+        self.count.fetch_add(1, Ordering::Relaxed);
+        self.sum_us.fetch_add(us, Ordering::Relaxed);
+        self.max_us.fetch_max(us, Ordering::Relaxed);
+    }
+
+    fn percentile(&self, q: f64) -> u64 {
+        let total = self.count.load(Ordering::Relaxed);
+        let target = ((q * total as f64).ceil() as u64).max(1);
+        let mut seen = 0;
+        for (ms, bucket) in self.buckets.iter().enumerate() {
+            seen += bucket.load(Ordering::Relaxed);
+            if seen >= target {
+                return ms as u64 + 1;
+            }
+        }
+        BUCKETS as u64
+    }
+
+    fn summary(&self) -> Summary {
+        let count = self.count.load(Ordering::Relaxed);
+        if count == 0 {
+            return Summary::default();
+        }
+        let max = self.max_us.load(Ordering::Relaxed) as f64 / 1_000.0;
+        // The upper edge of the top bucket may lie above the largest sample.
+        let clip = |ms: u64| ms.min(max.ceil() as u64);
+        Summary {
+            count,
+            p50: clip(self.percentile(0.50)),
+            p99: clip(self.percentile(0.99)),
+            max,
+            mean: self.sum_us.load(Ordering::Relaxed) as f64 / count as f64 / 1_000.0,
+        }
+    }
+}
+
+/// One SSE client: raw HTTP/1.1, minimal parsing, one reusable buffer.
+async fn client(id: usize, server: SocketAddr, request: Arc<[u8]>, shared: Arc<Shared>) {
+    let sources = usize::from(LAST_SOURCE - FIRST_SOURCE + 1);
+    let source = IpAddr::V4(Ipv4Addr::new(
+        127,
+        0,
+        0,
+        FIRST_SOURCE + (id % sources) as u8,
+    ));
+    let mut attempt = 0;
+    let mut stream = loop {
+        match open(source, server, &request).await {
+            Ok(stream) => break stream,
+            Err(error) if attempt + 1 >= CONNECT_ATTEMPTS => {
+                shared.note_error(format!("client {id} from {source}: {error}"));
+                shared.failed.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+            Err(_) => {
+                attempt += 1;
+                shared.retries.fetch_add(1, Ordering::Relaxed);
+                tokio::time::sleep(Duration::from_millis(200 * u64::from(attempt))).await;
+            }
+        }
+    };
+    let mut reader = StreamReader::default();
+    let mut buffer = Vec::with_capacity(4_096);
+    let ended = loop {
+        if buffer.capacity() - buffer.len() < 1_024 {
+            buffer.reserve(4_096);
+        }
+        match stream.read_buf(&mut buffer).await {
+            Ok(0) => break "the service closed the stream".to_owned(),
+            Ok(_) => {}
+            Err(error) => break format!("read: {error}"),
+        }
+        let at = shared.now_us();
+        match reader.consume(&mut buffer, at, &shared, id) {
+            Ok(()) => {}
+            Err(error) => break error,
+        }
+    };
+    if !shared.stopping.load(Ordering::Acquire) {
+        if reader.opened {
+            shared.lost.fetch_add(1, Ordering::Relaxed);
+        } else {
+            shared.failed.fetch_add(1, Ordering::Relaxed);
+        }
+        shared.note_error(format!("client {id}: {ended}"));
+    }
+}
+
+async fn open(
+    source: IpAddr,
+    server: SocketAddr,
+    request: &[u8],
+) -> std::io::Result<tokio::net::TcpStream> {
+    let socket = tokio::net::TcpSocket::new_v4()?;
+    socket.bind(SocketAddr::new(source, 0))?;
+    let mut stream = socket.connect(server).await?;
+    stream.write_all(request).await?;
+    Ok(stream)
+}
+
+/// What a client remembers between reads.
+#[derive(Default)]
+struct StreamReader {
+    headers_done: bool,
+    opened: bool,
+    last_seq: u64,
+    last_revenue: u64,
+}
+
+impl StreamReader {
+    /// Handles every complete SSE event in `buffer` and keeps the incomplete rest.
+    fn consume(
+        &mut self,
+        buffer: &mut Vec<u8>,
+        at: u64,
+        shared: &Shared,
+        id: usize,
+    ) -> Result<(), String> {
+        let mut start = 0;
+        if !self.headers_done {
+            let Some(end) = find(buffer, b"\r\n\r\n") else {
+                return Ok(());
+            };
+            if !buffer.starts_with(b"HTTP/1.1 200") {
+                let status = String::from_utf8_lossy(&buffer[..end.min(200)]).into_owned();
+                return Err(format!("answer: {status}"));
+            }
+            self.headers_done = true;
+            start = end + 4;
+        }
+        // Events end with a blank line; chunk-size lines between them do not contain one.
+        while let Some(length) = find(&buffer[start..], b"\n\n") {
+            let event = &buffer[start..start + length];
+            start += length + 2;
+            if find(event, b"event: snapshot").is_none() {
+                continue;
+            }
+            let seq = find(event, b"id: ")
+                .and_then(|at| {
+                    let line = &event[at + 4..];
+                    let dash = line.iter().position(|b| *b == b'-')?;
+                    leading_number(&line[dash + 1..])
+                })
+                .ok_or("a snapshot without a readable id")?;
+            let revenue = find(event, b"\"today_minor\":")
+                .and_then(|at| leading_number(&event[at + 14..]))
+                .ok_or("a snapshot without today_minor")?;
+            shared.note_snapshot(seq, event, at);
+            self.on_snapshot(seq, revenue, at, shared, id);
+        }
+        buffer.drain(..start);
+        Ok(())
+    }
+
+    fn on_snapshot(&mut self, seq: u64, revenue: u64, at: u64, shared: &Shared, id: usize) {
+        if !self.opened {
+            self.opened = true;
+            shared.opened.fetch_add(1, Ordering::Relaxed);
+        } else {
+            if shared.in_window(at) {
+                shared.window_snapshots.fetch_add(1, Ordering::Relaxed);
+                shared
+                    .window_skipped
+                    .fetch_add(seq.saturating_sub(self.last_seq + 1), Ordering::Relaxed);
+            }
+            shared.record(self.last_revenue, revenue, at);
+        }
+        self.last_seq = seq;
+        self.last_revenue = revenue;
+        shared.last_seen[id].store(revenue, Ordering::Relaxed);
+    }
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).position(|w| w == needle)
+}
+
+fn leading_number(text: &[u8]) -> Option<u64> {
+    let digits: &[u8] = {
+        let text = text.trim_ascii_start();
+        let end = text
+            .iter()
+            .position(|b| !b.is_ascii_digit())
+            .unwrap_or(text.len());
+        &text[..end]
+    };
+    std::str::from_utf8(digits).ok()?.parse().ok()
+}
+
+/// What the publisher did.
+#[derive(Clone, Copy, Default)]
+struct Published {
+    sent: u64,
+    confirmed: u64,
+    seconds: f64,
+    /// Furthest behind schedule it ever was (ms): starved of CPU if large.
+    max_behind_ms: f64,
+}
+
+/// Publishes on a thread of its own, so 10 000 client tasks cannot delay its pacing.
+fn start_publisher(
+    settings: &Settings,
+    exchange: &str,
+    shared: Arc<Shared>,
+) -> std::thread::JoinHandle<anyhow::Result<Published>> {
+    let (url, exchange, rate, load) = (
+        settings.amqp_url.clone(),
+        exchange.to_owned(),
+        settings.rate,
+        settings.load,
+    );
+    std::thread::Builder::new()
+        .name(PUBLISHER_THREAD.into())
+        .spawn(move || {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .context("the publisher's runtime")?
+                .block_on(publish(&url, &exchange, rate, load, &shared))
+        })
+        .expect("a publisher thread")
+}
+
+async fn publish(
+    url: &str,
+    exchange: &str,
+    rate: u64,
+    load: Duration,
+    shared: &Shared,
+) -> anyhow::Result<Published> {
+    let connection = connect(url, "pulseboard live bench publisher").await?;
+    let channel = connection.create_channel().await?;
+    channel
+        .confirm_select(ConfirmSelectOptions::default())
+        .await?;
+    let run = uuid::Uuid::new_v4().simple().to_string();
+    let run = &run[..8];
+    let capacity = shared.published_at.len() as u64 - 1;
+    let mut unconfirmed = FuturesUnordered::new();
+    let (mut confirmed, mut refused) = (0u64, 0u64);
+    let mut settle = |result: Option<Result<Confirmation, lapin::Error>>| -> anyhow::Result<()> {
+        match result {
+            Some(Ok(Confirmation::Nack(_))) => refused += 1,
+            Some(Ok(_)) => confirmed += 1,
+            Some(Err(error)) => return Err(error).context("publisher confirm"),
+            None => {}
+        }
+        Ok(())
+    };
+    let mut pacing = tokio::time::interval(Duration::from_millis(10));
+    pacing.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let started = Instant::now();
+    shared
+        .load_start_us
+        .store(shared.now_us(), Ordering::Release);
+    shared.load_started.store(true, Ordering::Release);
+    let mut sent = 0u64;
+    let mut max_behind_ms: f64 = 0.0;
+    loop {
+        pacing.tick().await;
+        let elapsed = started.elapsed();
+        if elapsed >= load {
+            break;
+        }
+        let due = ((elapsed.as_secs_f64() * rate as f64) as u64).min(capacity);
+        max_behind_ms = max_behind_ms.max((due - sent.min(due)) as f64 * 1_000.0 / rate as f64);
+        while sent < due {
+            sent += 1;
+            let body = order(run, sent);
+            // Stored before the publish: once the order can reach the service, its time is here.
+            shared.published_at[sent as usize].store(shared.now_us(), Ordering::Release);
+            let confirm = channel
+                .basic_publish(
+                    exchange,
+                    "order.placed",
+                    BasicPublishOptions::default(),
+                    body.as_bytes(),
+                    BasicProperties::default()
+                        .with_delivery_mode(2)
+                        .with_content_type("application/json".into()),
+                )
+                .await?;
+            unconfirmed.push(confirm);
+            while unconfirmed.len() >= MAX_UNCONFIRMED {
+                settle(unconfirmed.next().await)?;
+            }
+        }
+        while let Some(Some(result)) = futures_util::FutureExt::now_or_never(unconfirmed.next()) {
+            settle(Some(result))?;
+        }
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    while let Some(result) = unconfirmed.next().await {
+        settle(Some(result))?;
+    }
+    let _ = connection.close(200, "published").await;
+    ensure!(refused == 0, "RabbitMQ refused {refused} published orders");
+    Ok(Published {
+        sent,
+        confirmed,
+        seconds,
+        max_behind_ms,
+    })
+}
+
+/// Order `k`: 1 minor unit, so revenue today counts orders.
+fn order(run: &str, k: u64) -> String {
+    let now = pulseboard::clock::rfc3339(pulseboard::clock::now_ms());
+    format!(
+        r#"{{"id":"live-{run}-{k}","type":"order.placed","occurred_at":"{now}","user_id":"u-{}","data":{{"order_id":"o-{run}-{k}","amount_minor":1,"currency":"{CURRENCY}"}}}}"#,
+        k % 1_000
+    )
+}
+
+/// A running `pulseboard serve` and its address.
+struct Service {
+    child: Child,
+    pid: u32,
+    address: String,
+    http: reqwest::Client,
+    token: Option<String>,
+}
+
+impl Service {
+    async fn start(settings: &Settings, names: &Names, database_url: &str) -> anyhow::Result<Self> {
+        let binary = env!("CARGO_BIN_EXE_pulseboard");
+        let mut child = Command::new(binary)
+            .arg("serve")
+            .env("PULSEBOARD_BIND", "127.0.0.1:0")
+            .env("DATABASE_URL", database_url)
+            .env("AMQP_URL", &settings.amqp_url)
+            .env("PULSEBOARD_QUEUE_PREFIX", &names.prefix)
+            .env("PULSEBOARD_EXCHANGE", &names.topology.exchange)
+            .env(
+                "PULSEBOARD_SNAPSHOT_INTERVAL_MS",
+                SNAPSHOT_INTERVAL_MS.to_string(),
+            )
+            .env("PULSEBOARD_CURRENCY", CURRENCY)
+            .env("PULSEBOARD_TIMEZONE", "UTC")
+            .env("PULSEBOARD_ADMIN_PASSWORD", ADMIN_PASSWORD)
+            .env("PULSEBOARD_LOG_FORMAT", "text")
+            .env("RUST_LOG", "warn,pulseboard=info")
+            .env_remove("PULSEBOARD_METRICS_TOKEN")
+            .env_remove("PULSEBOARD_TLS_CERT")
+            .env_remove("PULSEBOARD_TLS_KEY")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("starting {binary}"))?;
+        let pid = child.id().context("the service's pid")?;
+        eprintln!("service pid {pid}");
+        let stderr = child.stderr.take().context("the service's stderr")?;
+        let mut lines = BufReader::new(stderr).lines();
+        let address = tokio::time::timeout(STARTUP_LIMIT, async {
+            while let Some(line) = lines.next_line().await? {
+                eprintln!("  service: {line}");
+                if let Some(rest) = line.split("listening on http://").nth(1) {
+                    let address: String = rest
+                        .chars()
+                        .take_while(|c| !c.is_whitespace() && *c != '"')
+                        .collect();
+                    return Ok(address);
+                }
+            }
+            bail!("the service exited before listening")
+        })
+        .await
+        .context("the service did not log `listening on http://…` in time")??;
+        // Keep reading stderr so the service never blocks on a full pipe; show warnings.
+        tokio::spawn(async move {
+            while let Ok(Some(line)) = lines.next_line().await {
+                if !line.contains(" INFO ") {
+                    eprintln!("  service: {line}");
+                }
+            }
+        });
+        Ok(Service {
+            child,
+            pid,
+            address,
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(10))
+                .build()?,
+            token: None,
+        })
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.address)
+    }
+
+    /// Waits for the first snapshot (published at the leader's first tick), signing in if the
+    /// API asks for credentials.
+    async fn wait_for_snapshot(&mut self) -> anyhow::Result<()> {
+        let deadline = Instant::now() + STARTUP_LIMIT;
+        while Instant::now() < deadline {
+            let mut request = self.http.get(self.url("/api/dashboard/snapshot"));
+            if let Some(token) = &self.token {
+                request = request.bearer_auth(token);
+            }
+            match request.send().await?.status().as_u16() {
+                200 => return Ok(()),
+                401 | 403 if self.token.is_none() => self.token = Some(self.sign_in().await?),
+                503 => {}
+                status => bail!("GET /api/dashboard/snapshot answered {status}"),
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        bail!("no snapshot within {STARTUP_LIMIT:?}")
+    }
+
+    /// The stream's path, with `?access_token=` when the service wants credentials.
+    fn stream_path(&self) -> String {
+        match &self.token {
+            Some(token) => format!("/api/dashboard/stream?access_token={token}"),
+            None => "/api/dashboard/stream".to_owned(),
+        }
+    }
+
+    async fn sign_in(&self) -> anyhow::Result<String> {
+        let body: serde_json::Value = self
+            .http
+            .post(self.url("/api/auth/token"))
+            .json(&serde_json::json!({"username": "admin", "password": ADMIN_PASSWORD}))
+            .send()
+            .await?
+            .error_for_status()
+            .context("POST /api/auth/token")?
+            .json()
+            .await?;
+        body["access_token"]
+            .as_str()
+            .map(str::to_owned)
+            .context("no access_token in the token answer")
+    }
+
+    async fn metrics(&self) -> anyhow::Result<String> {
+        Ok(self
+            .http
+            .get(self.url("/metrics"))
+            .send()
+            .await?
+            .error_for_status()
+            .context("GET /metrics")?
+            .text()
+            .await?)
+    }
+
+    /// SIGTERM, then waits for a clean exit (kills it after 30 s); returns how long it took.
+    async fn stop(mut self) -> anyhow::Result<f64> {
+        let started = Instant::now();
+        let status = std::process::Command::new("kill")
+            .args(["-TERM", &self.pid.to_string()])
+            .status()
+            .context("running kill -TERM")?;
+        ensure!(status.success(), "kill -TERM {} failed", self.pid);
+        match tokio::time::timeout(Duration::from_secs(30), self.child.wait()).await {
+            Ok(status) => {
+                let status = status?;
+                ensure!(status.success(), "the service exited with {status}");
+                Ok(started.elapsed().as_secs_f64())
+            }
+            Err(_) => {
+                let _ = self.child.kill().await;
+                bail!("the service did not stop within 30 s of SIGTERM")
+            }
+        }
+    }
+}
+
+/// Sum of the samples of `name` (exactly; not its `_bucket` and the like) whose labels contain
+/// `label`.
+fn metric_sum(text: &str, name: &str, label: &str) -> f64 {
+    text.lines()
+        .filter(|line| {
+            line.strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' '))
+                && line.contains(label)
+        })
+        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// Mean of histogram `name` (seconds) between two scrapes, in ms; NaN without samples.
+fn metric_mean(before: &str, after: &str, name: &str, label: &str) -> f64 {
+    let sum = format!("{name}_sum");
+    let count = format!("{name}_count");
+    let samples = metric_sum(after, &count, label) - metric_sum(before, &count, label);
+    (metric_sum(after, &sum, label) - metric_sum(before, &sum, label)) * 1_000.0 / samples
+}
+
+/// The service's own view over the window: p50/p99 upper bucket bounds of
+/// `pulseboard_delivery_latency_seconds{transport="sse"}` (arrival → write of the snapshot).
+fn server_latency(before: &str, after: &str) -> String {
+    let buckets = |text: &str| -> Vec<(f64, f64)> {
+        text.lines()
+            .filter(|l| {
+                l.starts_with("pulseboard_delivery_latency_seconds_bucket{")
+                    && l.contains("transport=\"sse\"")
+            })
+            .filter_map(|l| {
+                let le = l.split("le=\"").nth(1)?.split('"').next()?;
+                let le = if le == "+Inf" {
+                    f64::INFINITY
+                } else {
+                    le.parse().ok()?
+                };
+                Some((le, l.rsplit(' ').next()?.parse().ok()?))
+            })
+            .collect()
+    };
+    let (before, after) = (buckets(before), buckets(after));
+    let delta: Vec<(f64, f64)> = after
+        .iter()
+        .map(|(le, count)| {
+            let earlier = before
+                .iter()
+                .find(|(l, _)| l == le)
+                .map_or(0.0, |(_, c)| *c);
+            (*le, count - earlier)
+        })
+        .collect();
+    let total = delta.iter().map(|(_, c)| *c).fold(0.0, f64::max);
+    if total <= 0.0 {
+        return "no samples".into();
+    }
+    let bound = |q: f64| {
+        delta
+            .iter()
+            .find(|(_, c)| *c >= q * total)
+            .map_or("?".to_owned(), |(le, _)| {
+                if le.is_infinite() {
+                    "> 10 s".to_owned()
+                } else {
+                    format!("≤ {:.0} ms", le * 1_000.0)
+                }
+            })
+    };
+    format!("{} / {}", bound(0.5), bound(0.99))
+}
+
+async fn delete_topology(channel: &Channel, topology: &Topology) -> anyhow::Result<()> {
+    for queue in [&topology.events_queue, &topology.dead_queue] {
+        channel
+            .queue_delete(queue, QueueDeleteOptions::default())
+            .await
+            .with_context(|| format!("deleting queue {queue}"))?;
+    }
+    for exchange in [
+        &topology.exchange,
+        &topology.dead_exchange,
+        &topology.live_exchange,
+    ] {
+        channel
+            .exchange_delete(exchange, ExchangeDeleteOptions::default())
+            .await
+            .with_context(|| format!("deleting exchange {exchange}"))?;
+    }
+    Ok(())
+}
+
+/// Resident memory of a process (VmRSS), KiB.
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// Waits until the machine is nearly idle, at most `limit`; says whether it became so.
+async fn wait_for_quiet(limit: Duration) -> bool {
+    let deadline = Instant::now() + limit;
+    let mut warned = false;
+    let mut quiet_for = 0;
+    loop {
+        let before = CpuSample::take(0);
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let busy = CpuSample::take(0).since(&before).busy;
+        quiet_for = if busy < QUIET_BUSY { quiet_for + 1 } else { 0 };
+        if quiet_for >= QUIET_SECONDS {
+            return true;
+        }
+        if quiet_for > 0 {
+            continue;
+        }
+        if Instant::now() >= deadline {
+            eprintln!(
+                "WARNING: the machine is still busy ({busy:.0}% of one core); measuring anyway"
+            );
+            return false;
+        }
+        if !warned {
+            eprintln!("waiting for the machine to quieten (busy: {busy:.0}% of one core)");
+            warned = true;
+        }
+    }
+}
+
+/// CPU time (clock ticks) of the processes involved, and of the whole machine.
+struct CpuSample {
+    service: u64,
+    /// This process's client runtime threads.
+    clients: u64,
+    /// This process's other threads: the publisher, lapin's, the driver.
+    bench_rest: u64,
+    rabbitmq: u64,
+    busy: u64,
+    /// Time the hypervisor gave to other guests while this one wanted to run.
+    steal: u64,
+    all: u64,
+}
+
+/// CPU used over an interval, in percent of one core (the machine's out of `100 x cores`).
+#[derive(Clone, Copy, Default)]
+struct CpuUse {
+    service: f64,
+    clients: f64,
+    bench_rest: f64,
+    rabbitmq: f64,
+    /// Everything else: other processes, the kernel's own threads.
+    other: f64,
+    busy: f64,
+    steal: f64,
+}
+
+impl CpuSample {
+    /// `service` 0: no service process to sample.
+    fn take(service: u32) -> CpuSample {
+        let service = if service == 0 {
+            0
+        } else {
+            process_ticks(&format!("/proc/{service}/stat"))
+        };
+        let mut clients = 0;
+        for entry in std::fs::read_dir("/proc/self/task")
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let path = entry.path();
+            let comm = std::fs::read_to_string(path.join("comm")).unwrap_or_default();
+            if comm.trim() == CLIENT_THREADS {
+                clients += process_ticks(&format!("{}/stat", path.display()));
+            }
+        }
+        // The process's own total keeps the time of threads that have exited (lapin's, earlier
+        // publishers); a sum over the live threads would not.
+        let bench_rest = process_ticks("/proc/self/stat").saturating_sub(clients);
+        let mut rabbitmq = 0;
+        for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+            let path = entry.path();
+            let comm = std::fs::read_to_string(path.join("comm")).unwrap_or_default();
+            if comm.trim() == "beam.smp" {
+                rabbitmq += process_ticks(&format!("{}/stat", path.display()));
+            }
+        }
+        let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+        let fields: Vec<u64> = stat
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .split_whitespace()
+            .skip(1)
+            .take(8)
+            .filter_map(|f| f.parse().ok())
+            .collect();
+        let all: u64 = fields.iter().sum();
+        let idle = fields.get(3).copied().unwrap_or(0) + fields.get(4).copied().unwrap_or(0);
+        let steal = fields.get(7).copied().unwrap_or(0);
+        CpuSample {
+            service,
+            clients,
+            bench_rest,
+            rabbitmq,
+            busy: all - idle - steal,
+            steal,
+            all,
+        }
+    }
+
+    fn since(&self, earlier: &CpuSample) -> CpuUse {
+        // /proc/stat counts every core, so its elapsed ticks are cores x wall-clock ticks.
+        let wall = self.all.saturating_sub(earlier.all) as f64 / num_cores() as f64;
+        if wall <= 0.0 {
+            return CpuUse::default();
+        }
+        let percent = |now: u64, then: u64| now.saturating_sub(then) as f64 * 100.0 / wall;
+        let service = percent(self.service, earlier.service);
+        let clients = percent(self.clients, earlier.clients);
+        let bench_rest = percent(self.bench_rest, earlier.bench_rest);
+        let rabbitmq = percent(self.rabbitmq, earlier.rabbitmq);
+        let busy = percent(self.busy, earlier.busy);
+        CpuUse {
+            service,
+            clients,
+            bench_rest,
+            rabbitmq,
+            other: (busy - service - clients - bench_rest - rabbitmq).max(0.0),
+            busy,
+            steal: percent(self.steal, earlier.steal),
+        }
+    }
+}
+
+/// CPU ticks of every process on the machine, by pid, with its name.
+struct ProcessTicks {
+    ticks: std::collections::HashMap<u32, (String, u64)>,
+    all: u64,
+}
+
+impl ProcessTicks {
+    fn take() -> ProcessTicks {
+        let mut ticks = std::collections::HashMap::new();
+        for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+            let Some(pid) = entry
+                .file_name()
+                .to_str()
+                .and_then(|n| n.parse::<u32>().ok())
+            else {
+                continue;
+            };
+            let path = entry.path();
+            let comm = std::fs::read_to_string(path.join("comm")).unwrap_or_default();
+            let used = process_ticks(&format!("{}/stat", path.display()));
+            ticks.insert(pid, (comm.trim().to_owned(), used));
+        }
+        ProcessTicks {
+            ticks,
+            all: CpuSample::take(0).all,
+        }
+    }
+}
+
+/// The three busiest processes other than the service, this benchmark and RabbitMQ between two
+/// samples, by name, in % of one core.
+fn busiest_others(before: &ProcessTicks, after: &ProcessTicks, service: u32) -> String {
+    let wall = after.all.saturating_sub(before.all) as f64 / num_cores() as f64;
+    let mut by_name: std::collections::HashMap<&str, u64> = std::collections::HashMap::new();
+    for (pid, (comm, used)) in &after.ticks {
+        if *pid == service || *pid == std::process::id() || comm == "beam.smp" {
+            continue;
+        }
+        let earlier = before.ticks.get(pid).map_or(0, |(_, t)| *t);
+        *by_name.entry(comm.as_str()).or_default() += used.saturating_sub(earlier);
+    }
+    let mut busiest: Vec<(&str, u64)> = by_name.into_iter().filter(|(_, t)| *t > 0).collect();
+    busiest.sort_by_key(|b| std::cmp::Reverse(b.1));
+    if busiest.is_empty() || wall <= 0.0 {
+        return "none".into();
+    }
+    busiest
+        .iter()
+        .take(3)
+        .map(|(name, t)| format!("{name} {:.0}%", *t as f64 * 100.0 / wall))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// utime + stime of one process or thread, in clock ticks.
+fn process_ticks(stat_path: &str) -> u64 {
+    let stat = std::fs::read_to_string(stat_path).unwrap_or_default();
+    // The command name may contain spaces; fields are counted after its closing parenthesis.
+    let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let field = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    // utime and stime are fields 14 and 15 of stat(5); 11 and 12 after the name.
+    field(11) + field(12)
+}
+
+fn num_cores() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+fn print_machine() {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let model = cpuinfo
+        .lines()
+        .find_map(|l| l.strip_prefix("model name"))
+        .and_then(|l| l.split(':').nth(1))
+        .map_or("unknown".into(), |m| m.trim().to_owned());
+    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+    let memory = meminfo
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))
+        .and_then(|kb| kb.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        .map_or("unknown".into(), |kb| {
+            format!("{:.1} GiB", kb / 1024.0 / 1024.0)
+        });
+    let limits = std::fs::read_to_string("/proc/self/limits").unwrap_or_default();
+    let files = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .and_then(|l| l.split_whitespace().nth(3))
+        .unwrap_or("unknown")
+        .to_owned();
+    println!("## Machine");
+    println!();
+    println!("- CPUs: {} ({model})", num_cores());
+    println!("- memory: {memory}; open-file limit: {files}");
+    println!(
+        "- kernel: Linux {}; RabbitMQ {}; {}",
+        command_output("uname", &["-r"]),
+        command_output("rabbitmqctl", &["version"]),
+        command_output("rustc", &["--version"])
+    );
+    println!();
+}
+
+fn command_output(program: &str, args: &[&str]) -> String {
+    std::process::Command::new(program)
+        .args(args)
+        .stderr(Stdio::null())
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "unknown".into())
+}
+
+fn print_tables(settings: &Settings, rows: &[Row]) {
+    if rows.is_empty() {
+        return;
+    }
+    let target_ms = SNAPSHOT_INTERVAL_MS + LATENCY_SLACK_MS;
+    println!(
+        "## Live delivery (release build, {} orders/s for {} s, snapshot interval {SNAPSHOT_INTERVAL_MS} ms)",
+        settings.rate,
+        settings.load.as_secs()
+    );
+    println!();
+    println!("Memory (service VmRSS; idle = all clients connected, no events, after 2 s)");
+    println!();
+    println!(
+        "| clients | connected | connect time | RSS before | RSS idle | per idle connection \
+         | RSS after load | benchmark RSS per client |"
+    );
+    println!("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
+    for row in rows {
+        println!(
+            "| {} | {} | {:.1} s | {:.1} MiB | {:.1} MiB | {:.1} KiB | {:.1} MiB | {:.1} KiB |",
+            row.clients,
+            row.opened,
+            row.connect_seconds,
+            row.rss_before_kib as f64 / 1024.0,
+            row.rss_idle_kib as f64 / 1024.0,
+            row.kib_per_idle_connection(),
+            row.rss_loaded_kib as f64 / 1024.0,
+            row.bench_rss_per_client_kib,
+        );
+    }
+    println!();
+    println!(
+        "Delivery latency, publish → client receipt, orders published in the last {} s \
+         (1 ms buckets; p = upper edge)",
+        (settings.load - WARM_UP).as_secs()
+    );
+    println!();
+    println!(
+        "| clients | orders/s published | oldest new order p50 / p99 / max | newest (R-th) order \
+         p50 / p99 / max | samples | service's own histogram p50 / p99 | snapshots/s received \
+         (ideal) |"
+    );
+    println!("| ---: | ---: | --- | --- | ---: | --- | ---: |");
+    for row in rows {
+        let ideal = row.opened as f64 * 1_000.0 / SNAPSHOT_INTERVAL_MS as f64;
+        println!(
+            "| {} | {:.0} | {} / {} / {:.0} ms | {} / {} / {:.0} ms | {} | {} | {:.0} ({:.0}) |",
+            row.clients,
+            row.published.sent as f64 / row.published.seconds,
+            row.oldest.p50,
+            row.oldest.p99,
+            row.oldest.max,
+            row.newest.p50,
+            row.newest.p99,
+            row.newest.max,
+            row.oldest.count,
+            row.server_latency,
+            row.snapshots_per_second,
+            ideal,
+        );
+    }
+    println!();
+    println!("Where the time goes (window; ms)");
+    println!();
+    println!(
+        "| clients | snapshots generated/s | tick gap median / max | generated → first client \
+         (median) | generated → last client (median / max) | generated → receipt p50 / p99 / max \
+         | broker transit (mean) | service arrival → write (mean) | publish → receipt, oldest (mean) |"
+    );
+    println!("| ---: | ---: | --- | ---: | --- | --- | ---: | ---: | ---: |");
+    for row in rows {
+        let t = row.snapshots;
+        println!(
+            "| {} | {:.2} | {:.0} / {:.0} | {:.0} | {:.0} / {:.0} | {} / {} / {:.0} | {:.1} | {:.0} | {:.0} |",
+            row.clients,
+            t.per_second,
+            t.gap_median,
+            t.gap_max,
+            t.first_median,
+            t.last_median,
+            t.last_max,
+            row.fanout.p50,
+            row.fanout.p99,
+            row.fanout.max,
+            row.event_age_mean,
+            row.server_delivery_mean,
+            row.oldest.mean,
+        );
+    }
+    println!();
+    println!(
+        "CPU over the same {:.0} s, % of one core (machine: % of {} cores)",
+        rows[0].window_seconds,
+        num_cores()
+    );
+    println!();
+    println!(
+        "| clients | service | benchmark: clients | benchmark: publisher and rest | RabbitMQ \
+         | other | machine busy | steal | quiet at start | undisturbed window \
+         | busiest other processes | attempt |"
+    );
+    println!("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | --- | --- | ---: |");
+    for row in rows {
+        let cpu = row.cpu;
+        println!(
+            "| {} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {} | {} | {} | {} |",
+            row.clients,
+            cpu.service,
+            cpu.clients,
+            cpu.bench_rest,
+            cpu.rabbitmq,
+            cpu.other,
+            cpu.busy,
+            cpu.steal,
+            if row.quiet { "yes" } else { "NO" },
+            if row.disturbed() { "NO" } else { "yes" },
+            row.others,
+            row.attempts,
+        );
+    }
+    println!();
+    println!("Slow clients and integrity (whole run)");
+    println!();
+    println!(
+        "| clients | coalesced (service) | skipped seqs seen by clients (window) \
+         | slow-client disconnects | clients lost | clients that saw the final total \
+         | unmapped snapshots | publisher max behind | stop (SIGTERM → exit) |"
+    );
+    println!("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
+    for row in rows {
+        println!(
+            "| {} | {} | {} | {} | {} | {} of {} | {} | {:.0} ms | {:.1} s |",
+            row.clients,
+            row.coalesced,
+            row.client_skipped,
+            row.slow_disconnects,
+            row.lost,
+            row.caught_up,
+            row.opened,
+            row.unmapped,
+            row.published.max_behind_ms,
+            row.stop_seconds,
+        );
+    }
+    println!();
+    for row in rows {
+        let held = row.opened == row.clients as u64 && row.lost == 0;
+        println!(
+            "- {} clients: held {} ; p99 (oldest order) {} ms ≤ {target_ms} ms {} ; \
+             {:.1} KiB per idle connection ≤ {MAX_KIB_PER_IDLE_CONNECTION} KiB {}{}{}",
+            row.clients,
+            if held { "yes" } else { "NO" },
+            row.oldest.p99,
+            if row.oldest.p99 <= target_ms {
+                "met"
+            } else {
+                "MISSED"
+            },
+            row.kib_per_idle_connection(),
+            if row.kib_per_idle_connection() <= MAX_KIB_PER_IDLE_CONNECTION {
+                "met"
+            } else {
+                "MISSED"
+            },
+            if row.connect_retries > 0 {
+                format!(" ({} connect retries)", row.connect_retries)
+            } else {
+                String::new()
+            },
+            if row.disturbed() {
+                " (DISTURBED: other processes were busy; rerun)"
+            } else {
+                ""
+            },
+        );
+    }
+}
