@@ -263,7 +263,10 @@ fn status(state: &AppState) -> Value {
             )
         })
         .collect();
+    let mut nodes = vec![state.node.clone()];
+    nodes.extend(status.leader.clone().filter(|leader| *leader != state.node));
     json!({
+        "nodes": nodes,
         "node": state.node,
         "leader": status.leader,
         "ingest": frame.as_ref().map(|f| f.snapshot.ingest.state),

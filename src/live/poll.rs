@@ -44,7 +44,8 @@ pub async fn poll(
             .unwrap_or(DEFAULT_TIMEOUT_SECS)
             .min(MAX_TIMEOUT_SECS),
     );
-    let guard = ConnectionGuard::open(state.metrics.clone(), Transport::Poll, after.is_some());
+    // Every poll after the first carries `after`: that is the transport working, not a reconnect.
+    let guard = ConnectionGuard::open(state.metrics.clone(), Transport::Poll, false);
     let mut subscription = state.hub.subscribe();
     let deadline = tokio::time::Instant::now() + timeout;
     let closing = state.hub.closing();
@@ -54,6 +55,14 @@ pub async fn poll(
         if !events.is_empty() {
             for (kind, _, _) in &events {
                 guard.count_sent(kind);
+            }
+            let arrival = state.hub.latest().and_then(|p| p.frame.oldest_arrival);
+            if let (Some(arrival), true) = (arrival, events.iter().any(|e| e.0 == "snapshot")) {
+                guard
+                    .metrics()
+                    .delivery_latency
+                    .with_label_values(&[Transport::Poll.label()])
+                    .observe((now_ms() - arrival).max(0) as f64 / 1000.0);
             }
             return Ok(respond(&events));
         }
@@ -80,11 +89,14 @@ async fn newer_than(
     let seq = current.as_ref().map_or(after.seq, |p| p.id.seq);
     let mut events = Vec::new();
     let mut last_announcement = after.announcement;
-    for stored in state
+    let missed = state
         .store
         .announcements_after(after.announcement, now_ms() - REPLAY_WINDOW_MS, MAX_EVENTS)
-        .await?
-    {
+        .await?;
+    // A full page may not be all: then no snapshot, whose id would skip the rest; the next
+    // poll, after the last announcement listed, continues.
+    let truncated = missed.len() as i64 == MAX_EVENTS;
+    for stored in missed {
         last_announcement = stored.id;
         let id = EventId {
             announcement: stored.id,
@@ -93,7 +105,7 @@ async fn newer_than(
         let json = serde_json::to_string(&super::Announcement::from(stored)).unwrap_or_default();
         events.push(("announcement", id, json.into()));
     }
-    if let Some(published) = current.filter(|p| p.id.seq > after.seq) {
+    if let Some(published) = current.filter(|p| p.id.seq > after.seq && !truncated) {
         // The snapshot's id also covers the announcements just listed, so that polling after
         // it never repeats them.
         let id = EventId {

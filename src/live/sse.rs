@@ -26,7 +26,7 @@ use tokio::sync::broadcast::error::RecvError;
 
 /// Reconnection delay suggested to EventSource clients.
 const RETRY_MS: u64 = 2_000;
-const MAX_REPLAY: i64 = 1_000;
+const REPLAY_PAGE: i64 = 1_000;
 
 #[derive(Debug, Deserialize)]
 pub struct StreamQuery {
@@ -54,16 +54,23 @@ pub async fn stream(
     let mut opening = VecDeque::from([Bytes::from(format!("retry: {RETRY_MS}\n\n"))]);
     let mut last_announcement = state.hub.last_announcement();
     if let Some(resume) = resume {
-        let replay = state
-            .store
-            .announcements_after(resume.announcement, now_ms() - REPLAY_WINDOW_MS, MAX_REPLAY)
-            .await?;
         last_announcement = resume.announcement;
         let seq = state.hub.latest().map_or(resume.seq, |p| p.id.seq);
-        for stored in replay {
-            last_announcement = last_announcement.max(stored.id);
-            opening.push_back(AnnouncementFrame::new(stored.into(), seq).sse);
-            guard.count_sent("announcement");
+        // Page through everything missed: the opening snapshot's id will cover it all.
+        loop {
+            let page = state
+                .store
+                .announcements_after(last_announcement, now_ms() - REPLAY_WINDOW_MS, REPLAY_PAGE)
+                .await?;
+            let complete = (page.len() as i64) < REPLAY_PAGE;
+            for stored in page {
+                last_announcement = last_announcement.max(stored.id);
+                opening.push_back(AnnouncementFrame::new(stored.into(), seq).sse);
+                guard.count_sent("announcement");
+            }
+            if complete {
+                break;
+            }
         }
     }
     let mut last_index = 0;

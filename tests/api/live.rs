@@ -540,3 +540,49 @@ async fn refresh_pushes_a_new_snapshot_and_history_backfills_every_minute() {
     );
     broker.cleanup().await;
 }
+
+#[tokio::test]
+async fn a_long_poll_client_that_missed_more_than_a_page_of_announcements_loses_none() {
+    let database = TestDatabase::new(Backend::Sqlite).await;
+    let names = Names::new();
+    let _broker = Broker::connect(&names).await;
+    let service = Service::start(&config(&database, &names, "page-1", 100, 15)).await;
+    service
+        .wait_for_snapshot(Duration::from_secs(10), |s| {
+            s["ingest"]["state"] == "running"
+        })
+        .await;
+    let (_, first) = service.get_json("/api/dashboard/poll?timeout=1").await;
+    let mut after = first["events"][0]["id"].as_str().expect("id").to_owned();
+    for i in 0..101 {
+        announce(&service, &format!("missed {i}")).await;
+    }
+
+    let mut received = Vec::new();
+    for _ in 0..5 {
+        let (_, answer) = service
+            .get_json(&format!("/api/dashboard/poll?after={after}&timeout=1"))
+            .await;
+        let events = answer["events"].as_array().expect("events").clone();
+        if events.is_empty() {
+            break;
+        }
+        for event in &events {
+            if event["event"] == "announcement" {
+                received.push(
+                    event["data"]["message"]
+                        .as_str()
+                        .expect("message")
+                        .to_owned(),
+                );
+            }
+        }
+        after = events
+            .last()
+            .and_then(|e| e["id"].as_str())
+            .expect("id")
+            .to_owned();
+    }
+    let expected: Vec<String> = (0..101).map(|i| format!("missed {i}")).collect();
+    assert_eq!(received, expected, "every announcement, in order, once");
+}
