@@ -16,6 +16,20 @@ struct Browser {
     _profile: tempfile::TempDir,
 }
 
+impl Drop for Browser {
+    /// Chromium is chromedriver's child: killing the driver would orphan it. Every process
+    /// started with this browser's own profile folder goes, whether the test passed or panicked.
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("pkill")
+            .args(["-f", "--"])
+            .arg(format!(
+                "--user-data-dir={}",
+                self._profile.path().display()
+            ))
+            .status();
+    }
+}
+
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
