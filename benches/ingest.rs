@@ -236,9 +236,18 @@ async fn run_backend(settings: &Settings, backend: Backend) -> anyhow::Result<Ro
         result = measure(settings, backend, &names, &connection, &channel, &database) => result,
         signal = interrupted() => Err(anyhow::anyhow!("interrupted by {signal}; cleaning up")),
     };
-    let cleanup = delete_topology(&channel, &names).await;
     let _ = connection.close(200, "bench done").await;
+    // On a connection of its own: a failure may have closed the benchmark's channel.
+    let cleanup = delete_topology(&settings.amqp_url, &names).await;
     let dropped = database.drop(settings);
+    if result.is_err() {
+        for error in [cleanup.as_ref().err(), dropped.as_ref().err()]
+            .into_iter()
+            .flatten()
+        {
+            eprintln!("cleanup failed too: {error:#}");
+        }
+    }
     let row = result?;
     cleanup.context("deleting the bench topology")?;
     dropped?;
@@ -790,7 +799,9 @@ fn psql(settings: &Settings, sql: &str) -> anyhow::Result<String> {
     Ok(String::from_utf8_lossy(&output.stdout).trim().to_owned())
 }
 
-async fn delete_topology(channel: &Channel, names: &Names) -> anyhow::Result<()> {
+async fn delete_topology(amqp_url: &str, names: &Names) -> anyhow::Result<()> {
+    let connection = connect(amqp_url, "pulseboard bench cleanup").await?;
+    let channel = connection.create_channel().await?;
     let topology = &names.topology;
     for queue in [
         &topology.events_queue,
@@ -812,6 +823,7 @@ async fn delete_topology(channel: &Channel, names: &Names) -> anyhow::Result<()>
             .await
             .with_context(|| format!("deleting exchange {exchange}"))?;
     }
+    let _ = connection.close(200, "cleaned up").await;
     Ok(())
 }
 
