@@ -100,8 +100,9 @@ impl Application {
                     timezone: args.timezone,
                 },
                 snapshot_interval: Duration::from_millis(args.snapshot_interval_ms),
-                prefetch: 2_000,
-                max_batch: 1_000,
+                // Several batches of credit: the broker keeps delivering while one commits.
+                prefetch: 10_000,
+                max_batch: 2_000,
                 batch_linger: Duration::from_millis(5),
                 demo: args.demo,
                 local_demo: is_local_demo,

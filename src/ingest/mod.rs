@@ -129,7 +129,12 @@ pub async fn run(
                     s.is_leader = false;
                     s.broker_connected = false;
                 });
-                tracing::info!(reason = %end, "this node stopped leading ingest");
+                match end {
+                    leader::LeadEnd::Shutdown => {
+                        tracing::info!(reason = %end, "this node stopped leading ingest")
+                    }
+                    _ => tracing::warn!(reason = %end, "this node stopped leading ingest"),
+                }
                 LEASE_POLL
             }
             Ok(None) => {
