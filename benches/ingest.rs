@@ -44,8 +44,8 @@ use tokio::process::{Child, Command};
 const DEFAULT_EVENTS: u64 = 200_000;
 const DEFAULT_AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 /// The service's consumer prefetch and batch size (src/startup.rs), mirrored by the raw loop.
-const PREFETCH: u16 = 2_000;
-const ACK_EVERY: u64 = 1_000;
+const PREFETCH: u16 = 10_000;
+const ACK_EVERY: u64 = 2_000;
 /// Publisher confirms awaited at once, as in `pulseboard simulate`.
 const MAX_UNCONFIRMED: usize = 20_000;
 const POLL_EVERY: Duration = Duration::from_millis(50);
@@ -523,7 +523,11 @@ impl Service {
             .env("PULSEBOARD_TIMEZONE", "UTC")
             .env("PULSEBOARD_ADMIN_PASSWORD", ADMIN_PASSWORD)
             .env("PULSEBOARD_LOG_FORMAT", "text")
-            .env("RUST_LOG", "warn,pulseboard=info")
+            .env(
+                "RUST_LOG",
+                std::env::var("BENCH_SERVICE_LOG")
+                    .unwrap_or_else(|_| "warn,pulseboard=info".into()),
+            )
             .env_remove("PULSEBOARD_METRICS_TOKEN")
             .stdin(Stdio::null())
             .stdout(Stdio::null())

@@ -1,11 +1,14 @@
 //! One term of leadership: consume, commit, acknowledge, aggregate, publish snapshots.
 //!
-//! A single task owns the aggregator, so no lock guards it. It waits on three things: the next
-//! message, the end of the batching linger, and the snapshot tick. Messages are gathered into
-//! batches (up to `max_batch`, or `batch_linger` after the first); a batch is decoded, committed
-//! in one transaction fenced by the lease, then acknowledged with one multiple-ack, then applied
-//! to the in-memory figures. The broker keeps pushing up to `prefetch` messages meanwhile, so the
-//! next batch is ready when the commit returns.
+//! A single task owns the aggregator, so no lock guards it. It waits on the next message, the
+//! batch being committed, the end of the batching linger, and the snapshot tick. Messages are
+//! decoded as they arrive (malformed ones are dead-lettered at once) and gathered into a batch
+//! (up to `max_batch`, or `batch_linger` after the first). A batch is committed in one
+//! transaction fenced by the lease, then acknowledged with one multiple-ack, then applied to the
+//! in-memory figures. The commit runs in a task of its own while the next batch is gathered and
+//! decoded, so the database never waits for the broker and the broker (up to `prefetch`
+//! messages ahead) never waits for the database; one batch commits at a time, which keeps the
+//! acknowledgements in delivery order.
 //!
 //! Failure handling: a lost broker drops the uncommitted batch (the broker redelivers it) and
 //! reconnects with backoff while snapshots go on; a lost lease or a database error ends the term.
@@ -17,7 +20,7 @@ use crate::aggregate::{minute_of, Aggregator, Event, EventKind, Figures, Millis,
 use crate::clock::now_ms;
 use crate::live::{IngestState, IngestView, Snapshot, SnapshotFrame};
 use crate::retry::Backoff;
-use crate::store::{Lease, StoreError};
+use crate::store::{Applied, Lease, StoreError};
 use futures_util::StreamExt;
 use lapin::publisher_confirm::PublisherConfirm;
 use std::collections::HashSet;
@@ -38,6 +41,8 @@ pub(super) enum LeadEnd {
     Shutdown,
     LostLease,
     Database(StoreError),
+    /// The task committing a batch panicked.
+    CommitTask(String),
 }
 
 impl fmt::Display for LeadEnd {
@@ -46,6 +51,7 @@ impl fmt::Display for LeadEnd {
             LeadEnd::Shutdown => f.write_str("shutting down"),
             LeadEnd::LostLease => f.write_str("lease lost to another node"),
             LeadEnd::Database(error) => write!(f, "{error}"),
+            LeadEnd::CommitTask(error) => write!(f, "committing a batch failed: {error}"),
         }
     }
 }
@@ -98,8 +104,8 @@ struct Leader<'a> {
     aggregator: Aggregator,
     next_seq: i64,
     seq_end: i64,
-    pending: Vec<RawMessage>,
-    linger_deadline: Option<Instant>,
+    gathering: Batch,
+    committing: Option<Committing>,
     last_renewed: Instant,
     current_minute: Millis,
     last_prune: Instant,
@@ -135,8 +141,8 @@ impl<'a> Leader<'a> {
             aggregator,
             next_seq: 1,
             seq_end: 0,
-            pending: Vec::with_capacity(settings.max_batch),
-            linger_deadline: None,
+            gathering: Batch::with_capacity(settings.max_batch),
+            committing: None,
             last_renewed: Instant::now(),
             current_minute: minute_of(now),
             last_prune: Instant::now(),
@@ -156,18 +162,35 @@ impl<'a> Leader<'a> {
         let mut tick = tokio::time::interval(self.context.settings.snapshot_interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         feed.maybe_connect(self.context);
+        let max_batch = self.context.settings.max_batch;
         let result: Result<(), LeadEnd> = async {
             loop {
-                let linger = self.linger_deadline;
+                let linger = self.gathering.deadline;
+                let idle = self.committing.is_none();
                 tokio::select! {
                     biased;
                     _ = shutdown.cancelled() => {
                         // Commit and acknowledge what was already received, then stop.
-                        self.flush(feed).await?;
+                        self.finish_commit(feed).await?;
+                        self.start_commit(feed).await;
+                        self.finish_commit(feed).await?;
                         return Err(LeadEnd::Shutdown);
                     }
-                    item = feed.next() => self.on_feed(item, feed).await?,
-                    _ = sleep_until(linger), if linger.is_some() => self.flush(feed).await?,
+                    committed = wait_for(&mut self.committing) => {
+                        self.on_committed(committed, feed).await?;
+                        if self.gathering.is_due(max_batch) {
+                            self.start_commit(feed).await;
+                        }
+                    }
+                    item = feed.next(), if self.gathering.messages < max_batch => {
+                        self.on_feed(item, feed).await;
+                        if self.committing.is_none() && self.gathering.is_due(max_batch) {
+                            self.start_commit(feed).await;
+                        }
+                    }
+                    _ = sleep_until(linger), if linger.is_some() && idle => {
+                        self.start_commit(feed).await
+                    }
                     _ = tick.tick() => self.on_tick(feed).await?,
                     Some(()) = refresh.recv() => {
                         self.publish_snapshot(now_ms(), feed.connected(), true).await?
@@ -176,24 +199,20 @@ impl<'a> Leader<'a> {
             }
         }
         .await;
+        // A commit still running must land (or fail) before the next term rebuilds the figures
+        // from the store, or its events would be missing there and then refused as duplicates.
+        if let Some(committing) = self.committing.take() {
+            let _ = committing.commit.await;
+        }
         match result {
             Ok(()) => LeadEnd::Shutdown,
             Err(end) => end,
         }
     }
 
-    async fn on_feed(&mut self, item: FeedItem, feed: &mut Feed<'_>) -> Result<(), LeadEnd> {
+    async fn on_feed(&mut self, item: FeedItem, feed: &mut Feed<'_>) {
         match item {
-            FeedItem::Message(message) => {
-                if self.pending.is_empty() {
-                    self.linger_deadline =
-                        Some(Instant::now() + self.context.settings.batch_linger);
-                }
-                self.pending.push(message);
-                if self.pending.len() >= self.context.settings.max_batch {
-                    self.flush(feed).await?;
-                }
-            }
+            FeedItem::Message(message) => self.gather(message, feed).await,
             FeedItem::Connected => {
                 tracing::info!("consuming from RabbitMQ");
                 self.set_connected(true, None);
@@ -201,12 +220,50 @@ impl<'a> Leader<'a> {
             FeedItem::Lost(error) => {
                 tracing::warn!(%error, "lost RabbitMQ; reconnecting with backoff");
                 // Unacknowledged messages of the lost channel come back from the broker.
-                self.pending.clear();
-                self.linger_deadline = None;
+                self.gathering.clear();
                 self.set_connected(false, Some(error));
             }
         }
-        Ok(())
+    }
+
+    /// Decodes one message into the batch being gathered; a malformed one is dead-lettered now
+    /// and acknowledged with the batch.
+    async fn gather(&mut self, message: RawMessage, feed: &mut Feed<'_>) {
+        let settings = &self.context.settings;
+        let metrics = &self.context.metrics;
+        let context = DecodeContext {
+            currency: &settings.currency,
+            arrived_at: message.arrived_at,
+        };
+        match decode(&message.body, context) {
+            Ok(event) if self.gathering.ids.insert(event.id.clone()) => {
+                self.gathering.events.push(event);
+                self.gathering.arrivals.push(message.arrived_at);
+            }
+            Ok(event) => metrics.count_event(event.kind.label(), "duplicate"),
+            Err(rejection) => {
+                metrics.count_event("unknown", "rejected");
+                tracing::warn!(reason = %rejection, routing_key = %message.routing_key,
+                    "dead-lettering a malformed event");
+                match feed
+                    .dead_letter(&message, &rejection, &settings.node, now_ms())
+                    .await
+                {
+                    Ok(confirm) => self.gathering.confirms.extend(confirm),
+                    Err(error) => {
+                        // The whole batch comes back from the broker on the next link.
+                        self.gathering.clear();
+                        self.link_failed(feed, error);
+                        return;
+                    }
+                }
+            }
+        }
+        self.gathering.add_message(
+            message.tag,
+            feed.link_generation(),
+            self.context.settings.batch_linger,
+        );
     }
 
     fn set_connected(&self, connected: bool, error: Option<String>) {
@@ -225,81 +282,90 @@ impl<'a> Leader<'a> {
         self.set_connected(false, Some(message));
     }
 
-    /// Decode, commit, acknowledge, apply: the exactly-once step.
-    async fn flush(&mut self, feed: &mut Feed<'_>) -> Result<(), LeadEnd> {
-        self.linger_deadline = None;
-        if self.pending.is_empty() {
-            return Ok(());
+    /// Starts committing the gathered batch, if any, in a task of its own. A batch of nothing
+    /// but dead letters has nothing to commit and is acknowledged at once.
+    async fn start_commit(&mut self, feed: &mut Feed<'_>) {
+        if self.gathering.messages == 0 || self.committing.is_some() {
+            return;
         }
-        let batch = std::mem::take(&mut self.pending);
-        let now = now_ms();
-        let settings = &self.context.settings;
-        let metrics = &self.context.metrics;
-
-        let mut events: Vec<(Event, Millis)> = Vec::with_capacity(batch.len());
-        let mut ids = HashSet::with_capacity(batch.len());
-        let mut confirms = Vec::new();
-        for message in &batch {
-            let context = DecodeContext {
-                currency: &settings.currency,
-                arrived_at: message.arrived_at,
-            };
-            match decode(&message.body, context) {
-                Ok(event) if ids.insert(event.id.clone()) => {
-                    events.push((event, message.arrived_at))
-                }
-                Ok(event) => metrics.count_event(event.kind.label(), "duplicate"),
-                Err(rejection) => {
-                    metrics.count_event("unknown", "rejected");
-                    tracing::warn!(reason = %rejection, routing_key = %message.routing_key,
-                        "dead-lettering a malformed event");
-                    match feed
-                        .dead_letter(message, &rejection, &settings.node, now)
-                        .await
-                    {
-                        Ok(confirm) => confirms.extend(confirm),
-                        Err(error) => {
-                            self.link_failed(feed, error);
-                            return Ok(());
-                        }
-                    }
-                }
-            }
+        let batch = std::mem::replace(
+            &mut self.gathering,
+            Batch::with_capacity(self.context.settings.max_batch),
+        );
+        if batch.events.is_empty() {
+            let mut batch = batch;
+            self.acknowledge_committed(&mut batch, feed).await;
+            return;
         }
+        let store = self.context.store.clone();
+        let lease = self.lease.clone();
+        let timezone = self.context.settings.aggregate.timezone;
+        let events = batch.events;
+        let messages = batch.messages;
+        let commit = tokio::spawn(async move {
+            let started = Instant::now();
+            let applied = store.apply_batch(&lease, &events, timezone, now_ms()).await;
+            tracing::debug!(
+                messages,
+                events = events.len(),
+                commit_ms = started.elapsed().as_secs_f64() * 1e3,
+                "batch committed"
+            );
+            (events, applied)
+        });
+        self.committing = Some(Committing {
+            commit,
+            rest: Batch {
+                events: Vec::new(),
+                ..batch
+            },
+        });
+    }
 
-        let (batch_events, arrivals): (Vec<Event>, Vec<Millis>) = events.into_iter().unzip();
-        let applied = self
-            .context
-            .store
-            .apply_batch(&self.lease, &batch_events, settings.aggregate.timezone, now)
-            .await?;
-        self.last_renewed = Instant::now();
-
-        // Committed: the events count from now on, whatever happens to the acknowledgement.
-        // If it fails, the broker redelivers them and the store recognises them as duplicates.
-        let acknowledged = self
-            .acknowledge(feed, confirms, batch.last().map(|m| m.tag))
-            .await;
-        self.apply_committed(&batch_events, &arrivals, &applied.fresh);
-        if let Err(error) = acknowledged {
-            self.link_failed(feed, error);
+    /// Waits for the batch being committed, if any, and finishes it.
+    async fn finish_commit(&mut self, feed: &mut Feed<'_>) -> Result<(), LeadEnd> {
+        if self.committing.is_some() {
+            let committed = wait_for(&mut self.committing).await;
+            self.on_committed(committed, feed).await?;
         }
         Ok(())
     }
 
-    /// Waits for the dead letters' confirms, then acknowledges the batch with one multiple-ack.
-    async fn acknowledge(
-        &self,
-        feed: &Feed<'_>,
-        confirms: Vec<PublisherConfirm>,
-        last_tag: Option<u64>,
-    ) -> Result<(), BrokerError> {
-        for confirm in confirms {
-            confirmed(confirm).await?;
+    /// Acknowledges and applies a batch whose commit returned: the exactly-once step.
+    async fn on_committed(
+        &mut self,
+        committed: Committed,
+        feed: &mut Feed<'_>,
+    ) -> Result<(), LeadEnd> {
+        let Committed { mut batch, applied } = committed;
+        let applied = applied?;
+        self.last_renewed = Instant::now();
+        // Committed: the events count from now on, whatever happens to the acknowledgement.
+        // If it fails, the broker redelivers them and the store recognises them as duplicates.
+        self.acknowledge_committed(&mut batch, feed).await;
+        self.apply_committed(&batch.events, &batch.arrivals, &applied.fresh);
+        Ok(())
+    }
+
+    /// Waits for the batch's dead letters to be confirmed, then acknowledges all its messages
+    /// with one multiple-ack, on the link they came from (a newer link numbers its deliveries
+    /// afresh; messages of a lost link come back by themselves).
+    async fn acknowledge_committed(&self, batch: &mut Batch, feed: &mut Feed<'_>) {
+        let (Some(last_tag), true) = (batch.last_tag, batch.link == feed.link_generation()) else {
+            return;
+        };
+        let mut acknowledged = Ok(());
+        for confirm in batch.confirms.drain(..) {
+            acknowledged = confirmed(confirm).await;
+            if acknowledged.is_err() {
+                break;
+            }
         }
-        match last_tag {
-            Some(tag) => feed.ack_through(tag).await,
-            None => Ok(()),
+        if acknowledged.is_ok() {
+            acknowledged = feed.ack_through(last_tag).await;
+        }
+        if let Err(error) = acknowledged {
+            self.link_failed(feed, error);
         }
     }
 
@@ -444,6 +510,98 @@ impl<'a> Leader<'a> {
     }
 }
 
+/// Messages gathered since the last commit started, already decoded.
+struct Batch {
+    events: Vec<Event>,
+    arrivals: Vec<Millis>,
+    /// Ids in `events`: a repeat within one batch is a duplicate before it reaches the store.
+    ids: HashSet<String>,
+    /// Dead letters published for this batch's malformed messages, confirmed before the ack.
+    confirms: Vec<PublisherConfirm>,
+    /// Messages of every kind (events, duplicates, malformed) and the newest delivery tag.
+    messages: usize,
+    last_tag: Option<u64>,
+    /// The broker link the messages came from (`Feed::link_generation`).
+    link: u64,
+    /// When the batch is committed even if it is not full.
+    deadline: Option<Instant>,
+}
+
+impl Batch {
+    fn with_capacity(capacity: usize) -> Self {
+        Batch {
+            events: Vec::with_capacity(capacity),
+            arrivals: Vec::with_capacity(capacity),
+            ids: HashSet::with_capacity(capacity),
+            confirms: Vec::new(),
+            messages: 0,
+            last_tag: None,
+            link: 0,
+            deadline: None,
+        }
+    }
+
+    /// Counts a message gathered (its event, if any, is already in). Tag 0 is an in-process
+    /// message with nothing to acknowledge.
+    fn add_message(&mut self, tag: u64, link: u64, linger: Duration) {
+        if self.messages == 0 {
+            self.deadline = Some(Instant::now() + linger);
+            self.link = link;
+        }
+        self.messages += 1;
+        if tag > 0 {
+            self.last_tag = Some(tag);
+        }
+    }
+
+    fn is_due(&self, max_batch: usize) -> bool {
+        self.messages >= max_batch || self.deadline.is_some_and(|d| Instant::now() >= d)
+    }
+
+    fn clear(&mut self) {
+        self.events.clear();
+        self.arrivals.clear();
+        self.ids.clear();
+        self.confirms.clear();
+        self.messages = 0;
+        self.last_tag = None;
+        self.deadline = None;
+    }
+}
+
+/// A batch whose events are being committed by `commit`; the rest of it waits here.
+struct Committing {
+    commit: JoinHandle<(Vec<Event>, Result<Applied, StoreError>)>,
+    rest: Batch,
+}
+
+struct Committed {
+    batch: Batch,
+    applied: Result<Applied, LeadEnd>,
+}
+
+/// The outcome of the commit in flight; never ready when there is none. Cancel-safe.
+async fn wait_for(committing: &mut Option<Committing>) -> Committed {
+    let outcome = match committing {
+        Some(in_flight) => (&mut in_flight.commit).await,
+        None => std::future::pending().await,
+    };
+    let mut rest = committing
+        .take()
+        .map_or_else(|| Batch::with_capacity(0), |done| done.rest);
+    let applied = match outcome {
+        Ok((events, applied)) => {
+            rest.events = events;
+            applied.map_err(LeadEnd::from)
+        }
+        Err(error) => Err(LeadEnd::CommitTask(error.to_string())),
+    };
+    Committed {
+        batch: rest,
+        applied,
+    }
+}
+
 async fn sleep_until(deadline: Option<Instant>) {
     match deadline {
         Some(deadline) => tokio::time::sleep_until(deadline).await,
@@ -466,6 +624,8 @@ enum Feed<'r> {
 
 struct BrokerFeed {
     link: Option<ConsumerLink>,
+    /// Counts links opened: delivery tags are only meaningful on the link that issued them.
+    generation: u64,
     connecting: Option<JoinHandle<Result<ConsumerLink, BrokerError>>>,
     retry_at: Instant,
     backoff: Backoff,
@@ -475,6 +635,7 @@ impl BrokerFeed {
     fn new() -> Self {
         BrokerFeed {
             link: None,
+            generation: 0,
             connecting: None,
             retry_at: Instant::now(),
             backoff: Backoff::new(Duration::from_millis(250), Duration::from_secs(10)),
@@ -498,6 +659,7 @@ impl Feed<'_> {
                         Ok(Ok(link)) => {
                             broker.backoff.reset();
                             broker.link = Some(link);
+                            broker.generation += 1;
                             FeedItem::Connected
                         }
                         Ok(Err(error)) => broker.failed(error.to_string()),
@@ -515,6 +677,13 @@ impl Feed<'_> {
                     None => broker.drop_link("the broker cancelled the consumer".into()),
                 }
             }
+        }
+    }
+
+    fn link_generation(&self) -> u64 {
+        match self {
+            Feed::Local(_) => 0,
+            Feed::Broker(broker) => broker.generation,
         }
     }
 

@@ -27,7 +27,7 @@ impl Store {
         author: &str,
         now: Millis,
     ) -> Result<StoredAnnouncement, StoreError> {
-        let mut tx = self.pool().begin().await?;
+        let mut tx = self.writer().begin().await?;
         let id: i64 = sqlx::query(
             "UPDATE counters SET value = value + 1 WHERE name = 'announcement_id' RETURNING value",
         )
@@ -69,7 +69,7 @@ impl Store {
         .bind(after)
         .bind(since)
         .bind(limit)
-        .fetch_all(self.pool())
+        .fetch_all(self.reader())
         .await?
         .iter()
         .map(announcement)
@@ -86,7 +86,7 @@ impl Store {
              ORDER BY id DESC LIMIT $1",
         )
         .bind(limit)
-        .fetch_all(self.pool())
+        .fetch_all(self.reader())
         .await?
         .iter()
         .map(announcement)
@@ -96,7 +96,7 @@ impl Store {
     /// The highest announcement id ever issued (0 when none).
     pub async fn last_announcement_id(&self) -> Result<i64, StoreError> {
         let row = sqlx::query("SELECT value FROM counters WHERE name = 'announcement_id'")
-            .fetch_one(self.pool())
+            .fetch_one(self.reader())
             .await?;
         Ok(row.try_get(0)?)
     }

@@ -60,7 +60,7 @@ impl Store {
         .bind(node)
         .bind(now + ttl_ms)
         .bind(now)
-        .fetch_optional(self.pool())
+        .fetch_optional(self.writer())
         .await?;
         match row {
             Some(row) => Ok(Some(Lease {
@@ -74,7 +74,7 @@ impl Store {
 
     /// Extends the lease outside a batch (while idle). Fails with `LostLease` if it is gone.
     pub async fn renew_lease(&self, lease: &Lease, now: Millis) -> Result<(), StoreError> {
-        let mut tx = self.pool().begin().await?;
+        let mut tx = self.writer().begin().await?;
         lease.fence(&mut tx, now).await?;
         tx.commit().await?;
         Ok(())
@@ -88,7 +88,7 @@ impl Store {
         )
         .bind(lease.holder.as_str())
         .bind(lease.epoch)
-        .execute(self.pool())
+        .execute(self.writer())
         .await?;
         Ok(())
     }
@@ -99,7 +99,7 @@ impl Store {
             "SELECT holder FROM leader_lease WHERE name = 'ingest' AND expires_at >= $1",
         )
         .bind(now)
-        .fetch_optional(self.pool())
+        .fetch_optional(self.reader())
         .await?;
         Ok(match row {
             Some(row) => Some(row.try_get(0)?),

@@ -40,7 +40,7 @@ impl Store {
         .bind(password_hash)
         .bind(role.as_str())
         .bind(now)
-        .execute(self.pool())
+        .execute(self.writer())
         .await?
         .rows_affected();
         Ok(created == 1)
@@ -53,7 +53,7 @@ impl Store {
     ) -> Result<Option<(String, Role)>, StoreError> {
         let row = sqlx::query("SELECT password_hash, role FROM users WHERE username = $1")
             .bind(username)
-            .fetch_optional(self.pool())
+            .fetch_optional(self.reader())
             .await?;
         match row {
             Some(row) => Ok(Some((
@@ -66,7 +66,7 @@ impl Store {
 
     pub async fn users(&self) -> Result<Vec<UserRow>, StoreError> {
         sqlx::query("SELECT username, role, created_at FROM users ORDER BY username")
-            .fetch_all(self.pool())
+            .fetch_all(self.reader())
             .await?
             .iter()
             .map(|row| {
@@ -81,14 +81,14 @@ impl Store {
 
     pub async fn user_count(&self) -> Result<i64, StoreError> {
         let row = sqlx::query("SELECT CAST(COUNT(*) AS BIGINT) FROM users")
-            .fetch_one(self.pool())
+            .fetch_one(self.reader())
             .await?;
         Ok(row.try_get(0)?)
     }
 
     /// Removes a user and their sessions; `false` when there is no such user.
     pub async fn remove_user(&self, username: &str) -> Result<bool, StoreError> {
-        let mut tx = self.pool().begin().await?;
+        let mut tx = self.writer().begin().await?;
         sqlx::query("DELETE FROM sessions WHERE username = $1")
             .bind(username)
             .execute(&mut *tx)
@@ -108,7 +108,7 @@ impl Store {
         username: &str,
         password_hash: &str,
     ) -> Result<bool, StoreError> {
-        let mut tx = self.pool().begin().await?;
+        let mut tx = self.writer().begin().await?;
         let changed = sqlx::query("UPDATE users SET password_hash = $1 WHERE username = $2")
             .bind(password_hash)
             .bind(username)
@@ -140,7 +140,7 @@ impl Store {
         .bind(csrf)
         .bind(now)
         .bind(expires_at)
-        .execute(self.pool())
+        .execute(self.writer())
         .await?;
         Ok(())
     }
@@ -158,7 +158,7 @@ impl Store {
         )
         .bind(id_hash)
         .bind(now)
-        .fetch_optional(self.pool())
+        .fetch_optional(self.reader())
         .await?;
         match row {
             Some(row) => Ok(Some(SessionRow {
@@ -173,7 +173,7 @@ impl Store {
     pub async fn delete_session(&self, id_hash: &str) -> Result<(), StoreError> {
         sqlx::query("DELETE FROM sessions WHERE id_hash = $1")
             .bind(id_hash)
-            .execute(self.pool())
+            .execute(self.writer())
             .await?;
         Ok(())
     }
