@@ -166,6 +166,8 @@ impl Application {
                 .configure(http::configure)
         })
         .on_connect(move |connection, _| abort_stalled_readers(connection, stall_timeout))
+        // Events are small and must leave at once; Nagle would hold one back behind an ACK.
+        .tcp_nodelay(true)
         .disable_signals()
         .shutdown_timeout(5);
         let scheme = if tls.is_some() { "https" } else { "http" };

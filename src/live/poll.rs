@@ -5,7 +5,7 @@
 //! store, in order, then the current snapshot if newer), otherwise waits for the next one, or
 //! answers an empty list after `timeout` seconds (at most 30).
 
-use super::connection::{ConnectionGuard, Transport};
+use super::connection::{ConnectionGuard, Sent, Transport};
 use super::hub::{EventId, REPLAY_WINDOW_MS};
 use crate::auth::Viewer;
 use crate::clock::now_ms;
@@ -54,15 +54,11 @@ pub async fn poll(
         let events = newer_than(after, &state).await?;
         if !events.is_empty() {
             for (kind, _, _) in &events {
-                guard.count_sent(kind);
+                guard.count_sent(*kind);
             }
             let arrival = state.hub.latest().and_then(|p| p.frame.oldest_arrival);
-            if let (Some(arrival), true) = (arrival, events.iter().any(|e| e.0 == "snapshot")) {
-                guard
-                    .metrics()
-                    .delivery_latency
-                    .with_label_values(&[Transport::Poll.label()])
-                    .observe((now_ms() - arrival).max(0) as f64 / 1000.0);
+            if let (Some(arrival), true) = (arrival, events.iter().any(|e| e.0 == Sent::Snapshot)) {
+                guard.observe_delivery(arrival);
             }
             return Ok(respond(&events));
         }
@@ -79,11 +75,11 @@ pub async fn poll(
 async fn newer_than(
     after: Option<EventId>,
     state: &AppState,
-) -> Result<Vec<(&'static str, EventId, std::sync::Arc<str>)>, ApiError> {
+) -> Result<Vec<(Sent, EventId, std::sync::Arc<str>)>, ApiError> {
     let current = state.hub.latest();
     let Some(after) = after else {
         return Ok(current
-            .map(|p| vec![("snapshot", p.id, p.frame.json.clone())])
+            .map(|p| vec![(Sent::Snapshot, p.id, p.frame.json.clone())])
             .unwrap_or_default());
     };
     let seq = current.as_ref().map_or(after.seq, |p| p.id.seq);
@@ -103,7 +99,7 @@ async fn newer_than(
             seq,
         };
         let json = serde_json::to_string(&super::Announcement::from(stored)).unwrap_or_default();
-        events.push(("announcement", id, json.into()));
+        events.push((Sent::Announcement, id, json.into()));
     }
     if let Some(published) = current.filter(|p| p.id.seq > after.seq && !truncated) {
         // The snapshot's id also covers the announcements just listed, so that polling after
@@ -112,12 +108,12 @@ async fn newer_than(
             announcement: published.id.announcement.max(last_announcement),
             seq: published.id.seq,
         };
-        events.push(("snapshot", id, published.frame.json.clone()));
+        events.push((Sent::Snapshot, id, published.frame.json.clone()));
     }
     Ok(events)
 }
 
-fn respond(events: &[(&str, EventId, std::sync::Arc<str>)]) -> HttpResponse {
+fn respond(events: &[(Sent, EventId, std::sync::Arc<str>)]) -> HttpResponse {
     let mut body = String::from("{\"events\":[");
     for (i, (kind, id, data)) in events.iter().enumerate() {
         if i > 0 {
@@ -126,7 +122,8 @@ fn respond(events: &[(&str, EventId, std::sync::Arc<str>)]) -> HttpResponse {
         // Ids are digits and '-', kinds are fixed words, data is our own JSON: no escaping needed.
         let _ = write!(
             body,
-            "{{\"id\":\"{id}\",\"event\":\"{kind}\",\"data\":{data}}}"
+            "{{\"id\":\"{id}\",\"event\":\"{}\",\"data\":{data}}}",
+            kind.label()
         );
     }
     body.push_str("]}");

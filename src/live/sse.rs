@@ -10,7 +10,7 @@
 //! behind is disconnected here (it resumes by `Last-Event-ID`), and one that stops reading
 //! entirely is aborted by the kernel (`TCP_USER_TIMEOUT`, set in `startup`).
 
-use super::connection::{ConnectionGuard, Transport};
+use super::connection::{ConnectionGuard, Sent, Transport};
 use super::hub::{sse_event, AnnouncementFrame, EventId, Subscription, REPLAY_WINDOW_MS};
 use crate::auth::Viewer;
 use crate::clock::now_ms;
@@ -21,8 +21,10 @@ use bytes::Bytes;
 use serde::Deserialize;
 use std::collections::VecDeque;
 use std::convert::Infallible;
+use std::pin::Pin;
 use std::time::{Duration, Instant};
 use tokio::sync::broadcast::error::RecvError;
+use tokio::time::Sleep;
 
 /// Reconnection delay suggested to EventSource clients.
 const RETRY_MS: u64 = 2_000;
@@ -66,7 +68,7 @@ pub async fn stream(
             for stored in page {
                 last_announcement = last_announcement.max(stored.id);
                 opening.push_back(AnnouncementFrame::new(stored.into(), seq).sse);
-                guard.count_sent("announcement");
+                guard.count_sent(Sent::Announcement);
             }
             if complete {
                 break;
@@ -83,7 +85,7 @@ pub async fn stream(
             seq: current.id.seq,
         };
         opening.push_back(sse_event(&id, "snapshot", &current.frame.json));
-        guard.count_sent("snapshot");
+        guard.count_sent(Sent::Snapshot);
     }
 
     let client = SseClient {
@@ -92,6 +94,7 @@ pub async fn stream(
         last_announcement,
         last_index,
         heartbeat: state.live.heartbeat,
+        quiet: Box::pin(tokio::time::sleep(state.live.heartbeat)),
         stall_timeout: state.live.stall_timeout,
         last_write: Instant::now(),
         closing: state.hub.closing(),
@@ -113,6 +116,8 @@ struct SseClient {
     last_announcement: i64,
     last_index: u64,
     heartbeat: Duration,
+    /// Fires after `heartbeat` without a write; one timer per connection, reset on each write.
+    quiet: Pin<Box<Sleep>>,
     stall_timeout: Duration,
     last_write: Instant,
     closing: tokio_util::sync::CancellationToken,
@@ -137,7 +142,6 @@ async fn next_chunk(mut client: SseClient) -> Option<(Result<Bytes, Infallible>,
         return Some((Ok(chunk), client));
     }
     loop {
-        let heartbeat = tokio::time::sleep(client.heartbeat);
         tokio::select! {
             biased;
             _ = client.closing.cancelled() => {
@@ -148,7 +152,7 @@ async fn next_chunk(mut client: SseClient) -> Option<(Result<Bytes, Infallible>,
                 Ok(frame) if frame.announcement.id <= client.last_announcement => continue,
                 Ok(frame) => {
                     client.last_announcement = frame.announcement.id;
-                    client.guard.count_sent("announcement");
+                    client.guard.count_sent(Sent::Announcement);
                     return Some((Ok(client.wrote(frame.sse.clone())), client));
                 }
                 Err(RecvError::Lagged(_)) => {
@@ -169,21 +173,17 @@ async fn next_chunk(mut client: SseClient) -> Option<(Result<Bytes, Infallible>,
                 }
                 let skipped = published.index - client.last_index - 1;
                 if client.last_index > 0 && skipped > 0 {
-                    client.guard.metrics().slow_client_coalesced
-                        .with_label_values(&[Transport::Sse.label()])
-                        .inc_by(skipped);
+                    client.guard.count_coalesced(skipped);
                 }
                 client.last_index = published.index;
-                client.guard.count_sent("snapshot");
+                client.guard.count_sent(Sent::Snapshot);
                 if let Some(arrival) = published.frame.oldest_arrival {
-                    client.guard.metrics().delivery_latency
-                        .with_label_values(&[Transport::Sse.label()])
-                        .observe((now_ms() - arrival).max(0) as f64 / 1000.0);
+                    client.guard.observe_delivery(arrival);
                 }
                 return Some((Ok(client.wrote(published.sse.clone())), client));
             }
-            _ = heartbeat => {
-                client.guard.count_sent("heartbeat");
+            _ = client.quiet.as_mut() => {
+                client.guard.count_sent(Sent::Heartbeat);
                 return Some((Ok(client.wrote(Bytes::from_static(b": heartbeat\n\n"))), client));
             }
         }
@@ -193,6 +193,9 @@ async fn next_chunk(mut client: SseClient) -> Option<(Result<Bytes, Infallible>,
 impl SseClient {
     fn wrote(&mut self, chunk: Bytes) -> Bytes {
         self.last_write = Instant::now();
+        self.quiet
+            .as_mut()
+            .reset(tokio::time::Instant::now() + self.heartbeat);
         chunk
     }
 }
