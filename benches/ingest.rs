@@ -19,7 +19,8 @@
 //! Environment: `BENCH_EVENTS` (N, events per backend, 200 000), `BENCH_BACKENDS`
 //! (`sqlite,postgres`), `BENCH_ROUNDS` (4), `BENCH_QUIET_SECS` (how long to wait for an idle
 //! machine before each drain, 300), `AMQP_URL`, `BENCH_PG_HOST` (127.0.0.1), `BENCH_PG_USER`
-//! (postgres).
+//! (postgres), `BENCH_SERVICE_LOG` (the service's `RUST_LOG`, `warn,pulseboard=info`; with
+//! `warn,pulseboard=info,pulseboard::ingest=debug` it logs every batch and its commit time).
 
 use anyhow::{bail, ensure, Context};
 use futures_util::stream::{FuturesUnordered, StreamExt};
