@@ -25,6 +25,7 @@
 //!    SIGTERM (clients still connected) and deletes everything it created.
 //!
 //! Environment: `BENCH_CLIENTS` (`1000,10000`), `BENCH_RATE` (5000), `BENCH_LOAD_SECS` (20),
+//! `BENCH_UNCONFIRMED` (20000: publishes awaiting their confirm at once),
 //! `AMQP_URL`, `BENCH_QUIET_SECS` (300: how long to wait for an idle machine before each case),
 //! `BENCH_ATTEMPTS` (5: runs of a case whose window was disturbed), `BENCH_SERVICE_LOG` (the
 //! service's `RUST_LOG`, `warn,pulseboard=info`). The process needs `ulimit -n` above N + 1 000 (the service inherits it).
@@ -80,8 +81,11 @@ const SEQS: usize = 65_536;
 /// CPU of processes other than the service, this benchmark and RabbitMQ above this (% of one
 /// core) during the window marks the figures as disturbed.
 const DISTURBED_OTHER: f64 = 10.0;
-/// Publisher confirms awaited at once, as in `pulseboard simulate`.
-const MAX_UNCONFIRMED: usize = 20_000;
+/// Publishes awaiting their confirm at once (`BENCH_UNCONFIRMED`), as in `pulseboard simulate`.
+/// An order is timed just before its publish, so a large window lets a broker that falls behind
+/// hold the backlog in the publisher's connection, counted in the latency; a small one makes the
+/// publisher fall behind its schedule instead (reported as "publisher max behind").
+const DEFAULT_UNCONFIRMED: u64 = 20_000;
 const STARTUP_LIMIT: Duration = Duration::from_secs(30);
 const ADMIN_PASSWORD: &str = "bench-admin-password";
 const CURRENCY: &str = "USD";
@@ -94,6 +98,7 @@ const PUBLISHER_THREAD: &str = "bench-publisher";
 struct Settings {
     clients: Vec<usize>,
     rate: u64,
+    unconfirmed: usize,
     load: Duration,
     amqp_url: String,
     quiet_limit: Duration,
@@ -175,6 +180,7 @@ fn settings() -> Settings {
     Settings {
         clients,
         rate: number("BENCH_RATE", DEFAULT_RATE),
+        unconfirmed: number("BENCH_UNCONFIRMED", DEFAULT_UNCONFIRMED).max(1) as usize,
         load,
         amqp_url: std::env::var("AMQP_URL").unwrap_or_else(|_| DEFAULT_AMQP_URL.into()),
         quiet_limit: Duration::from_secs(number("BENCH_QUIET_SECS", DEFAULT_QUIET_SECS)),
@@ -940,11 +946,12 @@ fn start_publisher(
     exchange: &str,
     shared: Arc<Shared>,
 ) -> std::thread::JoinHandle<anyhow::Result<Published>> {
-    let (url, exchange, rate, load) = (
+    let (url, exchange, rate, load, unconfirmed) = (
         settings.amqp_url.clone(),
         exchange.to_owned(),
         settings.rate,
         settings.load,
+        settings.unconfirmed,
     );
     std::thread::Builder::new()
         .name(PUBLISHER_THREAD.into())
@@ -953,7 +960,7 @@ fn start_publisher(
                 .enable_all()
                 .build()
                 .context("the publisher's runtime")?
-                .block_on(publish(&url, &exchange, rate, load, &shared))
+                .block_on(publish(&url, &exchange, rate, load, unconfirmed, &shared))
         })
         .expect("a publisher thread")
 }
@@ -963,6 +970,7 @@ async fn publish(
     exchange: &str,
     rate: u64,
     load: Duration,
+    max_unconfirmed: usize,
     shared: &Shared,
 ) -> anyhow::Result<Published> {
     let connection = connect(url, "pulseboard live bench publisher").await?;
@@ -1018,7 +1026,7 @@ async fn publish(
                 )
                 .await?;
             unconfirmed.push(confirm);
-            while unconfirmed.len() >= MAX_UNCONFIRMED {
+            while unconfirmed.len() >= max_unconfirmed {
                 settle(unconfirmed.next().await)?;
             }
         }
