@@ -25,22 +25,20 @@
 use anyhow::{bail, ensure, Context};
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use lapin::options::{
-    BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
-    ConfirmSelectOptions, ExchangeDeleteOptions, QueueBindOptions, QueueDeclareOptions,
-    QueueDeleteOptions,
+    BasicAckOptions, BasicConsumeOptions, BasicQosOptions, ConfirmSelectOptions, QueueBindOptions,
+    QueueDeclareOptions,
 };
 use lapin::publisher_confirm::Confirmation;
 use lapin::types::{AMQPValue, FieldTable};
-use lapin::{BasicProperties, Channel, Connection};
-use pulseboard::ingest::broker::{connect, Topology};
+use lapin::{Channel, Connection};
+use pulseboard::ingest::broker::{connect, publish_event, Topology};
 use pulseboard::simulate::TrafficGenerator;
-use std::collections::VecDeque;
-use std::process::Stdio;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, Command};
+
+mod support;
+use support::{command_output, metric_sum, num_cores, Service, ServiceOptions, CURRENCY};
 
 const DEFAULT_EVENTS: u64 = 200_000;
 const DEFAULT_AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
@@ -49,16 +47,13 @@ const PREFETCH: u16 = 10_000;
 const ACK_EVERY: u64 = 2_000;
 /// Publisher confirms awaited at once, as in `pulseboard simulate`.
 const MAX_UNCONFIRMED: usize = 20_000;
+/// SIGTERM to exit, at most.
+const STOP_LIMIT: Duration = Duration::from_secs(20);
 const POLL_EVERY: Duration = Duration::from_millis(50);
 /// The run fails if the applied count stops moving for this long.
 const STALL_LIMIT: Duration = Duration::from_secs(60);
-const STARTUP_LIMIT: Duration = Duration::from_secs(30);
-const ADMIN_PASSWORD: &str = "bench-admin-password";
-const CURRENCY: &str = "USD";
 const USERS: u32 = 10_000;
 const PG_PORT: u16 = 5432;
-/// Service log lines kept for the error message of a failed run.
-const LOG_TAIL: usize = 20;
 /// A drain counts as quiet when processes other than the consumer, the broker and the database
 /// used less than this (% of one core) while it ran.
 const QUIET_OTHER: f64 = 25.0;
@@ -305,18 +300,21 @@ async fn measure(
         }
 
         row.quiet &= wait_for_quiet(settings.quiet_limit).await;
-        let mut service = Service::start(settings, names, &database.url).await?;
-        let outcome = service.drain(n).await;
+        let mut service = Service::start(ServiceOptions {
+            amqp_url: &settings.amqp_url,
+            database_url: &database.url,
+            queue_prefix: &names.prefix,
+            exchange: &names.topology.exchange,
+            env: Vec::new(),
+        })
+        .await?;
+        let outcome = drain(&mut service, n).await;
         let tally = &generator.tally;
         let revenue = match &outcome {
-            Ok(_) => {
-                service
-                    .check_revenue(tally.placed_minor - tally.refunded_minor)
-                    .await
-            }
+            Ok(_) => check_revenue(&mut service, tally.placed_minor - tally.refunded_minor).await,
             Err(_) => Ok(()),
         };
-        let stopped = service.stop().await;
+        let stopped = service.stop(STOP_LIMIT).await;
         let (phase, startup) = outcome?;
         revenue?;
         stopped?;
@@ -431,17 +429,7 @@ async fn publish(
     };
     for _ in 0..n {
         let event = generator.next_event(unix_ms());
-        let confirm = publisher
-            .basic_publish(
-                exchange,
-                event.routing_key,
-                BasicPublishOptions::default(),
-                &event.body,
-                BasicProperties::default()
-                    .with_delivery_mode(2)
-                    .with_content_type("application/json".into()),
-            )
-            .await?;
+        let confirm = publish_event(&publisher, exchange, event.routing_key, &event.body).await?;
         unconfirmed.push(confirm);
         while unconfirmed.len() >= MAX_UNCONFIRMED {
             settle(unconfirmed.next().await)?;
@@ -498,250 +486,73 @@ async fn raw_drain(amqp_url: &str, queue: &str, n: u64) -> anyhow::Result<(u64, 
     Ok((n - 1, seconds))
 }
 
-/// A running `pulseboard serve` and its address.
-struct Service {
-    child: Child,
-    /// The last lines the service logged.
-    log: Arc<Mutex<VecDeque<String>>>,
-    base: String,
-    http: reqwest::Client,
-    started: Instant,
-    token: Option<String>,
+/// Polls `/metrics` until `n` events are counted. Returns the drain from the first poll that
+/// saw an event to the one that saw them all, and the time from the service's start to that
+/// first poll.
+async fn drain(service: &mut Service, n: u64) -> anyhow::Result<(Phase, Duration)> {
+    let pid = Some(service.pid);
+    let mut first: Option<(Instant, u64, CpuSample)> = None;
+    let mut last_change = (Instant::now(), 0u64);
+    let mut ticker = tokio::time::interval(POLL_EVERY);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticker.tick().await;
+        service.check_running()?;
+        // Every label set: applied and ignored (generated traffic has nothing else).
+        let count = metric_sum(&service.metrics().await?, "pulseboard_events_total", "") as u64;
+        let now = Instant::now();
+        if count > 0 && first.is_none() {
+            first = Some((now, count, CpuSample::take(pid)));
+        }
+        if count != last_change.1 {
+            last_change = (now, count);
+        } else if now - last_change.0 > STALL_LIMIT {
+            bail!(
+                "the service applied {count} of {n} events, then stalled{}",
+                service.log_tail()
+            );
+        }
+        ensure!(
+            count <= n,
+            "the service counted {count} events, only {n} were sent"
+        );
+        if count == n {
+            let (start, counted_then, cpu_then) = first.context("no first poll")?;
+            let cpu = CpuSample::take(pid).since(&cpu_then);
+            let seconds = (now - start).as_secs_f64();
+            ensure!(
+                seconds > 0.0,
+                "everything was applied between two polls: raise BENCH_EVENTS"
+            );
+            // Events counted before the first poll that saw any are outside the interval.
+            let phase = Phase {
+                events: n - counted_then,
+                seconds,
+                cpu,
+            };
+            return Ok((phase, start - service.started));
+        }
+    }
 }
 
-impl Service {
-    async fn start(settings: &Settings, names: &Names, database_url: &str) -> anyhow::Result<Self> {
-        let binary = env!("CARGO_BIN_EXE_pulseboard");
-        let started = Instant::now();
-        let mut child = Command::new(binary)
-            .arg("serve")
-            .env("PULSEBOARD_BIND", "127.0.0.1:0")
-            .env("DATABASE_URL", database_url)
-            .env("AMQP_URL", &settings.amqp_url)
-            .env("PULSEBOARD_QUEUE_PREFIX", &names.prefix)
-            .env("PULSEBOARD_EXCHANGE", &names.topology.exchange)
-            .env("PULSEBOARD_CURRENCY", CURRENCY)
-            .env("PULSEBOARD_TIMEZONE", "UTC")
-            .env("PULSEBOARD_ADMIN_PASSWORD", ADMIN_PASSWORD)
-            .env("PULSEBOARD_LOG_FORMAT", "text")
-            .env(
-                "RUST_LOG",
-                std::env::var("BENCH_SERVICE_LOG")
-                    .unwrap_or_else(|_| "warn,pulseboard=info".into()),
-            )
-            .env_remove("PULSEBOARD_METRICS_TOKEN")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .with_context(|| format!("starting {binary}"))?;
-        let stderr = child.stderr.take().context("the service's stderr")?;
-        let mut lines = BufReader::new(stderr).lines();
-        let address = tokio::time::timeout(STARTUP_LIMIT, async {
-            while let Some(line) = lines.next_line().await? {
-                eprintln!("  service: {line}");
-                if let Some(rest) = line.split("listening on http://").nth(1) {
-                    let address: String = rest
-                        .chars()
-                        .take_while(|c| !c.is_whitespace() && *c != '"')
-                        .collect();
-                    return Ok(address);
-                }
+/// Waits for a snapshot whose revenue today equals the generator's net revenue.
+async fn check_revenue(service: &mut Service, expected: i64) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut seen = None;
+    while Instant::now() < deadline {
+        if let Some(snapshot) = service.snapshot().await? {
+            let revenue = snapshot["revenue"]["today_minor"].as_i64();
+            if revenue == Some(expected) {
+                return Ok(());
             }
-            bail!("the service exited before listening")
-        })
-        .await
-        .context("the service did not log `listening on http://…` in time")??;
-        // Keep reading stderr so the service never blocks on a full pipe; show warnings, keep
-        // the last lines for the error message if the run fails.
-        let log = Arc::new(Mutex::new(VecDeque::with_capacity(LOG_TAIL)));
-        let tail = log.clone();
-        tokio::spawn(async move {
-            while let Ok(Some(line)) = lines.next_line().await {
-                if !line.contains(" INFO ") {
-                    eprintln!("  service: {line}");
-                }
-                let mut tail = tail.lock().unwrap_or_else(|p| p.into_inner());
-                if tail.len() == LOG_TAIL {
-                    tail.pop_front();
-                }
-                tail.push_back(line);
-            }
-        });
-        Ok(Service {
-            child,
-            log,
-            base: format!("http://{address}"),
-            http: reqwest::Client::builder()
-                .timeout(Duration::from_secs(10))
-                .build()?,
-            started,
-            token: None,
-        })
-    }
-
-    /// Polls `/metrics` until `n` events are counted. Returns the drain from the first poll
-    /// that saw an event to the one that saw them all, and the time to that first poll.
-    async fn drain(&mut self, n: u64) -> anyhow::Result<(Phase, Duration)> {
-        let pid = self.child.id();
-        let mut first: Option<(Instant, u64, CpuSample)> = None;
-        let mut last_change = (Instant::now(), 0u64);
-        let mut ticker = tokio::time::interval(POLL_EVERY);
-        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            ticker.tick().await;
-            if let Some(status) = self.child.try_wait()? {
-                bail!("the service exited early: {status}{}", self.log_tail());
-            }
-            let count = self.events_total().await?;
-            let now = Instant::now();
-            if count > 0 && first.is_none() {
-                first = Some((now, count, CpuSample::take(pid)));
-            }
-            if count != last_change.1 {
-                last_change = (now, count);
-            } else if now - last_change.0 > STALL_LIMIT {
-                bail!(
-                    "the service applied {count} of {n} events, then stalled{}",
-                    self.log_tail()
-                );
-            }
-            ensure!(
-                count <= n,
-                "the service counted {count} events, only {n} were sent"
-            );
-            if count == n {
-                let (start, counted_then, cpu_then) = first.context("no first poll")?;
-                let cpu = CpuSample::take(pid).since(&cpu_then);
-                let seconds = (now - start).as_secs_f64();
-                ensure!(
-                    seconds > 0.0,
-                    "everything was applied between two polls: raise BENCH_EVENTS"
-                );
-                // Events counted before the first poll that saw any are outside the interval.
-                let phase = Phase {
-                    events: n - counted_then,
-                    seconds,
-                    cpu,
-                };
-                return Ok((phase, start - self.started));
-            }
+            seen = revenue;
         }
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
-
-    fn log_tail(&self) -> String {
-        let tail = self.log.lock().unwrap_or_else(|p| p.into_inner());
-        let lines: Vec<&str> = tail.iter().map(String::as_str).collect();
-        format!("; its last log lines:\n  {}", lines.join("\n  "))
-    }
-
-    /// Sum of `pulseboard_events_total` over all label sets.
-    async fn events_total(&self) -> anyhow::Result<u64> {
-        let text = self
-            .http
-            .get(format!("{}/metrics", self.base))
-            .send()
-            .await?
-            .error_for_status()
-            .context("GET /metrics")?
-            .text()
-            .await?;
-        let mut total = 0u64;
-        for line in text.lines() {
-            let Some(rest) = line.strip_prefix("pulseboard_events_total") else {
-                continue;
-            };
-            if !(rest.starts_with('{') || rest.starts_with(' ')) {
-                continue;
-            }
-            let value = rest
-                .rsplit(' ')
-                .next()
-                .and_then(|v| v.parse::<f64>().ok())
-                .with_context(|| format!("unreadable metric line {line:?}"))?;
-            total += value as u64;
-        }
-        Ok(total)
-    }
-
-    /// Waits for a snapshot whose revenue today equals the generator's net revenue.
-    async fn check_revenue(&mut self, expected: i64) -> anyhow::Result<()> {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        let mut seen = None;
-        while Instant::now() < deadline {
-            let snapshot = self.snapshot().await?;
-            if let Some(snapshot) = snapshot {
-                let revenue = snapshot["revenue"]["today_minor"].as_i64();
-                if revenue == Some(expected) {
-                    return Ok(());
-                }
-                seen = revenue;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        bail!(
-            "REVENUE MISMATCH: the snapshot says today_minor = {seen:?}, \
-             the generator sent a net {expected} (placed - refunded)"
-        )
-    }
-
-    /// The current snapshot, signing in first if the API asks for credentials.
-    async fn snapshot(&mut self) -> anyhow::Result<Option<serde_json::Value>> {
-        let url = format!("{}/api/dashboard/snapshot", self.base);
-        let mut request = self.http.get(&url);
-        if let Some(token) = &self.token {
-            request = request.bearer_auth(token);
-        }
-        let response = request.send().await?;
-        match response.status().as_u16() {
-            200 => Ok(Some(response.json().await?)),
-            503 => Ok(None),
-            401 | 403 if self.token.is_none() => {
-                self.token = Some(self.sign_in().await?);
-                Ok(None)
-            }
-            status => bail!("GET /api/dashboard/snapshot answered {status}"),
-        }
-    }
-
-    async fn sign_in(&self) -> anyhow::Result<String> {
-        let body: serde_json::Value = self
-            .http
-            .post(format!("{}/api/auth/token", self.base))
-            .json(&serde_json::json!({"username": "admin", "password": ADMIN_PASSWORD}))
-            .send()
-            .await?
-            .error_for_status()
-            .context("POST /api/auth/token")?
-            .json()
-            .await?;
-        body["access_token"]
-            .as_str()
-            .map(str::to_owned)
-            .context("no access_token in the token answer")
-    }
-
-    /// SIGTERM, then waits for a clean exit (kills it after 20 s).
-    async fn stop(mut self) -> anyhow::Result<()> {
-        let pid = self.child.id().context("the service already exited")?;
-        let status = std::process::Command::new("kill")
-            .args(["-TERM", &pid.to_string()])
-            .status()
-            .context("running kill -TERM")?;
-        ensure!(status.success(), "kill -TERM {pid} failed");
-        match tokio::time::timeout(Duration::from_secs(20), self.child.wait()).await {
-            Ok(status) => {
-                let status = status?;
-                ensure!(status.success(), "the service exited with {status}");
-                Ok(())
-            }
-            Err(_) => {
-                let _ = self.child.kill().await;
-                bail!("the service did not stop within 20 s of SIGTERM")
-            }
-        }
-    }
+    bail!(
+        "REVENUE MISMATCH: the snapshot says today_minor = {seen:?}, \
+         the generator sent a net {expected} (placed - refunded)"
+    )
 }
 
 /// The database of one run: a temporary SQLite file or a fresh PostgreSQL database.
@@ -807,29 +618,9 @@ fn psql(settings: &Settings, sql: &str) -> anyhow::Result<String> {
 async fn delete_topology(amqp_url: &str, names: &Names) -> anyhow::Result<()> {
     let connection = connect(amqp_url, "pulseboard bench cleanup").await?;
     let channel = connection.create_channel().await?;
-    let topology = &names.topology;
-    for queue in [
-        &topology.events_queue,
-        &names.raw_queue,
-        &topology.dead_queue,
-    ] {
-        channel
-            .queue_delete(queue, QueueDeleteOptions::default())
-            .await
-            .with_context(|| format!("deleting queue {queue}"))?;
-    }
-    for exchange in [
-        &topology.exchange,
-        &topology.dead_exchange,
-        &topology.live_exchange,
-    ] {
-        channel
-            .exchange_delete(exchange, ExchangeDeleteOptions::default())
-            .await
-            .with_context(|| format!("deleting exchange {exchange}"))?;
-    }
+    let deleted = support::delete_topology(&channel, &names.topology, &[&names.raw_queue]).await;
     let _ = connection.close(200, "cleaned up").await;
-    Ok(())
+    deleted
 }
 
 /// Waits until the machine is nearly idle, at most `limit`; says whether it became so.
@@ -1183,18 +974,6 @@ fn print_machine(background: f64) {
     println!();
 }
 
-fn command_output(program: &str, args: &[&str]) -> String {
-    std::process::Command::new(program)
-        .args(args)
-        .stderr(Stdio::null())
-        .output()
-        .ok()
-        .filter(|o| o.status.success())
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
-        .filter(|s| !s.is_empty())
-        .unwrap_or_else(|| "unknown".into())
-}
-
 fn print_table(rows: &[Row]) {
     if rows.is_empty() {
         return;
@@ -1279,8 +1058,4 @@ fn print_table(rows: &[Row]) {
             verdict(applied >= 20_000.0),
         );
     }
-}
-
-fn num_cores() -> usize {
-    std::thread::available_parallelism().map_or(1, |n| n.get())
 }

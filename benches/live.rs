@@ -32,19 +32,20 @@
 
 use anyhow::{bail, ensure, Context};
 use futures_util::stream::{FuturesUnordered, StreamExt};
-use lapin::options::{
-    BasicPublishOptions, ConfirmSelectOptions, ExchangeDeleteOptions, QueueDeleteOptions,
-};
+use lapin::options::ConfirmSelectOptions;
 use lapin::publisher_confirm::Confirmation;
-use lapin::{BasicProperties, Channel};
-use pulseboard::ingest::broker::{connect, Topology};
+use pulseboard::ingest::broker::{connect, publish_event, Topology};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::process::{Child, Command};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+mod support;
+use support::{
+    command_output, delete_topology, metric_sum, num_cores, Service, ServiceOptions, CURRENCY,
+    STARTUP_LIMIT,
+};
 
 const DEFAULT_CLIENTS: &str = "1000,10000";
 const DEFAULT_RATE: u64 = 5_000;
@@ -62,6 +63,8 @@ const LATENCY_SLACK_MS: u64 = 50;
 const MAX_KIB_PER_IDLE_CONNECTION: f64 = 20.0;
 /// Latency samples of orders published in the first seconds of the load are left out.
 const WARM_UP: Duration = Duration::from_secs(5);
+/// SIGTERM to exit, at most.
+const STOP_LIMIT: Duration = Duration::from_secs(30);
 /// After the last publish: time for the last snapshot to reach every client.
 const DRAIN: Duration = Duration::from_secs(3);
 const IDLE_SETTLE: Duration = Duration::from_secs(2);
@@ -86,9 +89,6 @@ const DISTURBED_OTHER: f64 = 10.0;
 /// hold the backlog in the publisher's connection, counted in the latency; a small one makes the
 /// publisher fall behind its schedule instead (reported as "publisher max behind").
 const DEFAULT_UNCONFIRMED: u64 = 20_000;
-const STARTUP_LIMIT: Duration = Duration::from_secs(30);
-const ADMIN_PASSWORD: &str = "bench-admin-password";
-const CURRENCY: &str = "USD";
 /// A case starts once the whole machine used less than this (% of one core) over a second.
 const QUIET_BUSY: f64 = 25.0;
 /// Names of this process's threads, to tell the clients' CPU from the publisher's.
@@ -289,7 +289,7 @@ async fn run_case(settings: &Settings, n: usize) -> anyhow::Result<Row> {
         folder.path().join("live.db").display()
     );
     let result = measure(settings, n, &names, &database_url).await;
-    let cleanup = delete_topology(&channel, &names.topology).await;
+    let cleanup = delete_topology(&channel, &names.topology, &[]).await;
     let _ = connection.close(200, "bench done").await;
     let row = result?;
     cleanup.context("deleting the bench topology")?;
@@ -303,9 +303,20 @@ async fn measure(
     database_url: &str,
 ) -> anyhow::Result<Row> {
     let quiet = wait_for_quiet(settings.quiet_limit).await;
-    let mut service = Service::start(settings, names, database_url).await?;
+    let mut service = Service::start(ServiceOptions {
+        amqp_url: &settings.amqp_url,
+        database_url,
+        queue_prefix: &names.prefix,
+        exchange: &names.topology.exchange,
+        env: vec![(
+            "PULSEBOARD_SNAPSHOT_INTERVAL_MS",
+            SNAPSHOT_INTERVAL_MS.to_string(),
+        )],
+    })
+    .await?;
+    eprintln!("service pid {}", service.pid);
     let outcome = drive(settings, n, names, &mut service, quiet).await;
-    let stop = service.stop().await;
+    let stop = service.stop(STOP_LIMIT).await;
     let mut row = outcome?;
     row.stop_seconds = stop?;
     Ok(row)
@@ -319,9 +330,9 @@ async fn drive(
     service: &mut Service,
     quiet: bool,
 ) -> anyhow::Result<Row> {
-    service.wait_for_snapshot().await?;
-    let path = service.stream_path();
-    let server: SocketAddr = service.address.parse().context("the service's address")?;
+    wait_for_snapshot(service).await?;
+    let path = stream_path(service);
+    let server: SocketAddr = service.address().parse().context("the service's address")?;
     tokio::time::sleep(Duration::from_secs(1)).await;
     let rss_before_kib = rss_kib(service.pid);
     let bench_rss_before = rss_kib(std::process::id());
@@ -1014,17 +1025,8 @@ async fn publish(
             let body = order(run, sent);
             // Stored before the publish: once the order can reach the service, its time is here.
             shared.published_at[sent as usize].store(shared.now_us(), Ordering::Release);
-            let confirm = channel
-                .basic_publish(
-                    exchange,
-                    "order.placed",
-                    BasicPublishOptions::default(),
-                    body.as_bytes(),
-                    BasicProperties::default()
-                        .with_delivery_mode(2)
-                        .with_content_type("application/json".into()),
-                )
-                .await?;
+            let confirm =
+                publish_event(&channel, exchange, "order.placed", body.as_bytes()).await?;
             unconfirmed.push(confirm);
             while unconfirmed.len() >= max_unconfirmed {
                 settle(unconfirmed.next().await)?;
@@ -1057,179 +1059,25 @@ fn order(run: &str, k: u64) -> String {
     )
 }
 
-/// A running `pulseboard serve` and its address.
-struct Service {
-    child: Child,
-    pid: u32,
-    address: String,
-    http: reqwest::Client,
-    token: Option<String>,
+/// Waits for the first snapshot (published at the leader's first tick), signing in if the API
+/// asks for credentials.
+async fn wait_for_snapshot(service: &mut Service) -> anyhow::Result<()> {
+    let deadline = Instant::now() + STARTUP_LIMIT;
+    while Instant::now() < deadline {
+        if service.snapshot().await?.is_some() {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    bail!("no snapshot within {STARTUP_LIMIT:?}")
 }
 
-impl Service {
-    async fn start(settings: &Settings, names: &Names, database_url: &str) -> anyhow::Result<Self> {
-        let binary = env!("CARGO_BIN_EXE_pulseboard");
-        let mut child = Command::new(binary)
-            .arg("serve")
-            .env("PULSEBOARD_BIND", "127.0.0.1:0")
-            .env("DATABASE_URL", database_url)
-            .env("AMQP_URL", &settings.amqp_url)
-            .env("PULSEBOARD_QUEUE_PREFIX", &names.prefix)
-            .env("PULSEBOARD_EXCHANGE", &names.topology.exchange)
-            .env(
-                "PULSEBOARD_SNAPSHOT_INTERVAL_MS",
-                SNAPSHOT_INTERVAL_MS.to_string(),
-            )
-            .env("PULSEBOARD_CURRENCY", CURRENCY)
-            .env("PULSEBOARD_TIMEZONE", "UTC")
-            .env("PULSEBOARD_ADMIN_PASSWORD", ADMIN_PASSWORD)
-            .env("PULSEBOARD_LOG_FORMAT", "text")
-            .env(
-                "RUST_LOG",
-                std::env::var("BENCH_SERVICE_LOG")
-                    .unwrap_or_else(|_| "warn,pulseboard=info".into()),
-            )
-            .env_remove("PULSEBOARD_METRICS_TOKEN")
-            .env_remove("PULSEBOARD_TLS_CERT")
-            .env_remove("PULSEBOARD_TLS_KEY")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .with_context(|| format!("starting {binary}"))?;
-        let pid = child.id().context("the service's pid")?;
-        eprintln!("service pid {pid}");
-        let stderr = child.stderr.take().context("the service's stderr")?;
-        let mut lines = BufReader::new(stderr).lines();
-        let address = tokio::time::timeout(STARTUP_LIMIT, async {
-            while let Some(line) = lines.next_line().await? {
-                eprintln!("  service: {line}");
-                if let Some(rest) = line.split("listening on http://").nth(1) {
-                    let address: String = rest
-                        .chars()
-                        .take_while(|c| !c.is_whitespace() && *c != '"')
-                        .collect();
-                    return Ok(address);
-                }
-            }
-            bail!("the service exited before listening")
-        })
-        .await
-        .context("the service did not log `listening on http://…` in time")??;
-        // Keep reading stderr so the service never blocks on a full pipe; show warnings.
-        tokio::spawn(async move {
-            while let Ok(Some(line)) = lines.next_line().await {
-                if !line.contains(" INFO ") {
-                    eprintln!("  service: {line}");
-                }
-            }
-        });
-        Ok(Service {
-            child,
-            pid,
-            address,
-            http: reqwest::Client::builder()
-                .timeout(Duration::from_secs(10))
-                .build()?,
-            token: None,
-        })
+/// The stream's path, with `?access_token=` when the service wants credentials.
+fn stream_path(service: &Service) -> String {
+    match service.token() {
+        Some(token) => format!("/api/dashboard/stream?access_token={token}"),
+        None => "/api/dashboard/stream".to_owned(),
     }
-
-    fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.address)
-    }
-
-    /// Waits for the first snapshot (published at the leader's first tick), signing in if the
-    /// API asks for credentials.
-    async fn wait_for_snapshot(&mut self) -> anyhow::Result<()> {
-        let deadline = Instant::now() + STARTUP_LIMIT;
-        while Instant::now() < deadline {
-            let mut request = self.http.get(self.url("/api/dashboard/snapshot"));
-            if let Some(token) = &self.token {
-                request = request.bearer_auth(token);
-            }
-            match request.send().await?.status().as_u16() {
-                200 => return Ok(()),
-                401 | 403 if self.token.is_none() => self.token = Some(self.sign_in().await?),
-                503 => {}
-                status => bail!("GET /api/dashboard/snapshot answered {status}"),
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        bail!("no snapshot within {STARTUP_LIMIT:?}")
-    }
-
-    /// The stream's path, with `?access_token=` when the service wants credentials.
-    fn stream_path(&self) -> String {
-        match &self.token {
-            Some(token) => format!("/api/dashboard/stream?access_token={token}"),
-            None => "/api/dashboard/stream".to_owned(),
-        }
-    }
-
-    async fn sign_in(&self) -> anyhow::Result<String> {
-        let body: serde_json::Value = self
-            .http
-            .post(self.url("/api/auth/token"))
-            .json(&serde_json::json!({"username": "admin", "password": ADMIN_PASSWORD}))
-            .send()
-            .await?
-            .error_for_status()
-            .context("POST /api/auth/token")?
-            .json()
-            .await?;
-        body["access_token"]
-            .as_str()
-            .map(str::to_owned)
-            .context("no access_token in the token answer")
-    }
-
-    async fn metrics(&self) -> anyhow::Result<String> {
-        Ok(self
-            .http
-            .get(self.url("/metrics"))
-            .send()
-            .await?
-            .error_for_status()
-            .context("GET /metrics")?
-            .text()
-            .await?)
-    }
-
-    /// SIGTERM, then waits for a clean exit (kills it after 30 s); returns how long it took.
-    async fn stop(mut self) -> anyhow::Result<f64> {
-        let started = Instant::now();
-        let status = std::process::Command::new("kill")
-            .args(["-TERM", &self.pid.to_string()])
-            .status()
-            .context("running kill -TERM")?;
-        ensure!(status.success(), "kill -TERM {} failed", self.pid);
-        match tokio::time::timeout(Duration::from_secs(30), self.child.wait()).await {
-            Ok(status) => {
-                let status = status?;
-                ensure!(status.success(), "the service exited with {status}");
-                Ok(started.elapsed().as_secs_f64())
-            }
-            Err(_) => {
-                let _ = self.child.kill().await;
-                bail!("the service did not stop within 30 s of SIGTERM")
-            }
-        }
-    }
-}
-
-/// Sum of the samples of `name` (exactly; not its `_bucket` and the like) whose labels contain
-/// `label`.
-fn metric_sum(text: &str, name: &str, label: &str) -> f64 {
-    text.lines()
-        .filter(|line| {
-            line.strip_prefix(name)
-                .is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' '))
-                && line.contains(label)
-        })
-        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
 }
 
 /// Mean of histogram `name` (seconds) between two scrapes, in ms; NaN without samples.
@@ -1288,26 +1136,6 @@ fn server_latency(before: &str, after: &str) -> String {
             })
     };
     format!("{} / {}", bound(0.5), bound(0.99))
-}
-
-async fn delete_topology(channel: &Channel, topology: &Topology) -> anyhow::Result<()> {
-    for queue in [&topology.events_queue, &topology.dead_queue] {
-        channel
-            .queue_delete(queue, QueueDeleteOptions::default())
-            .await
-            .with_context(|| format!("deleting queue {queue}"))?;
-    }
-    for exchange in [
-        &topology.exchange,
-        &topology.dead_exchange,
-        &topology.live_exchange,
-    ] {
-        channel
-            .exchange_delete(exchange, ExchangeDeleteOptions::default())
-            .await
-            .with_context(|| format!("deleting exchange {exchange}"))?;
-    }
-    Ok(())
 }
 
 /// Resident memory of a process (VmRSS), KiB.
@@ -1525,10 +1353,6 @@ fn process_ticks(stat_path: &str) -> u64 {
     field(11) + field(12)
 }
 
-fn num_cores() -> usize {
-    std::thread::available_parallelism().map_or(1, |n| n.get())
-}
-
 fn print_machine() {
     let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
     let model = cpuinfo
@@ -1562,18 +1386,6 @@ fn print_machine() {
         command_output("rustc", &["--version"])
     );
     println!();
-}
-
-fn command_output(program: &str, args: &[&str]) -> String {
-    std::process::Command::new(program)
-        .args(args)
-        .stderr(Stdio::null())
-        .output()
-        .ok()
-        .filter(|o| o.status.success())
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
-        .filter(|s| !s.is_empty())
-        .unwrap_or_else(|| "unknown".into())
 }
 
 fn print_tables(settings: &Settings, rows: &[Row]) {

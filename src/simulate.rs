@@ -8,11 +8,10 @@
 use crate::aggregate::Millis;
 use crate::clock::{now_ms, rfc3339};
 use crate::config::SimulateArgs;
-use crate::ingest::broker::{connect, BrokerError, Topology};
+use crate::ingest::broker::{connect, publish_event, BrokerError, Topology};
 use futures_util::stream::{FuturesUnordered, StreamExt};
-use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
+use lapin::options::ConfirmSelectOptions;
 use lapin::publisher_confirm::Confirmation;
-use lapin::BasicProperties;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde::Serialize;
@@ -159,17 +158,13 @@ pub async fn run(args: SimulateArgs) -> Result<(), SimulateError> {
         let due = (now - started).as_secs_f64() * f64::from(args.rate);
         while (generator.tally.sent as f64) < due {
             let event = generator.next_event(now_ms());
-            let confirm = channel
-                .basic_publish(
-                    &args.broker.exchange,
-                    event.routing_key,
-                    BasicPublishOptions::default(),
-                    &event.body,
-                    BasicProperties::default()
-                        .with_delivery_mode(2)
-                        .with_content_type("application/json".into()),
-                )
-                .await?;
+            let confirm = publish_event(
+                &channel,
+                &args.broker.exchange,
+                event.routing_key,
+                &event.body,
+            )
+            .await?;
             unconfirmed.push(confirm);
             while unconfirmed.len() >= MAX_UNCONFIRMED {
                 tally_confirm(unconfirmed.next().await, &mut confirmed, &mut refused)?;

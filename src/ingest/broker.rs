@@ -248,6 +248,27 @@ impl ConsumerLink {
     }
 }
 
+/// Publishes one event the way producers should (SPEC §3): persistent, JSON. On a channel in
+/// confirm mode, await the returned confirm to know the broker has it.
+pub async fn publish_event(
+    channel: &Channel,
+    exchange: &str,
+    routing_key: &str,
+    body: &[u8],
+) -> Result<PublisherConfirm, lapin::Error> {
+    channel
+        .basic_publish(
+            exchange,
+            routing_key,
+            BasicPublishOptions::default(),
+            body,
+            BasicProperties::default()
+                .with_delivery_mode(2)
+                .with_content_type("application/json".into()),
+        )
+        .await
+}
+
 /// Waits for the broker's verdict on a dead letter.
 pub async fn confirmed(confirm: PublisherConfirm) -> Result<(), BrokerError> {
     match confirm.await? {

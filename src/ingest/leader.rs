@@ -105,7 +105,7 @@ struct Leader<'a> {
     next_seq: i64,
     seq_end: i64,
     gathering: Batch,
-    committing: Option<Committing>,
+    committing: Option<Commit>,
     last_renewed: Instant,
     current_minute: Millis,
     last_prune: Instant,
@@ -201,8 +201,8 @@ impl<'a> Leader<'a> {
         .await;
         // A commit still running must land (or fail) before the next term rebuilds the figures
         // from the store, or its events would be missing there and then refused as duplicates.
-        if let Some(committing) = self.committing.take() {
-            let _ = committing.commit.await;
+        if let Some(commit) = self.committing.take() {
+            let _ = commit.await;
         }
         match result {
             Ok(()) => LeadEnd::Shutdown,
@@ -288,38 +288,30 @@ impl<'a> Leader<'a> {
         if self.gathering.messages == 0 || self.committing.is_some() {
             return;
         }
-        let batch = std::mem::replace(
+        let mut batch = std::mem::replace(
             &mut self.gathering,
             Batch::with_capacity(self.context.settings.max_batch),
         );
         if batch.events.is_empty() {
-            let mut batch = batch;
             self.acknowledge_committed(&mut batch, feed).await;
             return;
         }
         let store = self.context.store.clone();
         let lease = self.lease.clone();
         let timezone = self.context.settings.aggregate.timezone;
-        let events = batch.events;
-        let messages = batch.messages;
-        let commit = tokio::spawn(async move {
+        self.committing = Some(tokio::spawn(async move {
             let started = Instant::now();
-            let applied = store.apply_batch(&lease, &events, timezone, now_ms()).await;
+            let applied = store
+                .apply_batch(&lease, &batch.events, timezone, now_ms())
+                .await;
             tracing::debug!(
-                messages,
-                events = events.len(),
+                messages = batch.messages,
+                events = batch.events.len(),
                 commit_ms = started.elapsed().as_secs_f64() * 1e3,
                 "batch committed"
             );
-            (events, applied)
-        });
-        self.committing = Some(Committing {
-            commit,
-            rest: Batch {
-                events: Vec::new(),
-                ..batch
-            },
-        });
+            (batch, applied)
+        }));
     }
 
     /// Waits for the batch being committed, if any, and finishes it.
@@ -334,11 +326,10 @@ impl<'a> Leader<'a> {
     /// Acknowledges and applies a batch whose commit returned: the exactly-once step.
     async fn on_committed(
         &mut self,
-        committed: Committed,
+        committed: Result<(Batch, Applied), LeadEnd>,
         feed: &mut Feed<'_>,
     ) -> Result<(), LeadEnd> {
-        let Committed { mut batch, applied } = committed;
-        let applied = applied?;
+        let (mut batch, applied) = committed?;
         self.last_renewed = Instant::now();
         // Committed: the events count from now on, whatever happens to the acknowledgement.
         // If it fails, the broker redelivers them and the store recognises them as duplicates.
@@ -354,16 +345,13 @@ impl<'a> Leader<'a> {
         let (Some(last_tag), true) = (batch.last_tag, batch.link == feed.link_generation()) else {
             return;
         };
-        let mut acknowledged = Ok(());
-        for confirm in batch.confirms.drain(..) {
-            acknowledged = confirmed(confirm).await;
-            if acknowledged.is_err() {
-                break;
+        let acknowledged = async {
+            for confirm in batch.confirms.drain(..) {
+                confirmed(confirm).await?;
             }
+            feed.ack_through(last_tag).await
         }
-        if acknowledged.is_ok() {
-            acknowledged = feed.ack_through(last_tag).await;
-        }
+        .await;
         if let Err(error) = acknowledged {
             self.link_failed(feed, error);
         }
@@ -569,36 +557,19 @@ impl Batch {
     }
 }
 
-/// A batch whose events are being committed by `commit`; the rest of it waits here.
-struct Committing {
-    commit: JoinHandle<(Vec<Event>, Result<Applied, StoreError>)>,
-    rest: Batch,
-}
-
-struct Committed {
-    batch: Batch,
-    applied: Result<Applied, LeadEnd>,
-}
+/// The task committing a batch; it hands the batch back with the outcome.
+type Commit = JoinHandle<(Batch, Result<Applied, StoreError>)>;
 
 /// The outcome of the commit in flight; never ready when there is none. Cancel-safe.
-async fn wait_for(committing: &mut Option<Committing>) -> Committed {
+async fn wait_for(committing: &mut Option<Commit>) -> Result<(Batch, Applied), LeadEnd> {
     let outcome = match committing {
-        Some(in_flight) => (&mut in_flight.commit).await,
+        Some(commit) => commit.await,
         None => std::future::pending().await,
     };
-    let mut rest = committing
-        .take()
-        .map_or_else(|| Batch::with_capacity(0), |done| done.rest);
-    let applied = match outcome {
-        Ok((events, applied)) => {
-            rest.events = events;
-            applied.map_err(LeadEnd::from)
-        }
+    *committing = None;
+    match outcome {
+        Ok((batch, applied)) => Ok((batch, applied?)),
         Err(error) => Err(LeadEnd::CommitTask(error.to_string())),
-    };
-    Committed {
-        batch: rest,
-        applied,
     }
 }
 

@@ -30,6 +30,9 @@ pub enum Sent {
 }
 
 impl Sent {
+    /// In declaration order, so that `kind as usize` indexes a per-kind array built from it.
+    const ALL: [Sent; 3] = [Sent::Snapshot, Sent::Announcement, Sent::Heartbeat];
+
     pub fn label(self) -> &'static str {
         match self {
             Sent::Snapshot => "snapshot",
@@ -61,7 +64,7 @@ impl ConnectionGuard {
         if resuming {
             metrics.reconnects.with_label_values(&label).inc();
         }
-        let sent = [Sent::Snapshot, Sent::Announcement, Sent::Heartbeat].map(|kind| {
+        let sent = Sent::ALL.map(|kind| {
             metrics
                 .messages_sent
                 .with_label_values(&[label[0], kind.label()])

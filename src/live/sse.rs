@@ -22,9 +22,9 @@ use serde::Deserialize;
 use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::pin::Pin;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio::sync::broadcast::error::RecvError;
-use tokio::time::Sleep;
+use tokio::time::{Instant, Sleep};
 
 /// Reconnection delay suggested to EventSource clients.
 const RETRY_MS: u64 = 2_000;
@@ -96,7 +96,6 @@ pub async fn stream(
         heartbeat: state.live.heartbeat,
         quiet: Box::pin(tokio::time::sleep(state.live.heartbeat)),
         stall_timeout: state.live.stall_timeout,
-        last_write: Instant::now(),
         closing: state.hub.closing(),
         hub: state.hub.clone(),
         guard,
@@ -116,10 +115,9 @@ struct SseClient {
     last_announcement: i64,
     last_index: u64,
     heartbeat: Duration,
-    /// Fires after `heartbeat` without a write; one timer per connection, reset on each write.
+    /// Fires `heartbeat` after the last write; one timer per connection, reset on each write.
     quiet: Pin<Box<Sleep>>,
     stall_timeout: Duration,
-    last_write: Instant,
     closing: tokio_util::sync::CancellationToken,
     hub: super::Hub,
     guard: ConnectionGuard,
@@ -131,7 +129,7 @@ impl Drop for SseClient {
         // except that we had something to send and could not for a long while.
         let behind = self.hub.last_announcement() > self.last_announcement
             || self.hub.latest().is_some_and(|p| p.index > self.last_index);
-        if behind && self.last_write.elapsed() >= self.stall_timeout / 2 {
+        if behind && self.last_write().elapsed() >= self.stall_timeout / 2 {
             self.guard.set_reason("slow_client");
         }
     }
@@ -192,10 +190,12 @@ async fn next_chunk(mut client: SseClient) -> Option<(Result<Bytes, Infallible>,
 
 impl SseClient {
     fn wrote(&mut self, chunk: Bytes) -> Bytes {
-        self.last_write = Instant::now();
-        self.quiet
-            .as_mut()
-            .reset(tokio::time::Instant::now() + self.heartbeat);
+        self.quiet.as_mut().reset(Instant::now() + self.heartbeat);
         chunk
+    }
+
+    /// When the connection last wrote (or opened): the quiet timer was set from it.
+    fn last_write(&self) -> Instant {
+        self.quiet.deadline() - self.heartbeat
     }
 }

@@ -7,7 +7,7 @@
 //! transaction commits.
 //!
 //! `sqlx::AnyPool`s serve both backends; their SQL is shared (placeholders `$N`, `ON CONFLICT`,
-//! `RETURNING`), only the migrations differ. SQLite gets one writer connection, so writers take
+//! `RETURNING`; the batch insert writes `?` for SQLite), only the migrations differ. SQLite gets one writer connection, so writers take
 //! turns in order, and a pool of read-only connections beside it; PostgreSQL one pool for both.
 //! Sums are cast to BIGINT because PostgreSQL's NUMERIC has no portable decoding.
 
@@ -73,8 +73,8 @@ pub struct Applied {
 #[derive(Clone, Debug)]
 pub struct Store {
     /// Every statement that writes. For SQLite one connection, so writers queue here in
-    /// order: SQLite's own busy wait lets a writer that commits back to back (the leader under
-    /// load) starve the others for seconds. Its page cache also stays warm between batches.
+    /// order instead of retrying in SQLite's sleeping busy wait, which promises no order while
+    /// the leader commits batch after batch. Its page cache also stays warm between batches.
     writer: AnyPool,
     /// Statements that only read. For SQLite, connections that read beside the writer (WAL)
     /// and refuse to write (`query_only`); for PostgreSQL the same pool as `writer`.

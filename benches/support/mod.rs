@@ -1,0 +1,278 @@
+//! What both benchmarks need: the release `pulseboard serve` as a child process (started,
+//! signed in, read, stopped) and a few readings of this machine.
+//!
+//! Each benchmark uses a part of it.
+#![allow(dead_code)]
+
+use anyhow::{bail, ensure, Context};
+use lapin::options::{ExchangeDeleteOptions, QueueDeleteOptions};
+use lapin::Channel;
+use pulseboard::ingest::broker::Topology;
+use std::collections::VecDeque;
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+pub const ADMIN_PASSWORD: &str = "bench-admin-password";
+pub const CURRENCY: &str = "USD";
+pub const STARTUP_LIMIT: Duration = Duration::from_secs(30);
+/// Lines of the service's log kept for an error message.
+const LOG_TAIL: usize = 20;
+
+/// How to start the service: its broker, database and names, and any further variables.
+pub struct ServiceOptions<'a> {
+    pub amqp_url: &'a str,
+    pub database_url: &'a str,
+    pub queue_prefix: &'a str,
+    pub exchange: &'a str,
+    pub env: Vec<(&'static str, String)>,
+}
+
+/// A running `pulseboard serve` and its address.
+pub struct Service {
+    child: Child,
+    pub pid: u32,
+    /// `host:port` it listens on.
+    address: String,
+    http: reqwest::Client,
+    token: Option<String>,
+    /// The last lines the service logged.
+    log: Arc<Mutex<VecDeque<String>>>,
+    /// When the process was spawned.
+    pub started: Instant,
+}
+
+impl Service {
+    /// Spawns the service on a free port and waits until it logs where it listens. Its log
+    /// goes to stderr, except the INFO lines after start-up (`BENCH_SERVICE_LOG` sets its
+    /// `RUST_LOG`; the default keeps `pulseboard=info`, which logs the address).
+    pub async fn start(options: ServiceOptions<'_>) -> anyhow::Result<Service> {
+        let binary = env!("CARGO_BIN_EXE_pulseboard");
+        let started = Instant::now();
+        let mut child = Command::new(binary)
+            .arg("serve")
+            .env("PULSEBOARD_BIND", "127.0.0.1:0")
+            .env("DATABASE_URL", options.database_url)
+            .env("AMQP_URL", options.amqp_url)
+            .env("PULSEBOARD_QUEUE_PREFIX", options.queue_prefix)
+            .env("PULSEBOARD_EXCHANGE", options.exchange)
+            .env("PULSEBOARD_CURRENCY", CURRENCY)
+            .env("PULSEBOARD_TIMEZONE", "UTC")
+            .env("PULSEBOARD_ADMIN_PASSWORD", ADMIN_PASSWORD)
+            .env("PULSEBOARD_LOG_FORMAT", "text")
+            .env(
+                "RUST_LOG",
+                std::env::var("BENCH_SERVICE_LOG")
+                    .unwrap_or_else(|_| "warn,pulseboard=info".into()),
+            )
+            .env_remove("PULSEBOARD_METRICS_TOKEN")
+            .env_remove("PULSEBOARD_TLS_CERT")
+            .env_remove("PULSEBOARD_TLS_KEY")
+            .envs(options.env)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("starting {binary}"))?;
+        let pid = child.id().context("the service's pid")?;
+        let stderr = child.stderr.take().context("the service's stderr")?;
+        let mut lines = BufReader::new(stderr).lines();
+        let address = tokio::time::timeout(STARTUP_LIMIT, async {
+            while let Some(line) = lines.next_line().await? {
+                eprintln!("  service: {line}");
+                if let Some(rest) = line.split("listening on http://").nth(1) {
+                    let address: String = rest
+                        .chars()
+                        .take_while(|c| !c.is_whitespace() && *c != '"')
+                        .collect();
+                    return Ok(address);
+                }
+            }
+            bail!("the service exited before listening")
+        })
+        .await
+        .context("the service did not log `listening on http://…` in time")??;
+        // Keep reading stderr so the service never blocks on a full pipe; show warnings, keep
+        // the last lines for the error message if the run fails.
+        let log = Arc::new(Mutex::new(VecDeque::with_capacity(LOG_TAIL)));
+        let tail = log.clone();
+        tokio::spawn(async move {
+            while let Ok(Some(line)) = lines.next_line().await {
+                if !line.contains(" INFO ") {
+                    eprintln!("  service: {line}");
+                }
+                let mut tail = tail.lock().unwrap_or_else(|p| p.into_inner());
+                if tail.len() == LOG_TAIL {
+                    tail.pop_front();
+                }
+                tail.push_back(line);
+            }
+        });
+        Ok(Service {
+            child,
+            pid,
+            address,
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(10))
+                .build()?,
+            token: None,
+            log,
+            started,
+        })
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.address)
+    }
+
+    pub fn address(&self) -> &str {
+        &self.address
+    }
+
+    /// The access token, once `snapshot` had to sign in.
+    pub fn token(&self) -> Option<&str> {
+        self.token.as_deref()
+    }
+
+    /// Fails if the process has already exited.
+    pub fn check_running(&mut self) -> anyhow::Result<()> {
+        if let Some(status) = self.child.try_wait()? {
+            bail!("the service exited early: {status}{}", self.log_tail());
+        }
+        Ok(())
+    }
+
+    pub fn log_tail(&self) -> String {
+        let tail = self.log.lock().unwrap_or_else(|p| p.into_inner());
+        let lines: Vec<&str> = tail.iter().map(String::as_str).collect();
+        format!("; its last log lines:\n  {}", lines.join("\n  "))
+    }
+
+    pub async fn metrics(&self) -> anyhow::Result<String> {
+        Ok(self
+            .http
+            .get(self.url("/metrics"))
+            .send()
+            .await?
+            .error_for_status()
+            .context("GET /metrics")?
+            .text()
+            .await?)
+    }
+
+    /// The current snapshot (`None` before the first one), signing in first if the API asks
+    /// for credentials.
+    pub async fn snapshot(&mut self) -> anyhow::Result<Option<serde_json::Value>> {
+        let mut request = self.http.get(self.url("/api/dashboard/snapshot"));
+        if let Some(token) = &self.token {
+            request = request.bearer_auth(token);
+        }
+        let response = request.send().await?;
+        match response.status().as_u16() {
+            200 => Ok(Some(response.json().await?)),
+            503 => Ok(None),
+            401 | 403 if self.token.is_none() => {
+                self.token = Some(self.sign_in().await?);
+                Ok(None)
+            }
+            status => bail!("GET /api/dashboard/snapshot answered {status}"),
+        }
+    }
+
+    async fn sign_in(&self) -> anyhow::Result<String> {
+        let body: serde_json::Value = self
+            .http
+            .post(self.url("/api/auth/token"))
+            .json(&serde_json::json!({"username": "admin", "password": ADMIN_PASSWORD}))
+            .send()
+            .await?
+            .error_for_status()
+            .context("POST /api/auth/token")?
+            .json()
+            .await?;
+        body["access_token"]
+            .as_str()
+            .map(str::to_owned)
+            .context("no access_token in the token answer")
+    }
+
+    /// SIGTERM, then waits for a clean exit (kills it after `limit`); returns how long it took.
+    pub async fn stop(mut self, limit: Duration) -> anyhow::Result<f64> {
+        let started = Instant::now();
+        let status = std::process::Command::new("kill")
+            .args(["-TERM", &self.pid.to_string()])
+            .status()
+            .context("running kill -TERM")?;
+        ensure!(status.success(), "kill -TERM {} failed", self.pid);
+        match tokio::time::timeout(limit, self.child.wait()).await {
+            Ok(status) => {
+                let status = status?;
+                ensure!(status.success(), "the service exited with {status}");
+                Ok(started.elapsed().as_secs_f64())
+            }
+            Err(_) => {
+                let _ = self.child.kill().await;
+                bail!("the service did not stop within {limit:?} of SIGTERM")
+            }
+        }
+    }
+}
+
+/// Deletes the service's queues and exchanges, and `extra_queues`.
+pub async fn delete_topology(
+    channel: &Channel,
+    topology: &Topology,
+    extra_queues: &[&str],
+) -> anyhow::Result<()> {
+    let queues = [topology.events_queue.as_str(), topology.dead_queue.as_str()];
+    for queue in queues.iter().chain(extra_queues) {
+        channel
+            .queue_delete(queue, QueueDeleteOptions::default())
+            .await
+            .with_context(|| format!("deleting queue {queue}"))?;
+    }
+    for exchange in [
+        &topology.exchange,
+        &topology.dead_exchange,
+        &topology.live_exchange,
+    ] {
+        channel
+            .exchange_delete(exchange, ExchangeDeleteOptions::default())
+            .await
+            .with_context(|| format!("deleting exchange {exchange}"))?;
+    }
+    Ok(())
+}
+
+/// Sum of the samples of `name` (exactly; not its `_bucket` and the like) whose labels contain
+/// `label` (`""`: all of them).
+pub fn metric_sum(text: &str, name: &str, label: &str) -> f64 {
+    text.lines()
+        .filter(|line| {
+            line.strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' '))
+                && line.contains(label)
+        })
+        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// A command's trimmed standard output, or "unknown".
+pub fn command_output(program: &str, args: &[&str]) -> String {
+    std::process::Command::new(program)
+        .args(args)
+        .stderr(Stdio::null())
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "unknown".into())
+}
+
+pub fn num_cores() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
