@@ -2,7 +2,7 @@
 
 use pulseboard::aggregate::{minute_of, Event, EventKind, MINUTE_MS};
 use pulseboard::config::DatabaseUrl;
-use pulseboard::store::{Store, StoreError};
+use pulseboard::store::{Lease, Store, StoreError};
 use std::future::Future;
 
 const NOW: i64 = 1_795_428_930_000; // 2026-11-23T10:15:30Z
@@ -47,6 +47,15 @@ async fn admin(sql: &str) {
         .expect("admin statement");
 }
 
+/// The ingest lease of node `n1` on a fresh store.
+async fn first_lease(store: &Store) -> Lease {
+    store
+        .try_acquire_lease("n1", NOW, TTL)
+        .await
+        .expect("db")
+        .expect("free")
+}
+
 fn order(id: &str, amount_minor: i64, occurred_at: i64) -> Event {
     Event {
         id: id.into(),
@@ -59,11 +68,7 @@ fn order(id: &str, amount_minor: i64, occurred_at: i64) -> Event {
 #[tokio::test]
 async fn a_batch_is_applied_once_and_duplicates_change_nothing() {
     with_each_backend(|store| async move {
-        let lease = store
-            .try_acquire_lease("n1", NOW, TTL)
-            .await
-            .expect("db")
-            .expect("free");
+        let lease = first_lease(&store).await;
         let first = [order("a", 100, NOW - 1_000), order("b", 250, NOW - 2_000)];
         let applied = store
             .apply_batch(&lease, &first, chrono_tz::UTC, NOW)
@@ -97,14 +102,40 @@ async fn a_batch_is_applied_once_and_duplicates_change_nothing() {
     .await;
 }
 
+/// Batches larger than one statement's worth of rows, with earlier ids scattered through them.
+#[tokio::test]
+async fn large_batches_recognise_every_earlier_id() {
+    with_each_backend(|store| async move {
+        let lease = first_lease(&store).await;
+        let event = |n: usize| order(&format!("e-{n}"), 1, NOW - 1_000);
+        let first: Vec<Event> = (0..3_000).filter(|n| n % 2 == 0).map(event).collect();
+        let applied = store
+            .apply_batch(&lease, &first, chrono_tz::UTC, NOW)
+            .await
+            .expect("apply");
+        assert!(applied.fresh.iter().all(|fresh| *fresh));
+
+        let second: Vec<Event> = (0..3_000).map(event).collect();
+        let applied = store
+            .apply_batch(&lease, &second, chrono_tz::UTC, NOW)
+            .await
+            .expect("apply");
+        let expected: Vec<bool> = (0..3_000).map(|n| n % 2 == 1).collect();
+        assert_eq!(applied.fresh, expected);
+        assert_eq!(store.applied_count().await.expect("count"), 3_000);
+        let restore = store
+            .load_restore(NOW, 3_600_000, chrono_tz::UTC)
+            .await
+            .expect("restore");
+        assert_eq!(restore.days.iter().map(|(_, r)| r).sum::<i64>(), 3_000);
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn a_stale_leader_cannot_commit_after_a_takeover() {
     with_each_backend(|store| async move {
-        let old = store
-            .try_acquire_lease("n1", NOW, TTL)
-            .await
-            .expect("db")
-            .expect("free");
+        let old = first_lease(&store).await;
         assert_eq!(
             store
                 .try_acquire_lease("n2", NOW + 1_000, TTL)
@@ -161,11 +192,7 @@ async fn snapshot_sequence_blocks_never_overlap() {
 #[tokio::test]
 async fn history_keeps_closed_minutes_and_pruning_drops_what_expired() {
     with_each_backend(|store| async move {
-        let lease = store
-            .try_acquire_lease("n1", NOW, TTL)
-            .await
-            .expect("db")
-            .expect("free");
+        let lease = first_lease(&store).await;
         let nine_days = 9 * 24 * 60 * MINUTE_MS;
         let old_minute = minute_of(NOW - nine_days);
         store
