@@ -26,7 +26,7 @@ fn main() -> ExitCode {
     match runtime.block_on(run(cli.command)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
-            eprintln!("error: {error:#}");
+            eprintln!("error: {}", one_line(&error));
             ExitCode::FAILURE
         }
     }
@@ -45,6 +45,23 @@ async fn run(command: Command) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// The error and its causes joined on one line. Our errors quote their cause in their own
+/// message, and so do some of the libraries', so a cause already quoted is not repeated.
+fn one_line(error: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in error.chain() {
+        let text = cause.to_string();
+        if line.contains(&text) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(&text);
+    }
+    line
 }
 
 /// Help and version print as usual; any other parse error becomes one line.
@@ -67,4 +84,29 @@ fn usage_error(error: clap::Error) -> ExitCode {
         .join(" ");
     eprintln!("{line}");
     ExitCode::from(2)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::one_line;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("cannot open the database: {0}")]
+    struct Quoting(#[source] std::io::Error);
+
+    #[test]
+    fn a_cause_already_quoted_is_not_repeated() {
+        let cause = std::io::Error::other("unable to open database file");
+        let error = anyhow::Error::new(Quoting(cause)).context("DATABASE_URL");
+        assert_eq!(
+            one_line(&error),
+            "DATABASE_URL: cannot open the database: unable to open database file"
+        );
+    }
+
+    #[test]
+    fn a_cause_not_quoted_is_kept() {
+        let error = anyhow::anyhow!("connection refused").context("AMQP_URL");
+        assert_eq!(one_line(&error), "AMQP_URL: connection refused");
+    }
 }
