@@ -45,6 +45,8 @@ const DEFAULT_AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 /// The service's consumer prefetch and batch size (src/startup.rs), mirrored by the raw loop.
 const PREFETCH: u16 = 10_000;
 const ACK_EVERY: u64 = 2_000;
+/// Fewest events a run accepts: enough batches for a rate to mean something.
+const MIN_EVENTS: u64 = 10 * ACK_EVERY;
 /// Publisher confirms awaited at once, as in `pulseboard simulate`.
 const MAX_UNCONFIRMED: usize = 20_000;
 /// SIGTERM to exit, at most.
@@ -111,7 +113,7 @@ struct Round {
 struct Phase {
     events: u64,
     seconds: f64,
-    cpu: CpuSpan,
+    cpu: CpuTicks,
 }
 
 impl Phase {
@@ -165,8 +167,10 @@ fn settings() -> Settings {
             .replace('_', "")
             .parse::<u64>()
             .ok()
-            .filter(|n| *n >= 10 * ACK_EVERY)
-            .expect("BENCH_EVENTS must be a whole number of at least 10000"),
+            .filter(|n| *n >= MIN_EVENTS)
+            .unwrap_or_else(|| {
+                panic!("BENCH_EVENTS must be a whole number of at least {MIN_EVENTS}")
+            }),
         Err(_) => DEFAULT_EVENTS,
     };
     let backends = std::env::var("BENCH_BACKENDS")
@@ -350,12 +354,12 @@ async fn measure(
 
 /// Drains `n` events from the raw queue, measuring the rate and the CPU used.
 async fn raw_phase(settings: &Settings, names: &Names, n: u64) -> anyhow::Result<Phase> {
-    let before = CpuSample::take(None);
+    let before = CpuTicks::take(None);
     let (events, seconds) = raw_drain(&settings.amqp_url, &names.raw_queue, n).await?;
     let phase = Phase {
         events,
         seconds,
-        cpu: CpuSample::take(None).since(&before),
+        cpu: CpuTicks::take(None).since(&before),
     };
     eprintln!("raw lapin consume+ack: {:.0} events/s", phase.rate());
     Ok(phase)
@@ -444,7 +448,7 @@ async fn publish(
     Ok(Phase {
         events: n,
         seconds,
-        cpu: CpuSpan::default(),
+        cpu: CpuTicks::default(),
     })
 }
 
@@ -491,7 +495,7 @@ async fn raw_drain(amqp_url: &str, queue: &str, n: u64) -> anyhow::Result<(u64, 
 /// first poll.
 async fn drain(service: &mut Service, n: u64) -> anyhow::Result<(Phase, Duration)> {
     let pid = Some(service.pid);
-    let mut first: Option<(Instant, u64, CpuSample)> = None;
+    let mut first: Option<(Instant, u64, CpuTicks)> = None;
     let mut last_change = (Instant::now(), 0u64);
     let mut ticker = tokio::time::interval(POLL_EVERY);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -502,7 +506,7 @@ async fn drain(service: &mut Service, n: u64) -> anyhow::Result<(Phase, Duration
         let count = metric_sum(&service.metrics().await?, "pulseboard_events_total", "") as u64;
         let now = Instant::now();
         if count > 0 && first.is_none() {
-            first = Some((now, count, CpuSample::take(pid)));
+            first = Some((now, count, CpuTicks::take(pid)));
         }
         if count != last_change.1 {
             last_change = (now, count);
@@ -518,7 +522,7 @@ async fn drain(service: &mut Service, n: u64) -> anyhow::Result<(Phase, Duration
         );
         if count == n {
             let (start, counted_then, cpu_then) = first.context("no first poll")?;
-            let cpu = CpuSample::take(pid).since(&cpu_then);
+            let cpu = CpuTicks::take(pid).since(&cpu_then);
             let seconds = (now - start).as_secs_f64();
             ensure!(
                 seconds > 0.0,
@@ -709,23 +713,13 @@ fn machine_ticks() -> MachineTicks {
     }
 }
 
-/// CPU time (clock ticks) of the processes involved, and of the whole machine.
-struct CpuSample {
+/// CPU time (clock ticks) of the processes involved, and of the whole machine: since boot
+/// when taken with [`CpuTicks::take`], over one or more intervals after [`CpuTicks::since`].
+#[derive(Clone, Copy, Default)]
+struct CpuTicks {
     /// The service (`Some(pid)`) or, for the raw loop, this benchmark process.
     consumer: u64,
     /// This benchmark process when it is not the consumer (polling `/metrics`).
-    bench: u64,
-    rabbitmq: u64,
-    postgres: u64,
-    busy: u64,
-    iowait: u64,
-    all: u64,
-}
-
-/// CPU ticks used over one or more intervals.
-#[derive(Clone, Copy, Default)]
-struct CpuSpan {
-    consumer: u64,
     bench: u64,
     rabbitmq: u64,
     postgres: u64,
@@ -747,8 +741,8 @@ struct CpuUse {
     iowait: f64,
 }
 
-impl CpuSpan {
-    fn add(&mut self, other: &CpuSpan) {
+impl CpuTicks {
+    fn add(&mut self, other: &CpuTicks) {
         self.consumer += other.consumer;
         self.bench += other.bench;
         self.rabbitmq += other.rabbitmq;
@@ -777,15 +771,15 @@ impl CpuSpan {
     }
 }
 
-impl CpuSample {
-    fn take(pid: Option<u32>) -> CpuSample {
+impl CpuTicks {
+    fn take(pid: Option<u32>) -> CpuTicks {
         let machine = machine_ticks();
         let (consumer, bench) = match pid {
             Some(pid) => (process_ticks(pid), machine.own),
             None => (machine.own, 0),
         };
         let servers = SERVERS.get_or_init(Servers::find);
-        CpuSample {
+        CpuTicks {
             consumer,
             bench,
             rabbitmq: servers.rabbitmq.map_or(0, process_ticks),
@@ -796,8 +790,8 @@ impl CpuSample {
         }
     }
 
-    fn since(&self, earlier: &CpuSample) -> CpuSpan {
-        CpuSpan {
+    fn since(&self, earlier: &CpuTicks) -> CpuTicks {
+        CpuTicks {
             consumer: self.consumer.saturating_sub(earlier.consumer),
             bench: self.bench.saturating_sub(earlier.bench),
             rabbitmq: self.rabbitmq.saturating_sub(earlier.rabbitmq),
