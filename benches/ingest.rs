@@ -38,7 +38,10 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 mod support;
-use support::{command_output, metric_sum, num_cores, Service, ServiceOptions, CURRENCY};
+use support::{
+    command_output, metric_sum, num_cores, Backend, Database, PostgresServer, Service,
+    ServiceOptions, CURRENCY, PG_PORT,
+};
 
 const DEFAULT_EVENTS: u64 = 200_000;
 const DEFAULT_AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
@@ -55,7 +58,6 @@ const POLL_EVERY: Duration = Duration::from_millis(50);
 /// The run fails if the applied count stops moving for this long.
 const STALL_LIMIT: Duration = Duration::from_secs(60);
 const USERS: u32 = 10_000;
-const PG_PORT: u16 = 5432;
 /// A drain counts as quiet when processes other than the consumer, the broker and the database
 /// used less than this (% of one core) while it ran.
 const QUIET_OTHER: f64 = 25.0;
@@ -70,21 +72,6 @@ const DEFAULT_QUIET_SECS: u64 = 300;
 /// Rounds per backend; the order of the two drains alternates raw-service, service-raw,
 /// service-raw, raw-service, … so that neither side is always drained first.
 const DEFAULT_ROUNDS: u64 = 4;
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Backend {
-    Sqlite,
-    Postgres,
-}
-
-impl Backend {
-    fn name(self) -> &'static str {
-        match self {
-            Backend::Sqlite => "sqlite",
-            Backend::Postgres => "postgres",
-        }
-    }
-}
 
 /// One row of the result table.
 struct Row {
@@ -132,8 +119,7 @@ struct Settings {
     events: u64,
     backends: Vec<Backend>,
     amqp_url: String,
-    pg_host: String,
-    pg_user: String,
+    postgres: PostgresServer,
     quiet_limit: Duration,
     rounds: u64,
 }
@@ -173,21 +159,12 @@ fn settings() -> Settings {
             }),
         Err(_) => DEFAULT_EVENTS,
     };
-    let backends = std::env::var("BENCH_BACKENDS")
-        .unwrap_or_else(|_| "sqlite,postgres".into())
-        .split(',')
-        .map(|name| match name.trim() {
-            "sqlite" => Backend::Sqlite,
-            "postgres" => Backend::Postgres,
-            other => panic!("BENCH_BACKENDS: unknown backend {other:?} (sqlite, postgres)"),
-        })
-        .collect();
+    let backends = Backend::list_from_env();
     Settings {
         events,
         backends,
         amqp_url: std::env::var("AMQP_URL").unwrap_or_else(|_| DEFAULT_AMQP_URL.into()),
-        pg_host: std::env::var("BENCH_PG_HOST").unwrap_or_else(|_| "127.0.0.1".into()),
-        pg_user: std::env::var("BENCH_PG_USER").unwrap_or_else(|_| "postgres".into()),
+        postgres: PostgresServer::from_env(),
         rounds: std::env::var("BENCH_ROUNDS").map_or(DEFAULT_ROUNDS, |text| {
             text.parse()
                 .ok()
@@ -231,7 +208,7 @@ async fn run_backend(settings: &Settings, backend: Backend) -> anyhow::Result<Ro
         .await
         .context("RabbitMQ (AMQP_URL)")?;
     let channel = connection.create_channel().await?;
-    let database = Database::create(settings, backend, &names.prefix)?;
+    let database = Database::create(&settings.postgres, backend, &names.prefix)?;
     let result = tokio::select! {
         result = measure(settings, backend, &names, &connection, &channel, &database) => result,
         signal = interrupted() => Err(anyhow::anyhow!("interrupted by {signal}; cleaning up")),
@@ -239,7 +216,7 @@ async fn run_backend(settings: &Settings, backend: Backend) -> anyhow::Result<Ro
     let _ = connection.close(200, "bench done").await;
     // On a connection of its own: a failure may have closed the benchmark's channel.
     let cleanup = delete_topology(&settings.amqp_url, &names).await;
-    let dropped = database.drop(settings);
+    let dropped = database.drop(&settings.postgres);
     if result.is_err() {
         for error in [cleanup.as_ref().err(), dropped.as_ref().err()]
             .into_iter()
@@ -557,66 +534,6 @@ async fn check_revenue(service: &mut Service, expected: i64) -> anyhow::Result<(
         "REVENUE MISMATCH: the snapshot says today_minor = {seen:?}, \
          the generator sent a net {expected} (placed - refunded)"
     )
-}
-
-/// The database of one run: a temporary SQLite file or a fresh PostgreSQL database.
-struct Database {
-    url: String,
-    postgres_name: Option<String>,
-    _dir: Option<tempfile::TempDir>,
-}
-
-impl Database {
-    fn create(settings: &Settings, backend: Backend, prefix: &str) -> anyhow::Result<Database> {
-        match backend {
-            Backend::Sqlite => {
-                let dir = tempfile::tempdir().context("a temporary directory")?;
-                let path = dir.path().join("bench.db");
-                Ok(Database {
-                    url: format!("sqlite://{}?mode=rwc", path.display()),
-                    postgres_name: None,
-                    _dir: Some(dir),
-                })
-            }
-            Backend::Postgres => {
-                let name = prefix.replace(['-', '.'], "_");
-                psql(settings, &format!("CREATE DATABASE {name}"))?;
-                Ok(Database {
-                    url: format!(
-                        "postgres://{}@{}:{PG_PORT}/{name}",
-                        settings.pg_user, settings.pg_host
-                    ),
-                    postgres_name: Some(name),
-                    _dir: None,
-                })
-            }
-        }
-    }
-
-    fn drop(self, settings: &Settings) -> anyhow::Result<()> {
-        if let Some(name) = &self.postgres_name {
-            psql(
-                settings,
-                &format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"),
-            )?;
-        }
-        Ok(())
-    }
-}
-
-fn psql(settings: &Settings, sql: &str) -> anyhow::Result<String> {
-    let output = std::process::Command::new("psql")
-        .args(["-h", &settings.pg_host, "-p", &PG_PORT.to_string()])
-        .args(["-U", &settings.pg_user])
-        .args(["-d", "postgres", "-v", "ON_ERROR_STOP=1", "-tAc", sql])
-        .output()
-        .context("running psql (is the PostgreSQL client installed?)")?;
-    ensure!(
-        output.status.success(),
-        "psql {sql:?}: {}",
-        String::from_utf8_lossy(&output.stderr).trim()
-    );
-    Ok(String::from_utf8_lossy(&output.stdout).trim().to_owned())
 }
 
 async fn delete_topology(amqp_url: &str, names: &Names) -> anyhow::Result<()> {

@@ -276,3 +276,118 @@ pub fn command_output(program: &str, args: &[&str]) -> String {
 pub fn num_cores() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
 }
+
+pub const PG_PORT: u16 = 5432;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+impl Backend {
+    pub fn name(self) -> &'static str {
+        match self {
+            Backend::Sqlite => "sqlite",
+            Backend::Postgres => "postgres",
+        }
+    }
+
+    /// `BENCH_BACKENDS`, a comma-separated list (default `sqlite,postgres`).
+    pub fn list_from_env() -> Vec<Backend> {
+        std::env::var("BENCH_BACKENDS")
+            .unwrap_or_else(|_| "sqlite,postgres".into())
+            .split(',')
+            .map(|name| match name.trim() {
+                "sqlite" => Backend::Sqlite,
+                "postgres" => Backend::Postgres,
+                other => panic!("BENCH_BACKENDS: unknown backend {other:?} (sqlite, postgres)"),
+            })
+            .collect()
+    }
+}
+
+/// The PostgreSQL server benchmarks create their databases on: `BENCH_PG_HOST` (127.0.0.1),
+/// `BENCH_PG_USER` (postgres, who may connect without a password and create databases).
+pub struct PostgresServer {
+    host: String,
+    user: String,
+}
+
+impl PostgresServer {
+    pub fn from_env() -> PostgresServer {
+        PostgresServer {
+            host: std::env::var("BENCH_PG_HOST").unwrap_or_else(|_| "127.0.0.1".into()),
+            user: std::env::var("BENCH_PG_USER").unwrap_or_else(|_| "postgres".into()),
+        }
+    }
+
+    /// Runs one statement with `psql` in the `postgres` database; returns what it printed.
+    fn psql(&self, sql: &str) -> anyhow::Result<String> {
+        let output = std::process::Command::new("psql")
+            .args([
+                "-h",
+                &self.host,
+                "-p",
+                &PG_PORT.to_string(),
+                "-U",
+                &self.user,
+            ])
+            .args(["-d", "postgres", "-v", "ON_ERROR_STOP=1", "-tAc", sql])
+            .output()
+            .context("running psql (is the PostgreSQL client installed?)")?;
+        ensure!(
+            output.status.success(),
+            "psql {sql:?}: {}",
+            String::from_utf8_lossy(&output.stderr).trim()
+        );
+        Ok(String::from_utf8_lossy(&output.stdout).trim().to_owned())
+    }
+}
+
+/// The database of one run: a temporary SQLite file or a fresh PostgreSQL database.
+pub struct Database {
+    pub url: String,
+    postgres_name: Option<String>,
+    _dir: Option<tempfile::TempDir>,
+}
+
+impl Database {
+    /// `name` becomes the PostgreSQL database's name (`-` and `.` turned into `_`).
+    pub fn create(
+        server: &PostgresServer,
+        backend: Backend,
+        name: &str,
+    ) -> anyhow::Result<Database> {
+        match backend {
+            Backend::Sqlite => {
+                let dir = tempfile::tempdir().context("a temporary directory")?;
+                let path = dir.path().join("bench.db");
+                Ok(Database {
+                    url: format!("sqlite://{}?mode=rwc", path.display()),
+                    postgres_name: None,
+                    _dir: Some(dir),
+                })
+            }
+            Backend::Postgres => {
+                let name = name.replace(['-', '.'], "_");
+                server.psql(&format!("CREATE DATABASE {name}"))?;
+                Ok(Database {
+                    url: format!(
+                        "postgres://{}@{}:{PG_PORT}/{name}",
+                        server.user, server.host
+                    ),
+                    postgres_name: Some(name),
+                    _dir: None,
+                })
+            }
+        }
+    }
+
+    pub fn drop(self, server: &PostgresServer) -> anyhow::Result<()> {
+        if let Some(name) = &self.postgres_name {
+            server.psql(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,285 @@
+//! Store commit cost: `Store::apply_batch` per event and per commit, on an idle machine.
+//!
+//! The ingest benchmark measures the whole pipeline, where the broker's speed moves the figures by
+//! tens of percent from one run to the next. This one times only the transaction that makes a
+//! batch durable, against a table that already holds `BENCH_PREFILL` applied events (the dedupe
+//! index is as deep as in a busy hour), for several batch sizes, and fits
+//! `time = per_commit + per_event × events` by least squares. `BENCH_DUPLICATES` percent of each
+//! batch (default 0) carry ids applied before, like redeliveries after a failover; the baseline
+//! then stores only the new rows.
+//!
+//! The baseline, in the same run: the same rows written by one bare multi-row `INSERT` per batch,
+//! in its own transaction, into a second database of the same schema and size. That is what
+//! the database charges for storing the rows; the rest of `apply_batch` is the lease fence, the
+//! duplicate lookup and the minute and day tables.
+//!
+//! ```sh
+//! cargo bench --bench store
+//! BENCH_BACKENDS=sqlite BENCH_PREFILL=1000000 cargo bench --bench store
+//! ```
+
+mod support;
+
+use pulseboard::aggregate::{Event, EventKind};
+use pulseboard::store::{Lease, Store};
+use sqlx::AnyPool;
+use std::time::Instant;
+use support::{Backend, Database, PostgresServer};
+
+const BATCH_SIZES: [usize; 4] = [50, 250, 1_000, 2_000];
+const PREFILL_BATCH: usize = 2_000;
+const LEASE_TTL_MS: i64 = 3_600_000;
+const EVENT_COLUMNS: usize = 6;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let prefill = env_number("BENCH_PREFILL", 200_000)?;
+    let rounds = env_number("BENCH_ROUNDS", 20)?;
+    let duplicate_percent = env_number("BENCH_DUPLICATES", 0)?.min(100);
+    let server = PostgresServer::from_env();
+    println!(
+        "## Store commit cost (release build; {prefill} events applied before; {rounds} batches \
+         per size; {duplicate_percent} % of each batch applied before)\n"
+    );
+    println!("| backend | batch | bare INSERT, mean (ms) | apply_batch, mean (ms) |");
+    println!("| --- | ---: | ---: | ---: |");
+    let mut fits = Vec::new();
+    for backend in Backend::list_from_env() {
+        let bare = Database::create(&server, backend, &unique_name("bare"))?;
+        let store = Database::create(&server, backend, &unique_name("store"))?;
+        let result = measure(backend, &bare, &store, prefill, rounds, duplicate_percent).await;
+        for database in [bare, store] {
+            if let Err(error) = database.drop(&server) {
+                eprintln!("{error:#}");
+            }
+        }
+        fits.push((backend, result?));
+    }
+    println!("\nLeast-squares fit of commit time = per commit + per event × events\n");
+    println!("| backend | bare INSERT per event (µs) | per commit (ms) | apply_batch per event (µs) | per commit (ms) |");
+    println!("| --- | ---: | ---: | ---: | ---: |");
+    for (backend, [bare, store]) in fits {
+        println!(
+            "| {} | {:.1} | {:.2} | {:.1} | {:.2} |",
+            backend.name(),
+            bare.per_event * 1e6,
+            bare.per_commit * 1e3,
+            store.per_event * 1e6,
+            store.per_commit * 1e3
+        );
+    }
+    Ok(())
+}
+
+/// Fills both databases with `prefill` events, then times batches of each size on both.
+async fn measure(
+    backend: Backend,
+    bare: &Database,
+    store: &Database,
+    prefill: usize,
+    rounds: usize,
+    duplicate_percent: usize,
+) -> anyhow::Result<[Fit; 2]> {
+    let now = pulseboard::clock::now_ms();
+    let mut generator = Generator::new(now);
+    let bare = BareTable::open(&bare.url).await?;
+    let store = Store::connect(&store.url.parse().map_err(anyhow::Error::msg)?).await?;
+    store.migrate().await?;
+    let lease: Lease = store
+        .try_acquire_lease("bench", now, LEASE_TTL_MS)
+        .await?
+        .ok_or_else(|| anyhow::anyhow!("the lease is held"))?;
+
+    let mut earlier = Vec::with_capacity(prefill);
+    while earlier.len() < prefill {
+        let batch = generator.batch(PREFILL_BATCH.min(prefill - earlier.len()));
+        bare.insert(&batch, now).await?;
+        store
+            .apply_batch(&lease, &batch, chrono_tz::UTC, now)
+            .await?;
+        earlier.extend(batch.into_iter().map(|e| e.id));
+    }
+
+    let mut bare_samples = Vec::new();
+    let mut store_samples = Vec::new();
+    for size in BATCH_SIZES {
+        let (mut bare_total, mut store_total) = (0.0, 0.0);
+        for round in 0..rounds {
+            let duplicates = size * duplicate_percent / 100;
+            let mut batch = generator.batch(size - duplicates);
+            // Ids from all over the earlier ones, a different set each round.
+            for k in 0..duplicates {
+                let mut event = generator.event();
+                event.id = earlier[(round * 7_919 + k * 104_729) % earlier.len().max(1)].clone();
+                batch.push(event);
+            }
+            let started = Instant::now();
+            // The baseline stores the new rows only: a bare INSERT of an earlier id would fail.
+            bare.insert(&batch[..size - duplicates], now).await?;
+            let bare_took = started.elapsed().as_secs_f64();
+            let started = Instant::now();
+            store
+                .apply_batch(&lease, &batch, chrono_tz::UTC, now)
+                .await?;
+            let store_took = started.elapsed().as_secs_f64();
+            bare_samples.push((size as f64, bare_took));
+            store_samples.push((size as f64, store_took));
+            bare_total += bare_took;
+            store_total += store_took;
+        }
+        println!(
+            "| {} | {size} | {:.2} | {:.2} |",
+            backend.name(),
+            bare_total * 1e3 / rounds as f64,
+            store_total * 1e3 / rounds as f64
+        );
+    }
+    store.close().await;
+    bare.pool.close().await;
+    Ok([Fit::of(&bare_samples), Fit::of(&store_samples)])
+}
+
+/// `applied_events` of a database migrated by the store, written with nothing but an INSERT.
+struct BareTable {
+    pool: AnyPool,
+    backend: Backend,
+}
+
+impl BareTable {
+    async fn open(url: &str) -> anyhow::Result<BareTable> {
+        let store = Store::connect(&url.parse().map_err(anyhow::Error::msg)?).await?;
+        store.migrate().await?;
+        store.close().await;
+        let backend = if url.starts_with("sqlite:") {
+            Backend::Sqlite
+        } else {
+            Backend::Postgres
+        };
+        let pool = sqlx::any::AnyPoolOptions::new()
+            .max_connections(1)
+            .connect(url)
+            .await?;
+        if backend == Backend::Sqlite {
+            // The store's own settings for its writer: the baseline must be as durable.
+            sqlx::raw_sql(
+                "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; \
+                 PRAGMA cache_size = -65536; PRAGMA wal_autocheckpoint = 16384;",
+            )
+            .execute(&pool)
+            .await?;
+        }
+        Ok(BareTable { pool, backend })
+    }
+
+    async fn insert(&self, events: &[Event], now: i64) -> anyhow::Result<()> {
+        let mut tx = self.pool.begin().await?;
+        for chunk in events.chunks(1_000) {
+            let sql = format!(
+                "INSERT INTO applied_events \
+                 (id, kind, user_id, occurred_at, amount_minor, applied_at) VALUES {}",
+                placeholders(chunk.len(), self.backend)
+            );
+            let mut query = sqlx::query(&sql);
+            for event in chunk {
+                query = query
+                    .bind(event.id.as_str())
+                    .bind(event.kind.label())
+                    .bind(event.user_id.as_str())
+                    .bind(event.occurred_at)
+                    .bind(event.kind.amount_minor())
+                    .bind(now);
+            }
+            query.execute(&mut *tx).await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+}
+
+fn placeholders(rows: usize, backend: Backend) -> String {
+    (0..rows)
+        .map(|row| {
+            let values: Vec<String> = (1..=EVENT_COLUMNS)
+                .map(|column| match backend {
+                    Backend::Sqlite => "?".to_owned(),
+                    Backend::Postgres => format!("${}", row * EVENT_COLUMNS + column),
+                })
+                .collect();
+            format!("({})", values.join(", "))
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// `seconds = per_commit + per_event × events`, fitted by least squares.
+struct Fit {
+    per_event: f64,
+    per_commit: f64,
+}
+
+impl Fit {
+    fn of(samples: &[(f64, f64)]) -> Fit {
+        let n = samples.len() as f64;
+        let mean_x = samples.iter().map(|s| s.0).sum::<f64>() / n;
+        let mean_y = samples.iter().map(|s| s.1).sum::<f64>() / n;
+        let covariance: f64 = samples
+            .iter()
+            .map(|(x, y)| (x - mean_x) * (y - mean_y))
+            .sum();
+        let variance: f64 = samples.iter().map(|(x, _)| (x - mean_x).powi(2)).sum();
+        let per_event = covariance / variance;
+        Fit {
+            per_event,
+            per_commit: mean_y - per_event * mean_x,
+        }
+    }
+}
+
+/// Events like `pulseboard simulate`'s: random ids, a few thousand users, recent times.
+struct Generator {
+    now: i64,
+    next: u64,
+}
+
+impl Generator {
+    fn new(now: i64) -> Self {
+        Generator { now, next: 0 }
+    }
+
+    fn batch(&mut self, size: usize) -> Vec<Event> {
+        (0..size).map(|_| self.event()).collect()
+    }
+
+    fn event(&mut self) -> Event {
+        self.next += 1;
+        let kind = match self.next % 4 {
+            0 => EventKind::OrderPlaced {
+                amount_minor: 1_000 + (self.next % 5_000) as i64,
+            },
+            _ => EventKind::UserActive,
+        };
+        Event {
+            id: format!("evt-{}", uuid::Uuid::new_v4()),
+            kind,
+            occurred_at: self.now - (self.next % 60_000) as i64,
+            user_id: format!("u-{}", self.next % 5_000),
+        }
+    }
+}
+
+fn unique_name(role: &str) -> String {
+    format!(
+        "bench_store_{}_{role}",
+        &uuid::Uuid::new_v4().simple().to_string()[..8]
+    )
+}
+
+fn env_number(name: &str, default: usize) -> anyhow::Result<usize> {
+    match std::env::var(name) {
+        Ok(text) => text
+            .replace('_', "")
+            .parse()
+            .map_err(|_| anyhow::anyhow!("{name} must be a whole number, not {text:?}")),
+        Err(_) => Ok(default),
+    }
+}
