@@ -287,6 +287,7 @@ async fn measure(
             queue_prefix: &names.prefix,
             exchange: &names.topology.exchange,
             env: Vec::new(),
+            collect: None,
         })
         .await?;
         let outcome = drain(&mut service, n).await;

@@ -28,6 +28,8 @@ pub struct ServiceOptions<'a> {
     pub queue_prefix: &'a str,
     pub exchange: &'a str,
     pub env: Vec<(&'static str, String)>,
+    /// Log lines containing this are kept for `take_collected` instead of being shown.
+    pub collect: Option<&'static str>,
 }
 
 /// A running `pulseboard serve` and its address.
@@ -40,6 +42,8 @@ pub struct Service {
     token: Option<String>,
     /// The last lines the service logged.
     log: Arc<Mutex<VecDeque<String>>>,
+    /// Lines containing `ServiceOptions::collect`, in the order logged.
+    collected: Arc<Mutex<Vec<String>>>,
     /// When the process was spawned.
     pub started: Instant,
 }
@@ -99,8 +103,18 @@ impl Service {
         // the last lines for the error message if the run fails.
         let log = Arc::new(Mutex::new(VecDeque::with_capacity(LOG_TAIL)));
         let tail = log.clone();
+        let collected = Arc::new(Mutex::new(Vec::new()));
+        let collector = collected.clone();
+        let collect = options.collect;
         tokio::spawn(async move {
             while let Ok(Some(line)) = lines.next_line().await {
+                if collect.is_some_and(|marker| line.contains(marker)) {
+                    collector
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .push(line);
+                    continue;
+                }
                 if !line.contains(" INFO ") {
                     eprintln!("  service: {line}");
                 }
@@ -120,6 +134,7 @@ impl Service {
                 .build()?,
             token: None,
             log,
+            collected,
             started,
         })
     }
@@ -143,6 +158,11 @@ impl Service {
             bail!("the service exited early: {status}{}", self.log_tail());
         }
         Ok(())
+    }
+
+    /// The collected log lines so far; later ones are kept for the next call.
+    pub fn take_collected(&self) -> Vec<String> {
+        std::mem::take(&mut *self.collected.lock().unwrap_or_else(|p| p.into_inner()))
     }
 
     pub fn log_tail(&self) -> String {
