@@ -13,16 +13,17 @@
 //!    orders 1..=R, and the publish instant of every order is kept in an array indexed by its
 //!    number;
 //! 4. every client parses each snapshot it receives (`id:` for the seq, `today_minor` for R) and
-//!    records latencies at 1 ms resolution: to the **oldest** order new in this snapshot for
-//!    that client (the one that waited longest: the service's own `delivery_latency` definition),
-//!    to the **newest** one (the R-th), and to **every** order it brings whose number is a
-//!    multiple of 50 (the distribution over orders). Only orders published in the last 15 s of
-//!    the load count (the first 5 s are warm-up); snapshots received in that window are counted
-//!    too. Every client also keeps the (revenue, receipt time) of each snapshot, and after the
-//!    load the same sampled orders are timed from their **arrival at the service**, the
-//!    issue's definition: the service logs each committed batch with its events' first and
-//!    last arrival (`pulseboard::ingest::leader` at debug), and since every event is one order
-//!    and batches commit one at a time in delivery order, the batches number the orders;
+//!    appends (seq, R, receipt time) to its own list; nothing else, so that the clients take as
+//!    little CPU as they can from the service they measure. After the load the lists give the
+//!    latencies, at 1 ms resolution: to the **oldest** order new in a snapshot for that client
+//!    (the one that waited longest: the service's own `delivery_latency` definition), to the
+//!    **newest** one (the R-th), and to **every** order it brings whose number is a multiple of
+//!    50 (the distribution over orders), from the publish instant; and every order again from
+//!    its **arrival at the service**, the definition: the service logs each committed
+//!    batch with its events' first and last arrival (`pulseboard::ingest::leader` at debug),
+//!    and since every event is one order and batches commit one at a time in delivery order,
+//!    the batches number the orders. Only orders published in the last 15 s of the load count
+//!    (the first 5 s are warm-up); snapshots received in that window are counted too;
 //! 5. samples CPU (service, this process split into client threads and the rest, RabbitMQ, the
 //!    whole machine) over the same window, reads the service's slow-client counters and its own
 //!    latency histogram, checks every client saw the final total, stops the service with
@@ -461,7 +462,7 @@ async fn drive(
     tokio::time::sleep(DRAIN).await;
     let metrics_end = service.metrics().await?;
     let arrived_at = shared.arrivals_from_log(&service.take_collected());
-    let (every_from_arrival, arrival_unknown) = shared.latency_from_arrival(&arrived_at);
+    let analysis = shared.analyse(&arrived_at);
     let transit_from_log_mean = shared.transit_from_log(&arrived_at);
     let rss_loaded_kib = rss_kib(service.pid);
 
@@ -481,18 +482,17 @@ async fn drive(
         rss_loaded_kib,
         bench_rss_per_client_kib,
         window_seconds,
-        oldest: shared.oldest.summary(),
-        every: shared.every.summary(),
-        every_from_arrival,
-        arrival_unknown,
+        oldest: analysis.oldest.summary(),
+        every: analysis.every.summary(),
+        every_from_arrival: analysis.every_from_arrival.summary(),
+        arrival_unknown: analysis.arrival_unknown,
         transit_from_log_mean,
-        newest: shared.newest.summary(),
-        fanout: shared.fanout.summary(),
-        snapshots: shared.snapshot_times(),
-        snapshots_per_second: shared.window_snapshots.load(Ordering::Relaxed) as f64
-            / window_seconds,
-        client_skipped: shared.window_skipped.load(Ordering::Relaxed),
-        unmapped: shared.unmapped.load(Ordering::Relaxed),
+        newest: analysis.newest.summary(),
+        fanout: analysis.fanout.summary(),
+        snapshots: analysis.snapshots,
+        snapshots_per_second: analysis.window_snapshots as f64 / window_seconds,
+        client_skipped: analysis.window_skipped,
+        unmapped: analysis.unmapped,
         server_latency: server_latency(&metrics_before, &metrics_after),
         event_age_mean: metric_mean(
             &metrics_before,
@@ -554,22 +554,10 @@ struct Shared {
     /// Measurement window: snapshots received and orders published in it count.
     window_start_us: AtomicU64,
     window_end_us: AtomicU64,
-    oldest: Histogram,
-    newest: Histogram,
-    /// Every order (sampled), from its publication to its first snapshot at this client.
-    every: Histogram,
-    fanout: Histogram,
     /// Wall clock at `base`, µs since the Unix epoch, to place `generated_at` on our clock.
     base_wall_us: i64,
-    /// Per snapshot seq: `generated_at` (0: not seen yet), first and last client receipt.
+    /// Per snapshot seq: `generated_at` (0: not seen yet).
     generated_us: Vec<AtomicU64>,
-    first_receipt_us: Vec<AtomicU64>,
-    last_receipt_us: Vec<AtomicU64>,
-    window_snapshots: AtomicU64,
-    /// Snapshot seqs a client never saw (coalesced for it, or lost), in the window.
-    window_skipped: AtomicU64,
-    /// Snapshots whose revenue did not name a published order (should stay 0).
-    unmapped: AtomicU64,
     opened: AtomicU64,
     failed: AtomicU64,
     retries: AtomicU64,
@@ -577,8 +565,10 @@ struct Shared {
     stopping: AtomicBool,
     /// Revenue of the last snapshot each client received.
     last_seen: Vec<AtomicU64>,
-    /// Per client, every snapshot it received: (revenue, receipt).
-    receipts: Vec<Mutex<Vec<(u64, u64)>>>,
+    /// Per client, every snapshot it received, in order. Clients only append here (their own
+    /// lock, never contended); every latency is computed from it after the load, so that the
+    /// clients spend as little CPU as possible beside the service.
+    receipts: Vec<Mutex<Vec<Receipt>>>,
     error: Mutex<Option<String>>,
 }
 
@@ -592,17 +582,8 @@ impl Shared {
             load_start_us: AtomicU64::new(0),
             window_start_us: AtomicU64::new(u64::MAX),
             window_end_us: AtomicU64::new(u64::MAX),
-            oldest: Histogram::new(),
-            newest: Histogram::new(),
-            every: Histogram::new(),
-            fanout: Histogram::new(),
             base_wall_us: chrono::Utc::now().timestamp_micros(),
             generated_us: (0..SEQS).map(|_| AtomicU64::new(0)).collect(),
-            first_receipt_us: (0..SEQS).map(|_| AtomicU64::new(u64::MAX)).collect(),
-            last_receipt_us: (0..SEQS).map(|_| AtomicU64::new(0)).collect(),
-            window_snapshots: AtomicU64::new(0),
-            window_skipped: AtomicU64::new(0),
-            unmapped: AtomicU64::new(0),
             opened: AtomicU64::new(0),
             failed: AtomicU64::new(0),
             retries: AtomicU64::new(0),
@@ -630,50 +611,46 @@ impl Shared {
             && us < self.window_end_us.load(Ordering::Acquire)
     }
 
-    /// Notes when snapshot `seq` was generated (parsing its `generated_at` once) and received.
-    fn note_snapshot(&self, seq: u64, event: &[u8], at: u64) {
+    /// Notes when snapshot `seq` was generated, parsing its `generated_at` once.
+    fn note_generated(&self, seq: u64, event: &[u8]) {
         let Some(slot) = self.generated_us.get(seq as usize) else {
             return;
         };
-        let mut generated = slot.load(Ordering::Relaxed);
-        if generated == 0 {
-            let Some(parsed) = generated_at(event) else {
-                return;
-            };
-            generated = (parsed - self.base_wall_us).max(1) as u64;
-            slot.store(generated, Ordering::Relaxed);
-        }
-        self.first_receipt_us[seq as usize].fetch_min(at, Ordering::Relaxed);
-        self.last_receipt_us[seq as usize].fetch_max(at, Ordering::Relaxed);
-        if self.in_window(at) {
-            self.fanout.record(at.saturating_sub(generated));
+        if slot.load(Ordering::Relaxed) == 0 {
+            if let Some(parsed) = generated_at(event) {
+                slot.store(
+                    (parsed - self.base_wall_us).max(1) as u64,
+                    Ordering::Relaxed,
+                );
+            }
         }
     }
 
     /// Snapshots generated in the window: how often, and how long until every client had one.
-    fn snapshot_times(&self) -> SnapshotTimes {
+    /// `receipts[seq]` is the first and last receipt of that seq over all clients.
+    fn snapshot_times(&self, receipts: &[(u64, u64)]) -> SnapshotTimes {
         let generated: Vec<(u64, u64, u64)> = (0..SEQS)
             .filter_map(|seq| {
                 let at = self.generated_us[seq].load(Ordering::Relaxed);
-                (at > 0 && self.in_window(at)).then(|| {
-                    (
-                        at,
-                        self.first_receipt_us[seq].load(Ordering::Relaxed),
-                        self.last_receipt_us[seq].load(Ordering::Relaxed),
-                    )
-                })
+                let (first, last) = receipts.get(seq).copied()?;
+                (at > 0 && self.in_window(at)).then_some((at, first, last))
             })
             .collect();
         if generated.len() < 2 {
             return SnapshotTimes::default();
         }
         let mut gaps: Vec<u64> = generated.windows(2).map(|w| w[1].0 - w[0].0).collect();
+        let mut to_first: Vec<u64> = generated
+            .iter()
+            .map(|(at, first, _)| first.saturating_sub(*at))
+            .collect();
         let mut to_last: Vec<u64> = generated
             .iter()
             .map(|(at, _, last)| last.saturating_sub(*at))
             .collect();
         let span = (generated[generated.len() - 1].0 - generated[0].0) as f64 / 1e6;
         gaps.sort_unstable();
+        to_first.sort_unstable();
         to_last.sort_unstable();
         let ms = |us: u64| us as f64 / 1_000.0;
         let median = |v: &[u64]| ms(v[v.len() / 2]);
@@ -681,14 +658,7 @@ impl Shared {
             per_second: (generated.len() - 1) as f64 / span,
             gap_median: median(&gaps),
             gap_max: ms(gaps[gaps.len() - 1]),
-            first_median: ms({
-                let mut first: Vec<u64> = generated
-                    .iter()
-                    .map(|(at, first, _)| first.saturating_sub(*at))
-                    .collect();
-                first.sort_unstable();
-                first[first.len() / 2]
-            }),
+            first_median: median(&to_first),
             last_median: median(&to_last),
             last_max: ms(to_last[to_last.len() - 1]),
         }
@@ -731,30 +701,80 @@ impl Shared {
         arrived_at
     }
 
-    /// Every order (sampled as for `every`) published in the window, from its arrival at the
-    /// service to the first snapshot that brought it to each client; and how many such orders
-    /// had no known arrival.
-    fn latency_from_arrival(&self, arrived_at: &[u64]) -> (Summary, u64) {
-        let histogram = Histogram::new();
-        let mut unknown = 0;
+    /// Every latency of the run, from the clients' receipts and the orders' publish and
+    /// arrival times (`arrived_at`, from `arrivals_from_log`).
+    fn analyse(&self, arrived_at: &[u64]) -> Analysis {
+        let mut analysis = Analysis::default();
+        let mut seq_receipts = vec![(u64::MAX, 0); SEQS];
         for receipts in &self.receipts {
             let receipts = receipts.lock().unwrap_or_else(|p| p.into_inner());
-            for pair in receipts.windows(2) {
-                let ((previous, _), (revenue, at)) = (pair[0], pair[1]);
-                let first_sampled = (previous + 1).div_ceil(ORDER_SAMPLE) * ORDER_SAMPLE;
-                for k in (first_sampled..=revenue).step_by(ORDER_SAMPLE as usize) {
-                    let published = self.published_at.get(k as usize);
-                    if !published.is_some_and(|t| self.in_window(t.load(Ordering::Acquire))) {
-                        continue;
-                    }
-                    match arrived_at.get(k as usize).filter(|t| **t > 0) {
-                        Some(arrival) => histogram.record(at.saturating_sub(*arrival)),
-                        None => unknown += 1,
-                    }
+            for receipt in receipts.iter() {
+                if let Some((first, last)) = seq_receipts.get_mut(receipt.seq as usize) {
+                    (*first, *last) = ((*first).min(receipt.at), (*last).max(receipt.at));
+                }
+                let generated = self.generated_us.get(receipt.seq as usize);
+                let generated = generated.map_or(0, |g| g.load(Ordering::Relaxed));
+                if generated > 0 && self.in_window(receipt.at) {
+                    analysis.fanout.record(receipt.at.saturating_sub(generated));
                 }
             }
+            // The first receipt is the opening snapshot: latencies start with the second.
+            for pair in receipts.windows(2) {
+                let (previous, receipt) = (&pair[0], &pair[1]);
+                if self.in_window(receipt.at) {
+                    analysis.window_snapshots += 1;
+                    analysis.window_skipped += receipt.seq.saturating_sub(previous.seq + 1);
+                }
+                self.record(&mut analysis, previous.revenue, receipt, arrived_at);
+            }
         }
-        (histogram.summary(), unknown)
+        analysis.snapshots = self.snapshot_times(&seq_receipts);
+        analysis
+    }
+
+    /// The latencies of one snapshot that brought orders `previous + 1 ..= receipt.revenue`.
+    fn record(
+        &self,
+        analysis: &mut Analysis,
+        previous: u64,
+        receipt: &Receipt,
+        arrived_at: &[u64],
+    ) {
+        let (revenue, at) = (receipt.revenue, receipt.at);
+        if revenue <= previous {
+            return;
+        }
+        let published = |k: u64| {
+            self.published_at
+                .get(k as usize)
+                .map(|t| t.load(Ordering::Acquire))
+                .filter(|t| *t > 0)
+        };
+        let (Some(oldest), Some(newest)) = (published(previous + 1), published(revenue)) else {
+            analysis.unmapped += 1;
+            return;
+        };
+        if self.in_window(oldest) {
+            analysis.oldest.record(at.saturating_sub(oldest));
+        }
+        if self.in_window(newest) {
+            analysis.newest.record(at.saturating_sub(newest));
+        }
+        // Every order this snapshot brings, sampled (1 in ORDER_SAMPLE by number, the same for
+        // every client): the latency distribution over orders rather than over snapshots.
+        let first_sampled = (previous + 1).div_ceil(ORDER_SAMPLE) * ORDER_SAMPLE;
+        for k in (first_sampled..=revenue).step_by(ORDER_SAMPLE as usize) {
+            let Some(published) = published(k).filter(|t| self.in_window(*t)) else {
+                continue;
+            };
+            analysis.every.record(at.saturating_sub(published));
+            match arrived_at.get(k as usize).filter(|t| **t > 0) {
+                Some(arrival) => analysis
+                    .every_from_arrival
+                    .record(at.saturating_sub(*arrival)),
+                None => analysis.arrival_unknown += 1,
+            }
+        }
     }
 
     /// Mean of arrival − publish over the orders published in the window, ms: the broker
@@ -775,38 +795,34 @@ impl Shared {
     fn first_error(&self) -> Option<String> {
         self.error.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
+}
 
-    /// Records the latencies of one snapshot received at `at` that includes orders up to
-    /// `revenue`, the client's previous one up to `previous`.
-    fn record(&self, previous: u64, revenue: u64, at: u64) {
-        if revenue <= previous {
-            return;
-        }
-        let published = |k: u64| {
-            self.published_at
-                .get(k as usize)
-                .map(|t| t.load(Ordering::Acquire))
-                .filter(|t| *t > 0)
-        };
-        let (Some(oldest), Some(newest)) = (published(previous + 1), published(revenue)) else {
-            self.unmapped.fetch_add(1, Ordering::Relaxed);
-            return;
-        };
-        if self.in_window(oldest) {
-            self.oldest.record(at.saturating_sub(oldest));
-        }
-        if self.in_window(newest) {
-            self.newest.record(at.saturating_sub(newest));
-        }
-        // Every order this snapshot brings, sampled (1 in ORDER_SAMPLE by number, the same for
-        // every client): the latency distribution over orders rather than over snapshots.
-        let first_sampled = (previous + 1).div_ceil(ORDER_SAMPLE) * ORDER_SAMPLE;
-        for k in (first_sampled..=revenue).step_by(ORDER_SAMPLE as usize) {
-            if let Some(published) = published(k).filter(|t| self.in_window(*t)) {
-                self.every.record(at.saturating_sub(published));
-            }
-        }
-    }
+/// One snapshot as a client received it: which one, the orders it includes (1..=revenue), when.
+#[derive(Clone, Copy)]
+struct Receipt {
+    seq: u64,
+    revenue: u64,
+    at: u64,
+}
+
+/// What the receipts say, computed once after the load.
+#[derive(Default)]
+struct Analysis {
+    oldest: Histogram,
+    newest: Histogram,
+    /// Every order (sampled), from its publication to its first snapshot at each client.
+    every: Histogram,
+    /// The same orders, from their arrival at the service.
+    every_from_arrival: Histogram,
+    arrival_unknown: u64,
+    /// Snapshot `generated_at` → client receipt.
+    fanout: Histogram,
+    snapshots: SnapshotTimes,
+    window_snapshots: u64,
+    /// Snapshot seqs a client never saw (coalesced for it, or lost), in the window.
+    window_skipped: u64,
+    /// Snapshots whose revenue did not name a published order (should stay 0).
+    unmapped: u64,
 }
 
 /// How the service produced snapshots during the window, in ms.
@@ -851,6 +867,12 @@ struct Summary {
     p99: u64,
     max: f64,
     mean: f64,
+}
+
+impl Default for Histogram {
+    fn default() -> Self {
+        Histogram::new()
+    }
 }
 
 impl Histogram {
@@ -971,8 +993,6 @@ async fn open(
 struct StreamReader {
     headers_done: bool,
     opened: bool,
-    last_seq: u64,
-    last_revenue: u64,
 }
 
 impl StreamReader {
@@ -1013,7 +1033,7 @@ impl StreamReader {
             let revenue = find(event, b"\"today_minor\":")
                 .and_then(|at| leading_number(&event[at + 14..]))
                 .ok_or("a snapshot without today_minor")?;
-            shared.note_snapshot(seq, event, at);
+            shared.note_generated(seq, event);
             self.on_snapshot(seq, revenue, at, shared, id);
         }
         buffer.drain(..start);
@@ -1024,23 +1044,13 @@ impl StreamReader {
         if !self.opened {
             self.opened = true;
             shared.opened.fetch_add(1, Ordering::Relaxed);
-        } else {
-            if shared.in_window(at) {
-                shared.window_snapshots.fetch_add(1, Ordering::Relaxed);
-                shared
-                    .window_skipped
-                    .fetch_add(seq.saturating_sub(self.last_seq + 1), Ordering::Relaxed);
-            }
-            shared.record(self.last_revenue, revenue, at);
         }
         if let Some(receipts) = shared.receipts.get(id) {
             receipts
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
-                .push((revenue, at));
+                .push(Receipt { seq, revenue, at });
         }
-        self.last_seq = seq;
-        self.last_revenue = revenue;
         shared.last_seen[id].store(revenue, Ordering::Relaxed);
     }
 }
