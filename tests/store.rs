@@ -247,3 +247,18 @@ async fn a_generated_setting_is_shared_by_whoever_comes_second() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn sqlite_file_and_folder_are_created_without_mode_in_the_url() {
+    let folder = tempfile::tempdir().expect("temporary folder");
+    let path = folder.path().join("new").join("pulseboard.db");
+    let store = open(&format!("sqlite://{}", path.display())).await;
+    let lease = first_lease(&store).await;
+    store
+        .apply_batch(&lease, &[order("created-1", 100, NOW)], chrono_tz::UTC, NOW)
+        .await
+        .expect("apply");
+    assert_eq!(store.applied_count().await.expect("count"), 1);
+    store.close().await;
+    assert!(path.is_file(), "{} was not created", path.display());
+}

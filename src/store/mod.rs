@@ -90,10 +90,11 @@ impl Store {
         sqlx::any::install_default_drivers();
         match database.backend {
             Backend::Sqlite => {
-                create_sqlite_folder(&database.url)?;
+                let url = sqlite_url_creating_file(&database.url);
+                create_sqlite_folder(&url)?;
                 // The writer first: it creates the file and switches it to WAL.
-                let writer = sqlite_pool(&database.url, 1, false).await?;
-                let reader = sqlite_pool(&database.url, SQLITE_READERS, true).await?;
+                let writer = sqlite_pool(&url, 1, false).await?;
+                let reader = sqlite_pool(&url, SQLITE_READERS, true).await?;
                 Ok(Store {
                     writer,
                     reader,
@@ -479,6 +480,19 @@ fn values_placeholders(rows: usize, columns: usize, backend: Backend) -> String 
     sql
 }
 
+/// An embedded database is created on first start, as its users expect, also when the URL
+/// does not say `mode=rwc` (sqlx's default mode only opens an existing file). A URL that
+/// chooses a `mode`, and an in-memory database, are left as they are.
+fn sqlite_url_creating_file(url: &str) -> String {
+    let (location, query) = url.split_once('?').unwrap_or((url, ""));
+    let in_memory = location.contains(":memory:");
+    if in_memory || query.split('&').any(|pair| pair.starts_with("mode=")) {
+        return url.to_owned();
+    }
+    let separator = if query.is_empty() { "?" } else { "&" };
+    format!("{}{separator}mode=rwc", url.trim_end_matches('?'))
+}
+
 fn create_sqlite_folder(url: &str) -> Result<(), StoreError> {
     let path = url
         .trim_start_matches("sqlite:")
@@ -503,6 +517,30 @@ fn create_sqlite_folder(url: &str) -> Result<(), StoreError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sqlite_urls_create_their_file_unless_they_choose_a_mode() {
+        assert_eq!(
+            sqlite_url_creating_file("sqlite:///var/lib/p.db"),
+            "sqlite:///var/lib/p.db?mode=rwc"
+        );
+        assert_eq!(
+            sqlite_url_creating_file("sqlite://data/p.db?cache=shared"),
+            "sqlite://data/p.db?cache=shared&mode=rwc"
+        );
+        assert_eq!(
+            sqlite_url_creating_file("sqlite://data/p.db?mode=ro"),
+            "sqlite://data/p.db?mode=ro"
+        );
+        assert_eq!(
+            sqlite_url_creating_file("sqlite://data/p.db?mode=rwc"),
+            "sqlite://data/p.db?mode=rwc"
+        );
+        assert_eq!(
+            sqlite_url_creating_file("sqlite::memory:"),
+            "sqlite::memory:"
+        );
+    }
 
     #[test]
     fn placeholders_number_rows_then_columns() {
