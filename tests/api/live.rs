@@ -112,7 +112,6 @@ async fn a_client_sees_the_opening_snapshot_at_once_and_news_within_one_interval
         worst <= Duration::from_millis(300),
         "slowest update took {worst:?}"
     );
-    broker.cleanup().await;
 }
 
 #[tokio::test]
@@ -127,23 +126,30 @@ async fn heartbeats_arrive_on_an_idle_stream_at_the_configured_interval() {
     let mut client = SseClient::connect(&service, STREAM, None).await;
     client.next_of("snapshot", Duration::from_secs(2)).await;
 
-    let mut beats = Vec::new();
+    // A heartbeat is due after a quiet interval since the stream's last write of any kind. The
+    // stream is idle here, but another test restarting the shared broker makes the service
+    // write a snapshot (its ingest state changes): that restarts the interval.
+    let mut previous_write = Instant::now();
+    let mut beats = 0;
     let started = Instant::now();
     while started.elapsed() < Duration::from_millis(3_600) {
-        if let Some(block) = client.next(Duration::from_secs(2)).await {
-            if block.event == "comment" {
-                beats.push(block.received_at);
-            }
+        let Some(block) = client.next(Duration::from_secs(2)).await else {
+            continue;
+        };
+        if block.event == "comment" {
+            beats += 1;
+            // The first one may follow the opening snapshot read before the clock started.
+            let quiet = block.received_at - previous_write;
+            assert!(
+                beats == 1
+                    || (quiet >= Duration::from_millis(900)
+                        && quiet <= Duration::from_millis(1_300)),
+                "heartbeat {beats} after {quiet:?} of quiet"
+            );
         }
+        previous_write = block.received_at;
     }
-    assert!(beats.len() >= 3, "{} heartbeats in 3.6 s", beats.len());
-    for pair in beats.windows(2) {
-        let gap = pair[1] - pair[0];
-        assert!(
-            gap >= Duration::from_millis(900) && gap <= Duration::from_millis(1_300),
-            "gap {gap:?}"
-        );
-    }
+    assert!(beats >= 3, "{beats} heartbeats in 3.6 s");
 }
 
 /// Reads every event of the stream's opening until its snapshot: (announcement messages, snapshot).
@@ -276,7 +282,6 @@ async fn two_instances_serve_the_same_seq_sequence_and_each_others_announcements
             .json()["message"],
         "from a"
     );
-    broker.cleanup().await;
 }
 
 /// The seqs of the snapshots that arrive until the stream has been quiet for 700 ms.
@@ -538,7 +543,6 @@ async fn refresh_pushes_a_new_snapshot_and_history_backfills_every_minute() {
         (status, body["error"]["code"].as_str()),
         (400, Some("bad_request"))
     );
-    broker.cleanup().await;
 }
 
 #[tokio::test]
