@@ -5,7 +5,7 @@
 #![allow(dead_code)]
 
 use anyhow::{bail, ensure, Context};
-use lapin::options::{ExchangeDeleteOptions, QueueDeleteOptions};
+use lapin::options::QueueDeleteOptions;
 use lapin::Channel;
 use pulseboard::ingest::broker::Topology;
 use std::collections::VecDeque;
@@ -247,22 +247,12 @@ pub async fn delete_topology(
     topology: &Topology,
     extra_queues: &[&str],
 ) -> anyhow::Result<()> {
-    let queues = [topology.events_queue.as_str(), topology.dead_queue.as_str()];
-    for queue in queues.iter().chain(extra_queues) {
+    topology.delete(channel).await?;
+    for queue in extra_queues {
         channel
             .queue_delete(queue, QueueDeleteOptions::default())
             .await
             .with_context(|| format!("deleting queue {queue}"))?;
-    }
-    for exchange in [
-        &topology.exchange,
-        &topology.dead_exchange,
-        &topology.live_exchange,
-    ] {
-        channel
-            .exchange_delete(exchange, ExchangeDeleteOptions::default())
-            .await
-            .with_context(|| format!("deleting exchange {exchange}"))?;
     }
     Ok(())
 }

@@ -14,7 +14,8 @@ use crate::aggregate::Millis;
 use crate::ingest::decode::Rejection;
 use lapin::options::{
     BasicConsumeOptions, BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions,
-    ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
+    ExchangeDeclareOptions, ExchangeDeleteOptions, QueueBindOptions, QueueDeclareOptions,
+    QueueDeleteOptions,
 };
 use lapin::publisher_confirm::{Confirmation, PublisherConfirm};
 use lapin::types::{AMQPValue, FieldTable, LongString};
@@ -118,6 +119,22 @@ impl Topology {
                     QueueBindOptions::default(),
                     FieldTable::default(),
                 )
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Deletes everything `declare` made, with the messages in it: for tests and benchmarks
+    /// that declare a topology of their own (the service never deletes one).
+    pub async fn delete(&self, channel: &Channel) -> Result<(), BrokerError> {
+        for queue in [&self.events_queue, &self.dead_queue] {
+            channel
+                .queue_delete(queue, QueueDeleteOptions::default())
+                .await?;
+        }
+        for exchange in [&self.exchange, &self.dead_exchange, &self.live_exchange] {
+            channel
+                .exchange_delete(exchange, ExchangeDeleteOptions::default())
                 .await?;
         }
         Ok(())

@@ -247,7 +247,6 @@ async fn sign_in_shows_rendered_figures_that_move_with_events_and_charts() {
         browser.screenshot(name).await;
     }
     browser.assert_clean().await;
-    broker.cleanup().await;
 }
 
 #[tokio::test]
@@ -396,7 +395,6 @@ async fn without_javascript_the_signed_in_dashboard_still_shows_the_figures() {
         .contains("42.00"));
     assert_eq!(browser.text("[data-figure='orders_per_minute']").await, "1");
     browser.screenshot("4-no-javascript").await;
-    broker.cleanup().await;
 }
 
 #[tokio::test]
@@ -466,7 +464,6 @@ async fn a_stopped_service_shows_reconnecting_then_heals_without_a_gap_and_with_
         .await;
     assert_eq!(gaps, 0, "the chart has a point for every minute");
     browser.screenshot("2b-healed").await;
-    broker.cleanup().await;
 }
 
 #[tokio::test]

@@ -66,5 +66,4 @@ async fn the_follower_takes_over_within_ten_seconds_with_the_same_totals() {
         })
         .await;
     assert_eq!(broker.events_queue_depth().await, 0);
-    broker.cleanup().await;
 }

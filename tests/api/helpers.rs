@@ -4,10 +4,7 @@
 //! interfaces: HTTP and RabbitMQ.
 
 use futures_util::stream::{FuturesUnordered, StreamExt};
-use lapin::options::{
-    BasicAckOptions, BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions,
-    ExchangeDeleteOptions, QueueDeleteOptions,
-};
+use lapin::options::{BasicAckOptions, BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions};
 use lapin::types::AMQPValue;
 use lapin::BasicProperties;
 use pulseboard::ingest::broker::{connect, Topology};
@@ -96,19 +93,56 @@ pub fn short_id() -> String {
     uuid::Uuid::new_v4().simple().to_string()[..12].to_owned()
 }
 
-/// Queue prefix and exchange of one test.
+/// Queue prefix and exchange of one test. When the last copy is dropped, at the end of the
+/// test whether it passed or not, the queues and exchanges of that prefix are deleted.
 #[derive(Debug, Clone)]
 pub struct Names {
     pub prefix: String,
     pub exchange: String,
+    _cleanup: Arc<TopologyCleanup>,
 }
 
 impl Names {
     pub fn new() -> Names {
         let prefix = format!("test-{}", short_id());
+        let exchange = format!("{prefix}.ev");
         Names {
-            exchange: format!("{prefix}.ev"),
+            _cleanup: Arc::new(TopologyCleanup(Topology::new(&exchange, &prefix))),
+            exchange,
             prefix,
+        }
+    }
+}
+
+#[derive(Debug)]
+struct TopologyCleanup(Topology);
+
+impl Drop for TopologyCleanup {
+    fn drop(&mut self) {
+        let topology = self.0.clone();
+        // Drop runs inside the test's runtime, which must not block: the deletion gets a thread
+        // and a runtime of its own. Nothing to do if the broker is gone; the test says why.
+        let deleted = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| e.to_string())?;
+            runtime.block_on(async {
+                let connection = connect(AMQP_URL, "pulseboard test cleanup")
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let channel = connection
+                    .create_channel()
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let deleted = topology.delete(&channel).await.map_err(|e| e.to_string());
+                let _ = connection.close(200, "done").await;
+                deleted
+            })
+        })
+        .join();
+        if let Ok(Err(error)) = deleted {
+            eprintln!("could not delete the test's queues and exchanges: {error}");
         }
     }
 }
@@ -147,6 +181,9 @@ pub struct Service {
     /// A client that sends the operator `admin`'s bearer token with every request.
     http: reqwest::Client,
     token: String,
+    /// Its queues and exchanges outlive it: they are deleted after the process is killed (the
+    /// fields drop in this order), or the service would declare them again.
+    _names: Names,
 }
 
 impl Service {
@@ -205,6 +242,7 @@ impl Service {
                 .build()
                 .expect("http client"),
             token,
+            _names: config.names.clone(),
         }
     }
 
@@ -368,7 +406,8 @@ pub fn metric_sum(text: &str, name: &str, label: &str) -> u64 {
 
 /// A producer and inspector on the real broker, scoped to one test's names.
 pub struct Broker {
-    connection: lapin::Connection,
+    /// Kept open for the channel's sake.
+    _connection: lapin::Connection,
     channel: lapin::Channel,
     pub names: Names,
     topology: Topology,
@@ -388,7 +427,7 @@ impl Broker {
             .await
             .expect("confirms");
         Broker {
-            connection,
+            _connection: connection,
             channel,
             names: names.clone(),
             topology,
@@ -454,27 +493,6 @@ impl Broker {
         Topology::depth(&self.channel, &self.topology.events_queue)
             .await
             .expect("depth")
-    }
-
-    /// Deletes what the test declared.
-    pub async fn cleanup(self) {
-        for queue in [&self.topology.events_queue, &self.topology.dead_queue] {
-            let _ = self
-                .channel
-                .queue_delete(queue, QueueDeleteOptions::default())
-                .await;
-        }
-        for exchange in [
-            &self.topology.exchange,
-            &self.topology.dead_exchange,
-            &self.topology.live_exchange,
-        ] {
-            let _ = self
-                .channel
-                .exchange_delete(exchange, ExchangeDeleteOptions::default())
-                .await;
-        }
-        let _ = self.connection.close(200, "done").await;
     }
 }
 

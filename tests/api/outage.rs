@@ -483,5 +483,4 @@ async fn a_postgres_restart_while_events_flow_keeps_serving_and_resumes_exactly(
         }
     })
     .await;
-    broker.cleanup().await;
 }
