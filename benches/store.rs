@@ -21,8 +21,8 @@
 mod support;
 
 use pulseboard::aggregate::{Event, EventKind};
-use pulseboard::store::{Lease, Store};
-use sqlx::AnyPool;
+use pulseboard::store::{Lease, Store, SQLITE_PRAGMAS};
+use sqlx::{AnyPool, Executor};
 use std::time::Instant;
 use support::{Backend, Database, PostgresServer};
 
@@ -35,7 +35,16 @@ const EVENT_COLUMNS: usize = 6;
 async fn main() -> anyhow::Result<()> {
     let prefill = env_number("BENCH_PREFILL", 200_000)?;
     let rounds = env_number("BENCH_ROUNDS", 20)?;
-    let duplicate_percent = env_number("BENCH_DUPLICATES", 0)?.min(100);
+    let duplicate_percent = env_number("BENCH_DUPLICATES", 0)?;
+    anyhow::ensure!(rounds > 0, "BENCH_ROUNDS must be at least 1");
+    anyhow::ensure!(
+        duplicate_percent <= 100,
+        "BENCH_DUPLICATES is a percentage (0 to 100)"
+    );
+    anyhow::ensure!(
+        prefill > 0 || duplicate_percent == 0,
+        "BENCH_DUPLICATES needs earlier events: BENCH_PREFILL must be at least 1"
+    );
     let server = PostgresServer::from_env();
     println!(
         "## Store commit cost (release build; {prefill} events applied before; {rounds} batches \
@@ -110,7 +119,7 @@ async fn measure(
             // Ids from all over the earlier ones, a different set each round.
             for k in 0..duplicates {
                 let mut event = generator.event();
-                event.id = earlier[(round * 7_919 + k * 104_729) % earlier.len().max(1)].clone();
+                event.id = earlier[(round * 7_919 + k * 104_729) % earlier.len()].clone();
                 batch.push(event);
             }
             let started = Instant::now();
@@ -157,17 +166,17 @@ impl BareTable {
         };
         let pool = sqlx::any::AnyPoolOptions::new()
             .max_connections(1)
+            .after_connect(move |connection, _| {
+                Box::pin(async move {
+                    // The store's own settings: the baseline must be as durable.
+                    if backend == Backend::Sqlite {
+                        connection.execute(SQLITE_PRAGMAS).await?;
+                    }
+                    Ok(())
+                })
+            })
             .connect(url)
             .await?;
-        if backend == Backend::Sqlite {
-            // The store's own settings for its writer: the baseline must be as durable.
-            sqlx::raw_sql(
-                "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; \
-                 PRAGMA cache_size = -65536; PRAGMA wal_autocheckpoint = 16384;",
-            )
-            .execute(&pool)
-            .await?;
-        }
         Ok(BareTable { pool, backend })
     }
 

@@ -34,6 +34,11 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 const SQLITE_READERS: u32 = 4;
+/// Set on every SQLite connection (see `sqlite_pool` for why); public so that the store
+/// benchmark's baseline writes under the same settings.
+pub const SQLITE_PRAGMAS: &str = "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; \
+     PRAGMA busy_timeout = 5000; PRAGMA temp_store = MEMORY; \
+     PRAGMA cache_size = -65536; PRAGMA wal_autocheckpoint = 16384;";
 const POSTGRES_CONNECTIONS: u32 = 8;
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Rows per INSERT statement: well under SQLite's and PostgreSQL's bind-parameter limits.
@@ -426,13 +431,7 @@ async fn sqlite_pool(url: &str, connections: u32, read_only: bool) -> Result<Any
         .acquire_timeout(ACQUIRE_TIMEOUT)
         .after_connect(move |connection, _| {
             Box::pin(async move {
-                connection
-                    .execute(
-                        "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; \
-                         PRAGMA busy_timeout = 5000; PRAGMA temp_store = MEMORY; \
-                         PRAGMA cache_size = -65536; PRAGMA wal_autocheckpoint = 16384;",
-                    )
-                    .await?;
+                connection.execute(SQLITE_PRAGMAS).await?;
                 if read_only {
                     connection.execute("PRAGMA query_only = ON;").await?;
                 }
