@@ -125,19 +125,27 @@ impl Topology {
     }
 
     /// Deletes everything `declare` made, with the messages in it: for tests and benchmarks
-    /// that declare a topology of their own (the service never deletes one).
+    /// that declare a topology of their own (the service never deletes one). Goes on past a
+    /// failure while the channel lasts, and returns the first one.
     pub async fn delete(&self, channel: &Channel) -> Result<(), BrokerError> {
+        let mut first_error = None;
         for queue in [&self.events_queue, &self.dead_queue] {
-            channel
+            if let Err(error) = channel
                 .queue_delete(queue, QueueDeleteOptions::default())
-                .await?;
+                .await
+            {
+                first_error.get_or_insert(error);
+            }
         }
         for exchange in [&self.exchange, &self.dead_exchange, &self.live_exchange] {
-            channel
+            if let Err(error) = channel
                 .exchange_delete(exchange, ExchangeDeleteOptions::default())
-                .await?;
+                .await
+            {
+                first_error.get_or_insert(error);
+            }
         }
-        Ok(())
+        first_error.map_or(Ok(()), |error| Err(error.into()))
     }
 
     /// Ready messages in `queue`, without declaring it.

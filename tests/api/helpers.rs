@@ -120,24 +120,18 @@ struct TopologyCleanup(Topology);
 impl Drop for TopologyCleanup {
     fn drop(&mut self) {
         let topology = self.0.clone();
-        // Drop runs inside the test's runtime, which must not block: the deletion gets a thread
-        // and a runtime of its own. Nothing to do if the broker is gone; the test says why.
+        // Drop is synchronous and runs on the test's runtime, which cannot `block_on` a second
+        // future: the deletion gets a thread and a runtime of its own, and this waits for it
+        // (bounded, so that a broker that stopped answering cannot hang the test run).
         let deleted = std::thread::spawn(move || {
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
                 .map_err(|e| e.to_string())?;
             runtime.block_on(async {
-                let connection = connect(AMQP_URL, "pulseboard test cleanup")
+                tokio::time::timeout(CLEANUP_LIMIT, delete_topology(&topology))
                     .await
-                    .map_err(|e| e.to_string())?;
-                let channel = connection
-                    .create_channel()
-                    .await
-                    .map_err(|e| e.to_string())?;
-                let deleted = topology.delete(&channel).await.map_err(|e| e.to_string());
-                let _ = connection.close(200, "done").await;
-                deleted
+                    .unwrap_or_else(|_| Err(format!("no answer within {CLEANUP_LIMIT:?}")))
             })
         })
         .join();
@@ -145,6 +139,21 @@ impl Drop for TopologyCleanup {
             eprintln!("could not delete the test's queues and exchanges: {error}");
         }
     }
+}
+
+const CLEANUP_LIMIT: Duration = Duration::from_secs(10);
+
+async fn delete_topology(topology: &Topology) -> Result<(), String> {
+    let connection = connect(AMQP_URL, "pulseboard test cleanup")
+        .await
+        .map_err(|e| e.to_string())?;
+    let channel = connection
+        .create_channel()
+        .await
+        .map_err(|e| e.to_string())?;
+    let deleted = topology.delete(&channel).await.map_err(|e| e.to_string());
+    let _ = connection.close(200, "done").await;
+    deleted
 }
 
 /// How to start one service process.

@@ -266,7 +266,8 @@ async fn assert_exact_totals(service: &Service, tally: &SentTally) {
 /// `orders_per_minute` is checked exactly too: every event occurred when the stream was
 /// generated, just before publishing, and the whole test takes well under a minute from there.
 ///
-/// No `Broker::cleanup`: the queues live on the private node, which is deleted with `rabbit`.
+/// The queues live on the private node, which is deleted with `rabbit`; the cleanup of `names`
+/// finds nothing of this test's on the shared broker.
 #[tokio::test]
 async fn a_broker_restart_while_events_flow_keeps_serving_and_resumes_exactly() {
     let rabbit = PrivateRabbit::start().await;
