@@ -531,20 +531,12 @@ async fn drive(
         handle.abort();
     }
     eprintln!(
-        "latency every order from arrival p50/p99/max {}/{}/{} ms, from publish {}/{}/{} ms, \
-         oldest {}/{}/{} ms, newest {}/{}/{} ms; {:.0} snapshots/s",
-        row.every_from_arrival.p50,
-        row.every_from_arrival.p99,
-        row.every_from_arrival.max,
-        row.every.p50,
-        row.every.p99,
-        row.every.max,
-        row.oldest.p50,
-        row.oldest.p99,
-        row.oldest.max,
-        row.newest.p50,
-        row.newest.p99,
-        row.newest.max,
+        "latency (p50 / p99 / max) every order from arrival {}, from publish {}, oldest {}, \
+         newest {}; {:.0} snapshots/s",
+        row.every_from_arrival.spread(),
+        row.every.spread(),
+        row.oldest.spread(),
+        row.newest.spread(),
         row.snapshots_per_second
     );
     Ok(row)
@@ -876,6 +868,13 @@ struct Summary {
     p99: u64,
     max: f64,
     mean: f64,
+}
+
+impl Summary {
+    /// `p50 / p99 / max ms`, as the tables and the progress line print it.
+    fn spread(&self) -> String {
+        format!("{} / {} / {:.0} ms", self.p50, self.p99, self.max)
+    }
 }
 
 impl Default for Histogram {
@@ -1576,22 +1575,13 @@ fn print_tables(settings: &Settings, rows: &[Row]) {
     for row in rows {
         let ideal = row.opened as f64 * 1_000.0 / SNAPSHOT_INTERVAL_MS as f64;
         println!(
-            "| {} | {:.0} | {} / {} / {:.0} ms | {} / {} / {:.0} ms | {} / {} / {:.0} ms | {} / {} \
-             / {:.0} ms | {} / {} | {} | {:.0} ({:.0}) |",
+            "| {} | {:.0} | {} | {} | {} | {} | {} / {} | {} | {:.0} ({:.0}) |",
             row.clients,
             row.published.sent as f64 / row.published.seconds,
-            row.every_from_arrival.p50,
-            row.every_from_arrival.p99,
-            row.every_from_arrival.max,
-            row.every.p50,
-            row.every.p99,
-            row.every.max,
-            row.oldest.p50,
-            row.oldest.p99,
-            row.oldest.max,
-            row.newest.p50,
-            row.newest.p99,
-            row.newest.max,
+            row.every_from_arrival.spread(),
+            row.every.spread(),
+            row.oldest.spread(),
+            row.newest.spread(),
             row.every.count,
             row.oldest.count,
             row.server_latency,

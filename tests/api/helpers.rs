@@ -144,16 +144,24 @@ impl Drop for TopologyCleanup {
 const CLEANUP_LIMIT: Duration = Duration::from_secs(10);
 
 async fn delete_topology(topology: &Topology) -> Result<(), String> {
-    let connection = connect(AMQP_URL, "pulseboard test cleanup")
-        .await
-        .map_err(|e| e.to_string())?;
+    let (connection, channel) = open_channel(AMQP_URL, "pulseboard test cleanup").await?;
+    let deleted = topology.delete(&channel).await.map_err(|e| e.to_string());
+    let _ = connection.close(200, "done").await;
+    deleted
+}
+
+/// A connection to the broker at `url` and a channel on it; errors as text, for tests that
+/// retry or report them instead of failing at once.
+pub async fn open_channel(
+    url: &str,
+    name: &str,
+) -> Result<(lapin::Connection, lapin::Channel), String> {
+    let connection = connect(url, name).await.map_err(|e| e.to_string())?;
     let channel = connection
         .create_channel()
         .await
         .map_err(|e| e.to_string())?;
-    let deleted = topology.delete(&channel).await.map_err(|e| e.to_string());
-    let _ = connection.close(200, "done").await;
-    deleted
+    Ok((connection, channel))
 }
 
 /// How to start one service process.

@@ -7,14 +7,14 @@
 //! private server of its own (`private_services`), never the shared ones.
 
 use crate::helpers::{
-    short_id, Backend, Broker, Names, Service, ServiceConfig, TestDatabase, AMQP_URL,
+    open_channel, short_id, Backend, Broker, Names, Service, ServiceConfig, TestDatabase, AMQP_URL,
 };
 use crate::private_services::{PrivatePostgres, PrivateRabbit};
 use crate::traffic::{net_revenue, placed, stream_with_duplicates};
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::BasicProperties;
-use pulseboard::ingest::broker::{connect, Topology};
+use pulseboard::ingest::broker::Topology;
 use pulseboard::simulate::SentTally;
 use serde_json::Value;
 use std::future::Future;
@@ -124,13 +124,7 @@ async fn open_producer(
     url: &str,
     topology: &Topology,
 ) -> Result<(lapin::Connection, lapin::Channel), String> {
-    let connection = connect(url, "pulseboard test producer")
-        .await
-        .map_err(|e| e.to_string())?;
-    let channel = connection
-        .create_channel()
-        .await
-        .map_err(|e| e.to_string())?;
+    let (connection, channel) = open_channel(url, "pulseboard test producer").await?;
     topology
         .declare(&channel)
         .await
