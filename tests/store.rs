@@ -66,6 +66,22 @@ async fn execute(url: &str, sql: &str) {
     pool.close().await;
 }
 
+/// Writes one applied `order.placed` row into SQLite's `applied_events` directly, with the given
+/// `id_key` (`None`: NULL, as an older version writes it).
+async fn insert_applied_row(url: &str, id: &str, id_key: Option<i64>) {
+    let key = id_key.map_or("NULL".to_owned(), |key| key.to_string());
+    execute(
+        url,
+        &format!(
+            "INSERT INTO applied_events \
+             (id_key, id, kind, user_id, occurred_at, amount_minor, applied_at) \
+             VALUES ({key}, '{id}', 'order.placed', 'u1', {}, 1, {NOW})",
+            NOW - 1_000
+        ),
+    )
+    .await;
+}
+
 async fn admin(sql: &str) {
     use sqlx::Connection;
     let mut connection = sqlx::PgConnection::connect("postgres://postgres@127.0.0.1:5432/postgres")
@@ -190,34 +206,46 @@ async fn an_id_repeated_within_one_batch_is_applied_once() {
 async fn sqlite_tells_apart_ids_that_share_a_key() {
     let folder = tempfile::tempdir().expect("temporary folder");
     let url = format!("sqlite://{}/store.db?mode=rwc", folder.path().display());
-    {
-        let store = open(&url).await;
-        let lease = first_lease(&store).await;
-        // No two known ids share a key, so forge one: "not-b" stored under the key of "b".
-        execute(
-            &url,
-            &format!(
-                "INSERT INTO applied_events \
-                 (id_key, id, kind, user_id, occurred_at, amount_minor, applied_at) \
-                 VALUES ({}, 'not-b', 'order.placed', 'u1', {}, 1, {NOW})",
-                event_id_key("b"),
-                NOW - 1_000
-            ),
+    let store = open(&url).await;
+    let lease = first_lease(&store).await;
+    // No two known ids share a key, so forge one: "not-b" stored under the key of "b".
+    insert_applied_row(&url, "not-b", Some(event_id_key("b"))).await;
+    let applied = store
+        .apply_batch(&lease, &[order("b", 5, NOW - 1_000)], chrono_tz::UTC, NOW)
+        .await
+        .expect("apply");
+    assert_eq!(applied.fresh, vec![true]);
+    assert_eq!(store.applied_count().await.expect("count"), 2);
+    store.close().await;
+}
+
+/// An older version still running beside an upgraded one writes rows without a key; the new
+/// leader keys them (`key_unkeyed_events`, called when it takes the lease) before it looks up.
+#[tokio::test]
+async fn sqlite_rows_written_without_a_key_are_found_once_keyed() {
+    let folder = tempfile::tempdir().expect("temporary folder");
+    let url = format!("sqlite://{}/store.db?mode=rwc", folder.path().display());
+    let store = open(&url).await;
+    let lease = first_lease(&store).await;
+    insert_applied_row(&url, "written-by-old", None).await;
+    store.key_unkeyed_events().await.expect("keying");
+    let applied = store
+        .apply_batch(
+            &lease,
+            &[order("written-by-old", 1, NOW - 1_000)],
+            chrono_tz::UTC,
+            NOW,
         )
-        .await;
-        let applied = store
-            .apply_batch(&lease, &[order("b", 5, NOW - 1_000)], chrono_tz::UTC, NOW)
-            .await
-            .expect("apply");
-        assert_eq!(applied.fresh, vec![true]);
-        assert_eq!(store.applied_count().await.expect("count"), 2);
-        store.close().await;
-    }
+        .await
+        .expect("apply");
+    assert_eq!(applied.fresh, vec![false]);
+    assert_eq!(store.applied_count().await.expect("count"), 1);
+    store.close().await;
 }
 
 /// Events applied before the upgrade to SQLite's `id_key` (migration 20261124000005) are still
-/// duplicates after it: `Store::migrate` keys the copied rows, more than one round's worth here.
-/// PostgreSQL, which has no such migration, upgrades from the same point.
+/// duplicates after it: `Store::migrate` keys the copied rows, more than one statement's worth
+/// (500) here. PostgreSQL, which has no such migration, upgrades from the same point.
 #[tokio::test]
 async fn events_applied_before_the_id_key_upgrade_are_still_recognised() {
     const OLD: usize = 1_234;

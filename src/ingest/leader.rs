@@ -120,6 +120,8 @@ impl<'a> Leader<'a> {
         let settings = &context.settings;
         let now = now_ms();
         let horizon = Aggregator::new(settings.aggregate.clone()).restore_horizon_ms();
+        // An older version may have written rows without a key until this node took the lease.
+        context.store.key_unkeyed_events().await?;
         let restore = context
             .store
             .load_restore(now, horizon, settings.aggregate.timezone)

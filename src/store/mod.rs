@@ -143,7 +143,7 @@ impl Store {
                 sqlx::migrate!("migrations/sqlite")
                     .run(&self.writer)
                     .await?;
-                self.fill_missing_id_keys().await?;
+                self.key_unkeyed_events().await?;
             }
             Backend::Postgres => {
                 sqlx::migrate!("migrations/postgres")
@@ -168,7 +168,8 @@ impl Store {
         self.reader.close().await;
     }
 
-    /// Applies a batch exactly once, fenced by `lease`. Events must have distinct ids.
+    /// Applies a batch exactly once, fenced by `lease`. An id applied before, or earlier in the
+    /// batch, is a duplicate: `Applied::fresh` is false for it and it changes nothing.
     pub async fn apply_batch(
         &self,
         lease: &Lease,
@@ -300,13 +301,21 @@ impl Store {
         Ok(known)
     }
 
-    /// Gives rows copied by a SQLite migration their `id_key` (SQLite has no SHA-256 in SQL).
-    /// A no-op once every row has one; runs before anything reads or writes events. Commits
-    /// every `KEY_FILL_PER_COMMIT` rows: a commit per statement would wait for the disk
-    /// thousands of times, one for everything would grow the WAL by the whole table.
-    async fn fill_missing_id_keys(&self) -> Result<(), StoreError> {
+    /// Gives every SQLite row without an `id_key` its key (SQLite has no SHA-256 in SQL); a
+    /// no-op on PostgreSQL and once every row has one. Rows lack a key after migration
+    /// `20261124000005` copied them, and when an older version went on writing to the file
+    /// (until the lease passes to this one): `migrate` runs it, and so does every new leader,
+    /// after taking the lease and before its first lookup. Commits every
+    /// `KEY_FILL_PER_COMMIT` rows: a commit per statement would wait for the disk thousands of
+    /// times, one for everything would grow the WAL by the whole table.
+    pub async fn key_unkeyed_events(&self) -> Result<(), StoreError> {
+        if self.backend != Backend::Sqlite {
+            return Ok(());
+        }
         loop {
-            let mut tx = self.writer.begin().await?;
+            // IMMEDIATE: take the write lock before the first read. A deferred transaction that
+            // read first fails at once (SQLITE_BUSY) if another process wrote meanwhile.
+            let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
             let mut filled = 0;
             while filled < KEY_FILL_PER_COMMIT {
                 match self.key_some_rows(&mut tx).await? {
@@ -557,7 +566,7 @@ fn stored_event(row: &AnyRow) -> Result<Event, StoreError> {
 /// The key SQLite indexes an event id by: the first 8 bytes of its SHA-256, read as a signed
 /// big-endian integer. Stored with every applied event, so it must never change. SHA-256 rather
 /// than a faster hash because producers choose the ids: keys stay evenly spread whatever the ids
-/// look like, and nobody can aim many ids at one key.
+/// look like. Ids sharing a key (2^32 tries find a pair) only cost an extra row per lookup.
 pub fn event_id_key(id: &str) -> i64 {
     use sha2::{Digest, Sha256};
     let digest = Sha256::digest(id.as_bytes());
