@@ -235,10 +235,12 @@ async fn two_instances_serve_the_same_seq_sequence_and_each_others_announcements
     let broker = Broker::connect(&names).await;
     let first = Service::start(&config(&database, &names, "fan-a", 100, 15)).await;
     let second = Service::start(&config(&database, &names, "fan-b", 100, 15)).await;
+    // Until the leader's broker link is up, bursts wait in the queue and are then applied
+    // together, in one snapshot: wait for it, as seen from both instances.
     for service in [&first, &second] {
         service
             .wait_for_snapshot(Duration::from_secs(15), |s| {
-                s["ingest"]["leader"].is_string()
+                s["ingest"]["leader"].is_string() && s["ingest"]["state"] == "running"
             })
             .await;
     }
@@ -258,7 +260,10 @@ async fn two_instances_serve_the_same_seq_sequence_and_each_others_announcements
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
     let (on_a, on_b) = tokio::join!(snapshot_seqs(&mut a), snapshot_seqs(&mut b));
-    assert!(on_a.len() >= 6, "{on_a:?}");
+    // Six bursts, 2.5 intervals apart, make six snapshots, or fewer when a commit on a loaded
+    // machine takes longer than the gap and two bursts land in one (seen in a full parallel
+    // run): what is checked here is that both instances deliver the same sequence.
+    assert!(on_a.len() >= 4, "{on_a:?}");
     assert!(on_a.windows(2).all(|w| w[0] < w[1]), "{on_a:?}");
     assert_eq!(on_a, on_b, "both instances deliver the same snapshots");
 
