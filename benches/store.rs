@@ -21,7 +21,7 @@
 mod support;
 
 use pulseboard::aggregate::{Event, EventKind};
-use pulseboard::store::{event_id_key, Lease, Store, EVENT_COLUMNS, SQLITE_PRAGMAS};
+use pulseboard::store::{applied_event_columns, event_id_key, Lease, Store, SQLITE_PRAGMAS};
 use sqlx::{AnyPool, Executor};
 use std::time::Instant;
 use support::{Backend, Database, PostgresServer};
@@ -180,15 +180,11 @@ impl BareTable {
     }
 
     /// The columns the store writes: SQLite's rows lead with the id's key (its index holds that).
-    fn columns(&self) -> String {
-        match self.backend {
-            Backend::Sqlite => format!("id_key, {}", EVENT_COLUMNS.join(", ")),
-            Backend::Postgres => EVENT_COLUMNS.join(", "),
-        }
-    }
-
-    fn width(&self) -> usize {
-        EVENT_COLUMNS.len() + usize::from(self.backend == Backend::Sqlite)
+    fn columns(&self) -> &'static [&'static str] {
+        applied_event_columns(match self.backend {
+            Backend::Sqlite => pulseboard::config::Backend::Sqlite,
+            Backend::Postgres => pulseboard::config::Backend::Postgres,
+        })
     }
 
     async fn insert(&self, events: &[Event], now: i64) -> anyhow::Result<()> {
@@ -197,8 +193,8 @@ impl BareTable {
             let sql = format!(
                 "INSERT INTO applied_events \
                  ({}) VALUES {}",
-                self.columns(),
-                placeholders(chunk.len(), self.width(), self.backend)
+                self.columns().join(", "),
+                placeholders(chunk.len(), self.columns().len(), self.backend)
             );
             let mut query = sqlx::query(&sql);
             for event in chunk {

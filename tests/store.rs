@@ -15,11 +15,7 @@ where
     Fut: Future<Output = ()>,
 {
     let folder = tempfile::tempdir().expect("temporary folder");
-    test(format!(
-        "sqlite://{}/store.db?mode=rwc",
-        folder.path().display()
-    ))
-    .await;
+    test(sqlite_url(&folder)).await;
 
     let name = format!(
         "pb_store_{}",
@@ -28,6 +24,11 @@ where
     admin(&format!("CREATE DATABASE {name}")).await;
     test(format!("postgres://postgres@127.0.0.1:5432/{name}")).await;
     admin(&format!("DROP DATABASE {name} WITH (FORCE)")).await;
+}
+
+/// A new SQLite database file in `folder`.
+fn sqlite_url(folder: &tempfile::TempDir) -> String {
+    format!("sqlite://{}/store.db?mode=rwc", folder.path().display())
 }
 
 /// Runs `test` on a migrated store of each backend.
@@ -205,7 +206,7 @@ async fn an_id_repeated_within_one_batch_is_applied_once() {
 #[tokio::test]
 async fn sqlite_tells_apart_ids_that_share_a_key() {
     let folder = tempfile::tempdir().expect("temporary folder");
-    let url = format!("sqlite://{}/store.db?mode=rwc", folder.path().display());
+    let url = sqlite_url(&folder);
     let store = open(&url).await;
     let lease = first_lease(&store).await;
     // No two known ids share a key, so forge one: "not-b" stored under the key of "b".
@@ -224,7 +225,7 @@ async fn sqlite_tells_apart_ids_that_share_a_key() {
 #[tokio::test]
 async fn sqlite_rows_written_without_a_key_are_found_once_keyed() {
     let folder = tempfile::tempdir().expect("temporary folder");
-    let url = format!("sqlite://{}/store.db?mode=rwc", folder.path().display());
+    let url = sqlite_url(&folder);
     let store = open(&url).await;
     let lease = first_lease(&store).await;
     insert_applied_row(&url, "written-by-old", None).await;

@@ -45,9 +45,9 @@ const POSTGRES_CONNECTIONS: u32 = 8;
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Rows per INSERT statement: well under SQLite's and PostgreSQL's bind-parameter limits.
 const INSERT_CHUNK: usize = 1_000;
-/// Columns of `applied_events` written per event, after SQLite's leading `id_key`. Public so that
-/// the store benchmark's baseline writes the same rows.
-pub const EVENT_COLUMNS: [&str; 6] = [
+/// Columns of `applied_events` written per event; only SQLite has the leading `id_key`.
+const APPLIED_EVENT_COLUMNS: [&str; 7] = [
+    "id_key",
     "id",
     "kind",
     "user_id",
@@ -180,29 +180,22 @@ impl Store {
         let mut tx = self.writer.begin().await?;
         lease.fence(&mut tx, now).await?;
 
-        let fresh = self.fresh_events(&mut tx, events).await?;
-        let new_events: Vec<&Event> = events
-            .iter()
-            .zip(&fresh)
-            .filter_map(|(event, fresh)| fresh.then_some(event))
-            .collect();
-        let keyed = self.backend == Backend::Sqlite;
-        let columns = if keyed {
-            format!("id_key, {}", EVENT_COLUMNS.join(", "))
-        } else {
-            EVENT_COLUMNS.join(", ")
-        };
-        let width = EVENT_COLUMNS.len() + usize::from(keyed);
-        for chunk in new_events.chunks(INSERT_CHUNK) {
+        let keys = self.id_keys(events);
+        let fresh = self.fresh_events(&mut tx, events, keys.as_deref()).await?;
+        let new: Vec<usize> = (0..events.len()).filter(|&i| fresh[i]).collect();
+        let columns = applied_event_columns(self.backend);
+        for chunk in new.chunks(INSERT_CHUNK) {
             let sql = format!(
-                "INSERT INTO applied_events ({columns}) VALUES {}",
-                values_placeholders(chunk.len(), width, self.backend)
+                "INSERT INTO applied_events ({}) VALUES {}",
+                columns.join(", "),
+                values_placeholders(chunk.len(), columns.len(), self.backend)
             );
             let mut query = sqlx::query(&sql);
-            for event in chunk {
-                if keyed {
-                    query = query.bind(event_id_key(&event.id));
+            for &i in chunk {
+                if let Some(keys) = &keys {
+                    query = query.bind(keys[i]);
                 }
+                let event = &events[i];
                 query = query
                     .bind(event.id.as_str())
                     .bind(event.kind.label())
@@ -258,8 +251,9 @@ impl Store {
         &self,
         tx: &mut sqlx::Transaction<'_, sqlx::Any>,
         events: &[Event],
+        keys: Option<&[i64]>,
     ) -> Result<Vec<bool>, StoreError> {
-        let known = self.known_ids(tx, events).await?;
+        let known = self.known_ids(tx, events, keys).await?;
         let mut seen = HashSet::with_capacity(events.len());
         Ok(events
             .iter()
@@ -276,22 +270,21 @@ impl Store {
         &self,
         tx: &mut sqlx::Transaction<'_, sqlx::Any>,
         events: &[Event],
+        keys: Option<&[i64]>,
     ) -> Result<HashSet<String>, StoreError> {
         let mut known = HashSet::new();
-        let column = match self.backend {
-            Backend::Sqlite => "id_key",
-            Backend::Postgres => "id",
-        };
-        for chunk in events.chunks(INSERT_CHUNK) {
+        let column = if keys.is_some() { "id_key" } else { "id" };
+        for start in (0..events.len()).step_by(INSERT_CHUNK) {
+            let end = events.len().min(start + INSERT_CHUNK);
             let sql = format!(
                 "SELECT id FROM applied_events WHERE {column} IN {}",
-                values_placeholders(1, chunk.len(), self.backend)
+                values_placeholders(1, end - start, self.backend)
             );
             let mut query = sqlx::query(&sql);
-            for event in chunk {
-                query = match self.backend {
-                    Backend::Sqlite => query.bind(event_id_key(&event.id)),
-                    Backend::Postgres => query.bind(event.id.as_str()),
+            for i in start..end {
+                query = match keys {
+                    Some(keys) => query.bind(keys[i]),
+                    None => query.bind(events[i].id.as_str()),
                 };
             }
             for row in query.fetch_all(&mut **tx).await? {
@@ -299,6 +292,13 @@ impl Store {
             }
         }
         Ok(known)
+    }
+
+    /// SQLite's `id_key` of each event, computed once per batch for the lookup and the insert;
+    /// `None` on PostgreSQL, which looks ids up by themselves.
+    fn id_keys(&self, events: &[Event]) -> Option<Vec<i64>> {
+        (self.backend == Backend::Sqlite)
+            .then(|| events.iter().map(|event| event_id_key(&event.id)).collect())
     }
 
     /// Gives every SQLite row without an `id_key` its key (SQLite has no SHA-256 in SQL); a
@@ -561,6 +561,16 @@ fn stored_event(row: &AnyRow) -> Result<Event, StoreError> {
         user_id: row.try_get(2)?,
         occurred_at: row.try_get(3)?,
     })
+}
+
+/// The columns of `applied_events` each backend writes per event, in binding order: SQLite's
+/// rows lead with the id's key. Public so that the store benchmark's baseline writes the same
+/// rows.
+pub fn applied_event_columns(backend: Backend) -> &'static [&'static str] {
+    match backend {
+        Backend::Sqlite => &APPLIED_EVENT_COLUMNS,
+        Backend::Postgres => &APPLIED_EVENT_COLUMNS[1..],
+    }
 }
 
 /// The key SQLite indexes an event id by: the first 8 bytes of its SHA-256, read as a signed
