@@ -101,6 +101,14 @@ fn bounded_string<'a>(fields: &'a Map<String, Value>, name: &str) -> Result<&'a 
     if chars == 0 || chars > MAX_ID_CHARS {
         return Err(invalid());
     }
+    // PostgreSQL's text cannot hold U+0000: stored, it would fail its whole batch again and
+    // again, stalling every event behind it.
+    if text.contains('\0') {
+        return Err(Rejection::new(
+            "invalid_field",
+            format!("{name} must not contain U+0000"),
+        ));
+    }
     Ok(text)
 }
 
@@ -244,6 +252,16 @@ mod tests {
             (
                 "long id",
                 Box::new(|v| v["id"] = json!("x".repeat(129))),
+                "invalid_field",
+            ),
+            (
+                "NUL in id",
+                Box::new(|v| v["id"] = json!("evt\u{0}1")),
+                "invalid_field",
+            ),
+            (
+                "NUL in user",
+                Box::new(|v| v["user_id"] = json!("u\u{0}")),
                 "invalid_field",
             ),
             (

@@ -60,13 +60,17 @@ impl From<StoredAnnouncement> for Announcement {
     }
 }
 
-/// Checks a message: 1 to 500 characters, not only blanks.
+/// Checks a message: 1 to 500 characters, not only blanks, no U+0000 (PostgreSQL cannot store
+/// it).
 pub fn validate_message(message: &str) -> Result<(), String> {
     let chars = message.chars().count();
     if message.trim().is_empty() || chars > MAX_MESSAGE_CHARS {
         return Err(format!(
             "message must have 1 to {MAX_MESSAGE_CHARS} characters"
         ));
+    }
+    if message.contains('\0') {
+        return Err("message must not contain U+0000".to_owned());
     }
     Ok(())
 }
@@ -101,6 +105,7 @@ mod tests {
         assert!(validate_message(&"x".repeat(501)).is_err());
         assert!(validate_message("   ").is_err());
         assert!(validate_message("").is_err());
+        assert!(validate_message("nul \u{0} byte").is_err());
     }
 
     #[test]

@@ -51,6 +51,10 @@ impl Store {
         &self,
         username: &str,
     ) -> Result<Option<(String, Role)>, StoreError> {
+        // No stored name holds U+0000 (PostgreSQL refuses it), so asking would only fail.
+        if username.contains('\0') {
+            return Ok(None);
+        }
         let row = sqlx::query("SELECT password_hash, role FROM users WHERE username = $1")
             .bind(username)
             .fetch_optional(self.reader())
