@@ -6,7 +6,9 @@
 //! index is as deep as in a busy hour), for several batch sizes, and fits
 //! `time = per_commit + per_event × events` by least squares. `BENCH_DUPLICATES` percent of each
 //! batch (default 0) carry ids applied before, like redeliveries after a failover; the baseline
-//! then stores only the new rows.
+//! then stores only the new rows. With `BENCH_VARY=1` every batch has a size of its own (from
+//! half the nominal size up), as under load, where a statement whose text depends on the size
+//! is prepared anew for nearly every batch.
 //!
 //! The baseline, in the same run: the same rows written by one bare multi-row `INSERT` per batch,
 //! in its own transaction, into a second database of the same schema and size. That is what
@@ -16,6 +18,7 @@
 //! ```sh
 //! cargo bench --bench store
 //! BENCH_BACKENDS=sqlite BENCH_PREFILL=1000000 cargo bench --bench store
+//! BENCH_VARY=1 cargo bench --bench store
 //! ```
 
 mod support;
@@ -35,6 +38,7 @@ async fn main() -> anyhow::Result<()> {
     let prefill = env_number("BENCH_PREFILL", 200_000)?;
     let rounds = env_number("BENCH_ROUNDS", 20)?;
     let duplicate_percent = env_number("BENCH_DUPLICATES", 0)?;
+    let vary_sizes = env_number("BENCH_VARY", 0)? != 0;
     anyhow::ensure!(rounds > 0, "BENCH_ROUNDS must be at least 1");
     anyhow::ensure!(
         duplicate_percent <= 100,
@@ -47,7 +51,12 @@ async fn main() -> anyhow::Result<()> {
     let server = PostgresServer::from_env();
     println!(
         "## Store commit cost (release build; {prefill} events applied before; {rounds} batches \
-         per size; {duplicate_percent} % of each batch applied before)\n"
+         per size{}; {duplicate_percent} % of each batch applied before)\n",
+        if vary_sizes {
+            ", each of its own size, from half the size up"
+        } else {
+            ""
+        }
     );
     println!("| backend | batch | bare INSERT, mean (ms) | apply_batch, mean (ms) |");
     println!("| --- | ---: | ---: | ---: |");
@@ -55,7 +64,13 @@ async fn main() -> anyhow::Result<()> {
     for backend in Backend::list_from_env() {
         let bare = Database::create(&server, backend, &unique_name("bare"))?;
         let store = Database::create(&server, backend, &unique_name("store"))?;
-        let result = measure(backend, &bare, &store, prefill, rounds, duplicate_percent).await;
+        let plan = Plan {
+            prefill,
+            rounds,
+            duplicate_percent,
+            vary_sizes,
+        };
+        let result = measure(backend, &bare, &store, &plan).await;
         for database in [bare, store] {
             if let Err(error) = database.drop(&server) {
                 eprintln!("{error:#}");
@@ -84,10 +99,14 @@ async fn measure(
     backend: Backend,
     bare: &Database,
     store: &Database,
-    prefill: usize,
-    rounds: usize,
-    duplicate_percent: usize,
+    plan: &Plan,
 ) -> anyhow::Result<[Fit; 2]> {
+    let Plan {
+        prefill,
+        rounds,
+        duplicate_percent,
+        vary_sizes,
+    } = *plan;
     let now = pulseboard::clock::now_ms();
     let mut generator = Generator::new(now);
     let bare = BareTable::open(&bare.url).await?;
@@ -113,6 +132,13 @@ async fn measure(
     for size in BATCH_SIZES {
         let (mut bare_total, mut store_total) = (0.0, 0.0);
         for round in 0..rounds {
+            // Under load each batch has a size of its own; a statement that differs with the
+            // size is then prepared anew for nearly every batch.
+            let size = if vary_sizes {
+                size - (round * 7) % (size / 2)
+            } else {
+                size
+            };
             let duplicates = size * duplicate_percent / 100;
             let mut batch = generator.batch(size - duplicates);
             // Ids from all over the earlier ones, a different set each round.
@@ -145,6 +171,14 @@ async fn measure(
     store.close().await;
     bare.pool.close().await;
     Ok([Fit::of(&bare_samples), Fit::of(&store_samples)])
+}
+
+/// What to time, from the environment.
+struct Plan {
+    prefill: usize,
+    rounds: usize,
+    duplicate_percent: usize,
+    vary_sizes: bool,
 }
 
 /// `applied_events` of a database migrated by the store, written with nothing but an INSERT.

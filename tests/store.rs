@@ -202,6 +202,68 @@ async fn an_id_repeated_within_one_batch_is_applied_once() {
     .await;
 }
 
+/// PostgreSQL receives a batch as array literals: ids and users that look like their syntax
+/// must come back exactly as given, and be recognised when they come again.
+#[tokio::test]
+async fn ids_that_look_like_array_syntax_are_stored_as_given() {
+    with_each_backend(|store| async move {
+        let lease = first_lease(&store).await;
+        let ids = [
+            "NULL".to_owned(),
+            "{a,b}".to_owned(),
+            r#"say "hi""#.to_owned(),
+            r"C:\path\".to_owned(),
+            " padded ".to_owned(),
+            "ünï-çødé-✓".to_owned(),
+            "x".repeat(128),
+        ];
+        let batch: Vec<Event> = ids
+            .iter()
+            .map(|id| Event {
+                user_id: format!("user {id}"),
+                ..order(id, 1, NOW - 1_000)
+            })
+            .collect();
+        let applied = store
+            .apply_batch(&lease, &batch, chrono_tz::UTC, NOW)
+            .await
+            .expect("apply");
+        assert!(applied.fresh.iter().all(|fresh| *fresh));
+        let applied = store
+            .apply_batch(&lease, &batch, chrono_tz::UTC, NOW)
+            .await
+            .expect("apply again");
+        assert!(applied.fresh.iter().all(|fresh| !*fresh), "all known");
+
+        let restore = store
+            .load_restore(NOW, 3_600_000, chrono_tz::UTC)
+            .await
+            .expect("restore");
+        let mut stored: Vec<(String, String)> = restore
+            .recent_events
+            .into_iter()
+            .map(|event| (event.id, event.user_id))
+            .collect();
+        stored.sort();
+        let mut expected: Vec<(String, String)> = batch
+            .into_iter()
+            .map(|event| (event.id, event.user_id))
+            .collect();
+        expected.sort();
+        assert_eq!(stored, expected);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_username_holding_nul_is_unknown_not_an_error() {
+    with_each_backend(|store| async move {
+        let found = store.user_credentials("ad\0min").await.expect("no error");
+        assert!(found.is_none());
+    })
+    .await;
+}
+
 /// SQLite looks ids up by a 64-bit key; two ids that share one must still be told apart.
 #[tokio::test]
 async fn sqlite_tells_apart_ids_that_share_a_key() {

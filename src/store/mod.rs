@@ -10,9 +10,10 @@
 //! commits.
 //!
 //! `sqlx::AnyPool`s serve both backends; their SQL is shared (placeholders `$N`, `ON CONFLICT`,
-//! `RETURNING`; the batch statements write `?` for SQLite), only the migrations differ. SQLite
-//! gets one writer connection, so writers take turns in order, and a pool of read-only
-//! connections beside it; PostgreSQL one pool for both.
+//! `RETURNING`) except the batch statements: SQLite's write `?` lists, PostgreSQL's take one
+//! array per column, so that every batch size runs one prepared statement. The migrations
+//! differ. SQLite gets one writer connection, so writers take turns in order, and a pool of
+//! read-only connections beside it; PostgreSQL one pool for both.
 //! Sums are cast to BIGINT because PostgreSQL's NUMERIC has no portable decoding.
 
 mod announcements;
@@ -182,30 +183,8 @@ impl Store {
 
         let keys = self.id_keys(events);
         let fresh = self.fresh_events(&mut tx, events, keys.as_deref()).await?;
-        let new: Vec<usize> = (0..events.len()).filter(|&i| fresh[i]).collect();
-        let columns = applied_event_columns(self.backend);
-        for chunk in new.chunks(INSERT_CHUNK) {
-            let sql = format!(
-                "INSERT INTO applied_events ({}) VALUES {}",
-                columns.join(", "),
-                values_placeholders(chunk.len(), columns.len(), self.backend)
-            );
-            let mut query = sqlx::query(&sql);
-            for &i in chunk {
-                if let Some(keys) = &keys {
-                    query = query.bind(keys[i]);
-                }
-                let event = &events[i];
-                query = query
-                    .bind(event.id.as_str())
-                    .bind(event.kind.label())
-                    .bind(event.user_id.as_str())
-                    .bind(event.occurred_at)
-                    .bind(event.kind.amount_minor())
-                    .bind(now);
-            }
-            query.execute(&mut *tx).await?;
-        }
+        self.record_applied(&mut tx, events, &fresh, keys.as_deref(), now)
+            .await?;
 
         let delta = Delta::of(
             events
@@ -272,26 +251,104 @@ impl Store {
         events: &[Event],
         keys: Option<&[i64]>,
     ) -> Result<HashSet<String>, StoreError> {
-        let mut known = HashSet::new();
-        let column = if keys.is_some() { "id_key" } else { "id" };
-        for start in (0..events.len()).step_by(INSERT_CHUNK) {
-            let end = events.len().min(start + INSERT_CHUNK);
+        let rows = match keys {
+            Some(keys) => {
+                let mut rows = Vec::new();
+                for chunk in keys.chunks(INSERT_CHUNK) {
+                    let sql = format!(
+                        "SELECT id FROM applied_events WHERE id_key IN {}",
+                        sqlite_placeholders(1, chunk.len())
+                    );
+                    let query = chunk.iter().fold(sqlx::query(&sql), |q, key| q.bind(*key));
+                    rows.extend(query.fetch_all(&mut **tx).await?);
+                }
+                rows
+            }
+            // A join, not `id = ANY($1::text[])`: on a table not yet analyzed PostgreSQL chose
+            // a sequential scan for that and parsed the whole array again for every row
+            // (seconds per batch); unnest parses it once, and the join probes the index.
+            None => {
+                sqlx::query(
+                    "SELECT applied_events.id FROM unnest($1::text[]) AS batch (id) \
+                     JOIN applied_events ON applied_events.id = batch.id",
+                )
+                .bind(postgres_text_array(events.iter().map(|e| e.id.as_str())))
+                .fetch_all(&mut **tx)
+                .await?
+            }
+        };
+        rows.iter()
+            .map(|row| Ok(row.try_get::<String, _>(0)?))
+            .collect()
+    }
+
+    /// Records the fresh events in `applied_events`. PostgreSQL gets the batch as one array per
+    /// column, so that every batch runs the same prepared statement: a `VALUES` list differs
+    /// with the batch size, and PostgreSQL parsed and planned each new one again (half of a
+    /// commit's cost when batch sizes vary, as they do under load). SQLite prepares locally and
+    /// cheaply, so it keeps `VALUES` lists, in chunks under its bind-parameter limit.
+    async fn record_applied(
+        &self,
+        tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+        events: &[Event],
+        fresh: &[bool],
+        keys: Option<&[i64]>,
+        now: Millis,
+    ) -> Result<(), StoreError> {
+        let new: Vec<usize> = (0..events.len()).filter(|&i| fresh[i]).collect();
+        if new.is_empty() {
+            return Ok(());
+        }
+        let Some(keys) = keys else {
+            sqlx::query(
+                "INSERT INTO applied_events \
+                 (id, kind, user_id, occurred_at, amount_minor, applied_at) \
+                 SELECT id, kind, user_id, occurred_at, amount_minor, $6 \
+                 FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[], $5::bigint[]) \
+                 AS batch (id, kind, user_id, occurred_at, amount_minor)",
+            )
+            .bind(postgres_text_array(
+                new.iter().map(|&i| events[i].id.as_str()),
+            ))
+            .bind(postgres_text_array(
+                new.iter().map(|&i| events[i].kind.label()),
+            ))
+            .bind(postgres_text_array(
+                new.iter().map(|&i| events[i].user_id.as_str()),
+            ))
+            .bind(postgres_int_array(
+                new.iter().map(|&i| events[i].occurred_at),
+            ))
+            .bind(postgres_int_array(
+                new.iter().map(|&i| events[i].kind.amount_minor()),
+            ))
+            .bind(now)
+            .execute(&mut **tx)
+            .await?;
+            return Ok(());
+        };
+        let columns = applied_event_columns(self.backend);
+        for chunk in new.chunks(INSERT_CHUNK) {
             let sql = format!(
-                "SELECT id FROM applied_events WHERE {column} IN {}",
-                values_placeholders(1, end - start, self.backend)
+                "INSERT INTO applied_events ({}) VALUES {}",
+                columns.join(", "),
+                sqlite_placeholders(chunk.len(), columns.len())
             );
             let mut query = sqlx::query(&sql);
-            for i in start..end {
-                query = match keys {
-                    Some(keys) => query.bind(keys[i]),
-                    None => query.bind(events[i].id.as_str()),
-                };
+            for &i in chunk {
+                let event = &events[i];
+                query = query
+                    .bind(keys[i])
+                    .bind(event.id.as_str())
+                    .bind(event.kind.label())
+                    .bind(event.user_id.as_str())
+                    .bind(event.occurred_at)
+                    .bind(event.kind.amount_minor())
+                    .bind(now);
             }
-            for row in query.fetch_all(&mut **tx).await? {
-                known.insert(row.try_get::<String, _>(0)?);
-            }
+            query.execute(&mut **tx).await?;
         }
-        Ok(known)
+        Ok(())
     }
 
     /// SQLite's `id_key` of each event, computed once per batch for the lookup and the insert;
@@ -346,7 +403,7 @@ impl Store {
         let sql = format!(
             "UPDATE applied_events SET id_key = keys.column2 FROM (VALUES {}) AS keys \
              WHERE applied_events.rowid = keys.column1",
-            values_placeholders(rows.len(), 2, self.backend)
+            sqlite_placeholders(rows.len(), 2)
         );
         let mut query = sqlx::query(&sql);
         for row in &rows {
@@ -585,30 +642,39 @@ pub fn event_id_key(id: &str) -> i64 {
     i64::from_be_bytes(first)
 }
 
-/// `($1, $2), ($3, $4)` for `rows` rows of `columns` values; `(?, ?), (?, ?)` for SQLite, whose
-/// driver looks every `$N` up by name in a list (quadratic: it dominated a 6 000-value insert).
-fn values_placeholders(rows: usize, columns: usize, backend: Backend) -> String {
-    let mut sql = String::with_capacity(rows * columns * 6);
-    for row in 0..rows {
-        if row > 0 {
-            sql.push_str(", ");
+/// `(?, ?), (?, ?)` for `rows` rows of `columns` values. SQLite's driver looks every `$N` up
+/// by name in a list (quadratic: it dominated a 6 000-value insert); `?` is positional.
+fn sqlite_placeholders(rows: usize, columns: usize) -> String {
+    let row = format!("({})", vec!["?"; columns].join(", "));
+    vec![row; rows].join(", ")
+}
+
+/// A PostgreSQL array literal of `items` (`{"a","b\"c"}`), bound as text and cast to `text[]`:
+/// the `Any` driver binds no arrays. Every element is quoted, so `NULL`, commas, braces and
+/// spaces stay data; inside quotes only `"` and `\` need a backslash.
+fn postgres_text_array<'a>(items: impl Iterator<Item = &'a str>) -> String {
+    let mut literal = String::from("{");
+    for (n, item) in items.enumerate() {
+        if n > 0 {
+            literal.push(',');
         }
-        sql.push('(');
-        for column in 0..columns {
-            if column > 0 {
-                sql.push_str(", ");
+        literal.push('"');
+        for c in item.chars() {
+            if c == '"' || c == '\\' {
+                literal.push('\\');
             }
-            match backend {
-                Backend::Sqlite => sql.push('?'),
-                Backend::Postgres => {
-                    sql.push('$');
-                    sql.push_str(&(row * columns + column + 1).to_string());
-                }
-            }
+            literal.push(c);
         }
-        sql.push(')');
+        literal.push('"');
     }
-    sql
+    literal.push('}');
+    literal
+}
+
+/// A PostgreSQL array literal of integers, for `$N::bigint[]`.
+fn postgres_int_array(items: impl Iterator<Item = i64>) -> String {
+    let numbers: Vec<String> = items.map(|n| n.to_string()).collect();
+    format!("{{{}}}", numbers.join(","))
 }
 
 /// An embedded database is created on first start, as its users expect, also when the URL
@@ -683,12 +749,31 @@ mod tests {
     }
 
     #[test]
-    fn placeholders_number_rows_then_columns() {
+    fn sqlite_placeholders_are_positional() {
+        assert_eq!(sqlite_placeholders(2, 3), "(?, ?, ?), (?, ?, ?)");
+        assert_eq!(sqlite_placeholders(1, 1), "(?)");
+    }
+
+    #[test]
+    fn postgres_array_literals_quote_every_element() {
+        let ids = [
+            "a",
+            "NULL",
+            "x,y",
+            "{z}",
+            r#"q"uote"#,
+            r"back\slash",
+            " sp ",
+            "é",
+        ];
         assert_eq!(
-            values_placeholders(2, 3, Backend::Postgres),
-            "($1, $2, $3), ($4, $5, $6)"
+            postgres_text_array(ids.into_iter()),
+            r#"{"a","NULL","x,y","{z}","q\"uote","back\\slash"," sp ","é"}"#
         );
-        assert_eq!(values_placeholders(1, 1, Backend::Postgres), "($1)");
-        assert_eq!(values_placeholders(2, 2, Backend::Sqlite), "(?, ?), (?, ?)");
+        assert_eq!(postgres_text_array(std::iter::empty()), "{}");
+        assert_eq!(
+            postgres_int_array([1, -2, i64::MIN].into_iter()),
+            "{1,-2,-9223372036854775808}"
+        );
     }
 }
