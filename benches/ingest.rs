@@ -20,7 +20,10 @@
 //! (`sqlite,postgres`), `BENCH_ROUNDS` (4), `BENCH_QUIET_SECS` (how long to wait for an idle
 //! machine before each drain, 300), `AMQP_URL`, `BENCH_PG_HOST` (127.0.0.1), `BENCH_PG_USER`
 //! (postgres), `BENCH_SERVICE_LOG` (the service's `RUST_LOG`, `warn,pulseboard=info`; with
-//! `warn,pulseboard=info,pulseboard::ingest=debug` it logs every batch and its commit time).
+//! `warn,pulseboard=info,pulseboard::ingest=debug` it logs every batch and its commit time),
+//! `BENCH_BASELINE_ONLY=1` (an A/A run: a second bare loop drains `<prefix>.events` in the
+//! service's place, so the "pulseboard" figures are the baseline's own, and their ratio shows
+//! how far the broker alone moves it from 1).
 
 use anyhow::{bail, ensure, Context};
 use futures_util::stream::{FuturesUnordered, StreamExt};
@@ -122,6 +125,8 @@ struct Settings {
     postgres: PostgresServer,
     quiet_limit: Duration,
     rounds: u64,
+    /// `BENCH_BASELINE_ONLY=1`: a second bare loop drains the service's queue in its place.
+    baseline_only: bool,
 }
 
 fn main() {
@@ -139,12 +144,12 @@ fn main() {
             Ok(row) => rows.push(row),
             Err(error) => {
                 eprintln!("benchmark failed on {}: {error:#}", backend.name());
-                print_table(&rows);
+                print_table(&rows, settings.baseline_only);
                 std::process::exit(1);
             }
         }
     }
-    print_table(&rows);
+    print_table(&rows, settings.baseline_only);
 }
 
 fn settings() -> Settings {
@@ -179,6 +184,7 @@ fn settings() -> Settings {
                 })
                 .unwrap_or(DEFAULT_QUIET_SECS),
         ),
+        baseline_only: std::env::var("BENCH_BASELINE_ONLY").is_ok_and(|text| text == "1"),
     }
 }
 
@@ -277,47 +283,32 @@ async fn measure(
         );
         if raw_first {
             row.quiet &= wait_for_quiet(settings.quiet_limit).await;
-            done.raw = raw_phase(settings, names, n).await?;
+            done.raw = raw_phase(settings, &names.raw_queue, n).await?;
         }
 
         row.quiet &= wait_for_quiet(settings.quiet_limit).await;
-        let mut service = Service::start(ServiceOptions {
-            amqp_url: &settings.amqp_url,
-            database_url: &database.url,
-            queue_prefix: &names.prefix,
-            exchange: &names.topology.exchange,
-            env: Vec::new(),
-            collect: None,
-        })
-        .await?;
-        let outcome = drain(&mut service, n).await;
-        let tally = &generator.tally;
-        let revenue = match &outcome {
-            Ok(_) => check_revenue(&mut service, tally.placed_minor - tally.refunded_minor).await,
-            Err(_) => Ok(()),
+        done.service = if settings.baseline_only {
+            let phase = raw_phase(settings, &names.topology.events_queue, n).await?;
+            eprintln!(
+                "round {}: the service's queue drained by a second bare loop",
+                round + 1
+            );
+            phase
+        } else {
+            let (phase, startup) =
+                service_phase(settings, names, channel, database, &generator, n).await?;
+            eprintln!(
+                "round {}: pulseboard applied {:.0} events/s; revenue exact",
+                round + 1,
+                phase.rate()
+            );
+            let slot = usize::from(round > 0);
+            row.startup[slot] = row.startup[slot].max(startup);
+            phase
         };
-        let stopped = service.stop(STOP_LIMIT).await;
-        let (phase, startup) = outcome?;
-        revenue?;
-        stopped?;
-        eprintln!(
-            "round {}: pulseboard applied {:.0} events/s; revenue exact",
-            round + 1,
-            phase.rate()
-        );
-        done.service = phase;
-        let slot = usize::from(round > 0);
-        row.startup[slot] = row.startup[slot].max(startup);
-        let left = Topology::depth(channel, &names.topology.events_queue).await?;
-        ensure!(
-            left == 0,
-            "{} still holds {left} messages after the service stopped",
-            names.topology.events_queue
-        );
-
         if !raw_first {
             row.quiet &= wait_for_quiet(settings.quiet_limit).await;
-            done.raw = raw_phase(settings, names, n).await?;
+            done.raw = raw_phase(settings, &names.raw_queue, n).await?;
         }
         row.raw.add(done.raw);
         row.service.add(done.service);
@@ -330,10 +321,49 @@ async fn measure(
     Ok(row)
 }
 
-/// Drains `n` events from the raw queue, measuring the rate and the CPU used.
-async fn raw_phase(settings: &Settings, names: &Names, n: u64) -> anyhow::Result<Phase> {
+/// Drains `n` events from `<prefix>.events` with a new `pulseboard serve`; checks the revenue,
+/// and that the queue is empty once the service stopped. Returns the phase and the time from
+/// spawning the service to its first applied event.
+async fn service_phase(
+    settings: &Settings,
+    names: &Names,
+    channel: &Channel,
+    database: &Database,
+    generator: &TrafficGenerator,
+    n: u64,
+) -> anyhow::Result<(Phase, Duration)> {
+    let mut service = Service::start(ServiceOptions {
+        amqp_url: &settings.amqp_url,
+        database_url: &database.url,
+        queue_prefix: &names.prefix,
+        exchange: &names.topology.exchange,
+        env: Vec::new(),
+        collect: None,
+    })
+    .await?;
+    let outcome = drain(&mut service, n).await;
+    let tally = &generator.tally;
+    let revenue = match &outcome {
+        Ok(_) => check_revenue(&mut service, tally.placed_minor - tally.refunded_minor).await,
+        Err(_) => Ok(()),
+    };
+    let stopped = service.stop(STOP_LIMIT).await;
+    let (phase, startup) = outcome?;
+    revenue?;
+    stopped?;
+    let left = Topology::depth(channel, &names.topology.events_queue).await?;
+    ensure!(
+        left == 0,
+        "{} still holds {left} messages after the service stopped",
+        names.topology.events_queue
+    );
+    Ok((phase, startup))
+}
+
+/// Drains `n` events from `queue` with the bare loop, measuring the rate and the CPU used.
+async fn raw_phase(settings: &Settings, queue: &str, n: u64) -> anyhow::Result<Phase> {
     let before = CpuTicks::take(None);
-    let (events, seconds) = raw_drain(&settings.amqp_url, &names.raw_queue, n).await?;
+    let (events, seconds) = raw_drain(&settings.amqp_url, queue, n).await?;
     let phase = Phase {
         events,
         seconds,
@@ -886,12 +916,19 @@ fn print_machine(background: f64) {
     println!();
 }
 
-fn print_table(rows: &[Row]) {
+fn print_table(rows: &[Row], baseline_only: bool) {
     if rows.is_empty() {
         return;
     }
     println!("## Sustained ingest (release build, broker and database on this machine)");
     println!();
+    if baseline_only {
+        println!(
+            "**A/A run (`BENCH_BASELINE_ONLY=1`): the \"pulseboard\" columns are a second bare \
+             loop, not the service.**"
+        );
+        println!();
+    }
     println!(
         "| backend | events | raw lapin consume+ack (events/s) | pulseboard applied (events/s) \
          | ratio | publish with confirms (events/s) | start to first event | revenue | quiet |"
