@@ -89,6 +89,20 @@ pub fn test_password() -> String {
     format!("pw-{}", uuid::Uuid::new_v4().simple())
 }
 
+/// Sleeps past the next minute boundary if it comes within `window`. At a new minute the
+/// service publishes a snapshot (the history point moves on): a test that needs "nothing new"
+/// for a while must not meet one.
+pub async fn clear_of_minute_boundary(window: Duration) {
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |since| since.as_millis());
+    let to_boundary = Duration::from_millis((60_000 - now_ms % 60_000) as u64);
+    if to_boundary < window {
+        // Past the boundary and its snapshot.
+        tokio::time::sleep(to_boundary + Duration::from_millis(500)).await;
+    }
+}
+
 pub fn short_id() -> String {
     uuid::Uuid::new_v4().simple().to_string()[..12].to_owned()
 }
