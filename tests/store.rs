@@ -1,9 +1,11 @@
 //! The store's contract, one suite run against both backends: embedded SQLite and PostgreSQL.
 
+use futures_util::FutureExt;
 use pulseboard::aggregate::{minute_of, Event, EventKind, MINUTE_MS};
 use pulseboard::config::DatabaseUrl;
 use pulseboard::store::{event_id_key, Lease, Store, StoreError};
 use std::future::Future;
+use std::panic::AssertUnwindSafe;
 
 const NOW: i64 = 1_795_428_930_000; // 2026-11-23T10:15:30Z
 const TTL: i64 = 5_000;
@@ -22,8 +24,14 @@ where
         &uuid::Uuid::new_v4().simple().to_string()[..12]
     );
     admin(&format!("CREATE DATABASE {name}")).await;
-    test(format!("postgres://postgres@127.0.0.1:5432/{name}")).await;
+    // A failing test still drops its database; its panic is raised again afterwards.
+    let outcome = AssertUnwindSafe(test(format!("postgres://postgres@127.0.0.1:5432/{name}")))
+        .catch_unwind()
+        .await;
     admin(&format!("DROP DATABASE {name} WITH (FORCE)")).await;
+    if let Err(panic) = outcome {
+        std::panic::resume_unwind(panic);
+    }
 }
 
 /// A new SQLite database file in `folder`.
