@@ -24,12 +24,18 @@
 //!    and since every event is one order and batches commit one at a time in delivery order,
 //!    the batches number the orders. Only orders published in the last 15 s of the load count
 //!    (the first 5 s are warm-up); snapshots received in that window are counted too;
-//! 5. samples CPU (service, this process split into client threads and the rest, RabbitMQ, the
-//!    whole machine) over the same window, reads the service's slow-client counters and its own
-//!    latency histogram, checks every client saw the final total, stops the service with
-//!    SIGTERM (clients still connected) and deletes everything it created.
+//! 5. samples CPU (service, this process split into client threads, baseline threads and the
+//!    rest, RabbitMQ, the whole machine) over the same window, reads the service's slow-client
+//!    counters and its own latency histogram, checks every client saw the final total, stops
+//!    the service with SIGTERM (clients still connected) and deletes everything it created;
+//! 6. the baseline (unless `BENCH_BARE=0`): the same case again with a fresh service, but the
+//!    clients connect to [`BareFanout`] in this process, which reads the service's stream over
+//!    one connection and writes each snapshot to every client with one blocking `write`, from
+//!    one thread per core: the floor of a fan-out on this machine, under the same ingest load,
+//!    measured by the same clients.
 //!
-//! Environment: `BENCH_CLIENTS` (`1000,10000`), `BENCH_RATE` (5000), `BENCH_LOAD_SECS` (20),
+//! Environment: `BENCH_CLIENTS` (`1000,10000`), `BENCH_BARE` (1; 0 skips the baseline),
+//! `BENCH_RATE` (5000), `BENCH_LOAD_SECS` (20),
 //! `BENCH_UNCONFIRMED` (20000: publishes awaiting their confirm at once),
 //! `AMQP_URL`, `BENCH_QUIET_SECS` (300: how long to wait for an idle machine before each case),
 //! `BENCH_ATTEMPTS` (5: runs of a case whose window was disturbed), `BENCH_SERVICE_LOG` (the
@@ -46,7 +52,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+#[path = "live/bare.rs"]
+mod bare;
 mod support;
+use bare::BareFanout;
 use support::{
     command_output, delete_topology, metric_sum, num_cores, Service, ServiceOptions, CURRENCY,
     STARTUP_LIMIT,
@@ -107,6 +116,8 @@ const PUBLISHER_THREAD: &str = "bench-publisher";
 
 struct Settings {
     clients: Vec<usize>,
+    /// After each case, the same with the baseline fan-out in the service's place.
+    baseline: bool,
     rate: u64,
     unconfirmed: usize,
     load: Duration,
@@ -117,6 +128,7 @@ struct Settings {
 }
 
 fn main() {
+    bare::serve_if_asked();
     let settings = settings();
     check_fd_limit(&settings);
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -126,11 +138,20 @@ fn main() {
         .expect("a Tokio runtime for the benchmark");
     print_machine();
     let mut rows = Vec::new();
-    for &n in &settings.clients {
+    let servers: &[Server] = if settings.baseline {
+        &[Server::Pulseboard, Server::Bare]
+    } else {
+        &[Server::Pulseboard]
+    };
+    let cases = settings
+        .clients
+        .iter()
+        .flat_map(|&n| servers.iter().map(move |&server| (n, server)));
+    for (n, server) in cases {
         let mut attempt = 1;
         let outcome = loop {
-            eprintln!("== {n} clients (attempt {attempt}) ==");
-            match runtime.block_on(run_case(&settings, n)) {
+            eprintln!("== {n} clients, {} (attempt {attempt}) ==", server.label());
+            match runtime.block_on(run_case(&settings, n, server)) {
                 Ok(mut row) if row.disturbed() && attempt < settings.attempts => {
                     eprintln!("other processes were busy ({}); again", row.others);
                     row.attempts = attempt;
@@ -189,6 +210,7 @@ fn settings() -> Settings {
     );
     Settings {
         clients,
+        baseline: std::env::var("BENCH_BARE").map_or(true, |v| v.trim() != "0"),
         rate: number("BENCH_RATE", DEFAULT_RATE),
         unconfirmed: number("BENCH_UNCONFIRMED", DEFAULT_UNCONFIRMED).max(1) as usize,
         load,
@@ -218,9 +240,28 @@ fn check_fd_limit(settings: &Settings) {
     }
 }
 
-/// Everything measured for one client count.
+/// Who writes the snapshots to the clients.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Server {
+    /// The service's own SSE stream.
+    Pulseboard,
+    /// The baseline: the service's snapshots relayed by [`BareFanout`], one `write` per client.
+    Bare,
+}
+
+impl Server {
+    fn label(self) -> &'static str {
+        match self {
+            Server::Pulseboard => "pulseboard",
+            Server::Bare => "bare fan-out",
+        }
+    }
+}
+
+/// Everything measured for one client count and server.
 struct Row {
     clients: usize,
+    server: Server,
     opened: u64,
     connect_seconds: f64,
     connect_retries: u64,
@@ -269,6 +310,14 @@ impl Row {
         !self.quiet || self.cpu.other > DISTURBED_OTHER || self.cpu.steal > DISTURBED_OTHER
     }
 
+    /// The first column of every table.
+    fn case(&self) -> String {
+        match self.server {
+            Server::Pulseboard => self.clients.to_string(),
+            Server::Bare => format!("{}, {}", self.clients, self.server.label()),
+        }
+    }
+
     fn kib_per_idle_connection(&self) -> f64 {
         (self.rss_idle_kib as f64 - self.rss_before_kib as f64) / self.opened.max(1) as f64
     }
@@ -291,7 +340,7 @@ impl Names {
     }
 }
 
-async fn run_case(settings: &Settings, n: usize) -> anyhow::Result<Row> {
+async fn run_case(settings: &Settings, n: usize, server: Server) -> anyhow::Result<Row> {
     let names = Names::new(n);
     let connection = connect(&settings.amqp_url, "pulseboard live bench")
         .await
@@ -304,7 +353,7 @@ async fn run_case(settings: &Settings, n: usize) -> anyhow::Result<Row> {
         "sqlite://{}?mode=rwc",
         folder.path().join("live.db").display()
     );
-    let result = measure(settings, n, &names, &database_url).await;
+    let result = measure(settings, n, server, &names, &database_url).await;
     let cleanup = delete_topology(&channel, &names.topology, &[]).await;
     let _ = connection.close(200, "bench done").await;
     let row = result?;
@@ -315,6 +364,7 @@ async fn run_case(settings: &Settings, n: usize) -> anyhow::Result<Row> {
 async fn measure(
     settings: &Settings,
     n: usize,
+    server: Server,
     names: &Names,
     database_url: &str,
 ) -> anyhow::Result<Row> {
@@ -343,24 +393,40 @@ async fn measure(
     })
     .await?;
     eprintln!("service pid {}", service.pid);
-    let outcome = drive(settings, n, names, &mut service, quiet).await;
+    let outcome = drive(settings, n, server, names, &mut service, quiet).await;
     let stop = service.stop(STOP_LIMIT).await;
     let mut row = outcome?;
     row.stop_seconds = stop?;
     Ok(row)
 }
 
-/// Connects the clients, then runs the idle and the load phase against a running service.
+/// Connects the clients, then runs the idle and the load phase against a running service (or
+/// the baseline fan-out of its stream).
 async fn drive(
     settings: &Settings,
     n: usize,
+    server: Server,
     names: &Names,
     service: &mut Service,
     quiet: bool,
 ) -> anyhow::Result<Row> {
     wait_for_snapshot(service).await?;
     let path = stream_path(service);
-    let server: SocketAddr = service.address().parse().context("the service's address")?;
+    let request_to = |address: SocketAddr| -> Arc<[u8]> {
+        format!("GET {path} HTTP/1.1\r\nHost: {address}\r\nAccept: text/event-stream\r\n\r\n")
+            .into_bytes()
+            .into()
+    };
+    let service_address: SocketAddr = service.address().parse().context("the service's address")?;
+    let bare = match server {
+        Server::Pulseboard => None,
+        Server::Bare => Some(
+            BareFanout::start(service_address, &request_to(service_address), num_cores())
+                .context("starting the baseline fan-out")?,
+        ),
+    };
+    let target = bare.as_ref().map_or(service_address, BareFanout::address);
+    let request = request_to(target);
     tokio::time::sleep(Duration::from_secs(1)).await;
     let rss_before_kib = rss_kib(service.pid);
     let bench_rss_before = rss_kib(std::process::id());
@@ -368,10 +434,6 @@ async fn drive(
     // Room for every order the load can publish, numbered from 1.
     let capacity = (settings.rate * (settings.load.as_secs() + 2)) as usize + 1;
     let shared = Arc::new(Shared::new(n, capacity));
-    let request: Arc<[u8]> =
-        format!("GET {path} HTTP/1.1\r\nHost: {server}\r\nAccept: text/event-stream\r\n\r\n")
-            .into_bytes()
-            .into();
 
     // Idle: connect, wait for every opening snapshot, settle, measure.
     let connect_started = Instant::now();
@@ -382,7 +444,7 @@ async fn drive(
         }
         clients.push(tokio::spawn(client(
             id,
-            server,
+            target,
             request.clone(),
             shared.clone(),
         )));
@@ -441,7 +503,8 @@ async fn drive(
     )
     .await;
     let metrics_before = service.metrics().await?;
-    let cpu_before = CpuSample::take(service.pid);
+    let bare_pid = bare.as_ref().map_or(0, BareFanout::pid);
+    let cpu_before = CpuSample::take(service.pid, bare_pid);
     let processes_before = ProcessTicks::take();
     shared
         .window_start_us
@@ -454,7 +517,7 @@ async fn drive(
     .await;
     let window_end = shared.now_us();
     shared.window_end_us.store(window_end, Ordering::Release);
-    let cpu = CpuSample::take(service.pid).since(&cpu_before);
+    let cpu = CpuSample::take(service.pid, bare_pid).since(&cpu_before);
     let metrics_after = service.metrics().await?;
     let published = tokio::task::spawn_blocking(move || publisher.join())
         .await?
@@ -481,6 +544,7 @@ async fn drive(
         .count() as u64;
     let row = Row {
         clients: n,
+        server,
         opened,
         connect_seconds,
         connect_retries: shared.retries.load(Ordering::Relaxed),
@@ -521,7 +585,11 @@ async fn drive(
         caught_up,
         stop_seconds: 0.0,
         quiet,
-        others: busiest_others(&processes_before, &ProcessTicks::take(), service.pid),
+        others: busiest_others(
+            &processes_before,
+            &ProcessTicks::take(),
+            &[service.pid, bare_pid],
+        ),
         attempts: 1,
         published,
     };
@@ -1292,9 +1360,9 @@ async fn wait_for_quiet(limit: Duration) -> bool {
     let mut warned = false;
     let mut quiet_for = 0;
     loop {
-        let before = CpuSample::take(0);
+        let before = CpuSample::take(0, 0);
         tokio::time::sleep(Duration::from_secs(1)).await;
-        let busy = CpuSample::take(0).since(&before).busy;
+        let busy = CpuSample::take(0, 0).since(&before).busy;
         quiet_for = if busy < QUIET_BUSY { quiet_for + 1 } else { 0 };
         if quiet_for >= QUIET_SECONDS {
             return true;
@@ -1320,6 +1388,8 @@ struct CpuSample {
     service: u64,
     /// This process's client runtime threads.
     clients: u64,
+    /// The baseline fan-out process.
+    bare: u64,
     /// This process's other threads: the publisher, lapin's, the driver.
     bench_rest: u64,
     rabbitmq: u64,
@@ -1334,6 +1404,7 @@ struct CpuSample {
 struct CpuUse {
     service: f64,
     clients: f64,
+    bare: f64,
     bench_rest: f64,
     rabbitmq: f64,
     /// Everything else: other processes, the kernel's own threads.
@@ -1343,13 +1414,16 @@ struct CpuUse {
 }
 
 impl CpuSample {
-    /// `service` 0: no service process to sample.
-    fn take(service: u32) -> CpuSample {
-        let service = if service == 0 {
-            0
-        } else {
-            process_ticks(&format!("/proc/{service}/stat"))
+    /// `service`, `bare`: their processes, 0 for none to sample.
+    fn take(service: u32, bare: u32) -> CpuSample {
+        let ticks_of = |pid: u32| {
+            if pid == 0 {
+                0
+            } else {
+                process_ticks(&format!("/proc/{pid}/stat"))
+            }
         };
+        let (service, bare) = (ticks_of(service), ticks_of(bare));
         let mut clients = 0;
         for entry in std::fs::read_dir("/proc/self/task")
             .into_iter()
@@ -1389,6 +1463,7 @@ impl CpuSample {
         CpuSample {
             service,
             clients,
+            bare,
             bench_rest,
             rabbitmq,
             busy: all - idle - steal,
@@ -1406,15 +1481,17 @@ impl CpuSample {
         let percent = |now: u64, then: u64| now.saturating_sub(then) as f64 * 100.0 / wall;
         let service = percent(self.service, earlier.service);
         let clients = percent(self.clients, earlier.clients);
+        let bare = percent(self.bare, earlier.bare);
         let bench_rest = percent(self.bench_rest, earlier.bench_rest);
         let rabbitmq = percent(self.rabbitmq, earlier.rabbitmq);
         let busy = percent(self.busy, earlier.busy);
         CpuUse {
             service,
             clients,
+            bare,
             bench_rest,
             rabbitmq,
-            other: (busy - service - clients - bench_rest - rabbitmq).max(0.0),
+            other: (busy - service - clients - bare - bench_rest - rabbitmq).max(0.0),
             busy,
             steal: percent(self.steal, earlier.steal),
         }
@@ -1445,18 +1522,18 @@ impl ProcessTicks {
         }
         ProcessTicks {
             ticks,
-            all: CpuSample::take(0).all,
+            all: CpuSample::take(0, 0).all,
         }
     }
 }
 
-/// The three busiest processes other than the service, this benchmark and RabbitMQ between two
-/// samples, by name, in % of one core.
-fn busiest_others(before: &ProcessTicks, after: &ProcessTicks, service: u32) -> String {
+/// The three busiest processes other than ours (the service, the baseline, this benchmark) and
+/// RabbitMQ between two samples, by name, in % of one core.
+fn busiest_others(before: &ProcessTicks, after: &ProcessTicks, ours: &[u32]) -> String {
     let wall = after.all.saturating_sub(before.all) as f64 / num_cores() as f64;
     let mut by_name: std::collections::HashMap<&str, u64> = std::collections::HashMap::new();
     for (pid, (comm, used)) in &after.ticks {
-        if *pid == service || *pid == std::process::id() || comm == "beam.smp" {
+        if ours.contains(pid) || *pid == std::process::id() || comm == "beam.smp" {
             continue;
         }
         let earlier = before.ticks.get(pid).map_or(0, |(_, t)| *t);
@@ -1544,7 +1621,8 @@ fn print_tables(settings: &Settings, rows: &[Row]) {
          | RSS after load | benchmark RSS per client |"
     );
     println!("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
-    for row in rows {
+    // The baseline's clients are not the service's: its memory says nothing about them.
+    for row in rows.iter().filter(|row| row.server == Server::Pulseboard) {
         println!(
             "| {} | {} | {:.1} s | {:.1} MiB | {:.1} MiB | {:.1} KiB | {:.1} MiB | {:.1} KiB |",
             row.clients,
@@ -1576,7 +1654,7 @@ fn print_tables(settings: &Settings, rows: &[Row]) {
         let ideal = row.opened as f64 * 1_000.0 / SNAPSHOT_INTERVAL_MS as f64;
         println!(
             "| {} | {:.0} | {} | {} | {} | {} | {} / {} | {} | {:.0} ({:.0}) |",
-            row.clients,
+            row.case(),
             row.published.sent as f64 / row.published.seconds,
             row.every_from_arrival.spread(),
             row.every.spread(),
@@ -1603,7 +1681,7 @@ fn print_tables(settings: &Settings, rows: &[Row]) {
         let t = row.snapshots;
         println!(
             "| {} | {:.2} | {:.0} / {:.0} | {:.0} | {:.0} / {:.0} | {} / {} / {:.0} | {:.1} / {:.1} | {:.0} | {:.0} |",
-            row.clients,
+            row.case(),
             t.per_second,
             t.gap_median,
             t.gap_max,
@@ -1627,18 +1705,21 @@ fn print_tables(settings: &Settings, rows: &[Row]) {
     );
     println!();
     println!(
-        "| clients | service | benchmark: clients | benchmark: publisher and rest | RabbitMQ \
-         | other | machine busy | steal | quiet at start | undisturbed window \
-         | busiest other processes | attempt |"
+        "| clients | service | benchmark: clients | benchmark: bare fan-out | benchmark: \
+         publisher and rest | RabbitMQ | other | machine busy | steal | quiet at start \
+         | undisturbed window | busiest other processes | attempt |"
     );
-    println!("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | --- | --- | ---: |");
+    println!(
+        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | --- | --- | ---: |"
+    );
     for row in rows {
         let cpu = row.cpu;
         println!(
-            "| {} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {} | {} | {} | {} |",
-            row.clients,
+            "| {} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {} | {} | {} | {} |",
+            row.case(),
             cpu.service,
             cpu.clients,
+            cpu.bare,
             cpu.bench_rest,
             cpu.rabbitmq,
             cpu.other,
@@ -1663,7 +1744,7 @@ fn print_tables(settings: &Settings, rows: &[Row]) {
     for row in rows {
         println!(
             "| {} | {} | {} | {} | {} | {} of {} | {} | {} | {:.0} ms | {:.1} s |",
-            row.clients,
+            row.case(),
             row.coalesced,
             row.client_skipped,
             row.slow_disconnects,
@@ -1677,7 +1758,22 @@ fn print_tables(settings: &Settings, rows: &[Row]) {
         );
     }
     println!();
-    for row in rows {
+    for row in rows.iter().filter(|row| row.server == Server::Bare) {
+        println!(
+            "- {} clients, baseline (the service's snapshots, one `write` per client): p99 \
+             (every order, arrival → receipt) {} ms against the target's {target_ms} ms; \
+             generated → last client {:.0} ms (median){}",
+            row.clients,
+            row.every_from_arrival.p99,
+            row.snapshots.last_median,
+            if row.disturbed() {
+                " (DISTURBED: other processes were busy; rerun)"
+            } else {
+                ""
+            },
+        );
+    }
+    for row in rows.iter().filter(|row| row.server == Server::Pulseboard) {
         let held = row.opened == row.clients as u64 && row.lost == 0;
         println!(
             "- {} clients: held {} ; p99 (every order, arrival → receipt) {} ms ≤ {target_ms} ms \
