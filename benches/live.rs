@@ -24,22 +24,23 @@
 //!    and since every event is one order and batches commit one at a time in delivery order,
 //!    the batches number the orders. Only orders published in the last 15 s of the load count
 //!    (the first 5 s are warm-up); snapshots received in that window are counted too;
-//! 5. samples CPU (service, this process split into client threads, baseline threads and the
+//! 5. samples CPU (service, baseline process, this process split into client threads and the
 //!    rest, RabbitMQ, the whole machine) over the same window, reads the service's slow-client
 //!    counters and its own latency histogram, checks every client saw the final total, stops
 //!    the service with SIGTERM (clients still connected) and deletes everything it created;
 //! 6. the baseline (unless `BENCH_BARE=0`): the same case again with a fresh service, but the
-//!    clients connect to [`BareFanout`] in this process, which reads the service's stream over
-//!    one connection and writes each snapshot to every client with one blocking `write`, from
-//!    one thread per core: the floor of a fan-out on this machine, under the same ingest load,
-//!    measured by the same clients.
+//!    clients connect to [`BareFanout`], a process of its own (this binary again), which reads
+//!    the service's stream over one connection and writes each snapshot to every client with
+//!    one blocking `write`, from one thread per core: the floor of a fan-out on this machine,
+//!    under the same ingest load, measured by the same clients.
 //!
 //! Environment: `BENCH_CLIENTS` (`1000,10000`), `BENCH_BARE` (1; 0 skips the baseline),
 //! `BENCH_RATE` (5000), `BENCH_LOAD_SECS` (20),
 //! `BENCH_UNCONFIRMED` (20000: publishes awaiting their confirm at once),
 //! `AMQP_URL`, `BENCH_QUIET_SECS` (300: how long to wait for an idle machine before each case),
 //! `BENCH_ATTEMPTS` (5: runs of a case whose window was disturbed), `BENCH_SERVICE_LOG` (the
-//! service's `RUST_LOG`, `warn,pulseboard=info`). The process needs `ulimit -n` above N + 1 000 (the service inherits it).
+//! service's `RUST_LOG`, `warn,pulseboard=info`). The process needs `ulimit -n` above N + 1 000
+//! (the service and the baseline inherit it).
 
 use anyhow::{bail, ensure, Context};
 use futures_util::stream::{FuturesUnordered, StreamExt};
@@ -167,7 +168,10 @@ fn main() {
         match outcome {
             Ok(row) => rows.push(row),
             Err(error) => {
-                eprintln!("benchmark failed with {n} clients: {error:#}");
+                eprintln!(
+                    "benchmark failed with {n} clients, {}: {error:#}",
+                    server.label()
+                );
                 print_tables(&settings, &rows);
                 std::process::exit(1);
             }
@@ -308,6 +312,15 @@ impl Row {
     /// Other processes used the machine during the window: the figures are not this setup's.
     fn disturbed(&self) -> bool {
         !self.quiet || self.cpu.other > DISTURBED_OTHER || self.cpu.steal > DISTURBED_OTHER
+    }
+
+    /// A figure about the service's clients, which in a baseline row is its one upstream
+    /// stream: shown only for the service's own rows.
+    fn of_service(&self, figure: String) -> String {
+        match self.server {
+            Server::Pulseboard => figure,
+            Server::Bare => "–".to_owned(),
+        }
     }
 
     /// The first column of every table.
@@ -1662,7 +1675,7 @@ fn print_tables(settings: &Settings, rows: &[Row]) {
             row.newest.spread(),
             row.every.count,
             row.oldest.count,
-            row.server_latency,
+            row.of_service(row.server_latency.clone()),
             row.snapshots_per_second,
             ideal,
         );
@@ -1680,7 +1693,7 @@ fn print_tables(settings: &Settings, rows: &[Row]) {
     for row in rows {
         let t = row.snapshots;
         println!(
-            "| {} | {:.2} | {:.0} / {:.0} | {:.0} | {:.0} / {:.0} | {} / {} / {:.0} | {:.1} / {:.1} | {:.0} | {:.0} |",
+            "| {} | {:.2} | {:.0} / {:.0} | {:.0} | {:.0} / {:.0} | {} / {} / {:.0} | {:.1} / {:.1} | {} | {:.0} |",
             row.case(),
             t.per_second,
             t.gap_median,
@@ -1693,7 +1706,7 @@ fn print_tables(settings: &Settings, rows: &[Row]) {
             row.fanout.max,
             row.event_age_mean,
             row.transit_from_log_mean,
-            row.server_delivery_mean,
+            row.of_service(format!("{:.0}", row.server_delivery_mean)),
             row.oldest.mean,
         );
     }
@@ -1743,28 +1756,35 @@ fn print_tables(settings: &Settings, rows: &[Row]) {
     println!("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
     for row in rows {
         println!(
-            "| {} | {} | {} | {} | {} | {} of {} | {} | {} | {:.0} ms | {:.1} s |",
+            "| {} | {} | {} | {} | {} | {} of {} | {} | {} | {:.0} ms | {} |",
             row.case(),
-            row.coalesced,
+            row.of_service(row.coalesced.to_string()),
             row.client_skipped,
-            row.slow_disconnects,
+            row.of_service(row.slow_disconnects.to_string()),
             row.lost,
             row.caught_up,
             row.opened,
             row.unmapped,
             row.arrival_unknown,
             row.published.max_behind_ms,
-            row.stop_seconds,
+            row.of_service(format!("{:.1} s", row.stop_seconds)),
         );
     }
     println!();
     for row in rows.iter().filter(|row| row.server == Server::Bare) {
+        let held = row.opened == row.clients as u64 && row.lost == 0;
         println!(
-            "- {} clients, baseline (the service's snapshots, one `write` per client): p99 \
-             (every order, arrival → receipt) {} ms against the target's {target_ms} ms; \
+            "- {} clients, baseline (the service's snapshots, one `write` per client): held {} ; \
+             p99 (every order, arrival → receipt) {} ms against the target's {target_ms} ms{} ; \
              generated → last client {:.0} ms (median){}",
             row.clients,
+            if held { "yes" } else { "NO" },
             row.every_from_arrival.p99,
+            if row.arrival_unknown > 0 {
+                " (orders without a logged arrival: not comparable)"
+            } else {
+                ""
+            },
             row.snapshots.last_median,
             if row.disturbed() {
                 " (DISTURBED: other processes were busy; rerun)"

@@ -5,21 +5,21 @@
 //! It runs as a process of its own (this benchmark's binary again, told so by the environment),
 //! because its sockets and the clients' together would exceed one process's open-file limit.
 //! One upstream SSE connection reads the service's stream; every snapshot event it brings is
-//! written, as the one HTTP chunk it was, to every client by `writers` threads (one per core,
-//! as the service has one HTTP worker per core), each looping over its share of the sockets
-//! with one blocking `write` per client: no tasks, no wake-ups, no per-client queue, no
-//! encoding. What remains is what any server pays per client and per snapshot: the system call
-//! and the kernel's TCP work, which on loopback includes the receiving side. The hop through the
-//! upstream connection makes each snapshot a little later here than at the service, never
-//! earlier, so the baseline is not flattered.
+//! framed as one HTTP chunk and written to every client by `writers` threads (one per core, as
+//! the service has one HTTP worker per core), each looping over its own clients with one
+//! blocking `write` per client: no task per connection, no per-client queue, no per-client
+//! encoding; a writer is woken once per snapshot. What remains is what any server pays per
+//! client and per snapshot: the system call and the kernel's TCP work, which on loopback
+//! includes the receiving side. The hop through the upstream connection makes each snapshot a
+//! little later here than at the service, never earlier, so the baseline is not flattered.
 
 use super::find;
-use anyhow::Context;
+use anyhow::{bail, Context};
 use std::io::{self, BufRead, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Set (to the service's address) in the environment of the process that is the baseline.
@@ -28,6 +28,8 @@ const SERVICE_ENV: &str = "BENCH_BARE_SERVICE";
 const REQUEST_ENV: &str = "BENCH_BARE_REQUEST";
 /// Writer threads, one per core, in the same environment.
 const WRITERS_ENV: &str = "BENCH_BARE_WRITERS";
+/// How long the baseline may take to say where it listens.
+const START_LIMIT: Duration = Duration::from_secs(10);
 /// A client that cannot take a snapshot for this long is dropped (it counts as lost).
 const WRITE_TIMEOUT: Duration = Duration::from_secs(1);
 const HEADERS: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n\
@@ -39,35 +41,38 @@ pub struct BareFanout {
     child: Child,
 }
 
-struct Shared {
-    /// The last snapshot chunk, written to a client when it connects.
-    latest: Mutex<Option<Arc<[u8]>>>,
-    /// Each writer thread's sockets.
-    shards: Vec<Mutex<Vec<TcpStream>>>,
-}
-
 impl BareFanout {
     /// Starts the baseline process on the service's stream (`request` is the HTTP request for
-    /// it); it listens for clients on an ephemeral port of 127.0.0.1.
+    /// it); it listens for clients on an ephemeral port of 127.0.0.1. It ends when this value
+    /// is dropped, or when the benchmark's process ends (its standard input closes).
     pub fn start(service: SocketAddr, request: &[u8], writers: usize) -> anyhow::Result<Self> {
         let mut child = Command::new(std::env::current_exe()?)
             .env(SERVICE_ENV, service.to_string())
             .env(REQUEST_ENV, String::from_utf8_lossy(request).as_ref())
             .env(WRITERS_ENV, writers.to_string())
+            .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .spawn()
             .context("starting the baseline process")?;
-        let mut line = String::new();
+        let (sender, receiver) = mpsc::channel();
         if let Some(stdout) = child.stdout.take() {
-            io::BufReader::new(stdout).read_line(&mut line)?;
+            std::thread::spawn(move || {
+                let mut line = String::new();
+                let _ = io::BufReader::new(stdout).read_line(&mut line);
+                let _ = sender.send(line);
+            });
         }
+        let mut bare = BareFanout {
+            // Replaced below; until then, dropping `bare` still stops the child.
+            address: SocketAddr::from(([127, 0, 0, 1], 0)),
+            child,
+        };
+        let line = receiver.recv_timeout(START_LIMIT).unwrap_or_default();
         match line.trim().parse() {
-            Ok(address) => Ok(BareFanout { address, child }),
-            Err(_) => {
-                let _ = child.kill();
-                anyhow::bail!("the baseline process did not say where it listens: {line:?}")
-            }
+            Ok(address) => bare.address = address,
+            Err(_) => bail!("the baseline process did not say where it listens: {line:?}"),
         }
+        Ok(bare)
     }
 
     pub fn address(&self) -> SocketAddr {
@@ -92,11 +97,24 @@ pub fn serve_if_asked() {
     let Ok(service) = std::env::var(SERVICE_ENV) else {
         return;
     };
+    // The benchmark holds our standard input: when it ends, however it ends, so do we.
+    std::thread::spawn(|| {
+        let _ = io::copy(&mut io::stdin(), &mut io::sink());
+        std::process::exit(0);
+    });
     let outcome = serve(&service);
     if let Err(error) = &outcome {
         eprintln!("bare fan-out: {error:#}");
     }
     std::process::exit(i32::from(outcome.is_err()));
+}
+
+/// What a writer thread is given.
+enum ToWriter {
+    /// A new client, answered with the headers already: it gets the last snapshot, then all.
+    Join(TcpStream),
+    /// A snapshot event as one HTTP chunk, for every client.
+    Snapshot(Arc<[u8]>),
 }
 
 fn serve(service: &str) -> anyhow::Result<()> {
@@ -110,40 +128,44 @@ fn serve(service: &str) -> anyhow::Result<()> {
     let address = listener.local_addr()?;
     let mut upstream = TcpStream::connect(service).context("connecting to the service")?;
     upstream.write_all(request.as_bytes())?;
-    let shared = Arc::new(Shared {
-        latest: Mutex::new(None),
-        shards: (0..writers.max(1))
-            .map(|_| Mutex::new(Vec::new()))
-            .collect(),
-    });
-    let mut senders = Vec::new();
-    for shard in 0..shared.shards.len() {
-        let (sender, receiver) = mpsc::channel::<Arc<[u8]>>();
-        senders.push(sender);
-        let shared = shared.clone();
-        std::thread::spawn(move || write_loop(&shared.shards[shard], receiver));
-    }
-    let accepting = shared.clone();
-    std::thread::spawn(move || accept_loop(listener, &accepting));
+    let senders: Vec<mpsc::Sender<ToWriter>> = (0..writers.max(1))
+        .map(|_| {
+            let (sender, receiver) = mpsc::channel();
+            std::thread::spawn(move || write_loop(receiver));
+            sender
+        })
+        .collect();
+    let joining = senders.clone();
+    std::thread::spawn(move || accept_loop(&listener, &joining));
     println!("{address}");
-    relay(upstream, &shared, &senders).context("the service's stream")
+    relay(upstream, &senders).context("the service's stream")
 }
 
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
-/// Each snapshot to every socket of the shard, one `write` each; a socket that fails is dropped.
-fn write_loop(shard: &Mutex<Vec<TcpStream>>, snapshots: mpsc::Receiver<Arc<[u8]>>) {
-    for chunk in snapshots {
-        lock(shard).retain_mut(|client| client.write_all(&chunk).is_ok());
+/// One writer's clients: each snapshot to each of them, one `write` each, in the order they
+/// joined; a client that fails is dropped.
+fn write_loop(work: mpsc::Receiver<ToWriter>) {
+    let mut clients: Vec<TcpStream> = Vec::new();
+    let mut last: Option<Arc<[u8]>> = None;
+    for item in work {
+        match item {
+            ToWriter::Join(mut client) => {
+                let opened = last
+                    .as_ref()
+                    .map_or(Ok(()), |chunk| client.write_all(chunk));
+                if opened.is_ok() {
+                    clients.push(client);
+                }
+            }
+            ToWriter::Snapshot(chunk) => {
+                clients.retain_mut(|client| client.write_all(&chunk).is_ok());
+                last = Some(chunk);
+            }
+        }
     }
 }
 
-/// Answers each client with the headers and the latest snapshot, then hands it to a writer.
-fn accept_loop(listener: TcpListener, shared: &Shared) {
+/// Reads each client's request, answers with the headers and hands it to a writer in turn.
+fn accept_loop(listener: &TcpListener, writers: &[mpsc::Sender<ToWriter>]) {
     for next in 0.. {
         let client = match listener.accept() {
             Ok((client, _)) => client,
@@ -152,18 +174,17 @@ fn accept_loop(listener: TcpListener, shared: &Shared) {
                 continue;
             }
         };
-        // Under the latest-snapshot lock, so that no snapshot falls between the opening one
-        // and the client joining its shard.
-        let latest = lock(&shared.latest);
-        match open(&client, latest.as_deref()) {
-            Ok(()) => lock(&shared.shards[next % shared.shards.len()]).push(client),
+        match open(&client) {
+            Ok(()) => {
+                // A writer only ends with the process.
+                let _ = writers[next % writers.len()].send(ToWriter::Join(client));
+            }
             Err(error) => eprintln!("bare fan-out: a client failed to open: {error}"),
         }
     }
 }
 
-fn open(mut client: &TcpStream, latest: Option<&[u8]>) -> io::Result<()> {
-    client.set_nonblocking(false)?;
+fn open(mut client: &TcpStream) -> io::Result<()> {
     client.set_nodelay(true)?;
     client.set_read_timeout(Some(WRITE_TIMEOUT))?;
     client.set_write_timeout(Some(WRITE_TIMEOUT))?;
@@ -175,65 +196,82 @@ fn open(mut client: &TcpStream, latest: Option<&[u8]>) -> io::Result<()> {
             n => request.extend_from_slice(&buffer[..n]),
         }
     }
-    client.write_all(HEADERS)?;
-    if let Some(chunk) = latest {
-        client.write_all(chunk)?;
-    }
-    Ok(())
+    client.write_all(HEADERS)
 }
 
-/// Reads the service's chunked SSE response and passes every snapshot event on, re-chunked.
-fn relay(
-    mut upstream: TcpStream,
-    shared: &Shared,
-    writers: &[mpsc::Sender<Arc<[u8]>>],
-) -> io::Result<()> {
-    let invalid = |what: &str| io::Error::new(io::ErrorKind::InvalidData, what.to_owned());
-    let (mut raw, mut body) = (Vec::new(), Vec::new());
-    let mut headers_done = false;
+/// Reads the service's chunked SSE response and passes every snapshot event on, re-framed as
+/// one chunk each; other events (`retry:`, heartbeats, announcements) are not passed on.
+fn relay(mut upstream: TcpStream, writers: &[mpsc::Sender<ToWriter>]) -> anyhow::Result<()> {
+    let mut decoder = Dechunker::default();
+    let mut events = Vec::new();
     let mut buffer = vec![0; 65_536];
     loop {
-        match upstream.read(&mut buffer)? {
-            0 => return Ok(()),
-            n => raw.extend_from_slice(&buffer[..n]),
+        let read = upstream.read(&mut buffer)?;
+        if read == 0 {
+            bail!("the service closed its stream");
         }
-        if !headers_done {
-            let Some(end) = find(&raw, b"\r\n\r\n") else {
-                continue;
-            };
-            if !raw.starts_with(b"HTTP/1.1 200") {
-                return Err(invalid("the service did not answer 200"));
-            }
-            raw.drain(..end + 4);
-            headers_done = true;
-        }
-        // De-chunk whatever is complete.
-        while let Some(line) = find(&raw, b"\r\n") {
-            let size = std::str::from_utf8(&raw[..line])
-                .ok()
-                .and_then(|hex| usize::from_str_radix(hex.trim(), 16).ok())
-                .ok_or_else(|| invalid("a bad chunk size"))?;
-            if size == 0 {
-                return Ok(());
-            }
-            if raw.len() < line + 2 + size + 2 {
-                break;
-            }
-            body.extend_from_slice(&raw[line + 2..line + 2 + size]);
-            raw.drain(..line + 2 + size + 2);
-        }
-        while let Some(end) = find(&body, b"\n\n") {
-            let event = &body[..end + 2];
+        let ended = decoder.feed(&buffer[..read], &mut events)?;
+        while let Some(end) = find(&events, b"\n\n") {
+            let event = &events[..end + 2];
             if find(event, b"event: snapshot").is_some() {
                 let chunk: Arc<[u8]> = chunked(event).into();
-                *lock(&shared.latest) = Some(chunk.clone());
                 for writer in writers {
-                    // A writer only ends with this loop.
-                    let _ = writer.send(chunk.clone());
+                    // A writer only ends with the process.
+                    let _ = writer.send(ToWriter::Snapshot(chunk.clone()));
                 }
             }
-            body.drain(..end + 2);
+            events.drain(..end + 2);
         }
+        if ended {
+            bail!("the service ended its stream");
+        }
+    }
+}
+
+/// HTTP/1.1 chunked transfer decoding, fed as bytes arrive.
+#[derive(Default)]
+struct Dechunker {
+    headers_done: bool,
+    pending: Vec<u8>,
+}
+
+impl Dechunker {
+    /// Appends the body bytes that `input` completes to `body`; true once the last chunk came.
+    fn feed(&mut self, input: &[u8], body: &mut Vec<u8>) -> anyhow::Result<bool> {
+        self.pending.extend_from_slice(input);
+        if !self.headers_done {
+            let Some(end) = find(&self.pending, b"\r\n\r\n") else {
+                return Ok(false);
+            };
+            if !self.pending.starts_with(b"HTTP/1.1 200") {
+                bail!("the service did not answer 200");
+            }
+            self.pending.drain(..end + 4);
+            self.headers_done = true;
+        }
+        while let Some(line) = find(&self.pending, b"\r\n") {
+            // `size[;extension]`
+            let size = std::str::from_utf8(&self.pending[..line])
+                .ok()
+                .and_then(|text| text.split(';').next())
+                .and_then(|hex| usize::from_str_radix(hex.trim(), 16).ok())
+                .context("a bad chunk size")?;
+            if size == 0 {
+                return Ok(true);
+            }
+            let end = line
+                .checked_add(2 + size)
+                .context("a chunk size out of range")?;
+            if self.pending.len() < end + 2 {
+                break;
+            }
+            if &self.pending[end..end + 2] != b"\r\n" {
+                bail!("a chunk not ended by CRLF");
+            }
+            body.extend_from_slice(&self.pending[line + 2..end]);
+            self.pending.drain(..end + 2);
+        }
+        Ok(false)
     }
 }
 
