@@ -24,10 +24,9 @@
 mod support;
 
 use pulseboard::aggregate::{Event, EventKind};
-use pulseboard::store::{applied_event_columns, event_id_key, Lease, Store, SQLITE_PRAGMAS};
-use sqlx::{AnyPool, Executor};
+use pulseboard::store::{Lease, Store};
 use std::time::Instant;
-use support::{Backend, Database, PostgresServer};
+use support::{Backend, BareTable, Database, PostgresServer};
 
 const BATCH_SIZES: [usize; 4] = [50, 250, 1_000, 2_000];
 const PREFILL_BATCH: usize = 2_000;
@@ -179,90 +178,6 @@ struct Plan {
     rounds: usize,
     duplicate_percent: usize,
     vary_sizes: bool,
-}
-
-/// `applied_events` of a database migrated by the store, written with nothing but an INSERT.
-struct BareTable {
-    pool: AnyPool,
-    backend: Backend,
-}
-
-impl BareTable {
-    async fn open(url: &str) -> anyhow::Result<BareTable> {
-        let store = Store::connect(&url.parse().map_err(anyhow::Error::msg)?).await?;
-        store.migrate().await?;
-        store.close().await;
-        let backend = if url.starts_with("sqlite:") {
-            Backend::Sqlite
-        } else {
-            Backend::Postgres
-        };
-        let pool = sqlx::any::AnyPoolOptions::new()
-            .max_connections(1)
-            .after_connect(move |connection, _| {
-                Box::pin(async move {
-                    // The store's own settings: the baseline must be as durable.
-                    if backend == Backend::Sqlite {
-                        connection.execute(SQLITE_PRAGMAS).await?;
-                    }
-                    Ok(())
-                })
-            })
-            .connect(url)
-            .await?;
-        Ok(BareTable { pool, backend })
-    }
-
-    /// The columns the store writes: SQLite's rows lead with the id's key (its index holds that).
-    fn columns(&self) -> &'static [&'static str] {
-        applied_event_columns(match self.backend {
-            Backend::Sqlite => pulseboard::config::Backend::Sqlite,
-            Backend::Postgres => pulseboard::config::Backend::Postgres,
-        })
-    }
-
-    async fn insert(&self, events: &[Event], now: i64) -> anyhow::Result<()> {
-        let mut tx = self.pool.begin().await?;
-        for chunk in events.chunks(1_000) {
-            let sql = format!(
-                "INSERT INTO applied_events \
-                 ({}) VALUES {}",
-                self.columns().join(", "),
-                placeholders(chunk.len(), self.columns().len(), self.backend)
-            );
-            let mut query = sqlx::query(&sql);
-            for event in chunk {
-                if self.backend == Backend::Sqlite {
-                    query = query.bind(event_id_key(&event.id));
-                }
-                query = query
-                    .bind(event.id.as_str())
-                    .bind(event.kind.label())
-                    .bind(event.user_id.as_str())
-                    .bind(event.occurred_at)
-                    .bind(event.kind.amount_minor())
-                    .bind(now);
-            }
-            query.execute(&mut *tx).await?;
-        }
-        tx.commit().await?;
-        Ok(())
-    }
-}
-
-fn placeholders(rows: usize, width: usize, backend: Backend) -> String {
-    (0..rows)
-        .map(|row| {
-            let values: Vec<String> = (1..=width)
-                .map(|column| match backend {
-                    Backend::Sqlite => "?".to_owned(),
-                    Backend::Postgres => format!("${}", row * width + column),
-                })
-                .collect();
-            format!("({})", values.join(", "))
-        })
-        .collect::<Vec<_>>()
-        .join(", ")
 }
 
 /// `seconds = per_commit + per_event × events`, fitted by least squares.
