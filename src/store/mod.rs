@@ -181,10 +181,10 @@ impl Store {
         let mut tx = self.writer.begin().await?;
         lease.fence(&mut tx, now).await?;
 
-        let keys = self.id_keys(events);
-        let fresh = self.fresh_events(&mut tx, events, keys.as_deref()).await?;
-        self.record_applied(&mut tx, events, &fresh, keys.as_deref(), now)
-            .await?;
+        let fresh = match self.backend {
+            Backend::Postgres => record_new_postgres(&mut tx, events, now).await?,
+            Backend::Sqlite => record_new_sqlite(&mut tx, events, now).await?,
+        };
 
         let delta = Delta::of(
             events
@@ -220,142 +220,6 @@ impl Store {
         }
         tx.commit().await?;
         Ok(Applied { fresh })
-    }
-
-    /// Which of `events` are new: applied neither before nor earlier in this batch. The lease
-    /// fence holds the write lock (SQLite) or the lease row (PostgreSQL) for the whole
-    /// transaction, so no other writer can add one of these ids before the insert that follows.
-    /// On SQLite that is the only guard against a second copy: `id` has no unique index there.
-    async fn fresh_events(
-        &self,
-        tx: &mut sqlx::Transaction<'_, sqlx::Any>,
-        events: &[Event],
-        keys: Option<&[i64]>,
-    ) -> Result<Vec<bool>, StoreError> {
-        let known = self.known_ids(tx, events, keys).await?;
-        let mut seen = HashSet::with_capacity(events.len());
-        Ok(events
-            .iter()
-            .map(|event| !known.contains(event.id.as_str()) && seen.insert(event.id.as_str()))
-            .collect())
-    }
-
-    /// The ids applied before that may be among `events`: found by `id` on PostgreSQL; on SQLite
-    /// by `id_key`, which may also bring back another id sharing a key (callers compare full
-    /// ids). Asking first, instead of `ON CONFLICT DO NOTHING RETURNING id`, keeps a batch to a few
-    /// round trips: SQLite's driver hands RETURNING rows back 50 at a time, and on a busy
-    /// machine every hand-off waits for the other thread to be scheduled.
-    async fn known_ids(
-        &self,
-        tx: &mut sqlx::Transaction<'_, sqlx::Any>,
-        events: &[Event],
-        keys: Option<&[i64]>,
-    ) -> Result<HashSet<String>, StoreError> {
-        let rows = match keys {
-            Some(keys) => {
-                let mut rows = Vec::new();
-                for chunk in keys.chunks(INSERT_CHUNK) {
-                    let sql = format!(
-                        "SELECT id FROM applied_events WHERE id_key IN {}",
-                        sqlite_placeholders(1, chunk.len())
-                    );
-                    let query = chunk.iter().fold(sqlx::query(&sql), |q, key| q.bind(*key));
-                    rows.extend(query.fetch_all(&mut **tx).await?);
-                }
-                rows
-            }
-            // A join, not `id = ANY($1::text[])`: on a table not yet analyzed PostgreSQL chose
-            // a sequential scan for that and parsed the whole array again for every row
-            // (seconds per batch); unnest parses it once, and the join probes the index.
-            None => {
-                sqlx::query(
-                    "SELECT applied_events.id FROM unnest($1::text[]) AS batch (id) \
-                     JOIN applied_events ON applied_events.id = batch.id",
-                )
-                .bind(postgres_text_array(events.iter().map(|e| e.id.as_str())))
-                .fetch_all(&mut **tx)
-                .await?
-            }
-        };
-        rows.iter()
-            .map(|row| Ok(row.try_get::<String, _>(0)?))
-            .collect()
-    }
-
-    /// Records the fresh events in `applied_events`. PostgreSQL gets the batch as one array per
-    /// column, so that every batch runs the same prepared statement: a `VALUES` list differs
-    /// with the batch size, and PostgreSQL parsed and planned each new one again (half of a
-    /// commit's cost when batch sizes vary, as they do under load). SQLite prepares locally and
-    /// cheaply, so it keeps `VALUES` lists, in chunks under its bind-parameter limit.
-    async fn record_applied(
-        &self,
-        tx: &mut sqlx::Transaction<'_, sqlx::Any>,
-        events: &[Event],
-        fresh: &[bool],
-        keys: Option<&[i64]>,
-        now: Millis,
-    ) -> Result<(), StoreError> {
-        let new: Vec<usize> = (0..events.len()).filter(|&i| fresh[i]).collect();
-        if new.is_empty() {
-            return Ok(());
-        }
-        let Some(keys) = keys else {
-            sqlx::query(
-                "INSERT INTO applied_events \
-                 (id, kind, user_id, occurred_at, amount_minor, applied_at) \
-                 SELECT id, kind, user_id, occurred_at, amount_minor, $6 \
-                 FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[], $5::bigint[]) \
-                 AS batch (id, kind, user_id, occurred_at, amount_minor)",
-            )
-            .bind(postgres_text_array(
-                new.iter().map(|&i| events[i].id.as_str()),
-            ))
-            .bind(postgres_text_array(
-                new.iter().map(|&i| events[i].kind.label()),
-            ))
-            .bind(postgres_text_array(
-                new.iter().map(|&i| events[i].user_id.as_str()),
-            ))
-            .bind(postgres_int_array(
-                new.iter().map(|&i| events[i].occurred_at),
-            ))
-            .bind(postgres_int_array(
-                new.iter().map(|&i| events[i].kind.amount_minor()),
-            ))
-            .bind(now)
-            .execute(&mut **tx)
-            .await?;
-            return Ok(());
-        };
-        let columns = applied_event_columns(self.backend);
-        for chunk in new.chunks(INSERT_CHUNK) {
-            let sql = format!(
-                "INSERT INTO applied_events ({}) VALUES {}",
-                columns.join(", "),
-                sqlite_placeholders(chunk.len(), columns.len())
-            );
-            let mut query = sqlx::query(&sql);
-            for &i in chunk {
-                let event = &events[i];
-                query = query
-                    .bind(keys[i])
-                    .bind(event.id.as_str())
-                    .bind(event.kind.label())
-                    .bind(event.user_id.as_str())
-                    .bind(event.occurred_at)
-                    .bind(event.kind.amount_minor())
-                    .bind(now);
-            }
-            query.execute(&mut **tx).await?;
-        }
-        Ok(())
-    }
-
-    /// SQLite's `id_key` of each event, computed once per batch for the lookup and the insert;
-    /// `None` on PostgreSQL, which looks ids up by themselves.
-    fn id_keys(&self, events: &[Event]) -> Option<Vec<i64>> {
-        (self.backend == Backend::Sqlite)
-            .then(|| events.iter().map(|event| event_id_key(&event.id)).collect())
     }
 
     /// Gives every SQLite row without an `id_key` its key (SQLite has no SHA-256 in SQL); a
@@ -647,6 +511,131 @@ pub fn event_id_key(id: &str) -> i64 {
 fn sqlite_placeholders(rows: usize, columns: usize) -> String {
     let row = format!("({})", vec!["?"; columns].join(", "));
     vec![row; rows].join(", ")
+}
+
+/// Marks the first copy of each id in `events` (a batch may repeat one).
+fn first_copies(events: &[Event]) -> Vec<bool> {
+    let mut seen = HashSet::with_capacity(events.len());
+    events
+        .iter()
+        .map(|event| seen.insert(event.id.as_str()))
+        .collect()
+}
+
+/// Records the batch's new events in `applied_events` and says which of `events` they are:
+/// applied neither before nor earlier in this batch.
+///
+/// PostgreSQL: one statement. The batch goes in as one array per column, so that every batch
+/// runs the same prepared statement (a `VALUES` list differs with the batch size, and
+/// PostgreSQL parsed and planned each new one again: half of a commit's cost when batch sizes
+/// vary, as they do under load), and the primary key on `id` turns every id already applied
+/// away (`ON CONFLICT DO NOTHING`); `RETURNING` names the rows that went in, which are the new
+/// events. The lease fence holds the lease row for the whole transaction, so no other writer
+/// adds one of these ids meanwhile.
+async fn record_new_postgres(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    events: &[Event],
+    now: Millis,
+) -> Result<Vec<bool>, StoreError> {
+    let first = first_copies(events);
+    let candidates: Vec<&Event> = events
+        .iter()
+        .zip(&first)
+        .filter(|(_, f)| **f)
+        .map(|(e, _)| e)
+        .collect();
+    if candidates.is_empty() {
+        return Ok(first);
+    }
+    let inserted = sqlx::query(
+        "INSERT INTO applied_events \
+         (id, kind, user_id, occurred_at, amount_minor, applied_at) \
+         SELECT id, kind, user_id, occurred_at, amount_minor, $6 \
+         FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[], $5::bigint[]) \
+         AS batch (id, kind, user_id, occurred_at, amount_minor) \
+         ON CONFLICT (id) DO NOTHING RETURNING id",
+    )
+    .bind(postgres_text_array(
+        candidates.iter().map(|e| e.id.as_str()),
+    ))
+    .bind(postgres_text_array(
+        candidates.iter().map(|e| e.kind.label()),
+    ))
+    .bind(postgres_text_array(
+        candidates.iter().map(|e| e.user_id.as_str()),
+    ))
+    .bind(postgres_int_array(candidates.iter().map(|e| e.occurred_at)))
+    .bind(postgres_int_array(
+        candidates.iter().map(|e| e.kind.amount_minor()),
+    ))
+    .bind(now)
+    .fetch_all(&mut **tx)
+    .await?;
+    let inserted: HashSet<String> = inserted
+        .iter()
+        .map(|row| row.try_get::<String, _>(0))
+        .collect::<Result<_, _>>()?;
+    Ok(events
+        .iter()
+        .zip(first)
+        .map(|(event, first)| first && inserted.contains(event.id.as_str()))
+        .collect())
+}
+
+/// Records the batch's new events in `applied_events` and says which of `events` they are.
+///
+/// SQLite: ask first, by `id_key` (which may also bring back another id sharing a key, so full
+/// ids are compared), then insert the new rows as `VALUES` lists, in chunks under its
+/// bind-parameter limit (SQLite prepares locally and cheaply). Asking first, instead of
+/// `ON CONFLICT DO NOTHING RETURNING id`, keeps a batch to a few round trips: SQLite's driver
+/// hands RETURNING rows back 50 at a time, and on a busy machine every hand-off waits for the
+/// other thread to be scheduled. `id` has no unique index here: the lease fence, which holds
+/// the write lock for the whole transaction, is the only guard against a second copy.
+async fn record_new_sqlite(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    events: &[Event],
+    now: Millis,
+) -> Result<Vec<bool>, StoreError> {
+    let keys: Vec<i64> = events.iter().map(|event| event_id_key(&event.id)).collect();
+    let mut known = HashSet::new();
+    for chunk in keys.chunks(INSERT_CHUNK) {
+        let sql = format!(
+            "SELECT id FROM applied_events WHERE id_key IN {}",
+            sqlite_placeholders(1, chunk.len())
+        );
+        let query = chunk.iter().fold(sqlx::query(&sql), |q, key| q.bind(*key));
+        for row in query.fetch_all(&mut **tx).await? {
+            known.insert(row.try_get::<String, _>(0)?);
+        }
+    }
+    let fresh: Vec<bool> = events
+        .iter()
+        .zip(first_copies(events))
+        .map(|(event, first)| first && !known.contains(event.id.as_str()))
+        .collect();
+    let new: Vec<usize> = (0..events.len()).filter(|&i| fresh[i]).collect();
+    let columns = applied_event_columns(Backend::Sqlite);
+    for chunk in new.chunks(INSERT_CHUNK) {
+        let sql = format!(
+            "INSERT INTO applied_events ({}) VALUES {}",
+            columns.join(", "),
+            sqlite_placeholders(chunk.len(), columns.len())
+        );
+        let mut query = sqlx::query(&sql);
+        for &i in chunk {
+            let event = &events[i];
+            query = query
+                .bind(keys[i])
+                .bind(event.id.as_str())
+                .bind(event.kind.label())
+                .bind(event.user_id.as_str())
+                .bind(event.occurred_at)
+                .bind(event.kind.amount_minor())
+                .bind(now);
+        }
+        query.execute(&mut **tx).await?;
+    }
+    Ok(fresh)
 }
 
 /// A PostgreSQL array literal of `items` (`{"a","b\"c"}`), bound as text and cast to `text[]`:
