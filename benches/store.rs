@@ -13,7 +13,7 @@
 //! The baseline, in the same run: the same rows written by one bare multi-row `INSERT` per batch,
 //! in its own transaction, into a second database of the same schema and size. That is what
 //! the database charges for storing the rows; the rest of `apply_batch` is the lease fence, the
-//! duplicate lookup and the minute and day tables.
+//! duplicate check and the minute and day tables.
 //!
 //! ```sh
 //! cargo bench --bench store

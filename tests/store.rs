@@ -210,6 +210,56 @@ async fn an_id_repeated_within_one_batch_is_applied_once() {
     .await;
 }
 
+/// Within one batch: the first copy of a new id counts (its amount, not a later copy's), a
+/// copy of an id applied before never does, and ids that differ only in case, a trailing space
+/// or Unicode normalisation are different ids on both backends.
+#[tokio::test]
+async fn only_the_first_copy_of_a_new_id_counts_and_near_twins_are_distinct() {
+    with_each_backend(|store| async move {
+        let lease = first_lease(&store).await;
+        let earlier = [order("a", 7, NOW - 2_000)];
+        let applied = store
+            .apply_batch(&lease, &earlier, chrono_tz::UTC, NOW)
+            .await
+            .expect("apply");
+        assert_eq!(applied.fresh, vec![true]);
+        let batch = [
+            order("a", 100, NOW - 1_000),
+            order("a", 999, NOW - 1_000),
+            order("n", 100, NOW - 1_000),
+            order("n", 999, NOW - 1_000),
+            order("a ", 1, NOW - 1_000),
+            order("A", 1, NOW - 1_000),
+            order("\u{e9}", 1, NOW - 1_000),
+            order("e\u{301}", 1, NOW - 1_000),
+        ];
+        let applied = store
+            .apply_batch(&lease, &batch, chrono_tz::UTC, NOW)
+            .await
+            .expect("apply");
+        assert_eq!(
+            applied.fresh,
+            vec![false, false, true, false, true, true, true, true]
+        );
+        assert_eq!(store.applied_count().await.expect("count"), 6);
+        let restore = store
+            .load_restore(NOW, 3_600_000, chrono_tz::UTC)
+            .await
+            .expect("restore");
+        assert_eq!(
+            restore.days.iter().map(|(_, r)| r).sum::<i64>(),
+            7 + 100 + 4
+        );
+        let again = store
+            .apply_batch(&lease, &batch, chrono_tz::UTC, NOW)
+            .await
+            .expect("apply");
+        assert!(again.fresh.iter().all(|f| !f), "{:?}", again.fresh);
+        assert_eq!(store.applied_count().await.expect("count"), 6);
+    })
+    .await;
+}
+
 /// PostgreSQL receives a batch as array literals: ids and users that look like their syntax
 /// must come back exactly as given, and be recognised when they come again.
 #[tokio::test]

@@ -2,12 +2,12 @@
 //!
 //! The store owns every SQL statement. It is the source of truth for exactly-once: a batch of
 //! events is applied in one transaction that checks the caller still holds the ingest lease,
-//! looks up which of its ids were applied before (those are duplicates and change nothing),
-//! records the new ones and adds their [`Delta`] to the minute and day tables. PostgreSQL finds
-//! ids through the unique index on `id`; SQLite through [`event_id_key`], a 64-bit key indexed
-//! in place of the id text (smaller entries: a batch dirties fewer pages), and then compares the
-//! full ids. The caller acknowledges the messages only after that transaction
-//! commits.
+//! records the ids not applied before (the others are duplicates and change nothing) and adds
+//! the new events' [`Delta`] to the minute and day tables. On PostgreSQL the insert itself says
+//! which ids are new: the primary key on `id` turns the others away. SQLite looks them up first
+//! through [`event_id_key`], a 64-bit key indexed in place of the id text (smaller entries: a
+//! batch dirties fewer pages), and then compares the full ids. The caller acknowledges the
+//! messages only after that transaction commits.
 //!
 //! `sqlx::AnyPool`s serve both backends; their SQL is shared (placeholders `$N`, `ON CONFLICT`,
 //! `RETURNING`) except the batch statements: SQLite's write `?` lists, PostgreSQL's take one
@@ -44,7 +44,7 @@ pub const SQLITE_PRAGMAS: &str = "PRAGMA journal_mode = WAL; PRAGMA synchronous 
      PRAGMA cache_size = -65536; PRAGMA wal_autocheckpoint = 16384;";
 const POSTGRES_CONNECTIONS: u32 = 8;
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
-/// Rows per INSERT statement: well under SQLite's and PostgreSQL's bind-parameter limits.
+/// Rows per SQLite `INSERT` or lookup: well under its bind-parameter limit.
 const INSERT_CHUNK: usize = 1_000;
 /// Columns of `applied_events` written per event; only SQLite has the leading `id_key`.
 const APPLIED_EVENT_COLUMNS: [&str; 7] = [
@@ -571,15 +571,25 @@ async fn record_new_postgres(
     .bind(now)
     .fetch_all(&mut **tx)
     .await?;
+    let returned = inserted.len();
     let inserted: HashSet<String> = inserted
         .iter()
         .map(|row| row.try_get::<String, _>(0))
         .collect::<Result<_, _>>()?;
-    Ok(events
+    let fresh: Vec<bool> = events
         .iter()
         .zip(first)
         .map(|(event, first)| first && inserted.contains(event.id.as_str()))
-        .collect())
+        .collect();
+    // An id that came back other than it went in (a server converting text) would be stored
+    // yet never counted: refuse the batch rather than lose the event.
+    let counted = fresh.iter().filter(|f| **f).count();
+    if counted != returned {
+        return Err(StoreError::Corrupt(format!(
+            "the database returned {returned} new ids, {counted} of them match the batch's"
+        )));
+    }
+    Ok(fresh)
 }
 
 /// Records the batch's new events in `applied_events` and says which of `events` they are.
