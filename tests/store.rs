@@ -110,6 +110,24 @@ async fn first_lease(store: &Store) -> Lease {
         .expect("free")
 }
 
+/// Applies `events` as one batch and returns which of them were new.
+async fn fresh(store: &Store, lease: &Lease, events: &[Event]) -> Vec<bool> {
+    store
+        .apply_batch(lease, events, chrono_tz::UTC, NOW)
+        .await
+        .expect("apply")
+        .fresh
+}
+
+/// Revenue summed over the day totals a new leader would restore.
+async fn revenue_by_days(store: &Store) -> i64 {
+    let restore = store
+        .load_restore(NOW, 3_600_000, chrono_tz::UTC)
+        .await
+        .expect("restore");
+    restore.days.iter().map(|(_, r)| r).sum()
+}
+
 fn order(id: &str, amount_minor: i64, occurred_at: i64) -> Event {
     Event {
         id: id.into(),
@@ -124,18 +142,10 @@ async fn a_batch_is_applied_once_and_duplicates_change_nothing() {
     with_each_backend(|store| async move {
         let lease = first_lease(&store).await;
         let first = [order("a", 100, NOW - 1_000), order("b", 250, NOW - 2_000)];
-        let applied = store
-            .apply_batch(&lease, &first, chrono_tz::UTC, NOW)
-            .await
-            .expect("apply");
-        assert_eq!(applied.fresh, vec![true, true]);
+        assert_eq!(fresh(&store, &lease, &first).await, vec![true, true]);
 
         let again = [order("b", 999, NOW - 500), order("c", 50, NOW - 61_000)];
-        let applied = store
-            .apply_batch(&lease, &again, chrono_tz::UTC, NOW)
-            .await
-            .expect("apply");
-        assert_eq!(applied.fresh, vec![false, true]);
+        assert_eq!(fresh(&store, &lease, &again).await, vec![false, true]);
         assert_eq!(store.applied_count().await.expect("count"), 3);
 
         let restore = store
@@ -177,11 +187,7 @@ async fn large_batches_recognise_every_earlier_id() {
         let expected: Vec<bool> = (0..3_000).map(|n| n % 2 == 1).collect();
         assert_eq!(applied.fresh, expected);
         assert_eq!(store.applied_count().await.expect("count"), 3_000);
-        let restore = store
-            .load_restore(NOW, 3_600_000, chrono_tz::UTC)
-            .await
-            .expect("restore");
-        assert_eq!(restore.days.iter().map(|(_, r)| r).sum::<i64>(), 3_000);
+        assert_eq!(revenue_by_days(&store).await, 3_000);
     })
     .await;
 }
@@ -195,17 +201,9 @@ async fn an_id_repeated_within_one_batch_is_applied_once() {
             order("a", 100, NOW - 1_000),
             order("b", 1, NOW - 1_000),
         ];
-        let applied = store
-            .apply_batch(&lease, &batch, chrono_tz::UTC, NOW)
-            .await
-            .expect("apply");
-        assert_eq!(applied.fresh, vec![true, false, true]);
+        assert_eq!(fresh(&store, &lease, &batch).await, vec![true, false, true]);
         assert_eq!(store.applied_count().await.expect("count"), 2);
-        let restore = store
-            .load_restore(NOW, 3_600_000, chrono_tz::UTC)
-            .await
-            .expect("restore");
-        assert_eq!(restore.days.iter().map(|(_, r)| r).sum::<i64>(), 101);
+        assert_eq!(revenue_by_days(&store).await, 101);
     })
     .await;
 }
@@ -218,11 +216,7 @@ async fn only_the_first_copy_of_a_new_id_counts_and_near_twins_are_distinct() {
     with_each_backend(|store| async move {
         let lease = first_lease(&store).await;
         let earlier = [order("a", 7, NOW - 2_000)];
-        let applied = store
-            .apply_batch(&lease, &earlier, chrono_tz::UTC, NOW)
-            .await
-            .expect("apply");
-        assert_eq!(applied.fresh, vec![true]);
+        assert_eq!(fresh(&store, &lease, &earlier).await, vec![true]);
         let batch = [
             order("a", 100, NOW - 1_000),
             order("a", 999, NOW - 1_000),
@@ -233,23 +227,12 @@ async fn only_the_first_copy_of_a_new_id_counts_and_near_twins_are_distinct() {
             order("\u{e9}", 1, NOW - 1_000),
             order("e\u{301}", 1, NOW - 1_000),
         ];
-        let applied = store
-            .apply_batch(&lease, &batch, chrono_tz::UTC, NOW)
-            .await
-            .expect("apply");
         assert_eq!(
-            applied.fresh,
+            fresh(&store, &lease, &batch).await,
             vec![false, false, true, false, true, true, true, true]
         );
         assert_eq!(store.applied_count().await.expect("count"), 6);
-        let restore = store
-            .load_restore(NOW, 3_600_000, chrono_tz::UTC)
-            .await
-            .expect("restore");
-        assert_eq!(
-            restore.days.iter().map(|(_, r)| r).sum::<i64>(),
-            7 + 100 + 4
-        );
+        assert_eq!(revenue_by_days(&store).await, 7 + 100 + 4);
         let again = store
             .apply_batch(&lease, &batch, chrono_tz::UTC, NOW)
             .await

@@ -62,17 +62,14 @@ impl BareFanout {
                 let _ = sender.send(line);
             });
         }
-        let mut bare = BareFanout {
-            // Replaced below; until then, dropping `bare` still stops the child.
-            address: SocketAddr::from(([127, 0, 0, 1], 0)),
-            child,
-        };
         let line = receiver.recv_timeout(START_LIMIT).unwrap_or_default();
         match line.trim().parse() {
-            Ok(address) => bare.address = address,
-            Err(_) => bail!("the baseline process did not say where it listens: {line:?}"),
+            Ok(address) => Ok(BareFanout { address, child }),
+            Err(_) => {
+                stop(&mut child);
+                bail!("the baseline process did not say where it listens: {line:?}")
+            }
         }
-        Ok(bare)
     }
 
     pub fn address(&self) -> SocketAddr {
@@ -86,9 +83,13 @@ impl BareFanout {
 
 impl Drop for BareFanout {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        stop(&mut self.child);
     }
+}
+
+fn stop(child: &mut Child) {
+    let _ = child.kill();
+    let _ = child.wait();
 }
 
 /// When this process is the baseline (its environment says so), serves until the service's
