@@ -8,7 +8,8 @@
 //! in-memory figures. The commit runs in a task of its own while the next batch is gathered and
 //! decoded, so the database never waits for the broker and the broker (up to `prefetch`
 //! messages ahead) never waits for the database; one batch commits at a time, which keeps the
-//! acknowledgements in delivery order.
+//! acknowledgements in delivery order. The next batch, when due, starts committing as soon as
+//! the one before it lands, before that one's acknowledgement goes out.
 //!
 //! Failure handling: a lost broker drops the uncommitted batch (the broker redelivers it) and
 //! reconnects with backoff while snapshots go on; a lost lease or a database error ends the term.
@@ -179,6 +180,12 @@ impl<'a> Leader<'a> {
                         return Err(LeadEnd::Shutdown);
                     }
                     committed = wait_for(&mut self.committing) => {
+                        // Keep the database busy: the next batch starts committing before this
+                        // one is acknowledged and applied. Its acknowledgement still follows
+                        // this one's, and which of its events are new is the database's answer.
+                        if committed.is_ok() && self.gathering.has_events_due(max_batch) {
+                            self.start_commit(feed).await;
+                        }
                         self.on_committed(committed, feed).await?;
                         if self.gathering.is_due(max_batch) {
                             self.start_commit(feed).await;
@@ -552,6 +559,12 @@ impl Batch {
 
     fn is_due(&self, max_batch: usize) -> bool {
         self.messages >= max_batch || self.deadline.is_some_and(|d| Instant::now() >= d)
+    }
+
+    /// Due, and holds events to commit. A batch of dead letters alone is acknowledged as soon
+    /// as its commit starts, so it must wait until the batch before it is acknowledged.
+    fn has_events_due(&self, max_batch: usize) -> bool {
+        !self.events.is_empty() && self.is_due(max_batch)
     }
 
     fn clear(&mut self) {
