@@ -2,20 +2,22 @@
 //!
 //! For each database backend (SQLite, then PostgreSQL), in one process run:
 //! - declares a fresh topology (prefix `bench-<uuid8>-<backend>`, exchange `<prefix>.ev`) plus
-//!   queues `<prefix>.raw` and `<prefix>.floor` with the same arguments and bindings as
-//!   `<prefix>.events`, so every published event lands in all three;
-//! - in rounds (4) of N/rounds events each: publishes them with publisher confirms, then
-//!   drains `<prefix>.raw` with a bare lapin consume-and-ack loop (the service's prefetch, one
-//!   multiple-ack per 2 000 deliveries), `<prefix>.floor` with a bare durable consumer (the
-//!   same loop, which also decodes each event and stores each batch's rows with the store's
-//!   bare `INSERT` in one transaction, committed before its multiple-ack, one commit at a time
-//!   while the next batch gathers: what any exactly-once consumer of these rows must do, and
-//!   nothing of the service's own), and `<prefix>.events` with the release
-//!   `pulseboard serve` (one database for the whole run, a new process each round), polling
-//!   `/metrics` every 50 ms until `pulseboard_events_total` reaches the round's events:
-//!   committed, acknowledged, counted. Which of raw and service is drained first alternates
-//!   (raw, service, service, raw, …), the floor always between them: the broker's pace
-//!   drifts, and neither side should always go first;
+//!   queues `<prefix>.raw` and `<prefix>.floor` with the same arguments as `<prefix>.events`,
+//!   each bound the same way to a topic exchange of its own (`<prefix>.ev.raw`, `.ev.floor`);
+//! - in rounds (4) of N/rounds events each: generates the round's events once, then, for each
+//!   consumer in turn, publishes them with publisher confirms to that consumer's queue alone
+//!   and drains it, so that every drain starts from the same broker state (its own N/rounds
+//!   messages, just published, nothing else queued). The consumers: a bare lapin
+//!   consume-and-ack loop on `<prefix>.raw` (the service's prefetch, one multiple-ack per 2 000
+//!   deliveries); a bare durable consumer on `<prefix>.floor` (the same loop, which also
+//!   decodes each event and stores each batch's rows with the store's bare `INSERT` in one
+//!   transaction, committed before its multiple-ack, one commit at a time while the next batch
+//!   gathers: what any exactly-once consumer of these rows must do, and nothing of the
+//!   service's own); and the release `pulseboard serve` on `<prefix>.events` (one database for
+//!   the whole run, a new process each round), polling `/metrics` every 50 ms until
+//!   `pulseboard_events_total` reaches the round's events: committed, acknowledged, counted.
+//!   Which of raw and service goes first alternates (raw, service, service, raw, …), the floor
+//!   always between them: the broker's pace drifts, and neither side should always go first;
 //! - after each round checks the dashboard's revenue against the generator's tally and, once
 //!   the service stopped (SIGTERM), that its queue is empty; at the end deletes everything.
 //!
@@ -33,15 +35,15 @@
 use anyhow::{bail, ensure, Context};
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use lapin::options::{
-    BasicAckOptions, BasicConsumeOptions, BasicQosOptions, ConfirmSelectOptions, QueueBindOptions,
-    QueueDeclareOptions,
+    BasicAckOptions, BasicConsumeOptions, BasicQosOptions, ConfirmSelectOptions,
+    ExchangeDeclareOptions, ExchangeDeleteOptions, QueueBindOptions, QueueDeclareOptions,
 };
 use lapin::publisher_confirm::Confirmation;
 use lapin::types::{AMQPValue, FieldTable};
-use lapin::{Channel, Connection};
+use lapin::{Channel, Connection, ExchangeKind};
 use pulseboard::ingest::broker::{connect, publish_event, Topology};
 use pulseboard::ingest::decode::{decode, DecodeContext};
-use pulseboard::simulate::TrafficGenerator;
+use pulseboard::simulate::{Generated, TrafficGenerator};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -205,9 +207,30 @@ struct Names {
     topology: Topology,
     raw_queue: String,
     floor_queue: String,
+    /// Each baseline queue has an exchange of its own, so that a round's events can be
+    /// published to one queue at a time.
+    raw_exchange: String,
+    floor_exchange: String,
+}
+
+/// Who drains a queue in a round.
+#[derive(Clone, Copy)]
+enum Drainer {
+    Raw,
+    Floor,
+    Service,
 }
 
 impl Names {
+    /// The exchange that routes to `drainer`'s queue alone, and that queue.
+    fn route(&self, drainer: Drainer) -> (&str, &str) {
+        match drainer {
+            Drainer::Raw => (&self.raw_exchange, &self.raw_queue),
+            Drainer::Floor => (&self.floor_exchange, &self.floor_queue),
+            Drainer::Service => (&self.topology.exchange, &self.topology.events_queue),
+        }
+    }
+
     fn new(backend: Backend) -> Names {
         let id = uuid::Uuid::new_v4().simple().to_string();
         let prefix = format!("bench-{}-{}", &id[..8], backend.name());
@@ -216,6 +239,8 @@ impl Names {
             topology: Topology::new(&exchange, &prefix),
             raw_queue: format!("{prefix}.raw"),
             floor_queue: format!("{prefix}.floor"),
+            raw_exchange: format!("{prefix}.ev.raw"),
+            floor_exchange: format!("{prefix}.ev.floor"),
             prefix,
         }
     }
@@ -273,8 +298,8 @@ async fn measure(
     [database, floor_database]: [&Database; 2],
 ) -> anyhow::Result<Row> {
     names.topology.declare(channel).await?;
-    declare_like_events(channel, names, &names.raw_queue).await?;
-    declare_like_events(channel, names, &names.floor_queue).await?;
+    declare_like_events(channel, names, Drainer::Raw).await?;
+    declare_like_events(channel, names, Drainer::Floor).await?;
     let floor_table = BareTable::open(&floor_database.url).await?;
     let mut generator = TrafficGenerator::new(USERS, CURRENCY, 0x5eed + backend as u64);
     let mut row = Row {
@@ -298,56 +323,57 @@ async fn measure(
             floor: Phase::default(),
             service: Phase::default(),
         };
-        let publish = publish(connection, &names.topology.exchange, &mut generator, n).await?;
-        row.publish.add(publish);
-        for queue in [
-            &names.topology.events_queue,
-            &names.raw_queue,
-            &names.floor_queue,
-        ] {
-            let depth = Topology::depth(channel, queue).await?;
-            ensure!(
-                u64::from(depth) == n,
-                "{queue} holds {depth} messages after publishing {n}"
-            );
-        }
-        eprintln!(
-            "round {}: published {n} events at {:.0}/s (confirmed)",
-            round + 1,
-            publish.rate()
-        );
-        if raw_first {
-            row.quiet &= wait_for_quiet(settings.quiet_limit).await;
-            done.raw = raw_phase(settings, &names.raw_queue, n).await?;
-            row.quiet &= wait_for_quiet(settings.quiet_limit).await;
-            done.floor = floor_phase(settings, &names.floor_queue, n, &floor_table).await?;
-        }
-
-        row.quiet &= wait_for_quiet(settings.quiet_limit).await;
-        done.service = if settings.baseline_only {
-            let phase = raw_phase(settings, &names.topology.events_queue, n).await?;
-            eprintln!(
-                "round {}: the service's queue drained by a second bare loop",
-                round + 1
-            );
-            phase
+        let events: Vec<Generated> = (0..n).map(|_| generator.next_event(unix_ms())).collect();
+        let order = if raw_first {
+            [Drainer::Raw, Drainer::Floor, Drainer::Service]
         } else {
-            let (phase, startup) =
-                service_phase(settings, names, channel, database, &generator, n).await?;
-            eprintln!(
-                "round {}: pulseboard applied {:.0} events/s; revenue exact",
-                round + 1,
-                phase.rate()
-            );
-            let slot = usize::from(round > 0);
-            row.startup[slot] = row.startup[slot].max(startup);
-            phase
+            [Drainer::Service, Drainer::Floor, Drainer::Raw]
         };
-        if !raw_first {
+        for drainer in order {
+            // Every drain starts from the same broker: the round's events in its queue alone.
+            let (exchange, queue) = names.route(drainer);
+            let publish = publish(connection, exchange, &events).await?;
+            row.publish.add(publish);
+            for other in [Drainer::Raw, Drainer::Floor, Drainer::Service] {
+                let (_, other) = names.route(other);
+                let depth = u64::from(Topology::depth(channel, other).await?);
+                let expected = if other == queue { n } else { 0 };
+                ensure!(
+                    depth == expected,
+                    "{other} holds {depth} messages, expected {expected}"
+                );
+            }
+            eprintln!(
+                "round {}: published {n} events to {queue} at {:.0}/s (confirmed)",
+                round + 1,
+                publish.rate()
+            );
             row.quiet &= wait_for_quiet(settings.quiet_limit).await;
-            done.floor = floor_phase(settings, &names.floor_queue, n, &floor_table).await?;
-            row.quiet &= wait_for_quiet(settings.quiet_limit).await;
-            done.raw = raw_phase(settings, &names.raw_queue, n).await?;
+            match drainer {
+                Drainer::Raw => done.raw = raw_phase(settings, queue, n).await?,
+                Drainer::Floor => {
+                    done.floor = floor_phase(settings, queue, n, &floor_table).await?
+                }
+                Drainer::Service => {
+                    let (phase, startup) =
+                        service_phase(settings, names, channel, database, &generator, n).await?;
+                    eprintln!(
+                        "round {}: {} {:.0} events/s",
+                        round + 1,
+                        if settings.baseline_only {
+                            "a second bare loop drained the service's queue at"
+                        } else {
+                            "pulseboard applied (revenue exact)"
+                        },
+                        phase.rate()
+                    );
+                    if let Some(startup) = startup {
+                        let slot = usize::from(round > 0);
+                        row.startup[slot] = row.startup[slot].max(startup);
+                    }
+                    done.service = phase;
+                }
+            }
         }
         row.raw.add(done.raw);
         row.floor.add(done.floor);
@@ -364,7 +390,8 @@ async fn measure(
 
 /// Drains `n` events from `<prefix>.events` with a new `pulseboard serve`; checks the revenue,
 /// and that the queue is empty once the service stopped. Returns the phase and the time from
-/// spawning the service to its first applied event.
+/// spawning the service to its first applied event. In an A/A run a second bare loop drains
+/// the queue instead (no start-up time).
 async fn service_phase(
     settings: &Settings,
     names: &Names,
@@ -372,7 +399,11 @@ async fn service_phase(
     database: &Database,
     generator: &TrafficGenerator,
     n: u64,
-) -> anyhow::Result<(Phase, Duration)> {
+) -> anyhow::Result<(Phase, Option<Duration>)> {
+    if settings.baseline_only {
+        let phase = raw_phase(settings, &names.topology.events_queue, n).await?;
+        return Ok((phase, None));
+    }
     let mut service = Service::start(ServiceOptions {
         amqp_url: &settings.amqp_url,
         database_url: &database.url,
@@ -398,7 +429,7 @@ async fn service_phase(
         "{} still holds {left} messages after the service stopped",
         names.topology.events_queue
     );
-    Ok((phase, startup))
+    Ok((phase, Some(startup)))
 }
 
 /// Drains `n` events from `queue` with the bare loop, measuring the rate and the CPU used.
@@ -521,8 +552,25 @@ async fn interrupted() -> &'static str {
     }
 }
 
-/// A baseline's queue: same arguments and bindings as `<prefix>.events`.
-async fn declare_like_events(channel: &Channel, names: &Names, queue: &str) -> anyhow::Result<()> {
+/// A baseline's queue: same arguments as `<prefix>.events`, bound the same way to an exchange
+/// of its own (declared as the service declares its exchange).
+async fn declare_like_events(
+    channel: &Channel,
+    names: &Names,
+    drainer: Drainer,
+) -> anyhow::Result<()> {
+    let (exchange, queue) = names.route(drainer);
+    channel
+        .exchange_declare(
+            exchange,
+            ExchangeKind::Topic,
+            ExchangeDeclareOptions {
+                durable: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await?;
     let mut arguments = FieldTable::default();
     arguments.insert(
         "x-dead-letter-exchange".into(),
@@ -543,7 +591,7 @@ async fn declare_like_events(channel: &Channel, names: &Names, queue: &str) -> a
         channel
             .queue_bind(
                 queue,
-                &names.topology.exchange,
+                exchange,
                 pattern,
                 QueueBindOptions::default(),
                 FieldTable::default(),
@@ -553,12 +601,11 @@ async fn declare_like_events(channel: &Channel, names: &Names, queue: &str) -> a
     Ok(())
 }
 
-/// Publishes `n` persistent events with pipelined confirms.
+/// Publishes `events`, persistent, with pipelined confirms.
 async fn publish(
     connection: &Connection,
     exchange: &str,
-    generator: &mut TrafficGenerator,
-    n: u64,
+    events: &[Generated],
 ) -> anyhow::Result<Phase> {
     let publisher = connection.create_channel().await?;
     publisher
@@ -575,8 +622,7 @@ async fn publish(
         }
         Ok(())
     };
-    for _ in 0..n {
-        let event = generator.next_event(unix_ms());
+    for event in events {
         let confirm = publish_event(&publisher, exchange, event.routing_key, &event.body).await?;
         unconfirmed.push(confirm);
         while unconfirmed.len() >= MAX_UNCONFIRMED {
@@ -590,7 +636,7 @@ async fn publish(
     let _ = publisher.close(200, "published").await;
     ensure!(refused == 0, "RabbitMQ refused {refused} published events");
     Ok(Phase {
-        events: n,
+        events: events.len() as u64,
         seconds,
         cpu: CpuTicks::default(),
     })
@@ -716,12 +762,19 @@ async fn check_revenue(service: &mut Service, expected: i64) -> anyhow::Result<(
 async fn delete_topology(amqp_url: &str, names: &Names) -> anyhow::Result<()> {
     let connection = connect(amqp_url, "pulseboard bench cleanup").await?;
     let channel = connection.create_channel().await?;
-    let deleted = support::delete_topology(
+    let mut deleted = support::delete_topology(
         &channel,
         &names.topology,
         &[&names.raw_queue, &names.floor_queue],
     )
     .await;
+    for exchange in [&names.raw_exchange, &names.floor_exchange] {
+        let gone = channel
+            .exchange_delete(exchange, ExchangeDeleteOptions::default())
+            .await
+            .with_context(|| format!("deleting exchange {exchange}"));
+        deleted = deleted.and(gone);
+    }
     let _ = connection.close(200, "cleaned up").await;
     deleted
 }
