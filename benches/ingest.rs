@@ -54,8 +54,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 mod support;
 use support::{
-    command_output, metric_sum, num_cores, Backend, BareTable, Database, PostgresServer, Service,
-    ServiceOptions, CURRENCY, PG_PORT,
+    allowed_cpus, command_output, machine_cores, metric_sum, Backend, BareTable, Database,
+    PostgresServer, Service, ServiceOptions, CURRENCY, PG_PORT,
 };
 
 const DEFAULT_EVENTS: u64 = 200_000;
@@ -829,7 +829,7 @@ async fn others_busy() -> f64 {
     let before = machine_ticks();
     tokio::time::sleep(Duration::from_secs(1)).await;
     let after = machine_ticks();
-    let wall = after.all.saturating_sub(before.all) as f64 / num_cores() as f64;
+    let wall = after.all.saturating_sub(before.all) as f64 / machine_cores() as f64;
     let others =
         after.busy.saturating_sub(before.busy) as f64 - after.own.saturating_sub(before.own) as f64;
     let busy = (others * 100.0 / wall.max(1.0)).max(0.0);
@@ -929,7 +929,7 @@ impl CpuTicks {
 
     fn usage(&self) -> CpuUse {
         // Elapsed wall-clock ticks: /proc/stat counts every core.
-        let wall = self.all as f64 / num_cores() as f64;
+        let wall = self.all as f64 / machine_cores() as f64;
         if wall <= 0.0 {
             return CpuUse::default();
         }
@@ -1088,7 +1088,7 @@ fn unix_ms() -> i64 {
 }
 
 fn print_machine(background: f64) {
-    let cpus = num_cores();
+    let cpus = machine_cores();
     let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
     let model = cpuinfo
         .lines()
@@ -1135,6 +1135,14 @@ fn print_machine(background: f64) {
         "- CPU accounting: RabbitMQ {}, PostgreSQL {} (found by listening port)",
         pid(servers.rabbitmq),
         pid(servers.postgres)
+    );
+    let cpus_of = |pid: Option<u32>| pid.map_or("?".to_owned(), |p| allowed_cpus(&p.to_string()));
+    println!(
+        "- CPUs allowed (`taskset`): the consumers (this benchmark, the service it spawns) {}; \
+         RabbitMQ {}; PostgreSQL {}",
+        allowed_cpus("self"),
+        cpus_of(servers.rabbitmq),
+        cpus_of(servers.postgres)
     );
     println!(
         "- background load before the run: {background:.0}% of one core (the quietest second); \
@@ -1192,7 +1200,7 @@ fn print_table(rows: &[Row], baseline_only: bool) {
     println!();
     println!(
         "CPU while draining, % of one core (machine: % of {} cores)",
-        num_cores()
+        machine_cores()
     );
     println!();
     println!(

@@ -58,8 +58,8 @@ mod bare;
 mod support;
 use bare::BareFanout;
 use support::{
-    command_output, delete_topology, metric_sum, num_cores, Service, ServiceOptions, CURRENCY,
-    STARTUP_LIMIT,
+    command_output, delete_topology, machine_cores, metric_sum, usable_cores, Service,
+    ServiceOptions, CURRENCY, STARTUP_LIMIT,
 };
 
 const DEFAULT_CLIENTS: &str = "1000,10000";
@@ -434,8 +434,12 @@ async fn drive(
     let bare = match server {
         Server::Pulseboard => None,
         Server::Bare => Some(
-            BareFanout::start(service_address, &request_to(service_address), num_cores())
-                .context("starting the baseline fan-out")?,
+            BareFanout::start(
+                service_address,
+                &request_to(service_address),
+                usable_cores(),
+            )
+            .context("starting the baseline fan-out")?,
         ),
     };
     let target = bare.as_ref().map_or(service_address, BareFanout::address);
@@ -1487,7 +1491,7 @@ impl CpuSample {
 
     fn since(&self, earlier: &CpuSample) -> CpuUse {
         // /proc/stat counts every core, so its elapsed ticks are cores x wall-clock ticks.
-        let wall = self.all.saturating_sub(earlier.all) as f64 / num_cores() as f64;
+        let wall = self.all.saturating_sub(earlier.all) as f64 / machine_cores() as f64;
         if wall <= 0.0 {
             return CpuUse::default();
         }
@@ -1543,7 +1547,7 @@ impl ProcessTicks {
 /// The three busiest processes other than ours (the service, the baseline, this benchmark) and
 /// RabbitMQ between two samples, by name, in % of one core.
 fn busiest_others(before: &ProcessTicks, after: &ProcessTicks, ours: &[u32]) -> String {
-    let wall = after.all.saturating_sub(before.all) as f64 / num_cores() as f64;
+    let wall = after.all.saturating_sub(before.all) as f64 / machine_cores() as f64;
     let mut by_name: std::collections::HashMap<&str, u64> = std::collections::HashMap::new();
     for (pid, (comm, used)) in &after.ticks {
         if ours.contains(pid) || *pid == std::process::id() || comm == "beam.smp" {
@@ -1605,7 +1609,7 @@ fn print_machine() {
         .to_owned();
     println!("## Machine");
     println!();
-    println!("- CPUs: {} ({model})", num_cores());
+    println!("- CPUs: {} ({model})", machine_cores());
     println!("- memory: {memory}; open-file limit: {files}");
     println!(
         "- kernel: Linux {}; RabbitMQ {}; {}",
@@ -1714,7 +1718,7 @@ fn print_tables(settings: &Settings, rows: &[Row]) {
     println!(
         "CPU over the same {:.0} s, % of one core (machine: % of {} cores)",
         rows[0].window_seconds,
-        num_cores()
+        machine_cores()
     );
     println!();
     println!(

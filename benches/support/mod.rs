@@ -287,8 +287,39 @@ pub fn command_output(program: &str, args: &[&str]) -> String {
         .unwrap_or_else(|| "unknown".into())
 }
 
-pub fn num_cores() -> usize {
+/// CPUs this process may run on: its affinity (`taskset`), not the machine's.
+pub fn usable_cores() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+/// CPUs the machine has online: what the totals of /proc/stat add up, whatever this process's
+/// affinity.
+pub fn machine_cores() -> usize {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let cores = stat
+        .lines()
+        .filter_map(|line| line.strip_prefix("cpu"))
+        .filter(|rest| rest.starts_with(|c: char| c.is_ascii_digit()))
+        .count();
+    if cores == 0 {
+        usable_cores()
+    } else {
+        cores
+    }
+}
+
+/// The CPUs a process may run on, as `Cpus_allowed_list` in /proc/<pid>/status (`self` for
+/// this one): which cores a `taskset` left it.
+pub fn allowed_cpus(pid: &str) -> String {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|status| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+                .map(|list| list.trim().to_owned())
+        })
+        .unwrap_or_else(|| "unknown".into())
 }
 
 pub const PG_PORT: u16 = 5432;
