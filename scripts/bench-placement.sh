@@ -9,8 +9,9 @@
 #                                         # CPU, as with RABBITMQ_SCHEDULER_BIND_TYPE=u
 #   BENCH_EVENTS=400000 BENCH_ROUNDS=8 scripts/bench-placement.sh isolated
 #
-# Needs root (`sudo -E` keeps the BENCH_* variables) to change the affinity of the running
-# RabbitMQ and PostgreSQL, found by their listening ports (AMQP 5672, PostgreSQL 5432).
+# Needs root (`sudo -E` keeps the BENCH_* variables) to change the affinity of the RabbitMQ and
+# PostgreSQL running on this machine (not in containers), found by their listening ports (AMQP
+# 5672, PostgreSQL 5432).
 set -euo pipefail
 
 placement=${1:-}
@@ -23,15 +24,11 @@ isolated | unbound) shift ;;
 esac
 
 online=$(cat /sys/devices/system/cpu/online)
-last=${online##*[-,]}
-if [[ $online != 0-* ]] || ((last < 1)); then
+if [[ $online != 0-[1-9]* ]]; then # "0-1", "0-3", "0-1,5"; not "0" or "0,2-3"
     echo "error: placing the broker needs CPUs 0 and 1 online, this machine has $online" >&2
     exit 1
 fi
-rest=1
-if ((last > 1)); then
-    rest="1-$last"
-fi
+rest=${online/#0-/1-} # "0-3" -> "1-3", "0-1,5" -> "1-1,5"
 
 listener() {
     ss -Hltnp "sport = :$1" | { grep -o 'pid=[0-9]*' || true; } | head -1 | cut -d= -f2
@@ -44,13 +41,18 @@ if [[ -z $broker ]]; then
     exit 1
 fi
 
-# Every thread of every process given, with the CPUs it may use now: "tid:cpus" each.
+# Every thread of every process given, with the CPUs it may use now: "tid:cpus" each. A thread
+# that ends meanwhile is skipped.
+shopt -s nullglob
 saved=()
 save() {
-    local pid task
+    local pid task cpus
     for pid in "$@"; do
         for task in /proc/"$pid"/task/*; do
-            saved+=("${task##*/}:$(taskset -pc "${task##*/}" | awk -F': ' '{print $2}')")
+            cpus=$(taskset -pc "${task##*/}" 2>/dev/null | awk -F': ' '{print $2}') || continue
+            if [[ -n $cpus ]]; then
+                saved+=("${task##*/}:$cpus")
+            fi
         done
     done
 }
@@ -61,24 +63,33 @@ restore() {
         taskset -pc "${entry#*:}" "${entry%%:*}" >/dev/null 2>&1 || true
     done
 }
+# On Ctrl-C or SIGTERM: SIGTERM to the benchmark (under cargo, or cargo itself while it still
+# builds), on which it deletes what it created; then wait for it before restoring.
+bench=
+stop() {
+    [[ -n $bench ]] || return 0
+    pkill -TERM -P "$bench" || kill -TERM "$bench" 2>/dev/null || true
+    wait "$bench" || true
+}
 trap restore EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
+trap 'stop; exit 130' INT
+trap 'stop; exit 143' TERM
 
 save "$broker"
 if [[ $placement == unbound ]]; then
     taskset -apc "$online" "$broker" >/dev/null
     echo "RabbitMQ (pid $broker): every thread free to run on CPUs $online" >&2
-    command=(cargo bench --bench ingest "$@")
+    run=(cargo bench --bench ingest "$@")
 else
     taskset -apc 0 "$broker" >/dev/null
     where="RabbitMQ (pid $broker) on CPU 0"
     if [[ -n $database ]]; then
-        # The postmaster and its backends; new backends inherit the postmaster's CPUs.
+        # The postmaster and its backends; new backends inherit the postmaster's CPUs (those
+        # forked meanwhile keep them until they exit: the benchmark's close with it).
         mapfile -t postgres < <(echo "$database"; pgrep -P "$database" || true)
         save "${postgres[@]}"
         for pid in "${postgres[@]}"; do
-            taskset -apc "$rest" "$pid" >/dev/null
+            taskset -apc "$rest" "$pid" >/dev/null 2>&1 || true
         done
         where+="; PostgreSQL (pid $database) and the benchmark on CPUs $rest"
     else
@@ -86,17 +97,9 @@ else
         where+="; the benchmark on CPUs $rest"
     fi
     echo "$where" >&2
-    command=(taskset -c "$rest" cargo bench --bench ingest "$@")
+    run=(taskset -c "$rest" cargo bench --bench ingest "$@")
 fi
-# In the background, so that a signal reaches the trap at once; the trap passes it on as SIGTERM,
-# on which the benchmark deletes what it created.
-"${command[@]}" &
+# In the background, so that a signal reaches the traps at once.
+"${run[@]}" &
 bench=$!
-stop() {
-    pkill -TERM -P "$bench" || true # the benchmark itself, under cargo
-    kill -TERM "$bench" 2>/dev/null || true
-    wait "$bench" || true
-}
-trap 'stop; exit 130' INT
-trap 'stop; exit 143' TERM
 wait "$bench"
