@@ -1267,12 +1267,12 @@ fn print_table(rows: &[Row], baseline_only: bool) {
             verdict(applied >= 20_000.0),
             row.floor.rate() / raw,
         );
-        let median =
+        let median_of =
             |phase: fn(&Round) -> Phase| median(row.rounds.iter().map(|r| phase(r).rate()));
         let (raw, applied, floor) = (
-            median(|r| r.raw),
-            median(|r| r.service),
-            median(|r| r.floor),
+            median_of(|r| r.raw),
+            median_of(|r| r.service),
+            median_of(|r| r.floor),
         );
         println!(
             "  median round (the broker's fast mode set aside): raw {raw:.0}, applied \

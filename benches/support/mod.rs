@@ -14,7 +14,7 @@ use pulseboard::store::{applied_event_columns, event_id_key, Store, SQLITE_PRAGM
 use sqlx::{AnyPool, Executor};
 use std::collections::VecDeque;
 use std::process::Stdio;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
@@ -293,19 +293,22 @@ pub fn usable_cores() -> usize {
 }
 
 /// CPUs the machine has online: what the totals of /proc/stat add up, whatever this process's
-/// affinity.
+/// affinity. Read once: every CPU share divides by it, sample after sample.
 pub fn machine_cores() -> usize {
-    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
-    let cores = stat
-        .lines()
-        .filter_map(|line| line.strip_prefix("cpu"))
-        .filter(|rest| rest.starts_with(|c: char| c.is_ascii_digit()))
-        .count();
-    if cores == 0 {
-        usable_cores()
-    } else {
-        cores
-    }
+    static CORES: OnceLock<usize> = OnceLock::new();
+    *CORES.get_or_init(|| {
+        let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+        let cores = stat
+            .lines()
+            .filter_map(|line| line.strip_prefix("cpu"))
+            .filter(|rest| rest.starts_with(|c: char| c.is_ascii_digit()))
+            .count();
+        if cores == 0 {
+            usable_cores()
+        } else {
+            cores
+        }
+    })
 }
 
 /// The CPUs a process may run on, as `Cpus_allowed_list` in /proc/<pid>/status (`self` for
