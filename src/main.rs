@@ -1,6 +1,7 @@
 //! The `pulseboard` binary: parses the command line and runs one command. Errors end here, as
 //! one line on standard error and a non-zero exit status.
 
+use anyhow::Context;
 use clap::error::ErrorKind;
 use clap::Parser;
 use pulseboard::config::{Cli, Command};
@@ -38,8 +39,10 @@ async fn run(command: Command) -> anyhow::Result<()> {
         Command::Simulate(args) => Ok(simulate::run(args).await?),
         Command::Users(args) => users::run(args).await,
         Command::Migrate(args) => {
-            let store = Store::connect(&args.database_url).await?;
-            store.migrate().await?;
+            let store = Store::connect(&args.database_url)
+                .await
+                .context("DATABASE_URL")?;
+            store.migrate().await.context("DATABASE_URL")?;
             store.close().await;
             eprintln!("migrations applied");
             Ok(())

@@ -11,7 +11,14 @@
 //! - per second, orders and net revenue for the last hour: orders per minute and revenue last hour
 //!   are sums over these (so windows are precise to one second);
 //! - per local day and per minute, net revenue and orders: the same increments the store persists
-//!   (see [`Delta`]), cached for today's revenue and the current history point.
+//!   (see [`Delta`]), for every day and minute an acceptable event can still fall into (24 hours
+//!   back), so that the aggregator knows every sum the store will add an event to.
+//!
+//! Money is bounded: an amount is at most [`MAX_AMOUNT_MINOR`] (SPEC §3), and before an event
+//! joins a batch [`Aggregator::admit`] checks that every sum it will add to (its minute, its
+//! day, the trailing hour) stays representable, counting the events admitted but not yet
+//! committed. An event that would overflow one is refused ([`Overflow`]) instead of wrapping a
+//! figure or turning a database column into a floating-point number.
 
 mod event;
 
@@ -29,6 +36,24 @@ const HOUR_SECS: i64 = 3_600;
 pub const MAX_FUTURE_MS: Millis = 5 * MINUTE_MS;
 /// Events older than this are rejected, and ids are remembered this long for deduplication.
 pub const MAX_AGE_MS: Millis = 24 * 60 * MINUTE_MS;
+/// The largest amount one order or refund may carry (SPEC §3: 10^12 minor units).
+pub const MAX_AMOUNT_MINOR: i64 = 1_000_000_000_000;
+/// Minutes and days are kept this long beyond [`MAX_AGE_MS`]: an event admitted at the edge of
+/// the window, or a batch that lingers, still finds its sums in memory.
+const SUMS_MARGIN_MS: Millis = 60 * MINUTE_MS;
+
+/// An event refused because a sum it would add to could no longer be represented.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "adding {amount_minor} to {figure} would overflow: it holds {sum_minor}, and events not yet \
+     committed may add {in_flight_minor}"
+)]
+pub struct Overflow {
+    pub figure: Figure,
+    pub sum_minor: i64,
+    pub amount_minor: i64,
+    pub in_flight_minor: i64,
+}
 
 /// What the aggregator needs to know about the deployment.
 #[derive(Debug, Clone)]
@@ -56,6 +81,34 @@ pub struct Point {
     pub active_users: u64,
 }
 
+/// A sum that [`Aggregator::admit`] keeps from overflowing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Figure {
+    /// Net revenue of a local day.
+    Day(NaiveDate),
+    /// Net revenue of the minute starting at this instant.
+    Minute(Millis),
+    /// Any sum over the seconds of the trailing hour (bounded by their gross).
+    LastHour,
+}
+
+impl std::fmt::Display for Figure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Figure::Day(day) => write!(f, "the revenue of {day}"),
+            Figure::Minute(minute) => match chrono::DateTime::from_timestamp_millis(*minute) {
+                Some(start) => write!(
+                    f,
+                    "the revenue of the minute {}",
+                    start.format("%Y-%m-%dT%H:%MZ")
+                ),
+                None => write!(f, "the revenue of the minute at {minute} ms"),
+            },
+            Figure::LastHour => f.write_str("the revenue of the last hour"),
+        }
+    }
+}
+
 /// Orders and net revenue of one bucket (a second, a minute).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Tally {
@@ -64,9 +117,11 @@ pub struct Tally {
 }
 
 impl Tally {
+    /// Saturates rather than wraps; [`Aggregator::admit`] keeps every sum it is asked for far
+    /// from the limits, so this never saturates in practice.
     fn add(&mut self, other: Tally) {
-        self.orders += other.orders;
-        self.revenue_minor += other.revenue_minor;
+        self.orders = self.orders.saturating_add(other.orders);
+        self.revenue_minor = self.revenue_minor.saturating_add(other.revenue_minor);
     }
 
     fn is_zero(&self) -> bool {
@@ -95,10 +150,11 @@ impl Delta {
                 .entry(minute_of(event.occurred_at))
                 .or_default()
                 .add(tally);
-            *delta
+            let day = delta
                 .days
                 .entry(local_date(event.occurred_at, timezone))
-                .or_default() += tally.revenue_minor;
+                .or_default();
+            *day = day.saturating_add(tally.revenue_minor);
         }
         delta.days.retain(|_, revenue| *revenue != 0);
         delta
@@ -133,13 +189,24 @@ impl Presence {
     }
 }
 
+/// One second's tally and its gross: the sum of the amounts in it, refunds counted positive.
+#[derive(Debug, Clone, Copy, Default)]
+struct Second {
+    tally: Tally,
+    gross_minor: i64,
+}
+
 #[derive(Debug, Clone)]
 pub struct Aggregator {
     settings: AggregateSettings,
     users: HashMap<String, Presence>,
-    seconds: BTreeMap<i64, Tally>,
+    seconds: BTreeMap<i64, Second>,
+    /// Gross of every second in `seconds`: no sum over any of them can be larger.
+    seconds_gross_minor: i64,
     minutes: BTreeMap<Millis, Tally>,
     days: BTreeMap<NaiveDate, i64>,
+    /// Amounts admitted but not yet applied or released: they may land in any sum.
+    in_flight: InFlight,
 }
 
 impl Aggregator {
@@ -148,8 +215,10 @@ impl Aggregator {
             settings,
             users: HashMap::new(),
             seconds: BTreeMap::new(),
+            seconds_gross_minor: 0,
             minutes: BTreeMap::new(),
             days: BTreeMap::new(),
+            in_flight: InFlight::default(),
         }
     }
 
@@ -173,6 +242,54 @@ impl Aggregator {
         &self.settings
     }
 
+    /// The oldest instant whose minute and day sums `restore` needs: every event still
+    /// acceptable at `now` falls on or after it.
+    pub fn sums_since(now: Millis) -> Millis {
+        now - MAX_AGE_MS - SUMS_MARGIN_MS
+    }
+
+    /// Reserves room for `event` in every sum it will add to if it turns out new: its minute,
+    /// its day and the trailing hour, on top of what earlier admitted events may still add.
+    /// Each admitted event must later be [`apply`](Self::apply)'d or
+    /// [`release`](Self::release)'d.
+    pub fn admit(&mut self, event: &Event) -> Result<(), Overflow> {
+        let amount_minor = event.kind.amount_minor();
+        if amount_minor == 0 {
+            return Ok(());
+        }
+        let mut in_flight = self.in_flight;
+        in_flight.add(&event.kind);
+        let day = local_date(event.occurred_at, self.settings.timezone);
+        let minute = minute_of(event.occurred_at);
+        let day_sum = self.days.get(&day).copied().unwrap_or(0);
+        let minute_sum = self.minutes.get(&minute).map_or(0, |t| t.revenue_minor);
+        let refused = |figure, sum_minor| Overflow {
+            figure,
+            sum_minor,
+            amount_minor,
+            in_flight_minor: self.in_flight.gross(),
+        };
+        if !in_flight.fits_net(day_sum) {
+            return Err(refused(Figure::Day(day), day_sum));
+        }
+        if !in_flight.fits_net(minute_sum) {
+            return Err(refused(Figure::Minute(minute), minute_sum));
+        }
+        if !in_flight.fits_gross(self.seconds_gross_minor) {
+            return Err(refused(Figure::LastHour, self.seconds_gross_minor));
+        }
+        self.in_flight = in_flight;
+        Ok(())
+    }
+
+    /// Gives back the room [`admit`](Self::admit) reserved for `events`, once they are
+    /// applied or dropped.
+    pub fn release<'a>(&mut self, events: impl IntoIterator<Item = &'a Event>) {
+        for event in events {
+            self.in_flight.remove(&event.kind);
+        }
+    }
+
     /// Applies one newly accepted (not duplicate) event.
     pub fn apply(&mut self, event: &Event) {
         self.observe(event);
@@ -184,10 +301,11 @@ impl Aggregator {
             .entry(minute_of(event.occurred_at))
             .or_default()
             .add(tally);
-        *self
+        let day = self
             .days
             .entry(local_date(event.occurred_at, self.settings.timezone))
-            .or_default() += tally.revenue_minor;
+            .or_default();
+        *day = day.saturating_add(tally.revenue_minor);
     }
 
     /// The parts of an event that only live in memory: presence and per-second tallies.
@@ -204,10 +322,14 @@ impl Aggregator {
         }
         let tally = event.tally();
         if !tally.is_zero() {
-            self.seconds
+            let gross = event.kind.amount_minor();
+            let second = self
+                .seconds
                 .entry(event.occurred_at.div_euclid(SECOND_MS))
-                .or_default()
-                .add(tally);
+                .or_default();
+            second.tally.add(tally);
+            second.gross_minor = second.gross_minor.saturating_add(gross);
+            self.seconds_gross_minor = self.seconds_gross_minor.saturating_add(gross);
         }
     }
 
@@ -246,8 +368,8 @@ impl Aggregator {
     /// Sum of the per-second tallies strictly after `after_sec` (future-dated events included).
     fn sum_seconds_since(&self, after_sec: i64) -> Tally {
         let mut sum = Tally::default();
-        for tally in self.seconds.range(after_sec + 1..).map(|(_, t)| *t) {
-            sum.add(tally);
+        for second in self.seconds.range(after_sec + 1..).map(|(_, s)| *s) {
+            sum.add(second.tally);
         }
         sum
     }
@@ -258,10 +380,73 @@ impl Aggregator {
         self.users
             .retain(|_, presence| presence.last_active > now - window);
         let oldest_second = now.div_euclid(SECOND_MS) - HOUR_SECS;
-        self.seconds = self.seconds.split_off(&oldest_second);
-        self.minutes = self.minutes.split_off(&(minute_of(now) - 2 * MINUTE_MS));
-        let yesterday = local_date(now - MAX_AGE_MS, self.settings.timezone);
-        self.days = self.days.split_off(&yesterday);
+        let kept = self.seconds.split_off(&oldest_second);
+        let dropped_gross = self
+            .seconds
+            .values()
+            .fold(0i64, |sum, s| sum.saturating_add(s.gross_minor));
+        self.seconds = kept;
+        self.seconds_gross_minor = self.seconds_gross_minor.saturating_sub(dropped_gross);
+        let since = Self::sums_since(now);
+        self.minutes = self.minutes.split_off(&minute_of(since));
+        self.days = self
+            .days
+            .split_off(&local_date(since, self.settings.timezone));
+    }
+}
+
+/// Orders and refunds admitted but not yet applied: any sum may still gain all of the first
+/// and lose all of the second.
+#[derive(Debug, Clone, Copy, Default)]
+struct InFlight {
+    placed_minor: i64,
+    refunded_minor: i64,
+}
+
+impl InFlight {
+    fn add(&mut self, kind: &EventKind) {
+        match kind {
+            EventKind::OrderPlaced { amount_minor } => {
+                self.placed_minor = self.placed_minor.saturating_add(*amount_minor)
+            }
+            EventKind::OrderRefunded { amount_minor } => {
+                self.refunded_minor = self.refunded_minor.saturating_add(*amount_minor)
+            }
+            _ => {}
+        }
+    }
+
+    fn remove(&mut self, kind: &EventKind) {
+        match kind {
+            EventKind::OrderPlaced { amount_minor } => {
+                self.placed_minor = self.placed_minor.saturating_sub(*amount_minor).max(0)
+            }
+            EventKind::OrderRefunded { amount_minor } => {
+                self.refunded_minor = self.refunded_minor.saturating_sub(*amount_minor).max(0)
+            }
+            _ => {}
+        }
+    }
+
+    /// A net sum holding `sum` stays an `i64` whatever part of these lands in it. A saturated
+    /// total is treated as overflowing.
+    fn fits_net(&self, sum: i64) -> bool {
+        self.placed_minor < i64::MAX
+            && self.refunded_minor < i64::MAX
+            && sum.checked_add(self.placed_minor).is_some()
+            && sum.checked_sub(self.refunded_minor).is_some()
+    }
+
+    /// A gross sum holding `gross` stays an `i64` with all of these added.
+    fn fits_gross(&self, gross: i64) -> bool {
+        gross
+            .checked_add(self.placed_minor)
+            .and_then(|g| g.checked_add(self.refunded_minor))
+            .is_some()
+    }
+
+    fn gross(&self) -> i64 {
+        self.placed_minor.saturating_add(self.refunded_minor)
     }
 }
 

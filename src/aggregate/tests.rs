@@ -265,3 +265,185 @@ fn delta_sums_per_minute_and_day_and_skips_non_orders() {
     );
     assert_eq!(delta.days.values().sum::<i64>(), 250);
 }
+
+/// An aggregator whose day and minute sums for `at` already hold `sum` (as after a restore).
+fn holding(sum: i64, at: Millis) -> Aggregator {
+    Aggregator::restore(
+        settings(Tz::UTC),
+        RestoreInput {
+            recent_events: Vec::new(),
+            days: vec![(local_date(at, Tz::UTC), sum)],
+            minutes: vec![(
+                minute_of(at),
+                Tally {
+                    orders: 1,
+                    revenue_minor: sum,
+                },
+            )],
+        },
+    )
+}
+
+#[test]
+fn an_order_that_would_overflow_its_day_is_refused_and_changes_nothing() {
+    let now = at("2026-11-23T10:15:30Z");
+    let mut aggregator = holding(i64::MAX - MAX_AMOUNT_MINOR + 1, now);
+    let before = aggregator.figures(now);
+    let order = placed("a", MAX_AMOUNT_MINOR, now, "u1");
+    let refused = aggregator.admit(&order).expect_err("no room");
+    assert!(matches!(refused.figure, Figure::Day(_)), "{refused}");
+    assert_eq!(aggregator.figures(now), before);
+    // A refund fits: the day's net falls.
+    let refund = refunded("b", MAX_AMOUNT_MINOR, now, "u1");
+    aggregator.admit(&refund).expect("a refund lowers the sum");
+    aggregator.apply(&refund);
+    aggregator.release([&refund]);
+    assert_eq!(
+        aggregator.figures(now).revenue_today_minor,
+        i64::MAX - 2 * MAX_AMOUNT_MINOR + 1
+    );
+}
+
+#[test]
+fn a_negative_day_is_bounded_too() {
+    let now = at("2026-11-23T10:15:30Z");
+    let mut aggregator = holding(i64::MIN + MAX_AMOUNT_MINOR - 1, now);
+    let refund = refunded("a", MAX_AMOUNT_MINOR, now, "u1");
+    assert!(aggregator.admit(&refund).is_err());
+}
+
+#[test]
+fn events_admitted_but_not_yet_applied_take_room_until_released() {
+    let now = at("2026-11-23T10:15:30Z");
+    let mut aggregator = holding(i64::MAX - 2 * MAX_AMOUNT_MINOR, now);
+    let first = placed("a", MAX_AMOUNT_MINOR, now, "u1");
+    let second = placed("b", MAX_AMOUNT_MINOR, now, "u2");
+    let third = placed("c", MAX_AMOUNT_MINOR, now, "u3");
+    aggregator.admit(&first).expect("room for one");
+    aggregator.admit(&second).expect("room for two");
+    assert!(aggregator.admit(&third).is_err(), "two are in flight");
+    // The batch is dropped (its messages come back from the broker): the room comes back.
+    aggregator.release([&first, &second]);
+    aggregator.admit(&third).expect("room again");
+    aggregator.apply(&third);
+    aggregator.release([&third]);
+    assert_eq!(
+        aggregator.figures(now).revenue_today_minor,
+        i64::MAX - MAX_AMOUNT_MINOR
+    );
+}
+
+#[test]
+fn the_last_hour_is_bounded_by_its_gross() {
+    let now = at("2026-11-23T10:15:30Z");
+    // An order and a refund that cancel out in every net sum, in seconds of the last hour of
+    // different days, with a gross near the limit (as a restore from an earlier version could
+    // bring back: the ceiling on amounts is the decoder's).
+    let mut aggregator = Aggregator::restore(
+        settings(Tz::UTC),
+        RestoreInput {
+            recent_events: vec![
+                placed("p", i64::MAX / 2, now - 1_000, "u"),
+                refunded("r", i64::MAX / 2, now - 2_000, "u"),
+            ],
+            ..RestoreInput::default()
+        },
+    );
+    let order = placed("a", MAX_AMOUNT_MINOR, now - 3_000, "u");
+    let refused = aggregator
+        .admit(&order)
+        .expect_err("the hour's gross is full");
+    assert_eq!(refused.figure, Figure::LastHour);
+    assert_eq!(aggregator.figures(now).revenue_last_hour_minor, 0);
+    // An hour later those seconds are pruned and their room comes back.
+    let later = now + 3_600_000 + 10_000;
+    aggregator.prune(later);
+    let order = placed("b", MAX_AMOUNT_MINOR, later, "u");
+    aggregator.admit(&order).expect("room after pruning");
+}
+
+#[test]
+fn sums_stay_known_for_every_minute_an_acceptable_event_can_reach() {
+    let now = at("2026-11-23T10:15:30Z");
+    let old = now - MAX_AGE_MS + MINUTE_MS;
+    let mut aggregator = holding(i64::MAX, old);
+    aggregator.prune(now);
+    let late = placed("late", 1, old, "u");
+    let refused = aggregator
+        .admit(&late)
+        .expect_err("the old minute is still known");
+    assert!(matches!(refused.figure, Figure::Day(_) | Figure::Minute(_)));
+    assert!(Aggregator::sums_since(now) <= now - MAX_AGE_MS);
+}
+
+mod overflow_properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[derive(Debug, Clone)]
+    enum Step {
+        Order(i64, i64),
+        Refund(i64, i64),
+        /// Commit and apply what is in flight.
+        Commit,
+        /// Drop what is in flight (a lost broker link).
+        Drop,
+    }
+
+    fn step() -> impl Strategy<Value = Step> {
+        let amount = prop_oneof![0..=MAX_AMOUNT_MINOR, Just(MAX_AMOUNT_MINOR)];
+        let offset = 0..7_200_000i64;
+        prop_oneof![
+            4 => (amount.clone(), offset.clone()).prop_map(|(a, o)| Step::Order(a, o)),
+            2 => (amount, offset).prop_map(|(a, o)| Step::Refund(a, o)),
+            1 => Just(Step::Commit),
+            1 => Just(Step::Drop),
+        ]
+    }
+
+    proptest! {
+        /// Starting from sums near either limit, whatever is admitted and applied, every figure
+        /// equals its exact (128-bit) sum: nothing wraps, nothing saturates.
+        #[test]
+        fn admitted_events_never_overflow_a_figure(
+            start in prop_oneof![
+                Just(i64::MAX - 3 * MAX_AMOUNT_MINOR),
+                Just(i64::MIN + 3 * MAX_AMOUNT_MINOR),
+                Just(0i64),
+            ],
+            steps in proptest::collection::vec(step(), 1..60),
+        ) {
+            let now = at("2026-11-23T10:15:30Z");
+            let mut aggregator = holding(start, now);
+            let mut in_flight: Vec<Event> = Vec::new();
+            let mut today = i128::from(start);
+            for (n, step) in steps.into_iter().enumerate() {
+                let event = match step {
+                    Step::Order(amount, offset) => placed(&n.to_string(), amount, now - offset, "u"),
+                    Step::Refund(amount, offset) => refunded(&n.to_string(), amount, now - offset, "u"),
+                    Step::Commit => {
+                        for event in &in_flight {
+                            aggregator.apply(event);
+                            if local_date(event.occurred_at, Tz::UTC) == local_date(now, Tz::UTC) {
+                                today += i128::from(event.tally().revenue_minor);
+                            }
+                        }
+                        aggregator.release(&in_flight);
+                        in_flight.clear();
+                        continue;
+                    }
+                    Step::Drop => {
+                        aggregator.release(&in_flight);
+                        in_flight.clear();
+                        continue;
+                    }
+                };
+                if aggregator.admit(&event).is_ok() {
+                    in_flight.push(event);
+                }
+            }
+            let figures = aggregator.figures(now);
+            prop_assert_eq!(i128::from(figures.revenue_today_minor), today);
+        }
+    }
+}

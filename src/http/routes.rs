@@ -48,14 +48,17 @@ async fn healthz(state: web::Data<AppState>) -> HttpResponse {
 
 /// 200 when the database answers and ingest is connected (or runs the in-process demo).
 async fn readyz(state: web::Data<AppState>) -> HttpResponse {
+    let status = state.status.get();
     let database = match tokio::time::timeout(READY_DATABASE_TIMEOUT, state.store.ping()).await {
-        Ok(Ok(())) => Ok(()),
+        Ok(Ok(())) => match &status.database_error {
+            None => Ok(()),
+            Some(error) => Err(format!("database error in ingest: {error}")),
+        },
         Ok(Err(error)) => Err(format!("database unreachable: {error}")),
         Err(_) => Err(format!(
             "database did not answer within {READY_DATABASE_TIMEOUT:?}"
         )),
     };
-    let status = state.status.get();
     let ingest = if status.local_demo || status.broker_connected {
         Ok(())
     } else {

@@ -3,7 +3,9 @@
 //! Pure: the arrival time and the configured currency are passed in. Every refusal carries a
 //! stable code (the start of the `x-pulseboard-reason` header) and a human detail.
 
-use crate::aggregate::{Event, EventKind, Millis, MAX_AGE_MS, MAX_FUTURE_MS};
+use crate::aggregate::{
+    Event, EventKind, Millis, Overflow, MAX_AGE_MS, MAX_AMOUNT_MINOR, MAX_FUTURE_MS,
+};
 use serde_json::{Map, Value};
 use std::fmt;
 
@@ -29,6 +31,13 @@ impl Rejection {
 impl fmt::Display for Rejection {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}: {}", self.code, self.detail)
+    }
+}
+
+/// A well-formed event that a running sum has no room for (see `Aggregator::admit`).
+impl From<Overflow> for Rejection {
+    fn from(overflow: Overflow) -> Self {
+        Rejection::new("sum_overflow", overflow.to_string())
     }
 }
 
@@ -158,11 +167,13 @@ fn order_amount(fields: &Map<String, Value>, currency: &str) -> Result<i64, Reje
         .map_err(|_| Rejection::new("missing_field", "data.amount_minor"))?;
     let amount_minor = amount
         .as_i64()
-        .filter(|amount| *amount >= 0)
+        .filter(|amount| (0..=MAX_AMOUNT_MINOR).contains(amount))
         .ok_or_else(|| {
             Rejection::new(
                 "invalid_field",
-                format!("data.amount_minor must be an integer >= 0, got {amount}"),
+                format!(
+                    "data.amount_minor must be an integer from 0 to {MAX_AMOUNT_MINOR}, got {amount}"
+                ),
             )
         })?;
     let event_currency = required(data, "currency")
@@ -305,6 +316,21 @@ mod tests {
                 "invalid_field",
             ),
             (
+                "above the ceiling",
+                Box::new(|v| v["data"]["amount_minor"] = json!(MAX_AMOUNT_MINOR + 1)),
+                "invalid_field",
+            ),
+            (
+                "half of i64",
+                Box::new(|v| v["data"]["amount_minor"] = json!(i64::MAX / 2)),
+                "invalid_field",
+            ),
+            (
+                "beyond i64",
+                Box::new(|v| v["data"]["amount_minor"] = json!(u64::MAX)),
+                "invalid_field",
+            ),
+            (
                 "fraction",
                 Box::new(|v| v["data"]["amount_minor"] = json!(19.99)),
                 "invalid_field",
@@ -330,6 +356,19 @@ mod tests {
             mutate(&mut value);
             assert_eq!(rejected_code(&value), code, "case {name}: {value}");
         }
+    }
+
+    #[test]
+    fn the_ceiling_itself_is_accepted() {
+        let mut value = order("order.refunded");
+        value["data"]["amount_minor"] = json!(MAX_AMOUNT_MINOR);
+        let event = decode_value(&value).expect("accepted");
+        assert_eq!(
+            event.kind,
+            EventKind::OrderRefunded {
+                amount_minor: MAX_AMOUNT_MINOR
+            }
+        );
     }
 
     #[test]

@@ -229,7 +229,7 @@ impl<'a> Leader<'a> {
             FeedItem::Lost(error) => {
                 tracing::warn!(%error, "lost RabbitMQ; reconnecting with backoff");
                 // Unacknowledged messages of the lost channel come back from the broker.
-                self.gathering.clear();
+                self.drop_gathering();
                 self.set_connected(false, Some(error));
             }
         }
@@ -244,14 +244,15 @@ impl<'a> Leader<'a> {
             currency: &settings.currency,
             arrived_at: message.arrived_at,
         };
-        match decode(&message.body, context) {
-            Ok(event) if self.gathering.ids.insert(event.id.clone()) => {
+        match self.admit(decode(&message.body, context)) {
+            Admission::Accepted(event) => {
+                self.gathering.ids.insert(event.id.clone());
                 self.gathering.events.push(event);
                 self.gathering.arrivals.push(message.arrived_at);
             }
-            Ok(event) => metrics.count_event(event.kind.label(), "duplicate"),
-            Err(rejection) => {
-                metrics.count_event("unknown", "rejected");
+            Admission::RepeatInBatch(kind) => metrics.count_event(kind, "duplicate"),
+            Admission::Refused(kind, rejection) => {
+                metrics.count_event(kind, "rejected");
                 tracing::warn!(reason = %rejection, routing_key = %message.routing_key,
                     "dead-lettering a malformed event");
                 match feed
@@ -261,7 +262,7 @@ impl<'a> Leader<'a> {
                     Ok(confirm) => self.gathering.confirms.extend(confirm),
                     Err(error) => {
                         // The whole batch comes back from the broker on the next link.
-                        self.gathering.clear();
+                        self.drop_gathering();
                         self.link_failed(feed, error);
                         return;
                     }
@@ -273,6 +274,30 @@ impl<'a> Leader<'a> {
             feed.link_generation(),
             self.context.settings.batch_linger,
         );
+    }
+
+    /// Decides what a decoded message becomes: an event of the batch (with room reserved in
+    /// every sum it adds to), a repeat of one already in it, or a dead letter.
+    fn admit(&mut self, decoded: Result<Event, Rejection>) -> Admission {
+        let event = match decoded {
+            Ok(event) => event,
+            Err(rejection) => return Admission::Refused("unknown", rejection),
+        };
+        let kind = event.kind.label();
+        if self.gathering.ids.contains(&event.id) {
+            return Admission::RepeatInBatch(kind);
+        }
+        match self.aggregator.admit(&event) {
+            Ok(()) => Admission::Accepted(event),
+            Err(overflow) => Admission::Refused(kind, overflow.into()),
+        }
+    }
+
+    /// Forgets the batch being gathered (its messages come back from the broker) and the room
+    /// its events reserved.
+    fn drop_gathering(&mut self) {
+        self.aggregator.release(&self.gathering.events);
+        self.gathering.clear();
     }
 
     fn set_connected(&self, connected: bool, error: Option<String>) {
@@ -350,6 +375,7 @@ impl<'a> Leader<'a> {
         // If it fails, the broker redelivers them and the store recognises them as duplicates.
         self.acknowledge_committed(&mut batch, feed).await;
         self.apply_committed(&batch.events, &batch.arrivals, &applied.fresh);
+        self.aggregator.release(&batch.events);
         Ok(())
     }
 
@@ -511,6 +537,13 @@ impl<'a> Leader<'a> {
         self.next_seq += 1;
         Ok(seq)
     }
+}
+
+/// What [`Leader::admit`] made of a message; the `&str`s are event type labels for metrics.
+enum Admission {
+    Accepted(Event),
+    RepeatInBatch(&'static str),
+    Refused(&'static str, Rejection),
 }
 
 /// Messages gathered since the last commit started, already decoded.

@@ -125,9 +125,15 @@ pub async fn run(
                 let end = leader::lead(&context, lease, &mut inputs, &shutdown).await;
                 context.metrics.leader.set(0);
                 context.metrics.ingest_up.set(0);
+                let database_error = match &end {
+                    leader::LeadEnd::Database(error) => Some(error.to_string()),
+                    _ => None,
+                };
                 context.status.update(|s| {
                     s.is_leader = false;
                     s.broker_connected = false;
+                    // Readiness names the database, not the broker, when it ended the term.
+                    s.database_error = database_error;
                 });
                 match end {
                     leader::LeadEnd::Shutdown => {

@@ -83,7 +83,30 @@ pub enum StoreError {
     LostLease,
     #[error("stored data is invalid: {0}")]
     Corrupt(String),
+    #[error(
+        "table {table} holds {rows} row(s) whose figures are not whole numbers (the first at \
+         {key_column} {first_key}), left by an earlier version when a revenue sum overflowed; \
+         stop every instance, back up the database, then delete or correct those rows as \
+         docs/operations.md (\"Figures that are not whole numbers\") shows, and start again"
+    )]
+    NonIntegerFigures {
+        table: &'static str,
+        key_column: &'static str,
+        rows: i64,
+        first_key: String,
+    },
 }
+
+/// Tables of figures, their key column and their figure columns: what
+/// [`Store::check_figures`] inspects.
+const FIGURE_TABLES: [(&str, &str, &[&str]); 2] = [
+    (
+        "minute_stats",
+        "minute",
+        &["orders", "revenue_minor", "active_users"],
+    ),
+    ("daily_revenue", "day", &["revenue_minor"]),
+];
 
 /// What a committed batch did, in the order of the events given.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -145,11 +168,41 @@ impl Store {
                     .run(&self.writer)
                     .await?;
                 self.key_unkeyed_events().await?;
+                self.check_figures().await?;
             }
             Backend::Postgres => {
                 sqlx::migrate!("migrations/postgres")
                     .run(&self.writer)
                     .await?
+            }
+        }
+        Ok(())
+    }
+
+    /// Refuses a SQLite database where a figure is not an integer: an earlier version let a
+    /// sum that overflowed become a floating-point number there, which no reader can decode.
+    /// Found at start, it is one clear message instead of a leader failing its every term.
+    /// PostgreSQL's BIGINT columns cannot hold such a value.
+    async fn check_figures(&self) -> Result<(), StoreError> {
+        for (table, key_column, columns) in FIGURE_TABLES {
+            let not_integer = columns
+                .iter()
+                .map(|column| format!("typeof({column}) <> 'integer'"))
+                .collect::<Vec<_>>()
+                .join(" OR ");
+            let row = sqlx::query(&format!(
+                "SELECT COUNT(*), CAST(MIN({key_column}) AS TEXT) FROM {table} WHERE {not_integer}"
+            ))
+            .fetch_one(&self.reader)
+            .await?;
+            let rows: i64 = row.try_get(0)?;
+            if rows > 0 {
+                return Err(StoreError::NonIntegerFigures {
+                    table,
+                    key_column,
+                    rows,
+                    first_key: row.try_get::<Option<String>, _>(1)?.unwrap_or_default(),
+                });
             }
         }
         Ok(())
@@ -300,7 +353,10 @@ impl Store {
         .map(stored_event)
         .collect::<Result<Vec<_>, _>>()?;
 
-        let first_day = crate::aggregate::local_date(now - MAX_AGE_MS, timezone);
+        // Every minute and day an event still acceptable at `now` can fall into: the
+        // aggregator checks each new event against these sums before it is committed.
+        let sums_since = crate::aggregate::Aggregator::sums_since(now);
+        let first_day = crate::aggregate::local_date(sums_since, timezone);
         let days = sqlx::query("SELECT day, revenue_minor FROM daily_revenue WHERE day >= $1")
             .bind(first_day.to_string())
             .fetch_all(&self.reader)
@@ -318,7 +374,7 @@ impl Store {
         let minutes = sqlx::query(
             "SELECT minute, orders, revenue_minor FROM minute_stats WHERE minute >= $1",
         )
-        .bind(minute_of(now) - 2 * MINUTE_MS)
+        .bind(minute_of(sums_since))
         .fetch_all(&self.reader)
         .await?
         .iter()

@@ -520,6 +520,19 @@ impl Broker {
         letters
     }
 
+    /// Takes dead letters off `<prefix>.dead` until `count` arrived, or 10 s passed.
+    pub async fn wait_for_dead_letters(&self, count: usize) -> Vec<(String, Vec<u8>)> {
+        let mut letters = Vec::new();
+        for _ in 0..100 {
+            letters.extend(self.take_dead_letters().await);
+            if letters.len() >= count {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        letters
+    }
+
     pub async fn events_queue_depth(&self) -> u32 {
         Topology::depth(&self.channel, &self.topology.events_queue)
             .await

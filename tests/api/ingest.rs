@@ -149,7 +149,7 @@ async fn known_mix_gives_hand_computed_figures(backend: Backend) {
     assert_eq!(snapshot["ingest"]["leader"], "mix-1");
 
     // Every malformed message is in the dead-letter queue with its reason.
-    let letters = wait_for_dead_letters(&broker, malformed.len()).await;
+    let letters = broker.wait_for_dead_letters(malformed.len()).await;
     let mut reasons: Vec<String> = letters.iter().map(|(r, _)| r.clone()).collect();
     reasons.sort();
     let mut expected: Vec<&str> = malformed.iter().map(|(code, _)| *code).collect();
@@ -178,18 +178,6 @@ async fn known_mix_gives_hand_computed_figures(backend: Backend) {
         0,
         "everything acknowledged"
     );
-}
-
-async fn wait_for_dead_letters(broker: &Broker, count: usize) -> Vec<(String, Vec<u8>)> {
-    let mut letters = Vec::new();
-    for _ in 0..100 {
-        letters.extend(broker.take_dead_letters().await);
-        if letters.len() >= count {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    letters
 }
 
 fn valid_order() -> Value {
@@ -235,7 +223,7 @@ async fn one_poison_message_among_ten_thousand_delays_nothing() {
             s["revenue"]["today_minor"] == net
         })
         .await;
-    let letters = wait_for_dead_letters(&broker, 1).await;
+    let letters = broker.wait_for_dead_letters(1).await;
     assert_eq!(
         letters.len(),
         1,
