@@ -273,3 +273,67 @@ async fn a_database_with_a_non_integer_figure_is_refused_at_start_with_one_clear
         assert!(!stderr.contains("panicked"), "{stderr}");
     }
 }
+
+/// The database answers `SELECT 1` but refuses the leader's writes: readiness blames the
+/// database (not RabbitMQ), and once the writes work again nothing was lost.
+#[tokio::test]
+async fn readiness_names_a_database_that_refuses_the_leaders_writes() {
+    clear_of_midnight(Duration::from_secs(120)).await;
+    let database = TestDatabase::new(Backend::Postgres).await;
+    let names = Names::new();
+    let broker = Broker::connect(&names).await;
+    let service = Service::start(&ServiceConfig::new(&database, &names, "writes-1")).await;
+    service
+        .wait_for_snapshot(Duration::from_secs(20), |s| {
+            s["ingest"]["state"] == "running"
+        })
+        .await;
+
+    execute(
+        &database,
+        "ALTER TABLE daily_revenue RENAME TO daily_revenue_away",
+    )
+    .await
+    .expect("hide a table");
+    broker
+        .publish_all(&[order("held", "order.placed", 1, 700)])
+        .await;
+    let mut reason = Value::Null;
+    for _ in 0..100 {
+        let (status, body) = service.get_json("/readyz").await;
+        if status == 503 {
+            reason = body;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let message = reason["error"]["message"].as_str().unwrap_or_default();
+    assert!(
+        message.starts_with("database error in ingest: "),
+        "{reason}"
+    );
+    assert!(message.contains("daily_revenue"), "{reason}");
+    assert_eq!(reason["checks"]["database"], "failing", "{reason}");
+
+    execute(
+        &database,
+        "ALTER TABLE daily_revenue_away RENAME TO daily_revenue",
+    )
+    .await
+    .expect("bring the table back");
+    service
+        .wait_for_snapshot(Duration::from_secs(30), |s| {
+            s["revenue"]["today_minor"] == 700
+        })
+        .await;
+    let mut ready = 0;
+    for _ in 0..100 {
+        ready = service.get("/readyz").await.status().as_u16();
+        if ready == 200 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(ready, 200);
+    assert_eq!(service.events_counted("applied").await, 1);
+}
