@@ -2,9 +2,11 @@
 //! one JSON object a line. Initialised once by the binary; standard output stays free for
 //! command results (`simulate`'s summary, `users add`'s password).
 //!
-//! Every recorded value is escaped by the formatter ([`escape`]), so that no call site can forget
-//! it: one event is one physical line, and no control character reaches the log (the formatter's
-//! own colours aside).
+//! Two defences against anonymous clients, both here so that no call site can forget them:
+//! - every recorded value is escaped by the formatter ([`escape`]): one event is one physical
+//!   line, and no control character reaches the log (the formatter's own colours aside);
+//! - the HTTP parser's complaints about malformed requests (logged by actix-http at ERROR) are
+//!   off unless `RUST_LOG` names their target ([`filter_directives`]).
 
 mod escape;
 #[cfg(test)]
@@ -17,9 +19,41 @@ use tracing_subscriber::fmt::{format, MakeWriter};
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::EnvFilter;
 
+/// Where actix-http logs `stream error: request parse error: …` at ERROR for every malformed
+/// request (400, 431): any client could fill the error log with them.
+pub const HTTP_PARSER_TARGET: &str = "actix_http::h1::dispatcher";
+
+const DEFAULT_DIRECTIVES: &str = "info";
+
+/// The filter: `RUST_LOG` (or `info` when unset or empty), plus `actix_http::h1::dispatcher=off`
+/// unless one of its directives names that target (or a prefix of it, such as `actix_http`,
+/// which is how `EnvFilter` matches targets): an operator who asks for it gets it.
+pub fn filter_directives(rust_log: Option<&str>) -> String {
+    let rust_log = rust_log
+        .map(str::trim)
+        .filter(|directives| !directives.is_empty())
+        .unwrap_or(DEFAULT_DIRECTIVES);
+    if names_http_parser(rust_log) {
+        rust_log.to_owned()
+    } else {
+        format!("{rust_log},{HTTP_PARSER_TARGET}=off")
+    }
+}
+
+/// Whether a directive's target (`target[span{field}]=level`) covers the parser's target.
+fn names_http_parser(rust_log: &str) -> bool {
+    rust_log
+        .split(',')
+        .filter_map(|directive| directive.split(['[', '=']).next())
+        .map(str::trim)
+        .any(|target| !target.is_empty() && HTTP_PARSER_TARGET.starts_with(target))
+}
+
 /// The filter from the environment; an invalid `RUST_LOG` falls back to the default.
 pub fn env_filter() -> EnvFilter {
-    EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"))
+    let rust_log = std::env::var("RUST_LOG").ok();
+    EnvFilter::try_new(filter_directives(rust_log.as_deref()))
+        .unwrap_or_else(|_| EnvFilter::new(filter_directives(None)))
 }
 
 /// A subscriber writing to `sink` (generic so that tests can read what it writes); `ansi`

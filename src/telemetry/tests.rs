@@ -4,7 +4,7 @@
 
 use super::escape::needs_escape;
 use super::escape::tests::{escape, tricky_text};
-use super::get_subscriber;
+use super::{filter_directives, get_subscriber, HTTP_PARSER_TARGET};
 use crate::config::LogFormat;
 use proptest::prelude::*;
 use serde_json::Value;
@@ -188,4 +188,59 @@ impl std::error::Error for Wrapped {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         Some(&self.0)
     }
+}
+
+#[test]
+fn telemetry_parser_errors_are_off_unless_named() {
+    let off = format!("{HTTP_PARSER_TARGET}=off");
+    for (rust_log, expected) in [
+        (None, format!("info,{off}")),
+        (Some("  "), format!("info,{off}")),
+        (Some("debug"), format!("debug,{off}")),
+        (
+            Some("warn,actix_web=debug"),
+            format!("warn,actix_web=debug,{off}"),
+        ),
+        (
+            Some("info,actix_http=debug"),
+            "info,actix_http=debug".to_owned(),
+        ),
+        (
+            Some("actix_http::h1=warn"),
+            "actix_http::h1=warn".to_owned(),
+        ),
+        (
+            Some("actix_http::h1::dispatcher[conn]=error"),
+            "actix_http::h1::dispatcher[conn]=error".to_owned(),
+        ),
+    ] {
+        assert_eq!(
+            filter_directives(rust_log),
+            expected,
+            "RUST_LOG={rust_log:?}"
+        );
+    }
+}
+
+/// The directives do what they say in a real `EnvFilter`.
+#[test]
+fn telemetry_parser_errors_reach_the_log_only_when_asked_for() {
+    let logged = |rust_log: Option<&str>| {
+        let capture = Capture::default();
+        let filter = EnvFilter::new(filter_directives(rust_log));
+        let subscriber = get_subscriber(filter, LogFormat::Text, false, capture.clone());
+        tracing::subscriber::with_default(subscriber, || {
+            tracing::error!(target: "actix_http::h1::dispatcher", "stream error: request parse error");
+            tracing::error!(target: "actix_http::h1::service", "HTTP/1 service readiness error");
+        });
+        capture.text()
+    };
+    let default = logged(None);
+    assert!(!default.contains("stream error"), "{default}");
+    assert!(
+        default.contains("readiness error"),
+        "other actix_http errors stay: {default}"
+    );
+    let asked = logged(Some("info,actix_http=error"));
+    assert!(asked.contains("stream error"), "{asked}");
 }

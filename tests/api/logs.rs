@@ -5,6 +5,7 @@
 use crate::helpers::{event, Backend, Broker, Names, Service, ServiceConfig, TestDatabase};
 use serde_json::Value;
 use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// What a forged line would start with; real lines of today never carry this second.
 const FORGED_TIMESTAMP: &str = "2026-12-02T00:00:00";
@@ -61,6 +62,63 @@ async fn json_log_is_one_object_a_line_that_gives_back_the_outside_text() {
     assert_eq!(dead["routing_key"], FORGED_ROUTING_KEY, "the routing key");
     let reason = dead["reason"].as_str().unwrap_or_default();
     assert!(reason.contains(FORGED_CURRENCY), "the currency: {reason:?}");
+}
+
+/// actix-http logs every malformed request at ERROR (`stream error: request parse error: …`);
+/// by default those stay out of the log, and an operator who names the target gets them back.
+#[tokio::test]
+async fn malformed_requests_stay_out_of_the_log_unless_asked_for() {
+    let (asked_database, quiet_database) = (
+        TestDatabase::new(Backend::Sqlite).await,
+        TestDatabase::new(Backend::Sqlite).await,
+    );
+    let mut asked = ServiceConfig::new(&asked_database, &Names::new(), "logs-parser-asked");
+    asked
+        .env
+        .push(("RUST_LOG".into(), "info,actix_http=error".into()));
+    let asked = Service::start(&asked).await;
+    let quiet = ServiceConfig::new(&quiet_database, &Names::new(), "logs-parser-quiet");
+    let quiet = Service::start(&quiet).await;
+
+    for service in [&asked, &quiet] {
+        for _ in 0..3 {
+            send_malformed_request(service).await;
+        }
+    }
+    // Proves the requests do make actix-http log, so that silence below means something.
+    wait_for_log(&asked, &["actix_http::h1::dispatcher", "stream error"]).await;
+    // The same time for the default service to log, had it been going to.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let log = quiet.log_text();
+    assert!(log.contains("listening on"), "the log was captured:\n{log}");
+    assert!(
+        !log.contains("actix_http::h1::dispatcher") && !log.contains("stream error"),
+        "a malformed request was logged by default:\n{log}"
+    );
+}
+
+/// Sends bytes that are not HTTP over a raw socket; the answer is a 400 and a closed connection.
+async fn send_malformed_request(service: &Service) {
+    let address = service.base_url.trim_start_matches("http://");
+    let mut socket = tokio::net::TcpStream::connect(address)
+        .await
+        .expect("connect");
+    socket
+        .write_all(b"NOT HTTP\x01\r\n\r\n")
+        .await
+        .expect("write");
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(5), socket.read_to_end(&mut answer)).await;
+    assert!(
+        matches!(read, Ok(Ok(_))),
+        "the server closes the connection"
+    );
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(
+        answer.starts_with("HTTP/1.1 400 "),
+        "a malformed request gets a 400: {answer:?}"
+    );
 }
 
 /// Starts a service, then sends a forged user name over HTTP and a forged dead letter over the
