@@ -35,7 +35,7 @@ pub fn needs_escape(c: char) -> bool {
 
 /// A `fmt::Write` that escapes what passes through it: `\\`, `\n`, `\r`, `\t`, and `\u{hex}` for
 /// the rest of [`needs_escape`]; with `quotes`, also `\"`. The backslash is escaped too, so the
-/// text form stays one-to-one ([`unescape`](tests::unescape) in the tests reverses it).
+/// text form stays one-to-one (`tests::unescape` reverses it).
 /// Anything else (é, 日本) is written as it is.
 pub struct Escaper<W> {
     inner: W,
