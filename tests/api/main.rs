@@ -9,6 +9,7 @@ mod failover;
 mod helpers;
 mod ingest;
 mod live;
+mod logs;
 mod money;
 mod outage;
 mod private_services;

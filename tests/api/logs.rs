@@ -1,0 +1,192 @@
+//! Issue 23, log forging: text from outside (a user name at sign-in, a routing key and a currency
+//! from the broker) reaches the real binary's log over real sockets, in both log formats, and
+//! cannot make a line of its own, move the cursor or colour the terminal.
+
+use crate::helpers::{event, Backend, Broker, Names, Service, ServiceConfig, TestDatabase};
+use serde_json::Value;
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// What a forged line would start with; real lines of today never carry this second.
+const FORGED_TIMESTAMP: &str = "2026-12-02T00:00:00";
+
+/// A user name that, written raw, would end its line, start a genuine-looking one and then turn
+/// the terminal red.
+const FORGED_USER: &str = "mallory\n2026-12-02T00:00:00.000000Z  INFO pulseboard: forged\u{1b}[31m";
+
+/// The queue binds `order.*`: a topic word ends only at a dot, so this key (no dot after the
+/// first) still routes, newline, escape and all.
+const FORGED_ROUTING_KEY: &str = "order.x\n2026-12-02T00:00:00Z  INFO pulseboard: forged\u{1b}[31m";
+
+/// A currency the service does not count: the rejection reason quotes it.
+const FORGED_CURRENCY: &str = "EUR\r\n2026-12-02T00:00:00Z  WARN pulseboard: forged\u{0}\u{1b}[2J";
+
+const LOGGED_LIMIT: Duration = Duration::from_secs(20);
+
+#[tokio::test]
+async fn text_log_writes_outside_text_escaped_on_one_line() {
+    let (service, _broker, _database) = start_and_forge("logs-text", &[]).await;
+    let log = service.log_text();
+
+    assert_no_forged_line_or_control_character(&log);
+    // The values are there, escaped (so the test sees them, and would see a raw one).
+    for escaped in [
+        "user=mallory\\n2026-12-02T00:00:00.000000Z  INFO pulseboard: forged\\u{1b}[31m",
+        "routing_key=order.x\\n2026-12-02T00:00:00Z  INFO pulseboard: forged\\u{1b}[31m",
+        "EUR\\r\\n2026-12-02T00:00:00Z  WARN pulseboard: forged\\u{0}\\u{1b}[2J",
+    ] {
+        assert!(
+            log.contains(escaped),
+            "{escaped:?} is not in the log:\n{log}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn json_log_is_one_object_a_line_that_gives_back_the_outside_text() {
+    let json = [("PULSEBOARD_LOG_FORMAT".to_owned(), "json".to_owned())];
+    let (service, _broker, _database) = start_and_forge("logs-json", &json).await;
+    let log = service.log_text();
+
+    assert_no_forged_line_or_control_character(&log);
+    let objects: Vec<Value> = log
+        .lines()
+        .map(|line| match serde_json::from_str::<Value>(line) {
+            Ok(object @ Value::Object(_)) => object,
+            _ => panic!("not one JSON object: {line:?}"),
+        })
+        .collect();
+    let refused = with_message(&objects, "refused a token request");
+    assert_eq!(refused["user"], FORGED_USER, "the user name, exactly");
+    let dead = with_message(&objects, "dead-lettering a malformed event");
+    assert_eq!(dead["routing_key"], FORGED_ROUTING_KEY, "the routing key");
+    let reason = dead["reason"].as_str().unwrap_or_default();
+    assert!(reason.contains(FORGED_CURRENCY), "the currency: {reason:?}");
+}
+
+/// actix-http logs every malformed request at ERROR (`stream error: request parse error: …`);
+/// by default those stay out of the log, and an operator who names the target gets them back.
+#[tokio::test]
+async fn malformed_requests_stay_out_of_the_log_unless_asked_for() {
+    let (asked_database, quiet_database) = (
+        TestDatabase::new(Backend::Sqlite).await,
+        TestDatabase::new(Backend::Sqlite).await,
+    );
+    let mut asked = ServiceConfig::new(&asked_database, &Names::new(), "logs-parser-asked");
+    asked
+        .env
+        .push(("RUST_LOG".into(), "info,actix_http=error".into()));
+    let asked = Service::start(&asked).await;
+    let quiet = ServiceConfig::new(&quiet_database, &Names::new(), "logs-parser-quiet");
+    let quiet = Service::start(&quiet).await;
+
+    for service in [&asked, &quiet] {
+        for _ in 0..3 {
+            send_malformed_request(service).await;
+        }
+    }
+    // Proves the requests do make actix-http log, so that silence below means something.
+    wait_for_log(&asked, &["actix_http::h1::dispatcher", "stream error"]).await;
+    // The same time for the default service to log, had it been going to.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let log = quiet.log_text();
+    assert!(log.contains("listening on"), "the log was captured:\n{log}");
+    assert!(
+        !log.contains("actix_http::h1::dispatcher") && !log.contains("stream error"),
+        "a malformed request was logged by default:\n{log}"
+    );
+}
+
+/// Sends bytes that are not HTTP over a raw socket; the answer is a 400 and a closed connection.
+async fn send_malformed_request(service: &Service) {
+    let address = service.base_url.trim_start_matches("http://");
+    let mut socket = tokio::net::TcpStream::connect(address)
+        .await
+        .expect("connect");
+    socket
+        .write_all(b"NOT HTTP\x01\r\n\r\n")
+        .await
+        .expect("write");
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(5), socket.read_to_end(&mut answer)).await;
+    assert!(
+        matches!(read, Ok(Ok(_))),
+        "the server closes the connection"
+    );
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(
+        answer.starts_with("HTTP/1.1 400 "),
+        "a malformed request gets a 400: {answer:?}"
+    );
+}
+
+/// Starts a service, then sends a forged user name over HTTP and a forged dead letter over the
+/// broker, and waits until both are logged.
+async fn start_and_forge(node: &str, env: &[(String, String)]) -> (Service, Broker, TestDatabase) {
+    let database = TestDatabase::new(Backend::Sqlite).await;
+    let names = Names::new();
+    let broker = Broker::connect(&names).await;
+    let mut config = ServiceConfig::new(&database, &names, node);
+    config.env.extend(env.iter().cloned());
+    let service = Service::start(&config).await;
+
+    let response = reqwest::Client::new()
+        .post(service.url("/api/auth/token"))
+        .json(&serde_json::json!({"username": FORGED_USER, "password": "wrong password"}))
+        .send()
+        .await
+        .expect("token request");
+    assert_eq!(response.status(), 401, "a bad sign-in is refused as usual");
+
+    let mut body: Value =
+        serde_json::from_slice(&event("forged-1", "order.placed", 1, "u1", Some(100)))
+            .expect("event body");
+    body["data"]["currency"] = Value::from(FORGED_CURRENCY);
+    broker
+        .publish_all(&[(FORGED_ROUTING_KEY.to_owned(), body.to_string().into_bytes())])
+        .await;
+
+    wait_for_log(
+        &service,
+        &[
+            "refused a token request",
+            "dead-lettering a malformed event",
+        ],
+    )
+    .await;
+    (service, broker, database)
+}
+
+async fn wait_for_log(service: &Service, messages: &[&str]) {
+    let started = Instant::now();
+    while !messages.iter().all(|m| service.log_text().contains(m)) {
+        assert!(
+            started.elapsed() < LOGGED_LIMIT,
+            "not all of {messages:?} logged within {LOGGED_LIMIT:?}:\n{}",
+            service.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn assert_no_forged_line_or_control_character(log: &str) {
+    for line in log.lines() {
+        assert!(
+            !line.starts_with(FORGED_TIMESTAMP),
+            "a forged line made it into the log: {line:?}"
+        );
+        // Standard error is a pipe here, so the formatter adds no colours of its own either.
+        assert!(
+            !line.chars().any(char::is_control),
+            "a raw control character in the log: {line:?}"
+        );
+    }
+}
+
+fn with_message<'a>(objects: &'a [Value], message: &str) -> &'a Value {
+    objects
+        .iter()
+        .find(|object| object["message"] == message)
+        .unwrap_or_else(|| panic!("no {message:?} in the log: {objects:?}"))
+}
