@@ -180,6 +180,13 @@ pub struct ServeArgs {
     #[arg(long, env = "PULSEBOARD_METRICS_TOKEN", hide_env_values = true)]
     pub metrics_token: Option<String>,
 
+    /// Believe X-Forwarded-Proto, -Host and -For (set only behind a proxy that overwrites or
+    /// appends them): origin checks and sign-in throttling then use what the proxy says.
+    #[arg(long, env = "PULSEBOARD_TRUST_PROXY", default_value_t = false,
+          value_parser = clap::builder::BoolishValueParser::new(),
+          num_args = 0..=1, default_missing_value = "true")]
+    pub trust_proxy: bool,
+
     /// Demo traffic rate in events per second (with --demo).
     #[arg(long, default_value_t = 40, value_parser = clap::value_parser!(u32).range(1..=100_000))]
     pub demo_rate: u32,
@@ -321,6 +328,19 @@ mod tests {
         assert_eq!(serve.money.currency, "USD");
         assert_eq!(serve.timezone, Tz::UTC);
         assert_eq!(serve.broker.queue_prefix, "pulseboard");
+        assert!(!serve.trust_proxy);
+    }
+
+    #[test]
+    fn trust_proxy_is_a_flag_or_a_boolean_value() {
+        let serve = |args: &[&str]| match parse(args).expect("parses").command {
+            Command::Serve(serve) => serve,
+            _ => panic!("not serve"),
+        };
+        assert!(serve(&["serve", "--trust-proxy"]).trust_proxy);
+        assert!(serve(&["serve", "--trust-proxy=true"]).trust_proxy);
+        assert!(!serve(&["serve", "--trust-proxy=false"]).trust_proxy);
+        assert!(parse(&["serve", "--trust-proxy=maybe"]).is_err());
     }
 
     #[test]

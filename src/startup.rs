@@ -154,6 +154,7 @@ impl Application {
             live,
             fanout: fanout_sender,
             refresh: refresh_sender,
+            trust_proxy: args.trust_proxy,
         });
         let stall_timeout = live.stall_timeout;
         let server = HttpServer::new(move || {

@@ -126,21 +126,24 @@ pub async fn upgrade(
     Ok(response)
 }
 
-/// Browsers always send `Origin` on a WebSocket; it must be an allowed one (by default this
-/// service's own). Clients that are not browsers send none and are judged by credentials alone.
+/// Browsers always send `Origin` on a WebSocket; it must be an allowed one: those configured,
+/// or else this service's own (scheme and `Host`; `X-Forwarded-*` only from a trusted proxy,
+/// or anyone could name the origin they came from). Clients that are not browsers send none
+/// and are judged by credentials alone.
 fn check_origin(request: &HttpRequest, state: &AppState) -> Result<(), ApiError> {
-    let Some(origin) = request
-        .headers()
-        .get(header::ORIGIN)
-        .and_then(|o| o.to_str().ok())
-    else {
+    let Some(origin) = request.headers().get(header::ORIGIN) else {
         return Ok(());
     };
+    // An `Origin` that is not text matches nothing.
+    let origin = origin.to_str().unwrap_or_default();
+    let same = |allowed: &str| {
+        !origin.is_empty() && allowed.trim_end_matches('/').eq_ignore_ascii_case(origin)
+    };
     let allowed = if state.auth.allowed_origins.is_empty() {
-        let info = request.connection_info();
-        origin == format!("{}://{}", info.scheme(), info.host())
+        crate::http::proxy::own_origin(request, state.trust_proxy, state.auth.secure_cookies)
+            .is_some_and(|own| same(&own))
     } else {
-        state.auth.allowed_origins.iter().any(|o| o == origin)
+        state.auth.allowed_origins.iter().any(|o| same(o))
     };
     if allowed {
         Ok(())

@@ -8,6 +8,7 @@ pub mod assets;
 mod dashboard;
 mod error;
 mod pages;
+pub mod proxy;
 mod routes;
 mod signin;
 
@@ -40,6 +41,8 @@ pub struct AppState {
     pub fanout: FanoutSender,
     /// Asks this instance's leader loop for a snapshot now.
     pub refresh: mpsc::Sender<()>,
+    /// `PULSEBOARD_TRUST_PROXY`: believe `X-Forwarded-*` (see [`proxy`]).
+    pub trust_proxy: bool,
 }
 
 /// Timing of live connections.

@@ -2,6 +2,7 @@
 //! tokens for API clients. Failed attempts are throttled per user name and per address.
 
 use super::pages::html;
+use super::proxy::client_address;
 use super::{ApiError, AppState};
 use crate::auth::{
     authenticate, password, random_token, same_token, session_key, Credential, Role, CSRF_COOKIE,
@@ -119,7 +120,7 @@ pub async fn login(
             Some("This form expired. Please sign in again."),
         );
     }
-    let address = client_address(&request);
+    let address = client_address(&request, state.trust_proxy);
     if let Err(wait) = state.auth.check_throttle(&form.username, &address) {
         let mut response = login_form(
             &state,
@@ -224,7 +225,7 @@ pub async fn token(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     let body = body.into_inner();
-    let address = client_address(&request);
+    let address = client_address(&request, state.trust_proxy);
     state
         .auth
         .check_throttle(&body.username, &address)
@@ -264,14 +265,6 @@ async fn check_password(
         .await
         .map_err(|e| ApiError::Internal(anyhow::anyhow!("password check: {e}")))?;
     Ok(role.filter(|_| matches))
-}
-
-/// The peer's address. Behind a proxy every client shares the proxy's; see docs/operations.md.
-fn client_address(request: &HttpRequest) -> String {
-    request
-        .peer_addr()
-        .map(|a| a.ip().to_string())
-        .unwrap_or_else(|| "unknown".into())
 }
 
 pub fn retry_after(response: &mut HttpResponse, wait: std::time::Duration) {
