@@ -9,6 +9,8 @@ mod dashboard;
 mod error;
 mod pages;
 pub mod proxy;
+mod redirect;
+pub mod proxy;
 mod routes;
 mod signin;
 
@@ -41,6 +43,8 @@ pub struct AppState {
     pub fanout: FanoutSender,
     /// Asks this instance's leader loop for a snapshot now.
     pub refresh: mpsc::Sender<()>,
+    /// `PULSEBOARD_TRUST_PROXY`: believe `X-Forwarded-*` (see [`proxy`]).
+    pub trust_proxy: bool,
     /// `PULSEBOARD_TRUST_PROXY`: believe `X-Forwarded-*` (see [`proxy`]).
     pub trust_proxy: bool,
 }
