@@ -155,6 +155,7 @@ impl Application {
             fanout: fanout_sender,
             refresh: refresh_sender,
             trust_proxy: args.trust_proxy,
+            streams: crate::live::limit::StreamLimiter::new(args.max_streams_per_user),
         });
         let stall_timeout = live.stall_timeout;
         let server = HttpServer::new(move || {

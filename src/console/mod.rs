@@ -14,6 +14,7 @@ use crate::auth::Operator;
 use crate::clock::{now_ms, rfc3339};
 use crate::http::{ApiError, AppState};
 use crate::live::connection::{ConnectionGuard, Transport};
+use crate::live::limit::StreamSlot;
 use actix_web::http::header;
 use actix_web::{web, HttpRequest, HttpResponse};
 use futures_util::StreamExt;
@@ -109,6 +110,11 @@ pub async fn upgrade(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     check_origin(&request, &state)?;
+    // Before the upgrade, so that a refusal is a plain 429 the client can read.
+    let slot = state
+        .streams
+        .acquire(&operator.0.username)
+        .ok_or(ApiError::TooManyStreams(state.streams.max()))?;
     let (response, session, messages) = actix_ws::handle(&request, body)
         .map_err(|e| ApiError::BadRequest(format!("not a WebSocket upgrade: {e}")))?;
     let messages = messages
@@ -121,7 +127,7 @@ pub async fn upgrade(
         messages,
         operator.0.username,
         state.into_inner(),
-        guard,
+        (guard, slot),
     ));
     Ok(response)
 }
@@ -157,7 +163,8 @@ async fn run(
     mut messages: actix_ws::AggregatedMessageStream,
     user: String,
     state: std::sync::Arc<AppState>,
-    _guard: ConnectionGuard,
+    // Metrics and this user's stream slot, both released when the session ends.
+    _held: (ConnectionGuard, StreamSlot),
 ) {
     let welcome = protocol::push(
         "welcome",

@@ -23,6 +23,9 @@ pub enum ApiError {
     RateLimited(std::time::Duration),
     #[error("no such route")]
     NotFound,
+    /// The user already holds the configured number of live connections on this instance.
+    #[error("at most {0} live connections per user; close one first")]
+    TooManyStreams(usize),
     #[error("{0}")]
     Unavailable(String),
     #[error("internal error")]
@@ -38,6 +41,7 @@ impl ApiError {
             ApiError::BadCredentials => "unauthorized",
             ApiError::RateLimited(_) => "rate_limited",
             ApiError::NotFound => "not_found",
+            ApiError::TooManyStreams(_) => "too_many_streams",
             ApiError::Unavailable(_) => "unavailable",
             ApiError::Internal(_) => "internal",
         }
@@ -66,6 +70,7 @@ impl ResponseError for ApiError {
             ApiError::BadCredentials => StatusCode::UNAUTHORIZED,
             ApiError::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
             ApiError::NotFound => StatusCode::NOT_FOUND,
+            ApiError::TooManyStreams(_) => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }

@@ -45,6 +45,8 @@ pub struct AppState {
     pub refresh: mpsc::Sender<()>,
     /// `PULSEBOARD_TRUST_PROXY`: believe `X-Forwarded-*` (see [`proxy`]).
     pub trust_proxy: bool,
+    /// `PULSEBOARD_MAX_STREAMS_PER_USER`: live connections per user on this instance.
+    pub streams: crate::live::limit::StreamLimiter,
     /// `PULSEBOARD_TRUST_PROXY`: believe `X-Forwarded-*` (see [`proxy`]).
     pub trust_proxy: bool,
 }
