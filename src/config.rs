@@ -180,6 +180,18 @@ pub struct ServeArgs {
     #[arg(long, env = "PULSEBOARD_METRICS_TOKEN", hide_env_values = true)]
     pub metrics_token: Option<String>,
 
+    /// Concurrent SSE, long-poll and console connections one user may hold on this instance;
+    /// 0 means no limit. Beyond it a new one is answered 429.
+    #[arg(long, env = "PULSEBOARD_MAX_STREAMS_PER_USER", default_value_t = 0)]
+    pub max_streams_per_user: u32,
+
+    /// Believe X-Forwarded-Proto, -Host and -For (set only behind a proxy that overwrites or
+    /// appends them): origin checks and sign-in throttling then use what the proxy says.
+    #[arg(long, env = "PULSEBOARD_TRUST_PROXY", default_value_t = false,
+          value_parser = clap::builder::BoolishValueParser::new(),
+          num_args = 0..=1, default_missing_value = "true")]
+    pub trust_proxy: bool,
+
     /// Demo traffic rate in events per second (with --demo).
     #[arg(long, default_value_t = 40, value_parser = clap::value_parser!(u32).range(1..=100_000))]
     pub demo_rate: u32,
@@ -321,6 +333,24 @@ mod tests {
         assert_eq!(serve.money.currency, "USD");
         assert_eq!(serve.timezone, Tz::UTC);
         assert_eq!(serve.broker.queue_prefix, "pulseboard");
+        assert_eq!(serve.max_streams_per_user, 0);
+        assert!(!serve.trust_proxy);
+    }
+
+    #[test]
+    fn trust_proxy_is_a_flag_or_a_boolean_value() {
+        let serve = |args: &[&str]| match parse(args).expect("parses").command {
+            Command::Serve(serve) => serve,
+            _ => panic!("not serve"),
+        };
+        assert!(serve(&["serve", "--trust-proxy"]).trust_proxy);
+        assert!(serve(&["serve", "--trust-proxy=true"]).trust_proxy);
+        assert!(!serve(&["serve", "--trust-proxy=false"]).trust_proxy);
+        assert_eq!(
+            serve(&["serve", "--max-streams-per-user", "3"]).max_streams_per_user,
+            3
+        );
+        assert!(parse(&["serve", "--trust-proxy=maybe"]).is_err());
     }
 
     #[test]

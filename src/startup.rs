@@ -154,11 +154,17 @@ impl Application {
             live,
             fanout: fanout_sender,
             refresh: refresh_sender,
+            trust_proxy: args.trust_proxy,
+            streams: crate::live::limit::StreamLimiter::new(args.max_streams_per_user),
         });
         let stall_timeout = live.stall_timeout;
         let server = HttpServer::new(move || {
             App::new()
                 .app_data(state.clone())
+                // Innermost: HEAD sees the handler's own body, before any compression; bodies
+                // are read in time before any handler, and a 408 still gets the headers below.
+                .wrap(middleware::from_fn(http::head_without_stream))
+                .wrap(middleware::from_fn(http::read_body_in_time))
                 .wrap(http::security_headers())
                 // Compresses pages, assets and JSON; the event stream opts out (identity).
                 .wrap(middleware::Compress::default())

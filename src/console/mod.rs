@@ -14,6 +14,7 @@ use crate::auth::Operator;
 use crate::clock::{now_ms, rfc3339};
 use crate::http::{ApiError, AppState};
 use crate::live::connection::{ConnectionGuard, Transport};
+use crate::live::limit::StreamSlot;
 use actix_web::http::header;
 use actix_web::{web, HttpRequest, HttpResponse};
 use futures_util::StreamExt;
@@ -109,6 +110,11 @@ pub async fn upgrade(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     check_origin(&request, &state)?;
+    // Before the upgrade, so that a refusal is a plain 429 the client can read.
+    let slot = state
+        .streams
+        .acquire(&operator.0.username)
+        .ok_or(ApiError::TooManyStreams(state.streams.max()))?;
     let (response, session, messages) = actix_ws::handle(&request, body)
         .map_err(|e| ApiError::BadRequest(format!("not a WebSocket upgrade: {e}")))?;
     let messages = messages
@@ -121,26 +127,29 @@ pub async fn upgrade(
         messages,
         operator.0.username,
         state.into_inner(),
-        guard,
+        (guard, slot),
     ));
     Ok(response)
 }
 
-/// Browsers always send `Origin` on a WebSocket; it must be an allowed one (by default this
-/// service's own). Clients that are not browsers send none and are judged by credentials alone.
+/// Browsers always send `Origin` on a WebSocket; it must be an allowed one: those configured,
+/// or else this service's own (scheme and `Host`; `X-Forwarded-*` only from a trusted proxy,
+/// or anyone could name the origin they came from). Clients that are not browsers send none
+/// and are judged by credentials alone.
 fn check_origin(request: &HttpRequest, state: &AppState) -> Result<(), ApiError> {
-    let Some(origin) = request
-        .headers()
-        .get(header::ORIGIN)
-        .and_then(|o| o.to_str().ok())
-    else {
+    let Some(origin) = request.headers().get(header::ORIGIN) else {
         return Ok(());
     };
+    // An `Origin` that is not text matches nothing.
+    let origin = origin.to_str().unwrap_or_default();
+    let same = |allowed: &str| {
+        !origin.is_empty() && allowed.trim_end_matches('/').eq_ignore_ascii_case(origin)
+    };
     let allowed = if state.auth.allowed_origins.is_empty() {
-        let info = request.connection_info();
-        origin == format!("{}://{}", info.scheme(), info.host())
+        crate::http::proxy::own_origin(request, state.trust_proxy, state.auth.secure_cookies)
+            .is_some_and(|own| same(&own))
     } else {
-        state.auth.allowed_origins.iter().any(|o| o == origin)
+        state.auth.allowed_origins.iter().any(|o| same(o))
     };
     if allowed {
         Ok(())
@@ -154,7 +163,8 @@ async fn run(
     mut messages: actix_ws::AggregatedMessageStream,
     user: String,
     state: std::sync::Arc<AppState>,
-    _guard: ConnectionGuard,
+    // Metrics and this user's stream slot, both released when the session ends.
+    _held: (ConnectionGuard, StreamSlot),
 ) {
     let welcome = protocol::push(
         "welcome",

@@ -1,7 +1,7 @@
 //! The one HTTP error type: every failure of the JSON API becomes SPEC §5's
 //! `{"error":{"code","message"}}` here, with its status. Internal causes are logged, never sent.
 
-use actix_web::http::StatusCode;
+use actix_web::http::{header, ConnectionType, StatusCode};
 use actix_web::{HttpResponse, ResponseError};
 use serde_json::json;
 
@@ -23,6 +23,15 @@ pub enum ApiError {
     RateLimited(std::time::Duration),
     #[error("no such route")]
     NotFound,
+    /// The path exists, not with this method; the value is the `Allow` header (`GET, HEAD`).
+    #[error("this path does not answer this method; allowed: {0}")]
+    MethodNotAllowed(String),
+    /// The request body did not arrive within the read deadline; the connection is closed.
+    #[error("the request body did not arrive in time")]
+    RequestTimeout,
+    /// The user already holds the configured number of live connections on this instance.
+    #[error("at most {0} live connections per user; close one first")]
+    TooManyStreams(usize),
     #[error("{0}")]
     Unavailable(String),
     #[error("internal error")]
@@ -38,6 +47,9 @@ impl ApiError {
             ApiError::BadCredentials => "unauthorized",
             ApiError::RateLimited(_) => "rate_limited",
             ApiError::NotFound => "not_found",
+            ApiError::MethodNotAllowed(_) => "method_not_allowed",
+            ApiError::RequestTimeout => "request_timeout",
+            ApiError::TooManyStreams(_) => "too_many_streams",
             ApiError::Unavailable(_) => "unavailable",
             ApiError::Internal(_) => "internal",
         }
@@ -66,6 +78,9 @@ impl ResponseError for ApiError {
             ApiError::BadCredentials => StatusCode::UNAUTHORIZED,
             ApiError::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
             ApiError::NotFound => StatusCode::NOT_FOUND,
+            ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
+            ApiError::TooManyStreams(_) => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -77,9 +92,22 @@ impl ResponseError for ApiError {
         }
         let mut response = HttpResponse::build(self.status_code())
             .json(error_body(self.code(), &self.to_string()));
-        if let ApiError::RateLimited(wait) = self {
-            super::signin::retry_after(&mut response, *wait);
+        match self {
+            ApiError::RateLimited(wait) => super::signin::retry_after(&mut response, *wait),
+            ApiError::MethodNotAllowed(allow) => allow_header(&mut response, allow),
+            // The rest of the body may still be on its way: the connection cannot be reused.
+            ApiError::RequestTimeout => response
+                .head_mut()
+                .set_connection_type(ConnectionType::Close),
+            _ => {}
         }
         response
+    }
+}
+
+/// `Allow: GET, HEAD` on a 405; the list is built from method names, always a valid value.
+pub fn allow_header(response: &mut HttpResponse, allow: &str) {
+    if let Ok(value) = header::HeaderValue::from_str(allow) {
+        response.headers_mut().insert(header::ALLOW, value);
     }
 }

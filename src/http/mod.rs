@@ -8,6 +8,8 @@ pub mod assets;
 mod dashboard;
 mod error;
 mod pages;
+pub mod proxy;
+mod redirect;
 mod routes;
 mod signin;
 
@@ -19,10 +21,13 @@ use crate::live::fanout::FanoutSender;
 use crate::live::Hub;
 use crate::metrics::Metrics;
 use crate::store::Store;
-use actix_web::body::MessageBody;
+use actix_web::body::{BodySize, EitherBody, MessageBody};
 use actix_web::dev::{ServiceRequest, ServiceResponse};
+use actix_web::http::header;
 use actix_web::middleware::Next;
 use actix_web::web;
+use actix_web::HttpMessage;
+use futures_util::StreamExt;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
@@ -40,6 +45,10 @@ pub struct AppState {
     pub fanout: FanoutSender,
     /// Asks this instance's leader loop for a snapshot now.
     pub refresh: mpsc::Sender<()>,
+    /// `PULSEBOARD_TRUST_PROXY`: believe `X-Forwarded-*` (see [`proxy`]).
+    pub trust_proxy: bool,
+    /// `PULSEBOARD_MAX_STREAMS_PER_USER`: live connections per user on this instance.
+    pub streams: crate::live::limit::StreamLimiter,
 }
 
 /// Timing of live connections.
@@ -98,6 +107,82 @@ async fn not_found(request: actix_web::HttpRequest) -> actix_web::HttpResponse {
     } else {
         actix_web::ResponseError::error_response(&PageError::NotFound)
     }
+}
+
+/// How long a request body may take to arrive, from the moment its head was read. actix-http
+/// bounds only the head (`client_request_timeout`); without this, a client that announces a
+/// body and never sends it holds its connection and file descriptor for as long as it likes.
+pub const BODY_READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Bodies are read here whole, up to this; a longer one is cut one byte past it, and the
+/// extractors' own limits (all lower) refuse it.
+const MAX_BODY_READ: usize = MAX_JSON_BODY;
+
+/// Reads a request's body within [`BODY_READ_TIMEOUT`] before any handler sees it: 408 (JSON,
+/// connection closed) when it is late, 400 when it is malformed. Handlers then extract from
+/// memory. WebSocket upgrades and requests without a body pass untouched.
+pub async fn read_body_in_time(
+    mut request: ServiceRequest,
+    next: Next<impl MessageBody + 'static>,
+) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
+    if !announces_body(request.head()) {
+        return Ok(next.call(request).await?.map_into_left_body());
+    }
+    let mut payload = request.take_payload();
+    let read = tokio::time::timeout(BODY_READ_TIMEOUT, read_prefix(&mut payload)).await;
+    let refusal = match read {
+        Ok(Ok(body)) => {
+            request.set_payload(actix_web::dev::Payload::from(body));
+            return Ok(next.call(request).await?.map_into_left_body());
+        }
+        Ok(Err(error)) => ApiError::BadRequest(format!("unreadable request body: {error}")),
+        Err(_elapsed) => {
+            tracing::info!(path = request.path(), "request body not received in time");
+            ApiError::RequestTimeout
+        }
+    };
+    let response = actix_web::ResponseError::error_response(&refusal);
+    Ok(request.into_response(response).map_into_right_body())
+}
+
+/// A body is coming: a non-zero `Content-Length` or any `Transfer-Encoding`, and no upgrade
+/// (after a WebSocket upgrade the "payload" is the socket itself, with no end).
+fn announces_body(head: &actix_web::dev::RequestHead) -> bool {
+    let headers = &head.headers;
+    let sized = headers
+        .get(header::CONTENT_LENGTH)
+        .is_some_and(|v| v.as_bytes() != b"0");
+    (sized || headers.contains_key(header::TRANSFER_ENCODING)) && !head.upgrade()
+}
+
+/// The body, or its first `MAX_BODY_READ + 1` bytes when longer.
+async fn read_prefix(
+    payload: &mut actix_web::dev::Payload,
+) -> Result<bytes::Bytes, actix_web::error::PayloadError> {
+    let mut body = bytes::BytesMut::new();
+    while let Some(chunk) = payload.next().await {
+        body.extend_from_slice(&chunk?);
+        if body.len() > MAX_BODY_READ {
+            body.truncate(MAX_BODY_READ + 1);
+            break;
+        }
+    }
+    Ok(body.freeze())
+}
+
+/// `HEAD` is served by the `GET` handler (see `routes`), and actix-http sends no body for it;
+/// but it would still poll a streaming body (an event stream never ends) to discard it. Such a
+/// body is dropped here, which also ends the stream's connection accounting at once.
+pub async fn head_without_stream(
+    request: ServiceRequest,
+    next: Next<impl MessageBody + 'static>,
+) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
+    let head = request.method() == actix_web::http::Method::HEAD;
+    let response = next.call(request).await?;
+    if head && matches!(response.response().body().size(), BodySize::Stream) {
+        return Ok(response.map_body(|_, _| EitherBody::right(actix_web::body::None::new())));
+    }
+    Ok(response.map_into_left_body())
 }
 
 /// Headers of every response: no framing, no sniffing, no referrer leaks, scripts and styles

@@ -15,6 +15,9 @@ pub enum PageError {
     Forbidden,
     #[error("no such page")]
     NotFound,
+    /// The page exists, not with this method; the value is the `Allow` header.
+    #[error("this page does not answer this method")]
+    MethodNotAllowed(String),
     #[error("{0}")]
     Internal(String),
 }
@@ -32,6 +35,7 @@ impl ResponseError for PageError {
             PageError::SignIn { .. } => StatusCode::SEE_OTHER,
             PageError::Forbidden => StatusCode::FORBIDDEN,
             PageError::NotFound => StatusCode::NOT_FOUND,
+            PageError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             PageError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -46,6 +50,17 @@ impl ResponseError for PageError {
             }
             PageError::Forbidden => ("Not allowed", "Your role does not allow this page."),
             PageError::NotFound => ("Not found", "There is no page at this address."),
+            PageError::MethodNotAllowed(allow) => {
+                let mut response = html(
+                    self.status_code(),
+                    &ErrorPage {
+                        title: "Not allowed",
+                        message: "This page does not answer that kind of request.",
+                    },
+                );
+                super::error::allow_header(&mut response, allow);
+                return response;
+            }
             PageError::Internal(cause) => {
                 tracing::error!(%cause, "page failed");
                 (

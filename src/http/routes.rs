@@ -3,33 +3,123 @@
 use super::{announcements, assets, dashboard, error_body, pages, signin, ApiError, AppState};
 use crate::auth::Viewer;
 use crate::live::{poll, sse};
-use actix_web::http::header;
-use actix_web::{web, HttpRequest, HttpResponse};
+use actix_web::dev::{AppService, HttpServiceFactory};
+use actix_web::http::{header, Method};
+use actix_web::{web, FromRequest, Handler, HttpRequest, HttpResponse, Responder, ResponseError};
 use serde_json::json;
 use std::time::Duration;
 
 const READY_DATABASE_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// The route table: path, then each method with its handler. `get` also serves `HEAD` (RFC 9110:
+/// same handler, no body); any other method on a listed path is answered 405 with `Allow`.
 pub fn configure(config: &mut web::ServiceConfig) {
+    use Kind::{Api, Page};
     config
-        .route("/", web::get().to(pages::dashboard))
-        .route("/console", web::get().to(pages::console))
-        .route("/static/{path:.*}", web::get().to(assets::serve))
-        .route("/login", web::get().to(signin::login_page))
-        .route("/login", web::post().to(signin::login))
-        .route("/logout", web::post().to(signin::logout))
-        .route("/api/auth/token", web::post().to(signin::token))
-        .route("/ws/console", web::get().to(crate::console::upgrade))
-        .route("/api/dashboard/snapshot", web::get().to(snapshot))
-        .route("/api/dashboard/history", web::get().to(dashboard::history))
-        .route("/api/dashboard/refresh", web::post().to(dashboard::refresh))
-        .route("/api/dashboard/stream", web::get().to(sse::stream))
-        .route("/api/dashboard/poll", web::get().to(poll::poll))
-        .route("/api/announcements", web::get().to(announcements::list))
-        .route("/api/announcements", web::post().to(announcements::create))
-        .route("/healthz", web::get().to(healthz))
-        .route("/readyz", web::get().to(readyz))
-        .route("/metrics", web::get().to(metrics));
+        .service(Endpoint::new("/", Page).get(pages::dashboard))
+        .service(Endpoint::new("/console", Page).get(pages::console))
+        .service(Endpoint::new("/static/{path:.*}", Page).get(assets::serve))
+        .service(
+            Endpoint::new("/login", Page)
+                .get(signin::login_page)
+                .post(signin::login),
+        )
+        .service(Endpoint::new("/logout", Page).post(signin::logout))
+        .service(Endpoint::new("/api/auth/token", Api).post(signin::token))
+        .service(Endpoint::new("/ws/console", Api).get(crate::console::upgrade))
+        .service(Endpoint::new("/api/dashboard/snapshot", Api).get(snapshot))
+        .service(Endpoint::new("/api/dashboard/history", Api).get(dashboard::history))
+        .service(Endpoint::new("/api/dashboard/refresh", Api).post(dashboard::refresh))
+        .service(Endpoint::new("/api/dashboard/stream", Api).get(sse::stream))
+        .service(Endpoint::new("/api/dashboard/poll", Api).get(poll::poll))
+        .service(
+            Endpoint::new("/api/announcements", Api)
+                .get(announcements::list)
+                .post(announcements::create),
+        )
+        .service(Endpoint::new("/healthz", Api).get(healthz))
+        .service(Endpoint::new("/readyz", Api).get(readyz))
+        .service(Endpoint::new("/metrics", Api).get(metrics));
+}
+
+/// How a path answers errors: JSON (SPEC §5 shape) or an HTML page.
+#[derive(Debug, Clone, Copy)]
+enum Kind {
+    Api,
+    Page,
+}
+
+/// One path of the table with its methods; registers as one actix resource, so that a wrong
+/// method finds the path (405) instead of falling through to the 404 of unknown paths.
+struct Endpoint {
+    resource: actix_web::Resource,
+    kind: Kind,
+    allowed: Vec<Method>,
+}
+
+impl Endpoint {
+    fn new(path: &str, kind: Kind) -> Self {
+        Endpoint {
+            resource: web::resource(path),
+            kind,
+            allowed: Vec::new(),
+        }
+    }
+
+    /// `GET` and `HEAD`, one handler.
+    fn get<F, Args>(self, handler: F) -> Self
+    where
+        F: Handler<Args>,
+        Args: FromRequest + 'static,
+        F::Output: Responder + 'static,
+    {
+        self.method(Method::GET, handler.clone())
+            .method(Method::HEAD, handler)
+    }
+
+    fn post<F, Args>(self, handler: F) -> Self
+    where
+        F: Handler<Args>,
+        Args: FromRequest + 'static,
+        F::Output: Responder + 'static,
+    {
+        self.method(Method::POST, handler)
+    }
+
+    fn method<F, Args>(mut self, method: Method, handler: F) -> Self
+    where
+        F: Handler<Args>,
+        Args: FromRequest + 'static,
+        F::Output: Responder + 'static,
+    {
+        self.resource = self.resource.route(web::method(method.clone()).to(handler));
+        self.allowed.push(method);
+        self
+    }
+}
+
+impl HttpServiceFactory for Endpoint {
+    fn register(self, config: &mut AppService) {
+        let allow = self
+            .allowed
+            .iter()
+            .map(Method::as_str)
+            .collect::<Vec<_>>()
+            .join(", ");
+        let kind = self.kind;
+        let refuse = move || {
+            let allow = allow.clone();
+            async move {
+                match kind {
+                    Kind::Api => ApiError::MethodNotAllowed(allow).error_response(),
+                    Kind::Page => pages::PageError::MethodNotAllowed(allow).error_response(),
+                }
+            }
+        };
+        self.resource
+            .default_service(web::to(refuse))
+            .register(config);
+    }
 }
 
 async fn snapshot(_viewer: Viewer, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {

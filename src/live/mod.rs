@@ -3,12 +3,14 @@
 //! - [`hub`]: this instance's latest snapshot and announcement ring, each frame encoded once;
 //! - [`sse`] and [`poll`]: the two HTTP transports (SPEC §5–6), sharing one id scheme;
 //! - [`fanout`]: snapshots, announcements and refresh requests between instances (RabbitMQ);
-//! - [`announce`]: storing and publishing an announcement; [`connection`]: per-connection metrics.
+//! - [`announce`]: storing and publishing an announcement; [`connection`]: per-connection metrics;
+//! - [`limit`]: the cap on live connections one user may hold (SSE, long-poll, console).
 
 pub mod announce;
 pub mod connection;
 pub mod fanout;
 pub mod hub;
+pub mod limit;
 pub mod poll;
 pub mod sse;
 

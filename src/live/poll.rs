@@ -27,7 +27,7 @@ pub struct PollQuery {
 }
 
 pub async fn poll(
-    _viewer: Viewer,
+    viewer: Viewer,
     query: web::Query<PollQuery>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
@@ -44,6 +44,11 @@ pub async fn poll(
             .unwrap_or(DEFAULT_TIMEOUT_SECS)
             .min(MAX_TIMEOUT_SECS),
     );
+    // Held until the answer is ready: a waiting poll is a live connection like a stream.
+    let _slot = state
+        .streams
+        .acquire(&viewer.0.username)
+        .ok_or(ApiError::TooManyStreams(state.streams.max()))?;
     // Every poll after the first carries `after`: that is the transport working, not a reconnect.
     let guard = ConnectionGuard::open(state.metrics.clone(), Transport::Poll, false);
     let mut subscription = state.hub.subscribe();

@@ -12,6 +12,7 @@
 
 use super::connection::{ConnectionGuard, Sent, Transport};
 use super::hub::{sse_event, AnnouncementFrame, EventId, Subscription, REPLAY_WINDOW_MS};
+use super::limit::StreamSlot;
 use crate::auth::Viewer;
 use crate::clock::now_ms;
 use crate::http::{ApiError, AppState};
@@ -37,7 +38,7 @@ pub struct StreamQuery {
 }
 
 pub async fn stream(
-    _viewer: Viewer,
+    viewer: Viewer,
     request: HttpRequest,
     query: web::Query<StreamQuery>,
     state: web::Data<AppState>,
@@ -49,6 +50,11 @@ pub async fn stream(
         .map(str::to_owned)
         .or_else(|| query.into_inner().last_event_id);
     let resume = resume_text.as_deref().and_then(EventId::parse);
+    // Before anything is subscribed or sent: a refused stream costs nothing.
+    let slot = state
+        .streams
+        .acquire(&viewer.0.username)
+        .ok_or(ApiError::TooManyStreams(state.streams.max()))?;
     let guard = ConnectionGuard::open(state.metrics.clone(), Transport::Sse, resume_text.is_some());
 
     // Subscribe before reading the store, so nothing falls between replay and live delivery.
@@ -99,6 +105,7 @@ pub async fn stream(
         closing: state.hub.closing(),
         hub: state.hub.clone(),
         guard,
+        _slot: slot,
     };
     Ok(HttpResponse::Ok()
         .content_type("text/event-stream")
@@ -121,6 +128,8 @@ struct SseClient {
     closing: tokio_util::sync::CancellationToken,
     hub: super::Hub,
     guard: ConnectionGuard,
+    /// This user's share of `PULSEBOARD_MAX_STREAMS_PER_USER`, held while the stream lives.
+    _slot: StreamSlot,
 }
 
 impl Drop for SseClient {
