@@ -1,8 +1,18 @@
 //! Prometheus metrics of SPEC §8, one registry per process.
 //!
-//! Every series carries the constant label `node`; the other labels are small fixed sets (never
-//! a user, event or connection id). Components get the [`Metrics`] handle from the application
-//! state; nothing registers behind its back.
+//! Every series carries the constant label `node` (`PULSEBOARD_NODE_ID`, host name and port by
+//! default), so that two instances behind one Prometheus job stay apart even when their
+//! `instance` label is a load balancer's. The other labels are small fixed sets: transports,
+//! close reasons, event types, outcomes, console command names (`unknown` for any other), HTTP
+//! route *patterns* (`unmatched` for unknown paths), never a user, event or connection id.
+//! Components get the [`Metrics`] handle from the application state; nothing registers behind
+//! its back.
+//!
+//! The histogram buckets are chosen for the questions the dashboards and alerts of `grafana/`
+//! ask (SPEC §9): delivery and HTTP latency in milliseconds, with a bound at exactly 0.5 s where
+//! the delivery alert's threshold is; event age in seconds, with a bound at exactly 30 s where
+//! its alert's threshold is (`histogram_quantile` interpolates inside a bucket, so a threshold
+//! on a bucket bound is where the estimate is exact).
 
 use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts,
@@ -10,11 +20,21 @@ use prometheus::{
 };
 use std::collections::HashMap;
 
-const LATENCY_BUCKETS: &[f64] = &[
-    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5, 5.0, 10.0,
+/// `pulseboard_delivery_latency_seconds`: 1 ms to 10 s; a snapshot tick is 250 ms by default,
+/// so the interesting range is a few ms to about a second, and 0.5 s is the alert threshold.
+const DELIVERY_BUCKETS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5, 5.0, 10.0,
 ];
+/// `pulseboard_http_request_duration_seconds` and console commands: 1 ms to 30 s (a long-poll
+/// answers after at most 30 s).
+const REQUEST_BUCKETS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+/// `pulseboard_event_age_seconds`: 100 ms to a day (older events are rejected); 30 s is the
+/// alert threshold.
 const AGE_BUCKETS: &[f64] = &[
-    0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0, 3600.0, 86400.0,
+    0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 15.0, 30.0, 60.0, 120.0, 300.0, 900.0, 3600.0, 21600.0,
+    86400.0,
 ];
 
 pub struct Metrics {
@@ -82,7 +102,7 @@ impl Metrics {
                 "delivery_latency_seconds",
                 "Event arrival to the write of the snapshot that includes it",
                 &["transport"],
-                LATENCY_BUCKETS,
+                DELIVERY_BUCKETS,
             )?,
             event_age: histogram(
                 r,
@@ -119,28 +139,28 @@ impl Metrics {
             console_commands: counter_vec(
                 r,
                 "console_commands_total",
-                "Console commands",
+                "Console commands by outcome",
                 &["command", "outcome"],
             )?,
             console_command_duration: histogram_vec(
                 r,
                 "console_command_duration_seconds",
-                "Console command duration",
+                "Console command duration, to the reply",
                 &["command"],
-                prometheus::DEFAULT_BUCKETS,
+                REQUEST_BUCKETS,
             )?,
             http_requests: counter_vec(
                 r,
                 "http_requests_total",
-                "HTTP requests",
+                "HTTP requests by method, route pattern and status",
                 &["method", "route", "status"],
             )?,
             http_request_duration: histogram_vec(
                 r,
                 "http_request_duration_seconds",
-                "HTTP request duration",
+                "HTTP request duration, to the response head",
                 &["method", "route", "status"],
-                prometheus::DEFAULT_BUCKETS,
+                REQUEST_BUCKETS,
             )?,
             active_users: gauge(r, "active_users", "Active users in the last snapshot")?,
             orders_per_minute: gauge(
@@ -228,4 +248,163 @@ fn histogram_vec(
     )?;
     r.register(Box::new(metric.clone()))?;
     Ok(metric)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use prometheus::proto::MetricType;
+
+    /// SPEC §8: name, type and labels (besides `node`) of every metric.
+    const SPEC: &[(&str, MetricType, &[&str])] = &[
+        ("pulseboard_connections", MetricType::GAUGE, &["transport"]),
+        (
+            "pulseboard_connections_opened_total",
+            MetricType::COUNTER,
+            &["transport"],
+        ),
+        (
+            "pulseboard_connections_closed_total",
+            MetricType::COUNTER,
+            &["reason", "transport"],
+        ),
+        (
+            "pulseboard_reconnects_total",
+            MetricType::COUNTER,
+            &["transport"],
+        ),
+        (
+            "pulseboard_messages_sent_total",
+            MetricType::COUNTER,
+            &["kind", "transport"],
+        ),
+        (
+            "pulseboard_delivery_latency_seconds",
+            MetricType::HISTOGRAM,
+            &["transport"],
+        ),
+        ("pulseboard_event_age_seconds", MetricType::HISTOGRAM, &[]),
+        (
+            "pulseboard_events_total",
+            MetricType::COUNTER,
+            &["outcome", "type"],
+        ),
+        (
+            "pulseboard_slow_client_coalesced_total",
+            MetricType::COUNTER,
+            &["transport"],
+        ),
+        (
+            "pulseboard_slow_client_disconnects_total",
+            MetricType::COUNTER,
+            &["transport"],
+        ),
+        ("pulseboard_ingest_up", MetricType::GAUGE, &[]),
+        ("pulseboard_leader", MetricType::GAUGE, &[]),
+        ("pulseboard_queue_depth", MetricType::GAUGE, &[]),
+        ("pulseboard_dead_letters", MetricType::GAUGE, &[]),
+        (
+            "pulseboard_console_commands_total",
+            MetricType::COUNTER,
+            &["command", "outcome"],
+        ),
+        (
+            "pulseboard_console_command_duration_seconds",
+            MetricType::HISTOGRAM,
+            &["command"],
+        ),
+        (
+            "pulseboard_http_requests_total",
+            MetricType::COUNTER,
+            &["method", "route", "status"],
+        ),
+        (
+            "pulseboard_http_request_duration_seconds",
+            MetricType::HISTOGRAM,
+            &["method", "route", "status"],
+        ),
+        ("pulseboard_active_users", MetricType::GAUGE, &[]),
+        ("pulseboard_orders_per_minute", MetricType::GAUGE, &[]),
+        ("pulseboard_revenue_today_minor", MetricType::GAUGE, &[]),
+    ];
+
+    /// A registry where every labelled family has one series (they appear only once used).
+    fn touched() -> Metrics {
+        let m = Metrics::new("web-1").expect("metrics");
+        m.connections.with_label_values(&["sse"]).inc();
+        m.connections_opened.with_label_values(&["sse"]).inc();
+        m.connections_closed
+            .with_label_values(&["sse", "client_closed"])
+            .inc();
+        m.reconnects.with_label_values(&["sse"]).inc();
+        m.messages_sent
+            .with_label_values(&["sse", "snapshot"])
+            .inc();
+        m.delivery_latency
+            .with_label_values(&["sse"])
+            .observe(0.004);
+        m.event_age.observe(1.5);
+        m.count_event("order.placed", "applied");
+        m.slow_client_coalesced.with_label_values(&["sse"]).inc();
+        m.slow_client_disconnects.with_label_values(&["sse"]).inc();
+        m.console_commands.with_label_values(&["ping", "ok"]).inc();
+        m.console_command_duration
+            .with_label_values(&["ping"])
+            .observe(0.001);
+        let http = ["GET", "/api/dashboard/snapshot", "200"];
+        m.http_requests.with_label_values(&http).inc();
+        m.http_request_duration
+            .with_label_values(&http)
+            .observe(0.002);
+        m
+    }
+
+    #[test]
+    fn every_metric_of_spec_8_has_its_name_type_and_labels_plus_node() {
+        let metrics = touched();
+        let families = metrics.registry.gather();
+        for (name, kind, labels) in SPEC {
+            let family = families
+                .iter()
+                .find(|f| f.name() == *name)
+                .unwrap_or_else(|| panic!("{name} is not exported"));
+            assert_eq!(family.get_field_type(), *kind, "{name}: type");
+            assert!(!family.help().is_empty(), "{name}: help");
+            for metric in family.get_metric() {
+                let mut names: Vec<&str> = metric.get_label().iter().map(|l| l.name()).collect();
+                names.sort_unstable();
+                let mut expected: Vec<&str> = labels.iter().copied().chain(["node"]).collect();
+                expected.sort_unstable();
+                assert_eq!(names, expected, "{name}: labels");
+                let node = metric.get_label().iter().find(|l| l.name() == "node");
+                assert_eq!(node.map(|l| l.value()), Some("web-1"), "{name}: node");
+            }
+        }
+        assert_eq!(families.len(), SPEC.len(), "a metric outside SPEC §8");
+    }
+
+    #[test]
+    fn buckets_resolve_milliseconds_and_put_a_bound_on_each_alert_threshold() {
+        for buckets in [DELIVERY_BUCKETS, REQUEST_BUCKETS] {
+            assert_eq!(buckets[0], 0.001, "the first bucket is one millisecond");
+            assert!(buckets.windows(2).all(|w| w[0] < w[1]));
+        }
+        assert!(AGE_BUCKETS.windows(2).all(|w| w[0] < w[1]));
+        // The alerts of prometheus/alerts.yml: delivery p99 > 0.5 s, event age p99 > 30 s.
+        assert!(DELIVERY_BUCKETS.contains(&0.5));
+        assert!(AGE_BUCKETS.contains(&30.0));
+        // A long-poll lasts up to 30 s; events older than a day are rejected.
+        assert_eq!(REQUEST_BUCKETS.last(), Some(&30.0));
+        assert_eq!(AGE_BUCKETS.last(), Some(&86400.0));
+    }
+
+    #[test]
+    fn the_exposition_carries_the_node_label_on_every_sample() {
+        let text = touched().render();
+        let samples: Vec<&str> = text.lines().filter(|l| !l.starts_with('#')).collect();
+        assert!(!samples.is_empty());
+        for sample in samples {
+            assert!(sample.contains("node=\"web-1\""), "{sample}");
+        }
+    }
 }
