@@ -12,6 +12,7 @@ mod ingest;
 mod live;
 mod logs;
 mod money;
+mod observability;
 mod outage;
 mod private_services;
 mod sse_client;
