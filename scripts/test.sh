@@ -15,7 +15,9 @@
 #   - PostgreSQL on 127.0.0.1:5432, user postgres with trust authentication
 #     (postgres://postgres@127.0.0.1:5432/postgres; tests CREATE DATABASE per test), and the
 #     server binaries (initdb, pg_ctl) under /usr/lib/postgresql/*/bin for private clusters;
-#   - RabbitMQ on 127.0.0.1:5672 with guest/guest.
+#   - RabbitMQ on 127.0.0.1:5672 with guest/guest;
+#   - Chromium and chromedriver; Prometheus, Alertmanager, promtool and amtool (Debian's
+#     prometheus and prometheus-alertmanager; the tests start their own, no daemon is needed).
 #
 # Environment: CI defaults to true so that no test skips for a missing service.
 # PULSEBOARD_TEST_RUNNER=nextest|cargo-test forces a test runner (default: nextest if available).
@@ -225,6 +227,38 @@ ensure_chromium() {
 }
 
 # ---------------------------------------------------------------------------------------------
+# Prometheus and Alertmanager
+# ---------------------------------------------------------------------------------------------
+# The observability tests start Debian's Prometheus and Alertmanager of their own (never as
+# daemons: the packages' services are stopped right after install) and run promtool and amtool.
+ensure_prometheus() {
+    section "Prometheus and Alertmanager"
+    local tool missing=()
+    for tool in prometheus promtool prometheus-alertmanager amtool; do
+        [[ -x "/usr/bin/$tool" ]] || missing+=("$tool")
+    done
+    if ((${#missing[@]} == 0)); then
+        note "present: $(/usr/bin/prometheus --version 2>&1 | head -n 1); $(/usr/bin/prometheus-alertmanager --version 2>&1 | head -n 1)"
+        return
+    fi
+    note "missing: ${missing[*]}"
+    apt_install prometheus prometheus-alertmanager
+    # The packages start their daemons on 9090/9093 where a service manager runs; the tests
+    # need neither, and a daemon would only take the ports and the CPU.
+    local daemon
+    for daemon in prometheus prometheus-alertmanager prometheus-node-exporter; do
+        if command -v systemctl >/dev/null 2>&1 && systemctl is-system-running >/dev/null 2>&1; then
+            systemctl stop "$daemon" 2>/dev/null || true
+        elif [[ -x "/etc/init.d/$daemon" ]]; then
+            "/etc/init.d/$daemon" stop >/dev/null 2>&1 || true
+        fi
+    done
+    for tool in prometheus promtool prometheus-alertmanager amtool; do
+        [[ -x "/usr/bin/$tool" ]] || die "/usr/bin/$tool missing after install"
+    done
+}
+
+# ---------------------------------------------------------------------------------------------
 # Rust checks and tests
 # ---------------------------------------------------------------------------------------------
 
@@ -285,6 +319,7 @@ main() {
     ensure_postgres
     ensure_rabbitmq
     ensure_chromium
+    ensure_prometheus
     raise_file_limit
 
     section "Tools"
