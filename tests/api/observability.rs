@@ -955,12 +955,42 @@ async fn a_scrape_with_traffic_passes_promtool_check_metrics() {
         return;
     };
     let (service, _traffic, _database) = service_with_traffic().await;
+    // Raw paths never become label values: an unknown path is `unmatched`, a known one its
+    // pattern, whatever the query string.
+    let marker = crate::helpers::short_id();
+    for path in [
+        format!("/no-such-{marker}"),
+        format!("/api/dashboard/history?minutes=5&x={marker}"),
+    ] {
+        service.get(&path).await;
+    }
     let text = wait_for_traffic_metrics(&service).await;
+    assert!(!text.contains(&marker), "a raw path in a label:\n{text}");
+    assert!(text.contains("route=\"unmatched\""));
+    assert!(text.contains("route=\"/api/dashboard/history\""));
     let (ok, output) = run_tool(&promtool, &["check", "metrics"], Some(&text)).await;
     assert!(
         ok && output.trim().is_empty(),
         "promtool check metrics:\n{output}\n--- scrape:\n{text}"
     );
+}
+
+/// Known defect, outside this module's files: `record_metrics` (src/http/mod.rs) labels requests
+/// with the raw method, and HTTP allows any token as a method, so any client can add series at
+/// will. Run with `--run-ignored all` once the method is mapped to a fixed set.
+#[tokio::test]
+#[ignore = "src/http/mod.rs records the raw request method (unbounded label values)"]
+async fn an_unknown_http_method_adds_no_label_value() {
+    let (service, _traffic, _database) = service_with_traffic().await;
+    let method = format!("X{}", crate::helpers::short_id().to_uppercase());
+    let method = reqwest::Method::from_bytes(method.as_bytes()).expect("a method token");
+    let _ = service
+        .client()
+        .request(method.clone(), service.url("/healthz"))
+        .send()
+        .await;
+    let text = metrics_text(&service).await;
+    assert!(!text.contains(method.as_str()), "method as a label value");
 }
 
 // ---------------------------------------------------------------------------------------------
