@@ -45,8 +45,8 @@ use lapin::options::{
 use lapin::publisher_confirm::Confirmation;
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{Channel, Connection, ExchangeKind};
-use pulseboard::ingest::broker::{connect, publish_event, Topology};
 use pulseboard::ingest::decode::{decode, DecodeContext};
+use pulseboard::rabbitmq::{connect, publish_event, Topology};
 use pulseboard::simulate::{Generated, TrafficGenerator};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;

@@ -46,7 +46,7 @@ use anyhow::{bail, ensure, Context};
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use lapin::options::ConfirmSelectOptions;
 use lapin::publisher_confirm::Confirmation;
-use pulseboard::ingest::broker::{connect, publish_event, Topology};
+use pulseboard::rabbitmq::{connect, publish_event, Topology};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};

@@ -2,35 +2,62 @@
 //!
 //! # Data flow
 //! ```text
-//! RabbitMQ ─► ingest ─► aggregate (pure) ─► store (sqlx)        commit, then ack
-//!                 │
-//!                 ▼ snapshots (leader only)
-//!               live::Hub ◄── live::fanout ◄── other instances (RabbitMQ fanout)
-//!                 │
-//!                 ▼
-//!               http (snapshot, SSE, long-poll), console (WebSocket)
+//!  RabbitMQ ─► ingest: decode ─► store: commit (dedupe by id) ─► ack ─► aggregate ─► live hub
+//!  `<prefix>.events`   (malformed ─► `<prefix>.dead`)                   (pure)       │
+//!                                                       other instances ◄─► fanout ◄─┤
+//!                                                                                    ▼
+//!                                     http: SSE, long-poll, snapshot, pages · console: WebSocket
 //! ```
-//! - [`config`]: command line and environment, parsed once.
-//! - [`ingest`]: consumes, decodes, dead-letters, commits batches, leads or follows.
-//! - [`aggregate`]: the figures, pure and deterministic.
-//! - [`store`]: SQLite or PostgreSQL; dedupe, history, lease, sequence.
-//! - [`live`]: the snapshot hub and its fan-out between instances.
-//! - [`http`]: routes, pages and the one JSON error type; [`auth`]: who may call what;
-//!   [`console`]: the operators' WebSocket.
-//! - [`metrics`], [`telemetry`], [`startup`], [`simulate`].
+//!
+//! # Layers
+//! Modules are declared below in dependency order: each one uses only modules declared above
+//! it, never one below (`cargo test --test layers` checks this). From the bottom:
+//! - foundations: [`metrics`], `retry`, `status` (what ingest and fan-out know, one writer per
+//!   fact), [`aggregate`] (the figures: pure, no I/O, no clock), [`clock`], `auth` (roles,
+//!   passwords, tokens; no HTTP), [`config`] (command line and environment, parsed once),
+//!   [`telemetry`];
+//! - adapters: [`store`] (SQLite or PostgreSQL: dedupe, history, lease, sequence),
+//!   [`rabbitmq`] (connections, topology, consumer, dead letters);
+//! - the core: `live` (the snapshot hub and what live connections share; no transport),
+//!   `fanout` (the hub between instances, over RabbitMQ), `announce`, [`ingest`] (leads or
+//!   follows: consume, decode, commit, acknowledge, aggregate, publish);
+//! - transports over the application state (`app`): `console` (the operators' sessions),
+//!   `http` (routes, pages, SSE, long-poll, the console handshake, the error shapes);
+//! - commands: [`simulate`], [`users`], [`startup`] (wiring and ordered shutdown).
+//!
+//! What tests and benchmarks use is public; everything else is private to the crate.
 
+// Foundations.
 pub mod aggregate;
-pub mod auth;
+mod auth;
 pub mod clock;
 pub mod config;
-pub mod console;
-pub mod http;
-pub mod ingest;
-pub mod live;
 pub mod metrics;
-pub mod retry;
-pub mod simulate;
-pub mod startup;
-pub mod store;
+mod retry;
+mod status;
 pub mod telemetry;
+
+// Adapters to the outside services.
+
+pub mod rabbitmq;
+pub mod store;
+
+// The live state, and the same state between instances.
+mod live;
+
+mod fanout;
+
+// What changes it: ingest (events) and announcements.
+mod announce;
+pub mod ingest;
+
+// Transports over the application state.
+mod app;
+mod console;
+mod http;
+
+// Commands besides serving, then the wiring of `serve`.
+pub mod simulate;
 pub mod users;
+
+pub mod startup;

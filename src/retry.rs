@@ -33,10 +33,6 @@ impl Backoff {
         half + rand::rng().random_range(Duration::ZERO..=half)
     }
 
-    pub fn attempt(&self) -> u32 {
-        self.attempt
-    }
-
     pub fn reset(&mut self) {
         self.attempt = 0;
     }

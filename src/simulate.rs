@@ -8,7 +8,7 @@
 use crate::aggregate::Millis;
 use crate::clock::{now_ms, rfc3339};
 use crate::config::SimulateArgs;
-use crate::ingest::broker::{connect, publish_event, BrokerError, Topology};
+use crate::rabbitmq::{connect, publish_event, BrokerError, Topology};
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use lapin::options::ConfirmSelectOptions;
 use lapin::publisher_confirm::Confirmation;

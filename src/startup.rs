@@ -6,13 +6,14 @@
 
 use crate::aggregate::AggregateSettings;
 use crate::config::ServeArgs;
+use crate::fanout::{self, FanoutContext, FanoutSender};
 use crate::http::LiveSettings;
-use crate::ingest::broker::{self, RawMessage, Topology};
-use crate::ingest::{IngestContext, IngestSettings, LeaderInputs, StatusCell};
-use crate::live::fanout::{self, FanoutContext, FanoutSender};
+use crate::ingest::{IngestContext, IngestSettings, LeaderInputs};
 use crate::live::Hub;
 use crate::metrics::Metrics;
+use crate::rabbitmq::{self, RawMessage, Topology};
 use crate::simulate::TrafficGenerator;
+use crate::status::StatusCell;
 use crate::store::Store;
 use crate::{clock, http};
 use actix_web::{middleware, web, App, HttpServer};
@@ -25,7 +26,6 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 pub struct Application {
-    port: u16,
     server: actix_web::dev::Server,
     tasks: Vec<JoinHandle<()>>,
     shutdown: CancellationToken,
@@ -192,17 +192,12 @@ impl Application {
             );
         }
         Ok(Application {
-            port: address.port(),
             server,
             tasks,
             shutdown,
             store,
             hub,
         })
-    }
-
-    pub fn port(&self) -> u16 {
-        self.port
     }
 
     /// Serves until SIGTERM or Ctrl-C, then shuts down gracefully.
@@ -234,7 +229,7 @@ async fn start_demo(
 ) -> Option<mpsc::Receiver<RawMessage>> {
     let rate = args.demo_rate;
     let generator = TrafficGenerator::new(200, &args.money.currency, rand::random());
-    match broker::connect(&args.broker.amqp_url, "pulseboard demo").await {
+    match rabbitmq::connect(&args.broker.amqp_url, "pulseboard demo").await {
         Ok(connection) => {
             tracing::info!(rate, "demo traffic goes through RabbitMQ");
             let channel = match connection.create_channel().await {

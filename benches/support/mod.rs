@@ -9,7 +9,7 @@ use anyhow::{bail, ensure, Context};
 use lapin::options::QueueDeleteOptions;
 use lapin::Channel;
 use pulseboard::aggregate::Event;
-use pulseboard::ingest::broker::Topology;
+use pulseboard::rabbitmq::Topology;
 use pulseboard::store::{applied_event_columns, event_id_key, Store, SQLITE_PRAGMAS};
 use sqlx::{AnyPool, Executor};
 use std::collections::VecDeque;

@@ -1,20 +1,12 @@
-//! Identity and authorization: who is calling (session cookie, bearer token or `access_token`),
-//! whether their role allows the route, and the defences around signing in.
-//!
-//! Handlers state what they need by taking [`Viewer`] (admin or operator) or [`Operator`] as an
-//! argument; the extractors answer 401/403 in the SPEC §5 shape before the handler runs, and for
-//! cookie sessions also check the CSRF token of unsafe methods. Pages use [`PageViewer`] /
-//! [`PageOperator`], which redirect to `/login` instead.
-//!
-//! Boundaries: SQL in `store::users`; password hashing in [`password`]; tokens in [`token`];
-//! throttling in [`throttle`]. Nothing here logs a password, hash, token or secret.
+//! Identity and authorization, without HTTP: roles and what they may do, user names, session
+//! keys and CSRF tokens, access tokens ([`token`]), password hashing ([`password`]) and the
+//! throttle on failed sign-ins ([`throttle`]). The HTTP extractors that apply them to a request
+//! are `http::extract`; the SQL is `store::users`. Nothing here logs a password, hash, token or
+//! secret.
 
-mod extract;
 pub mod password;
 pub mod throttle;
 pub mod token;
-
-pub use extract::{authenticate, Caller, Credential, Operator, PageOperator, PageViewer, Viewer};
 
 use crate::aggregate::Millis;
 use serde::{Deserialize, Serialize};

@@ -1,22 +1,18 @@
-//! The operations console: `GET /ws/console` (SPEC §7).
-//!
-//! The handshake is checked before the upgrade: credentials and the operator role (the
-//! [`Operator`] extractor: 401/403), then the `Origin` (403). A session then greets with
-//! `welcome`, answers commands, limits each connection to 20 commands a second, pings every
-//! heartbeat interval and closes a connection that left two pings unanswered.
+//! The operations console (SPEC §7): one session per upgraded WebSocket connection. The
+//! handshake before the upgrade (credentials, role, `Origin`, stream cap) is HTTP's:
+//! `http::console`. A session greets with `welcome`, answers commands, limits each connection to
+//! 20 commands a second, pings every heartbeat interval and closes a connection that left two
+//! pings unanswered.
 //!
 //! This version answers `help`, `ping` and `status`; the other commands of SPEC §7 answer
 //! `unavailable` until they are built (they are listed by `help` with that note).
 
 pub mod protocol;
 
-use crate::auth::Operator;
+use crate::app::AppState;
 use crate::clock::{now_ms, rfc3339};
-use crate::http::{ApiError, AppState};
-use crate::live::connection::{ConnectionGuard, Transport};
+use crate::live::connection::ConnectionGuard;
 use crate::live::limit::StreamSlot;
-use actix_web::http::header;
-use actix_web::{web, HttpRequest, HttpResponse};
 use futures_util::StreamExt;
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
@@ -103,62 +99,8 @@ pub const COMMANDS: &[CommandInfo] = &[
 
 const COMMANDS_PER_SECOND: usize = 20;
 
-pub async fn upgrade(
-    request: HttpRequest,
-    body: web::Payload,
-    operator: Operator,
-    state: web::Data<AppState>,
-) -> Result<HttpResponse, ApiError> {
-    check_origin(&request, &state)?;
-    // Before the upgrade, so that a refusal is a plain 429 the client can read.
-    let slot = state
-        .streams
-        .acquire(&operator.0.username)
-        .ok_or(ApiError::TooManyStreams(state.streams.max()))?;
-    let (response, session, messages) = actix_ws::handle(&request, body)
-        .map_err(|e| ApiError::BadRequest(format!("not a WebSocket upgrade: {e}")))?;
-    let messages = messages
-        .max_frame_size(protocol::MAX_FRAME_BYTES)
-        .aggregate_continuations()
-        .max_continuation_size(protocol::MAX_FRAME_BYTES);
-    let guard = ConnectionGuard::open(state.metrics.clone(), Transport::Ws, false);
-    actix_web::rt::spawn(run(
-        session,
-        messages,
-        operator.0.username,
-        state.into_inner(),
-        (guard, slot),
-    ));
-    Ok(response)
-}
-
-/// Browsers always send `Origin` on a WebSocket; it must be an allowed one: those configured,
-/// or else this service's own (scheme and `Host`; `X-Forwarded-*` only from a trusted proxy,
-/// or anyone could name the origin they came from). Clients that are not browsers send none
-/// and are judged by credentials alone.
-fn check_origin(request: &HttpRequest, state: &AppState) -> Result<(), ApiError> {
-    let Some(origin) = request.headers().get(header::ORIGIN) else {
-        return Ok(());
-    };
-    // An `Origin` that is not text matches nothing.
-    let origin = origin.to_str().unwrap_or_default();
-    let same = |allowed: &str| {
-        !origin.is_empty() && allowed.trim_end_matches('/').eq_ignore_ascii_case(origin)
-    };
-    let allowed = if state.auth.allowed_origins.is_empty() {
-        crate::http::proxy::own_origin(request, state.trust_proxy, state.auth.secure_cookies)
-            .is_some_and(|own| same(&own))
-    } else {
-        state.auth.allowed_origins.iter().any(|o| same(o))
-    };
-    if allowed {
-        Ok(())
-    } else {
-        Err(ApiError::ForbiddenOrigin)
-    }
-}
-
-async fn run(
+/// Serves one upgraded console connection until it closes.
+pub async fn run(
     mut session: actix_ws::Session,
     mut messages: actix_ws::AggregatedMessageStream,
     user: String,
@@ -274,14 +216,20 @@ fn status(state: &AppState) -> Value {
         })
         .collect();
     let mut nodes = vec![state.node.clone()];
-    nodes.extend(status.leader.clone().filter(|leader| *leader != state.node));
+    nodes.extend(
+        status
+            .ingest
+            .leader
+            .clone()
+            .filter(|leader| *leader != state.node),
+    );
     json!({
         "nodes": nodes,
         "node": state.node,
-        "leader": status.leader,
+        "leader": status.ingest.leader,
         "ingest": frame.as_ref().map(|f| f.snapshot.ingest.state),
-        "queue_depth": status.queue_depth,
-        "dead_letters": status.dead_letters,
+        "queue_depth": status.fanout.queue_depth,
+        "dead_letters": status.fanout.dead_letters,
         "connections": connections,
     })
 }

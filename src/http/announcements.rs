@@ -1,9 +1,11 @@
 //! `GET/POST /api/announcements` (SPEC §5).
 
+use super::extract::{Operator, Viewer};
 use super::{ApiError, AppState};
-use crate::auth::{Operator, Viewer};
+use crate::announce;
 use crate::clock::now_ms;
-use crate::live::announce::{self, validate_message, Announcement, Level};
+use crate::live::announcement::validate_message;
+use crate::live::{Announcement, Level};
 use actix_web::{web, HttpResponse};
 use serde::Deserialize;
 

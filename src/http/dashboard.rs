@@ -1,8 +1,8 @@
 //! Dashboard data beside the live streams: history for backfilling charts, forced refresh.
 
+use super::extract::Viewer;
 use super::{ApiError, AppState};
 use crate::aggregate::{minute_of, Point, MINUTE_MS};
-use crate::auth::Viewer;
 use crate::clock::now_ms;
 use crate::live::PointView;
 use actix_web::http::header;
@@ -79,7 +79,7 @@ pub async fn refresh(
         .borrow_and_update()
         .as_ref()
         .map_or(0, |p| p.id.seq);
-    if state.status.get().is_leader {
+    if state.status.get().ingest.is_leader {
         let _ = state.refresh.try_send(());
     } else {
         state.fanout.request_refresh();

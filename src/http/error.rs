@@ -1,8 +1,11 @@
-//! The one HTTP error type: every failure of the JSON API becomes SPEC §5's
-//! `{"error":{"code","message"}}` here, with its status. Internal causes are logged, never sent.
+//! HTTP's two error shapes, each implementing `ResponseError` once: [`ApiError`], every failure
+//! of the JSON API as `{"error":{"code","message"}}` with its status, and [`PageError`], the
+//! HTML error pages (or the redirect to sign in) of server-rendered pages. Internal causes are
+//! logged, never sent.
 
 use actix_web::http::{header, ConnectionType, StatusCode};
 use actix_web::{HttpResponse, ResponseError};
+use askama::Template;
 use serde_json::json;
 
 #[derive(Debug, thiserror::Error)]
@@ -93,7 +96,7 @@ impl ResponseError for ApiError {
         let mut response = HttpResponse::build(self.status_code())
             .json(error_body(self.code(), &self.to_string()));
         match self {
-            ApiError::RateLimited(wait) => super::signin::retry_after(&mut response, *wait),
+            ApiError::RateLimited(wait) => retry_after(&mut response, *wait),
             ApiError::MethodNotAllowed(allow) => allow_header(&mut response, allow),
             // The rest of the body may still be on its way: the connection cannot be reused.
             ApiError::RequestTimeout => response
@@ -109,5 +112,94 @@ impl ResponseError for ApiError {
 pub fn allow_header(response: &mut HttpResponse, allow: &str) {
     if let Ok(value) = header::HeaderValue::from_str(allow) {
         response.headers_mut().insert(header::ALLOW, value);
+    }
+}
+
+pub fn retry_after(response: &mut HttpResponse, wait: std::time::Duration) {
+    let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+    if let Ok(value) = header::HeaderValue::from_str(&secs.to_string()) {
+        response.headers_mut().insert(header::RETRY_AFTER, value);
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PageError {
+    #[error("sign in first")]
+    SignIn { next: String },
+    #[error("your role does not allow this page")]
+    Forbidden,
+    #[error("no such page")]
+    NotFound,
+    /// The page exists, not with this method; the value is the `Allow` header.
+    #[error("this page does not answer this method")]
+    MethodNotAllowed(String),
+    #[error("{0}")]
+    Internal(String),
+}
+
+#[derive(Template)]
+#[template(path = "error.html")]
+struct ErrorPage<'a> {
+    title: &'a str,
+    message: &'a str,
+}
+
+impl ResponseError for PageError {
+    fn status_code(&self) -> StatusCode {
+        match self {
+            PageError::SignIn { .. } => StatusCode::SEE_OTHER,
+            PageError::Forbidden => StatusCode::FORBIDDEN,
+            PageError::NotFound => StatusCode::NOT_FOUND,
+            PageError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
+            PageError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        let (title, message) = match self {
+            PageError::SignIn { next } => {
+                let query = serde_urlencoded::to_string([("next", next)]).unwrap_or_default();
+                return HttpResponse::SeeOther()
+                    .insert_header((header::LOCATION, format!("/login?{query}")))
+                    .finish();
+            }
+            PageError::Forbidden => ("Not allowed", "Your role does not allow this page."),
+            PageError::NotFound => ("Not found", "There is no page at this address."),
+            PageError::MethodNotAllowed(allow) => {
+                let mut response = html(
+                    self.status_code(),
+                    &ErrorPage {
+                        title: "Not allowed",
+                        message: "This page does not answer that kind of request.",
+                    },
+                );
+                allow_header(&mut response, allow);
+                return response;
+            }
+            PageError::Internal(cause) => {
+                tracing::error!(%cause, "page failed");
+                (
+                    "Something went wrong",
+                    "The page could not be shown. Try again in a moment.",
+                )
+            }
+        };
+        html(self.status_code(), &ErrorPage { title, message })
+    }
+}
+
+/// Renders a template; a render failure becomes the plain 500 page.
+pub fn html(status: StatusCode, page: &impl Template) -> HttpResponse {
+    match page.render() {
+        Ok(body) => HttpResponse::build(status)
+            .content_type("text/html; charset=utf-8")
+            .insert_header((header::CACHE_CONTROL, "no-store"))
+            .body(body),
+        Err(error) => {
+            tracing::error!(%error, "template failed");
+            HttpResponse::InternalServerError()
+                .content_type("text/plain; charset=utf-8")
+                .body("internal error")
+        }
     }
 }

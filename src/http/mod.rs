@@ -5,22 +5,22 @@
 
 mod announcements;
 pub mod assets;
+mod console;
 mod dashboard;
 mod error;
+pub mod extract;
 mod pages;
+mod poll;
 pub mod proxy;
 mod redirect;
 mod routes;
 mod signin;
+mod sse;
 
+pub use crate::app::{AppState, LiveSettings};
+pub use error::PageError;
 pub use error::{error_body, ApiError};
-pub use pages::PageError;
 
-use crate::ingest::StatusCell;
-use crate::live::fanout::FanoutSender;
-use crate::live::Hub;
-use crate::metrics::Metrics;
-use crate::store::Store;
 use actix_web::body::{BodySize, EitherBody, MessageBody};
 use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::http::header;
@@ -28,49 +28,7 @@ use actix_web::middleware::Next;
 use actix_web::web;
 use actix_web::HttpMessage;
 use futures_util::StreamExt;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::sync::mpsc;
-
-/// Everything a request handler may use.
-pub struct AppState {
-    pub node: String,
-    pub auth: crate::auth::AuthState,
-    pub store: Store,
-    pub hub: Hub,
-    pub status: Arc<StatusCell>,
-    pub metrics: Arc<Metrics>,
-    pub metrics_token: Option<String>,
-    pub live: LiveSettings,
-    pub fanout: FanoutSender,
-    /// Asks this instance's leader loop for a snapshot now.
-    pub refresh: mpsc::Sender<()>,
-    /// `PULSEBOARD_TRUST_PROXY`: believe `X-Forwarded-*` (see [`proxy`]).
-    pub trust_proxy: bool,
-    /// `PULSEBOARD_MAX_STREAMS_PER_USER`: live connections per user on this instance.
-    pub streams: crate::live::limit::StreamLimiter,
-}
-
-/// Timing of live connections.
-#[derive(Debug, Clone, Copy)]
-pub struct LiveSettings {
-    /// At most one snapshot per this interval (the page shows when figures are stale).
-    pub snapshot_interval: Duration,
-    /// SSE comment heartbeat (and WebSocket ping) interval.
-    pub heartbeat: Duration,
-    /// How long a client may leave sent data unread before the kernel aborts its connection.
-    pub stall_timeout: Duration,
-}
-
-impl LiveSettings {
-    pub fn new(snapshot_interval: Duration, heartbeat: Duration) -> Self {
-        LiveSettings {
-            snapshot_interval,
-            heartbeat,
-            stall_timeout: (heartbeat * 2).clamp(Duration::from_secs(5), Duration::from_secs(60)),
-        }
-    }
-}
 
 /// Request bodies above this are refused before a handler runs.
 const MAX_JSON_BODY: usize = 64 * 1024;

@@ -1,93 +1,13 @@
-//! Server-rendered pages (askama, compiled in): dashboard, console, error pages, and the one
-//! stylesheet. Pages answer in HTML, never JSON: not signed in is a redirect to `/login`.
+//! Server-rendered pages (askama, compiled in): the dashboard and the console. Pages answer in
+//! HTML, never JSON (their errors are `error::PageError`): not signed in is a redirect to
+//! `/login`.
 
-use crate::auth::{PageOperator, PageViewer};
-use crate::http::AppState;
-use actix_web::http::{header, StatusCode};
-use actix_web::{web, HttpResponse, ResponseError};
+use super::error::{html, PageError};
+use super::extract::{PageOperator, PageViewer};
+use super::AppState;
+use actix_web::http::StatusCode;
+use actix_web::{web, HttpResponse};
 use askama::Template;
-
-#[derive(Debug, thiserror::Error)]
-pub enum PageError {
-    #[error("sign in first")]
-    SignIn { next: String },
-    #[error("your role does not allow this page")]
-    Forbidden,
-    #[error("no such page")]
-    NotFound,
-    /// The page exists, not with this method; the value is the `Allow` header.
-    #[error("this page does not answer this method")]
-    MethodNotAllowed(String),
-    #[error("{0}")]
-    Internal(String),
-}
-
-#[derive(Template)]
-#[template(path = "error.html")]
-struct ErrorPage<'a> {
-    title: &'a str,
-    message: &'a str,
-}
-
-impl ResponseError for PageError {
-    fn status_code(&self) -> StatusCode {
-        match self {
-            PageError::SignIn { .. } => StatusCode::SEE_OTHER,
-            PageError::Forbidden => StatusCode::FORBIDDEN,
-            PageError::NotFound => StatusCode::NOT_FOUND,
-            PageError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
-            PageError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
-        }
-    }
-
-    fn error_response(&self) -> HttpResponse {
-        let (title, message) = match self {
-            PageError::SignIn { next } => {
-                let query = serde_urlencoded::to_string([("next", next)]).unwrap_or_default();
-                return HttpResponse::SeeOther()
-                    .insert_header((header::LOCATION, format!("/login?{query}")))
-                    .finish();
-            }
-            PageError::Forbidden => ("Not allowed", "Your role does not allow this page."),
-            PageError::NotFound => ("Not found", "There is no page at this address."),
-            PageError::MethodNotAllowed(allow) => {
-                let mut response = html(
-                    self.status_code(),
-                    &ErrorPage {
-                        title: "Not allowed",
-                        message: "This page does not answer that kind of request.",
-                    },
-                );
-                super::error::allow_header(&mut response, allow);
-                return response;
-            }
-            PageError::Internal(cause) => {
-                tracing::error!(%cause, "page failed");
-                (
-                    "Something went wrong",
-                    "The page could not be shown. Try again in a moment.",
-                )
-            }
-        };
-        html(self.status_code(), &ErrorPage { title, message })
-    }
-}
-
-/// Renders a template; a render failure becomes the plain 500 page.
-pub fn html(status: StatusCode, page: &impl Template) -> HttpResponse {
-    match page.render() {
-        Ok(body) => HttpResponse::build(status)
-            .content_type("text/html; charset=utf-8")
-            .insert_header((header::CACHE_CONTROL, "no-store"))
-            .body(body),
-        Err(error) => {
-            tracing::error!(%error, "template failed");
-            HttpResponse::InternalServerError()
-                .content_type("text/plain; charset=utf-8")
-                .body("internal error")
-        }
-    }
-}
 
 /// `12345` minor units → `123.45 USD` (two decimals; issue-free for the usual currencies).
 pub fn money(minor: i64, currency: &str) -> String {
@@ -213,7 +133,7 @@ pub async fn console(operator: PageOperator, state: web::Data<AppState>) -> Http
                 .collect::<Vec<_>>()
                 .join(", "),
             node: &state.node,
-            leader: status.leader.unwrap_or_else(|| "none".into()),
+            leader: status.ingest.leader.unwrap_or_else(|| "none".into()),
             state: frame
                 .as_ref()
                 .map_or("unknown", |f| state_name(f.snapshot.ingest.state)),

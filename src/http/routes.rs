@@ -1,8 +1,8 @@
 //! The route table (SPEC §5) and the small handlers: snapshot, health, readiness, metrics.
 
+use super::extract::Viewer;
 use super::{announcements, assets, dashboard, error_body, pages, signin, ApiError, AppState};
-use crate::auth::Viewer;
-use crate::live::{poll, sse};
+use super::{console, poll, sse};
 use actix_web::dev::{AppService, HttpServiceFactory};
 use actix_web::http::{header, Method};
 use actix_web::{web, FromRequest, Handler, HttpRequest, HttpResponse, Responder, ResponseError};
@@ -26,7 +26,7 @@ pub fn configure(config: &mut web::ServiceConfig) {
         )
         .service(Endpoint::new("/logout", Page).post(signin::logout))
         .service(Endpoint::new("/api/auth/token", Api).post(signin::token))
-        .service(Endpoint::new("/ws/console", Api).get(crate::console::upgrade))
+        .service(Endpoint::new("/ws/console", Api).get(console::upgrade))
         .service(Endpoint::new("/api/dashboard/snapshot", Api).get(snapshot))
         .service(Endpoint::new("/api/dashboard/history", Api).get(dashboard::history))
         .service(Endpoint::new("/api/dashboard/refresh", Api).post(dashboard::refresh))
@@ -112,7 +112,7 @@ impl HttpServiceFactory for Endpoint {
             async move {
                 match kind {
                     Kind::Api => ApiError::MethodNotAllowed(allow).error_response(),
-                    Kind::Page => pages::PageError::MethodNotAllowed(allow).error_response(),
+                    Kind::Page => super::PageError::MethodNotAllowed(allow).error_response(),
                 }
             }
         };
@@ -140,7 +140,7 @@ async fn healthz(state: web::Data<AppState>) -> HttpResponse {
 async fn readyz(state: web::Data<AppState>) -> HttpResponse {
     let status = state.status.get();
     let database = match tokio::time::timeout(READY_DATABASE_TIMEOUT, state.store.ping()).await {
-        Ok(Ok(())) => match &status.database_error {
+        Ok(Ok(())) => match &status.ingest.database_error {
             None => Ok(()),
             Some(error) => Err(format!("database error in ingest: {error}")),
         },
@@ -149,23 +149,22 @@ async fn readyz(state: web::Data<AppState>) -> HttpResponse {
             "database did not answer within {READY_DATABASE_TIMEOUT:?}"
         )),
     };
-    let ingest = if status.local_demo || status.broker_connected {
-        Ok(())
-    } else {
-        Err(format!(
+    let ingest = match status.ingest_link() {
+        None => Ok(()),
+        Some(link) if link.connected => Ok(()),
+        Some(link) => Err(format!(
             "ingest disconnected from RabbitMQ{}",
-            status
-                .last_error
+            link.last_error
                 .as_deref()
                 .map(|e| format!(": {e}"))
                 .unwrap_or_default()
-        ))
+        )),
     };
     let checks = json!({
         "database": database.as_ref().err().map_or("ok", |_| "failing"),
         "ingest": ingest.as_ref().err().map_or("ok", |_| "disconnected"),
-        "leader": status.leader,
-        "is_leader": status.is_leader,
+        "leader": status.ingest.leader,
+        "is_leader": status.ingest.is_leader,
     });
     match database.and(ingest) {
         Ok(()) => HttpResponse::Ok()

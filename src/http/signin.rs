@@ -1,13 +1,14 @@
 //! Signing in and out (SPEC §5): the form with its CSRF token, the session cookie, and access
 //! tokens for API clients. Failed attempts are throttled per user name and per address.
 
-use super::pages::html;
+use super::error::html;
+use super::extract::{authenticate, Credential};
 use super::proxy::client_address;
 use super::redirect::safe_next;
 use super::{ApiError, AppState};
 use crate::auth::{
-    authenticate, password, random_token, same_token, session_key, Credential, Role, CSRF_COOKIE,
-    SESSION_COOKIE, SESSION_TTL_MS, TOKEN_TTL_SECS,
+    password, random_token, same_token, session_key, Role, CSRF_COOKIE, SESSION_COOKIE,
+    SESSION_TTL_MS, TOKEN_TTL_SECS,
 };
 use crate::clock::now_ms;
 use actix_web::cookie::{time, Cookie, SameSite};
@@ -120,7 +121,7 @@ pub async fn login(
             &form.username,
             Some("Too many failed attempts. Wait a minute and try again."),
         );
-        retry_after(&mut response, wait);
+        super::error::retry_after(&mut response, wait);
         return response;
     }
     match check_password(&state, &form.username, &form.password).await {
@@ -256,13 +257,6 @@ async fn check_password(
         .await
         .map_err(|e| ApiError::Internal(anyhow::anyhow!("password check: {e}")))?;
     Ok(role.filter(|_| matches))
-}
-
-pub fn retry_after(response: &mut HttpResponse, wait: std::time::Duration) {
-    let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
-    if let Ok(value) = header::HeaderValue::from_str(&secs.to_string()) {
-        response.headers_mut().insert(header::RETRY_AFTER, value);
-    }
 }
 
 /// A 303 to `location`; a value that cannot be a header (which `safe_next` never returns) goes

@@ -14,12 +14,12 @@
 //! Failure handling: a lost broker drops the uncommitted batch (the broker redelivers it) and
 //! reconnects with backoff while snapshots go on; a lost lease or a database error ends the term.
 
-use super::broker::{confirmed, BrokerError, ConsumerLink, RawMessage};
 use super::decode::{decode, DecodeContext, Rejection};
 use super::{IngestContext, LeaderInputs, LEASE_POLL};
 use crate::aggregate::{minute_of, Aggregator, Event, EventKind, Figures, Millis, MINUTE_MS};
 use crate::clock::now_ms;
 use crate::live::{IngestState, IngestView, Snapshot, SnapshotFrame};
+use crate::rabbitmq::{confirmed, BrokerError, ConsumerLink, RawMessage};
 use crate::retry::Backoff;
 use crate::store::{Applied, Lease, StoreError};
 use futures_util::StreamExt;
@@ -133,7 +133,7 @@ impl<'a> Leader<'a> {
         );
         let aggregator = Aggregator::restore(settings.aggregate.clone(), restore);
         context.metrics.leader.set(1);
-        context.status.update(|s| {
+        context.status.update_ingest(|s| {
             s.is_leader = true;
             s.leader = Some(settings.node.clone());
             s.database_error = None;
@@ -302,10 +302,10 @@ impl<'a> Leader<'a> {
 
     fn set_connected(&self, connected: bool, error: Option<String>) {
         self.context.metrics.ingest_up.set(i64::from(connected));
-        self.context.status.update(|s| {
-            s.broker_connected = connected;
-            if error.is_some() || connected {
-                s.last_error = error;
+        self.context.status.update_ingest(|s| {
+            s.consumer.connected = connected;
+            if error.is_some() {
+                s.consumer.last_error = error;
             }
         });
     }
@@ -425,7 +425,7 @@ impl<'a> Leader<'a> {
         if let Some(occurred) = newest_occurred {
             self.lag_seconds = (now_ms() - occurred).max(0) as f64 / 1000.0;
             let lag = self.lag_seconds;
-            self.context.status.update(|s| s.lag_seconds = lag);
+            self.context.status.update_ingest(|s| s.lag_seconds = lag);
         }
     }
 
@@ -478,7 +478,7 @@ impl<'a> Leader<'a> {
         let status = self.context.status.get();
         let state = if !connected {
             IngestState::Disconnected
-        } else if status.paused {
+        } else if status.ingest.paused {
             IngestState::Paused
         } else if self.context.settings.demo {
             IngestState::Demo
@@ -489,7 +489,7 @@ impl<'a> Leader<'a> {
             state,
             leader: Some(self.context.settings.node.clone()),
             lag_seconds: self.lag_seconds,
-            dead_letters: status.dead_letters,
+            dead_letters: status.fanout.dead_letters,
         }
     }
 
@@ -746,7 +746,7 @@ impl Feed<'_> {
     ) -> Result<Option<PublisherConfirm>, BrokerError> {
         match self.link() {
             Some(link) => link
-                .dead_letter(message, rejection, node, now)
+                .dead_letter(message, &rejection.to_string(), node, now)
                 .await
                 .map(Some),
             None => Ok(None),

@@ -8,18 +8,19 @@
 //!
 //! Boundaries: decoding is pure ([`decode`]); SQL lives in `store`; figures in `aggregate`.
 
-pub mod broker;
 pub mod decode;
 mod leader;
 
 use crate::aggregate::AggregateSettings;
 use crate::clock::now_ms;
-use crate::live::{fanout::FanoutSender, Hub};
+use crate::fanout::FanoutSender;
+use crate::live::Hub;
 use crate::metrics::Metrics;
+use crate::rabbitmq::{RawMessage, Topology};
 use crate::retry::Backoff;
+use crate::status::StatusCell;
 use crate::store::Store;
-use broker::{RawMessage, Topology};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -45,43 +46,6 @@ pub struct IngestSettings {
     pub demo: bool,
     /// Demo traffic arrives through an in-process queue instead of RabbitMQ.
     pub local_demo: bool,
-}
-
-/// The live view of this instance's ingest, read by `/readyz`, snapshots and metrics.
-#[derive(Debug, Clone, Default)]
-pub struct IngestStatus {
-    pub is_leader: bool,
-    pub leader: Option<String>,
-    /// The leader's consumer, or a follower's fan-out link, is connected.
-    pub broker_connected: bool,
-    pub local_demo: bool,
-    pub paused: bool,
-    pub last_error: Option<String>,
-    pub database_error: Option<String>,
-    pub lag_seconds: f64,
-    pub dead_letters: u64,
-    pub queue_depth: u64,
-}
-
-/// Shared, briefly locked status. A std mutex: nothing awaits while holding it.
-#[derive(Debug, Default)]
-pub struct StatusCell(Mutex<IngestStatus>);
-
-impl StatusCell {
-    pub fn get(&self) -> IngestStatus {
-        self.lock().clone()
-    }
-
-    pub fn update(&self, change: impl FnOnce(&mut IngestStatus)) {
-        change(&mut self.lock());
-    }
-
-    fn lock(&self) -> MutexGuard<'_, IngestStatus> {
-        // A panic while holding this lock leaves plain data behind; keep serving it.
-        self.0
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
 }
 
 /// Everything the ingest tasks share.
@@ -112,7 +76,7 @@ pub async fn run(
     let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
     context
         .status
-        .update(|s| s.local_demo = inputs.local.is_some());
+        .update_ingest(|s| s.local_demo = inputs.local.is_some());
     while !shutdown.is_cancelled() {
         let wait = match context
             .store
@@ -129,9 +93,9 @@ pub async fn run(
                     leader::LeadEnd::Database(error) => Some(error.to_string()),
                     _ => None,
                 };
-                context.status.update(|s| {
+                context.status.update_ingest(|s| {
                     s.is_leader = false;
-                    s.broker_connected = false;
+                    s.consumer.connected = false;
                     // Readiness names the database, not the broker, when it ended the term.
                     s.database_error = database_error;
                 });
@@ -146,7 +110,7 @@ pub async fn run(
             Ok(None) => {
                 backoff.reset();
                 let holder = context.store.lease_holder(now_ms()).await.ok().flatten();
-                context.status.update(|s| {
+                context.status.update_ingest(|s| {
                     s.database_error = None;
                     s.leader = holder;
                 });
@@ -156,7 +120,7 @@ pub async fn run(
                 tracing::warn!(%error, "database unavailable; retrying");
                 context
                     .status
-                    .update(|s| s.database_error = Some(error.to_string()));
+                    .update_ingest(|s| s.database_error = Some(error.to_string()));
                 backoff.next_delay()
             }
         };

@@ -79,10 +79,6 @@ impl ConnectionGuard {
         }
     }
 
-    pub fn transport(&self) -> Transport {
-        self.transport
-    }
-
     /// Records why the server ends this connection (the default is that the client left).
     pub fn set_reason(&mut self, reason: &'static str) {
         self.reason = reason;

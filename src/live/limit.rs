@@ -56,7 +56,8 @@ impl StreamLimiter {
     }
 
     /// Connections `user` holds now (only counted when there is a cap).
-    pub fn held_by(&self, user: &str) -> usize {
+    #[cfg(test)]
+    fn held_by(&self, user: &str) -> usize {
         lock(&self.held).get(user).copied().unwrap_or(0)
     }
 }

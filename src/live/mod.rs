@@ -1,20 +1,19 @@
-//! Live delivery: the snapshot and announcements every client sees, and how they get there.
+//! Live state, without transports: the snapshot and announcements every client sees, each
+//! encoded once, and what every live connection shares. It knows nothing of HTTP or RabbitMQ;
+//! the transports (`http::sse`, `http::poll`, `console`) read it, and `fanout` feeds it from
+//! the other instances.
 //!
-//! - [`hub`]: this instance's latest snapshot and announcement ring, each frame encoded once;
-//! - [`sse`] and [`poll`]: the two HTTP transports (SPEC §5–6), sharing one id scheme;
-//! - [`fanout`]: snapshots, announcements and refresh requests between instances (RabbitMQ);
-//! - [`announce`]: storing and publishing an announcement; [`connection`]: per-connection metrics;
+//! - [`hub`]: this instance's latest snapshot and announcement ring, and event ids;
+//! - [`announcement`]: an announcement's fields and rules;
+//! - [`connection`]: per-connection metrics and close reasons;
 //! - [`limit`]: the cap on live connections one user may hold (SSE, long-poll, console).
 
-pub mod announce;
+pub mod announcement;
 pub mod connection;
-pub mod fanout;
 pub mod hub;
 pub mod limit;
-pub mod poll;
-pub mod sse;
 
-pub use announce::{Announcement, Level};
+pub use announcement::{Announcement, Level};
 pub use hub::{EventId, Hub};
 
 use crate::aggregate::{Figures, Millis};

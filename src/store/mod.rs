@@ -208,10 +208,6 @@ impl Store {
         Ok(())
     }
 
-    pub fn backend(&self) -> Backend {
-        self.backend
-    }
-
     pub async fn ping(&self) -> Result<(), StoreError> {
         sqlx::query("SELECT 1").execute(&self.reader).await?;
         Ok(())

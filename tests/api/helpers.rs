@@ -7,7 +7,7 @@ use futures_util::stream::{FuturesUnordered, StreamExt};
 use lapin::options::{BasicAckOptions, BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions};
 use lapin::types::AMQPValue;
 use lapin::BasicProperties;
-use pulseboard::ingest::broker::{connect, Topology};
+use pulseboard::rabbitmq::{connect, Topology};
 use serde_json::Value;
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};

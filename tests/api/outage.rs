@@ -14,7 +14,7 @@ use crate::traffic::{net_revenue, placed, stream_with_duplicates};
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::BasicProperties;
-use pulseboard::ingest::broker::Topology;
+use pulseboard::rabbitmq::Topology;
 use pulseboard::simulate::SentTally;
 use serde_json::Value;
 use std::future::Future;

@@ -7,7 +7,7 @@
 //! user. Each server lives in a temporary folder owned by that user, listens on 127.0.0.1 on free
 //! ports, and is stopped (synchronously, best effort) and removed when dropped.
 
-use pulseboard::ingest::broker::connect;
+use pulseboard::rabbitmq::connect;
 use std::fs;
 use std::os::unix::fs::MetadataExt;
 use std::os::unix::process::CommandExt;

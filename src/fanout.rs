@@ -10,11 +10,11 @@
 //! queues for status and metrics. On every (re)connect the hub catches up on announcements
 //! from the store.
 
-use super::{Announcement, Hub, Snapshot, SnapshotFrame};
-use crate::ingest::broker::{connect, BrokerError, Topology};
-use crate::ingest::StatusCell;
+use crate::live::{Announcement, Hub, Snapshot, SnapshotFrame};
 use crate::metrics::Metrics;
+use crate::rabbitmq::{connect, BrokerError, Topology};
 use crate::retry::Backoff;
+use crate::status::StatusCell;
 use crate::store::Store;
 use futures_util::StreamExt;
 use lapin::options::{
@@ -92,18 +92,14 @@ pub async fn run(
     let mut backoff = Backoff::new(Duration::from_millis(250), Duration::from_secs(10));
     while !shutdown.is_cancelled() {
         let result = session(&context, &mut outgoing, &shutdown, &mut backoff).await;
-        context.status.update(|s| {
-            if !s.is_leader {
-                s.broker_connected = false;
-            }
-        });
+        context.status.update_fanout(|s| s.link.connected = false);
         match result {
             Ok(()) => break,
             Err(error) => {
                 tracing::warn!(%error, "snapshot fan-out link down; reconnecting");
                 context
                     .status
-                    .update(|s| s.last_error = Some(error.to_string()));
+                    .update_fanout(|s| s.link.last_error = Some(error.to_string()));
             }
         }
         tokio::select! {
@@ -160,11 +156,7 @@ async fn session(
         .await?;
     let depth_channel = connection.create_channel().await?;
     backoff.reset();
-    context.status.update(|s| {
-        if !s.is_leader {
-            s.broker_connected = true;
-        }
-    });
+    context.status.update_fanout(|s| s.link.connected = true);
     tracing::info!("snapshot fan-out connected");
     if let Err(error) = context.hub.catch_up(&context.store).await {
         tracing::warn!(%error, "could not catch up on announcements");
@@ -245,7 +237,7 @@ async fn receive(context: &FanoutContext, delivery: &lapin::message::Delivery) {
             Err(error) => tracing::warn!(%error, "ignoring an unreadable announcement"),
         },
         Some("refresh") => {
-            if context.status.get().is_leader {
+            if context.status.get().ingest.is_leader {
                 let _ = context.refresh.try_send(());
             }
         }
@@ -291,7 +283,7 @@ async fn poll_depths(context: &FanoutContext, channel: &lapin::Channel) -> Resul
     let dead = Topology::depth(channel, &context.topology.dead_queue).await?;
     context.metrics.queue_depth.set(i64::from(depth));
     context.metrics.dead_letters.set(i64::from(dead));
-    context.status.update(|s| {
+    context.status.update_fanout(|s| {
         s.queue_depth = u64::from(depth);
         s.dead_letters = u64::from(dead);
     });

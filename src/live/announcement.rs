@@ -1,11 +1,8 @@
-//! Announcements: an operator's message to every dashboard (SPEC §5–6), stored first, then
-//! handed to this instance's hub and fanned out to the others.
+//! Announcements: an operator's message to every dashboard (SPEC §5–6): its fields, their
+//! rules, and its one JSON form. Publishing one is `crate::announce`.
 
-use super::fanout::FanoutSender;
-use super::Hub;
-use crate::aggregate::Millis;
 use crate::clock::rfc3339;
-use crate::store::{Store, StoreError, StoredAnnouncement};
+use crate::store::StoredAnnouncement;
 use serde::{Deserialize, Serialize};
 
 pub const MAX_MESSAGE_CHARS: usize = 500;
@@ -73,25 +70,6 @@ pub fn validate_message(message: &str) -> Result<(), String> {
         return Err("message must not contain U+0000".to_owned());
     }
     Ok(())
-}
-
-/// Stores the announcement, delivers it on this instance and fans it out to the others.
-pub async fn publish(
-    store: &Store,
-    hub: &Hub,
-    fanout: &FanoutSender,
-    level: Level,
-    message: &str,
-    author: &str,
-    now: Millis,
-) -> Result<Announcement, StoreError> {
-    let announcement: Announcement = store
-        .create_announcement(level.as_str(), message, author, now)
-        .await?
-        .into();
-    hub.announce(announcement.clone(), store).await?;
-    fanout.send_announcement(announcement.clone());
-    Ok(announcement)
 }
 
 #[cfg(test)]

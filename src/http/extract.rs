@@ -1,8 +1,8 @@
 //! Who is calling: credentials from the request, and the extractors that gate handlers.
 
-use super::{same_token, session_key, Role, CSRF_HEADER, SESSION_COOKIE};
+use super::{ApiError, AppState, PageError};
+use crate::auth::{same_token, session_key, Role, CSRF_HEADER, SESSION_COOKIE};
 use crate::clock::now_ms;
-use crate::http::{ApiError, AppState, PageError};
 use actix_web::dev::Payload;
 use actix_web::http::{header, Method};
 use actix_web::{web, FromRequest, HttpRequest};

@@ -10,12 +10,12 @@
 //! behind is disconnected here (it resumes by `Last-Event-ID`), and one that stops reading
 //! entirely is aborted by the kernel (`TCP_USER_TIMEOUT`, set in `startup`).
 
-use super::connection::{ConnectionGuard, Sent, Transport};
-use super::hub::{sse_event, AnnouncementFrame, EventId, Subscription, REPLAY_WINDOW_MS};
-use super::limit::StreamSlot;
-use crate::auth::Viewer;
+use super::extract::Viewer;
+use super::{ApiError, AppState};
 use crate::clock::now_ms;
-use crate::http::{ApiError, AppState};
+use crate::live::connection::{ConnectionGuard, Sent, Transport};
+use crate::live::hub::{sse_event, AnnouncementFrame, EventId, Subscription, REPLAY_WINDOW_MS};
+use crate::live::limit::StreamSlot;
 use actix_web::http::header;
 use actix_web::{web, HttpRequest, HttpResponse};
 use bytes::Bytes;
@@ -126,7 +126,7 @@ struct SseClient {
     quiet: Pin<Box<Sleep>>,
     stall_timeout: Duration,
     closing: tokio_util::sync::CancellationToken,
-    hub: super::Hub,
+    hub: crate::live::Hub,
     guard: ConnectionGuard,
     /// This user's share of `PULSEBOARD_MAX_STREAMS_PER_USER`, held while the stream lives.
     _slot: StreamSlot,

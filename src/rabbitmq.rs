@@ -11,7 +11,6 @@
 //! copy, together with its batch.
 
 use crate::aggregate::Millis;
-use crate::ingest::decode::Rejection;
 use lapin::options::{
     BasicConsumeOptions, BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions,
     ExchangeDeclareOptions, ExchangeDeleteOptions, QueueBindOptions, QueueDeclareOptions,
@@ -232,14 +231,14 @@ impl ConsumerLink {
     pub async fn dead_letter(
         &self,
         message: &RawMessage,
-        rejection: &Rejection,
+        reason: &str,
         node: &str,
         now: Millis,
     ) -> Result<PublisherConfirm, BrokerError> {
         let mut headers = message.headers.clone().unwrap_or_default();
         headers.insert(
             "x-pulseboard-reason".into(),
-            AMQPValue::LongString(LongString::from(rejection.to_string())),
+            AMQPValue::LongString(LongString::from(reason)),
         );
         headers.insert(
             "x-pulseboard-node".into(),

@@ -5,11 +5,11 @@
 //! store, in order, then the current snapshot if newer), otherwise waits for the next one, or
 //! answers an empty list after `timeout` seconds (at most 30).
 
-use super::connection::{ConnectionGuard, Sent, Transport};
-use super::hub::{EventId, REPLAY_WINDOW_MS};
-use crate::auth::Viewer;
+use super::extract::Viewer;
+use super::{ApiError, AppState};
 use crate::clock::now_ms;
-use crate::http::{ApiError, AppState};
+use crate::live::connection::{ConnectionGuard, Sent, Transport};
+use crate::live::hub::{EventId, REPLAY_WINDOW_MS};
 use actix_web::http::header;
 use actix_web::{web, HttpResponse};
 use serde::Deserialize;
@@ -103,7 +103,8 @@ async fn newer_than(
             announcement: stored.id,
             seq,
         };
-        let json = serde_json::to_string(&super::Announcement::from(stored)).unwrap_or_default();
+        let json =
+            serde_json::to_string(&crate::live::Announcement::from(stored)).unwrap_or_default();
         events.push((Sent::Announcement, id, json.into()));
     }
     if let Some(published) = current.filter(|p| p.id.seq > after.seq && !truncated) {

@@ -1,0 +1,52 @@
+//! The application state: everything a request handler or a console session may use, built
+//! once by `startup` and passed in (no globals beyond the metrics registry). It sits below the
+//! transports (`http`, `console`), which read it, and above everything they read through it.
+
+use crate::fanout::FanoutSender;
+use crate::live::Hub;
+use crate::metrics::Metrics;
+use crate::status::StatusCell;
+use crate::store::Store;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::mpsc;
+
+/// Everything a request handler may use.
+pub struct AppState {
+    pub node: String,
+    pub auth: crate::auth::AuthState,
+    pub store: Store,
+    pub hub: Hub,
+    pub status: Arc<StatusCell>,
+    pub metrics: Arc<Metrics>,
+    pub metrics_token: Option<String>,
+    pub live: LiveSettings,
+    pub fanout: FanoutSender,
+    /// Asks this instance's leader loop for a snapshot now.
+    pub refresh: mpsc::Sender<()>,
+    /// `PULSEBOARD_TRUST_PROXY`: believe `X-Forwarded-*` (see `http::proxy`).
+    pub trust_proxy: bool,
+    /// `PULSEBOARD_MAX_STREAMS_PER_USER`: live connections per user on this instance.
+    pub streams: crate::live::limit::StreamLimiter,
+}
+
+/// Timing of live connections.
+#[derive(Debug, Clone, Copy)]
+pub struct LiveSettings {
+    /// At most one snapshot per this interval (the page shows when figures are stale).
+    pub snapshot_interval: Duration,
+    /// SSE comment heartbeat (and WebSocket ping) interval.
+    pub heartbeat: Duration,
+    /// How long a client may leave sent data unread before the kernel aborts its connection.
+    pub stall_timeout: Duration,
+}
+
+impl LiveSettings {
+    pub fn new(snapshot_interval: Duration, heartbeat: Duration) -> Self {
+        LiveSettings {
+            snapshot_interval,
+            heartbeat,
+            stall_timeout: (heartbeat * 2).clamp(Duration::from_secs(5), Duration::from_secs(60)),
+        }
+    }
+}
