@@ -166,14 +166,14 @@ pub async fn record_metrics(
     let metrics = request
         .app_data::<web::Data<AppState>>()
         .map(|s| s.metrics.clone());
-    let method = request.method().as_str().to_owned();
+    let method = method_label(request.method());
     let route = request
         .match_pattern()
         .unwrap_or_else(|| "unmatched".into());
     let response = next.call(request).await?;
     if let Some(metrics) = metrics {
         let status = response.status().as_u16().to_string();
-        let labels = [method.as_str(), route.as_str(), status.as_str()];
+        let labels = [method, route.as_str(), status.as_str()];
         metrics.http_requests.with_label_values(&labels).inc();
         metrics
             .http_request_duration
@@ -181,4 +181,25 @@ pub async fn record_metrics(
             .observe(started.elapsed().as_secs_f64());
     }
     Ok(response)
+}
+
+/// The `method` label: the methods of RFC 9110, or `other` — a client may send any token as a
+/// method, and each would otherwise become a series of its own.
+fn method_label(method: &actix_web::http::Method) -> &'static str {
+    use actix_web::http::Method;
+    const KNOWN: [(Method, &str); 9] = [
+        (Method::GET, "GET"),
+        (Method::HEAD, "HEAD"),
+        (Method::POST, "POST"),
+        (Method::PUT, "PUT"),
+        (Method::DELETE, "DELETE"),
+        (Method::PATCH, "PATCH"),
+        (Method::OPTIONS, "OPTIONS"),
+        (Method::CONNECT, "CONNECT"),
+        (Method::TRACE, "TRACE"),
+    ];
+    KNOWN
+        .iter()
+        .find(|(known, _)| known == method)
+        .map_or("other", |(_, label)| label)
 }
