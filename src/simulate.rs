@@ -14,6 +14,7 @@ use lapin::options::ConfirmSelectOptions;
 use lapin::publisher_confirm::Confirmation;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
+use secrecy::ExposeSecret;
 use serde::Serialize;
 use std::collections::{BTreeMap, VecDeque};
 use std::time::{Duration, Instant};
@@ -126,7 +127,7 @@ struct Summary<'a> {
 
 /// The `simulate` command: publishes until `--duration` ends or Ctrl-C, then prints a summary.
 pub async fn run(args: SimulateArgs) -> Result<(), SimulateError> {
-    let connection = connect(&args.broker.amqp_url, "pulseboard simulate").await?;
+    let connection = connect(args.broker.amqp_url.expose_secret(), "pulseboard simulate").await?;
     let channel = connection.create_channel().await?;
     // Declaring the service's queue too means nothing is lost if the service starts later.
     Topology::new(&args.broker.exchange, &args.broker.queue_prefix)

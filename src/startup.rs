@@ -17,6 +17,7 @@ use crate::store::Store;
 use crate::{clock, http};
 use actix_web::{middleware, web, App, HttpServer};
 use anyhow::Context;
+use secrecy::ExposeSecret;
 use std::net::TcpListener;
 use std::sync::Arc;
 use std::time::Duration;
@@ -52,15 +53,21 @@ impl Application {
         store.migrate().await.context("DATABASE_URL")?;
 
         let secret = match &args.secret {
-            Some(secret) => secret.clone(),
+            Some(secret) => secret.expose_secret().to_owned(),
             None => store
                 .setting_or_insert("secret", crate::auth::random_token)
                 .await
                 .context("DATABASE_URL")?,
         };
-        crate::users::bootstrap_admin(&store, args.admin_password.as_deref()).await?;
+        crate::users::bootstrap_admin(
+            &store,
+            args.admin_password
+                .as_ref()
+                .map(ExposeSecret::expose_secret),
+        )
+        .await?;
         let tls = match (&args.tls_cert, &args.tls_key) {
-            (Some(cert), Some(key)) => Some(tls_config(cert, key)?),
+            (Some(cert), Some(key)) => Some(tls_config(cert, key.expose_secret())?),
             _ => None,
         };
         let auth = crate::auth::AuthState::new(
@@ -234,7 +241,7 @@ async fn start_demo(
 ) -> Option<mpsc::Receiver<RawMessage>> {
     let rate = args.demo_rate;
     let generator = TrafficGenerator::new(200, &args.money.currency, rand::random());
-    match broker::connect(&args.broker.amqp_url, "pulseboard demo").await {
+    match broker::connect(args.broker.amqp_url.expose_secret(), "pulseboard demo").await {
         Ok(connection) => {
             tracing::info!(rate, "demo traffic goes through RabbitMQ");
             let channel = match connection.create_channel().await {

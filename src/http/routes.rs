@@ -6,6 +6,7 @@ use crate::live::{poll, sse};
 use actix_web::dev::{AppService, HttpServiceFactory};
 use actix_web::http::{header, Method};
 use actix_web::{web, FromRequest, Handler, HttpRequest, HttpResponse, Responder, ResponseError};
+use secrecy::ExposeSecret;
 use serde_json::json;
 use std::time::Duration;
 
@@ -188,7 +189,7 @@ async fn metrics(
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "));
-        if presented != Some(token.as_str()) {
+        if presented != Some(token.expose_secret()) {
             return Err(ApiError::Unauthorized);
         }
     }

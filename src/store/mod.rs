@@ -31,6 +31,7 @@ use crate::aggregate::{
 use crate::config::{Backend, DatabaseUrl};
 use chrono::NaiveDate;
 use chrono_tz::Tz;
+use secrecy::ExposeSecret;
 use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{AnyPool, Executor, Row};
 use std::collections::HashSet;
@@ -134,7 +135,7 @@ impl Store {
         sqlx::any::install_default_drivers();
         match database.backend {
             Backend::Sqlite => {
-                let url = sqlite_url_creating_file(&database.url);
+                let url = sqlite_url_creating_file(database.url.expose_secret());
                 create_sqlite_folder(&url)?;
                 // The writer first: it creates the file and switches it to WAL.
                 let writer = sqlite_pool(&url, 1, false).await?;
@@ -149,7 +150,7 @@ impl Store {
                 let pool = AnyPoolOptions::new()
                     .max_connections(POSTGRES_CONNECTIONS)
                     .acquire_timeout(ACQUIRE_TIMEOUT)
-                    .connect(&database.url)
+                    .connect(database.url.expose_secret())
                     .await
                     .map_err(StoreError::Connect)?;
                 Ok(Store {
