@@ -350,6 +350,70 @@ fn parse_timezone(name: &str) -> Result<Tz, String> {
         .map_err(|_| "not an IANA time zone (such as Europe/Berlin)".to_string())
 }
 
+/// A refused command line as one line: clap's message without the usage hints, naming the
+/// environment variable too when the bad value came from there (the user set
+/// `PULSEBOARD_BIND`, not `--bind`), and without the value of an option whose environment
+/// value is hidden (a bad secret is still a secret). `args` are the arguments after the
+/// program's name; `is_set` says whether an environment variable is set.
+pub fn usage_line(
+    error: &clap::Error,
+    args: &[std::ffi::OsString],
+    is_set: impl Fn(&std::ffi::OsStr) -> bool,
+) -> String {
+    use clap::error::{ContextKind, ContextValue};
+    use clap::CommandFactory;
+
+    let mut line = error
+        .to_string()
+        .lines()
+        .map(str::trim)
+        .take_while(|line| !line.starts_with("Usage:") && !line.starts_with("For more information"))
+        .filter(|line| !line.is_empty())
+        .collect::<Vec<_>>()
+        .join(" ");
+    let Some(ContextValue::String(shown)) = error.get(ContextKind::InvalidArg) else {
+        return line;
+    };
+    let mut command = Cli::command();
+    // Built as for parsing: an argument displays itself only once its value count is settled.
+    command.build();
+    let Some(arg) = find_arg(&command, shown) else {
+        return line;
+    };
+    if arg.is_hide_env_values_set() {
+        if let Some(ContextValue::String(value)) = error.get(ContextKind::InvalidValue) {
+            line = line.replacen(&format!(" '{value}'"), "", 1);
+        }
+    }
+    if let Some(variable) = arg.get_env() {
+        let on_command_line = arg.get_long().is_some_and(|long| {
+            let flag = format!("--{long}");
+            args.iter()
+                .take_while(|a| a.as_os_str() != "--")
+                .filter_map(|a| a.to_str())
+                .any(|a| a == flag || a.starts_with(&format!("{flag}=")))
+        });
+        if !on_command_line && is_set(variable) {
+            let quoted = format!("'{shown}'");
+            let named = format!("{quoted} (env {})", variable.to_string_lossy());
+            line = line.replacen(&quoted, &named, 1);
+        }
+    }
+    line
+}
+
+/// The option clap shows as `shown` (such as `--bind <BIND>`), in any subcommand.
+fn find_arg<'a>(command: &'a clap::Command, shown: &str) -> Option<&'a clap::Arg> {
+    command
+        .get_arguments()
+        .find(|arg| arg.to_string() == shown)
+        .or_else(|| {
+            command
+                .get_subcommands()
+                .find_map(|sub| find_arg(sub, shown))
+        })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -488,6 +552,50 @@ mod tests {
         assert!(
             shown.contains("cert.pem") && shown.contains("Postgres"),
             "{shown}"
+        );
+    }
+
+    fn usage(args: &[&str], set: &[&str]) -> String {
+        let error = parse(args).expect_err("refused");
+        let args = args.iter().map(Into::into).collect::<Vec<_>>();
+        usage_line(&error, &args, |name| set.iter().any(|s| name == *s))
+    }
+
+    #[test]
+    fn a_value_from_the_environment_names_its_variable() {
+        // clap cannot tell where a value came from: the variable is named when it is set and
+        // the flag is not on the command line (flags win).
+        assert_eq!(
+            usage(&["serve", "--bind", "nowhere"], &["PULSEBOARD_BIND"]),
+            "error: invalid value 'nowhere' for '--bind <BIND>': invalid socket address syntax"
+        );
+        assert_eq!(
+            usage(&["serve", "--bind=nowhere"], &[]),
+            "error: invalid value 'nowhere' for '--bind <BIND>': invalid socket address syntax"
+        );
+        // As if PULSEBOARD_BIND=nowhere: the same error, the variable set, no flag.
+        let error = parse(&["serve", "--bind", "nowhere"]).expect_err("refused");
+        assert_eq!(
+            usage_line(&error, &["serve".into()], |name| name == "PULSEBOARD_BIND"),
+            "error: invalid value 'nowhere' for '--bind <BIND>' (env PULSEBOARD_BIND): \
+             invalid socket address syntax"
+        );
+    }
+
+    #[test]
+    fn a_refused_secret_is_not_repeated() {
+        let line = usage(&["serve", "--secret", "too-short"], &[]);
+        assert_eq!(
+            line,
+            "error: invalid value for '--secret <SECRET>': use at least 16 characters"
+        );
+        let line = usage(
+            &["simulate", "--rate", "1", "--amqp-url", "http://u:pw@x"],
+            &[],
+        );
+        assert!(
+            !line.contains("pw@x") && line.contains("--amqp-url"),
+            "{line}"
         );
     }
 
