@@ -20,6 +20,7 @@ pub fn configure(config: &mut web::ServiceConfig) {
         .service(Endpoint::new("/", Page).get(pages::dashboard))
         .service(Endpoint::new("/console", Page).get(pages::console))
         .service(Endpoint::new("/static/{path:.*}", Page).get(assets::serve))
+        .service(Endpoint::new("/favicon.ico", Page).get(assets::favicon))
         .service(
             Endpoint::new("/login", Page)
                 .get(signin::login_page)
