@@ -173,8 +173,11 @@ impl Application {
                 .wrap(middleware::from_fn(http::head_without_stream))
                 .wrap(middleware::from_fn(http::read_body_in_time))
                 .wrap(http::security_headers())
-                // Compresses pages, assets and JSON; the event stream opts out (identity).
+                // Compresses pages, assets and JSON, never an event stream: the two layers
+                // around it keep it off those and send no `Content-Encoding` for them.
+                .wrap(middleware::from_fn(http::mark_uncompressed))
                 .wrap(middleware::Compress::default())
+                .wrap(middleware::from_fn(http::unmark_uncompressed))
                 .wrap(middleware::from_fn(http::record_metrics))
                 .configure(http::configure)
         })

@@ -111,8 +111,6 @@ pub async fn stream(
         .content_type("text/event-stream")
         .insert_header((header::CACHE_CONTROL, "no-cache"))
         .insert_header(("X-Accel-Buffering", "no"))
-        // Compression would buffer events; say so explicitly for any compressing middleware.
-        .insert_header((header::CONTENT_ENCODING, "identity"))
         .streaming(futures_util::stream::unfold(client, next_chunk)))
 }
 
