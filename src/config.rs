@@ -1,4 +1,4 @@
-//! Command line and environment (SPEC §1–2), parsed once at start into typed values.
+//! Command line and environment, parsed once at start into typed values.
 //!
 //! Every option is a flag with an environment fallback; flags win. Values are validated while
 //! parsing, so a bad one stops the program with one line naming the option. Nothing else in the
@@ -172,7 +172,8 @@ pub struct ServeArgs {
     pub secret: Option<SecretString>,
 
     /// Password of the operator `admin` created when no user exists.
-    #[arg(long, env = "PULSEBOARD_ADMIN_PASSWORD", hide_env_values = true, value_parser = secret_value)]
+    #[arg(long, env = "PULSEBOARD_ADMIN_PASSWORD", hide_env_values = true,
+          value_parser = secret_value)]
     pub admin_password: Option<SecretString>,
 
     /// Comma list of origins allowed to open the console WebSocket [default: own origin].
@@ -189,7 +190,8 @@ pub struct ServeArgs {
     pub tls_key: Option<SecretPath>,
 
     /// When set, /metrics requires `Authorization: Bearer <token>`.
-    #[arg(long, env = "PULSEBOARD_METRICS_TOKEN", hide_env_values = true, value_parser = secret_value)]
+    #[arg(long, env = "PULSEBOARD_METRICS_TOKEN", hide_env_values = true,
+          value_parser = secret_value)]
     pub metrics_token: Option<SecretString>,
 
     /// Concurrent SSE, long-poll and console connections one user may hold on this instance;

@@ -1,4 +1,4 @@
-//! Prometheus metrics of SPEC §8, one registry per process.
+//! Prometheus metrics, one registry per process; every series is listed in docs/api.md, Metrics.
 //!
 //! Every series carries the constant label `node`; the other labels are small fixed sets (never
 //! a user, event or connection id). Components get the [`Metrics`] handle from the application

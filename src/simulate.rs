@@ -1,9 +1,9 @@
 //! Realistic traffic: the `simulate` command and the demo's generator.
 //!
-//! [`TrafficGenerator`] makes well-formed events of SPEC §3 (activity, orders, refunds of earlier
-//! orders, sign-outs, and a few types the service ignores) and keeps a tally of what it made, so
-//! a run can be checked against the dashboard. [`run`] publishes them to RabbitMQ at a steady
-//! rate with publisher confirms.
+//! [`TrafficGenerator`] makes well-formed events (see docs/api.md, Events): activity, orders,
+//! refunds of earlier orders, sign-outs, and a few types the service ignores. It keeps a tally of
+//! what it made, so a run can be checked against the dashboard. [`run`] publishes them to RabbitMQ at a
+//! steady rate with publisher confirms.
 
 use crate::aggregate::Millis;
 use crate::clock::{now_ms, rfc3339};

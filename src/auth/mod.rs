@@ -2,9 +2,9 @@
 //! whether their role allows the route, and the defences around signing in.
 //!
 //! Handlers state what they need by taking [`Viewer`] (admin or operator) or [`Operator`] as an
-//! argument; the extractors answer 401/403 in the SPEC §5 shape before the handler runs, and for
-//! cookie sessions also check the CSRF token of unsafe methods. Pages use [`PageViewer`] /
-//! [`PageOperator`], which redirect to `/login` instead.
+//! argument; the extractors answer 401/403 in the JSON error shape (docs/api.md, Errors) before the
+//! handler runs, and for cookie sessions also check the CSRF token of unsafe methods. Pages use
+//! [`PageViewer`] / [`PageOperator`], which redirect to `/login` instead.
 //!
 //! Boundaries: SQL in `store::users`; password hashing in [`password`]; tokens in [`token`];
 //! throttling in [`throttle`]. Nothing here logs a password, hash, token or secret.

@@ -1,12 +1,13 @@
-//! The operations console: `GET /ws/console` (SPEC §7).
+//! The operations console: `GET /ws/console` (see docs/api.md, Console).
 //!
 //! The handshake is checked before the upgrade: credentials and the operator role (the
 //! [`Operator`] extractor: 401/403), then the `Origin` (403). A session then greets with
 //! `welcome`, answers commands, limits each connection to 20 commands a second, pings every
 //! heartbeat interval and closes a connection that left two pings unanswered.
 //!
-//! This version answers `help`, `ping` and `status`; the other commands of SPEC §7 answer
-//! `unavailable` until they are built (they are listed by `help` with that note).
+//! This version answers `help`, `ping` and `status`; the other commands (planned, listed in
+//! docs/api.md, Console) answer `unavailable` until they are built (`help` lists them with that
+//! note).
 
 pub mod protocol;
 

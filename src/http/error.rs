@@ -1,5 +1,6 @@
-//! The one HTTP error type: every failure of the JSON API becomes SPEC §5's
-//! `{"error":{"code","message"}}` here, with its status. Internal causes are logged, never sent.
+//! The one HTTP error type: every failure of the JSON API becomes
+//! `{"error":{"code","message"}}` here, with its status (the codes: docs/api.md, Errors).
+//! Internal causes are logged, never sent.
 
 use actix_web::http::{header, ConnectionType, StatusCode};
 use actix_web::{HttpResponse, ResponseError};

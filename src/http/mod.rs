@@ -1,4 +1,5 @@
-//! HTTP: routes of SPEC §5 over the application state, request metrics, JSON errors.
+//! HTTP: the routes (see docs/api.md, HTTP routes) over the application state, request metrics,
+//! JSON errors.
 //!
 //! Handlers are thin: they read the hub, the store or the ingest status and shape the answer.
 //! They never touch RabbitMQ and never compute figures.

@@ -1,4 +1,5 @@
-//! The route table (SPEC §5) and the small handlers: snapshot, health, readiness, metrics.
+//! The route table (see docs/api.md, HTTP routes) and the small handlers: snapshot, health,
+//! readiness, metrics.
 
 use super::{announcements, assets, dashboard, error_body, pages, signin, ApiError, AppState};
 use crate::auth::Viewer;
@@ -44,7 +45,7 @@ pub fn configure(config: &mut web::ServiceConfig) {
         .service(Endpoint::new("/metrics", Api).get(metrics));
 }
 
-/// How a path answers errors: JSON (SPEC §5 shape) or an HTML page.
+/// How a path answers errors: JSON (see docs/api.md, Errors) or an HTML page.
 #[derive(Debug, Clone, Copy)]
 enum Kind {
     Api,

@@ -1,5 +1,5 @@
-//! Announcements: an operator's message to every dashboard (SPEC §5–6), stored first, then
-//! handed to this instance's hub and fanned out to the others.
+//! Announcements: an operator's message to every dashboard (docs/api.md, Announcements), stored
+//! first, then handed to this instance's hub and fanned out to the others.
 
 use super::fanout::FanoutSender;
 use super::Hub;
@@ -37,7 +37,8 @@ impl Level {
     }
 }
 
-/// SPEC §6: `{"id","level","message","author","created_at"}`.
+/// An announcement as clients receive it: `{"id","level","message","author","created_at"}`
+/// (see docs/api.md, Announcements).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Announcement {
     pub id: i64,

@@ -1,4 +1,4 @@
-//! `GET /api/dashboard/stream`: Server-Sent Events (SPEC §6).
+//! `GET /api/dashboard/stream`: Server-Sent Events (see docs/api.md, Server-Sent Events).
 //!
 //! A connection opens with `retry:`, then (when resuming) every announcement it missed, from the
 //! store, in order, then the current snapshot. Afterwards it writes announcements as they come,

@@ -61,7 +61,7 @@ const APPLIED_EVENT_COLUMNS: [&str; 7] = [
 /// copied by a migration.
 const KEY_FILL_CHUNK: usize = 500;
 const KEY_FILL_PER_COMMIT: usize = 50_000;
-/// History is kept a day longer than the 7 days SPEC §3.1 promises.
+/// History is kept a day longer than the 7 days promised (docs/api.md, HTTP routes: history).
 const HISTORY_KEEP_MS: Millis = 8 * 24 * 60 * MINUTE_MS;
 /// Applied ids are kept an hour beyond the 24 h dedupe window, so a redelivery at the edge still
 /// finds its id.
