@@ -1,5 +1,6 @@
-//! Small things a new user meets on first use (issue 18): the browser's icon request, and how
-//! the live stream goes over the wire when the client accepts gzip.
+//! Small things a new user meets on first use (issue 18): the browser's icon request, how the
+//! live stream goes over the wire when the client accepts gzip, and a secret option (now kept
+//! redacted in the configuration) that still does its job.
 
 use crate::helpers::{Backend, Names, Service, ServiceConfig, TestDatabase};
 use std::time::Duration;
@@ -102,4 +103,29 @@ async fn the_stream_is_neither_compressed_nor_labelled_while_json_and_pages_are_
         // gzip's magic number, after the first chunk's size line.
         assert!(contains(&body, b"\r\n\x1f\x8b"), "{path}: {body:?}");
     }
+}
+
+/// `PULSEBOARD_METRICS_TOKEN` is read through its redacted wrapper: `/metrics` still asks for
+/// exactly that bearer token.
+#[tokio::test]
+async fn the_metrics_token_still_guards_metrics() {
+    let database = TestDatabase::new(Backend::Sqlite).await;
+    let mut config = ServiceConfig::new(&database, &Names::new(), "metrics-token-1");
+    let token = format!("metrics-{}", uuid::Uuid::new_v4().simple());
+    config
+        .env
+        .push(("PULSEBOARD_METRICS_TOKEN".into(), token.clone()));
+    let service = Service::start(&config).await;
+    let client = reqwest::Client::new();
+    let status = |bearer: Option<String>| {
+        let mut request = client.get(service.url("/metrics"));
+        if let Some(bearer) = bearer {
+            request = request.bearer_auth(bearer);
+        }
+        async move { request.send().await.expect("metrics").status().as_u16() }
+    };
+    assert_eq!(status(None).await, 401);
+    assert_eq!(status(Some(format!("{token}x"))).await, 401);
+    assert_eq!(status(Some(token.clone())).await, 200);
+    assert!(!service.log_text().contains(&token), "the token in the log");
 }
