@@ -19,7 +19,8 @@ pub struct AppState {
     pub hub: Hub,
     pub status: Arc<StatusCell>,
     pub metrics: Arc<Metrics>,
-    pub metrics_token: Option<String>,
+    /// `PULSEBOARD_METRICS_TOKEN`: the bearer token `/metrics` asks for, when set.
+    pub metrics_token: Option<secrecy::SecretString>,
     pub live: LiveSettings,
     pub fanout: FanoutSender,
     /// Asks this instance's leader loop for a snapshot now.

@@ -1,13 +1,23 @@
-//! Command line and environment (SPEC §1–2), parsed once at start into typed values.
+//! Command line and environment, parsed once at start into typed values.
 //!
 //! Every option is a flag with an environment fallback; flags win. Values are validated while
 //! parsing, so a bad one stops the program with one line naming the option. Nothing else in the
 //! crate reads the environment.
+//!
+//! Secrets (the signing key, passwords, the metrics token, the database and broker addresses,
+//! which may carry a password, and where the TLS key lives) are kept as [`SecretString`] or
+//! [`SecretPath`]: their `Debug` says `[REDACTED]`, so printing the configuration or an error
+//! that holds it shows none of them. The value is read with `expose_secret()` where it is used.
+//!
+//! The options, their variables and defaults are listed in `docs/api.md` (Command line,
+//! Configuration).
 
 use chrono_tz::Tz;
+use clap::builder::{PathBufValueParser, TypedValueParser};
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use secrecy::{ExposeSecret, SecretString};
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
 #[derive(Debug, Parser)]
@@ -88,7 +98,8 @@ pub struct DatabaseArgs {
         long = "database-url",
         env = "DATABASE_URL",
         default_value = "sqlite://data/pulseboard.db?mode=rwc",
-        value_parser = parse_database_url
+        value_parser = parse_database_url,
+        hide_env_values = true
     )]
     pub database_url: DatabaseUrl,
 }
@@ -103,7 +114,7 @@ pub struct BrokerArgs {
         value_parser = parse_amqp_url,
         hide_env_values = true
     )]
-    pub amqp_url: String,
+    pub amqp_url: SecretString,
 
     /// Topic exchange the producers publish to.
     #[arg(long, env = "PULSEBOARD_EXCHANGE", default_value = "events", value_parser = parse_amqp_name)]
@@ -158,11 +169,12 @@ pub struct ServeArgs {
 
     /// Key for sessions and access tokens [default: generated once, kept in the database].
     #[arg(long, env = "PULSEBOARD_SECRET", hide_env_values = true, value_parser = parse_secret)]
-    pub secret: Option<String>,
+    pub secret: Option<SecretString>,
 
     /// Password of the operator `admin` created when no user exists.
-    #[arg(long, env = "PULSEBOARD_ADMIN_PASSWORD", hide_env_values = true)]
-    pub admin_password: Option<String>,
+    #[arg(long, env = "PULSEBOARD_ADMIN_PASSWORD", hide_env_values = true,
+          value_parser = secret_value)]
+    pub admin_password: Option<SecretString>,
 
     /// Comma list of origins allowed to open the console WebSocket [default: own origin].
     #[arg(long, env = "PULSEBOARD_ALLOWED_ORIGINS", value_delimiter = ',')]
@@ -173,12 +185,14 @@ pub struct ServeArgs {
     pub tls_cert: Option<PathBuf>,
 
     /// PEM private key; with --tls-cert the service speaks HTTPS only.
-    #[arg(long, env = "PULSEBOARD_TLS_KEY", requires = "tls_cert")]
-    pub tls_key: Option<PathBuf>,
+    #[arg(long, env = "PULSEBOARD_TLS_KEY", requires = "tls_cert", hide_env_values = true,
+          value_parser = PathBufValueParser::new().map(SecretPath))]
+    pub tls_key: Option<SecretPath>,
 
     /// When set, /metrics requires `Authorization: Bearer <token>`.
-    #[arg(long, env = "PULSEBOARD_METRICS_TOKEN", hide_env_values = true)]
-    pub metrics_token: Option<String>,
+    #[arg(long, env = "PULSEBOARD_METRICS_TOKEN", hide_env_values = true,
+          value_parser = secret_value)]
+    pub metrics_token: Option<SecretString>,
 
     /// Concurrent SSE, long-poll and console connections one user may hold on this instance;
     /// 0 means no limit. Beyond it a new one is answered 429.
@@ -226,10 +240,29 @@ pub struct SimulateArgs {
 }
 
 /// A validated database address; the scheme picks the backend.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct DatabaseUrl {
-    pub url: String,
+    /// Secret: a PostgreSQL address may carry a password.
+    pub url: SecretString,
     pub backend: Backend,
+}
+
+/// A path kept out of `Debug` output: where the TLS private key lives is not for the logs
+/// either. [`secrecy::SecretBox`] needs a type it can zero, which a path is not, so this is the
+/// same idea for a path: redacted `Debug`, the value through [`ExposeSecret`].
+#[derive(Clone)]
+pub struct SecretPath(PathBuf);
+
+impl std::fmt::Debug for SecretPath {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SecretPath([REDACTED])")
+    }
+}
+
+impl ExposeSecret<Path> for SecretPath {
+    fn expose_secret(&self) -> &Path {
+        &self.0
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -255,14 +288,14 @@ fn parse_database_url(url: &str) -> Result<DatabaseUrl, String> {
         return Err("expected sqlite://PATH or postgres://…".into());
     };
     Ok(DatabaseUrl {
-        url: url.to_owned(),
+        url: url.into(),
         backend,
     })
 }
 
-fn parse_amqp_url(url: &str) -> Result<String, String> {
+fn parse_amqp_url(url: &str) -> Result<SecretString, String> {
     lapin::uri::AMQPUri::from_str(url).map_err(|e| format!("not an AMQP URL: {e}"))?;
-    Ok(url.to_owned())
+    Ok(url.into())
 }
 
 fn parse_amqp_name(name: &str) -> Result<String, String> {
@@ -291,13 +324,19 @@ fn parse_username(name: &str) -> Result<String, String> {
     crate::auth::validate_username(name).map(|()| name.to_owned())
 }
 
-/// Never echoes the value: a bad secret is still a secret.
-fn parse_secret(secret: &str) -> Result<String, String> {
+/// Never echoes the value: a bad secret is still a secret (and `main` leaves the value out of
+/// the error line of every option whose environment value is hidden).
+fn parse_secret(secret: &str) -> Result<SecretString, String> {
     if secret.chars().count() >= 16 {
-        Ok(secret.to_owned())
+        Ok(secret.into())
     } else {
         Err("use at least 16 characters".into())
     }
+}
+
+/// Any text, kept as a secret.
+fn secret_value(secret: &str) -> Result<SecretString, String> {
+    Ok(secret.into())
 }
 
 fn parse_currency(code: &str) -> Result<String, String> {
@@ -311,6 +350,70 @@ fn parse_currency(code: &str) -> Result<String, String> {
 fn parse_timezone(name: &str) -> Result<Tz, String> {
     name.parse::<Tz>()
         .map_err(|_| "not an IANA time zone (such as Europe/Berlin)".to_string())
+}
+
+/// A refused command line as one line: clap's message without the usage hints, naming the
+/// environment variable too when the bad value came from there (the user set
+/// `PULSEBOARD_BIND`, not `--bind`), and without the value of an option whose environment
+/// value is hidden (a bad secret is still a secret). `args` are the arguments after the
+/// program's name; `is_set` says whether an environment variable is set.
+pub fn usage_line(
+    error: &clap::Error,
+    args: &[std::ffi::OsString],
+    is_set: impl Fn(&std::ffi::OsStr) -> bool,
+) -> String {
+    use clap::error::{ContextKind, ContextValue};
+    use clap::CommandFactory;
+
+    let mut line = error
+        .to_string()
+        .lines()
+        .map(str::trim)
+        .take_while(|line| !line.starts_with("Usage:") && !line.starts_with("For more information"))
+        .filter(|line| !line.is_empty())
+        .collect::<Vec<_>>()
+        .join(" ");
+    let Some(ContextValue::String(shown)) = error.get(ContextKind::InvalidArg) else {
+        return line;
+    };
+    let mut command = Cli::command();
+    // Built as for parsing: an argument displays itself only once its value count is settled.
+    command.build();
+    let Some(arg) = find_arg(&command, shown) else {
+        return line;
+    };
+    if arg.is_hide_env_values_set() {
+        if let Some(ContextValue::String(value)) = error.get(ContextKind::InvalidValue) {
+            line = line.replacen(&format!(" '{value}'"), "", 1);
+        }
+    }
+    if let Some(variable) = arg.get_env() {
+        let on_command_line = arg.get_long().is_some_and(|long| {
+            let flag = format!("--{long}");
+            args.iter()
+                .take_while(|a| a.as_os_str() != "--")
+                .filter_map(|a| a.to_str())
+                .any(|a| a == flag || a.starts_with(&format!("{flag}=")))
+        });
+        if !on_command_line && is_set(variable) {
+            let quoted = format!("'{shown}'");
+            let named = format!("{quoted} (env {})", variable.to_string_lossy());
+            line = line.replacen(&quoted, &named, 1);
+        }
+    }
+    line
+}
+
+/// The option clap shows as `shown` (such as `--bind <BIND>`), in any subcommand.
+fn find_arg<'a>(command: &'a clap::Command, shown: &str) -> Option<&'a clap::Arg> {
+    command
+        .get_arguments()
+        .find(|arg| arg.to_string() == shown)
+        .or_else(|| {
+            command
+                .get_subcommands()
+                .find_map(|sub| find_arg(sub, shown))
+        })
 }
 
 #[cfg(test)]
@@ -373,6 +476,129 @@ mod tests {
             let first_line = error.lines().next().unwrap_or_default();
             assert!(first_line.contains(option), "{args:?}: {first_line}");
         }
+    }
+
+    /// Every secret set, some by flag and some by environment (`Cli::try_parse_from` reads the
+    /// process environment, so the variables are unique to this test): none shows in `{:?}`.
+    #[test]
+    fn debug_shows_no_secret() {
+        let from_env = [
+            ("PULSEBOARD_ADMIN_PASSWORD", "env-admin-password-6f1c"),
+            ("PULSEBOARD_METRICS_TOKEN", "env-metrics-token-93ab"),
+            (
+                "AMQP_URL",
+                "amqp://rabbit:env-amqp-password-27d4@broker:5672/%2f",
+            ),
+        ];
+        for (name, value) in from_env {
+            std::env::set_var(name, value);
+        }
+        let parsed = parse(&[
+            "serve",
+            "--secret",
+            "flag-signing-secret-0e5b",
+            "--database-url",
+            "postgres://pulse:flag-db-password-c3d0@db/pulseboard",
+            "--tls-cert",
+            "/etc/pulseboard/cert.pem",
+            "--tls-key",
+            "/etc/pulseboard/flag-key-path-71e2.pem",
+        ]);
+        for (name, _) in from_env {
+            std::env::remove_var(name);
+        }
+        let cli = parsed.expect("parses");
+        let Command::Serve(serve) = &cli.command else {
+            panic!("not serve")
+        };
+        // Each secret did arrive (or the test would prove nothing) ...
+        assert_eq!(
+            serve.secret.as_ref().map(|s| s.expose_secret()),
+            Some("flag-signing-secret-0e5b")
+        );
+        assert_eq!(
+            serve.admin_password.as_ref().map(|s| s.expose_secret()),
+            Some("env-admin-password-6f1c")
+        );
+        assert_eq!(
+            serve.metrics_token.as_ref().map(|s| s.expose_secret()),
+            Some("env-metrics-token-93ab")
+        );
+        assert!(serve
+            .broker
+            .amqp_url
+            .expose_secret()
+            .contains("env-amqp-password-27d4"));
+        assert!(serve
+            .database
+            .database_url
+            .url
+            .expose_secret()
+            .contains("flag-db-password"));
+        assert_eq!(
+            serve.tls_key.as_ref().map(|p| p.expose_secret()),
+            Some(Path::new("/etc/pulseboard/flag-key-path-71e2.pem"))
+        );
+        // ... and none of them is in the debug form, which still shows the rest.
+        let shown = format!("{cli:?}");
+        for secret in [
+            "flag-signing-secret",
+            "env-admin-password",
+            "env-metrics-token",
+            "env-amqp-password",
+            "flag-db-password",
+            "flag-key-path",
+        ] {
+            assert!(!shown.contains(secret), "{secret} in {shown}");
+        }
+        assert!(
+            shown.contains("cert.pem") && shown.contains("Postgres"),
+            "{shown}"
+        );
+    }
+
+    fn usage(args: &[&str], set: &[&str]) -> String {
+        let error = parse(args).expect_err("refused");
+        let args = args.iter().map(Into::into).collect::<Vec<_>>();
+        usage_line(&error, &args, |name| set.iter().any(|s| name == *s))
+    }
+
+    #[test]
+    fn a_value_from_the_environment_names_its_variable() {
+        // clap cannot tell where a value came from: the variable is named when it is set and
+        // the flag is not on the command line (flags win).
+        assert_eq!(
+            usage(&["serve", "--bind", "nowhere"], &["PULSEBOARD_BIND"]),
+            "error: invalid value 'nowhere' for '--bind <BIND>': invalid socket address syntax"
+        );
+        assert_eq!(
+            usage(&["serve", "--bind=nowhere"], &[]),
+            "error: invalid value 'nowhere' for '--bind <BIND>': invalid socket address syntax"
+        );
+        // As if PULSEBOARD_BIND=nowhere: the same error, the variable set, no flag.
+        let error = parse(&["serve", "--bind", "nowhere"]).expect_err("refused");
+        assert_eq!(
+            usage_line(&error, &["serve".into()], |name| name == "PULSEBOARD_BIND"),
+            "error: invalid value 'nowhere' for '--bind <BIND>' (env PULSEBOARD_BIND): \
+             invalid socket address syntax"
+        );
+    }
+
+    #[test]
+    fn a_refused_secret_is_not_repeated() {
+        let line = usage(&["serve", "--secret", "too-short"], &[]);
+        assert_eq!(
+            line,
+            "error: invalid value for '--secret <SECRET>': use at least 16 characters"
+        );
+        let line = usage(
+            &["simulate", "--rate", "1", "--amqp-url", "http://u:pw@x"],
+            &[],
+        );
+        assert!(
+            !line.contains("pw@x") && line.contains("--amqp-url"),
+            "{line}"
+        );
     }
 
     #[test]

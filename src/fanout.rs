@@ -22,6 +22,7 @@ use lapin::options::{
 };
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::BasicProperties;
+use secrecy::ExposeSecret;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
@@ -72,7 +73,7 @@ impl FanoutSender {
 }
 
 pub struct FanoutContext {
-    pub amqp_url: String,
+    pub amqp_url: secrecy::SecretString,
     pub node: String,
     pub topology: Topology,
     pub hub: Hub,
@@ -117,7 +118,7 @@ async fn session(
     backoff: &mut Backoff,
 ) -> Result<(), BrokerError> {
     let connection = connect(
-        &context.amqp_url,
+        context.amqp_url.expose_secret(),
         &format!("pulseboard live {}", context.node),
     )
     .await?;

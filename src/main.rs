@@ -67,7 +67,8 @@ fn one_line(error: &anyhow::Error) -> String {
     line
 }
 
-/// Help and version print as usual; any other parse error becomes one line.
+/// Help and version print as usual; any other parse error becomes one line (see
+/// [`pulseboard::config::usage_line`]).
 fn usage_error(error: clap::Error) -> ExitCode {
     if matches!(
         error.kind(),
@@ -77,14 +78,9 @@ fn usage_error(error: clap::Error) -> ExitCode {
     ) {
         error.exit();
     }
-    let text = error.to_string();
-    let line = text
-        .lines()
-        .map(str::trim)
-        .take_while(|line| !line.starts_with("Usage:") && !line.starts_with("For more information"))
-        .filter(|line| !line.is_empty())
-        .collect::<Vec<_>>()
-        .join(" ");
+    let args = std::env::args_os().skip(1).collect::<Vec<_>>();
+    let line =
+        pulseboard::config::usage_line(&error, &args, |name| std::env::var_os(name).is_some());
     eprintln!("{line}");
     ExitCode::from(2)
 }

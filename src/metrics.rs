@@ -1,4 +1,4 @@
-//! Prometheus metrics of SPEC §8, one registry per process.
+//! Prometheus metrics, one registry per process; every series is listed in docs/api.md, Metrics.
 //!
 //! Every series carries the constant label `node` (`PULSEBOARD_NODE_ID`, host name and port by
 //! default), so that two instances behind one Prometheus job stay apart even when their
@@ -9,7 +9,7 @@
 //! its back.
 //!
 //! The histogram buckets are chosen for the questions the dashboards and alerts of `grafana/`
-//! ask (SPEC §9): delivery and HTTP latency in milliseconds, with a bound at exactly 0.5 s where
+//! ask (docs/operations.md, Alerting): delivery and HTTP latency in milliseconds, with a bound at exactly 0.5 s where
 //! the delivery alert's threshold is; event age in seconds, with a bound at exactly 30 s where
 //! its alert's threshold is (`histogram_quantile` interpolates inside a bucket, so a threshold
 //! on a bucket bound is where the estimate is exact).
@@ -255,7 +255,7 @@ mod tests {
     use super::*;
     use prometheus::proto::MetricType;
 
-    /// SPEC §8: name, type and labels (besides `node`) of every metric.
+    /// docs/api.md, Metrics: name, type and labels (besides `node`) of every metric.
     const SPEC: &[(&str, MetricType, &[&str])] = &[
         ("pulseboard_connections", MetricType::GAUGE, &["transport"]),
         (
@@ -380,7 +380,11 @@ mod tests {
                 assert_eq!(node.map(|l| l.value()), Some("web-1"), "{name}: node");
             }
         }
-        assert_eq!(families.len(), SPEC.len(), "a metric outside SPEC §8");
+        assert_eq!(
+            families.len(),
+            SPEC.len(),
+            "a metric outside docs/api.md, Metrics"
+        );
     }
 
     #[test]

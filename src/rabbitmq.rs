@@ -1,4 +1,5 @@
-//! RabbitMQ plumbing for ingest: connection, topology (SPEC §3), the consumer, dead letters.
+//! RabbitMQ plumbing for ingest: connection, topology (docs/events.md, Topology), the consumer,
+//! dead letters.
 //!
 //! Topology, declared idempotently by every instance at connect:
 //! - `$PULSEBOARD_EXCHANGE` (topic, durable): where producers publish;
@@ -272,8 +273,8 @@ impl ConsumerLink {
     }
 }
 
-/// Publishes one event the way producers should (SPEC §3): persistent, JSON. On a channel in
-/// confirm mode, await the returned confirm to know the broker has it.
+/// Publishes one event the way producers should (docs/api.md, Events): persistent, JSON. On a
+/// channel in confirm mode, await the returned confirm to know the broker has it.
 pub async fn publish_event(
     channel: &Channel,
     exchange: &str,

@@ -1,9 +1,9 @@
 //! Realistic traffic: the `simulate` command and the demo's generator.
 //!
-//! [`TrafficGenerator`] makes well-formed events of SPEC §3 (activity, orders, refunds of earlier
-//! orders, sign-outs, and a few types the service ignores) and keeps a tally of what it made, so
-//! a run can be checked against the dashboard. [`run`] publishes them to RabbitMQ at a steady
-//! rate with publisher confirms.
+//! [`TrafficGenerator`] makes well-formed events (see docs/api.md, Events): activity, orders,
+//! refunds of earlier orders, sign-outs, and a few types the service ignores. It keeps a tally of
+//! what it made, so a run can be checked against the dashboard. [`run`] publishes them to RabbitMQ at a
+//! steady rate with publisher confirms.
 
 use crate::aggregate::Millis;
 use crate::clock::{now_ms, rfc3339};
@@ -14,6 +14,7 @@ use lapin::options::ConfirmSelectOptions;
 use lapin::publisher_confirm::Confirmation;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
+use secrecy::ExposeSecret;
 use serde::Serialize;
 use std::collections::{BTreeMap, VecDeque};
 use std::time::{Duration, Instant};
@@ -126,7 +127,7 @@ struct Summary<'a> {
 
 /// The `simulate` command: publishes until `--duration` ends or Ctrl-C, then prints a summary.
 pub async fn run(args: SimulateArgs) -> Result<(), SimulateError> {
-    let connection = connect(&args.broker.amqp_url, "pulseboard simulate").await?;
+    let connection = connect(args.broker.amqp_url.expose_secret(), "pulseboard simulate").await?;
     let channel = connection.create_channel().await?;
     // Declaring the service's queue too means nothing is lost if the service starts later.
     Topology::new(&args.broker.exchange, &args.broker.queue_prefix)

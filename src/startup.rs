@@ -18,6 +18,7 @@ use crate::store::Store;
 use crate::{clock, http};
 use actix_web::{middleware, web, App, HttpServer};
 use anyhow::Context;
+use secrecy::ExposeSecret;
 use std::net::TcpListener;
 use std::sync::Arc;
 use std::time::Duration;
@@ -52,15 +53,21 @@ impl Application {
         store.migrate().await.context("DATABASE_URL")?;
 
         let secret = match &args.secret {
-            Some(secret) => secret.clone(),
+            Some(secret) => secret.expose_secret().to_owned(),
             None => store
                 .setting_or_insert("secret", crate::auth::random_token)
                 .await
                 .context("DATABASE_URL")?,
         };
-        crate::users::bootstrap_admin(&store, args.admin_password.as_deref()).await?;
+        crate::users::bootstrap_admin(
+            &store,
+            args.admin_password
+                .as_ref()
+                .map(ExposeSecret::expose_secret),
+        )
+        .await?;
         let tls = match (&args.tls_cert, &args.tls_key) {
-            (Some(cert), Some(key)) => Some(tls_config(cert, key)?),
+            (Some(cert), Some(key)) => Some(tls_config(cert, key.expose_secret())?),
             _ => None,
         };
         let auth = crate::auth::AuthState::new(
@@ -166,8 +173,11 @@ impl Application {
                 .wrap(middleware::from_fn(http::head_without_stream))
                 .wrap(middleware::from_fn(http::read_body_in_time))
                 .wrap(http::security_headers())
-                // Compresses pages, assets and JSON; the event stream opts out (identity).
+                // Compresses pages, assets and JSON, never an event stream: the two layers
+                // around it keep it off those and send no `Content-Encoding` for them.
+                .wrap(middleware::from_fn(http::mark_uncompressed))
                 .wrap(middleware::Compress::default())
+                .wrap(middleware::from_fn(http::unmark_uncompressed))
                 .wrap(middleware::from_fn(http::record_metrics))
                 .configure(http::configure)
         })
@@ -229,7 +239,7 @@ async fn start_demo(
 ) -> Option<mpsc::Receiver<RawMessage>> {
     let rate = args.demo_rate;
     let generator = TrafficGenerator::new(200, &args.money.currency, rand::random());
-    match rabbitmq::connect(&args.broker.amqp_url, "pulseboard demo").await {
+    match rabbitmq::connect(args.broker.amqp_url.expose_secret(), "pulseboard demo").await {
         Ok(connection) => {
             tracing::info!(rate, "demo traffic goes through RabbitMQ");
             let channel = match connection.create_channel().await {

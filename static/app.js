@@ -98,6 +98,7 @@ let rangeMinutes = 60;
 const series = { xs: [], orders: [], revenue: [] };
 window.pulseboardSeries = series; // read by the browser tests
 const charts = {};
+window.pulseboardCharts = charts; // read by the browser tests
 
 // Charts follow their box: its width, a height from the viewport, text from the root font size
 // (so a wall screen gets large labels as the rest of the page does).
@@ -105,6 +106,21 @@ function chartSize(element) {
   return {
     width: Math.max(240, element.clientWidth),
     height: Math.round(Math.min(520, Math.max(200, window.innerHeight * 0.28))),
+  };
+}
+
+// The y axis grows to its longest label: a fixed width cut "$60,000.00" to "0,000.00". It never
+// gets narrower than `minimum`, which also leaves room for the first time label below it.
+// uPlot calls this while it lays the chart out, first without labels, then with each new set
+// of ticks; after two rounds it keeps the size it has, so the layout settles.
+const measure = document.createElement("canvas").getContext("2d");
+function labelAxisSize(font, minimum) {
+  return (u, values, axisIndex, cycle) => {
+    const axis = u.axes[axisIndex];
+    if (cycle > 1) return axis._size;
+    measure.font = font;
+    const widest = Math.max(0, ...(values ?? []).map((v) => measure.measureText(v).width));
+    return Math.max(minimum, Math.ceil(axis.ticks.size + axis.gap + widest));
   };
 }
 
@@ -116,7 +132,7 @@ function chartOptions(label, color, format, element) {
     series: [{}, { label, stroke: color, width: 2, fill: `${color}22`, value: (u, v) => (v == null ? "—" : format(v)) }],
     axes: [
       { stroke: "currentColor", font },
-      { stroke: "currentColor", font, values: (u, ticks) => ticks.map(format), size: Math.round(fontPx * 4.5) },
+      { stroke: "currentColor", font, values: (u, ticks) => ticks.map(format), size: labelAxisSize(font, Math.round(fontPx * 4.5)) },
     ],
     legend: { show: true },
     cursor: { drag: { x: false, y: false } },

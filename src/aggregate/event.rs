@@ -27,7 +27,8 @@ pub enum EventKind {
 }
 
 impl EventKind {
-    /// The type names of SPEC §3, and `other` for the rest (a metrics label, so bounded).
+    /// The four event type names (see docs/api.md, Events), and `other` for the rest (a metrics
+    /// label, so bounded).
     pub fn label(&self) -> &'static str {
         match self {
             EventKind::OrderPlaced { .. } => "order.placed",

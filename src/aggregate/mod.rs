@@ -14,11 +14,11 @@
 //!   (see [`Delta`]), for every day and minute an acceptable event can still fall into (24 hours
 //!   back), so that the aggregator knows every sum the store will add an event to.
 //!
-//! Money is bounded: an amount is at most [`MAX_AMOUNT_MINOR`] (SPEC §3), and before an event
-//! joins a batch [`Aggregator::admit`] checks that every sum it will add to (its minute, its
-//! day, the trailing hour) stays representable, counting the events admitted but not yet
-//! committed. An event that would overflow one is refused ([`Overflow`]) instead of wrapping a
-//! figure or turning a database column into a floating-point number.
+//! Money is bounded: an amount is at most [`MAX_AMOUNT_MINOR`] (docs/api.md, Events), and before an
+//! event joins a batch [`Aggregator::admit`] checks that every sum it will add to (its minute, its
+//! day, the trailing hour) stays representable, counting the events admitted but not yet committed.
+//! An event that would overflow one is refused ([`Overflow`]) instead of wrapping a figure or
+//! turning a database column into a floating-point number.
 
 mod event;
 
@@ -32,11 +32,11 @@ pub const MINUTE_MS: Millis = 60_000;
 const SECOND_MS: Millis = 1_000;
 const HOUR_SECS: i64 = 3_600;
 /// Producers may be a little ahead of us: events up to this far in the future are accepted
-/// (SPEC §3.2) and count as "now" in the trailing windows.
+/// (see docs/api.md, Events) and count as "now" in the trailing windows.
 pub const MAX_FUTURE_MS: Millis = 5 * MINUTE_MS;
 /// Events older than this are rejected, and ids are remembered this long for deduplication.
 pub const MAX_AGE_MS: Millis = 24 * 60 * MINUTE_MS;
-/// The largest amount one order or refund may carry (SPEC §3: 10^12 minor units).
+/// The largest amount one order or refund may carry: 10^12 minor units (see docs/api.md, Events).
 pub const MAX_AMOUNT_MINOR: i64 = 1_000_000_000_000;
 /// Minutes and days are kept this long beyond [`MAX_AGE_MS`]: an event admitted at the edge of
 /// the window, or a batch that lingers, still finds its sums in memory.

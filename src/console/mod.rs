@@ -1,11 +1,12 @@
-//! The operations console (SPEC §7): one session per upgraded WebSocket connection. The
+//! The operations console (docs/api.md, Console): one session per upgraded WebSocket connection. The
 //! handshake before the upgrade (credentials, role, `Origin`, stream cap) is HTTP's:
 //! `http::console`. A session greets with `welcome`, answers commands, limits each connection to
 //! 20 commands a second, pings every heartbeat interval and closes a connection that left two
 //! pings unanswered.
 //!
-//! This version answers `help`, `ping` and `status`; the other commands of SPEC §7 answer
-//! `unavailable` until they are built (they are listed by `help` with that note).
+//! This version answers `help`, `ping` and `status`; the other commands (planned, listed in
+//! docs/api.md, Console) answer `unavailable` until they are built (`help` lists them with that
+//! note).
 
 pub mod protocol;
 

@@ -1,4 +1,5 @@
-//! Console frames (SPEC §7): client commands in, replies, errors and pushes out. Pure decoding.
+//! Console frames (docs/api.md, Console): client commands in, replies, errors and pushes out.
+//! Pure decoding.
 
 use serde::Deserialize;
 use serde_json::{json, Value};

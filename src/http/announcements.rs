@@ -1,4 +1,4 @@
-//! `GET/POST /api/announcements` (SPEC §5).
+//! `GET/POST /api/announcements` (see docs/api.md, Announcements).
 
 use super::extract::{Operator, Viewer};
 use super::{ApiError, AppState};

@@ -32,8 +32,18 @@ pub fn url(name: &str) -> String {
 }
 
 pub async fn serve(path: web::Path<String>, request: HttpRequest) -> HttpResponse {
-    let name = path.into_inner();
-    let (Some(file), Some(version)) = (Files::get(&name), version(&name)) else {
+    respond(&path.into_inner(), &request)
+}
+
+/// `/favicon.ico`: pages name their icon (`<link rel="icon">`, by its versioned URL), but
+/// browsers and other clients still ask for this path by convention; it answers with the same
+/// SVG (its own content type says what it is), revalidated like any unversioned asset.
+pub async fn favicon(request: HttpRequest) -> HttpResponse {
+    respond("favicon.svg", &request)
+}
+
+fn respond(name: &str, request: &HttpRequest) -> HttpResponse {
+    let (Some(file), Some(version)) = (Files::get(name), version(name)) else {
         return actix_web::ResponseError::error_response(&super::PageError::NotFound);
     };
     let etag = format!("\"{version}\"");
@@ -72,6 +82,7 @@ mod tests {
         for name in [
             "app.css",
             "app.js",
+            "favicon.svg",
             "vendor/uplot/uPlot.esm.js",
             "vendor/uplot/uPlot.min.css",
         ] {

@@ -1,5 +1,5 @@
 //! HTTP's two error shapes, each implementing `ResponseError` once: [`ApiError`], every failure
-//! of the JSON API as `{"error":{"code","message"}}` with its status, and [`PageError`], the
+//! of the JSON API as `{"error":{"code","message"}}` with its status (the codes: docs/api.md, Errors), and [`PageError`], the
 //! HTML error pages (or the redirect to sign in) of server-rendered pages. Internal causes are
 //! logged, never sent.
 

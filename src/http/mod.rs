@@ -1,4 +1,5 @@
-//! HTTP: routes of SPEC §5 over the application state, request metrics, JSON errors.
+//! HTTP: the routes (see docs/api.md, HTTP routes) over the application state, request metrics,
+//! JSON errors.
 //!
 //! Handlers are thin: they read the hub, the store or the ingest status and shape the answer.
 //! They never touch RabbitMQ and never compute figures.
@@ -141,6 +142,47 @@ pub async fn head_without_stream(
         return Ok(response.map_body(|_, _| EitherBody::right(actix_web::body::None::new())));
     }
     Ok(response.map_into_left_body())
+}
+
+/// An event stream must not be compressed: a compressor holds bytes back until it has a block
+/// to write, so events would wait for later ones. `Compress` leaves a response alone when it
+/// already carries a `Content-Encoding`, so this layer, inside it, marks event streams
+/// `identity`, and [`unmark_uncompressed`], outside it, takes that mark off again: HTTP has
+/// `identity` for `Accept-Encoding` only, never as a response's `Content-Encoding` (RFC 9110
+/// §8.4.1). Pages, assets and JSON are compressed as before.
+pub async fn mark_uncompressed(
+    request: ServiceRequest,
+    next: Next<impl MessageBody>,
+) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
+    let mut response = next.call(request).await?;
+    let event_stream = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.trim_start().starts_with("text/event-stream"));
+    if event_stream && !response.headers().contains_key(header::CONTENT_ENCODING) {
+        response.headers_mut().insert(
+            header::CONTENT_ENCODING,
+            header::HeaderValue::from_static("identity"),
+        );
+    }
+    Ok(response)
+}
+
+/// Outside `Compress`: removes the `identity` mark set by [`mark_uncompressed`].
+pub async fn unmark_uncompressed(
+    request: ServiceRequest,
+    next: Next<impl MessageBody>,
+) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
+    let mut response = next.call(request).await?;
+    let identity = response
+        .headers()
+        .get(header::CONTENT_ENCODING)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"identity"));
+    if identity {
+        response.headers_mut().remove(header::CONTENT_ENCODING);
+    }
+    Ok(response)
 }
 
 /// Headers of every response: no framing, no sniffing, no referrer leaks, scripts and styles

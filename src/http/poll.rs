@@ -1,5 +1,6 @@
-//! `GET /api/dashboard/poll?after=ID&timeout=S`: the long-poll fallback (SPEC §5) for networks
-//! where streaming is blocked. Same ids as SSE: `after` is the id of the last event received.
+//! `GET /api/dashboard/poll?after=ID&timeout=S`: the long-poll fallback (docs/api.md, Long-poll)
+//! for networks where streaming is blocked. Same ids as SSE: `after` is the id of the last event
+//! received.
 //!
 //! Answers at once when something newer than `after` exists (missed announcements from the
 //! store, in order, then the current snapshot if newer), otherwise waits for the next one, or

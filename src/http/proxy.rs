@@ -1,5 +1,5 @@
 //! What a request says about its client and about the address it was sent to, with or without
-//! a trusted reverse proxy in front (`PULSEBOARD_TRUST_PROXY`, SPEC §2).
+//! a trusted reverse proxy in front (`PULSEBOARD_TRUST_PROXY`, see docs/api.md, Configuration).
 //!
 //! `X-Forwarded-*` headers are plain request headers: anyone can send them. They are read only
 //! when the operator says a proxy sets them; otherwise the peer address and the `Host` header

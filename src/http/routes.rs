@@ -1,4 +1,5 @@
-//! The route table (SPEC §5) and the small handlers: snapshot, health, readiness, metrics.
+//! The route table (see docs/api.md, HTTP routes) and the small handlers: snapshot, health,
+//! readiness, metrics.
 
 use super::extract::Viewer;
 use super::{announcements, assets, dashboard, error_body, pages, signin, ApiError, AppState};
@@ -6,6 +7,7 @@ use super::{console, poll, sse};
 use actix_web::dev::{AppService, HttpServiceFactory};
 use actix_web::http::{header, Method};
 use actix_web::{web, FromRequest, Handler, HttpRequest, HttpResponse, Responder, ResponseError};
+use secrecy::ExposeSecret;
 use serde_json::json;
 use std::time::Duration;
 
@@ -19,6 +21,7 @@ pub fn configure(config: &mut web::ServiceConfig) {
         .service(Endpoint::new("/", Page).get(pages::dashboard))
         .service(Endpoint::new("/console", Page).get(pages::console))
         .service(Endpoint::new("/static/{path:.*}", Page).get(assets::serve))
+        .service(Endpoint::new("/favicon.ico", Page).get(assets::favicon))
         .service(
             Endpoint::new("/login", Page)
                 .get(signin::login_page)
@@ -42,7 +45,7 @@ pub fn configure(config: &mut web::ServiceConfig) {
         .service(Endpoint::new("/metrics", Api).get(metrics));
 }
 
-/// How a path answers errors: JSON (SPEC §5 shape) or an HTML page.
+/// How a path answers errors: JSON (see docs/api.md, Errors) or an HTML page.
 #[derive(Debug, Clone, Copy)]
 enum Kind {
     Api,
@@ -187,7 +190,7 @@ async fn metrics(
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "));
-        if presented != Some(token.as_str()) {
+        if presented != Some(token.expose_secret()) {
             return Err(ApiError::Unauthorized);
         }
     }

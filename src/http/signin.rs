@@ -1,5 +1,6 @@
-//! Signing in and out (SPEC §5): the form with its CSRF token, the session cookie, and access
-//! tokens for API clients. Failed attempts are throttled per user name and per address.
+//! Signing in and out (see docs/api.md, HTTP routes): the form with its CSRF token, the session
+//! cookie, and access tokens for API clients. Failed attempts are throttled per user name and per
+//! address.
 
 use super::error::html;
 use super::extract::{authenticate, Credential};

@@ -1,4 +1,4 @@
-//! `GET /api/dashboard/stream`: Server-Sent Events (SPEC §6).
+//! `GET /api/dashboard/stream`: Server-Sent Events (see docs/api.md, Server-Sent Events).
 //!
 //! A connection opens with `retry:`, then (when resuming) every announcement it missed, from the
 //! store, in order, then the current snapshot. Afterwards it writes announcements as they come,
@@ -111,8 +111,6 @@ pub async fn stream(
         .content_type("text/event-stream")
         .insert_header((header::CACHE_CONTROL, "no-cache"))
         .insert_header(("X-Accel-Buffering", "no"))
-        // Compression would buffer events; say so explicitly for any compressing middleware.
-        .insert_header((header::CONTENT_ENCODING, "identity"))
         .streaming(futures_util::stream::unfold(client, next_chunk)))
 }
 

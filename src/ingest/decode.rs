@@ -1,4 +1,5 @@
-//! Message body → [`Event`], or the reason it is refused (SPEC §3, §3.2).
+//! Message body → [`Event`], or the reason it is refused (the rules and reason codes: see
+//! docs/api.md, Events).
 //!
 //! Pure: the arrival time and the configured currency are passed in. Every refusal carries a
 //! stable code (the start of the `x-pulseboard-reason` header) and a human detail.

@@ -24,6 +24,7 @@ use crate::retry::Backoff;
 use crate::store::{Applied, Lease, StoreError};
 use futures_util::StreamExt;
 use lapin::publisher_confirm::PublisherConfirm;
+use secrecy::ExposeSecret;
 use std::collections::HashSet;
 use std::fmt;
 use std::time::Duration;
@@ -728,7 +729,7 @@ impl Feed<'_> {
         let settings = context.settings.clone();
         broker.connecting = Some(tokio::spawn(async move {
             ConsumerLink::open(
-                &settings.amqp_url,
+                settings.amqp_url.expose_secret(),
                 &settings.node,
                 &settings.topology,
                 settings.prefetch,

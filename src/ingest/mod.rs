@@ -34,7 +34,7 @@ const LEASE_POLL: Duration = Duration::from_secs(1);
 #[derive(Debug, Clone)]
 pub struct IngestSettings {
     pub node: String,
-    pub amqp_url: String,
+    pub amqp_url: secrecy::SecretString,
     pub topology: Topology,
     pub currency: String,
     pub aggregate: AggregateSettings,

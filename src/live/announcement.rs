@@ -1,4 +1,4 @@
-//! Announcements: an operator's message to every dashboard (SPEC §5–6): its fields, their
+//! Announcements: an operator's message to every dashboard (docs/api.md, Announcements): its fields, their
 //! rules, and its one JSON form. Publishing one is `crate::announce`.
 
 use crate::clock::rfc3339;
@@ -34,7 +34,8 @@ impl Level {
     }
 }
 
-/// SPEC §6: `{"id","level","message","author","created_at"}`.
+/// An announcement as clients receive it: `{"id","level","message","author","created_at"}`
+/// (see docs/api.md, Announcements).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Announcement {
     pub id: i64,

@@ -1,4 +1,5 @@
-//! Connection accounting for SPEC §8: open connections by transport, why each one closed.
+//! Connection accounting for the metrics (docs/api.md, Metrics): open connections by transport,
+//! why each one closed.
 
 use crate::metrics::Metrics;
 use prometheus::{Histogram, IntCounter};

@@ -23,7 +23,7 @@ use tokio_util::sync::CancellationToken;
 
 /// Announcements a connection may fall behind before it is disconnected.
 const ANNOUNCEMENT_RING: usize = 256;
-/// Replay window for missed announcements (SPEC §6).
+/// Replay window for missed announcements (docs/api.md, Server-Sent Events: resume).
 pub const REPLAY_WINDOW_MS: Millis = 24 * 3_600_000;
 
 /// A position in the stream of events, as carried by SSE ids and the long-poll `after`.

@@ -1,5 +1,5 @@
-//! `PULSEBOARD_MAX_STREAMS_PER_USER` (SPEC §2): how many live connections (SSE, long-poll and
-//! console WebSocket together) one user may hold on this instance.
+//! `PULSEBOARD_MAX_STREAMS_PER_USER` (docs/api.md, Configuration): how many live connections (SSE,
+//! long-poll and console WebSocket together) one user may hold on this instance.
 //!
 //! A slot is taken before a stream starts or a WebSocket is upgraded, and given back when its
 //! [`StreamSlot`] is dropped, whichever way the connection ends: the count cannot leak. The

@@ -21,44 +21,70 @@ use crate::clock::rfc3339;
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 
-/// SPEC §4.
+/// The figures at one moment: what every dashboard shows, in one JSON shape (see docs/api.md,
+/// Snapshot). The leader makes it; every instance serves it as the body of
+/// `/api/dashboard/snapshot` and `/api/dashboard/refresh`, the `data` of `snapshot` events on
+/// the stream and in long-poll answers. Field names are the wire names: renaming one breaks
+/// clients.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Snapshot {
+    /// Strictly increasing across restarts and leaders (reserved from the store in blocks), so
+    /// a client or an instance can drop anything not newer than what it has.
     pub seq: i64,
+    /// When the leader made it: RFC 3339, UTC, milliseconds.
     pub generated_at: String,
+    /// The instance that made it (`PULSEBOARD_NODE_ID` of the leader).
     pub node: String,
+    /// Users with an event within the active window and no later sign-out.
     pub active_users: u64,
+    /// `order.placed` events that occurred in the trailing 60 seconds.
     pub orders_per_minute: u64,
     pub revenue: Revenue,
     pub ingest: IngestView,
+    /// The current minute's history point, so a chart can move without asking for history.
     pub point: PointView,
 }
 
+/// Net revenue (orders minus refunds), in minor units of the one configured currency.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Revenue {
+    /// `PULSEBOARD_CURRENCY`: clients need it to format the amounts.
     pub currency: String,
+    /// Events that occurred today in `PULSEBOARD_TIMEZONE`.
     pub today_minor: i64,
+    /// Events that occurred in the trailing hour.
     pub last_hour_minor: i64,
 }
 
+/// How ingest is doing, as the leader sees it: lets a dashboard tell "quiet" from "stuck".
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct IngestView {
     pub state: IngestState,
+    /// The instance that aggregates.
     pub leader: Option<String>,
+    /// Age of the newest event of the last committed batch when it was committed.
     pub lag_seconds: f64,
+    /// Messages waiting in the dead-letter queue `<prefix>.dead`.
     pub dead_letters: u64,
 }
 
+/// `ingest.state` on the wire, in lower case.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum IngestState {
+    /// Consuming RabbitMQ.
     Running,
+    /// Stopped on an operator's request (the console's `ingest.pause`, planned).
     Paused,
+    /// The leader lost RabbitMQ: the figures stand still until it reconnects.
     Disconnected,
+    /// `serve --demo`: the figures come from generated traffic.
     Demo,
 }
 
-/// A history point as it appears on the wire (SPEC §4 `point`, §5 history).
+/// A history point as it appears on the wire: a snapshot's `point` and each entry of
+/// `/api/dashboard/history` (see docs/api.md, Snapshot). The minute is its UTC start; the
+/// counts are of events that occurred in it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PointView {
     pub minute: String,

@@ -31,6 +31,7 @@ use crate::aggregate::{
 use crate::config::{Backend, DatabaseUrl};
 use chrono::NaiveDate;
 use chrono_tz::Tz;
+use secrecy::ExposeSecret;
 use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{AnyPool, Executor, Row};
 use std::collections::HashSet;
@@ -60,7 +61,7 @@ const APPLIED_EVENT_COLUMNS: [&str; 7] = [
 /// copied by a migration.
 const KEY_FILL_CHUNK: usize = 500;
 const KEY_FILL_PER_COMMIT: usize = 50_000;
-/// History is kept a day longer than the 7 days SPEC §3.1 promises.
+/// History is kept a day longer than the 7 days promised (docs/api.md, HTTP routes: history).
 const HISTORY_KEEP_MS: Millis = 8 * 24 * 60 * MINUTE_MS;
 /// Applied ids are kept an hour beyond the 24 h dedupe window, so a redelivery at the edge still
 /// finds its id.
@@ -134,7 +135,7 @@ impl Store {
         sqlx::any::install_default_drivers();
         match database.backend {
             Backend::Sqlite => {
-                let url = sqlite_url_creating_file(&database.url);
+                let url = sqlite_url_creating_file(database.url.expose_secret());
                 create_sqlite_folder(&url)?;
                 // The writer first: it creates the file and switches it to WAL.
                 let writer = sqlite_pool(&url, 1, false).await?;
@@ -149,7 +150,7 @@ impl Store {
                 let pool = AnyPoolOptions::new()
                     .max_connections(POSTGRES_CONNECTIONS)
                     .acquire_timeout(ACQUIRE_TIMEOUT)
-                    .connect(&database.url)
+                    .connect(database.url.expose_secret())
                     .await
                     .map_err(StoreError::Connect)?;
                 Ok(Store {

@@ -374,6 +374,82 @@ async fn assets_are_versioned_compressed_and_cached_and_the_stream_is_not_compre
     );
 }
 
+/// $60,000.00 of orders in one minute on a 1440-pixel-wide page: every y-axis label of the
+/// revenue chart fits in the axis (a fixed axis width showed "0,000.00").
+#[tokio::test]
+async fn large_revenue_labels_fit_the_chart_axis() {
+    let database = TestDatabase::new(Backend::Sqlite).await;
+    let names = Names::new();
+    let broker = Broker::connect(&names).await;
+    let service = Service::start(&ServiceConfig::new(&database, &names, "browser-axis")).await;
+    // All six orders in one minute, so one point carries the whole $60,000.00.
+    crate::helpers::clear_of_minute_boundary(Duration::from_secs(5)).await;
+    let orders = (1..=6)
+        .map(|n| order(&format!("axis-{n}"), 1_000_000))
+        .collect::<Vec<_>>();
+    broker.publish_all(&orders).await;
+    service
+        .wait_for_snapshot(Duration::from_secs(10), |s| {
+            s["revenue"]["today_minor"] == 6_000_000
+        })
+        .await;
+
+    let browser = Browser::start(true).await;
+    browser
+        .client
+        .set_window_size(1440, 900)
+        .await
+        .expect("resize");
+    browser.sign_in(&service, &database.admin_password).await;
+    browser.wait_until_connected(Duration::from_secs(5)).await;
+    let started = Instant::now();
+    while browser
+        .js("return window.pulseboardSeries.revenue.includes(6000000);")
+        .await
+        != json!(true)
+    {
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "no $60,000 point"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Past uPlot's layout of the new data (it redraws on the next frame).
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The labels as uPlot drew them, measured in the font it drew them with (its font size is
+    // in device pixels), against the room the axis leaves them beside its ticks.
+    let axis = browser
+        .js(r#"
+            const u = window.pulseboardCharts.revenue;
+            const axis = u.axes[1];
+            const context = document.createElement("canvas").getContext("2d");
+            context.font = axis.font[0];
+            const widths = axis._values.map((v) => context.measureText(v).width / devicePixelRatio);
+            return {
+                page: window.innerWidth,
+                labels: axis._values,
+                widest: Math.max(...widths),
+                room: axis._size - axis.ticks.size - axis.gap,
+                left: axis._pos,
+            };
+        "#)
+        .await;
+    browser.screenshot("7-large-revenue-1440").await;
+    assert_eq!(axis["page"], 1440, "{axis}");
+    let labels = axis["labels"].as_array().expect("labels");
+    assert!(
+        labels
+            .iter()
+            .any(|l| l.as_str().is_some_and(|l| l.contains("60,000.00"))),
+        "the large value is labelled: {axis}"
+    );
+    let widest = axis["widest"].as_f64().expect("widest");
+    let room = axis["room"].as_f64().expect("room");
+    assert!(widest <= room, "labels wider than their axis: {axis}");
+    assert!(axis["left"].as_f64() >= Some(0.0), "{axis}");
+    browser.assert_clean().await;
+}
+
 #[tokio::test]
 async fn without_javascript_the_signed_in_dashboard_still_shows_the_figures() {
     let database = TestDatabase::new(Backend::Sqlite).await;

@@ -14,31 +14,60 @@ fn run(args: &[&str], env: &[(&str, &str)]) -> (i32, String) {
     )
 }
 
+/// A bad value is one line naming the option, and the environment variable too when the value
+/// came from there; a secret's value is never repeated.
 #[test]
 fn a_bad_flag_or_env_value_is_one_line_naming_the_option() {
-    for (args, env, option) in [
-        (vec!["serve", "--bind", "nowhere"], vec![], "--bind"),
+    for (args, env, option, variable) in [
+        (vec!["serve", "--bind", "nowhere"], vec![], "--bind", None),
+        (
+            vec!["serve"],
+            vec![("PULSEBOARD_BIND", "nowhere")],
+            "--bind",
+            Some("(env PULSEBOARD_BIND)"),
+        ),
+        (
+            // Flags win, so the variable is not what was refused.
+            vec!["serve", "--bind", "nowhere"],
+            vec![("PULSEBOARD_BIND", "127.0.0.1:0")],
+            "--bind",
+            None,
+        ),
         (
             vec!["serve"],
             vec![("PULSEBOARD_TIMEZONE", "Mars/Olympus")],
             "--timezone",
+            Some("(env PULSEBOARD_TIMEZONE)"),
         ),
         (
             vec!["serve"],
             vec![("DATABASE_URL", "mysql://db")],
             "--database-url",
+            Some("(env DATABASE_URL)"),
         ),
         (
             vec!["serve"],
-            vec![("AMQP_URL", "http://broker")],
+            vec![("AMQP_URL", "http://user:hunter2-amqp@broker")],
             "--amqp-url",
+            Some("(env AMQP_URL)"),
         ),
-        (vec!["simulate"], vec![], "--rate"),
+        (
+            vec!["serve"],
+            vec![("PULSEBOARD_SECRET", "hunter2-short")],
+            "--secret",
+            Some("(env PULSEBOARD_SECRET)"),
+        ),
+        (vec!["simulate"], vec![], "--rate", None),
     ] {
         let (code, stderr) = run(&args, &env);
         assert_ne!(code, 0, "{args:?} {env:?}");
         assert_eq!(stderr.trim().lines().count(), 1, "one line: {stderr}");
         assert!(stderr.contains(option), "{option} named in: {stderr}");
+        match variable {
+            Some(variable) => assert!(stderr.contains(variable), "{variable} in: {stderr}"),
+            None => assert!(!stderr.contains("(env "), "no variable named: {stderr}"),
+        }
+        assert!(!stderr.contains("hunter2"), "a secret repeated: {stderr}");
         assert!(!stderr.contains("panicked"), "{stderr}");
     }
 }

@@ -6,6 +6,7 @@ mod cli;
 mod crash;
 mod demo;
 mod failover;
+mod first_use;
 mod hardening;
 mod helpers;
 mod ingest;
