@@ -7,7 +7,7 @@
 use crate::aggregate::AggregateSettings;
 use crate::config::ServeArgs;
 use crate::fanout::{self, FanoutContext, FanoutSender};
-use crate::http::LiveSettings;
+use crate::app::{AppState, LiveSettings};
 use crate::ingest::{IngestContext, IngestSettings, LeaderInputs};
 use crate::live::Hub;
 use crate::metrics::Metrics;
@@ -19,7 +19,7 @@ use crate::{clock, http};
 use actix_web::{middleware, web, App, HttpServer};
 use anyhow::Context;
 use secrecy::ExposeSecret;
-use std::net::TcpListener;
+use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
@@ -34,179 +34,81 @@ pub struct Application {
     hub: Hub,
 }
 
+/// What the background tasks and the request handlers share.
+struct Shared {
+    node: String,
+    store: Store,
+    hub: Hub,
+    status: Arc<StatusCell>,
+    metrics: Arc<Metrics>,
+    fanout: FanoutSender,
+    /// Asks the leader loop for a snapshot now.
+    refresh: mpsc::Sender<()>,
+}
+
+/// The tasks started so far, and the token that stops them.
+struct Tasks {
+    handles: Vec<JoinHandle<()>>,
+    shutdown: CancellationToken,
+}
+
 impl Application {
+    /// Binds, opens the database, starts ingest and fan-out, then the HTTP server. Every error
+    /// names the option to fix (`PULSEBOARD_BIND`, `DATABASE_URL`, …).
     pub async fn build(args: ServeArgs) -> anyhow::Result<Application> {
-        let listener = TcpListener::bind(args.bind)
-            .with_context(|| format!("PULSEBOARD_BIND {}: cannot listen", args.bind))?;
-        let address = listener
-            .local_addr()
-            .context("PULSEBOARD_BIND: no local address")?;
+        let (listener, address) = bind(&args)?;
         let node = args
             .node_id
             .clone()
             .unwrap_or_else(|| format!("{}:{}", host_name(), address.port()));
-
-        let metrics = Arc::new(Metrics::new(&node)?);
-        let store = Store::connect(&args.database.database_url)
-            .await
-            .context("DATABASE_URL")?;
-        store.migrate().await.context("DATABASE_URL")?;
-
-        let secret = match &args.secret {
-            Some(secret) => secret.expose_secret().to_owned(),
-            None => store
-                .setting_or_insert("secret", crate::auth::random_token)
-                .await
-                .context("DATABASE_URL")?,
-        };
-        crate::users::bootstrap_admin(
-            &store,
-            args.admin_password
-                .as_ref()
-                .map(ExposeSecret::expose_secret),
-        )
-        .await?;
-        let tls = match (&args.tls_cert, &args.tls_key) {
-            (Some(cert), Some(key)) => Some(tls_config(cert, key.expose_secret())?),
-            _ => None,
-        };
-        let auth = crate::auth::AuthState::new(
-            secret.as_bytes(),
-            tls.is_some(),
-            args.allowed_origins.clone(),
-        );
-
+        let store = open_store(&args).await?;
+        let (auth, tls) = security(&args, &store).await?;
         let hub = Hub::new(store.last_announcement_id().await.context("DATABASE_URL")?);
-        let live = LiveSettings::new(
-            Duration::from_millis(args.snapshot_interval_ms),
-            Duration::from_secs(args.heartbeat_secs),
-        );
-        let (refresh_sender, refresh_receiver) = mpsc::channel(1);
-        let status = Arc::new(StatusCell::default());
-        let shutdown = CancellationToken::new();
+        let (fanout, fanout_receiver) = FanoutSender::channel();
+        let (refresh, refresh_receiver) = mpsc::channel(1);
+        let shared = Shared {
+            metrics: Arc::new(Metrics::new(&node)?),
+            node,
+            store,
+            hub,
+            status: Arc::new(StatusCell::default()),
+            fanout,
+            refresh,
+        };
+        let mut tasks = Tasks {
+            handles: Vec::new(),
+            shutdown: CancellationToken::new(),
+        };
         let topology = Topology::new(&args.broker.exchange, &args.broker.queue_prefix);
-        let (fanout_sender, fanout_receiver) = FanoutSender::channel();
-        let mut tasks = Vec::new();
-
         let local_demo = if args.demo {
-            Some(start_demo(&args, &topology, &shutdown, &mut tasks).await)
+            start_demo(&args, &topology, &mut tasks).await
         } else {
             None
-        }
-        .flatten();
-        let is_local_demo = local_demo.is_some();
-
-        let ingest = Arc::new(IngestContext {
-            settings: IngestSettings {
-                node: node.clone(),
-                amqp_url: args.broker.amqp_url.clone(),
-                topology: topology.clone(),
-                currency: args.money.currency.clone(),
-                aggregate: AggregateSettings {
-                    active_window_ms: args.active_window_secs as i64 * 1000,
-                    timezone: args.timezone,
-                },
-                snapshot_interval: Duration::from_millis(args.snapshot_interval_ms),
-                // Several batches of credit: the broker keeps delivering while one commits.
-                prefetch: 10_000,
-                max_batch: 2_000,
-                batch_linger: Duration::from_millis(5),
-                demo: args.demo,
-                local_demo: is_local_demo,
-            },
-            store: store.clone(),
-            hub: hub.clone(),
-            status: status.clone(),
-            metrics: metrics.clone(),
-            fanout: fanout_sender.clone(),
-        });
+        };
+        let alone = local_demo.is_some();
         let inputs = LeaderInputs {
             local: local_demo,
             refresh: refresh_receiver,
         };
-        tasks.push(tokio::spawn(crate::ingest::run(
-            ingest,
-            inputs,
-            shutdown.clone(),
-        )));
-        if is_local_demo {
+        start_ingest(&args, &shared, &topology, inputs, &mut tasks);
+        if alone {
             // No broker: this instance is alone, nothing to fan out to.
             drop(fanout_receiver);
         } else {
-            let context = FanoutContext {
-                amqp_url: args.broker.amqp_url.clone(),
-                node: node.clone(),
-                topology,
-                hub: hub.clone(),
-                status: status.clone(),
-                metrics: metrics.clone(),
-                store: store.clone(),
-                refresh: refresh_sender.clone(),
-            };
-            tasks.push(tokio::spawn(fanout::run(
-                context,
-                fanout_receiver,
-                shutdown.clone(),
-            )));
+            start_fanout(&args, &shared, topology, fanout_receiver, &mut tasks);
         }
-
-        let state = web::Data::new(http::AppState {
-            node: node.clone(),
-            auth,
-            store: store.clone(),
-            hub: hub.clone(),
-            status,
-            metrics,
-            metrics_token: args.metrics_token.clone(),
-            live,
-            fanout: fanout_sender,
-            refresh: refresh_sender,
-            trust_proxy: args.trust_proxy,
-            streams: crate::live::limit::StreamLimiter::new(args.max_streams_per_user),
-        });
-        let stall_timeout = live.stall_timeout;
-        let server = HttpServer::new(move || {
-            App::new()
-                .app_data(state.clone())
-                // Innermost: HEAD sees the handler's own body, before any compression; bodies
-                // are read in time before any handler, and a 408 still gets the headers below.
-                .wrap(middleware::from_fn(http::head_without_stream))
-                .wrap(middleware::from_fn(http::read_body_in_time))
-                .wrap(http::security_headers())
-                // Compresses pages, assets and JSON, never an event stream: the two layers
-                // around it keep it off those and send no `Content-Encoding` for them.
-                .wrap(middleware::from_fn(http::mark_uncompressed))
-                .wrap(middleware::Compress::default())
-                .wrap(middleware::from_fn(http::unmark_uncompressed))
-                .wrap(middleware::from_fn(http::record_metrics))
-                .configure(http::configure)
-        })
-        .on_connect(move |connection, _| abort_stalled_readers(connection, stall_timeout))
-        // Events are small and must leave at once; Nagle would hold one back behind an ACK.
-        .tcp_nodelay(true)
-        .disable_signals()
-        .shutdown_timeout(5);
-        let scheme = if tls.is_some() { "https" } else { "http" };
-        let server = match tls {
-            Some(config) => server.listen_rustls_0_23(listener, config),
-            None => server.listen(listener),
-        }
-        .with_context(|| format!("PULSEBOARD_BIND {address}: cannot serve"))?
-        .run();
-
-        tracing::info!(%node, "listening on {scheme}://{address}");
-        if args.demo {
-            tracing::info!(
-                "demo: open {scheme}://{address}/ in a browser and sign in as `admin` with \
-                 PULSEBOARD_ADMIN_PASSWORD (or, on a first start without it, the password logged above)"
-            );
-        }
+        let live = LiveSettings::new(
+            Duration::from_millis(args.snapshot_interval_ms),
+            Duration::from_secs(args.heartbeat_secs),
+        );
+        let server = serve(listener, app_state(&args, &shared, auth, live), tls, live)?;
+        announce_address(&args, &shared.node, address, tls_scheme(&args));
         Ok(Application {
             server,
-            tasks,
-            shutdown,
-            store,
-            hub,
+            tasks: tasks.handles,
+            shutdown: tasks.shutdown,
+            store: shared.store,
+            hub: shared.hub,
         })
     }
 
@@ -230,13 +132,205 @@ impl Application {
     }
 }
 
+fn bind(args: &ServeArgs) -> anyhow::Result<(TcpListener, SocketAddr)> {
+    let listener = TcpListener::bind(args.bind)
+        .with_context(|| format!("PULSEBOARD_BIND {}: cannot listen", args.bind))?;
+    let address = listener
+        .local_addr()
+        .context("PULSEBOARD_BIND: no local address")?;
+    Ok((listener, address))
+}
+
+async fn open_store(args: &ServeArgs) -> anyhow::Result<Store> {
+    let store = Store::connect(&args.database.database_url)
+        .await
+        .context("DATABASE_URL")?;
+    store.migrate().await.context("DATABASE_URL")?;
+    Ok(store)
+}
+
+/// The signing secret (configured, or generated once and kept in the database), the first
+/// administrator, and TLS.
+async fn security(
+    args: &ServeArgs,
+    store: &Store,
+) -> anyhow::Result<(crate::auth::AuthState, Option<rustls::ServerConfig>)> {
+    let secret = match &args.secret {
+        Some(secret) => secret.expose_secret().to_owned(),
+        None => store
+            .setting_or_insert("secret", crate::auth::random_token)
+            .await
+            .context("DATABASE_URL")?,
+    };
+    crate::users::bootstrap_admin(
+        store,
+        args.admin_password
+            .as_ref()
+            .map(ExposeSecret::expose_secret),
+    )
+    .await?;
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => Some(tls_config(cert, key.expose_secret())?),
+        _ => None,
+    };
+    let auth = crate::auth::AuthState::new(
+        secret.as_bytes(),
+        tls.is_some(),
+        args.allowed_origins.clone(),
+    );
+    Ok((auth, tls))
+}
+
+fn start_ingest(
+    args: &ServeArgs,
+    shared: &Shared,
+    topology: &Topology,
+    inputs: LeaderInputs,
+    tasks: &mut Tasks,
+) {
+    let context = Arc::new(IngestContext {
+        settings: IngestSettings {
+            node: shared.node.clone(),
+            amqp_url: args.broker.amqp_url.clone(),
+            topology: topology.clone(),
+            currency: args.money.currency.clone(),
+            aggregate: AggregateSettings {
+                active_window_ms: args.active_window_secs as i64 * 1000,
+                timezone: args.timezone,
+            },
+            snapshot_interval: Duration::from_millis(args.snapshot_interval_ms),
+            // Several batches of credit: the broker keeps delivering while one commits.
+            prefetch: 10_000,
+            max_batch: 2_000,
+            batch_linger: Duration::from_millis(5),
+            demo: args.demo,
+            local_demo: inputs.local.is_some(),
+        },
+        store: shared.store.clone(),
+        hub: shared.hub.clone(),
+        status: shared.status.clone(),
+        metrics: shared.metrics.clone(),
+        fanout: shared.fanout.clone(),
+    });
+    tasks.handles.push(tokio::spawn(crate::ingest::run(
+        context,
+        inputs,
+        tasks.shutdown.clone(),
+    )));
+}
+
+fn start_fanout(
+    args: &ServeArgs,
+    shared: &Shared,
+    topology: Topology,
+    outgoing: mpsc::Receiver<fanout::Outgoing>,
+    tasks: &mut Tasks,
+) {
+    let context = FanoutContext {
+        amqp_url: args.broker.amqp_url.clone(),
+        node: shared.node.clone(),
+        topology,
+        hub: shared.hub.clone(),
+        status: shared.status.clone(),
+        metrics: shared.metrics.clone(),
+        store: shared.store.clone(),
+        refresh: shared.refresh.clone(),
+    };
+    tasks.handles.push(tokio::spawn(fanout::run(
+        context,
+        outgoing,
+        tasks.shutdown.clone(),
+    )));
+}
+
+fn app_state(
+    args: &ServeArgs,
+    shared: &Shared,
+    auth: crate::auth::AuthState,
+    live: LiveSettings,
+) -> web::Data<AppState> {
+    web::Data::new(AppState {
+        node: shared.node.clone(),
+        auth,
+        store: shared.store.clone(),
+        hub: shared.hub.clone(),
+        status: shared.status.clone(),
+        metrics: shared.metrics.clone(),
+        metrics_token: args.metrics_token.clone(),
+        live,
+        fanout: shared.fanout.clone(),
+        refresh: shared.refresh.clone(),
+        trust_proxy: args.trust_proxy,
+        streams: crate::live::limit::StreamLimiter::new(args.max_streams_per_user),
+    })
+}
+
+/// The HTTP server on `listener`, with every middleware, already running.
+fn serve(
+    listener: TcpListener,
+    state: web::Data<AppState>,
+    tls: Option<rustls::ServerConfig>,
+    live: LiveSettings,
+) -> anyhow::Result<actix_web::dev::Server> {
+    let address = listener
+        .local_addr()
+        .context("PULSEBOARD_BIND: no local address")?;
+    let stall_timeout = live.stall_timeout;
+    let server = HttpServer::new(move || {
+        App::new()
+            .app_data(state.clone())
+            // Innermost: HEAD sees the handler's own body, before any compression; bodies
+            // are read in time before any handler, and a 408 still gets the headers below.
+            .wrap(middleware::from_fn(http::head_without_stream))
+            .wrap(middleware::from_fn(http::read_body_in_time))
+            .wrap(http::security_headers())
+            // Compresses pages, assets and JSON, never an event stream: the two layers
+            // around it keep it off those and send no `Content-Encoding` for them.
+            .wrap(middleware::from_fn(http::mark_uncompressed))
+            .wrap(middleware::Compress::default())
+            .wrap(middleware::from_fn(http::unmark_uncompressed))
+            .wrap(middleware::from_fn(http::record_metrics))
+            .configure(http::configure)
+    })
+    .on_connect(move |connection, _| abort_stalled_readers(connection, stall_timeout))
+    // Events are small and must leave at once; Nagle would hold one back behind an ACK.
+    .tcp_nodelay(true)
+    .disable_signals()
+    .shutdown_timeout(5);
+    let server = match tls {
+        Some(config) => server.listen_rustls_0_23(listener, config),
+        None => server.listen(listener),
+    }
+    .with_context(|| format!("PULSEBOARD_BIND {address}: cannot serve"))?;
+    Ok(server.run())
+}
+
+fn tls_scheme(args: &ServeArgs) -> &'static str {
+    if args.tls_cert.is_some() && args.tls_key.is_some() {
+        "https"
+    } else {
+        "http"
+    }
+}
+
+/// The line test harnesses and operators look for, and the demo's how-to.
+fn announce_address(args: &ServeArgs, node: &str, address: SocketAddr, scheme: &str) {
+    tracing::info!(%node, "listening on {scheme}://{address}");
+    if args.demo {
+        tracing::info!(
+            "demo: open {scheme}://{address}/ in a browser and sign in as `admin` with \
+             PULSEBOARD_ADMIN_PASSWORD (or, on a first start without it, the password logged above)"
+        );
+    }
+}
+
 /// Starts the demo generator. Returns the in-process queue when RabbitMQ is unreachable.
 async fn start_demo(
     args: &ServeArgs,
     topology: &Topology,
-    shutdown: &CancellationToken,
-    tasks: &mut Vec<JoinHandle<()>>,
+    tasks: &mut Tasks,
 ) -> Option<mpsc::Receiver<RawMessage>> {
+    let shutdown = &tasks.shutdown;
     let rate = args.demo_rate;
     let generator = TrafficGenerator::new(200, &args.money.currency, rand::random());
     match rabbitmq::connect(args.broker.amqp_url.expose_secret(), "pulseboard demo").await {
@@ -247,7 +341,7 @@ async fn start_demo(
                 _ => return None,
             };
             let exchange = topology.exchange.clone();
-            tasks.push(tokio::spawn(demo_loop(
+            tasks.handles.push(tokio::spawn(demo_loop(
                 rate,
                 generator,
                 shutdown.clone(),
@@ -272,7 +366,7 @@ async fn start_demo(
         Err(error) => {
             tracing::warn!(%error, rate, "RabbitMQ unreachable: demo traffic goes through an in-process queue");
             let (sender, receiver) = mpsc::channel(10_000);
-            tasks.push(tokio::spawn(demo_loop(
+            tasks.handles.push(tokio::spawn(demo_loop(
                 rate,
                 generator,
                 shutdown.clone(),

@@ -18,7 +18,7 @@ mod routes;
 mod signin;
 mod sse;
 
-pub use crate::app::{AppState, LiveSettings};
+pub use crate::app::AppState;
 pub use error::PageError;
 pub use error::{error_body, ApiError};
 
