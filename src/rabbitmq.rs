@@ -164,7 +164,7 @@ impl Topology {
     }
 }
 
-/// Opens a connection on the Tokio runtime, giving up after [`CONNECT_TIMEOUT`].
+/// Opens a connection on the Tokio runtime, giving up after `CONNECT_TIMEOUT`.
 pub async fn connect(url: &str, name: &str) -> Result<Connection, BrokerError> {
     let properties = ConnectionProperties::default()
         .with_executor(tokio_executor_trait::Tokio::current())

@@ -5,9 +5,9 @@
 //! flight and release the lease, then close the fan-out link and the database pool.
 
 use crate::aggregate::AggregateSettings;
+use crate::app::{AppState, LiveSettings};
 use crate::config::ServeArgs;
 use crate::fanout::{self, FanoutContext, FanoutSender};
-use crate::app::{AppState, LiveSettings};
 use crate::ingest::{IngestContext, IngestSettings, LeaderInputs};
 use crate::live::Hub;
 use crate::metrics::Metrics;

@@ -3,7 +3,7 @@
 //! command results (`simulate`'s summary, `users add`'s password).
 //!
 //! Two defences against anonymous clients, both here so that no call site can forget them:
-//! - every recorded value is escaped by the formatter ([`escape`]): one event is one physical
+//! - every recorded value is escaped by the formatter (`escape`): one event is one physical
 //!   line, and no control character reaches the log (the formatter's own colours aside);
 //! - the HTTP parser's complaints about malformed requests (logged by actix-http at ERROR) are
 //!   off unless `RUST_LOG` names their target ([`filter_directives`]).

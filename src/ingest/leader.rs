@@ -14,18 +14,15 @@
 //! Failure handling: a lost broker drops the uncommitted batch (the broker redelivers it) and
 //! reconnects with backoff while snapshots go on; a lost lease or a database error ends the term.
 
+use super::batch::Batch;
 use super::decode::{decode, DecodeContext, Rejection};
+use super::feed::{BrokerFeed, Feed, FeedItem};
 use super::{IngestContext, LeaderInputs, LEASE_POLL};
 use crate::aggregate::{minute_of, Aggregator, Event, EventKind, Figures, Millis, MINUTE_MS};
 use crate::clock::now_ms;
 use crate::live::{IngestState, IngestView, Snapshot, SnapshotFrame};
-use crate::rabbitmq::{confirmed, BrokerError, ConsumerLink, RawMessage};
-use crate::retry::Backoff;
+use crate::rabbitmq::{confirmed, BrokerError, RawMessage};
 use crate::store::{Applied, Lease, StoreError};
-use futures_util::StreamExt;
-use lapin::publisher_confirm::PublisherConfirm;
-use secrecy::ExposeSecret;
-use std::collections::HashSet;
 use std::fmt;
 use std::time::Duration;
 use tokio::sync::mpsc;
@@ -257,7 +254,7 @@ impl<'a> Leader<'a> {
                 tracing::warn!(reason = %rejection, routing_key = %message.routing_key,
                     "dead-lettering a malformed event");
                 match feed
-                    .dead_letter(&message, &rejection, &settings.node, now_ms())
+                    .dead_letter(&message, &rejection.to_string(), &settings.node, now_ms())
                     .await
                 {
                     Ok(confirm) => self.gathering.confirms.extend(confirm),
@@ -547,71 +544,6 @@ enum Admission {
     Refused(&'static str, Rejection),
 }
 
-/// Messages gathered since the last commit started, already decoded.
-struct Batch {
-    events: Vec<Event>,
-    arrivals: Vec<Millis>,
-    /// Ids in `events`: a repeat within one batch is a duplicate before it reaches the store.
-    ids: HashSet<String>,
-    /// Dead letters published for this batch's malformed messages, confirmed before the ack.
-    confirms: Vec<PublisherConfirm>,
-    /// Messages of every kind (events, duplicates, malformed) and the newest delivery tag.
-    messages: usize,
-    last_tag: Option<u64>,
-    /// The broker link the messages came from (`Feed::link_generation`).
-    link: u64,
-    /// When the batch is committed even if it is not full.
-    deadline: Option<Instant>,
-}
-
-impl Batch {
-    fn with_capacity(capacity: usize) -> Self {
-        Batch {
-            events: Vec::with_capacity(capacity),
-            arrivals: Vec::with_capacity(capacity),
-            ids: HashSet::with_capacity(capacity),
-            confirms: Vec::new(),
-            messages: 0,
-            last_tag: None,
-            link: 0,
-            deadline: None,
-        }
-    }
-
-    /// Counts a message gathered (its event, if any, is already in). Tag 0 is an in-process
-    /// message with nothing to acknowledge.
-    fn add_message(&mut self, tag: u64, link: u64, linger: Duration) {
-        if self.messages == 0 {
-            self.deadline = Some(Instant::now() + linger);
-            self.link = link;
-        }
-        self.messages += 1;
-        if tag > 0 {
-            self.last_tag = Some(tag);
-        }
-    }
-
-    fn is_due(&self, max_batch: usize) -> bool {
-        self.messages >= max_batch || self.deadline.is_some_and(|d| Instant::now() >= d)
-    }
-
-    /// Due, and holds events to commit. A batch of dead letters alone is acknowledged as soon
-    /// as its commit starts, so it must wait until the batch before it is acknowledged.
-    fn has_events_due(&self, max_batch: usize) -> bool {
-        !self.events.is_empty() && self.is_due(max_batch)
-    }
-
-    fn clear(&mut self) {
-        self.events.clear();
-        self.arrivals.clear();
-        self.ids.clear();
-        self.confirms.clear();
-        self.messages = 0;
-        self.last_tag = None;
-        self.deadline = None;
-    }
-}
-
 /// The task committing a batch; it hands the batch back with the outcome.
 type Commit = JoinHandle<(Batch, Result<Applied, StoreError>)>;
 
@@ -632,172 +564,5 @@ async fn sleep_until(deadline: Option<Instant>) {
     match deadline {
         Some(deadline) => tokio::time::sleep_until(deadline).await,
         None => std::future::pending().await,
-    }
-}
-
-enum FeedItem {
-    Message(RawMessage),
-    Connected,
-    Lost(String),
-}
-
-/// Where messages come from during this term.
-enum Feed<'r> {
-    Broker(Box<BrokerFeed>),
-    /// The demo's in-process queue: nothing to acknowledge, nowhere to dead-letter.
-    Local(&'r mut mpsc::Receiver<RawMessage>),
-}
-
-struct BrokerFeed {
-    link: Option<ConsumerLink>,
-    /// Counts links opened: delivery tags are only meaningful on the link that issued them.
-    generation: u64,
-    connecting: Option<JoinHandle<Result<ConsumerLink, BrokerError>>>,
-    retry_at: Instant,
-    backoff: Backoff,
-}
-
-impl BrokerFeed {
-    fn new() -> Self {
-        BrokerFeed {
-            link: None,
-            generation: 0,
-            connecting: None,
-            retry_at: Instant::now(),
-            backoff: Backoff::new(Duration::from_millis(250), Duration::from_secs(10)),
-        }
-    }
-}
-
-impl Feed<'_> {
-    /// The next message or link change. Cancel-safe: dropping the future loses nothing.
-    async fn next(&mut self) -> FeedItem {
-        match self {
-            Feed::Local(receiver) => match receiver.recv().await {
-                Some(message) => FeedItem::Message(message),
-                None => std::future::pending().await,
-            },
-            Feed::Broker(broker) => {
-                if let Some(connecting) = &mut broker.connecting {
-                    let result = connecting.await;
-                    broker.connecting = None;
-                    return match result {
-                        Ok(Ok(link)) => {
-                            broker.backoff.reset();
-                            broker.link = Some(link);
-                            broker.generation += 1;
-                            FeedItem::Connected
-                        }
-                        Ok(Err(error)) => broker.failed(error.to_string()),
-                        Err(error) => broker.failed(error.to_string()),
-                    };
-                }
-                let Some(link) = &mut broker.link else {
-                    return std::future::pending().await;
-                };
-                match link.consumer.next().await {
-                    Some(Ok(delivery)) => {
-                        FeedItem::Message(RawMessage::from_delivery(delivery, now_ms()))
-                    }
-                    Some(Err(error)) => broker.drop_link(error.to_string()),
-                    None => broker.drop_link("the broker cancelled the consumer".into()),
-                }
-            }
-        }
-    }
-
-    fn link_generation(&self) -> u64 {
-        match self {
-            Feed::Local(_) => 0,
-            Feed::Broker(broker) => broker.generation,
-        }
-    }
-
-    fn connected(&self) -> bool {
-        match self {
-            Feed::Local(_) => true,
-            Feed::Broker(broker) => broker.link.is_some(),
-        }
-    }
-
-    fn maybe_connect(&mut self, context: &IngestContext) {
-        let Feed::Broker(broker) = self else { return };
-        if broker.link.is_some() || broker.connecting.is_some() || Instant::now() < broker.retry_at
-        {
-            return;
-        }
-        let settings = context.settings.clone();
-        broker.connecting = Some(tokio::spawn(async move {
-            ConsumerLink::open(
-                settings.amqp_url.expose_secret(),
-                &settings.node,
-                &settings.topology,
-                settings.prefetch,
-            )
-            .await
-        }));
-    }
-
-    async fn dead_letter(
-        &self,
-        message: &RawMessage,
-        rejection: &Rejection,
-        node: &str,
-        now: Millis,
-    ) -> Result<Option<PublisherConfirm>, BrokerError> {
-        match self.link() {
-            Some(link) => link
-                .dead_letter(message, &rejection.to_string(), node, now)
-                .await
-                .map(Some),
-            None => Ok(None),
-        }
-    }
-
-    async fn ack_through(&self, tag: u64) -> Result<(), BrokerError> {
-        match self.link() {
-            Some(link) => link.ack_through(tag).await,
-            None => Ok(()),
-        }
-    }
-
-    fn link(&self) -> Option<&ConsumerLink> {
-        match self {
-            Feed::Broker(broker) => broker.link.as_ref(),
-            Feed::Local(_) => None,
-        }
-    }
-
-    /// Drops the broker link after a failure; the next tick reconnects after a backoff.
-    fn lose(&mut self, error: BrokerError) {
-        if let Feed::Broker(broker) = self {
-            tracing::warn!(%error, "RabbitMQ link failed");
-            let _ = broker.drop_link(error.to_string());
-        }
-    }
-
-    async fn close(self) {
-        if let Feed::Broker(mut broker) = self {
-            if let Some(connecting) = broker.connecting.take() {
-                connecting.abort();
-            }
-            if let Some(link) = broker.link.take() {
-                link.close().await;
-            }
-        }
-    }
-}
-
-impl BrokerFeed {
-    fn failed(&mut self, error: String) -> FeedItem {
-        self.retry_at = Instant::now() + self.backoff.next_delay();
-        FeedItem::Lost(error)
-    }
-
-    fn drop_link(&mut self, error: String) -> FeedItem {
-        if let Some(link) = self.link.take() {
-            tokio::spawn(link.close());
-        }
-        self.failed(error)
     }
 }

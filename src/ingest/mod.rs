@@ -1,15 +1,22 @@
 //! Ingest: RabbitMQ (or the demo's in-process queue) → decode → store → aggregate → snapshots.
 //!
 //! Every instance runs [`run`]. It competes for the database lease (`store::Lease`); the holder
-//! becomes the leader ([`leader`]) that consumes, commits, acknowledges and publishes snapshots,
+//! becomes the leader (`leader`) that consumes, commits, acknowledges and publishes snapshots,
 //! the others wait and serve what the leader fans out. Leadership ends on shutdown, on losing the
 //! lease, or on a database error; the loop then tries again with backoff, and a new term always
 //! starts by rebuilding the figures from the store.
 //!
-//! Boundaries: decoding is pure ([`decode`]); SQL lives in `store`; figures in `aggregate`.
+//! Inside: `leader` runs a term (its loop and the order commit → ack → aggregate → publish),
+//! over `batch` (what is gathered between commits and when it is due) and `feed` (the RabbitMQ
+//! consumer link or the demo's in-process queue). Boundaries: decoding is pure ([`decode`]);
+//! SQL lives in `store`; figures in `aggregate`; the broker plumbing in `rabbitmq`.
 
+mod batch;
 pub mod decode;
+mod feed;
 mod leader;
+#[cfg(test)]
+mod tests;
 
 use crate::aggregate::AggregateSettings;
 use crate::clock::now_ms;

@@ -1,0 +1,163 @@
+//! A leader's term driven through the in-process feed, over an in-memory SQLite store: which
+//! messages become events of a batch, which are duplicates or refused, and that every batch
+//! (full, or cut by its linger) is committed once and shows in the snapshot.
+
+use super::{leader, IngestContext, IngestSettings, LeaderInputs, LEASE_TTL_MS};
+use crate::aggregate::{AggregateSettings, MAX_AMOUNT_MINOR};
+use crate::clock::{now_ms, rfc3339};
+use crate::config::DatabaseUrl;
+use crate::fanout::FanoutSender;
+use crate::live::Hub;
+use crate::metrics::Metrics;
+use crate::rabbitmq::{RawMessage, Topology};
+use crate::status::StatusCell;
+use crate::store::Store;
+use serde_json::json;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+/// A store in memory, shared by the writer and the readers of this test only.
+async fn memory_store() -> Store {
+    let name = uuid::Uuid::new_v4().simple().to_string();
+    let url: DatabaseUrl = format!("sqlite:file:{name}?mode=memory&cache=shared")
+        .parse()
+        .expect("a SQLite URL");
+    let store = Store::connect(&url).await.expect("in-memory SQLite");
+    store.migrate().await.expect("migrations");
+    store
+}
+
+async fn context(max_batch: usize, linger: Duration) -> IngestContext {
+    IngestContext {
+        settings: IngestSettings {
+            node: "unit".into(),
+            amqp_url: "amqp://unused".to_owned().into(),
+            topology: Topology::new("events", "unit"),
+            currency: "USD".into(),
+            aggregate: AggregateSettings {
+                active_window_ms: 300_000,
+                timezone: chrono_tz::Tz::UTC,
+            },
+            snapshot_interval: Duration::from_millis(20),
+            prefetch: 100,
+            max_batch,
+            batch_linger: linger,
+            demo: true,
+            local_demo: true,
+        },
+        store: memory_store().await,
+        hub: Hub::new(0),
+        status: Arc::new(StatusCell::default()),
+        metrics: Arc::new(Metrics::new("unit").expect("metrics")),
+        fanout: FanoutSender::channel().0,
+    }
+}
+
+fn order(id: &str, amount_minor: i64) -> RawMessage {
+    message(json!({
+        "id": id, "type": "order.placed", "occurred_at": rfc3339(now_ms() - 1_000),
+        "user_id": "u1", "data": {"order_id": id, "amount_minor": amount_minor, "currency": "USD"}
+    }))
+}
+
+fn message(body: serde_json::Value) -> RawMessage {
+    RawMessage {
+        body: body.to_string().into_bytes(),
+        routing_key: "order.placed".into(),
+        headers: None,
+        arrived_at: now_ms(),
+        tag: 0,
+    }
+}
+
+fn counted(context: &IngestContext, kind: &str, outcome: &str) -> u64 {
+    context
+        .metrics
+        .events
+        .with_label_values(&[kind, outcome])
+        .get()
+}
+
+/// Leads one term with `messages` sent through the in-process feed, until the snapshot says
+/// `today_minor` is `expected` (or 10 s pass), then stops it.
+async fn lead_until(context: &IngestContext, messages: Vec<RawMessage>, expected: i64) {
+    let lease = context
+        .store
+        .try_acquire_lease("unit", now_ms(), LEASE_TTL_MS)
+        .await
+        .expect("database")
+        .expect("the lease of an empty store");
+    let (sender, receiver) = mpsc::channel(messages.len().max(1));
+    let (_refresh, refresh) = mpsc::channel(1);
+    let mut inputs = LeaderInputs {
+        local: Some(receiver),
+        refresh,
+    };
+    let shutdown = CancellationToken::new();
+    let term = leader::lead(context, lease, &mut inputs, &shutdown);
+    let drive = async {
+        for message in messages {
+            sender.send(message).await.expect("the leader reads");
+        }
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while tokio::time::Instant::now() < deadline {
+            let today = context
+                .hub
+                .latest_frame()
+                .map(|f| f.snapshot.revenue.today_minor);
+            if today == Some(expected) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        shutdown.cancel();
+    };
+    let (end, ()) = tokio::join!(term, drive);
+    assert!(matches!(end, leader::LeadEnd::Shutdown), "{end}");
+}
+
+#[tokio::test]
+async fn full_batches_and_a_lingering_one_are_each_committed_once() {
+    let context = context(2, Duration::from_millis(30)).await;
+    // Two full batches of two, then one event that only its linger sends on.
+    let messages = (1..=5).map(|n| order(&format!("o{n}"), n * 100)).collect();
+    lead_until(&context, messages, 1_500).await;
+    assert_eq!(counted(&context, "order.placed", "applied"), 5);
+    assert_eq!(context.store.applied_count().await.expect("count"), 5);
+}
+
+#[tokio::test]
+async fn a_repeat_in_the_same_batch_is_a_duplicate_before_the_store() {
+    let context = context(10, Duration::from_millis(30)).await;
+    let messages = vec![order("a", 100), order("a", 999), order("b", 50)];
+    lead_until(&context, messages, 150).await;
+    assert_eq!(counted(&context, "order.placed", "applied"), 2);
+    assert_eq!(counted(&context, "order.placed", "duplicate"), 1);
+    assert_eq!(context.store.applied_count().await.expect("count"), 2);
+}
+
+#[tokio::test]
+async fn malformed_messages_and_sums_without_room_are_refused_and_the_rest_applied() {
+    let context = context(10, Duration::from_millis(30)).await;
+    // Today's revenue one maximal order short of the 64-bit limit: only a little more fits.
+    let today = crate::aggregate::local_date(now_ms(), chrono_tz::Tz::UTC);
+    let near_limit = i64::MAX - MAX_AMOUNT_MINOR + 1;
+    sqlx::query("INSERT INTO daily_revenue (day, revenue_minor) VALUES ($1, $2)")
+        .bind(today.to_string())
+        .bind(near_limit)
+        .execute(context.store.writer())
+        .await
+        .expect("seed");
+    let messages = vec![
+        message(json!({"not": "an event"})),
+        order("too-much", MAX_AMOUNT_MINOR),
+        order("fits", 7),
+    ];
+    lead_until(&context, messages, near_limit + 7).await;
+    assert_eq!(counted(&context, "unknown", "rejected"), 1);
+    assert_eq!(counted(&context, "order.placed", "rejected"), 1);
+    assert_eq!(counted(&context, "order.placed", "applied"), 1);
+    assert_eq!(context.store.applied_count().await.expect("count"), 1);
+}
