@@ -289,7 +289,7 @@ fn serve(
             .wrap(middleware::from_fn(http::mark_uncompressed))
             .wrap(middleware::Compress::default())
             .wrap(middleware::from_fn(http::unmark_uncompressed))
-            .wrap(middleware::from_fn(http::record_metrics))
+            .wrap(middleware::from_fn(http::observe_request))
             .configure(http::configure)
     })
     .on_connect(move |connection, _| abort_stalled_readers(connection, stall_timeout))

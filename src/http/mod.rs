@@ -10,6 +10,7 @@ mod console;
 mod dashboard;
 mod error;
 pub mod extract;
+mod observe;
 mod pages;
 mod poll;
 pub mod proxy;
@@ -19,6 +20,7 @@ mod signin;
 mod sse;
 
 pub use crate::app::AppState;
+pub use observe::observe_request;
 pub use error::PageError;
 pub use error::{error_body, ApiError};
 
@@ -29,7 +31,7 @@ use actix_web::middleware::Next;
 use actix_web::web;
 use actix_web::HttpMessage;
 use futures_util::StreamExt;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// Request bodies above this are refused before a handler runs.
 const MAX_JSON_BODY: usize = 64 * 1024;
@@ -197,51 +199,4 @@ pub fn security_headers() -> actix_web::middleware::DefaultHeaders {
         .add(("X-Content-Type-Options", "nosniff"))
         .add(("X-Frame-Options", "DENY"))
         .add(("Referrer-Policy", "same-origin"))
-}
-
-/// Counts and times every request by its route pattern (never the raw path: bounded labels).
-pub async fn record_metrics(
-    request: ServiceRequest,
-    next: Next<impl MessageBody>,
-) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
-    let started = Instant::now();
-    let metrics = request
-        .app_data::<web::Data<AppState>>()
-        .map(|s| s.metrics.clone());
-    let method = method_label(request.method());
-    let route = request
-        .match_pattern()
-        .unwrap_or_else(|| "unmatched".into());
-    let response = next.call(request).await?;
-    if let Some(metrics) = metrics {
-        let status = response.status().as_u16().to_string();
-        let labels = [method, route.as_str(), status.as_str()];
-        metrics.http_requests.with_label_values(&labels).inc();
-        metrics
-            .http_request_duration
-            .with_label_values(&labels)
-            .observe(started.elapsed().as_secs_f64());
-    }
-    Ok(response)
-}
-
-/// The `method` label: the methods of RFC 9110, or `other` — a client may send any token as a
-/// method, and each would otherwise become a series of its own.
-fn method_label(method: &actix_web::http::Method) -> &'static str {
-    use actix_web::http::Method;
-    const KNOWN: [(Method, &str); 9] = [
-        (Method::GET, "GET"),
-        (Method::HEAD, "HEAD"),
-        (Method::POST, "POST"),
-        (Method::PUT, "PUT"),
-        (Method::DELETE, "DELETE"),
-        (Method::PATCH, "PATCH"),
-        (Method::OPTIONS, "OPTIONS"),
-        (Method::CONNECT, "CONNECT"),
-        (Method::TRACE, "TRACE"),
-    ];
-    KNOWN
-        .iter()
-        .find(|(known, _)| known == method)
-        .map_or("other", |(_, label)| label)
 }

@@ -23,6 +23,8 @@ pub(super) struct Batch {
     pub(super) link: u64,
     /// When the batch is committed even if it is not full.
     pub(super) deadline: Option<Instant>,
+    /// Its commit and what it did, in the logs (set when its commit starts).
+    pub(super) span: tracing::Span,
 }
 
 impl Batch {
@@ -36,6 +38,7 @@ impl Batch {
             last_tag: None,
             link: 0,
             deadline: None,
+            span: tracing::Span::none(),
         }
     }
 

@@ -28,6 +28,7 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
+use tracing::Instrument;
 use tokio_util::sync::CancellationToken;
 
 /// Snapshot sequence numbers reserved per database round trip.
@@ -331,6 +332,15 @@ impl<'a> Leader<'a> {
         let store = self.context.store.clone();
         let lease = self.lease.clone();
         let timezone = self.context.settings.aggregate.timezone;
+        batch.span = tracing::info_span!(
+            "batch",
+            messages = batch.messages,
+            events = batch.events.len(),
+            new = tracing::field::Empty,
+            duplicates = tracing::field::Empty,
+            commit_ms = tracing::field::Empty,
+        );
+        let span = batch.span.clone();
         self.committing = Some(tokio::spawn(async move {
             let started = Instant::now();
             let applied = store
@@ -339,6 +349,8 @@ impl<'a> Leader<'a> {
             // Only a batch that landed: the live benchmark numbers orders by these lines and
             // times them from the arrival range. A failed one is reported by the caller.
             if applied.is_ok() {
+                tracing::Span::current()
+                    .record("commit_ms", started.elapsed().as_secs_f64() * 1e3);
                 tracing::debug!(
                     messages = batch.messages,
                     events = batch.events.len(),
@@ -349,7 +361,7 @@ impl<'a> Leader<'a> {
                 );
             }
             (batch, applied)
-        }));
+        }.instrument(span)));
     }
 
     /// Waits for the batch being committed, if any, and finishes it.
@@ -374,6 +386,10 @@ impl<'a> Leader<'a> {
         self.acknowledge_committed(&mut batch, feed).await;
         self.apply_committed(&batch.events, &batch.arrivals, &applied.fresh);
         self.aggregator.release(&batch.events);
+        let new = applied.fresh.iter().filter(|f| **f).count();
+        batch.span.record("new", new);
+        batch.span.record("duplicates", applied.fresh.len() - new);
+        tracing::debug!(parent: &batch.span, "batch applied");
         Ok(())
     }
 

@@ -190,3 +190,52 @@ fn with_message<'a>(objects: &'a [Value], message: &str) -> &'a Value {
         .find(|object| object["message"] == message)
         .unwrap_or_else(|| panic!("no {message:?} in the log: {objects:?}"))
 }
+
+/// A request's id comes back in `X-Request-Id` and is on every log line the request causes, in
+/// JSON as in text; a request without one (or with one that is not plain) gets a new one.
+#[tokio::test]
+async fn a_request_id_is_echoed_and_carried_by_the_requests_log_lines() {
+    let database = TestDatabase::new(Backend::Sqlite).await;
+    let names = Names::new();
+    let mut config = ServiceConfig::new(&database, &names, "logs-request-id");
+    config
+        .env
+        .push(("PULSEBOARD_LOG_FORMAT".to_owned(), "json".to_owned()));
+    let service = Service::start(&config).await;
+
+    let refused = reqwest::Client::new()
+        .post(service.url("/api/auth/token"))
+        .header("X-Request-Id", "abc-123")
+        .json(&serde_json::json!({"username": "nobody-abc", "password": "wrong password"}))
+        .send()
+        .await
+        .expect("token request");
+    assert_eq!(refused.status(), 401);
+    assert_eq!(refused.headers()["x-request-id"], "abc-123");
+    wait_for_log(&service, &["nobody-abc"]).await;
+    let objects: Vec<Value> = service
+        .log_text()
+        .lines()
+        .filter_map(|line| serde_json::from_str(line).ok())
+        .collect();
+    let line = with_message(&objects, "refused a token request");
+    assert_eq!(line["user"], "nobody-abc");
+    assert_eq!(line["span"]["name"], "request", "{line}");
+    assert_eq!(line["span"]["request_id"], "abc-123", "{line}");
+    assert_eq!(line["span"]["route"], "/api/auth/token", "{line}");
+    assert_eq!(line["span"]["method"], "POST", "{line}");
+
+    for (sent, kept) in [(None, false), (Some("not plain!"), false), (Some("r-1.2:3_x"), true)] {
+        let mut request = service.client().get(service.url("/healthz"));
+        if let Some(id) = sent {
+            request = request.header("X-Request-Id", id);
+        }
+        let response = request.send().await.expect("healthz");
+        let echoed = response.headers()["x-request-id"]
+            .to_str()
+            .expect("ASCII")
+            .to_owned();
+        assert_eq!(Some(echoed.as_str()) == sent, kept, "{sent:?} → {echoed}");
+        assert!(!echoed.is_empty());
+    }
+}
