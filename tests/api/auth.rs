@@ -23,7 +23,7 @@ fn bare_client() -> reqwest::Client {
 }
 
 /// Creates a user with the real `users add` command; returns their password.
-fn add_user(database: &TestDatabase, name: &str, role: &str) -> String {
+pub(crate) fn add_user(database: &TestDatabase, name: &str, role: &str) -> String {
     let password = test_password();
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_pulseboard"))
         .args(["users", "add", name, "--role", role, "--password-stdin"])

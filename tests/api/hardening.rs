@@ -3,12 +3,12 @@
 //! 408 and its connection closed, `HEAD` and 405, the per-user cap on live connections, and
 //! `X-Forwarded-*` believed only from a trusted proxy.
 
-use crate::helpers::{test_password, Backend, Names, Service, ServiceConfig, TestDatabase};
+use crate::auth::add_user;
+use crate::helpers::{Backend, Names, Service, ServiceConfig, TestDatabase};
 use futures_util::StreamExt;
 use reqwest::header::{HeaderMap, ALLOW, CONTENT_TYPE, COOKIE, LOCATION, SET_COOKIE};
 use reqwest::redirect::Policy;
 use serde_json::{json, Value};
-use std::io::Write;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -45,29 +45,6 @@ async fn raw_exchange(service: &Service, request: &str, limit: Duration) -> (Str
     (String::from_utf8_lossy(&answer).into_owned(), closed)
 }
 
-/// Creates a user with the real `users add` command; returns their password.
-fn add_user(database: &TestDatabase, name: &str, role: &str) -> String {
-    let password = test_password();
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_pulseboard"))
-        .args(["users", "add", name, "--role", role, "--password-stdin"])
-        .env("DATABASE_URL", &database.url)
-        .env("RUST_LOG", "warn")
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .expect("users add");
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(password.as_bytes())
-        .expect("password");
-    assert!(
-        child.wait().expect("users add").success(),
-        "users add {name}"
-    );
-    password
-}
 
 fn cookie_value(headers: &HeaderMap, name: &str) -> Option<String> {
     headers.get_all(SET_COOKIE).iter().find_map(|value| {
