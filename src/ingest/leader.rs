@@ -14,6 +14,7 @@
 //! Failure handling: a lost broker drops the uncommitted batch (the broker redelivers it) and
 //! reconnects with backoff while snapshots go on; a lost lease or a database error ends the term.
 
+use super::batch_log::CommittedBatch;
 use super::broker::{confirmed, BrokerError, ConsumerLink, RawMessage};
 use super::decode::{decode, DecodeContext, Rejection};
 use super::{IngestContext, LeaderInputs, LEASE_POLL};
@@ -338,17 +339,16 @@ impl<'a> Leader<'a> {
             let applied = store
                 .apply_batch(&lease, &batch.events, timezone, now_ms())
                 .await;
-            // Only a batch that landed: the live benchmark numbers orders by these lines and
-            // times them from the arrival range. A failed one is reported by the caller.
+            // Only a batch that landed (see `batch_log`); a failed one is reported by the caller.
             if applied.is_ok() {
-                tracing::debug!(
-                    messages = batch.messages,
-                    events = batch.events.len(),
-                    commit_ms = started.elapsed().as_secs_f64() * 1e3,
-                    first_arrival_ms = batch.arrivals.first().copied().unwrap_or_default(),
-                    last_arrival_ms = batch.arrivals.last().copied().unwrap_or_default(),
-                    "batch committed"
-                );
+                CommittedBatch {
+                    messages: batch.messages,
+                    events: batch.events.len(),
+                    commit_ms: started.elapsed().as_secs_f64() * 1e3,
+                    first_arrival_ms: batch.arrivals.first().copied().unwrap_or_default(),
+                    last_arrival_ms: batch.arrivals.last().copied().unwrap_or_default(),
+                }
+                .log();
             }
             (batch, applied)
         }));

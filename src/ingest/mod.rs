@@ -8,6 +8,7 @@
 //!
 //! Boundaries: decoding is pure ([`decode`]); SQL lives in `store`; figures in `aggregate`.
 
+pub mod batch_log;
 pub mod broker;
 pub mod decode;
 mod leader;
