@@ -9,6 +9,10 @@ mod failover;
 mod hardening;
 mod helpers;
 mod ingest;
+// The kit is shared with the benchmarks, which use other parts of it (CPU accounting).
+#[allow(dead_code)]
+#[path = "../kit/mod.rs"]
+mod kit;
 mod live;
 mod logs;
 mod money;
