@@ -86,7 +86,8 @@ impl ServiceConfig {
             ],
             sign_in: false,
             echo: Echo::NotInfo,
-            ..ServiceConfig::new(database, names, &format!("bench-{}", names.prefix))
+            // The prefix names the run (`bench-…`): its log file is target/tmp/service-logs/<prefix>.log.
+            ..ServiceConfig::new(database, names, &names.prefix)
         }
     }
 }
