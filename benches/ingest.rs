@@ -394,7 +394,7 @@ async fn measure(
     floor_table.pool.close().await;
     // Nothing else took a noticeable share of the machine while draining.
     for phase in [&row.raw, &row.floor, &row.service] {
-        row.quiet &= usage(&phase.cpu).other < QUIET_OTHER;
+        row.quiet &= phase.cpu.percent(phase.cpu.other()) < QUIET_OTHER;
     }
     Ok(row)
 }
@@ -765,33 +765,13 @@ async fn check_revenue(service: &mut Service, expected: i64) -> anyhow::Result<(
     )
 }
 
-/// CPU used while draining, in % of one core (the machine's figures out of `100 x cores`).
-#[derive(Clone, Copy, Default)]
-struct CpuUse {
-    consumer: f64,
-    rabbitmq: f64,
-    postgres: f64,
-    /// Everything else: other people's work on the machine, the kernel's network processing.
-    other: f64,
-    busy: f64,
-    iowait: f64,
-}
-
-/// The consumer is the service when one ran in the phase (its process is the one watched), or
-/// this process for the bare loops, which run in it.
-fn usage(cpu: &CpuTicks) -> CpuUse {
-    let consumer = if cpu.watched[0] > 0 {
+/// The consumer's ticks: the service's when one ran in the phase (its process is the one
+/// watched), or this process's for the bare loops, which run in it.
+fn consumer_ticks(cpu: &CpuTicks) -> u64 {
+    if cpu.watched[0] > 0 {
         cpu.watched[0]
     } else {
         cpu.own
-    };
-    CpuUse {
-        consumer: cpu.percent(consumer),
-        rabbitmq: cpu.percent(cpu.rabbitmq),
-        postgres: cpu.percent(cpu.postgres),
-        other: cpu.percent(cpu.other()),
-        busy: cpu.percent(cpu.machine.busy),
-        iowait: cpu.percent(cpu.machine.iowait),
     }
 }
 
@@ -910,19 +890,19 @@ fn print_table(rows: &[Row], baseline_only: bool) {
     println!("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |");
     for row in rows {
         for (phase, cpu) in [
-            ("raw lapin loop", usage(&row.raw.cpu)),
-            ("bare durable consumer", usage(&row.floor.cpu)),
-            ("pulseboard", usage(&row.service.cpu)),
+            ("raw lapin loop", &row.raw.cpu),
+            ("bare durable consumer", &row.floor.cpu),
+            ("pulseboard", &row.service.cpu),
         ] {
             println!(
                 "| {} | {phase} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} |",
                 backend_name(row.backend),
-                cpu.consumer,
-                cpu.rabbitmq,
-                cpu.postgres,
-                cpu.other,
-                cpu.busy,
-                cpu.iowait,
+                cpu.percent(consumer_ticks(cpu)),
+                cpu.percent(cpu.rabbitmq),
+                cpu.percent(cpu.postgres),
+                cpu.percent(cpu.other()),
+                cpu.percent(cpu.machine.busy),
+                cpu.percent(cpu.machine.iowait),
             );
         }
     }
@@ -950,8 +930,8 @@ fn print_table(rows: &[Row], baseline_only: bool) {
                 round.service.rate() / round.raw.rate(),
                 round.floor.rate(),
                 round.floor.rate() / round.raw.rate(),
-                usage(&round.raw.cpu).other,
-                usage(&round.service.cpu).other,
+                round.raw.cpu.percent(round.raw.cpu.other()),
+                round.service.cpu.percent(round.service.cpu.other()),
             );
         }
     }

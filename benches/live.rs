@@ -292,7 +292,8 @@ struct Row {
     /// (`event_age`: arrival − occurred_at) and arrival → write (`delivery_latency`, sse).
     event_age_mean: f64,
     server_delivery_mean: f64,
-    cpu: CpuUse,
+    /// Over the window: the service and the baseline watched, the client threads named.
+    cpu: CpuTicks,
     coalesced: u64,
     slow_disconnects: u64,
     lost: u64,
@@ -308,7 +309,10 @@ struct Row {
 impl Row {
     /// Other processes used the machine during the window: the figures are not this setup's.
     fn disturbed(&self) -> bool {
-        !self.quiet || self.cpu.other > DISTURBED_OTHER || self.cpu.steal > DISTURBED_OTHER
+        let cpu = &self.cpu;
+        !self.quiet
+            || cpu.percent(cpu.other()) > DISTURBED_OTHER
+            || cpu.percent(cpu.machine.steal) > DISTURBED_OTHER
     }
 
     /// A figure about the service's clients, which in a baseline row is its one upstream
@@ -519,7 +523,7 @@ async fn drive(
     .await;
     let window_end = shared.now_us();
     shared.window_end_us.store(window_end, Ordering::Release);
-    let cpu = usage(&CpuTicks::take(watched, Some(CLIENT_THREADS)).since(&cpu_before));
+    let cpu = CpuTicks::take(watched, Some(CLIENT_THREADS)).since(&cpu_before);
     let metrics_after = service.metrics().await?;
     let published = tokio::task::spawn_blocking(move || publisher.join())
         .await?
@@ -1339,40 +1343,6 @@ fn server_latency(before: &str, after: &str) -> String {
     format!("{} / {}", bound(0.5), bound(0.99))
 }
 
-/// CPU used over an interval, in percent of one core (the machine's out of `100 x cores`).
-#[derive(Clone, Copy, Default)]
-struct CpuUse {
-    service: f64,
-    /// This process's client runtime threads.
-    clients: f64,
-    /// The baseline fan-out process.
-    bare: f64,
-    /// This process's other threads: the publisher, lapin's, the driver.
-    bench_rest: f64,
-    rabbitmq: f64,
-    /// Everything else: other processes, the kernel's own threads.
-    other: f64,
-    busy: f64,
-    steal: f64,
-}
-
-/// The window's ticks, taken with the service and the baseline watched and the client threads
-/// named.
-fn usage(cpu: &CpuTicks) -> CpuUse {
-    CpuUse {
-        service: cpu.percent(cpu.watched[0]),
-        clients: cpu.percent(cpu.own_threads),
-        bare: cpu.percent(cpu.watched[1]),
-        // The process's own total keeps the time of threads that have exited (lapin's, earlier
-        // publishers); a sum over the live threads would not.
-        bench_rest: cpu.percent(cpu.own.saturating_sub(cpu.own_threads)),
-        rabbitmq: cpu.percent(cpu.rabbitmq),
-        other: cpu.percent(cpu.other()),
-        busy: cpu.percent(cpu.machine.busy),
-        steal: cpu.percent(cpu.machine.steal),
-    }
-}
-
 fn print_machine() {
     let files = open_file_limit().map_or("unknown".to_owned(), |n| n.to_string());
     let (model, memory) = (cpu_model(), memory());
@@ -1499,18 +1469,20 @@ fn print_tables(settings: &Settings, rows: &[Row]) {
         "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | --- | --- | ---: |"
     );
     for row in rows {
-        let cpu = row.cpu;
+        let cpu = &row.cpu;
         println!(
             "| {} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {} | {} | {} | {} |",
             row.case(),
-            cpu.service,
-            cpu.clients,
-            cpu.bare,
-            cpu.bench_rest,
-            cpu.rabbitmq,
-            cpu.other,
-            cpu.busy,
-            cpu.steal,
+            cpu.percent(cpu.watched[0]),
+            cpu.percent(cpu.own_threads),
+            cpu.percent(cpu.watched[1]),
+            // The process's own total keeps the time of threads that have exited (lapin's,
+            // earlier publishers); a sum over the live threads would not.
+            cpu.percent(cpu.own.saturating_sub(cpu.own_threads)),
+            cpu.percent(cpu.rabbitmq),
+            cpu.percent(cpu.other()),
+            cpu.percent(cpu.machine.busy),
+            cpu.percent(cpu.machine.steal),
             if row.quiet { "yes" } else { "NO" },
             if row.disturbed() { "NO" } else { "yes" },
             row.others,
