@@ -37,12 +37,11 @@
 //! how far the broker alone moves it from 1).
 
 use anyhow::{bail, ensure, Context};
-use futures_util::stream::{FuturesUnordered, StreamExt};
+use futures_util::stream::StreamExt;
 use lapin::options::{
     BasicAckOptions, BasicConsumeOptions, BasicQosOptions, ConfirmSelectOptions,
     ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
 };
-use lapin::publisher_confirm::Confirmation;
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{Channel, Connection, ExchangeKind};
 use pulseboard::ingest::broker::{connect, publish_event, Topology};
@@ -55,7 +54,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 #[path = "../tests/kit/mod.rs"]
 mod kit;
 mod support;
-use kit::broker::{amqp_url_from_env, short_id};
+use kit::broker::{amqp_url_from_env, short_id, Confirms};
 use kit::cpu::{
     allowed_cpus, background_load, command_output, cpu_model, machine_cores, memory, server_pids,
     wait_for_quiet, CpuTicks,
@@ -616,28 +615,15 @@ async fn publish(
         .confirm_select(ConfirmSelectOptions::default())
         .await?;
     let started = Instant::now();
-    let mut unconfirmed = FuturesUnordered::new();
-    let mut refused = 0u64;
-    let mut settle = |result: Option<Result<Confirmation, lapin::Error>>| -> anyhow::Result<()> {
-        match result {
-            Some(Ok(Confirmation::Nack(_))) => refused += 1,
-            Some(Ok(_)) | None => {}
-            Some(Err(error)) => return Err(error).context("publisher confirm"),
-        }
-        Ok(())
-    };
+    let mut confirms = Confirms::new(MAX_UNCONFIRMED);
     for event in events {
         let confirm = publish_event(&publisher, exchange, event.routing_key, &event.body).await?;
-        unconfirmed.push(confirm);
-        while unconfirmed.len() >= MAX_UNCONFIRMED {
-            settle(unconfirmed.next().await)?;
-        }
+        confirms.push(confirm).await?;
     }
-    while let Some(result) = unconfirmed.next().await {
-        settle(Some(result))?;
-    }
+    confirms.finish().await?;
     let seconds = started.elapsed().as_secs_f64();
     let _ = publisher.close(200, "published").await;
+    let refused = confirms.refused;
     ensure!(refused == 0, "RabbitMQ refused {refused} published events");
     Ok(Phase {
         events: events.len() as u64,

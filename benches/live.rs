@@ -43,9 +43,7 @@
 //! (the service and the baseline inherit it).
 
 use anyhow::{bail, ensure, Context};
-use futures_util::stream::{FuturesUnordered, StreamExt};
 use lapin::options::ConfirmSelectOptions;
-use lapin::publisher_confirm::Confirmation;
 use pulseboard::ingest::batch_log::{self, CommittedBatch};
 use pulseboard::ingest::broker::{connect, publish_event, Topology};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -61,7 +59,7 @@ mod bare;
 #[path = "../tests/kit/mod.rs"]
 mod kit;
 use bare::BareFanout;
-use kit::broker::{amqp_url_from_env, short_id};
+use kit::broker::{amqp_url_from_env, short_id, Confirms};
 use kit::cpu::{
     command_output, cpu_model, machine_cores, memory, open_file_limit, resident_kib, usable_cores,
     wait_for_quiet, CpuTicks, ProcessTable,
@@ -1198,17 +1196,7 @@ async fn publish(
     let run = uuid::Uuid::new_v4().simple().to_string();
     let run = &run[..8];
     let capacity = shared.published_at.len() as u64 - 1;
-    let mut unconfirmed = FuturesUnordered::new();
-    let (mut confirmed, mut refused) = (0u64, 0u64);
-    let mut settle = |result: Option<Result<Confirmation, lapin::Error>>| -> anyhow::Result<()> {
-        match result {
-            Some(Ok(Confirmation::Nack(_))) => refused += 1,
-            Some(Ok(_)) => confirmed += 1,
-            Some(Err(error)) => return Err(error).context("publisher confirm"),
-            None => {}
-        }
-        Ok(())
-    };
+    let mut confirms = Confirms::new(max_unconfirmed);
     let mut pacing = tokio::time::interval(Duration::from_millis(10));
     pacing.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let started = Instant::now();
@@ -1233,24 +1221,18 @@ async fn publish(
             shared.published_at[sent as usize].store(shared.now_us(), Ordering::Release);
             let confirm =
                 publish_event(&channel, exchange, "order.placed", body.as_bytes()).await?;
-            unconfirmed.push(confirm);
-            while unconfirmed.len() >= max_unconfirmed {
-                settle(unconfirmed.next().await)?;
-            }
+            confirms.push(confirm).await?;
         }
-        while let Some(Some(result)) = futures_util::FutureExt::now_or_never(unconfirmed.next()) {
-            settle(Some(result))?;
-        }
+        confirms.settle_ready()?;
     }
     let seconds = started.elapsed().as_secs_f64();
-    while let Some(result) = unconfirmed.next().await {
-        settle(Some(result))?;
-    }
+    confirms.finish().await?;
     let _ = connection.close(200, "published").await;
+    let refused = confirms.refused;
     ensure!(refused == 0, "RabbitMQ refused {refused} published orders");
     Ok(Published {
         sent,
-        confirmed,
+        confirmed: confirms.confirmed,
         seconds,
         max_behind_ms,
     })

@@ -6,13 +6,13 @@
 //! The service, the database and the names come from the kit the benchmarks use too
 //! (`tests/kit`); what only tests need is here: a producer on the broker, event bodies, timing.
 
-use futures_util::stream::{FuturesUnordered, StreamExt};
 use lapin::options::{BasicAckOptions, BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions};
 use lapin::types::AMQPValue;
 use lapin::BasicProperties;
 use pulseboard::ingest::broker::{connect, Topology};
 use std::time::Duration;
 
+use crate::kit::broker::Confirms;
 pub use crate::kit::broker::{open_channel, short_id, Names, AMQP_URL};
 pub use crate::kit::database::{test_password, Backend, TestDatabase};
 pub use crate::kit::metrics::metric_sum;
@@ -64,7 +64,7 @@ impl Broker {
 
     /// Publishes every message and waits until the broker confirmed all of them.
     pub async fn publish_all(&self, messages: &[(String, Vec<u8>)]) {
-        let mut confirms = FuturesUnordered::new();
+        let mut confirms = Confirms::new(usize::MAX);
         for (routing_key, body) in messages {
             let confirm = self
                 .channel
@@ -77,14 +77,10 @@ impl Broker {
                 )
                 .await
                 .expect("publish");
-            confirms.push(confirm);
+            confirms.push(confirm).await.expect("confirm");
         }
-        while let Some(confirm) = confirms.next().await {
-            assert!(
-                confirm.expect("confirm").is_ack(),
-                "broker refused a message"
-            );
-        }
+        confirms.finish().await.expect("confirm");
+        assert_eq!(confirms.refused, 0, "broker refused a message");
     }
 
     /// Takes every dead letter off `<prefix>.dead`: (reason header, body).

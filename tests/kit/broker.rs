@@ -1,7 +1,11 @@
-//! Names on the shared broker: the queue prefix and exchange of one test or benchmark run, and
+//! The broker side of a run: the queue prefix and exchange of one test or benchmark run, and
 //! their deletion when the run ends, so that runs in parallel never meet and nothing is left
-//! behind.
+//! behind; publisher confirms awaited in a window.
 
+use anyhow::Context;
+use futures_util::stream::{FuturesUnordered, StreamExt};
+use futures_util::FutureExt;
+use lapin::publisher_confirm::{Confirmation, PublisherConfirm};
 use pulseboard::ingest::broker::{connect, Topology};
 use std::sync::Arc;
 use std::time::Duration;
@@ -139,4 +143,62 @@ pub async fn open_channel(
         .await
         .map_err(|e| e.to_string())?;
     Ok((connection, channel))
+}
+
+/// Publisher confirms awaited as they come, at most `window` outstanding: the broker takes
+/// publishes as fast as it confirms them, and a refusal or a lost channel is reported.
+pub struct Confirms {
+    pending: FuturesUnordered<PublisherConfirm>,
+    window: usize,
+    /// Acknowledged by the broker so far.
+    pub confirmed: u64,
+    /// Refused (nack) so far.
+    pub refused: u64,
+}
+
+impl Confirms {
+    pub fn new(window: usize) -> Confirms {
+        Confirms {
+            pending: FuturesUnordered::new(),
+            window: window.max(1),
+            confirmed: 0,
+            refused: 0,
+        }
+    }
+
+    /// Adds one publish's confirm, then waits for the oldest while `window` are outstanding.
+    pub async fn push(&mut self, confirm: PublisherConfirm) -> anyhow::Result<()> {
+        self.pending.push(confirm);
+        while self.pending.len() >= self.window {
+            let next = self.pending.next().await;
+            self.settle(next)?;
+        }
+        Ok(())
+    }
+
+    /// Counts the confirms that have already come, without waiting.
+    pub fn settle_ready(&mut self) -> anyhow::Result<()> {
+        while let Some(Some(result)) = self.pending.next().now_or_never() {
+            self.settle(Some(result))?;
+        }
+        Ok(())
+    }
+
+    /// Waits for every outstanding confirm.
+    pub async fn finish(&mut self) -> anyhow::Result<()> {
+        while let Some(result) = self.pending.next().await {
+            self.settle(Some(result))?;
+        }
+        Ok(())
+    }
+
+    fn settle(&mut self, result: Option<Result<Confirmation, lapin::Error>>) -> anyhow::Result<()> {
+        match result {
+            Some(Ok(Confirmation::Nack(_))) => self.refused += 1,
+            Some(Ok(_)) => self.confirmed += 1,
+            Some(Err(error)) => return Err(error).context("publisher confirm"),
+            None => {}
+        }
+        Ok(())
+    }
 }
