@@ -20,9 +20,9 @@
 //!    **newest** one (the R-th), and to **every** order it brings whose number is a multiple of
 //!    50 (the distribution over orders), from the publish instant; and every order again from
 //!    its **arrival at the service**, the definition: the service logs each committed
-//!    batch with its events' first and last arrival (`pulseboard::ingest::leader` at debug),
-//!    and since every event is one order and batches commit one at a time in delivery order,
-//!    the batches number the orders. Only orders published in the last 15 s of the load count
+//!    batch with its events' first and last arrival (at debug; the line is defined and read
+//!    back by `pulseboard::ingest::batch_log`), and since every event is one order and batches
+//!    commit one at a time in delivery order, the batches number the orders. Only orders published in the last 15 s of the load count
 //!    (the first 5 s are warm-up); snapshots received in that window are counted too;
 //! 5. samples CPU (service, baseline process, this process split into client threads and the
 //!    rest, RabbitMQ, the whole machine) over the same window, reads the service's slow-client
