@@ -37,29 +37,35 @@
 //! how far the broker alone moves it from 1).
 
 use anyhow::{bail, ensure, Context};
-use futures_util::stream::{FuturesUnordered, StreamExt};
+use futures_util::stream::StreamExt;
 use lapin::options::{
     BasicAckOptions, BasicConsumeOptions, BasicQosOptions, ConfirmSelectOptions,
-    ExchangeDeclareOptions, ExchangeDeleteOptions, QueueBindOptions, QueueDeclareOptions,
+    ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
 };
-use lapin::publisher_confirm::Confirmation;
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{Channel, Connection, ExchangeKind};
 use pulseboard::ingest::decode::{decode, DecodeContext};
 use pulseboard::rabbitmq::{connect, publish_event, Topology};
 use pulseboard::simulate::{Generated, TrafficGenerator};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::OnceLock;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+// The kit is shared with the tests and the other benchmarks; this one uses most of it.
+#[allow(dead_code)]
+#[path = "../tests/kit/mod.rs"]
+mod kit;
 mod support;
-use support::{
-    allowed_cpus, command_output, machine_cores, metric_sum, Backend, BareTable, Database,
-    PostgresServer, Service, ServiceOptions, CURRENCY, PG_PORT,
+use kit::broker::{amqp_url_from_env, short_id, Confirms};
+use kit::cpu::{
+    allowed_cpus, background_load, command_output, cpu_model, machine_cores, memory, server_pids,
+    wait_for_quiet, CpuTicks,
 };
+use kit::database::{backend_name, backends_from_env, Backend, PostgresServer, TestDatabase};
+use kit::metrics::metric_sum;
+use kit::service::{Service, ServiceConfig};
+use support::BareTable;
 
 const DEFAULT_EVENTS: u64 = 200_000;
-const DEFAULT_AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+const CURRENCY: &str = "USD";
 /// The service's consumer prefetch and batch size (src/startup.rs), mirrored by the raw loop.
 const PREFETCH: u16 = 10_000;
 const ACK_EVERY: u64 = 2_000;
@@ -78,13 +84,6 @@ const USERS: u32 = 10_000;
 /// A drain counts as quiet when processes other than the consumer, the broker and the database
 /// used less than this (% of one core) while it ran.
 const QUIET_OTHER: f64 = 25.0;
-/// A drain starts once everything but this process used less than the machine's floor (the
-/// least seen over one second so far) plus this, in % of one core: leftovers such as the
-/// broker settling after the pre-fill, or a burst of other people's builds and tests, must not
-/// skew it.
-const QUIET_MARGIN: f64 = 20.0;
-/// The machine's floor, in % of one core (f64 bits).
-static FLOOR: AtomicU64 = AtomicU64::new(u64::MAX);
 const DEFAULT_QUIET_SECS: u64 = 300;
 /// Rounds per backend; the order of the two drains alternates raw-service, service-raw,
 /// service-raw, raw-service, … so that neither side is always drained first.
@@ -154,15 +153,15 @@ fn main() {
         .enable_all()
         .build()
         .expect("a Tokio runtime for the benchmark");
-    let background = runtime.block_on(measure_background());
+    let background = runtime.block_on(background_load(QUIET_OTHER));
     print_machine(background);
     let mut rows = Vec::new();
     for backend in settings.backends.clone() {
-        eprintln!("== {} ==", backend.name());
+        eprintln!("== {} ==", backend_name(backend));
         match runtime.block_on(run_backend(&settings, backend)) {
             Ok(row) => rows.push(row),
             Err(error) => {
-                eprintln!("benchmark failed on {}: {error:#}", backend.name());
+                eprintln!("benchmark failed on {}: {error:#}", backend_name(backend));
                 print_table(&rows, settings.baseline_only);
                 std::process::exit(1);
             }
@@ -183,11 +182,11 @@ fn settings() -> Settings {
             }),
         Err(_) => DEFAULT_EVENTS,
     };
-    let backends = Backend::list_from_env();
+    let backends = backends_from_env();
     Settings {
         events,
         backends,
-        amqp_url: std::env::var("AMQP_URL").unwrap_or_else(|_| DEFAULT_AMQP_URL.into()),
+        amqp_url: amqp_url_from_env(),
         postgres: PostgresServer::from_env(),
         rounds: std::env::var("BENCH_ROUNDS").map_or(DEFAULT_ROUNDS, |text| {
             text.parse()
@@ -207,9 +206,10 @@ fn settings() -> Settings {
     }
 }
 
-/// Names of everything one backend's run creates on the broker.
+/// Names of everything one backend's run creates on the broker, all deleted when it ends.
 struct Names {
-    prefix: String,
+    /// The prefix, the service's exchange, and the deletion of everything below.
+    kit: kit::broker::Names,
     topology: Topology,
     raw_queue: String,
     floor_queue: String,
@@ -237,62 +237,49 @@ impl Names {
         }
     }
 
-    fn new(backend: Backend) -> Names {
-        let id = uuid::Uuid::new_v4().simple().to_string();
-        let prefix = format!("bench-{}-{}", &id[..8], backend.name());
-        let exchange = format!("{prefix}.ev");
+    fn new(amqp_url: &str, backend: Backend) -> Names {
+        let prefix = format!("bench-{}-{}", &short_id()[..8], backend_name(backend));
+        let (raw_queue, floor_queue) = (format!("{prefix}.raw"), format!("{prefix}.floor"));
+        let (raw_exchange, floor_exchange) =
+            (format!("{prefix}.ev.raw"), format!("{prefix}.ev.floor"));
+        let kit = kit::broker::Names::on(
+            amqp_url,
+            &prefix,
+            &[&raw_queue, &floor_queue],
+            &[&raw_exchange, &floor_exchange],
+        );
         Names {
-            topology: Topology::new(&exchange, &prefix),
-            raw_queue: format!("{prefix}.raw"),
-            floor_queue: format!("{prefix}.floor"),
-            raw_exchange: format!("{prefix}.ev.raw"),
-            floor_exchange: format!("{prefix}.ev.floor"),
-            prefix,
+            topology: kit.topology(),
+            kit,
+            raw_queue,
+            floor_queue,
+            raw_exchange,
+            floor_exchange,
         }
     }
 }
 
 async fn run_backend(settings: &Settings, backend: Backend) -> anyhow::Result<Row> {
-    let names = Names::new(backend);
+    // The names and databases delete themselves when dropped: after success, failure, or an
+    // interruption (which ends the measurement below).
+    let names = Names::new(&settings.amqp_url, backend);
     let connection = connect(&settings.amqp_url, "pulseboard bench")
         .await
         .context("RabbitMQ (AMQP_URL)")?;
     let channel = connection.create_channel().await?;
-    let database = Database::create(&settings.postgres, backend, &names.prefix)?;
-    let floor_database = Database::create(
-        &settings.postgres,
-        backend,
-        &format!("{}_floor", names.prefix),
-    );
-    let result = match &floor_database {
-        Ok(floor_database) => tokio::select! {
-            result = measure(settings, backend, &names, &connection, &channel, [&database, floor_database]) => result,
-            signal = interrupted() => Err(anyhow::anyhow!("interrupted by {signal}; cleaning up")),
-        },
-        Err(error) => Err(anyhow::anyhow!("the floor's database: {error:#}")),
+    let prefix = &names.kit.prefix;
+    let database = TestDatabase::create(&settings.postgres, backend, prefix).await?;
+    let floor_database =
+        TestDatabase::create(&settings.postgres, backend, &format!("{prefix}_floor"))
+            .await
+            .context("the floor's database")?;
+    let databases = [&database, &floor_database];
+    let result = tokio::select! {
+        result = measure(settings, backend, &names, &connection, &channel, databases) => result,
+        signal = interrupted() => Err(anyhow::anyhow!("interrupted by {signal}; cleaning up")),
     };
     let _ = connection.close(200, "bench done").await;
-    // On a connection of its own: a failure may have closed the benchmark's channel.
-    let cleanup = delete_topology(&settings.amqp_url, &names).await;
-    let dropped = database.drop(&settings.postgres);
-    let floor_dropped = floor_database.map_or(Ok(()), |d| d.drop(&settings.postgres));
-    if result.is_err() {
-        for error in [
-            cleanup.as_ref().err(),
-            dropped.as_ref().err(),
-            floor_dropped.as_ref().err(),
-        ]
-        .into_iter()
-        .flatten()
-        {
-            eprintln!("cleanup failed too: {error:#}");
-        }
-    }
-    let row = result?;
-    cleanup.context("deleting the bench topology")?;
-    dropped?;
-    floor_dropped?;
-    Ok(row)
+    result
 }
 
 async fn measure(
@@ -301,7 +288,7 @@ async fn measure(
     names: &Names,
     connection: &Connection,
     channel: &Channel,
-    [database, floor_database]: [&Database; 2],
+    [database, floor_database]: [&TestDatabase; 2],
 ) -> anyhow::Result<Row> {
     names.topology.declare(channel).await?;
     declare_like_events(channel, names, Drainer::Raw).await?;
@@ -367,7 +354,7 @@ async fn measure(
                 "{label}: published {n} events to {queue} at {:.0}/s (confirmed)",
                 publish.rate()
             );
-            let quiet = wait_for_quiet(settings.quiet_limit).await;
+            let quiet = wait_for_quiet(settings.quiet_limit, 1).await;
             row.quiet &= quiet || warmup;
             match drainer {
                 Drainer::Raw => done.raw = raw_phase(settings, queue, n).await?,
@@ -406,7 +393,7 @@ async fn measure(
     floor_table.pool.close().await;
     // Nothing else took a noticeable share of the machine while draining.
     for phase in [&row.raw, &row.floor, &row.service] {
-        row.quiet &= phase.cpu.usage().other < QUIET_OTHER;
+        row.quiet &= phase.cpu.percent(phase.cpu.other()) < QUIET_OTHER;
     }
     Ok(row)
 }
@@ -419,7 +406,7 @@ async fn service_phase(
     settings: &Settings,
     names: &Names,
     channel: &Channel,
-    database: &Database,
+    database: &TestDatabase,
     generator: &TrafficGenerator,
     n: u64,
 ) -> anyhow::Result<(Phase, Option<Duration>)> {
@@ -427,15 +414,8 @@ async fn service_phase(
         let phase = raw_phase(settings, &names.topology.events_queue, n).await?;
         return Ok((phase, None));
     }
-    let mut service = Service::start(ServiceOptions {
-        amqp_url: &settings.amqp_url,
-        database_url: &database.url,
-        queue_prefix: &names.prefix,
-        exchange: &names.topology.exchange,
-        env: Vec::new(),
-        collect: None,
-    })
-    .await?;
+    let config = ServiceConfig::for_benchmark(database, &names.kit, &settings.amqp_url, CURRENCY);
+    let mut service = Service::try_start(&config).await?;
     let outcome = drain(&mut service, n).await;
     let tally = &generator.tally;
     let revenue = match &outcome {
@@ -478,12 +458,12 @@ async fn timed_phase(
     name: &str,
     drain: impl std::future::Future<Output = anyhow::Result<(u64, f64)>>,
 ) -> anyhow::Result<Phase> {
-    let before = CpuTicks::take(None);
+    let before = CpuTicks::take([None, None], None);
     let (events, seconds) = drain.await?;
     let phase = Phase {
         events,
         seconds,
-        cpu: CpuTicks::take(None).since(&before),
+        cpu: CpuTicks::take([None, None], None).since(&before),
     };
     eprintln!("{name}: {:.0} events/s", phase.rate());
     Ok(phase)
@@ -635,28 +615,15 @@ async fn publish(
         .confirm_select(ConfirmSelectOptions::default())
         .await?;
     let started = Instant::now();
-    let mut unconfirmed = FuturesUnordered::new();
-    let mut refused = 0u64;
-    let mut settle = |result: Option<Result<Confirmation, lapin::Error>>| -> anyhow::Result<()> {
-        match result {
-            Some(Ok(Confirmation::Nack(_))) => refused += 1,
-            Some(Ok(_)) | None => {}
-            Some(Err(error)) => return Err(error).context("publisher confirm"),
-        }
-        Ok(())
-    };
+    let mut confirms = Confirms::new(MAX_UNCONFIRMED);
     for event in events {
         let confirm = publish_event(&publisher, exchange, event.routing_key, &event.body).await?;
-        unconfirmed.push(confirm);
-        while unconfirmed.len() >= MAX_UNCONFIRMED {
-            settle(unconfirmed.next().await)?;
-        }
+        confirms.push(confirm).await?;
     }
-    while let Some(result) = unconfirmed.next().await {
-        settle(Some(result))?;
-    }
+    confirms.finish().await?;
     let seconds = started.elapsed().as_secs_f64();
     let _ = publisher.close(200, "published").await;
+    let refused = confirms.refused;
     ensure!(refused == 0, "RabbitMQ refused {refused} published events");
     Ok(Phase {
         events: events.len() as u64,
@@ -717,7 +684,7 @@ async fn raw_drain(amqp_url: &str, queue: &str, n: u64) -> anyhow::Result<(u64, 
 /// saw an event to the one that saw them all, and the time from the service's start to that
 /// first poll.
 async fn drain(service: &mut Service, n: u64) -> anyhow::Result<(Phase, Duration)> {
-    let pid = Some(service.pid);
+    let pid = [Some(service.pid()), None];
     let mut first: Option<(Instant, u64, CpuTicks)> = None;
     let mut last_change = (Instant::now(), 0u64);
     let mut ticker = tokio::time::interval(POLL_EVERY);
@@ -726,17 +693,17 @@ async fn drain(service: &mut Service, n: u64) -> anyhow::Result<(Phase, Duration
         ticker.tick().await;
         service.check_running()?;
         // Every label set: applied and ignored (generated traffic has nothing else).
-        let count = metric_sum(&service.metrics().await?, "pulseboard_events_total", "") as u64;
+        let count = metric_sum(&service.metrics().await?, "pulseboard_events_total", "");
         let now = Instant::now();
         if count > 0 && first.is_none() {
-            first = Some((now, count, CpuTicks::take(pid)));
+            first = Some((now, count, CpuTicks::take(pid, None)));
         }
         if count != last_change.1 {
             last_change = (now, count);
         } else if now - last_change.0 > STALL_LIMIT {
             bail!(
                 "the service applied {count} of {n} events, then stalled{}",
-                service.log_tail()
+                service.log_tail(20)
             );
         }
         ensure!(
@@ -745,7 +712,7 @@ async fn drain(service: &mut Service, n: u64) -> anyhow::Result<(Phase, Duration
         );
         if count == n {
             let (start, counted_then, cpu_then) = first.context("no first poll")?;
-            let cpu = CpuTicks::take(pid).since(&cpu_then);
+            let cpu = CpuTicks::take(pid, None).since(&cpu_then);
             let seconds = (now - start).as_secs_f64();
             ensure!(
                 seconds > 0.0,
@@ -762,12 +729,14 @@ async fn drain(service: &mut Service, n: u64) -> anyhow::Result<(Phase, Duration
     }
 }
 
-/// Waits for a snapshot whose revenue today equals the generator's net revenue.
+/// Waits for a snapshot whose revenue today equals the generator's net revenue. Signs in first:
+/// after the drain, so that the password's hashing is not timed.
 async fn check_revenue(service: &mut Service, expected: i64) -> anyhow::Result<()> {
+    service.sign_in().await?;
     let deadline = Instant::now() + Duration::from_secs(10);
     let mut seen = None;
     while Instant::now() < deadline {
-        if let Some(snapshot) = service.snapshot().await? {
+        if let Some(snapshot) = service.try_snapshot().await? {
             let revenue = snapshot["revenue"]["today_minor"].as_i64();
             if revenue == Some(expected) {
                 return Ok(());
@@ -782,303 +751,14 @@ async fn check_revenue(service: &mut Service, expected: i64) -> anyhow::Result<(
     )
 }
 
-async fn delete_topology(amqp_url: &str, names: &Names) -> anyhow::Result<()> {
-    let connection = connect(amqp_url, "pulseboard bench cleanup").await?;
-    let channel = connection.create_channel().await?;
-    let mut deleted = support::delete_topology(
-        &channel,
-        &names.topology,
-        &[&names.raw_queue, &names.floor_queue],
-    )
-    .await;
-    for exchange in [&names.raw_exchange, &names.floor_exchange] {
-        let gone = channel
-            .exchange_delete(exchange, ExchangeDeleteOptions::default())
-            .await
-            .with_context(|| format!("deleting exchange {exchange}"));
-        deleted = deleted.and(gone);
+/// The consumer's ticks: the service's when one ran in the phase (its process is the one
+/// watched), or this process's for the bare loops, which run in it.
+fn consumer_ticks(cpu: &CpuTicks) -> u64 {
+    if cpu.watched[0] > 0 {
+        cpu.watched[0]
+    } else {
+        cpu.own
     }
-    let _ = connection.close(200, "cleaned up").await;
-    deleted
-}
-
-/// Waits until the machine is nearly idle, at most `limit`; says whether it became so.
-async fn wait_for_quiet(limit: Duration) -> bool {
-    let deadline = Instant::now() + limit;
-    let mut warned = false;
-    loop {
-        let busy = others_busy().await;
-        if busy < floor() + QUIET_MARGIN {
-            return true;
-        }
-        if Instant::now() >= deadline {
-            eprintln!(
-                "WARNING: the machine is still busy ({busy:.0}% of one core); measuring anyway"
-            );
-            return false;
-        }
-        if !warned {
-            eprintln!("waiting for the machine to quieten (busy: {busy:.0}% of one core)");
-            warned = true;
-        }
-    }
-}
-
-/// CPU used by every process but this one over the next second, in % of one core.
-async fn others_busy() -> f64 {
-    let before = machine_ticks();
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    let after = machine_ticks();
-    let wall = after.all.saturating_sub(before.all) as f64 / machine_cores() as f64;
-    let others =
-        after.busy.saturating_sub(before.busy) as f64 - after.own.saturating_sub(before.own) as f64;
-    let busy = (others * 100.0 / wall.max(1.0)).max(0.0);
-    if busy < floor() {
-        FLOOR.store(busy.to_bits(), Ordering::Relaxed);
-    }
-    busy
-}
-
-fn floor() -> f64 {
-    match FLOOR.load(Ordering::Relaxed) {
-        u64::MAX => f64::MAX,
-        bits => f64::from_bits(bits),
-    }
-}
-
-/// The machine's steady background load: the quietest second out of up to ten.
-async fn measure_background() -> f64 {
-    for _ in 0..10 {
-        if others_busy().await < QUIET_OTHER {
-            break;
-        }
-    }
-    floor()
-}
-
-/// Busy and total ticks of the whole machine (/proc/stat), and this process's own.
-struct MachineTicks {
-    busy: u64,
-    iowait: u64,
-    all: u64,
-    own: u64,
-}
-
-fn machine_ticks() -> MachineTicks {
-    let own = process_ticks(std::process::id());
-    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
-    // user nice system idle iowait irq softirq steal
-    let fields: Vec<u64> = stat
-        .lines()
-        .next()
-        .unwrap_or_default()
-        .split_whitespace()
-        .skip(1)
-        .take(8)
-        .filter_map(|f| f.parse().ok())
-        .collect();
-    let all: u64 = fields.iter().sum();
-    let idle = fields.get(3).copied().unwrap_or(0);
-    let iowait = fields.get(4).copied().unwrap_or(0);
-    MachineTicks {
-        busy: all - idle - iowait,
-        iowait,
-        all,
-        own,
-    }
-}
-
-/// CPU time (clock ticks) of the processes involved, and of the whole machine: since boot
-/// when taken with [`CpuTicks::take`], over one or more intervals after [`CpuTicks::since`].
-#[derive(Clone, Copy, Default)]
-struct CpuTicks {
-    /// The service (`Some(pid)`) or, for the raw loop, this benchmark process.
-    consumer: u64,
-    /// This benchmark process when it is not the consumer (polling `/metrics`).
-    bench: u64,
-    rabbitmq: u64,
-    postgres: u64,
-    busy: u64,
-    iowait: u64,
-    /// Ticks of all cores together.
-    all: u64,
-}
-
-/// CPU used, in percent of one core (the machine's figures are out of `100 x cores`).
-#[derive(Clone, Copy, Default)]
-struct CpuUse {
-    consumer: f64,
-    rabbitmq: f64,
-    postgres: f64,
-    /// Everything else: other people's work on the machine, the kernel's network processing.
-    other: f64,
-    busy: f64,
-    iowait: f64,
-}
-
-impl CpuTicks {
-    fn add(&mut self, other: &CpuTicks) {
-        self.consumer += other.consumer;
-        self.bench += other.bench;
-        self.rabbitmq += other.rabbitmq;
-        self.postgres += other.postgres;
-        self.busy += other.busy;
-        self.iowait += other.iowait;
-        self.all += other.all;
-    }
-
-    fn usage(&self) -> CpuUse {
-        // Elapsed wall-clock ticks: /proc/stat counts every core.
-        let wall = self.all as f64 / machine_cores() as f64;
-        if wall <= 0.0 {
-            return CpuUse::default();
-        }
-        let percent = |ticks: u64| ticks as f64 * 100.0 / wall;
-        let accounted = self.consumer + self.bench + self.rabbitmq + self.postgres;
-        CpuUse {
-            consumer: percent(self.consumer),
-            rabbitmq: percent(self.rabbitmq),
-            postgres: percent(self.postgres),
-            other: percent(self.busy.saturating_sub(accounted)),
-            busy: percent(self.busy),
-            iowait: percent(self.iowait),
-        }
-    }
-}
-
-impl CpuTicks {
-    fn take(pid: Option<u32>) -> CpuTicks {
-        let machine = machine_ticks();
-        let (consumer, bench) = match pid {
-            Some(pid) => (process_ticks(pid), machine.own),
-            None => (machine.own, 0),
-        };
-        let servers = SERVERS.get_or_init(Servers::find);
-        CpuTicks {
-            consumer,
-            bench,
-            rabbitmq: servers.rabbitmq.map_or(0, process_ticks),
-            postgres: servers.postgres.map_or(0, postgres_ticks),
-            busy: machine.busy,
-            iowait: machine.iowait,
-            all: machine.all,
-        }
-    }
-
-    fn since(&self, earlier: &CpuTicks) -> CpuTicks {
-        CpuTicks {
-            consumer: self.consumer.saturating_sub(earlier.consumer),
-            bench: self.bench.saturating_sub(earlier.bench),
-            rabbitmq: self.rabbitmq.saturating_sub(earlier.rabbitmq),
-            postgres: self.postgres.saturating_sub(earlier.postgres),
-            busy: self.busy.saturating_sub(earlier.busy),
-            iowait: self.iowait.saturating_sub(earlier.iowait),
-            all: self.all.saturating_sub(earlier.all),
-        }
-    }
-}
-
-/// The broker and database this benchmark talks to, found by their listening ports (other
-/// brokers or databases may run on the machine, e.g. ones started by the test suite).
-struct Servers {
-    rabbitmq: Option<u32>,
-    postgres: Option<u32>,
-}
-
-static SERVERS: OnceLock<Servers> = OnceLock::new();
-
-impl Servers {
-    fn find() -> Servers {
-        let amqp_port =
-            amqp_port(&std::env::var("AMQP_URL").unwrap_or_else(|_| DEFAULT_AMQP_URL.into()));
-        Servers {
-            rabbitmq: listener_pid(amqp_port),
-            postgres: listener_pid(PG_PORT),
-        }
-    }
-}
-
-fn amqp_port(url: &str) -> u16 {
-    let authority = url.split("://").nth(1).unwrap_or(url);
-    let host_port = authority.split('/').next().unwrap_or(authority);
-    let host_port = host_port.rsplit('@').next().unwrap_or(host_port);
-    host_port
-        .rsplit_once(':')
-        .and_then(|(_, port)| port.parse().ok())
-        .unwrap_or(5672)
-}
-
-/// The process listening on TCP `port`, through /proc/net/tcp{,6} and the processes' sockets.
-fn listener_pid(port: u16) -> Option<u32> {
-    let mut inodes = Vec::new();
-    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
-        let text = std::fs::read_to_string(table).unwrap_or_default();
-        for line in text.lines().skip(1) {
-            let fields: Vec<&str> = line.split_whitespace().collect();
-            let listening = fields.get(3) == Some(&"0A");
-            let local_port = fields
-                .get(1)
-                .and_then(|a| a.rsplit_once(':'))
-                .and_then(|(_, p)| u16::from_str_radix(p, 16).ok());
-            if listening && local_port == Some(port) {
-                if let Some(inode) = fields.get(9) {
-                    inodes.push(format!("socket:[{inode}]"));
-                }
-            }
-        }
-    }
-    for pid in pids() {
-        let fds = std::fs::read_dir(format!("/proc/{pid}/fd"));
-        for fd in fds.into_iter().flatten().flatten() {
-            let target = std::fs::read_link(fd.path()).unwrap_or_default();
-            if inodes.iter().any(|i| target.as_os_str() == i.as_str()) {
-                return Some(pid);
-            }
-        }
-    }
-    None
-}
-
-fn pids() -> impl Iterator<Item = u32> {
-    std::fs::read_dir("/proc")
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter_map(|entry| entry.file_name().to_str()?.parse().ok())
-}
-
-/// The PostgreSQL server: the postmaster and its children (backends, writers).
-fn postgres_ticks(postmaster: u32) -> u64 {
-    let children =
-        std::fs::read_to_string(format!("/proc/{postmaster}/task/{postmaster}/children"))
-            .unwrap_or_default();
-    children
-        .split_whitespace()
-        .filter_map(|pid| pid.parse().ok())
-        .map(process_ticks)
-        .sum::<u64>()
-        + process_ticks(postmaster)
-}
-
-/// The fields of /proc/<pid>/stat after the command name (the first is the state, field 3).
-fn stat_fields(pid: u32) -> Vec<String> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // The command name may contain spaces and parentheses: skip to its last `)`.
-    let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
-    after.split_whitespace().map(str::to_owned).collect()
-}
-
-/// utime + stime of one process (all its threads), in clock ticks.
-fn process_ticks(pid: u32) -> u64 {
-    let fields = stat_fields(pid);
-    let field = |i: usize| {
-        fields
-            .get(i)
-            .and_then(|f| f.parse::<u64>().ok())
-            .unwrap_or(0)
-    };
-    // utime and stime are fields 14 and 15 of proc(5).
-    field(11) + field(12)
 }
 
 fn unix_ms() -> i64 {
@@ -1088,21 +768,7 @@ fn unix_ms() -> i64 {
 }
 
 fn print_machine(background: f64) {
-    let cpus = machine_cores();
-    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-    let model = cpuinfo
-        .lines()
-        .find_map(|l| l.strip_prefix("model name"))
-        .and_then(|l| l.split(':').nth(1))
-        .map_or("unknown".into(), |m| m.trim().to_owned());
-    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
-    let memory = meminfo
-        .lines()
-        .find_map(|l| l.strip_prefix("MemTotal:"))
-        .and_then(|kb| kb.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
-        .map_or("unknown".into(), |kb| {
-            format!("{:.1} GiB", kb / 1024.0 / 1024.0)
-        });
+    let (cpus, model, memory) = (machine_cores(), cpu_model(), memory());
     let rabbitmq = command_output("rabbitmqctl", &["version"]);
     let postgres = command_output(
         "psql",
@@ -1129,20 +795,20 @@ fn print_machine(background: f64) {
     println!("- memory: {memory}");
     println!("- kernel: Linux {kernel}; /tmp (SQLite file) on {tmp_fs}");
     println!("- RabbitMQ: {rabbitmq}; PostgreSQL: {postgres}; {rustc}");
-    let servers = SERVERS.get_or_init(Servers::find);
+    let (rabbitmq, postgres) = server_pids();
     let pid = |pid: Option<u32>| pid.map_or("not found".to_owned(), |p| format!("pid {p}"));
     println!(
         "- CPU accounting: RabbitMQ {}, PostgreSQL {} (found by listening port)",
-        pid(servers.rabbitmq),
-        pid(servers.postgres)
+        pid(rabbitmq),
+        pid(postgres)
     );
     let cpus_of = |pid: Option<u32>| pid.map_or("?".to_owned(), |p| allowed_cpus(&p.to_string()));
     println!(
         "- CPUs allowed (`taskset`): the consumers (this benchmark, the service it spawns) {}; \
          RabbitMQ {}; PostgreSQL {}",
         allowed_cpus("self"),
-        cpus_of(servers.rabbitmq),
-        cpus_of(servers.postgres)
+        cpus_of(rabbitmq),
+        cpus_of(postgres)
     );
     println!(
         "- background load before the run: {background:.0}% of one core (the quietest second); \
@@ -1186,7 +852,7 @@ fn print_table(rows: &[Row], baseline_only: bool) {
         };
         println!(
             "| {} | {} | {:.0} | {:.0} | {:.2} | {:.0} | {:.2} | {:.0} | {startup} | {revenue} | {} |",
-            row.backend.name(),
+            backend_name(row.backend),
             row.events,
             row.raw.rate(),
             row.service.rate(),
@@ -1210,19 +876,19 @@ fn print_table(rows: &[Row], baseline_only: bool) {
     println!("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |");
     for row in rows {
         for (phase, cpu) in [
-            ("raw lapin loop", row.raw.cpu.usage()),
-            ("bare durable consumer", row.floor.cpu.usage()),
-            ("pulseboard", row.service.cpu.usage()),
+            ("raw lapin loop", &row.raw.cpu),
+            ("bare durable consumer", &row.floor.cpu),
+            ("pulseboard", &row.service.cpu),
         ] {
             println!(
                 "| {} | {phase} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} |",
-                row.backend.name(),
-                cpu.consumer,
-                cpu.rabbitmq,
-                cpu.postgres,
-                cpu.other,
-                cpu.busy,
-                cpu.iowait,
+                backend_name(row.backend),
+                cpu.percent(consumer_ticks(cpu)),
+                cpu.percent(cpu.rabbitmq),
+                cpu.percent(cpu.postgres),
+                cpu.percent(cpu.other()),
+                cpu.percent(cpu.machine.busy),
+                cpu.percent(cpu.machine.iowait),
             );
         }
     }
@@ -1243,15 +909,15 @@ fn print_table(rows: &[Row], baseline_only: bool) {
         for (name, round) in warmup.chain(counted) {
             println!(
                 "| {} | {name} | {} | {:.0} | {:.0} | {:.2} | {:.0} | {:.2} | {:.0} / {:.0} |",
-                row.backend.name(),
+                backend_name(row.backend),
                 if round.raw_first { "raw" } else { "pulseboard" },
                 round.raw.rate(),
                 round.service.rate(),
                 round.service.rate() / round.raw.rate(),
                 round.floor.rate(),
                 round.floor.rate() / round.raw.rate(),
-                round.raw.cpu.usage().other,
-                round.service.cpu.usage().other,
+                round.raw.cpu.percent(round.raw.cpu.other()),
+                round.service.cpu.percent(round.service.cpu.other()),
             );
         }
     }
@@ -1262,7 +928,7 @@ fn print_table(rows: &[Row], baseline_only: bool) {
         println!(
             "- {}: applied >= 0.8 x raw: {}; applied >= 20 000 events/s: {}; the bare durable \
              consumer reached {:.2} x raw",
-            row.backend.name(),
+            backend_name(row.backend),
             verdict(applied >= 0.8 * raw),
             verdict(applied >= 20_000.0),
             row.floor.rate() / raw,

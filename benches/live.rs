@@ -20,9 +20,9 @@
 //!    **newest** one (the R-th), and to **every** order it brings whose number is a multiple of
 //!    50 (the distribution over orders), from the publish instant; and every order again from
 //!    its **arrival at the service**, the definition: the service logs each committed
-//!    batch with its events' first and last arrival (`pulseboard::ingest::leader` at debug),
-//!    and since every event is one order and batches commit one at a time in delivery order,
-//!    the batches number the orders. Only orders published in the last 15 s of the load count
+//!    batch with its events' first and last arrival (at debug; the line is defined and read
+//!    back by `pulseboard::ingest::batch_log`), and since every event is one order and batches
+//!    commit one at a time in delivery order, the batches number the orders. Only orders published in the last 15 s of the load count
 //!    (the first 5 s are warm-up); snapshots received in that window are counted too;
 //! 5. samples CPU (service, baseline process, this process split into client threads and the
 //!    rest, RabbitMQ, the whole machine) over the same window, reads the service's slow-client
@@ -43,9 +43,8 @@
 //! (the service and the baseline inherit it).
 
 use anyhow::{bail, ensure, Context};
-use futures_util::stream::{FuturesUnordered, StreamExt};
 use lapin::options::ConfirmSelectOptions;
-use lapin::publisher_confirm::Confirmation;
+use pulseboard::ingest::batch_log::{self, CommittedBatch};
 use pulseboard::rabbitmq::{connect, publish_event, Topology};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -55,20 +54,27 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 #[path = "live/bare.rs"]
 mod bare;
-mod support;
+// The kit is shared with the tests and the other benchmarks; this one uses most of it.
+#[allow(dead_code)]
+#[path = "../tests/kit/mod.rs"]
+mod kit;
 use bare::BareFanout;
-use support::{
-    command_output, delete_topology, machine_cores, metric_sum, usable_cores, Service,
-    ServiceOptions, CURRENCY, STARTUP_LIMIT,
+use kit::broker::{amqp_url_from_env, short_id, Confirms};
+use kit::cpu::{
+    command_output, cpu_model, machine_cores, memory, open_file_limit, resident_kib, usable_cores,
+    wait_for_quiet, CpuTicks, ProcessTable,
 };
+use kit::database::{Backend, PostgresServer, TestDatabase};
+use kit::metrics::{metric_sum, metric_value};
+use kit::service::{Echo, Service, ServiceConfig, STARTUP_LIMIT};
 
 const DEFAULT_CLIENTS: &str = "1000,10000";
 const DEFAULT_RATE: u64 = 5_000;
 const DEFAULT_LOAD_SECS: u64 = 20;
-const DEFAULT_AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+const CURRENCY: &str = "USD";
 const DEFAULT_QUIET_SECS: u64 = 300;
 const DEFAULT_ATTEMPTS: u64 = 5;
-/// Consecutive seconds the machine must be nearly idle before a case starts.
+/// Consecutive seconds the machine must be back near its idle floor before a case starts.
 const QUIET_SECONDS: u32 = 3;
 /// The service's default coalescing tick (SPEC §2), stated explicitly.
 const SNAPSHOT_INTERVAL_MS: u64 = 250;
@@ -90,9 +96,6 @@ const CONNECT_ATTEMPTS: u32 = 5;
 /// Client source addresses 127.0.0.FIRST..=127.0.0.LAST, one per client in turn.
 const FIRST_SOURCE: u8 = 2;
 const LAST_SOURCE: u8 = 9;
-/// The service's debug line for each committed batch, with its events' arrival range.
-const BATCH_LOG_TARGET: &str = "pulseboard::ingest::leader";
-const BATCH_LOG_MESSAGE: &str = "batch committed";
 /// Room reserved for each client's receipts (about 4 a second for the run; it grows if needed).
 const RECEIPTS_PER_CLIENT: usize = 160;
 /// Orders whose number is a multiple of this are followed to every client ("every order").
@@ -109,8 +112,6 @@ const DISTURBED_OTHER: f64 = 10.0;
 /// hold the backlog in the publisher's connection, counted in the latency; a small one makes the
 /// publisher fall behind its schedule instead (reported as "publisher max behind").
 const DEFAULT_UNCONFIRMED: u64 = 20_000;
-/// A case starts once the whole machine used less than this (% of one core) over a second.
-const QUIET_BUSY: f64 = 25.0;
 /// Names of this process's threads, to tell the clients' CPU from the publisher's.
 const CLIENT_THREADS: &str = "bench-clients";
 const PUBLISHER_THREAD: &str = "bench-publisher";
@@ -218,7 +219,7 @@ fn settings() -> Settings {
         rate: number("BENCH_RATE", DEFAULT_RATE),
         unconfirmed: number("BENCH_UNCONFIRMED", DEFAULT_UNCONFIRMED).max(1) as usize,
         load,
-        amqp_url: std::env::var("AMQP_URL").unwrap_or_else(|_| DEFAULT_AMQP_URL.into()),
+        amqp_url: amqp_url_from_env(),
         quiet_limit: Duration::from_secs(number("BENCH_QUIET_SECS", DEFAULT_QUIET_SECS)),
         attempts: number("BENCH_ATTEMPTS", DEFAULT_ATTEMPTS) as u32,
     }
@@ -228,13 +229,7 @@ fn settings() -> Settings {
 /// process's limit). Without libc the limit cannot be raised from inside, so say what to run.
 fn check_fd_limit(settings: &Settings) {
     let needed = settings.clients.iter().max().copied().unwrap_or(0) as u64 + 1_000;
-    let limits = std::fs::read_to_string("/proc/self/limits").unwrap_or_default();
-    let soft = limits
-        .lines()
-        .find(|l| l.starts_with("Max open files"))
-        .and_then(|l| l.split_whitespace().nth(3))
-        .and_then(|v| v.parse::<u64>().ok());
-    if let Some(soft) = soft {
+    if let Some(soft) = open_file_limit() {
         if soft < needed {
             eprintln!(
                 "the open-file limit is {soft}; {needed} are needed: run `ulimit -n {needed}` first"
@@ -295,7 +290,8 @@ struct Row {
     /// (`event_age`: arrival − occurred_at) and arrival → write (`delivery_latency`, sse).
     event_age_mean: f64,
     server_delivery_mean: f64,
-    cpu: CpuUse,
+    /// Over the window: the service and the baseline watched, the client threads named.
+    cpu: CpuTicks,
     coalesced: u64,
     slow_disconnects: u64,
     lost: u64,
@@ -311,7 +307,10 @@ struct Row {
 impl Row {
     /// Other processes used the machine during the window: the figures are not this setup's.
     fn disturbed(&self) -> bool {
-        !self.quiet || self.cpu.other > DISTURBED_OTHER || self.cpu.steal > DISTURBED_OTHER
+        let cpu = &self.cpu;
+        !self.quiet
+            || cpu.percent(cpu.other()) > DISTURBED_OTHER
+            || cpu.percent(cpu.machine.steal) > DISTURBED_OTHER
     }
 
     /// A figure about the service's clients, which in a baseline row is its one upstream
@@ -336,42 +335,36 @@ impl Row {
     }
 }
 
-/// Names of everything one case creates on the broker.
+/// Names of everything one case creates on the broker, deleted when it ends.
 struct Names {
-    prefix: String,
+    kit: kit::broker::Names,
     topology: Topology,
 }
 
 impl Names {
-    fn new(clients: usize) -> Names {
-        let id = uuid::Uuid::new_v4().simple().to_string();
-        let prefix = format!("bench-live-{}-{clients}", &id[..8]);
+    fn new(amqp_url: &str, clients: usize) -> Names {
+        let prefix = format!("bench-live-{}-{clients}", &short_id()[..8]);
+        let kit = kit::broker::Names::on(amqp_url, &prefix, &[], &[]);
         Names {
-            topology: Topology::new(&format!("{prefix}.ev"), &prefix),
-            prefix,
+            topology: kit.topology(),
+            kit,
         }
     }
 }
 
 async fn run_case(settings: &Settings, n: usize, server: Server) -> anyhow::Result<Row> {
-    let names = Names::new(n);
+    let names = Names::new(&settings.amqp_url, n);
     let connection = connect(&settings.amqp_url, "pulseboard live bench")
         .await
         .context("RabbitMQ (AMQP_URL)")?;
     let channel = connection.create_channel().await?;
     // Declared before the service starts, so the exchange exists whoever comes first.
     names.topology.declare(&channel).await?;
-    let folder = tempfile::tempdir().context("a temporary directory")?;
-    let database_url = format!(
-        "sqlite://{}?mode=rwc",
-        folder.path().join("live.db").display()
-    );
-    let result = measure(settings, n, server, &names, &database_url).await;
-    let cleanup = delete_topology(&channel, &names.topology, &[]).await;
+    // A SQLite file: no server is asked.
+    let database = TestDatabase::create(&PostgresServer::shared(), Backend::Sqlite, "live").await?;
+    let result = measure(settings, n, server, &names, &database).await;
     let _ = connection.close(200, "bench done").await;
-    let row = result?;
-    cleanup.context("deleting the bench topology")?;
-    Ok(row)
+    result
 }
 
 async fn measure(
@@ -379,33 +372,27 @@ async fn measure(
     n: usize,
     server: Server,
     names: &Names,
-    database_url: &str,
+    database: &TestDatabase,
 ) -> anyhow::Result<Row> {
-    let quiet = wait_for_quiet(settings.quiet_limit).await;
-    let mut service = Service::start(ServiceOptions {
-        amqp_url: &settings.amqp_url,
-        database_url,
-        queue_prefix: &names.prefix,
-        exchange: &names.topology.exchange,
-        env: vec![
-            (
-                "PULSEBOARD_SNAPSHOT_INTERVAL_MS",
-                SNAPSHOT_INTERVAL_MS.to_string(),
-            ),
-            // Each committed batch's arrival range, for latency from arrival.
-            (
-                "RUST_LOG",
-                format!(
-                    "{},{BATCH_LOG_TARGET}=debug",
-                    std::env::var("BENCH_SERVICE_LOG")
-                        .unwrap_or_else(|_| "warn,pulseboard=info".into())
-                ),
-            ),
-        ],
-        collect: Some(BATCH_LOG_MESSAGE),
-    })
-    .await?;
-    eprintln!("service pid {}", service.pid);
+    let quiet = wait_for_quiet(settings.quiet_limit, QUIET_SECONDS).await;
+    let mut config =
+        ServiceConfig::for_benchmark(database, &names.kit, &settings.amqp_url, CURRENCY);
+    for (name, value) in &mut config.env {
+        if name == "RUST_LOG" {
+            // Each committed batch's arrival range, for latency from arrival (`batch_log`).
+            value.push_str(&format!(",{}=debug", batch_log::TARGET));
+        }
+    }
+    config.env.push((
+        "PULSEBOARD_SNAPSHOT_INTERVAL_MS".into(),
+        SNAPSHOT_INTERVAL_MS.to_string(),
+    ));
+    // Signed in before the clients connect: the stream wants the token.
+    config.sign_in = true;
+    // The batch lines are read from the log after the load, not shown.
+    config.echo = Echo::Warnings;
+    let mut service = Service::try_start(&config).await?;
+    eprintln!("service pid {}", service.pid());
     let outcome = drive(settings, n, server, names, &mut service, quiet).await;
     let stop = service.stop(STOP_LIMIT).await;
     let mut row = outcome?;
@@ -445,8 +432,8 @@ async fn drive(
     let target = bare.as_ref().map_or(service_address, BareFanout::address);
     let request = request_to(target);
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let rss_before_kib = rss_kib(service.pid);
-    let bench_rss_before = rss_kib(std::process::id());
+    let rss_before_kib = resident_kib(service.pid());
+    let bench_rss_before = resident_kib(std::process::id());
 
     // Room for every order the load can publish, numbered from 1.
     let capacity = (settings.rate * (settings.load.as_secs() + 2)) as usize + 1;
@@ -492,9 +479,9 @@ async fn drive(
     ensure!(opened > 0, "no client got its opening snapshot");
     eprintln!("{opened} clients connected in {connect_seconds:.1} s");
     tokio::time::sleep(IDLE_SETTLE).await;
-    let rss_idle_kib = rss_kib(service.pid);
+    let rss_idle_kib = resident_kib(service.pid());
     let bench_rss_per_client_kib =
-        (rss_kib(std::process::id()) as f64 - bench_rss_before as f64) / opened as f64;
+        (resident_kib(std::process::id()) as f64 - bench_rss_before as f64) / opened as f64;
     eprintln!(
         "service RSS {rss_before_kib} KiB before, {rss_idle_kib} KiB with {opened} idle clients"
     );
@@ -520,9 +507,9 @@ async fn drive(
     )
     .await;
     let metrics_before = service.metrics().await?;
-    let bare_pid = bare.as_ref().map_or(0, BareFanout::pid);
-    let cpu_before = CpuSample::take(service.pid, bare_pid);
-    let processes_before = ProcessTicks::take();
+    let watched = [Some(service.pid()), bare.as_ref().map(BareFanout::pid)];
+    let cpu_before = CpuTicks::take(watched, Some(CLIENT_THREADS));
+    let processes_before = ProcessTable::take();
     shared
         .window_start_us
         .store(shared.now_us(), Ordering::Release);
@@ -534,14 +521,17 @@ async fn drive(
     .await;
     let window_end = shared.now_us();
     shared.window_end_us.store(window_end, Ordering::Release);
-    let cpu = CpuSample::take(service.pid, bare_pid).since(&cpu_before);
+    let cpu = CpuTicks::take(watched, Some(CLIENT_THREADS)).since(&cpu_before);
     let metrics_after = service.metrics().await?;
     let published = tokio::task::spawn_blocking(move || publisher.join())
         .await?
         .map_err(|_| anyhow::anyhow!("the publisher thread panicked"))??;
     tokio::time::sleep(DRAIN).await;
     let metrics_end = service.metrics().await?;
-    let (arrived_at, logged) = shared.arrivals_from_log(&service.take_collected());
+    let batches: Vec<CommittedBatch> = (service.log_text().lines())
+        .filter_map(CommittedBatch::from_log_line)
+        .collect();
+    let (arrived_at, logged) = shared.arrivals_from_log(&batches);
     // Otherwise the batches would not number the orders (a batch logged twice, or lost).
     ensure!(
         logged == published.confirmed,
@@ -551,7 +541,7 @@ async fn drive(
     );
     let analysis = shared.analyse(&arrived_at);
     let transit_from_log_mean = shared.transit_from_log(&arrived_at);
-    let rss_loaded_kib = rss_kib(service.pid);
+    let rss_loaded_kib = resident_kib(service.pid());
 
     let window_seconds = (window_end - shared.window_start_us.load(Ordering::Acquire)) as f64 / 1e6;
     let caught_up = shared
@@ -595,17 +585,15 @@ async fn drive(
             "transport=\"sse\"",
         ),
         cpu,
-        coalesced: metric_sum(&metrics_end, "pulseboard_slow_client_coalesced_total", "") as u64,
-        slow_disconnects: metric_sum(&metrics_end, "pulseboard_slow_client_disconnects_total", "")
-            as u64,
+        coalesced: metric_sum(&metrics_end, "pulseboard_slow_client_coalesced_total", ""),
+        slow_disconnects: metric_sum(&metrics_end, "pulseboard_slow_client_disconnects_total", ""),
         lost: shared.lost.load(Ordering::Relaxed),
         caught_up,
         stop_seconds: 0.0,
         quiet,
-        others: busiest_others(
+        others: ProcessTable::take().busiest_since(
             &processes_before,
-            &ProcessTicks::take(),
-            &[service.pid, bare_pid],
+            &watched.iter().flatten().copied().collect::<Vec<_>>(),
         ),
         attempts: 1,
         published,
@@ -753,28 +741,21 @@ impl Shared {
         slot.get_or_insert(error);
     }
 
-    /// Arrival at the service of order k (1-based, on this clock; 0 if unknown), from its debug
-    /// lines for committed batches. Every event is an order of one minor unit and batches commit
-    /// one at a time in delivery order, so the batches' event counts number the orders; within
-    /// a batch, arrival times are spread evenly between its first and last arrival. Also returns
-    /// how many events the lines count, which must be every order confirmed.
-    fn arrivals_from_log(&self, lines: &[String]) -> (Vec<u64>, u64) {
+    /// Arrival at the service of order k (1-based, on this clock; 0 if unknown), from its log of
+    /// committed batches (`pulseboard::ingest::batch_log`). Every event is an order of one minor
+    /// unit and batches commit one at a time in delivery order, so the batches' event counts
+    /// number the orders; within a batch, arrival times are spread evenly between its first and
+    /// last arrival. Also returns how many events the lines count, which must be every order
+    /// confirmed.
+    fn arrivals_from_log(&self, batches: &[CommittedBatch]) -> (Vec<u64>, u64) {
         let mut arrived_at = vec![0; self.published_at.len()];
         let mut next = 1;
-        for line in lines {
-            let field = |name: &str| -> Option<i64> {
-                line.split_whitespace()
-                    .find_map(|part| part.strip_prefix(name)?.strip_prefix('='))?
-                    .parse()
-                    .ok()
-            };
-            let (Some(events), Some(first), Some(last)) = (
-                field("events"),
-                field("first_arrival_ms"),
-                field("last_arrival_ms"),
-            ) else {
-                continue;
-            };
+        for batch in batches {
+            let (events, first, last) = (
+                batch.events as i64,
+                batch.first_arrival_ms,
+                batch.last_arrival_ms,
+            );
             for i in 0..events {
                 let ms = first + (last - first) * i / (events - 1).max(1);
                 if let Some(slot) = arrived_at.get_mut(next) {
@@ -1215,17 +1196,7 @@ async fn publish(
     let run = uuid::Uuid::new_v4().simple().to_string();
     let run = &run[..8];
     let capacity = shared.published_at.len() as u64 - 1;
-    let mut unconfirmed = FuturesUnordered::new();
-    let (mut confirmed, mut refused) = (0u64, 0u64);
-    let mut settle = |result: Option<Result<Confirmation, lapin::Error>>| -> anyhow::Result<()> {
-        match result {
-            Some(Ok(Confirmation::Nack(_))) => refused += 1,
-            Some(Ok(_)) => confirmed += 1,
-            Some(Err(error)) => return Err(error).context("publisher confirm"),
-            None => {}
-        }
-        Ok(())
-    };
+    let mut confirms = Confirms::new(max_unconfirmed);
     let mut pacing = tokio::time::interval(Duration::from_millis(10));
     pacing.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let started = Instant::now();
@@ -1250,24 +1221,18 @@ async fn publish(
             shared.published_at[sent as usize].store(shared.now_us(), Ordering::Release);
             let confirm =
                 publish_event(&channel, exchange, "order.placed", body.as_bytes()).await?;
-            unconfirmed.push(confirm);
-            while unconfirmed.len() >= max_unconfirmed {
-                settle(unconfirmed.next().await)?;
-            }
+            confirms.push(confirm).await?;
         }
-        while let Some(Some(result)) = futures_util::FutureExt::now_or_never(unconfirmed.next()) {
-            settle(Some(result))?;
-        }
+        confirms.settle_ready()?;
     }
     let seconds = started.elapsed().as_secs_f64();
-    while let Some(result) = unconfirmed.next().await {
-        settle(Some(result))?;
-    }
+    confirms.finish().await?;
     let _ = connection.close(200, "published").await;
+    let refused = confirms.refused;
     ensure!(refused == 0, "RabbitMQ refused {refused} published orders");
     Ok(Published {
         sent,
-        confirmed,
+        confirmed: confirms.confirmed,
         seconds,
         max_behind_ms,
     })
@@ -1282,12 +1247,11 @@ fn order(run: &str, k: u64) -> String {
     )
 }
 
-/// Waits for the first snapshot (published at the leader's first tick), signing in if the API
-/// asks for credentials.
+/// Waits for the first snapshot (published at the leader's first tick).
 async fn wait_for_snapshot(service: &mut Service) -> anyhow::Result<()> {
     let deadline = Instant::now() + STARTUP_LIMIT;
     while Instant::now() < deadline {
-        if service.snapshot().await?.is_some() {
+        if service.try_snapshot().await?.is_some() {
             return Ok(());
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -1298,8 +1262,8 @@ async fn wait_for_snapshot(service: &mut Service) -> anyhow::Result<()> {
 /// The stream's path, with `?access_token=` when the service wants credentials.
 fn stream_path(service: &Service) -> String {
     match service.token() {
-        Some(token) => format!("/api/dashboard/stream?access_token={token}"),
-        None => "/api/dashboard/stream".to_owned(),
+        "" => "/api/dashboard/stream".to_owned(),
+        token => format!("/api/dashboard/stream?access_token={token}"),
     }
 }
 
@@ -1307,8 +1271,8 @@ fn stream_path(service: &Service) -> String {
 fn metric_mean(before: &str, after: &str, name: &str, label: &str) -> f64 {
     let sum = format!("{name}_sum");
     let count = format!("{name}_count");
-    let samples = metric_sum(after, &count, label) - metric_sum(before, &count, label);
-    (metric_sum(after, &sum, label) - metric_sum(before, &sum, label)) * 1_000.0 / samples
+    let samples = metric_value(after, &count, label) - metric_value(before, &count, label);
+    (metric_value(after, &sum, label) - metric_value(before, &sum, label)) * 1_000.0 / samples
 }
 
 /// The service's own view over the window: p50/p99 upper bucket bounds of
@@ -1361,252 +1325,9 @@ fn server_latency(before: &str, after: &str) -> String {
     format!("{} / {}", bound(0.5), bound(0.99))
 }
 
-/// Resident memory of a process (VmRSS), KiB.
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or(0)
-}
-
-/// Waits until the machine is nearly idle, at most `limit`; says whether it became so.
-async fn wait_for_quiet(limit: Duration) -> bool {
-    let deadline = Instant::now() + limit;
-    let mut warned = false;
-    let mut quiet_for = 0;
-    loop {
-        let before = CpuSample::take(0, 0);
-        tokio::time::sleep(Duration::from_secs(1)).await;
-        let busy = CpuSample::take(0, 0).since(&before).busy;
-        quiet_for = if busy < QUIET_BUSY { quiet_for + 1 } else { 0 };
-        if quiet_for >= QUIET_SECONDS {
-            return true;
-        }
-        if quiet_for > 0 {
-            continue;
-        }
-        if Instant::now() >= deadline {
-            eprintln!(
-                "WARNING: the machine is still busy ({busy:.0}% of one core); measuring anyway"
-            );
-            return false;
-        }
-        if !warned {
-            eprintln!("waiting for the machine to quieten (busy: {busy:.0}% of one core)");
-            warned = true;
-        }
-    }
-}
-
-/// CPU time (clock ticks) of the processes involved, and of the whole machine.
-struct CpuSample {
-    service: u64,
-    /// This process's client runtime threads.
-    clients: u64,
-    /// The baseline fan-out process.
-    bare: u64,
-    /// This process's other threads: the publisher, lapin's, the driver.
-    bench_rest: u64,
-    rabbitmq: u64,
-    busy: u64,
-    /// Time the hypervisor gave to other guests while this one wanted to run.
-    steal: u64,
-    all: u64,
-}
-
-/// CPU used over an interval, in percent of one core (the machine's out of `100 x cores`).
-#[derive(Clone, Copy, Default)]
-struct CpuUse {
-    service: f64,
-    clients: f64,
-    bare: f64,
-    bench_rest: f64,
-    rabbitmq: f64,
-    /// Everything else: other processes, the kernel's own threads.
-    other: f64,
-    busy: f64,
-    steal: f64,
-}
-
-impl CpuSample {
-    /// `service`, `bare`: their processes, 0 for none to sample.
-    fn take(service: u32, bare: u32) -> CpuSample {
-        let ticks_of = |pid: u32| {
-            if pid == 0 {
-                0
-            } else {
-                process_ticks(&format!("/proc/{pid}/stat"))
-            }
-        };
-        let (service, bare) = (ticks_of(service), ticks_of(bare));
-        let mut clients = 0;
-        for entry in std::fs::read_dir("/proc/self/task")
-            .into_iter()
-            .flatten()
-            .flatten()
-        {
-            let path = entry.path();
-            let comm = std::fs::read_to_string(path.join("comm")).unwrap_or_default();
-            if comm.trim() == CLIENT_THREADS {
-                clients += process_ticks(&format!("{}/stat", path.display()));
-            }
-        }
-        // The process's own total keeps the time of threads that have exited (lapin's, earlier
-        // publishers); a sum over the live threads would not.
-        let bench_rest = process_ticks("/proc/self/stat").saturating_sub(clients);
-        let mut rabbitmq = 0;
-        for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-            let path = entry.path();
-            let comm = std::fs::read_to_string(path.join("comm")).unwrap_or_default();
-            if comm.trim() == "beam.smp" {
-                rabbitmq += process_ticks(&format!("{}/stat", path.display()));
-            }
-        }
-        let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
-        let fields: Vec<u64> = stat
-            .lines()
-            .next()
-            .unwrap_or_default()
-            .split_whitespace()
-            .skip(1)
-            .take(8)
-            .filter_map(|f| f.parse().ok())
-            .collect();
-        let all: u64 = fields.iter().sum();
-        let idle = fields.get(3).copied().unwrap_or(0) + fields.get(4).copied().unwrap_or(0);
-        let steal = fields.get(7).copied().unwrap_or(0);
-        CpuSample {
-            service,
-            clients,
-            bare,
-            bench_rest,
-            rabbitmq,
-            busy: all - idle - steal,
-            steal,
-            all,
-        }
-    }
-
-    fn since(&self, earlier: &CpuSample) -> CpuUse {
-        // /proc/stat counts every core, so its elapsed ticks are cores x wall-clock ticks.
-        let wall = self.all.saturating_sub(earlier.all) as f64 / machine_cores() as f64;
-        if wall <= 0.0 {
-            return CpuUse::default();
-        }
-        let percent = |now: u64, then: u64| now.saturating_sub(then) as f64 * 100.0 / wall;
-        let service = percent(self.service, earlier.service);
-        let clients = percent(self.clients, earlier.clients);
-        let bare = percent(self.bare, earlier.bare);
-        let bench_rest = percent(self.bench_rest, earlier.bench_rest);
-        let rabbitmq = percent(self.rabbitmq, earlier.rabbitmq);
-        let busy = percent(self.busy, earlier.busy);
-        CpuUse {
-            service,
-            clients,
-            bare,
-            bench_rest,
-            rabbitmq,
-            other: (busy - service - clients - bare - bench_rest - rabbitmq).max(0.0),
-            busy,
-            steal: percent(self.steal, earlier.steal),
-        }
-    }
-}
-
-/// CPU ticks of every process on the machine, by pid, with its name.
-struct ProcessTicks {
-    ticks: std::collections::HashMap<u32, (String, u64)>,
-    all: u64,
-}
-
-impl ProcessTicks {
-    fn take() -> ProcessTicks {
-        let mut ticks = std::collections::HashMap::new();
-        for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-            let Some(pid) = entry
-                .file_name()
-                .to_str()
-                .and_then(|n| n.parse::<u32>().ok())
-            else {
-                continue;
-            };
-            let path = entry.path();
-            let comm = std::fs::read_to_string(path.join("comm")).unwrap_or_default();
-            let used = process_ticks(&format!("{}/stat", path.display()));
-            ticks.insert(pid, (comm.trim().to_owned(), used));
-        }
-        ProcessTicks {
-            ticks,
-            all: CpuSample::take(0, 0).all,
-        }
-    }
-}
-
-/// The three busiest processes other than ours (the service, the baseline, this benchmark) and
-/// RabbitMQ between two samples, by name, in % of one core.
-fn busiest_others(before: &ProcessTicks, after: &ProcessTicks, ours: &[u32]) -> String {
-    let wall = after.all.saturating_sub(before.all) as f64 / machine_cores() as f64;
-    let mut by_name: std::collections::HashMap<&str, u64> = std::collections::HashMap::new();
-    for (pid, (comm, used)) in &after.ticks {
-        if ours.contains(pid) || *pid == std::process::id() || comm == "beam.smp" {
-            continue;
-        }
-        let earlier = before.ticks.get(pid).map_or(0, |(_, t)| *t);
-        *by_name.entry(comm.as_str()).or_default() += used.saturating_sub(earlier);
-    }
-    let mut busiest: Vec<(&str, u64)> = by_name.into_iter().filter(|(_, t)| *t > 0).collect();
-    busiest.sort_by_key(|b| std::cmp::Reverse(b.1));
-    if busiest.is_empty() || wall <= 0.0 {
-        return "none".into();
-    }
-    busiest
-        .iter()
-        .take(3)
-        .map(|(name, t)| format!("{name} {:.0}%", *t as f64 * 100.0 / wall))
-        .collect::<Vec<_>>()
-        .join(", ")
-}
-
-/// utime + stime of one process or thread, in clock ticks.
-fn process_ticks(stat_path: &str) -> u64 {
-    let stat = std::fs::read_to_string(stat_path).unwrap_or_default();
-    // The command name may contain spaces; fields are counted after its closing parenthesis.
-    let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
-    let fields: Vec<&str> = after.split_whitespace().collect();
-    let field = |i: usize| {
-        fields
-            .get(i)
-            .and_then(|f| f.parse::<u64>().ok())
-            .unwrap_or(0)
-    };
-    // utime and stime are fields 14 and 15 of stat(5); 11 and 12 after the name.
-    field(11) + field(12)
-}
-
 fn print_machine() {
-    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-    let model = cpuinfo
-        .lines()
-        .find_map(|l| l.strip_prefix("model name"))
-        .and_then(|l| l.split(':').nth(1))
-        .map_or("unknown".into(), |m| m.trim().to_owned());
-    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
-    let memory = meminfo
-        .lines()
-        .find_map(|l| l.strip_prefix("MemTotal:"))
-        .and_then(|kb| kb.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
-        .map_or("unknown".into(), |kb| {
-            format!("{:.1} GiB", kb / 1024.0 / 1024.0)
-        });
-    let limits = std::fs::read_to_string("/proc/self/limits").unwrap_or_default();
-    let files = limits
-        .lines()
-        .find(|l| l.starts_with("Max open files"))
-        .and_then(|l| l.split_whitespace().nth(3))
-        .unwrap_or("unknown")
-        .to_owned();
+    let files = open_file_limit().map_or("unknown".to_owned(), |n| n.to_string());
+    let (model, memory) = (cpu_model(), memory());
     println!("## Machine");
     println!();
     println!("- CPUs: {} ({model})", machine_cores());
@@ -1730,18 +1451,20 @@ fn print_tables(settings: &Settings, rows: &[Row]) {
         "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | --- | --- | ---: |"
     );
     for row in rows {
-        let cpu = row.cpu;
+        let cpu = &row.cpu;
         println!(
             "| {} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {} | {} | {} | {} |",
             row.case(),
-            cpu.service,
-            cpu.clients,
-            cpu.bare,
-            cpu.bench_rest,
-            cpu.rabbitmq,
-            cpu.other,
-            cpu.busy,
-            cpu.steal,
+            cpu.percent(cpu.watched[0]),
+            cpu.percent(cpu.own_threads),
+            cpu.percent(cpu.watched[1]),
+            // The process's own total keeps the time of threads that have exited (lapin's,
+            // earlier publishers); a sum over the live threads would not.
+            cpu.percent(cpu.own.saturating_sub(cpu.own_threads)),
+            cpu.percent(cpu.rabbitmq),
+            cpu.percent(cpu.other()),
+            cpu.percent(cpu.machine.busy),
+            cpu.percent(cpu.machine.steal),
             if row.quiet { "yes" } else { "NO" },
             if row.disturbed() { "NO" } else { "yes" },
             row.others,

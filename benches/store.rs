@@ -21,12 +21,17 @@
 //! BENCH_VARY=1 cargo bench --bench store
 //! ```
 
+// The kit is shared with the tests and the other benchmarks; this one uses its databases.
+#[allow(dead_code)]
+#[path = "../tests/kit/mod.rs"]
+mod kit;
 mod support;
 
+use kit::database::{backend_name, backends_from_env, Backend, PostgresServer, TestDatabase};
 use pulseboard::aggregate::{Event, EventKind};
 use pulseboard::store::{Lease, Store};
 use std::time::Instant;
-use support::{Backend, BareTable, Database, PostgresServer};
+use support::BareTable;
 
 const BATCH_SIZES: [usize; 4] = [50, 250, 1_000, 2_000];
 const PREFILL_BATCH: usize = 2_000;
@@ -60,22 +65,17 @@ async fn main() -> anyhow::Result<()> {
     println!("| backend | batch | bare INSERT, mean (ms) | apply_batch, mean (ms) |");
     println!("| --- | ---: | ---: | ---: |");
     let mut fits = Vec::new();
-    for backend in Backend::list_from_env() {
-        let bare = Database::create(&server, backend, &unique_name("bare"))?;
-        let store = Database::create(&server, backend, &unique_name("store"))?;
+    for backend in backends_from_env() {
+        // Dropped (PostgreSQL: `DROP DATABASE`) at the end of the iteration, or on failure.
+        let bare = TestDatabase::create(&server, backend, &unique_name("bare")).await?;
+        let store = TestDatabase::create(&server, backend, &unique_name("store")).await?;
         let plan = Plan {
             prefill,
             rounds,
             duplicate_percent,
             vary_sizes,
         };
-        let result = measure(backend, &bare, &store, &plan).await;
-        for database in [bare, store] {
-            if let Err(error) = database.drop(&server) {
-                eprintln!("{error:#}");
-            }
-        }
-        fits.push((backend, result?));
+        fits.push((backend, measure(backend, &bare, &store, &plan).await?));
     }
     println!("\nLeast-squares fit of commit time = per commit + per event × events\n");
     println!("| backend | bare INSERT per event (µs) | per commit (ms) | apply_batch per event (µs) | per commit (ms) |");
@@ -83,7 +83,7 @@ async fn main() -> anyhow::Result<()> {
     for (backend, [bare, store]) in fits {
         println!(
             "| {} | {:.1} | {:.2} | {:.1} | {:.2} |",
-            backend.name(),
+            backend_name(backend),
             bare.per_event * 1e6,
             bare.per_commit * 1e3,
             store.per_event * 1e6,
@@ -96,8 +96,8 @@ async fn main() -> anyhow::Result<()> {
 /// Fills both databases with `prefill` events, then times batches of each size on both.
 async fn measure(
     backend: Backend,
-    bare: &Database,
-    store: &Database,
+    bare: &TestDatabase,
+    store: &TestDatabase,
     plan: &Plan,
 ) -> anyhow::Result<[Fit; 2]> {
     let Plan {
@@ -162,7 +162,7 @@ async fn measure(
         }
         println!(
             "| {} | {size} | {:.2} | {:.2} |",
-            backend.name(),
+            backend_name(backend),
             bare_total * 1e3 / rounds as f64,
             store_total * 1e3 / rounds as f64
         );

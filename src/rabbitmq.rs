@@ -5,7 +5,7 @@
 //! - `$PULSEBOARD_EXCHANGE` (topic, durable): where producers publish;
 //! - `<prefix>.events` (durable, single active consumer) bound with `order.*` and `user.*`,
 //!   dead-lettering into `<prefix>.dlx` (fanout) → `<prefix>.dead` (durable);
-//! - `<prefix>.live` (fanout, transient): snapshots between instances (see `live::fanout`).
+//! - `<prefix>.live` (fanout, transient): snapshots between instances (see `fanout`).
 //!
 //! A malformed message is republished to `<prefix>.dlx` with `x-pulseboard-reason` (a broker
 //! rejection could not add that header) and acknowledged only after the broker confirmed the

@@ -20,9 +20,9 @@ mod signin;
 mod sse;
 
 pub use crate::app::AppState;
-pub use observe::observe_request;
 pub use error::PageError;
 pub use error::{error_body, ApiError};
+pub use observe::observe_request;
 
 use actix_web::body::{BodySize, EitherBody, MessageBody};
 use actix_web::dev::{ServiceRequest, ServiceResponse};

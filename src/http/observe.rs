@@ -68,14 +68,12 @@ pub async fn observe_request(
 /// The caller's `X-Request-Id` when it is 1 to 128 characters of letters, digits and `-_.:`;
 /// otherwise a new one.
 fn request_id(header: Option<&HeaderValue>) -> String {
-    let given = header
-        .and_then(|value| value.to_str().ok())
-        .filter(|id| {
-            (1..=MAX_REQUEST_ID).contains(&id.len())
-                && id
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || "-_.:".contains(c))
-        });
+    let given = header.and_then(|value| value.to_str().ok()).filter(|id| {
+        (1..=MAX_REQUEST_ID).contains(&id.len())
+            && id
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.:".contains(c))
+    });
     match given {
         Some(id) => id.to_owned(),
         None => uuid::Uuid::new_v4().simple().to_string(),

@@ -15,6 +15,7 @@
 //! reconnects with backoff while snapshots go on; a lost lease or a database error ends the term.
 
 use super::batch::Batch;
+use super::batch_log::CommittedBatch;
 use super::decode::{decode, DecodeContext, Rejection};
 use super::feed::{BrokerFeed, Feed, FeedItem};
 use super::{IngestContext, LeaderInputs, LEASE_POLL};
@@ -28,8 +29,8 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
-use tracing::Instrument;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 /// Snapshot sequence numbers reserved per database round trip.
 const SEQ_BLOCK: i64 = 1_000;
@@ -341,27 +342,29 @@ impl<'a> Leader<'a> {
             commit_ms = tracing::field::Empty,
         );
         let span = batch.span.clone();
-        self.committing = Some(tokio::spawn(async move {
-            let started = Instant::now();
-            let applied = store
-                .apply_batch(&lease, &batch.events, timezone, now_ms())
-                .await;
-            // Only a batch that landed: the live benchmark numbers orders by these lines and
-            // times them from the arrival range. A failed one is reported by the caller.
-            if applied.is_ok() {
-                tracing::Span::current()
-                    .record("commit_ms", started.elapsed().as_secs_f64() * 1e3);
-                tracing::debug!(
-                    messages = batch.messages,
-                    events = batch.events.len(),
-                    commit_ms = started.elapsed().as_secs_f64() * 1e3,
-                    first_arrival_ms = batch.arrivals.first().copied().unwrap_or_default(),
-                    last_arrival_ms = batch.arrivals.last().copied().unwrap_or_default(),
-                    "batch committed"
-                );
+        self.committing = Some(tokio::spawn(
+            async move {
+                let started = Instant::now();
+                let applied = store
+                    .apply_batch(&lease, &batch.events, timezone, now_ms())
+                    .await;
+                // Only a batch that landed (see `batch_log`); a failed one is reported by the caller.
+                if applied.is_ok() {
+                    let commit_ms = started.elapsed().as_secs_f64() * 1e3;
+                    tracing::Span::current().record("commit_ms", commit_ms);
+                    CommittedBatch {
+                        messages: batch.messages,
+                        events: batch.events.len(),
+                        commit_ms,
+                        first_arrival_ms: batch.arrivals.first().copied().unwrap_or_default(),
+                        last_arrival_ms: batch.arrivals.last().copied().unwrap_or_default(),
+                    }
+                    .log();
+                }
+                (batch, applied)
             }
-            (batch, applied)
-        }.instrument(span)));
+            .instrument(span),
+        ));
     }
 
     /// Waits for the batch being committed, if any, and finishes it.

@@ -12,6 +12,7 @@
 //! SQL lives in `store`; figures in `aggregate`; the broker plumbing in `rabbitmq`.
 
 mod batch;
+pub mod batch_log;
 pub mod decode;
 mod feed;
 mod leader;

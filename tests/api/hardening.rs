@@ -45,7 +45,6 @@ async fn raw_exchange(service: &Service, request: &str, limit: Duration) -> (Str
     (String::from_utf8_lossy(&answer).into_owned(), closed)
 }
 
-
 fn cookie_value(headers: &HeaderMap, name: &str) -> Option<String> {
     headers.get_all(SET_COOKIE).iter().find_map(|value| {
         let rest = value.to_str().ok()?.strip_prefix(&format!("{name}="))?;

@@ -5,6 +5,7 @@ use crate::helpers::{
     clear_of_minute_boundary, event, metric_sum, Backend, Broker, Names, Service, ServiceConfig,
     TestDatabase,
 };
+use crate::kit::cpu::resident_kib;
 use crate::sse_client::SseClient;
 use serde_json::{json, Value};
 use std::io::Write;
@@ -463,19 +464,6 @@ async fn a_stalled_client_is_bounded_and_disconnected_while_a_fast_one_keeps_its
     let grown = resident_kib(service.pid()).saturating_sub(rss_before);
     assert!(grown < 16 * 1024, "resident memory grew by {grown} KiB");
     drop(stalled);
-}
-
-fn resident_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|status| {
-            status
-                .lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|kib| kib.parse().ok())
-        })
-        .unwrap_or(0)
 }
 
 #[tokio::test]

@@ -225,7 +225,11 @@ async fn a_request_id_is_echoed_and_carried_by_the_requests_log_lines() {
     assert_eq!(line["span"]["route"], "/api/auth/token", "{line}");
     assert_eq!(line["span"]["method"], "POST", "{line}");
 
-    for (sent, kept) in [(None, false), (Some("not plain!"), false), (Some("r-1.2:3_x"), true)] {
+    for (sent, kept) in [
+        (None, false),
+        (Some("not plain!"), false),
+        (Some("r-1.2:3_x"), true),
+    ] {
         let mut request = service.client().get(service.url("/healthz"));
         if let Some(id) = sent {
             request = request.header("X-Request-Id", id);

@@ -10,6 +10,10 @@ mod first_use;
 mod hardening;
 mod helpers;
 mod ingest;
+// The kit is shared with the benchmarks, which use other parts of it (CPU accounting).
+#[allow(dead_code)]
+#[path = "../kit/mod.rs"]
+mod kit;
 mod live;
 mod logs;
 mod money;
