@@ -25,7 +25,8 @@
 //!   `http` (routes, pages, SSE, long-poll, the console handshake, the error shapes);
 //! - commands: [`simulate`], [`users`], [`startup`] (wiring and ordered shutdown).
 //!
-//! What tests and benchmarks use is public; everything else is private to the crate.
+//! What tests and benchmarks use is public; everything else is private to the crate, but for
+//! the few store details the benchmarks' baseline shares, which go through `for_benchmarks`.
 
 // Foundations.
 pub mod aggregate;
@@ -61,3 +62,12 @@ pub mod simulate;
 pub mod users;
 
 pub mod startup;
+
+/// The one door for the benchmarks, beside the public API: what their baseline (a bare
+/// `INSERT` of the same rows, `benches/support`) must share with the store to be a fair floor.
+/// Nothing here is for a caller of the service.
+#[doc(hidden)]
+pub mod for_benchmarks {
+    pub use crate::store::batch::applied_event_columns;
+    pub use crate::store::sqlite::PRAGMAS as SQLITE_PRAGMAS;
+}

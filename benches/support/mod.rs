@@ -4,7 +4,8 @@
 
 use pulseboard::aggregate::Event;
 use pulseboard::config::Backend;
-use pulseboard::store::{applied_event_columns, event_id_key, Store, SQLITE_PRAGMAS};
+use pulseboard::for_benchmarks::{applied_event_columns, SQLITE_PRAGMAS};
+use pulseboard::store::{event_id_key, Store};
 use sqlx::{AnyPool, Executor};
 
 /// `applied_events` of a database migrated by the store, written with nothing but an INSERT.

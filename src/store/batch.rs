@@ -150,8 +150,8 @@ impl Store {
 }
 
 /// The columns of `applied_events` each backend writes per event, in binding order: SQLite's
-/// rows lead with the id's key. Public so that the store benchmark's baseline writes the same
-/// rows.
+/// rows lead with the id's key. The benchmarks' baseline writes the same rows
+/// (`crate::for_benchmarks`).
 pub fn applied_event_columns(backend: Backend) -> &'static [&'static str] {
     match backend {
         Backend::Sqlite => &APPLIED_EVENT_COLUMNS,

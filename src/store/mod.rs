@@ -13,12 +13,12 @@
 //! Sums are cast to BIGINT because PostgreSQL's NUMERIC has no portable decoding.
 
 mod announcements;
-mod batch;
+pub(crate) mod batch;
 mod lease;
 mod users;
 
 pub use announcements::StoredAnnouncement;
-pub use batch::{applied_event_columns, event_id_key};
+pub use batch::event_id_key;
 pub use lease::Lease;
 pub use users::{SessionRow, UserRow};
 
@@ -35,11 +35,17 @@ use sqlx::{AnyPool, Executor, Row};
 use std::time::Duration;
 
 const SQLITE_READERS: u32 = 4;
-/// Set on every SQLite connection (see `sqlite_pool` for why); public so that the store
-/// benchmark's baseline writes under the same settings.
-pub const SQLITE_PRAGMAS: &str = "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; \
-     PRAGMA busy_timeout = 5000; PRAGMA temp_store = MEMORY; \
-     PRAGMA cache_size = -65536; PRAGMA wal_autocheckpoint = 16384;";
+
+/// SQLite's connection settings (a module of their own so that `crate::for_benchmarks` can
+/// re-export them without making them part of the store's API).
+pub(crate) mod sqlite {
+    /// Set on every SQLite connection (see `sqlite_pool` for why); the benchmarks' baseline
+    /// writes under the same settings (`crate::for_benchmarks`).
+    pub const PRAGMAS: &str = "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; \
+         PRAGMA busy_timeout = 5000; PRAGMA temp_store = MEMORY; \
+         PRAGMA cache_size = -65536; PRAGMA wal_autocheckpoint = 16384;";
+}
+
 const POSTGRES_CONNECTIONS: u32 = 8;
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
 /// History is kept a day longer than the 7 days promised (docs/api.md, HTTP routes: history).
@@ -385,7 +391,7 @@ async fn sqlite_pool(url: &str, connections: u32, read_only: bool) -> Result<Any
         .acquire_timeout(ACQUIRE_TIMEOUT)
         .after_connect(move |connection, _| {
             Box::pin(async move {
-                connection.execute(SQLITE_PRAGMAS).await?;
+                connection.execute(sqlite::PRAGMAS).await?;
                 if read_only {
                     connection.execute("PRAGMA query_only = ON;").await?;
                 }
