@@ -3,6 +3,7 @@
 mod auth;
 mod browser;
 mod cli;
+mod console;
 mod crash;
 mod demo;
 mod failover;
