@@ -4,6 +4,7 @@ mod auth;
 mod browser;
 mod cli;
 mod console;
+mod console_cluster;
 mod crash;
 mod demo;
 mod failover;
