@@ -131,7 +131,7 @@ pub async fn console(operator: PageOperator, state: web::Data<AppState>) -> Http
                 .iter()
                 .map(|c| c.name)
                 .collect::<Vec<_>>()
-                .join(", "),
+                .join(" "),
             node: &state.node,
             leader: status.ingest.leader.unwrap_or_else(|| "none".into()),
             state: frame
