@@ -20,7 +20,8 @@
 //!   [`rabbitmq`] (connections, topology, consumer, dead letters), `dlq` (peek, replay, purge
 //!   of dead letters for the console);
 //! - the core: `live` (the snapshot hub and what live connections share; no transport),
-//!   `control` (cluster questions, beacons, presence: types and bookkeeping), `fanout` (the hub between instances, over RabbitMQ), `announce`, [`ingest`] (leads or
+//!   `control` (cluster questions, beacons, presence: types and bookkeeping), `fanout` (the
+//!   hub between instances, over RabbitMQ), `announce`, [`ingest`] (leads or
 //!   follows: consume, decode, commit, acknowledge, aggregate, publish);
 //! - transports over the application state (`app`): `console` (the operators' sessions),
 //!   `http` (routes, pages, SSE, long-poll, the console handshake, the error shapes);
