@@ -2,9 +2,11 @@
 //! once by `startup` and passed in (no globals beyond the metrics registry). It sits below the
 //! transports (`http`, `console`), which read it, and above everything they read through it.
 
+use crate::control::Cluster;
 use crate::fanout::FanoutSender;
 use crate::live::Hub;
 use crate::metrics::Metrics;
+use crate::rabbitmq::Topology;
 use crate::status::StatusCell;
 use crate::store::Store;
 use std::sync::Arc;
@@ -29,6 +31,19 @@ pub struct AppState {
     pub trust_proxy: bool,
     /// `PULSEBOARD_MAX_STREAMS_PER_USER`: live connections per user on this instance.
     pub streams: crate::live::limit::StreamLimiter,
+    /// The cluster as the console sees it: this instance's connections (`cluster.local.registry`,
+    /// which every live connection registers with), the other instances, the console's feeds.
+    pub cluster: Arc<Cluster>,
+    /// Where the console reaches RabbitMQ for the dead-letter commands.
+    pub broker: BrokerSettings,
+}
+
+/// RabbitMQ as the console's dead-letter commands reach it: a connection of their own per
+/// command, so a slow broker never holds up ingest or fan-out.
+#[derive(Debug, Clone)]
+pub struct BrokerSettings {
+    pub amqp_url: secrecy::SecretString,
+    pub topology: Topology,
 }
 
 /// Timing of live connections.

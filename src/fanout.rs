@@ -1,6 +1,8 @@
 //! Between instances, through RabbitMQ's `<prefix>.live` fanout exchange: snapshots (from the
-//! leader), announcements (from whichever instance took them) and refresh requests (to the
-//! leader). The message `type` property says which.
+//! leader), announcements (from whichever instance took them), refresh requests (to the
+//! leader), and for the console (see `control`): beacons, requests every instance answers (to
+//! the asker's own queue, by the default exchange, with the request's correlation id), audit
+//! entries and the leader's sampled event tail. The message `type` property says which.
 //!
 //! Senders never block: a full queue drops the message. That is safe for each kind: the next
 //! snapshot or the 1 s rebroadcast supersedes a snapshot, a hub fills any announcement gap from
@@ -10,6 +12,7 @@
 //! queues for status and metrics. On every (re)connect the hub catches up on announcements
 //! from the store.
 
+use crate::control::{Answer, Beacon, Cluster, Request, BEACON_EVERY};
 use crate::live::{Announcement, Hub, Snapshot, SnapshotFrame};
 use crate::metrics::Metrics;
 use crate::rabbitmq::{connect, BrokerError, Topology};
@@ -37,6 +40,15 @@ pub enum Outgoing {
     Snapshot(Arc<SnapshotFrame>),
     Announcement(Announcement),
     Refresh,
+    /// A question to every instance; answers come back to this instance's queue.
+    Request {
+        correlation: String,
+        request: Request,
+    },
+    /// A console command's audit row, JSON: every console subscribed to `audit` gets it.
+    Audit(Arc<str>),
+    /// A sampled accepted event, JSON: every console subscribed to `events` gets it.
+    Event(Arc<str>),
 }
 
 impl Outgoing {
@@ -45,6 +57,9 @@ impl Outgoing {
             Outgoing::Snapshot(_) => "snapshot",
             Outgoing::Announcement(_) => "announcement",
             Outgoing::Refresh => "refresh",
+            Outgoing::Request { .. } => "request",
+            Outgoing::Audit(_) => "audit",
+            Outgoing::Event(_) => "event",
         }
     }
 }
@@ -70,6 +85,24 @@ impl FanoutSender {
     pub fn request_refresh(&self) {
         let _ = self.0.try_send(Outgoing::Refresh);
     }
+
+    /// Asks every instance (this one included); `false` when the queue to the broker is full.
+    pub fn send_request(&self, correlation: String, request: Request) -> bool {
+        self.0
+            .try_send(Outgoing::Request {
+                correlation,
+                request,
+            })
+            .is_ok()
+    }
+
+    pub fn send_audit(&self, row: Arc<str>) {
+        let _ = self.0.try_send(Outgoing::Audit(row));
+    }
+
+    pub fn send_event(&self, event: Arc<str>) {
+        let _ = self.0.try_send(Outgoing::Event(event));
+    }
 }
 
 pub struct FanoutContext {
@@ -82,6 +115,8 @@ pub struct FanoutContext {
     pub store: Store,
     /// The leader loop's refresh requests (read only while this instance leads).
     pub refresh: mpsc::Sender<()>,
+    /// What this instance knows of the others, and answers them.
+    pub cluster: Arc<Cluster>,
 }
 
 /// Runs until `shutdown`, reconnecting after every failure.
@@ -164,11 +199,19 @@ async fn session(
     }
 
     let mut depth_tick = tokio::time::interval(DEPTH_POLL);
+    let mut beacon_tick = tokio::time::interval(BEACON_EVERY);
+    let mut consoles = context.cluster.local.registry.watch_consoles();
+    let own_queue = queue.name().as_str().to_owned();
     let outcome = loop {
         tokio::select! {
-            _ = shutdown.cancelled() => break Ok(()),
+            _ = shutdown.cancelled() => {
+                let mut leaving = context.cluster.local.beacon();
+                leaving.leaving = true;
+                let _ = send_beacon(&channel, &context.topology.live_exchange, &leaving).await;
+                break Ok(());
+            }
             delivery = incoming.next() => match delivery {
-                Some(Ok(delivery)) => receive(context, &delivery).await,
+                Some(Ok(delivery)) => receive(context, &channel, &delivery).await?,
                 Some(Err(error)) => break Err(error.into()),
                 None => break Err(BrokerError::Amqp(lapin::Error::InvalidChannelState(
                     lapin::ChannelState::Closed,
@@ -176,9 +219,16 @@ async fn session(
             },
             message = outgoing.recv() => {
                 let Some(message) = message else { break Ok(()) };
-                publish(&channel, &context.topology.live_exchange, &message).await?;
+                publish(&channel, &context.topology.live_exchange, &own_queue, &message).await?;
             }
             _ = depth_tick.tick() => poll_depths(context, &depth_channel).await?,
+            _ = beacon_tick.tick() => {
+                send_beacon(&channel, &context.topology.live_exchange, &context.cluster.local.beacon()).await?;
+            }
+            Ok(()) = consoles.changed() => {
+                context.cluster.refresh_presence();
+                send_beacon(&channel, &context.topology.live_exchange, &context.cluster.local.beacon()).await?;
+            }
         }
     };
     let _ = connection.close(200, "bye").await;
@@ -188,9 +238,11 @@ async fn session(
 async fn publish(
     channel: &lapin::Channel,
     exchange: &str,
+    own_queue: &str,
     message: &Outgoing,
 ) -> Result<(), BrokerError> {
     let mut headers = FieldTable::default();
+    let mut properties = BasicProperties::default();
     let body: Vec<u8> = match message {
         Outgoing::Snapshot(frame) => {
             if let Some(arrival) = frame.oldest_arrival {
@@ -206,6 +258,17 @@ async fn publish(
             serde_json::to_vec(announcement).unwrap_or_default()
         }
         Outgoing::Refresh => Vec::new(),
+        Outgoing::Request {
+            correlation,
+            request,
+        } => {
+            properties = properties
+                .with_reply_to(own_queue.into())
+                .with_correlation_id(correlation.as_str().into());
+            // A tagged enum of strings always serializes.
+            serde_json::to_vec(request).unwrap_or_default()
+        }
+        Outgoing::Audit(json) | Outgoing::Event(json) => json.as_bytes().to_vec(),
     };
     channel
         .basic_publish(
@@ -213,7 +276,7 @@ async fn publish(
             "",
             BasicPublishOptions::default(),
             &body,
-            BasicProperties::default()
+            properties
                 .with_content_type("application/json".into())
                 .with_type(message.kind().into())
                 .with_headers(headers),
@@ -222,13 +285,49 @@ async fn publish(
     Ok(())
 }
 
-async fn receive(context: &FanoutContext, delivery: &lapin::message::Delivery) {
+/// Another instance's beacon, or this one's.
+async fn send_beacon(
+    channel: &lapin::Channel,
+    exchange: &str,
+    beacon: &Beacon,
+) -> Result<(), BrokerError> {
+    // Strings only: always serializes.
+    let body = serde_json::to_vec(beacon).unwrap_or_default();
+    channel
+        .basic_publish(
+            exchange,
+            "",
+            BasicPublishOptions::default(),
+            &body,
+            BasicProperties::default().with_type("beacon".into()),
+        )
+        .await?;
+    Ok(())
+}
+
+async fn receive(
+    context: &FanoutContext,
+    channel: &lapin::Channel,
+    delivery: &lapin::message::Delivery,
+) -> Result<(), BrokerError> {
     let kind = delivery
         .properties
         .kind()
         .as_ref()
         .map(|k| k.as_str().to_owned());
     match kind.as_deref() {
+        Some("request") => answer(context, channel, delivery).await?,
+        Some("answer") => receive_answer(context, delivery),
+        Some("beacon") => match serde_json::from_slice::<Beacon>(&delivery.data) {
+            Ok(beacon) => context.cluster.saw(beacon),
+            Err(error) => tracing::warn!(%error, "ignoring an unreadable beacon"),
+        },
+        Some("audit") => {
+            let _ = context.cluster.feeds.audit.send(text_of(delivery));
+        }
+        Some("event") => {
+            let _ = context.cluster.feeds.events.send(text_of(delivery));
+        }
         Some("announcement") => match serde_json::from_slice::<Announcement>(&delivery.data) {
             Ok(announcement) => {
                 if let Err(error) = context.hub.announce(announcement, &context.store).await {
@@ -243,6 +342,60 @@ async fn receive(context: &FanoutContext, delivery: &lapin::message::Delivery) {
             }
         }
         _ => receive_snapshot(context, delivery),
+    }
+    Ok(())
+}
+
+fn text_of(delivery: &lapin::message::Delivery) -> Arc<str> {
+    Arc::from(String::from_utf8_lossy(&delivery.data).as_ref())
+}
+
+/// Answers a request to the asker's queue, through the default exchange.
+async fn answer(
+    context: &FanoutContext,
+    channel: &lapin::Channel,
+    delivery: &lapin::message::Delivery,
+) -> Result<(), BrokerError> {
+    let properties = &delivery.properties;
+    let (Some(reply_to), Some(correlation)) = (properties.reply_to(), properties.correlation_id())
+    else {
+        return Ok(());
+    };
+    let request: Request = match serde_json::from_slice(&delivery.data) {
+        Ok(request) => request,
+        Err(error) => {
+            tracing::warn!(%error, "ignoring an unreadable request");
+            return Ok(());
+        }
+    };
+    let answer = context.cluster.local.answer(&request);
+    // Plain data: always serializes.
+    let body = serde_json::to_vec(&answer).unwrap_or_default();
+    channel
+        .basic_publish(
+            "",
+            reply_to.as_str(),
+            BasicPublishOptions::default(),
+            &body,
+            BasicProperties::default()
+                .with_type("answer".into())
+                .with_correlation_id(correlation.clone())
+                .with_app_id(context.node.as_str().into()),
+        )
+        .await?;
+    Ok(())
+}
+
+fn receive_answer(context: &FanoutContext, delivery: &lapin::message::Delivery) {
+    let properties = &delivery.properties;
+    let (Some(correlation), Some(node)) = (properties.correlation_id(), properties.app_id()) else {
+        return;
+    };
+    match serde_json::from_slice::<Answer>(&delivery.data) {
+        Ok(answer) => context
+            .cluster
+            .deliver(correlation.as_str(), node.to_string(), answer),
+        Err(error) => tracing::warn!(%error, "ignoring an unreadable answer"),
     }
 }
 

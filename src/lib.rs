@@ -17,9 +17,11 @@
 //!   passwords, tokens; no HTTP), [`config`] (command line and environment, parsed once),
 //!   [`telemetry`];
 //! - adapters: [`store`] (SQLite or PostgreSQL: dedupe, history, lease, sequence),
-//!   [`rabbitmq`] (connections, topology, consumer, dead letters);
+//!   [`rabbitmq`] (connections, topology, consumer, dead letters), `dlq` (peek, replay, purge
+//!   of dead letters for the console);
 //! - the core: `live` (the snapshot hub and what live connections share; no transport),
-//!   `fanout` (the hub between instances, over RabbitMQ), `announce`, [`ingest`] (leads or
+//!   `control` (cluster questions, beacons, presence: types and bookkeeping), `fanout` (the
+//!   hub between instances, over RabbitMQ), `announce`, [`ingest`] (leads or
 //!   follows: consume, decode, commit, acknowledge, aggregate, publish);
 //! - transports over the application state (`app`): `console` (the operators' sessions),
 //!   `http` (routes, pages, SSE, long-poll, the console handshake, the error shapes);
@@ -41,11 +43,15 @@ pub mod telemetry;
 // Adapters to the outside services.
 
 pub mod rabbitmq;
+// The dead-letter queue as operators handle it (console `dlq.*`).
+mod dlq;
 pub mod store;
 
 // The live state, and the same state between instances.
 mod live;
 
+// The cluster as the console sees it; carried between instances by `fanout`.
+mod control;
 mod fanout;
 
 // What changes it: ingest (events) and announcements.

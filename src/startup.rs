@@ -44,6 +44,8 @@ struct Shared {
     fanout: FanoutSender,
     /// Asks the leader loop for a snapshot now.
     refresh: mpsc::Sender<()>,
+    /// The console's view of the cluster (connections registry, beacons, feeds).
+    cluster: Arc<crate::control::Cluster>,
 }
 
 /// The tasks started so far, and the token that stops them.
@@ -66,14 +68,27 @@ impl Application {
         let hub = Hub::new(store.last_announcement_id().await.context("DATABASE_URL")?);
         let (fanout, fanout_receiver) = FanoutSender::channel();
         let (refresh, refresh_receiver) = mpsc::channel(1);
+        let metrics = Arc::new(Metrics::new(&node)?);
+        let status = Arc::new(StatusCell::default());
+        let cluster = Arc::new(crate::control::Cluster::new(
+            crate::control::LocalNode {
+                node: node.clone(),
+                status: status.clone(),
+                metrics: metrics.clone(),
+                registry: crate::live::connection::Registry::new(&node),
+                hub: hub.clone(),
+            },
+            crate::live::feeds::ConsoleFeeds::default(),
+        ));
         let shared = Shared {
-            metrics: Arc::new(Metrics::new(&node)?),
+            metrics,
             node,
             store,
             hub,
-            status: Arc::new(StatusCell::default()),
+            status,
             fanout,
             refresh,
+            cluster,
         };
         let mut tasks = Tasks {
             handles: Vec::new(),
@@ -235,6 +250,7 @@ fn start_fanout(
         metrics: shared.metrics.clone(),
         store: shared.store.clone(),
         refresh: shared.refresh.clone(),
+        cluster: shared.cluster.clone(),
     };
     tasks.handles.push(tokio::spawn(fanout::run(
         context,
@@ -262,6 +278,11 @@ fn app_state(
         refresh: shared.refresh.clone(),
         trust_proxy: args.trust_proxy,
         streams: crate::live::limit::StreamLimiter::new(args.max_streams_per_user),
+        cluster: shared.cluster.clone(),
+        broker: crate::app::BrokerSettings {
+            amqp_url: args.broker.amqp_url.clone(),
+            topology: Topology::new(&args.broker.exchange, &args.broker.queue_prefix),
+        },
     })
 }
 

@@ -1,248 +1,658 @@
-//! The operations console (docs/api.md, Console): one session per upgraded WebSocket connection. The
-//! handshake before the upgrade (credentials, role, `Origin`, stream cap) is HTTP's:
-//! `http::console`. A session greets with `welcome`, answers commands, limits each connection to
-//! 20 commands a second, pings every heartbeat interval and closes a connection that left two
-//! pings unanswered.
+//! The operations console (docs/api.md, Console): one session per upgraded WebSocket connection.
+//! The handshake before the upgrade (credentials, role, `Origin`, stream cap) is HTTP's:
+//! `http::console`.
 //!
-//! This version answers `help`, `ping` and `status`; the other commands (planned, listed in
-//! docs/api.md, Console) answer `unavailable` until they are built (`help` lists them with that
-//! note).
+//! - `protocol`: the frame envelope, replies, errors, pushes (pure);
+//! - `commands`: every command as a type with a validated payload, and `help` (pure);
+//! - `perform`: what each command does;
+//! - `session` (this file): the connection.
+//!
+//! A session never blocks itself: one writer task per connection owns the socket and takes
+//! replies and event/audit pushes from a bounded queue, snapshots and presence from latest-wins
+//! slots, and pings with priority. Commands that wait on something (the broker, the database,
+//! other instances) run in tasks of their own (at most [`IN_FLIGHT`] at once), so pings and
+//! pushes go on meanwhile. A console that cannot keep up loses event and audit pushes (counted
+//! in the next one's `skipped`) and intermediate snapshots, never memory. Audited commands are
+//! written to the audit log before their reply goes out.
 
+mod commands;
+mod perform;
 pub mod protocol;
+
+pub use commands::DEFINITIONS;
 
 use crate::app::AppState;
 use crate::clock::{now_ms, rfc3339};
 use crate::live::connection::ConnectionGuard;
 use crate::live::limit::StreamSlot;
+use crate::store::NewAudit;
+use commands::{Command, ParseError, Topic};
 use futures_util::StreamExt;
+use perform::Failure;
+use protocol::ErrorCode;
 use serde_json::{json, Value};
+use std::collections::VecDeque;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
-
-/// A console command, with whether this version performs it.
-pub struct CommandInfo {
-    pub name: &'static str,
-    pub payload: &'static str,
-    pub available: bool,
-}
-
-pub const COMMANDS: &[CommandInfo] = &[
-    CommandInfo {
-        name: "help",
-        payload: "-",
-        available: true,
-    },
-    CommandInfo {
-        name: "ping",
-        payload: "-",
-        available: true,
-    },
-    CommandInfo {
-        name: "status",
-        payload: "-",
-        available: true,
-    },
-    CommandInfo {
-        name: "subscribe",
-        payload: "{topics: [snapshots|events|audit|presence]}",
-        available: false,
-    },
-    CommandInfo {
-        name: "unsubscribe",
-        payload: "{topics: [...]}",
-        available: false,
-    },
-    CommandInfo {
-        name: "ingest.pause",
-        payload: "-",
-        available: false,
-    },
-    CommandInfo {
-        name: "ingest.resume",
-        payload: "-",
-        available: false,
-    },
-    CommandInfo {
-        name: "dlq.peek",
-        payload: "{limit: 1-100}",
-        available: false,
-    },
-    CommandInfo {
-        name: "dlq.replay",
-        payload: "{limit: 1-1000}",
-        available: false,
-    },
-    CommandInfo {
-        name: "dlq.purge",
-        payload: "{confirm: true}",
-        available: false,
-    },
-    CommandInfo {
-        name: "announce",
-        payload: "{message: 1-500 chars, level: info|warning|critical}",
-        available: false,
-    },
-    CommandInfo {
-        name: "connections.list",
-        payload: "-",
-        available: false,
-    },
-    CommandInfo {
-        name: "connections.kick",
-        payload: "{id}",
-        available: false,
-    },
-    CommandInfo {
-        name: "audit.tail",
-        payload: "{limit: 1-200}",
-        available: false,
-    },
-];
+use tokio::sync::broadcast::error::RecvError;
+use tokio::sync::{broadcast, mpsc, watch, Semaphore};
+use tracing::Instrument;
 
 const COMMANDS_PER_SECOND: usize = 20;
+/// Commands of one connection running at once; beyond it a command is refused (`rate_limited`).
+const IN_FLIGHT: usize = 4;
+/// Replies and event/audit pushes waiting for the socket.
+const WRITE_QUEUE: usize = 64;
+
+/// What only the writer may do to the socket, ahead of any frame.
+enum Control {
+    Ping,
+    Pong(bytes::Bytes),
+    Close(Option<actix_ws::CloseReason>),
+}
+
+/// The writer's inputs; dropping them all ends it.
+#[derive(Clone)]
+struct Outbox {
+    control: mpsc::Sender<Control>,
+    frames: mpsc::Sender<String>,
+    /// Latest snapshot push (latest wins).
+    snapshot: Arc<watch::Sender<Option<Arc<str>>>>,
+    /// Latest presence push (latest wins).
+    presence: Arc<watch::Sender<Option<Arc<str>>>>,
+}
 
 /// Serves one upgraded console connection until it closes.
 pub async fn run(
-    mut session: actix_ws::Session,
-    mut messages: actix_ws::AggregatedMessageStream,
+    session: actix_ws::Session,
+    messages: actix_ws::AggregatedMessageStream,
     user: String,
-    state: std::sync::Arc<AppState>,
+    state: Arc<AppState>,
     // Metrics and this user's stream slot, both released when the session ends.
-    _held: (ConnectionGuard, StreamSlot),
+    held: (ConnectionGuard, StreamSlot),
 ) {
-    let welcome = protocol::push(
-        "welcome",
-        json!({"user": user, "node": state.node, "commands": COMMANDS.iter().map(|c| c.name).collect::<Vec<_>>()}),
-    );
-    if session.text(welcome).await.is_err() {
-        return;
-    }
-    let mut ping = tokio::time::interval(state.live.heartbeat);
-    ping.tick().await;
-    let mut unanswered_pings = 0u8;
-    let mut recent: std::collections::VecDeque<Instant> = std::collections::VecDeque::new();
-    let reason = loop {
-        tokio::select! {
-            _ = ping.tick() => {
-                if unanswered_pings >= 2 {
-                    break Some(actix_ws::CloseReason::from(actix_ws::CloseCode::Away));
+    let (mut guard, _slot) = held;
+    let kicked = guard.register(&state.cluster.local.registry, &user);
+    state.cluster.refresh_presence();
+    let (control_tx, control_rx) = mpsc::channel(8);
+    let (frames_tx, frames_rx) = mpsc::channel(WRITE_QUEUE);
+    let (snapshot_tx, snapshot_rx) = watch::channel(None);
+    let (presence_tx, presence_rx) = watch::channel(None);
+    let writer = tokio::spawn(write(
+        session,
+        control_rx,
+        frames_rx,
+        snapshot_rx,
+        presence_rx,
+    ));
+    let outbox = Outbox {
+        control: control_tx,
+        frames: frames_tx,
+        snapshot: Arc::new(snapshot_tx),
+        presence: Arc::new(presence_tx),
+    };
+    let mut connection = Connection {
+        state,
+        user,
+        outbox,
+        recent: VecDeque::new(),
+        in_flight: Arc::new(Semaphore::new(IN_FLIGHT)),
+        topics: Topics::default(),
+    };
+    let reason = connection.serve(messages, kicked, &mut guard).await;
+    let _ = connection.outbox.control.send(Control::Close(reason)).await;
+    let state = connection.state.clone();
+    drop(connection);
+    let _ = writer.await;
+    drop(guard);
+    state.cluster.refresh_presence();
+}
+
+/// The topics a console subscribed to, each with where it is read from.
+#[derive(Default)]
+struct Topics {
+    snapshots: Option<watch::Receiver<Option<Arc<crate::live::hub::PublishedSnapshot>>>>,
+    events: Option<broadcast::Receiver<Arc<str>>>,
+    audit: Option<broadcast::Receiver<Arc<str>>>,
+    presence: Option<watch::Receiver<Arc<str>>>,
+    /// Events this console dropped itself (it was behind), added to the next event's count.
+    events_skipped: u64,
+    audit_skipped: u64,
+}
+
+struct Connection {
+    state: Arc<AppState>,
+    user: String,
+    outbox: Outbox,
+    /// When the commands of the last second arrived.
+    recent: VecDeque<Instant>,
+    in_flight: Arc<Semaphore>,
+    topics: Topics,
+}
+
+impl Connection {
+    async fn serve(
+        &mut self,
+        mut messages: actix_ws::AggregatedMessageStream,
+        kicked: tokio_util::sync::CancellationToken,
+        guard: &mut ConnectionGuard,
+    ) -> Option<actix_ws::CloseReason> {
+        let welcome = protocol::push(
+            "welcome",
+            json!({"user": self.user, "node": self.state.node,
+                   "commands": DEFINITIONS.iter().map(|c| c.name).collect::<Vec<_>>()}),
+        );
+        if self.outbox.frames.send(welcome).await.is_err() {
+            return None;
+        }
+        let heartbeat = self.state.live.heartbeat;
+        let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + heartbeat, heartbeat);
+        let mut unanswered_pings = 0u8;
+        let mut announcements = self.state.hub.subscribe().announcements;
+        let closing = self.state.hub.closing();
+        loop {
+            tokio::select! {
+                _ = closing.cancelled() => {
+                    guard.set_reason("shutdown");
+                    return Some(actix_ws::CloseCode::Restart.into());
                 }
-                unanswered_pings += 1;
-                if session.ping(b"").await.is_err() { break None; }
+                _ = kicked.cancelled() => {
+                    guard.set_reason("kicked");
+                    return Some(actix_ws::CloseReason {
+                        code: actix_ws::CloseCode::Policy,
+                        description: Some("kicked".into()),
+                    });
+                }
+                _ = ping.tick() => {
+                    if unanswered_pings >= 2 {
+                        guard.set_reason("ping_timeout");
+                        return Some(actix_ws::CloseCode::Away.into());
+                    }
+                    unanswered_pings += 1;
+                    if self.outbox.control.try_send(Control::Ping).is_err() { return None; }
+                }
+                message = messages.next() => match message {
+                    Some(Ok(actix_ws::AggregatedMessage::Text(text))) => self.on_text(&text),
+                    Some(Ok(actix_ws::AggregatedMessage::Pong(_))) => unanswered_pings = 0,
+                    Some(Ok(actix_ws::AggregatedMessage::Ping(bytes))) => {
+                        let _ = self.outbox.control.try_send(Control::Pong(bytes));
+                    }
+                    Some(Ok(actix_ws::AggregatedMessage::Binary(_))) => {
+                        self.refuse(None, ErrorCode::BadRequest, "send text frames of JSON");
+                    }
+                    Some(Ok(actix_ws::AggregatedMessage::Close(reason))) => return reason,
+                    Some(Err(actix_ws::ProtocolError::Overflow)) => {
+                        guard.set_reason("too_large");
+                        return Some(actix_ws::CloseReason {
+                            code: actix_ws::CloseCode::Size,
+                            description: Some("frames are limited to 64 KiB".into()),
+                        });
+                    }
+                    Some(Err(_)) => return Some(actix_ws::CloseCode::Protocol.into()),
+                    None => return None,
+                },
+                received = announcements.recv() => match received {
+                    Ok(frame) => self.push_frame("announcement", serde_json::to_value(&frame.announcement).unwrap_or(Value::Null)),
+                    Err(RecvError::Lagged(_)) => {}
+                    Err(RecvError::Closed) => return None,
+                },
+                changed = next_snapshot(&mut self.topics.snapshots) => self.push_snapshot(changed),
+                received = next_item(&mut self.topics.events) => self.push_counted("event", received),
+                received = next_item(&mut self.topics.audit) => self.push_counted("audit", received),
+                changed = next_presence(&mut self.topics.presence) => {
+                    if let Some(payload) = changed {
+                        let frame = protocol::push_raw("presence", &payload);
+                        self.outbox.presence.send_replace(Some(Arc::from(frame.as_str())));
+                    }
+                }
             }
-            message = messages.next() => match message {
-                Some(Ok(actix_ws::AggregatedMessage::Text(text))) => {
-                    let answer = answer(&text, &state, &mut recent).await;
-                    if session.text(answer).await.is_err() { break None; }
+        }
+    }
+
+    /// One text frame: rate limit, decode, parse, then answer here or in a task.
+    fn on_text(&mut self, text: &str) {
+        let started = Instant::now();
+        let envelope = protocol::decode(text);
+        let id = match &envelope {
+            Ok(envelope) => Some(envelope.id.clone()),
+            Err(refusal) => refusal.id.clone(),
+        };
+        // Every frame counts, garbage included: a flood is a flood.
+        if !self.within_rate(started) {
+            let label = envelope
+                .as_ref()
+                .ok()
+                .and_then(|e| commands::definition_of(&e.name))
+                .map_or("unknown", |d| d.name);
+            count(&self.state, label, ErrorCode::RateLimited.as_str(), started);
+            self.refuse(
+                id.as_deref(),
+                ErrorCode::RateLimited,
+                "more than 20 commands a second",
+            );
+            return;
+        }
+        let envelope = match envelope {
+            Ok(envelope) => envelope,
+            Err(refusal) => {
+                count(&self.state, "invalid", refusal.code.as_str(), started);
+                self.refuse(refusal.id.as_deref(), refusal.code, &refusal.message);
+                return;
+            }
+        };
+        let parsed = Command::parse(&envelope.name, &envelope.payload);
+        self.dispatch(envelope, parsed, started);
+    }
+
+    fn within_rate(&mut self, now: Instant) -> bool {
+        while self
+            .recent
+            .front()
+            .is_some_and(|t| now.duration_since(*t) >= Duration::from_secs(1))
+        {
+            self.recent.pop_front();
+        }
+        if self.recent.len() >= COMMANDS_PER_SECOND {
+            return false;
+        }
+        self.recent.push_back(now);
+        true
+    }
+
+    fn dispatch(
+        &mut self,
+        envelope: protocol::Envelope,
+        parsed: Result<Command, ParseError>,
+        started: Instant,
+    ) {
+        let command = match parsed {
+            Ok(command) => command,
+            Err(ParseError::Unknown(name)) => {
+                count(&self.state, "unknown", "unknown_command", started);
+                let message = ParseError::Unknown(name).to_string();
+                self.refuse(Some(&envelope.id), ErrorCode::UnknownCommand, &message);
+                return;
+            }
+            Err(error @ ParseError::InvalidPayload { .. }) => {
+                // Refused before anything happened; still on the record when it is audited.
+                let failure = Failure::new(ErrorCode::InvalidPayload, error.to_string());
+                self.spawn_refusal(envelope, failure, started);
+                return;
+            }
+        };
+        match command {
+            Command::Help | Command::Ping => {
+                let payload = match command {
+                    Command::Help => commands::help(),
+                    _ => json!({"pong": true, "server_time": rfc3339(now_ms())}),
+                };
+                count(&self.state, command.name(), "ok", started);
+                let _ = self
+                    .outbox
+                    .frames
+                    .try_send(protocol::reply(&envelope.id, payload));
+            }
+            Command::Subscribe(ref topics) => {
+                let payload = self.subscribe(topics, true);
+                count(&self.state, command.name(), "ok", started);
+                let _ = self
+                    .outbox
+                    .frames
+                    .try_send(protocol::reply(&envelope.id, payload));
+            }
+            Command::Unsubscribe(ref topics) => {
+                let payload = self.subscribe(topics, false);
+                count(&self.state, command.name(), "ok", started);
+                let _ = self
+                    .outbox
+                    .frames
+                    .try_send(protocol::reply(&envelope.id, payload));
+            }
+            Command::Status
+            | Command::IngestPause
+            | Command::IngestResume
+            | Command::DlqPeek { .. }
+            | Command::DlqReplay { .. }
+            | Command::DlqPurge
+            | Command::Announce { .. }
+            | Command::ConnectionsList
+            | Command::ConnectionsKick { .. }
+            | Command::AuditTail { .. } => self.spawn_command(envelope, command, started),
+        }
+    }
+
+    /// Runs a command in a task of its own, if this connection has room for one more.
+    fn spawn_command(&mut self, envelope: protocol::Envelope, command: Command, started: Instant) {
+        let Ok(permit) = self.in_flight.clone().try_acquire_owned() else {
+            count(&self.state, command.name(), "rate_limited", started);
+            self.refuse(
+                Some(&envelope.id),
+                ErrorCode::RateLimited,
+                "too many commands still running on this connection",
+            );
+            return;
+        };
+        let job = Job {
+            state: self.state.clone(),
+            user: self.user.clone(),
+            frames: self.outbox.frames.clone(),
+            envelope,
+            started,
+        };
+        let span = tracing::info_span!(
+            "console_command",
+            command = command.name(),
+            user = %job.user,
+            outcome = tracing::field::Empty
+        );
+        tokio::spawn(
+            async move {
+                let _permit = permit;
+                job.run(command).await;
+            }
+            .instrument(span),
+        );
+    }
+
+    /// Answers a refused payload from a task too: an audited command's refusal is written to
+    /// the log before the reply, like any other outcome.
+    fn spawn_refusal(&mut self, envelope: protocol::Envelope, failure: Failure, started: Instant) {
+        let name = commands::definition_of(&envelope.name).map_or("unknown", |d| d.name);
+        let job = Job {
+            state: self.state.clone(),
+            user: self.user.clone(),
+            frames: self.outbox.frames.clone(),
+            envelope,
+            started,
+        };
+        let span = tracing::info_span!(
+            "console_command",
+            command = name,
+            user = %job.user,
+            outcome = tracing::field::Empty
+        );
+        tokio::spawn(async move { job.finish(name, Err(failure)).await }.instrument(span));
+    }
+
+    fn subscribe(&mut self, topics: &[Topic], on: bool) -> Value {
+        let state = &self.state;
+        for topic in topics {
+            match (topic, on) {
+                (Topic::Snapshots, true) => {
+                    let mut receiver = state.hub.subscribe().snapshots;
+                    // The current snapshot at once, then every change.
+                    receiver.mark_changed();
+                    self.topics.snapshots = Some(receiver);
                 }
-                Some(Ok(actix_ws::AggregatedMessage::Pong(_))) => unanswered_pings = 0,
-                Some(Ok(actix_ws::AggregatedMessage::Ping(bytes))) => {
-                    if session.pong(&bytes).await.is_err() { break None; }
+                (Topic::Events, true) => {
+                    self.topics.events = Some(state.cluster.feeds.events.subscribe())
                 }
-                Some(Ok(actix_ws::AggregatedMessage::Binary(_))) => {
-                    let refusal = protocol::error(None, "bad_request", "send text frames of JSON");
-                    if session.text(refusal).await.is_err() { break None; }
+                (Topic::Audit, true) => {
+                    self.topics.audit = Some(state.cluster.feeds.audit.subscribe())
                 }
-                Some(Ok(actix_ws::AggregatedMessage::Close(reason))) => break reason,
-                Some(Err(_)) | None => break None,
+                (Topic::Presence, true) => {
+                    let mut receiver = state.cluster.feeds.presence.subscribe();
+                    receiver.mark_changed();
+                    self.topics.presence = Some(receiver);
+                }
+                (Topic::Snapshots, false) => self.topics.snapshots = None,
+                (Topic::Events, false) => self.topics.events = None,
+                (Topic::Audit, false) => self.topics.audit = None,
+                (Topic::Presence, false) => self.topics.presence = None,
+            }
+        }
+        let mut subscribed = Vec::new();
+        for (name, on) in [
+            ("snapshots", self.topics.snapshots.is_some()),
+            ("events", self.topics.events.is_some()),
+            ("audit", self.topics.audit.is_some()),
+            ("presence", self.topics.presence.is_some()),
+        ] {
+            if on {
+                subscribed.push(name);
+            }
+        }
+        json!({ "subscribed": subscribed })
+    }
+
+    fn push_snapshot(&mut self, changed: Option<Arc<crate::live::hub::PublishedSnapshot>>) {
+        if let Some(published) = changed {
+            let frame = protocol::push_raw("snapshot", &published.frame.json);
+            // Latest wins: a console behind on snapshots gets only the newest.
+            self.outbox
+                .snapshot
+                .send_replace(Some(Arc::from(frame.as_str())));
+        }
+    }
+
+    /// An event or audit push, or the count of those this console missed.
+    fn push_counted(&mut self, kind: &str, received: Result<Arc<str>, u64>) {
+        let skipped = match kind {
+            "event" => &mut self.topics.events_skipped,
+            _ => &mut self.topics.audit_skipped,
+        };
+        let payload = match received {
+            Ok(payload) => payload,
+            Err(missed) => {
+                *skipped += missed;
+                return;
+            }
+        };
+        let mut value: Value = serde_json::from_str(&payload).unwrap_or(Value::Null);
+        if *skipped > 0 {
+            let upstream = value["skipped"].as_u64().unwrap_or(0);
+            value["skipped"] = json!(upstream + *skipped);
+        }
+        match self.outbox.frames.try_send(protocol::push(kind, value)) {
+            Ok(()) => *skipped = 0,
+            // The socket is behind: drop it and say so in the next one.
+            Err(_) => *skipped += 1,
+        }
+    }
+
+    fn push_frame(&mut self, kind: &str, payload: Value) {
+        let _ = self.outbox.frames.try_send(protocol::push(kind, payload));
+    }
+
+    fn refuse(&self, id: Option<&str>, code: ErrorCode, message: &str) {
+        let _ = self
+            .outbox
+            .frames
+            .try_send(protocol::error(id, code, message));
+    }
+}
+
+/// One command running apart from the session.
+struct Job {
+    state: Arc<AppState>,
+    user: String,
+    frames: mpsc::Sender<String>,
+    envelope: protocol::Envelope,
+    started: Instant,
+}
+
+impl Job {
+    async fn run(self, command: Command) {
+        let outcome = if command.definition().audited {
+            match self.still_operator().await {
+                Ok(()) => perform::perform(&command, &self.state, &self.user).await,
+                Err(failure) => Err(failure),
+            }
+        } else {
+            perform::perform(&command, &self.state, &self.user).await
+        };
+        self.finish(command.name(), outcome).await;
+    }
+
+    /// Mutating commands re-check the role: an operator demoted or removed since the
+    /// connection opened may no longer act.
+    async fn still_operator(&self) -> Result<(), Failure> {
+        match self.state.store.user_credentials(&self.user).await? {
+            Some((_, crate::auth::Role::Operator)) => Ok(()),
+            _ => Err(Failure::new(
+                ErrorCode::Forbidden,
+                format!("{} is no longer an operator", self.user),
+            )),
+        }
+    }
+
+    /// Audits (when the command is audited), counts, logs and replies.
+    async fn finish(self, name: &'static str, outcome: Result<Value, Failure>) {
+        let mut outcome = outcome;
+        if commands::definition_of(name).is_some_and(|d| d.audited) {
+            if let Err(failure) = self.audit(name, &outcome).await {
+                // The action may have happened; the operator must know it is not on record.
+                outcome = Err(Failure::new(
+                    failure.code,
+                    format!(
+                        "{}; the audit log could not record it: {}",
+                        match &outcome {
+                            Ok(_) => "done",
+                            Err(f) => f.message.as_str(),
+                        },
+                        failure.message
+                    ),
+                ));
+            }
+        }
+        let label = match &outcome {
+            Ok(_) => "ok",
+            Err(failure) => failure.code.as_str(),
+        };
+        tracing::Span::current().record("outcome", label);
+        tracing::info!(command = name, outcome = label, "console command");
+        count(&self.state, name, label, self.started);
+        let frame = match outcome {
+            Ok(payload) => protocol::reply(&self.envelope.id, payload),
+            Err(failure) => {
+                protocol::error(Some(&self.envelope.id), failure.code, &failure.message)
+            }
+        };
+        // Replies wait for room (bounded); a closed connection just drops them.
+        let _ = self.frames.send(frame).await;
+    }
+
+    async fn audit(&self, name: &str, outcome: &Result<Value, Failure>) -> Result<(), Failure> {
+        let payload = self.envelope.payload.to_string();
+        let (result, detail) = match outcome {
+            Ok(value) => ("ok", summary(value)),
+            Err(failure) => (failure.code.as_str(), failure.message.clone()),
+        };
+        let row = self
+            .state
+            .store
+            .append_audit(&NewAudit {
+                at: now_ms(),
+                username: &self.user,
+                node: &self.state.node,
+                command: name,
+                payload: &payload,
+                outcome: result,
+                detail: &detail,
+            })
+            .await?;
+        let json = perform::audit_json(&row).to_string();
+        self.state.fanout.send_audit(Arc::from(json.as_str()));
+        Ok(())
+    }
+}
+
+/// A short account of a result for the audit log.
+fn summary(value: &Value) -> String {
+    let text = value.to_string();
+    match text.char_indices().nth(500) {
+        Some((end, _)) => format!("{}…", &text[..end]),
+        None => text,
+    }
+}
+
+/// The next snapshot of a subscribed console; never ready when it is not subscribed.
+async fn next_snapshot(
+    receiver: &mut Option<watch::Receiver<Option<Arc<crate::live::hub::PublishedSnapshot>>>>,
+) -> Option<Arc<crate::live::hub::PublishedSnapshot>> {
+    match receiver {
+        Some(receiver) => match receiver.changed().await {
+            Ok(()) => receiver.borrow_and_update().clone(),
+            Err(_) => std::future::pending().await,
+        },
+        None => std::future::pending().await,
+    }
+}
+
+async fn next_presence(receiver: &mut Option<watch::Receiver<Arc<str>>>) -> Option<Arc<str>> {
+    match receiver {
+        Some(receiver) => match receiver.changed().await {
+            Ok(()) => Some(receiver.borrow_and_update().clone()),
+            Err(_) => std::future::pending().await,
+        },
+        None => std::future::pending().await,
+    }
+}
+
+/// The next event or audit item, or how many were missed (`Err`).
+async fn next_item(receiver: &mut Option<broadcast::Receiver<Arc<str>>>) -> Result<Arc<str>, u64> {
+    match receiver {
+        Some(inner) => match inner.recv().await {
+            Ok(item) => Ok(item),
+            Err(RecvError::Lagged(missed)) => Err(missed),
+            Err(RecvError::Closed) => std::future::pending().await,
+        },
+        None => std::future::pending().await,
+    }
+}
+
+/// The one task that writes to the socket: control first, then replies and pushes, then the
+/// latest snapshot and presence. Ends when the socket fails or it is told to close.
+async fn write(
+    mut session: actix_ws::Session,
+    mut control: mpsc::Receiver<Control>,
+    mut frames: mpsc::Receiver<String>,
+    mut snapshot: watch::Receiver<Option<Arc<str>>>,
+    mut presence: watch::Receiver<Option<Arc<str>>>,
+) {
+    let reason = loop {
+        let sent = tokio::select! {
+            biased;
+            item = control.recv() => match item {
+                Some(Control::Ping) => session.ping(b"").await,
+                Some(Control::Pong(bytes)) => session.pong(&bytes).await,
+                Some(Control::Close(reason)) => break reason,
+                None => break None,
             },
+            frame = frames.recv() => match frame {
+                Some(frame) => session.text(frame).await,
+                None => break None,
+            },
+            Ok(()) = snapshot.changed() => {
+                let frame = snapshot.borrow_and_update().clone();
+                match frame {
+                    Some(frame) => session.text(frame.to_string()).await,
+                    None => Ok(()),
+                }
+            }
+            Ok(()) = presence.changed() => {
+                let frame = presence.borrow_and_update().clone();
+                match frame {
+                    Some(frame) => session.text(frame.to_string()).await,
+                    None => Ok(()),
+                }
+            }
+        };
+        if sent.is_err() {
+            // The client is gone.
+            return;
         }
     };
+    // Replies already queued still go out before the close.
+    while let Ok(frame) = frames.try_recv() {
+        if session.text(frame).await.is_err() {
+            return;
+        }
+    }
     let _ = session.close(reason).await;
 }
 
-async fn answer(
-    text: &str,
-    state: &AppState,
-    recent: &mut std::collections::VecDeque<Instant>,
-) -> String {
-    let now = Instant::now();
-    while recent
-        .front()
-        .is_some_and(|t| now.duration_since(*t) >= Duration::from_secs(1))
-    {
-        recent.pop_front();
-    }
-    let command = match protocol::decode(text) {
-        Ok(command) => command,
-        Err(refusal) => {
-            count(state, "invalid", "bad_request", now);
-            return protocol::error(refusal.id.as_deref(), refusal.code, &refusal.message);
-        }
-    };
-    if recent.len() >= COMMANDS_PER_SECOND {
-        count(state, label(&command.name), "rate_limited", now);
-        return protocol::error(
-            Some(&command.id),
-            "rate_limited",
-            "more than 20 commands a second",
-        );
-    }
-    recent.push_back(now);
-    let outcome = perform(&command.name, state);
-    let (frame, outcome_label) = match outcome {
-        Ok(payload) => (protocol::reply(&command.id, payload), "ok"),
-        Err((code, message)) => (protocol::error(Some(&command.id), code, &message), code),
-    };
-    count(state, label(&command.name), outcome_label, now);
-    frame
-}
-
-fn perform(name: &str, state: &AppState) -> Result<Value, (&'static str, String)> {
-    match COMMANDS.iter().find(|c| c.name == name) {
-        None => Err(("unknown_command", format!("no command {name:?}; try help"))),
-        Some(info) if !info.available => Err((
-            "unavailable",
-            format!("{name} is not available in this version"),
-        )),
-        Some(_) => Ok(match name {
-            "help" => {
-                json!({"commands": COMMANDS.iter().map(|c| json!({"name": c.name, "payload": c.payload, "available": c.available})).collect::<Vec<_>>()})
-            }
-            "ping" => json!({"pong": true, "server_time": rfc3339(now_ms())}),
-            _ => status(state),
-        }),
-    }
-}
-
-fn status(state: &AppState) -> Value {
-    let status = state.status.get();
-    let frame = state.hub.latest_frame();
-    let connections: serde_json::Map<String, Value> = ["sse", "ws", "poll"]
-        .iter()
-        .map(|t| {
-            (
-                (*t).to_owned(),
-                json!(state.metrics.connections.with_label_values(&[*t]).get()),
-            )
-        })
-        .collect();
-    let mut nodes = vec![state.node.clone()];
-    nodes.extend(
-        status
-            .ingest
-            .leader
-            .clone()
-            .filter(|leader| *leader != state.node),
-    );
-    json!({
-        "nodes": nodes,
-        "node": state.node,
-        "leader": status.ingest.leader,
-        "ingest": frame.as_ref().map(|f| f.snapshot.ingest.state),
-        "queue_depth": status.fanout.queue_depth,
-        "dead_letters": status.fanout.dead_letters,
-        "connections": connections,
-    })
-}
-
-/// Metric label for a command: the known names, or `unknown` (bounded cardinality).
-fn label(name: &str) -> &'static str {
-    COMMANDS
-        .iter()
-        .find(|c| c.name == name)
-        .map_or("unknown", |c| c.name)
-}
-
+/// Metric label for a command: the known names, `unknown`, or `invalid` (bounded cardinality).
 fn count(state: &AppState, command: &str, outcome: &str, started: Instant) {
     state
         .metrics
@@ -254,4 +664,66 @@ fn count(state: &AppState, command: &str, outcome: &str, started: Instant) {
         .console_command_duration
         .with_label_values(&[command])
         .observe(started.elapsed().as_secs_f64());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// The frame a text gets when it is refused before running: `None` when it parses.
+    fn refusal(text: &str) -> Option<String> {
+        match protocol::decode(text) {
+            Err(refusal) => Some(protocol::error(
+                refusal.id.as_deref(),
+                refusal.code,
+                &refusal.message,
+            )),
+            Ok(envelope) => match Command::parse(&envelope.name, &envelope.payload) {
+                Ok(_) => None,
+                Err(ParseError::Unknown(name)) => Some(protocol::error(
+                    Some(&envelope.id),
+                    ErrorCode::UnknownCommand,
+                    &name,
+                )),
+                Err(error) => Some(protocol::error(
+                    Some(&envelope.id),
+                    ErrorCode::InvalidPayload,
+                    &error.to_string(),
+                )),
+            },
+        }
+    }
+
+    fn frame() -> impl Strategy<Value = String> {
+        let name = prop_oneof![
+            proptest::sample::select(DEFINITIONS.iter().map(|d| d.name).collect::<Vec<_>>()),
+            Just("reboot"),
+        ];
+        prop_oneof![
+            ".{0,100}",
+            (name, ".{0,30}", "[0-9]{0,4}").prop_map(|(name, id, limit)| {
+                format!(
+                    r#"{{"id":{},"type":"{name}","payload":{{"limit":{limit}1}}}}"#,
+                    json!(id)
+                )
+            }),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2_000))]
+        /// Whatever arrives, a refused frame's answer has the shape of docs/api.md, Console.
+        #[test]
+        fn every_refusal_has_the_error_shape(text in frame()) {
+            if let Some(answer) = refusal(&text) {
+                let value: Value = serde_json::from_str(&answer).expect("json");
+                prop_assert_eq!(&value["type"], "error");
+                prop_assert_eq!(&value["ok"], false);
+                prop_assert!(value["id"].is_null() || value["id"].is_string());
+                prop_assert!(value["error"]["code"].is_string());
+                prop_assert!(value["error"]["message"].is_string());
+            }
+        }
+    }
 }

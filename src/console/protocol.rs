@@ -1,5 +1,6 @@
-//! Console frames (docs/api.md, Console): client commands in, replies, errors and pushes out.
-//! Pure decoding.
+//! Console frames (docs/api.md, Console): the envelope of client commands in (`id`, `type`,
+//! `payload`), replies, errors and pushes out. Pure: what a command's payload means is
+//! `commands`' business.
 
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -7,9 +8,39 @@ use serde_json::{json, Value};
 pub const MAX_FRAME_BYTES: usize = 64 * 1024;
 const MAX_ID_CHARS: usize = 64;
 
-/// A decoded client command.
+/// The error codes of a refused or failed command (docs/api.md, Console).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorCode {
+    /// Not JSON, no `id` or `type`, or a binary frame.
+    BadRequest,
+    UnknownCommand,
+    /// The payload does not fit the command; the message names the field.
+    InvalidPayload,
+    /// The caller may no longer do this (no longer an operator).
+    Forbidden,
+    RateLimited,
+    /// A service it needs (RabbitMQ, the database, another instance) is not answering.
+    Unavailable,
+    Internal,
+}
+
+impl ErrorCode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::BadRequest => "bad_request",
+            ErrorCode::UnknownCommand => "unknown_command",
+            ErrorCode::InvalidPayload => "invalid_payload",
+            ErrorCode::Forbidden => "forbidden",
+            ErrorCode::RateLimited => "rate_limited",
+            ErrorCode::Unavailable => "unavailable",
+            ErrorCode::Internal => "internal",
+        }
+    }
+}
+
+/// A decoded client frame: its id, the command name and the raw payload.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Command {
+pub struct Envelope {
     pub id: String,
     pub name: String,
     pub payload: Value,
@@ -27,14 +58,14 @@ struct RawCommand {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Refusal {
     pub id: Option<String>,
-    pub code: &'static str,
+    pub code: ErrorCode,
     pub message: String,
 }
 
-pub fn decode(text: &str) -> Result<Command, Refusal> {
+pub fn decode(text: &str) -> Result<Envelope, Refusal> {
     let refuse = |id: Option<String>, message: &str| Refusal {
         id,
-        code: "bad_request",
+        code: ErrorCode::BadRequest,
         message: message.to_owned(),
     };
     if text.len() > MAX_FRAME_BYTES {
@@ -50,7 +81,7 @@ pub fn decode(text: &str) -> Result<Command, Refusal> {
         Some(Value::String(name)) if !name.is_empty() => name,
         _ => return Err(refuse(Some(id), "type must be a command name")),
     };
-    Ok(Command {
+    Ok(Envelope {
         id,
         name,
         payload: raw.payload.unwrap_or(Value::Null),
@@ -61,13 +92,18 @@ pub fn reply(id: &str, payload: Value) -> String {
     json!({"id": id, "type": "reply", "ok": true, "payload": payload}).to_string()
 }
 
-pub fn error(id: Option<&str>, code: &str, message: &str) -> String {
-    json!({"id": id, "type": "error", "ok": false, "error": {"code": code, "message": message}})
+pub fn error(id: Option<&str>, code: ErrorCode, message: &str) -> String {
+    json!({"id": id, "type": "error", "ok": false, "error": {"code": code.as_str(), "message": message}})
         .to_string()
 }
 
 pub fn push(kind: &str, payload: Value) -> String {
     json!({"type": kind, "payload": payload}).to_string()
+}
+
+/// A push whose payload is already JSON text (encoded once for every console).
+pub fn push_raw(kind: &str, payload_json: &str) -> String {
+    format!(r#"{{"type":{},"payload":{payload_json}}}"#, json!(kind))
 }
 
 #[cfg(test)]
@@ -84,7 +120,10 @@ mod tests {
         assert_eq!(decode("nope").expect_err("refused").id, None);
         assert_eq!(decode(r#"{"type":"ping"}"#).expect_err("refused").id, None);
         let long = format!(r#"{{"id":"{}","type":"ping"}}"#, "x".repeat(65));
-        assert_eq!(decode(&long).expect_err("refused").code, "bad_request");
+        assert_eq!(
+            decode(&long).expect_err("refused").code,
+            ErrorCode::BadRequest
+        );
         assert_eq!(
             decode(r#"{"id":"c-2"}"#)
                 .expect_err("refused")
@@ -96,9 +135,44 @@ mod tests {
 
     #[test]
     fn errors_have_the_spec_shape() {
-        let frame: Value = serde_json::from_str(&error(None, "bad_request", "x")).expect("json");
+        let frame: Value =
+            serde_json::from_str(&error(None, ErrorCode::BadRequest, "x")).expect("json");
         assert_eq!(frame["id"], Value::Null);
         assert_eq!(frame["ok"], false);
         assert_eq!(frame["error"]["code"], "bad_request");
+    }
+
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(3_000))]
+        /// Arbitrary text never panics the decoder; what it refuses is `bad_request`, and an
+        /// id is kept only when it is a valid one.
+        #[test]
+        fn any_text_decodes_or_is_refused_as_bad_request(text in ".{0,200}") {
+            match decode(&text) {
+                Ok(envelope) => {
+                    prop_assert!((1..=64).contains(&envelope.id.chars().count()));
+                    prop_assert!(!envelope.name.is_empty());
+                }
+                Err(refusal) => {
+                    prop_assert_eq!(refusal.code, ErrorCode::BadRequest);
+                    if let Some(id) = refusal.id {
+                        prop_assert!((1..=64).contains(&id.chars().count()));
+                    }
+                }
+            }
+        }
+
+        /// Frames shaped like commands, with ids and types of every kind.
+        #[test]
+        fn command_like_frames_never_panic(
+            id in prop_oneof![Just(Value::Null), ".{0,80}".prop_map(Value::from), any::<i64>().prop_map(Value::from)],
+            kind in prop_oneof![Just(Value::Null), "[a-z.]{0,20}".prop_map(Value::from), any::<bool>().prop_map(Value::from)],
+            payload in prop_oneof![Just(Value::Null), ".{0,20}".prop_map(Value::from), Just(json!({"limit": 5}))],
+        ) {
+            let text = json!({"id": id, "type": kind, "payload": payload}).to_string();
+            let _ = decode(&text);
+        }
     }
 }

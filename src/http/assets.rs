@@ -82,6 +82,7 @@ mod tests {
         for name in [
             "app.css",
             "app.js",
+            "console.js",
             "favicon.svg",
             "vendor/uplot/uPlot.esm.js",
             "vendor/uplot/uPlot.min.css",

@@ -127,11 +127,11 @@ pub async fn console(operator: PageOperator, state: web::Data<AppState>) -> Http
             user: &caller.username,
             role: caller.role.as_str(),
             csrf: caller.csrf().unwrap_or_default(),
-            commands: crate::console::COMMANDS
+            commands: crate::console::DEFINITIONS
                 .iter()
                 .map(|c| c.name)
                 .collect::<Vec<_>>()
-                .join(", "),
+                .join(" "),
             node: &state.node,
             leader: status.ingest.leader.unwrap_or_else(|| "none".into()),
             state: frame

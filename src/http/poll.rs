@@ -51,7 +51,8 @@ pub async fn poll(
         .acquire(&viewer.0.username)
         .ok_or(ApiError::TooManyStreams(state.streams.max()))?;
     // Every poll after the first carries `after`: that is the transport working, not a reconnect.
-    let guard = ConnectionGuard::open(state.metrics.clone(), Transport::Poll, false);
+    let mut guard = ConnectionGuard::open(state.metrics.clone(), Transport::Poll, false);
+    let kicked = guard.register(&state.cluster.local.registry, &viewer.0.username);
     let mut subscription = state.hub.subscribe();
     let deadline = tokio::time::Instant::now() + timeout;
     let closing = state.hub.closing();
@@ -71,6 +72,10 @@ pub async fn poll(
         tokio::select! {
             _ = tokio::time::sleep_until(deadline) => return Ok(respond(&[])),
             _ = closing.cancelled() => return Ok(respond(&[])),
+            _ = kicked.cancelled() => {
+                guard.set_reason("kicked");
+                return Ok(respond(&[]));
+            }
             _ = subscription.announcements.recv() => {}
             _ = subscription.snapshots.changed() => {}
         }

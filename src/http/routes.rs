@@ -152,7 +152,15 @@ async fn readyz(state: web::Data<AppState>) -> HttpResponse {
             "database did not answer within {READY_DATABASE_TIMEOUT:?}"
         )),
     };
+    // Paused by an operator (this leader's own flag, or the leader's snapshot): deliberate, so
+    // still ready; dashboards keep being served and say `paused`.
+    let paused = status.ingest.paused
+        || state
+            .hub
+            .latest_frame()
+            .is_some_and(|f| f.snapshot.ingest.state == crate::live::IngestState::Paused);
     let ingest = match status.ingest_link() {
+        _ if paused => Ok(()),
         None => Ok(()),
         Some(link) if link.connected => Ok(()),
         Some(link) => Err(format!(
@@ -165,7 +173,11 @@ async fn readyz(state: web::Data<AppState>) -> HttpResponse {
     };
     let checks = json!({
         "database": database.as_ref().err().map_or("ok", |_| "failing"),
-        "ingest": ingest.as_ref().err().map_or("ok", |_| "disconnected"),
+        "ingest": match &ingest {
+            Err(_) => "disconnected",
+            Ok(()) if paused => "paused",
+            Ok(()) => "ok",
+        },
         "leader": status.ingest.leader,
         "is_leader": status.ingest.is_leader,
     });

@@ -55,7 +55,9 @@ pub async fn stream(
         .streams
         .acquire(&viewer.0.username)
         .ok_or(ApiError::TooManyStreams(state.streams.max()))?;
-    let guard = ConnectionGuard::open(state.metrics.clone(), Transport::Sse, resume_text.is_some());
+    let mut guard =
+        ConnectionGuard::open(state.metrics.clone(), Transport::Sse, resume_text.is_some());
+    let kicked = guard.register(&state.cluster.local.registry, &viewer.0.username);
 
     // Subscribe before reading the store, so nothing falls between replay and live delivery.
     let mut subscription = state.hub.subscribe();
@@ -103,6 +105,7 @@ pub async fn stream(
         quiet: Box::pin(tokio::time::sleep(state.live.heartbeat)),
         stall_timeout: state.live.stall_timeout,
         closing: state.hub.closing(),
+        kicked,
         hub: state.hub.clone(),
         guard,
         _slot: slot,
@@ -124,6 +127,8 @@ struct SseClient {
     quiet: Pin<Box<Sleep>>,
     stall_timeout: Duration,
     closing: tokio_util::sync::CancellationToken,
+    /// Cancelled by the console's `connections.kick`.
+    kicked: tokio_util::sync::CancellationToken,
     hub: crate::live::Hub,
     guard: ConnectionGuard,
     /// This user's share of `PULSEBOARD_MAX_STREAMS_PER_USER`, held while the stream lives.
@@ -151,6 +156,10 @@ async fn next_chunk(mut client: SseClient) -> Option<(Result<Bytes, Infallible>,
             biased;
             _ = client.closing.cancelled() => {
                 client.guard.set_reason("shutdown");
+                return None;
+            }
+            _ = client.kicked.cancelled() => {
+                client.guard.set_reason("kicked");
                 return None;
             }
             received = client.subscription.announcements.recv() => match received {

@@ -392,4 +392,67 @@ mod tests {
             "{reason}"
         );
     }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        /// docs/api.md, Events: the documented reason codes (`sum_overflow` comes from the
+        /// aggregator, not from decoding).
+        const CODES: [&str; 9] = [
+            "too_large",
+            "not_utf8",
+            "not_json",
+            "not_object",
+            "invalid_field",
+            "missing_field",
+            "too_far_in_future",
+            "too_old",
+            "wrong_currency",
+        ];
+
+        fn check(body: &[u8]) -> Result<(), TestCaseError> {
+            match decode(body, context()) {
+                Ok(event) => {
+                    prop_assert!((1..=128).contains(&event.id.chars().count()));
+                    prop_assert!((1..=128).contains(&event.user_id.chars().count()));
+                }
+                Err(rejection) => {
+                    prop_assert!(CODES.contains(&rejection.code), "{}", rejection.code)
+                }
+            }
+            Ok(())
+        }
+
+        fn field() -> impl Strategy<Value = serde_json::Value> {
+            prop_oneof![
+                Just(serde_json::Value::Null),
+                any::<i64>().prop_map(serde_json::Value::from),
+                ".{0,12}".prop_map(serde_json::Value::from),
+                Just(json!("2026-11-23T10:15:00Z")),
+                Just(json!("order.placed")),
+                Just(json!("USD")),
+            ]
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(3_000))]
+            /// Any bytes: an event, or a rejection with one of the documented reason codes.
+            #[test]
+            fn any_body_is_an_event_or_a_coded_rejection(body in proptest::collection::vec(any::<u8>(), 0..300)) {
+                check(&body)?;
+            }
+
+            /// Bodies shaped like events, with every field of any type.
+            #[test]
+            fn event_shaped_bodies_are_events_or_coded_rejections(
+                id in field(), kind in field(), at in field(), user in field(),
+                order in field(), amount in field(), currency in field(),
+            ) {
+                let body = json!({"id": id, "type": kind, "occurred_at": at, "user_id": user,
+                    "data": {"order_id": order, "amount_minor": amount, "currency": currency}});
+                check(body.to_string().as_bytes())?;
+            }
+        }
+    }
 }

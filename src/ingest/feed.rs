@@ -35,6 +35,8 @@ pub(super) struct BrokerFeed {
     connecting: Option<JoinHandle<Result<ConsumerLink, BrokerError>>>,
     retry_at: Instant,
     backoff: Backoff,
+    /// Paused by an operator: no link, and none opened until resumed.
+    suspended: bool,
 }
 
 impl BrokerFeed {
@@ -45,6 +47,7 @@ impl BrokerFeed {
             connecting: None,
             retry_at: Instant::now(),
             backoff: Backoff::new(Duration::from_millis(250), Duration::from_secs(10)),
+            suspended: false,
         }
     }
 }
@@ -102,7 +105,10 @@ impl Feed<'_> {
 
     pub(super) fn maybe_connect(&mut self, context: &IngestContext) {
         let Feed::Broker(broker) = self else { return };
-        if broker.link.is_some() || broker.connecting.is_some() || Instant::now() < broker.retry_at
+        if broker.suspended
+            || broker.link.is_some()
+            || broker.connecting.is_some()
+            || Instant::now() < broker.retry_at
         {
             return;
         }
@@ -150,6 +156,28 @@ impl Feed<'_> {
         if let Feed::Broker(broker) = self {
             tracing::warn!(%error, "RabbitMQ link failed");
             let _ = broker.drop_link(error.to_string());
+        }
+    }
+
+    /// Stops consuming until [`Feed::resume`]: the link is closed, so unacknowledged
+    /// deliveries go back to the queue and new messages stay there. (The in-process demo queue
+    /// is simply not read meanwhile.)
+    pub(super) async fn suspend(&mut self) {
+        if let Feed::Broker(broker) = self {
+            broker.suspended = true;
+            if let Some(connecting) = broker.connecting.take() {
+                connecting.abort();
+            }
+            if let Some(link) = broker.link.take() {
+                link.close().await;
+            }
+        }
+    }
+
+    pub(super) fn resume(&mut self) {
+        if let Feed::Broker(broker) = self {
+            broker.suspended = false;
+            broker.retry_at = Instant::now();
         }
     }
 

@@ -18,6 +18,7 @@ use super::batch::Batch;
 use super::batch_log::CommittedBatch;
 use super::decode::{decode, DecodeContext, Rejection};
 use super::feed::{BrokerFeed, Feed, FeedItem};
+use super::tail::Sampler;
 use super::{IngestContext, LeaderInputs, LEASE_POLL};
 use crate::aggregate::{minute_of, Aggregator, Event, EventKind, Figures, Millis, MINUTE_MS};
 use crate::clock::now_ms;
@@ -114,6 +115,10 @@ struct Leader<'a> {
     published: Option<Published>,
     oldest_unpublished_arrival: Option<Millis>,
     lag_seconds: f64,
+    /// An operator paused ingest (stored; cluster-wide): nothing is consumed meanwhile.
+    paused: bool,
+    last_pause_check: Instant,
+    tail: Sampler,
 }
 
 impl<'a> Leader<'a> {
@@ -132,6 +137,12 @@ impl<'a> Leader<'a> {
             "rebuilt the live figures from the store"
         );
         let aggregator = Aggregator::restore(settings.aggregate.clone(), restore);
+        // A new leader honours a pause made under the one before it.
+        let paused = context.store.ingest_paused().await?;
+        if paused {
+            tracing::info!("ingest is paused by an operator; not consuming");
+        }
+        context.status.update_ingest(|s| s.paused = paused);
         context.metrics.leader.set(1);
         context.status.update_ingest(|s| {
             s.is_leader = true;
@@ -153,6 +164,9 @@ impl<'a> Leader<'a> {
             published: None,
             oldest_unpublished_arrival: None,
             lag_seconds: 0.0,
+            paused,
+            last_pause_check: Instant::now(),
+            tail: Sampler::default(),
         })
     }
 
@@ -164,6 +178,9 @@ impl<'a> Leader<'a> {
     ) -> LeadEnd {
         let mut tick = tokio::time::interval(self.context.settings.snapshot_interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        if self.paused {
+            feed.suspend().await;
+        }
         feed.maybe_connect(self.context);
         let max_batch = self.context.settings.max_batch;
         let result: Result<(), LeadEnd> = async {
@@ -191,7 +208,7 @@ impl<'a> Leader<'a> {
                             self.start_commit(feed).await;
                         }
                     }
-                    item = feed.next(), if self.gathering.messages < max_batch => {
+                    item = feed.next(), if self.gathering.messages < max_batch && !self.paused => {
                         self.on_feed(item, feed).await;
                         if self.committing.is_none() && self.gathering.is_due(max_batch) {
                             self.start_commit(feed).await;
@@ -202,6 +219,8 @@ impl<'a> Leader<'a> {
                     }
                     _ = tick.tick() => self.on_tick(feed).await?,
                     Some(()) = refresh.recv() => {
+                        // A pause or resume is announced as a refresh: read the flag first.
+                        self.check_pause(feed).await?;
                         self.publish_snapshot(now_ms(), feed.connected(), true).await?
                     }
                 }
@@ -438,6 +457,9 @@ impl<'a> Leader<'a> {
                     .map_or(arrived_at, |o| o.min(arrived_at)),
             );
             newest_occurred = newest_occurred.max(Some(event.occurred_at));
+            if let Some(sample) = self.tail.offer(event, arrived_at) {
+                self.context.fanout.send_event(sample);
+            }
         }
         if let Some(occurred) = newest_occurred {
             self.lag_seconds = (now_ms() - occurred).max(0) as f64 / 1000.0;
@@ -452,6 +474,9 @@ impl<'a> Leader<'a> {
             self.context.store.renew_lease(&self.lease, now).await?;
             self.last_renewed = Instant::now();
         }
+        if self.last_pause_check.elapsed() >= LEASE_POLL {
+            self.check_pause(feed).await?;
+        }
         feed.maybe_connect(self.context);
         self.close_finished_minutes(now).await?;
         if self.last_prune.elapsed() >= PRUNE_EVERY {
@@ -464,6 +489,31 @@ impl<'a> Leader<'a> {
             }
             self.last_broadcast = Instant::now();
         }
+        Ok(())
+    }
+
+    /// Reads the stored pause flag and follows it: pausing commits and acknowledges what was
+    /// already gathered, then closes the consumer, so the broker keeps every later message in
+    /// `<prefix>.events`; resuming reconnects.
+    async fn check_pause(&mut self, feed: &mut Feed<'_>) -> Result<(), LeadEnd> {
+        self.last_pause_check = Instant::now();
+        let paused = self.context.store.ingest_paused().await?;
+        if paused == self.paused {
+            return Ok(());
+        }
+        if paused {
+            self.finish_commit(feed).await?;
+            self.start_commit(feed).await;
+            self.finish_commit(feed).await?;
+            feed.suspend().await;
+            tracing::info!("ingest paused by an operator");
+        } else {
+            feed.resume();
+            feed.maybe_connect(self.context);
+            tracing::info!("ingest resumed by an operator");
+        }
+        self.paused = paused;
+        self.context.status.update_ingest(|s| s.paused = paused);
         Ok(())
     }
 
@@ -493,10 +543,10 @@ impl<'a> Leader<'a> {
 
     fn ingest_view(&self, connected: bool) -> IngestView {
         let status = self.context.status.get();
-        let state = if !connected {
-            IngestState::Disconnected
-        } else if status.ingest.paused {
+        let state = if self.paused {
             IngestState::Paused
+        } else if !connected {
+            IngestState::Disconnected
         } else if self.context.settings.demo {
             IngestState::Demo
         } else {

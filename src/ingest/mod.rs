@@ -8,7 +8,10 @@
 //!
 //! Inside: `leader` runs a term (its loop and the order commit → ack → aggregate → publish),
 //! over `batch` (what is gathered between commits and when it is due) and `feed` (the RabbitMQ
-//! consumer link or the demo's in-process queue). Boundaries: decoding is pure ([`decode`]);
+//! consumer link or the demo's in-process queue), `tail` (the console's sampled event tail).
+//! An operator's pause (`store::Store::ingest_paused`) is read at the start of every term and
+//! whenever the leader is told or a second passed: a paused leader consumes nothing.
+//! Boundaries: decoding is pure ([`decode`]);
 //! SQL lives in `store`; figures in `aggregate`; the broker plumbing in `rabbitmq`.
 
 mod batch;
@@ -16,6 +19,7 @@ pub mod batch_log;
 pub mod decode;
 mod feed;
 mod leader;
+mod tail;
 #[cfg(test)]
 mod tests;
 
@@ -104,6 +108,8 @@ pub async fn run(
                 context.status.update_ingest(|s| {
                     s.is_leader = false;
                     s.consumer.connected = false;
+                    // Followers learn a pause from the leader's snapshots.
+                    s.paused = false;
                     // Readiness names the database, not the broker, when it ended the term.
                     s.database_error = database_error;
                 });

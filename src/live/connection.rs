@@ -1,9 +1,19 @@
 //! Connection accounting for the metrics (docs/api.md, Metrics): open connections by transport,
-//! why each one closed.
+//! why each one closed; and the [`Registry`] of this instance's live connections (who, how,
+//! since when), which the console lists and kicks from.
+//!
+//! A connection that registers gets one `Arc`'d entry at open, removed when its guard drops:
+//! nothing is paid per delivery, the stream loops only watch one cancellation token.
 
+use crate::aggregate::Millis;
 use crate::metrics::Metrics;
 use prometheus::{Histogram, IntCounter};
-use std::sync::Arc;
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Transport {
@@ -54,6 +64,8 @@ pub struct ConnectionGuard {
     sent: [IntCounter; 3],
     latency: Histogram,
     coalesced: IntCounter,
+    /// Its entry in the registry, while it lives (removed on drop).
+    _registration: Option<Registration>,
 }
 
 impl ConnectionGuard {
@@ -77,7 +89,17 @@ impl ConnectionGuard {
             metrics,
             transport,
             reason: "client_closed",
+            _registration: None,
         }
+    }
+
+    /// Lists this connection in `registry` under `user` until it drops; the token is cancelled
+    /// when an operator kicks it (the stream then ends with reason `kicked`).
+    pub fn register(&mut self, registry: &Registry, user: &str) -> CancellationToken {
+        let registration = registry.add(user, self.transport);
+        let kick = registration.entry.kick.clone();
+        self._registration = Some(registration);
+        kick
     }
 
     /// Records why the server ends this connection (the default is that the client left).
@@ -116,5 +138,166 @@ impl Drop for ConnectionGuard {
                 .with_label_values(&[label])
                 .inc();
         }
+    }
+}
+
+/// One listed connection: what `connections.list` shows of it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct ConnectionInfo {
+    /// `<node>/<n>`: unique in the cluster, so a kick can be sent to every node.
+    pub id: String,
+    pub user: String,
+    pub transport: String,
+    /// RFC 3339, when it opened.
+    pub since: String,
+}
+
+struct Entry {
+    user: String,
+    transport: Transport,
+    since: Millis,
+    kick: CancellationToken,
+}
+
+/// This instance's live connections. Cloning is shallow.
+#[derive(Clone)]
+pub struct Registry {
+    inner: Arc<RegistryInner>,
+}
+
+struct RegistryInner {
+    node: String,
+    next: AtomicU64,
+    entries: Mutex<BTreeMap<u64, Arc<Entry>>>,
+    /// Bumped when a console connection opens or closes: presence changed.
+    consoles: watch::Sender<u64>,
+}
+
+/// A connection's place in the registry; dropping it removes the entry.
+pub struct Registration {
+    registry: Registry,
+    number: u64,
+    entry: Arc<Entry>,
+}
+
+impl Registry {
+    pub fn new(node: &str) -> Registry {
+        Registry {
+            inner: Arc::new(RegistryInner {
+                node: node.to_owned(),
+                next: AtomicU64::new(1),
+                entries: Mutex::default(),
+                consoles: watch::channel(0).0,
+            }),
+        }
+    }
+
+    fn add(&self, user: &str, transport: Transport) -> Registration {
+        let number = self.inner.next.fetch_add(1, Ordering::Relaxed);
+        let entry = Arc::new(Entry {
+            user: user.to_owned(),
+            transport,
+            since: crate::clock::now_ms(),
+            kick: CancellationToken::new(),
+        });
+        self.lock().insert(number, entry.clone());
+        self.console_changed(transport);
+        Registration {
+            registry: self.clone(),
+            number,
+            entry,
+        }
+    }
+
+    fn console_changed(&self, transport: Transport) {
+        if transport == Transport::Ws {
+            self.inner.consoles.send_modify(|version| *version += 1);
+        }
+    }
+
+    /// Every listed connection, oldest first.
+    pub fn list(&self) -> Vec<ConnectionInfo> {
+        self.lock()
+            .iter()
+            .map(|(number, entry)| ConnectionInfo {
+                id: format!("{}/{number}", self.inner.node),
+                user: entry.user.clone(),
+                transport: entry.transport.label().to_owned(),
+                since: crate::clock::rfc3339(entry.since),
+            })
+            .collect()
+    }
+
+    /// Operators with a console open here (sorted, each once).
+    pub fn operators(&self) -> Vec<String> {
+        let mut users: Vec<String> = self
+            .lock()
+            .values()
+            .filter(|e| e.transport == Transport::Ws)
+            .map(|e| e.user.clone())
+            .collect();
+        users.sort();
+        users.dedup();
+        users
+    }
+
+    /// Changes whenever a console connection opens or closes.
+    pub fn watch_consoles(&self) -> watch::Receiver<u64> {
+        self.inner.consoles.subscribe()
+    }
+
+    /// Ends the connection `id` if this instance holds it.
+    pub fn kick(&self, id: &str) -> bool {
+        let number = id
+            .strip_prefix(self.inner.node.as_str())
+            .and_then(|rest| rest.strip_prefix('/'))
+            .and_then(|n| n.parse::<u64>().ok());
+        let Some(number) = number else { return false };
+        match self.lock().get(&number) {
+            Some(entry) => {
+                entry.kick.cancel();
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Plain map: a panic elsewhere cannot leave it half-changed; no `.await` while held.
+    fn lock(&self) -> MutexGuard<'_, BTreeMap<u64, Arc<Entry>>> {
+        self.inner
+            .entries
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        self.registry.lock().remove(&self.number);
+        self.registry.console_changed(self.entry.transport);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn entries_live_as_long_as_their_registration_and_a_kick_finds_only_its_own() {
+        let registry = Registry::new("web-1");
+        let sse = registry.add("ada", Transport::Sse);
+        let console = registry.add("bob", Transport::Ws);
+        let listed = registry.list();
+        assert_eq!(listed.len(), 2);
+        assert_eq!(listed[0].id, "web-1/1");
+        assert_eq!(registry.operators(), vec!["bob".to_owned()]);
+        assert!(!registry.kick("web-2/1"), "another node's id");
+        assert!(registry.kick("web-1/1"));
+        assert!(sse.entry.kick.is_cancelled());
+        assert!(!console.entry.kick.is_cancelled());
+        drop(console);
+        assert!(registry.operators().is_empty());
+        drop(sse);
+        assert!(registry.list().is_empty());
     }
 }

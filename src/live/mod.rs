@@ -5,11 +5,13 @@
 //!
 //! - [`hub`]: this instance's latest snapshot and announcement ring, and event ids;
 //! - [`announcement`]: an announcement's fields and rules;
-//! - [`connection`]: per-connection metrics and close reasons;
+//! - [`connection`]: per-connection metrics and close reasons, the registry of connections;
+//! - [`feeds`]: the console's pushes besides snapshots (event tail, audit, presence);
 //! - [`limit`]: the cap on live connections one user may hold (SSE, long-poll, console).
 
 pub mod announcement;
 pub mod connection;
+pub mod feeds;
 pub mod hub;
 pub mod limit;
 
@@ -74,7 +76,7 @@ pub struct IngestView {
 pub enum IngestState {
     /// Consuming RabbitMQ.
     Running,
-    /// Stopped on an operator's request (the console's `ingest.pause`, planned).
+    /// Stopped on an operator's request (the console's `ingest.pause`).
     Paused,
     /// The leader lost RabbitMQ: the figures stand still until it reconnects.
     Disconnected,

@@ -3,7 +3,8 @@
 //! The store owns every SQL statement. It is the source of truth for exactly-once: a batch of
 //! events is applied in one transaction fenced by the ingest lease (`batch`: `apply_batch`);
 //! the rest of it is what a new leader rebuilds from, history, the lease (`lease`), the
-//! snapshot sequence, announcements, users and sessions, settings and retention.
+//! snapshot sequence, announcements, users and sessions, the console's audit log (`audit`),
+//! settings (among them the ingest pause) and retention.
 //!
 //! `sqlx::AnyPool`s serve both backends; their SQL is shared (placeholders `$N`, `ON CONFLICT`,
 //! `RETURNING`) except the batch statements: SQLite's write `?` lists, PostgreSQL's take one
@@ -13,11 +14,13 @@
 //! Sums are cast to BIGINT because PostgreSQL's NUMERIC has no portable decoding.
 
 mod announcements;
+mod audit;
 pub(crate) mod batch;
 mod lease;
 mod users;
 
 pub use announcements::StoredAnnouncement;
+pub use audit::{AuditRow, NewAudit};
 pub use batch::event_id_key;
 pub use lease::Lease;
 pub use users::{SessionRow, UserRow};
@@ -360,7 +363,8 @@ impl Store {
             .execute(&self.writer)
             .await?
             .rows_affected();
-        Ok(events + minutes + announcements + sessions)
+        let audit = self.prune_audit(now).await?;
+        Ok(events + minutes + announcements + sessions + audit)
     }
 
     /// Count of applied ids currently remembered (for status and tests).

@@ -575,3 +575,119 @@ async fn demo_without_a_broker_says_how_to_sign_in_and_moves_within_five_seconds
     browser.screenshot("6-demo").await;
     browser.assert_clean().await;
 }
+
+/// Runs `line` on the console page and returns the transcript entry's state once it left
+/// `sent` (or the one it is in after `timeout`).
+async fn run_console_line(browser: &Browser, line: &str) {
+    let input = browser
+        .client
+        .find(Locator::Css("[data-command-input]"))
+        .await
+        .expect("command line");
+    input.send_keys(line).await.expect("type");
+    input.send_keys("\u{E007}").await.expect("enter");
+}
+
+#[tokio::test]
+async fn the_console_page_runs_commands_queues_them_while_down_and_shows_presence() {
+    let database = TestDatabase::new(Backend::Sqlite).await;
+    let names = Names::new();
+    let _broker = Broker::connect(&names).await;
+    let port = free_port();
+    let mut config = ServiceConfig::new(&database, &names, "page-1");
+    config
+        .env
+        .push(("PULSEBOARD_BIND".into(), format!("127.0.0.1:{port}")));
+    let mut service = Service::start(&config).await;
+
+    // An admin (dashboards only) may not open the console.
+    let viewer_password = crate::console::add_user(&database, "viewer", "admin");
+    let viewer = crate::helpers::fetch_token(&service.base_url, "viewer", &viewer_password).await;
+    let refused = reqwest::Client::new()
+        .get(service.url("/console"))
+        .bearer_auth(&viewer)
+        .send()
+        .await
+        .expect("GET /console");
+    assert_eq!(refused.status(), 403);
+
+    let browser = Browser::start(true).await;
+    browser.sign_in(&service, &database.admin_password).await;
+    browser
+        .client
+        .goto(&service.url("/console"))
+        .await
+        .expect("console");
+    browser
+        .wait_for_text("[data-connection-text]", Duration::from_secs(10), |t| {
+            t == "Connected"
+        })
+        .await;
+    run_console_line(&browser, "status").await;
+    let reply = browser
+        .wait_for_text(
+            "[data-transcript] .entry:last-child",
+            Duration::from_secs(5),
+            |t| t.contains("\"nodes\""),
+        )
+        .await;
+    assert!(
+        reply.starts_with(">\nstatus") || reply.contains("status"),
+        "{reply}"
+    );
+    browser
+        .wait_for_text("[data-nodes] tbody", Duration::from_secs(10), |t| {
+            t.contains("page-1")
+        })
+        .await;
+    browser
+        .wait_for_text("[data-presence]", Duration::from_secs(5), |t| {
+            t.contains("admin on page-1")
+        })
+        .await;
+
+    // A second operator connects: presence shows them.
+    let password = crate::console::add_user(&database, "ops2", "operator");
+    let token = crate::helpers::fetch_token(&service.base_url, "ops2", &password).await;
+    let second = crate::console::Console::open(&service, &token).await;
+    browser
+        .wait_for_text("[data-presence]", Duration::from_secs(5), |t| {
+            t.contains("ops2 on page-1")
+        })
+        .await;
+    browser.screenshot("8a-console-status-presence").await;
+    drop(second);
+
+    // Down: a typed command is queued, then sent and answered once the service is back.
+    service.kill().await;
+    browser
+        .wait_for_text("[data-connection-text]", Duration::from_secs(5), |t| {
+            t.starts_with("Reconnecting")
+        })
+        .await;
+    run_console_line(&browser, "ping").await;
+    browser
+        .wait_for_text(
+            "[data-transcript] .entry:last-child .state",
+            Duration::from_secs(2),
+            |t| t == "queued",
+        )
+        .await;
+    browser.screenshot("8b-console-queued").await;
+    drop(service);
+    let _service = Service::start(&config).await;
+    browser
+        .wait_for_text(
+            "[data-transcript] .entry:last-child",
+            Duration::from_secs(20),
+            |t| t.contains("\"pong\": true"),
+        )
+        .await;
+    browser
+        .wait_for_text("[data-connection-text]", Duration::from_secs(5), |t| {
+            t == "Connected"
+        })
+        .await;
+    browser.screenshot("8c-console-reconnected").await;
+    browser.assert_clean().await;
+}

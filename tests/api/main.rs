@@ -3,6 +3,8 @@
 mod auth;
 mod browser;
 mod cli;
+mod console;
+mod console_cluster;
 mod crash;
 mod demo;
 mod failover;

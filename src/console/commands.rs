@@ -1,0 +1,515 @@
+//! The console's commands as types (docs/api.md, Console: commands): one [`Definition`] per
+//! command (name, payload fields, whether it is audited) and one [`Command`] variant with its
+//! typed, validated payload. [`Command::parse`] is the only place a name becomes a command, and
+//! [`Command::definition`] maps back with an exhaustive `match`, so a new variant cannot be
+//! forgotten in `help`, the audit rule or the metrics labels.
+//!
+//! Pure: no I/O. What each command does is `perform`'s business.
+
+use crate::live::announcement::validate_message;
+use crate::live::Level;
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+/// One payload field as `help` describes it.
+#[derive(Debug)]
+pub struct Field {
+    pub name: &'static str,
+    pub rule: &'static str,
+}
+
+/// What `help` and the welcome frame say of a command, and how it is treated.
+#[derive(Debug)]
+pub struct Definition {
+    pub name: &'static str,
+    pub fields: &'static [Field],
+    /// Written to the audit log (every command that changes something).
+    pub audited: bool,
+    pub summary: &'static str,
+    /// A valid payload, for `help` and the tests.
+    pub example: &'static str,
+}
+
+const fn def(
+    name: &'static str,
+    fields: &'static [Field],
+    audited: bool,
+    summary: &'static str,
+    example: &'static str,
+) -> Definition {
+    Definition {
+        name,
+        fields,
+        audited,
+        summary,
+        example,
+    }
+}
+
+const NONE: &[Field] = &[];
+const TOPICS: &[Field] = &[Field {
+    name: "topics",
+    rule: "list of snapshots|events|audit|presence (1 or more)",
+}];
+
+/// Every command, in the order `help` lists them.
+pub const DEFINITIONS: [Definition; 14] = [
+    def("help", NONE, false, "every command with its payload fields", "null"),
+    def("ping", NONE, false, "answers pong with the server time", "null"),
+    def(
+        "status",
+        NONE,
+        false,
+        "every node (unreachable if silent for 1 s), leader, ingest state, queue depth, dead letters",
+        "null",
+    ),
+    def(
+        "subscribe",
+        TOPICS,
+        false,
+        "start pushes of these topics",
+        r#"{"topics":["snapshots","presence"]}"#,
+    ),
+    def(
+        "unsubscribe",
+        TOPICS,
+        false,
+        "stop pushes of these topics",
+        r#"{"topics":["events"]}"#,
+    ),
+    def(
+        "ingest.pause",
+        NONE,
+        true,
+        "stop consuming, cluster-wide, until resumed (kept across restarts)",
+        "null",
+    ),
+    def(
+        "ingest.resume",
+        NONE,
+        true,
+        "consume again, cluster-wide",
+        "null",
+    ),
+    def(
+        "dlq.peek",
+        &[Field {
+            name: "limit",
+            rule: "integer 1-100",
+        }],
+        false,
+        "dead letters with reason, routing key and body, left in place",
+        r#"{"limit":10}"#,
+    ),
+    def(
+        "dlq.replay",
+        &[Field {
+            name: "limit",
+            rule: "integer 1-1000",
+        }],
+        true,
+        "moves that many dead letters back to the events exchange",
+        r#"{"limit":10}"#,
+    ),
+    def(
+        "dlq.purge",
+        &[Field {
+            name: "confirm",
+            rule: "true",
+        }],
+        true,
+        "drops every dead letter",
+        r#"{"confirm":true}"#,
+    ),
+    def(
+        "announce",
+        &[
+            Field {
+                name: "message",
+                rule: "1-500 characters",
+            },
+            Field {
+                name: "level",
+                rule: "info|warning|critical",
+            },
+        ],
+        true,
+        "an announcement to every dashboard",
+        r#"{"message":"Deploy at 14:00","level":"info"}"#,
+    ),
+    def(
+        "connections.list",
+        NONE,
+        false,
+        "open SSE, long-poll and console connections on every node",
+        "null",
+    ),
+    def(
+        "connections.kick",
+        &[Field {
+            name: "id",
+            rule: "a connection id from connections.list",
+        }],
+        true,
+        "closes that connection on whichever node holds it",
+        r#"{"id":"web-1/7"}"#,
+    ),
+    def(
+        "audit.tail",
+        &[Field {
+            name: "limit",
+            rule: "integer 1-200",
+        }],
+        false,
+        "latest audit entries, newest first",
+        r#"{"limit":20}"#,
+    ),
+];
+
+/// A push topic of `subscribe`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Topic {
+    Snapshots,
+    Events,
+    Audit,
+    Presence,
+}
+
+/// A command with its validated payload.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Command {
+    Help,
+    Ping,
+    Status,
+    Subscribe(Vec<Topic>),
+    Unsubscribe(Vec<Topic>),
+    IngestPause,
+    IngestResume,
+    DlqPeek { limit: u32 },
+    DlqReplay { limit: u32 },
+    DlqPurge,
+    Announce { message: String, level: Level },
+    ConnectionsList,
+    ConnectionsKick { id: String },
+    AuditTail { limit: u32 },
+}
+
+/// Why a command was not parsed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ParseError {
+    #[error("no command {0:?}; try help")]
+    Unknown(String),
+    /// `field` is the payload field at fault (or `payload` for the whole).
+    #[error("{field}: {message}")]
+    InvalidPayload { field: String, message: String },
+}
+
+fn invalid(field: &str, message: impl Into<String>) -> ParseError {
+    ParseError::InvalidPayload {
+        field: field.to_owned(),
+        message: message.into(),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Limit {
+    limit: i64,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Topics {
+    topics: Vec<Topic>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Confirm {
+    confirm: bool,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Announce {
+    message: String,
+    level: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Kick {
+    id: String,
+}
+
+impl Command {
+    /// `name` and `payload` (`null` when the frame had none) into a command, or why not.
+    pub fn parse(name: &str, payload: &Value) -> Result<Command, ParseError> {
+        Ok(match name {
+            "help" => no_fields(payload).map(|()| Command::Help)?,
+            "ping" => no_fields(payload).map(|()| Command::Ping)?,
+            "status" => no_fields(payload).map(|()| Command::Status)?,
+            "subscribe" => Command::Subscribe(topics(payload)?),
+            "unsubscribe" => Command::Unsubscribe(topics(payload)?),
+            "ingest.pause" => no_fields(payload).map(|()| Command::IngestPause)?,
+            "ingest.resume" => no_fields(payload).map(|()| Command::IngestResume)?,
+            "dlq.peek" => Command::DlqPeek {
+                limit: limit(payload, 100)?,
+            },
+            "dlq.replay" => Command::DlqReplay {
+                limit: limit(payload, 1_000)?,
+            },
+            "dlq.purge" => {
+                let Confirm { confirm } = fields(payload)?;
+                if !confirm {
+                    return Err(invalid("confirm", "must be true to drop every dead letter"));
+                }
+                Command::DlqPurge
+            }
+            "announce" => {
+                let Announce { message, level } = fields(payload)?;
+                validate_message(&message).map_err(|m| invalid("message", m))?;
+                let level = Level::parse(&level)
+                    .ok_or_else(|| invalid("level", "must be info, warning or critical"))?;
+                Command::Announce { message, level }
+            }
+            "connections.list" => no_fields(payload).map(|()| Command::ConnectionsList)?,
+            "connections.kick" => {
+                let Kick { id } = fields(payload)?;
+                if id.is_empty() || id.chars().count() > 200 {
+                    return Err(invalid(
+                        "id",
+                        "must be a connection id from connections.list",
+                    ));
+                }
+                Command::ConnectionsKick { id }
+            }
+            "audit.tail" => Command::AuditTail {
+                limit: limit(payload, 200)?,
+            },
+            other => return Err(ParseError::Unknown(other.to_owned())),
+        })
+    }
+
+    /// This command's definition.
+    pub fn definition(&self) -> &'static Definition {
+        let index = match self {
+            Command::Help => 0,
+            Command::Ping => 1,
+            Command::Status => 2,
+            Command::Subscribe(_) => 3,
+            Command::Unsubscribe(_) => 4,
+            Command::IngestPause => 5,
+            Command::IngestResume => 6,
+            Command::DlqPeek { .. } => 7,
+            Command::DlqReplay { .. } => 8,
+            Command::DlqPurge => 9,
+            Command::Announce { .. } => 10,
+            Command::ConnectionsList => 11,
+            Command::ConnectionsKick { .. } => 12,
+            Command::AuditTail { .. } => 13,
+        };
+        &DEFINITIONS[index]
+    }
+
+    pub fn name(&self) -> &'static str {
+        self.definition().name
+    }
+}
+
+/// The definition of a command name, if there is one (for refusals before parsing succeeds).
+pub fn definition_of(name: &str) -> Option<&'static Definition> {
+    DEFINITIONS.iter().find(|d| d.name == name)
+}
+
+/// `help`'s answer: every command with its payload fields.
+pub fn help() -> Value {
+    let commands: Vec<Value> = DEFINITIONS
+        .iter()
+        .map(|d| {
+            json!({
+                "name": d.name,
+                "summary": d.summary,
+                "payload": d.fields.iter().map(|f| json!({"name": f.name, "rule": f.rule})).collect::<Vec<_>>(),
+                "audited": d.audited,
+                "example": serde_json::from_str::<Value>(d.example).unwrap_or(Value::Null),
+            })
+        })
+        .collect();
+    json!({ "commands": commands })
+}
+
+/// Commands without fields take no payload, `null` or `{}`.
+fn no_fields(payload: &Value) -> Result<(), ParseError> {
+    match payload {
+        Value::Null => Ok(()),
+        Value::Object(map) => match map.keys().next() {
+            None => Ok(()),
+            Some(key) => Err(invalid(key, "this command takes no payload fields")),
+        },
+        _ => Err(invalid("payload", "must be an object or absent")),
+    }
+}
+
+fn limit(payload: &Value, max: i64) -> Result<u32, ParseError> {
+    let Limit { limit } = fields(payload)?;
+    if !(1..=max).contains(&limit) {
+        return Err(invalid("limit", format!("must be from 1 to {max}")));
+    }
+    // In 1..=1000: fits.
+    Ok(limit as u32)
+}
+
+fn topics(payload: &Value) -> Result<Vec<Topic>, ParseError> {
+    let Topics { mut topics } = fields(payload)?;
+    if topics.is_empty() {
+        return Err(invalid("topics", "name at least one topic"));
+    }
+    topics.dedup();
+    Ok(topics)
+}
+
+/// Deserializes a payload object, naming the field at fault on failure.
+fn fields<T: DeserializeOwned>(payload: &Value) -> Result<T, ParseError> {
+    if !payload.is_object() {
+        return Err(invalid(
+            "payload",
+            "must be an object with the command's fields",
+        ));
+    }
+    serde_path_to_error::deserialize(payload).map_err(|error| {
+        let path = error.path().to_string();
+        let inner = error.into_inner().to_string();
+        let field = if path == "." {
+            // Missing and unknown fields are reported at the top, named between backticks.
+            inner.split('`').nth(1).unwrap_or("payload").to_owned()
+        } else {
+            path.split(['.', '['])
+                .next()
+                .unwrap_or("payload")
+                .to_owned()
+        };
+        invalid(&field, inner)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn every_definition_parses_its_example_and_maps_back_to_itself() {
+        for definition in &DEFINITIONS {
+            let payload: Value = serde_json::from_str(definition.example).expect("example");
+            let command = Command::parse(definition.name, &payload)
+                .unwrap_or_else(|e| panic!("{}: {e}", definition.name));
+            assert_eq!(command.name(), definition.name);
+        }
+    }
+
+    #[test]
+    fn the_audited_commands_are_those_spec_names() {
+        let read_only = [
+            "help",
+            "ping",
+            "status",
+            "subscribe",
+            "unsubscribe",
+            "connections.list",
+            "dlq.peek",
+            "audit.tail",
+        ];
+        for definition in &DEFINITIONS {
+            assert_eq!(
+                definition.audited,
+                !read_only.contains(&definition.name),
+                "{}",
+                definition.name
+            );
+        }
+    }
+
+    #[test]
+    fn invalid_payloads_name_their_field() {
+        let field = |name: &str, payload: Value| match Command::parse(name, &payload) {
+            Err(ParseError::InvalidPayload { field, .. }) => field,
+            other => panic!("{name} {payload}: {other:?}"),
+        };
+        assert_eq!(field("dlq.peek", json!({"limit": 0})), "limit");
+        assert_eq!(field("dlq.peek", json!({"limit": "x"})), "limit");
+        assert_eq!(field("dlq.peek", json!({})), "limit");
+        assert_eq!(field("dlq.peek", Value::Null), "payload");
+        assert_eq!(field("dlq.peek", json!({"limit": 1, "extra": 2})), "extra");
+        assert_eq!(field("dlq.purge", json!({"confirm": false})), "confirm");
+        assert_eq!(
+            field("announce", json!({"message": "", "level": "info"})),
+            "message"
+        );
+        assert_eq!(
+            field("announce", json!({"message": "m", "level": "loud"})),
+            "level"
+        );
+        assert_eq!(field("subscribe", json!({"topics": ["weather"]})), "topics");
+        assert_eq!(field("subscribe", json!({"topics": []})), "topics");
+        assert_eq!(field("ping", json!({"x": 1})), "x");
+        assert_eq!(
+            Command::parse("reboot", &Value::Null),
+            Err(ParseError::Unknown("reboot".into()))
+        );
+    }
+
+    fn json_value() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::from),
+            any::<i64>().prop_map(Value::from),
+            any::<f64>().prop_map(Value::from),
+            ".{0,20}".prop_map(Value::from),
+            Just(json!("info")),
+            Just(json!("snapshots")),
+        ];
+        leaf.prop_recursive(3, 24, 4, |inner| {
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..4).prop_map(Value::from),
+                proptest::collection::btree_map(
+                    prop_oneof![
+                        Just("limit".to_owned()),
+                        Just("topics".to_owned()),
+                        Just("confirm".to_owned()),
+                        Just("message".to_owned()),
+                        Just("level".to_owned()),
+                        Just("id".to_owned()),
+                        "[a-z]{1,6}",
+                    ],
+                    inner,
+                    0..4
+                )
+                .prop_map(|m| Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2_000))]
+        /// Any payload for any command: a command of that name, or a refusal naming a field
+        /// (never a panic).
+        #[test]
+        fn every_payload_yields_the_command_or_a_named_refusal(
+            index in 0..DEFINITIONS.len(),
+            payload in json_value(),
+        ) {
+            let name = DEFINITIONS[index].name;
+            match Command::parse(name, &payload) {
+                Ok(command) => prop_assert_eq!(command.name(), name),
+                Err(ParseError::InvalidPayload { field, message }) => {
+                    prop_assert!(!field.is_empty());
+                    prop_assert!(!message.is_empty());
+                }
+                Err(ParseError::Unknown(_)) => prop_assert!(false, "known name refused"),
+            }
+        }
+    }
+}

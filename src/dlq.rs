@@ -1,0 +1,257 @@
+//! The dead-letter queue `<prefix>.dead` as operators handle it (docs/api.md, Console: `dlq.*`):
+//! look without removing, replay into the events exchange, purge.
+//!
+//! Each call opens a connection of its own and closes it, so a slow or unreachable broker holds
+//! up only the console command that asked. Replay publishes a copy with publisher confirms and
+//! acknowledges the dead one only after the broker confirmed the copy was routed, so a message
+//! is always in `<prefix>.events` or still in `<prefix>.dead`, never in neither (at worst in
+//! both, after a crash between the two steps: ingest's dedupe by id makes that harmless).
+
+use crate::rabbitmq::{connect, BrokerError, Topology};
+use lapin::options::{
+    BasicAckOptions, BasicGetOptions, BasicNackOptions, BasicPublishOptions, ConfirmSelectOptions,
+    QueuePurgeOptions,
+};
+use lapin::publisher_confirm::Confirmation;
+use lapin::types::{AMQPValue, FieldTable};
+use lapin::{BasicProperties, Channel, Connection};
+use serde::Serialize;
+
+/// Bodies are shown up to this many bytes (cut at a character boundary).
+pub const BODY_PREVIEW_BYTES: usize = 2_048;
+const REASON_HEADER: &str = "x-pulseboard-reason";
+
+#[derive(Debug, thiserror::Error)]
+pub enum DlqError {
+    #[error(transparent)]
+    Broker(#[from] BrokerError),
+    #[error("RabbitMQ: {0}")]
+    Amqp(#[from] lapin::Error),
+    #[error("RabbitMQ did not take the replayed copy ({0}); the dead letter stays")]
+    NotRouted(&'static str),
+}
+
+/// One dead letter as `dlq.peek` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct DeadLetter {
+    /// `x-pulseboard-reason`: why ingest refused it (`null` for a broker's own dead letter).
+    pub reason: Option<String>,
+    pub routing_key: String,
+    /// Valid UTF-8 (invalid bytes replaced), at most [`BODY_PREVIEW_BYTES`].
+    pub body: String,
+    pub bytes: usize,
+    pub truncated: bool,
+}
+
+/// What `dlq.replay` did.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Replayed {
+    pub replayed: u32,
+    /// Dead letters left behind it.
+    pub remaining: u32,
+}
+
+/// Up to `limit` dead letters, oldest first, left in the queue.
+pub async fn peek(url: &str, topology: &Topology, limit: u32) -> Result<Vec<DeadLetter>, DlqError> {
+    let (connection, channel) = open(url, "pulseboard console dlq.peek").await?;
+    let mut letters = Vec::new();
+    while letters.len() < limit as usize {
+        let Some(message) = channel
+            .basic_get(&topology.dead_queue, BasicGetOptions { no_ack: false })
+            .await?
+        else {
+            break;
+        };
+        letters.push(describe(&message.delivery));
+    }
+    // Closing with every message unacknowledged puts them back, in their places.
+    let _ = channel.close(200, "peeked").await;
+    let _ = connection.close(200, "bye").await;
+    Ok(letters)
+}
+
+/// Moves up to `limit` dead letters back through the events exchange, one at a time.
+pub async fn replay(url: &str, topology: &Topology, limit: u32) -> Result<Replayed, DlqError> {
+    let (connection, channel) = open(url, "pulseboard console dlq.replay").await?;
+    channel
+        .confirm_select(ConfirmSelectOptions::default())
+        .await?;
+    let mut replayed = 0;
+    let outcome = async {
+        while replayed < limit {
+            let Some(message) = channel
+                .basic_get(&topology.dead_queue, BasicGetOptions { no_ack: false })
+                .await?
+            else {
+                break;
+            };
+            let delivery = message.delivery;
+            match republish(&channel, &topology.exchange, &delivery).await {
+                Ok(()) => {
+                    delivery.ack(BasicAckOptions::default()).await?;
+                    replayed += 1;
+                }
+                Err(error) => {
+                    let _ = delivery
+                        .nack(BasicNackOptions {
+                            requeue: true,
+                            ..Default::default()
+                        })
+                        .await;
+                    return Err(error);
+                }
+            }
+        }
+        Ok(())
+    }
+    .await;
+    let remaining = Topology::depth(&channel, &topology.dead_queue)
+        .await
+        .unwrap_or_default();
+    let _ = connection.close(200, "bye").await;
+    outcome.map(|()| Replayed {
+        replayed,
+        remaining,
+    })
+}
+
+/// Drops every dead letter; returns how many there were.
+pub async fn purge(url: &str, topology: &Topology) -> Result<u32, DlqError> {
+    let (connection, channel) = open(url, "pulseboard console dlq.purge").await?;
+    let purged = channel
+        .queue_purge(&topology.dead_queue, QueuePurgeOptions::default())
+        .await;
+    let _ = connection.close(200, "bye").await;
+    Ok(purged?)
+}
+
+async fn open(url: &str, name: &str) -> Result<(Connection, Channel), DlqError> {
+    let connection = connect(url, name).await?;
+    let channel = connection.create_channel().await?;
+    Ok((connection, channel))
+}
+
+/// Publishes a copy under its original routing key, `mandatory`, and waits for the confirm:
+/// `Ok` only when the broker routed it to a queue and took responsibility for it.
+async fn republish(
+    channel: &Channel,
+    exchange: &str,
+    delivery: &lapin::message::Delivery,
+) -> Result<(), DlqError> {
+    let confirm = channel
+        .basic_publish(
+            exchange,
+            delivery.routing_key.as_str(),
+            BasicPublishOptions {
+                mandatory: true,
+                ..Default::default()
+            },
+            &delivery.data,
+            replay_properties(&delivery.properties),
+        )
+        .await?
+        .await?;
+    match confirm {
+        Confirmation::Ack(None) => Ok(()),
+        Confirmation::Ack(Some(_)) => Err(DlqError::NotRouted("no queue is bound for its key")),
+        Confirmation::Nack(_) => Err(DlqError::NotRouted("refused")),
+        Confirmation::NotRequested => Err(DlqError::NotRouted("no confirm")),
+    }
+}
+
+/// The dead letter's properties without the marks of its rejection (a new rejection adds its
+/// own), persistent, with a count of replays.
+fn replay_properties(original: &BasicProperties) -> BasicProperties {
+    let mut headers = FieldTable::default();
+    let mut replays = 1;
+    if let Some(old) = original.headers() {
+        for (key, value) in old.inner() {
+            match key.as_str() {
+                "x-pulseboard-replays" => {
+                    if let AMQPValue::LongLongInt(n) = value {
+                        replays = n.saturating_add(1);
+                    }
+                }
+                k if k.starts_with("x-pulseboard-") || k.starts_with("x-death") => {}
+                _ => headers.insert(key.clone(), value.clone()),
+            }
+        }
+    }
+    headers.insert(
+        "x-pulseboard-replays".into(),
+        AMQPValue::LongLongInt(replays),
+    );
+    let mut properties = BasicProperties::default()
+        .with_delivery_mode(2)
+        .with_headers(headers);
+    if let Some(content_type) = original.content_type() {
+        properties = properties.with_content_type(content_type.clone());
+    }
+    properties
+}
+
+fn describe(delivery: &lapin::message::Delivery) -> DeadLetter {
+    let reason = delivery
+        .properties
+        .headers()
+        .as_ref()
+        .and_then(|h| h.inner().get(REASON_HEADER))
+        .and_then(|v| match v {
+            AMQPValue::LongString(text) => Some(String::from_utf8_lossy(text.as_bytes()).into()),
+            AMQPValue::ShortString(text) => Some(text.to_string()),
+            _ => None,
+        });
+    let (body, truncated) = preview(&delivery.data);
+    DeadLetter {
+        reason,
+        routing_key: delivery.routing_key.to_string(),
+        body,
+        bytes: delivery.data.len(),
+        truncated,
+    }
+}
+
+/// The first [`BODY_PREVIEW_BYTES`] of `body` as text: invalid UTF-8 replaced, never a
+/// character cut in half.
+pub fn preview(body: &[u8]) -> (String, bool) {
+    let text = String::from_utf8_lossy(body);
+    if text.len() <= BODY_PREVIEW_BYTES {
+        return (text.into_owned(), body.len() > BODY_PREVIEW_BYTES);
+    }
+    let mut end = BODY_PREVIEW_BYTES;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    (text[..end].to_owned(), true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn a_preview_is_valid_text_within_the_limit(body in proptest::collection::vec(any::<u8>(), 0..5_000)) {
+            let (text, truncated) = preview(&body);
+            prop_assert!(text.len() <= BODY_PREVIEW_BYTES);
+            prop_assert_eq!(truncated, text.len() < String::from_utf8_lossy(&body).len());
+        }
+    }
+
+    #[test]
+    fn replayed_copies_lose_the_rejection_marks_and_count_replays() {
+        let mut headers = FieldTable::default();
+        headers.insert(REASON_HEADER.into(), AMQPValue::LongString("bad".into()));
+        headers.insert("x-pulseboard-replays".into(), AMQPValue::LongLongInt(2));
+        headers.insert("trace".into(), AMQPValue::LongString("t".into()));
+        let copy = replay_properties(&BasicProperties::default().with_headers(headers));
+        let headers = copy.headers().clone().unwrap_or_default();
+        assert!(!headers.inner().contains_key(REASON_HEADER));
+        assert_eq!(
+            headers.inner().get("x-pulseboard-replays"),
+            Some(&AMQPValue::LongLongInt(3))
+        );
+        assert!(headers.inner().contains_key("trace"));
+    }
+}

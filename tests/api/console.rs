@@ -1,0 +1,541 @@
+//! The operations console over real sockets (docs/api.md, Console): every command, every error
+//! code, the frame limit (1009), binary frames, the rate limit, the ping timeout, pushes while a
+//! slow command runs, the audit log on both backends, cluster-wide commands between two
+//! instances (pause across a failover, list and kick), and the dead-letter commands.
+
+use crate::helpers::{
+    event, Backend, Broker, Names, Service, ServiceConfig, TestDatabase, AMQP_URL,
+};
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{json, Value};
+use std::io::Write;
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::Message;
+
+type Socket =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// A console client: sends commands, keeps pushes that arrive meanwhile.
+pub struct Console {
+    socket: Socket,
+    next_id: u32,
+    /// Frames received while waiting for something else, in order.
+    pub pushes: Vec<Value>,
+}
+
+impl Console {
+    pub async fn open(service: &Service, token: &str) -> Console {
+        let url = format!(
+            "{}/ws/console?access_token={token}",
+            service.base_url.replacen("http", "ws", 1)
+        );
+        let (socket, _) = tokio_tungstenite::connect_async(url)
+            .await
+            .expect("console upgrade");
+        let mut console = Console {
+            socket,
+            next_id: 0,
+            pushes: Vec::new(),
+        };
+        let welcome = console.next_frame().await.expect("welcome");
+        assert_eq!(welcome["type"], "welcome", "{welcome}");
+        console
+    }
+
+    /// The next text frame as JSON; `None` when the connection closed (or 10 s passed).
+    pub async fn next_frame(&mut self) -> Option<Value> {
+        loop {
+            let message = tokio::time::timeout(Duration::from_secs(10), self.socket.next())
+                .await
+                .ok()??
+                .ok()?;
+            match message {
+                Message::Text(text) => return serde_json::from_str(&text).ok(),
+                Message::Close(frame) => {
+                    eprintln!("console closed: {frame:?}");
+                    return None;
+                }
+                _ => continue,
+            }
+        }
+    }
+
+    pub async fn send(&mut self, kind: &str, payload: Value) -> String {
+        self.next_id += 1;
+        let id = format!("c-{}", self.next_id);
+        let mut frame = json!({"id": id, "type": kind});
+        if !payload.is_null() {
+            frame["payload"] = payload;
+        }
+        self.send_text(&frame.to_string()).await;
+        id
+    }
+
+    pub async fn send_text(&mut self, text: &str) {
+        self.socket
+            .send(Message::Text(text.into()))
+            .await
+            .expect("send");
+    }
+
+    /// The answer to frame `id`, keeping pushes and other answers that come first.
+    pub async fn answer(&mut self, id: &str) -> Value {
+        loop {
+            let frame = self.next_frame().await.expect("answer before close");
+            if frame["id"] == id {
+                return frame;
+            }
+            self.pushes.push(frame);
+        }
+    }
+
+    /// Sends a command and returns its answer.
+    pub async fn command(&mut self, kind: &str, payload: Value) -> Value {
+        let id = self.send(kind, payload).await;
+        self.answer(&id).await
+    }
+
+    /// A successful command's payload.
+    pub async fn ok(&mut self, kind: &str, payload: Value) -> Value {
+        let answer = self.command(kind, payload).await;
+        assert_eq!(answer["ok"], true, "{kind}: {answer}");
+        assert_eq!(answer["type"], "reply", "{answer}");
+        answer["payload"].clone()
+    }
+
+    /// A failed command's error code, checking the error shape.
+    pub async fn refused(&mut self, kind: &str, payload: Value) -> (String, String) {
+        let answer = self.command(kind, payload).await;
+        error_of(&answer)
+    }
+
+    /// Waits for a push of `kind` accepted by `accept` (kept pushes first).
+    pub async fn push(&mut self, kind: &str, accept: impl Fn(&Value) -> bool) -> Value {
+        if let Some(at) = self
+            .pushes
+            .iter()
+            .position(|p| p["type"] == kind && accept(&p["payload"]))
+        {
+            return self.pushes.remove(at);
+        }
+        loop {
+            let frame = self.next_frame().await.expect("push before close");
+            if frame["type"] == kind && accept(&frame["payload"]) {
+                return frame;
+            }
+            self.pushes.push(frame);
+        }
+    }
+
+    /// The close code the server ends with (reading on until it comes).
+    pub async fn close_code(&mut self) -> Option<CloseCode> {
+        loop {
+            match tokio::time::timeout(Duration::from_secs(10), self.socket.next()).await {
+                Ok(Some(Ok(Message::Close(frame)))) => return frame.map(|f| f.code),
+                Ok(Some(Ok(_))) => continue,
+                _ => return None,
+            }
+        }
+    }
+}
+
+/// (code, message) of an error answer, checking its shape.
+pub fn error_of(answer: &Value) -> (String, String) {
+    assert_eq!(answer["type"], "error", "{answer}");
+    assert_eq!(answer["ok"], false, "{answer}");
+    let code = answer["error"]["code"].as_str().expect("code").to_owned();
+    let message = answer["error"]["message"]
+        .as_str()
+        .expect("message")
+        .to_owned();
+    (code, message)
+}
+
+/// Creates a user with the real `users` command; returns their password.
+pub fn add_user(database: &TestDatabase, name: &str, role: &str) -> String {
+    let password = crate::helpers::test_password();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_pulseboard"))
+        .args(["users", "add", name, "--role", role, "--password-stdin"])
+        .env("DATABASE_URL", &database.url)
+        .env("RUST_LOG", "warn")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("users add");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(password.as_bytes())
+        .expect("password");
+    assert!(child.wait().expect("users add").success(), "users add");
+    password
+}
+
+fn remove_user(database: &TestDatabase, name: &str) {
+    let status = std::process::Command::new(env!("CARGO_BIN_EXE_pulseboard"))
+        .args(["users", "remove", name])
+        .env("DATABASE_URL", &database.url)
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .status()
+        .expect("users remove");
+    assert!(status.success());
+}
+
+/// A service with a one-second heartbeat and quick snapshots.
+fn quick_config(database: &TestDatabase, names: &Names, node: &str) -> ServiceConfig {
+    let mut config = ServiceConfig::new(database, names, node);
+    config
+        .env
+        .push(("PULSEBOARD_HEARTBEAT_SECS".into(), "1".into()));
+    config
+}
+
+#[tokio::test]
+async fn every_command_answers_and_every_refusal_has_its_code() {
+    let database = TestDatabase::new(Backend::Sqlite).await;
+    let names = Names::new();
+    let _broker = Broker::connect(&names).await;
+    // The default heartbeat: this test leaves a console unread while it adds users.
+    let service = Service::start(&ServiceConfig::new(&database, &names, "c-1")).await;
+    let mut console = Console::open(&service, service.token()).await;
+
+    // help: every command with its payload fields.
+    let help = console.ok("help", Value::Null).await;
+    let commands = help["commands"].as_array().expect("commands");
+    assert_eq!(commands.len(), 14, "{help}");
+    let peek = commands
+        .iter()
+        .find(|c| c["name"] == "dlq.peek")
+        .expect("dlq.peek");
+    assert_eq!(peek["payload"][0]["name"], "limit", "{peek}");
+    let pong = console.ok("ping", Value::Null).await;
+    assert_eq!(pong["pong"], true);
+    assert!(pong["server_time"].is_string());
+    let status = console.ok("status", Value::Null).await;
+    assert_eq!(status["node"], "c-1", "{status}");
+    assert_eq!(status["nodes"][0]["node"], "c-1", "{status}");
+    assert!(status["nodes"][0]["connections"]["ws"].as_i64() >= Some(1));
+    let subscribed = console
+        .ok("subscribe", json!({"topics": ["snapshots", "audit"]}))
+        .await;
+    assert_eq!(subscribed["subscribed"], json!(["snapshots", "audit"]));
+    console.push("snapshot", |s| s["seq"].is_i64()).await;
+    let listed = console.ok("connections.list", Value::Null).await;
+    let own = listed["connections"]
+        .as_array()
+        .expect("list")
+        .iter()
+        .find(|c| c["transport"] == "ws")
+        .expect("this console is listed")
+        .clone();
+    assert_eq!(own["user"], "admin");
+    assert!(own["id"].as_str().expect("id").starts_with("c-1/"));
+    let announced = console
+        .ok(
+            "announce",
+            json!({"message": "Maintenance at noon", "level": "warning"}),
+        )
+        .await;
+    assert_eq!(announced["author"], "admin");
+    let (_, listed) = service.get_json("/api/announcements").await;
+    assert_eq!(listed["announcements"][0]["message"], "Maintenance at noon");
+    // Audited before the reply, and pushed to subscribers.
+    let pushed = console.push("audit", |a| a["command"] == "announce").await;
+    assert_eq!(pushed["payload"]["outcome"], "ok");
+
+    // The error codes.
+    console.send_text("not json").await;
+    let garbage = console.next_frame().await.expect("answer");
+    assert_eq!(error_of(&garbage).0, "bad_request");
+    assert_eq!(garbage["id"], Value::Null);
+    console.send_text(r#"{"id":"x-1"}"#).await;
+    let no_type = console.answer("x-1").await;
+    assert_eq!(error_of(&no_type).0, "bad_request");
+    console
+        .socket
+        .send(Message::Binary(vec![1, 2, 3].into()))
+        .await
+        .expect("binary");
+    let binary = console.next_frame().await.expect("answer");
+    assert_eq!(error_of(&binary).0, "bad_request");
+    let (code, _) = console.refused("reboot", Value::Null).await;
+    assert_eq!(code, "unknown_command");
+    let (code, message) = console.refused("dlq.peek", json!({"limit": 500})).await;
+    assert_eq!(code, "invalid_payload");
+    assert!(message.starts_with("limit"), "{message}");
+    let (code, message) = console.refused("dlq.purge", json!({})).await;
+    assert_eq!(
+        (code.as_str(), message.starts_with("confirm")),
+        ("invalid_payload", true)
+    );
+    let (code, message) = console
+        .refused("announce", json!({"message": "x", "level": "loud"}))
+        .await;
+    assert_eq!(
+        (code.as_str(), message.starts_with("level")),
+        ("invalid_payload", true)
+    );
+
+    // forbidden: an operator removed since connecting may no longer act.
+    let password = add_user(&database, "ops2", "operator");
+    let token = crate::helpers::fetch_token(&service.base_url, "ops2", &password).await;
+    let mut removed = Console::open(&service, &token).await;
+    remove_user(&database, "ops2");
+    let (code, _) = removed.refused("ingest.pause", Value::Null).await;
+    assert_eq!(code, "forbidden");
+
+    // rate_limited: the 21st command within a second (a fresh second first).
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    for _ in 0..25 {
+        console.send("ping", Value::Null).await;
+    }
+    let (mut answered, mut limited) = (0, 0);
+    while answered < 25 {
+        let frame = console.next_frame().await.expect("answer");
+        if frame["id"].is_null() {
+            continue;
+        }
+        answered += 1;
+        if frame["type"] == "error" && frame["error"]["code"] == "rate_limited" {
+            limited += 1;
+        }
+    }
+    assert_eq!(limited, 5, "the 21st to 25th are refused");
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+
+    // Every refusal of an audited command is on record too, before its reply.
+    let tail = console.ok("audit.tail", json!({"limit": 50})).await;
+    let entries = tail["entries"].as_array().expect("entries");
+    let has = |command: &str, outcome: &str, user: &str| {
+        entries
+            .iter()
+            .any(|e| e["command"] == command && e["outcome"] == outcome && e["user"] == user)
+    };
+    assert!(has("announce", "ok", "admin"), "{tail}");
+    assert!(has("dlq.purge", "invalid_payload", "admin"), "{tail}");
+    assert!(has("announce", "invalid_payload", "admin"), "{tail}");
+    assert!(has("ingest.pause", "forbidden", "ops2"), "{tail}");
+    assert!(
+        !entries.iter().any(|e| e["command"] == "dlq.peek"),
+        "read-only commands are not audited: {tail}"
+    );
+
+    // Over 64 KiB: closed with 1009.
+    let big = format!(
+        r#"{{"id":"big","type":"ping","payload":{{"x":"{}"}}}}"#,
+        "a".repeat(70_000)
+    );
+    console.send_text(&big).await;
+    assert_eq!(console.close_code().await, Some(CloseCode::Size));
+    let metrics = service.get("/metrics").await.text().await.expect("metrics");
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("pulseboard_console_commands_total{")
+                && l.contains(r#"command="announce""#)
+                && l.contains(r#"outcome="ok""#)),
+        "console commands are counted by command and outcome"
+    );
+}
+
+#[tokio::test]
+async fn the_broker_unreachable_is_unavailable_and_a_missing_table_is_internal() {
+    let database = TestDatabase::new(Backend::Postgres).await;
+    let names = Names::new();
+    let mut config = quick_config(&database, &names, "c-2");
+    // Nothing listens there: RabbitMQ is "down" for this instance.
+    config.amqp_url = "amqp://guest:guest@127.0.0.1:1/%2f".into();
+    let service = Service::start(&config).await;
+    let mut console = Console::open(&service, service.token()).await;
+    let (code, _) = console.refused("dlq.peek", json!({"limit": 5})).await;
+    assert_eq!(code, "unavailable");
+    let (code, _) = console.refused("dlq.replay", json!({"limit": 5})).await;
+    assert_eq!(code, "unavailable");
+    // The failed replay is on record.
+    let tail = console.ok("audit.tail", json!({"limit": 5})).await;
+    assert_eq!(tail["entries"][0]["command"], "dlq.replay", "{tail}");
+    assert_eq!(tail["entries"][0]["outcome"], "unavailable", "{tail}");
+    // The database answers with an error: internal.
+    let name = database.url.rsplit('/').next().expect("name").to_owned();
+    let dropped = std::process::Command::new("psql")
+        .args(["-h", "127.0.0.1", "-U", "postgres", "-d", &name, "-qc"])
+        .arg("DROP TABLE audit_log")
+        .status()
+        .expect("psql");
+    assert!(dropped.success());
+    let (code, _) = console.refused("audit.tail", json!({"limit": 5})).await;
+    assert_eq!(code, "internal");
+}
+
+#[tokio::test]
+async fn a_client_that_stops_answering_pings_is_closed() {
+    let database = TestDatabase::new(Backend::Sqlite).await;
+    let names = Names::new();
+    let service = Service::start(&quick_config(&database, &names, "c-3")).await;
+    let address = service.base_url.trim_start_matches("http://").to_owned();
+    let mut socket = tokio::net::TcpStream::connect(&address)
+        .await
+        .expect("connect");
+    let request = format!(
+        "GET /ws/console?access_token={} HTTP/1.1\r\nHost: {address}\r\nConnection: Upgrade\r\n\
+         Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+        service.token()
+    );
+    socket.write_all(request.as_bytes()).await.expect("upgrade");
+    // Read everything and answer nothing: pings pile up unanswered.
+    let started = Instant::now();
+    let mut received = Vec::new();
+    let mut buffer = [0u8; 4096];
+    let closed = loop {
+        match tokio::time::timeout(Duration::from_secs(8), socket.read(&mut buffer)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => break true,
+            Ok(Ok(n)) => received.extend_from_slice(&buffer[..n]),
+            Err(_) => break false,
+        }
+    };
+    assert!(closed, "the server kept a silent client");
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(6), "closed after {took:?}");
+    // Two pings (opcode 0x89) went unanswered, then a close frame (0x88).
+    assert!(received.windows(2).filter(|w| w == &[0x89, 0x00]).count() >= 2);
+    assert!(received.contains(&0x88), "a close frame");
+}
+
+#[tokio::test]
+async fn pushes_and_pings_go_on_while_a_slow_command_runs() {
+    let database = TestDatabase::new(Backend::Sqlite).await;
+    let names = Names::new();
+    let broker = Broker::connect(&names).await;
+    let service = Service::start(&quick_config(&database, &names, "c-4")).await;
+    service
+        .wait_for_snapshot(Duration::from_secs(15), |s| {
+            s["ingest"]["state"] == "running"
+        })
+        .await;
+    // A node that sends beacons but never answers: `status` waits a full second for it.
+    let (connection, channel) = crate::helpers::open_channel(AMQP_URL, "ghost")
+        .await
+        .expect("channel");
+    let beacon = json!({"node": "ghost", "operators": []}).to_string();
+    channel
+        .basic_publish(
+            &format!("{}.live", names.prefix),
+            "",
+            Default::default(),
+            beacon.as_bytes(),
+            lapin::BasicProperties::default().with_type("beacon".into()),
+        )
+        .await
+        .expect("beacon");
+    let mut console = Console::open(&service, service.token()).await;
+    console.ok("subscribe", json!({"topics": ["events"]})).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let status_id = console.send("status", Value::Null).await;
+    let ping_id = console.send("ping", Value::Null).await;
+    let events: Vec<_> = (0..5)
+        .map(|n| {
+            (
+                "user.active".to_owned(),
+                event(&format!("slow-{n}"), "user.active", 1, "u-1", None),
+            )
+        })
+        .collect();
+    broker.publish_all(&events).await;
+    let mut order = Vec::new();
+    while !order.contains(&"status") {
+        let frame = console.next_frame().await.expect("frame");
+        if frame["id"] == status_id.as_str() {
+            order.push("status");
+            assert_eq!(frame["ok"], true, "{frame}");
+            let nodes = frame["payload"]["nodes"].as_array().expect("nodes").clone();
+            let ghost = nodes.iter().find(|n| n["node"] == "ghost").expect("ghost");
+            assert_eq!(ghost["state"], "unreachable", "{frame}");
+        } else if frame["id"] == ping_id.as_str() {
+            order.push("ping");
+        } else if frame["type"] == "event" {
+            order.push("event");
+        }
+    }
+    let at = |what: &str| order.iter().position(|o| *o == what);
+    assert!(
+        at("ping") < at("status"),
+        "ping answered during the slow status: {order:?}"
+    );
+    assert!(
+        at("event").is_some() && at("event") < at("status"),
+        "an event push came during the slow status: {order:?}"
+    );
+    let _ = connection.close(200, "bye").await;
+}
+
+/// Runs every audited command once, refused ones included, and checks the audit log.
+async fn audit_rows_on(backend: Backend) {
+    let database = TestDatabase::new(backend).await;
+    let names = Names::new();
+    let _broker = Broker::connect(&names).await;
+    let service = Service::start(&quick_config(&database, &names, "c-5")).await;
+    service
+        .wait_for_snapshot(Duration::from_secs(15), |s| {
+            s["ingest"]["state"] == "running"
+        })
+        .await;
+    let mut console = Console::open(&service, service.token()).await;
+    console.ok("ingest.pause", Value::Null).await;
+    console.ok("ingest.resume", Value::Null).await;
+    console.ok("dlq.replay", json!({"limit": 1})).await;
+    console
+        .refused("dlq.purge", json!({"confirm": false}))
+        .await;
+    console.ok("dlq.purge", json!({"confirm": true})).await;
+    console
+        .ok("announce", json!({"message": "hello", "level": "info"}))
+        .await;
+    console
+        .refused("connections.kick", json!({"id": "c-5/999"}))
+        .await;
+    console.ok("status", Value::Null).await;
+    let tail = console.ok("audit.tail", json!({"limit": 200})).await;
+    let got: Vec<(String, String)> = tail["entries"]
+        .as_array()
+        .expect("entries")
+        .iter()
+        .rev()
+        .map(|e| {
+            assert_eq!(e["node"], "c-5");
+            assert_eq!(e["user"], "admin");
+            assert!(e["at"].is_string());
+            (
+                e["command"].as_str().unwrap_or_default().to_owned(),
+                e["outcome"].as_str().unwrap_or_default().to_owned(),
+            )
+        })
+        .collect();
+    let want: Vec<(String, String)> = [
+        ("ingest.pause", "ok"),
+        ("ingest.resume", "ok"),
+        ("dlq.replay", "ok"),
+        ("dlq.purge", "invalid_payload"),
+        ("dlq.purge", "ok"),
+        ("announce", "ok"),
+        ("connections.kick", "invalid_payload"),
+    ]
+    .iter()
+    .map(|(c, o)| ((*c).to_owned(), (*o).to_owned()))
+    .collect();
+    assert_eq!(got, want, "{tail}");
+}
+
+#[tokio::test]
+async fn mutating_commands_are_audited_with_their_outcome_on_sqlite() {
+    audit_rows_on(Backend::Sqlite).await;
+}
+
+#[tokio::test]
+async fn mutating_commands_are_audited_with_their_outcome_on_postgres() {
+    audit_rows_on(Backend::Postgres).await;
+}

@@ -1,0 +1,302 @@
+//! Console commands that act across instances and on the broker: a pause issued on the
+//! follower, kept across the leader's death; listing and kicking another instance's stream; the
+//! dead-letter commands (peek, replay exactly once, purge with confirmation).
+
+use crate::console::{error_of, Console};
+use crate::helpers::{Backend, Broker, Names, Service, ServiceConfig, TestDatabase};
+use crate::sse_client::SseClient;
+use lapin::options::BasicPublishOptions;
+use lapin::BasicProperties;
+use serde_json::{json, Value};
+use std::time::Duration;
+
+/// Two instances on one PostgreSQL database and broker; (leader, follower).
+async fn two_instances(database: &TestDatabase, names: &Names) -> (Service, Service) {
+    let first = Service::start(&ServiceConfig::new(database, names, "node-a")).await;
+    let second = Service::start(&ServiceConfig::new(database, names, "node-b")).await;
+    let leader = first
+        .wait_for_snapshot(Duration::from_secs(15), |s| {
+            s["ingest"]["leader"].is_string()
+        })
+        .await["ingest"]["leader"]
+        .clone();
+    if leader == "node-a" {
+        (first, second)
+    } else {
+        (second, first)
+    }
+}
+
+/// Waits until `console`'s `status` lists `node` as answering.
+async fn wait_for_node(console: &mut Console, node: &str) {
+    for _ in 0..50 {
+        let status = console.ok("status", Value::Null).await;
+        let answering = status["nodes"].as_array().is_some_and(|nodes| {
+            nodes
+                .iter()
+                .any(|n| n["node"] == node && n["state"] == "ok")
+        });
+        if answering {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    panic!("{node} never answered status");
+}
+
+fn order(id: &str) -> (String, Vec<u8>) {
+    (
+        "order.placed".into(),
+        crate::helpers::event(id, "order.placed", 1, "u-1", Some(100)),
+    )
+}
+
+#[tokio::test]
+async fn a_pause_from_the_follower_stops_ingest_survives_the_leaders_death_and_resume_drains_exactly(
+) {
+    let database = TestDatabase::new(Backend::Postgres).await;
+    let names = Names::new();
+    let broker = Broker::connect(&names).await;
+    let (mut leader, follower) = two_instances(&database, &names).await;
+    let mut console = Console::open(&follower, follower.token()).await;
+
+    let paused = console.ok("ingest.pause", Value::Null).await;
+    assert_eq!(paused["applied"], true, "{paused}");
+    let batch: Vec<_> = (0..40).map(|n| order(&format!("p-{n}"))).collect();
+    broker.publish_all(&batch).await;
+    for service in [&leader, &follower] {
+        service
+            .wait_for_snapshot(Duration::from_secs(10), |s| {
+                s["ingest"]["state"] == "paused"
+            })
+            .await;
+        let (status, ready) = service.get_json("/readyz").await;
+        assert_eq!(
+            (status, &ready["checks"]["ingest"]),
+            (200, &json!("paused")),
+            "{ready}"
+        );
+    }
+    // Nothing consumed: the events wait in the queue.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(broker.events_queue_depth().await, 40);
+    let snapshot = follower.snapshot().await.expect("snapshot");
+    assert_eq!(snapshot["orders_per_minute"], 0, "{snapshot}");
+
+    leader.kill().await;
+    // A new leader (the follower, once the lease expires) starts its term paused.
+    let survivor = follower;
+    let taken = survivor
+        .wait_for_snapshot(Duration::from_secs(15), |s| {
+            s["node"] == s["ingest"]["leader"] && s["ingest"]["state"] == "paused"
+        })
+        .await;
+    assert_eq!(
+        taken["ingest"]["state"], "paused",
+        "new leader stays paused"
+    );
+    assert_eq!(broker.events_queue_depth().await, 40);
+
+    let resumed = console.ok("ingest.resume", Value::Null).await;
+    assert_eq!(resumed["paused"], false, "{resumed}");
+    survivor
+        .wait_for_snapshot(Duration::from_secs(15), |s| {
+            s["ingest"]["state"] == "running"
+                && s["orders_per_minute"] == 40
+                && s["revenue"]["today_minor"] == 4_000
+        })
+        .await;
+    assert_eq!(broker.events_queue_depth().await, 0);
+}
+
+#[tokio::test]
+async fn a_stream_on_one_instance_is_listed_and_kicked_from_the_other_and_resumes() {
+    let database = TestDatabase::new(Backend::Postgres).await;
+    let names = Names::new();
+    let _broker = Broker::connect(&names).await;
+    let (asker, holder) = two_instances(&database, &names).await;
+    let mut stream = SseClient::connect(&holder, "/api/dashboard/stream", None).await;
+    let first = stream.next_of("snapshot", Duration::from_secs(10)).await;
+    let mut console = Console::open(&asker, asker.token()).await;
+    // The holder is whichever of node-a/node-b the asker is not.
+    let status = console.ok("status", Value::Null).await;
+    let asker_node = status["node"].as_str().expect("node").to_owned();
+    let other = if asker_node == "node-a" {
+        "node-b"
+    } else {
+        "node-a"
+    };
+    wait_for_node(&mut console, other).await;
+
+    let listed = console.ok("connections.list", Value::Null).await;
+    let sse = listed["connections"]
+        .as_array()
+        .expect("connections")
+        .iter()
+        .find(|c| c["transport"] == "sse")
+        .unwrap_or_else(|| panic!("the other node's stream is listed: {listed}"))
+        .clone();
+    assert!(
+        sse["id"]
+            .as_str()
+            .expect("id")
+            .starts_with(&format!("{other}/")),
+        "{sse}"
+    );
+    assert_eq!(sse["user"], "admin");
+
+    let kicked = console
+        .ok("connections.kick", json!({"id": sse["id"]}))
+        .await;
+    assert_eq!(kicked["node"], other, "{kicked}");
+    // The stream ends.
+    let mut ended = false;
+    for _ in 0..50 {
+        if stream.next(Duration::from_millis(200)).await.is_none() {
+            ended = true;
+            break;
+        }
+    }
+    assert!(ended, "the kicked stream ended");
+    let metrics = holder.get("/metrics").await.text().await.expect("metrics");
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("pulseboard_connections_closed_total")
+                && l.contains(r#"reason="kicked""#)
+                && l.contains(r#"transport="sse""#)),
+        "kicked is counted"
+    );
+    // It resumes by Last-Event-ID.
+    let mut resumed =
+        SseClient::connect(&holder, "/api/dashboard/stream", first.id.as_deref()).await;
+    resumed.next_of("snapshot", Duration::from_secs(10)).await;
+    // A kick of an id nobody holds is refused and names the field.
+    let (code, message) = error_of(
+        &console
+            .command("connections.kick", json!({"id": sse["id"]}))
+            .await,
+    );
+    assert_eq!(
+        (code.as_str(), message.starts_with("id")),
+        ("invalid_payload", true)
+    );
+}
+
+#[tokio::test]
+async fn a_dead_letter_is_peeked_replayed_once_after_the_fix_and_purged_only_with_confirm() {
+    let database = TestDatabase::new(Backend::Sqlite).await;
+    let names = Names::new();
+    let broker = Broker::connect(&names).await;
+    let mut service = Service::start(&ServiceConfig::new(&database, &names, "d-1")).await;
+    service
+        .wait_for_snapshot(Duration::from_secs(15), |s| {
+            s["ingest"]["state"] == "running"
+        })
+        .await;
+    let body = json!({"id": "eur-1", "type": "order.placed",
+        "occurred_at": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+        "user_id": "u-9", "data": {"order_id": "o-1", "amount_minor": 2_500, "currency": "EUR"}})
+    .to_string();
+    broker
+        .publish_all(&[("order.placed".into(), body.clone().into_bytes())])
+        .await;
+    service
+        .wait_for_snapshot(Duration::from_secs(10), |s| {
+            s["ingest"]["dead_letters"] == 1
+        })
+        .await;
+
+    let mut console = Console::open(&service, service.token()).await;
+    for _ in 0..2 {
+        // Peeking leaves it in place.
+        let peeked = console.ok("dlq.peek", json!({"limit": 10})).await;
+        assert_eq!(peeked["count"], 1, "{peeked}");
+        let letter = &peeked["messages"][0];
+        assert!(
+            letter["reason"]
+                .as_str()
+                .expect("reason")
+                .starts_with("wrong_currency"),
+            "{letter}"
+        );
+        assert_eq!(letter["routing_key"], "order.placed");
+        assert_eq!(letter["body"], body.as_str());
+    }
+    drop(console);
+
+    // The cause is fixed: the service now counts EUR.
+    service.terminate(Duration::from_secs(15)).await;
+    let mut config = ServiceConfig::new(&database, &names, "d-1");
+    config
+        .env
+        .push(("PULSEBOARD_CURRENCY".into(), "EUR".into()));
+    let service = Service::start(&config).await;
+    let mut console = Console::open(&service, service.token()).await;
+    let replayed = console.ok("dlq.replay", json!({"limit": 10})).await;
+    assert_eq!(replayed, json!({"replayed": 1, "remaining": 0}));
+    service
+        .wait_for_snapshot(Duration::from_secs(10), |s| {
+            s["revenue"]["today_minor"] == 2_500
+        })
+        .await;
+
+    // The same message dead again (a second copy): replaying it changes nothing.
+    let (connection, channel) = crate::helpers::open_channel(crate::helpers::AMQP_URL, "dlq test")
+        .await
+        .expect("channel");
+    channel
+        .basic_publish(
+            &format!("{}.dlx", names.prefix),
+            "order.placed",
+            BasicPublishOptions::default(),
+            body.as_bytes(),
+            BasicProperties::default().with_delivery_mode(2),
+        )
+        .await
+        .expect("publish");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let replayed = console.ok("dlq.replay", json!({"limit": 10})).await;
+    assert_eq!(replayed["replayed"], 1);
+    for _ in 0..50 {
+        if service.events_counted("duplicate").await == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(service.events_counted("duplicate").await, 1);
+    assert_eq!(service.events_counted("applied").await, 1);
+    let snapshot = service.snapshot().await.expect("snapshot");
+    assert_eq!(snapshot["revenue"]["today_minor"], 2_500, "{snapshot}");
+
+    // Purge: refused without confirm (and audited), done with it.
+    channel
+        .basic_publish(
+            &format!("{}.dlx", names.prefix),
+            "order.placed",
+            BasicPublishOptions::default(),
+            b"not json",
+            BasicProperties::default(),
+        )
+        .await
+        .expect("publish");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (code, _) = error_of(&console.command("dlq.purge", Value::Null).await);
+    assert_eq!(code, "invalid_payload");
+    let purged = console.ok("dlq.purge", json!({"confirm": true})).await;
+    assert_eq!(purged["purged"], 1);
+    let tail = console.ok("audit.tail", json!({"limit": 10})).await;
+    let outcomes: Vec<_> = tail["entries"]
+        .as_array()
+        .expect("entries")
+        .iter()
+        .filter(|e| e["command"] == "dlq.purge")
+        .map(|e| e["outcome"].clone())
+        .collect();
+    assert_eq!(
+        outcomes,
+        vec![json!("ok"), json!("invalid_payload")],
+        "{tail}"
+    );
+    let _ = connection.close(200, "bye").await;
+}
