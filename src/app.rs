@@ -29,6 +29,9 @@ pub struct AppState {
     pub trust_proxy: bool,
     /// `PULSEBOARD_MAX_STREAMS_PER_USER`: live connections per user on this instance.
     pub streams: crate::live::limit::StreamLimiter,
+    /// Cancelled when shutdown begins: `/readyz` answers 503 from then on, while everything
+    /// else is still served for the drain period (`PULSEBOARD_SHUTDOWN_DRAIN_MS`).
+    pub draining: tokio_util::sync::CancellationToken,
 }
 
 /// Timing of live connections.

@@ -120,8 +120,11 @@ pub async fn run(
     ping.tick().await;
     let mut unanswered_pings = 0u8;
     let mut recent: std::collections::VecDeque<Instant> = std::collections::VecDeque::new();
+    let closing = state.hub.closing();
     let reason = loop {
         tokio::select! {
+            // Shutdown: 1001 "going away" tells the client to reconnect (to another instance).
+            _ = closing.cancelled() => break Some(going_away()),
             _ = ping.tick() => {
                 if unanswered_pings >= 2 {
                     break Some(actix_ws::CloseReason::from(actix_ws::CloseCode::Away));
@@ -148,6 +151,14 @@ pub async fn run(
         }
     };
     let _ = session.close(reason).await;
+}
+
+/// The close frame of a session ended by this instance's shutdown.
+fn going_away() -> actix_ws::CloseReason {
+    actix_ws::CloseReason {
+        code: actix_ws::CloseCode::Away,
+        description: Some("going away".to_owned()),
+    }
 }
 
 async fn answer(

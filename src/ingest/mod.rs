@@ -102,6 +102,7 @@ pub async fn run(
                 };
                 context.status.update_ingest(|s| {
                     s.is_leader = false;
+                    s.term_connecting = false;
                     s.consumer.connected = false;
                     // Readiness names the database, not the broker, when it ended the term.
                     s.database_error = database_error;
