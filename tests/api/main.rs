@@ -16,5 +16,6 @@ mod money;
 mod observability;
 mod outage;
 mod private_services;
+mod proxy;
 mod sse_client;
 mod traffic;
