@@ -3,8 +3,10 @@
 mod auth;
 mod browser;
 mod cli;
+mod cluster;
 mod crash;
 mod demo;
+mod deployment;
 mod failover;
 mod first_use;
 mod hardening;
