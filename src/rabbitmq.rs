@@ -35,6 +35,10 @@ use std::str::FromStr;
 use std::time::Duration;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long declaring a queue or starting to consume from it may take. The broker answers
+/// within milliseconds, except for a quorum queue without a majority of its nodes, which waits
+/// for them: the link is given up with a reason instead of hanging there.
+const QUEUE_STEP_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[derive(Debug, thiserror::Error)]
 pub enum BrokerError {
@@ -43,6 +47,11 @@ pub enum BrokerError {
     /// Every node of `AMQP_URL` failed: each one's address (without credentials) and error.
     #[error("no RabbitMQ node answered: {0}")]
     NoNode(String),
+    #[error(
+        "RabbitMQ did not {step} queue {queue} within {QUEUE_STEP_TIMEOUT:?} (a quorum queue \
+         answers only while a majority of the cluster's nodes is up)"
+    )]
+    Stalled { step: &'static str, queue: String },
     #[error(
         "queue {queue} exists with another type than PULSEBOARD_QUEUE_TYPE={wanted}: RabbitMQ \
          cannot change a queue's type; set PULSEBOARD_QUEUE_TYPE to the queue's type, or drain \
@@ -138,7 +147,13 @@ impl Topology {
             durable: true,
             ..Default::default()
         };
-        match channel.queue_declare(queue, durable, arguments).await {
+        let declared = bounded(
+            "declare",
+            queue,
+            channel.queue_declare(queue, durable, arguments),
+        )
+        .await?;
+        match declared {
             Ok(_) => Ok(()),
             Err(error) => Err(self.explain_refusal(queue, error)),
         }
@@ -289,6 +304,20 @@ async fn connect_one(url: &str, name: &str) -> Result<Connection, BrokerError> {
         .map_err(BrokerError::from)
 }
 
+/// `operation` on `queue`, or [`BrokerError::Stalled`] after [`QUEUE_STEP_TIMEOUT`].
+async fn bounded<T>(
+    step: &'static str,
+    queue: &str,
+    operation: impl std::future::Future<Output = T>,
+) -> Result<T, BrokerError> {
+    tokio::time::timeout(QUEUE_STEP_TIMEOUT, operation)
+        .await
+        .map_err(|_| BrokerError::Stalled {
+            step,
+            queue: queue.to_owned(),
+        })
+}
+
 /// The nodes of an `AMQP_URL`, in order.
 pub fn nodes(urls: &str) -> Vec<&str> {
     urls.split(',')
@@ -331,14 +360,14 @@ impl ConsumerLink {
         dead_channel
             .confirm_select(ConfirmSelectOptions::default())
             .await?;
-        let consumer = consume_channel
-            .basic_consume(
-                &topology.events_queue,
-                &format!("pulseboard-{node}"),
-                BasicConsumeOptions::default(),
-                FieldTable::default(),
-            )
-            .await?;
+        let tag = format!("pulseboard-{node}");
+        let consume = consume_channel.basic_consume(
+            &topology.events_queue,
+            &tag,
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        );
+        let consumer = bounded("consume from", &topology.events_queue, consume).await??;
         Ok(ConsumerLink {
             connection,
             consumer,
