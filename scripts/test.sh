@@ -16,6 +16,7 @@
 #     (postgres://postgres@127.0.0.1:5432/postgres; tests CREATE DATABASE per test), and the
 #     server binaries (initdb, pg_ctl) under /usr/lib/postgresql/*/bin for private clusters;
 #   - RabbitMQ on 127.0.0.1:5672 with guest/guest;
+#   - nginx and docker-compose (Debian's; the tests start their own nginx, no daemon is needed);
 #   - Chromium and chromedriver; Prometheus, Alertmanager, promtool and amtool (Debian's
 #     prometheus and prometheus-alertmanager; the tests start their own, no daemon is needed).
 #
@@ -259,6 +260,31 @@ ensure_prometheus() {
 }
 
 # ---------------------------------------------------------------------------------------------
+# nginx and docker-compose
+# ---------------------------------------------------------------------------------------------
+# The proxy tests run Debian's nginx as a process of their own (own configuration, pid, logs
+# and temp folders, loopback ports); the deployment tests run `docker-compose config` (no
+# container engine needed). The package's nginx daemon, which its postinst starts on port 80
+# where a service manager runs, is stopped: the tests never use it.
+ensure_proxy_tools() {
+    section "nginx and docker-compose"
+    local missing=()
+    [[ -x /usr/sbin/nginx ]] || missing+=(nginx)
+    command -v docker-compose >/dev/null 2>&1 || missing+=(docker-compose)
+    if ((${#missing[@]} > 0)); then
+        apt_install "${missing[@]}"
+        if command -v systemctl >/dev/null 2>&1 && systemctl is-system-running >/dev/null 2>&1; then
+            systemctl disable --now nginx 2>/dev/null || true
+        elif [[ -x /etc/init.d/nginx ]]; then
+            /etc/init.d/nginx stop >/dev/null 2>&1 || true
+        fi
+    fi
+    [[ -x /usr/sbin/nginx ]] || die "/usr/sbin/nginx missing after install"
+    command -v docker-compose >/dev/null 2>&1 || die "docker-compose missing after install"
+    note "present: $(/usr/sbin/nginx -v 2>&1); $(docker-compose version --short 2>/dev/null)"
+}
+
+# ---------------------------------------------------------------------------------------------
 # Rust checks and tests
 # ---------------------------------------------------------------------------------------------
 
@@ -320,6 +346,7 @@ main() {
     ensure_rabbitmq
     ensure_chromium
     ensure_prometheus
+    ensure_proxy_tools
     raise_file_limit
 
     section "Tools"

@@ -36,6 +36,9 @@ pub struct AppState {
     pub cluster: Arc<Cluster>,
     /// Where the console reaches RabbitMQ for the dead-letter commands.
     pub broker: BrokerSettings,
+    /// Cancelled when shutdown begins: `/readyz` answers 503 from then on, while everything
+    /// else is still served for the drain period (`PULSEBOARD_SHUTDOWN_DRAIN_MS`).
+    pub draining: tokio_util::sync::CancellationToken,
 }
 
 /// RabbitMQ as the console's dead-letter commands reach it: a connection of their own per

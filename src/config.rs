@@ -85,6 +85,25 @@ pub enum UsersAction {
     },
 }
 
+/// The RabbitMQ queue type of the queues that hold events (`PULSEBOARD_QUEUE_TYPE`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, ValueEnum)]
+pub enum QueueType {
+    /// One node holds the queue: the default, for a single broker.
+    #[default]
+    Classic,
+    /// Replicated over a cluster's nodes (Raft); survives the loss of a minority of them.
+    Quorum,
+}
+
+impl std::fmt::Display for QueueType {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            QueueType::Classic => "classic",
+            QueueType::Quorum => "quorum",
+        })
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {
     Text,
@@ -106,7 +125,7 @@ pub struct DatabaseArgs {
 
 #[derive(Debug, Clone, Args)]
 pub struct BrokerArgs {
-    /// RabbitMQ address.
+    /// RabbitMQ address; a comma-separated list of a cluster's nodes is tried in turn.
     #[arg(
         long = "amqp-url",
         env = "AMQP_URL",
@@ -115,6 +134,11 @@ pub struct BrokerArgs {
         hide_env_values = true
     )]
     pub amqp_url: SecretString,
+
+    /// Type of `<prefix>.events` and `<prefix>.dead`: `classic`, or `quorum` on a RabbitMQ
+    /// cluster. An existing queue keeps its type: switching is refused at start.
+    #[arg(long, env = "PULSEBOARD_QUEUE_TYPE", value_enum, default_value_t = QueueType::Classic)]
+    pub queue_type: QueueType,
 
     /// Topic exchange the producers publish to.
     #[arg(long, env = "PULSEBOARD_EXCHANGE", default_value = "events", value_parser = parse_amqp_name)]
@@ -206,6 +230,12 @@ pub struct ServeArgs {
           num_args = 0..=1, default_missing_value = "true")]
     pub trust_proxy: bool,
 
+    /// On SIGTERM, how long /readyz answers 503 while everything is still served, so that a
+    /// load balancer takes the instance out of rotation before it stops accepting.
+    #[arg(long, env = "PULSEBOARD_SHUTDOWN_DRAIN_MS", default_value_t = 2_000,
+          value_parser = clap::value_parser!(u64).range(0..=5_000))]
+    pub shutdown_drain_ms: u64,
+
     /// Demo traffic rate in events per second (with --demo).
     #[arg(long, default_value_t = 40, value_parser = clap::value_parser!(u32).range(1..=100_000))]
     pub demo_rate: u32,
@@ -293,9 +323,17 @@ fn parse_database_url(url: &str) -> Result<DatabaseUrl, String> {
     })
 }
 
-fn parse_amqp_url(url: &str) -> Result<SecretString, String> {
-    lapin::uri::AMQPUri::from_str(url).map_err(|e| format!("not an AMQP URL: {e}"))?;
-    Ok(url.into())
+/// One AMQP URL, or a comma-separated list of a cluster's nodes: each must parse.
+fn parse_amqp_url(urls: &str) -> Result<SecretString, String> {
+    for (index, url) in urls.split(',').map(str::trim).enumerate() {
+        if url.is_empty() {
+            return Err(format!("node {} of the list is empty", index + 1));
+        }
+        // The URL may carry a password: the error names the node by its place in the list.
+        lapin::uri::AMQPUri::from_str(url)
+            .map_err(|e| format!("node {} is not an AMQP URL: {e}", index + 1))?;
+    }
+    Ok(urls.into())
 }
 
 fn parse_amqp_name(name: &str) -> Result<String, String> {

@@ -7,11 +7,22 @@
 //!   dead-lettering into `<prefix>.dlx` (fanout) → `<prefix>.dead` (durable);
 //! - `<prefix>.live` (fanout, transient): snapshots between instances (see `fanout`).
 //!
+//! `PULSEBOARD_QUEUE_TYPE=quorum` declares `<prefix>.events` and `<prefix>.dead` as quorum
+//! queues (replicated over a cluster), with at-least-once dead-lettering (`x-overflow:
+//! reject-publish` is its precondition), so that a message the broker itself dead-letters is
+//! not lost between the two. RabbitMQ cannot change an existing queue's type; a declaration of
+//! the other type is refused by the broker, and [`BrokerError::QueueType`] says so plainly.
+//!
+//! `AMQP_URL` may list a cluster's nodes, comma-separated: [`connect`] tries them in order and
+//! takes the first that answers; every reconnection starts again from the first, so a link
+//! whose node went away lands on another.
+//!
 //! A malformed message is republished to `<prefix>.dlx` with `x-pulseboard-reason` (a broker
 //! rejection could not add that header) and acknowledged only after the broker confirmed the
 //! copy, together with its batch.
 
 use crate::aggregate::Millis;
+use crate::config::QueueType;
 use lapin::options::{
     BasicConsumeOptions, BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions,
     ExchangeDeclareOptions, ExchangeDeleteOptions, QueueBindOptions, QueueDeclareOptions,
@@ -20,14 +31,38 @@ use lapin::options::{
 use lapin::publisher_confirm::{Confirmation, PublisherConfirm};
 use lapin::types::{AMQPValue, FieldTable, LongString};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, Consumer, ExchangeKind};
+use std::str::FromStr;
 use std::time::Duration;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long declaring a queue or starting to consume from it may take. The broker answers
+/// within milliseconds, except for a quorum queue without a majority of its nodes, which waits
+/// for them: the link is given up with a reason instead of hanging there.
+const QUEUE_STEP_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[derive(Debug, thiserror::Error)]
 pub enum BrokerError {
     #[error("cannot reach RabbitMQ within {0:?}")]
     Timeout(Duration),
+    /// Every node of `AMQP_URL` failed: each one's address (without credentials) and error.
+    #[error("no RabbitMQ node answered: {0}")]
+    NoNode(String),
+    #[error(
+        "RabbitMQ did not {step} queue {queue} within {QUEUE_STEP_TIMEOUT:?} (a quorum queue \
+         answers only while a majority of the cluster's nodes is up)"
+    )]
+    Stalled { step: &'static str, queue: String },
+    #[error(
+        "queue {queue} exists with another type than PULSEBOARD_QUEUE_TYPE={wanted}: RabbitMQ \
+         cannot change a queue's type; set PULSEBOARD_QUEUE_TYPE to the queue's type, or drain \
+         and delete the queue (or choose another PULSEBOARD_QUEUE_PREFIX) to declare it anew \
+         (RabbitMQ said: {said})"
+    )]
+    QueueType {
+        queue: String,
+        wanted: QueueType,
+        said: String,
+    },
     #[error("RabbitMQ: {0}")]
     Amqp(#[from] lapin::Error),
     #[error("RabbitMQ refused the dead letter")]
@@ -42,6 +77,8 @@ pub struct Topology {
     pub dead_exchange: String,
     pub dead_queue: String,
     pub live_exchange: String,
+    /// `PULSEBOARD_QUEUE_TYPE` of the events and dead-letter queues.
+    pub queue_type: QueueType,
 }
 
 impl Topology {
@@ -52,6 +89,90 @@ impl Topology {
             dead_exchange: format!("{prefix}.dlx"),
             dead_queue: format!("{prefix}.dead"),
             live_exchange: format!("{prefix}.live"),
+            queue_type: QueueType::Classic,
+        }
+    }
+
+    /// The same names, with queues of `queue_type`.
+    pub fn with_queue_type(mut self, queue_type: QueueType) -> Self {
+        self.queue_type = queue_type;
+        self
+    }
+
+    /// Arguments every declaration of the dead-letter queue carries.
+    fn dead_queue_arguments(&self) -> FieldTable {
+        let mut arguments = FieldTable::default();
+        if self.queue_type == QueueType::Quorum {
+            arguments.insert(
+                "x-queue-type".into(),
+                AMQPValue::LongString("quorum".into()),
+            );
+        }
+        arguments
+    }
+
+    /// Arguments every declaration of the events queue carries.
+    fn events_queue_arguments(&self) -> FieldTable {
+        let mut arguments = self.dead_queue_arguments();
+        arguments.insert(
+            "x-dead-letter-exchange".into(),
+            AMQPValue::LongString(self.dead_exchange.as_str().into()),
+        );
+        // Belt and braces beside the database lease: the broker itself delivers to one consumer.
+        arguments.insert("x-single-active-consumer".into(), AMQPValue::Boolean(true));
+        if self.queue_type == QueueType::Quorum {
+            // A quorum queue dead-letters at most once unless told otherwise; at-least-once
+            // keeps the message until `<prefix>.dead` confirmed it, and requires this overflow.
+            arguments.insert(
+                "x-dead-letter-strategy".into(),
+                AMQPValue::LongString("at-least-once".into()),
+            );
+            arguments.insert(
+                "x-overflow".into(),
+                AMQPValue::LongString("reject-publish".into()),
+            );
+        }
+        arguments
+    }
+
+    /// Declares `queue`, naming a type mismatch plainly (the broker's refusal also closes the
+    /// channel).
+    async fn declare_queue(
+        &self,
+        channel: &Channel,
+        queue: &str,
+        arguments: FieldTable,
+    ) -> Result<(), BrokerError> {
+        let durable = QueueDeclareOptions {
+            durable: true,
+            ..Default::default()
+        };
+        let declared = bounded(
+            "declare",
+            queue,
+            channel.queue_declare(queue, durable, arguments),
+        )
+        .await?;
+        match declared {
+            Ok(_) => Ok(()),
+            Err(error) => Err(self.explain_refusal(queue, error)),
+        }
+    }
+
+    fn explain_refusal(&self, queue: &str, error: lapin::Error) -> BrokerError {
+        let said = error.to_string();
+        // The arguments that differ between the two types; RabbitMQ names the first it finds.
+        let about_type = ["x-queue-type", "x-overflow", "x-dead-letter-strategy"]
+            .iter()
+            .any(|argument| said.contains(argument));
+        if said.contains("PRECONDITION_FAILED") && about_type {
+            BrokerError::QueueType {
+                queue: queue.to_owned(),
+                wanted: self.queue_type,
+                said,
+            }
+        } else {
+            BrokerError::Amqp(error)
         }
     }
 
@@ -84,12 +205,7 @@ impl Topology {
                 FieldTable::default(),
             )
             .await?;
-        let durable_queue = QueueDeclareOptions {
-            durable: true,
-            ..Default::default()
-        };
-        channel
-            .queue_declare(&self.dead_queue, durable_queue, FieldTable::default())
+        self.declare_queue(channel, &self.dead_queue, self.dead_queue_arguments())
             .await?;
         channel
             .queue_bind(
@@ -100,15 +216,7 @@ impl Topology {
                 FieldTable::default(),
             )
             .await?;
-        let mut arguments = FieldTable::default();
-        arguments.insert(
-            "x-dead-letter-exchange".into(),
-            AMQPValue::LongString(self.dead_exchange.as_str().into()),
-        );
-        // Belt and braces beside the database lease: the broker itself delivers to one consumer.
-        arguments.insert("x-single-active-consumer".into(), AMQPValue::Boolean(true));
-        channel
-            .queue_declare(&self.events_queue, durable_queue, arguments)
+        self.declare_queue(channel, &self.events_queue, self.events_queue_arguments())
             .await?;
         for pattern in ["order.*", "user.*"] {
             channel
@@ -164,8 +272,28 @@ impl Topology {
     }
 }
 
-/// Opens a connection on the Tokio runtime, giving up after `CONNECT_TIMEOUT`.
-pub async fn connect(url: &str, name: &str) -> Result<Connection, BrokerError> {
+/// Opens a connection on the Tokio runtime to the first node of `urls` (one AMQP URL, or a
+/// comma-separated list of a cluster's nodes) that answers, giving each `CONNECT_TIMEOUT`.
+pub async fn connect(urls: &str, name: &str) -> Result<Connection, BrokerError> {
+    let nodes = nodes(urls);
+    let mut failures = Vec::with_capacity(nodes.len());
+    for url in &nodes {
+        match connect_one(url, name).await {
+            Ok(connection) => {
+                if nodes.len() > 1 {
+                    tracing::debug!(node = %node_address(url), %name, "connected to RabbitMQ");
+                }
+                return Ok(connection);
+            }
+            // One node: its own error, as before lists existed.
+            Err(error) if nodes.len() == 1 => return Err(error),
+            Err(error) => failures.push(format!("{}: {error}", node_address(url))),
+        }
+    }
+    Err(BrokerError::NoNode(failures.join("; ")))
+}
+
+async fn connect_one(url: &str, name: &str) -> Result<Connection, BrokerError> {
     let properties = ConnectionProperties::default()
         .with_executor(tokio_executor_trait::Tokio::current())
         .with_reactor(tokio_reactor_trait::Tokio)
@@ -174,6 +302,36 @@ pub async fn connect(url: &str, name: &str) -> Result<Connection, BrokerError> {
         .await
         .map_err(|_| BrokerError::Timeout(CONNECT_TIMEOUT))?
         .map_err(BrokerError::from)
+}
+
+/// `operation` on `queue`, or [`BrokerError::Stalled`] after [`QUEUE_STEP_TIMEOUT`].
+async fn bounded<T>(
+    step: &'static str,
+    queue: &str,
+    operation: impl std::future::Future<Output = T>,
+) -> Result<T, BrokerError> {
+    tokio::time::timeout(QUEUE_STEP_TIMEOUT, operation)
+        .await
+        .map_err(|_| BrokerError::Stalled {
+            step,
+            queue: queue.to_owned(),
+        })
+}
+
+/// The nodes of an `AMQP_URL`, in order.
+pub fn nodes(urls: &str) -> Vec<&str> {
+    urls.split(',')
+        .map(str::trim)
+        .filter(|url| !url.is_empty())
+        .collect()
+}
+
+/// `host:port` of a node, for logs and errors: never its credentials.
+pub fn node_address(url: &str) -> String {
+    match lapin::uri::AMQPUri::from_str(url) {
+        Ok(uri) => format!("{}:{}", uri.authority.host, uri.authority.port),
+        Err(_) => "an unparsable address".to_owned(),
+    }
 }
 
 /// The leader's link: a consuming channel and a confirming channel for dead letters.
@@ -202,14 +360,14 @@ impl ConsumerLink {
         dead_channel
             .confirm_select(ConfirmSelectOptions::default())
             .await?;
-        let consumer = consume_channel
-            .basic_consume(
-                &topology.events_queue,
-                &format!("pulseboard-{node}"),
-                BasicConsumeOptions::default(),
-                FieldTable::default(),
-            )
-            .await?;
+        let tag = format!("pulseboard-{node}");
+        let consume = consume_channel.basic_consume(
+            &topology.events_queue,
+            &tag,
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        );
+        let consumer = bounded("consume from", &topology.events_queue, consume).await??;
         Ok(ConsumerLink {
             connection,
             consumer,

@@ -131,6 +131,7 @@ pub async fn run(args: SimulateArgs) -> Result<(), SimulateError> {
     let channel = connection.create_channel().await?;
     // Declaring the service's queue too means nothing is lost if the service starts later.
     Topology::new(&args.broker.exchange, &args.broker.queue_prefix)
+        .with_queue_type(args.broker.queue_type)
         .declare(&channel)
         .await?;
     channel

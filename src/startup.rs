@@ -1,8 +1,15 @@
 //! Wiring: builds the application state from the configuration, starts the tasks (ingest,
 //! fan-out, demo traffic) and the HTTP server, and stops them in order on shutdown.
 //!
-//! Shutdown order: stop accepting HTTP, then let ingest commit and acknowledge its batch in
-//! flight and release the lease, then close the fan-out link and the database pool.
+//! Shutdown order (docs/operations.md, Shutdown), on SIGTERM or Ctrl-C:
+//! 1. `/readyz` answers 503 at once, while everything is still served for the drain period
+//!    (`PULSEBOARD_SHUTDOWN_DRAIN_MS`), so that a load balancer takes the instance out of
+//!    rotation before it stops accepting (a second signal cuts the drain short);
+//! 2. the listener stops accepting;
+//! 3. SSE streams and waiting long-polls end, console sessions get a 1001 "going away" close
+//!    frame: clients reconnect (to another instance) and resume by `Last-Event-ID`;
+//! 4. requests in flight finish while ingest commits and acknowledges its batch in flight and
+//!    releases the lease, and the fan-out link closes; then the database pool.
 
 use crate::aggregate::AggregateSettings;
 use crate::app::{AppState, LiveSettings};
@@ -32,7 +39,14 @@ pub struct Application {
     shutdown: CancellationToken,
     store: Store,
     hub: Hub,
+    /// Cancelled at the first signal: `/readyz` answers 503 from then on.
+    draining: CancellationToken,
+    /// How long the instance keeps serving, out of rotation, before it stops accepting.
+    drain: Duration,
 }
+
+/// Bounds the start-up check of the broker's queues; a slower broker is left to ingest's retries.
+const QUEUE_CHECK_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// What the background tasks and the request handlers share.
 struct Shared {
@@ -94,12 +108,16 @@ impl Application {
             handles: Vec::new(),
             shutdown: CancellationToken::new(),
         };
-        let topology = Topology::new(&args.broker.exchange, &args.broker.queue_prefix);
+        let topology = Topology::new(&args.broker.exchange, &args.broker.queue_prefix)
+            .with_queue_type(args.broker.queue_type);
         let local_demo = if args.demo {
             start_demo(&args, &topology, &mut tasks).await
         } else {
             None
         };
+        if !args.demo {
+            check_queue_type(&args, &topology).await?;
+        }
         let alone = local_demo.is_some();
         let inputs = LeaderInputs {
             local: local_demo,
@@ -116,7 +134,9 @@ impl Application {
             Duration::from_millis(args.snapshot_interval_ms),
             Duration::from_secs(args.heartbeat_secs),
         );
-        let server = serve(listener, app_state(&args, &shared, auth, live), tls, live)?;
+        let draining = CancellationToken::new();
+        let state = app_state(&args, &shared, auth, live, draining.clone());
+        let server = serve(listener, state, tls, live)?;
         announce_address(&args, &shared.node, address, tls_scheme(&args));
         Ok(Application {
             server,
@@ -124,26 +144,70 @@ impl Application {
             shutdown: tasks.shutdown,
             store: shared.store,
             hub: shared.hub,
+            draining,
+            drain: Duration::from_millis(args.shutdown_drain_ms),
         })
     }
 
-    /// Serves until SIGTERM or Ctrl-C, then shuts down gracefully.
+    /// Serves until SIGTERM or Ctrl-C, then shuts down in the order of the module header.
     pub async fn run_until_stopped(self) -> anyhow::Result<()> {
         let handle = self.server.handle();
         let server = tokio::spawn(self.server);
         wait_for_signal().await;
-        tracing::info!("shutting down");
-        // End the live streams first, or the graceful stop would wait for them to time out.
-        self.hub.close();
-        handle.stop(true).await;
-        self.shutdown.cancel();
-        for task in self.tasks {
-            let _ = task.await;
+        let started = tokio::time::Instant::now();
+        self.draining.cancel();
+        tracing::info!(
+            drain_ms = self.drain.as_millis() as u64,
+            "shutting down: draining"
+        );
+        tokio::select! {
+            _ = tokio::time::sleep(self.drain) => {}
+            _ = wait_for_signal() => tracing::info!("second signal: drain cut short"),
         }
+        handle.pause().await;
+        // End the live streams before the graceful stop, or it would wait for them to time out.
+        self.hub.close();
+        self.shutdown.cancel();
+        let tasks = async {
+            for task in self.tasks {
+                let _ = task.await;
+            }
+        };
+        tokio::join!(handle.stop(true), tasks);
         let _ = server.await;
         self.store.close().await;
-        tracing::info!("stopped");
+        tracing::info!(took_ms = started.elapsed().as_millis() as u64, "stopped");
         Ok(())
+    }
+}
+
+/// Refuses to start when `<prefix>.events` or `<prefix>.dead` exists with another type than
+/// `PULSEBOARD_QUEUE_TYPE`: RabbitMQ cannot change a queue's type, so retrying would never
+/// succeed. A broker that does not answer now is left to ingest, which retries.
+async fn check_queue_type(args: &ServeArgs, topology: &Topology) -> anyhow::Result<()> {
+    let check = async {
+        let connection =
+            rabbitmq::connect(args.broker.amqp_url.expose_secret(), "pulseboard start-up").await?;
+        let declared = match connection.create_channel().await {
+            Ok(channel) => topology.declare(&channel).await,
+            Err(error) => Err(error.into()),
+        };
+        let _ = connection.close(200, "checked").await;
+        declared
+    };
+    match tokio::time::timeout(QUEUE_CHECK_TIMEOUT, check).await {
+        Ok(Err(error @ rabbitmq::BrokerError::QueueType { .. })) => {
+            Err(anyhow::Error::new(error).context("PULSEBOARD_QUEUE_TYPE"))
+        }
+        Ok(Err(error)) => {
+            tracing::warn!(%error, "RabbitMQ not ready at start; ingest keeps trying");
+            Ok(())
+        }
+        Err(_) => {
+            tracing::warn!("RabbitMQ did not answer at start; ingest keeps trying");
+            Ok(())
+        }
+        Ok(Ok(())) => Ok(()),
     }
 }
 
@@ -264,6 +328,7 @@ fn app_state(
     shared: &Shared,
     auth: crate::auth::AuthState,
     live: LiveSettings,
+    draining: CancellationToken,
 ) -> web::Data<AppState> {
     web::Data::new(AppState {
         node: shared.node.clone(),
@@ -283,6 +348,7 @@ fn app_state(
             amqp_url: args.broker.amqp_url.clone(),
             topology: Topology::new(&args.broker.exchange, &args.broker.queue_prefix),
         },
+        draining,
     })
 }
 

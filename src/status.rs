@@ -28,6 +28,9 @@ pub struct IngestFacts {
     pub paused: bool,
     /// The leader's consumer link (meaningful while `is_leader`).
     pub consumer: Link,
+    /// A new term's first consumer link is being opened: until it is (or fails), readiness
+    /// still rests on the fan-out link, so that taking over does not flap `/readyz`.
+    pub term_connecting: bool,
     /// The database error that ended the last lease attempt or term, until one succeeds.
     pub database_error: Option<String>,
     pub lag_seconds: f64,
@@ -55,7 +58,7 @@ impl IngestStatus {
     pub fn ingest_link(&self) -> Option<&Link> {
         if self.ingest.local_demo {
             None
-        } else if self.ingest.is_leader {
+        } else if self.ingest.is_leader && !self.ingest.term_connecting {
             Some(&self.ingest.consumer)
         } else {
             Some(&self.fanout.link)
@@ -100,6 +103,10 @@ mod tests {
         cell.update_ingest(|i| i.is_leader = true);
         // The leader's fan-out link is up, but its consumer is not: not ready.
         assert_eq!(cell.get().ingest_link().map(|l| l.connected), Some(false));
+        // A new leader opening its first consumer link is as ready as it was as a follower.
+        cell.update_ingest(|i| i.term_connecting = true);
+        assert_eq!(cell.get().ingest_link().map(|l| l.connected), Some(true));
+        cell.update_ingest(|i| i.term_connecting = false);
         cell.update_ingest(|i| i.local_demo = true);
         assert_eq!(cell.get().ingest_link(), None);
     }

@@ -152,9 +152,13 @@ impl Connection {
         let closing = self.state.hub.closing();
         loop {
             tokio::select! {
+                // Shutdown: 1001 "going away" tells the client to reconnect (to another instance).
                 _ = closing.cancelled() => {
                     guard.set_reason("shutdown");
-                    return Some(actix_ws::CloseCode::Restart.into());
+                    return Some(actix_ws::CloseReason {
+                        code: actix_ws::CloseCode::Away,
+                        description: Some("going away".to_owned()),
+                    });
                 }
                 _ = kicked.cancelled() => {
                     guard.set_reason("kicked");

@@ -139,8 +139,17 @@ async fn healthz(state: web::Data<AppState>) -> HttpResponse {
     HttpResponse::Ok().json(json!({"status": "ok", "node": state.node}))
 }
 
-/// 200 when the database answers and ingest is connected (or runs the in-process demo).
+/// 200 when the database answers and ingest is connected (or runs the in-process demo); 503
+/// from the moment shutdown begins, so that load balancers stop sending new clients here.
 async fn readyz(state: web::Data<AppState>) -> HttpResponse {
+    if state.draining.is_cancelled() {
+        let mut body = error_body(
+            "not_ready",
+            "shutting down: this instance drains its clients and stops",
+        );
+        body["checks"] = json!({"shutdown": "draining"});
+        return HttpResponse::ServiceUnavailable().json(body);
+    }
     let status = state.status.get();
     let database = match tokio::time::timeout(READY_DATABASE_TIMEOUT, state.store.ping()).await {
         Ok(Ok(())) => match &status.ingest.database_error {

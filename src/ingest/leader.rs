@@ -146,6 +146,7 @@ impl<'a> Leader<'a> {
         context.metrics.leader.set(1);
         context.status.update_ingest(|s| {
             s.is_leader = true;
+            s.term_connecting = !settings.local_demo;
             s.leader = Some(settings.node.clone());
             s.database_error = None;
         });
@@ -323,6 +324,7 @@ impl<'a> Leader<'a> {
         self.context.metrics.ingest_up.set(i64::from(connected));
         self.context.status.update_ingest(|s| {
             s.consumer.connected = connected;
+            s.term_connecting = false;
             if error.is_some() {
                 s.consumer.last_error = error;
             }

@@ -107,6 +107,7 @@ pub async fn run(
                 };
                 context.status.update_ingest(|s| {
                     s.is_leader = false;
+                    s.term_connecting = false;
                     s.consumer.connected = false;
                     // Followers learn a pause from the leader's snapshots.
                     s.paused = false;

@@ -258,6 +258,19 @@ impl PrivateRabbit {
         format!("amqp://guest:guest@127.0.0.1:{}/%2f", self.port)
     }
 
+    /// The Erlang node name (`pbtest-<id>@localhost`), for `join_cluster`.
+    pub fn node(&self) -> &str {
+        &self.node
+    }
+
+    /// `rabbitmqctl -n <node> <args…>`; panics with its output when it fails.
+    pub async fn ctl(&self, args: &[&str]) -> String {
+        let mut command = tokio::process::Command::new(RABBITMQCTL);
+        command.args(["-n", &self.node]).args(args);
+        let output = run(command, &format!("rabbitmqctl -n {} {args:?}", self.node)).await;
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    }
+
     /// `rabbitmqctl -n <node> stop_app`: the Erlang node stays up, RabbitMQ itself stops (every
     /// connection is closed; durable queues and persistent messages are kept on disk).
     pub async fn stop_app(&self) {

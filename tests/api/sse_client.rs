@@ -43,6 +43,20 @@ impl SseClient {
         }
     }
 
+    /// Opens a stream from a prepared request (any address, any credentials); the error as
+    /// text when it cannot, for clients that retry (a reconnecting client behind a proxy).
+    pub async fn open(request: reqwest::RequestBuilder) -> Result<SseClient, String> {
+        let response = request.send().await.map_err(|e| e.to_string())?;
+        if response.status() != 200 {
+            return Err(format!("stream status {}", response.status()));
+        }
+        Ok(SseClient {
+            headers: response.headers().clone(),
+            body: response.bytes_stream().boxed(),
+            buffer: String::new(),
+        })
+    }
+
     /// The next block (event or comment), or `None` when the stream ends or `timeout` passes.
     pub async fn next(&mut self, timeout: Duration) -> Option<SseEvent> {
         let deadline = tokio::time::Instant::now() + timeout;
