@@ -97,6 +97,7 @@ pub async fn run(
         outbox,
         recent: VecDeque::new(),
         in_flight: Arc::new(Semaphore::new(IN_FLIGHT)),
+        rate_limit_audited: None,
         topics: Topics::default(),
     };
     let reason = connection.serve(messages, kicked, &mut guard).await;
@@ -127,6 +128,8 @@ struct Connection {
     /// When the commands of the last second arrived.
     recent: VecDeque<Instant>,
     in_flight: Arc<Semaphore>,
+    /// When this connection last put a rate-limited command on the audit record.
+    rate_limit_audited: Option<Instant>,
     topics: Topics,
 }
 
@@ -223,16 +226,11 @@ impl Connection {
         };
         // Every frame counts, garbage included: a flood is a flood.
         if !self.within_rate(started) {
-            let label = envelope
-                .as_ref()
-                .ok()
-                .and_then(|e| commands::definition_of(&e.name))
-                .map_or("unknown", |d| d.name);
-            count(&self.state, label, ErrorCode::RateLimited.as_str(), started);
-            self.refuse(
+            self.refuse_rate_limited(
+                envelope.ok(),
                 id.as_deref(),
-                ErrorCode::RateLimited,
                 "more than 20 commands a second",
+                started,
             );
             return;
         }
@@ -328,11 +326,12 @@ impl Connection {
     /// Runs a command in a task of its own, if this connection has room for one more.
     fn spawn_command(&mut self, envelope: protocol::Envelope, command: Command, started: Instant) {
         let Ok(permit) = self.in_flight.clone().try_acquire_owned() else {
-            count(&self.state, command.name(), "rate_limited", started);
-            self.refuse(
-                Some(&envelope.id),
-                ErrorCode::RateLimited,
+            let id = envelope.id.clone();
+            self.refuse_rate_limited(
+                Some(envelope),
+                Some(&id),
                 "too many commands still running on this connection",
+                started,
             );
             return;
         };
@@ -356,6 +355,39 @@ impl Connection {
             }
             .instrument(span),
         );
+    }
+
+    /// Refuses a command over the rate. A refused audited command is on the record too, but
+    /// only the first of each second on this connection: a flood must not become a flood of
+    /// database writes. The others are counted in the metrics only.
+    fn refuse_rate_limited(
+        &mut self,
+        envelope: Option<protocol::Envelope>,
+        id: Option<&str>,
+        message: &str,
+        started: Instant,
+    ) {
+        let definition = envelope
+            .as_ref()
+            .and_then(|e| commands::definition_of(&e.name));
+        let audit_due = self
+            .rate_limit_audited
+            .is_none_or(|at| started.duration_since(at) >= Duration::from_secs(1));
+        if let (Some(envelope), Some(true), true) =
+            (envelope, definition.map(|d| d.audited), audit_due)
+        {
+            self.rate_limit_audited = Some(started);
+            let message = format!("{message}; later refusals within this second are not audited");
+            self.spawn_refusal(
+                envelope,
+                Failure::new(ErrorCode::RateLimited, message),
+                started,
+            );
+            return;
+        }
+        let label = definition.map_or("unknown", |d| d.name);
+        count(&self.state, label, ErrorCode::RateLimited.as_str(), started);
+        self.refuse(id, ErrorCode::RateLimited, message);
     }
 
     /// Answers a refused payload from a task too: an audited command's refusal is written to

@@ -46,8 +46,10 @@ impl Console {
 
     /// The next text frame as JSON; `None` when the connection closed (or 10 s passed).
     pub async fn next_frame(&mut self) -> Option<Value> {
+        // One deadline for the call: pings keep coming and must not extend it.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
         loop {
-            let message = tokio::time::timeout(Duration::from_secs(10), self.socket.next())
+            let message = tokio::time::timeout_at(deadline, self.socket.next())
                 .await
                 .ok()??
                 .ok()?;
@@ -80,8 +82,12 @@ impl Console {
             .expect("send");
     }
 
-    /// The answer to frame `id`, keeping pushes and other answers that come first.
+    /// The answer to frame `id`, keeping pushes and other answers that come first (answers may
+    /// come in another order than their commands, so one may already be kept).
     pub async fn answer(&mut self, id: &str) -> Value {
+        if let Some(at) = self.pushes.iter().position(|frame| frame["id"] == id) {
+            return self.pushes.remove(at);
+        }
         loop {
             let frame = self.next_frame().await.expect("answer before close");
             if frame["id"] == id {
@@ -538,4 +544,50 @@ async fn mutating_commands_are_audited_with_their_outcome_on_sqlite() {
 #[tokio::test]
 async fn mutating_commands_are_audited_with_their_outcome_on_postgres() {
     audit_rows_on(Backend::Postgres).await;
+}
+
+/// A flood of an audited command: every refusal is answered `rate_limited`, and the record
+/// holds the first refusal of each second, not one row per frame.
+#[tokio::test]
+async fn a_flood_of_audited_commands_is_on_record_once_a_second() {
+    let database = TestDatabase::new(Backend::Sqlite).await;
+    let names = Names::new();
+    let _broker = Broker::connect(&names).await;
+    let service = Service::start(&quick_config(&database, &names, "c-flood")).await;
+    let mut console = Console::open(&service, service.token()).await;
+    let started = Instant::now();
+    let mut ids = Vec::new();
+    for n in 0..40 {
+        let payload = json!({"message": format!("flood {n}"), "level": "info"});
+        ids.push(console.send("announce", payload).await);
+    }
+    let mut limited = 0;
+    for id in &ids {
+        let answer = console.answer(id).await;
+        if answer["type"] == "error" {
+            assert_eq!(error_of(&answer).0, "rate_limited", "{answer}");
+            limited += 1;
+        }
+    }
+    let seconds = started.elapsed().as_secs() + 1;
+    assert!(
+        limited >= 20,
+        "at least the 21st to 40th are refused: {limited}"
+    );
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    let tail = console.ok("audit.tail", json!({"limit": 200})).await;
+    let entries = tail["entries"].as_array().expect("entries");
+    let on_record = entries
+        .iter()
+        .filter(|e| e["command"] == "announce" && e["outcome"] == "rate_limited")
+        .count() as u64;
+    assert!(
+        (1..=seconds + 1).contains(&on_record),
+        "{on_record} refusals on record for {limited} refused in {seconds} s: {tail}"
+    );
+    let accepted = entries
+        .iter()
+        .filter(|e| e["command"] == "announce" && e["outcome"] == "ok")
+        .count();
+    assert_eq!(accepted as u64 + limited, ids.len() as u64, "{tail}");
 }
