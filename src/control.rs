@@ -272,7 +272,7 @@ mod tests {
             node: "a".into(),
             status: Arc::default(),
             metrics: Arc::new(Metrics::new("a").expect("metrics")),
-            registry: Registry::new("a"),
+            registry: Registry::new("a", tokio_util::sync::CancellationToken::new()),
             hub: Hub::new(0),
         };
         Cluster::new(local, ConsoleFeeds::default())

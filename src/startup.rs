@@ -89,7 +89,7 @@ impl Application {
                 node: node.clone(),
                 status: status.clone(),
                 metrics: metrics.clone(),
-                registry: crate::live::connection::Registry::new(&node),
+                registry: crate::live::connection::Registry::new(&node, hub.closing()),
                 hub: hub.clone(),
             },
             crate::live::feeds::ConsoleFeeds::default(),

@@ -155,15 +155,16 @@ impl Connection {
         let closing = self.state.hub.closing();
         loop {
             tokio::select! {
-                // Shutdown: 1001 "going away" tells the client to reconnect (to another instance).
-                _ = closing.cancelled() => {
-                    guard.set_reason("shutdown");
-                    return Some(actix_ws::CloseReason {
-                        code: actix_ws::CloseCode::Away,
-                        description: Some("going away".to_owned()),
-                    });
-                }
+                // The kick token is a child of `closing`: both end here. Shutdown says 1001
+                // "going away", which tells the client to reconnect (to another instance).
                 _ = kicked.cancelled() => {
+                    if closing.is_cancelled() {
+                        guard.set_reason("shutdown");
+                        return Some(actix_ws::CloseReason {
+                            code: actix_ws::CloseCode::Away,
+                            description: Some("going away".to_owned()),
+                        });
+                    }
                     guard.set_reason("kicked");
                     return Some(actix_ws::CloseReason {
                         code: actix_ws::CloseCode::Policy,

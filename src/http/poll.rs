@@ -71,9 +71,11 @@ pub async fn poll(
         }
         tokio::select! {
             _ = tokio::time::sleep_until(deadline) => return Ok(respond(&[])),
-            _ = closing.cancelled() => return Ok(respond(&[])),
+            // A kick, or shutdown: the kick token is a child of `closing`.
             _ = kicked.cancelled() => {
-                guard.set_reason("kicked");
+                if !closing.is_cancelled() {
+                    guard.set_reason("kicked");
+                }
                 return Ok(respond(&[]));
             }
             _ = subscription.announcements.recv() => {}

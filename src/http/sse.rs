@@ -26,6 +26,7 @@ use std::pin::Pin;
 use std::time::Duration;
 use tokio::sync::broadcast::error::RecvError;
 use tokio::time::{Instant, Sleep};
+use tokio_util::sync::WaitForCancellationFutureOwned;
 
 /// Reconnection delay suggested to EventSource clients.
 const RETRY_MS: u64 = 2_000;
@@ -105,7 +106,7 @@ pub async fn stream(
         quiet: Box::pin(tokio::time::sleep(state.live.heartbeat)),
         stall_timeout: state.live.stall_timeout,
         closing: state.hub.closing(),
-        kicked,
+        stop: Box::pin(kicked.cancelled_owned()),
         hub: state.hub.clone(),
         guard,
         _slot: slot,
@@ -127,8 +128,10 @@ struct SseClient {
     quiet: Pin<Box<Sleep>>,
     stall_timeout: Duration,
     closing: tokio_util::sync::CancellationToken,
-    /// Cancelled by the console's `connections.kick`.
-    kicked: tokio_util::sync::CancellationToken,
+    /// Ready on a kick (the console's `connections.kick`) or at shutdown (`closing`): one signal,
+    /// registered once for the connection's life, so that a wake-up polls it without touching
+    /// a lock that other connections share.
+    stop: Pin<Box<WaitForCancellationFutureOwned>>,
     hub: crate::live::Hub,
     guard: ConnectionGuard,
     /// This user's share of `PULSEBOARD_MAX_STREAMS_PER_USER`, held while the stream lives.
@@ -154,12 +157,9 @@ async fn next_chunk(mut client: SseClient) -> Option<(Result<Bytes, Infallible>,
     loop {
         tokio::select! {
             biased;
-            _ = client.closing.cancelled() => {
-                client.guard.set_reason("shutdown");
-                return None;
-            }
-            _ = client.kicked.cancelled() => {
-                client.guard.set_reason("kicked");
+            _ = client.stop.as_mut() => {
+                let reason = if client.closing.is_cancelled() { "shutdown" } else { "kicked" };
+                client.guard.set_reason(reason);
                 return None;
             }
             received = client.subscription.announcements.recv() => match received {

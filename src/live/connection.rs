@@ -95,6 +95,7 @@ impl ConnectionGuard {
 
     /// Lists this connection in `registry` under `user` until it drops; the token is cancelled
     /// when an operator kicks it (the stream then ends with reason `kicked`).
+    /// Lists this connection; the token it returns is cancelled by a kick or at shutdown.
     pub fn register(&mut self, registry: &Registry, user: &str) -> CancellationToken {
         let registration = registry.add(user, self.transport);
         let kick = registration.entry.kick.clone();
@@ -167,6 +168,10 @@ pub struct Registry {
 
 struct RegistryInner {
     node: String,
+    /// Cancelled at shutdown; every entry's kick token is its child, so that a live connection
+    /// waits on one signal for both (a shared token would be one lock all connections contend
+    /// for on every wake-up).
+    closing: CancellationToken,
     next: AtomicU64,
     entries: Mutex<BTreeMap<u64, Arc<Entry>>>,
     /// Bumped when a console connection opens or closes: presence changed.
@@ -181,10 +186,12 @@ pub struct Registration {
 }
 
 impl Registry {
-    pub fn new(node: &str) -> Registry {
+    /// `closing`: the hub's shutdown token (`Hub::closing`).
+    pub fn new(node: &str, closing: CancellationToken) -> Registry {
         Registry {
             inner: Arc::new(RegistryInner {
                 node: node.to_owned(),
+                closing,
                 next: AtomicU64::new(1),
                 entries: Mutex::default(),
                 consoles: watch::channel(0).0,
@@ -198,7 +205,7 @@ impl Registry {
             user: user.to_owned(),
             transport,
             since: crate::clock::now_ms(),
-            kick: CancellationToken::new(),
+            kick: self.inner.closing.child_token(),
         });
         self.lock().insert(number, entry.clone());
         self.console_changed(transport);
@@ -284,7 +291,7 @@ mod tests {
 
     #[test]
     fn entries_live_as_long_as_their_registration_and_a_kick_finds_only_its_own() {
-        let registry = Registry::new("web-1");
+        let registry = Registry::new("web-1", CancellationToken::new());
         let sse = registry.add("ada", Transport::Sse);
         let console = registry.add("bob", Transport::Ws);
         let listed = registry.list();
