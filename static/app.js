@@ -8,15 +8,13 @@
 //   point; refetched after every reconnect so there is no gap.
 // - Announcements: a banner, newest first, dismissible; missed ones arrive on resume.
 import uPlot from "./vendor/uplot/uPlot.esm.js";
+import { Reconnect } from "./reconnect.js";
 
 const root = document.querySelector("[data-dashboard]");
 const csrf = document.querySelector('meta[name="csrf-token"]')?.content ?? "";
 const currency = root.dataset.currency || "USD";
 const intervalMs = Number(root.dataset.intervalMs) || 250;
 
-const BACKOFF_BASE_MS = 1000;
-const BACKOFF_CAP_MS = 30000;
-const MAX_ATTEMPTS = 8;
 const STREAM_FAILURES_BEFORE_POLL = 3;
 const POLL_TIMEOUT_S = 25;
 
@@ -255,14 +253,12 @@ const status = root.querySelector("[data-connection]");
 const statusDot = status.querySelector(".dot");
 const statusText = status.querySelector("[data-connection-text]");
 const reconnectButton = root.querySelector("[data-reconnect]");
+const reconnect = new Reconnect({ connect, setStatus, button: reconnectButton });
 
 let lastEventId = root.dataset.lastEventId || "";
-let attempt = 0;
 let streamFailures = 0;
 let usePoll = false;
 let source = null;
-let retryTimer = null;
-let countdownTimer = null;
 let everConnected = false;
 
 function setStatus(state, text) {
@@ -281,9 +277,8 @@ function onEvent(kind, data, id) {
 function connected() {
   const reconnected = everConnected;
   everConnected = true;
-  attempt = 0;
+  reconnect.connected();
   streamFailures = 0;
-  reconnectButton.hidden = true;
   setStatus("connected", usePoll ? "Connected (long-poll)" : "Connected");
   // After an outage the history fills the minutes that were missed.
   if (reconnected) backfill().catch(report);
@@ -308,7 +303,7 @@ function openStream() {
 
 async function pollLoop() {
   let first = true;
-  while (usePoll && !retryTimer) {
+  while (usePoll && !reconnect.waiting) {
     const url = `/api/dashboard/poll?timeout=${first ? 0 : POLL_TIMEOUT_S}${lastEventId ? `&after=${encodeURIComponent(lastEventId)}` : ""}`;
     let body;
     try {
@@ -328,39 +323,19 @@ async function pollLoop() {
 }
 
 function connect() {
-  clearTimeout(retryTimer);
-  clearInterval(countdownTimer);
-  retryTimer = null;
-  setStatus("connecting", attempt ? `Reconnecting (attempt ${attempt})…` : "Connecting…");
+  reconnect.begin();
   if (usePoll) pollLoop();
   else openStream();
 }
 
 function scheduleReconnect() {
-  if (retryTimer) return;
-  attempt += 1;
-  if (attempt > MAX_ATTEMPTS) {
-    setStatus("disconnected", "Disconnected");
-    reconnectButton.hidden = false;
-    return;
-  }
-  const ceiling = Math.min(BACKOFF_CAP_MS, BACKOFF_BASE_MS * 2 ** (attempt - 1));
-  const delay = ceiling / 2 + Math.random() * (ceiling / 2);
-  const due = Date.now() + delay;
-  const tell = () => {
-    const left = Math.max(0, Math.ceil((due - Date.now()) / 1000));
-    setStatus("reconnecting", `Reconnecting (attempt ${attempt}, next try in ${left} s)`);
-  };
-  tell();
-  countdownTimer = setInterval(tell, 1000);
-  retryTimer = setTimeout(connect, delay);
+  reconnect.schedule();
 }
 
 reconnectButton.addEventListener("click", () => {
-  attempt = 0;
   usePoll = false;
   streamFailures = 0;
-  connect();
+  reconnect.restart();
 });
 
 // ---------- refresh ----------

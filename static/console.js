@@ -9,11 +9,10 @@
 //   and the audit trail (pushes of the `snapshots`, `presence`, `events` and `audit` topics).
 // - `ingest.pause` and `dlq.purge` ask for confirmation first.
 
+import { Reconnect } from "./reconnect.js";
+
 const root = document.querySelector("[data-console]");
 
-const BACKOFF_BASE_MS = 1000;
-const BACKOFF_CAP_MS = 30000;
-const MAX_ATTEMPTS = 8;
 const STATUS_EVERY_MS = 5000;
 const KEEP_TAIL = 50;
 const KEEP_AUDIT = 50;
@@ -36,13 +35,11 @@ const names = $("[data-command-names]");
 const statusDot = $("[data-connection] .dot");
 const statusText = $("[data-connection-text]");
 const reconnectButton = $("[data-reconnect]");
+const reconnect = new Reconnect({ connect, setStatus, button: reconnectButton });
 
 let commands = (root.dataset.commands || "").split(" ").filter(Boolean);
 let socket = null;
 let open = false;
-let attempt = 0;
-let retryTimer = null;
-let countdownTimer = null;
 let nextId = 0;
 const queue = []; // entries typed while disconnected, in order
 const pending = new Map(); // id -> entry (shown in the transcript) or a handler
@@ -283,8 +280,7 @@ function onFrame(frame) {
 
 function connected() {
   open = true;
-  attempt = 0;
-  reconnectButton.hidden = true;
+  reconnect.connected();
   setStatus("connected", "Connected");
   send("subscribe", { topics: ["snapshots", "presence", "events", "audit"] }, () => {});
   send("audit.tail", { limit: 20 }, (frame) => {
@@ -297,10 +293,7 @@ function connected() {
 }
 
 function connect() {
-  clearTimeout(retryTimer);
-  clearInterval(countdownTimer);
-  retryTimer = null;
-  setStatus("connecting", attempt ? `Reconnecting (attempt ${attempt})…` : "Connecting…");
+  reconnect.begin();
   const scheme = location.protocol === "https:" ? "wss:" : "ws:";
   socket = new WebSocket(`${scheme}//${location.host}/ws/console`);
   socket.addEventListener("open", connected);
@@ -320,35 +313,16 @@ function connect() {
       handle({ id, ok: false, error: { code: "unavailable", message: "the connection closed before the reply" } });
     }
     pending.clear();
-    if (wasOpen) attempt = 0;
+    if (wasOpen) reconnect.connected();
     scheduleReconnect();
   });
 }
 
 function scheduleReconnect() {
-  if (retryTimer) return;
-  attempt += 1;
-  if (attempt > MAX_ATTEMPTS) {
-    setStatus("disconnected", "Disconnected");
-    reconnectButton.hidden = false;
-    return;
-  }
-  const ceiling = Math.min(BACKOFF_CAP_MS, BACKOFF_BASE_MS * 2 ** (attempt - 1));
-  const delay = ceiling / 2 + Math.random() * (ceiling / 2);
-  const due = Date.now() + delay;
-  const tell = () => {
-    const left = Math.max(0, Math.ceil((due - Date.now()) / 1000));
-    setStatus("reconnecting", `Reconnecting (attempt ${attempt}, next try in ${left} s)`);
-  };
-  tell();
-  countdownTimer = setInterval(tell, 1000);
-  retryTimer = setTimeout(connect, delay);
+  reconnect.schedule();
 }
 
-reconnectButton.addEventListener("click", () => {
-  attempt = 0;
-  connect();
-});
+reconnectButton.addEventListener("click", () => reconnect.restart());
 
 function report(error) {
   console.warn("pulseboard console:", error);

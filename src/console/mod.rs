@@ -284,32 +284,18 @@ impl Connection {
             }
         };
         match command {
-            Command::Help | Command::Ping => {
-                let payload = match command {
-                    Command::Help => commands::help(),
-                    _ => json!({"pong": true, "server_time": rfc3339(now_ms())}),
-                };
-                count(&self.state, command.name(), "ok", started);
-                let _ = self
-                    .outbox
-                    .frames
-                    .try_send(protocol::reply(&envelope.id, payload));
+            Command::Help => self.answer_now(&envelope, &command, commands::help(), started),
+            Command::Ping => {
+                let pong = json!({"pong": true, "server_time": rfc3339(now_ms())});
+                self.answer_now(&envelope, &command, pong, started);
             }
             Command::Subscribe(ref topics) => {
                 let payload = self.subscribe(topics, true);
-                count(&self.state, command.name(), "ok", started);
-                let _ = self
-                    .outbox
-                    .frames
-                    .try_send(protocol::reply(&envelope.id, payload));
+                self.answer_now(&envelope, &command, payload, started);
             }
             Command::Unsubscribe(ref topics) => {
                 let payload = self.subscribe(topics, false);
-                count(&self.state, command.name(), "ok", started);
-                let _ = self
-                    .outbox
-                    .frames
-                    .try_send(protocol::reply(&envelope.id, payload));
+                self.answer_now(&envelope, &command, payload, started);
             }
             Command::Status
             | Command::IngestPause
@@ -322,6 +308,21 @@ impl Connection {
             | Command::ConnectionsKick { .. }
             | Command::AuditTail { .. } => self.spawn_command(envelope, command, started),
         }
+    }
+
+    /// Replies to a command answered on the spot (it waits for nothing and is not audited).
+    fn answer_now(
+        &self,
+        envelope: &protocol::Envelope,
+        command: &Command,
+        payload: Value,
+        started: Instant,
+    ) {
+        count(&self.state, command.name(), "ok", started);
+        let _ = self
+            .outbox
+            .frames
+            .try_send(protocol::reply(&envelope.id, payload));
     }
 
     /// Runs a command in a task of its own, if this connection has room for one more.

@@ -601,7 +601,7 @@ async fn the_console_page_runs_commands_queues_them_while_down_and_shows_presenc
     let mut service = Service::start(&config).await;
 
     // An admin (dashboards only) may not open the console.
-    let viewer_password = crate::console::add_user(&database, "viewer", "admin");
+    let viewer_password = crate::auth::add_user(&database, "viewer", "admin");
     let viewer = crate::helpers::fetch_token(&service.base_url, "viewer", &viewer_password).await;
     let refused = reqwest::Client::new()
         .get(service.url("/console"))
@@ -647,7 +647,7 @@ async fn the_console_page_runs_commands_queues_them_while_down_and_shows_presenc
         .await;
 
     // A second operator connects: presence shows them.
-    let password = crate::console::add_user(&database, "ops2", "operator");
+    let password = crate::auth::add_user(&database, "ops2", "operator");
     let token = crate::helpers::fetch_token(&service.base_url, "ops2", &password).await;
     let second = crate::console::Console::open(&service, &token).await;
     browser

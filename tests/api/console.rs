@@ -3,12 +3,12 @@
 //! slow command runs, the audit log on both backends, cluster-wide commands between two
 //! instances (pause across a failover, list and kick), and the dead-letter commands.
 
+use crate::auth::add_user;
 use crate::helpers::{
     event, Backend, Broker, Names, Service, ServiceConfig, TestDatabase, AMQP_URL,
 };
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
-use std::io::Write;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
@@ -157,27 +157,6 @@ pub fn error_of(answer: &Value) -> (String, String) {
         .expect("message")
         .to_owned();
     (code, message)
-}
-
-/// Creates a user with the real `users` command; returns their password.
-pub fn add_user(database: &TestDatabase, name: &str, role: &str) -> String {
-    let password = crate::helpers::test_password();
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_pulseboard"))
-        .args(["users", "add", name, "--role", role, "--password-stdin"])
-        .env("DATABASE_URL", &database.url)
-        .env("RUST_LOG", "warn")
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .expect("users add");
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(password.as_bytes())
-        .expect("password");
-    assert!(child.wait().expect("users add").success(), "users add");
-    password
 }
 
 fn remove_user(database: &TestDatabase, name: &str) {
