@@ -337,19 +337,7 @@ impl Connection {
             );
             return;
         };
-        let job = Job {
-            state: self.state.clone(),
-            user: self.user.clone(),
-            frames: self.outbox.frames.clone(),
-            envelope,
-            started,
-        };
-        let span = tracing::info_span!(
-            "console_command",
-            command = command.name(),
-            user = %job.user,
-            outcome = tracing::field::Empty
-        );
+        let (job, span) = self.job(envelope, command.name(), started);
         tokio::spawn(
             async move {
                 let _permit = permit;
@@ -392,10 +380,19 @@ impl Connection {
         self.refuse(id, ErrorCode::RateLimited, message);
     }
 
-    /// Answers a refused payload from a task too: an audited command's refusal is written to
-    /// the log before the reply, like any other outcome.
-    fn spawn_refusal(&mut self, envelope: protocol::Envelope, failure: Failure, started: Instant) {
-        let name = commands::definition_of(&envelope.name).map_or("unknown", |d| d.name);
+    /// A command to finish apart from the session, and the span it runs in.
+    fn job(
+        &self,
+        envelope: protocol::Envelope,
+        name: &'static str,
+        started: Instant,
+    ) -> (Job, tracing::Span) {
+        let span = tracing::info_span!(
+            "console_command",
+            command = name,
+            user = %self.user,
+            outcome = tracing::field::Empty
+        );
         let job = Job {
             state: self.state.clone(),
             user: self.user.clone(),
@@ -403,12 +400,14 @@ impl Connection {
             envelope,
             started,
         };
-        let span = tracing::info_span!(
-            "console_command",
-            command = name,
-            user = %job.user,
-            outcome = tracing::field::Empty
-        );
+        (job, span)
+    }
+
+    /// Answers a refused payload from a task too: an audited command's refusal is written to
+    /// the log before the reply, like any other outcome.
+    fn spawn_refusal(&mut self, envelope: protocol::Envelope, failure: Failure, started: Instant) {
+        let name = commands::definition_of(&envelope.name).map_or("unknown", |d| d.name);
+        let (job, span) = self.job(envelope, name, started);
         tokio::spawn(async move { job.finish(name, Err(failure)).await }.instrument(span));
     }
 
