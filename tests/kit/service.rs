@@ -99,6 +99,9 @@ pub struct Service {
     pub base_url: String,
     /// Everything it logged so far.
     pub log: Arc<Mutex<String>>,
+    /// Reads its standard error until the process exits; awaited after an exit so that the
+    /// last lines (`stopped`) are in [`Service::log_text`] before anyone reads it.
+    log_collector: Option<tokio::task::JoinHandle<()>>,
     /// When the process was spawned.
     pub started: Instant,
     /// A client that sends the operator `admin`'s bearer token (once signed in).
@@ -147,7 +150,7 @@ impl Service {
         let stderr = child.stderr.take().context("the service's stderr")?;
         let log = Arc::new(Mutex::new(String::new()));
         let (address_tx, address_rx) = tokio::sync::oneshot::channel();
-        tokio::spawn(collect_log(
+        let log_collector = tokio::spawn(collect_log(
             stderr,
             log.clone(),
             address_tx,
@@ -172,6 +175,7 @@ impl Service {
             pid,
             base_url,
             log,
+            log_collector: Some(log_collector),
             started,
             http: client_with_token("")?,
             token: String::new(),
@@ -315,15 +319,26 @@ impl Service {
     /// SIGKILL: no chance to clean up.
     pub async fn kill(&mut self) {
         self.child.kill().await.expect("SIGKILL");
+        self.read_log_to_the_end().await;
+    }
+
+    /// Waits (a little) until the collector has read what the exited process wrote last:
+    /// the pipe outlives the process, so its exit does not mean its log has been read.
+    async fn read_log_to_the_end(&mut self) {
+        if let Some(collector) = self.log_collector.take() {
+            let _ = tokio::time::timeout(Duration::from_secs(5), collector).await;
+        }
     }
 
     /// SIGTERM, then the exit status (panics if it does not exit within `timeout`).
     pub async fn terminate(&mut self, timeout: Duration) -> std::process::ExitStatus {
         self.send_term().expect("kill -TERM");
-        tokio::time::timeout(timeout, self.child.wait())
+        let status = tokio::time::timeout(timeout, self.child.wait())
             .await
             .unwrap_or_else(|_| panic!("no exit within {timeout:?}:\n{}", self.log_text()))
-            .expect("wait")
+            .expect("wait");
+        self.read_log_to_the_end().await;
+        status
     }
 
     /// SIGTERM, then a clean exit within `limit` (killed after it); returns how long it took.
@@ -333,6 +348,7 @@ impl Service {
         match tokio::time::timeout(limit, self.child.wait()).await {
             Ok(status) => {
                 let status = status?;
+                self.read_log_to_the_end().await;
                 ensure!(status.success(), "the service exited with {status}");
                 Ok(started.elapsed().as_secs_f64())
             }
