@@ -1472,6 +1472,35 @@ fn print_tables(settings: &Settings, rows: &[Row]) {
         );
     }
     println!();
+    println!(
+        "Deliveries per CPU-second (snapshots received by the clients in the window ÷ CPU \
+         seconds of: the service; the bare fan-out process; both, the service then only \
+         ingesting and feeding the fan-out one stream)"
+    );
+    println!();
+    println!("| clients | service | bare fan-out process | service + bare fan-out |");
+    println!("| ---: | ---: | ---: | ---: |");
+    for row in rows {
+        let cpu = &row.cpu;
+        let per_cpu_second = |ticks: u64| {
+            let cores = cpu.percent(ticks) / 100.0;
+            if cores > 0.0 {
+                format!("{:.0}", row.snapshots_per_second / cores)
+            } else {
+                "–".to_owned()
+            }
+        };
+        let (service, bare, both) = match row.server {
+            Server::Pulseboard => (per_cpu_second(cpu.watched[0]), "–".into(), "–".into()),
+            Server::Bare => (
+                "–".into(),
+                per_cpu_second(cpu.watched[1]),
+                per_cpu_second(cpu.watched[0] + cpu.watched[1]),
+            ),
+        };
+        println!("| {} | {service} | {bare} | {both} |", row.case());
+    }
+    println!();
     println!("Slow clients and integrity (whole run)");
     println!();
     println!(

@@ -16,6 +16,7 @@ use crate::app::{AppState, LiveSettings};
 use crate::config::ServeArgs;
 use crate::fanout::{self, FanoutContext, FanoutSender};
 use crate::ingest::{IngestContext, IngestSettings, LeaderInputs};
+use crate::live::worker_feed::WorkerFeed;
 use crate::live::Hub;
 use crate::metrics::Metrics;
 use crate::rabbitmq::{self, RawMessage, Topology};
@@ -366,6 +367,8 @@ fn serve(
     let server = HttpServer::new(move || {
         App::new()
             .app_data(state.clone())
+            // Made here, so once per HTTP worker, on that worker's thread.
+            .app_data(WorkerFeed::new(state.hub.clone()))
             // Innermost: HEAD sees the handler's own body, before any compression; bodies
             // are read in time before any handler, and a 408 still gets the headers below.
             .wrap(middleware::from_fn(http::head_without_stream))

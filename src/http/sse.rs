@@ -5,28 +5,34 @@
 //! the newest snapshot when there is one it has not written, and a comment line when it has been
 //! quiet for a heartbeat interval.
 //!
-//! The body is polled only when the socket can take more, so a slow reader never queues frames:
-//! snapshots coalesce in the hub's one slot. A reader that falls a whole announcement ring
-//! behind is disconnected here (it resumes by `Last-Event-ID`), and one that stops reading
-//! entirely is aborted by the kernel (`TCP_USER_TIMEOUT`, set in `startup`).
+//! The body reads this worker's copy of the hub (`live::worker_feed`), and is polled only when
+//! the socket can take more, so a slow reader never queues frames: snapshots coalesce in the
+//! feed's one slot. A reader that falls a whole announcement ring behind is disconnected here
+//! (it resumes by `Last-Event-ID`), and one that stops reading entirely is aborted by the
+//! kernel (`TCP_USER_TIMEOUT`, set in `startup`).
+//!
+//! The body is a hand-written stream so that a wake-up costs a few reads of the feed: its waits
+//! (the feed, a kick, the heartbeat timer) stay registered without a lock, and the
+//! heartbeat timer is moved only when it fires, not at every write.
 
 use super::extract::Viewer;
 use super::{ApiError, AppState};
 use crate::clock::now_ms;
 use crate::live::connection::{ConnectionGuard, Sent, Transport};
-use crate::live::hub::{sse_event, AnnouncementFrame, EventId, Subscription, REPLAY_WINDOW_MS};
+use crate::live::hub::{sse_event, AnnouncementFrame, EventId, REPLAY_WINDOW_MS};
 use crate::live::limit::StreamSlot;
+use crate::live::worker_feed::{Lagged, WorkerFeed};
 use actix_web::http::header;
 use actix_web::{web, HttpRequest, HttpResponse};
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
+use futures_util::Stream;
 use serde::Deserialize;
-use std::collections::VecDeque;
 use std::convert::Infallible;
+use std::future::Future;
 use std::pin::Pin;
+use std::task::{Context, Poll};
 use std::time::Duration;
-use tokio::sync::broadcast::error::RecvError;
 use tokio::time::{Instant, Sleep};
-use tokio_util::sync::WaitForCancellationFutureOwned;
 
 /// Reconnection delay suggested to EventSource clients.
 const RETRY_MS: u64 = 2_000;
@@ -58,11 +64,16 @@ pub async fn stream(
         .ok_or(ApiError::TooManyStreams(state.streams.max()))?;
     let mut guard =
         ConnectionGuard::open(state.metrics.clone(), Transport::Sse, resume_text.is_some());
-    let kicked = guard.register(&state.cluster.local.registry, &viewer.0.username);
+    guard.register_stream(&state.cluster.local.registry, &viewer.0.username);
 
-    // Subscribe before reading the store, so nothing falls between replay and live delivery.
-    let mut subscription = state.hub.subscribe();
-    let mut opening = VecDeque::from([Bytes::from(format!("retry: {RETRY_MS}\n\n"))]);
+    let feed = request
+        .app_data::<WorkerFeed>()
+        .cloned()
+        .ok_or_else(|| ApiError::Internal(anyhow::anyhow!("no worker feed in this App")))?;
+    // Follow before reading the store, so nothing falls between replay and live delivery.
+    let position = feed.follow();
+    let mut opening = BytesMut::new();
+    opening.extend_from_slice(format!("retry: {RETRY_MS}\n\n").as_bytes());
     let mut last_announcement = state.hub.last_announcement();
     if let Some(resume) = resume {
         last_announcement = resume.announcement;
@@ -76,7 +87,7 @@ pub async fn stream(
             let complete = (page.len() as i64) < REPLAY_PAGE;
             for stored in page {
                 last_announcement = last_announcement.max(stored.id);
-                opening.push_back(AnnouncementFrame::new(stored.into(), seq).sse);
+                opening.extend_from_slice(&AnnouncementFrame::new(stored.into(), seq).sse);
                 guard.count_sent(Sent::Announcement);
             }
             if complete {
@@ -85,7 +96,7 @@ pub async fn stream(
         }
     }
     let mut last_index = 0;
-    if let Some(current) = subscription.snapshots.borrow_and_update().clone() {
+    if let Some(current) = state.hub.latest() {
         last_index = current.index;
         // This snapshot may predate announcements the client already has (it connected after
         // them, or they were just replayed): its id must not send the client back before them.
@@ -93,21 +104,22 @@ pub async fn stream(
             announcement: current.id.announcement.max(last_announcement),
             seq: current.id.seq,
         };
-        opening.push_back(sse_event(&id, "snapshot", &current.frame.json));
+        opening.extend_from_slice(&sse_event(&id, "snapshot", &current.frame.json));
         guard.count_sent(Sent::Snapshot);
     }
 
-    let client = SseClient {
-        subscription,
-        opening,
+    let now = Instant::now();
+    let body = SseBody {
+        feed,
+        position,
+        listed: None,
+        opening: Some(opening.freeze()),
         last_announcement,
         last_index,
         heartbeat: state.live.heartbeat,
-        quiet: Box::pin(tokio::time::sleep(state.live.heartbeat)),
+        last_write: now,
+        quiet: Box::pin(tokio::time::sleep_until(now + state.live.heartbeat)),
         stall_timeout: state.live.stall_timeout,
-        closing: state.hub.closing(),
-        stop: Box::pin(kicked.cancelled_owned()),
-        hub: state.hub.clone(),
         guard,
         _slot: slot,
     };
@@ -115,103 +127,124 @@ pub async fn stream(
         .content_type("text/event-stream")
         .insert_header((header::CACHE_CONTROL, "no-cache"))
         .insert_header(("X-Accel-Buffering", "no"))
-        .streaming(futures_util::stream::unfold(client, next_chunk)))
+        .streaming(body))
 }
 
-struct SseClient {
-    subscription: Subscription,
-    opening: VecDeque<Bytes>,
+struct SseBody {
+    feed: WorkerFeed,
+    /// The next announcement to write, as a position in the feed's ring.
+    position: u64,
+    /// The feed version this stream was last listed to be woken at.
+    listed: Option<u64>,
+    /// `retry:`, the replayed announcements and the current snapshot, written first, at once.
+    opening: Option<Bytes>,
     last_announcement: i64,
     last_index: u64,
     heartbeat: Duration,
-    /// Fires `heartbeat` after the last write; one timer per connection, reset on each write.
+    last_write: Instant,
+    /// Fires a heartbeat after the last write; moved when it fires, not at every write.
     quiet: Pin<Box<Sleep>>,
     stall_timeout: Duration,
-    closing: tokio_util::sync::CancellationToken,
-    /// Ready on a kick (the console's `connections.kick`) or at shutdown (`closing`): one signal,
-    /// registered once for the connection's life, so that a wake-up polls it without touching
-    /// a lock that other connections share.
-    stop: Pin<Box<WaitForCancellationFutureOwned>>,
-    hub: crate::live::Hub,
     guard: ConnectionGuard,
     /// This user's share of `PULSEBOARD_MAX_STREAMS_PER_USER`, held while the stream lives.
     _slot: StreamSlot,
 }
 
-impl Drop for SseClient {
+impl Drop for SseBody {
     fn drop(&mut self) {
         // The kernel aborts a reader that stopped reading; from here that looks like a close,
         // except that we had something to send and could not for a long while.
-        let behind = self.hub.last_announcement() > self.last_announcement
-            || self.hub.latest().is_some_and(|p| p.index > self.last_index);
-        if behind && self.last_write().elapsed() >= self.stall_timeout / 2 {
+        let hub = self.feed.hub();
+        let behind = hub.last_announcement() > self.last_announcement
+            || hub.latest().is_some_and(|p| p.index > self.last_index);
+        if behind && self.last_write.elapsed() >= self.stall_timeout / 2 {
             self.guard.set_reason("slow_client");
         }
     }
 }
 
-async fn next_chunk(mut client: SseClient) -> Option<(Result<Bytes, Infallible>, SseClient)> {
-    if let Some(chunk) = client.opening.pop_front() {
-        return Some((Ok(chunk), client));
-    }
-    loop {
-        tokio::select! {
-            biased;
-            _ = client.stop.as_mut() => {
-                let reason = if client.closing.is_cancelled() { "shutdown" } else { "kicked" };
-                client.guard.set_reason(reason);
-                return None;
-            }
-            received = client.subscription.announcements.recv() => match received {
-                Ok(frame) if frame.announcement.id <= client.last_announcement => continue,
-                Ok(frame) => {
-                    client.last_announcement = frame.announcement.id;
-                    client.guard.count_sent(Sent::Announcement);
-                    return Some((Ok(client.wrote(frame.sse.clone())), client));
+impl Stream for SseBody {
+    type Item = Result<Bytes, Infallible>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let body = &mut *self;
+        if let Some(opening) = body.opening.take() {
+            return Poll::Ready(Some(Ok(body.wrote(opening))));
+        }
+        if body.stopped(cx) {
+            return Poll::Ready(None);
+        }
+        loop {
+            match body.feed.announcement(body.position) {
+                Err(Lagged) => {
+                    body.guard.set_reason("slow_client");
+                    return Poll::Ready(None);
                 }
-                Err(RecvError::Lagged(_)) => {
-                    client.guard.set_reason("slow_client");
-                    return None;
+                Ok(Some((id, sse))) => {
+                    body.position += 1;
+                    if id <= body.last_announcement {
+                        continue;
+                    }
+                    body.last_announcement = id;
+                    body.guard.count_sent(Sent::Announcement);
+                    return Poll::Ready(Some(Ok(body.wrote(sse))));
                 }
-                Err(RecvError::Closed) => return None,
-            },
-            changed = client.subscription.snapshots.changed() => {
-                if changed.is_err() {
-                    return None;
-                }
-                let Some(published) = client.subscription.snapshots.borrow_and_update().clone() else {
-                    continue;
-                };
-                if published.index <= client.last_index {
-                    continue;
-                }
-                let skipped = published.index - client.last_index - 1;
-                if client.last_index > 0 && skipped > 0 {
-                    client.guard.count_coalesced(skipped);
-                }
-                client.last_index = published.index;
-                client.guard.count_sent(Sent::Snapshot);
-                if let Some(arrival) = published.frame.oldest_arrival {
-                    client.guard.observe_delivery(arrival);
-                }
-                return Some((Ok(client.wrote(published.sse.clone())), client));
-            }
-            _ = client.quiet.as_mut() => {
-                client.guard.count_sent(Sent::Heartbeat);
-                return Some((Ok(client.wrote(Bytes::from_static(b": heartbeat\n\n"))), client));
+                Ok(None) => break,
             }
         }
+        if let Some(snapshot) = body.feed.snapshot_after(body.last_index) {
+            let skipped = snapshot.index - body.last_index - 1;
+            if body.last_index > 0 && skipped > 0 {
+                body.guard.count_coalesced(skipped);
+            }
+            body.last_index = snapshot.index;
+            body.guard.count_sent(Sent::Snapshot);
+            if let Some(arrival) = snapshot.oldest_arrival {
+                body.guard.observe_delivery(arrival);
+            }
+            return Poll::Ready(Some(Ok(body.wrote(snapshot.sse))));
+        }
+        if let Some(heartbeat) = body.heartbeat_due(cx) {
+            return Poll::Ready(Some(Ok(heartbeat)));
+        }
+        body.feed.wake_on_change(cx.waker(), &mut body.listed);
+        Poll::Pending
     }
 }
 
-impl SseClient {
+impl SseBody {
     fn wrote(&mut self, chunk: Bytes) -> Bytes {
-        self.quiet.as_mut().reset(Instant::now() + self.heartbeat);
+        self.last_write = Instant::now();
         chunk
     }
 
-    /// When the connection last wrote (or opened): the quiet timer was set from it.
-    fn last_write(&self) -> Instant {
-        self.quiet.deadline() - self.heartbeat
+    /// Whether the stream must end now: shutdown, or an operator's kick (the console's
+    /// `connections.kick`), which wakes it.
+    fn stopped(&mut self, cx: &mut Context<'_>) -> bool {
+        let reason = if self.feed.closing() {
+            "shutdown"
+        } else if self.guard.kicked(cx.waker()) {
+            "kicked"
+        } else {
+            return false;
+        };
+        self.guard.set_reason(reason);
+        true
+    }
+
+    /// A comment when nothing was written for a heartbeat interval; otherwise the timer is
+    /// moved to a heartbeat after the last write and left registered.
+    fn heartbeat_due(&mut self, cx: &mut Context<'_>) -> Option<Bytes> {
+        while self.quiet.as_mut().poll(cx).is_ready() {
+            let due = self.last_write + self.heartbeat;
+            if Instant::now() >= due {
+                self.guard.count_sent(Sent::Heartbeat);
+                let now = Instant::now();
+                self.quiet.as_mut().reset(now + self.heartbeat);
+                return Some(self.wrote(Bytes::from_static(b": heartbeat\n\n")));
+            }
+            self.quiet.as_mut().reset(due);
+        }
+        None
     }
 }

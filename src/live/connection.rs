@@ -7,11 +7,13 @@
 
 use crate::aggregate::Millis;
 use crate::metrics::Metrics;
+use futures_util::task::AtomicWaker;
 use prometheus::{Histogram, IntCounter};
 use serde::Serialize;
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::Waker;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
@@ -65,7 +67,7 @@ pub struct ConnectionGuard {
     latency: Histogram,
     coalesced: IntCounter,
     /// Its entry in the registry, while it lives (removed on drop).
-    _registration: Option<Registration>,
+    registration: Option<Registration>,
 }
 
 impl ConnectionGuard {
@@ -89,18 +91,32 @@ impl ConnectionGuard {
             metrics,
             transport,
             reason: "client_closed",
-            _registration: None,
+            registration: None,
         }
     }
 
-    /// Lists this connection in `registry` under `user` until it drops; the token is cancelled
-    /// when an operator kicks it (the stream then ends with reason `kicked`).
-    /// Lists this connection; the token it returns is cancelled by a kick or at shutdown.
+    /// Lists this connection in `registry` under `user` until it drops; the token it returns
+    /// is cancelled by an operator's kick (the stream then ends with reason `kicked`) or at
+    /// shutdown.
     pub fn register(&mut self, registry: &Registry, user: &str) -> CancellationToken {
-        let registration = registry.add(user, self.transport);
-        let kick = registration.entry.kick.clone();
-        self._registration = Some(registration);
+        let kick = registry.inner.closing.child_token();
+        self.registration = Some(registry.add(user, self.transport, Some(kick.clone())));
         kick
+    }
+
+    /// Lists this connection like [`ConnectionGuard::register`], for a stream that polls
+    /// [`ConnectionGuard::kicked`] instead of waiting on a token (and learns of shutdown
+    /// elsewhere): no token, no lock, a few bytes less per connection.
+    pub fn register_stream(&mut self, registry: &Registry, user: &str) {
+        self.registration = Some(registry.add(user, self.transport, None));
+    }
+
+    /// Whether an operator kicked this connection; if not yet, `waker` is woken when one does.
+    pub fn kicked(&self, waker: &Waker) -> bool {
+        self.registration.as_ref().is_some_and(|r| {
+            r.entry.kicked_waker.register(waker);
+            r.entry.kicked.load(Ordering::Acquire)
+        })
     }
 
     /// Records why the server ends this connection (the default is that the client left).
@@ -157,7 +173,12 @@ struct Entry {
     user: String,
     transport: Transport,
     since: Millis,
-    kick: CancellationToken,
+    /// Cancelled by a kick, and at shutdown (a child of the registry's closing token); `None`
+    /// for a stream registered with [`ConnectionGuard::register_stream`].
+    kick: Option<CancellationToken>,
+    /// Set by a kick, which then wakes `kicked_waker`.
+    kicked: AtomicBool,
+    kicked_waker: AtomicWaker,
 }
 
 /// This instance's live connections. Cloning is shallow.
@@ -199,13 +220,20 @@ impl Registry {
         }
     }
 
-    fn add(&self, user: &str, transport: Transport) -> Registration {
+    fn add(
+        &self,
+        user: &str,
+        transport: Transport,
+        kick: Option<CancellationToken>,
+    ) -> Registration {
         let number = self.inner.next.fetch_add(1, Ordering::Relaxed);
         let entry = Arc::new(Entry {
             user: user.to_owned(),
             transport,
             since: crate::clock::now_ms(),
-            kick: self.inner.closing.child_token(),
+            kick,
+            kicked: AtomicBool::new(false),
+            kicked_waker: AtomicWaker::new(),
         });
         self.lock().insert(number, entry.clone());
         self.console_changed(transport);
@@ -262,7 +290,11 @@ impl Registry {
         let Some(number) = number else { return false };
         match self.lock().get(&number) {
             Some(entry) => {
-                entry.kick.cancel();
+                entry.kicked.store(true, Ordering::Release);
+                entry.kicked_waker.wake();
+                if let Some(kick) = &entry.kick {
+                    kick.cancel();
+                }
                 true
             }
             None => false,
@@ -292,16 +324,20 @@ mod tests {
     #[test]
     fn entries_live_as_long_as_their_registration_and_a_kick_finds_only_its_own() {
         let registry = Registry::new("web-1", CancellationToken::new());
-        let sse = registry.add("ada", Transport::Sse);
-        let console = registry.add("bob", Transport::Ws);
+        let closing = registry.inner.closing.clone();
+        let sse = registry.add("ada", Transport::Sse, None);
+        let console = registry.add("bob", Transport::Ws, Some(closing.child_token()));
         let listed = registry.list();
         assert_eq!(listed.len(), 2);
         assert_eq!(listed[0].id, "web-1/1");
         assert_eq!(registry.operators(), vec!["bob".to_owned()]);
         assert!(!registry.kick("web-2/1"), "another node's id");
         assert!(registry.kick("web-1/1"));
-        assert!(sse.entry.kick.is_cancelled());
-        assert!(!console.entry.kick.is_cancelled());
+        assert!(sse.entry.kicked.load(Ordering::Acquire));
+        let console_kick = console.entry.kick.clone().expect("a token");
+        assert!(!console_kick.is_cancelled());
+        assert!(registry.kick("web-1/2"));
+        assert!(console_kick.is_cancelled());
         drop(console);
         assert!(registry.operators().is_empty());
         drop(sse);

@@ -22,7 +22,7 @@ use tokio::sync::{broadcast, watch};
 use tokio_util::sync::CancellationToken;
 
 /// Announcements a connection may fall behind before it is disconnected.
-const ANNOUNCEMENT_RING: usize = 256;
+pub const ANNOUNCEMENT_RING: usize = 256;
 /// Replay window for missed announcements (docs/api.md, Server-Sent Events: resume).
 pub const REPLAY_WINDOW_MS: Millis = 24 * 3_600_000;
 
@@ -164,6 +164,11 @@ impl Hub {
             self.deliver(stored.into());
         }
         Ok(())
+    }
+
+    #[cfg(test)]
+    pub fn deliver_for_test(&self, announcement: Announcement) {
+        self.deliver(announcement);
     }
 
     fn deliver(&self, announcement: Announcement) {

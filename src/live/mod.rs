@@ -7,13 +7,15 @@
 //! - [`announcement`]: an announcement's fields and rules;
 //! - [`connection`]: per-connection metrics and close reasons, the registry of connections;
 //! - [`feeds`]: the console's pushes besides snapshots (event tail, audit, presence);
-//! - [`limit`]: the cap on live connections one user may hold (SSE, long-poll, console).
+//! - [`limit`]: the cap on live connections one user may hold (SSE, long-poll, console);
+//! - [`worker_feed`]: one HTTP worker's copy of the hub, which wakes that worker's streams.
 
 pub mod announcement;
 pub mod connection;
 pub mod feeds;
 pub mod hub;
 pub mod limit;
+pub mod worker_feed;
 
 pub use announcement::{Announcement, Level};
 pub use hub::{EventId, Hub};
@@ -179,11 +181,11 @@ impl SnapshotFrame {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::aggregate::Point;
 
-    fn frame(seq: i64) -> Arc<SnapshotFrame> {
+    pub(crate) fn frame(seq: i64) -> Arc<SnapshotFrame> {
         let figures = Figures {
             active_users: 3,
             orders_per_minute: 2,

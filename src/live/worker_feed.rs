@@ -1,0 +1,320 @@
+//! One HTTP worker's copy of the hub, for the event streams that worker serves.
+//!
+//! Were every stream to wait on the hub itself, each snapshot would send ten thousand wake-ups
+//! from the publishing thread to the workers' threads, each one a lock on a run queue and, when
+//! the worker has gone idle between two of them, a system call to wake it; and the streams of
+//! both workers would count references on the same frames. A feed is made per worker (by the
+//! `App` factory, which runs on that worker's thread) and follows the hub with one task: the
+//! hub wakes that task, which takes the worker's own copy of the frame and wakes the worker's
+//! streams on their own thread.
+//!
+//! The feed keeps the hub's order: announcements the hub delivered before a snapshot are
+//! relayed before it, so a stream that writes announcements first never sends a snapshot id
+//! ahead of an announcement. Its ring is as long as the hub's; a stream that falls further
+//! behind is told so (`Lagged`) and disconnects, as with the hub.
+//!
+//! Not `Send`: it is used on its worker's thread only.
+
+use super::hub::{AnnouncementFrame, Hub, PublishedSnapshot, ANNOUNCEMENT_RING};
+use crate::aggregate::Millis;
+use bytes::Bytes;
+use std::cell::RefCell;
+use std::collections::VecDeque;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::task::Waker;
+use tokio::sync::broadcast::error::{RecvError, TryRecvError};
+
+/// The newest snapshot, as a stream of this worker writes it.
+#[derive(Debug, Clone)]
+pub struct LocalSnapshot {
+    /// `PublishedSnapshot::index`: counts snapshots published on this instance.
+    pub index: u64,
+    pub oldest_arrival: Option<Millis>,
+    /// This worker's copy of the encoded event.
+    pub sse: Bytes,
+}
+
+/// A stream asked for an announcement the ring no longer holds.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Lagged;
+
+/// Cloning is shallow; every clone is the same feed.
+#[derive(Clone)]
+pub struct WorkerFeed {
+    inner: Rc<Inner>,
+}
+
+struct Inner {
+    hub: Hub,
+    state: RefCell<State>,
+}
+
+struct State {
+    /// Whether the follower task runs (it is started by the first stream, on this thread).
+    following: bool,
+    snapshot: Option<LocalSnapshot>,
+    /// `(id, encoded event)`, oldest first.
+    announcements: VecDeque<(i64, Bytes)>,
+    /// Position of `announcements[0]` among every announcement this feed has relayed.
+    first: u64,
+    closing: bool,
+    /// Bumped on every change; a waiting stream is listed in `waiters` once per version.
+    version: u64,
+    waiters: Vec<Waker>,
+}
+
+impl WorkerFeed {
+    pub fn new(hub: Hub) -> WorkerFeed {
+        WorkerFeed {
+            inner: Rc::new(Inner {
+                hub,
+                state: RefCell::new(State {
+                    following: false,
+                    snapshot: None,
+                    announcements: VecDeque::new(),
+                    first: 0,
+                    closing: false,
+                    version: 0,
+                    waiters: Vec::new(),
+                }),
+            }),
+        }
+    }
+
+    pub fn hub(&self) -> &Hub {
+        &self.inner.hub
+    }
+
+    /// Starts following the hub, once; call it on the worker's thread (inside its `LocalSet`),
+    /// before the stream reads what it needs from the hub. Returns the position from which the
+    /// stream takes announcements.
+    pub fn follow(&self) -> u64 {
+        let mut state = self.inner.state.borrow_mut();
+        if !state.following {
+            state.following = true;
+            // Subscribed now, not when the task first runs: nothing delivered from here on is
+            // missed by a stream that joins now.
+            let subscription = self.inner.hub.subscribe();
+            let closing = self.inner.hub.closing();
+            if let Some(published) = subscription.snapshots.borrow().as_ref() {
+                state.snapshot = Some(local_snapshot(published));
+            }
+            tokio::task::spawn_local(follow(self.inner.clone(), subscription, closing));
+        }
+        state.first + state.announcements.len() as u64
+    }
+
+    /// The announcement at `position`, if it has been relayed.
+    pub fn announcement(&self, position: u64) -> Result<Option<(i64, Bytes)>, Lagged> {
+        let state = self.inner.state.borrow();
+        let Some(offset) = position.checked_sub(state.first) else {
+            return Err(Lagged);
+        };
+        Ok(state.announcements.get(offset as usize).cloned())
+    }
+
+    /// The newest snapshot when it is newer than `index`.
+    pub fn snapshot_after(&self, index: u64) -> Option<LocalSnapshot> {
+        let state = self.inner.state.borrow();
+        state.snapshot.as_ref().filter(|s| s.index > index).cloned()
+    }
+
+    /// The hub is closing (shutdown): streams end.
+    pub fn closing(&self) -> bool {
+        self.inner.state.borrow().closing
+    }
+
+    /// Wakes `waker` at the next change. `listed` is the caller's memory of the version it was
+    /// last listed at, so that a stream polled again before a change is not listed twice.
+    pub fn wake_on_change(&self, waker: &Waker, listed: &mut Option<u64>) {
+        let mut state = self.inner.state.borrow_mut();
+        if *listed != Some(state.version) {
+            state.waiters.push(waker.clone());
+            *listed = Some(state.version);
+        }
+    }
+
+    fn change(&self, apply: impl FnOnce(&mut State)) {
+        let waiters = {
+            let mut state = self.inner.state.borrow_mut();
+            apply(&mut state);
+            state.version += 1;
+            std::mem::take(&mut state.waiters)
+        };
+        // Same thread: each wake-up queues a stream on this worker, nothing more.
+        for waker in waiters {
+            waker.wake();
+        }
+    }
+}
+
+fn local_snapshot(published: &Arc<PublishedSnapshot>) -> LocalSnapshot {
+    LocalSnapshot {
+        index: published.index,
+        oldest_arrival: published.frame.oldest_arrival,
+        sse: Bytes::copy_from_slice(&published.sse),
+    }
+}
+
+impl State {
+    fn push_announcement(&mut self, frame: &AnnouncementFrame) {
+        if self.announcements.len() == ANNOUNCEMENT_RING {
+            self.announcements.pop_front();
+            self.first += 1;
+        }
+        let sse = Bytes::copy_from_slice(&frame.sse);
+        self.announcements.push_back((frame.announcement.id, sse));
+    }
+
+    /// The follower itself fell behind the hub: the announcements it missed are gone from
+    /// this ring, so streams that still needed them see `Lagged` and resume from the store.
+    fn skip_announcements(&mut self, missed: u64) {
+        self.first += self.announcements.len() as u64 + missed;
+        self.announcements.clear();
+    }
+
+    fn relay(&mut self, received: Result<Arc<AnnouncementFrame>, RecvError>) -> bool {
+        match received {
+            Ok(frame) => self.push_announcement(&frame),
+            Err(RecvError::Lagged(missed)) => self.skip_announcements(missed),
+            Err(RecvError::Closed) => return false,
+        }
+        true
+    }
+}
+
+async fn follow(
+    inner: Rc<Inner>,
+    mut subscription: super::hub::Subscription,
+    closing: tokio_util::sync::CancellationToken,
+) {
+    let feed = WorkerFeed { inner };
+    loop {
+        tokio::select! {
+            biased;
+            _ = closing.cancelled() => {
+                feed.change(|state| state.closing = true);
+                return;
+            }
+            received = subscription.announcements.recv() => {
+                let mut open = true;
+                feed.change(|state| open = state.relay(received));
+                if !open {
+                    return;
+                }
+            }
+            changed = subscription.snapshots.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+                let published = subscription.snapshots.borrow_and_update().clone();
+                feed.change(|state| {
+                    // What the hub delivered before this snapshot goes first (see the header).
+                    loop {
+                        match subscription.announcements.try_recv() {
+                            Ok(frame) => state.push_announcement(&frame),
+                            Err(TryRecvError::Lagged(missed)) => state.skip_announcements(missed),
+                            Err(TryRecvError::Empty | TryRecvError::Closed) => break,
+                        }
+                    }
+                    if let Some(published) = published.as_ref() {
+                        state.snapshot = Some(local_snapshot(published));
+                    }
+                });
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::live::{Announcement, Level};
+
+    fn announcement(id: i64) -> Announcement {
+        Announcement {
+            id,
+            message: format!("note {id}"),
+            level: Level::Info,
+            created_at: "2026-12-02T00:00:00.000Z".into(),
+            author: "ops".into(),
+        }
+    }
+
+    async fn settle() {
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+    }
+
+    #[tokio::test]
+    async fn relays_announcements_in_order_then_the_snapshot_and_wakes_its_waiters() {
+        let local = tokio::task::LocalSet::new();
+        local
+            .run_until(async {
+                let hub = Hub::new(0);
+                let feed = WorkerFeed::new(hub.clone());
+                let start = feed.follow();
+                assert_eq!(start, 0);
+                assert!(feed.snapshot_after(0).is_none());
+
+                let woken = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+                let waker = counting_waker(woken.clone());
+                let mut listed = None;
+                feed.wake_on_change(&waker, &mut listed);
+                feed.wake_on_change(&waker, &mut listed);
+
+                hub.deliver_for_test(announcement(1));
+                assert!(hub.publish(crate::live::tests::frame(5)));
+                settle().await;
+                assert_eq!(
+                    woken.load(std::sync::atomic::Ordering::SeqCst),
+                    1,
+                    "listed once"
+                );
+                let (id, sse) = feed.announcement(start).expect("held").expect("relayed");
+                assert_eq!(id, 1);
+                assert!(sse.starts_with(b"id: 1-"));
+                let snapshot = feed.snapshot_after(0).expect("relayed");
+                assert!(snapshot.sse.starts_with(b"id: 1-5\n"));
+                assert!(feed.snapshot_after(snapshot.index).is_none());
+
+                hub.close();
+                settle().await;
+                assert!(feed.closing());
+            })
+            .await;
+    }
+
+    #[tokio::test]
+    async fn a_position_older_than_the_ring_is_lagged() {
+        let local = tokio::task::LocalSet::new();
+        local
+            .run_until(async {
+                let hub = Hub::new(0);
+                let feed = WorkerFeed::new(hub.clone());
+                let start = feed.follow();
+                for id in 1..=(ANNOUNCEMENT_RING as i64 + 3) {
+                    hub.deliver_for_test(announcement(id));
+                    settle().await;
+                }
+                assert_eq!(feed.announcement(start), Err(Lagged));
+                let newest = start + ANNOUNCEMENT_RING as u64 + 2;
+                let (id, _) = feed.announcement(newest).expect("held").expect("relayed");
+                assert_eq!(id, ANNOUNCEMENT_RING as i64 + 3);
+                assert_eq!(feed.announcement(newest + 1), Ok(None));
+            })
+            .await;
+    }
+
+    fn counting_waker(count: Arc<std::sync::atomic::AtomicUsize>) -> Waker {
+        struct Count(Arc<std::sync::atomic::AtomicUsize>);
+        impl std::task::Wake for Count {
+            fn wake(self: Arc<Self>) {
+                self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            }
+        }
+        Waker::from(Arc::new(Count(count)))
+    }
+}
