@@ -31,7 +31,6 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
-use std::time::Duration;
 use tokio::time::{Instant, Sleep};
 
 /// Reconnection delay suggested to EventSource clients.
@@ -114,13 +113,12 @@ pub async fn stream(
         stream: StreamState {
             feed,
             position,
-            listed: None,
+            listed: 0,
             opening: Some(opening.freeze()),
             last_announcement,
             last_index,
-            heartbeat: state.live.heartbeat,
             last_write: now,
-            stall_timeout: state.live.stall_timeout,
+            state: state.clone(),
             guard,
             _slot: slot,
         },
@@ -146,15 +144,17 @@ struct StreamState {
     feed: WorkerFeed,
     /// The next announcement to write, as a position in the feed's ring.
     position: u64,
-    /// The feed version this stream was last listed to be woken at.
-    listed: Option<u64>,
+    /// The feed version this stream was last listed to be woken at (0: never; versions
+    /// start at 1).
+    listed: u64,
     /// `retry:`, the replayed announcements and the current snapshot, written first, at once.
     opening: Option<Bytes>,
     last_announcement: i64,
     last_index: u64,
-    heartbeat: Duration,
     last_write: Instant,
-    stall_timeout: Duration,
+    /// `PULSEBOARD_HEARTBEAT_SECS` and the stall timeout (`state.live`), shared by every
+    /// stream: two durations less per connection.
+    state: web::Data<AppState>,
     guard: ConnectionGuard,
     /// This user's share of `PULSEBOARD_MAX_STREAMS_PER_USER`, held while the stream lives.
     _slot: StreamSlot,
@@ -167,7 +167,7 @@ impl Drop for StreamState {
         let hub = self.feed.hub();
         let behind = hub.last_announcement() > self.last_announcement
             || hub.latest().is_some_and(|p| p.index > self.last_index);
-        if behind && self.last_write.elapsed() >= self.stall_timeout / 2 {
+        if behind && self.last_write.elapsed() >= self.state.live.stall_timeout / 2 {
             self.guard.set_reason("slow_client");
         }
     }
@@ -247,11 +247,12 @@ impl StreamState {
     /// moved to a heartbeat after the last write and left registered.
     fn heartbeat_due(&mut self, mut quiet: Pin<&mut Sleep>, cx: &mut Context<'_>) -> Option<Bytes> {
         while quiet.as_mut().poll(cx).is_ready() {
-            let due = self.last_write + self.heartbeat;
+            let heartbeat = self.state.live.heartbeat;
+            let due = self.last_write + heartbeat;
             let now = Instant::now();
             if now >= due {
                 self.guard.count_sent(Sent::Heartbeat);
-                quiet.as_mut().reset(now + self.heartbeat);
+                quiet.as_mut().reset(now + heartbeat);
                 return Some(self.wrote(Bytes::from_static(b": heartbeat\n\n")));
             }
             quiet.as_mut().reset(due);

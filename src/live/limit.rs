@@ -22,8 +22,9 @@ pub struct StreamLimiter {
 /// One live connection of one user; dropping it frees the slot.
 #[must_use = "the slot is freed as soon as it is dropped"]
 pub struct StreamSlot {
-    /// `None` when there is no cap: nothing to count, nothing to give back.
-    held: Option<(Held, String)>,
+    /// `None` when there is no cap: nothing to count, nothing to give back. Boxed, so that
+    /// the usual unlimited slot, kept for a stream's life, is one pointer.
+    held: Option<Box<(Held, String)>>,
 }
 
 impl StreamLimiter {
@@ -51,7 +52,7 @@ impl StreamLimiter {
         }
         *count += 1;
         Some(StreamSlot {
-            held: Some((self.held.clone(), user.to_owned())),
+            held: Some(Box::new((self.held.clone(), user.to_owned()))),
         })
     }
 
@@ -70,9 +71,10 @@ fn lock(held: &Mutex<HashMap<String, usize>>) -> std::sync::MutexGuard<'_, HashM
 
 impl Drop for StreamSlot {
     fn drop(&mut self) {
-        let Some((held, user)) = self.held.take() else {
+        let Some(slot) = self.held.take() else {
             return;
         };
+        let (held, user) = *slot;
         let mut held = lock(&held);
         if let Some(count) = held.get_mut(&user) {
             *count = count.saturating_sub(1);

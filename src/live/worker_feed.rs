@@ -59,7 +59,8 @@ struct State {
     /// Position of `announcements[0]` among every announcement this feed has relayed.
     first: u64,
     closing: bool,
-    /// Bumped on every change; a waiting stream is listed in `waiters` once per version.
+    /// Bumped on every change, from 1; a waiting stream is listed in `waiters` once per
+    /// version.
     version: u64,
     waiters: Vec<Waker>,
 }
@@ -75,7 +76,7 @@ impl WorkerFeed {
                     announcements: VecDeque::new(),
                     first: 0,
                     closing: false,
-                    version: 0,
+                    version: 1,
                     waiters: Vec::new(),
                 }),
             }),
@@ -127,11 +128,11 @@ impl WorkerFeed {
 
     /// Wakes `waker` at the next change. `listed` is the caller's memory of the version it was
     /// last listed at, so that a stream polled again before a change is not listed twice.
-    pub fn wake_on_change(&self, waker: &Waker, listed: &mut Option<u64>) {
+    pub fn wake_on_change(&self, waker: &Waker, listed: &mut u64) {
         let mut state = self.inner.state.borrow_mut();
-        if *listed != Some(state.version) {
+        if *listed != state.version {
             state.waiters.push(waker.clone());
-            *listed = Some(state.version);
+            *listed = state.version;
         }
     }
 
@@ -261,7 +262,7 @@ mod tests {
 
                 let woken = Arc::new(std::sync::atomic::AtomicUsize::new(0));
                 let waker = counting_waker(woken.clone());
-                let mut listed = None;
+                let mut listed = 0;
                 feed.wake_on_change(&waker, &mut listed);
                 feed.wake_on_change(&waker, &mut listed);
 
