@@ -363,7 +363,7 @@ fn serve(
     let address = listener
         .local_addr()
         .context("PULSEBOARD_BIND: no local address")?;
-    let stall_timeout = live.stall_timeout;
+    abort_stalled_readers(&listener, live.stall_timeout);
     let server = HttpServer::new(move || {
         App::new()
             .app_data(state.clone())
@@ -382,7 +382,6 @@ fn serve(
             .wrap(middleware::from_fn(http::observe_request))
             .configure(http::configure)
     })
-    .on_connect(move |connection, _| abort_stalled_readers(connection, stall_timeout))
     // Events are small and must leave at once; Nagle would hold one back behind an ACK.
     .tcp_nodelay(true)
     .disable_signals()
@@ -507,22 +506,16 @@ const SEND_BUFFER_BYTES: usize = 64 * 1024;
 
 /// A client that stops reading leaves our data unacknowledged in a zero window; with
 /// `TCP_USER_TIMEOUT` the kernel aborts such a connection after `timeout` (Linux applies it to
-/// zero-window probes), which ends its stream and frees everything it held.
-fn abort_stalled_readers(connection: &dyn std::any::Any, timeout: Duration) {
-    type Tcp = actix_web::rt::net::TcpStream;
-    let stream = connection.downcast_ref::<Tcp>().or_else(|| {
-        connection
-            .downcast_ref::<actix_tls::accept::rustls_0_23::TlsStream<Tcp>>()
-            .map(|tls| tls.get_ref().0)
-    });
-    if let Some(stream) = stream {
-        let socket = socket2::SockRef::from(stream);
-        if let Err(error) = socket
-            .set_tcp_user_timeout(Some(timeout))
-            .and_then(|()| socket.set_send_buffer_size(SEND_BUFFER_BYTES))
-        {
-            tracing::debug!(%error, "could not bound the connection's socket");
-        }
+/// zero-window probes), which ends its stream and frees everything it held. Set on the listening
+/// socket, which every accepted connection inherits it from (with the send buffer): nothing
+/// to do, and nothing to keep, per connection.
+fn abort_stalled_readers(listener: &TcpListener, timeout: Duration) {
+    let socket = socket2::SockRef::from(listener);
+    if let Err(error) = socket
+        .set_tcp_user_timeout(Some(timeout))
+        .and_then(|()| socket.set_send_buffer_size(SEND_BUFFER_BYTES))
+    {
+        tracing::warn!(%error, "could not bound the connections' send buffers and stall time");
     }
 }
 
