@@ -21,7 +21,7 @@ use crate::clock::now_ms;
 use crate::live::connection::{ConnectionGuard, Sent, Transport};
 use crate::live::hub::{sse_event, AnnouncementFrame, EventId, REPLAY_WINDOW_MS};
 use crate::live::limit::StreamSlot;
-use crate::live::worker_feed::{Lagged, WorkerFeed};
+use crate::live::worker_feed::{Lagged, Listing, WorkerFeed};
 use actix_web::http::header;
 use actix_web::{web, HttpRequest, HttpResponse};
 use bytes::{Bytes, BytesMut};
@@ -113,7 +113,7 @@ pub async fn stream(
         stream: StreamState {
             feed,
             position,
-            listed: 0,
+            listing: Listing::default(),
             opening: Some(opening.freeze()),
             last_announcement,
             last_index,
@@ -144,9 +144,8 @@ struct StreamState {
     feed: WorkerFeed,
     /// The next announcement to write, as a position in the feed's ring.
     position: u64,
-    /// The feed version this stream was last listed to be woken at (0: never; versions
-    /// start at 1).
-    listed: u64,
+    /// Where the feed lists this stream to be woken.
+    listing: Listing,
     /// `retry:`, the replayed announcements and the current snapshot, written first, at once.
     opening: Option<Bytes>,
     last_announcement: i64,
@@ -162,6 +161,7 @@ struct StreamState {
 
 impl Drop for StreamState {
     fn drop(&mut self) {
+        self.feed.forget(&self.listing);
         // The kernel aborts a reader that stopped reading; from here that looks like a close,
         // except that we had something to send and could not for a long while.
         let hub = self.feed.hub();
@@ -218,7 +218,7 @@ impl Stream for SseBody {
         if let Some(heartbeat) = stream.heartbeat_due(this.quiet, cx) {
             return Poll::Ready(Some(Ok(heartbeat)));
         }
-        stream.feed.wake_on_change(cx.waker(), &mut stream.listed);
+        stream.feed.wake_on_change(cx.waker(), &mut stream.listing);
         Poll::Pending
     }
 }

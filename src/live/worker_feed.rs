@@ -35,6 +35,14 @@ pub struct LocalSnapshot {
     pub sse: Bytes,
 }
 
+/// Where a stream is listed to be woken: the feed's version then, and its place in the list.
+/// The default is "never listed" (versions start at 1).
+#[derive(Debug, Default)]
+pub struct Listing {
+    version: u64,
+    index: usize,
+}
+
 /// A stream asked for an announcement the ring no longer holds.
 #[derive(Debug, PartialEq, Eq)]
 pub struct Lagged;
@@ -62,7 +70,9 @@ struct State {
     /// Bumped on every change, from 1; a waiting stream is listed in `waiters` once per
     /// version.
     version: u64,
-    waiters: Vec<Waker>,
+    /// Emptied at each change. A stream that ends takes its waker out (`None`): a waker keeps
+    /// its connection's task allocated, and a quiet hub may not change for hours.
+    waiters: Vec<Option<Waker>>,
 }
 
 impl WorkerFeed {
@@ -126,13 +136,29 @@ impl WorkerFeed {
         self.inner.state.borrow().closing
     }
 
-    /// Wakes `waker` at the next change. `listed` is the caller's memory of the version it was
-    /// last listed at, so that a stream polled again before a change is not listed twice.
-    pub fn wake_on_change(&self, waker: &Waker, listed: &mut u64) {
+    /// Wakes `waker` at the next change. `listing` is the caller's memory of where it was
+    /// last listed, so that a stream polled again before a change is not listed twice.
+    pub fn wake_on_change(&self, waker: &Waker, listing: &mut Listing) {
         let mut state = self.inner.state.borrow_mut();
-        if *listed != state.version {
-            state.waiters.push(waker.clone());
-            *listed = state.version;
+        if listing.version != state.version {
+            listing.version = state.version;
+            listing.index = state.waiters.len();
+            state.waiters.push(Some(waker.clone()));
+        } else if let Some(Some(listed)) = state.waiters.get_mut(listing.index) {
+            // Polled again before a change: keep the waker of the latest poll, as a stream must.
+            if !listed.will_wake(waker) {
+                *listed = waker.clone();
+            }
+        }
+    }
+
+    /// Takes a stream that ends off the list of waiters.
+    pub fn forget(&self, listing: &Listing) {
+        let mut state = self.inner.state.borrow_mut();
+        if listing.version == state.version {
+            if let Some(waiter) = state.waiters.get_mut(listing.index) {
+                *waiter = None;
+            }
         }
     }
 
@@ -144,7 +170,7 @@ impl WorkerFeed {
             std::mem::take(&mut state.waiters)
         };
         // Same thread: each wake-up queues a stream on this worker, nothing more.
-        for waker in waiters {
+        for waker in waiters.into_iter().flatten() {
             waker.wake();
         }
     }
@@ -232,6 +258,8 @@ async fn follow(
 mod tests {
     use super::*;
     use crate::live::{Announcement, Level};
+    use std::future::Future;
+    use std::sync::atomic::{AtomicUsize, Ordering};
 
     fn announcement(id: i64) -> Announcement {
         Announcement {
@@ -243,79 +271,106 @@ mod tests {
         }
     }
 
+    /// Runs `test` as an HTTP worker runs its streams: on one thread, inside a `LocalSet`.
+    async fn on_a_worker<F: Future<Output = ()>>(test: impl FnOnce(Hub, WorkerFeed) -> F) {
+        let local = tokio::task::LocalSet::new();
+        let hub = Hub::new(0);
+        let feed = WorkerFeed::new(hub.clone());
+        local.run_until(test(hub, feed)).await;
+    }
+
+    /// Lets the follower task catch up.
     async fn settle() {
         for _ in 0..10 {
             tokio::task::yield_now().await;
         }
     }
 
+    struct Count(AtomicUsize);
+
+    impl std::task::Wake for Count {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    fn counting_waker() -> (Arc<Count>, Waker) {
+        let count = Arc::new(Count(AtomicUsize::new(0)));
+        (count.clone(), Waker::from(count))
+    }
+
     #[tokio::test]
-    async fn relays_announcements_in_order_then_the_snapshot_and_wakes_its_waiters() {
-        let local = tokio::task::LocalSet::new();
-        local
-            .run_until(async {
-                let hub = Hub::new(0);
-                let feed = WorkerFeed::new(hub.clone());
-                let start = feed.follow();
-                assert_eq!(start, 0);
-                assert!(feed.snapshot_after(0).is_none());
+    async fn relays_announcements_in_order_then_the_snapshot_and_wakes_its_waiters_once() {
+        on_a_worker(|hub, feed| async move {
+            let start = feed.follow();
+            assert_eq!(start, 0);
+            assert!(feed.snapshot_after(0).is_none());
+            let (woken, waker) = counting_waker();
+            let mut listing = Listing::default();
+            feed.wake_on_change(&waker, &mut listing);
+            feed.wake_on_change(&waker, &mut listing);
 
-                let woken = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-                let waker = counting_waker(woken.clone());
-                let mut listed = 0;
-                feed.wake_on_change(&waker, &mut listed);
-                feed.wake_on_change(&waker, &mut listed);
+            hub.deliver_for_test(announcement(1));
+            assert!(hub.publish(crate::live::tests::frame(5)));
+            settle().await;
+            assert_eq!(woken.0.load(Ordering::SeqCst), 1, "listed once");
+            let (id, sse) = feed.announcement(start).expect("held").expect("relayed");
+            assert_eq!(id, 1);
+            assert!(sse.starts_with(b"id: 1-"));
+            let snapshot = feed.snapshot_after(0).expect("relayed");
+            assert!(snapshot.sse.starts_with(b"id: 1-5\n"));
+            assert!(feed.snapshot_after(snapshot.index).is_none());
 
-                hub.deliver_for_test(announcement(1));
-                assert!(hub.publish(crate::live::tests::frame(5)));
-                settle().await;
-                assert_eq!(
-                    woken.load(std::sync::atomic::Ordering::SeqCst),
-                    1,
-                    "listed once"
-                );
-                let (id, sse) = feed.announcement(start).expect("held").expect("relayed");
-                assert_eq!(id, 1);
-                assert!(sse.starts_with(b"id: 1-"));
-                let snapshot = feed.snapshot_after(0).expect("relayed");
-                assert!(snapshot.sse.starts_with(b"id: 1-5\n"));
-                assert!(feed.snapshot_after(snapshot.index).is_none());
+            hub.close();
+            settle().await;
+            assert!(feed.closing());
+        })
+        .await;
+    }
 
-                hub.close();
-                settle().await;
-                assert!(feed.closing());
-            })
-            .await;
+    #[tokio::test]
+    async fn a_stream_that_ends_is_taken_off_the_list_and_its_waker_released() {
+        on_a_worker(|hub, feed| async move {
+            feed.follow();
+            let (gone, gone_waker) = counting_waker();
+            let (staying, staying_waker) = counting_waker();
+            let mut gone_listing = Listing::default();
+            feed.wake_on_change(&gone_waker, &mut gone_listing);
+            feed.wake_on_change(&staying_waker, &mut Listing::default());
+            drop(gone_waker);
+            assert_eq!(Arc::strong_count(&gone), 2, "the feed holds a copy");
+            feed.forget(&gone_listing);
+            assert_eq!(Arc::strong_count(&gone), 1, "released at once");
+
+            assert!(hub.publish(crate::live::tests::frame(1)));
+            settle().await;
+            assert_eq!(gone.0.load(Ordering::SeqCst), 0);
+            assert_eq!(staying.0.load(Ordering::SeqCst), 1);
+            // A listing from before the change forgets nothing of the new list.
+            let mut listing = Listing::default();
+            feed.wake_on_change(&staying_waker, &mut listing);
+            feed.forget(&gone_listing);
+            assert!(hub.publish(crate::live::tests::frame(2)));
+            settle().await;
+            assert_eq!(staying.0.load(Ordering::SeqCst), 2);
+        })
+        .await;
     }
 
     #[tokio::test]
     async fn a_position_older_than_the_ring_is_lagged() {
-        let local = tokio::task::LocalSet::new();
-        local
-            .run_until(async {
-                let hub = Hub::new(0);
-                let feed = WorkerFeed::new(hub.clone());
-                let start = feed.follow();
-                for id in 1..=(ANNOUNCEMENT_RING as i64 + 3) {
-                    hub.deliver_for_test(announcement(id));
-                    settle().await;
-                }
-                assert_eq!(feed.announcement(start), Err(Lagged));
-                let newest = start + ANNOUNCEMENT_RING as u64 + 2;
-                let (id, _) = feed.announcement(newest).expect("held").expect("relayed");
-                assert_eq!(id, ANNOUNCEMENT_RING as i64 + 3);
-                assert_eq!(feed.announcement(newest + 1), Ok(None));
-            })
-            .await;
-    }
-
-    fn counting_waker(count: Arc<std::sync::atomic::AtomicUsize>) -> Waker {
-        struct Count(Arc<std::sync::atomic::AtomicUsize>);
-        impl std::task::Wake for Count {
-            fn wake(self: Arc<Self>) {
-                self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        on_a_worker(|hub, feed| async move {
+            let start = feed.follow();
+            for id in 1..=(ANNOUNCEMENT_RING as i64 + 3) {
+                hub.deliver_for_test(announcement(id));
+                settle().await;
             }
-        }
-        Waker::from(Arc::new(Count(count)))
+            assert_eq!(feed.announcement(start), Err(Lagged));
+            let newest = start + ANNOUNCEMENT_RING as u64 + 2;
+            let (id, _) = feed.announcement(newest).expect("held").expect("relayed");
+            assert_eq!(id, ANNOUNCEMENT_RING as i64 + 3);
+            assert_eq!(feed.announcement(newest + 1), Ok(None));
+        })
+        .await;
     }
 }
