@@ -25,7 +25,8 @@
 //!    commit one at a time in delivery order, the batches number the orders. Only orders published in the last 15 s of the load count
 //!    (the first 5 s are warm-up); snapshots received in that window are counted too;
 //! 5. samples CPU (service, baseline process, this process split into client threads and the
-//!    rest, RabbitMQ, the whole machine) over the same window, reads the service's slow-client
+//!    rest, RabbitMQ, the whole machine) over the same window (and divides the snapshots the
+//!    clients received by it: deliveries per CPU-second), reads the service's slow-client
 //!    counters and its own latency histogram, checks every client saw the final total, stops
 //!    the service with SIGTERM (clients still connected) and deletes everything it created;
 //! 6. the baseline (unless `BENCH_BARE=0`): the same case again with a fresh service, but the
