@@ -238,8 +238,8 @@ impl Connection {
         let envelope = match envelope {
             Ok(envelope) => envelope,
             Err(refusal) => {
-                count(&self.state, "invalid", refusal.code.as_str(), started);
-                self.refuse(refusal.id.as_deref(), refusal.code, &refusal.message);
+                let id = refusal.id.as_deref();
+                self.refuse_counted("invalid", id, refusal.code, &refusal.message, started);
                 return;
             }
         };
@@ -271,9 +271,9 @@ impl Connection {
         let command = match parsed {
             Ok(command) => command,
             Err(ParseError::Unknown(name)) => {
-                count(&self.state, "unknown", "unknown_command", started);
                 let message = ParseError::Unknown(name).to_string();
-                self.refuse(Some(&envelope.id), ErrorCode::UnknownCommand, &message);
+                let id = Some(envelope.id.as_str());
+                self.refuse_counted("unknown", id, ErrorCode::UnknownCommand, &message, started);
                 return;
             }
             Err(error @ ParseError::InvalidPayload { .. }) => {
@@ -318,11 +318,24 @@ impl Connection {
         payload: Value,
         started: Instant,
     ) {
+        let span = self.command_span(command.name());
+        span.record("outcome", "ok");
+        tracing::debug!(parent: &span, "command answered");
         count(&self.state, command.name(), "ok", started);
         let _ = self
             .outbox
             .frames
             .try_send(protocol::reply(&envelope.id, payload));
+    }
+
+    /// The span of one command (`docs/operations.md`, Logs); `outcome` is recorded at the end.
+    fn command_span(&self, name: &str) -> tracing::Span {
+        tracing::info_span!(
+            "console_command",
+            command = name,
+            user = %self.user,
+            outcome = tracing::field::Empty
+        )
     }
 
     /// Runs a command in a task of its own, if this connection has room for one more.
@@ -376,8 +389,24 @@ impl Connection {
             return;
         }
         let label = definition.map_or("unknown", |d| d.name);
-        count(&self.state, label, ErrorCode::RateLimited.as_str(), started);
-        self.refuse(id, ErrorCode::RateLimited, message);
+        self.refuse_counted(label, id, ErrorCode::RateLimited, message, started);
+    }
+
+    /// Refuses a frame on the spot, in its command's span (`unknown` or `invalid` when it names
+    /// none), and counts it with the error code as its outcome.
+    fn refuse_counted(
+        &self,
+        label: &str,
+        id: Option<&str>,
+        code: ErrorCode,
+        message: &str,
+        started: Instant,
+    ) {
+        let span = self.command_span(label);
+        span.record("outcome", code.as_str());
+        tracing::debug!(parent: &span, reason = message, "command refused");
+        count(&self.state, label, code.as_str(), started);
+        self.refuse(id, code, message);
     }
 
     /// A command to finish apart from the session, and the span it runs in.
@@ -387,12 +416,7 @@ impl Connection {
         name: &'static str,
         started: Instant,
     ) -> (Job, tracing::Span) {
-        let span = tracing::info_span!(
-            "console_command",
-            command = name,
-            user = %self.user,
-            outcome = tracing::field::Empty
-        );
+        let span = self.command_span(name);
         let job = Job {
             state: self.state.clone(),
             user: self.user.clone(),

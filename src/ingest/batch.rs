@@ -18,6 +18,9 @@ pub(super) struct Batch {
     pub(super) confirms: Vec<PublisherConfirm>,
     /// Messages of every kind (events, duplicates, malformed) and the newest delivery tag.
     pub(super) messages: usize,
+    /// Of them: repeats of an id already in this batch, and malformed ones (dead-lettered).
+    pub(super) repeats: usize,
+    pub(super) rejected: usize,
     pub(super) last_tag: Option<u64>,
     /// The broker link the messages came from (`Feed::link_generation`).
     pub(super) link: u64,
@@ -35,6 +38,8 @@ impl Batch {
             ids: HashSet::with_capacity(capacity),
             confirms: Vec::new(),
             messages: 0,
+            repeats: 0,
+            rejected: 0,
             last_tag: None,
             link: 0,
             deadline: None,

@@ -270,8 +270,12 @@ impl<'a> Leader<'a> {
                 self.gathering.events.push(event);
                 self.gathering.arrivals.push(message.arrived_at);
             }
-            Admission::RepeatInBatch(kind) => metrics.count_event(kind, "duplicate"),
+            Admission::RepeatInBatch(kind) => {
+                self.gathering.repeats += 1;
+                metrics.count_event(kind, "duplicate");
+            }
             Admission::Refused(kind, rejection) => {
+                self.gathering.rejected += 1;
                 metrics.count_event(kind, "rejected");
                 tracing::warn!(reason = %rejection, routing_key = %message.routing_key,
                     "dead-lettering a malformed event");
@@ -347,21 +351,26 @@ impl<'a> Leader<'a> {
             &mut self.gathering,
             Batch::with_capacity(self.context.settings.max_batch),
         );
+        batch.span = tracing::info_span!(
+            "batch",
+            messages = batch.messages,
+            events = batch.events.len(),
+            rejected = batch.rejected,
+            new = tracing::field::Empty,
+            ignored = tracing::field::Empty,
+            duplicates = tracing::field::Empty,
+            commit_ms = tracing::field::Empty,
+        );
         if batch.events.is_empty() {
             self.acknowledge_committed(&mut batch, feed).await;
+            batch.span.record("new", 0);
+            batch.span.record("duplicates", batch.repeats);
+            tracing::debug!(parent: &batch.span, "batch acknowledged: nothing to commit");
             return;
         }
         let store = self.context.store.clone();
         let lease = self.lease.clone();
         let timezone = self.context.settings.aggregate.timezone;
-        batch.span = tracing::info_span!(
-            "batch",
-            messages = batch.messages,
-            events = batch.events.len(),
-            new = tracing::field::Empty,
-            duplicates = tracing::field::Empty,
-            commit_ms = tracing::field::Empty,
-        );
         let span = batch.span.clone();
         self.committing = Some(tokio::spawn(
             async move {
@@ -411,8 +420,14 @@ impl<'a> Leader<'a> {
         self.apply_committed(&batch.events, &batch.arrivals, &applied.fresh);
         self.aggregator.release(&batch.events);
         let new = applied.fresh.iter().filter(|f| **f).count();
+        let ignored = (batch.events.iter().zip(&applied.fresh))
+            .filter(|(event, fresh)| **fresh && matches!(event.kind, EventKind::Other))
+            .count();
         batch.span.record("new", new);
-        batch.span.record("duplicates", applied.fresh.len() - new);
+        batch.span.record("ignored", ignored);
+        batch
+            .span
+            .record("duplicates", applied.fresh.len() - new + batch.repeats);
         tracing::debug!(parent: &batch.span, "batch applied");
         Ok(())
     }

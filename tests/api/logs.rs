@@ -243,3 +243,111 @@ async fn a_request_id_is_echoed_and_carried_by_the_requests_log_lines() {
         assert!(!echoed.is_empty());
     }
 }
+
+/// Issue 20, tracing: an ingest batch and console commands (run apart, answered on the spot,
+/// refused) each log in a span of their own, with its fields, in JSON.
+#[tokio::test]
+async fn ingest_batches_and_console_commands_log_in_spans_of_their_own() {
+    let database = TestDatabase::new(Backend::Sqlite).await;
+    let names = Names::new();
+    let broker = Broker::connect(&names).await;
+    let mut config = ServiceConfig::new(&database, &names, "logs-spans");
+    config.env.extend(
+        [
+            ("PULSEBOARD_LOG_FORMAT", "json"),
+            ("RUST_LOG", "info,pulseboard=debug"),
+        ]
+        .map(|(k, v)| (k.to_owned(), v.to_owned())),
+    );
+    let service = Service::start(&config).await;
+    service
+        .wait_for_snapshot(Duration::from_secs(15), |s| {
+            s["ingest"]["state"] == "running"
+        })
+        .await;
+    let order = |id: &str| {
+        (
+            "order.placed".to_owned(),
+            event(id, "order.placed", 1, "u1", Some(100)),
+        )
+    };
+    broker
+        .publish_all(&[
+            order("span-1"),
+            order("span-2"),
+            order("span-1"),
+            ("order.placed".to_owned(), b"{not json".to_vec()),
+        ])
+        .await;
+    let mut console = crate::console::Console::open(&service, service.token()).await;
+    console.ok("ping", serde_json::json!({})).await;
+    console.ok("status", serde_json::json!({})).await;
+    console.refused("no.such", serde_json::json!({})).await;
+    wait_for_log(&service, &["command answered", "command refused"]).await;
+    // The four messages may come in one batch or several; each batch logs one line at its end.
+    let ended = ["batch applied", "batch acknowledged: nothing to commit"];
+    let started = Instant::now();
+    let (objects, batches) = loop {
+        let objects: Vec<Value> = service
+            .log_text()
+            .lines()
+            .filter_map(|line| serde_json::from_str(line).ok())
+            .collect();
+        let batches: Vec<Value> = objects
+            .iter()
+            .filter(|o| ended.iter().any(|m| o["message"] == *m))
+            .cloned()
+            .collect();
+        let messages: u64 = batches
+            .iter()
+            .filter_map(|o| o["span"]["messages"].as_u64())
+            .sum();
+        if messages >= 4 {
+            break (objects, batches);
+        }
+        assert!(started.elapsed() < LOGGED_LIMIT, "{batches:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let total = |field: &str| -> u64 {
+        batches
+            .iter()
+            .map(|o| {
+                o["span"][field]
+                    .as_u64()
+                    .unwrap_or_else(|| panic!("{field}: {o}"))
+            })
+            .sum()
+    };
+    let applied: Vec<&Value> = batches
+        .iter()
+        .filter(|o| o["message"] == "batch applied")
+        .collect();
+    assert!(
+        batches.iter().all(|o| o["span"]["name"] == "batch"),
+        "{batches:?}"
+    );
+    assert!(
+        applied.iter().all(|o| o["span"]["commit_ms"].is_number()),
+        "{applied:?}"
+    );
+    // One batch within the linger, or several if the broker handed them over apart.
+    assert_eq!(total("messages"), 4, "{batches:?}");
+    assert_eq!(total("new"), 2, "{batches:?}");
+    assert_eq!(total("duplicates"), 1, "{batches:?}");
+    assert_eq!(total("rejected"), 1, "{batches:?}");
+
+    let command = |name: &str| {
+        objects
+            .iter()
+            .find(|o| o["span"]["name"] == "console_command" && o["span"]["command"] == name)
+            .unwrap_or_else(|| panic!("no line in the span of {name}: {objects:?}"))
+    };
+    let ping = command("ping");
+    assert_eq!(ping["message"], "command answered", "{ping}");
+    assert_eq!(ping["span"]["outcome"], "ok", "{ping}");
+    assert_eq!(ping["span"]["user"], "admin", "{ping}");
+    assert_eq!(command("status")["span"]["user"], "admin");
+    let unknown = command("unknown");
+    assert_eq!(unknown["message"], "command refused", "{unknown}");
+    assert_eq!(unknown["span"]["outcome"], "unknown_command", "{unknown}");
+}
