@@ -442,10 +442,43 @@ impl PrivatePostgres {
     pub fn log_tail(&self) -> String {
         tail(&self.log_file())
     }
+
+    /// SIGSTOP to the server and every backend: connections stay open and nothing answers,
+    /// like a database host that hangs.
+    pub fn freeze(&self) {
+        self.signal_all("-STOP");
+    }
+
+    /// SIGCONT after [`PrivatePostgres::freeze`].
+    pub fn thaw(&self) {
+        self.signal_all("-CONT");
+    }
+
+    fn signal_all(&self, signal: &str) {
+        let Ok(pid_file) = std::fs::read_to_string(self.data_dir().join("postmaster.pid")) else {
+            return;
+        };
+        let Some(postmaster) = pid_file.lines().next().map(str::trim) else {
+            return;
+        };
+        let children = std::process::Command::new("pgrep")
+            .args(["-P", postmaster])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default();
+        let mut pids: Vec<&str> = children.split_whitespace().collect();
+        pids.push(postmaster);
+        let _ = std::process::Command::new("kill")
+            .arg(signal)
+            .args(&pids)
+            .status();
+    }
 }
 
 impl Drop for PrivatePostgres {
     fn drop(&mut self) {
+        // A frozen server would not stop.
+        self.thaw();
         let pg_ctl = self.bin.join("pg_ctl").display().to_string();
         let data = self.data_dir().display().to_string();
         let stop = [pg_ctl.as_str(), "-D", &data, "-m", "fast", "-w", "stop"];
