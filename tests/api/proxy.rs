@@ -39,12 +39,13 @@ const MAX_SILENCE: Duration = Duration::from_secs(4);
 /// test would not notice fails here.
 pub fn local_proxy_config(source: &str, upstreams: [u16; 2], listen: u16) -> String {
     let swaps = [
+        // Addresses need no resolving (and Debian's nginx predates `resolve` outside nginx Plus).
         (
-            "server web-1:8080 ",
+            "server web-1:8080 resolve ",
             format!("server 127.0.0.1:{} ", upstreams[0]),
         ),
         (
-            "server web-2:8080 ",
+            "server web-2:8080 resolve ",
             format!("server 127.0.0.1:{} ", upstreams[1]),
         ),
         ("listen 80;", format!("listen 127.0.0.1:{listen};")),
@@ -797,11 +798,10 @@ async fn clients_through_nginx_stay_served_while_an_instance_is_terminated_and_k
     assert_applied_exactly(&stack, &tally).await;
     assert!(announced.len() > 10, "announcements posted: {announced:?}");
     for (n, stream) in streams.iter().enumerate() {
-        let mut sorted = stream.announcements.clone();
-        sorted.dedup();
-        assert_eq!(
-            sorted, stream.announcements,
-            "stream {n}: repeated or out of order"
+        assert!(
+            stream.announcements.windows(2).all(|w| w[0] < w[1]),
+            "stream {n}: repeated or out of order: {:?}",
+            stream.announcements
         );
         let baseline = stream.baseline.expect("a first snapshot");
         let missed: Vec<_> = announced
