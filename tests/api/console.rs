@@ -231,6 +231,10 @@ async fn every_command_answers_and_every_refusal_has_its_code() {
     // Audited before the reply, and pushed to subscribers.
     let pushed = console.push("audit", |a| a["command"] == "announce").await;
     assert_eq!(pushed["payload"]["outcome"], "ok");
+    let unsubscribed = console
+        .ok("unsubscribe", json!({"topics": ["snapshots", "audit"]}))
+        .await;
+    assert_eq!(unsubscribed["subscribed"], json!([]), "{unsubscribed}");
 
     // The error codes.
     console.send_text("not json").await;
