@@ -721,3 +721,122 @@ async fn two_thousand_clients_receive_the_same_snapshots_and_each_delivery_is_ti
     assert_eq!(delta("pulseboard_slow_client_coalesced_total"), 0);
     assert_eq!(delta("pulseboard_slow_client_disconnects_total"), 0);
 }
+
+/// `(seq, today's revenue)` of every snapshot event in a raw HTTP/1.1 event stream (headers and
+/// chunk-size lines included: each event is written as one chunk, so they sit between events).
+fn raw_snapshots(raw: &str) -> Seen {
+    // Complete events only: a read may end in the middle of one.
+    let complete = raw.rsplit_once("\n\n").map_or("", |(complete, _)| complete);
+    complete
+        .split("\n\n")
+        .filter(|block| block.contains("event: snapshot"))
+        .map(|block| {
+            let id = block.split("id: ").nth(1).expect("an id line");
+            let seq = id
+                .split(['-', '\n'])
+                .nth(1)
+                .expect("A-S")
+                .parse()
+                .expect("seq");
+            let revenue = block
+                .split("\"today_minor\":")
+                .nth(1)
+                .and_then(|rest| rest.split([',', '}']).next())
+                .expect("today_minor")
+                .parse()
+                .expect("revenue");
+            (seq, revenue)
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stops_reading_for_a_while_skips_to_the_newest_snapshot_and_stays() {
+    const ORDERS: usize = 600;
+    let database = TestDatabase::new(Backend::Sqlite).await;
+    let names = Names::new();
+    let broker = Broker::connect(&names).await;
+    // A snapshot every 20 ms while orders flow: far more than a stalled socket holds.
+    let service = Service::start(&config(&database, &names, "pause-1", 20, 15)).await;
+    service
+        .wait_for_snapshot(Duration::from_secs(15), |s| {
+            s["ingest"]["state"] == "running"
+        })
+        .await;
+    let address: std::net::SocketAddr = service
+        .base_url
+        .trim_start_matches("http://")
+        .parse()
+        .expect("address");
+    let socket =
+        socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
+    socket.set_recv_buffer_size(4_096).expect("rcvbuf");
+    socket.connect(&address.into()).expect("connect");
+    let mut paused: std::net::TcpStream = socket.into();
+    write!(
+        paused,
+        "GET {STREAM} HTTP/1.1\r\nHost: {address}\r\nAuthorization: Bearer {}\r\n\r\n",
+        service.token()
+    )
+    .expect("request");
+    let http = reqwest::Client::new();
+    let request = http.get(service.url(STREAM)).bearer_auth(service.token());
+    let fast = SseClient::open(request).await.expect("stream");
+    let final_revenue = ORDERS as i64 * 10;
+    let fast = tokio::spawn(read_until(fast, final_revenue, Arc::default()));
+    let before = service.metrics().await.expect("metrics");
+
+    // Orders for about 6 s; the paused client reads nothing meanwhile.
+    for n in 0..ORDERS {
+        let id = format!("pause-{n}");
+        let order = event(&id, "order.placed", 0, &format!("u{}", n % 50), Some(10));
+        broker.publish_all(&[("order.placed".into(), order)]).await;
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let fast = tokio::time::timeout(Duration::from_secs(30), fast)
+        .await
+        .expect("the fast client reaches the final revenue")
+        .expect("fast client");
+
+    // Now it reads: what its socket held, then the newest snapshot, not every one it missed.
+    paused.set_nonblocking(true).expect("nonblocking");
+    let mut paused = tokio::net::TcpStream::from_std(paused).expect("tokio stream");
+    let mut raw = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let slow = loop {
+        let mut buffer = [0u8; 16_384];
+        let left = deadline.saturating_duration_since(Instant::now());
+        let read = tokio::time::timeout(
+            left,
+            tokio::io::AsyncReadExt::read(&mut paused, &mut buffer),
+        )
+        .await
+        .expect("the paused client gets the final snapshot")
+        .expect("read");
+        assert!(read > 0, "the service closed the paused stream");
+        raw.extend_from_slice(&buffer[..read]);
+        let seen = raw_snapshots(&String::from_utf8_lossy(&raw));
+        if seen.last().is_some_and(|s| s.1 == final_revenue) {
+            break seen;
+        }
+    };
+    let after = service.metrics().await.expect("metrics");
+    let delta = |name: &str| {
+        metric_sum(&after, name, "transport=\"sse\"")
+            - metric_sum(&before, name, "transport=\"sse\"")
+    };
+    assert!(slow.windows(2).all(|w| w[0].0 < w[1].0), "{slow:?}");
+    assert_eq!(
+        slow.last().map(|s| s.0),
+        fast.last().map(|s| s.0),
+        "both end on the newest"
+    );
+    assert!(
+        slow.len() + 10 < fast.len(),
+        "the paused client got {} snapshots, the fast one {}",
+        slow.len(),
+        fast.len()
+    );
+    assert!(delta("pulseboard_slow_client_coalesced_total") > 0);
+    assert_eq!(delta("pulseboard_slow_client_disconnects_total"), 0);
+}
