@@ -77,7 +77,7 @@ const DEFAULT_QUIET_SECS: u64 = 300;
 const DEFAULT_ATTEMPTS: u64 = 5;
 /// Consecutive seconds the machine must be back near its idle floor before a case starts.
 const QUIET_SECONDS: u32 = 3;
-/// The service's default coalescing tick (SPEC §2), stated explicitly.
+/// The service's default coalescing tick (docs/api.md, Configuration), stated explicitly.
 const SNAPSHOT_INTERVAL_MS: u64 = 250;
 /// Target: p99 within one snapshot interval plus this.
 const LATENCY_SLACK_MS: u64 = 50;

@@ -35,7 +35,7 @@ pub mod aggregate;
 mod auth;
 pub mod clock;
 pub mod config;
-pub mod metrics;
+mod metrics;
 mod retry;
 mod status;
 pub mod telemetry;

@@ -1,4 +1,4 @@
-//! Identity and security (SPEC §1, §2, §5, §7 handshake): roles on every route for every kind
+//! Identity and security (docs/security.md; docs/api.md: errors, console handshake): roles on every route for every kind
 //! of credential, tokens, CSRF, sign-out, throttling, the console handshake, TLS, and logs that
 //! never carry a secret.
 

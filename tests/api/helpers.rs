@@ -133,7 +133,7 @@ impl Broker {
     }
 }
 
-/// An event body of SPEC §3.
+/// An event body (docs/events.md).
 pub fn event(id: &str, kind: &str, seconds_ago: i64, user: &str, amount: Option<i64>) -> Vec<u8> {
     let occurred_at = chrono::Utc::now() - chrono::Duration::seconds(seconds_ago);
     let mut value = serde_json::json!({

@@ -1,4 +1,4 @@
-//! Live delivery (SPEC §4–6): SSE with resume, heartbeats, slow clients, long-poll, fan-out
+//! Live delivery (docs/live.md, docs/api.md): SSE with resume, heartbeats, slow clients, long-poll, fan-out
 //! across instances, announcements, refresh and history — real sockets, real RabbitMQ.
 
 use crate::helpers::{
@@ -617,7 +617,7 @@ async fn read_until(mut client: SseClient, final_revenue: i64, opened: Arc<Atomi
 }
 
 /// Snapshots that brought a new order (today's revenue went up since the one before): the
-/// ones the delivery-latency histogram times (SPEC §8: arrival to the write of the snapshot
+/// ones the delivery-latency histogram times (docs/api.md, Metrics: arrival to the write of the snapshot
 /// that includes it).
 fn with_news(seen: &Seen) -> usize {
     seen.windows(2).filter(|w| w[1].1 > w[0].1).count()

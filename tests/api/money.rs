@@ -1,4 +1,4 @@
-//! Bounded money (SPEC §3): an amount above the ceiling, or one that a running sum has no room
+//! Bounded money (docs/events.md): an amount above the ceiling, or one that a running sum has no room
 //! for, is dead-lettered with its reason while everything else goes on; a database left with a
 //! figure that is not a whole number is refused at start with one clear line.
 
@@ -7,7 +7,7 @@ use chrono::Utc;
 use serde_json::Value;
 use std::time::Duration;
 
-/// SPEC §3's ceiling on `amount_minor`.
+/// The ceiling on `amount_minor` (docs/events.md).
 const MAX_AMOUNT: i64 = 1_000_000_000_000;
 
 fn order(id: &str, kind: &str, seconds_ago: i64, amount: i64) -> (String, Vec<u8>) {

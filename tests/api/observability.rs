@@ -1,4 +1,4 @@
-//! Observability (SPEC §8–9): the metrics, the Grafana provisioning, the Prometheus rules and the
+//! Observability (docs/api.md, Metrics; docs/operations.md, Alerting): the metrics, the Grafana provisioning, the Prometheus rules and the
 //! alert path to Telegram, checked against the real tools of this machine.
 //!
 //! - Structural checks of every file in `grafana/`, `prometheus/`, `alertmanager/`, the compose
@@ -506,7 +506,7 @@ fn every_alert_reaches_telegram_and_no_secret_is_in_the_repository() {
             count += 1;
         }
     }
-    assert!(count >= 6, "SPEC §9 names six alerts");
+    assert!(count >= 6, "docs/operations.md names six alerts");
 
     // Alertmanager: every Prometheus rule's labels match the route to the Telegram receiver.
     let alertmanager = yaml("alertmanager/alertmanager.yml");

@@ -1,4 +1,4 @@
-//! Outages while events flow (SPEC §3.2, §5): restarting RabbitMQ (`rabbitmqctl stop_app` /
+//! Outages while events flow (docs/events.md, docs/operations.md): restarting RabbitMQ (`rabbitmqctl stop_app` /
 //! `start_app`) and, separately, PostgreSQL. Throughout, the service keeps answering (`/healthz`,
 //! the last snapshot), `/readyz` says why it is not ready, and afterwards it resumes with exact
 //! totals: nothing lost, nothing counted twice.

@@ -11,7 +11,7 @@
 //! - [`cpu`]: readings of this machine: CPU time of the processes involved, the machine's
 //!   idle floor, memory, the machine's description.
 //!
-//! It is source shared by several targets (`#[path]` modules), not a crate: the SPEC keeps one
+//! It is source shared by several targets (`#[path]` modules), not a crate: the project keeps one
 //! crate. Each target uses a part of it, which is why they declare it `allow(dead_code)`.
 
 pub mod broker;

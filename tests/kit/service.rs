@@ -65,7 +65,7 @@ impl ServiceConfig {
         }
     }
 
-    /// A benchmark's service: the defaults of SPEC §2 but currency `currency` and time zone
+    /// A benchmark's service: the configuration defaults (docs/api.md) but currency `currency` and time zone
     /// UTC, text log filtered by `BENCH_SERVICE_LOG` (`warn,pulseboard=info`), the broker at
     /// `amqp_url`; not signed in at start.
     pub fn for_benchmark(
