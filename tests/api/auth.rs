@@ -617,6 +617,37 @@ async fn the_console_never_upgrades_without_credentials_the_operator_role_or_an_
     );
 }
 
+/// With `PULSEBOARD_ALLOWED_ORIGINS` set, those origins and only those may open the console:
+/// the service's own origin is then refused too (the list replaces it), with the JSON error.
+#[tokio::test]
+async fn configured_origins_replace_the_services_own() {
+    let database = TestDatabase::new(Backend::Sqlite).await;
+    let mut config = ServiceConfig::new(&database, &Names::new(), "ws-origins");
+    config.env.push((
+        "PULSEBOARD_ALLOWED_ORIGINS".into(),
+        "https://ops.example.com,https://console.example.com/".into(),
+    ));
+    let service = Service::start(&config).await;
+    let query = format!("?access_token={}", service.token());
+
+    for allowed in ["https://ops.example.com", "https://CONSOLE.example.com"] {
+        let answer = raw_upgrade(&service, &query, Some(allowed)).await;
+        assert!(answer.starts_with("HTTP/1.1 101"), "{allowed}: {answer}");
+    }
+    let own_origin = service.base_url.clone();
+    for refused in [own_origin.as_str(), "https://ops.example.com.evil", "null"] {
+        let answer = raw_upgrade(&service, &query, Some(refused)).await;
+        assert!(answer.starts_with("HTTP/1.1 403"), "{refused}: {answer}");
+        assert!(
+            answer.contains(r#""code":"forbidden""#),
+            "{refused}: {answer}"
+        );
+    }
+    // Not a browser (no `Origin`): credentials alone decide.
+    let answer = raw_upgrade(&service, &query, None).await;
+    assert!(answer.starts_with("HTTP/1.1 101"), "{answer}");
+}
+
 #[tokio::test]
 async fn https_and_wss_with_a_self_signed_certificate_and_no_plain_http() {
     let folder = tempfile::tempdir().expect("folder");

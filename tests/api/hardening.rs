@@ -279,8 +279,9 @@ async fn assert_too_many(response: reqwest::Response, what: &str) {
     assert_eq!(error["error"]["code"], "too_many_streams", "{what}");
 }
 
-/// The status line of a console WebSocket upgrade with the operator's token.
-async fn console_status(service: &Service, origin: &str, extra_headers: &str) -> String {
+/// The answer to a console WebSocket upgrade with the operator's token: head and what came
+/// with it (a refusal's JSON body).
+async fn console_answer(service: &Service, origin: &str, extra_headers: &str) -> String {
     let request = format!(
         "GET /ws/console?access_token={} HTTP/1.1\r\nHost: {}\r\nConnection: Upgrade\r\n\
          Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\n\
@@ -289,6 +290,12 @@ async fn console_status(service: &Service, origin: &str, extra_headers: &str) ->
         address(service)
     );
     let (answer, _) = raw_exchange(service, &request, Duration::from_secs(3)).await;
+    answer
+}
+
+/// The status line of [`console_answer`].
+async fn console_status(service: &Service, origin: &str, extra_headers: &str) -> String {
+    let answer = console_answer(service, origin, extra_headers).await;
     answer.lines().next().unwrap_or_default().to_owned()
 }
 
@@ -322,8 +329,12 @@ async fn one_user_holds_at_most_the_configured_live_connections_and_a_closed_one
         .expect("poll");
     assert_too_many(poll, "a long-poll").await;
     let own_origin = service.base_url.clone();
-    let console = console_status(&service, &own_origin, "").await;
+    let console = console_answer(&service, &own_origin, "").await;
     assert!(console.starts_with("HTTP/1.1 429"), "console: {console}");
+    assert!(
+        console.contains(r#""code":"too_many_streams""#),
+        "console: {console}"
+    );
 
     // Another user has slots of their own.
     let other = open_stream(&service, &viewer).await;
