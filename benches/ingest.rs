@@ -44,7 +44,7 @@ use lapin::options::{
 };
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{Channel, Connection, ExchangeKind};
-use pulseboard::ingest::decode::{decode, DecodeContext};
+use pulseboard::for_benchmarks::{decode, DecodeContext};
 use pulseboard::rabbitmq::{connect, publish_event, Topology};
 use pulseboard::simulate::{Generated, TrafficGenerator};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};

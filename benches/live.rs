@@ -21,7 +21,7 @@
 //!    50 (the distribution over orders), from the publish instant; and every order again from
 //!    its **arrival at the service**, the definition: the service logs each committed
 //!    batch with its events' first and last arrival (at debug; the line is defined and read
-//!    back by `pulseboard::ingest::batch_log`), and since every event is one order and batches
+//!    back by `src/ingest/batch_log.rs`), and since every event is one order and batches
 //!    commit one at a time in delivery order, the batches number the orders. Only orders published in the last 15 s of the load count
 //!    (the first 5 s are warm-up); snapshots received in that window are counted too;
 //! 5. samples CPU (service, baseline process, this process split into client threads and the
@@ -45,7 +45,7 @@
 
 use anyhow::{bail, ensure, Context};
 use lapin::options::ConfirmSelectOptions;
-use pulseboard::ingest::batch_log::{self, CommittedBatch};
+use pulseboard::for_benchmarks::{CommittedBatch, BATCH_LOG_TARGET};
 use pulseboard::rabbitmq::{connect, publish_event, Topology};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -381,7 +381,7 @@ async fn measure(
     for (name, value) in &mut config.env {
         if name == "RUST_LOG" {
             // Each committed batch's arrival range, for latency from arrival (`batch_log`).
-            value.push_str(&format!(",{}=debug", batch_log::TARGET));
+            value.push_str(&format!(",{}=debug", BATCH_LOG_TARGET));
         }
     }
     config.env.push((
@@ -743,7 +743,7 @@ impl Shared {
     }
 
     /// Arrival at the service of order k (1-based, on this clock; 0 if unknown), from its log of
-    /// committed batches (`pulseboard::ingest::batch_log`). Every event is an order of one minor
+    /// committed batches (`src/ingest/batch_log.rs`). Every event is an order of one minor
     /// unit and batches commit one at a time in delivery order, so the batches' event counts
     /// number the orders; within a batch, arrival times are spread evenly between its first and
     /// last arrival. Also returns how many events the lines count, which must be every order

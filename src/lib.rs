@@ -56,7 +56,7 @@ mod fanout;
 
 // What changes it: ingest (events) and announcements.
 mod announce;
-pub mod ingest;
+mod ingest;
 
 // Transports over the application state.
 mod app;
@@ -70,10 +70,13 @@ pub mod users;
 pub mod startup;
 
 /// The one door for the benchmarks, beside the public API: what their baseline (a bare
-/// `INSERT` of the same rows, `benches/support`) must share with the store to be a fair floor.
-/// Nothing here is for a caller of the service.
+/// `INSERT` of the same rows, `benches/support`) must share with the store to be a fair floor,
+/// the decoder the ingest benchmark times, and the committed-batch log line the live benchmark
+/// reads back. Nothing here is for a caller of the service.
 #[doc(hidden)]
 pub mod for_benchmarks {
+    pub use crate::ingest::batch_log::{CommittedBatch, TARGET as BATCH_LOG_TARGET};
+    pub use crate::ingest::decode::{decode, DecodeContext};
     pub use crate::store::batch::applied_event_columns;
     pub use crate::store::sqlite::PRAGMAS as SQLITE_PRAGMAS;
 }

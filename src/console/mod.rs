@@ -99,6 +99,7 @@ pub async fn run(
         in_flight: Arc::new(Semaphore::new(IN_FLIGHT)),
         rate_limit_audited: None,
         topics: Topics::default(),
+        behind: false,
     };
     let reason = connection.serve(messages, kicked, &mut guard).await;
     let _ = connection.outbox.control.send(Control::Close(reason)).await;
@@ -131,6 +132,9 @@ struct Connection {
     /// When this connection last put a rate-limited command on the audit record.
     rate_limit_audited: Option<Instant>,
     topics: Topics,
+    /// A reply or an announcement found the write queue full: the client does not read, and
+    /// the connection is closed rather than a frame lost without a word.
+    behind: bool,
 }
 
 impl Connection {
@@ -154,6 +158,13 @@ impl Connection {
         let mut announcements = self.state.hub.subscribe().announcements;
         let closing = self.state.hub.closing();
         loop {
+            if self.behind {
+                guard.set_reason("slow_client");
+                return Some(actix_ws::CloseReason {
+                    code: actix_ws::CloseCode::Again,
+                    description: Some("not reading: a reply could not be queued".into()),
+                });
+            }
             tokio::select! {
                 // The kick token is a child of `closing`: both end here. Shutdown says 1001
                 // "going away", which tells the client to reconnect (to another instance).
@@ -312,7 +323,7 @@ impl Connection {
 
     /// Replies to a command answered on the spot (it waits for nothing and is not audited).
     fn answer_now(
-        &self,
+        &mut self,
         envelope: &protocol::Envelope,
         command: &Command,
         payload: Value,
@@ -322,10 +333,15 @@ impl Connection {
         span.record("outcome", "ok");
         tracing::debug!(parent: &span, "command answered");
         count(&self.state, command.name(), "ok", started);
-        let _ = self
-            .outbox
-            .frames
-            .try_send(protocol::reply(&envelope.id, payload));
+        self.send_now(protocol::reply(&envelope.id, payload));
+    }
+
+    /// Queues a frame that must not be lost (a reply, an announcement); a full queue means the
+    /// client stopped reading, and the connection is closed (`behind`).
+    fn send_now(&mut self, frame: String) {
+        if self.outbox.frames.try_send(frame).is_err() {
+            self.behind = true;
+        }
     }
 
     /// The span of one command (`docs/operations.md`, Logs); `outcome` is recorded at the end.
@@ -395,7 +411,7 @@ impl Connection {
     /// Refuses a frame on the spot, in its command's span (`unknown` or `invalid` when it names
     /// none), and counts it with the error code as its outcome.
     fn refuse_counted(
-        &self,
+        &mut self,
         label: &str,
         id: Option<&str>,
         code: ErrorCode,
@@ -512,14 +528,11 @@ impl Connection {
     }
 
     fn push_frame(&mut self, kind: &str, payload: Value) {
-        let _ = self.outbox.frames.try_send(protocol::push(kind, payload));
+        self.send_now(protocol::push(kind, payload));
     }
 
-    fn refuse(&self, id: Option<&str>, code: ErrorCode, message: &str) {
-        let _ = self
-            .outbox
-            .frames
-            .try_send(protocol::error(id, code, message));
+    fn refuse(&mut self, id: Option<&str>, code: ErrorCode, message: &str) {
+        self.send_now(protocol::error(id, code, message));
     }
 }
 

@@ -64,8 +64,6 @@ pub struct PublishedSnapshot {
 #[derive(Debug)]
 pub struct AnnouncementFrame {
     pub announcement: Announcement,
-    pub json: Arc<str>,
-    pub id: EventId,
     pub sse: Bytes,
 }
 
@@ -222,17 +220,13 @@ pub struct Subscription {
 impl AnnouncementFrame {
     pub fn new(announcement: Announcement, seq: i64) -> Self {
         // A struct of strings and numbers always serializes.
-        let json: Arc<str> = serde_json::to_string(&announcement)
-            .unwrap_or_default()
-            .into();
+        let json = serde_json::to_string(&announcement).unwrap_or_default();
         let id = EventId {
             announcement: announcement.id,
             seq,
         };
         AnnouncementFrame {
             sse: sse_event(&id, "announcement", &json),
-            json,
-            id,
             announcement,
         }
     }

@@ -574,3 +574,75 @@ async fn a_flood_of_audited_commands_is_on_record_once_a_second() {
         .count();
     assert_eq!(accepted as u64 + limited, ids.len() as u64, "{tail}");
 }
+
+/// A console that sends commands and never reads its replies is closed (1013, reason
+/// `slow_client`) once a reply cannot be queued, instead of losing replies without a word; the
+/// service goes on serving others.
+#[tokio::test]
+async fn a_console_that_never_reads_its_replies_is_closed_not_silently_dropped() {
+    let database = TestDatabase::new(Backend::Sqlite).await;
+    let service = Service::start(&ServiceConfig::new(&database, &Names::new(), "deaf-1")).await;
+    let address: std::net::SocketAddr = service
+        .base_url
+        .trim_start_matches("http://")
+        .parse()
+        .expect("address");
+    let socket =
+        socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
+    socket.set_recv_buffer_size(4_096).expect("rcvbuf");
+    socket.connect(&address.into()).expect("connect");
+    socket.set_nonblocking(true).expect("nonblocking");
+    let stream = tokio::net::TcpStream::from_std(socket.into()).expect("tokio stream");
+    let url = format!("ws://{address}/ws/console?access_token={}", service.token());
+    let (deaf, _) = tokio_tungstenite::client_async(url, stream)
+        .await
+        .expect("upgrade");
+    let (mut sink, mut replies) = deaf.split();
+
+    // `help` answers with every command's definition: a few KiB a reply, under the rate limit.
+    let mut sent = 0;
+    let closed = loop {
+        let frame = json!({"id": format!("h{sent}"), "type": "help", "payload": {}});
+        if sink
+            .send(Message::Text(frame.to_string().into()))
+            .await
+            .is_err()
+        {
+            break true;
+        }
+        sent += 1;
+        if sent >= 200 {
+            break false;
+        }
+        tokio::time::sleep(Duration::from_millis(60)).await;
+    };
+    // Now read what came: replies, then the close.
+    let mut code = None;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while let Ok(Some(Ok(message))) = tokio::time::timeout(
+        deadline.saturating_duration_since(Instant::now()),
+        replies.next(),
+    )
+    .await
+    {
+        if let Message::Close(frame) = message {
+            code = frame.map(|f| f.code);
+            break;
+        }
+    }
+    assert_eq!(
+        code,
+        Some(CloseCode::Again),
+        "sent {sent}, write failed: {closed}"
+    );
+    let metrics = service.metrics().await.expect("metrics");
+    let closed_slow = crate::helpers::metric_sum(
+        &metrics,
+        "pulseboard_connections_closed_total",
+        r#"reason="slow_client",transport="ws""#,
+    );
+    assert_eq!(closed_slow, 1, "{metrics}");
+    // Others are served as before.
+    let mut console = Console::open(&service, service.token()).await;
+    console.ok("ping", Value::Null).await;
+}
