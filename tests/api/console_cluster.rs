@@ -181,6 +181,74 @@ async fn a_stream_on_one_instance_is_listed_and_kicked_from_the_other_and_resume
         (code.as_str(), message.starts_with("id")),
         ("invalid_payload", true)
     );
+
+    // A console and a waiting long-poll on the other node are kicked the same way: the console
+    // is closed with 1008, the long-poll answered at once (not at its 25 s timeout).
+    let mut target = Console::open(&holder, holder.token()).await;
+    let (_, current) = holder.get_json("/api/dashboard/poll?timeout=1").await;
+    let newest = current["events"]
+        .as_array()
+        .and_then(|events| events.last())
+        .and_then(|event| event["id"].as_str())
+        .expect("the current snapshot's id")
+        .to_owned();
+    let waiting = reqwest::Client::new()
+        .get(holder.url(&format!("/api/dashboard/poll?after={newest}&timeout=25")))
+        .bearer_auth(holder.token())
+        .send();
+    let waiting = tokio::spawn(async move {
+        let started = std::time::Instant::now();
+        let status = waiting.await.map(|r| r.status().as_u16());
+        (started.elapsed(), status)
+    });
+    let listed_on = |listed: &Value, transport: &str| {
+        listed["connections"]
+            .as_array()
+            .expect("connections")
+            .iter()
+            .find(|c| {
+                c["transport"] == transport
+                    && c["id"].as_str().is_some_and(|id| id.starts_with(other))
+            })
+            .map(|c| c["id"].clone())
+    };
+    let mut ids = (None, None);
+    for _ in 0..50 {
+        let listed = console.ok("connections.list", Value::Null).await;
+        ids = (listed_on(&listed, "ws"), listed_on(&listed, "poll"));
+        if ids.0.is_some() && ids.1.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (Some(console_id), Some(poll_id)) = ids else {
+        panic!("the other node's console and long-poll are listed: {ids:?}");
+    };
+    console
+        .ok("connections.kick", json!({"id": console_id}))
+        .await;
+    assert_eq!(
+        target.close_code().await,
+        Some(tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode::Policy)
+    );
+    console.ok("connections.kick", json!({"id": poll_id})).await;
+    let (waited, status) = waiting.await.expect("long-poll task");
+    assert_eq!(status.expect("long-poll answer"), 200);
+    assert!(
+        waited < Duration::from_secs(10),
+        "answered after {waited:?}"
+    );
+    let metrics = holder.get("/metrics").await.text().await.expect("metrics");
+    for transport in ["ws", "poll"] {
+        assert!(
+            metrics.lines().any(|l| {
+                l.starts_with("pulseboard_connections_closed_total")
+                    && l.contains(r#"reason="kicked""#)
+                    && l.contains(&format!(r#"transport="{transport}""#))
+            }),
+            "a kicked {transport} is counted"
+        );
+    }
 }
 
 #[tokio::test]

@@ -283,7 +283,13 @@ async fn ingest_batches_and_console_commands_log_in_spans_of_their_own() {
     console.ok("ping", serde_json::json!({})).await;
     console.ok("status", serde_json::json!({})).await;
     console.refused("no.such", serde_json::json!({})).await;
-    wait_for_log(&service, &["command answered", "command refused"]).await;
+    let health = service.client().get(service.url("/healthz")).send().await;
+    assert_eq!(health.expect("healthz").status(), 200);
+    wait_for_log(
+        &service,
+        &["command answered", "command refused", "request finished"],
+    )
+    .await;
     // The four messages may come in one batch or several; each batch logs one line at its end.
     let ended = ["batch applied", "batch acknowledged: nothing to commit"];
     let started = Instant::now();
@@ -350,4 +356,13 @@ async fn ingest_batches_and_console_commands_log_in_spans_of_their_own() {
     let unknown = command("unknown");
     assert_eq!(unknown["message"], "command refused", "{unknown}");
     assert_eq!(unknown["span"]["outcome"], "unknown_command", "{unknown}");
+
+    // And the request span closes with its status and duration.
+    let finished = objects
+        .iter()
+        .find(|o| o["message"] == "request finished" && o["span"]["route"] == "/healthz")
+        .unwrap_or_else(|| panic!("no finished /healthz request: {objects:?}"));
+    assert_eq!(finished["span"]["name"], "request", "{finished}");
+    assert_eq!(finished["span"]["status"], 200, "{finished}");
+    assert!(finished["span"]["ms"].is_number(), "{finished}");
 }
