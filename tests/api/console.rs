@@ -582,17 +582,9 @@ async fn a_flood_of_audited_commands_is_on_record_once_a_second() {
 async fn a_console_that_never_reads_its_replies_is_closed_not_silently_dropped() {
     let database = TestDatabase::new(Backend::Sqlite).await;
     let service = Service::start(&ServiceConfig::new(&database, &Names::new(), "deaf-1")).await;
-    let address: std::net::SocketAddr = service
-        .base_url
-        .trim_start_matches("http://")
-        .parse()
-        .expect("address");
-    let socket =
-        socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
-    socket.set_recv_buffer_size(4_096).expect("rcvbuf");
-    socket.connect(&address.into()).expect("connect");
+    let (socket, address) = crate::helpers::slow_reader(&service);
     socket.set_nonblocking(true).expect("nonblocking");
-    let stream = tokio::net::TcpStream::from_std(socket.into()).expect("tokio stream");
+    let stream = tokio::net::TcpStream::from_std(socket).expect("tokio stream");
     let url = format!("ws://{address}/ws/console?access_token={}", service.token());
     let (deaf, _) = tokio_tungstenite::client_async(url, stream)
         .await

@@ -2,8 +2,8 @@
 //! across instances, announcements, refresh and history — real sockets, real RabbitMQ.
 
 use crate::helpers::{
-    clear_of_minute_boundary, event, metric_sum, Backend, Broker, Names, Service, ServiceConfig,
-    TestDatabase,
+    clear_of_minute_boundary, event, metric_sum, slow_reader, Backend, Broker, Names, Service,
+    ServiceConfig, TestDatabase,
 };
 use crate::kit::cpu::resident_kib;
 use crate::sse_client::SseClient;
@@ -402,16 +402,7 @@ async fn a_stalled_client_is_bounded_and_disconnected_while_a_fast_one_keeps_its
     let rss_before = resident_kib(service.pid());
 
     // The stalled client: a tiny receive buffer, one request, never a read.
-    let address: std::net::SocketAddr = service
-        .base_url
-        .trim_start_matches("http://")
-        .parse()
-        .expect("address");
-    let socket =
-        socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
-    socket.set_recv_buffer_size(4_096).expect("rcvbuf");
-    socket.connect(&address.into()).expect("connect");
-    let mut stalled: std::net::TcpStream = socket.into();
+    let (mut stalled, address) = slow_reader(&service);
     write!(
         stalled,
         "GET {STREAM} HTTP/1.1\r\nHost: {address}\r\nAccept: text/event-stream\r\n\
@@ -763,16 +754,7 @@ async fn a_client_that_stops_reading_for_a_while_skips_to_the_newest_snapshot_an
             s["ingest"]["state"] == "running"
         })
         .await;
-    let address: std::net::SocketAddr = service
-        .base_url
-        .trim_start_matches("http://")
-        .parse()
-        .expect("address");
-    let socket =
-        socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
-    socket.set_recv_buffer_size(4_096).expect("rcvbuf");
-    socket.connect(&address.into()).expect("connect");
-    let mut paused: std::net::TcpStream = socket.into();
+    let (mut paused, address) = slow_reader(&service);
     write!(
         paused,
         "GET {STREAM} HTTP/1.1\r\nHost: {address}\r\nAuthorization: Bearer {}\r\n\r\n",
