@@ -97,10 +97,11 @@ pub async fn stream(
     let mut last_index = 0;
     if let Some(current) = state.hub.latest() {
         last_index = current.index;
-        // This snapshot may predate announcements the client already has (it connected after
-        // them, or they were just replayed): its id must not send the client back before them.
+        // The announcements this client has (sent, or before it connected) are those up to
+        // `last_announcement`, whatever the snapshot was stamped with: a later one may not
+        // have reached it yet (it follows from the ring), and must not be skipped on resume.
         let id = EventId {
-            announcement: current.id.announcement.max(last_announcement),
+            announcement: last_announcement,
             seq: current.id.seq,
         };
         opening.extend_from_slice(&sse_event(&id, "snapshot", &current.frame.json));
@@ -167,7 +168,10 @@ impl Drop for StreamState {
         let hub = self.feed.hub();
         let behind = hub.last_announcement() > self.last_announcement
             || hub.latest().is_some_and(|p| p.index > self.last_index);
-        if behind && self.last_write.elapsed() >= self.state.live.stall_timeout / 2 {
+        if behind
+            && self.guard.closed_by_client()
+            && self.last_write.elapsed() >= self.state.live.stall_timeout / 2
+        {
             self.guard.set_reason("slow_client");
         }
     }
@@ -187,10 +191,14 @@ impl Stream for SseBody {
         }
         loop {
             match stream.feed.announcement(stream.position) {
-                Err(Lagged) => {
-                    stream.guard.set_reason("slow_client");
-                    return Poll::Ready(None);
-                }
+                Err(Lagged) => match stream.feed.after_lag(stream.last_announcement) {
+                    // Only announcements it already has (or predate it) left the ring.
+                    Some(first) => stream.position = first,
+                    None => {
+                        stream.guard.set_reason("slow_client");
+                        return Poll::Ready(None);
+                    }
+                },
                 Ok(Some((id, sse))) => {
                     stream.position += 1;
                     if id <= stream.last_announcement {

@@ -119,6 +119,11 @@ impl ConnectionGuard {
         })
     }
 
+    /// No other reason was recorded: as far as the server knows, the client left.
+    pub fn closed_by_client(&self) -> bool {
+        self.reason == "client_closed"
+    }
+
     /// Records why the server ends this connection (the default is that the client left).
     pub fn set_reason(&mut self, reason: &'static str) {
         self.reason = reason;

@@ -11,7 +11,8 @@
 //! The feed keeps the hub's order: announcements the hub delivered before a snapshot are
 //! relayed before it, so a stream that writes announcements first never sends a snapshot id
 //! ahead of an announcement. Its ring is as long as the hub's; a stream that falls further
-//! behind is told so (`Lagged`) and disconnects, as with the hub.
+//! behind is told so (`Lagged`) and disconnects, as with the hub, unless every announcement
+//! that left the ring is one it already has (a stream that has just connected, say).
 //!
 //! Not `Send`: it is used on its worker's thread only.
 
@@ -66,6 +67,8 @@ struct State {
     announcements: VecDeque<(i64, Bytes)>,
     /// Position of `announcements[0]` among every announcement this feed has relayed.
     first: u64,
+    /// Every announcement that left the ring (or never reached it) has an id at most this.
+    lost_through: i64,
     closing: bool,
     /// Bumped on every change, from 1; a waiting stream is listed in `waiters` once per
     /// version.
@@ -85,6 +88,7 @@ impl WorkerFeed {
                     snapshot: None,
                     announcements: VecDeque::new(),
                     first: 0,
+                    lost_through: i64::MIN,
                     closing: false,
                     version: 1,
                     waiters: Vec::new(),
@@ -123,6 +127,14 @@ impl WorkerFeed {
             return Err(Lagged);
         };
         Ok(state.announcements.get(offset as usize).cloned())
+    }
+
+    /// After `Lagged`: where a stream that has (or did not need) every announcement up to
+    /// `last_announcement` goes on from, if nothing it lacks left the ring; `None` when it must
+    /// resume from the store.
+    pub fn after_lag(&self, last_announcement: i64) -> Option<u64> {
+        let state = self.inner.state.borrow();
+        (last_announcement >= state.lost_through).then_some(state.first)
     }
 
     /// The newest snapshot when it is newer than `index`.
@@ -187,27 +199,22 @@ fn local_snapshot(published: &Arc<PublishedSnapshot>) -> LocalSnapshot {
 impl State {
     fn push_announcement(&mut self, frame: &AnnouncementFrame) {
         if self.announcements.len() == ANNOUNCEMENT_RING {
-            self.announcements.pop_front();
+            if let Some((id, _)) = self.announcements.pop_front() {
+                self.lost_through = self.lost_through.max(id);
+            }
             self.first += 1;
         }
         let sse = Bytes::copy_from_slice(&frame.sse);
         self.announcements.push_back((frame.announcement.id, sse));
     }
 
-    /// The follower itself fell behind the hub: the announcements it missed are gone from
-    /// this ring, so streams that still needed them see `Lagged` and resume from the store.
-    fn skip_announcements(&mut self, missed: u64) {
+    /// The follower itself fell behind the hub: the announcements it missed are gone, so
+    /// streams that still needed them see `Lagged` and resume from the store. `newest` is the
+    /// hub's last announcement now, at least the id of every one missed.
+    fn skip_announcements(&mut self, missed: u64, newest: i64) {
         self.first += self.announcements.len() as u64 + missed;
         self.announcements.clear();
-    }
-
-    fn relay(&mut self, received: Result<Arc<AnnouncementFrame>, RecvError>) -> bool {
-        match received {
-            Ok(frame) => self.push_announcement(&frame),
-            Err(RecvError::Lagged(missed)) => self.skip_announcements(missed),
-            Err(RecvError::Closed) => return false,
-        }
-        true
+        self.lost_through = self.lost_through.max(newest);
     }
 }
 
@@ -220,28 +227,29 @@ async fn follow(
     loop {
         tokio::select! {
             biased;
-            _ = closing.cancelled() => {
-                feed.change(|state| state.closing = true);
-                return;
-            }
-            received = subscription.announcements.recv() => {
-                let mut open = true;
-                feed.change(|state| open = state.relay(received));
-                if !open {
-                    return;
+            _ = closing.cancelled() => break,
+            received = subscription.announcements.recv() => match received {
+                Ok(frame) => feed.change(|state| state.push_announcement(&frame)),
+                Err(RecvError::Lagged(missed)) => {
+                    let newest = feed.hub().last_announcement();
+                    feed.change(|state| state.skip_announcements(missed, newest));
                 }
-            }
+                Err(RecvError::Closed) => break,
+            },
             changed = subscription.snapshots.changed() => {
                 if changed.is_err() {
-                    return;
+                    break;
                 }
                 let published = subscription.snapshots.borrow_and_update().clone();
+                let newest = feed.hub().last_announcement();
                 feed.change(|state| {
                     // What the hub delivered before this snapshot goes first (see the header).
                     loop {
                         match subscription.announcements.try_recv() {
                             Ok(frame) => state.push_announcement(&frame),
-                            Err(TryRecvError::Lagged(missed)) => state.skip_announcements(missed),
+                            Err(TryRecvError::Lagged(missed)) => {
+                                state.skip_announcements(missed, newest)
+                            }
                             Err(TryRecvError::Empty | TryRecvError::Closed) => break,
                         }
                     }
@@ -252,6 +260,8 @@ async fn follow(
             }
         }
     }
+    // Whatever ended the follower, the streams waiting on it end too.
+    feed.change(|state| state.closing = true);
 }
 
 #[cfg(test)]
@@ -366,6 +376,13 @@ mod tests {
                 settle().await;
             }
             assert_eq!(feed.announcement(start), Err(Lagged));
+            // Announcements 1 to 3 left the ring: a stream that has them goes on at the oldest
+            // one held, a stream that lacks one of them must resume from the store.
+            let oldest = start + 3;
+            assert_eq!(feed.after_lag(3), Some(oldest));
+            assert_eq!(feed.after_lag(2), None);
+            let (id, _) = feed.announcement(oldest).expect("held").expect("relayed");
+            assert_eq!(id, 4);
             let newest = start + ANNOUNCEMENT_RING as u64 + 2;
             let (id, _) = feed.announcement(newest).expect("held").expect("relayed");
             assert_eq!(id, ANNOUNCEMENT_RING as i64 + 3);
