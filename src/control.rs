@@ -111,12 +111,10 @@ impl LocalNode {
                 ((*t).to_owned(), open)
             })
             .collect();
-        let ingest = self.hub.latest_frame().map(|f| {
-            serde_json::to_value(f.snapshot.ingest.state)
-                .ok()
-                .and_then(|v| v.as_str().map(str::to_owned))
-                .unwrap_or_default()
-        });
+        let ingest = self
+            .hub
+            .latest_frame()
+            .map(|f| f.snapshot.ingest.state.as_str().to_owned());
         NodeStatus {
             node: self.node.clone(),
             state: "ok".into(),

@@ -211,7 +211,7 @@ async fn session(
                 break Ok(());
             }
             delivery = incoming.next() => match delivery {
-                Some(Ok(delivery)) => receive(context, &channel, &delivery).await?,
+                Some(Ok(delivery)) => receive(context, &channel, &own_queue, &delivery).await?,
                 Some(Err(error)) => break Err(error.into()),
                 None => break Err(BrokerError::Amqp(lapin::Error::InvalidChannelState(
                     lapin::ChannelState::Closed,
@@ -270,16 +270,29 @@ async fn publish(
         }
         Outgoing::Audit(json) | Outgoing::Event(json) => json.as_bytes().to_vec(),
     };
+    let properties = properties
+        .with_content_type("application/json".into())
+        .with_type(message.kind().into())
+        .with_headers(headers);
+    send(channel, exchange, "", &body, properties).await
+}
+
+/// One message, published as is (no confirm: the fan-out tolerates a lost one, the next
+/// snapshot or beacon replaces it).
+async fn send(
+    channel: &lapin::Channel,
+    exchange: &str,
+    routing_key: &str,
+    body: &[u8],
+    properties: BasicProperties,
+) -> Result<(), BrokerError> {
     channel
         .basic_publish(
             exchange,
-            "",
+            routing_key,
             BasicPublishOptions::default(),
-            &body,
-            properties
-                .with_content_type("application/json".into())
-                .with_type(message.kind().into())
-                .with_headers(headers),
+            body,
+            properties,
         )
         .await?;
     Ok(())
@@ -293,21 +306,14 @@ async fn send_beacon(
 ) -> Result<(), BrokerError> {
     // Strings only: always serializes.
     let body = serde_json::to_vec(beacon).unwrap_or_default();
-    channel
-        .basic_publish(
-            exchange,
-            "",
-            BasicPublishOptions::default(),
-            &body,
-            BasicProperties::default().with_type("beacon".into()),
-        )
-        .await?;
-    Ok(())
+    let properties = BasicProperties::default().with_type("beacon".into());
+    send(channel, exchange, "", &body, properties).await
 }
 
 async fn receive(
     context: &FanoutContext,
     channel: &lapin::Channel,
+    own_queue: &str,
     delivery: &lapin::message::Delivery,
 ) -> Result<(), BrokerError> {
     let kind = delivery
@@ -316,7 +322,7 @@ async fn receive(
         .as_ref()
         .map(|k| k.as_str().to_owned());
     match kind.as_deref() {
-        Some("request") => answer(context, channel, delivery).await?,
+        Some("request") => answer(context, channel, own_queue, delivery).await?,
         Some("answer") => receive_answer(context, delivery),
         Some("beacon") => match serde_json::from_slice::<Beacon>(&delivery.data) {
             Ok(beacon) => context.cluster.saw(beacon),
@@ -350,10 +356,12 @@ fn text_of(delivery: &lapin::message::Delivery) -> Arc<str> {
     Arc::from(String::from_utf8_lossy(&delivery.data).as_ref())
 }
 
-/// Answers a request to the asker's queue, through the default exchange.
+/// Answers a request to the asker's queue, through the default exchange; not this instance's
+/// own requests, which it has answered for itself already.
 async fn answer(
     context: &FanoutContext,
     channel: &lapin::Channel,
+    own_queue: &str,
     delivery: &lapin::message::Delivery,
 ) -> Result<(), BrokerError> {
     let properties = &delivery.properties;
@@ -361,6 +369,9 @@ async fn answer(
     else {
         return Ok(());
     };
+    if reply_to.as_str() == own_queue {
+        return Ok(());
+    }
     let request: Request = match serde_json::from_slice(&delivery.data) {
         Ok(request) => request,
         Err(error) => {
@@ -371,19 +382,12 @@ async fn answer(
     let answer = context.cluster.local.answer(&request);
     // Plain data: always serializes.
     let body = serde_json::to_vec(&answer).unwrap_or_default();
-    channel
-        .basic_publish(
-            "",
-            reply_to.as_str(),
-            BasicPublishOptions::default(),
-            &body,
-            BasicProperties::default()
-                .with_type("answer".into())
-                .with_correlation_id(correlation.clone())
-                .with_app_id(context.node.as_str().into()),
-        )
-        .await?;
-    Ok(())
+    let properties = BasicProperties::default()
+        .with_type("answer".into())
+        .with_correlation_id(correlation.clone())
+        .with_app_id(context.node.as_str().into());
+    // The default exchange routes by queue name: straight to the asker's own queue.
+    send(channel, "", reply_to.as_str(), &body, properties).await
 }
 
 fn receive_answer(context: &FanoutContext, delivery: &lapin::message::Delivery) {

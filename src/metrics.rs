@@ -256,7 +256,6 @@ mod tests {
     use prometheus::proto::MetricType;
 
     /// docs/api.md, Metrics: name, type and labels (besides `node`) of every metric.
-    /// docs/api.md, Metrics: the contract, name by name.
     const DOCUMENTED: &[(&str, MetricType, &[&str])] = &[
         ("pulseboard_connections", MetricType::GAUGE, &["transport"]),
         (

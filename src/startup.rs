@@ -125,18 +125,18 @@ impl Application {
             refresh: refresh_receiver,
         };
         start_ingest(&args, &shared, &topology, inputs, &mut tasks);
+        let live = LiveSettings::new(
+            Duration::from_millis(args.snapshot_interval_ms),
+            Duration::from_secs(args.heartbeat_secs),
+        );
+        let draining = CancellationToken::new();
+        let state = app_state(&args, &shared, &topology, auth, live, draining.clone());
         if alone {
             // No broker: this instance is alone, nothing to fan out to.
             drop(fanout_receiver);
         } else {
             start_fanout(&args, &shared, topology, fanout_receiver, &mut tasks);
         }
-        let live = LiveSettings::new(
-            Duration::from_millis(args.snapshot_interval_ms),
-            Duration::from_secs(args.heartbeat_secs),
-        );
-        let draining = CancellationToken::new();
-        let state = app_state(&args, &shared, auth, live, draining.clone());
         let server = serve(listener, state, tls, live)?;
         announce_address(&args, &shared.node, address, tls_scheme(&args));
         Ok(Application {
@@ -340,6 +340,7 @@ fn start_fanout(
 fn app_state(
     args: &ServeArgs,
     shared: &Shared,
+    topology: &Topology,
     auth: crate::auth::AuthState,
     live: LiveSettings,
     draining: CancellationToken,
@@ -360,7 +361,7 @@ fn app_state(
         cluster: shared.cluster.clone(),
         broker: crate::app::BrokerSettings {
             amqp_url: args.broker.amqp_url.clone(),
-            topology: Topology::new(&args.broker.exchange, &args.broker.queue_prefix),
+            topology: topology.clone(),
         },
         draining,
     })

@@ -515,12 +515,16 @@ impl Connection {
                 return;
             }
         };
-        let mut value: Value = serde_json::from_str(&payload).unwrap_or(Value::Null);
-        if *skipped > 0 {
+        // Encoded once for every console; decoded again only to add what this one missed.
+        let frame = if *skipped == 0 {
+            protocol::push_raw(kind, &payload)
+        } else {
+            let mut value: Value = serde_json::from_str(&payload).unwrap_or(Value::Null);
             let upstream = value["skipped"].as_u64().unwrap_or(0);
             value["skipped"] = json!(upstream + *skipped);
-        }
-        match self.outbox.frames.try_send(protocol::push(kind, value)) {
+            protocol::push(kind, value)
+        };
+        match self.outbox.frames.try_send(frame) {
             Ok(()) => *skipped = 0,
             // The socket is behind: drop it and say so in the next one.
             Err(_) => *skipped += 1,

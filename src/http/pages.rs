@@ -90,19 +90,10 @@ pub async fn dashboard(
             last_hour: figure(
                 snapshot.map(|s| money(s.revenue.last_hour_minor, &s.revenue.currency)),
             ),
-            state: snapshot.map_or("unknown", |s| state_name(s.ingest.state)),
+            state: snapshot.map_or("unknown", |s| s.ingest.state.as_str()),
             seq: figure(snapshot.map(|s| s.seq.to_string())),
         },
     ))
-}
-
-fn state_name(state: crate::live::IngestState) -> &'static str {
-    match state {
-        crate::live::IngestState::Running => "running",
-        crate::live::IngestState::Paused => "paused",
-        crate::live::IngestState::Disconnected => "disconnected",
-        crate::live::IngestState::Demo => "demo",
-    }
 }
 
 #[derive(Template)]
@@ -136,7 +127,7 @@ pub async fn console(operator: PageOperator, state: web::Data<AppState>) -> Http
             leader: status.ingest.leader.unwrap_or_else(|| "none".into()),
             state: frame
                 .as_ref()
-                .map_or("unknown", |f| state_name(f.snapshot.ingest.state)),
+                .map_or("unknown", |f| f.snapshot.ingest.state.as_str()),
         },
     )
 }

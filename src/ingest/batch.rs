@@ -18,8 +18,7 @@ pub(super) struct Batch {
     pub(super) confirms: Vec<PublisherConfirm>,
     /// Messages of every kind (events, duplicates, malformed) and the newest delivery tag.
     pub(super) messages: usize,
-    /// Of them: repeats of an id already in this batch, and malformed ones (dead-lettered).
-    pub(super) repeats: usize,
+    /// Of them, the malformed ones (dead-lettered).
     pub(super) rejected: usize,
     pub(super) last_tag: Option<u64>,
     /// The broker link the messages came from (`Feed::link_generation`).
@@ -38,7 +37,6 @@ impl Batch {
             ids: HashSet::with_capacity(capacity),
             confirms: Vec::new(),
             messages: 0,
-            repeats: 0,
             rejected: 0,
             last_tag: None,
             link: 0,
@@ -58,6 +56,12 @@ impl Batch {
         if tag > 0 {
             self.last_tag = Some(tag);
         }
+    }
+
+    /// Messages that repeated an id already in this batch: each message is an event of it,
+    /// a repeat or a dead letter.
+    pub(super) fn repeats(&self) -> usize {
+        self.messages - self.events.len() - self.rejected
     }
 
     pub(super) fn is_due(&self, max_batch: usize) -> bool {

@@ -142,9 +142,9 @@ impl<'a> Leader<'a> {
         if paused {
             tracing::info!("ingest is paused by an operator; not consuming");
         }
-        context.status.update_ingest(|s| s.paused = paused);
         context.metrics.leader.set(1);
         context.status.update_ingest(|s| {
+            s.paused = paused;
             s.is_leader = true;
             s.term_connecting = !settings.local_demo;
             s.leader = Some(settings.node.clone());
@@ -270,10 +270,7 @@ impl<'a> Leader<'a> {
                 self.gathering.events.push(event);
                 self.gathering.arrivals.push(message.arrived_at);
             }
-            Admission::RepeatInBatch(kind) => {
-                self.gathering.repeats += 1;
-                metrics.count_event(kind, "duplicate");
-            }
+            Admission::RepeatInBatch(kind) => metrics.count_event(kind, "duplicate"),
             Admission::Refused(kind, rejection) => {
                 self.gathering.rejected += 1;
                 metrics.count_event(kind, "rejected");
@@ -364,7 +361,7 @@ impl<'a> Leader<'a> {
         if batch.events.is_empty() {
             self.acknowledge_committed(&mut batch, feed).await;
             batch.span.record("new", 0);
-            batch.span.record("duplicates", batch.repeats);
+            batch.span.record("duplicates", batch.repeats());
             tracing::debug!(parent: &batch.span, "batch acknowledged: nothing to commit");
             return;
         }
@@ -417,17 +414,13 @@ impl<'a> Leader<'a> {
         // Committed: the events count from now on, whatever happens to the acknowledgement.
         // If it fails, the broker redelivers them and the store recognises them as duplicates.
         self.acknowledge_committed(&mut batch, feed).await;
-        self.apply_committed(&batch.events, &batch.arrivals, &applied.fresh);
+        let counted = self.apply_committed(&batch.events, &batch.arrivals, &applied.fresh);
         self.aggregator.release(&batch.events);
-        let new = applied.fresh.iter().filter(|f| **f).count();
-        let ignored = (batch.events.iter().zip(&applied.fresh))
-            .filter(|(event, fresh)| **fresh && matches!(event.kind, EventKind::Other))
-            .count();
-        batch.span.record("new", new);
-        batch.span.record("ignored", ignored);
+        batch.span.record("new", counted.new);
+        batch.span.record("ignored", counted.ignored);
         batch
             .span
-            .record("duplicates", applied.fresh.len() - new + batch.repeats);
+            .record("duplicates", counted.duplicates + batch.repeats());
         tracing::debug!(parent: &batch.span, "batch applied");
         Ok(())
     }
@@ -452,8 +445,14 @@ impl<'a> Leader<'a> {
     }
 
     /// Counts a committed batch and adds its new events to the live figures.
-    fn apply_committed(&mut self, events: &[Event], arrivals: &[Millis], fresh: &[bool]) {
+    fn apply_committed(
+        &mut self,
+        events: &[Event],
+        arrivals: &[Millis],
+        fresh: &[bool],
+    ) -> Counted {
         let metrics = &self.context.metrics;
+        let mut counted = Counted::default();
         let mut newest_occurred = None;
         for ((event, &arrived_at), &fresh) in events.iter().zip(arrivals).zip(fresh) {
             let outcome = match (fresh, &event.kind) {
@@ -462,6 +461,12 @@ impl<'a> Leader<'a> {
                 (true, _) => "applied",
             };
             metrics.count_event(event.kind.label(), outcome);
+            match outcome {
+                "duplicate" => counted.duplicates += 1,
+                "ignored" => counted.ignored += 1,
+                _ => {}
+            }
+            counted.new += usize::from(fresh);
             if !fresh {
                 continue;
             }
@@ -483,6 +488,7 @@ impl<'a> Leader<'a> {
             let lag = self.lag_seconds;
             self.context.status.update_ingest(|s| s.lag_seconds = lag);
         }
+        counted
     }
 
     async fn on_tick(&mut self, feed: &mut Feed<'_>) -> Result<(), LeadEnd> {
@@ -628,6 +634,15 @@ enum Admission {
     Accepted(Event),
     RepeatInBatch(&'static str),
     Refused(&'static str, Rejection),
+}
+
+/// What a committed batch's events turned out to be, for its span: new ones (of which
+/// `ignored`, event types counted but not aggregated) and duplicates the store recognised.
+#[derive(Default)]
+struct Counted {
+    new: usize,
+    ignored: usize,
+    duplicates: usize,
 }
 
 /// The task committing a batch; it hands the batch back with the outcome.

@@ -86,6 +86,18 @@ pub enum IngestState {
     Demo,
 }
 
+impl IngestState {
+    /// The wire name (as serialized).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            IngestState::Running => "running",
+            IngestState::Paused => "paused",
+            IngestState::Disconnected => "disconnected",
+            IngestState::Demo => "demo",
+        }
+    }
+}
+
 /// A history point as it appears on the wire: a snapshot's `point` and each entry of
 /// `/api/dashboard/history` (see docs/api.md, Snapshot). The minute is its UTC start; the
 /// counts are of events that occurred in it.
@@ -208,6 +220,14 @@ pub(crate) mod tests {
             Snapshot::new(seq, 1_795_428_930_250, "web-1", &figures, "USD", ingest),
             None,
         )
+    }
+
+    #[test]
+    fn an_ingest_state_names_itself_as_it_serializes() {
+        use IngestState::*;
+        for state in [Running, Paused, Disconnected, Demo] {
+            assert_eq!(serde_json::to_value(state).expect("json"), state.as_str());
+        }
     }
 
     #[test]
