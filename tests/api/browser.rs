@@ -31,10 +31,7 @@ impl Drop for Browser {
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port")
-        .port()
+    crate::private_services::free_ports::<1>()[0]
 }
 
 impl Browser {
@@ -255,11 +252,7 @@ async fn refresh_and_announcements_show_on_the_page() {
     let names = Names::new();
     let _broker = Broker::connect(&names).await;
     let service = Service::start(&ServiceConfig::new(&database, &names, "browser-2")).await;
-    service
-        .wait_for_snapshot(Duration::from_secs(10), |s| {
-            s["ingest"]["state"] == "running"
-        })
-        .await;
+    service.wait_until_ingesting(Duration::from_secs(10)).await;
     let browser = Browser::start(true).await;
     browser.sign_in(&service, &database.admin_password).await;
     browser.wait_until_connected(Duration::from_secs(5)).await;

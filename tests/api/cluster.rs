@@ -13,7 +13,7 @@ use crate::helpers::{
     open_channel, Backend, Broker, Names, Service, ServiceConfig, TestDatabase, AMQP_URL,
 };
 use crate::private_services::PrivateRabbit;
-use pulseboard::simulate::{SentTally, TrafficGenerator};
+use pulseboard::simulate::TrafficGenerator;
 use std::time::{Duration, Instant};
 
 /// Three nodes, started side by side, the second and third joined to the first.
@@ -74,9 +74,7 @@ async fn publish(url: &str, exchange: &str, generator: &mut TrafficGenerator, co
     let _ = connection.close(200, "done").await;
 }
 
-fn net(tally: &SentTally) -> i64 {
-    tally.placed_minor - tally.refunded_minor
-}
+use crate::traffic::net_revenue as net;
 
 async fn wait_ready(service: &Service, want: u16, timeout: Duration) -> serde_json::Value {
     let started = Instant::now();

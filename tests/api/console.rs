@@ -400,11 +400,7 @@ async fn pushes_and_pings_go_on_while_a_slow_command_runs() {
     let names = Names::new();
     let broker = Broker::connect(&names).await;
     let service = Service::start(&quick_config(&database, &names, "c-4")).await;
-    service
-        .wait_for_snapshot(Duration::from_secs(15), |s| {
-            s["ingest"]["state"] == "running"
-        })
-        .await;
+    service.wait_until_ingesting(Duration::from_secs(15)).await;
     // A node that sends beacons but never answers: `status` waits a full second for it.
     let (connection, channel) = crate::helpers::open_channel(AMQP_URL, "ghost")
         .await
@@ -468,11 +464,7 @@ async fn audit_rows_on(backend: Backend) {
     let names = Names::new();
     let _broker = Broker::connect(&names).await;
     let service = Service::start(&quick_config(&database, &names, "c-5")).await;
-    service
-        .wait_for_snapshot(Duration::from_secs(15), |s| {
-            s["ingest"]["state"] == "running"
-        })
-        .await;
+    service.wait_until_ingesting(Duration::from_secs(15)).await;
     let mut console = Console::open(&service, service.token()).await;
     console.ok("ingest.pause", Value::Null).await;
     console.ok("ingest.resume", Value::Null).await;

@@ -257,11 +257,7 @@ async fn a_dead_letter_is_peeked_replayed_once_after_the_fix_and_purged_only_wit
     let names = Names::new();
     let broker = Broker::connect(&names).await;
     let mut service = Service::start(&ServiceConfig::new(&database, &names, "d-1")).await;
-    service
-        .wait_for_snapshot(Duration::from_secs(15), |s| {
-            s["ingest"]["state"] == "running"
-        })
-        .await;
+    service.wait_until_ingesting(Duration::from_secs(15)).await;
     let body = json!({"id": "eur-1", "type": "order.placed",
         "occurred_at": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
         "user_id": "u-9", "data": {"order_id": "o-1", "amount_minor": 2_500, "currency": "EUR"}})

@@ -152,11 +152,7 @@ pub fn event(id: &str, kind: &str, seconds_ago: i64, user: &str, amount: Option<
 /// made to stop reading, and whose unread data then backs up into the service quickly. Returns
 /// it with the service's address (for the `Host` header).
 pub fn slow_reader(service: &Service) -> (std::net::TcpStream, std::net::SocketAddr) {
-    let address: std::net::SocketAddr = service
-        .base_url
-        .trim_start_matches("http://")
-        .parse()
-        .expect("address");
+    let address: std::net::SocketAddr = service.address().parse().expect("address");
     let socket =
         socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
     socket.set_recv_buffer_size(4_096).expect("rcvbuf");

@@ -312,11 +312,7 @@ async fn long_poll_answers_at_once_when_something_is_newer_and_after_its_timeout
     let _broker = Broker::connect(&names).await;
     let service = Service::start(&config(&database, &names, "poll-1", 100, 15)).await;
     // Wait until the leader has settled (its first snapshot predates the broker link).
-    service
-        .wait_for_snapshot(Duration::from_secs(10), |s| {
-            s["ingest"]["state"] == "running"
-        })
-        .await;
+    service.wait_until_ingesting(Duration::from_secs(10)).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     // From here until the announcement nothing else may change (a run once met a minute's
     // snapshot in the 2 s poll that expects none).
@@ -542,11 +538,7 @@ async fn a_long_poll_client_that_missed_more_than_a_page_of_announcements_loses_
     let names = Names::new();
     let _broker = Broker::connect(&names).await;
     let service = Service::start(&config(&database, &names, "page-1", 100, 15)).await;
-    service
-        .wait_for_snapshot(Duration::from_secs(10), |s| {
-            s["ingest"]["state"] == "running"
-        })
-        .await;
+    service.wait_until_ingesting(Duration::from_secs(10)).await;
     let (_, first) = service.get_json("/api/dashboard/poll?timeout=1").await;
     let mut after = first["events"][0]["id"].as_str().expect("id").to_owned();
     for i in 0..101 {
@@ -624,11 +616,7 @@ async fn two_thousand_clients_receive_the_same_snapshots_and_each_delivery_is_ti
     let names = Names::new();
     let broker = Broker::connect(&names).await;
     let service = Service::start(&config(&database, &names, "many", 250, 15)).await;
-    service
-        .wait_for_snapshot(Duration::from_secs(15), |s| {
-            s["ingest"]["state"] == "running"
-        })
-        .await;
+    service.wait_until_ingesting(Duration::from_secs(15)).await;
 
     let final_revenue = (BURSTS * PER_BURST) as i64 * AMOUNT;
     let opened = Arc::new(AtomicUsize::new(0));
@@ -749,11 +737,7 @@ async fn a_client_that_stops_reading_for_a_while_skips_to_the_newest_snapshot_an
     let broker = Broker::connect(&names).await;
     // A snapshot every 20 ms while orders flow: far more than a stalled socket holds.
     let service = Service::start(&config(&database, &names, "pause-1", 20, 15)).await;
-    service
-        .wait_for_snapshot(Duration::from_secs(15), |s| {
-            s["ingest"]["state"] == "running"
-        })
-        .await;
+    service.wait_until_ingesting(Duration::from_secs(15)).await;
     let (mut paused, address) = slow_reader(&service);
     write!(
         paused,

@@ -260,11 +260,7 @@ async fn ingest_batches_and_console_commands_log_in_spans_of_their_own() {
         .map(|(k, v)| (k.to_owned(), v.to_owned())),
     );
     let service = Service::start(&config).await;
-    service
-        .wait_for_snapshot(Duration::from_secs(15), |s| {
-            s["ingest"]["state"] == "running"
-        })
-        .await;
+    service.wait_until_ingesting(Duration::from_secs(15)).await;
     let order = |id: &str| {
         (
             "order.placed".to_owned(),

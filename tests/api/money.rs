@@ -283,11 +283,7 @@ async fn readiness_names_a_database_that_refuses_the_leaders_writes() {
     let names = Names::new();
     let broker = Broker::connect(&names).await;
     let service = Service::start(&ServiceConfig::new(&database, &names, "writes-1")).await;
-    service
-        .wait_for_snapshot(Duration::from_secs(20), |s| {
-            s["ingest"]["state"] == "running"
-        })
-        .await;
+    service.wait_until_ingesting(Duration::from_secs(20)).await;
 
     execute(
         &database,

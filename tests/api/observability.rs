@@ -1030,10 +1030,7 @@ async fn an_unknown_http_method_adds_no_label_value() {
 // ---------------------------------------------------------------------------------------------
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
+    crate::private_services::free_ports::<1>()[0]
 }
 
 /// A Prometheus or Alertmanager of the test's own: its own folder and port; killed when dropped.

@@ -63,10 +63,7 @@ pub fn local_proxy_config(source: &str, upstreams: [u16; 2], listen: u16) -> Str
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|listener| listener.local_addr())
-        .expect("a free port")
-        .port()
+    crate::private_services::free_ports::<1>()[0]
 }
 
 /// Debian's nginx as a process of the test's own: its own configuration, pid, logs and temp
@@ -179,7 +176,7 @@ impl Stack {
             .await
             .expect("topology");
         let _ = connection.close(200, "declared").await;
-        let ports = [free_port(), free_port()];
+        let ports = crate::private_services::free_ports::<2>();
         let configs = [0, 1].map(|i| {
             let mut config = ServiceConfig::new(&database, &names, &format!("web-{}", i + 1));
             config.env.extend(
@@ -712,9 +709,7 @@ fn watch_ready(
     })
 }
 
-fn net(tally: &SentTally) -> i64 {
-    tally.placed_minor - tally.refunded_minor
-}
+use crate::traffic::net_revenue as net;
 
 /// Every event applied exactly once: the database's count per type equals what was sent.
 async fn assert_applied_exactly(stack: &Stack, tally: &SentTally) {

@@ -258,6 +258,12 @@ impl Service {
         }
     }
 
+    /// The first snapshot that says ingest runs (a leader consumes), within `timeout`.
+    pub async fn wait_until_ingesting(&self, timeout: Duration) -> Value {
+        self.wait_for_snapshot(timeout, |s| s["ingest"]["state"] == "running")
+            .await
+    }
+
     /// Polls the snapshot until `accept` holds; panics with the last one after `timeout`.
     pub async fn wait_for_snapshot(
         &self,
