@@ -86,6 +86,16 @@ pub enum StoreError {
         rows: i64,
         first_key: String,
     },
+    #[error(
+        "column {table}.{column} is {found}, not bigint, so its figures need not be whole \
+         numbers; stop every instance, back up the database, then convert the column as \
+         docs/operations.md (\"Figures that are not whole numbers\") shows, and start again"
+    )]
+    FigureColumnType {
+        table: &'static str,
+        column: &'static str,
+        found: String,
+    },
 }
 
 /// Tables of figures, their key column and their figure columns: what
@@ -164,7 +174,38 @@ impl Store {
             Backend::Postgres => {
                 sqlx::migrate!("migrations/postgres")
                     .run(&self.writer)
-                    .await?
+                    .await?;
+                self.check_figure_columns().await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Refuses a PostgreSQL database where a figure column is no longer BIGINT (altered by
+    /// hand, or restored from another schema): such a column may hold fractions, and no
+    /// reader decodes it as a whole number. The PostgreSQL side of [`Store::check_figures`].
+    async fn check_figure_columns(&self) -> Result<(), StoreError> {
+        for (table, _, columns) in FIGURE_TABLES {
+            for &column in columns {
+                let found: Option<String> = sqlx::query_scalar(
+                    "SELECT data_type::text FROM information_schema.columns \
+                     WHERE table_schema = current_schema() AND table_name = $1 \
+                     AND column_name = $2",
+                )
+                .bind(table)
+                .bind(column)
+                .fetch_optional(&self.reader)
+                .await?;
+                match found {
+                    Some(found) if found == "bigint" => {}
+                    found => {
+                        return Err(StoreError::FigureColumnType {
+                            table,
+                            column,
+                            found: found.unwrap_or_else(|| "missing".to_owned()),
+                        })
+                    }
+                }
             }
         }
         Ok(())
@@ -173,7 +214,7 @@ impl Store {
     /// Refuses a SQLite database where a figure is not an integer: an earlier version let a
     /// sum that overflowed become a floating-point number there, which no reader can decode.
     /// Found at start, it is one clear message instead of a leader failing its every term.
-    /// PostgreSQL's BIGINT columns cannot hold such a value.
+    /// PostgreSQL's BIGINT columns cannot hold such a value ([`Store::check_figure_columns`]).
     async fn check_figures(&self) -> Result<(), StoreError> {
         for (table, key_column, columns) in FIGURE_TABLES {
             let not_integer = columns

@@ -209,13 +209,16 @@ fn run(database: &TestDatabase, args: &[&str]) -> (bool, String) {
     )
 }
 
-#[tokio::test]
-async fn a_database_with_a_non_integer_figure_is_refused_at_start_with_one_clear_line() {
-    let database = TestDatabase::new(Backend::Sqlite).await;
+/// Each backend refuses an overflowing sum by itself; a database left with a figure that is not
+/// a whole number (SQLite: a REAL, as an earlier version wrote it; PostgreSQL: a figure column
+/// altered away from BIGINT) is refused by `serve` and `migrate` with one line saying what to do.
+async fn a_database_with_a_non_integer_figure_is_refused_at_start_with_one_clear_line(
+    backend: Backend,
+) {
+    let database = TestDatabase::new(backend).await;
     let (migrated, stderr) = run(&database, &["migrate"]);
     assert!(migrated, "{stderr}");
 
-    // The database refuses to store such a figure now: the overflowing sum fails its write.
     execute(
         &database,
         &format!(
@@ -231,47 +234,70 @@ async fn a_database_with_a_non_integer_figure_is_refused_at_start_with_one_clear
     )
     .await
     .expect_err("an overflowing sum is refused");
-    assert!(
-        overflow.to_string().contains("64-bit integers"),
-        "{overflow}"
-    );
-    let refused = execute(
-        &database,
-        "INSERT INTO minute_stats (minute, orders, revenue_minor) VALUES (60000, 1, 1.5)",
-    )
-    .await
-    .expect_err("a fraction is refused");
-    assert!(refused.to_string().contains("64-bit integers"), "{refused}");
+    let refusal = match backend {
+        Backend::Sqlite => "64-bit integers",
+        Backend::Postgres => "bigint out of range",
+    };
+    assert!(overflow.to_string().contains(refusal), "{overflow}");
 
-    // As an earlier version left it: the triggers gone, a sum turned into a REAL.
-    for table in ["daily_revenue", "minute_stats"] {
-        for when in ["insert", "update"] {
-            execute(&database, &format!("DROP TRIGGER {table}_integer_{when}"))
-                .await
-                .expect("drop trigger");
+    let named = match backend {
+        Backend::Sqlite => {
+            let fraction = execute(
+                &database,
+                "INSERT INTO minute_stats (minute, orders, revenue_minor) VALUES (60000, 1, 1.5)",
+            )
+            .await
+            .expect_err("a fraction is refused");
+            assert!(fraction.to_string().contains(refusal), "{fraction}");
+            // As an earlier version left it: the triggers gone, a sum turned into a REAL.
+            for table in ["daily_revenue", "minute_stats"] {
+                for when in ["insert", "update"] {
+                    execute(&database, &format!("DROP TRIGGER {table}_integer_{when}"))
+                        .await
+                        .expect("drop trigger");
+                }
+            }
+            ["daily_revenue", "day 2026-12-01"]
         }
-    }
+        Backend::Postgres => {
+            // As a hand-made change could leave it: the column no longer BIGINT.
+            execute(
+                &database,
+                "ALTER TABLE daily_revenue ALTER COLUMN revenue_minor TYPE double precision",
+            )
+            .await
+            .expect("alter the column");
+            ["daily_revenue.revenue_minor", "double precision"]
+        }
+    };
     execute(
         &database,
         "UPDATE daily_revenue SET revenue_minor = revenue_minor * 2.0",
     )
     .await
-    .expect("an old version's overflow");
+    .expect("a figure that is not a whole number");
 
     for args in [vec!["serve"], vec!["migrate"]] {
         let (started, stderr) = run(&database, &args);
         assert!(!started, "{args:?}: {stderr}");
         assert_eq!(stderr.trim().lines().count(), 1, "one line: {stderr}");
-        for expected in [
-            "DATABASE_URL",
-            "daily_revenue",
-            "day 2026-12-01",
-            "docs/operations.md",
-        ] {
+        for expected in ["DATABASE_URL", "docs/operations.md"].iter().chain(&named) {
             assert!(stderr.contains(expected), "{expected} in: {stderr}");
         }
         assert!(!stderr.contains("panicked"), "{stderr}");
     }
+}
+
+#[tokio::test]
+async fn a_database_with_a_non_integer_figure_is_refused_at_start_on_sqlite() {
+    a_database_with_a_non_integer_figure_is_refused_at_start_with_one_clear_line(Backend::Sqlite)
+        .await;
+}
+
+#[tokio::test]
+async fn a_database_with_a_non_integer_figure_is_refused_at_start_on_postgres() {
+    a_database_with_a_non_integer_figure_is_refused_at_start_with_one_clear_line(Backend::Postgres)
+        .await;
 }
 
 /// The database answers `SELECT 1` but refuses the leader's writes: readiness blames the
