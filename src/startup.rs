@@ -24,7 +24,7 @@ use crate::simulate::TrafficGenerator;
 use crate::status::StatusCell;
 use crate::store::Store;
 use crate::{clock, http};
-use actix_web::{middleware, web, App, HttpServer};
+use actix_web::{middleware, web, App};
 use anyhow::Context;
 use secrecy::ExposeSecret;
 use std::net::{SocketAddr, TcpListener};
@@ -378,7 +378,7 @@ fn serve(
         .local_addr()
         .context("PULSEBOARD_BIND: no local address")?;
     abort_stalled_readers(&listener, live.stall_timeout);
-    let server = HttpServer::new(move || {
+    let server = http::server::serve(listener, tls, move || {
         App::new()
             .app_data(state.clone())
             // Made here, so once per HTTP worker, on that worker's thread.
@@ -396,16 +396,8 @@ fn serve(
             .wrap(middleware::from_fn(http::observe_request))
             .configure(http::configure)
     })
-    // Events are small and must leave at once; Nagle would hold one back behind an ACK.
-    .tcp_nodelay(true)
-    .disable_signals()
-    .shutdown_timeout(5);
-    let server = match tls {
-        Some(config) => server.listen_rustls_0_23(listener, config),
-        None => server.listen(listener),
-    }
     .with_context(|| format!("PULSEBOARD_BIND {address}: cannot serve"))?;
-    Ok(server.run())
+    Ok(server)
 }
 
 fn tls_scheme(args: &ServeArgs) -> &'static str {

@@ -12,10 +12,12 @@ mod error;
 pub mod extract;
 mod observe;
 mod pages;
+mod parser_errors;
 mod poll;
 pub mod proxy;
 mod redirect;
 mod routes;
+pub mod server;
 mod signin;
 mod sse;
 

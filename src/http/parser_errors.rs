@@ -1,0 +1,301 @@
+//! The JSON error shape for the answers actix-http writes by itself.
+//!
+//! A request its HTTP/1 parser refuses (400 malformed, 431 head too large, 408 head too slow)
+//! never reaches the application: the dispatcher answers it with an empty body and closes the
+//! connection, and offers no hook to change that answer. [`JsonParserErrors`] sits between the
+//! connection (plain or TLS) and the dispatcher, recognises exactly those answers in what the
+//! dispatcher writes, and gives them the body of every other error (docs/api.md, Errors).
+//! Everything else passes through untouched; the check costs one comparison per write.
+
+use super::{error_body, ApiError};
+use std::io;
+use std::pin::Pin;
+use std::task::{ready, Context, Poll};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+/// A connection whose parser errors are answered in JSON.
+pub struct JsonParserErrors<IO> {
+    inner: IO,
+    /// A rewritten answer not yet written, sent before anything else.
+    rewritten: Vec<u8>,
+}
+
+impl<IO> JsonParserErrors<IO> {
+    pub fn new(inner: IO) -> Self {
+        JsonParserErrors {
+            inner,
+            rewritten: Vec::new(),
+        }
+    }
+}
+
+impl<IO: AsyncWrite + Unpin> JsonParserErrors<IO> {
+    fn poll_write_rewritten(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        while !self.rewritten.is_empty() {
+            let written = ready!(Pin::new(&mut self.inner).poll_write(cx, &self.rewritten))?;
+            if written == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            self.rewritten.drain(..written);
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl<IO: AsyncRead + Unpin> AsyncRead for JsonParserErrors<IO> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<IO: AsyncWrite + Unpin> AsyncWrite for JsonParserErrors<IO> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = &mut *self;
+        ready!(this.poll_write_rewritten(cx))?;
+        match with_json_body(buf) {
+            Some(rewritten) => {
+                this.rewritten = rewritten;
+                // Taken whole: what the socket does not take now goes out on the flush or
+                // the shutdown the dispatcher does next, as the connection closes.
+                if let Poll::Ready(Err(error)) = this.poll_write_rewritten(cx) {
+                    return Poll::Ready(Err(error));
+                }
+                Poll::Ready(Ok(buf.len()))
+            }
+            None => Pin::new(&mut this.inner).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        ready!(self.poll_write_rewritten(cx))?;
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        ready!(self.poll_write_rewritten(cx))?;
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// The longest answer head actix-http writes by itself (the 431's is 118 bytes). Every answer
+/// of the application is longer: it carries the security headers.
+const LONGEST_OWN_HEAD: usize = 160;
+
+/// `written` with its last answer given the JSON body, when that answer is one the parser
+/// wrote by itself; `None` for anything else.
+///
+/// Such an answer is always the last a connection gets, so it ends what the dispatcher writes.
+/// Only an answer of exactly actix-http's own form is taken: its status, `content-length: 0`,
+/// at most `connection: close`, and `date`. No answer of the application has that form, and
+/// no body it sends ends with one (JSON and events escape line breaks).
+fn with_json_body(written: &[u8]) -> Option<Vec<u8>> {
+    const END: &[u8] = b"\r\n\r\n";
+    if !written.ends_with(END) {
+        return None;
+    }
+    let window = written.len().saturating_sub(LONGEST_OWN_HEAD);
+    let head_start = window + find_last(&written[window..], b"HTTP/1.")?;
+    let head = std::str::from_utf8(&written[head_start..written.len() - END.len()]).ok()?;
+    let mut lines = head.split("\r\n");
+    let status_line = lines.next()?;
+    let error = own_error(status_line)?;
+    let (mut empty, mut date) = (false, None);
+    for line in lines {
+        match line.split_once(": ")? {
+            ("content-length", "0") => empty = true,
+            ("connection", "close") => {}
+            ("date", value) => date = Some(value),
+            _ => return None,
+        }
+    }
+    if !empty {
+        return None;
+    }
+    let body = error_body(error.code(), &error.to_string()).to_string();
+    let mut rewritten = written[..head_start].to_vec();
+    rewritten.extend_from_slice(
+        format!(
+            "{status_line}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\
+             connection: close\r\nx-content-type-options: nosniff\r\n",
+            body.len()
+        )
+        .as_bytes(),
+    );
+    if let Some(date) = date {
+        rewritten.extend_from_slice(format!("date: {date}\r\n").as_bytes());
+    }
+    rewritten.extend_from_slice(b"\r\n");
+    rewritten.extend_from_slice(body.as_bytes());
+    Some(rewritten)
+}
+
+/// The error an answer's status line stands for, when actix-http's parser writes it.
+fn own_error(status_line: &str) -> Option<ApiError> {
+    let status = status_line
+        .strip_prefix("HTTP/1.1 ")
+        .or_else(|| status_line.strip_prefix("HTTP/1.0 "))?;
+    match status {
+        "400 Bad Request" => Some(ApiError::MalformedRequest),
+        "408 Request Timeout" => Some(ApiError::HeadTimeout),
+        "431 Request Header Fields Too Large" => Some(ApiError::HeadTooLarge),
+        _ => None,
+    }
+}
+
+fn find_last(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack
+        .windows(needle.len())
+        .rposition(|window| window == needle)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use actix_web::ResponseError;
+    use proptest::prelude::*;
+
+    const DATE: &str = "date: Wed, 02 Dec 2026 07:35:53 GMT";
+
+    fn own(status: &str, connection_close: bool) -> String {
+        let close = if connection_close {
+            "connection: close\r\n"
+        } else {
+            ""
+        };
+        format!("HTTP/1.1 {status}\r\ncontent-length: 0\r\n{close}{DATE}\r\n\r\n")
+    }
+
+    /// The head and the parsed body of a rewritten answer.
+    fn split(rewritten: &[u8]) -> (String, serde_json::Value) {
+        let text = String::from_utf8(rewritten.to_vec()).expect("utf-8");
+        let (head, body) = text.split_once("\r\n\r\n").expect("a head");
+        let length: usize = head
+            .lines()
+            .find_map(|line| line.strip_prefix("content-length: "))
+            .expect("a length")
+            .parse()
+            .expect("a number");
+        assert_eq!(length, body.len(), "{text}");
+        (head.to_owned(), serde_json::from_str(body).expect("JSON"))
+    }
+
+    #[test]
+    fn each_answer_of_the_parser_gets_its_json_error() {
+        for (status, code) in [
+            ("400 Bad Request", "bad_request"),
+            ("408 Request Timeout", "request_timeout"),
+            ("431 Request Header Fields Too Large", "headers_too_large"),
+        ] {
+            for close in [true, false] {
+                let rewritten = with_json_body(own(status, close).as_bytes()).expect(status);
+                let (head, body) = split(&rewritten);
+                assert!(
+                    head.starts_with(&format!("HTTP/1.1 {status}\r\n")),
+                    "{head}"
+                );
+                for line in [
+                    "content-type: application/json",
+                    "connection: close",
+                    "x-content-type-options: nosniff",
+                    DATE,
+                ] {
+                    assert!(head.lines().any(|l| l == line), "{line} in {head}");
+                }
+                assert_eq!(body["error"]["code"], code);
+                let error = own_error(&format!("HTTP/1.1 {status}")).expect(status);
+                assert!(status.starts_with(error.status_code().as_str()), "{status}");
+                assert!(body["error"]["message"]
+                    .as_str()
+                    .is_some_and(|m| !m.is_empty()));
+            }
+        }
+    }
+
+    #[test]
+    fn an_answer_after_a_pipelined_one_keeps_the_one_before() {
+        let before = "HTTP/1.1 200 OK\r\ncontent-length: 2\r\nx-request-id: 1\r\n\r\n{}";
+        let written = format!("{before}{}", own("400 Bad Request", false));
+        let rewritten = with_json_body(written.as_bytes()).expect("rewritten");
+        assert!(rewritten.starts_with(before.as_bytes()));
+        let (_, body) = split(&rewritten[before.len()..]);
+        assert_eq!(body["error"]["code"], "bad_request");
+    }
+
+    #[test]
+    fn the_applications_answers_pass_untouched() {
+        for written in [
+            // An empty 400 of the application carries its own headers.
+            "HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\nx-frame-options: DENY\r\n\
+             date: Wed, 02 Dec 2026 07:35:53 GMT\r\n\r\n"
+                .to_owned(),
+            // A body, even an empty-looking one.
+            "HTTP/1.1 400 Bad Request\r\ncontent-length: 5\r\ndate: x\r\n\r\n".to_owned(),
+            "HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\ndate: x\r\n\r\n".to_owned(),
+            "HTTP/1.1 303 See Other\r\ncontent-length: 0\r\nlocation: /\r\n\r\n".to_owned(),
+            format!("{}x", own("400 Bad Request", true)),
+            ": heartbeat\n\n".to_owned(),
+            "1a\r\nevent: snapshot\r\n".to_owned(),
+        ] {
+            assert_eq!(with_json_body(written.as_bytes()), None, "{written:?}");
+        }
+    }
+
+    /// Header lines an answer may carry: the parser's own, and some only the application's.
+    const HEADER_LINES: [&str; 6] = [
+        "content-length: 0",
+        "connection: close",
+        DATE,
+        "content-length: 12",
+        "connection: keep-alive",
+        "x-frame-options: DENY",
+    ];
+    const STATUS_LINES: [&str; 5] = [
+        "HTTP/1.1 400 Bad Request",
+        "HTTP/1.0 408 Request Timeout",
+        "HTTP/1.1 431 Request Header Fields Too Large",
+        "HTTP/1.1 404 Not Found",
+        "HTTP/1.1 200 OK",
+    ];
+
+    proptest! {
+        /// An answer is rewritten exactly when it has the parser's own form (its status,
+        /// `content-length: 0`, nothing but `connection: close` and `date` beside it); the
+        /// bytes before it are kept, and the result is one well-framed JSON error.
+        #[test]
+        fn only_the_parsers_own_answers_are_rewritten(
+            before in proptest::collection::vec(any::<u8>(), 0..200),
+            status in 0..STATUS_LINES.len(),
+            headers in proptest::collection::vec(0..HEADER_LINES.len(), 0..4),
+        ) {
+            let status_line = STATUS_LINES[status];
+            let head: String = std::iter::once(status_line)
+                .chain(headers.iter().map(|&n| HEADER_LINES[n]))
+                .map(|line| format!("{line}\r\n"))
+                .collect();
+            let mut written = before.clone();
+            written.extend_from_slice(format!("{head}\r\n").as_bytes());
+
+            let own_form = status < 3
+                && headers.contains(&0)
+                && headers.iter().all(|&n| n < 3);
+            match with_json_body(&written) {
+                Some(rewritten) => {
+                    prop_assert!(own_form, "{head:?}");
+                    prop_assert_eq!(&rewritten[..before.len()], &before[..]);
+                    let (answer_head, body) = split(&rewritten[before.len()..]);
+                    prop_assert!(answer_head.starts_with(status_line));
+                    prop_assert!(body["error"]["code"].is_string());
+                }
+                None => prop_assert!(!own_form, "{head:?} after {before:?}"),
+            }
+        }
+    }
+}
