@@ -192,13 +192,20 @@ pub async fn unmark_uncompressed(
 /// Headers of every response: no framing, no sniffing, no referrer leaks, scripts and styles
 /// from this origin only (no inline script).
 pub fn security_headers() -> actix_web::middleware::DefaultHeaders {
-    actix_web::middleware::DefaultHeaders::new()
-        .add((
-            "Content-Security-Policy",
-            "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; \
-             connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'",
-        ))
-        .add(("X-Content-Type-Options", "nosniff"))
-        .add(("X-Frame-Options", "DENY"))
-        .add(("Referrer-Policy", "same-origin"))
+    SECURITY_HEADERS.iter().fold(
+        actix_web::middleware::DefaultHeaders::new(),
+        |headers, &header| headers.add(header),
+    )
 }
+
+/// The headers every answer carries, the parser's own included (`parser_errors`).
+const SECURITY_HEADERS: [(&str, &str); 4] = [
+    (
+        "Content-Security-Policy",
+        "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; \
+         connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'",
+    ),
+    ("X-Content-Type-Options", "nosniff"),
+    ("X-Frame-Options", "DENY"),
+    ("Referrer-Policy", "same-origin"),
+];

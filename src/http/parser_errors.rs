@@ -7,7 +7,7 @@
 //! dispatcher writes, and gives them the body of every other error (docs/api.md, Errors).
 //! Everything else passes through untouched; the check costs one comparison per write.
 
-use super::{error_body, ApiError};
+use super::{error_body, ApiError, SECURITY_HEADERS};
 use std::io;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
@@ -16,27 +16,51 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 /// A connection whose parser errors are answered in JSON.
 pub struct JsonParserErrors<IO> {
     inner: IO,
-    /// A rewritten answer not yet written, sent before anything else.
-    rewritten: Vec<u8>,
+    state: State,
 }
+
+enum State {
+    /// Answers are watched for the parser's own.
+    Watching,
+    /// One of the parser's own answers is going out in its JSON form.
+    Rewriting(Box<Rewrite>),
+    /// The connection switched protocols (a WebSocket): what follows is not HTTP, and may
+    /// carry anything a client sends (a ping's payload comes back in the pong), so it passes
+    /// untouched.
+    Upgraded,
+}
+
+/// The JSON form of one of the parser's answers, and how much of it the socket took.
+struct Rewrite {
+    json: Vec<u8>,
+    sent: usize,
+}
+
+/// How a write starts when it answers a protocol switch.
+const SWITCHING_PROTOCOLS: &[u8] = b"HTTP/1.1 101 ";
 
 impl<IO> JsonParserErrors<IO> {
     pub fn new(inner: IO) -> Self {
         JsonParserErrors {
             inner,
-            rewritten: Vec::new(),
+            state: State::Watching,
         }
     }
 }
 
 impl<IO: AsyncWrite + Unpin> JsonParserErrors<IO> {
-    fn poll_write_rewritten(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        while !self.rewritten.is_empty() {
-            let written = ready!(Pin::new(&mut self.inner).poll_write(cx, &self.rewritten))?;
-            if written == 0 {
-                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+    /// Sends what is left of a rewritten answer, if any.
+    fn poll_send_rewritten(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if let State::Rewriting(rewrite) = &mut self.state {
+            while rewrite.sent < rewrite.json.len() {
+                let written = ready!(
+                    Pin::new(&mut self.inner).poll_write(cx, &rewrite.json[rewrite.sent..])
+                )?;
+                if written == 0 {
+                    return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+                }
+                rewrite.sent += written;
             }
-            self.rewritten.drain(..written);
         }
         Poll::Ready(Ok(()))
     }
@@ -59,28 +83,41 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for JsonParserErrors<IO> {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         let this = &mut *self;
-        ready!(this.poll_write_rewritten(cx))?;
-        match with_json_body(buf) {
-            Some(rewritten) => {
-                this.rewritten = rewritten;
-                // Taken whole: what the socket does not take now goes out on the flush or
-                // the shutdown the dispatcher does next, as the connection closes.
-                if let Poll::Ready(Err(error)) = this.poll_write_rewritten(cx) {
-                    return Poll::Ready(Err(error));
-                }
-                Poll::Ready(Ok(buf.len()))
+        match this.state {
+            State::Upgraded => return Pin::new(&mut this.inner).poll_write(cx, buf),
+            State::Watching if buf.starts_with(SWITCHING_PROTOCOLS) => {
+                this.state = State::Upgraded;
+                return Pin::new(&mut this.inner).poll_write(cx, buf);
             }
-            None => Pin::new(&mut this.inner).poll_write(cx, buf),
+            State::Watching => match own_answer(buf) {
+                None => return Pin::new(&mut this.inner).poll_write(cx, buf),
+                // What comes before it goes first, partial writes counted as usual.
+                Some(answer) if answer.start > 0 => {
+                    return Pin::new(&mut this.inner).poll_write(cx, &buf[..answer.start])
+                }
+                Some(answer) => {
+                    this.state = State::Rewriting(Box::new(Rewrite {
+                        json: answer.json,
+                        sent: 0,
+                    }))
+                }
+            },
+            State::Rewriting(_) => {}
         }
+        // The dispatcher presents the same answer again until told it is written, and it is
+        // told so only once all of its JSON form is out.
+        ready!(this.poll_send_rewritten(cx))?;
+        this.state = State::Watching;
+        Poll::Ready(Ok(buf.len()))
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        ready!(self.poll_write_rewritten(cx))?;
+        ready!(self.poll_send_rewritten(cx))?;
         Pin::new(&mut self.inner).poll_flush(cx)
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        ready!(self.poll_write_rewritten(cx))?;
+        ready!(self.poll_send_rewritten(cx))?;
         Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
@@ -89,21 +126,29 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for JsonParserErrors<IO> {
 /// of the application is longer: it carries the security headers.
 const LONGEST_OWN_HEAD: usize = 160;
 
-/// `written` with its last answer given the JSON body, when that answer is one the parser
-/// wrote by itself; `None` for anything else.
+/// The parser's own answer that ends `written`: where it starts, and its JSON form.
+struct OwnAnswer {
+    start: usize,
+    json: Vec<u8>,
+}
+
+/// The answer that ends `written`, when it is one the parser wrote by itself; `None` for
+/// anything else.
 ///
 /// Such an answer is always the last a connection gets, so it ends what the dispatcher writes.
 /// Only an answer of exactly actix-http's own form is taken: its status, `content-length: 0`,
 /// at most `connection: close`, and `date`. No answer of the application has that form, and
-/// no body it sends ends with one (JSON and events escape line breaks).
-fn with_json_body(written: &[u8]) -> Option<Vec<u8>> {
+/// no body it sends ends with one: JSON and events escape line breaks, and a page or an asset
+/// is written whole (or as gzip's output), so a write ends where its body does. After a protocol switch nothing is
+/// looked at (`State::Upgraded`).
+fn own_answer(written: &[u8]) -> Option<OwnAnswer> {
     const END: &[u8] = b"\r\n\r\n";
     if !written.ends_with(END) {
         return None;
     }
     let window = written.len().saturating_sub(LONGEST_OWN_HEAD);
-    let head_start = window + find_last(&written[window..], b"HTTP/1.")?;
-    let head = std::str::from_utf8(&written[head_start..written.len() - END.len()]).ok()?;
+    let start = window + find_last(&written[window..], b"HTTP/1.")?;
+    let head = std::str::from_utf8(&written[start..written.len() - END.len()]).ok()?;
     let mut lines = head.split("\r\n");
     let status_line = lines.next()?;
     let error = own_error(status_line)?;
@@ -120,21 +165,32 @@ fn with_json_body(written: &[u8]) -> Option<Vec<u8>> {
         return None;
     }
     let body = error_body(error.code(), &error.to_string()).to_string();
-    let mut rewritten = written[..head_start].to_vec();
-    rewritten.extend_from_slice(
-        format!(
-            "{status_line}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\
-             connection: close\r\nx-content-type-options: nosniff\r\n",
-            body.len()
-        )
-        .as_bytes(),
+    let mut json = format!(
+        "{status_line}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\
+         connection: close\r\n",
+        body.len()
     );
-    if let Some(date) = date {
-        rewritten.extend_from_slice(format!("date: {date}\r\n").as_bytes());
+    for (name, value) in SECURITY_HEADERS {
+        json.push_str(&format!("{}: {value}\r\n", name.to_ascii_lowercase()));
     }
-    rewritten.extend_from_slice(b"\r\n");
-    rewritten.extend_from_slice(body.as_bytes());
-    Some(rewritten)
+    if let Some(date) = date {
+        json.push_str(&format!("date: {date}\r\n"));
+    }
+    json.push_str("\r\n");
+    json.push_str(&body);
+    Some(OwnAnswer {
+        start,
+        json: json.into_bytes(),
+    })
+}
+
+/// `written` as the client receives it: its last answer in JSON when it is the parser's own.
+#[cfg(test)]
+fn with_json_body(written: &[u8]) -> Option<Vec<u8>> {
+    let answer = own_answer(written)?;
+    let mut received = written[..answer.start].to_vec();
+    received.extend_from_slice(&answer.json);
+    Some(received)
 }
 
 /// The error an answer's status line stands for, when actix-http's parser writes it.
@@ -205,6 +261,8 @@ mod tests {
                     "content-type: application/json",
                     "connection: close",
                     "x-content-type-options: nosniff",
+                    "x-frame-options: DENY",
+                    "referrer-policy: same-origin",
                     DATE,
                 ] {
                     assert!(head.lines().any(|l| l == line), "{line} in {head}");
@@ -245,6 +303,96 @@ mod tests {
             "1a\r\nevent: snapshot\r\n".to_owned(),
         ] {
             assert_eq!(with_json_body(written.as_bytes()), None, "{written:?}");
+        }
+    }
+
+    /// A socket that takes at most `per_write` bytes a call, and is not ready every other call.
+    struct Trickle {
+        taken: Vec<u8>,
+        per_write: usize,
+        ready: bool,
+    }
+
+    impl AsyncWrite for Trickle {
+        fn poll_write(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            self.ready = !self.ready;
+            if !self.ready {
+                cx.waker().wake_by_ref();
+                return Poll::Pending;
+            }
+            let taken = buf.len().min(self.per_write);
+            self.taken.extend_from_slice(&buf[..taken]);
+            Poll::Ready(Ok(taken))
+        }
+
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    /// What a socket taking `per_write` bytes at a time received when each of `writes` was
+    /// written as actix-http's dispatcher writes: the rest again after a partial write or a
+    /// `Pending`, and no flush or shutdown once all of it is reported written.
+    fn received(per_write: usize, writes: &[&[u8]]) -> Vec<u8> {
+        let mut connection = JsonParserErrors::new(Trickle {
+            taken: Vec::new(),
+            per_write,
+            ready: false,
+        });
+        let waker = futures_util::task::noop_waker();
+        let mut cx = Context::from_waker(&waker);
+        for buffer in writes {
+            let mut written = 0;
+            for _ in 0..1_000_000 {
+                if written == buffer.len() {
+                    break;
+                }
+                match Pin::new(&mut connection).poll_write(&mut cx, &buffer[written..]) {
+                    Poll::Ready(Ok(0)) => panic!("wrote nothing"),
+                    Poll::Ready(Ok(n)) => written += n,
+                    Poll::Ready(Err(error)) => panic!("{error}"),
+                    Poll::Pending => {}
+                }
+            }
+            assert_eq!(written, buffer.len(), "the write never ended");
+        }
+        connection.inner.taken
+    }
+
+    #[test]
+    fn after_a_protocol_switch_nothing_is_rewritten() {
+        let switch = b"HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\n\r\n";
+        // A pong whose payload, echoed from the client, has the parser's form.
+        let pong = [&[0x8a, 0x2d][..], own("400 Bad Request", false).as_bytes()].concat();
+        assert!(
+            with_json_body(&pong).is_some(),
+            "the payload has the parser's form"
+        );
+        let writes: [&[u8]; 2] = [switch, &pong];
+        assert_eq!(received(1000, &writes), [&switch[..], &pong].concat());
+    }
+
+    proptest! {
+        /// However little the socket takes at a time, it receives every byte written before
+        /// the parser's answer, then that answer's whole JSON form, and nothing else.
+        #[test]
+        fn a_slow_socket_receives_everything_before_and_the_whole_json_answer(
+            per_write in 1..300usize,
+            before in proptest::collection::vec(b'a'..=b'z', 0..5_000),
+        ) {
+            let written = [&before[..], own("431 Request Header Fields Too Large", true).as_bytes()].concat();
+            let expected = with_json_body(&written).expect("rewritten");
+            prop_assert_eq!(received(per_write, &[&written]), expected);
+            // And what is not the parser's passes as it is.
+            prop_assert_eq!(received(per_write, &[&before]), before.clone());
         }
     }
 

@@ -87,8 +87,8 @@ pub enum StoreError {
         first_key: String,
     },
     #[error(
-        "column {table}.{column} is {found}, not bigint, so its figures need not be whole \
-         numbers; stop every instance, back up the database, then convert the column as \
+        "column {table}.{column} is {found} where bigint is expected (figures are whole \
+         numbers); stop every instance, back up the database, then correct the column as \
          docs/operations.md (\"Figures that are not whole numbers\") shows, and start again"
     )]
     FigureColumnType {
@@ -187,10 +187,10 @@ impl Store {
     async fn check_figure_columns(&self) -> Result<(), StoreError> {
         for (table, _, columns) in FIGURE_TABLES {
             for &column in columns {
+                // The table as the service's own unqualified queries find it.
                 let found: Option<String> = sqlx::query_scalar(
-                    "SELECT data_type::text FROM information_schema.columns \
-                     WHERE table_schema = current_schema() AND table_name = $1 \
-                     AND column_name = $2",
+                    "SELECT format_type(atttypid, atttypmod) FROM pg_attribute \
+                     WHERE attrelid = $1::text::regclass AND attname = $2 AND NOT attisdropped",
                 )
                 .bind(table)
                 .bind(column)

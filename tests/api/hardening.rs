@@ -5,12 +5,13 @@
 
 use crate::auth::add_user;
 use crate::helpers::{Backend, Names, Service, ServiceConfig, TestDatabase};
-use futures_util::StreamExt;
+use futures_util::{SinkExt, StreamExt};
 use reqwest::header::{HeaderMap, ALLOW, CONTENT_TYPE, COOKIE, LOCATION, SET_COOKIE};
 use reqwest::redirect::Policy;
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_tungstenite::tungstenite::Message;
 
 /// Follows no redirect, keeps no cookie, and gives up after 10 s.
 fn bare_client() -> reqwest::Client {
@@ -211,15 +212,32 @@ async fn requests_the_http_parser_refuses_get_the_json_error_shape() {
     assert!(answer[..second].ends_with("\"status\":\"ok\"}"), "{answer}");
     assert_parser_error(&answer[second..], 400, "bad_request", "pipelined");
 
-    // The application's own answers are untouched: HEAD, and an empty 404 of a page.
-    let (answer, _) = raw_exchange(
-        &service,
-        &format!("HEAD /healthz HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"),
-        Duration::from_secs(10),
-    )
-    .await;
-    assert!(answer.starts_with("HTTP/1.1 200 "), "{answer}");
-    assert!(answer.ends_with("\r\n\r\n"), "HEAD has no body: {answer:?}");
+    // After the console's upgrade, nothing is HTTP any more: a ping whose payload has the form
+    // of the parser's answer comes back in the pong as it was, in a well-formed frame.
+    let url = format!(
+        "{}/ws/console?access_token={}",
+        service.base_url.replacen("http", "ws", 1),
+        service.token()
+    );
+    let (mut console, _) = tokio_tungstenite::connect_async(url)
+        .await
+        .expect("console upgrade");
+    let payload = "HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\nconnection: close\r\n\r\n";
+    console
+        .send(Message::Ping(payload.as_bytes().to_vec().into()))
+        .await
+        .expect("ping");
+    let pong = tokio::time::timeout(Duration::from_secs(10), async {
+        while let Some(message) = console.next().await {
+            if let Message::Pong(echoed) = message.expect("a well-formed frame") {
+                return echoed;
+            }
+        }
+        panic!("the console closed");
+    })
+    .await
+    .expect("a pong");
+    assert_eq!(&pong[..], payload.as_bytes());
 }
 
 fn assert_parser_error(answer: &str, status: u16, code: &str, what: &str) {
@@ -228,7 +246,12 @@ fn assert_parser_error(answer: &str, status: u16, code: &str, what: &str) {
         "{what}: {answer:?}"
     );
     let (head, body) = answer.split_once("\r\n\r\n").expect("a head and a body");
-    for expected in ["content-type: application/json", "connection: close"] {
+    for expected in [
+        "content-type: application/json",
+        "connection: close",
+        "x-content-type-options: nosniff",
+        "content-security-policy: default-src 'self'",
+    ] {
         assert!(
             head.to_ascii_lowercase().contains(expected),
             "{what}: {expected} in {head}"
