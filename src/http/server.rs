@@ -133,8 +133,10 @@ impl Connections {
             .client_disconnect_timeout(CLIENT_DISCONNECT_TIMEOUT)
             .local_addr(address)
             .finish(map_config(app, move |()| {
-                // The constructor `HttpServer` itself uses (public, if hidden): ConnectionInfo
-                // falls back on it for the scheme and host.
+                // The constructor `HttpServer` itself uses; ConnectionInfo falls back on it
+                // for the scheme and host. It is hidden and exempt from semver: should a
+                // release drop it, the build fails here, and `AppConfig::default()` will do
+                // while nothing reads ConnectionInfo.
                 AppConfig::__priv_test_new(secure, address.to_string(), address)
             }))
     }
