@@ -5,7 +5,7 @@
 //! connection, and offers no hook to change that answer. [`JsonParserErrors`] sits between the
 //! connection (plain or TLS) and the dispatcher, recognises exactly those answers in what the
 //! dispatcher writes, and gives them the body of every other error (docs/api.md, Errors).
-//! Everything else passes through untouched; the check costs one comparison per write.
+//! Everything else passes through untouched; the check costs two short comparisons per write.
 
 use super::{error_body, ApiError, SECURITY_HEADERS};
 use std::io;
