@@ -97,7 +97,7 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for JsonParserErrors<IO> {
                 }
                 Some(answer) => {
                     this.state = State::Rewriting(Box::new(Rewrite {
-                        json: answer.json,
+                        json: answer.json(),
                         sent: 0,
                     }))
                 }
@@ -126,10 +126,12 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for JsonParserErrors<IO> {
 /// of the application is longer: it carries the security headers.
 const LONGEST_OWN_HEAD: usize = 160;
 
-/// The parser's own answer that ends `written`: where it starts, and its JSON form.
-struct OwnAnswer {
+/// The parser's own answer that ends a write: where it starts, and what it says.
+struct OwnAnswer<'a> {
     start: usize,
-    json: Vec<u8>,
+    status_line: &'a str,
+    error: ApiError,
+    date: Option<&'a str>,
 }
 
 /// The answer that ends `written`, when it is one the parser wrote by itself; `None` for
@@ -139,9 +141,9 @@ struct OwnAnswer {
 /// Only an answer of exactly actix-http's own form is taken: its status, `content-length: 0`,
 /// at most `connection: close`, and `date`. No answer of the application has that form, and
 /// no body it sends ends with one: JSON and events escape line breaks, and a page or an asset
-/// is written whole (or as gzip's output), so a write ends where its body does. After a protocol switch nothing is
-/// looked at (`State::Upgraded`).
-fn own_answer(written: &[u8]) -> Option<OwnAnswer> {
+/// is written whole (or as gzip's output), so a write ends where its body does. After a
+/// protocol switch nothing is looked at (`State::Upgraded`).
+fn own_answer(written: &[u8]) -> Option<OwnAnswer<'_>> {
     const END: &[u8] = b"\r\n\r\n";
     if !written.ends_with(END) {
         return None;
@@ -161,27 +163,34 @@ fn own_answer(written: &[u8]) -> Option<OwnAnswer> {
             _ => return None,
         }
     }
-    if !empty {
-        return None;
-    }
-    let body = error_body(error.code(), &error.to_string()).to_string();
-    let mut json = format!(
-        "{status_line}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\
-         connection: close\r\n",
-        body.len()
-    );
-    for (name, value) in SECURITY_HEADERS {
-        json.push_str(&format!("{}: {value}\r\n", name.to_ascii_lowercase()));
-    }
-    if let Some(date) = date {
-        json.push_str(&format!("date: {date}\r\n"));
-    }
-    json.push_str("\r\n");
-    json.push_str(&body);
-    Some(OwnAnswer {
+    empty.then_some(OwnAnswer {
         start,
-        json: json.into_bytes(),
+        status_line,
+        error,
+        date,
     })
+}
+
+impl OwnAnswer<'_> {
+    /// The answer with the JSON error as its body and every security header.
+    fn json(&self) -> Vec<u8> {
+        let body = error_body(self.error.code(), &self.error.to_string()).to_string();
+        let mut json = format!(
+            "{}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\
+             connection: close\r\n",
+            self.status_line,
+            body.len()
+        );
+        for (name, value) in SECURITY_HEADERS {
+            json.push_str(&format!("{}: {value}\r\n", name.to_ascii_lowercase()));
+        }
+        if let Some(date) = self.date {
+            json.push_str(&format!("date: {date}\r\n"));
+        }
+        json.push_str("\r\n");
+        json.push_str(&body);
+        json.into_bytes()
+    }
 }
 
 /// `written` as the client receives it: its last answer in JSON when it is the parser's own.
@@ -189,7 +198,7 @@ fn own_answer(written: &[u8]) -> Option<OwnAnswer> {
 fn with_json_body(written: &[u8]) -> Option<Vec<u8>> {
     let answer = own_answer(written)?;
     let mut received = written[..answer.start].to_vec();
-    received.extend_from_slice(&answer.json);
+    received.extend_from_slice(&answer.json());
     Some(received)
 }
 

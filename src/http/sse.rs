@@ -165,13 +165,16 @@ impl Drop for StreamState {
         self.feed.forget(&self.listing);
         // The kernel aborts a reader that stopped reading; from here that looks like a close,
         // except that we had something to send and could not for a long while.
+        // The cheap checks first: the hub is shared, and every stream ends at a shutdown.
+        if !self.guard.closed_by_client()
+            || self.last_write.elapsed() < self.state.live.stall_timeout / 2
+        {
+            return;
+        }
         let hub = self.feed.hub();
         let behind = hub.last_announcement() > self.last_announcement
             || hub.latest().is_some_and(|p| p.index > self.last_index);
-        if behind
-            && self.guard.closed_by_client()
-            && self.last_write.elapsed() >= self.state.live.stall_timeout / 2
-        {
+        if behind {
             self.guard.set_reason("slow_client");
         }
     }

@@ -418,9 +418,10 @@ impl<'a> Leader<'a> {
         self.aggregator.release(&batch.events);
         batch.span.record("new", counted.new);
         batch.span.record("ignored", counted.ignored);
+        let stored_before = batch.events.len() - counted.new;
         batch
             .span
-            .record("duplicates", counted.duplicates + batch.repeats());
+            .record("duplicates", stored_before + batch.repeats());
         tracing::debug!(parent: &batch.span, "batch applied");
         Ok(())
     }
@@ -457,15 +458,13 @@ impl<'a> Leader<'a> {
         for ((event, &arrived_at), &fresh) in events.iter().zip(arrivals).zip(fresh) {
             let outcome = match (fresh, &event.kind) {
                 (false, _) => "duplicate",
-                (true, EventKind::Other) => "ignored",
+                (true, EventKind::Other) => {
+                    counted.ignored += 1;
+                    "ignored"
+                }
                 (true, _) => "applied",
             };
             metrics.count_event(event.kind.label(), outcome);
-            match outcome {
-                "duplicate" => counted.duplicates += 1,
-                "ignored" => counted.ignored += 1,
-                _ => {}
-            }
             counted.new += usize::from(fresh);
             if !fresh {
                 continue;
@@ -636,13 +635,12 @@ enum Admission {
     Refused(&'static str, Rejection),
 }
 
-/// What a committed batch's events turned out to be, for its span: new ones (of which
-/// `ignored`, event types counted but not aggregated) and duplicates the store recognised.
+/// What a committed batch's events turned out to be, for its span: new ones, and of those
+/// `ignored`, event types counted but not aggregated (the rest the store already held).
 #[derive(Default)]
 struct Counted {
     new: usize,
     ignored: usize,
-    duplicates: usize,
 }
 
 /// The task committing a batch; it hands the batch back with the outcome.

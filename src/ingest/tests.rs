@@ -80,51 +80,6 @@ fn counted(context: &IngestContext, kind: &str, outcome: &str) -> u64 {
         .get()
 }
 
-/// The number of events of each batch the leader commits, in commit order, read from its
-/// `batch committed` line (`batch_log`) while installed as the thread's subscriber.
-#[derive(Clone, Default)]
-struct Commits(Arc<std::sync::Mutex<Vec<u64>>>);
-
-impl Commits {
-    fn sizes(&self) -> Vec<u64> {
-        self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()
-    }
-}
-
-impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for Commits {
-    fn on_event(&self, event: &tracing::Event<'_>, _: tracing_subscriber::layer::Context<'_, S>) {
-        #[derive(Default)]
-        struct Fields {
-            events: Option<u64>,
-            arrival: bool,
-        }
-        impl tracing::field::Visit for Fields {
-            fn record_u64(&mut self, field: &tracing::field::Field, value: u64) {
-                match field.name() {
-                    "events" => self.events = Some(value),
-                    "first_arrival_ms" => self.arrival = true,
-                    _ => {}
-                }
-            }
-            fn record_i64(&mut self, field: &tracing::field::Field, _: i64) {
-                self.arrival |= field.name() == "first_arrival_ms";
-            }
-            fn record_debug(&mut self, _: &tracing::field::Field, _: &dyn std::fmt::Debug) {}
-        }
-        if event.metadata().target() != super::batch_log::TARGET {
-            return;
-        }
-        let mut fields = Fields::default();
-        event.record(&mut fields);
-        if let (Some(events), true) = (fields.events, fields.arrival) {
-            self.0
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .push(events);
-        }
-    }
-}
-
 /// Leads one term with `messages` sent through the in-process feed, until the snapshot says
 /// `today_minor` is `expected` (failing after 10 s), then stops it.
 async fn lead_until(context: &IngestContext, messages: Vec<RawMessage>, expected: i64) {
@@ -170,16 +125,27 @@ async fn lead_until(context: &IngestContext, messages: Vec<RawMessage>, expected
 #[tokio::test]
 async fn full_batches_and_a_lingering_one_are_each_committed_once() {
     let context = context(2, Duration::from_millis(30)).await;
-    let commits = Commits::default();
-    let _subscriber =
-        tracing::subscriber::set_default(tracing_subscriber::layer::SubscriberExt::with(
-            tracing_subscriber::registry(),
-            commits.clone(),
-        ));
+    // The leader's `batch committed` lines, in the service's own text log, read back by
+    // `batch_log`: the events of each batch committed, in commit order.
+    let folder = tempfile::tempdir().expect("temporary folder");
+    let path = folder.path().join("log");
+    let file = std::fs::File::create(&path).expect("log file");
+    let _subscriber = tracing::subscriber::set_default(crate::telemetry::get_subscriber(
+        tracing_subscriber::EnvFilter::new("info,pulseboard::ingest::leader=debug"),
+        crate::config::LogFormat::Text,
+        false,
+        Arc::new(file),
+    ));
     // Two full batches of two, then one event that only its linger sends on.
     let messages = (1..=5).map(|n| order(&format!("o{n}"), n * 100)).collect();
     lead_until(&context, messages, 1_500).await;
-    assert_eq!(commits.sizes(), vec![2, 2, 1]);
+    let log = std::fs::read_to_string(&path).expect("log text");
+    let sizes: Vec<_> = log
+        .lines()
+        .filter_map(super::batch_log::CommittedBatch::from_log_line)
+        .map(|batch| batch.events)
+        .collect();
+    assert_eq!(sizes, vec![2, 2, 1]);
     assert_eq!(counted(&context, "order.placed", "applied"), 5);
     assert_eq!(context.store.applied_count().await.expect("count"), 5);
 }

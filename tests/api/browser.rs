@@ -2,6 +2,7 @@
 //! over WebDriver). Every scenario saves a screenshot under `target/screenshots/`.
 
 use crate::helpers::{event, Backend, Broker, Names, Service, ServiceConfig, TestDatabase};
+use crate::private_services::free_port;
 use fantoccini::{Client, ClientBuilder, Locator};
 use serde_json::{json, Value};
 use std::process::Stdio;
@@ -28,10 +29,6 @@ impl Drop for Browser {
             ))
             .status();
     }
-}
-
-fn free_port() -> u16 {
-    crate::private_services::free_ports::<1>()[0]
 }
 
 impl Browser {

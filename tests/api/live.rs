@@ -56,12 +56,19 @@ fn config(
     config
 }
 
-#[tokio::test]
-async fn a_client_sees_the_opening_snapshot_at_once_and_news_within_one_interval() {
+/// A service on a SQLite database and broker names of its own, with these intervals; the
+/// database and the broker live as long as the caller keeps them.
+async fn start(node: &str, interval_ms: u64, heartbeat: u64) -> (TestDatabase, Broker, Service) {
     let database = TestDatabase::new(Backend::Sqlite).await;
     let names = Names::new();
     let broker = Broker::connect(&names).await;
-    let service = Service::start(&config(&database, &names, "sse-1", 250, 15)).await;
+    let service = Service::start(&config(&database, &names, node, interval_ms, heartbeat)).await;
+    (database, broker, service)
+}
+
+#[tokio::test]
+async fn a_client_sees_the_opening_snapshot_at_once_and_news_within_one_interval() {
+    let (_database, broker, service) = start("sse-1", 250, 15).await;
     service
         .wait_for_snapshot(Duration::from_secs(10), |_| true)
         .await;
@@ -120,10 +127,7 @@ async fn a_client_sees_the_opening_snapshot_at_once_and_news_within_one_interval
 
 #[tokio::test]
 async fn heartbeats_arrive_on_an_idle_stream_at_the_configured_interval() {
-    let database = TestDatabase::new(Backend::Sqlite).await;
-    let names = Names::new();
-    let _broker = Broker::connect(&names).await;
-    let service = Service::start(&config(&database, &names, "hb-1", 250, 1)).await;
+    let (_database, _broker, service) = start("hb-1", 250, 1).await;
     service
         .wait_for_snapshot(Duration::from_secs(10), |_| true)
         .await;
@@ -307,10 +311,7 @@ async fn snapshot_seqs(client: &mut SseClient) -> Vec<i64> {
 
 #[tokio::test]
 async fn long_poll_answers_at_once_when_something_is_newer_and_after_its_timeout_otherwise() {
-    let database = TestDatabase::new(Backend::Sqlite).await;
-    let names = Names::new();
-    let _broker = Broker::connect(&names).await;
-    let service = Service::start(&config(&database, &names, "poll-1", 100, 15)).await;
+    let (_database, _broker, service) = start("poll-1", 100, 15).await;
     // Wait until the leader has settled (its first snapshot predates the broker link).
     service.wait_until_ingesting(Duration::from_secs(10)).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -387,11 +388,8 @@ async fn long_poll_answers_at_once_when_something_is_newer_and_after_its_timeout
 
 #[tokio::test]
 async fn a_stalled_client_is_bounded_and_disconnected_while_a_fast_one_keeps_its_pace() {
-    let database = TestDatabase::new(Backend::Sqlite).await;
-    let names = Names::new();
-    let _broker = Broker::connect(&names).await;
     // Heartbeat 2 s: a reader that stops reading is aborted after 5 s.
-    let service = Service::start(&config(&database, &names, "slow-1", 100, 2)).await;
+    let (_database, _broker, service) = start("slow-1", 100, 2).await;
     service
         .wait_for_snapshot(Duration::from_secs(10), |_| true)
         .await;
@@ -457,10 +455,7 @@ async fn a_stalled_client_is_bounded_and_disconnected_while_a_fast_one_keeps_its
 
 #[tokio::test]
 async fn refresh_pushes_a_new_snapshot_and_history_backfills_every_minute() {
-    let database = TestDatabase::new(Backend::Sqlite).await;
-    let names = Names::new();
-    let broker = Broker::connect(&names).await;
-    let service = Service::start(&config(&database, &names, "refresh-1", 100, 15)).await;
+    let (_database, broker, service) = start("refresh-1", 100, 15).await;
     let before = service
         .wait_for_snapshot(Duration::from_secs(10), |_| true)
         .await;
@@ -534,10 +529,7 @@ async fn refresh_pushes_a_new_snapshot_and_history_backfills_every_minute() {
 
 #[tokio::test]
 async fn a_long_poll_client_that_missed_more_than_a_page_of_announcements_loses_none() {
-    let database = TestDatabase::new(Backend::Sqlite).await;
-    let names = Names::new();
-    let _broker = Broker::connect(&names).await;
-    let service = Service::start(&config(&database, &names, "page-1", 100, 15)).await;
+    let (_database, _broker, service) = start("page-1", 100, 15).await;
     service.wait_until_ingesting(Duration::from_secs(10)).await;
     let (_, first) = service.get_json("/api/dashboard/poll?timeout=1").await;
     let mut after = first["events"][0]["id"].as_str().expect("id").to_owned();
@@ -612,10 +604,7 @@ async fn two_thousand_clients_receive_the_same_snapshots_and_each_delivery_is_ti
     const BURSTS: usize = 40;
     const PER_BURST: usize = 25;
     const AMOUNT: i64 = 10;
-    let database = TestDatabase::new(Backend::Sqlite).await;
-    let names = Names::new();
-    let broker = Broker::connect(&names).await;
-    let service = Service::start(&config(&database, &names, "many", 250, 15)).await;
+    let (_database, broker, service) = start("many", 250, 15).await;
     service.wait_until_ingesting(Duration::from_secs(15)).await;
 
     let final_revenue = (BURSTS * PER_BURST) as i64 * AMOUNT;
@@ -732,11 +721,8 @@ fn raw_snapshots(raw: &str) -> Seen {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_stops_reading_for_a_while_skips_to_the_newest_snapshot_and_stays() {
     const ORDERS: usize = 600;
-    let database = TestDatabase::new(Backend::Sqlite).await;
-    let names = Names::new();
-    let broker = Broker::connect(&names).await;
     // A snapshot every 20 ms while orders flow: far more than a stalled socket holds.
-    let service = Service::start(&config(&database, &names, "pause-1", 20, 15)).await;
+    let (_database, broker, service) = start("pause-1", 20, 15).await;
     service.wait_until_ingesting(Duration::from_secs(15)).await;
     let (mut paused, address) = slow_reader(&service);
     write!(

@@ -16,7 +16,7 @@
 //! `scripts/test.sh`); under `CI=true` a missing tool fails the test instead of skipping it.
 
 use crate::helpers::{event, Backend, Broker, Names, Service, ServiceConfig, TestDatabase};
-use crate::private_services::PrivateRabbit;
+use crate::private_services::{free_port, PrivateRabbit};
 use crate::sse_client::SseClient;
 use serde_json::Value as Json;
 use serde_yaml::Value as Yaml;
@@ -1028,10 +1028,6 @@ async fn an_unknown_http_method_adds_no_label_value() {
 // ---------------------------------------------------------------------------------------------
 // Prometheus, Alertmanager and the Telegram stand-in
 // ---------------------------------------------------------------------------------------------
-
-fn free_port() -> u16 {
-    crate::private_services::free_ports::<1>()[0]
-}
 
 /// A Prometheus or Alertmanager of the test's own: its own folder and port; killed when dropped.
 struct Daemon {

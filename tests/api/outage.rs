@@ -372,6 +372,29 @@ async fn a_broker_restart_while_events_flow_keeps_serving_and_resumes_exactly() 
     let _ = connection.close(200, "done").await;
 }
 
+/// A service on a database of its own on a private PostgreSQL cluster, with broker names of
+/// its own, once ready. `ServiceConfig::new` wants a `TestDatabase`: the SQLite one returned
+/// (an unused folder) only supplies the defaults.
+async fn ready_on_private_postgres(
+    tag: &str,
+) -> (PrivatePostgres, TestDatabase, Names, Broker, Service) {
+    let postgres = PrivatePostgres::start().await;
+    let database_name = format!("pb_{tag}_{}", short_id());
+    postgres.create_database(&database_name).await;
+    let unused = TestDatabase::new(Backend::Sqlite).await;
+    let names = Names::new();
+    let mut config = ServiceConfig::new(&unused, &names, &format!("{tag}-pg-{}", short_id()));
+    config.database_url = postgres.url(&database_name);
+    let broker = Broker::connect(&names).await;
+    let service = Service::start(&config).await;
+    wait_until_ready(
+        &service,
+        "the service becomes ready on the private PostgreSQL",
+    )
+    .await;
+    (postgres, unused, names, broker, service)
+}
+
 /// PostgreSQL stops (`pg_ctl -m fast stop`, every connection cut) and starts again while the
 /// producer keeps publishing to the (shared) broker, on a private cluster (`PrivatePostgres`),
 /// since the shared one serves every other test.
@@ -380,23 +403,8 @@ async fn a_broker_restart_while_events_flow_keeps_serving_and_resumes_exactly() 
 /// generated, just before publishing, and the whole test takes well under a minute from there.
 #[tokio::test]
 async fn a_postgres_restart_while_events_flow_keeps_serving_and_resumes_exactly() {
-    let postgres = PrivatePostgres::start().await;
-    let database_name = format!("pb_outage_{}", short_id());
-    postgres.create_database(&database_name).await;
-    // `ServiceConfig::new` wants a `TestDatabase`; this one (an unused SQLite folder) only
-    // supplies the defaults, the service runs on the private PostgreSQL database.
-    let unused = TestDatabase::new(Backend::Sqlite).await;
-    let names = Names::new();
-    let mut config = ServiceConfig::new(&unused, &names, &format!("outage-pg-{}", short_id()));
-    config.database_url = postgres.url(&database_name);
-    let broker = Broker::connect(&names).await;
-    let service = Service::start(&config).await;
+    let (postgres, _unused, names, broker, service) = ready_on_private_postgres("outage").await;
     let service = &service;
-    wait_until_ready(
-        service,
-        "the service becomes ready on the private PostgreSQL",
-    )
-    .await;
     let context = || {
         format!(
             "{}\nPostgreSQL log:\n{}",
@@ -484,20 +492,7 @@ async fn a_postgres_restart_while_events_flow_keeps_serving_and_resumes_exactly(
 /// with SIGSTOP: connections open, nothing answers) still ends in a clean exit within 10 s.
 #[tokio::test]
 async fn sigterm_while_the_database_hangs_still_exits_within_ten_seconds() {
-    let postgres = PrivatePostgres::start().await;
-    let database_name = format!("pb_hang_{}", short_id());
-    postgres.create_database(&database_name).await;
-    let unused = TestDatabase::new(Backend::Sqlite).await;
-    let names = Names::new();
-    let mut config = ServiceConfig::new(&unused, &names, &format!("hang-pg-{}", short_id()));
-    config.database_url = postgres.url(&database_name);
-    let broker = Broker::connect(&names).await;
-    let mut service = Service::start(&config).await;
-    wait_until_ready(
-        &service,
-        "the service becomes ready on the private PostgreSQL",
-    )
-    .await;
+    let (postgres, _unused, _names, broker, mut service) = ready_on_private_postgres("hang").await;
     // Events flow fast enough that the leader is nearly always inside a commit: the freeze
     // catches one in flight, a query that will never be answered.
     let (messages, _) = stream_with_duplicates(EVENTS, 41);

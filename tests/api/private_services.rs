@@ -23,6 +23,11 @@ const RABBITMQCTL: &str = "/usr/sbin/rabbitmqctl";
 const START_TIMEOUT: Duration = Duration::from_secs(60);
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// A free TCP port on 127.0.0.1.
+pub fn free_port() -> u16 {
+    free_ports::<1>()[0]
+}
+
 /// Free TCP ports on 127.0.0.1, distinct from each other (all bound at once, then released).
 pub fn free_ports<const N: usize>() -> [u16; N] {
     let listeners: Vec<_> = (0..N)

@@ -62,10 +62,6 @@ pub fn local_proxy_config(source: &str, upstreams: [u16; 2], listen: u16) -> Str
     config
 }
 
-fn free_port() -> u16 {
-    crate::private_services::free_ports::<1>()[0]
-}
-
 /// Debian's nginx as a process of the test's own: its own configuration, pid, logs and temp
 /// folders, in the foreground; killed when dropped. The packaged daemon plays no part.
 pub struct Nginx {
@@ -709,6 +705,7 @@ fn watch_ready(
     })
 }
 
+use crate::private_services::free_port;
 use crate::traffic::net_revenue as net;
 
 /// Every event applied exactly once: the database's count per type equals what was sent.
