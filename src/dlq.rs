@@ -6,8 +6,14 @@
 //! acknowledges the dead one only after the broker confirmed the copy was routed, so a message
 //! is always in `<prefix>.events` or still in `<prefix>.dead`, never in neither (at worst in
 //! both, after a crash between the two steps: ingest's dedupe by id makes that harmless).
+//!
+//! A dead letter the client cannot parse (invalid UTF-8 in its routing key or a header: the
+//! broker dead-letters those itself, see `rabbitmq::reject_unreadable_head`) ends the
+//! connection that reads it. Since each call has a connection of its own, that costs nothing
+//! else: peek shows it as unreadable and stops there, replay stops before it and says so, and
+//! purge, which reads no message, drops it with the rest.
 
-use crate::rabbitmq::{connect, BrokerError, Topology};
+use crate::rabbitmq::{connect, is_unreadable, BrokerError, Topology};
 use lapin::options::{
     BasicAckOptions, BasicGetOptions, BasicNackOptions, BasicPublishOptions, ConfirmSelectOptions,
     QueuePurgeOptions,
@@ -16,10 +22,13 @@ use lapin::publisher_confirm::Confirmation;
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Channel, Connection};
 use serde::Serialize;
+use std::time::Duration;
 
 /// Bodies are shown up to this many bytes (cut at a character boundary).
 pub const BODY_PREVIEW_BYTES: usize = 2_048;
 const REASON_HEADER: &str = "x-pulseboard-reason";
+/// How long one `basic.get` may take before the dead letter it fetched counts as unreadable.
+const GET_LIMIT: Duration = Duration::from_secs(5);
 
 #[derive(Debug, thiserror::Error)]
 pub enum DlqError {
@@ -29,6 +38,8 @@ pub enum DlqError {
     Amqp(#[from] lapin::Error),
     #[error("RabbitMQ did not take the replayed copy ({0}); the dead letter stays")]
     NotRouted(&'static str),
+    #[error("RabbitMQ did not hand out a dead letter within {0:?}")]
+    Slow(Duration),
 }
 
 /// One dead letter as `dlq.peek` shows it.
@@ -41,6 +52,50 @@ pub struct DeadLetter {
     pub body: String,
     pub bytes: usize,
     pub truncated: bool,
+    /// The client could not parse this message; `reason` says why, and nothing after it in the
+    /// queue is shown. Present only when true.
+    #[serde(skip_serializing_if = "is_false")]
+    pub unreadable: bool,
+}
+
+impl DeadLetter {
+    fn unreadable(error: &str) -> DeadLetter {
+        DeadLetter {
+            reason: Some(format!("unreadable: {error}")),
+            routing_key: String::new(),
+            body: String::new(),
+            bytes: 0,
+            truncated: false,
+            unreadable: true,
+        }
+    }
+}
+
+fn is_false(flag: &bool) -> bool {
+    !flag
+}
+
+/// What the next `basic.get` found.
+enum Next {
+    Letter(Box<lapin::message::Delivery>),
+    Empty,
+    /// A message the client cannot parse: the connection is gone with it.
+    Unreadable(String),
+}
+
+/// The next dead letter, left unacknowledged.
+async fn next(connection: &Connection, channel: &Channel, queue: &str) -> Result<Next, DlqError> {
+    let get = channel.basic_get(queue, BasicGetOptions { no_ack: false });
+    match tokio::time::timeout(GET_LIMIT, get).await {
+        Ok(Ok(Some(message))) => Ok(Next::Letter(Box::new(message.delivery))),
+        Ok(Ok(None)) => Ok(Next::Empty),
+        Ok(Err(error)) if is_unreadable(&error) => Ok(Next::Unreadable(error.to_string())),
+        Ok(Err(error)) => Err(error.into()),
+        Err(_) if connection.status().errored() => Ok(Next::Unreadable(
+            "the connection failed while reading it".into(),
+        )),
+        Err(_) => Err(DlqError::Slow(GET_LIMIT)),
+    }
 }
 
 /// What `dlq.replay` did.
@@ -49,6 +104,10 @@ pub struct Replayed {
     pub replayed: u32,
     /// Dead letters left behind it.
     pub remaining: u32,
+    /// Replay stopped at a dead letter the client cannot parse (it stays; `dlq.purge` drops
+    /// it, `dlq.peek` shows it). Present only when true.
+    #[serde(skip_serializing_if = "is_false")]
+    pub unreadable: bool,
 }
 
 /// Up to `limit` dead letters, oldest first, left in the queue.
@@ -56,13 +115,14 @@ pub async fn peek(url: &str, topology: &Topology, limit: u32) -> Result<Vec<Dead
     let (connection, channel) = open(url, "pulseboard console dlq.peek").await?;
     let mut letters = Vec::new();
     while letters.len() < limit as usize {
-        let Some(message) = channel
-            .basic_get(&topology.dead_queue, BasicGetOptions { no_ack: false })
-            .await?
-        else {
-            break;
-        };
-        letters.push(describe(&message.delivery));
+        match next(&connection, &channel, &topology.dead_queue).await? {
+            Next::Letter(delivery) => letters.push(describe(&delivery)),
+            Next::Empty => break,
+            Next::Unreadable(error) => {
+                letters.push(DeadLetter::unreadable(&error));
+                break;
+            }
+        }
     }
     // Closing with every message unacknowledged puts them back, in their places.
     let _ = channel.close(200, "peeked").await;
@@ -77,15 +137,17 @@ pub async fn replay(url: &str, topology: &Topology, limit: u32) -> Result<Replay
         .confirm_select(ConfirmSelectOptions::default())
         .await?;
     let mut replayed = 0;
+    let mut unreadable = false;
     let outcome = async {
         while replayed < limit {
-            let Some(message) = channel
-                .basic_get(&topology.dead_queue, BasicGetOptions { no_ack: false })
-                .await?
-            else {
-                break;
+            let delivery = match next(&connection, &channel, &topology.dead_queue).await? {
+                Next::Letter(delivery) => delivery,
+                Next::Empty => break,
+                Next::Unreadable(_) => {
+                    unreadable = true;
+                    break;
+                }
             };
-            let delivery = message.delivery;
             match republish(&channel, &topology.exchange, &delivery).await {
                 Ok(()) => {
                     delivery.ack(BasicAckOptions::default()).await?;
@@ -105,14 +167,31 @@ pub async fn replay(url: &str, topology: &Topology, limit: u32) -> Result<Replay
         Ok(())
     }
     .await;
-    let remaining = Topology::depth(&channel, &topology.dead_queue)
-        .await
-        .unwrap_or_default();
+    // The connection is gone with an unreadable message: the count needs another.
+    let remaining = if unreadable {
+        depth_on_own_connection(url, topology).await
+    } else {
+        Topology::depth(&channel, &topology.dead_queue)
+            .await
+            .unwrap_or_default()
+    };
     let _ = connection.close(200, "bye").await;
     outcome.map(|()| Replayed {
         replayed,
         remaining,
+        unreadable,
     })
+}
+
+async fn depth_on_own_connection(url: &str, topology: &Topology) -> u32 {
+    let Ok((connection, channel)) = open(url, "pulseboard console dlq.replay count").await else {
+        return 0;
+    };
+    let depth = Topology::depth(&channel, &topology.dead_queue)
+        .await
+        .unwrap_or_default();
+    let _ = connection.close(200, "bye").await;
+    depth
 }
 
 /// Drops every dead letter; returns how many there were.
@@ -208,6 +287,7 @@ fn describe(delivery: &lapin::message::Delivery) -> DeadLetter {
         body,
         bytes: delivery.data.len(),
         truncated,
+        unreadable: false,
     }
 }
 

@@ -9,6 +9,7 @@ use pulseboard::{simulate, startup::Application, store::Store, telemetry, users}
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
+    reserve_parsing_stack();
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(error) => return usage_error(error),
@@ -24,12 +25,30 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(cli.command)) {
+    // On a worker thread, not this one: the main thread's stack is whatever the shell gave it,
+    // and the command's futures may hold deliveries (see `reserve_parsing_stack`).
+    let finished = runtime.block_on(async { tokio::spawn(run(cli.command)).await });
+    match finished.unwrap_or_else(|panic| Err(anyhow::anyhow!("the command panicked: {panic}"))) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("error: {}", one_line(&error));
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Gives every thread the process starts from now on (the RabbitMQ client's frame parser,
+/// the async runtime's workers, the database's) a stack that the deepest header table a broker
+/// can deliver cannot overflow (docs/security.md, AMQP frames). Done first, while this is the
+/// only thread: the standard library reads `RUST_MIN_STACK` once, at the first spawn. A larger
+/// value set by the operator is kept.
+fn reserve_parsing_stack() {
+    let needed = pulseboard::rabbitmq::parsing_stack_bytes();
+    let configured = std::env::var("RUST_MIN_STACK")
+        .ok()
+        .and_then(|value| value.parse::<usize>().ok());
+    if configured.is_none_or(|bytes| bytes < needed) {
+        std::env::set_var("RUST_MIN_STACK", needed.to_string());
     }
 }
 

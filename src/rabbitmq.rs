@@ -17,6 +17,14 @@
 //! takes the first that answers; every reconnection starts again from the first, so a link
 //! whose node went away lands on another.
 //!
+//! What the client library can be made to parse is bounded here, because it parses whatever the
+//! broker delivers on a thread of its own and cannot be told to stop (docs/security.md, AMQP
+//! frames): nested header tables are parsed recursively, so the stack of every thread is sized
+//! for the deepest table the largest frame can carry ([`parsing_stack_bytes`], reserved by the
+//! binary before any thread starts), and a broker that negotiates larger frames than that is
+//! refused at connect. A message the library cannot parse at all (invalid UTF-8 in a short
+//! string) kills its connection; [`reject_unreadable_head`] lets the broker dead-letter it.
+//!
 //! A malformed message is republished to `<prefix>.dlx` with `x-pulseboard-reason` (a broker
 //! rejection could not add that header) and acknowledged only after the broker confirmed the
 //! copy, together with its batch.
@@ -24,9 +32,9 @@
 use crate::aggregate::Millis;
 use crate::config::QueueType;
 use lapin::options::{
-    BasicConsumeOptions, BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions,
-    ExchangeDeclareOptions, ExchangeDeleteOptions, QueueBindOptions, QueueDeclareOptions,
-    QueueDeleteOptions,
+    BasicConsumeOptions, BasicGetOptions, BasicPublishOptions, BasicQosOptions, BasicRejectOptions,
+    ConfirmSelectOptions, ExchangeDeclareOptions, ExchangeDeleteOptions, QueueBindOptions,
+    QueueDeclareOptions, QueueDeleteOptions,
 };
 use lapin::publisher_confirm::{Confirmation, PublisherConfirm};
 use lapin::types::{AMQPValue, FieldTable, LongString};
@@ -35,6 +43,33 @@ use std::str::FromStr;
 use std::time::Duration;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How many times a quorum events queue delivers a message again before it dead-letters it.
+/// Generous: a failover, a broker restart or the search for an unreadable message
+/// (`ingest::feed`) each return a message once or twice; only a message that fails every time
+/// gets this far.
+pub const DELIVERY_LIMIT: i64 = 20;
+
+/// The largest frame a connection may negotiate: RabbitMQ's default `frame_max`. A publisher
+/// can send no larger frame than the broker allows, and a content header is never split, so
+/// this bounds the deepest header table the broker can deliver.
+pub const FRAME_MAX_SUPPORTED: u32 = 131_072;
+/// The fewest bytes one level of nesting takes in a frame: an array value is a type byte and a
+/// four-byte length (a table entry adds a key of at least one byte).
+const BYTES_PER_NESTING_LEVEL: usize = 5;
+/// Stack the client's parser uses per level of nesting, measured with amq-protocol 7.2
+/// (docs/benchmarks.md, "Parsing stack"): about 8 000 bytes in a debug build and 1 600 in a
+/// release build. Cloning, formatting, dropping and serialising a table take less per level.
+const PARSE_STACK_PER_NESTING_LEVEL: usize = if cfg!(debug_assertions) { 8_192 } else { 1_664 };
+
+/// The stack every thread needs so that parsing, cloning and dropping the deepest header
+/// table a [`FRAME_MAX_SUPPORTED`] frame can carry cannot overflow it: a quarter over the
+/// measured need, plus the 2 MiB a thread has by default for everything else. Threads only
+/// reserve this address space; memory is committed as a thread actually uses it.
+pub const fn parsing_stack_bytes() -> usize {
+    let deepest = FRAME_MAX_SUPPORTED as usize / BYTES_PER_NESTING_LEVEL;
+    deepest * PARSE_STACK_PER_NESTING_LEVEL / 4 * 5 + 2 * 1024 * 1024
+}
 /// How long declaring a queue or starting to consume from it may take. The broker answers
 /// within milliseconds, except for a quorum queue without a majority of its nodes, which waits
 /// for them: the link is given up with a reason instead of hanging there.
@@ -63,6 +98,19 @@ pub enum BrokerError {
         wanted: QueueType,
         said: String,
     },
+    #[error(
+        "quorum queue {queue} exists with another delivery limit than pulseboard's \
+         {DELIVERY_LIMIT} (queues declared before it had none): drain and delete the queue, or \
+         choose another PULSEBOARD_QUEUE_PREFIX, to declare it anew (docs/operations.md, \
+         Upgrading; RabbitMQ said: {said})"
+    )]
+    DeliveryLimit { queue: String, said: String },
+    #[error(
+        "RabbitMQ negotiates frames of up to {negotiated} bytes, more than the \
+         {FRAME_MAX_SUPPORTED} pulseboard parses safely: set frame_max = {FRAME_MAX_SUPPORTED} \
+         (RabbitMQ's default) in rabbitmq.conf"
+    )]
+    FrameMaxTooLarge { negotiated: u32 },
     #[error("RabbitMQ: {0}")]
     Amqp(#[from] lapin::Error),
     #[error("RabbitMQ refused the dead letter")]
@@ -131,6 +179,12 @@ impl Topology {
                 "x-overflow".into(),
                 AMQPValue::LongString("reject-publish".into()),
             );
+            // The broker's own guard: a message whose deliveries keep failing (one that makes
+            // every consumer fail before it can acknowledge or reject it) is dead-lettered.
+            arguments.insert(
+                "x-delivery-limit".into(),
+                AMQPValue::LongLongInt(DELIVERY_LIMIT),
+            );
         }
         arguments
     }
@@ -162,6 +216,12 @@ impl Topology {
     fn explain_refusal(&self, queue: &str, error: lapin::Error) -> BrokerError {
         let said = error.to_string();
         // The arguments that differ between the two types; RabbitMQ names the first it finds.
+        if said.contains("PRECONDITION_FAILED") && said.contains("x-delivery-limit") {
+            return BrokerError::DeliveryLimit {
+                queue: queue.to_owned(),
+                said,
+            };
+        }
         let about_type = ["x-queue-type", "x-overflow", "x-dead-letter-strategy"]
             .iter()
             .any(|argument| said.contains(argument));
@@ -298,10 +358,15 @@ async fn connect_one(url: &str, name: &str) -> Result<Connection, BrokerError> {
         .with_executor(tokio_executor_trait::Tokio::current())
         .with_reactor(tokio_reactor_trait::Tokio)
         .with_connection_name(name.into());
-    tokio::time::timeout(CONNECT_TIMEOUT, Connection::connect(url, properties))
+    let connection = tokio::time::timeout(CONNECT_TIMEOUT, Connection::connect(url, properties))
         .await
-        .map_err(|_| BrokerError::Timeout(CONNECT_TIMEOUT))?
-        .map_err(BrokerError::from)
+        .map_err(|_| BrokerError::Timeout(CONNECT_TIMEOUT))??;
+    let negotiated = connection.configuration().frame_max();
+    if negotiated > FRAME_MAX_SUPPORTED {
+        let _ = connection.close(200, "frame_max too large").await;
+        return Err(BrokerError::FrameMaxTooLarge { negotiated });
+    }
+    Ok(connection)
 }
 
 /// `operation` on `queue`, or [`BrokerError::Stalled`] after [`QUEUE_STEP_TIMEOUT`].
@@ -334,10 +399,70 @@ pub fn node_address(url: &str) -> String {
     }
 }
 
+/// Whether `error` says the client could not parse what the broker sent: a message it cannot
+/// read (invalid UTF-8 in a routing key, a header name, a content type…) ends the whole
+/// connection this way, before any code of ours sees the delivery.
+pub fn is_unreadable(error: &lapin::Error) -> bool {
+    matches!(error, lapin::Error::ParsingError(_))
+}
+
+/// What [`reject_unreadable_head`] found at the head of the queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HeadRejected {
+    /// A message the client cannot parse: the broker dead-letters it.
+    Unreadable,
+    /// A message the client could parse after all (the unreadable one left the queue in
+    /// between): it is dead-lettered all the same, not lost (`dlq.replay` brings it back).
+    Readable,
+    /// Nothing was in the queue.
+    Empty,
+}
+
+/// Has the broker dead-letter the message at the head of `queue`, which the client cannot
+/// parse, on a connection of its own that the message then ends. The `basic.get` and a
+/// `basic.reject` of delivery tag 1 (the first on a new channel) are sent together, before the
+/// answer arrives: the broker handles a channel's methods in order, so the reject applies to
+/// the message the get took, and it is sent before the client fails on that message. The
+/// queue's dead-letter exchange takes it, with the broker's `x-death` reason `rejected`.
+pub async fn reject_unreadable_head(
+    url: &str,
+    name: &str,
+    queue: &str,
+) -> Result<HeadRejected, BrokerError> {
+    let connection = connect(url, name).await?;
+    let channel = connection.create_channel().await?;
+    let get = channel.basic_get(queue, BasicGetOptions { no_ack: false });
+    let reject = channel.basic_reject(1, BasicRejectOptions { requeue: false });
+    // When the client fails on the message's content header rather than on `basic.get-ok`
+    // itself, the get is never answered: the connection's state tells.
+    let (got, rejected) =
+        futures_util::future::join(tokio::time::timeout(UNREADABLE_GET_LIMIT, get), reject).await;
+    let outcome = match got {
+        Ok(Err(error)) if is_unreadable(&error) => Ok(HeadRejected::Unreadable),
+        Err(_) if connection.status().errored() => Ok(HeadRejected::Unreadable),
+        Err(_) => Err(BrokerError::Stalled {
+            step: "reject the head of",
+            queue: queue.to_owned(),
+        }),
+        Ok(Err(error)) => Err(BrokerError::Amqp(error)),
+        Ok(Ok(Some(_))) => rejected
+            .map(|()| HeadRejected::Readable)
+            .map_err(BrokerError::Amqp),
+        Ok(Ok(None)) => Ok(HeadRejected::Empty),
+    };
+    let _ = connection.close(200, "bye").await;
+    outcome
+}
+
+/// How long [`reject_unreadable_head`] waits for the get's answer.
+const UNREADABLE_GET_LIMIT: Duration = Duration::from_secs(2);
+
 /// The leader's link: a consuming channel and a confirming channel for dead letters.
 pub struct ConsumerLink {
     connection: Connection,
     pub consumer: Consumer,
+    /// The consumer's prefetch: how many deliveries may be outstanding at once.
+    pub prefetch: u16,
     consume_channel: Channel,
     dead_channel: Channel,
     dead_exchange: String,
@@ -371,6 +496,7 @@ impl ConsumerLink {
         Ok(ConsumerLink {
             connection,
             consumer,
+            prefetch,
             consume_channel,
             dead_channel,
             dead_exchange: topology.dead_exchange.clone(),
@@ -394,7 +520,7 @@ impl ConsumerLink {
         node: &str,
         now: Millis,
     ) -> Result<PublisherConfirm, BrokerError> {
-        let mut headers = message.headers.clone().unwrap_or_default();
+        let mut headers = self.copied_headers(message);
         headers.insert(
             "x-pulseboard-reason".into(),
             AMQPValue::LongString(LongString::from(reason)),
@@ -423,11 +549,71 @@ impl ConsumerLink {
         Ok(confirm)
     }
 
+    /// The original headers for a dead letter's copy, if they fit in one frame beside the
+    /// reason; otherwise none but a note saying so (a content header is never split, and a
+    /// frame too large for the broker would end the link and bring the message back forever).
+    fn copied_headers(&self, message: &RawMessage) -> FieldTable {
+        let Some(original) = &message.headers else {
+            return FieldTable::default();
+        };
+        let size = encoded_table_size(original);
+        let room = self.connection.configuration().frame_max() as usize;
+        if size + DEAD_LETTER_MARKS_ROOM <= room {
+            return original.clone();
+        }
+        let mut headers = FieldTable::default();
+        headers.insert(
+            "x-pulseboard-headers-dropped".into(),
+            AMQPValue::LongString(
+                format!(
+                    "the original headers ({size} bytes) do not fit one frame beside the reason"
+                )
+                .into(),
+            ),
+        );
+        headers
+    }
+
     /// Cancels consumption and closes: unacknowledged deliveries go back to the queue.
     pub async fn close(self) {
         let _ = self.consume_channel.close(200, "bye").await;
         let _ = self.dead_channel.close(200, "bye").await;
         let _ = self.connection.close(200, "bye").await;
+    }
+}
+
+/// Room a dead letter's own marks (reason, node, time, a content header's fixed fields and a
+/// frame's) take in its content header frame, the reason at its longest included.
+const DEAD_LETTER_MARKS_ROOM: usize = 1_024;
+
+/// Bytes `table` takes on the wire (AMQP 0-9-1 field table).
+pub fn encoded_table_size(table: &FieldTable) -> usize {
+    4 + table
+        .inner()
+        .iter()
+        .map(|(key, value)| 1 + key.as_str().len() + encoded_value_size(value))
+        .sum::<usize>()
+}
+
+fn encoded_value_size(value: &AMQPValue) -> usize {
+    1 + match value {
+        AMQPValue::Boolean(_) | AMQPValue::ShortShortInt(_) | AMQPValue::ShortShortUInt(_) => 1,
+        AMQPValue::ShortInt(_) | AMQPValue::ShortUInt(_) => 2,
+        AMQPValue::LongInt(_) | AMQPValue::LongUInt(_) | AMQPValue::Float(_) => 4,
+        AMQPValue::LongLongInt(_) | AMQPValue::Double(_) | AMQPValue::Timestamp(_) => 8,
+        AMQPValue::DecimalValue(_) => 5,
+        AMQPValue::ShortString(text) => 1 + text.as_str().len(),
+        AMQPValue::LongString(text) => 4 + text.as_bytes().len(),
+        AMQPValue::ByteArray(bytes) => 4 + bytes.as_slice().len(),
+        AMQPValue::FieldArray(array) => {
+            4 + array
+                .as_slice()
+                .iter()
+                .map(encoded_value_size)
+                .sum::<usize>()
+        }
+        AMQPValue::FieldTable(table) => encoded_table_size(table),
+        AMQPValue::Void => 0,
     }
 }
 
@@ -480,5 +666,61 @@ impl RawMessage {
             body: delivery.data,
             arrived_at,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use lapin::types::{DecimalValue, FieldArray, ShortString};
+
+    fn wire_size(table: &FieldTable) -> usize {
+        let serialise = lapin::types::generation::gen_field_table(table);
+        let (bytes, _) = cookie_factory::gen(serialise, Vec::new()).expect("serialise");
+        bytes.len()
+    }
+
+    #[test]
+    fn the_computed_size_of_a_table_is_its_size_on_the_wire() {
+        let mut inner = FieldTable::default();
+        inner.insert(
+            "deeper".into(),
+            AMQPValue::FieldTable(FieldTable::default()),
+        );
+        let values = vec![
+            AMQPValue::Boolean(true),
+            AMQPValue::ShortShortInt(-1),
+            AMQPValue::ShortShortUInt(1),
+            AMQPValue::ShortInt(-2),
+            AMQPValue::ShortUInt(2),
+            AMQPValue::LongInt(-3),
+            AMQPValue::LongUInt(3),
+            AMQPValue::LongLongInt(-4),
+            AMQPValue::Float(1.5),
+            AMQPValue::Double(2.5),
+            AMQPValue::DecimalValue(DecimalValue {
+                scale: 2,
+                value: 314,
+            }),
+            AMQPValue::ShortString(ShortString::from("short")),
+            AMQPValue::LongString("long é".into()),
+            AMQPValue::Timestamp(7),
+            AMQPValue::ByteArray(vec![1u8, 2, 3].into()),
+            AMQPValue::Void,
+            AMQPValue::FieldTable(inner.clone()),
+        ];
+        let mut table = FieldTable::default();
+        for (index, value) in values.iter().enumerate() {
+            table.insert(format!("k{index}").into(), value.clone());
+        }
+        table.insert(
+            "array".into(),
+            AMQPValue::FieldArray(FieldArray::from(values)),
+        );
+        assert_eq!(encoded_table_size(&table), wire_size(&table));
+        assert_eq!(
+            encoded_table_size(&FieldTable::default()),
+            wire_size(&FieldTable::default())
+        );
     }
 }

@@ -73,7 +73,7 @@ impl From<DlqError> for Failure {
             DlqError::Broker(BrokerError::DeadLetterRefused) | DlqError::NotRouted(_) => {
                 ErrorCode::Internal
             }
-            DlqError::Broker(_) | DlqError::Amqp(_) => ErrorCode::Unavailable,
+            DlqError::Broker(_) | DlqError::Amqp(_) | DlqError::Slow(_) => ErrorCode::Unavailable,
         };
         Failure::new(code, error.to_string())
     }

@@ -6,9 +6,14 @@
 //! The service, the database and the names come from the kit the benchmarks use too
 //! (`tests/kit`); what only tests need is here: a producer on the broker, event bodies, timing.
 
-use lapin::options::{BasicAckOptions, BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions};
-use lapin::types::AMQPValue;
+use futures_util::StreamExt;
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, BasicGetOptions, BasicPublishOptions, BasicQosOptions,
+    ConfirmSelectOptions,
+};
+use lapin::types::{AMQPValue, FieldTable};
 use lapin::BasicProperties;
+use pulseboard::config::QueueType;
 use pulseboard::rabbitmq::{connect, Topology};
 use std::time::Duration;
 
@@ -35,7 +40,7 @@ pub async fn clear_of_minute_boundary(window: Duration) {
 /// A producer and inspector on the real broker, scoped to one test's names.
 pub struct Broker {
     /// Kept open for the channel's sake.
-    _connection: lapin::Connection,
+    connection: lapin::Connection,
     channel: lapin::Channel,
     pub names: Names,
     topology: Topology,
@@ -44,18 +49,29 @@ pub struct Broker {
 impl Broker {
     /// Connects and declares the service's topology, so messages queue before it starts.
     pub async fn connect(names: &Names) -> Broker {
+        Broker::connect_declared(names, false).await
+    }
+
+    /// [`Broker::connect`], declaring quorum queues when `quorum` (as the service does with
+    /// `PULSEBOARD_QUEUE_TYPE=quorum`).
+    pub async fn connect_declared(names: &Names, quorum: bool) -> Broker {
+        let queue_type = if quorum {
+            QueueType::Quorum
+        } else {
+            QueueType::Classic
+        };
         let connection = connect(AMQP_URL, "pulseboard test")
             .await
             .expect("RabbitMQ must be reachable at 127.0.0.1:5672 (run scripts/test.sh)");
         let channel = connection.create_channel().await.expect("channel");
-        let topology = names.topology();
+        let topology = names.topology().with_queue_type(queue_type);
         topology.declare(&channel).await.expect("topology");
         channel
             .confirm_select(ConfirmSelectOptions::default())
             .await
             .expect("confirms");
         Broker {
-            _connection: connection,
+            connection,
             channel,
             names: names.clone(),
             topology,
@@ -124,6 +140,37 @@ impl Broker {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         letters
+    }
+
+    pub async fn dead_depth(&self) -> u32 {
+        Topology::depth(&self.channel, &self.topology.dead_queue)
+            .await
+            .expect("depth")
+    }
+
+    /// Takes the message at the head of `<prefix>.events` on a channel of its own and gives it
+    /// back by closing that channel, as a consumer that fails on it would (a quorum queue
+    /// with a single active consumer refuses `basic.get`); false when none came within 2 s.
+    pub async fn return_one_to_events(&self) -> bool {
+        let channel = self.connection.create_channel().await.expect("channel");
+        channel
+            .basic_qos(1, BasicQosOptions::default())
+            .await
+            .expect("qos");
+        let mut consumer = channel
+            .basic_consume(
+                &self.topology.events_queue,
+                "returner",
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .expect("consume");
+        let got = tokio::time::timeout(Duration::from_secs(2), consumer.next()).await;
+        let _ = channel.close(200, "give it back").await;
+        // A quorum queue dead-letters asynchronously.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        matches!(got, Ok(Some(Ok(_))))
     }
 
     pub async fn events_queue_depth(&self) -> u32 {

@@ -13,6 +13,7 @@ mod failover;
 mod first_use;
 mod hardening;
 mod helpers;
+mod hostile_amqp;
 mod ingest;
 // The kit is shared with the benchmarks, which use other parts of it (CPU accounting).
 #[allow(dead_code)]

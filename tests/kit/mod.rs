@@ -18,4 +18,5 @@ pub mod broker;
 pub mod cpu;
 pub mod database;
 pub mod metrics;
+pub mod raw_amqp;
 pub mod service;

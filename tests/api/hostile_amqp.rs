@@ -1,0 +1,296 @@
+//! Messages the AMQP client cannot be expected to read (issue 27): header tables nested as deep
+//! as a frame allows, invalid UTF-8 in a short string (routing key, header name, content type,
+//! message id). Published byte by byte by a hostile producer ([`RawPublisher`]) to the events
+//! exchange, to `<prefix>.live` and straight into `<prefix>.dead`, against the real binary: the
+//! service stays up, ingest goes on, the events queue empties, and the dead-letter tools answer.
+
+use crate::console::Console;
+use crate::helpers::{event, Backend, Broker, Names, Service, ServiceConfig, TestDatabase};
+use crate::kit::raw_amqp::{
+    deepest_fitting, nested_arrays, nested_tables, short_string, table, RawProperties, RawPublisher,
+};
+use serde_json::{json, Value};
+use std::time::Duration;
+
+/// The event body of an order of `amount` placed just now.
+fn order(id: &str, amount: i64) -> Vec<u8> {
+    event(id, "order.placed", 1, "u-hostile", Some(amount))
+}
+
+/// Waits until the snapshot shows `revenue` today and the events queue is empty.
+async fn wait_for_revenue(
+    service: &Service,
+    broker: &Broker,
+    revenue: i64,
+    limit: Duration,
+) -> Value {
+    let snapshot = service
+        .wait_for_snapshot(limit, |s| s["revenue"]["today_minor"] == revenue)
+        .await;
+    let started = std::time::Instant::now();
+    while started.elapsed() < limit {
+        if broker.events_queue_depth().await == 0 {
+            return snapshot;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("the events queue did not empty\n{}", service.log_tail(40));
+}
+
+/// The properties of each unreadable message of the test: a name and raw properties; with the
+/// routing key each is published under.
+fn unreadable_messages() -> Vec<(&'static str, Vec<u8>, RawProperties)> {
+    let mut bad_name = short_string(b"trace-\xff");
+    bad_name.push(b'S');
+    bad_name.extend_from_slice(&1u32.to_be_bytes());
+    bad_name.push(b'x');
+    vec![
+        (
+            "routing key",
+            b"order.\xff".to_vec(),
+            RawProperties::persistent(),
+        ),
+        (
+            "header name",
+            b"order.placed".to_vec(),
+            RawProperties::with_headers(table(&bad_name)),
+        ),
+        (
+            "content type",
+            b"order.placed".to_vec(),
+            RawProperties::content_type(b"application/\xffjson"),
+        ),
+        (
+            "message id",
+            b"order.placed".to_vec(),
+            RawProperties::message_id(b"id-\xfe\xff"),
+        ),
+    ]
+}
+
+async fn start(
+    backend: Backend,
+    names: &Names,
+    node: &str,
+    quorum: bool,
+) -> (TestDatabase, Service) {
+    let database = TestDatabase::new(backend).await;
+    let mut config = ServiceConfig::new(&database, names, node);
+    if quorum {
+        config
+            .env
+            .push(("PULSEBOARD_QUEUE_TYPE".into(), "quorum".into()));
+    }
+    let service = Service::start(&config).await;
+    service.wait_until_ingesting(Duration::from_secs(20)).await;
+    (database, service)
+}
+
+#[tokio::test]
+async fn header_tables_nested_as_deep_as_a_frame_allows_neither_crash_nor_stall_ingest() {
+    let names = Names::new();
+    let broker = Broker::connect(&names).await;
+    let (_database, mut service) = start(Backend::Sqlite, &names, "deep-1", false).await;
+    let mut producer = RawPublisher::connect().await.expect("hostile producer");
+    let frame_max = producer.frame_max as usize;
+    let tables = nested_tables(deepest_fitting(frame_max, 6, 4));
+    let arrays = nested_arrays(deepest_fitting(frame_max, 5, 4 + 1 + 5));
+    let exchange = names.exchange.clone();
+    for (id, headers) in [("deep-tables", &tables), ("deep-arrays", &arrays)] {
+        producer
+            .publish(
+                &exchange,
+                b"order.placed",
+                &RawProperties::with_headers(headers.clone()),
+                &order(id, 1_000),
+            )
+            .await
+            .expect("the broker takes a header that fits its frames");
+    }
+    // A malformed event under the deepest header: its dead letter cannot carry that header
+    // beside the reason, and must not try (the broker would refuse the frame, forever).
+    producer
+        .publish(
+            &exchange,
+            b"order.placed",
+            &RawProperties::with_headers(tables.clone()),
+            b"not json",
+        )
+        .await
+        .expect("publish");
+    producer
+        .publish(
+            &exchange,
+            b"order.placed",
+            &RawProperties::persistent(),
+            &order("after", 7),
+        )
+        .await
+        .expect("publish");
+    wait_for_revenue(&service, &broker, 2_007, Duration::from_secs(30)).await;
+    service.check_running().expect("the service survives");
+    let letters = broker.wait_for_dead_letters(1).await;
+    assert_eq!(letters.len(), 1, "{letters:?}");
+    assert!(letters[0].0.contains("JSON"), "reason: {}", letters[0].0);
+
+    // The same headers on `<prefix>.live`, which every instance consumes.
+    for headers in [&tables, &arrays] {
+        producer
+            .publish(
+                &format!("{}.live", names.prefix),
+                b"",
+                &RawProperties::with_headers(headers.clone()),
+                b"{}",
+            )
+            .await
+            .expect("publish to live");
+    }
+    // And in the dead-letter queue, where dlq.peek reads them.
+    producer
+        .publish(
+            &format!("{}.dlx", names.prefix),
+            b"order.placed",
+            &RawProperties::with_headers(tables.clone()),
+            b"deep in the dead",
+        )
+        .await
+        .expect("publish to dlx");
+    let mut console = Console::open(&service, service.token()).await;
+    let peeked = console.ok("dlq.peek", json!({"limit": 10})).await;
+    let entries = peeked["messages"].as_array().expect("messages").clone();
+    assert!(
+        entries.iter().any(|m| m["body"] == "deep in the dead"),
+        "{peeked}"
+    );
+    broker
+        .publish_all(&[("order.placed".into(), order("last", 3))])
+        .await;
+    wait_for_revenue(&service, &broker, 2_010, Duration::from_secs(30)).await;
+    service.check_running().expect("the service survives");
+}
+
+/// Good orders around one unreadable message of each kind: every good one is applied, the
+/// events queue empties, every unreadable one ends in `<prefix>.dead`, and the dead-letter
+/// tools answer with them in the queue.
+async fn unreadable_messages_are_dead_lettered_and_ingest_goes_on(quorum: bool) {
+    let names = Names::new();
+    let node = if quorum { "utf8-q" } else { "utf8-c" };
+    let (_database, mut service) = start(Backend::Sqlite, &names, node, quorum).await;
+    let broker = Broker::connect_declared(&names, quorum).await;
+    let mut producer = RawPublisher::connect().await.expect("hostile producer");
+    let exchange = names.exchange.clone();
+    let mut expected = 0;
+    for (round, (what, routing_key, properties)) in unreadable_messages().into_iter().enumerate() {
+        for before in 0..3 {
+            let amount = 100 + (round * 10 + before) as i64;
+            expected += amount;
+            producer
+                .publish(
+                    &exchange,
+                    b"order.placed",
+                    &RawProperties::persistent(),
+                    &order(&format!("{round}-{before}"), amount),
+                )
+                .await
+                .expect("publish");
+        }
+        producer
+            .publish(
+                &exchange,
+                &routing_key,
+                &properties,
+                &order(&format!("bad-{round}"), 1_000_000),
+            )
+            .await
+            .unwrap_or_else(|error| {
+                panic!("the broker takes invalid UTF-8 in the {what}: {error}")
+            });
+    }
+    expected += 5;
+    producer
+        .publish(
+            &exchange,
+            b"order.placed",
+            &RawProperties::persistent(),
+            &order("tail", 5),
+        )
+        .await
+        .expect("publish");
+    wait_for_revenue(&service, &broker, expected, Duration::from_secs(60)).await;
+    service.check_running().expect("the service survives");
+    let dead = broker.dead_depth().await;
+    assert_eq!(dead, 4, "every unreadable message in the dead-letter queue");
+
+    // The dead-letter tools, with unreadable messages in the queue.
+    let mut console = Console::open(&service, service.token()).await;
+    let peeked = console.ok("dlq.peek", json!({"limit": 10})).await;
+    let first = &peeked["messages"][0];
+    assert_eq!(first["unreadable"], true, "{peeked}");
+    assert!(
+        first["reason"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("unreadable"),
+        "{peeked}"
+    );
+    let replayed = console.ok("dlq.replay", json!({"limit": 10})).await;
+    assert_eq!(replayed["replayed"], 0, "{replayed}");
+    assert_eq!(replayed["unreadable"], true, "{replayed}");
+    let purged = console.ok("dlq.purge", json!({"confirm": true})).await;
+    assert_eq!(purged["purged"], 4, "{purged}");
+
+    // The same messages on `<prefix>.live`: the fan-out link survives and snapshots go on.
+    for (_, routing_key, properties) in unreadable_messages() {
+        producer
+            .publish(
+                &format!("{}.live", names.prefix),
+                &routing_key,
+                &properties,
+                b"{}",
+            )
+            .await
+            .expect("publish to live");
+    }
+    broker
+        .publish_all(&[("order.placed".into(), order("last", 1))])
+        .await;
+    wait_for_revenue(&service, &broker, expected + 1, Duration::from_secs(30)).await;
+    service.check_running().expect("the service survives");
+}
+
+#[tokio::test]
+async fn unreadable_messages_on_a_classic_queue_are_dead_lettered_and_ingest_goes_on() {
+    unreadable_messages_are_dead_lettered_and_ingest_goes_on(false).await;
+}
+
+#[tokio::test]
+async fn unreadable_messages_on_a_quorum_queue_are_dead_lettered_and_ingest_goes_on() {
+    unreadable_messages_are_dead_lettered_and_ingest_goes_on(true).await;
+}
+
+/// The broker's own guard on a quorum queue: a message whose deliveries keep failing is
+/// dead-lettered after the delivery limit the service declares, whatever the consumer.
+#[tokio::test]
+async fn a_quorum_events_queue_dead_letters_a_message_that_keeps_coming_back() {
+    let names = Names::new();
+    let broker = Broker::connect_declared(&names, true).await;
+    broker
+        .publish_all(&[("order.placed".into(), order("again", 1))])
+        .await;
+    let mut returned = 0;
+    while broker.dead_depth().await == 0 {
+        assert!(
+            returned <= 100,
+            "still not dead-lettered after {returned} returns"
+        );
+        assert!(
+            broker.return_one_to_events().await,
+            "the message went missing"
+        );
+        returned += 1;
+    }
+    assert!(
+        (2..=pulseboard::rabbitmq::DELIVERY_LIMIT as usize + 1).contains(&returned),
+        "dead-lettered after {returned} returns"
+    );
+}
