@@ -134,6 +134,14 @@ impl Hub {
         true
     }
 
+    /// Makes `frame` the current snapshot even when its seq is lower: for a hub whose seq is
+    /// ahead of anything the store reserved (a database restored from a backup), which would
+    /// otherwise refuse every snapshot until a leader caught up.
+    pub fn rebase(&self, frame: Arc<SnapshotFrame>) -> bool {
+        self.cursor().seq = frame.seq() - 1;
+        self.publish(frame)
+    }
+
     /// Delivers an announcement to every connection, in id order. An id already delivered is
     /// ignored; a gap (an announcement this instance missed) is filled from the store first.
     pub async fn announce(
