@@ -192,6 +192,38 @@ impl Hub {
         self.cursor().last_announcement
     }
 
+    /// `id` if the service has been there; `None` for an id from the future (a database
+    /// restored from a backup, a made-up id), which the caller treats as unknown: a full replay
+    /// of what is kept, then the current snapshot, as for a new client. Waiting for the
+    /// service to reach such an id would silence the client for good.
+    ///
+    /// The store is asked only when this hub has not reached the id itself: another instance
+    /// may be an announcement or a snapshot ahead, and what the store holds (announcements,
+    /// seqs reserved by a leader) is what every instance will reach.
+    pub async fn recognise(
+        &self,
+        id: EventId,
+        store: &Store,
+    ) -> Result<Option<EventId>, StoreError> {
+        let announcement_known = id.announcement <= self.last_announcement()
+            || id.announcement <= store.last_announcement_id().await?;
+        if !announcement_known {
+            return Ok(None);
+        }
+        let current_seq = self.latest().map_or(0, |p| p.id.seq);
+        let seq_known = id.seq <= current_seq || id.seq <= store.reserved_seq().await?;
+        Ok(seq_known.then_some(id))
+    }
+
+    /// Where a client that has just been sent `current` stands: every announcement this hub
+    /// has delivered is "before it", whatever the snapshot was stamped with.
+    pub fn position_of(&self, current: &PublishedSnapshot) -> EventId {
+        EventId {
+            announcement: self.last_announcement(),
+            seq: current.id.seq,
+        }
+    }
+
     pub fn latest(&self) -> Option<Arc<PublishedSnapshot>> {
         self.inner.snapshots.borrow().clone()
     }
