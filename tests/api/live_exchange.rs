@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 const STREAM: &str = "/api/dashboard/stream";
 /// The shared secret of the test's instances: the test knows it, as a key holder would.
-const SECRET: &str = "the live-exchange test's shared secret";
+pub const SECRET: &str = "the live-exchange test's shared secret";
 /// `PULSEBOARD_FANOUT_WINDOW_SECS` of the test's instances.
 const WINDOW_SECS: u64 = 2;
 /// The figure every forged snapshot carries: it must never show anywhere.
@@ -56,8 +56,9 @@ async fn two_instances(database: &TestDatabase, names: &Names) -> (Service, Serv
     (first, second)
 }
 
-/// Publishes to the instances' `<prefix>.live` as anyone with write access to it could.
-struct Impostor {
+/// Publishes to the instances' `<prefix>.live` as anyone with write access to it could (and,
+/// with the secret, as an instance would).
+pub struct Impostor {
     _connection: lapin::Connection,
     channel: lapin::Channel,
     exchange: String,
@@ -65,7 +66,7 @@ struct Impostor {
 }
 
 impl Impostor {
-    async fn connect(names: &Names) -> Impostor {
+    pub async fn connect(names: &Names) -> Impostor {
         let (connection, channel) = crate::helpers::open_channel(AMQP_URL, "live impostor")
             .await
             .expect("RabbitMQ must be reachable at 127.0.0.1:5672");
@@ -99,7 +100,7 @@ impl Impostor {
     }
 
     /// A message sealed with `key` as node `node` would seal it.
-    async fn sealed(&self, key: &SealKey, node: &str, kind: &str, body: &[u8]) {
+    pub async fn sealed(&self, key: &SealKey, node: &str, kind: &str, body: &[u8]) {
         let nonce = self.nonces.next(chrono::Utc::now().timestamp_millis());
         let fields = Fields {
             kind,
