@@ -195,6 +195,12 @@ pub struct ServeArgs {
     #[arg(long, env = "PULSEBOARD_SECRET", hide_env_values = true, value_parser = parse_secret)]
     pub secret: Option<SecretString>,
 
+    /// How far the time in a message between instances may be from this instance's clock
+    /// before it is refused as stale (a replay); covers clock skew between the hosts.
+    #[arg(long, env = "PULSEBOARD_FANOUT_WINDOW_SECS", default_value_t = 30,
+          value_parser = clap::value_parser!(u64).range(1..=600))]
+    pub fanout_window_secs: u64,
+
     /// Password of the operator `admin` created when no user exists.
     #[arg(long, env = "PULSEBOARD_ADMIN_PASSWORD", hide_env_values = true,
           value_parser = secret_value)]

@@ -11,28 +11,43 @@
 //! an exclusive queue into its [`Hub`], and polling the depths of the events and dead-letter
 //! queues for status and metrics. On every (re)connect the hub catches up on announcements
 //! from the store.
+//!
+//! Anyone who may publish to `<prefix>.live` could speak as an instance, so every message is
+//! sealed ([`seal`]) and a receiver believes nothing of one before its seal and freshness are
+//! checked; refused ones are counted (`pulseboard_fanout_rejected_total{reason}`) and logged at
+//! most once per [`REJECTION_LOG_EVERY`]. What a receiver hands on is re-encoded from the
+//! parsed value, never the bytes received: snapshots by the service's own encoder, audit and
+//! event rows as JSON objects it encodes again, and announcements read from the store (the
+//! message only says that there is a new one). A snapshot's `seq` must be one the store has
+//! reserved, so that no message, however sealed, can hold every dashboard on a seq no leader
+//! will reach.
 
+pub mod seal;
+
+use crate::clock::now_ms;
 use crate::control::{Answer, Beacon, Cluster, Request, BEACON_EVERY};
 use crate::live::{Announcement, Hub, Snapshot, SnapshotFrame};
 use crate::metrics::Metrics;
-use crate::rabbitmq::{connect, BrokerError, Topology};
+use crate::rabbitmq::{bind_private_queue, connect, BrokerError, Topology};
 use crate::retry::Backoff;
 use crate::status::StatusCell;
-use crate::store::Store;
+use crate::store::{Store, StoreError};
 use futures_util::StreamExt;
-use lapin::options::{
-    BasicConsumeOptions, BasicPublishOptions, QueueBindOptions, QueueDeclareOptions,
-};
+use lapin::options::{BasicConsumeOptions, BasicPublishOptions};
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::BasicProperties;
+use seal::{Fields, Freshness, LogGate, NonceClock, Rejection, SealKey};
 use secrecy::ExposeSecret;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 const OLDEST_ARRIVAL_HEADER: &str = "x-oldest-arrival";
 const DEPTH_POLL: Duration = Duration::from_secs(2);
+/// At most one log line per interval about refused messages (the counter has them all).
+pub const REJECTION_LOG_EVERY: Duration = Duration::from_secs(10);
 
 /// What this instance tells the others.
 #[derive(Debug)]
@@ -117,6 +132,31 @@ pub struct FanoutContext {
     pub refresh: mpsc::Sender<()>,
     /// What this instance knows of the others, and answers them.
     pub cluster: Arc<Cluster>,
+    /// Seals what this instance sends and checks what it receives.
+    pub seal: SealKey,
+    /// How far a message's nonce may be from this instance's clock (`PULSEBOARD_FANOUT_WINDOW_SECS`).
+    pub window: Duration,
+}
+
+/// What the link keeps across reconnects to seal and check messages.
+struct Seals {
+    key: SealKey,
+    nonces: NonceClock,
+    freshness: Freshness,
+    log: LogGate,
+    ceiling: SeqCeiling,
+}
+
+impl Seals {
+    fn new(context: &FanoutContext) -> Seals {
+        Seals {
+            key: context.seal.clone(),
+            nonces: NonceClock::default(),
+            freshness: Freshness::new(context.window),
+            log: LogGate::new(REJECTION_LOG_EVERY),
+            ceiling: SeqCeiling::default(),
+        }
+    }
 }
 
 /// Runs until `shutdown`, reconnecting after every failure.
@@ -126,8 +166,9 @@ pub async fn run(
     shutdown: CancellationToken,
 ) {
     let mut backoff = Backoff::new(Duration::from_millis(250), Duration::from_secs(10));
+    let seals = Seals::new(&context);
     while !shutdown.is_cancelled() {
-        let result = session(&context, &mut outgoing, &shutdown, &mut backoff).await;
+        let result = session(&context, &seals, &mut outgoing, &shutdown, &mut backoff).await;
         context.status.update_fanout(|s| s.link.connected = false);
         match result {
             Ok(()) => break,
@@ -148,6 +189,7 @@ pub async fn run(
 /// One connection's life: returns `Ok` on shutdown, `Err` when the link failed.
 async fn session(
     context: &FanoutContext,
+    seals: &Seals,
     outgoing: &mut mpsc::Receiver<Outgoing>,
     shutdown: &CancellationToken,
     backoff: &mut Backoff,
@@ -159,29 +201,10 @@ async fn session(
     .await?;
     let channel = connection.create_channel().await?;
     context.topology.declare(&channel).await?;
-    let queue = channel
-        .queue_declare(
-            "",
-            QueueDeclareOptions {
-                exclusive: true,
-                auto_delete: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await?;
-    channel
-        .queue_bind(
-            queue.name().as_str(),
-            &context.topology.live_exchange,
-            "",
-            QueueBindOptions::default(),
-            FieldTable::default(),
-        )
-        .await?;
+    let own_queue = bind_private_queue(&channel, &context.topology.live_exchange).await?;
     let mut incoming = channel
         .basic_consume(
-            queue.name().as_str(),
+            &own_queue,
             "",
             BasicConsumeOptions {
                 no_ack: true,
@@ -201,17 +224,22 @@ async fn session(
     let mut depth_tick = tokio::time::interval(DEPTH_POLL);
     let mut beacon_tick = tokio::time::interval(BEACON_EVERY);
     let mut consoles = context.cluster.local.registry.watch_consoles();
-    let own_queue = queue.name().as_str().to_owned();
+    let link = Link {
+        context,
+        seals,
+        channel: &channel,
+        own_queue: &own_queue,
+    };
     let outcome = loop {
         tokio::select! {
             _ = shutdown.cancelled() => {
                 let mut leaving = context.cluster.local.beacon();
                 leaving.leaving = true;
-                let _ = send_beacon(&channel, &context.topology.live_exchange, &leaving).await;
+                let _ = link.send_beacon(&leaving).await;
                 break Ok(());
             }
             delivery = incoming.next() => match delivery {
-                Some(Ok(delivery)) => receive(context, &channel, &own_queue, &delivery).await?,
+                Some(Ok(delivery)) => link.receive(&delivery).await?,
                 Some(Err(error)) => break Err(error.into()),
                 None => break Err(BrokerError::Amqp(lapin::Error::InvalidChannelState(
                     lapin::ChannelState::Closed,
@@ -219,15 +247,13 @@ async fn session(
             },
             message = outgoing.recv() => {
                 let Some(message) = message else { break Ok(()) };
-                publish(&channel, &context.topology.live_exchange, &own_queue, &message).await?;
+                link.publish(&message).await?;
             }
             _ = depth_tick.tick() => poll_depths(context, &depth_channel).await?,
-            _ = beacon_tick.tick() => {
-                send_beacon(&channel, &context.topology.live_exchange, &context.cluster.local.beacon()).await?;
-            }
+            _ = beacon_tick.tick() => link.send_beacon(&context.cluster.local.beacon()).await?,
             Ok(()) = consoles.changed() => {
                 context.cluster.refresh_presence();
-                send_beacon(&channel, &context.topology.live_exchange, &context.cluster.local.beacon()).await?;
+                link.send_beacon(&context.cluster.local.beacon()).await?;
             }
         }
     };
@@ -235,205 +261,428 @@ async fn session(
     outcome
 }
 
-async fn publish(
-    channel: &lapin::Channel,
-    exchange: &str,
-    own_queue: &str,
-    message: &Outgoing,
-) -> Result<(), BrokerError> {
-    let mut headers = FieldTable::default();
-    let mut properties = BasicProperties::default();
-    let body: Vec<u8> = match message {
-        Outgoing::Snapshot(frame) => {
-            if let Some(arrival) = frame.oldest_arrival {
-                headers.insert(
-                    OLDEST_ARRIVAL_HEADER.into(),
-                    AMQPValue::LongLongInt(arrival),
-                );
+/// One message on its way out: what its seal covers besides the sender and the nonce.
+#[derive(Default)]
+struct Outbound<'a> {
+    kind: &'static str,
+    body: &'a [u8],
+    reply_to: Option<&'a str>,
+    correlation: Option<&'a str>,
+    oldest_arrival: Option<i64>,
+}
+
+/// A message whose seal and freshness were checked: the only way anything of it is read.
+struct Opened<'a> {
+    kind: &'a str,
+    node: &'a str,
+    oldest_arrival: Option<i64>,
+    body: &'a [u8],
+}
+
+/// One connection's channel, with what sealing and checking need.
+struct Link<'a> {
+    context: &'a FanoutContext,
+    seals: &'a Seals,
+    channel: &'a lapin::Channel,
+    own_queue: &'a str,
+}
+
+impl Link<'_> {
+    async fn publish(&self, message: &Outgoing) -> Result<(), BrokerError> {
+        let exchange = &self.context.topology.live_exchange;
+        let kind = message.kind();
+        match message {
+            Outgoing::Snapshot(frame) => {
+                let outbound = Outbound {
+                    kind,
+                    body: frame.json.as_bytes(),
+                    oldest_arrival: frame.oldest_arrival,
+                    ..Outbound::default()
+                };
+                self.send(exchange, "", &outbound).await
             }
-            frame.json.as_bytes().to_vec()
+            Outgoing::Announcement(announcement) => {
+                // A struct of strings and numbers always serializes.
+                let body = serde_json::to_vec(announcement).unwrap_or_default();
+                self.send(
+                    exchange,
+                    "",
+                    &Outbound {
+                        kind,
+                        body: &body,
+                        ..Outbound::default()
+                    },
+                )
+                .await
+            }
+            Outgoing::Refresh => {
+                self.send(
+                    exchange,
+                    "",
+                    &Outbound {
+                        kind,
+                        ..Outbound::default()
+                    },
+                )
+                .await
+            }
+            Outgoing::Request {
+                correlation,
+                request,
+            } => {
+                // A tagged enum of strings always serializes.
+                let body = serde_json::to_vec(request).unwrap_or_default();
+                let outbound = Outbound {
+                    kind,
+                    body: &body,
+                    reply_to: Some(self.own_queue),
+                    correlation: Some(correlation),
+                    ..Outbound::default()
+                };
+                self.send(exchange, "", &outbound).await
+            }
+            Outgoing::Audit(json) | Outgoing::Event(json) => {
+                let outbound = Outbound {
+                    kind,
+                    body: json.as_bytes(),
+                    ..Outbound::default()
+                };
+                self.send(exchange, "", &outbound).await
+            }
         }
-        // A struct of strings and numbers always serializes.
-        Outgoing::Announcement(announcement) => {
-            serde_json::to_vec(announcement).unwrap_or_default()
-        }
-        Outgoing::Refresh => Vec::new(),
-        Outgoing::Request {
-            correlation,
-            request,
-        } => {
-            properties = properties
-                .with_reply_to(own_queue.into())
-                .with_correlation_id(correlation.as_str().into());
-            // A tagged enum of strings always serializes.
-            serde_json::to_vec(request).unwrap_or_default()
-        }
-        Outgoing::Audit(json) | Outgoing::Event(json) => json.as_bytes().to_vec(),
-    };
-    let properties = properties
-        .with_content_type("application/json".into())
-        .with_type(message.kind().into())
-        .with_headers(headers);
-    send(channel, exchange, "", &body, properties).await
-}
+    }
 
-/// One message, published as is (no confirm: the fan-out tolerates a lost one, the next
-/// snapshot or beacon replaces it).
-async fn send(
-    channel: &lapin::Channel,
-    exchange: &str,
-    routing_key: &str,
-    body: &[u8],
-    properties: BasicProperties,
-) -> Result<(), BrokerError> {
-    channel
-        .basic_publish(
-            exchange,
-            routing_key,
-            BasicPublishOptions::default(),
-            body,
-            properties,
-        )
-        .await?;
-    Ok(())
-}
+    /// This instance's beacon.
+    async fn send_beacon(&self, beacon: &Beacon) -> Result<(), BrokerError> {
+        // Strings only: always serializes.
+        let body = serde_json::to_vec(beacon).unwrap_or_default();
+        let outbound = Outbound {
+            kind: "beacon",
+            body: &body,
+            ..Outbound::default()
+        };
+        self.send(&self.context.topology.live_exchange, "", &outbound)
+            .await
+    }
 
-/// Another instance's beacon, or this one's.
-async fn send_beacon(
-    channel: &lapin::Channel,
-    exchange: &str,
-    beacon: &Beacon,
-) -> Result<(), BrokerError> {
-    // Strings only: always serializes.
-    let body = serde_json::to_vec(beacon).unwrap_or_default();
-    let properties = BasicProperties::default().with_type("beacon".into());
-    send(channel, exchange, "", &body, properties).await
-}
+    /// One message, sealed and published (no confirm: the fan-out tolerates a lost one, the
+    /// next snapshot or beacon replaces it).
+    async fn send(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        outbound: &Outbound<'_>,
+    ) -> Result<(), BrokerError> {
+        let node = self.context.node.as_str();
+        let nonce = self.seals.nonces.next(now_ms());
+        let fields = Fields {
+            kind: outbound.kind,
+            node,
+            nonce,
+            reply_to: outbound.reply_to.unwrap_or_default(),
+            correlation: outbound.correlation.unwrap_or_default(),
+            oldest_arrival: outbound.oldest_arrival,
+            body: outbound.body,
+        };
+        let mut headers = FieldTable::default();
+        headers.insert(seal::NODE_HEADER.into(), AMQPValue::LongString(node.into()));
+        // Microseconds since 1970 stay below i64::MAX for another 290,000 years.
+        headers.insert(
+            seal::NONCE_HEADER.into(),
+            AMQPValue::LongLongInt(i64::try_from(nonce).unwrap_or(i64::MAX)),
+        );
+        headers.insert(
+            seal::SEAL_HEADER.into(),
+            AMQPValue::LongString(self.seals.key.seal(&fields).into()),
+        );
+        if let Some(arrival) = outbound.oldest_arrival {
+            headers.insert(
+                OLDEST_ARRIVAL_HEADER.into(),
+                AMQPValue::LongLongInt(arrival),
+            );
+        }
+        let mut properties = BasicProperties::default()
+            .with_content_type("application/json".into())
+            .with_type(outbound.kind.into())
+            .with_app_id(node.into())
+            .with_headers(headers);
+        if let Some(reply_to) = outbound.reply_to {
+            properties = properties.with_reply_to(reply_to.into());
+        }
+        if let Some(correlation) = outbound.correlation {
+            properties = properties.with_correlation_id(correlation.into());
+        }
+        self.channel
+            .basic_publish(
+                exchange,
+                routing_key,
+                BasicPublishOptions::default(),
+                outbound.body,
+                properties,
+            )
+            .await?;
+        Ok(())
+    }
 
-async fn receive(
-    context: &FanoutContext,
-    channel: &lapin::Channel,
-    own_queue: &str,
-    delivery: &lapin::message::Delivery,
-) -> Result<(), BrokerError> {
-    let kind = delivery
-        .properties
-        .kind()
-        .as_ref()
-        .map(|k| k.as_str().to_owned());
-    match kind.as_deref() {
-        Some("request") => answer(context, channel, own_queue, delivery).await?,
-        Some("answer") => receive_answer(context, delivery),
-        Some("beacon") => match serde_json::from_slice::<Beacon>(&delivery.data) {
-            Ok(beacon) => context.cluster.saw(beacon),
-            Err(error) => tracing::warn!(%error, "ignoring an unreadable beacon"),
-        },
-        Some("audit") => {
-            let _ = context.cluster.feeds.audit.send(text_of(delivery));
+    /// Checks a delivery, then hands what it says on; a refused one is counted and dropped.
+    async fn receive(&self, delivery: &lapin::message::Delivery) -> Result<(), BrokerError> {
+        let outcome = match self.open(delivery) {
+            Ok(opened) => self.act(&opened, delivery).await,
+            Err(rejection) => Err(rejection),
+        };
+        if let Err(rejection) = outcome {
+            self.refuse(rejection, delivery);
         }
-        Some("event") => {
-            let _ = context.cluster.feeds.events.send(text_of(delivery));
-        }
-        Some("announcement") => match serde_json::from_slice::<Announcement>(&delivery.data) {
-            Ok(announcement) => {
-                if let Err(error) = context.hub.announce(announcement, &context.store).await {
-                    tracing::warn!(%error, "could not fill an announcement gap from the store");
+        Ok(())
+    }
+
+    /// The seal first (constant time, over every field a receiver trusts), then freshness:
+    /// nothing of the message is read before both pass.
+    fn open<'d>(&self, delivery: &'d lapin::message::Delivery) -> Result<Opened<'d>, Rejection> {
+        let properties = &delivery.properties;
+        let headers = properties.headers().as_ref().map(FieldTable::inner);
+        let header = |name: &str| headers.and_then(|h| h.get(name));
+        let text = |name: &str| match header(name) {
+            Some(AMQPValue::LongString(text)) => std::str::from_utf8(text.as_bytes()).ok(),
+            _ => None,
+        };
+        let (Some(node), Some(AMQPValue::LongLongInt(nonce)), Some(seal)) = (
+            text(seal::NODE_HEADER),
+            header(seal::NONCE_HEADER),
+            text(seal::SEAL_HEADER),
+        ) else {
+            return Err(Rejection::Unsigned);
+        };
+        let nonce = u64::try_from(*nonce).map_err(|_| Rejection::Unsigned)?;
+        let oldest_arrival = match header(OLDEST_ARRIVAL_HEADER) {
+            Some(AMQPValue::LongLongInt(at)) => Some(*at),
+            _ => None,
+        };
+        let kind = properties.kind().as_ref().map_or("", |k| k.as_str());
+        let fields = Fields {
+            kind,
+            node,
+            nonce,
+            reply_to: properties.reply_to().as_ref().map_or("", |q| q.as_str()),
+            correlation: properties
+                .correlation_id()
+                .as_ref()
+                .map_or("", |c| c.as_str()),
+            oldest_arrival,
+            body: &delivery.data,
+        };
+        self.seals.key.check(&fields, seal)?;
+        self.seals.freshness.admit(node, nonce, now_ms())?;
+        Ok(Opened {
+            kind,
+            node,
+            oldest_arrival,
+            body: &delivery.data,
+        })
+    }
+
+    /// What a checked message asks for; `Err` when its body is not what its kind must be.
+    async fn act(
+        &self,
+        opened: &Opened<'_>,
+        delivery: &lapin::message::Delivery,
+    ) -> Result<(), Rejection> {
+        let context = self.context;
+        match opened.kind {
+            "snapshot" => return self.receive_snapshot(opened).await,
+            "announcement" => {
+                let announcement: Announcement = parse(opened.body)?;
+                // The message only says that there is a new one: what clients get is read
+                // from the store, where the sender put it first.
+                if announcement.id > context.hub.last_announcement() {
+                    if let Err(error) = context.hub.catch_up(&context.store).await {
+                        tracing::warn!(%error, "could not read a new announcement from the store");
+                    }
                 }
             }
-            Err(error) => tracing::warn!(%error, "ignoring an unreadable announcement"),
-        },
-        Some("refresh") => {
-            if context.status.get().ingest.is_leader {
-                let _ = context.refresh.try_send(());
+            "request" => {
+                let request: Request = parse(opened.body)?;
+                if let Err(error) = self.answer(&request, delivery).await {
+                    tracing::warn!(%error, "could not answer a request");
+                }
             }
+            "answer" => {
+                let answer: Answer = parse(opened.body)?;
+                if let Some(correlation) = delivery.properties.correlation_id() {
+                    context
+                        .cluster
+                        .deliver(correlation.as_str(), opened.node.to_owned(), answer);
+                }
+            }
+            "beacon" => {
+                let beacon: Beacon = parse(opened.body)?;
+                if beacon.node != opened.node {
+                    return Err(Rejection::Malformed);
+                }
+                context.cluster.saw(beacon);
+            }
+            "audit" => {
+                let _ = context.cluster.feeds.audit.send(reencoded(opened.body)?);
+            }
+            "event" => {
+                let _ = context.cluster.feeds.events.send(reencoded(opened.body)?);
+            }
+            "refresh" => {
+                if context.status.get().ingest.is_leader {
+                    let _ = context.refresh.try_send(());
+                }
+            }
+            _ => return Err(Rejection::Malformed),
         }
-        _ => receive_snapshot(context, delivery),
+        Ok(())
     }
-    Ok(())
-}
 
-fn text_of(delivery: &lapin::message::Delivery) -> Arc<str> {
-    Arc::from(String::from_utf8_lossy(&delivery.data).as_ref())
-}
-
-/// Answers a request to the asker's queue, through the default exchange; not this instance's
-/// own requests, which it has answered for itself already.
-async fn answer(
-    context: &FanoutContext,
-    channel: &lapin::Channel,
-    own_queue: &str,
-    delivery: &lapin::message::Delivery,
-) -> Result<(), BrokerError> {
-    let properties = &delivery.properties;
-    let (Some(reply_to), Some(correlation)) = (properties.reply_to(), properties.correlation_id())
-    else {
-        return Ok(());
-    };
-    if reply_to.as_str() == own_queue {
-        return Ok(());
-    }
-    let request: Request = match serde_json::from_slice(&delivery.data) {
-        Ok(request) => request,
-        Err(error) => {
-            tracing::warn!(%error, "ignoring an unreadable request");
+    /// Answers a request to the asker's queue, through the default exchange; not this
+    /// instance's own requests, which it has answered for itself already.
+    async fn answer(
+        &self,
+        request: &Request,
+        delivery: &lapin::message::Delivery,
+    ) -> Result<(), BrokerError> {
+        let properties = &delivery.properties;
+        let (Some(reply_to), Some(correlation)) =
+            (properties.reply_to(), properties.correlation_id())
+        else {
+            return Ok(());
+        };
+        if reply_to.as_str() == self.own_queue {
             return Ok(());
         }
-    };
-    let answer = context.cluster.local.answer(&request);
-    // Plain data: always serializes.
-    let body = serde_json::to_vec(&answer).unwrap_or_default();
-    let properties = BasicProperties::default()
-        .with_type("answer".into())
-        .with_correlation_id(correlation.clone())
-        .with_app_id(context.node.as_str().into());
-    // The default exchange routes by queue name: straight to the asker's own queue.
-    send(channel, "", reply_to.as_str(), &body, properties).await
-}
+        let answer = self.context.cluster.local.answer(request);
+        // Plain data: always serializes.
+        let body = serde_json::to_vec(&answer).unwrap_or_default();
+        let outbound = Outbound {
+            kind: "answer",
+            body: &body,
+            correlation: Some(correlation.as_str()),
+            ..Outbound::default()
+        };
+        // The default exchange routes by queue name: straight to the asker's own queue.
+        self.send("", reply_to.as_str(), &outbound).await
+    }
 
-fn receive_answer(context: &FanoutContext, delivery: &lapin::message::Delivery) {
-    let properties = &delivery.properties;
-    let (Some(correlation), Some(node)) = (properties.correlation_id(), properties.app_id()) else {
-        return;
-    };
-    match serde_json::from_slice::<Answer>(&delivery.data) {
-        Ok(answer) => context
-            .cluster
-            .deliver(correlation.as_str(), node.to_string(), answer),
-        Err(error) => tracing::warn!(%error, "ignoring an unreadable answer"),
+    async fn receive_snapshot(&self, opened: &Opened<'_>) -> Result<(), Rejection> {
+        let context = self.context;
+        if opened.node == context.node {
+            // This instance's own, back from the exchange: its hub has it already.
+            return Ok(());
+        }
+        let snapshot: Snapshot = parse(opened.body)?;
+        let seq = snapshot.seq;
+        match self.seals.ceiling.admits(seq, &context.store).await {
+            Ok(true) => {}
+            Ok(false) => return Err(Rejection::SeqAhead),
+            Err(error) => {
+                tracing::warn!(%error, seq, "could not check a snapshot's seq against the store");
+                return Ok(());
+            }
+        }
+        let metrics = &context.metrics;
+        metrics.active_users.set(snapshot.active_users as i64);
+        metrics
+            .orders_per_minute
+            .set(snapshot.orders_per_minute as i64);
+        metrics
+            .revenue_today_minor
+            .set(snapshot.revenue.today_minor);
+        // Encoded here, by the service's own encoder: never the bytes that came.
+        let frame = SnapshotFrame::new(snapshot, opened.oldest_arrival);
+        if !context.hub.publish(frame.clone()) {
+            self.rebase_if_ahead_of_store(frame).await;
+        }
+        Ok(())
+    }
+
+    /// A snapshot older than this hub's is normally a former leader's late one; but when the
+    /// hub's seq is beyond anything the store reserved (the database was restored from a
+    /// backup), the hub is what is wrong: it starts again from this snapshot.
+    async fn rebase_if_ahead_of_store(&self, frame: Arc<SnapshotFrame>) {
+        let hub = &self.context.hub;
+        let Some(current) = hub.latest().map(|p| p.id.seq) else {
+            return;
+        };
+        if frame.seq() >= current {
+            // The same snapshot again (the leader's rebroadcast): nothing to decide.
+            return;
+        }
+        match self.context.store.reserved_seq().await {
+            Ok(reserved) if current > reserved => {
+                tracing::warn!(
+                    current,
+                    reserved,
+                    "this instance's snapshot seq is ahead of the store (restored?): starting again from the leader's"
+                );
+                self.seals.ceiling.reset(reserved);
+                hub.rebase(frame);
+            }
+            Ok(_) => {}
+            Err(error) => tracing::warn!(%error, "could not read the reserved snapshot seq"),
+        }
+    }
+
+    fn refuse(&self, rejection: Rejection, delivery: &lapin::message::Delivery) {
+        self.context
+            .metrics
+            .fanout_rejected
+            .with_label_values(&[rejection.label()])
+            .inc();
+        if let Some(held_back) = self.seals.log.admit(Instant::now()) {
+            // The kind is one of few words or anything an attacker chose: logged escaped
+            // by the subscriber, and cut short.
+            let kind: String = delivery
+                .properties
+                .kind()
+                .as_ref()
+                .map(|k| k.as_str().chars().take(32).collect())
+                .unwrap_or_default();
+            tracing::warn!(
+                reason = rejection.label(),
+                kind,
+                held_back,
+                every_secs = REJECTION_LOG_EVERY.as_secs(),
+                "refused a message on the live exchange (pulseboard_fanout_rejected_total counts them all)"
+            );
+        }
     }
 }
 
-fn receive_snapshot(context: &FanoutContext, delivery: &lapin::message::Delivery) {
-    let snapshot: Snapshot = match serde_json::from_slice(&delivery.data) {
-        Ok(snapshot) => snapshot,
-        Err(error) => {
-            tracing::warn!(%error, "ignoring an unreadable fan-out snapshot");
-            return;
+fn parse<'de, T: serde::Deserialize<'de>>(body: &'de [u8]) -> Result<T, Rejection> {
+    serde_json::from_slice(body).map_err(|_| Rejection::Malformed)
+}
+
+/// A console row (audit entry, sampled event) as the service encodes it: a JSON object,
+/// encoded again from its parsed value, so what reaches a console is always one JSON value.
+fn reencoded(body: &[u8]) -> Result<Arc<str>, Rejection> {
+    match parse::<serde_json::Value>(body)? {
+        value @ serde_json::Value::Object(_) => Ok(Arc::from(value.to_string())),
+        _ => Err(Rejection::Malformed),
+    }
+}
+
+/// The highest snapshot seq the store has reserved, as last read: a snapshot above it was not
+/// made by a leader on this database, and would hold every dashboard until a leader reached it.
+#[derive(Default)]
+struct SeqCeiling(AtomicI64);
+
+impl SeqCeiling {
+    /// Reads the store only when `seq` is above what it last read: once per block of seqs.
+    async fn admits(&self, seq: i64, store: &Store) -> Result<bool, StoreError> {
+        if seq <= self.0.load(Ordering::Relaxed) {
+            return Ok(true);
         }
-    };
-    let oldest_arrival = delivery
-        .properties
-        .headers()
-        .as_ref()
-        .and_then(|h| h.inner().get(OLDEST_ARRIVAL_HEADER))
-        .and_then(|v| match v {
-            AMQPValue::LongLongInt(at) => Some(*at),
-            _ => None,
-        });
-    let metrics = &context.metrics;
-    metrics.active_users.set(snapshot.active_users as i64);
-    metrics
-        .orders_per_minute
-        .set(snapshot.orders_per_minute as i64);
-    metrics
-        .revenue_today_minor
-        .set(snapshot.revenue.today_minor);
-    let json = String::from_utf8_lossy(&delivery.data);
-    context.hub.publish(SnapshotFrame::from_parts(
-        snapshot,
-        json.into(),
-        oldest_arrival,
-    ));
+        let reserved = store.reserved_seq().await?;
+        self.0.fetch_max(reserved, Ordering::Relaxed);
+        Ok(seq <= reserved)
+    }
+
+    fn reset(&self, reserved: i64) {
+        self.0.store(reserved, Ordering::Relaxed);
+    }
 }
 
 async fn poll_depths(context: &FanoutContext, channel: &lapin::Channel) -> Result<(), BrokerError> {
@@ -446,4 +695,25 @@ async fn poll_depths(context: &FanoutContext, channel: &lapin::Channel) -> Resul
         s.dead_letters = u64::from(dead);
     });
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_rejection_reason_is_exported_from_the_start() {
+        let labels: Vec<&str> = Rejection::ALL.iter().map(|r| r.label()).collect();
+        assert_eq!(labels, crate::metrics::FANOUT_REJECTION_REASONS);
+    }
+
+    #[test]
+    fn console_rows_are_encoded_again_and_must_be_objects() {
+        let row = reencoded(b"{\n  \"id\": 1,\n  \"detail\": \"a\\nb\"\n}").expect("object");
+        assert_eq!(&*row, r#"{"detail":"a\nb","id":1}"#);
+        assert!(!row.contains('\n'));
+        for bad in [&b"[1]"[..], b"\"text\"", b"not json", b"{\"a\":1} trailing"] {
+            assert_eq!(reencoded(bad), Err(Rejection::Malformed));
+        }
+    }
 }

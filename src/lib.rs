@@ -53,6 +53,9 @@ mod live;
 // The cluster as the console sees it; carried between instances by `fanout`.
 mod control;
 mod fanout;
+/// How instances seal what they tell each other: public so that the black-box tests can
+/// publish to `<prefix>.live` exactly as an instance (or an impostor) would.
+pub use fanout::seal;
 
 // What changes it: ingest (events) and announcements.
 mod announce;

@@ -60,7 +60,19 @@ pub struct Metrics {
     pub active_users: IntGauge,
     pub orders_per_minute: IntGauge,
     pub revenue_today_minor: IntGauge,
+    pub fanout_rejected: IntCounterVec,
 }
+
+/// The `reason`s of `pulseboard_fanout_rejected_total` (docs/security.md, Messages between
+/// instances), each exported at 0 from the start.
+pub const FANOUT_REJECTION_REASONS: [&str; 6] = [
+    "unsigned",
+    "bad_signature",
+    "stale",
+    "replayed",
+    "malformed",
+    "seq_ahead",
+];
 
 #[derive(Debug, thiserror::Error)]
 #[error("cannot register metrics: {0}")]
@@ -71,7 +83,7 @@ impl Metrics {
         let labels = HashMap::from([("node".to_string(), node.to_string())]);
         let registry = Registry::new_custom(None, Some(labels))?;
         let r = &registry;
-        Ok(Metrics {
+        let metrics = Metrics {
             connections: gauge_vec(r, "connections", "Open client connections", &["transport"])?,
             connections_opened: counter_vec(
                 r,
@@ -173,8 +185,18 @@ impl Metrics {
                 "revenue_today_minor",
                 "Revenue today (minor units) in the last snapshot",
             )?,
+            fanout_rejected: counter_vec(
+                r,
+                "fanout_rejected_total",
+                "Messages from <prefix>.live refused (bad or missing seal, stale, replayed, malformed, seq ahead)",
+                &["reason"],
+            )?,
             registry,
-        })
+        };
+        for reason in FANOUT_REJECTION_REASONS {
+            metrics.fanout_rejected.with_label_values(&[reason]);
+        }
+        Ok(metrics)
     }
 
     /// The text exposition of every metric.
@@ -326,6 +348,11 @@ mod tests {
         ("pulseboard_active_users", MetricType::GAUGE, &[]),
         ("pulseboard_orders_per_minute", MetricType::GAUGE, &[]),
         ("pulseboard_revenue_today_minor", MetricType::GAUGE, &[]),
+        (
+            "pulseboard_fanout_rejected_total",
+            MetricType::COUNTER,
+            &["reason"],
+        ),
     ];
 
     /// A registry where every labelled family has one series (they appear only once used).

@@ -619,6 +619,33 @@ fn encoded_value_size(value: &AMQPValue) -> usize {
 
 /// Publishes one event the way producers should (docs/api.md, Events): persistent, JSON. On a
 /// channel in confirm mode, await the returned confirm to know the broker has it.
+/// A server-named queue of this connection's own (exclusive, gone with it), bound to the fanout
+/// `exchange`: where an instance receives what the others tell it. Returns its name.
+pub async fn bind_private_queue(channel: &Channel, exchange: &str) -> Result<String, BrokerError> {
+    let queue = channel
+        .queue_declare(
+            "",
+            QueueDeclareOptions {
+                exclusive: true,
+                auto_delete: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await?;
+    let name = queue.name().as_str().to_owned();
+    channel
+        .queue_bind(
+            &name,
+            exchange,
+            "",
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    Ok(name)
+}
+
 pub async fn publish_event(
     channel: &Channel,
     exchange: &str,

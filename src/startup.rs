@@ -79,7 +79,7 @@ impl Application {
             .clone()
             .unwrap_or_else(|| format!("{}:{}", host_name(), address.port()));
         let store = open_store(&args).await?;
-        let (auth, tls) = security(&args, &store).await?;
+        let (auth, tls, seal) = security(&args, &store).await?;
         let hub = Hub::new(store.last_announcement_id().await.context("DATABASE_URL")?);
         let (fanout, fanout_receiver) = FanoutSender::channel();
         let (refresh, refresh_receiver) = mpsc::channel(1);
@@ -135,7 +135,7 @@ impl Application {
             // No broker: this instance is alone, nothing to fan out to.
             drop(fanout_receiver);
         } else {
-            start_fanout(&args, &shared, topology, fanout_receiver, &mut tasks);
+            start_fanout(&args, &shared, topology, fanout_receiver, seal, &mut tasks);
         }
         let server = serve(listener, state, tls, live)?;
         announce_address(&args, &shared.node, address, tls_scheme(&args));
@@ -242,12 +242,16 @@ async fn open_store(args: &ServeArgs) -> anyhow::Result<Store> {
     Ok(store)
 }
 
-/// The signing secret (configured, or generated once and kept in the database), the first
-/// administrator, and TLS.
+/// The signing secret (configured, or generated once and kept in the database) and the seal
+/// key of the messages between instances derived from it, the first administrator, and TLS.
 async fn security(
     args: &ServeArgs,
     store: &Store,
-) -> anyhow::Result<(crate::auth::AuthState, Option<rustls::ServerConfig>)> {
+) -> anyhow::Result<(
+    crate::auth::AuthState,
+    Option<rustls::ServerConfig>,
+    fanout::seal::SealKey,
+)> {
     let secret = match &args.secret {
         Some(secret) => secret.expose_secret().to_owned(),
         None => store
@@ -271,7 +275,8 @@ async fn security(
         tls.is_some(),
         args.allowed_origins.clone(),
     );
-    Ok((auth, tls))
+    let seal = fanout::seal::SealKey::derive(secret.as_bytes());
+    Ok((auth, tls, seal))
 }
 
 fn start_ingest(
@@ -317,6 +322,7 @@ fn start_fanout(
     shared: &Shared,
     topology: Topology,
     outgoing: mpsc::Receiver<fanout::Outgoing>,
+    seal: fanout::seal::SealKey,
     tasks: &mut Tasks,
 ) {
     let context = FanoutContext {
@@ -329,6 +335,8 @@ fn start_fanout(
         store: shared.store.clone(),
         refresh: shared.refresh.clone(),
         cluster: shared.cluster.clone(),
+        seal,
+        window: Duration::from_secs(args.fanout_window_secs),
     };
     tasks.handles.push(tokio::spawn(fanout::run(
         context,

@@ -4,7 +4,9 @@
 //!
 //! Answers at once when something newer than `after` exists (missed announcements from the
 //! store, in order, then the current snapshot if newer), otherwise waits for the next one, or
-//! answers an empty list after `timeout` seconds (at most 30).
+//! answers an empty list after `timeout` seconds (at most 30). Without `after` it answers the
+//! current snapshot, with an id that covers every announcement so far; an `after` newer than
+//! anything the service knows is treated as unknown (everything kept is replayed).
 
 use super::extract::Viewer;
 use super::{ApiError, AppState};
@@ -35,9 +37,19 @@ pub async fn poll(
     let query = query.into_inner();
     let after = match query.after.as_deref() {
         None | Some("") => None,
-        Some(text) => Some(EventId::parse(text).ok_or_else(|| {
-            ApiError::BadRequest("after must be an event id received from this service".into())
-        })?),
+        Some(text) => {
+            let id = EventId::parse(text).ok_or_else(|| {
+                ApiError::BadRequest("after must be an event id received from this service".into())
+            })?;
+            // An id from the future is unknown: everything kept is newer than announcement 0.
+            Some(
+                state
+                    .hub
+                    .recognise(id, &state.store)
+                    .await?
+                    .unwrap_or_default(),
+            )
+        }
     };
     let timeout = Duration::from_secs(
         query
@@ -91,8 +103,13 @@ async fn newer_than(
 ) -> Result<Vec<(Sent, EventId, std::sync::Arc<str>)>, ApiError> {
     let current = state.hub.latest();
     let Some(after) = after else {
+        // The current state: its id covers every announcement delivered so far, so that
+        // polling after it brings only what is newer (not what came since the snapshot).
         return Ok(current
-            .map(|p| vec![(Sent::Snapshot, p.id, p.frame.json.clone())])
+            .map(|p| {
+                let id = state.hub.position_of(&p);
+                vec![(Sent::Snapshot, id, p.frame.json.clone())]
+            })
             .unwrap_or_default());
     };
     let seq = current.as_ref().map_or(after.seq, |p| p.id.seq);

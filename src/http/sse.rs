@@ -1,7 +1,9 @@
 //! `GET /api/dashboard/stream`: Server-Sent Events (see docs/api.md, Server-Sent Events).
 //!
 //! A connection opens with `retry:`, then (when resuming) every announcement it missed, from the
-//! store, in order, then the current snapshot. Afterwards it writes announcements as they come,
+//! store, in order, then the current snapshot. A resume id newer than anything the service knows
+//! (after a database restore, or made up) counts as unknown: every announcement kept is
+//! replayed, so that such a client is never left waiting for ids that will not come. Afterwards it writes announcements as they come,
 //! the newest snapshot when there is one it has not written, and a comment line when it has been
 //! quiet for a heartbeat interval.
 //!
@@ -55,7 +57,17 @@ pub async fn stream(
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned)
         .or_else(|| query.into_inner().last_event_id);
-    let resume = resume_text.as_deref().and_then(EventId::parse);
+    let resume = match resume_text.as_deref().and_then(EventId::parse) {
+        // An id from the future is unknown: replay everything kept (from announcement 0).
+        Some(id) => Some(
+            state
+                .hub
+                .recognise(id, &state.store)
+                .await?
+                .unwrap_or_default(),
+        ),
+        None => None,
+    };
     // Before anything is subscribed or sent: a refused stream costs nothing.
     let slot = state
         .streams

@@ -134,6 +134,14 @@ impl Hub {
         true
     }
 
+    /// Makes `frame` the current snapshot even when its seq is lower: for a hub whose seq is
+    /// ahead of anything the store reserved (a database restored from a backup), which would
+    /// otherwise refuse every snapshot until a leader caught up.
+    pub fn rebase(&self, frame: Arc<SnapshotFrame>) -> bool {
+        self.cursor().seq = frame.seq() - 1;
+        self.publish(frame)
+    }
+
     /// Delivers an announcement to every connection, in id order. An id already delivered is
     /// ignored; a gap (an announcement this instance missed) is filled from the store first.
     pub async fn announce(
@@ -182,6 +190,38 @@ impl Hub {
 
     pub fn last_announcement(&self) -> i64 {
         self.cursor().last_announcement
+    }
+
+    /// `id` if the service has been there; `None` for an id from the future (a database
+    /// restored from a backup, a made-up id), which the caller treats as unknown: a full replay
+    /// of what is kept, then the current snapshot, as for a new client. Waiting for the
+    /// service to reach such an id would silence the client for good.
+    ///
+    /// The store is asked only when this hub has not reached the id itself: another instance
+    /// may be an announcement or a snapshot ahead, and what the store holds (announcements,
+    /// seqs reserved by a leader) is what every instance will reach.
+    pub async fn recognise(
+        &self,
+        id: EventId,
+        store: &Store,
+    ) -> Result<Option<EventId>, StoreError> {
+        let announcement_known = id.announcement <= self.last_announcement()
+            || id.announcement <= store.last_announcement_id().await?;
+        if !announcement_known {
+            return Ok(None);
+        }
+        let current_seq = self.latest().map_or(0, |p| p.id.seq);
+        let seq_known = id.seq <= current_seq || id.seq <= store.reserved_seq().await?;
+        Ok(seq_known.then_some(id))
+    }
+
+    /// Where a client that has just been sent `current` stands: every announcement this hub
+    /// has delivered is "before it", whatever the snapshot was stamped with.
+    pub fn position_of(&self, current: &PublishedSnapshot) -> EventId {
+        EventId {
+            announcement: self.last_announcement(),
+            seq: current.id.seq,
+        }
     }
 
     pub fn latest(&self) -> Option<Arc<PublishedSnapshot>> {

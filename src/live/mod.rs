@@ -153,7 +153,8 @@ impl Snapshot {
     }
 }
 
-/// A published snapshot with its one JSON encoding.
+/// A published snapshot with its one JSON encoding, always made here (a snapshot from another
+/// instance is encoded again, never relayed as it came: its JSON is one line, whatever was sent).
 #[derive(Debug)]
 pub struct SnapshotFrame {
     pub snapshot: Snapshot,
@@ -170,19 +171,6 @@ impl SnapshotFrame {
         Arc::new(SnapshotFrame {
             snapshot,
             json: json.into(),
-            oldest_arrival,
-        })
-    }
-
-    /// A frame received from another instance: its JSON is kept as it came.
-    pub fn from_parts(
-        snapshot: Snapshot,
-        json: Arc<str>,
-        oldest_arrival: Option<Millis>,
-    ) -> Arc<Self> {
-        Arc::new(SnapshotFrame {
-            snapshot,
-            json,
             oldest_arrival,
         })
     }

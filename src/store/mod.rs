@@ -361,6 +361,14 @@ impl Store {
         Ok(last - count + 1)
     }
 
+    /// The highest snapshot seq any leader has reserved: no genuine snapshot is above it.
+    pub async fn reserved_seq(&self) -> Result<i64, StoreError> {
+        let row = sqlx::query("SELECT value FROM counters WHERE name = 'snapshot_seq'")
+            .fetch_one(&self.reader)
+            .await?;
+        Ok(row.try_get(0)?)
+    }
+
     /// The value stored under `name`, storing `generate()` first if there is none. Every instance
     /// on the database gets the same value, whoever stored it first.
     pub async fn setting_or_insert(

@@ -4,9 +4,7 @@
 //! instances (pause across a failover, list and kick), and the dead-letter commands.
 
 use crate::auth::add_user;
-use crate::helpers::{
-    event, Backend, Broker, Names, Service, ServiceConfig, TestDatabase, AMQP_URL,
-};
+use crate::helpers::{event, Backend, Broker, Names, Service, ServiceConfig, TestDatabase};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
@@ -399,23 +397,21 @@ async fn pushes_and_pings_go_on_while_a_slow_command_runs() {
     let database = TestDatabase::new(Backend::Sqlite).await;
     let names = Names::new();
     let broker = Broker::connect(&names).await;
-    let service = Service::start(&quick_config(&database, &names, "c-4")).await;
+    let mut config = quick_config(&database, &names, "c-4");
+    config.env.push((
+        "PULSEBOARD_SECRET".into(),
+        crate::live_exchange::SECRET.into(),
+    ));
+    let service = Service::start(&config).await;
     service.wait_until_ingesting(Duration::from_secs(15)).await;
-    // A node that sends beacons but never answers: `status` waits a full second for it.
-    let (connection, channel) = crate::helpers::open_channel(AMQP_URL, "ghost")
-        .await
-        .expect("channel");
+    // A node that sends beacons but never answers: `status` waits a full second for it. It
+    // seals its beacon as an instance does (an unsealed one is refused).
+    let ghost = crate::live_exchange::Impostor::connect(&names).await;
     let beacon = json!({"node": "ghost", "operators": []}).to_string();
-    channel
-        .basic_publish(
-            &format!("{}.live", names.prefix),
-            "",
-            Default::default(),
-            beacon.as_bytes(),
-            lapin::BasicProperties::default().with_type("beacon".into()),
-        )
-        .await
-        .expect("beacon");
+    let key = pulseboard::seal::SealKey::derive(crate::live_exchange::SECRET.as_bytes());
+    ghost
+        .sealed(&key, "ghost", "beacon", beacon.as_bytes())
+        .await;
     let mut console = Console::open(&service, service.token()).await;
     console.ok("subscribe", json!({"topics": ["events"]})).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -455,7 +451,7 @@ async fn pushes_and_pings_go_on_while_a_slow_command_runs() {
         at("event").is_some() && at("event") < at("status"),
         "an event push came during the slow status: {order:?}"
     );
-    let _ = connection.close(200, "bye").await;
+    drop(ghost);
 }
 
 /// Runs every audited command once, refused ones included, and checks the audit log.

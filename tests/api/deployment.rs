@@ -233,3 +233,207 @@ fn the_configuration_reference_lists_exactly_what_the_binary_accepts() {
         );
     }
 }
+
+/// The permissions of `rabbitmq/permissions.sh` for `exchange` and `prefix`, as the shell
+/// computes them: [service configure, write, read, producer configure, write, read].
+fn permissions(exchange: &str, prefix: &str) -> Vec<String> {
+    let output = std::process::Command::new("sh")
+        .current_dir(ROOT)
+        .env("PULSEBOARD_EXCHANGE", exchange)
+        .env("PULSEBOARD_QUEUE_PREFIX", prefix)
+        .args([
+            "-c",
+            ". rabbitmq/permissions.sh; printf '%s\\n' \"$service_configure\" \"$service_write\" \
+             \"$service_read\" \"$producer_configure\" \"$producer_write\" \"$producer_read\"",
+        ])
+        .output()
+        .expect("sh");
+    assert!(output.status.success(), "{output:?}");
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+#[test]
+fn the_compose_broker_gives_producers_the_events_exchange_only() {
+    let env = filled_env();
+    let (ok, stdout, stderr) = compose_config(env.path());
+    assert!(ok, "docker-compose config refused the file:\n{stderr}");
+    let config: Yaml = serde_yaml::from_str(&stdout).expect("config is YAML");
+    let rabbitmq = &config["services"]["rabbitmq"];
+    assert_eq!(
+        strings(&rabbitmq["entrypoint"]),
+        ["/bin/sh", "/etc/rabbitmq/pulseboard/entrypoint.sh"]
+    );
+    let mounted = strings(&rabbitmq["volumes"])
+        .into_iter()
+        .chain(
+            rabbitmq["volumes"]
+                .as_sequence()
+                .into_iter()
+                .flatten()
+                .filter_map(|v| {
+                    Some(format!(
+                        "{}:{}",
+                        v["source"].as_str()?,
+                        v["target"].as_str()?
+                    ))
+                }),
+        )
+        .find(|v| v.contains(":/etc/rabbitmq/pulseboard"))
+        .expect("rabbitmq mounts rabbitmq/");
+    let source = mounted.split(':').next().expect("source");
+    assert_eq!(
+        Path::new(source).canonicalize().ok(),
+        Path::new(ROOT).join("rabbitmq").canonicalize().ok(),
+        "{mounted}"
+    );
+    let env = &rabbitmq["environment"];
+    for name in ["RABBITMQ_PASSWORD", "RABBITMQ_PRODUCER_PASSWORD"] {
+        assert!(
+            env[name].as_str().is_some_and(|p| p.contains("filled")),
+            "{name} comes from .env"
+        );
+    }
+    let health = strings(&rabbitmq["healthcheck"]["test"]).join(" ");
+    assert!(health.contains("/tmp/pulseboard-users-ready"), "{health}");
+    // The instances use the default exchange and prefix, which the permissions are made for.
+    for web in ["web-1", "web-2"] {
+        let env = &config["services"][web]["environment"];
+        assert!(env["PULSEBOARD_EXCHANGE"].is_null() && env["PULSEBOARD_QUEUE_PREFIX"].is_null());
+        assert!(env["AMQP_URL"]
+            .as_str()
+            .is_some_and(|u| u.starts_with("amqp://pulseboard:")));
+    }
+    let entrypoint = read("rabbitmq/entrypoint.sh");
+    for line in [
+        ". \"$(dirname \"$0\")/permissions.sh\"",
+        "rabbitmqctl set_permissions -p / pulseboard \"$service_configure\" \"$service_write\" \"$service_read\"",
+        "rabbitmqctl set_permissions -p / producer \"$producer_configure\" \"$producer_write\" \"$producer_read\"",
+        "touch \"$ready\"",
+    ] {
+        assert!(entrypoint.lines().any(|l| l.trim() == line), "entrypoint.sh: {line}");
+    }
+    assert_eq!(
+        permissions("events", "pulseboard"),
+        [
+            r"^(events|pulseboard\..*|amq\.gen-.*)$",
+            r"^(events|pulseboard\..*|amq\.gen-.*|amq\.default)$",
+            r"^(events|pulseboard\..*|amq\.gen-.*)$",
+            "^$",
+            "^events$",
+            "^$",
+        ]
+    );
+}
+
+/// On a broker of the test's own with exactly the users of `rabbitmq/permissions.sh`: the
+/// service runs on its user (ingest, fan-out), a producer's event is applied, and the producer
+/// may neither publish to `<prefix>.live` nor declare anything.
+#[tokio::test]
+async fn with_the_documented_permissions_the_service_runs_and_producers_cannot_reach_the_live_exchange(
+) {
+    use crate::helpers::{event, Backend, Names, Service, ServiceConfig, TestDatabase};
+    use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions};
+    use std::time::Duration;
+    let rabbit = crate::private_services::PrivateRabbit::start().await;
+    let names = Names::new();
+    let granted = permissions(&names.exchange, &names.prefix);
+    let port = rabbit
+        .amqp_url()
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.split('/').next())
+        .expect("port")
+        .to_owned();
+    for (user, perms) in [("svc", &granted[0..3]), ("producer", &granted[3..6])] {
+        rabbit
+            .ctl(&["add_user", user, "password-of-the-test"])
+            .await;
+        let mut args = vec!["set_permissions", "-p", "/", user];
+        args.extend(perms.iter().map(String::as_str));
+        rabbit.ctl(&args).await;
+    }
+    let url = |user: &str| format!("amqp://{user}:password-of-the-test@127.0.0.1:{port}/%2f");
+
+    let database = TestDatabase::new(Backend::Sqlite).await;
+    let mut config = ServiceConfig::new(&database, &names, "perm-1");
+    config.amqp_url = url("svc");
+    let service = Service::start(&config).await;
+    service.wait_until_ingesting(Duration::from_secs(30)).await;
+
+    let (_producer, channel) = crate::helpers::open_channel(&url("producer"), "producer")
+        .await
+        .expect("the producer connects");
+    channel
+        .confirm_select(ConfirmSelectOptions::default())
+        .await
+        .expect("confirms");
+    let body = event("perm-1", "order.placed", 0, "u-1", Some(777));
+    let confirm = channel
+        .basic_publish(
+            &names.exchange,
+            "order.placed",
+            BasicPublishOptions::default(),
+            &body,
+            Default::default(),
+        )
+        .await
+        .expect("publish to the events exchange")
+        .await
+        .expect("confirm");
+    assert!(confirm.is_ack());
+    service
+        .wait_for_snapshot(Duration::from_secs(15), |s| {
+            s["revenue"]["today_minor"] == 777
+        })
+        .await;
+
+    // `<prefix>.live`: refused, and the broker closes the producer's channel.
+    let live = names.topology().live_exchange;
+    let refused = async {
+        channel
+            .basic_publish(
+                &live,
+                "",
+                BasicPublishOptions::default(),
+                b"{}",
+                Default::default(),
+            )
+            .await?
+            .await
+    }
+    .await;
+    assert!(
+        refused
+            .as_ref()
+            .is_err_and(|e| e.to_string().contains("ACCESS_REFUSED")),
+        "{refused:?}"
+    );
+    let (_producer, channel) = crate::helpers::open_channel(&url("producer"), "producer")
+        .await
+        .expect("the producer connects");
+    let declared = channel
+        .exchange_declare(
+            &format!("{}.mine", names.prefix),
+            lapin::ExchangeKind::Fanout,
+            ExchangeDeclareOptions::default(),
+            Default::default(),
+        )
+        .await;
+    assert!(
+        declared
+            .as_ref()
+            .is_err_and(|e| e.to_string().contains("ACCESS_REFUSED")),
+        "{declared:?}"
+    );
+    // The service's own link over `<prefix>.live` works on its user.
+    let (status, body) = service.get_json("/readyz").await;
+    assert_eq!(status, 200, "{body}");
+    let log = service.log_text();
+    assert!(
+        log.contains("snapshot fan-out connected") && !log.contains("fan-out link down"),
+        "{log}"
+    );
+}

@@ -164,23 +164,7 @@ async fn heartbeats_arrive_on_an_idle_stream_at_the_configured_interval() {
 /// Reads every event of the stream's opening until its snapshot: (announcement messages, snapshot).
 async fn resume(service: &Service, last_id: &str) -> (Vec<String>, Value) {
     let mut client = SseClient::connect(service, STREAM, Some(last_id)).await;
-    let mut messages = Vec::new();
-    loop {
-        let block = client
-            .next(Duration::from_secs(5))
-            .await
-            .expect("resume events");
-        match block.event.as_str() {
-            "announcement" => messages.push(
-                block.json()["message"]
-                    .as_str()
-                    .unwrap_or_default()
-                    .to_owned(),
-            ),
-            "snapshot" => return (messages, block.json()),
-            _ => {}
-        }
-    }
+    client.opening().await
 }
 
 #[tokio::test]

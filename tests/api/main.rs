@@ -20,11 +20,13 @@ mod ingest;
 #[path = "../kit/mod.rs"]
 mod kit;
 mod live;
+mod live_exchange;
 mod logs;
 mod money;
 mod observability;
 mod outage;
 mod private_services;
 mod proxy;
+mod resume;
 mod sse_client;
 mod traffic;

@@ -73,6 +73,28 @@ impl SseClient {
         }
     }
 
+    /// Reads a stream's opening up to its snapshot: (messages of the announcements replayed,
+    /// in order, and the snapshot); panics if it does not come within 5 s.
+    pub async fn opening(&mut self) -> (Vec<String>, serde_json::Value) {
+        let mut messages = Vec::new();
+        loop {
+            let block = self
+                .next(Duration::from_secs(5))
+                .await
+                .expect("the stream's opening within 5 s");
+            match block.event.as_str() {
+                "announcement" => messages.push(
+                    block.json()["message"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_owned(),
+                ),
+                "snapshot" => return (messages, block.json()),
+                _ => {}
+            }
+        }
+    }
+
     /// The next block of kind `event`, skipping others; panics after `timeout`.
     pub async fn next_of(&mut self, event: &str, timeout: Duration) -> SseEvent {
         let deadline = Instant::now() + timeout;
