@@ -34,7 +34,7 @@ use chrono::NaiveDate;
 use chrono_tz::Tz;
 use secrecy::ExposeSecret;
 use sqlx::any::{AnyPoolOptions, AnyRow};
-use sqlx::{AnyPool, Executor, Row};
+use sqlx::{AnyConnection, AnyPool, Connection, Executor, Row};
 use std::time::Duration;
 
 const SQLITE_READERS: u32 = 4;
@@ -147,9 +147,7 @@ impl Store {
                 })
             }
             Backend::Postgres => {
-                let pool = AnyPoolOptions::new()
-                    .max_connections(POSTGRES_CONNECTIONS)
-                    .acquire_timeout(ACQUIRE_TIMEOUT)
+                let pool = pool_options(POSTGRES_CONNECTIONS)
                     .connect(database.url.expose_secret())
                     .await
                     .map_err(StoreError::Connect)?;
@@ -431,9 +429,7 @@ impl Store {
 /// every 16 384 pages instead of 1 000, because a batch rewrites hundreds of index pages and
 /// checkpointing after nearly every commit cost a quarter of the commit rate.
 async fn sqlite_pool(url: &str, connections: u32, read_only: bool) -> Result<AnyPool, StoreError> {
-    AnyPoolOptions::new()
-        .max_connections(connections)
-        .acquire_timeout(ACQUIRE_TIMEOUT)
+    pool_options(connections)
         .after_connect(move |connection, _| {
             Box::pin(async move {
                 connection.execute(sqlite::PRAGMAS).await?;
@@ -446,6 +442,40 @@ async fn sqlite_pool(url: &str, connections: u32, read_only: bool) -> Result<Any
         .connect(url)
         .await
         .map_err(StoreError::Connect)
+}
+
+/// What every pool of either backend shares: its size, how long to wait for a connection, and
+/// that a connection still inside a transaction never goes back to it.
+///
+/// sqlx's `Transaction` leaves its connection inside the transaction when `COMMIT` fails and the
+/// `ROLLBACK` it then queues fails too: SQLite, on a full disk, may roll the transaction back
+/// itself, so that sqlx's `ROLLBACK` finds none and its count of open transactions stays at one.
+/// Returned to the pool, that connection would begin every later transaction as a savepoint and
+/// refuse `BEGIN IMMEDIATE` ("non-zero transaction depth"), long after the disk has room again.
+/// Checked here, once for every statement of the store, instead of at each commit.
+fn pool_options(connections: u32) -> AnyPoolOptions {
+    AnyPoolOptions::new()
+        .max_connections(connections)
+        .acquire_timeout(ACQUIRE_TIMEOUT)
+        .after_release(|connection, _| Box::pin(left_outside_transaction(connection)))
+}
+
+/// `true` when `connection` is outside any transaction and may be used again; `false` closes it
+/// (the pool opens a new one when needed). A dropped `Transaction` only queues its `ROLLBACK`:
+/// a ping runs it first (the connection answers in order) before the depth is read again.
+async fn left_outside_transaction(connection: &mut AnyConnection) -> Result<bool, sqlx::Error> {
+    if !connection.is_in_transaction() {
+        return Ok(true);
+    }
+    connection.ping().await?;
+    let clean = !connection.is_in_transaction();
+    if !clean {
+        tracing::warn!(
+            "closing a database connection left inside a failed transaction; \
+             the pool opens a new one"
+        );
+    }
+    Ok(clean)
 }
 
 fn stored_event(row: &AnyRow) -> Result<Event, StoreError> {
