@@ -591,3 +591,50 @@ async fn sqlite_writes_again_once_a_full_disk_has_room() {
     assert_eq!(revenue_by_days(&store).await, 100 + batch.len() as i64);
     store.close().await;
 }
+
+/// A write outside a transaction that returns a row (`UPDATE … RETURNING`) is stored when it
+/// says so, also on a full disk: a lease or a block of snapshot numbers handed out there but
+/// never stored would be handed out again (two leaders; snapshot numbers going back).
+#[tokio::test]
+async fn sqlite_hands_out_no_lease_or_sequence_block_it_did_not_store() {
+    let disk = disk::SmallDisk::mount(8 << 20).expect("a small disk");
+    let store = open(&disk.sqlite_url("store.db")).await;
+    let lease = first_lease(&store).await;
+    let before = store.reserve_seq(1_000).await.expect("seq");
+
+    disk.fill().expect("fill the disk");
+    // A large commit fails first: it leaves room behind that small writes may still use.
+    let batch: Vec<Event> = (0..200)
+        .map(|n| order(&format!("while-full-{n}"), 1, NOW))
+        .collect();
+    assert!(store
+        .apply_batch(&lease, &batch, chrono_tz::UTC, NOW)
+        .await
+        .is_err());
+    let mut handed_out = Vec::new();
+    let mut leases = Vec::new();
+    for n in 0..20 {
+        if let Ok(first) = store.reserve_seq(1_000).await {
+            handed_out.push(first);
+        }
+        if let Ok(Some(taken)) = store.try_acquire_lease("n1", NOW + n, TTL).await {
+            leases.push(taken);
+        }
+    }
+
+    disk.free().expect("free the disk");
+    let after = store.reserve_seq(1_000).await.expect("seq");
+    for first in &handed_out {
+        assert!(
+            after > *first + 999 && *first > before + 999,
+            "block {first} handed out on the full disk, then {after}"
+        );
+    }
+    if let Some(last) = leases.last() {
+        store
+            .renew_lease(last, NOW + 100)
+            .await
+            .expect("the last lease handed out on the full disk holds");
+    }
+    store.close().await;
+}

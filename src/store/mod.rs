@@ -349,12 +349,15 @@ impl Store {
     /// Reserves `count` snapshot sequence numbers; returns the first. Reserving in blocks keeps
     /// `seq` strictly increasing across restarts and failover without a write per snapshot.
     pub async fn reserve_seq(&self, count: i64) -> Result<i64, StoreError> {
-        let row = sqlx::query(
+        let query = sqlx::query(
             "UPDATE counters SET value = value + $1 WHERE name = 'snapshot_seq' RETURNING value",
         )
-        .bind(count)
-        .fetch_one(&self.writer)
-        .await?;
+        .bind(count);
+        let row = self
+            .write_returning(query)
+            .await?
+            .pop()
+            .ok_or_else(|| StoreError::Corrupt("no snapshot_seq counter".into()))?;
         let last: i64 = row.try_get(0)?;
         Ok(last - count + 1)
     }
@@ -412,6 +415,18 @@ impl Store {
             .fetch_one(&self.reader)
             .await?;
         Ok(row.try_get(0)?)
+    }
+
+    /// Runs one write that returns rows (`RETURNING`) on its own, outside a transaction, and
+    /// returns them all. Never `fetch_one` or `fetch_optional` for such a write: on SQLite they
+    /// stop at the first row, and the statement's own commit then happens as it is reset, where
+    /// sqlx drops its error; on a full disk the caller got a lease or a block of snapshot
+    /// numbers that was never stored, and handed out again later.
+    async fn write_returning<'q>(
+        &self,
+        query: sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>>,
+    ) -> Result<Vec<AnyRow>, StoreError> {
+        Ok(query.fetch_all(&self.writer).await?)
     }
 
     pub(crate) fn writer(&self) -> &AnyPool {
