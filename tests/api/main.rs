@@ -9,6 +9,7 @@ mod console_cluster;
 mod crash;
 mod demo;
 mod deployment;
+mod disk_full;
 mod failover;
 mod first_use;
 mod hardening;
