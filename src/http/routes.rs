@@ -169,6 +169,10 @@ async fn readyz(state: web::Data<AppState>) -> HttpResponse {
             .latest_frame()
             .is_some_and(|f| f.snapshot.ingest.state == crate::live::IngestState::Paused);
     let ingest = match status.ingest_link() {
+        // Connected to RabbitMQ or not, ingest stands still while it cannot write.
+        _ if status.ingest.database_error.is_some() => {
+            Err("ingest cannot write to the database".to_owned())
+        }
         _ if paused => Ok(()),
         None => Ok(()),
         Some(link) if link.connected => Ok(()),

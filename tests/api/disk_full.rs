@@ -68,6 +68,7 @@ impl OnSmallDisk {
         .await;
         assert_eq!(body["error"]["code"], "not_ready", "{body}");
         assert_eq!(body["checks"]["database"], "failing", "{body}");
+        assert_eq!(body["checks"]["ingest"], "disconnected", "{body}");
         let snapshot = service
             .wait_for_snapshot(Duration::from_secs(30), |s| {
                 s["ingest"]["state"] == "disconnected"
