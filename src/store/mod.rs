@@ -32,7 +32,7 @@ use crate::aggregate::{
 use crate::config::{Backend, DatabaseUrl};
 use chrono::NaiveDate;
 use chrono_tz::Tz;
-use secrecy::ExposeSecret;
+use secrecy::{ExposeSecret, SecretString};
 use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{AnyConnection, AnyPool, Connection, Executor, Row};
 use std::time::Duration;
@@ -66,6 +66,8 @@ pub enum StoreError {
     },
     #[error("cannot open the database: {0}")]
     Connect(#[source] sqlx::Error),
+    #[error("no database connection within {waited:?}: the database refuses new ones: {cause}")]
+    Refused { waited: Duration, cause: String },
     #[error("database migration failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("database error: {0}")]
@@ -127,6 +129,8 @@ pub struct Store {
     /// and refuse to write (`query_only`); for PostgreSQL the same pool as `writer`.
     reader: AnyPool,
     backend: Backend,
+    /// Where the pools connect: [`Store::explain_timeout`] asks there why they cannot.
+    url: SecretString,
 }
 
 impl Store {
@@ -144,17 +148,25 @@ impl Store {
                     writer,
                     reader,
                     backend: Backend::Sqlite,
+                    url: url.into(),
                 })
             }
             Backend::Postgres => {
-                let pool = pool_options(POSTGRES_CONNECTIONS)
+                let pool = match pool_options(POSTGRES_CONNECTIONS)
                     .connect(database.url.expose_secret())
                     .await
-                    .map_err(StoreError::Connect)?;
+                {
+                    Ok(pool) => pool,
+                    Err(error) => {
+                        let error = StoreError::Connect(error);
+                        return Err(explain_timeout(&database.url, error).await);
+                    }
+                };
                 Ok(Store {
                     writer: pool.clone(),
                     reader: pool,
                     backend: Backend::Postgres,
+                    url: database.url.clone(),
                 })
             }
         }
@@ -239,8 +251,21 @@ impl Store {
     }
 
     pub async fn ping(&self) -> Result<(), StoreError> {
-        sqlx::query("SELECT 1").execute(&self.reader).await?;
-        Ok(())
+        match sqlx::query("SELECT 1").execute(&self.reader).await {
+            Ok(_) => Ok(()),
+            Err(error) => Err(self.explain_timeout(error.into()).await),
+        }
+    }
+
+    /// `error`, or, when it is only the pool's timeout, why the database gave no connection
+    /// (see [`explain_timeout`]). For what reports a store error to people: logs, `/readyz`.
+    pub async fn explain_timeout(&self, error: StoreError) -> StoreError {
+        if self.backend == Backend::Postgres {
+            explain_timeout(&self.url, error).await
+        } else {
+            // SQLite opens a file: its pool times out only while busy, which the timeout says.
+            error
+        }
     }
 
     pub async fn close(&self) {
@@ -491,6 +516,47 @@ async fn left_outside_transaction(connection: &mut AnyConnection) -> Result<bool
         );
     }
     Ok(clean)
+}
+
+/// sqlx retries a connection that PostgreSQL refuses as if it were passing (SQLSTATE 53300,
+/// too many clients; 57P03, starting up) until the acquire timeout, then reports only "pool
+/// timed out". When `error` is that timeout, one connection of its own, as briefly, finds out
+/// why: a refusal becomes [`StoreError::Refused`] with the server's words and SQLSTATE. A
+/// connection that opens means the pool was busy, and the timeout is the truth.
+async fn explain_timeout(url: &SecretString, error: StoreError) -> StoreError {
+    let timed_out = matches!(
+        error,
+        StoreError::Connect(sqlx::Error::PoolTimedOut)
+            | StoreError::Database(sqlx::Error::PoolTimedOut)
+    );
+    if !timed_out {
+        return error;
+    }
+    let attempt =
+        tokio::time::timeout(ACQUIRE_TIMEOUT, AnyConnection::connect(url.expose_secret())).await;
+    match attempt {
+        Ok(Err(refused)) => StoreError::Refused {
+            waited: ACQUIRE_TIMEOUT,
+            cause: refusal(&refused),
+        },
+        Ok(Ok(connection)) => {
+            let _ = connection.close().await;
+            error
+        }
+        Err(_) => error,
+    }
+}
+
+/// The server's message with its SQLSTATE (`sorry, too many clients already (SQLSTATE
+/// 53300)`), or the error as it is when the server did not answer with one.
+fn refusal(error: &sqlx::Error) -> String {
+    match error {
+        sqlx::Error::Database(database) => match database.code() {
+            Some(code) => format!("{} (SQLSTATE {code})", database.message()),
+            None => database.message().to_owned(),
+        },
+        other => other.to_string(),
+    }
 }
 
 fn stored_event(row: &AnyRow) -> Result<Event, StoreError> {

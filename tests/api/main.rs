@@ -27,4 +27,5 @@ mod outage;
 mod private_services;
 mod proxy;
 mod sse_client;
+mod too_many_clients;
 mod traffic;

@@ -376,19 +376,29 @@ async fn a_broker_restart_while_events_flow_keeps_serving_and_resumes_exactly() 
     let _ = connection.close(200, "done").await;
 }
 
-/// A service on a database of its own on a private PostgreSQL cluster, with broker names of
-/// its own, once ready. `ServiceConfig::new` wants a `TestDatabase`: the SQLite one returned
-/// (an unused folder) only supplies the defaults.
-async fn ready_on_private_postgres(
+/// How to start a service on a new database of its own on `postgres`, with broker names of
+/// its own; also the database's name. `ServiceConfig::new` wants a `TestDatabase`: the SQLite
+/// one returned (an unused folder) only supplies the defaults.
+pub(crate) async fn config_on_private_postgres(
+    postgres: &PrivatePostgres,
     tag: &str,
-) -> (PrivatePostgres, TestDatabase, Names, Broker, Service) {
-    let postgres = PrivatePostgres::start().await;
+) -> (ServiceConfig, String, TestDatabase, Names) {
     let database_name = format!("pb_{tag}_{}", short_id());
     postgres.create_database(&database_name).await;
     let unused = TestDatabase::new(Backend::Sqlite).await;
     let names = Names::new();
     let mut config = ServiceConfig::new(&unused, &names, &format!("{tag}-pg-{}", short_id()));
     config.database_url = postgres.url(&database_name);
+    (config, database_name, unused, names)
+}
+
+/// A service on a database of its own on a private PostgreSQL cluster, with broker names of
+/// its own, once ready.
+async fn ready_on_private_postgres(
+    tag: &str,
+) -> (PrivatePostgres, TestDatabase, Names, Broker, Service) {
+    let postgres = PrivatePostgres::start().await;
+    let (config, _, unused, names) = config_on_private_postgres(&postgres, tag).await;
     let broker = Broker::connect(&names).await;
     let service = Service::start(&config).await;
     wait_until_ready(
