@@ -7,6 +7,10 @@ use pulseboard::store::{event_id_key, Lease, Store, StoreError};
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
 
+// Only the small disk of the test kit: the rest is the black-box tests' and the benchmarks'.
+#[path = "kit/disk.rs"]
+mod disk;
+
 const NOW: i64 = 1_795_428_930_000; // 2026-11-23T10:15:30Z
 const TTL: i64 = 5_000;
 
@@ -542,4 +546,95 @@ async fn sqlite_file_and_folder_are_created_without_mode_in_the_url() {
     assert_eq!(store.applied_count().await.expect("count"), 1);
     store.close().await;
     assert!(path.is_file(), "{} was not created", path.display());
+}
+
+/// A commit that fails because the disk is full must not leave the writer connection inside a
+/// transaction: once the disk has room again, every kind of write works at once (a new leader's
+/// `BEGIN IMMEDIATE` too, which sqlx refuses on a connection it believes is in a transaction),
+/// and the batch that failed is applied then, once.
+#[tokio::test]
+async fn sqlite_writes_again_once_a_full_disk_has_room() {
+    let disk = disk::SmallDisk::mount(8 << 20).expect("a small disk");
+    let store = open(&disk.sqlite_url("store.db")).await;
+    let lease = first_lease(&store).await;
+    assert_eq!(
+        fresh(&store, &lease, &[order("before", 100, NOW)]).await,
+        [true]
+    );
+
+    disk.fill().expect("fill the disk");
+    let batch: Vec<Event> = (0..200)
+        .map(|n| order(&format!("while-full-{n}"), 1, NOW))
+        .collect();
+    let refused = store.apply_batch(&lease, &batch, chrono_tz::UTC, NOW).await;
+    assert!(refused.is_err(), "a commit on a full disk: {refused:?}");
+    let renewal = store.renew_lease(&lease, NOW + 1).await;
+    assert!(
+        renewal.is_err(),
+        "a lease renewal on a full disk: {renewal:?}"
+    );
+
+    disk.free().expect("free the disk");
+    store
+        .key_unkeyed_events()
+        .await
+        .expect("BEGIN IMMEDIATE once the disk has room");
+    store.renew_lease(&lease, NOW + 2).await.expect("renewal");
+    let mut again = batch.clone();
+    again.push(order("before", 100, NOW));
+    let applied = fresh(&store, &lease, &again).await;
+    assert_eq!(applied.iter().filter(|f| **f).count(), batch.len());
+    assert!(
+        !applied[batch.len()],
+        "an event applied before is a duplicate"
+    );
+    assert_eq!(revenue_by_days(&store).await, 100 + batch.len() as i64);
+    store.close().await;
+}
+
+/// A write outside a transaction that returns a row (`UPDATE … RETURNING`) is stored when it
+/// says so, also on a full disk: a lease or a block of snapshot numbers handed out there but
+/// never stored would be handed out again (two leaders; snapshot numbers going back).
+#[tokio::test]
+async fn sqlite_hands_out_no_lease_or_sequence_block_it_did_not_store() {
+    let disk = disk::SmallDisk::mount(8 << 20).expect("a small disk");
+    let store = open(&disk.sqlite_url("store.db")).await;
+    let lease = first_lease(&store).await;
+    let before = store.reserve_seq(1_000).await.expect("seq");
+
+    disk.fill().expect("fill the disk");
+    // A large commit fails first: it leaves room behind that small writes may still use.
+    let batch: Vec<Event> = (0..200)
+        .map(|n| order(&format!("while-full-{n}"), 1, NOW))
+        .collect();
+    assert!(store
+        .apply_batch(&lease, &batch, chrono_tz::UTC, NOW)
+        .await
+        .is_err());
+    let mut handed_out = Vec::new();
+    let mut leases = Vec::new();
+    for n in 0..20 {
+        if let Ok(first) = store.reserve_seq(1_000).await {
+            handed_out.push(first);
+        }
+        if let Ok(Some(taken)) = store.try_acquire_lease("n1", NOW + n, TTL).await {
+            leases.push(taken);
+        }
+    }
+
+    disk.free().expect("free the disk");
+    let after = store.reserve_seq(1_000).await.expect("seq");
+    for first in &handed_out {
+        assert!(
+            after > *first + 999 && *first > before + 999,
+            "block {first} handed out on the full disk, then {after}"
+        );
+    }
+    if let Some(last) = leases.last() {
+        store
+            .renew_lease(last, NOW + 100)
+            .await
+            .expect("the last lease handed out on the full disk holds");
+    }
+    store.close().await;
 }

@@ -151,14 +151,20 @@ async fn readyz(state: web::Data<AppState>) -> HttpResponse {
         return HttpResponse::ServiceUnavailable().json(body);
     }
     let status = state.status.get();
+    let ingest_database_error = status
+        .ingest
+        .database_error
+        .as_deref()
+        .map(|error| format!("database error in ingest: {error}"));
     let database = match tokio::time::timeout(READY_DATABASE_TIMEOUT, state.store.ping()).await {
-        Ok(Ok(())) => match &status.ingest.database_error {
-            None => Ok(()),
-            Some(error) => Err(format!("database error in ingest: {error}")),
-        },
+        Ok(Ok(())) => ingest_database_error.map_or(Ok(()), Err),
         Ok(Err(error)) => Err(format!("database unreachable: {error}")),
+        // Waiting for a connection outlasts this check: ingest's last error may say why.
         Err(_) => Err(format!(
-            "database did not answer within {READY_DATABASE_TIMEOUT:?}"
+            "database did not answer within {READY_DATABASE_TIMEOUT:?}{}",
+            ingest_database_error
+                .map(|error| format!("; {error}"))
+                .unwrap_or_default()
         )),
     };
     // Paused by an operator (this leader's own flag, or the leader's snapshot): deliberate, so
@@ -169,6 +175,10 @@ async fn readyz(state: web::Data<AppState>) -> HttpResponse {
             .latest_frame()
             .is_some_and(|f| f.snapshot.ingest.state == crate::live::IngestState::Paused);
     let ingest = match status.ingest_link() {
+        // Connected to RabbitMQ or not, ingest stands still while it cannot write.
+        _ if status.ingest.database_error.is_some() => {
+            Err("ingest cannot write to the database".to_owned())
+        }
         _ if paused => Ok(()),
         None => Ok(()),
         Some(link) if link.connected => Ok(()),

@@ -3,11 +3,17 @@
 //!
 //! Pure: the arrival time and the configured currency are passed in. Every refusal carries a
 //! stable code (the start of the `x-pulseboard-reason` header) and a human detail.
+//!
+//! Stricter than JSON itself where readers could disagree: an object that names a key twice is
+//! refused at any depth ([`UniqueKeys`]), and a leap second counts in the minute it is written
+//! in ([`millis_holding_leap_second`]).
 
 use crate::aggregate::{
     Event, EventKind, Millis, Overflow, MAX_AGE_MS, MAX_AMOUNT_MINOR, MAX_FUTURE_MS,
 };
-use serde_json::{Map, Value};
+use chrono::{DateTime, FixedOffset};
+use serde::de::{self, Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
+use serde_json::{Map, Number, Value};
 use std::fmt;
 
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
@@ -61,8 +67,11 @@ pub fn decode(body: &[u8], context: DecodeContext<'_>) -> Result<Event, Rejectio
     }
     let text = std::str::from_utf8(body)
         .map_err(|e| Rejection::new("not_utf8", format!("body is not UTF-8: {e}")))?;
-    let value: Value = serde_json::from_str(text)
-        .map_err(|e| Rejection::new("not_json", format!("body is not JSON: {e}")))?;
+    let UniqueKeys(value) = serde_json::from_str(text).map_err(|e| match e.classify() {
+        // The only error of the data rather than the syntax: [`UniqueKeys`]'s.
+        serde_json::error::Category::Data => Rejection::new("duplicate_key", e.to_string()),
+        _ => Rejection::new("not_json", format!("body is not JSON: {e}")),
+    })?;
     let Value::Object(fields) = value else {
         return Err(Rejection::new("not_object", "body is not a JSON object"));
     };
@@ -90,6 +99,80 @@ pub fn decode(body: &[u8], context: DecodeContext<'_>) -> Result<Event, Rejectio
         occurred_at,
         user_id: user_id.to_owned(),
     })
+}
+
+/// A JSON value whose every object, at any depth, names each key once. `Value` itself keeps the
+/// last of a repeated key, so `"amount_minor": -5, "amount_minor": 100` would count 100 where
+/// another reader of the same message (a producer's check, an audit) may see -5. Built as
+/// `Value` builds itself: no allocation beyond the key each entry needs anyway.
+struct UniqueKeys(Value);
+
+impl<'de> Deserialize<'de> for UniqueKeys {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer
+            .deserialize_any(UniqueKeysVisitor)
+            .map(UniqueKeys)
+    }
+}
+
+struct UniqueKeysVisitor;
+
+impl<'de> Visitor<'de> for UniqueKeysVisitor {
+    type Value = Value;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON value")
+    }
+
+    fn visit_bool<E>(self, value: bool) -> Result<Value, E> {
+        Ok(Value::Bool(value))
+    }
+
+    fn visit_i64<E>(self, value: i64) -> Result<Value, E> {
+        Ok(Value::from(value))
+    }
+
+    fn visit_u64<E>(self, value: u64) -> Result<Value, E> {
+        Ok(Value::from(value))
+    }
+
+    fn visit_f64<E>(self, value: f64) -> Result<Value, E> {
+        Ok(Number::from_f64(value).map_or(Value::Null, Value::Number))
+    }
+
+    fn visit_str<E>(self, value: &str) -> Result<Value, E> {
+        Ok(Value::String(value.to_owned()))
+    }
+
+    fn visit_string<E>(self, value: String) -> Result<Value, E> {
+        Ok(Value::String(value))
+    }
+
+    fn visit_unit<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut items: A) -> Result<Value, A::Error> {
+        let mut array = Vec::with_capacity(items.size_hint().unwrap_or(0));
+        while let Some(UniqueKeys(item)) = items.next_element()? {
+            array.push(item);
+        }
+        Ok(Value::Array(array))
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut entries: A) -> Result<Value, A::Error> {
+        let mut object = Map::new();
+        while let Some(key) = entries.next_key::<String>()? {
+            if object.contains_key(&key) {
+                return Err(de::Error::custom(format_args!(
+                    "the key {key:?} appears twice in one object"
+                )));
+            }
+            let UniqueKeys(value) = entries.next_value()?;
+            object.insert(key, value);
+        }
+        Ok(Value::Object(object))
+    }
 }
 
 fn required<'a>(fields: &'a Map<String, Value>, name: &str) -> Result<&'a Value, Rejection> {
@@ -129,14 +212,13 @@ fn timestamp(fields: &Map<String, Value>, arrived_at: Millis) -> Result<Millis, 
             "occurred_at must be an RFC 3339 string with offset",
         )
     })?;
-    let occurred_at = chrono::DateTime::parse_from_rfc3339(text)
-        .map_err(|e| {
-            Rejection::new(
-                "invalid_field",
-                format!("occurred_at is not RFC 3339 with offset: {e}"),
-            )
-        })?
-        .timestamp_millis();
+    let occurred_at = DateTime::parse_from_rfc3339(text).map_err(|e| {
+        Rejection::new(
+            "invalid_field",
+            format!("occurred_at is not RFC 3339 with offset: {e}"),
+        )
+    })?;
+    let occurred_at = millis_holding_leap_second(occurred_at);
     if occurred_at > arrived_at + MAX_FUTURE_MS {
         return Err(Rejection::new(
             "too_far_in_future",
@@ -150,6 +232,18 @@ fn timestamp(fields: &Map<String, Value>, arrived_at: Millis) -> Result<Millis, 
         ));
     }
     Ok(occurred_at)
+}
+
+/// Milliseconds since the epoch. A leap second (`23:59:60`, which chrono keeps as second 59
+/// with a nanosecond count past 10⁹) is held at the last millisecond of its minute: counted
+/// without it, `23:59:60Z` would become midnight and fall on the next day.
+fn millis_holding_leap_second(at: DateTime<FixedOffset>) -> Millis {
+    const LAST_MILLISECOND: i64 = 999;
+    if at.timestamp_subsec_nanos() >= 1_000_000_000 {
+        at.timestamp() * 1_000 + LAST_MILLISECOND
+    } else {
+        at.timestamp_millis()
+    }
 }
 
 fn order_amount(fields: &Map<String, Value>, currency: &str) -> Result<i64, Rejection> {
@@ -383,6 +477,66 @@ mod tests {
     }
 
     #[test]
+    fn a_key_named_twice_is_refused_at_every_depth() {
+        let body = |text: &str| decode(text.as_bytes(), context());
+        let valid = r#"{"id": "evt-1", "type": "order.placed", "occurred_at": "2026-11-23T10:15:00Z", "user_id": "u-42", "data": {"order_id": "o-1", "amount_minor": AMOUNT, "currency": "USD"}}"#;
+        assert!(body(&valid.replace("AMOUNT", "100")).is_ok());
+        let cases = [
+            valid.replace("AMOUNT", r#"-5, "amount_minor": 100"#),
+            valid.replace(
+                r#""user_id": "u-42""#,
+                r#""user_id": "u-42", "user_id": "u-7""#,
+            ),
+            valid.replace(r#""id": "evt-1""#, r#""id": "evt-1", "id": "evt-1""#),
+            valid.replace("AMOUNT", r#"100, "extra": {"a": 1, "a": 2}"#),
+            valid.replace("AMOUNT", r#"100, "extra": [{"a": 1, "a": 1}]"#),
+        ];
+        for case in &cases {
+            let rejection = body(case).expect_err(case);
+            assert_eq!(rejection.code, "duplicate_key", "{case}: {rejection}");
+        }
+        let reason = body(&cases[0]).expect_err("refused").to_string();
+        assert!(reason.contains(r#""amount_minor""#), "{reason}");
+        // Equal keys in different objects are no repeat.
+        let nested = valid.replace("AMOUNT", r#"100, "id": "data's own""#);
+        assert!(body(&nested).is_ok());
+    }
+
+    #[test]
+    fn a_leap_second_counts_in_the_minute_and_day_it_is_written_in() {
+        // 2026-06-30T23:59:59.999Z
+        const LAST_MILLISECOND_OF_JUNE: Millis = 1_782_863_999_999;
+        let arrived = DecodeContext {
+            currency: "USD",
+            arrived_at: LAST_MILLISECOND_OF_JUNE + 1_000,
+        };
+        for written in [
+            "2026-06-30T23:59:60Z",
+            "2026-06-30T23:59:60.500Z",
+            "2026-07-01T01:59:60+02:00",
+        ] {
+            let mut value = order("order.placed");
+            value["occurred_at"] = json!(written);
+            let event = decode(value.to_string().as_bytes(), arrived).expect(written);
+            assert_eq!(event.occurred_at, LAST_MILLISECOND_OF_JUNE, "{written}");
+            let minute = chrono::DateTime::from_timestamp_millis(crate::aggregate::minute_of(
+                event.occurred_at,
+            ))
+            .expect("minute");
+            assert_eq!(
+                minute.to_rfc3339(),
+                "2026-06-30T23:59:00+00:00",
+                "{written}"
+            );
+            assert_eq!(
+                crate::aggregate::local_date(event.occurred_at, chrono_tz::UTC).to_string(),
+                "2026-06-30",
+                "{written}"
+            );
+        }
+    }
+
+    #[test]
     fn the_reason_names_the_field() {
         let mut value = order("order.placed");
         value["data"]["amount_minor"] = json!(-5);
@@ -399,10 +553,11 @@ mod tests {
 
         /// docs/api.md, Events: the documented reason codes (`sum_overflow` comes from the
         /// aggregator, not from decoding).
-        const CODES: [&str; 9] = [
+        const CODES: [&str; 10] = [
             "too_large",
             "not_utf8",
             "not_json",
+            "duplicate_key",
             "not_object",
             "invalid_field",
             "missing_field",

@@ -33,7 +33,8 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-/// Snapshot sequence numbers reserved per database round trip.
+/// Snapshot sequence numbers reserved per database round trip. The last of each block is kept
+/// for the snapshot that says the database fails (see [`Leader::take_seq`]).
 const SEQ_BLOCK: i64 = 1_000;
 /// Followers that joined late get the current snapshot within this interval.
 const REBROADCAST: Duration = Duration::from_secs(1);
@@ -100,6 +101,16 @@ struct Published {
     dead_letters: u64,
 }
 
+impl Published {
+    fn of(figures: Figures, view: &IngestView) -> Published {
+        Published {
+            figures,
+            state: view.state,
+            dead_letters: view.dead_letters,
+        }
+    }
+}
+
 struct Leader<'a> {
     context: &'a IngestContext,
     lease: Lease,
@@ -119,6 +130,8 @@ struct Leader<'a> {
     paused: bool,
     last_pause_check: Instant,
     tail: Sampler,
+    /// The database error that ends this term, for its last snapshot.
+    database_failure: Option<String>,
 }
 
 impl<'a> Leader<'a> {
@@ -139,6 +152,8 @@ impl<'a> Leader<'a> {
         let aggregator = Aggregator::restore(settings.aggregate.clone(), restore);
         // A new leader honours a pause made under the one before it.
         let paused = context.store.ingest_paused().await?;
+        // Reserved now, so that a term that started can always say the database failed.
+        let next_seq = context.store.reserve_seq(SEQ_BLOCK).await?;
         if paused {
             tracing::info!("ingest is paused by an operator; not consuming");
         }
@@ -154,8 +169,8 @@ impl<'a> Leader<'a> {
             context,
             lease,
             aggregator,
-            next_seq: 1,
-            seq_end: 0,
+            next_seq,
+            seq_end: next_seq + SEQ_BLOCK - 1,
             gathering: Batch::with_capacity(settings.max_batch),
             committing: None,
             last_renewed: Instant::now(),
@@ -168,6 +183,7 @@ impl<'a> Leader<'a> {
             paused,
             last_pause_check: Instant::now(),
             tail: Sampler::default(),
+            database_failure: None,
         })
     }
 
@@ -235,8 +251,28 @@ impl<'a> Leader<'a> {
         }
         match result {
             Ok(()) => LeadEnd::Shutdown,
+            Err(LeadEnd::Database(error)) => {
+                self.say_database_failed(&error);
+                LeadEnd::Database(error)
+            }
             Err(end) => end,
         }
+    }
+
+    /// Publishes the term's last snapshot, saying ingest is `disconnected` because of `error`:
+    /// nothing else would tell the dashboards (and the other instances) that the figures stand
+    /// still. Its number is the block's last, kept for it: the database cannot reserve one now.
+    fn say_database_failed(&mut self, error: &StoreError) {
+        self.database_failure = Some(error.to_string());
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        let now = now_ms();
+        self.publish(
+            seq,
+            now,
+            self.aggregator.figures(now),
+            self.ingest_view(false),
+        );
     }
 
     async fn on_feed(&mut self, item: FeedItem, feed: &mut Feed<'_>) {
@@ -565,20 +601,28 @@ impl<'a> Leader<'a> {
 
     fn ingest_view(&self, connected: bool) -> IngestView {
         let status = self.context.status.get();
-        let state = if self.paused {
-            IngestState::Paused
+        let (state, reason) = if let Some(error) = &self.database_failure {
+            let reason = format!("the database failed: {error}");
+            (IngestState::Disconnected, Some(reason))
+        } else if self.paused {
+            (IngestState::Paused, None)
         } else if !connected {
-            IngestState::Disconnected
+            let reason = match &status.ingest.consumer.last_error {
+                Some(error) => format!("not connected to RabbitMQ: {error}"),
+                None => "not connected to RabbitMQ yet".to_owned(),
+            };
+            (IngestState::Disconnected, Some(reason))
         } else if self.context.settings.demo {
-            IngestState::Demo
+            (IngestState::Demo, None)
         } else {
-            IngestState::Running
+            (IngestState::Running, None)
         };
         IngestView {
             state,
             leader: Some(self.context.settings.node.clone()),
             lag_seconds: self.lag_seconds,
             dead_letters: status.fanout.dead_letters,
+            reason,
         }
     }
 
@@ -592,15 +636,17 @@ impl<'a> Leader<'a> {
     ) -> Result<(), LeadEnd> {
         let figures = self.aggregator.figures(now);
         let view = self.ingest_view(connected);
-        let current = Published {
-            figures,
-            state: view.state,
-            dead_letters: view.dead_letters,
-        };
-        if !force && self.published.as_ref() == Some(&current) {
+        if !force && self.published.as_ref() == Some(&Published::of(figures, &view)) {
             return Ok(());
         }
         let seq = self.take_seq().await?;
+        self.publish(seq, now, figures, view);
+        Ok(())
+    }
+
+    /// Publishes snapshot `seq`: to this instance's hub and to the others.
+    fn publish(&mut self, seq: i64, now: Millis, figures: Figures, view: IngestView) {
+        self.published = Some(Published::of(figures, &view));
         let settings = &self.context.settings;
         let snapshot = Snapshot::new(seq, now, &settings.node, &figures, &settings.currency, view);
         let frame = SnapshotFrame::new(snapshot, self.oldest_unpublished_arrival.take());
@@ -613,12 +659,12 @@ impl<'a> Leader<'a> {
             .orders_per_minute
             .set(figures.orders_per_minute as i64);
         metrics.revenue_today_minor.set(figures.revenue_today_minor);
-        self.published = Some(current);
-        Ok(())
     }
 
+    /// The next snapshot's sequence number. The block's last one is never handed out here: it
+    /// is kept for the snapshot that says the database failed ([`Leader::say_database_failed`]).
     async fn take_seq(&mut self) -> Result<i64, LeadEnd> {
-        if self.next_seq > self.seq_end {
+        if self.next_seq >= self.seq_end {
             self.next_seq = self.context.store.reserve_seq(SEQ_BLOCK).await?;
             self.seq_end = self.next_seq + SEQ_BLOCK - 1;
         }

@@ -98,7 +98,12 @@ pub async fn run(
             Ok(Some(lease)) => {
                 backoff.reset();
                 tracing::info!(epoch = lease.epoch, "this node now leads ingest");
-                let end = leader::lead(&context, lease, &mut inputs, &shutdown).await;
+                let end = match leader::lead(&context, lease, &mut inputs, &shutdown).await {
+                    leader::LeadEnd::Database(error) => {
+                        leader::LeadEnd::Database(context.store.explain_timeout(error).await)
+                    }
+                    end => end,
+                };
                 context.metrics.leader.set(0);
                 context.metrics.ingest_up.set(0);
                 let database_error = match &end {
@@ -132,6 +137,7 @@ pub async fn run(
                 LEASE_POLL
             }
             Err(error) => {
+                let error = context.store.explain_timeout(error).await;
                 tracing::warn!(%error, "database unavailable; retrying");
                 context
                     .status

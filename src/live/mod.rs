@@ -70,6 +70,9 @@ pub struct IngestView {
     pub lag_seconds: f64,
     /// Messages waiting in the dead-letter queue `<prefix>.dead`.
     pub dead_letters: u64,
+    /// Why ingest is `disconnected` (RabbitMQ lost, or the database failing); absent otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
 }
 
 /// `ingest.state` on the wire, in lower case.
@@ -80,7 +83,8 @@ pub enum IngestState {
     Running,
     /// Stopped on an operator's request (the console's `ingest.pause`).
     Paused,
-    /// The leader lost RabbitMQ: the figures stand still until it reconnects.
+    /// The leader lost RabbitMQ, or cannot write to the database: the figures stand still
+    /// until it is back.
     Disconnected,
     /// `serve --demo`: the figures come from generated traffic.
     Demo,
@@ -203,6 +207,7 @@ pub(crate) mod tests {
             leader: Some("web-1".into()),
             lag_seconds: 0.04,
             dead_letters: 0,
+            reason: None,
         };
         SnapshotFrame::new(
             Snapshot::new(seq, 1_795_428_930_250, "web-1", &figures, "USD", ingest),
@@ -227,6 +232,8 @@ pub(crate) mod tests {
         assert_eq!(json["revenue"]["today_minor"], 1999);
         assert_eq!(json["ingest"]["state"], "running");
         assert_eq!(json["ingest"]["leader"], "web-1");
+        // Only a disconnected ingest says why.
+        assert!(json["ingest"].get("reason").is_none(), "{json}");
         assert_eq!(json["point"]["minute"], "2026-11-23T10:15:00Z");
         assert_eq!(json["point"]["active_users"], 3);
     }

@@ -53,16 +53,14 @@ impl Store {
         now: Millis,
         ttl_ms: Millis,
     ) -> Result<Option<Lease>, StoreError> {
-        let row = sqlx::query(
+        let query = sqlx::query(
             "UPDATE leader_lease SET holder = $1, epoch = epoch + 1, expires_at = $2 \
              WHERE name = 'ingest' AND (expires_at < $3 OR holder = $1) RETURNING epoch",
         )
         .bind(node)
         .bind(now + ttl_ms)
-        .bind(now)
-        .fetch_optional(self.writer())
-        .await?;
-        match row {
+        .bind(now);
+        match self.write_returning(query).await?.pop() {
             Some(row) => Ok(Some(Lease {
                 holder: node.to_owned(),
                 epoch: row.try_get(0)?,

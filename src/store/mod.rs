@@ -32,9 +32,9 @@ use crate::aggregate::{
 use crate::config::{Backend, DatabaseUrl};
 use chrono::NaiveDate;
 use chrono_tz::Tz;
-use secrecy::ExposeSecret;
+use secrecy::{ExposeSecret, SecretString};
 use sqlx::any::{AnyPoolOptions, AnyRow};
-use sqlx::{AnyPool, Executor, Row};
+use sqlx::{AnyConnection, AnyPool, Connection, Executor, Row};
 use std::time::Duration;
 
 const SQLITE_READERS: u32 = 4;
@@ -66,6 +66,8 @@ pub enum StoreError {
     },
     #[error("cannot open the database: {0}")]
     Connect(#[source] sqlx::Error),
+    #[error("no database connection within {waited:?}: the database refuses new ones: {cause}")]
+    Refused { waited: Duration, cause: String },
     #[error("database migration failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("database error: {0}")]
@@ -127,6 +129,8 @@ pub struct Store {
     /// and refuse to write (`query_only`); for PostgreSQL the same pool as `writer`.
     reader: AnyPool,
     backend: Backend,
+    /// Where the pools connect: [`Store::explain_timeout`] asks there why they cannot.
+    url: SecretString,
 }
 
 impl Store {
@@ -144,19 +148,25 @@ impl Store {
                     writer,
                     reader,
                     backend: Backend::Sqlite,
+                    url: url.into(),
                 })
             }
             Backend::Postgres => {
-                let pool = AnyPoolOptions::new()
-                    .max_connections(POSTGRES_CONNECTIONS)
-                    .acquire_timeout(ACQUIRE_TIMEOUT)
+                let pool = match pool_options(POSTGRES_CONNECTIONS)
                     .connect(database.url.expose_secret())
                     .await
-                    .map_err(StoreError::Connect)?;
+                {
+                    Ok(pool) => pool,
+                    Err(error) => {
+                        let error = StoreError::Connect(error);
+                        return Err(explain_timeout(&database.url, error).await);
+                    }
+                };
                 Ok(Store {
                     writer: pool.clone(),
                     reader: pool,
                     backend: Backend::Postgres,
+                    url: database.url.clone(),
                 })
             }
         }
@@ -241,8 +251,21 @@ impl Store {
     }
 
     pub async fn ping(&self) -> Result<(), StoreError> {
-        sqlx::query("SELECT 1").execute(&self.reader).await?;
-        Ok(())
+        match sqlx::query("SELECT 1").execute(&self.reader).await {
+            Ok(_) => Ok(()),
+            Err(error) => Err(self.explain_timeout(error.into()).await),
+        }
+    }
+
+    /// `error`, or, when it is only the pool's timeout, why the database gave no connection
+    /// (see [`explain_timeout`]). For what reports a store error to people: logs, `/readyz`.
+    pub async fn explain_timeout(&self, error: StoreError) -> StoreError {
+        if self.backend == Backend::Postgres {
+            explain_timeout(&self.url, error).await
+        } else {
+            // SQLite opens a file: its pool times out only while busy, which the timeout says.
+            error
+        }
     }
 
     pub async fn close(&self) {
@@ -351,12 +374,15 @@ impl Store {
     /// Reserves `count` snapshot sequence numbers; returns the first. Reserving in blocks keeps
     /// `seq` strictly increasing across restarts and failover without a write per snapshot.
     pub async fn reserve_seq(&self, count: i64) -> Result<i64, StoreError> {
-        let row = sqlx::query(
+        let query = sqlx::query(
             "UPDATE counters SET value = value + $1 WHERE name = 'snapshot_seq' RETURNING value",
         )
-        .bind(count)
-        .fetch_one(&self.writer)
-        .await?;
+        .bind(count);
+        let row = self
+            .write_returning(query)
+            .await?
+            .pop()
+            .ok_or_else(|| StoreError::Corrupt("no snapshot_seq counter".into()))?;
         let last: i64 = row.try_get(0)?;
         Ok(last - count + 1)
     }
@@ -424,6 +450,18 @@ impl Store {
         Ok(row.try_get(0)?)
     }
 
+    /// Runs one write that returns rows (`RETURNING`) on its own, outside a transaction, and
+    /// returns them all. Never `fetch_one` or `fetch_optional` for such a write: on SQLite they
+    /// stop at the first row, and the statement's own commit then happens as it is reset, where
+    /// sqlx drops its error; on a full disk the caller got a lease or a block of snapshot
+    /// numbers that was never stored, and handed out again later.
+    async fn write_returning<'q>(
+        &self,
+        query: sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>>,
+    ) -> Result<Vec<AnyRow>, StoreError> {
+        Ok(query.fetch_all(&self.writer).await?)
+    }
+
     pub(crate) fn writer(&self) -> &AnyPool {
         &self.writer
     }
@@ -439,9 +477,7 @@ impl Store {
 /// every 16 384 pages instead of 1 000, because a batch rewrites hundreds of index pages and
 /// checkpointing after nearly every commit cost a quarter of the commit rate.
 async fn sqlite_pool(url: &str, connections: u32, read_only: bool) -> Result<AnyPool, StoreError> {
-    AnyPoolOptions::new()
-        .max_connections(connections)
-        .acquire_timeout(ACQUIRE_TIMEOUT)
+    pool_options(connections)
         .after_connect(move |connection, _| {
             Box::pin(async move {
                 connection.execute(sqlite::PRAGMAS).await?;
@@ -454,6 +490,81 @@ async fn sqlite_pool(url: &str, connections: u32, read_only: bool) -> Result<Any
         .connect(url)
         .await
         .map_err(StoreError::Connect)
+}
+
+/// What every pool of either backend shares: its size, how long to wait for a connection, and
+/// that a connection still inside a transaction never goes back to it.
+///
+/// sqlx's `Transaction` leaves its connection inside the transaction when `COMMIT` fails and the
+/// `ROLLBACK` it then queues fails too: SQLite, on a full disk, may roll the transaction back
+/// itself, so that sqlx's `ROLLBACK` finds none and its count of open transactions stays at one.
+/// Returned to the pool, that connection would begin every later transaction as a savepoint and
+/// refuse `BEGIN IMMEDIATE` ("non-zero transaction depth"), long after the disk has room again.
+/// Checked here, once for every statement of the store, instead of at each commit.
+fn pool_options(connections: u32) -> AnyPoolOptions {
+    AnyPoolOptions::new()
+        .max_connections(connections)
+        .acquire_timeout(ACQUIRE_TIMEOUT)
+        .after_release(|connection, _| Box::pin(left_outside_transaction(connection)))
+}
+
+/// `true` when `connection` is outside any transaction and may be used again; `false` closes it
+/// (the pool opens a new one when needed). A dropped `Transaction` only queues its `ROLLBACK`:
+/// a ping runs it first (the connection answers in order) before the depth is read again.
+async fn left_outside_transaction(connection: &mut AnyConnection) -> Result<bool, sqlx::Error> {
+    if !connection.is_in_transaction() {
+        return Ok(true);
+    }
+    connection.ping().await?;
+    let clean = !connection.is_in_transaction();
+    if !clean {
+        tracing::warn!(
+            "closing a database connection left inside a failed transaction; \
+             the pool opens a new one"
+        );
+    }
+    Ok(clean)
+}
+
+/// sqlx retries a connection that PostgreSQL refuses as if it were passing (SQLSTATE 53300,
+/// too many clients; 57P03, starting up) until the acquire timeout, then reports only "pool
+/// timed out". When `error` is that timeout, one connection of its own, as briefly, finds out
+/// why: a refusal becomes [`StoreError::Refused`] with the server's words and SQLSTATE. A
+/// connection that opens means the pool was busy, and the timeout is the truth.
+async fn explain_timeout(url: &SecretString, error: StoreError) -> StoreError {
+    let timed_out = matches!(
+        error,
+        StoreError::Connect(sqlx::Error::PoolTimedOut)
+            | StoreError::Database(sqlx::Error::PoolTimedOut)
+    );
+    if !timed_out {
+        return error;
+    }
+    let attempt =
+        tokio::time::timeout(ACQUIRE_TIMEOUT, AnyConnection::connect(url.expose_secret())).await;
+    match attempt {
+        Ok(Err(refused)) => StoreError::Refused {
+            waited: ACQUIRE_TIMEOUT,
+            cause: refusal(&refused),
+        },
+        Ok(Ok(connection)) => {
+            let _ = connection.close().await;
+            error
+        }
+        Err(_) => error,
+    }
+}
+
+/// The server's message with its SQLSTATE (`sorry, too many clients already (SQLSTATE
+/// 53300)`), or the error as it is when the server did not answer with one.
+fn refusal(error: &sqlx::Error) -> String {
+    match error {
+        sqlx::Error::Database(database) => match database.code() {
+            Some(code) => format!("{} (SQLSTATE {code})", database.message()),
+            None => database.message().to_owned(),
+        },
+        other => other.to_string(),
+    }
 }
 
 fn stored_event(row: &AnyRow) -> Result<Event, StoreError> {

@@ -1,5 +1,6 @@
 //! Black-box tests: the real binary against real RabbitMQ, PostgreSQL and SQLite.
 
+mod announcement_text;
 mod auth;
 mod browser;
 mod cli;
@@ -9,6 +10,7 @@ mod console_cluster;
 mod crash;
 mod demo;
 mod deployment;
+mod disk_full;
 mod failover;
 mod first_use;
 mod hardening;
@@ -29,4 +31,5 @@ mod private_services;
 mod proxy;
 mod resume;
 mod sse_client;
+mod too_many_clients;
 mod traffic;

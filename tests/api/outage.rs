@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 use tokio::task::JoinHandle;
 
 /// Bound of every wait: these are correctness tests, not timing tests.
-const PATIENCE: Duration = Duration::from_secs(60);
+pub(crate) const PATIENCE: Duration = Duration::from_secs(60);
 const EVENTS: usize = 3_000;
 const CHUNK: usize = 100;
 const PAUSE: Duration = Duration::from_millis(150);
@@ -35,7 +35,11 @@ const OUTAGE: Duration = Duration::from_secs(3);
 
 /// Polls `probe` until it yields `Ok`; panics with its last `Err` (and `context()`) after
 /// [`PATIENCE`].
-async fn eventually<T, F, Fut>(what: &str, context: impl Fn() -> String, mut probe: F) -> T
+pub(crate) async fn eventually<T, F, Fut>(
+    what: &str,
+    context: impl Fn() -> String,
+    mut probe: F,
+) -> T
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<T, String>>,
@@ -164,11 +168,11 @@ async fn publish_confirmed(
     Ok(())
 }
 
-async fn readyz(service: &Service) -> (u16, Value) {
+pub(crate) async fn readyz(service: &Service) -> (u16, Value) {
     service.get_json("/readyz").await
 }
 
-async fn wait_until_ready(service: &Service, what: &str) {
+pub(crate) async fn wait_until_ready(service: &Service, what: &str) {
     eventually(
         what,
         || service.log_text(),
@@ -183,7 +187,7 @@ async fn wait_until_ready(service: &Service, what: &str) {
 }
 
 /// Waits until the service applied part of the stream, so the outage hits it mid-flow.
-async fn wait_for_applied(service: &Service, at_least: u64) {
+pub(crate) async fn wait_for_applied(service: &Service, at_least: u64) {
     eventually(
         "the service applies events before the outage",
         || service.log_text(),
@@ -213,7 +217,7 @@ async fn assert_still_serving(service: &Service) -> Value {
 }
 
 /// After the outage: exact totals, and still exact once any redelivery settled.
-async fn assert_exact_totals(service: &Service, tally: &SentTally) {
+pub(crate) async fn assert_exact_totals(service: &Service, tally: &SentTally) {
     let net = net_revenue(tally);
     let orders = placed(tally);
     let exact = |s: &Value| s["revenue"]["today_minor"] == net && s["orders_per_minute"] == orders;
@@ -372,19 +376,29 @@ async fn a_broker_restart_while_events_flow_keeps_serving_and_resumes_exactly() 
     let _ = connection.close(200, "done").await;
 }
 
-/// A service on a database of its own on a private PostgreSQL cluster, with broker names of
-/// its own, once ready. `ServiceConfig::new` wants a `TestDatabase`: the SQLite one returned
-/// (an unused folder) only supplies the defaults.
-async fn ready_on_private_postgres(
+/// How to start a service on a new database of its own on `postgres`, with broker names of
+/// its own; also the database's name. `ServiceConfig::new` wants a `TestDatabase`: the SQLite
+/// one returned (an unused folder) only supplies the defaults.
+pub(crate) async fn config_on_private_postgres(
+    postgres: &PrivatePostgres,
     tag: &str,
-) -> (PrivatePostgres, TestDatabase, Names, Broker, Service) {
-    let postgres = PrivatePostgres::start().await;
+) -> (ServiceConfig, String, TestDatabase, Names) {
     let database_name = format!("pb_{tag}_{}", short_id());
     postgres.create_database(&database_name).await;
     let unused = TestDatabase::new(Backend::Sqlite).await;
     let names = Names::new();
     let mut config = ServiceConfig::new(&unused, &names, &format!("{tag}-pg-{}", short_id()));
     config.database_url = postgres.url(&database_name);
+    (config, database_name, unused, names)
+}
+
+/// A service on a database of its own on a private PostgreSQL cluster, with broker names of
+/// its own, once ready.
+async fn ready_on_private_postgres(
+    tag: &str,
+) -> (PrivatePostgres, TestDatabase, Names, Broker, Service) {
+    let postgres = PrivatePostgres::start().await;
+    let (config, _, unused, names) = config_on_private_postgres(&postgres, tag).await;
     let broker = Broker::connect(&names).await;
     let service = Service::start(&config).await;
     wait_until_ready(

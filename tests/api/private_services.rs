@@ -329,11 +329,19 @@ pub struct PrivatePostgres {
     port: u16,
     folder: tempfile::TempDir,
     bin: PathBuf,
+    /// Server settings (`-c name=value`) besides the address and socket folder.
+    settings: Vec<String>,
 }
 
 impl PrivatePostgres {
     /// `initdb`, then `pg_ctl … -w start`.
     pub async fn start() -> PrivatePostgres {
+        PrivatePostgres::start_with(&[]).await
+    }
+
+    /// [`PrivatePostgres::start`] with these server settings (`name=value`), e.g. a tiny
+    /// `max_connections`.
+    pub async fn start_with(settings: &[&str]) -> PrivatePostgres {
         let bin = postgres_bin();
         let folder = folder_for("postgres", "pb-postgres-");
         let mut initdb = as_user("postgres", &bin.join("initdb").display().to_string());
@@ -347,6 +355,7 @@ impl PrivatePostgres {
             port: 0,
             folder,
             bin,
+            settings: settings.iter().map(|s| format!(" -c {s}")).collect(),
         };
         let mut failures = Vec::new();
         // A free port may be taken by someone else between our probe and the server's bind.
@@ -387,9 +396,10 @@ impl PrivatePostgres {
             .arg(self.log_file())
             .arg("-o")
             .arg(format!(
-                "-p {} -c listen_addresses=127.0.0.1 -k {}",
+                "-p {} -c listen_addresses=127.0.0.1 -k {}{}",
                 self.port,
-                self.folder.path().display()
+                self.folder.path().display(),
+                self.settings.concat()
             ))
             .args(["-w", "-t", "60", "start"])
             .stdin(Stdio::null())

@@ -25,3 +25,17 @@ pub fn net_revenue(tally: &SentTally) -> i64 {
 pub fn placed(tally: &SentTally) -> u64 {
     tally.by_type.get("order.placed").copied().unwrap_or(0)
 }
+
+/// What two streams sent together.
+pub fn combined(first: &SentTally, second: &SentTally) -> SentTally {
+    let mut by_type = first.by_type.clone();
+    for (kind, count) in &second.by_type {
+        *by_type.entry(kind).or_default() += count;
+    }
+    SentTally {
+        sent: first.sent + second.sent,
+        by_type,
+        placed_minor: first.placed_minor + second.placed_minor,
+        refunded_minor: first.refunded_minor + second.refunded_minor,
+    }
+}

@@ -5,6 +5,7 @@
 //!   its own database and names, signed in, read (HTTP, `/metrics`, its log), stopped.
 //! - [`database`]: a database of the run's own (SQLite file or fresh PostgreSQL database),
 //!   dropped when it ends; the backend is the library's `config::Backend`.
+//! - [`disk`]: a small tmpfs of the run's own, to fill and free (a database's disk full).
 //! - [`broker`]: the run's queue prefix and exchange on the shared broker, deleted when the
 //!   last copy of the names is dropped, whether the run passed or not.
 //! - [`metrics`]: sums over the Prometheus text of `/metrics`.
@@ -17,6 +18,7 @@
 pub mod broker;
 pub mod cpu;
 pub mod database;
+pub mod disk;
 pub mod metrics;
 pub mod raw_amqp;
 pub mod service;
