@@ -42,6 +42,15 @@ pub enum ApiError {
     /// The request head is over 128 KiB or has over 96 headers (actix-http's own 431).
     #[error("the request head is too large")]
     HeadTooLarge,
+    /// The request names a `Content-Encoding` other than `identity`: bodies are never
+    /// inflated (see `http::screen_request_head`).
+    #[error(
+        "request bodies are accepted without content coding only (Content-Encoding: identity)"
+    )]
+    UnsupportedEncoding,
+    /// The request target is longer than `http::MAX_URI_BYTES`.
+    #[error("the request URI is longer than {0} bytes")]
+    UriTooLong(usize),
     /// The user already holds the configured number of live connections on this instance.
     #[error("at most {0} live connections per user; close one first")]
     TooManyStreams(usize),
@@ -64,6 +73,8 @@ impl ApiError {
             ApiError::RequestTimeout | ApiError::HeadTimeout => "request_timeout",
             ApiError::HeadTooLarge => "headers_too_large",
             ApiError::TooManyStreams(_) => "too_many_streams",
+            ApiError::UnsupportedEncoding => "unsupported_media_type",
+            ApiError::UriTooLong(_) => "uri_too_long",
             ApiError::Unavailable(_) => "unavailable",
             ApiError::Internal(_) => "internal",
         }
@@ -96,6 +107,8 @@ impl ResponseError for ApiError {
             ApiError::RequestTimeout | ApiError::HeadTimeout => StatusCode::REQUEST_TIMEOUT,
             ApiError::HeadTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             ApiError::TooManyStreams(_) => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::UnsupportedEncoding => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ApiError::UriTooLong(_) => StatusCode::URI_TOO_LONG,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -110,14 +123,27 @@ impl ResponseError for ApiError {
         match self {
             ApiError::RateLimited(wait) => retry_after(&mut response, *wait),
             ApiError::MethodNotAllowed(allow) => allow_header(&mut response, allow),
-            // The rest of the body may still be on its way: the connection cannot be reused.
-            ApiError::RequestTimeout => response
-                .head_mut()
-                .set_connection_type(ConnectionType::Close),
+            // The rest of the body may still be on its way (unread, for a refused head): the
+            // connection cannot be reused.
+            ApiError::RequestTimeout | ApiError::UriTooLong(_) => close(&mut response),
+            ApiError::UnsupportedEncoding => {
+                // RFC 9110 §15.5.16: say which codings would have been accepted.
+                response.headers_mut().insert(
+                    header::ACCEPT_ENCODING,
+                    header::HeaderValue::from_static("identity"),
+                );
+                close(&mut response);
+            }
             _ => {}
         }
         response
     }
+}
+
+fn close(response: &mut HttpResponse) {
+    response
+        .head_mut()
+        .set_connection_type(ConnectionType::Close);
 }
 
 /// `Allow: GET, HEAD` on a 405; the list is built from method names, always a valid value.

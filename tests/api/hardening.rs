@@ -22,13 +22,17 @@ fn bare_client() -> reqwest::Client {
         .expect("client")
 }
 
-fn address(service: &Service) -> String {
+pub(crate) fn address(service: &Service) -> String {
     service.base_url.trim_start_matches("http://").to_owned()
 }
 
 /// Writes `request` on a fresh connection and reads until the server closes it or `limit`
 /// passes; returns what was read and whether the server closed the connection.
-async fn raw_exchange(service: &Service, request: &str, limit: Duration) -> (String, bool) {
+pub(crate) async fn raw_exchange(
+    service: &Service,
+    request: &str,
+    limit: Duration,
+) -> (String, bool) {
     let mut stream = tokio::net::TcpStream::connect(address(service))
         .await
         .expect("connect");

@@ -1,5 +1,6 @@
 //! Black-box tests: the real binary against real RabbitMQ, PostgreSQL and SQLite.
 
+mod attacks;
 mod auth;
 mod browser;
 mod cli;

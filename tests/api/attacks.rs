@@ -1,0 +1,281 @@
+//! HTTP-side hardening (issue 27) over real sockets against the real binary: compressed request
+//! bodies are refused before anything inflates them, a long URI gets 414, and an HTTP/1.0
+//! client gets its stream without chunked encoding.
+
+use crate::hardening::{address, raw_exchange};
+use crate::helpers::{Backend, Names, Service, ServiceConfig, TestDatabase};
+use crate::kit::cpu::resident_kib;
+use serde_json::{json, Value};
+use std::io::Write;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Follows no redirect, keeps no cookie, gives up after 30 s.
+fn bare_client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(Duration::from_secs(30))
+        .build()
+        .expect("client")
+}
+
+/// A zlib stream (HTTP's `deflate`) of `inflated` zero bytes: about a thousandth of that.
+fn deflate_bomb(inflated: usize) -> Vec<u8> {
+    let mut encoder = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::best());
+    let zeros = vec![0u8; 1 << 20];
+    for _ in 0..inflated / zeros.len() {
+        encoder.write_all(&zeros).expect("compress");
+    }
+    encoder.finish().expect("compress")
+}
+
+fn gzip(body: &[u8]) -> Vec<u8> {
+    let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    encoder.write_all(body).expect("compress");
+    encoder.finish().expect("compress")
+}
+
+/// A bomb that fits under the 64 KiB body limit and inflates to 60 MiB.
+fn bomb() -> Vec<u8> {
+    let bomb = deflate_bomb(60 << 20);
+    assert!(bomb.len() < 64 * 1024, "the bomb is {} bytes", bomb.len());
+    bomb
+}
+
+/// Posts `body` with `Content-Encoding: encoding` as JSON; (status, headers, body).
+async fn post_encoded(
+    service: &Service,
+    path: &str,
+    encoding: &str,
+    body: Vec<u8>,
+    token: Option<&str>,
+) -> (u16, reqwest::header::HeaderMap, Value) {
+    let response = encoded(service, path, encoding, body, token)
+        .send()
+        .await
+        .expect("post");
+    let status = response.status().as_u16();
+    let headers = response.headers().clone();
+    (
+        status,
+        headers,
+        response.json().await.unwrap_or(Value::Null),
+    )
+}
+
+fn encoded(
+    service: &Service,
+    path: &str,
+    encoding: &str,
+    body: Vec<u8>,
+    token: Option<&str>,
+) -> reqwest::RequestBuilder {
+    let request = bare_client()
+        .post(service.url(path))
+        .header("Content-Type", "application/json")
+        .header("Content-Encoding", encoding)
+        .body(body);
+    match token {
+        Some(token) => request.bearer_auth(token),
+        None => request,
+    }
+}
+
+/// The highest resident memory (KiB) of `pid` seen every 5 ms until `done` is set.
+fn watch_peak(pid: u32, done: Arc<AtomicBool>) -> tokio::task::JoinHandle<u64> {
+    tokio::spawn(async move {
+        let mut peak = 0;
+        while !done.load(Ordering::Relaxed) {
+            peak = peak.max(resident_kib(pid));
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        peak.max(resident_kib(pid))
+    })
+}
+
+#[tokio::test]
+async fn compressed_request_bodies_get_415_on_every_route_and_identity_still_passes() {
+    let database = TestDatabase::new(Backend::Sqlite).await;
+    let service = Service::start(&ServiceConfig::new(&database, &Names::new(), "enc-1")).await;
+    let credentials = json!({"username": "admin", "password": database.admin_password});
+    let announcement = json!({"message": "hello", "level": "info"});
+    let cases = [
+        ("/api/auth/token", "deflate", bomb(), None),
+        (
+            "/api/auth/token",
+            "gzip",
+            gzip(credentials.to_string().as_bytes()),
+            None,
+        ),
+        (
+            "/api/auth/token",
+            "br",
+            credentials.to_string().into_bytes(),
+            None,
+        ),
+        (
+            "/api/announcements",
+            "deflate",
+            bomb(),
+            Some(service.token()),
+        ),
+        (
+            "/api/announcements",
+            "gzip",
+            gzip(announcement.to_string().as_bytes()),
+            Some(service.token()),
+        ),
+        (
+            "/api/announcements",
+            "identity, gzip",
+            gzip(announcement.to_string().as_bytes()),
+            Some(service.token()),
+        ),
+    ];
+    for (path, encoding, body, token) in cases {
+        let (status, headers, error) = post_encoded(&service, path, encoding, body, token).await;
+        assert_eq!(status, 415, "{path} {encoding}: {error}");
+        assert_eq!(
+            error["error"]["code"], "unsupported_media_type",
+            "{path} {encoding}"
+        );
+        assert!(error["error"]["message"].is_string(), "{error}");
+        assert_eq!(headers["accept-encoding"], "identity", "{path} {encoding}");
+        assert!(
+            headers.contains_key("content-security-policy"),
+            "the refusal carries the security headers"
+        );
+    }
+
+    // `identity` is no encoding at all: the body is read as it is.
+    let (status, _, token) = post_encoded(
+        &service,
+        "/api/auth/token",
+        "identity",
+        credentials.to_string().into_bytes(),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{token}");
+    let (status, _, created) = post_encoded(
+        &service,
+        "/api/announcements",
+        "identity",
+        announcement.to_string().into_bytes(),
+        Some(service.token()),
+    )
+    .await;
+    assert_eq!(status, 201, "{created}");
+}
+
+#[tokio::test]
+async fn a_hundred_concurrent_deflate_bombs_leave_resident_memory_where_it_was() {
+    let database = TestDatabase::new(Backend::Sqlite).await;
+    let service = Service::start(&ServiceConfig::new(&database, &Names::new(), "enc-2")).await;
+    // Warm up what every request touches once (buffers, the blocking pool).
+    let (status, _, _) = post_encoded(&service, "/api/auth/token", "deflate", bomb(), None).await;
+    let before = resident_kib(service.pid());
+    let done = Arc::new(AtomicBool::new(false));
+    let peak = watch_peak(service.pid(), done.clone());
+
+    let bomb = bomb();
+    let attacks = (0..100).map(|_| {
+        let body = bomb.clone();
+        let service = &service;
+        let request = encoded(service, "/api/auth/token", "deflate", body, None);
+        // A request that fails (times out under the load) counts as status 0.
+        async move { request.send().await.map_or(0, |r| r.status().as_u16()) }
+    });
+    let statuses = futures_util::future::join_all(attacks).await;
+    done.store(true, Ordering::Relaxed);
+    let peak = peak.await.expect("watcher");
+    let after = resident_kib(service.pid());
+
+    eprintln!(
+        "resident memory: {before} KiB before, peak {peak} KiB, {after} KiB after 100 bombs \
+         (first answer {status})"
+    );
+    assert!(
+        statuses.iter().all(|&s| s == 415),
+        "every bomb is refused: {statuses:?}"
+    );
+    let grown = peak.saturating_sub(before);
+    assert!(
+        grown < 8 * 1024,
+        "resident memory grew by {grown} KiB (from {before} KiB to a peak of {peak} KiB)"
+    );
+}
+
+#[tokio::test]
+async fn a_uri_over_the_limit_gets_414_in_json_and_past_the_parser_its_400() {
+    let database = TestDatabase::new(Backend::Sqlite).await;
+    let service = Service::start(&ServiceConfig::new(&database, &Names::new(), "uri-1")).await;
+    let request = |length: usize| {
+        format!(
+            "GET /api/dashboard/history?pad={} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
+            "a".repeat(length),
+            address(&service)
+        )
+    };
+
+    // At the limit (8 KiB of request target) the route answers; over it, 414.
+    let (fits, _) = raw_exchange(&service, &request(8_000), Duration::from_secs(5)).await;
+    assert!(fits.starts_with("HTTP/1.1 401"), "{fits}");
+    let (answer, _) = raw_exchange(&service, &request(16 * 1024), Duration::from_secs(5)).await;
+    assert!(answer.starts_with("HTTP/1.1 414"), "{answer}");
+    let (head, body) = answer.split_once("\r\n\r\n").expect("head and body");
+    assert!(head.contains("application/json"), "{head}");
+    let error: Value = serde_json::from_str(body).expect("JSON");
+    assert_eq!(error["error"]["code"], "uri_too_long", "{body}");
+
+    // 100 KB: the `http` crate refuses a request target over 64 KiB while actix-http parses
+    // the head, before any service sees it; its 400 gets the JSON shape (`parser_errors`).
+    let (answer, _) = raw_exchange(&service, &request(100_000), Duration::from_secs(5)).await;
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    let body = answer.split_once("\r\n\r\n").map_or("", |(_, body)| body);
+    let error: Value = serde_json::from_str(body).expect("JSON");
+    assert_eq!(error["error"]["code"], "bad_request", "{body}");
+}
+
+#[tokio::test]
+async fn an_http_1_0_client_gets_the_stream_delimited_by_closing_the_connection() {
+    let database = TestDatabase::new(Backend::Sqlite).await;
+    let service = Service::start(&ServiceConfig::new(&database, &Names::new(), "http10-1")).await;
+    service
+        .wait_for_snapshot(Duration::from_secs(10), |_| true)
+        .await;
+    for connection in ["", "Connection: keep-alive\r\n"] {
+        let request = format!(
+            "GET /api/dashboard/stream?access_token={} HTTP/1.0\r\nHost: {}\r\n{connection}\r\n",
+            service.token(),
+            address(&service)
+        );
+        // The stream does not end: read what comes within a second.
+        let (answer, _) = raw_exchange(&service, &request, Duration::from_secs(1)).await;
+        let (head, body) = answer.split_once("\r\n\r\n").expect("head and body");
+        let head = head.to_ascii_lowercase();
+        assert!(head.starts_with("http/1.0 200"), "{head}");
+        assert!(!head.contains("transfer-encoding"), "{connection}: {head}");
+        assert!(!head.contains("content-length"), "{head}");
+        // An HTTP/1.0 answer without `keep-alive` ends with its connection (RFC 1945 §7.2.2).
+        assert!(!head.contains("keep-alive"), "{connection}: {head}");
+        // The body is the events themselves, no chunk sizes between them.
+        assert!(body.starts_with("retry: "), "{connection}: {body:.80}");
+        assert!(body.contains("\nevent: snapshot\n"), "{body:.200}");
+    }
+
+    // HTTP/1.1 keeps chunked encoding.
+    let request = format!(
+        "GET /api/dashboard/stream?access_token={} HTTP/1.1\r\nHost: {}\r\n\r\n",
+        service.token(),
+        address(&service)
+    );
+    let (answer, _) = raw_exchange(&service, &request, Duration::from_secs(1)).await;
+    assert!(
+        answer
+            .to_ascii_lowercase()
+            .contains("transfer-encoding: chunked"),
+        "{answer:.300}"
+    );
+}
