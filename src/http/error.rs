@@ -8,6 +8,9 @@ use actix_web::{HttpResponse, ResponseError};
 use askama::Template;
 use serde_json::json;
 
+/// `Retry-After` of a sign-in refused because too many passwords are being checked at once.
+pub(super) const BUSY_RETRY: std::time::Duration = std::time::Duration::from_secs(1);
+
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
     #[error("{0}")]
@@ -51,6 +54,9 @@ pub enum ApiError {
     /// The request target is longer than `http::MAX_URI_BYTES`.
     #[error("the request URI is longer than {0} bytes")]
     UriTooLong(usize),
+    /// Too many passwords are being checked at once; retry in a moment.
+    #[error("too many sign-ins at once; retry in a moment")]
+    SignInBusy,
     /// The user already holds the configured number of live connections on this instance.
     #[error("at most {0} live connections per user; close one first")]
     TooManyStreams(usize),
@@ -75,7 +81,7 @@ impl ApiError {
             ApiError::TooManyStreams(_) => "too_many_streams",
             ApiError::UnsupportedEncoding => "unsupported_media_type",
             ApiError::UriTooLong(_) => "uri_too_long",
-            ApiError::Unavailable(_) => "unavailable",
+            ApiError::Unavailable(_) | ApiError::SignInBusy => "unavailable",
             ApiError::Internal(_) => "internal",
         }
     }
@@ -109,7 +115,7 @@ impl ResponseError for ApiError {
             ApiError::TooManyStreams(_) => StatusCode::TOO_MANY_REQUESTS,
             ApiError::UnsupportedEncoding => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::UriTooLong(_) => StatusCode::URI_TOO_LONG,
-            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Unavailable(_) | ApiError::SignInBusy => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -122,6 +128,7 @@ impl ResponseError for ApiError {
             .json(error_body(self.code(), &self.to_string()));
         match self {
             ApiError::RateLimited(wait) => retry_after(&mut response, *wait),
+            ApiError::SignInBusy => retry_after(&mut response, BUSY_RETRY),
             ApiError::MethodNotAllowed(allow) => allow_header(&mut response, allow),
             // The rest of the body may still be on its way (unread, for a refused head): the
             // connection cannot be reused.

@@ -1,5 +1,6 @@
 //! HTTP-side hardening (issue 27) over real sockets against the real binary: compressed request
-//! bodies are refused before anything inflates them, a long URI gets 414, and an HTTP/1.0
+//! bodies are refused before anything inflates them, sign-in throttling cannot be turned against
+//! the real user and password hashing has a ceiling, a long URI gets 414, and an HTTP/1.0
 //! client gets its stream without chunked encoding.
 
 use crate::hardening::{address, raw_exchange};
@@ -7,11 +8,12 @@ use crate::helpers::{Backend, Names, Service, ServiceConfig, TestDatabase};
 use crate::kit::cpu::resident_kib;
 use serde_json::{json, Value};
 use std::io::Write;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-/// Follows no redirect, keeps no cookie, gives up after 30 s.
+/// Follows no redirect, keeps no cookie, gives up after 30 s (hashing under load is slow in a
+/// debug build).
 fn bare_client() -> reqwest::Client {
     reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
@@ -203,6 +205,159 @@ async fn a_hundred_concurrent_deflate_bombs_leave_resident_memory_where_it_was()
     let grown = peak.saturating_sub(before);
     assert!(
         grown < 8 * 1024,
+        "resident memory grew by {grown} KiB (from {before} KiB to a peak of {peak} KiB)"
+    );
+}
+
+/// `POST /api/auth/token` for `user` from the forwarded address `from`: (status, body).
+async fn token_from(service: &Service, from: &str, user: &str, password: &str) -> (u16, Value) {
+    try_token_from(service, from, user, password)
+        .await
+        .expect("token request")
+}
+
+async fn try_token_from(
+    service: &Service,
+    from: &str,
+    user: &str,
+    password: &str,
+) -> reqwest::Result<(u16, Value)> {
+    let response = bare_client()
+        .post(service.url("/api/auth/token"))
+        .header("X-Forwarded-For", from)
+        .json(&json!({"username": user, "password": password}))
+        .send()
+        .await?;
+    let status = response.status().as_u16();
+    Ok((status, response.json().await.unwrap_or(Value::Null)))
+}
+
+fn behind_trusted_proxy(database: &TestDatabase, node: &str) -> ServiceConfig {
+    let mut config = ServiceConfig::new(database, &Names::new(), node);
+    config
+        .env
+        .push(("PULSEBOARD_TRUST_PROXY".into(), "true".into()));
+    config
+}
+
+#[tokio::test]
+async fn wrong_passwords_from_one_address_never_lock_the_user_out_of_another() {
+    let database = TestDatabase::new(Backend::Sqlite).await;
+    let service = Service::start(&behind_trusted_proxy(&database, "lockout-1")).await;
+    let right = database.admin_password.as_str();
+    let attacker = "203.0.113.66";
+
+    for i in 1..=9 {
+        let (status, _) = token_from(&service, attacker, "admin", &format!("guess-{i}")).await;
+        assert_eq!(status, 401, "guess {i}");
+    }
+    let (status, error) = token_from(&service, attacker, "admin", "guess-10").await;
+    assert_eq!(status, 429, "the attacker's tenth guess: {error}");
+    assert_eq!(error["error"]["code"], "rate_limited");
+
+    // The real user, from their own address, signs in; the attacker is still held off, even
+    // with the right password.
+    let (status, body) = token_from(&service, "198.51.100.7", "admin", right).await;
+    assert_eq!(status, 200, "the real user is not locked out: {body}");
+    assert_eq!(token_from(&service, attacker, "admin", right).await.0, 429);
+    let (status, _) = token_from(&service, attacker, "admin", "guess-11").await;
+    assert_eq!(status, 429, "the attacker is still throttled");
+}
+
+#[tokio::test]
+async fn one_address_spraying_many_user_names_is_throttled_as_an_address() {
+    let database = TestDatabase::new(Backend::Sqlite).await;
+    let service = Service::start(&behind_trusted_proxy(&database, "spray-1")).await;
+    let sprayer = "203.0.113.67";
+    let mut refused_at = None;
+    for i in 1..=40 {
+        let (status, _) = token_from(&service, sprayer, &format!("user-{i}"), "Winter2024!").await;
+        if status == 429 {
+            refused_at = Some(i);
+            break;
+        }
+        assert_eq!(status, 401, "attempt {i}");
+    }
+    assert_eq!(
+        refused_at,
+        Some(30),
+        "the address's 30th failure in a minute is refused"
+    );
+    // Another address is not affected.
+    let (status, _) = token_from(&service, "198.51.100.8", "user-1", "Winter2024!").await;
+    assert_eq!(status, 401);
+}
+
+#[tokio::test]
+async fn sixty_parallel_sign_ins_keep_healthz_fast_and_memory_bounded() {
+    let database = TestDatabase::new(Backend::Sqlite).await;
+    let service = Service::start(&behind_trusted_proxy(&database, "hash-1")).await;
+    // One failed sign-in first: the hasher's memory is then part of the baseline.
+    token_from(&service, "198.51.100.1", "admin", "warm-up").await;
+    let before = resident_kib(service.pid());
+    let done = Arc::new(AtomicBool::new(false));
+    let peak = watch_peak(service.pid(), done.clone());
+    let slowest_health_us = Arc::new(AtomicU64::new(0));
+    let health = {
+        let (url, done, slowest) = (
+            service.url("/healthz"),
+            done.clone(),
+            slowest_health_us.clone(),
+        );
+        tokio::spawn(async move {
+            let client = bare_client();
+            let mut checks = 0u32;
+            while !done.load(Ordering::Relaxed) {
+                let started = Instant::now();
+                let status = client.get(&url).send().await.map(|r| r.status().as_u16());
+                let took = started.elapsed().as_micros() as u64;
+                assert_eq!(status.ok(), Some(200), "healthz");
+                slowest.fetch_max(took, Ordering::Relaxed);
+                checks += 1;
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            checks
+        })
+    };
+
+    let started = Instant::now();
+    let sign_ins = (0..60).map(|i| {
+        let service = &service;
+        async move {
+            // A request that fails (times out) counts as status 0.
+            try_token_from(service, &format!("192.0.2.{i}"), "admin", "wrong")
+                .await
+                .unwrap_or((0, Value::Null))
+        }
+    });
+    let answers = futures_util::future::join_all(sign_ins).await;
+    let took = started.elapsed();
+    done.store(true, Ordering::Relaxed);
+    let checks = health.await.expect("healthz loop");
+    let peak = peak.await.expect("watcher");
+    let slowest = Duration::from_micros(slowest_health_us.load(Ordering::Relaxed));
+
+    let wrong = answers.iter().filter(|(s, _)| *s == 401).count();
+    let busy = answers.iter().filter(|(s, _)| *s == 503).count();
+    eprintln!(
+        "60 parallel wrong sign-ins in {took:?}: {wrong} answered 401, {busy} 503; slowest of \
+         {checks} /healthz {slowest:?}; resident memory {before} KiB before, peak {peak} KiB"
+    );
+    for (status, body) in &answers {
+        match status {
+            401 => assert_eq!(body["error"]["code"], "unauthorized"),
+            503 => assert_eq!(body["error"]["code"], "unavailable", "{body}"),
+            other => panic!("unexpected {other}: {body}"),
+        }
+    }
+    assert!(wrong >= 1, "some sign-ins were checked");
+    assert!(
+        slowest < Duration::from_millis(400),
+        "/healthz took {slowest:?} while passwords were hashed"
+    );
+    let grown = peak.saturating_sub(before);
+    assert!(
+        grown < 160 * 1024,
         "resident memory grew by {grown} KiB (from {before} KiB to a peak of {peak} KiB)"
     );
 }
