@@ -356,6 +356,7 @@ fn app_state(
         live,
         fanout: shared.fanout.clone(),
         refresh: shared.refresh.clone(),
+        refresh_limit: crate::live::limit::RefreshLimiter::default(),
         trust_proxy: args.trust_proxy,
         streams: crate::live::limit::StreamLimiter::new(args.max_streams_per_user),
         cluster: shared.cluster.clone(),

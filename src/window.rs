@@ -1,11 +1,13 @@
 //! Sliding-window counts per key, in bounded memory: how many times something happened for a
-//! key within the last `window`, for the sign-in throttle (`auth::throttle`).
+//! key within the last `window`, for the sign-in throttle (`auth::throttle`) and the refresh
+//! limit (`live::limit`).
 //!
 //! Pure: the caller passes the instant, so tests drive the clock. A key keeps at most `allowed`
 //! instants (more are never needed to answer "is it over?"), and the table at most `capacity`
 //! keys: when it is full, keys whose instants have all expired go first, then the key whose
 //! latest instant is the oldest. That scan is linear, and runs only when the table is full of
-//! live keys, which its callers make rare (each entry costs a password check).
+//! live keys, which its callers make rare (each entry costs a password check, or a request of
+//! a signed-in user).
 
 use std::collections::{HashMap, VecDeque};
 use std::hash::Hash;

@@ -27,6 +27,9 @@ pub enum ApiError {
     BadCredentials,
     #[error("too many failed attempts; retry later")]
     RateLimited(std::time::Duration),
+    /// This user asked for refreshes too often (`live::limit::RefreshLimiter`).
+    #[error("too many refreshes; snapshots come at least once per interval anyway")]
+    RefreshLimited(std::time::Duration),
     #[error("no such route")]
     NotFound,
     /// The path exists, not with this method; the value is the `Allow` header (`GET, HEAD`).
@@ -73,7 +76,7 @@ impl ApiError {
             ApiError::Unauthorized => "unauthorized",
             ApiError::Forbidden | ApiError::Csrf | ApiError::ForbiddenOrigin => "forbidden",
             ApiError::BadCredentials => "unauthorized",
-            ApiError::RateLimited(_) => "rate_limited",
+            ApiError::RateLimited(_) | ApiError::RefreshLimited(_) => "rate_limited",
             ApiError::NotFound => "not_found",
             ApiError::MethodNotAllowed(_) => "method_not_allowed",
             ApiError::RequestTimeout | ApiError::HeadTimeout => "request_timeout",
@@ -107,7 +110,7 @@ impl ResponseError for ApiError {
                 StatusCode::FORBIDDEN
             }
             ApiError::BadCredentials => StatusCode::UNAUTHORIZED,
-            ApiError::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::RateLimited(_) | ApiError::RefreshLimited(_) => StatusCode::TOO_MANY_REQUESTS,
             ApiError::NotFound => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::RequestTimeout | ApiError::HeadTimeout => StatusCode::REQUEST_TIMEOUT,
@@ -127,7 +130,9 @@ impl ResponseError for ApiError {
         let mut response = HttpResponse::build(self.status_code())
             .json(error_body(self.code(), &self.to_string()));
         match self {
-            ApiError::RateLimited(wait) => retry_after(&mut response, *wait),
+            ApiError::RateLimited(wait) | ApiError::RefreshLimited(wait) => {
+                retry_after(&mut response, *wait)
+            }
             ApiError::SignInBusy => retry_after(&mut response, BUSY_RETRY),
             ApiError::MethodNotAllowed(allow) => allow_header(&mut response, allow),
             // The rest of the body may still be on its way (unread, for a refused head): the

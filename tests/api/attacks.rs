@@ -1,11 +1,13 @@
 //! HTTP-side hardening (issue 27) over real sockets against the real binary: compressed request
 //! bodies are refused before anything inflates them, sign-in throttling cannot be turned against
-//! the real user and password hashing has a ceiling, a long URI gets 414, and an HTTP/1.0
-//! client gets its stream without chunked encoding.
+//! the real user and password hashing has a ceiling, forced refreshes keep to the snapshot tick,
+//! a long URI gets 414, and an HTTP/1.0 client gets its stream without chunked encoding.
 
+use crate::auth::add_user;
 use crate::hardening::{address, raw_exchange};
 use crate::helpers::{Backend, Names, Service, ServiceConfig, TestDatabase};
 use crate::kit::cpu::resident_kib;
+use crate::sse_client::SseClient;
 use serde_json::{json, Value};
 use std::io::Write;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -360,6 +362,85 @@ async fn sixty_parallel_sign_ins_keep_healthz_fast_and_memory_bounded() {
         grown < 160 * 1024,
         "resident memory grew by {grown} KiB (from {before} KiB to a peak of {peak} KiB)"
     );
+}
+
+#[tokio::test]
+async fn hammering_refresh_never_outpaces_the_snapshot_tick() {
+    let database = TestDatabase::new(Backend::Sqlite).await;
+    let mut config = ServiceConfig::new(&database, &Names::new(), "refresh-2");
+    config.env = vec![("PULSEBOARD_SNAPSHOT_INTERVAL_MS".into(), "250".into())];
+    let service = Service::start(&config).await;
+    service
+        .wait_for_snapshot(Duration::from_secs(10), |_| true)
+        .await;
+    // Several users, so that the per-user limit alone would let more through than the tick.
+    let mut tokens = vec![service.token().to_owned()];
+    for i in 0..4 {
+        let name = format!("viewer-{i}");
+        let password = add_user(&database, &name, "admin");
+        tokens.push(crate::helpers::fetch_token(&service.base_url, &name, &password).await);
+    }
+    let mut stream = SseClient::connect(&service, "/api/dashboard/stream", None).await;
+    stream.next_of("snapshot", Duration::from_secs(2)).await;
+
+    let window = Duration::from_secs(3);
+    let started = Instant::now();
+    let service = &service;
+    // Four loops per user: a refresh waits for the next tick, so one loop alone asks only
+    // about as often as the tick comes.
+    let hammers = tokens
+        .iter()
+        .cycle()
+        .take(tokens.len() * 4)
+        .map(|token| async move {
+            let client = bare_client();
+            let (mut ok, mut limited) = (0u32, 0u32);
+            while started.elapsed() < window {
+                let response = client
+                    .post(format!("{}/api/dashboard/refresh", service.base_url))
+                    .bearer_auth(token)
+                    .send()
+                    .await
+                    .expect("refresh");
+                match response.status().as_u16() {
+                    200 => ok += 1,
+                    429 => {
+                        assert!(response.headers().contains_key("retry-after"));
+                        let error: Value = response.json().await.expect("JSON error");
+                        assert_eq!(error["error"]["code"], "rate_limited", "{error}");
+                        limited += 1;
+                    }
+                    other => panic!("refresh answered {other}"),
+                }
+            }
+            (ok, limited)
+        });
+    let counting = async {
+        let mut snapshots = 0u32;
+        while started.elapsed() < window {
+            let left = window.saturating_sub(started.elapsed());
+            match stream.next(left).await {
+                Some(event) if event.event == "snapshot" => snapshots += 1,
+                Some(_) => {}
+                None => break,
+            }
+        }
+        snapshots
+    };
+    let (answers, snapshots) = tokio::join!(futures_util::future::join_all(hammers), counting);
+    let ok: u32 = answers.iter().map(|(ok, _)| ok).sum();
+    let limited: u32 = answers.iter().map(|(_, limited)| limited).sum();
+    eprintln!(
+        "{ok} refreshes answered, {limited} refused in 3 s; the stream got {snapshots} snapshots"
+    );
+
+    let most = (window.as_millis() / 250) as u32 + 1;
+    assert!(
+        snapshots <= most,
+        "{snapshots} snapshots in {window:?} at one per 250 ms (at most {most})"
+    );
+    assert!(ok >= 5, "refreshes are still served: {ok}");
+    assert!(limited > 0, "one user's flood is rate-limited");
 }
 
 #[tokio::test]
