@@ -25,8 +25,10 @@ pub struct AppState {
     pub metrics_token: Option<secrecy::SecretString>,
     pub live: LiveSettings,
     pub fanout: FanoutSender,
-    /// Asks this instance's leader loop for a snapshot now.
+    /// Asks this instance's leader loop for a snapshot at its next tick.
     pub refresh: mpsc::Sender<()>,
+    /// How often each user may ask for one (`POST /api/dashboard/refresh`).
+    pub refresh_limit: crate::live::limit::RefreshLimiter,
     /// `PULSEBOARD_TRUST_PROXY`: believe `X-Forwarded-*` (see `http::proxy`).
     pub trust_proxy: bool,
     /// `PULSEBOARD_MAX_STREAMS_PER_USER`: live connections per user on this instance.

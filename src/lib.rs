@@ -13,7 +13,8 @@
 //! Modules are declared below in dependency order: each one uses only modules declared above
 //! it, never one below (`cargo test --test layers` checks this). From the bottom:
 //! - foundations: [`metrics`], `retry`, `status` (what ingest and fan-out know, one writer per
-//!   fact), [`aggregate`] (the figures: pure, no I/O, no clock), [`clock`], `auth` (roles,
+//!   fact), [`aggregate`] (the figures: pure, no I/O, no clock), `window` (sliding-window
+//!   counts per key, bounded), [`clock`], `auth` (roles,
 //!   passwords, tokens; no HTTP), [`config`] (command line and environment, parsed once),
 //!   [`telemetry`];
 //! - adapters: [`store`] (SQLite or PostgreSQL: dedupe, history, lease, sequence),
@@ -30,7 +31,9 @@
 //! What tests and benchmarks use is public; everything else is private to the crate, but for
 //! the few store details the benchmarks' baseline shares, which go through `for_benchmarks`.
 
-// Foundations.
+// Foundations; `window` before the others, since `auth` counts with it.
+mod window;
+
 pub mod aggregate;
 mod auth;
 pub mod clock;

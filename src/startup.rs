@@ -364,6 +364,7 @@ fn app_state(
         live,
         fanout: shared.fanout.clone(),
         refresh: shared.refresh.clone(),
+        refresh_limit: crate::live::limit::RefreshLimiter::default(),
         trust_proxy: args.trust_proxy,
         streams: crate::live::limit::StreamLimiter::new(args.max_streams_per_user),
         cluster: shared.cluster.clone(),
@@ -395,12 +396,16 @@ fn serve(
             // are read in time before any handler, and a 408 still gets the headers below.
             .wrap(middleware::from_fn(http::head_without_stream))
             .wrap(middleware::from_fn(http::read_body_in_time))
+            // Before any body is read: no content coding (nothing is inflated), bounded URIs.
+            .wrap(middleware::from_fn(http::screen_request_head))
             .wrap(http::security_headers())
             // Compresses pages, assets and JSON, never an event stream: the two layers
             // around it keep it off those and send no `Content-Encoding` for them.
             .wrap(middleware::from_fn(http::mark_uncompressed))
             .wrap(middleware::Compress::default())
             .wrap(middleware::from_fn(http::unmark_uncompressed))
+            // Outside compression, whose output is a stream too.
+            .wrap(middleware::from_fn(http::close_delimit_for_http10))
             .wrap(middleware::from_fn(http::observe_request))
             .configure(http::configure)
     })

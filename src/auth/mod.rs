@@ -9,11 +9,12 @@ pub mod throttle;
 pub mod token;
 
 use crate::aggregate::Millis;
+use password::Verifier;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
-use throttle::Throttle;
+use throttle::{Attempt, Throttle};
 use token::TokenKeys;
 
 pub const SESSION_COOKIE: &str = "pulseboard_session";
@@ -21,9 +22,6 @@ pub const CSRF_COOKIE: &str = "pulseboard_csrf";
 pub const CSRF_HEADER: &str = "X-CSRF-Token";
 pub const TOKEN_TTL_SECS: i64 = 15 * 60;
 pub const SESSION_TTL_MS: Millis = 12 * 3_600_000;
-/// Failed attempts per user name or address per window; the last one is answered 429.
-const THROTTLE_LIMIT: usize = 10;
-const THROTTLE_WINDOW: Duration = Duration::from_secs(60);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -80,6 +78,8 @@ pub struct AuthState {
     pub secure_cookies: bool,
     /// Origins allowed to open the console WebSocket; empty means "the service's own".
     pub allowed_origins: Vec<String>,
+    /// Password checks: off the async workers, a few at a time.
+    pub passwords: Verifier,
     throttle: Mutex<Throttle>,
 }
 
@@ -89,7 +89,8 @@ impl AuthState {
             keys: TokenKeys::new(secret),
             secure_cookies,
             allowed_origins,
-            throttle: Mutex::new(Throttle::new(THROTTLE_LIMIT, THROTTLE_WINDOW)),
+            passwords: Verifier::for_this_machine(),
+            throttle: Mutex::new(Throttle::default()),
         }
     }
 
@@ -98,24 +99,26 @@ impl AuthState {
         self.throttle.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// `Err(retry_after)` while this user name or address has failed too often.
-    pub fn check_throttle(&self, username: &str, address: &str) -> Result<(), Duration> {
-        self.throttle()
-            .check(&throttle_keys(username, address), Instant::now())
+    /// A sign-in attempt of `username` from `address`, counted as a failure until resolved;
+    /// `Err(retry_after)` while the throttle holds it back (see `throttle`).
+    pub fn admit_sign_in(&self, username: &str, address: &str) -> Result<Attempt, Duration> {
+        self.throttle().admit(username, address, Instant::now())
     }
 
-    pub fn record_failure(&self, username: &str, address: &str) {
-        self.throttle()
-            .fail(&throttle_keys(username, address), Instant::now());
+    /// The password was wrong.
+    pub fn sign_in_failed(&self, attempt: Attempt) {
+        self.throttle().failed(attempt);
     }
 
-    pub fn record_success(&self, username: &str) {
-        self.throttle().succeed(&format!("user:{username}"));
+    /// The password was right.
+    pub fn sign_in_succeeded(&self, attempt: Attempt) {
+        self.throttle().succeeded(attempt, Instant::now());
     }
-}
 
-fn throttle_keys(username: &str, address: &str) -> [String; 2] {
-    [format!("user:{username}"), format!("ip:{address}")]
+    /// The password could not be checked: the attempt does not count.
+    pub fn sign_in_withdrawn(&self, attempt: Attempt) {
+        self.throttle().withdraw(attempt);
+    }
 }
 
 /// Session ids are stored hashed: a leaked table does not hand out live sessions.

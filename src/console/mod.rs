@@ -200,11 +200,11 @@ impl Connection {
                         self.refuse(None, ErrorCode::BadRequest, "send text frames of JSON");
                     }
                     Some(Ok(actix_ws::AggregatedMessage::Close(reason))) => return reason,
-                    Some(Err(actix_ws::ProtocolError::Overflow)) => {
+                    Some(Err(error)) if too_large(&error) => {
                         guard.set_reason("too_large");
                         return Some(actix_ws::CloseReason {
                             code: actix_ws::CloseCode::Size,
-                            description: Some("frames are limited to 64 KiB".into()),
+                            description: Some("messages are limited to 64 KiB".into()),
                         });
                     }
                     Some(Err(_)) => return Some(actix_ws::CloseCode::Protocol.into()),
@@ -644,6 +644,21 @@ fn summary(value: &Value) -> String {
     }
 }
 
+/// What actix-ws's aggregation says, as an I/O error, when a fragmented message outgrows
+/// `max_continuation_size` (it has no variant of its own for it).
+const CONTINUATION_TOO_LARGE: &str = "Exceeded maximum continuation size";
+
+/// Whether the socket failed because a message is over the 64 KiB limit: one frame over
+/// `max_frame_size` (`Overflow`), or fragments that add up to more. Either is 1009 (Message
+/// Too Big); anything else the peer sent wrong is 1002.
+fn too_large(error: &actix_ws::ProtocolError) -> bool {
+    match error {
+        actix_ws::ProtocolError::Overflow => true,
+        actix_ws::ProtocolError::Io(io) => io.to_string() == CONTINUATION_TOO_LARGE,
+        _ => false,
+    }
+}
+
 /// The next snapshot of a subscribed console; never ready when it is not subscribed.
 async fn next_snapshot(
     receiver: &mut Option<watch::Receiver<Option<Arc<crate::live::hub::PublishedSnapshot>>>>,
@@ -748,6 +763,17 @@ fn count(state: &AppState, command: &str, outcome: &str, started: Instant) {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn a_frame_or_a_fragmented_message_over_the_limit_is_too_large_and_nothing_else_is() {
+        use actix_ws::ProtocolError;
+        let io = |text: &str| ProtocolError::Io(std::io::Error::other(text.to_owned()));
+        assert!(too_large(&ProtocolError::Overflow));
+        assert!(too_large(&io(CONTINUATION_TOO_LARGE)));
+        assert!(!too_large(&io("connection reset")));
+        assert!(!too_large(&ProtocolError::BadOpCode));
+        assert!(!too_large(&ProtocolError::ContinuationNotStarted));
+    }
 
     /// The frame a text gets when it is refused before running: `None` when it parses.
     fn refusal(text: &str) -> Option<String> {

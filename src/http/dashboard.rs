@@ -68,12 +68,15 @@ fn empty(minute: i64) -> Point {
     }
 }
 
-/// Asks the leader (here, or through the fan-out) for a snapshot now and returns it once it
-/// reached this instance, so every dashboard got it too.
-pub async fn refresh(
-    _viewer: Viewer,
-    state: web::Data<AppState>,
-) -> Result<HttpResponse, ApiError> {
+/// Asks the leader (here, or through the fan-out) for a snapshot at its next tick and returns
+/// it once it reached this instance, so every dashboard got it too. However many ask, the
+/// leader publishes at most one snapshot per tick; each user may ask a few times a second
+/// (429 beyond, see `live::limit`).
+pub async fn refresh(viewer: Viewer, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    state
+        .refresh_limit
+        .admit(&viewer.0.username)
+        .map_err(ApiError::RefreshLimited)?;
     let mut snapshots = state.hub.subscribe().snapshots;
     let before = snapshots
         .borrow_and_update()
@@ -84,7 +87,9 @@ pub async fn refresh(
     } else {
         state.fanout.request_refresh();
     }
-    let fresh = tokio::time::timeout(REFRESH_TIMEOUT, async {
+    // The leader publishes at its next tick, then the snapshot travels here.
+    let timeout = state.live.snapshot_interval + REFRESH_TIMEOUT;
+    let fresh = tokio::time::timeout(timeout, async {
         loop {
             if snapshots.changed().await.is_err() {
                 return None;

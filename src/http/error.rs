@@ -8,6 +8,9 @@ use actix_web::{HttpResponse, ResponseError};
 use askama::Template;
 use serde_json::json;
 
+/// `Retry-After` of a sign-in refused because too many passwords are being checked at once.
+pub(super) const BUSY_RETRY: std::time::Duration = std::time::Duration::from_secs(1);
+
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
     #[error("{0}")]
@@ -24,6 +27,9 @@ pub enum ApiError {
     BadCredentials,
     #[error("too many failed attempts; retry later")]
     RateLimited(std::time::Duration),
+    /// This user asked for refreshes too often (`live::limit::RefreshLimiter`).
+    #[error("too many refreshes; snapshots come at least once per interval anyway")]
+    RefreshLimited(std::time::Duration),
     #[error("no such route")]
     NotFound,
     /// The path exists, not with this method; the value is the `Allow` header (`GET, HEAD`).
@@ -42,6 +48,18 @@ pub enum ApiError {
     /// The request head is over 128 KiB or has over 96 headers (actix-http's own 431).
     #[error("the request head is too large")]
     HeadTooLarge,
+    /// The request names a `Content-Encoding` other than `identity`: bodies are never
+    /// inflated (see `http::screen_request_head`).
+    #[error(
+        "request bodies are accepted without content coding only (Content-Encoding: identity)"
+    )]
+    UnsupportedEncoding,
+    /// The request target is longer than `http::MAX_URI_BYTES`.
+    #[error("the request URI is longer than {0} bytes")]
+    UriTooLong(usize),
+    /// Too many passwords are being checked at once; retry in a moment.
+    #[error("too many sign-ins at once; retry in a moment")]
+    SignInBusy,
     /// The user already holds the configured number of live connections on this instance.
     #[error("at most {0} live connections per user; close one first")]
     TooManyStreams(usize),
@@ -58,13 +76,15 @@ impl ApiError {
             ApiError::Unauthorized => "unauthorized",
             ApiError::Forbidden | ApiError::Csrf | ApiError::ForbiddenOrigin => "forbidden",
             ApiError::BadCredentials => "unauthorized",
-            ApiError::RateLimited(_) => "rate_limited",
+            ApiError::RateLimited(_) | ApiError::RefreshLimited(_) => "rate_limited",
             ApiError::NotFound => "not_found",
             ApiError::MethodNotAllowed(_) => "method_not_allowed",
             ApiError::RequestTimeout | ApiError::HeadTimeout => "request_timeout",
             ApiError::HeadTooLarge => "headers_too_large",
             ApiError::TooManyStreams(_) => "too_many_streams",
-            ApiError::Unavailable(_) => "unavailable",
+            ApiError::UnsupportedEncoding => "unsupported_media_type",
+            ApiError::UriTooLong(_) => "uri_too_long",
+            ApiError::Unavailable(_) | ApiError::SignInBusy => "unavailable",
             ApiError::Internal(_) => "internal",
         }
     }
@@ -90,13 +110,15 @@ impl ResponseError for ApiError {
                 StatusCode::FORBIDDEN
             }
             ApiError::BadCredentials => StatusCode::UNAUTHORIZED,
-            ApiError::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::RateLimited(_) | ApiError::RefreshLimited(_) => StatusCode::TOO_MANY_REQUESTS,
             ApiError::NotFound => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::RequestTimeout | ApiError::HeadTimeout => StatusCode::REQUEST_TIMEOUT,
             ApiError::HeadTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             ApiError::TooManyStreams(_) => StatusCode::TOO_MANY_REQUESTS,
-            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::UnsupportedEncoding => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ApiError::UriTooLong(_) => StatusCode::URI_TOO_LONG,
+            ApiError::Unavailable(_) | ApiError::SignInBusy => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -108,16 +130,32 @@ impl ResponseError for ApiError {
         let mut response = HttpResponse::build(self.status_code())
             .json(error_body(self.code(), &self.to_string()));
         match self {
-            ApiError::RateLimited(wait) => retry_after(&mut response, *wait),
+            ApiError::RateLimited(wait) | ApiError::RefreshLimited(wait) => {
+                retry_after(&mut response, *wait)
+            }
+            ApiError::SignInBusy => retry_after(&mut response, BUSY_RETRY),
             ApiError::MethodNotAllowed(allow) => allow_header(&mut response, allow),
-            // The rest of the body may still be on its way: the connection cannot be reused.
-            ApiError::RequestTimeout => response
-                .head_mut()
-                .set_connection_type(ConnectionType::Close),
+            // The rest of the body may still be on its way (unread, for a refused head): the
+            // connection cannot be reused.
+            ApiError::RequestTimeout | ApiError::UriTooLong(_) => close(&mut response),
+            ApiError::UnsupportedEncoding => {
+                // RFC 9110 §15.5.16: say which codings would have been accepted.
+                response.headers_mut().insert(
+                    header::ACCEPT_ENCODING,
+                    header::HeaderValue::from_static("identity"),
+                );
+                close(&mut response);
+            }
             _ => {}
         }
         response
     }
+}
+
+fn close(response: &mut HttpResponse) {
+    response
+        .head_mut()
+        .set_connection_type(ConnectionType::Close);
 }
 
 /// `Allow: GET, HEAD` on a 405; the list is built from method names, always a valid value.

@@ -1,5 +1,6 @@
 //! HTTP: the routes (see docs/api.md, HTTP routes) over the application state, request metrics,
-//! JSON errors.
+//! JSON errors, and the middleware every request passes: the screen of its head (no content
+//! coding, a bounded URI), the body deadline, `HEAD` of streams, compression, HTTP/1.0 streams.
 //!
 //! Handlers are thin: they read the hub, the store or the ingest status and shape the answer.
 //! They never touch RabbitMQ and never compute figures.
@@ -70,6 +71,76 @@ async fn not_found(request: actix_web::HttpRequest) -> actix_web::HttpResponse {
     } else {
         actix_web::ResponseError::error_response(&PageError::NotFound)
     }
+}
+
+/// Request targets longer than this are answered 414. The `http` crate refuses any over 64 KiB
+/// itself while actix-http parses the head (a 400, before any service runs: see
+/// `parser_errors`); this limit is lower, so that every URI the service can see at all is
+/// either served or refused with a 414 that says why. 8 KiB is what common proxies pass.
+pub(crate) const MAX_URI_BYTES: usize = 8 * 1024;
+
+/// Refuses a request by its head alone, before anything reads its body: a URI over
+/// [`MAX_URI_BYTES`] (414) or a `Content-Encoding` other than `identity` (415). The API takes
+/// no compressed bodies, and refusing them here means no extractor ever inflates one: a
+/// 64 KiB deflate body would otherwise become tens of megabytes before the size limits,
+/// which count inflated bytes, could see it.
+pub async fn screen_request_head(
+    request: ServiceRequest,
+    next: Next<impl MessageBody + 'static>,
+) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
+    match head_refusal(request.head()) {
+        None => Ok(next.call(request).await?.map_into_left_body()),
+        Some(refusal) => {
+            tracing::info!(path = request.path(), %refusal, "request refused by its head");
+            let response = actix_web::ResponseError::error_response(&refusal);
+            Ok(request.into_response(response).map_into_right_body())
+        }
+    }
+}
+
+fn head_refusal(head: &actix_web::dev::RequestHead) -> Option<ApiError> {
+    if target_length(&head.uri) > MAX_URI_BYTES {
+        return Some(ApiError::UriTooLong(MAX_URI_BYTES));
+    }
+    let encoded = head
+        .headers
+        .get_all(header::CONTENT_ENCODING)
+        .any(|value| !is_identity(value));
+    encoded.then_some(ApiError::UnsupportedEncoding)
+}
+
+/// The request target's length as sent: the path and query, and the authority of an
+/// absolute-form target.
+fn target_length(uri: &actix_web::http::Uri) -> usize {
+    let authority = uri.authority().map_or(0, |a| a.as_str().len());
+    let path = uri.path_and_query().map_or(0, |p| p.as_str().len());
+    authority + path
+}
+
+/// `identity`, or a list of nothing but `identity` (empty entries are no coding).
+fn is_identity(value: &header::HeaderValue) -> bool {
+    value.to_str().is_ok_and(|text| {
+        text.split(',')
+            .map(str::trim)
+            .all(|coding| coding.is_empty() || coding.eq_ignore_ascii_case("identity"))
+    })
+}
+
+/// HTTP/1.0 has no chunked encoding, yet actix-http would send a streamed body (the event
+/// stream, a compressed answer) chunked to it. For an HTTP/1.0 request such a body is sent
+/// as it is and ends with the connection (RFC 1945 §7.2.2), which is then never kept alive.
+pub async fn close_delimit_for_http10(
+    request: ServiceRequest,
+    next: Next<impl MessageBody>,
+) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
+    let http10 = request.version() < actix_web::http::Version::HTTP_11;
+    let mut response = next.call(request).await?;
+    if http10 && matches!(response.response().body().size(), BodySize::Stream) {
+        let head = response.response_mut().head_mut();
+        head.no_chunking(true);
+        head.set_connection_type(actix_web::http::ConnectionType::Close);
+    }
+    Ok(response)
 }
 
 /// How long a request body may take to arrive, from the moment its head was read. actix-http
@@ -209,3 +280,64 @@ const SECURITY_HEADERS: [(&str, &str); 4] = [
     ("X-Frame-Options", "DENY"),
     ("Referrer-Policy", "same-origin"),
 ];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use actix_web::test::TestRequest;
+
+    fn refusal(request: TestRequest) -> Option<&'static str> {
+        head_refusal(request.to_srv_request().head()).map(|error| error.code())
+    }
+
+    fn encoded(values: &[&str]) -> TestRequest {
+        values.iter().fold(TestRequest::post(), |request, value| {
+            request.append_header((header::CONTENT_ENCODING, *value))
+        })
+    }
+
+    #[test]
+    fn only_identity_passes_as_a_content_encoding() {
+        assert_eq!(refusal(TestRequest::post()), None);
+        for fine in [
+            &["identity"][..],
+            &["IDENTITY"],
+            &["identity, identity"],
+            &[""],
+        ] {
+            assert_eq!(refusal(encoded(fine)), None, "{fine:?}");
+        }
+        for coded in [
+            &["gzip"][..],
+            &["deflate"],
+            &["br"],
+            &["identity, gzip"],
+            &["identity", "deflate"],
+            &["x-unknown"],
+        ] {
+            assert_eq!(
+                refusal(encoded(coded)),
+                Some("unsupported_media_type"),
+                "{coded:?}"
+            );
+        }
+        let not_text = TestRequest::post().insert_header((
+            header::CONTENT_ENCODING,
+            header::HeaderValue::from_bytes(b"gz\xffip").expect("opaque bytes"),
+        ));
+        assert_eq!(refusal(not_text), Some("unsupported_media_type"));
+    }
+
+    #[test]
+    fn a_uri_over_the_limit_is_refused_and_one_at_it_passes() {
+        let with_target = |length: usize| {
+            let query = "q".repeat(length - "/?".len());
+            TestRequest::get().uri(&format!("/?{query}"))
+        };
+        assert_eq!(refusal(with_target(MAX_URI_BYTES)), None);
+        assert_eq!(
+            refusal(with_target(MAX_URI_BYTES + 1)),
+            Some("uri_too_long")
+        );
+    }
+}

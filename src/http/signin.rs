@@ -1,8 +1,9 @@
 //! Signing in and out (see docs/api.md, HTTP routes): the form with its CSRF token, the session
-//! cookie, and access tokens for API clients. Failed attempts are throttled per user name and per
-//! address.
+//! cookie, and access tokens for API clients. Attempts are throttled per address and user name,
+//! per address and per user name (`auth::throttle`), and passwords are checked a few at a time
+//! (`auth::password::Verifier`): beyond that, 503 and "retry in a moment".
 
-use super::error::html;
+use super::error::{html, BUSY_RETRY};
 use super::extract::{authenticate, Credential};
 use super::proxy::client_address;
 use super::redirect::safe_next;
@@ -114,21 +115,25 @@ pub async fn login(
         );
     }
     let address = client_address(&request, state.trust_proxy);
-    if let Err(wait) = state.auth.check_throttle(&form.username, &address) {
-        let mut response = login_form(
-            &state,
-            StatusCode::TOO_MANY_REQUESTS,
-            &next,
-            &form.username,
-            Some("Too many failed attempts. Wait a minute and try again."),
-        );
+    let refused = |status, message, wait| {
+        let mut response = login_form(&state, status, &next, &form.username, Some(message));
         super::error::retry_after(&mut response, wait);
-        return response;
-    }
+        response
+    };
+    let attempt = match state.auth.admit_sign_in(&form.username, &address) {
+        Ok(attempt) => attempt,
+        Err(wait) => {
+            return refused(
+                StatusCode::TOO_MANY_REQUESTS,
+                "Too many failed attempts. Wait a minute and try again.",
+                wait,
+            )
+        }
+    };
     match check_password(&state, &form.username, &form.password).await {
-        Ok(Some(_role)) => {}
+        Ok(Some(_role)) => state.auth.sign_in_succeeded(attempt),
         Ok(None) => {
-            state.auth.record_failure(&form.username, &address);
+            state.auth.sign_in_failed(attempt);
             tracing::info!(user = %form.username, %address, "failed sign-in");
             return login_form(
                 &state,
@@ -138,9 +143,19 @@ pub async fn login(
                 Some("Wrong user name or password."),
             );
         }
-        Err(error) => return actix_web::ResponseError::error_response(&error),
+        Err(ApiError::SignInBusy) => {
+            state.auth.sign_in_withdrawn(attempt);
+            return refused(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "Too many sign-ins at this moment. Try again in a few seconds.",
+                BUSY_RETRY,
+            );
+        }
+        Err(error) => {
+            state.auth.sign_in_withdrawn(attempt);
+            return actix_web::ResponseError::error_response(&error);
+        }
     }
-    state.auth.record_success(&form.username);
     let session_id = random_token();
     let now = now_ms();
     if let Err(error) = state
@@ -211,7 +226,7 @@ pub struct TokenRequest {
 }
 
 /// `{"access_token","token_type":"Bearer","expires_in"}`; 401 on bad credentials, 429 when
-/// throttled.
+/// throttled, 503 when too many passwords are being checked at once.
 pub async fn token(
     request: HttpRequest,
     body: web::Json<TokenRequest>,
@@ -219,16 +234,23 @@ pub async fn token(
 ) -> Result<HttpResponse, ApiError> {
     let body = body.into_inner();
     let address = client_address(&request, state.trust_proxy);
-    state
+    let attempt = state
         .auth
-        .check_throttle(&body.username, &address)
+        .admit_sign_in(&body.username, &address)
         .map_err(ApiError::RateLimited)?;
-    let Some(role) = check_password(&state, &body.username, &body.password).await? else {
-        state.auth.record_failure(&body.username, &address);
-        tracing::info!(user = %body.username, %address, "refused a token request");
-        return Err(ApiError::BadCredentials);
+    let role = match check_password(&state, &body.username, &body.password).await {
+        Ok(Some(role)) => role,
+        Ok(None) => {
+            state.auth.sign_in_failed(attempt);
+            tracing::info!(user = %body.username, %address, "refused a token request");
+            return Err(ApiError::BadCredentials);
+        }
+        Err(error) => {
+            state.auth.sign_in_withdrawn(attempt);
+            return Err(error);
+        }
     };
-    state.auth.record_success(&body.username);
+    state.auth.sign_in_succeeded(attempt);
     let token = state
         .auth
         .keys
@@ -253,10 +275,12 @@ async fn check_password(
         Some((hash, role)) => (hash, Some(role)),
         None => (password::decoy_hash().to_owned(), None),
     };
-    let password = password.to_owned();
-    let matches = web::block(move || password::verify(&password, &hash))
+    let matches = state
+        .auth
+        .passwords
+        .verify(password.to_owned(), hash)
         .await
-        .map_err(|e| ApiError::Internal(anyhow::anyhow!("password check: {e}")))?;
+        .map_err(|password::Busy| ApiError::SignInBusy)?;
     Ok(role.filter(|_| matches))
 }
 

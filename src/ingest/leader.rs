@@ -129,6 +129,10 @@ struct Leader<'a> {
     /// An operator paused ingest (stored; cluster-wide): nothing is consumed meanwhile.
     paused: bool,
     last_pause_check: Instant,
+    /// A refresh was asked for since the last tick: the next tick publishes even without a
+    /// change. Requests never publish themselves, so a flood of them still makes at most one
+    /// snapshot per tick.
+    refresh_asked: bool,
     tail: Sampler,
     /// The database error that ends this term, for its last snapshot.
     database_failure: Option<String>,
@@ -182,6 +186,7 @@ impl<'a> Leader<'a> {
             lag_seconds: 0.0,
             paused,
             last_pause_check: Instant::now(),
+            refresh_asked: false,
             tail: Sampler::default(),
             database_failure: None,
         })
@@ -235,11 +240,7 @@ impl<'a> Leader<'a> {
                         self.start_commit(feed).await
                     }
                     _ = tick.tick() => self.on_tick(feed).await?,
-                    Some(()) = refresh.recv() => {
-                        // A pause or resume is announced as a refresh: read the flag first.
-                        self.check_pause(feed).await?;
-                        self.publish_snapshot(now_ms(), feed.connected(), true).await?
-                    }
+                    Some(()) = refresh.recv() => self.refresh_asked = true,
                 }
             }
         }
@@ -532,7 +533,9 @@ impl<'a> Leader<'a> {
             self.context.store.renew_lease(&self.lease, now).await?;
             self.last_renewed = Instant::now();
         }
-        if self.last_pause_check.elapsed() >= LEASE_POLL {
+        let refresh = std::mem::take(&mut self.refresh_asked);
+        // A pause or resume is announced as a refresh: read the flag before publishing.
+        if refresh || self.last_pause_check.elapsed() >= LEASE_POLL {
             self.check_pause(feed).await?;
         }
         feed.maybe_connect(self.context);
@@ -540,7 +543,8 @@ impl<'a> Leader<'a> {
         if self.last_prune.elapsed() >= PRUNE_EVERY {
             self.prune(now);
         }
-        self.publish_snapshot(now, feed.connected(), false).await?;
+        self.publish_snapshot(now, feed.connected(), refresh)
+            .await?;
         if self.last_broadcast.elapsed() >= REBROADCAST {
             if let Some(frame) = self.context.hub.latest_frame() {
                 self.context.fanout.send(frame);

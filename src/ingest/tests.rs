@@ -83,12 +83,7 @@ fn counted(context: &IngestContext, kind: &str, outcome: &str) -> u64 {
 /// Leads one term with `messages` sent through the in-process feed, until the snapshot says
 /// `today_minor` is `expected` (failing after 10 s), then stops it.
 async fn lead_until(context: &IngestContext, messages: Vec<RawMessage>, expected: i64) {
-    let lease = context
-        .store
-        .try_acquire_lease("unit", now_ms(), LEASE_TTL_MS)
-        .await
-        .expect("database")
-        .expect("the lease of an empty store");
+    let lease = take_lease(context).await;
     let (sender, receiver) = mpsc::channel(messages.len().max(1));
     let (_refresh, refresh) = mpsc::channel(1);
     let mut inputs = LeaderInputs {
@@ -120,6 +115,63 @@ async fn lead_until(context: &IngestContext, messages: Vec<RawMessage>, expected
     assert!(matches!(end, leader::LeadEnd::Shutdown), "{end}");
     // Reached while leading, not by the commit that shutdown makes of what is left.
     assert_eq!(today, Some(expected), "today's revenue within 10 s");
+}
+
+async fn take_lease(context: &IngestContext) -> crate::store::Lease {
+    context
+        .store
+        .try_acquire_lease("unit", now_ms(), LEASE_TTL_MS)
+        .await
+        .expect("database")
+        .expect("the lease of an empty store")
+}
+
+fn latest_seq(context: &IngestContext) -> Option<i64> {
+    context.hub.latest_frame().map(|frame| frame.seq())
+}
+
+/// `POST /api/dashboard/refresh` asks for a snapshot without a change; however many ask, the
+/// leader publishes at most one per snapshot tick.
+#[tokio::test]
+async fn a_flood_of_refreshes_publishes_at_most_one_snapshot_per_tick() {
+    let mut context = context(10, Duration::from_millis(30)).await;
+    let interval = Duration::from_millis(50);
+    context.settings.snapshot_interval = interval;
+    let lease = take_lease(&context).await;
+    let (ask, refresh) = mpsc::channel(1);
+    // The in-process feed stays open, and nothing comes through it.
+    let (_feed, local) = mpsc::channel(1);
+    let mut inputs = LeaderInputs {
+        local: Some(local),
+        refresh,
+    };
+    let shutdown = CancellationToken::new();
+    let term = leader::lead(&context, lease, &mut inputs, &shutdown);
+    let flood = Duration::from_millis(500);
+    let drive = async {
+        while latest_seq(&context).is_none() {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let first = latest_seq(&context);
+        let started = tokio::time::Instant::now();
+        let mut asked = 0u32;
+        while started.elapsed() < flood {
+            asked += u32::from(ask.try_send(()).is_ok());
+            tokio::task::yield_now().await;
+        }
+        shutdown.cancel();
+        (first, latest_seq(&context), asked)
+    };
+    let (_, (Some(first), Some(last), asked)) = tokio::join!(term, drive) else {
+        panic!("no snapshot published");
+    };
+    let published = last - first;
+    let most = (flood.as_millis() / interval.as_millis()) as i64 + 1;
+    assert!(asked > 50, "the flood got through to the leader: {asked}");
+    assert!(
+        (3..=most).contains(&published),
+        "{published} snapshots in {flood:?} (no change: only refreshes publish; at most {most})"
+    );
 }
 
 #[tokio::test]

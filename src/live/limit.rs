@@ -1,13 +1,24 @@
-//! `PULSEBOARD_MAX_STREAMS_PER_USER` (docs/api.md, Configuration): how many live connections (SSE,
-//! long-poll and console WebSocket together) one user may hold on this instance.
+//! What one user may ask of this instance's live state: how many live connections (SSE,
+//! long-poll and console WebSocket together) they may hold, `PULSEBOARD_MAX_STREAMS_PER_USER`
+//! (docs/api.md, Configuration), and how often they may force a snapshot
+//! ([`RefreshLimiter`]).
 //!
 //! A slot is taken before a stream starts or a WebSocket is upgraded, and given back when its
 //! [`StreamSlot`] is dropped, whichever way the connection ends: the count cannot leak. The
-//! limit is per instance on purpose: it caps what one runaway client costs this process, and
-//! needs no coordination between instances.
+//! limits are per instance on purpose: they cap what one runaway client costs this process,
+//! and need no coordination between instances.
 
+use crate::window::SlidingWindows;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// Refreshes one user may ask for per [`REFRESH_WINDOW`]; the next is refused (429). A person
+/// pressing Refresh never gets there; a script in a loop does at once.
+const REFRESHES_PER_WINDOW: usize = 5;
+const REFRESH_WINDOW: Duration = Duration::from_secs(1);
+/// Users tracked at most (each entry is a signed-in user's request).
+const REFRESH_USERS: usize = 10_000;
 
 /// Open live connections per user name (only users with at least one).
 type Held = Arc<Mutex<HashMap<String, usize>>>;
@@ -65,8 +76,44 @@ impl StreamLimiter {
 
 /// Plain counters: a panic elsewhere cannot leave them inconsistent, so a poisoned lock is used
 /// as it is. No `.await` happens while it is held.
-fn lock(held: &Mutex<HashMap<String, usize>>) -> std::sync::MutexGuard<'_, HashMap<String, usize>> {
+fn lock<T>(held: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     held.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// `POST /api/dashboard/refresh` per user: [`REFRESHES_PER_WINDOW`] within a sliding
+/// [`REFRESH_WINDOW`]. A forced snapshot still waits for the snapshot tick (`ingest`), so
+/// this only keeps one user from making every refresh of everyone else wait in line.
+pub struct RefreshLimiter {
+    asked: Mutex<SlidingWindows<String>>,
+}
+
+impl Default for RefreshLimiter {
+    fn default() -> Self {
+        RefreshLimiter {
+            asked: Mutex::new(SlidingWindows::new(
+                REFRESHES_PER_WINDOW,
+                REFRESH_WINDOW,
+                REFRESH_USERS,
+            )),
+        }
+    }
+}
+
+impl RefreshLimiter {
+    /// Counts a refresh of `user`; `Err(retry_after)` when they asked too often.
+    pub fn admit(&self, user: &str) -> Result<(), Duration> {
+        self.admit_at(user, Instant::now())
+    }
+
+    fn admit_at(&self, user: &str, now: Instant) -> Result<(), Duration> {
+        let mut asked = lock(&self.asked);
+        let user = user.to_owned();
+        if let Some(wait) = asked.wait(&user, now) {
+            return Err(wait);
+        }
+        asked.record(&user, now);
+        Ok(())
+    }
 }
 
 impl Drop for StreamSlot {
@@ -108,6 +155,19 @@ mod tests {
         let slots: Vec<_> = (0..1_000).filter_map(|_| limiter.acquire("ada")).collect();
         assert_eq!(slots.len(), 1_000);
         assert_eq!(limiter.held_by("ada"), 0);
+    }
+
+    #[test]
+    fn a_user_gets_a_few_refreshes_a_second_and_others_are_not_affected() {
+        let limiter = RefreshLimiter::default();
+        let start = Instant::now();
+        for i in 0..REFRESHES_PER_WINDOW {
+            assert!(limiter.admit_at("ada", start).is_ok(), "refresh {i}");
+        }
+        let wait = limiter.admit_at("ada", start).expect_err("one too many");
+        assert_eq!(wait, REFRESH_WINDOW);
+        assert!(limiter.admit_at("bob", start).is_ok());
+        assert!(limiter.admit_at("ada", start + REFRESH_WINDOW).is_ok());
     }
 
     #[test]

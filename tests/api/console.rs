@@ -80,6 +80,21 @@ impl Console {
             .expect("send");
     }
 
+    /// Sends `text` as one message in `pieces` frames: a text frame that is not final, then
+    /// continuation frames, the last one final (RFC 6455 §5.4).
+    pub async fn send_fragmented(&mut self, text: &str, pieces: usize) {
+        use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
+        use tokio_tungstenite::tungstenite::protocol::frame::Frame;
+        let bytes = text.as_bytes();
+        let size = bytes.len().div_ceil(pieces.max(1));
+        for (i, piece) in bytes.chunks(size).enumerate() {
+            let opcode = OpCode::Data(if i == 0 { Data::Text } else { Data::Continue });
+            let last = (i + 1) * size >= bytes.len();
+            let frame = Frame::message(piece.to_vec(), opcode, last);
+            self.socket.send(Message::Frame(frame)).await.expect("send");
+        }
+    }
+
     /// The answer to frame `id`, keeping pushes and other answers that come first (answers may
     /// come in another order than their commands, so one may already be kept).
     pub async fn answer(&mut self, id: &str) -> Value {
@@ -327,6 +342,31 @@ async fn every_command_answers_and_every_refusal_has_its_code() {
                 && l.contains(r#"outcome="ok""#)),
         "console commands are counted by command and outcome"
     );
+}
+
+/// A message split over continuation frames is held to the same 64 KiB as a single frame:
+/// under it, it is one command like any other; over it, the connection closes with 1009
+/// (Message Too Big), not 1002 (protocol error), whose fault would be the client's framing.
+#[tokio::test]
+async fn a_fragmented_message_is_answered_under_64_kib_and_closed_with_1009_over_it() {
+    let database = TestDatabase::new(Backend::Sqlite).await;
+    let service = Service::start(&quick_config(&database, &Names::new(), "frag-1")).await;
+    let mut console = Console::open(&service, service.token()).await;
+    let message = |id: &str, filler: usize| {
+        format!(
+            r#"{{"id":"{id}","type":"ping","payload":{{"x":"{}"}}}}"#,
+            "a".repeat(filler)
+        )
+    };
+
+    // Read whole: the payload, in the last pieces, is seen (`ping` takes no field `x`).
+    console.send_fragmented(&message("small", 40_000), 4).await;
+    let answer = console.answer("small").await;
+    assert_eq!(error_of(&answer).0, "invalid_payload", "{answer}");
+
+    // Two frames of about 40 KiB each: neither is over the limit, the message is.
+    console.send_fragmented(&message("big", 80_000), 2).await;
+    assert_eq!(console.close_code().await, Some(CloseCode::Size));
 }
 
 #[tokio::test]

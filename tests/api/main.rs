@@ -1,6 +1,7 @@
 //! Black-box tests: the real binary against real RabbitMQ, PostgreSQL and SQLite.
 
 mod announcement_text;
+mod attacks;
 mod auth;
 mod browser;
 mod cli;
