@@ -13,7 +13,7 @@
 //! else: peek shows it as unreadable and stops there, replay stops before it and says so, and
 //! purge, which reads no message, drops it with the rest.
 
-use crate::rabbitmq::{connect, is_unreadable, BrokerError, Topology};
+use crate::rabbitmq::{close, connect, is_unreadable, BrokerError, Topology};
 use lapin::options::{
     BasicAckOptions, BasicGetOptions, BasicNackOptions, BasicPublishOptions, ConfirmSelectOptions,
     QueuePurgeOptions,
@@ -45,7 +45,8 @@ pub enum DlqError {
 /// One dead letter as `dlq.peek` shows it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct DeadLetter {
-    /// `x-pulseboard-reason`: why ingest refused it (`null` for a broker's own dead letter).
+    /// `x-pulseboard-reason`: why ingest refused it; for a message the broker dead-lettered
+    /// itself, `broker: <x-death reason>`; `null` when neither says.
     pub reason: Option<String>,
     pub routing_key: String,
     /// Valid UTF-8 (invalid bytes replaced), at most [`BODY_PREVIEW_BYTES`].
@@ -125,8 +126,7 @@ pub async fn peek(url: &str, topology: &Topology, limit: u32) -> Result<Vec<Dead
         }
     }
     // Closing with every message unacknowledged puts them back, in their places.
-    let _ = channel.close(200, "peeked").await;
-    let _ = connection.close(200, "bye").await;
+    close(&connection, &[&channel]).await;
     Ok(letters)
 }
 
@@ -175,7 +175,7 @@ pub async fn replay(url: &str, topology: &Topology, limit: u32) -> Result<Replay
             .await
             .unwrap_or_default()
     };
-    let _ = connection.close(200, "bye").await;
+    close(&connection, &[&channel]).await;
     outcome.map(|()| Replayed {
         replayed,
         remaining,
@@ -190,7 +190,7 @@ async fn depth_on_own_connection(url: &str, topology: &Topology) -> u32 {
     let depth = Topology::depth(&channel, &topology.dead_queue)
         .await
         .unwrap_or_default();
-    let _ = connection.close(200, "bye").await;
+    close(&connection, &[&channel]).await;
     depth
 }
 
@@ -200,7 +200,7 @@ pub async fn purge(url: &str, topology: &Topology) -> Result<u32, DlqError> {
     let purged = channel
         .queue_purge(&topology.dead_queue, QueuePurgeOptions::default())
         .await;
-    let _ = connection.close(200, "bye").await;
+    close(&connection, &[&channel]).await;
     Ok(purged?)
 }
 
@@ -269,17 +269,34 @@ fn replay_properties(original: &BasicProperties) -> BasicProperties {
     properties
 }
 
+fn text_of(value: &AMQPValue) -> Option<String> {
+    match value {
+        AMQPValue::LongString(text) => Some(String::from_utf8_lossy(text.as_bytes()).into()),
+        AMQPValue::ShortString(text) => Some(text.to_string()),
+        _ => None,
+    }
+}
+
+/// `x-pulseboard-reason`, or for a message the broker dead-lettered itself (a quorum queue's
+/// delivery limit, an unreadable message the service had the broker reject) the reason of its
+/// latest `x-death` record, as `broker: <reason>`.
+fn reason_of(headers: &FieldTable) -> Option<String> {
+    if let Some(reason) = headers.inner().get(REASON_HEADER).and_then(text_of) {
+        return Some(reason);
+    }
+    let Some(AMQPValue::FieldArray(deaths)) = headers.inner().get("x-death") else {
+        return None;
+    };
+    let latest = deaths.as_slice().first()?;
+    let AMQPValue::FieldTable(death) = latest else {
+        return None;
+    };
+    let reason = death.inner().get("reason").and_then(text_of)?;
+    Some(format!("broker: {reason}"))
+}
+
 fn describe(delivery: &lapin::message::Delivery) -> DeadLetter {
-    let reason = delivery
-        .properties
-        .headers()
-        .as_ref()
-        .and_then(|h| h.inner().get(REASON_HEADER))
-        .and_then(|v| match v {
-            AMQPValue::LongString(text) => Some(String::from_utf8_lossy(text.as_bytes()).into()),
-            AMQPValue::ShortString(text) => Some(text.to_string()),
-            _ => None,
-        });
+    let reason = delivery.properties.headers().as_ref().and_then(reason_of);
     let (body, truncated) = preview(&delivery.data);
     DeadLetter {
         reason,
@@ -317,6 +334,25 @@ mod tests {
             prop_assert!(text.len() <= BODY_PREVIEW_BYTES);
             prop_assert_eq!(truncated, text.len() < String::from_utf8_lossy(&body).len());
         }
+    }
+
+    #[test]
+    fn a_dead_letter_without_our_reason_names_the_brokers() {
+        let mut death = FieldTable::default();
+        death.insert("reason".into(), AMQPValue::LongString("rejected".into()));
+        death.insert("queue".into(), AMQPValue::LongString("p.events".into()));
+        let mut headers = FieldTable::default();
+        headers.insert(
+            "x-death".into(),
+            AMQPValue::FieldArray(vec![AMQPValue::FieldTable(death)].into()),
+        );
+        assert_eq!(reason_of(&headers).as_deref(), Some("broker: rejected"));
+        headers.insert(
+            REASON_HEADER.into(),
+            AMQPValue::LongString("too_large: x".into()),
+        );
+        assert_eq!(reason_of(&headers).as_deref(), Some("too_large: x"));
+        assert_eq!(reason_of(&FieldTable::default()), None);
     }
 
     #[test]

@@ -257,7 +257,7 @@ async fn session(
             }
         }
     };
-    let _ = connection.close(200, "bye").await;
+    crate::rabbitmq::close(&connection, &[&channel, &depth_channel]).await;
     outcome
 }
 

@@ -369,6 +369,17 @@ async fn connect_one(url: &str, name: &str) -> Result<Connection, BrokerError> {
     Ok(connection)
 }
 
+/// Closes `channels`, then `connection`, ignoring failures (a connection that already failed
+/// has nothing left to close). Each channel's close is awaited first: a channel still closing
+/// (as a dropped one is) when its connection closes is reported by the client as a
+/// connection error, at ERROR.
+pub async fn close(connection: &Connection, channels: &[&Channel]) {
+    for channel in channels {
+        let _ = channel.close(200, "bye").await;
+    }
+    let _ = connection.close(200, "bye").await;
+}
+
 /// `operation` on `queue`, or [`BrokerError::Stalled`] after [`QUEUE_STEP_TIMEOUT`].
 async fn bounded<T>(
     step: &'static str,
@@ -450,7 +461,7 @@ pub async fn reject_unreadable_head(
             .map_err(BrokerError::Amqp),
         Ok(Ok(None)) => Ok(HeadRejected::Empty),
     };
-    let _ = connection.close(200, "bye").await;
+    close(&connection, &[&channel]).await;
     outcome
 }
 
@@ -576,9 +587,11 @@ impl ConsumerLink {
 
     /// Cancels consumption and closes: unacknowledged deliveries go back to the queue.
     pub async fn close(self) {
-        let _ = self.consume_channel.close(200, "bye").await;
-        let _ = self.dead_channel.close(200, "bye").await;
-        let _ = self.connection.close(200, "bye").await;
+        close(
+            &self.connection,
+            &[&self.consume_channel, &self.dead_channel],
+        )
+        .await;
     }
 }
 

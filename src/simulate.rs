@@ -8,7 +8,7 @@
 use crate::aggregate::Millis;
 use crate::clock::{now_ms, rfc3339};
 use crate::config::SimulateArgs;
-use crate::rabbitmq::{connect, publish_event, BrokerError, Topology};
+use crate::rabbitmq::{close, connect, publish_event, BrokerError, Topology};
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use lapin::options::ConfirmSelectOptions;
 use lapin::publisher_confirm::Confirmation;
@@ -186,7 +186,7 @@ pub async fn run(args: SimulateArgs) -> Result<(), SimulateError> {
     while let Some(result) = unconfirmed.next().await {
         tally_confirm(Some(result), &mut confirmed, &mut refused)?;
     }
-    let _ = connection.close(200, "done").await;
+    close(&connection, &[&channel]).await;
 
     let summary = Summary {
         tally: &generator.tally,

@@ -196,23 +196,31 @@ impl Application {
 }
 
 /// Refuses to start when `<prefix>.events` or `<prefix>.dead` exists with another type than
-/// `PULSEBOARD_QUEUE_TYPE`: RabbitMQ cannot change a queue's type, so retrying would never
+/// `PULSEBOARD_QUEUE_TYPE` (or a quorum queue without the delivery limit): RabbitMQ cannot
+/// change a queue's type or arguments, so retrying would never
 /// succeed. A broker that does not answer now is left to ingest, which retries.
 async fn check_queue_type(args: &ServeArgs, topology: &Topology) -> anyhow::Result<()> {
     let check = async {
         let connection =
             rabbitmq::connect(args.broker.amqp_url.expose_secret(), "pulseboard start-up").await?;
         let declared = match connection.create_channel().await {
-            Ok(channel) => topology.declare(&channel).await,
-            Err(error) => Err(error.into()),
+            Ok(channel) => {
+                let declared = topology.declare(&channel).await;
+                rabbitmq::close(&connection, &[&channel]).await;
+                declared
+            }
+            Err(error) => {
+                rabbitmq::close(&connection, &[]).await;
+                Err(error.into())
+            }
         };
-        let _ = connection.close(200, "checked").await;
         declared
     };
     match tokio::time::timeout(QUEUE_CHECK_TIMEOUT, check).await {
-        Ok(Err(error @ rabbitmq::BrokerError::QueueType { .. })) => {
-            Err(anyhow::Error::new(error).context("PULSEBOARD_QUEUE_TYPE"))
-        }
+        Ok(Err(
+            error @ (rabbitmq::BrokerError::QueueType { .. }
+            | rabbitmq::BrokerError::DeliveryLimit { .. }),
+        )) => Err(anyhow::Error::new(error).context("PULSEBOARD_QUEUE_TYPE")),
         Ok(Err(error)) => {
             tracing::warn!(%error, "RabbitMQ not ready at start; ingest keeps trying");
             Ok(())

@@ -10,7 +10,7 @@
 //!   start with one clear line.
 
 use crate::helpers::{
-    open_channel, Backend, Broker, Names, Service, ServiceConfig, TestDatabase, AMQP_URL,
+    open_channel, refused_start, Backend, Broker, Names, Service, ServiceConfig, TestDatabase,
 };
 use crate::private_services::PrivateRabbit;
 use pulseboard::simulate::TrafficGenerator;
@@ -186,27 +186,7 @@ async fn switching_the_queue_type_of_an_existing_deployment_is_refused_at_start(
     let names = Names::new();
     // The classic topology, as an existing deployment has it.
     let _broker = Broker::connect(&names).await;
-    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_pulseboard"))
-        .arg("serve")
-        .env("PULSEBOARD_BIND", "127.0.0.1:0")
-        .env("DATABASE_URL", &database.url)
-        .env("PULSEBOARD_ADMIN_PASSWORD", &database.admin_password)
-        .env("AMQP_URL", AMQP_URL)
-        .env("PULSEBOARD_QUEUE_PREFIX", &names.prefix)
-        .env("PULSEBOARD_EXCHANGE", &names.exchange)
-        .env("PULSEBOARD_QUEUE_TYPE", "quorum")
-        .kill_on_drop(true)
-        .output();
-    let output = tokio::time::timeout(Duration::from_secs(30), output)
-        .await
-        .expect("exits")
-        .expect("runs");
-    assert!(!output.status.success());
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    let line = stderr
-        .lines()
-        .find(|l| l.starts_with("error:"))
-        .unwrap_or_else(|| panic!("no error line: {stderr}"));
+    let line = refused_start(&database, &names, &[("PULSEBOARD_QUEUE_TYPE", "quorum")]).await;
     assert!(
         line.contains("PULSEBOARD_QUEUE_TYPE")
             && line.contains(&format!("{}.", names.prefix))

@@ -206,3 +206,32 @@ pub fn slow_reader(service: &Service) -> (std::net::TcpStream, std::net::SocketA
     socket.connect(&address.into()).expect("connect");
     (socket.into(), address)
 }
+
+/// Runs `pulseboard serve` on `database` and `names` with `env` until it exits (at most 30 s),
+/// and returns its `error:` line: for configurations the service must refuse at start.
+pub async fn refused_start(database: &TestDatabase, names: &Names, env: &[(&str, &str)]) -> String {
+    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_pulseboard"));
+    command
+        .arg("serve")
+        .env("PULSEBOARD_BIND", "127.0.0.1:0")
+        .env("DATABASE_URL", &database.url)
+        .env("PULSEBOARD_ADMIN_PASSWORD", &database.admin_password)
+        .env("AMQP_URL", AMQP_URL)
+        .env("PULSEBOARD_QUEUE_PREFIX", &names.prefix)
+        .env("PULSEBOARD_EXCHANGE", &names.exchange)
+        .kill_on_drop(true);
+    for (name, value) in env {
+        command.env(name, value);
+    }
+    let output = tokio::time::timeout(Duration::from_secs(30), command.output())
+        .await
+        .expect("exits")
+        .expect("runs");
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    stderr
+        .lines()
+        .find(|l| l.starts_with("error:"))
+        .unwrap_or_else(|| panic!("no error line: {stderr}"))
+        .to_owned()
+}

@@ -5,10 +5,14 @@
 //! service stays up, ingest goes on, the events queue empties, and the dead-letter tools answer.
 
 use crate::console::Console;
-use crate::helpers::{event, Backend, Broker, Names, Service, ServiceConfig, TestDatabase};
+use crate::helpers::{
+    event, refused_start, Backend, Broker, Names, Service, ServiceConfig, TestDatabase,
+};
 use crate::kit::raw_amqp::{
     deepest_fitting, nested_arrays, nested_tables, short_string, table, RawProperties, RawPublisher,
 };
+use lapin::options::QueueDeclareOptions;
+use lapin::types::{AMQPValue, FieldTable};
 use serde_json::{json, Value};
 use std::time::Duration;
 
@@ -292,5 +296,47 @@ async fn a_quorum_events_queue_dead_letters_a_message_that_keeps_coming_back() {
     assert!(
         (2..=pulseboard::rabbitmq::DELIVERY_LIMIT as usize + 1).contains(&returned),
         "dead-lettered after {returned} returns"
+    );
+}
+
+/// A quorum events queue declared by a version before the delivery limit: the broker would
+/// refuse every declaration, so the service refuses to start, saying what to do.
+#[tokio::test]
+async fn a_quorum_queue_declared_without_the_delivery_limit_is_refused_at_start() {
+    let database = TestDatabase::new(Backend::Sqlite).await;
+    let names = Names::new();
+    let connection = pulseboard::rabbitmq::connect(crate::helpers::AMQP_URL, "old version")
+        .await
+        .expect("RabbitMQ");
+    let channel = connection.create_channel().await.expect("channel");
+    let mut arguments = FieldTable::default();
+    for (name, value) in [
+        ("x-queue-type", "quorum"),
+        ("x-dead-letter-strategy", "at-least-once"),
+        ("x-overflow", "reject-publish"),
+    ] {
+        arguments.insert(name.into(), AMQPValue::LongString(value.into()));
+    }
+    let dead_exchange = format!("{}.dlx", names.prefix);
+    arguments.insert(
+        "x-dead-letter-exchange".into(),
+        AMQPValue::LongString(dead_exchange.as_str().into()),
+    );
+    arguments.insert("x-single-active-consumer".into(), AMQPValue::Boolean(true));
+    channel
+        .queue_declare(
+            &format!("{}.events", names.prefix),
+            QueueDeclareOptions {
+                durable: true,
+                ..Default::default()
+            },
+            arguments,
+        )
+        .await
+        .expect("the queue as an earlier version declared it");
+    let line = refused_start(&database, &names, &[("PULSEBOARD_QUEUE_TYPE", "quorum")]).await;
+    assert!(
+        line.contains("delivery limit") && line.contains(&format!("{}.events", names.prefix)),
+        "{line}"
     );
 }

@@ -362,3 +362,19 @@ async fn ingest_batches_and_console_commands_log_in_spans_of_their_own() {
     assert_eq!(finished["span"]["status"], 200, "{finished}");
     assert!(finished["span"]["ms"].is_number(), "{finished}");
 }
+
+/// A start against a reachable broker and database logs nothing at ERROR (the client used to
+/// report the start-up check's channel, closed with its connection, as a connection error).
+#[tokio::test]
+async fn a_clean_start_logs_no_error() {
+    let database = TestDatabase::new(Backend::Sqlite).await;
+    let names = Names::new();
+    let service = Service::start(&ServiceConfig::new(&database, &names, "clean-1")).await;
+    service.wait_until_ingesting(Duration::from_secs(20)).await;
+    let log = service.log_text();
+    let errors: Vec<&str> = log
+        .lines()
+        .filter(|line| line.contains(" ERROR "))
+        .collect();
+    assert!(errors.is_empty(), "{errors:#?}");
+}
