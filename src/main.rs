@@ -17,6 +17,9 @@ fn main() -> ExitCode {
     telemetry::init(cli.log_format);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
+        // Each thread reserves the parsing stack: a bound on threads bounds the address space
+        // (tokio's default allows 512 blocking threads; the service needs a few).
+        .max_blocking_threads(MAX_BLOCKING_THREADS)
         .build()
     {
         Ok(runtime) => runtime,
@@ -36,6 +39,9 @@ fn main() -> ExitCode {
         }
     }
 }
+
+/// Threads for blocking work (password hashing, file reads), at most.
+const MAX_BLOCKING_THREADS: usize = 64;
 
 /// Gives every thread the process starts from now on (the RabbitMQ client's frame parser,
 /// the async runtime's workers, the database's) a stack that the deepest header table a broker

@@ -423,7 +423,8 @@ pub enum HeadRejected {
     /// A message the client cannot parse: the broker dead-letters it.
     Unreadable,
     /// A message the client could parse after all (the unreadable one left the queue in
-    /// between): it is dead-lettered all the same, not lost (`dlq.replay` brings it back).
+    /// between): the broker dead-lettered it, and a copy went back to the events exchange
+    /// (confirmed), so it is applied all the same; the dead copy is a harmless duplicate.
     Readable,
     /// Nothing was in the queue.
     Empty,
@@ -438,10 +439,14 @@ pub enum HeadRejected {
 pub async fn reject_unreadable_head(
     url: &str,
     name: &str,
-    queue: &str,
+    topology: &Topology,
 ) -> Result<HeadRejected, BrokerError> {
+    let queue = topology.events_queue.as_str();
     let connection = connect(url, name).await?;
     let channel = connection.create_channel().await?;
+    channel
+        .confirm_select(ConfirmSelectOptions::default())
+        .await?;
     let get = channel.basic_get(queue, BasicGetOptions { no_ack: false });
     let reject = channel.basic_reject(1, BasicRejectOptions { requeue: false });
     // When the client fails on the message's content header rather than on `basic.get-ok`
@@ -456,13 +461,35 @@ pub async fn reject_unreadable_head(
             queue: queue.to_owned(),
         }),
         Ok(Err(error)) => Err(BrokerError::Amqp(error)),
-        Ok(Ok(Some(_))) => rejected
-            .map(|()| HeadRejected::Readable)
-            .map_err(BrokerError::Amqp),
+        Ok(Ok(Some(message))) => match rejected {
+            Ok(()) => put_back(&channel, &topology.exchange, &message.delivery)
+                .await
+                .map(|()| HeadRejected::Readable),
+            Err(error) => Err(BrokerError::Amqp(error)),
+        },
         Ok(Ok(None)) => Ok(HeadRejected::Empty),
     };
     close(&connection, &[&channel]).await;
     outcome
+}
+
+/// Publishes a copy of a readable `delivery` to `exchange` under its routing key, and waits
+/// for the broker's confirm.
+async fn put_back(
+    channel: &Channel,
+    exchange: &str,
+    delivery: &lapin::message::Delivery,
+) -> Result<(), BrokerError> {
+    let confirm = channel
+        .basic_publish(
+            exchange,
+            delivery.routing_key.as_str(),
+            BasicPublishOptions::default(),
+            &delivery.data,
+            delivery.properties.clone(),
+        )
+        .await?;
+    confirmed(confirm).await
 }
 
 /// How long [`reject_unreadable_head`] waits for the get's answer.
@@ -531,19 +558,23 @@ impl ConsumerLink {
         node: &str,
         now: Millis,
     ) -> Result<PublisherConfirm, BrokerError> {
-        let mut headers = self.copied_headers(message);
-        headers.insert(
+        let mut marks = FieldTable::default();
+        marks.insert(
             "x-pulseboard-reason".into(),
-            AMQPValue::LongString(LongString::from(reason)),
+            AMQPValue::LongString(LongString::from(cut_at_char(reason, MAX_REASON_BYTES))),
         );
-        headers.insert(
+        marks.insert(
             "x-pulseboard-node".into(),
             AMQPValue::LongString(node.into()),
         );
-        headers.insert(
+        marks.insert(
             "x-pulseboard-rejected-at".into(),
             AMQPValue::LongLongInt(now),
         );
+        let mut headers = self.copied_headers(message, encoded_table_size(&marks));
+        for (key, value) in marks.inner() {
+            headers.insert(key.clone(), value.clone());
+        }
         let properties = BasicProperties::default()
             .with_delivery_mode(2)
             .with_headers(headers);
@@ -560,16 +591,17 @@ impl ConsumerLink {
         Ok(confirm)
     }
 
-    /// The original headers for a dead letter's copy, if they fit in one frame beside the
-    /// reason; otherwise none but a note saying so (a content header is never split, and a
-    /// frame too large for the broker would end the link and bring the message back forever).
-    fn copied_headers(&self, message: &RawMessage) -> FieldTable {
+    /// The original headers for a dead letter's copy, if they fit in one frame beside its
+    /// marks of `marks_size` bytes; otherwise none but a note saying so (a content header is
+    /// never split, and a frame too large for the broker would end the link and bring the
+    /// message back forever).
+    fn copied_headers(&self, message: &RawMessage, marks_size: usize) -> FieldTable {
         let Some(original) = &message.headers else {
             return FieldTable::default();
         };
         let size = encoded_table_size(original);
         let room = self.connection.configuration().frame_max() as usize;
-        if size + DEAD_LETTER_MARKS_ROOM <= room {
+        if size + marks_size + CONTENT_HEADER_ROOM <= room {
             return original.clone();
         }
         let mut headers = FieldTable::default();
@@ -595,9 +627,23 @@ impl ConsumerLink {
     }
 }
 
-/// Room a dead letter's own marks (reason, node, time, a content header's fixed fields and a
-/// frame's) take in its content header frame, the reason at its longest included.
-const DEAD_LETTER_MARKS_ROOM: usize = 1_024;
+/// Room a content header frame takes besides its headers: the frame's own bytes, the
+/// header's fixed fields, delivery mode, the note that replaces dropped headers, and margin.
+const CONTENT_HEADER_ROOM: usize = 256;
+/// A dead letter's reason is cut to this (a reason quotes the event, which may be large).
+const MAX_REASON_BYTES: usize = 512;
+
+/// The longest start of `text` within `limit` bytes that ends on a character boundary.
+fn cut_at_char(text: &str, limit: usize) -> &str {
+    if text.len() <= limit {
+        return text;
+    }
+    let mut end = limit;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
+}
 
 /// Bytes `table` takes on the wire (AMQP 0-9-1 field table).
 pub fn encoded_table_size(table: &FieldTable) -> usize {

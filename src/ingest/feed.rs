@@ -74,8 +74,12 @@ impl Caution {
     /// After a link of `prefetch` died on an unreadable delivery, having received `outstanding`
     /// readable ones it had not acknowledged yet (those came before the unreadable one).
     fn after_unreadable(prefetch: u16, outstanding: u64) -> Caution {
-        if prefetch == 1 {
+        if prefetch == 1 && outstanding == 0 {
             Caution::RejectHead
+        } else if prefetch == 1 {
+            // The broker cannot have sent another delivery beside the one held: the failure
+            // was elsewhere; try again as narrow.
+            Caution::Narrow(1)
         } else {
             Caution::Narrow(u16::try_from(outstanding.max(1)).unwrap_or(u16::MAX))
         }
@@ -124,9 +128,6 @@ impl Feed<'_> {
                             broker.generation += 1;
                             broker.received = 0;
                             broker.acknowledged = 0;
-                            if broker.caution == Caution::RejectHead {
-                                broker.caution = Caution::None;
-                            }
                             FeedItem::Connected
                         }
                         Ok(Err(error)) => broker.failed(error.to_string()),
@@ -198,19 +199,27 @@ impl Feed<'_> {
                 broker.caution = Caution::Narrow(1);
                 (false, 1)
             }
-            Caution::RejectHead => (true, settings.prefetch),
+            // One attempt per proof, whatever becomes of it: should the link then fail to
+            // open, the next must not reject the head again (it is a readable message now).
+            // Should the reject itself have failed, the message ends the next link, and is
+            // found again.
+            Caution::RejectHead => {
+                broker.caution = Caution::None;
+                (true, settings.prefetch)
+            }
         };
         broker.connecting = Some(tokio::spawn(async move {
             let url = settings.amqp_url.expose_secret();
             if reject_head {
                 let name = format!("pulseboard reject-unreadable {}", settings.node);
                 let queue = &settings.topology.events_queue;
-                match reject_unreadable_head(url, &name, queue).await? {
+                match reject_unreadable_head(url, &name, &settings.topology).await? {
                     HeadRejected::Unreadable => {
                         metrics.count_event("unknown", "rejected");
                         tracing::warn!(%queue, "dead-lettered a message the client cannot parse \
                             (reason: unreadable; the broker's x-death says rejected)");
                     }
+                    // Readable: dead-lettered, and a copy put back; or nothing there.
                     outcome => tracing::warn!(%queue, ?outcome,
                         "the message the client could not parse was gone from the head"),
                 }
@@ -330,8 +339,10 @@ mod tests {
     }
 
     #[test]
-    fn a_link_of_one_that_fails_proves_the_head_unreadable() {
+    fn a_link_of_one_that_fails_holding_nothing_proves_the_head_unreadable() {
         assert_eq!(Caution::after_unreadable(1, 0), Caution::RejectHead);
+        // Holding one, it cannot have been sent another: the head is the one held.
+        assert_eq!(Caution::after_unreadable(1, 1), Caution::Narrow(1));
     }
 
     #[test]

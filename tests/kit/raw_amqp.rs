@@ -108,6 +108,14 @@ pub fn nested_arrays(depth: usize) -> Vec<u8> {
     table(&entry)
 }
 
+/// A header table of one entry `pad` holding a long string of `bytes` bytes: large, not deep.
+pub fn wide_table(bytes: usize) -> Vec<u8> {
+    let mut entry = short_string(b"pad");
+    entry.push(b'S');
+    entry.extend_from_slice(&long_string(&vec![b'x'; bytes]));
+    table(&entry)
+}
+
 /// The deepest nesting whose content header still fits a frame of `frame_max` bytes, for a
 /// nesting that takes `bytes_per_level` a level around an innermost value of `innermost` bytes
 /// (the headers flag and the persistent delivery mode included).
