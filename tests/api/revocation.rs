@@ -42,6 +42,8 @@ async fn last_words(stream: &mut SseClient, limit: Duration) -> String {
         match stream.next(left).await {
             Some(block) if block.event == "comment" => last_comment = block.data,
             Some(_) => {}
+            // `next` also answers `None` when its time is up: that is not an end.
+            None if Instant::now() >= deadline => panic!("the stream did not end within {limit:?}"),
             None => return last_comment,
         }
     }
