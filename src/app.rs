@@ -4,6 +4,7 @@
 
 use crate::control::Cluster;
 use crate::fanout::FanoutSender;
+use crate::live::credentials::CredentialWatch;
 use crate::live::Hub;
 use crate::metrics::Metrics;
 use crate::rabbitmq::Topology;
@@ -17,6 +18,9 @@ use tokio::sync::mpsc;
 pub struct AppState {
     pub node: String,
     pub auth: crate::auth::AuthState,
+    /// Whether a credential is still good (the users' epochs, kept current; it also ends the
+    /// connections whose credential is not).
+    pub credentials: Arc<CredentialWatch>,
     pub store: Store,
     pub hub: Hub,
     pub status: Arc<StatusCell>,

@@ -195,6 +195,12 @@ pub struct ServeArgs {
     #[arg(long, env = "PULSEBOARD_SECRET", hide_env_values = true, value_parser = parse_secret)]
     pub secret: Option<SecretString>,
 
+    /// Lifetime of the access tokens `POST /api/auth/token` issues; a stream or console opened
+    /// with one ends when it expires.
+    #[arg(long, env = "PULSEBOARD_TOKEN_TTL_SECS", default_value_t = 900,
+          value_parser = clap::value_parser!(u32).range(1..=86_400))]
+    pub token_ttl_secs: u32,
+
     /// How far the time in a message between instances may be from this instance's clock
     /// before it is refused as stale (a replay); covers clock skew between the hosts.
     #[arg(long, env = "PULSEBOARD_FANOUT_WINDOW_SECS", default_value_t = 30,
@@ -481,6 +487,7 @@ mod tests {
         assert_eq!(serve.timezone, Tz::UTC);
         assert_eq!(serve.broker.queue_prefix, "pulseboard");
         assert_eq!(serve.max_streams_per_user, 0);
+        assert_eq!(serve.token_ttl_secs, 900);
         assert!(!serve.trust_proxy);
     }
 
@@ -514,6 +521,11 @@ mod tests {
             (
                 vec!["serve", "--snapshot-interval-ms", "0"],
                 "--snapshot-interval-ms",
+            ),
+            (vec!["serve", "--token-ttl-secs", "0"], "--token-ttl-secs"),
+            (
+                vec!["serve", "--token-ttl-secs", "86401"],
+                "--token-ttl-secs",
             ),
         ] {
             let error = parse(&args).expect_err("refused").to_string();

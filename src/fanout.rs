@@ -2,7 +2,8 @@
 //! leader), announcements (from whichever instance took them), refresh requests (to the
 //! leader), and for the console (see `control`): beacons, requests every instance answers (to
 //! the asker's own queue, by the default exchange, with the request's correlation id), audit
-//! entries and the leader's sampled event tail. The message `type` property says which.
+//! entries and the leader's sampled event tail; and sign-outs, so that every instance ends the
+//! connections of a session signed out on one. The message `type` property says which.
 //!
 //! Senders never block: a full queue drops the message. That is safe for each kind: the next
 //! snapshot or the 1 s rebroadcast supersedes a snapshot, a hub fills any announcement gap from
@@ -64,6 +65,25 @@ pub enum Outgoing {
     Audit(Arc<str>),
     /// A sampled accepted event, JSON: every console subscribed to `events` gets it.
     Event(Arc<str>),
+    /// A browser session signed out (its key hash): every instance ends its connections.
+    SignOut(SignOut),
+}
+
+/// The body of a `sign_out` message.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SignOut {
+    /// The session's key hash, as stored (`auth::session_key`): 64 lower-case hex digits.
+    pub session: String,
+}
+
+impl SignOut {
+    fn well_formed(&self) -> bool {
+        self.session.len() == 64
+            && self
+                .session
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    }
 }
 
 impl Outgoing {
@@ -75,6 +95,7 @@ impl Outgoing {
             Outgoing::Request { .. } => "request",
             Outgoing::Audit(_) => "audit",
             Outgoing::Event(_) => "event",
+            Outgoing::SignOut(_) => "sign_out",
         }
     }
 }
@@ -117,6 +138,16 @@ impl FanoutSender {
 
     pub fn send_event(&self, event: Arc<str>) {
         let _ = self.0.try_send(Outgoing::Event(event));
+    }
+
+    /// Tells every instance that the session with key hash `key` signed out.
+    pub fn send_sign_out(&self, key: &str) {
+        let sign_out = SignOut {
+            session: key.to_owned(),
+        };
+        if self.0.try_send(Outgoing::SignOut(sign_out)).is_err() {
+            tracing::warn!("the fan-out queue is full: other instances end this session's connections only at their next request");
+        }
     }
 }
 
@@ -341,6 +372,16 @@ impl Link<'_> {
                 };
                 self.send(exchange, "", &outbound).await
             }
+            Outgoing::SignOut(sign_out) => {
+                // One string field: always serializes.
+                let body = serde_json::to_vec(sign_out).unwrap_or_default();
+                let outbound = Outbound {
+                    kind,
+                    body: &body,
+                    ..Outbound::default()
+                };
+                self.send(exchange, "", &outbound).await
+            }
             Outgoing::Audit(json) | Outgoing::Event(json) => {
                 let outbound = Outbound {
                     kind,
@@ -527,6 +568,17 @@ impl Link<'_> {
             "event" => {
                 let _ = context.cluster.feeds.events.send(reencoded(opened.body)?);
             }
+            "sign_out" => {
+                let sign_out: SignOut = parse(opened.body)?;
+                if !sign_out.well_formed() {
+                    return Err(Rejection::Malformed);
+                }
+                context
+                    .cluster
+                    .local
+                    .registry
+                    .end_session(&sign_out.session);
+            }
             "refresh" => {
                 if context.status.get().ingest.is_leader {
                     let _ = context.refresh.try_send(());
@@ -705,6 +757,25 @@ mod tests {
     fn every_rejection_reason_is_exported_from_the_start() {
         let labels: Vec<&str> = Rejection::ALL.iter().map(|r| r.label()).collect();
         assert_eq!(labels, crate::metrics::FANOUT_REJECTION_REASONS);
+    }
+
+    #[test]
+    fn a_sign_out_names_a_key_hash_and_nothing_else() {
+        let key = crate::auth::session_key("a session id");
+        let message: SignOut = parse(format!(r#"{{"session":"{key}"}}"#).as_bytes()).expect("json");
+        assert!(message.well_formed());
+        for bad in [
+            "",
+            "ABCDEF",
+            &key[..63],
+            &format!("{key}0"),
+            &format!("{}g", &key[..63]),
+        ] {
+            let sign_out = SignOut {
+                session: bad.to_owned(),
+            };
+            assert!(!sign_out.well_formed(), "{bad}");
+        }
     }
 
     #[test]

@@ -74,6 +74,36 @@ pub const FANOUT_REJECTION_REASONS: [&str; 6] = [
     "seq_ahead",
 ];
 
+/// The `reason`s of `pulseboard_connections_closed_total` for each `transport` (docs/api.md,
+/// Metrics), each pair exported at 0 from the start.
+pub const CLOSE_REASONS: [(&str, &[&str]); 3] = [
+    (
+        "sse",
+        &[
+            "client_closed",
+            "slow_client",
+            "shutdown",
+            "kicked",
+            "revoked",
+            "expired",
+        ],
+    ),
+    ("poll", &["client_closed", "kicked", "revoked", "expired"]),
+    (
+        "ws",
+        &[
+            "client_closed",
+            "slow_client",
+            "shutdown",
+            "kicked",
+            "revoked",
+            "expired",
+            "ping_timeout",
+            "too_large",
+        ],
+    ),
+];
+
 #[derive(Debug, thiserror::Error)]
 #[error("cannot register metrics: {0}")]
 pub struct MetricsError(#[from] prometheus::Error);
@@ -195,6 +225,13 @@ impl Metrics {
         };
         for reason in FANOUT_REJECTION_REASONS {
             metrics.fanout_rejected.with_label_values(&[reason]);
+        }
+        for (transport, reasons) in CLOSE_REASONS {
+            for reason in reasons {
+                metrics
+                    .connections_closed
+                    .with_label_values(&[transport, reason]);
+            }
         }
         Ok(metrics)
     }
@@ -427,6 +464,28 @@ mod tests {
         // A long-poll lasts up to 30 s; events older than a day are rejected.
         assert_eq!(REQUEST_BUCKETS.last(), Some(&30.0));
         assert_eq!(AGE_BUCKETS.last(), Some(&86400.0));
+    }
+
+    #[test]
+    fn every_close_reason_is_exported_from_the_start_and_documented() {
+        let text = Metrics::new("web-1").expect("metrics").render();
+        let docs = include_str!("../docs/api.md");
+        let row = docs
+            .lines()
+            .find(|l| l.starts_with("| `pulseboard_connections_closed_total`"))
+            .expect("the row of pulseboard_connections_closed_total in docs/api.md");
+        for (transport, reasons) in CLOSE_REASONS {
+            for reason in reasons {
+                let labels = format!("reason=\"{reason}\",transport=\"{transport}\"");
+                let exported = text.lines().any(|line| {
+                    line.starts_with("pulseboard_connections_closed_total{")
+                        && line.contains(&labels)
+                        && line.ends_with(" 0")
+                });
+                assert!(exported, "{labels} in\n{text}");
+                assert!(row.contains(&format!("`{reason}`")), "{reason} in {row}");
+            }
+        }
     }
 
     #[test]

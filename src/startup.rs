@@ -16,6 +16,7 @@ use crate::app::{AppState, LiveSettings};
 use crate::config::ServeArgs;
 use crate::fanout::{self, FanoutContext, FanoutSender};
 use crate::ingest::{IngestContext, IngestSettings, LeaderInputs};
+use crate::live::credentials::CredentialWatch;
 use crate::live::worker_feed::WorkerFeed;
 use crate::live::Hub;
 use crate::metrics::Metrics;
@@ -61,6 +62,8 @@ struct Shared {
     refresh: mpsc::Sender<()>,
     /// The console's view of the cluster (connections registry, beacons, feeds).
     cluster: Arc<crate::control::Cluster>,
+    /// The users' credential epochs; its task ends connections whose credential is not good.
+    credentials: Arc<CredentialWatch>,
 }
 
 /// The tasks started so far, and the token that stops them.
@@ -95,6 +98,9 @@ impl Application {
             },
             crate::live::feeds::ConsoleFeeds::default(),
         ));
+        let credentials = CredentialWatch::load(store.clone(), cluster.local.registry.clone())
+            .await
+            .context("DATABASE_URL")?;
         let shared = Shared {
             metrics,
             node,
@@ -104,11 +110,15 @@ impl Application {
             fanout,
             refresh,
             cluster,
+            credentials: Arc::new(credentials),
         };
         let mut tasks = Tasks {
             handles: Vec::new(),
             shutdown: CancellationToken::new(),
         };
+        tasks.handles.push(tokio::spawn(
+            shared.credentials.clone().run(tasks.shutdown.clone()),
+        ));
         let topology = Topology::new(&args.broker.exchange, &args.broker.queue_prefix)
             .with_queue_type(args.broker.queue_type);
         let local_demo = if args.demo {
@@ -280,6 +290,7 @@ async fn security(
     };
     let auth = crate::auth::AuthState::new(
         secret.as_bytes(),
+        args.token_ttl_secs,
         tls.is_some(),
         args.allowed_origins.clone(),
     );
@@ -364,6 +375,7 @@ fn app_state(
     web::Data::new(AppState {
         node: shared.node.clone(),
         auth,
+        credentials: shared.credentials.clone(),
         store: shared.store.clone(),
         hub: shared.hub.clone(),
         status: shared.status.clone(),

@@ -1,9 +1,11 @@
 //! Identity and authorization, without HTTP: roles and what they may do, user names, session
-//! keys and CSRF tokens, access tokens ([`token`]), password hashing ([`password`]) and the
-//! throttle on failed sign-ins ([`throttle`]). The HTTP extractors that apply them to a request
+//! keys and CSRF tokens, access tokens ([`token`]), whether a credential is still good
+//! ([`grant`]), password hashing ([`password`]) and the throttle on failed sign-ins
+//! ([`throttle`]). The HTTP extractors that apply them to a request
 //! are `http::extract`; the SQL is `store::users`. Nothing here logs a password, hash, token or
 //! secret.
 
+pub mod grant;
 pub mod password;
 pub mod throttle;
 pub mod token;
@@ -20,7 +22,6 @@ use token::TokenKeys;
 pub const SESSION_COOKIE: &str = "pulseboard_session";
 pub const CSRF_COOKIE: &str = "pulseboard_csrf";
 pub const CSRF_HEADER: &str = "X-CSRF-Token";
-pub const TOKEN_TTL_SECS: i64 = 15 * 60;
 pub const SESSION_TTL_MS: Millis = 12 * 3_600_000;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -74,6 +75,8 @@ pub fn validate_username(name: &str) -> Result<(), String> {
 /// What authentication needs at run time.
 pub struct AuthState {
     pub keys: TokenKeys,
+    /// `PULSEBOARD_TOKEN_TTL_SECS`: how long an access token lives.
+    pub token_ttl_secs: i64,
     /// Cookies get `Secure` when the service speaks HTTPS.
     pub secure_cookies: bool,
     /// Origins allowed to open the console WebSocket; empty means "the service's own".
@@ -84,9 +87,15 @@ pub struct AuthState {
 }
 
 impl AuthState {
-    pub fn new(secret: &[u8], secure_cookies: bool, allowed_origins: Vec<String>) -> Self {
+    pub fn new(
+        secret: &[u8],
+        token_ttl_secs: u32,
+        secure_cookies: bool,
+        allowed_origins: Vec<String>,
+    ) -> Self {
         AuthState {
             keys: TokenKeys::new(secret),
+            token_ttl_secs: i64::from(token_ttl_secs),
             secure_cookies,
             allowed_origins,
             passwords: Verifier::for_this_machine(),

@@ -14,6 +14,13 @@
 //! pushes go on meanwhile. A console that cannot keep up loses event and audit pushes (counted
 //! in the next one's `skipped`) and intermediate snapshots, never memory. Audited commands are
 //! written to the audit log before their reply goes out.
+//!
+//! A session remembers the credential it was opened with, and every command is refused
+//! (`forbidden`), and the console closed (1008, `revoked: …` or `expired: …`), once that
+//! credential is no longer good: commands that run in a task check it against the database
+//! first, those answered on the spot against the instance's table of credentials (at most a
+//! second behind); and the registry closes the console when the table changes
+//! (`live::credentials`).
 
 mod commands;
 mod perform;
@@ -22,8 +29,9 @@ pub mod protocol;
 pub use commands::DEFINITIONS;
 
 use crate::app::AppState;
+use crate::auth::grant::Grant;
 use crate::clock::{now_ms, rfc3339};
-use crate::live::connection::ConnectionGuard;
+use crate::live::connection::{ConnectionGuard, Ender, Ending};
 use crate::live::limit::StreamSlot;
 use crate::store::NewAudit;
 use commands::{Command, ParseError, Topic};
@@ -66,13 +74,18 @@ struct Outbox {
 pub async fn run(
     session: actix_ws::Session,
     messages: actix_ws::AggregatedMessageStream,
-    user: String,
+    grant: Grant,
     state: Arc<AppState>,
     // Metrics and this user's stream slot, both released when the session ends.
     held: (ConnectionGuard, StreamSlot),
 ) {
     let (mut guard, _slot) = held;
-    let kicked = guard.register(&state.cluster.local.registry, &user);
+    let user = grant.user.clone();
+    let kicked = guard.register(&state.cluster.local.registry, grant.clone());
+    let Some(ender) = guard.ender() else {
+        // `register` just made the registration `ender` comes from.
+        return;
+    };
     state.cluster.refresh_presence();
     let (control_tx, control_rx) = mpsc::channel(8);
     let (frames_tx, frames_rx) = mpsc::channel(WRITE_QUEUE);
@@ -94,6 +107,7 @@ pub async fn run(
     let mut connection = Connection {
         state,
         user,
+        credential: Credential { grant, ender },
         outbox,
         recent: VecDeque::new(),
         in_flight: Arc::new(Semaphore::new(IN_FLIGHT)),
@@ -108,6 +122,41 @@ pub async fn run(
     let _ = writer.await;
     drop(guard);
     state.cluster.refresh_presence();
+}
+
+/// The credential a console was opened with, and how to end the console when it is no longer
+/// good.
+#[derive(Clone)]
+struct Credential {
+    grant: Grant,
+    ender: Ender,
+}
+
+impl Credential {
+    /// Why the console must end now, judged by the instance's table (no waiting).
+    fn ending_now(&self, state: &AppState) -> Option<Ending> {
+        self.ender
+            .ending()
+            .or_else(|| Ending::of(state.credentials.judge(&self.grant)))
+    }
+
+    /// Why the console must end now, judged by the database (the table when it fails).
+    async fn ending_fresh(&self, state: &AppState) -> Option<Ending> {
+        match self.ender.ending() {
+            Some(ending) => Some(ending),
+            None => Ending::of(state.credentials.check_fresh(&self.grant).await),
+        }
+    }
+}
+
+/// The refusal of a command whose connection's credential is no longer good.
+fn no_longer_good(user: &str, ending: Ending) -> Failure {
+    let message = match ending {
+        Ending::Expired => format!("the credential of {user} expired; sign in again"),
+        Ending::Kicked => "this console was kicked".to_owned(),
+        Ending::Revoked => format!("the credential of {user} was revoked; sign in again"),
+    };
+    Failure::new(ErrorCode::Forbidden, message)
 }
 
 /// The topics a console subscribed to, each with where it is read from.
@@ -125,6 +174,7 @@ struct Topics {
 struct Connection {
     state: Arc<AppState>,
     user: String,
+    credential: Credential,
     outbox: Outbox,
     /// When the commands of the last second arrived.
     recent: VecDeque<Instant>,
@@ -166,20 +216,22 @@ impl Connection {
                 });
             }
             tokio::select! {
-                // The kick token is a child of `closing`: both end here. Shutdown says 1001
-                // "going away", which tells the client to reconnect (to another instance).
+                // The registry's token is a child of `closing`: both end here. Shutdown says
+                // 1001 "going away", which tells the client to reconnect (to another instance);
+                // a kick or a credential no longer good says 1008 and why.
                 _ = kicked.cancelled() => {
-                    if closing.is_cancelled() {
+                    let ending = guard.ending().filter(|_| !closing.is_cancelled());
+                    let Some(ending) = ending else {
                         guard.set_reason("shutdown");
                         return Some(actix_ws::CloseReason {
                             code: actix_ws::CloseCode::Away,
                             description: Some("going away".to_owned()),
                         });
-                    }
-                    guard.set_reason("kicked");
+                    };
+                    guard.set_reason(ending.label());
                     return Some(actix_ws::CloseReason {
                         code: actix_ws::CloseCode::Policy,
-                        description: Some("kicked".into()),
+                        description: Some(ending.explanation().into()),
                     });
                 }
                 _ = ping.tick() => {
@@ -254,8 +306,38 @@ impl Connection {
                 return;
             }
         };
+        if let Some(ending) = self.credential.ending_now(&self.state) {
+            self.refuse_for(envelope, ending, started);
+            return;
+        }
         let parsed = Command::parse(&envelope.name, &envelope.payload);
         self.dispatch(envelope, parsed, started);
+    }
+
+    /// Refuses a command because the credential is no longer good, and ends the connection
+    /// once the refusal is on its way (an audited command's, once it is on record).
+    fn refuse_for(&mut self, envelope: protocol::Envelope, ending: Ending, started: Instant) {
+        let failure = no_longer_good(&self.user, ending);
+        let audited = commands::definition_of(&envelope.name).filter(|d| d.audited);
+        match audited {
+            Some(definition) => {
+                let (job, span) = self.job(envelope, definition.name, started);
+                let ender = self.credential.ender.clone();
+                tokio::spawn(
+                    async move {
+                        job.finish(definition.name, Err(failure)).await;
+                        ender.end(ending);
+                    }
+                    .instrument(span),
+                );
+            }
+            None => {
+                let name = commands::definition_of(&envelope.name).map_or("unknown", |d| d.name);
+                let id = envelope.id.clone();
+                self.refuse_counted(name, Some(&id), failure.code, &failure.message, started);
+                self.credential.ender.end(ending);
+            }
+        }
     }
 
     fn within_rate(&mut self, now: Instant) -> bool {
@@ -436,6 +518,7 @@ impl Connection {
         let job = Job {
             state: self.state.clone(),
             user: self.user.clone(),
+            credential: self.credential.clone(),
             frames: self.outbox.frames.clone(),
             envelope,
             started,
@@ -544,33 +627,26 @@ impl Connection {
 struct Job {
     state: Arc<AppState>,
     user: String,
+    credential: Credential,
     frames: mpsc::Sender<String>,
     envelope: protocol::Envelope,
     started: Instant,
 }
 
 impl Job {
+    /// Checks the credential against the database first: an operator removed, demoted or with
+    /// a new password since the connection opened may no longer act, nor read, even in the
+    /// second before the registry closes the console (which it is then told to do).
     async fn run(self, command: Command) {
-        let outcome = if command.definition().audited {
-            match self.still_operator().await {
-                Ok(()) => perform::perform(&command, &self.state, &self.user).await,
-                Err(failure) => Err(failure),
-            }
-        } else {
-            perform::perform(&command, &self.state, &self.user).await
+        let ending = self.credential.ending_fresh(&self.state).await;
+        let outcome = match ending {
+            None => perform::perform(&command, &self.state, &self.user).await,
+            Some(ending) => Err(no_longer_good(&self.user, ending)),
         };
+        let ender = self.credential.ender.clone();
         self.finish(command.name(), outcome).await;
-    }
-
-    /// Mutating commands re-check the role: an operator demoted or removed since the
-    /// connection opened may no longer act.
-    async fn still_operator(&self) -> Result<(), Failure> {
-        match self.state.store.user_credentials(&self.user).await? {
-            Some((_, crate::auth::Role::Operator)) => Ok(()),
-            _ => Err(Failure::new(
-                ErrorCode::Forbidden,
-                format!("{} is no longer an operator", self.user),
-            )),
+        if let Some(ending) = ending {
+            ender.end(ending);
         }
     }
 

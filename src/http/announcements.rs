@@ -61,7 +61,7 @@ pub async fn create(
         &state.fanout,
         level,
         &body.message,
-        &operator.0.username,
+        operator.0.username(),
         now_ms(),
     )
     .await?;

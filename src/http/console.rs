@@ -19,7 +19,7 @@ pub async fn upgrade(
     // Before the upgrade, so that a refusal is a plain 429 the client can read.
     let slot = state
         .streams
-        .acquire(&operator.0.username)
+        .acquire(operator.0.username())
         .ok_or(ApiError::TooManyStreams(state.streams.max()))?;
     let (response, session, messages) = actix_ws::handle(&request, body)
         .map_err(|e| ApiError::BadRequest(format!("not a WebSocket upgrade: {e}")))?;
@@ -31,7 +31,7 @@ pub async fn upgrade(
     actix_web::rt::spawn(crate::console::run(
         session,
         messages,
-        operator.0.username,
+        operator.0.grant,
         state.into_inner(),
         (guard, slot),
     ));

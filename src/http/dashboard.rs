@@ -75,7 +75,7 @@ fn empty(minute: i64) -> Point {
 pub async fn refresh(viewer: Viewer, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     state
         .refresh_limit
-        .admit(&viewer.0.username)
+        .admit(viewer.0.username())
         .map_err(ApiError::RefreshLimited)?;
     let mut snapshots = state.hub.subscribe().snapshots;
     let before = snapshots

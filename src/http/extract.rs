@@ -1,6 +1,7 @@
 //! Who is calling: credentials from the request, and the extractors that gate handlers.
 
 use super::{ApiError, AppState, PageError};
+use crate::auth::grant::{Grant, GrantKind, Verdict};
 use crate::auth::{same_token, session_key, Role, CSRF_HEADER, SESSION_COOKIE};
 use crate::clock::now_ms;
 use actix_web::dev::Payload;
@@ -9,50 +10,57 @@ use actix_web::{web, FromRequest, HttpRequest};
 use futures_util::future::LocalBoxFuture;
 use std::collections::HashMap;
 
-/// An authenticated caller.
+/// An authenticated caller: the credential as checked, which every live connection it opens
+/// remembers (so that it ends when the credential stops being good).
 #[derive(Debug, Clone)]
 pub struct Caller {
-    pub username: String,
-    pub role: Role,
-    pub credential: Credential,
-}
-
-#[derive(Debug, Clone)]
-pub enum Credential {
-    /// A browser session; its CSRF token guards unsafe methods.
-    Session { key: String, csrf: String },
-    /// A bearer or `access_token` token: not sent by browsers on their own, so no CSRF risk.
-    Token,
+    pub grant: Grant,
+    /// A browser session's CSRF token, which guards its unsafe methods; a bearer or
+    /// `access_token` token has none (browsers do not send those on their own: no CSRF risk).
+    csrf: Option<String>,
 }
 
 impl Caller {
+    pub fn username(&self) -> &str {
+        &self.grant.user
+    }
+
+    pub fn role(&self) -> Role {
+        self.grant.role
+    }
+
     pub fn csrf(&self) -> Option<&str> {
-        match &self.credential {
-            Credential::Session { csrf, .. } => Some(csrf),
-            Credential::Token => None,
+        self.csrf.as_deref()
+    }
+
+    /// The key hash of the session it came with; `None` for a token.
+    pub fn session_key(&self) -> Option<&str> {
+        match &self.grant.kind {
+            GrantKind::Session { key } => Some(key),
+            GrantKind::Token => None,
         }
     }
 }
 
 /// The caller, if any credential is presented; a presented but invalid token is an error
-/// (an expired token must not silently fall back to an anonymous request).
+/// (an expired or revoked token must not silently fall back to an anonymous request).
 pub async fn authenticate(
     request: &HttpRequest,
     state: &AppState,
 ) -> Result<Option<Caller>, ApiError> {
     if let Some(token) = bearer_token(request).or_else(|| query_token(request)) {
-        // Checked without the database, so dashboards on tokens ride out a database outage;
-        // the price is that a removed user's token lives out its 15 minutes.
-        let claims = state
+        let grant = state
             .auth
             .keys
             .verify(&token)
-            .ok_or(ApiError::Unauthorized)?;
-        return Ok(Some(Caller {
-            username: claims.sub,
-            role: claims.role,
-            credential: Credential::Token,
-        }));
+            .ok_or(ApiError::Unauthorized)?
+            .into_grant();
+        // Judged by this instance's table of the users' epochs, not the database: dashboards
+        // on tokens ride out a database outage, and a revoked token is refused all the same.
+        if state.credentials.check(&grant).await != Verdict::Good {
+            return Err(ApiError::Unauthorized);
+        }
+        return Ok(Some(Caller { grant, csrf: None }));
     }
     if let Some(cookie) = request.cookie(SESSION_COOKIE) {
         let key = session_key(cookie.value());
@@ -60,14 +68,19 @@ pub async fn authenticate(
             tracing::warn!(%error, "cannot check a session");
             ApiError::Unavailable("sessions are unavailable right now; try again shortly".into())
         })?;
+        // The database has only sessions that are live and of their user's current epoch.
         if let Some(session) = session {
-            return Ok(Some(Caller {
-                username: session.username,
+            let grant = Grant {
+                user: session.username,
                 role: session.role,
-                credential: Credential::Session {
-                    key,
-                    csrf: session.csrf,
-                },
+                epoch: session.epoch,
+                kind: GrantKind::Session { key },
+                issued_at: session.created_at,
+                expires_at: session.expires_at,
+            };
+            return Ok(Some(Caller {
+                grant,
+                csrf: Some(session.csrf),
             }));
         }
     }
@@ -127,7 +140,7 @@ async fn caller_with_role(request: HttpRequest, operator_only: bool) -> Result<C
     let caller = authenticate(&request, &state)
         .await?
         .ok_or(ApiError::Unauthorized)?;
-    if operator_only && caller.role != Role::Operator {
+    if operator_only && caller.role() != Role::Operator {
         return Err(ApiError::Forbidden);
     }
     check_csrf(&request, &caller)?;

@@ -69,8 +69,8 @@ pub async fn dashboard(
     Ok(html(
         StatusCode::OK,
         &DashboardPage {
-            user: &caller.username,
-            role: caller.role.as_str(),
+            user: caller.username(),
+            role: caller.role().as_str(),
             csrf: caller.csrf().unwrap_or_default(),
             currency: snapshot.map_or("USD", |s| s.revenue.currency.as_str()),
             last_event_id: last_event_id.to_string(),
@@ -115,8 +115,8 @@ pub async fn console(operator: PageOperator, state: web::Data<AppState>) -> Http
     html(
         StatusCode::OK,
         &ConsolePage {
-            user: &caller.username,
-            role: caller.role.as_str(),
+            user: caller.username(),
+            role: caller.role().as_str(),
             csrf: caller.csrf().unwrap_or_default(),
             commands: crate::console::DEFINITIONS
                 .iter()

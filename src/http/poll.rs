@@ -11,7 +11,7 @@
 use super::extract::Viewer;
 use super::{ApiError, AppState};
 use crate::clock::now_ms;
-use crate::live::connection::{ConnectionGuard, Sent, Transport};
+use crate::live::connection::{ConnectionGuard, Ending, Sent, Transport};
 use crate::live::hub::{EventId, REPLAY_WINDOW_MS};
 use actix_web::http::header;
 use actix_web::{web, HttpResponse};
@@ -60,11 +60,11 @@ pub async fn poll(
     // Held until the answer is ready: a waiting poll is a live connection like a stream.
     let _slot = state
         .streams
-        .acquire(&viewer.0.username)
+        .acquire(viewer.0.username())
         .ok_or(ApiError::TooManyStreams(state.streams.max()))?;
     // Every poll after the first carries `after`: that is the transport working, not a reconnect.
     let mut guard = ConnectionGuard::open(state.metrics.clone(), Transport::Poll, false);
-    let kicked = guard.register(&state.cluster.local.registry, &viewer.0.username);
+    let ended = guard.register(&state.cluster.local.registry, viewer.0.grant);
     let mut subscription = state.hub.subscribe();
     let deadline = tokio::time::Instant::now() + timeout;
     let closing = state.hub.closing();
@@ -83,16 +83,24 @@ pub async fn poll(
         }
         tokio::select! {
             _ = tokio::time::sleep_until(deadline) => return Ok(respond(&[])),
-            // A kick, or shutdown: the kick token is a child of `closing`.
-            _ = kicked.cancelled() => {
-                if !closing.is_cancelled() {
-                    guard.set_reason("kicked");
-                }
-                return Ok(respond(&[]));
-            }
+            // Ended by the registry, or shutdown: the token is a child of `closing`.
+            _ = ended.cancelled() => return ended_poll(&mut guard, closing.is_cancelled()),
             _ = subscription.announcements.recv() => {}
             _ = subscription.snapshots.changed() => {}
         }
+    }
+}
+
+/// The answer of a waiting poll that was ended: empty at shutdown or after a kick (the client
+/// polls again), 401 when its credential was revoked or expired (so would the next poll be).
+fn ended_poll(guard: &mut ConnectionGuard, shutdown: bool) -> Result<HttpResponse, ApiError> {
+    let ending = guard.ending().filter(|_| !shutdown);
+    if let Some(ending) = ending {
+        guard.set_reason(ending.label());
+    }
+    match ending {
+        Some(Ending::Revoked | Ending::Expired) => Err(ApiError::Unauthorized),
+        _ => Ok(respond(&[])),
     }
 }
 

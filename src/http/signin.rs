@@ -4,13 +4,13 @@
 //! (`auth::password::Verifier`): beyond that, 503 and "retry in a moment".
 
 use super::error::{html, BUSY_RETRY};
-use super::extract::{authenticate, Credential};
+use super::extract::authenticate;
 use super::proxy::client_address;
 use super::redirect::safe_next;
 use super::{ApiError, AppState};
+use crate::auth::grant::UserState;
 use crate::auth::{
-    password, random_token, same_token, session_key, Role, CSRF_COOKIE, SESSION_COOKIE,
-    SESSION_TTL_MS, TOKEN_TTL_SECS,
+    password, random_token, same_token, session_key, CSRF_COOKIE, SESSION_COOKIE, SESSION_TTL_MS,
 };
 use crate::clock::now_ms;
 use actix_web::cookie::{time, Cookie, SameSite};
@@ -130,8 +130,11 @@ pub async fn login(
             )
         }
     };
-    match check_password(&state, &form.username, &form.password).await {
-        Ok(Some(_role)) => state.auth.sign_in_succeeded(attempt),
+    let user = match check_password(&state, &form.username, &form.password).await {
+        Ok(Some(user)) => {
+            state.auth.sign_in_succeeded(attempt);
+            user
+        }
         Ok(None) => {
             state.auth.sign_in_failed(attempt);
             tracing::info!(user = %form.username, %address, "failed sign-in");
@@ -155,7 +158,7 @@ pub async fn login(
             state.auth.sign_in_withdrawn(attempt);
             return actix_web::ResponseError::error_response(&error);
         }
-    }
+    };
     let session_id = random_token();
     let now = now_ms();
     if let Err(error) = state
@@ -163,6 +166,7 @@ pub async fn login(
         .create_session(
             &session_key(&session_id),
             &form.username,
+            &user.epoch,
             &random_token(),
             now,
             now + SESSION_TTL_MS,
@@ -189,14 +193,16 @@ pub struct LogoutForm {
     csrf: Option<String>,
 }
 
-/// Ends the session (the row is deleted: the cookie is worthless afterwards) and clears it.
+/// Ends the session (the row is deleted: the cookie is worthless afterwards) and clears it;
+/// the connections opened with it end too, here at once and on every other instance when the
+/// fan-out brings them the sign-out.
 pub async fn logout(
     request: HttpRequest,
     form: Option<web::Form<LogoutForm>>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     if let Some(caller) = authenticate(&request, &state).await? {
-        if let Credential::Session { key, csrf } = &caller.credential {
+        if let (Some(key), Some(csrf)) = (caller.session_key(), caller.csrf()) {
             let presented = form
                 .and_then(|f| f.into_inner().csrf)
                 .or_else(|| {
@@ -211,7 +217,9 @@ pub async fn logout(
                 return Err(ApiError::Csrf);
             }
             state.store.delete_session(key).await?;
-            tracing::info!(user = %caller.username, "signed out");
+            let ended = state.cluster.local.registry.end_session(key);
+            state.fanout.send_sign_out(key);
+            tracing::info!(user = %caller.username(), ended, "signed out");
         }
     }
     let mut response = redirect("/login");
@@ -238,8 +246,8 @@ pub async fn token(
         .auth
         .admit_sign_in(&body.username, &address)
         .map_err(ApiError::RateLimited)?;
-    let role = match check_password(&state, &body.username, &body.password).await {
-        Ok(Some(role)) => role,
+    let user = match check_password(&state, &body.username, &body.password).await {
+        Ok(Some(user)) => user,
         Ok(None) => {
             state.auth.sign_in_failed(attempt);
             tracing::info!(user = %body.username, %address, "refused a token request");
@@ -251,28 +259,30 @@ pub async fn token(
         }
     };
     state.auth.sign_in_succeeded(attempt);
+    let ttl = state.auth.token_ttl_secs;
     let token = state
         .auth
         .keys
-        .issue(&body.username, role, now_ms() / 1000, TOKEN_TTL_SECS);
+        .issue(&body.username, user.role, &user.epoch, now_ms() / 1000, ttl);
     Ok(HttpResponse::Ok()
         .insert_header((header::CACHE_CONTROL, "no-store"))
         .json(serde_json::json!({
             "access_token": token,
             "token_type": "Bearer",
-            "expires_in": TOKEN_TTL_SECS,
+            "expires_in": ttl,
         })))
 }
 
-/// The user's role when the password is right. Unknown users cost a verify too.
+/// The user's role and credential epoch when the password is right. Unknown users cost a
+/// verify too.
 async fn check_password(
     state: &AppState,
     username: &str,
     password: &str,
-) -> Result<Option<Role>, ApiError> {
+) -> Result<Option<UserState>, ApiError> {
     let stored = state.store.user_credentials(username).await?;
-    let (hash, role) = match stored {
-        Some((hash, role)) => (hash, Some(role)),
+    let (hash, user) = match stored {
+        Some(stored) => (stored.password_hash, Some(stored.state)),
         None => (password::decoy_hash().to_owned(), None),
     };
     let matches = state
@@ -281,7 +291,7 @@ async fn check_password(
         .verify(password.to_owned(), hash)
         .await
         .map_err(|password::Busy| ApiError::SignInBusy)?;
-    Ok(role.filter(|_| matches))
+    Ok(user.filter(|_| matches))
 }
 
 /// A 303 to `location`; a value that cannot be a header (which `safe_next` never returns) goes

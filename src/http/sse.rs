@@ -13,8 +13,11 @@
 //! (it resumes by `Last-Event-ID`), and one that stops reading entirely is aborted by the
 //! kernel (`TCP_USER_TIMEOUT`, set in `startup`).
 //!
+//! A stream the registry ends (an operator's kick, its credential revoked or expired: see
+//! `live::credentials`) writes a last comment saying why (`: closed: revoked: …`), then ends.
+//!
 //! The body is a hand-written stream so that a wake-up costs a few reads of the feed: its waits
-//! (the feed, a kick, the heartbeat timer) stay registered without a lock, and the
+//! (the feed, an ending, the heartbeat timer) stay registered without a lock, and the
 //! heartbeat timer is moved only when it fires, not at every write.
 
 use super::extract::Viewer;
@@ -71,11 +74,11 @@ pub async fn stream(
     // Before anything is subscribed or sent: a refused stream costs nothing.
     let slot = state
         .streams
-        .acquire(&viewer.0.username)
+        .acquire(viewer.0.username())
         .ok_or(ApiError::TooManyStreams(state.streams.max()))?;
     let mut guard =
         ConnectionGuard::open(state.metrics.clone(), Transport::Sse, resume_text.is_some());
-    guard.register_stream(&state.cluster.local.registry, &viewer.0.username);
+    guard.register_stream(&state.cluster.local.registry, viewer.0.grant);
 
     let feed = request
         .app_data::<WorkerFeed>()
@@ -131,6 +134,7 @@ pub async fn stream(
             last_announcement,
             last_index,
             last_write: now,
+            finished: false,
             state: state.clone(),
             guard,
             _slot: slot,
@@ -141,6 +145,14 @@ pub async fn stream(
         .insert_header((header::CACHE_CONTROL, "no-cache"))
         .insert_header(("X-Accel-Buffering", "no"))
         .streaming(body))
+}
+
+/// What [`StreamState::stopped`] found.
+enum Stop {
+    No,
+    Silently,
+    /// With this last chunk.
+    Saying(Bytes),
 }
 
 pin_project_lite::pin_project! {
@@ -164,6 +176,8 @@ struct StreamState {
     last_announcement: i64,
     last_index: u64,
     last_write: Instant,
+    /// The last chunk (why the server ended it) is written: the next poll ends the body.
+    finished: bool,
     /// `PULSEBOARD_HEARTBEAT_SECS` and the stall timeout (`state.live`), shared by every
     /// stream: two durations less per connection.
     state: web::Data<AppState>,
@@ -201,8 +215,16 @@ impl Stream for SseBody {
         if let Some(opening) = stream.opening.take() {
             return Poll::Ready(Some(Ok(stream.wrote(opening))));
         }
-        if stream.stopped(cx) {
+        if stream.finished {
             return Poll::Ready(None);
+        }
+        match stream.stopped(cx) {
+            Stop::No => {}
+            Stop::Silently => return Poll::Ready(None),
+            Stop::Saying(last) => {
+                stream.finished = true;
+                return Poll::Ready(Some(Ok(last)));
+            }
         }
         loop {
             match stream.feed.announcement(stream.position) {
@@ -252,18 +274,22 @@ impl StreamState {
         chunk
     }
 
-    /// Whether the stream must end now: shutdown, or an operator's kick (the console's
-    /// `connections.kick`), which wakes it.
-    fn stopped(&mut self, cx: &mut Context<'_>) -> bool {
-        let reason = if self.feed.closing() {
-            "shutdown"
-        } else if self.guard.kicked(cx.waker()) {
-            "kicked"
-        } else {
-            return false;
-        };
-        self.guard.set_reason(reason);
-        true
+    /// Whether the stream must end now: at shutdown, or when the registry ends it (an
+    /// operator's kick, its credential revoked or expired), which wakes it; those say why in
+    /// a last comment line.
+    fn stopped(&mut self, cx: &mut Context<'_>) -> Stop {
+        if self.feed.closing() {
+            self.guard.set_reason("shutdown");
+            return Stop::Silently;
+        }
+        match self.guard.ended(cx.waker()) {
+            Some(ending) => {
+                self.guard.set_reason(ending.label());
+                let last = format!(": closed: {}\n\n", ending.explanation());
+                Stop::Saying(Bytes::from(last))
+            }
+            None => Stop::No,
+        }
     }
 
     /// A comment when nothing was written for a heartbeat interval; otherwise the timer is

@@ -1,17 +1,20 @@
 //! Connection accounting for the metrics (docs/api.md, Metrics): open connections by transport,
-//! why each one closed; and the [`Registry`] of this instance's live connections (who, how,
-//! since when), which the console lists and kicks from.
+//! why each one closed; and the [`Registry`] of this instance's live connections (who, with
+//! which credential, how, since when), which the console lists and kicks from, and which ends
+//! the connections whose credential is no longer good (docs/live.md, Ending a connection).
 //!
 //! A connection that registers gets one `Arc`'d entry at open, removed when its guard drops:
-//! nothing is paid per delivery, the stream loops only watch one cancellation token.
+//! nothing is paid per delivery, the stream loops only watch one cancellation token. An entry
+//! is ended at most once, for one [`Ending`]: a kick, its credential revoked, or expired.
 
 use crate::aggregate::Millis;
+use crate::auth::grant::{Grant, GrantKind, Verdict};
 use crate::metrics::Metrics;
 use futures_util::task::AtomicWaker;
 use prometheus::{Histogram, IntCounter};
 use serde::Serialize;
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::Waker;
 use tokio::sync::watch;
@@ -55,6 +58,58 @@ impl Sent {
     }
 }
 
+/// Why the server ends a registered connection before its client leaves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ending {
+    /// An operator's `connections.kick`.
+    Kicked,
+    /// Its credential was revoked: the user removed, their password or role changed, or the
+    /// session signed out.
+    Revoked,
+    /// Its credential (token or session) expired.
+    Expired,
+}
+
+impl Ending {
+    /// In declaration order from 1: an entry's `ending` holds `index + 1`, 0 while it lives.
+    const ALL: [Ending; 3] = [Ending::Kicked, Ending::Revoked, Ending::Expired];
+
+    /// The `reason` of `pulseboard_connections_closed_total`.
+    pub fn label(self) -> &'static str {
+        match self {
+            Ending::Kicked => "kicked",
+            Ending::Revoked => "revoked",
+            Ending::Expired => "expired",
+        }
+    }
+
+    /// What a client is told (a console's close frame, a stream's last comment).
+    pub fn explanation(self) -> &'static str {
+        match self {
+            Ending::Kicked => "kicked",
+            Ending::Revoked => "revoked: the credential is no longer valid; sign in again",
+            Ending::Expired => "expired: the credential expired; sign in again",
+        }
+    }
+
+    /// The ending for a credential that is no longer good; `None` for a good one.
+    pub fn of(verdict: Verdict) -> Option<Ending> {
+        match verdict {
+            Verdict::Good => None,
+            Verdict::Revoked => Some(Ending::Revoked),
+            Verdict::Expired => Some(Ending::Expired),
+        }
+    }
+
+    fn code(self) -> u8 {
+        self as u8 + 1
+    }
+
+    fn from_code(code: u8) -> Option<Ending> {
+        Ending::ALL.get(usize::from(code).checked_sub(1)?).copied()
+    }
+}
+
 /// Counts a connection open while it lives, and closed, with its reason, when dropped.
 ///
 /// The per-message series are resolved once, at open: looking a label set up costs a hash and a
@@ -95,28 +150,38 @@ impl ConnectionGuard {
         }
     }
 
-    /// Lists this connection in `registry` under `user` until it drops; the token it returns
-    /// is cancelled by an operator's kick (the stream then ends with reason `kicked`) or at
-    /// shutdown.
-    pub fn register(&mut self, registry: &Registry, user: &str) -> CancellationToken {
+    /// Lists this connection in `registry` with the credential it was opened with until it
+    /// drops; the token it returns is cancelled when the connection is ended (see
+    /// [`ConnectionGuard::ending`] for why) or at shutdown.
+    pub fn register(&mut self, registry: &Registry, grant: Grant) -> CancellationToken {
         let kick = registry.inner.closing.child_token();
-        self.registration = Some(registry.add(user, self.transport, Some(kick.clone())));
+        self.registration = Some(registry.add(grant, self.transport, Some(kick.clone())));
         kick
     }
 
     /// Lists this connection like [`ConnectionGuard::register`], for a stream that polls
-    /// [`ConnectionGuard::kicked`] instead of waiting on a token (and learns of shutdown
+    /// [`ConnectionGuard::ended`] instead of waiting on a token (and learns of shutdown
     /// elsewhere): no token, no lock, a few bytes less per connection.
-    pub fn register_stream(&mut self, registry: &Registry, user: &str) {
-        self.registration = Some(registry.add(user, self.transport, None));
+    pub fn register_stream(&mut self, registry: &Registry, grant: Grant) {
+        self.registration = Some(registry.add(grant, self.transport, None));
     }
 
-    /// Whether an operator kicked this connection; if not yet, `waker` is woken when one does.
-    pub fn kicked(&self, waker: &Waker) -> bool {
-        self.registration.as_ref().is_some_and(|r| {
-            r.entry.kicked_waker.register(waker);
-            r.entry.kicked.load(Ordering::Acquire)
-        })
+    /// Why this connection was ended, if it was; if not yet, `waker` is woken when it is.
+    pub fn ended(&self, waker: &Waker) -> Option<Ending> {
+        let registration = self.registration.as_ref()?;
+        registration.entry.ending_waker.register(waker);
+        registration.entry.ending()
+    }
+
+    /// Why this connection was ended, if it was.
+    pub fn ending(&self) -> Option<Ending> {
+        self.registration.as_ref()?.entry.ending()
+    }
+
+    /// A handle that ends this connection from elsewhere (a console command that found its
+    /// credential no longer good); `None` when it is not registered.
+    pub fn ender(&self) -> Option<Ender> {
+        Some(Ender(self.registration.as_ref()?.entry.clone()))
     }
 
     /// No other reason was recorded: as far as the server knows, the client left.
@@ -175,15 +240,53 @@ pub struct ConnectionInfo {
 }
 
 struct Entry {
-    user: String,
+    /// The credential it was opened with.
+    grant: Grant,
     transport: Transport,
     since: Millis,
-    /// Cancelled by a kick, and at shutdown (a child of the registry's closing token); `None`
-    /// for a stream registered with [`ConnectionGuard::register_stream`].
+    /// Cancelled when it is ended, and at shutdown (a child of the registry's closing token);
+    /// `None` for a stream registered with [`ConnectionGuard::register_stream`].
     kick: Option<CancellationToken>,
-    /// Set by a kick, which then wakes `kicked_waker`.
-    kicked: AtomicBool,
-    kicked_waker: AtomicWaker,
+    /// 0 while it lives, then its [`Ending`]'s code (set once), which wakes `ending_waker`.
+    ending: AtomicU8,
+    ending_waker: AtomicWaker,
+}
+
+impl Entry {
+    fn ending(&self) -> Option<Ending> {
+        Ending::from_code(self.ending.load(Ordering::Acquire))
+    }
+
+    /// Ends it for `why`, unless it was ended already (the first reason stays); `true` when
+    /// this call ended it.
+    fn end(&self, why: Ending) -> bool {
+        let first = self
+            .ending
+            .compare_exchange(0, why.code(), Ordering::AcqRel, Ordering::Acquire)
+            .is_ok();
+        if first {
+            self.ending_waker.wake();
+            if let Some(kick) = &self.kick {
+                kick.cancel();
+            }
+        }
+        first
+    }
+}
+
+/// Ends one connection from outside its own loop.
+#[derive(Clone)]
+pub struct Ender(Arc<Entry>);
+
+impl Ender {
+    pub fn end(&self, why: Ending) {
+        self.0.end(why);
+    }
+
+    /// Why the connection was ended, if it was.
+    pub fn ending(&self) -> Option<Ending> {
+        self.0.ending()
+    }
 }
 
 /// This instance's live connections. Cloning is shallow.
@@ -227,18 +330,18 @@ impl Registry {
 
     fn add(
         &self,
-        user: &str,
+        grant: Grant,
         transport: Transport,
         kick: Option<CancellationToken>,
     ) -> Registration {
         let number = self.inner.next.fetch_add(1, Ordering::Relaxed);
         let entry = Arc::new(Entry {
-            user: user.to_owned(),
+            grant,
             transport,
             since: crate::clock::now_ms(),
             kick,
-            kicked: AtomicBool::new(false),
-            kicked_waker: AtomicWaker::new(),
+            ending: AtomicU8::new(0),
+            ending_waker: AtomicWaker::new(),
         });
         self.lock().insert(number, entry.clone());
         self.console_changed(transport);
@@ -261,7 +364,7 @@ impl Registry {
             .iter()
             .map(|(number, entry)| ConnectionInfo {
                 id: format!("{}/{number}", self.inner.node),
-                user: entry.user.clone(),
+                user: entry.grant.user.clone(),
                 transport: entry.transport.label().to_owned(),
                 since: crate::clock::rfc3339(entry.since),
             })
@@ -274,7 +377,7 @@ impl Registry {
             .lock()
             .values()
             .filter(|e| e.transport == Transport::Ws)
-            .map(|e| e.user.clone())
+            .map(|e| e.grant.user.clone())
             .collect();
         users.sort();
         users.dedup();
@@ -295,15 +398,35 @@ impl Registry {
         let Some(number) = number else { return false };
         match self.lock().get(&number) {
             Some(entry) => {
-                entry.kicked.store(true, Ordering::Release);
-                entry.kicked_waker.wake();
-                if let Some(kick) = &entry.kick {
-                    kick.cancel();
-                }
+                entry.end(Ending::Kicked);
                 true
             }
             None => false,
         }
+    }
+
+    /// Ends every connection opened with the session whose key hash is `key` (it signed out);
+    /// returns how many.
+    pub fn end_session(&self, key: &str) -> usize {
+        self.lock()
+            .values()
+            .filter(|e| matches!(&e.grant.kind, GrantKind::Session { key: k } if k == key))
+            .filter(|e| e.end(Ending::Revoked))
+            .count()
+    }
+
+    /// Ends every connection whose credential `judge` no longer finds good, each for the
+    /// verdict's reason; returns the user and reason of each one ended.
+    pub fn sweep(&self, judge: impl Fn(&Grant) -> Verdict) -> Vec<(String, Ending)> {
+        let mut ended = Vec::new();
+        for entry in self.lock().values() {
+            if let Some(why) = Ending::of(judge(&entry.grant)) {
+                if entry.end(why) {
+                    ended.push((entry.grant.user.clone(), why));
+                }
+            }
+        }
+        ended
     }
 
     /// Plain map: a panic elsewhere cannot leave it half-changed; no `.await` while held.
@@ -325,20 +448,40 @@ impl Drop for Registration {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::auth::Role;
+
+    fn grant(user: &str, kind: GrantKind) -> Grant {
+        Grant {
+            user: user.into(),
+            role: Role::Operator,
+            epoch: "e1".into(),
+            kind,
+            issued_at: 0,
+            expires_at: Millis::MAX,
+        }
+    }
+
+    fn session(key: &str) -> GrantKind {
+        GrantKind::Session { key: key.into() }
+    }
 
     #[test]
     fn entries_live_as_long_as_their_registration_and_a_kick_finds_only_its_own() {
         let registry = Registry::new("web-1", CancellationToken::new());
         let closing = registry.inner.closing.clone();
-        let sse = registry.add("ada", Transport::Sse, None);
-        let console = registry.add("bob", Transport::Ws, Some(closing.child_token()));
+        let sse = registry.add(grant("ada", GrantKind::Token), Transport::Sse, None);
+        let console = registry.add(
+            grant("bob", GrantKind::Token),
+            Transport::Ws,
+            Some(closing.child_token()),
+        );
         let listed = registry.list();
         assert_eq!(listed.len(), 2);
         assert_eq!(listed[0].id, "web-1/1");
         assert_eq!(registry.operators(), vec!["bob".to_owned()]);
         assert!(!registry.kick("web-2/1"), "another node's id");
         assert!(registry.kick("web-1/1"));
-        assert!(sse.entry.kicked.load(Ordering::Acquire));
+        assert_eq!(sse.entry.ending(), Some(Ending::Kicked));
         let console_kick = console.entry.kick.clone().expect("a token");
         assert!(!console_kick.is_cancelled());
         assert!(registry.kick("web-1/2"));
@@ -347,5 +490,77 @@ mod tests {
         assert!(registry.operators().is_empty());
         drop(sse);
         assert!(registry.list().is_empty());
+    }
+
+    #[test]
+    fn a_sign_out_ends_exactly_the_connections_of_that_session() {
+        let registry = Registry::new("web-1", CancellationToken::new());
+        let closing = registry.inner.closing.clone();
+        let signed_out = registry.add(grant("ada", session("k1")), Transport::Sse, None);
+        let console = registry.add(
+            grant("ada", session("k1")),
+            Transport::Ws,
+            Some(closing.child_token()),
+        );
+        let other_session = registry.add(grant("ada", session("k2")), Transport::Sse, None);
+        let token = registry.add(grant("ada", GrantKind::Token), Transport::Poll, None);
+        assert_eq!(registry.end_session("k1"), 2);
+        assert_eq!(signed_out.entry.ending(), Some(Ending::Revoked));
+        assert!(console
+            .entry
+            .kick
+            .as_ref()
+            .is_some_and(|k| k.is_cancelled()));
+        assert_eq!(other_session.entry.ending(), None);
+        assert_eq!(token.entry.ending(), None);
+        assert_eq!(registry.end_session("k1"), 0, "each is ended once");
+    }
+
+    #[test]
+    fn a_sweep_ends_what_the_judge_refuses_for_its_reason_and_keeps_the_first_reason() {
+        let registry = Registry::new("web-1", CancellationToken::new());
+        let kept = registry.add(grant("ada", GrantKind::Token), Transport::Sse, None);
+        let revoked = registry.add(grant("bob", GrantKind::Token), Transport::Sse, None);
+        let expired = registry.add(grant("cy", session("k")), Transport::Ws, None);
+        let kicked = registry.add(grant("bob", session("k2")), Transport::Sse, None);
+        assert!(registry.kick("web-1/4"));
+        let ended = registry.sweep(|g| match g.user.as_str() {
+            "bob" => Verdict::Revoked,
+            "cy" => Verdict::Expired,
+            _ => Verdict::Good,
+        });
+        assert_eq!(
+            ended,
+            vec![
+                ("bob".to_owned(), Ending::Revoked),
+                ("cy".to_owned(), Ending::Expired)
+            ]
+        );
+        assert_eq!(kept.entry.ending(), None);
+        assert_eq!(revoked.entry.ending(), Some(Ending::Revoked));
+        assert_eq!(expired.entry.ending(), Some(Ending::Expired));
+        assert_eq!(kicked.entry.ending(), Some(Ending::Kicked));
+        assert!(registry
+            .sweep(|_| Verdict::Revoked)
+            .iter()
+            .all(|(u, _)| u == "ada"));
+    }
+
+    #[test]
+    fn an_ending_round_trips_through_its_code() {
+        for ending in Ending::ALL {
+            assert_eq!(Ending::from_code(ending.code()), Some(ending));
+        }
+        assert_eq!(Ending::from_code(0), None);
+        assert_eq!(Ending::from_code(9), None);
+    }
+
+    #[test]
+    fn every_ending_is_a_close_reason_exported_for_every_transport() {
+        for (transport, reasons) in crate::metrics::CLOSE_REASONS {
+            for ending in Ending::ALL {
+                assert!(reasons.contains(&ending.label()), "{transport}: {ending:?}");
+            }
+        }
     }
 }

@@ -6,12 +6,15 @@
 //! - [`hub`]: this instance's latest snapshot and announcement ring, and event ids;
 //! - [`announcement`]: an announcement's fields and rules;
 //! - [`connection`]: per-connection metrics and close reasons, the registry of connections;
+//! - [`credentials`]: the users' credential epochs, and the task that ends the connections
+//!   whose credential is no longer good;
 //! - [`feeds`]: the console's pushes besides snapshots (event tail, audit, presence);
 //! - [`limit`]: the cap on live connections one user may hold (SSE, long-poll, console);
 //! - [`worker_feed`]: one HTTP worker's copy of the hub, which wakes that worker's streams.
 
 pub mod announcement;
 pub mod connection;
+pub mod credentials;
 pub mod feeds;
 pub mod hub;
 pub mod limit;

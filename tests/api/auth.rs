@@ -14,7 +14,7 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// A client that follows no redirect and keeps no cookie: every request says what it sends.
-fn bare_client() -> reqwest::Client {
+pub(crate) fn bare_client() -> reqwest::Client {
     reqwest::Client::builder()
         .redirect(Policy::none())
         .timeout(Duration::from_secs(10))
@@ -24,23 +24,31 @@ fn bare_client() -> reqwest::Client {
 
 /// Creates a user with the real `users add` command; returns their password.
 pub(crate) fn add_user(database: &TestDatabase, name: &str, role: &str) -> String {
+    users_command_with_password(database, &["add", name, "--role", role])
+}
+
+/// Runs `pulseboard users <args> --password-stdin` with a fresh password, which it must not
+/// print; returns the password.
+pub(crate) fn users_command_with_password(database: &TestDatabase, args: &[&str]) -> String {
     let password = test_password();
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_pulseboard"))
-        .args(["users", "add", name, "--role", role, "--password-stdin"])
+        .arg("users")
+        .args(args)
+        .arg("--password-stdin")
         .env("DATABASE_URL", &database.url)
         .env("RUST_LOG", "warn")
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
         .spawn()
-        .expect("users add");
+        .expect("users command");
     child
         .stdin
         .take()
         .expect("stdin")
         .write_all(password.as_bytes())
         .expect("password");
-    let output = child.wait_with_output().expect("users add output");
-    assert!(output.status.success(), "users add {name}");
+    let output = child.wait_with_output().expect("users command output");
+    assert!(output.status.success(), "users {args:?}");
     assert!(!String::from_utf8_lossy(&output.stdout).contains(&password));
     password
 }
@@ -59,12 +67,12 @@ fn hidden_csrf(html: &str) -> String {
 }
 
 /// A browser session: its cookie and the CSRF token its pages carry.
-struct Session {
-    cookie: String,
-    csrf: String,
+pub(crate) struct Session {
+    pub cookie: String,
+    pub csrf: String,
 }
 
-async fn sign_in(service: &Service, user: &str, password: &str) -> Session {
+pub(crate) async fn sign_in(service: &Service, user: &str, password: &str) -> Session {
     let client = bare_client();
     let page = client
         .get(service.url("/login"))
@@ -365,13 +373,32 @@ async fn expired_tampered_and_foreign_tokens_are_refused_and_tokens_work_across_
     );
 
     let secret = stored_secret(&database.url).await;
+    let epoch = stored_text(
+        &database.url,
+        "SELECT credential_epoch FROM users WHERE username = 'admin'",
+    )
+    .await;
     let now = chrono::Utc::now().timestamp();
-    let claims =
-        |exp: i64| json!({"sub": "admin", "role": "operator", "iat": now - 100, "exp": exp});
+    let claims = |exp: i64| json!({"sub": "admin", "role": "operator", "epoch": epoch, "iat": now - 100, "exp": exp});
     assert_eq!(
         status_with_token(&first, &sign(&claims(now + 60), &secret)).await,
         200,
         "well made"
+    );
+    // Made before tokens named the user's credential epoch (docs/security.md, Revocation).
+    let without_epoch =
+        json!({"sub": "admin", "role": "operator", "iat": now - 100, "exp": now + 60});
+    assert_eq!(
+        status_with_token(&first, &sign(&without_epoch, &secret)).await,
+        401,
+        "no epoch"
+    );
+    let mut other_epoch = claims(now + 60);
+    other_epoch["epoch"] = json!("0123456789abcdef0123456789abcdef");
+    assert_eq!(
+        status_with_token(&first, &sign(&other_epoch, &secret)).await,
+        401,
+        "another epoch"
     );
     assert_eq!(
         status_with_token(&first, &sign(&claims(now - 1), &secret)).await,
@@ -404,16 +431,25 @@ async fn expired_tampered_and_foreign_tokens_are_refused_and_tokens_work_across_
 }
 
 async fn stored_secret(database_url: &str) -> String {
+    stored_text(
+        database_url,
+        "SELECT value FROM settings WHERE name = 'secret'",
+    )
+    .await
+}
+
+/// The one text value `query` selects from the PostgreSQL database at `database_url`.
+async fn stored_text(database_url: &str, query: &str) -> String {
     use sqlx::{Connection, Row};
     let mut connection = sqlx::PgConnection::connect(database_url)
         .await
         .expect("connect");
-    sqlx::query("SELECT value FROM settings WHERE name = 'secret'")
+    sqlx::query(query)
         .fetch_one(&mut connection)
         .await
-        .expect("secret row")
+        .expect("row")
         .try_get(0)
-        .expect("secret")
+        .expect("text")
 }
 
 #[tokio::test]
@@ -543,7 +579,7 @@ async fn the_tenth_wrong_password_in_a_minute_is_throttled_and_the_right_one_wor
 }
 
 /// The status line of a raw WebSocket upgrade request, and what followed it.
-async fn raw_upgrade(service: &Service, query: &str, origin: Option<&str>) -> String {
+pub(crate) async fn raw_upgrade(service: &Service, query: &str, origin: Option<&str>) -> String {
     let address = service.base_url.trim_start_matches("http://").to_owned();
     let mut stream = tokio::net::TcpStream::connect(&address)
         .await

@@ -11,7 +11,7 @@ use serde_json::{json, Value};
 use std::time::Duration;
 
 /// Two instances on one PostgreSQL database and broker; (leader, follower).
-async fn two_instances(database: &TestDatabase, names: &Names) -> (Service, Service) {
+pub(crate) async fn two_instances(database: &TestDatabase, names: &Names) -> (Service, Service) {
     let first = Service::start(&ServiceConfig::new(database, names, "node-a")).await;
     let second = Service::start(&ServiceConfig::new(database, names, "node-b")).await;
     let leader = first
@@ -159,14 +159,13 @@ async fn a_stream_on_one_instance_is_listed_and_kicked_from_the_other_and_resume
     }
     assert!(ended, "the kicked stream ended");
     let metrics = holder.get("/metrics").await.text().await.expect("metrics");
-    assert!(
-        metrics
-            .lines()
-            .any(|l| l.starts_with("pulseboard_connections_closed_total")
-                && l.contains(r#"reason="kicked""#)
-                && l.contains(r#"transport="sse""#)),
-        "kicked is counted"
+    // Every reason is exported at 0 from the start: the count is what tells.
+    let kicked_sse = crate::helpers::metric_sum(
+        &metrics,
+        "pulseboard_connections_closed_total",
+        r#"reason="kicked",transport="sse""#,
     );
+    assert_eq!(kicked_sse, 1, "kicked is counted");
     // It resumes by Last-Event-ID.
     let mut resumed =
         SseClient::connect(&holder, "/api/dashboard/stream", first.id.as_deref()).await;
@@ -185,13 +184,7 @@ async fn a_stream_on_one_instance_is_listed_and_kicked_from_the_other_and_resume
     // A console and a waiting long-poll on the other node are kicked the same way: the console
     // is closed with 1008, the long-poll answered at once (not at its 25 s timeout).
     let mut target = Console::open(&holder, holder.token()).await;
-    let (_, current) = holder.get_json("/api/dashboard/poll?timeout=1").await;
-    let newest = current["events"]
-        .as_array()
-        .and_then(|events| events.last())
-        .and_then(|event| event["id"].as_str())
-        .expect("the current snapshot's id")
-        .to_owned();
+    let newest = crate::helpers::current_event_id(&holder, holder.token()).await;
     let waiting = reqwest::Client::new()
         .get(holder.url(&format!("/api/dashboard/poll?after={newest}&timeout=25")))
         .bearer_auth(holder.token())
@@ -240,14 +233,12 @@ async fn a_stream_on_one_instance_is_listed_and_kicked_from_the_other_and_resume
     );
     let metrics = holder.get("/metrics").await.text().await.expect("metrics");
     for transport in ["ws", "poll"] {
-        assert!(
-            metrics.lines().any(|l| {
-                l.starts_with("pulseboard_connections_closed_total")
-                    && l.contains(r#"reason="kicked""#)
-                    && l.contains(&format!(r#"transport="{transport}""#))
-            }),
-            "a kicked {transport} is counted"
+        let kicked = crate::helpers::metric_sum(
+            &metrics,
+            "pulseboard_connections_closed_total",
+            &format!(r#"reason="kicked",transport="{transport}""#),
         );
+        assert_eq!(kicked, 1, "a kicked {transport} is counted");
     }
 }
 

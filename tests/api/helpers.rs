@@ -180,6 +180,26 @@ impl Broker {
     }
 }
 
+/// The id of `service`'s current snapshot (a long-poll without `after`, with `token`): a
+/// long-poll after it waits for something newer.
+pub async fn current_event_id(service: &Service, token: &str) -> String {
+    let current: serde_json::Value = reqwest::Client::new()
+        .get(service.url("/api/dashboard/poll?timeout=1"))
+        .bearer_auth(token)
+        .send()
+        .await
+        .expect("poll")
+        .json()
+        .await
+        .expect("json");
+    current["events"]
+        .as_array()
+        .and_then(|events| events.last())
+        .and_then(|event| event["id"].as_str())
+        .expect("the current snapshot's id")
+        .to_owned()
+}
+
 /// An event body (docs/events.md).
 pub fn event(id: &str, kind: &str, seconds_ago: i64, user: &str, amount: Option<i64>) -> Vec<u8> {
     let occurred_at = chrono::Utc::now() - chrono::Duration::seconds(seconds_ago);

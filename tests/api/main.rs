@@ -31,6 +31,7 @@ mod outage;
 mod private_services;
 mod proxy;
 mod resume;
+mod revocation;
 mod sse_client;
 mod too_many_clients;
 mod traffic;
