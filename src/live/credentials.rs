@@ -66,13 +66,16 @@ impl CredentialWatch {
     pub async fn check_fresh(&self, grant: &Grant) -> Verdict {
         match self.judged_by_store(grant).await {
             Some(verdict) => verdict,
-            None => self.known().judge(grant, now_ms()),
+            None => self.judge(grant),
         }
     }
 
-    /// The table's verdict alone: what a console's own loop checks, without waiting.
+    /// The table's verdict alone: what a console's own loop checks, without waiting. A table
+    /// read before the grant was made (a user added, a token issued, in the last moments)
+    /// cannot revoke it: it may not know the user yet. The sweep after the next read judges
+    /// such a grant by the database.
     pub fn judge(&self, grant: &Grant) -> Verdict {
-        self.known().judge(grant, now_ms())
+        doubtful_as_good(&self.known(), grant, now_ms())
     }
 
     /// `None` when the database cannot say.
@@ -111,7 +114,39 @@ impl CredentialWatch {
         });
         let known = self.known();
         let now = now_ms();
-        for (user, why) in self.registry.sweep(|grant| known.judge(grant, now)) {
+        // Grants the table would revoke but may predate are set aside, judged by the database,
+        // then swept by that verdict alone.
+        let doubtful = std::sync::Mutex::new(Vec::new());
+        let mut ended = self.registry.sweep(|grant| {
+            let verdict = known.judge(grant, now);
+            if verdict == Verdict::Revoked && known.may_predate(grant) {
+                doubtful
+                    .lock()
+                    .unwrap_or_else(|poisoned| poisoned.into_inner())
+                    .push(grant.clone());
+                return Verdict::Good;
+            }
+            verdict
+        });
+        let doubtful = doubtful.into_inner().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut decided: Vec<(Grant, Verdict)> = Vec::new();
+        for grant in doubtful {
+            if decided.iter().any(|(seen, _)| *seen == grant) {
+                continue;
+            }
+            // The database failing cannot revoke either.
+            let verdict = self.judged_by_store(&grant).await.unwrap_or(Verdict::Good);
+            decided.push((grant, verdict));
+        }
+        if decided.iter().any(|(_, verdict)| *verdict != Verdict::Good) {
+            ended.extend(self.registry.sweep(|grant| {
+                decided
+                    .iter()
+                    .find(|(seen, _)| seen == grant)
+                    .map_or(Verdict::Good, |(_, verdict)| *verdict)
+            }));
+        }
+        for (user, why) in ended {
             tracing::info!(%user, reason = why.label(), "ended a connection: its credential is no longer good");
         }
         read
@@ -142,6 +177,14 @@ impl CredentialWatch {
                 _ => {}
             }
         }
+    }
+}
+
+/// The table's verdict, but good where the table may predate the grant and would revoke it.
+fn doubtful_as_good(known: &KnownUsers, grant: &Grant, now: i64) -> Verdict {
+    match known.judge(grant, now) {
+        Verdict::Revoked if known.may_predate(grant) => Verdict::Good,
+        verdict => verdict,
     }
 }
 
