@@ -128,7 +128,9 @@ impl CredentialWatch {
             }
             verdict
         });
-        let doubtful = doubtful.into_inner().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let doubtful = doubtful
+            .into_inner()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         let mut decided: Vec<(Grant, Verdict)> = Vec::new();
         for grant in doubtful {
             if decided.iter().any(|(seen, _)| *seen == grant) {
