@@ -175,7 +175,10 @@ impl Application {
             _ = tokio::time::sleep(self.drain) => {}
             _ = wait_for_signal() => tracing::info!("second signal: drain cut short"),
         }
-        handle.pause().await;
+        // The stop closes the listeners at once (the command is sent now): a client that
+        // reconnects from here is refused, so a proxy moves it to another instance at once,
+        // instead of leaving it in the listen backlog of a paused listener until this exits.
+        let stopped = handle.stop(true);
         // End the live streams before the graceful stop, or it would wait for them to time out.
         self.hub.close();
         self.shutdown.cancel();
@@ -185,7 +188,7 @@ impl Application {
             }
         };
         let stop = async {
-            tokio::join!(handle.stop(true), tasks);
+            tokio::join!(stopped, tasks);
             let _ = server.await;
             self.store.close().await;
         };
