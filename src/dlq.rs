@@ -13,12 +13,12 @@
 //! else: peek shows it as unreadable and stops there, replay stops before it and says so, and
 //! purge, which reads no message, drops it with the rest.
 
-use crate::rabbitmq::{close, connect, is_unreadable, BrokerError, Topology};
-use lapin::options::{
-    BasicAckOptions, BasicGetOptions, BasicNackOptions, BasicPublishOptions, ConfirmSelectOptions,
-    QueuePurgeOptions,
+use crate::rabbitmq::{
+    close, connect, cut_at_char, is_unreadable, publish_routed, BrokerError, Routed, Topology,
 };
-use lapin::publisher_confirm::Confirmation;
+use lapin::options::{
+    BasicAckOptions, BasicGetOptions, BasicNackOptions, ConfirmSelectOptions, QueuePurgeOptions,
+};
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Channel, Connection};
 use serde::Serialize;
@@ -217,24 +217,19 @@ async fn republish(
     exchange: &str,
     delivery: &lapin::message::Delivery,
 ) -> Result<(), DlqError> {
-    let confirm = channel
-        .basic_publish(
-            exchange,
-            delivery.routing_key.as_str(),
-            BasicPublishOptions {
-                mandatory: true,
-                ..Default::default()
-            },
-            &delivery.data,
-            replay_properties(&delivery.properties),
-        )
-        .await?
-        .await?;
-    match confirm {
-        Confirmation::Ack(None) => Ok(()),
-        Confirmation::Ack(Some(_)) => Err(DlqError::NotRouted("no queue is bound for its key")),
-        Confirmation::Nack(_) => Err(DlqError::NotRouted("refused")),
-        Confirmation::NotRequested => Err(DlqError::NotRouted("no confirm")),
+    let routed = publish_routed(
+        channel,
+        exchange,
+        delivery.routing_key.as_str(),
+        &delivery.data,
+        replay_properties(&delivery.properties),
+    )
+    .await?;
+    match routed {
+        Routed::Taken => Ok(()),
+        Routed::Unroutable => Err(DlqError::NotRouted("no queue is bound for its key")),
+        Routed::Refused => Err(DlqError::NotRouted("refused")),
+        Routed::Unconfirmed => Err(DlqError::NotRouted("no confirm")),
     }
 }
 
@@ -315,11 +310,7 @@ pub fn preview(body: &[u8]) -> (String, bool) {
     if text.len() <= BODY_PREVIEW_BYTES {
         return (text.into_owned(), body.len() > BODY_PREVIEW_BYTES);
     }
-    let mut end = BODY_PREVIEW_BYTES;
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    (text[..end].to_owned(), true)
+    (cut_at_char(&text, BODY_PREVIEW_BYTES).to_owned(), true)
 }
 
 #[cfg(test)]

@@ -473,23 +473,63 @@ pub async fn reject_unreadable_head(
     outcome
 }
 
-/// Publishes a copy of a readable `delivery` to `exchange` under its routing key, and waits
-/// for the broker's confirm.
+/// Whether the broker took a message published with [`publish_routed`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Routed {
+    /// Routed to a queue and confirmed.
+    Taken,
+    /// No queue is bound for its key (returned).
+    Unroutable,
+    /// Refused by the broker (nack).
+    Refused,
+    /// The channel is not in confirm mode.
+    Unconfirmed,
+}
+
+/// Publishes `body` to `exchange` under `routing_key`, `mandatory`, on a channel in confirm
+/// mode, and waits for the broker's verdict: only [`Routed::Taken`] means a queue has it.
+pub async fn publish_routed(
+    channel: &Channel,
+    exchange: &str,
+    routing_key: &str,
+    body: &[u8],
+    properties: BasicProperties,
+) -> Result<Routed, lapin::Error> {
+    let mandatory = BasicPublishOptions {
+        mandatory: true,
+        ..Default::default()
+    };
+    let confirm = channel
+        .basic_publish(exchange, routing_key, mandatory, body, properties)
+        .await?
+        .await?;
+    Ok(match confirm {
+        Confirmation::Ack(None) => Routed::Taken,
+        Confirmation::Ack(Some(_)) => Routed::Unroutable,
+        Confirmation::Nack(_) => Routed::Refused,
+        Confirmation::NotRequested => Routed::Unconfirmed,
+    })
+}
+
+/// Publishes a copy of a readable `delivery` to `exchange` under its routing key; `Ok` only
+/// once a queue has it.
 async fn put_back(
     channel: &Channel,
     exchange: &str,
     delivery: &lapin::message::Delivery,
 ) -> Result<(), BrokerError> {
-    let confirm = channel
-        .basic_publish(
-            exchange,
-            delivery.routing_key.as_str(),
-            BasicPublishOptions::default(),
-            &delivery.data,
-            delivery.properties.clone(),
-        )
-        .await?;
-    confirmed(confirm).await
+    let routed = publish_routed(
+        channel,
+        exchange,
+        delivery.routing_key.as_str(),
+        &delivery.data,
+        delivery.properties.clone(),
+    )
+    .await?;
+    match routed {
+        Routed::Taken => Ok(()),
+        _ => Err(BrokerError::DeadLetterRefused),
+    }
 }
 
 /// How long [`reject_unreadable_head`] waits for the get's answer.
@@ -634,7 +674,7 @@ const CONTENT_HEADER_ROOM: usize = 256;
 const MAX_REASON_BYTES: usize = 512;
 
 /// The longest start of `text` within `limit` bytes that ends on a character boundary.
-fn cut_at_char(text: &str, limit: usize) -> &str {
+pub fn cut_at_char(text: &str, limit: usize) -> &str {
     if text.len() <= limit {
         return text;
     }
