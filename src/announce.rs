@@ -2,7 +2,7 @@
 //! `announce`: stored first, then handed to this instance's hub and fanned out to the others.
 
 use crate::aggregate::Millis;
-use crate::fanout::FanoutSender;
+use crate::core::outbox::FanoutSender;
 use crate::live::{Announcement, Hub, Level};
 use crate::store::{Store, StoreError};
 

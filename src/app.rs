@@ -1,45 +1,28 @@
-//! The application state: everything a request handler or a console session may use, built
-//! once by `startup` and passed in (no globals beyond the metrics registry). It sits below the
-//! transports (`http`, `console`), which read it, and above everything they read through it.
+//! The application state: the core and the transports' settings, everything a request
+//! handler or a console session may use, built once by `startup` and passed in (no globals
+//! beyond the metrics registry). It sits below the transports (`http`, `console`), which read
+//! it, and above everything they read through it.
 
-use crate::control::Cluster;
-use crate::fanout::FanoutSender;
-use crate::live::credentials::CredentialWatch;
-use crate::live::Hub;
-use crate::metrics::Metrics;
+use crate::core::Core;
 use crate::rabbitmq::Topology;
-use crate::status::StatusCell;
-use crate::store::Store;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::mpsc;
 
-/// Everything a request handler may use.
+/// Everything a request handler or console session may use: the core, and the settings of
+/// the transports.
 pub struct AppState {
-    pub node: String,
+    /// This instance's shared state (hub, registry, feeds, status, metrics, fan-out, store).
+    pub core: Arc<Core>,
     pub auth: crate::auth::AuthState,
-    /// Whether a credential is still good (the users' epochs, kept current; it also ends the
-    /// connections whose credential is not).
-    pub credentials: Arc<CredentialWatch>,
-    pub store: Store,
-    pub hub: Hub,
-    pub status: Arc<StatusCell>,
-    pub metrics: Arc<Metrics>,
     /// `PULSEBOARD_METRICS_TOKEN`: the bearer token `/metrics` asks for, when set.
     pub metrics_token: Option<secrecy::SecretString>,
     pub live: LiveSettings,
-    pub fanout: FanoutSender,
-    /// Asks this instance's leader loop for a snapshot at its next tick.
-    pub refresh: mpsc::Sender<()>,
-    /// How often each user may ask for one (`POST /api/dashboard/refresh`).
+    /// How often each user may ask for a snapshot (`POST /api/dashboard/refresh`).
     pub refresh_limit: crate::live::limit::RefreshLimiter,
     /// `PULSEBOARD_TRUST_PROXY`: believe `X-Forwarded-*` (see `http::proxy`).
     pub trust_proxy: bool,
     /// `PULSEBOARD_MAX_STREAMS_PER_USER`: live connections per user on this instance.
     pub streams: crate::live::limit::StreamLimiter,
-    /// The cluster as the console sees it: this instance's connections (`cluster.local.registry`,
-    /// which every live connection registers with), the other instances, the console's feeds.
-    pub cluster: Arc<Cluster>,
     /// Where the console reaches RabbitMQ for the dead-letter commands.
     pub broker: BrokerSettings,
     /// Cancelled when shutdown begins: `/readyz` answers 503 from then on, while everything

@@ -8,14 +8,10 @@
 //! [`BEACON_EVERY`]), so one that stops answering is listed as `unreachable` instead of
 //! missing. No transport and no broker here.
 
-use crate::live::connection::{ConnectionInfo, Registry};
-use crate::live::feeds::ConsoleFeeds;
-use crate::live::Hub;
-use crate::metrics::Metrics;
-use crate::status::StatusCell;
+use crate::live::connection::ConnectionInfo;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 
@@ -92,70 +88,13 @@ pub struct Present {
     pub node: String,
 }
 
-/// This instance, as it answers the others.
-pub struct LocalNode {
-    pub node: String,
-    pub status: Arc<StatusCell>,
-    pub metrics: Arc<Metrics>,
-    pub registry: Registry,
-    pub hub: Hub,
-}
-
-impl LocalNode {
-    pub fn report(&self) -> NodeStatus {
-        let status = self.status.get();
-        let connections = ["sse", "ws", "poll"]
-            .iter()
-            .map(|t| {
-                let open = self.metrics.connections.with_label_values(&[*t]).get();
-                ((*t).to_owned(), open)
-            })
-            .collect();
-        let ingest = self
-            .hub
-            .latest_frame()
-            .map(|f| f.snapshot.ingest.state.as_str().to_owned());
-        NodeStatus {
-            node: self.node.clone(),
-            state: "ok".into(),
-            is_leader: status.ingest.is_leader,
-            leader: status.ingest.leader,
-            ingest,
-            queue_depth: status.fanout.queue_depth,
-            dead_letters: status.fanout.dead_letters,
-            connections,
-        }
-    }
-
-    pub fn answer(&self, request: &Request) -> Answer {
-        match request {
-            Request::Status => Answer::Status(self.report()),
-            Request::Connections => Answer::Connections {
-                connections: self.registry.list(),
-            },
-            Request::Kick { id } => Answer::Kick {
-                kicked: self.registry.kick(id),
-            },
-        }
-    }
-
-    pub fn beacon(&self) -> Beacon {
-        Beacon {
-            node: self.node.clone(),
-            operators: self.registry.operators(),
-            leaving: false,
-        }
-    }
-}
-
 /// Answers on their way to one asker.
 pub type AnswerSender = mpsc::Sender<(String, Answer)>;
 
-/// What this instance knows of the cluster. Shared by `fanout` (which feeds it) and the console
-/// (which asks).
+/// What this instance knows of the other instances: their beacons, and the questions it
+/// waits for answers to. Fed by `fanout`, asked by the console (through `core::Core`).
+#[derive(Default)]
 pub struct Cluster {
-    pub local: LocalNode,
-    pub feeds: ConsoleFeeds,
     /// Other instances by name: when their last beacon came, and their operators.
     others: Mutex<HashMap<String, (Instant, Vec<String>)>>,
     /// Questions waiting for answers, by correlation id.
@@ -163,29 +102,14 @@ pub struct Cluster {
 }
 
 impl Cluster {
-    pub fn new(local: LocalNode, feeds: ConsoleFeeds) -> Cluster {
-        Cluster {
-            local,
-            feeds,
-            others: Mutex::default(),
-            pending: Mutex::default(),
-        }
-    }
-
-    /// Records another instance's beacon; refreshes presence when it changed.
+    /// Records another instance's beacon (or, when it is leaving, forgets it at once).
     pub fn saw(&self, beacon: Beacon) {
-        if beacon.node == self.local.node {
-            return;
+        let mut others = lock(&self.others);
+        if beacon.leaving {
+            others.remove(&beacon.node);
+        } else {
+            others.insert(beacon.node, (Instant::now(), beacon.operators));
         }
-        {
-            let mut others = lock(&self.others);
-            if beacon.leaving {
-                others.remove(&beacon.node);
-            } else {
-                others.insert(beacon.node, (Instant::now(), beacon.operators));
-            }
-        }
-        self.refresh_presence();
     }
 
     /// Other instances heard from lately, by name.
@@ -197,18 +121,9 @@ impl Cluster {
         nodes
     }
 
-    /// Every operator with a console open on an instance heard from lately.
-    pub fn presence(&self) -> Vec<Present> {
-        let mut present: Vec<Present> = self
-            .local
-            .registry
-            .operators()
-            .into_iter()
-            .map(|user| Present {
-                user,
-                node: self.local.node.clone(),
-            })
-            .collect();
+    /// The operators with a console open on an instance heard from lately.
+    pub fn present_elsewhere(&self) -> Vec<Present> {
+        let mut present = Vec::new();
         for (node, (seen, operators)) in lock(&self.others).iter() {
             if seen.elapsed() < PRESENT_WITHIN {
                 present.extend(operators.iter().map(|user| Present {
@@ -217,21 +132,7 @@ impl Cluster {
                 }));
             }
         }
-        present.sort();
         present
-    }
-
-    /// Pushes presence to this instance's consoles if it changed.
-    pub fn refresh_presence(&self) {
-        let payload = serde_json::json!({ "operators": self.presence() }).to_string();
-        self.feeds.presence.send_if_modified(|current| {
-            if **current == *payload {
-                false
-            } else {
-                *current = Arc::from(payload.as_str());
-                true
-            }
-        });
     }
 
     /// Registers a question; answers to `correlation` go to the returned receiver until
@@ -265,46 +166,35 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 mod tests {
     use super::*;
 
-    fn cluster() -> Cluster {
-        let local = LocalNode {
-            node: "a".into(),
-            status: Arc::default(),
-            metrics: Arc::new(Metrics::new("a").expect("metrics")),
-            registry: Registry::new("a", tokio_util::sync::CancellationToken::new()),
-            hub: Hub::new(0),
-        };
-        Cluster::new(local, ConsoleFeeds::default())
-    }
-
     #[test]
     fn beacons_make_nodes_known_and_operators_present_until_they_leave() {
-        let cluster = cluster();
-        let mut presence = cluster.feeds.presence.subscribe();
+        let cluster = Cluster::default();
         cluster.saw(Beacon {
             node: "b".into(),
             operators: vec!["ops".into()],
             leaving: false,
         });
         assert_eq!(cluster.other_nodes(), vec!["b".to_owned()]);
-        assert!(presence.has_changed().unwrap_or(false));
-        assert!(presence.borrow_and_update().contains(r#""user":"ops""#));
+        assert_eq!(
+            cluster.present_elsewhere(),
+            vec![Present {
+                user: "ops".into(),
+                node: "b".into()
+            }]
+        );
         cluster.saw(Beacon {
             node: "b".into(),
             operators: vec![],
             leaving: true,
         });
         assert!(cluster.other_nodes().is_empty());
-        assert!(cluster.presence().is_empty());
+        assert!(cluster.present_elsewhere().is_empty());
     }
 
     #[test]
-    fn requests_and_answers_keep_their_wire_shape() {
+    fn requests_keep_their_wire_shape() {
         let request: Request =
             serde_json::from_str(r#"{"request":"kick","id":"a/1"}"#).expect("request");
         assert_eq!(request, Request::Kick { id: "a/1".into() });
-        let cluster = cluster();
-        let answer = cluster.local.answer(&Request::Status);
-        let text = serde_json::to_string(&answer).expect("json");
-        assert_eq!(serde_json::from_str::<Answer>(&text).expect("back"), answer);
     }
 }

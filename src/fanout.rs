@@ -26,12 +26,12 @@
 pub mod seal;
 
 use crate::clock::now_ms;
-use crate::control::{Answer, Beacon, Cluster, Request, BEACON_EVERY};
-use crate::live::{Announcement, Hub, Snapshot, SnapshotFrame};
-use crate::metrics::Metrics;
+use crate::control::{Answer, Beacon, Request, BEACON_EVERY};
+use crate::core::outbox::{Outgoing, SignOut};
+use crate::core::Core;
+use crate::live::{Announcement, Snapshot, SnapshotFrame};
 use crate::rabbitmq::{bind_private_queue, connect, BrokerError, Topology};
 use crate::retry::Backoff;
-use crate::status::StatusCell;
 use crate::store::{Store, StoreError};
 use futures_util::StreamExt;
 use lapin::options::{BasicConsumeOptions, BasicPublishOptions};
@@ -50,123 +50,20 @@ const DEPTH_POLL: Duration = Duration::from_secs(2);
 /// At most one log line per interval about refused messages (the counter has them all).
 pub const REJECTION_LOG_EVERY: Duration = Duration::from_secs(10);
 
-/// What this instance tells the others.
-#[derive(Debug)]
-pub enum Outgoing {
-    Snapshot(Arc<SnapshotFrame>),
-    Announcement(Announcement),
-    Refresh,
-    /// A question to every instance; answers come back to this instance's queue.
-    Request {
-        correlation: String,
-        request: Request,
-    },
-    /// A console command's audit row, JSON: every console subscribed to `audit` gets it.
-    Audit(Arc<str>),
-    /// A sampled accepted event, JSON: every console subscribed to `events` gets it.
-    Event(Arc<str>),
-    /// A browser session signed out (its key hash): every instance ends its connections.
-    SignOut(SignOut),
-}
-
-/// The body of a `sign_out` message.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct SignOut {
-    /// The session's key hash, as stored (`auth::session_key`): 64 lower-case hex digits.
-    pub session: String,
-}
-
-impl SignOut {
-    fn well_formed(&self) -> bool {
-        self.session.len() == 64
-            && self
-                .session
-                .bytes()
-                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-    }
-}
-
-impl Outgoing {
-    fn kind(&self) -> &'static str {
-        match self {
-            Outgoing::Snapshot(_) => "snapshot",
-            Outgoing::Announcement(_) => "announcement",
-            Outgoing::Refresh => "refresh",
-            Outgoing::Request { .. } => "request",
-            Outgoing::Audit(_) => "audit",
-            Outgoing::Event(_) => "event",
-            Outgoing::SignOut(_) => "sign_out",
-        }
-    }
-}
-
-#[derive(Clone)]
-pub struct FanoutSender(mpsc::Sender<Outgoing>);
-
-impl FanoutSender {
-    pub fn channel() -> (FanoutSender, mpsc::Receiver<Outgoing>) {
-        let (sender, receiver) = mpsc::channel(64);
-        (FanoutSender(sender), receiver)
-    }
-
-    pub fn send(&self, frame: Arc<SnapshotFrame>) {
-        let _ = self.0.try_send(Outgoing::Snapshot(frame));
-    }
-
-    pub fn send_announcement(&self, announcement: Announcement) {
-        let _ = self.0.try_send(Outgoing::Announcement(announcement));
-    }
-
-    /// Asks whichever instance leads to publish a snapshot now.
-    pub fn request_refresh(&self) {
-        let _ = self.0.try_send(Outgoing::Refresh);
-    }
-
-    /// Asks every instance (this one included); `false` when the queue to the broker is full.
-    pub fn send_request(&self, correlation: String, request: Request) -> bool {
-        self.0
-            .try_send(Outgoing::Request {
-                correlation,
-                request,
-            })
-            .is_ok()
-    }
-
-    pub fn send_audit(&self, row: Arc<str>) {
-        let _ = self.0.try_send(Outgoing::Audit(row));
-    }
-
-    pub fn send_event(&self, event: Arc<str>) {
-        let _ = self.0.try_send(Outgoing::Event(event));
-    }
-
-    /// Tells every instance that the session with key hash `key` signed out.
-    pub fn send_sign_out(&self, key: &str) {
-        let sign_out = SignOut {
-            session: key.to_owned(),
-        };
-        if self.0.try_send(Outgoing::SignOut(sign_out)).is_err() {
-            tracing::warn!("the fan-out queue is full: other instances end this session's connections only at their next request");
-        }
-    }
-}
-
-pub struct FanoutContext {
+/// What the fan-out needs besides the core, fixed at start.
+pub struct FanoutSettings {
     pub amqp_url: secrecy::SecretString,
-    pub node: String,
     pub topology: Topology,
-    pub hub: Hub,
-    pub status: Arc<StatusCell>,
-    pub metrics: Arc<Metrics>,
-    pub store: Store,
-    /// The leader loop's refresh requests (read only while this instance leads).
-    pub refresh: mpsc::Sender<()>,
-    /// What this instance knows of the others, and answers them.
-    pub cluster: Arc<Cluster>,
     /// Seals what this instance sends and checks what it receives.
     pub seal: SealKey,
     /// How far a message's nonce may be from this instance's clock (`PULSEBOARD_FANOUT_WINDOW_SECS`).
     pub window: Duration,
+}
+
+/// The core and the settings, as every part of the link reads them.
+struct FanoutContext {
+    core: Arc<Core>,
+    settings: FanoutSettings,
 }
 
 /// What the link keeps across reconnects to seal and check messages.
@@ -181,9 +78,9 @@ struct Seals {
 impl Seals {
     fn new(context: &FanoutContext) -> Seals {
         Seals {
-            key: context.seal.clone(),
+            key: context.settings.seal.clone(),
             nonces: NonceClock::default(),
-            freshness: Freshness::new(context.window),
+            freshness: Freshness::new(context.settings.window),
             log: LogGate::new(REJECTION_LOG_EVERY),
             ceiling: SeqCeiling::default(),
         }
@@ -192,20 +89,26 @@ impl Seals {
 
 /// Runs until `shutdown`, reconnecting after every failure.
 pub async fn run(
-    context: FanoutContext,
+    core: Arc<Core>,
+    settings: FanoutSettings,
     mut outgoing: mpsc::Receiver<Outgoing>,
     shutdown: CancellationToken,
 ) {
+    let context = FanoutContext { core, settings };
     let mut backoff = Backoff::new(Duration::from_millis(250), Duration::from_secs(10));
     let seals = Seals::new(&context);
     while !shutdown.is_cancelled() {
         let result = session(&context, &seals, &mut outgoing, &shutdown, &mut backoff).await;
-        context.status.update_fanout(|s| s.link.connected = false);
+        context
+            .core
+            .status
+            .update_fanout(|s| s.link.connected = false);
         match result {
             Ok(()) => break,
             Err(error) => {
                 tracing::warn!(%error, "snapshot fan-out link down; reconnecting");
                 context
+                    .core
                     .status
                     .update_fanout(|s| s.link.last_error = Some(error.to_string()));
             }
@@ -226,13 +129,13 @@ async fn session(
     backoff: &mut Backoff,
 ) -> Result<(), BrokerError> {
     let connection = connect(
-        context.amqp_url.expose_secret(),
-        &format!("pulseboard live {}", context.node),
+        context.settings.amqp_url.expose_secret(),
+        &format!("pulseboard live {}", context.core.node),
     )
     .await?;
     let channel = connection.create_channel().await?;
-    context.topology.declare(&channel).await?;
-    let own_queue = bind_private_queue(&channel, &context.topology.live_exchange).await?;
+    context.settings.topology.declare(&channel).await?;
+    let own_queue = bind_private_queue(&channel, &context.settings.topology.live_exchange).await?;
     let mut incoming = channel
         .basic_consume(
             &own_queue,
@@ -246,15 +149,18 @@ async fn session(
         .await?;
     let depth_channel = connection.create_channel().await?;
     backoff.reset();
-    context.status.update_fanout(|s| s.link.connected = true);
+    context
+        .core
+        .status
+        .update_fanout(|s| s.link.connected = true);
     tracing::info!("snapshot fan-out connected");
-    if let Err(error) = context.hub.catch_up(&context.store).await {
+    if let Err(error) = context.core.hub.catch_up(&context.core.store).await {
         tracing::warn!(%error, "could not catch up on announcements");
     }
 
     let mut depth_tick = tokio::time::interval(DEPTH_POLL);
     let mut beacon_tick = tokio::time::interval(BEACON_EVERY);
-    let mut consoles = context.cluster.local.registry.watch_consoles();
+    let mut consoles = context.core.registry.watch_consoles();
     let link = Link {
         context,
         seals,
@@ -264,7 +170,7 @@ async fn session(
     let outcome = loop {
         tokio::select! {
             _ = shutdown.cancelled() => {
-                let mut leaving = context.cluster.local.beacon();
+                let mut leaving = context.core.beacon();
                 leaving.leaving = true;
                 let _ = link.send_beacon(&leaving).await;
                 break Ok(());
@@ -281,10 +187,10 @@ async fn session(
                 link.publish(&message).await?;
             }
             _ = depth_tick.tick() => poll_depths(context, &depth_channel).await?,
-            _ = beacon_tick.tick() => link.send_beacon(&context.cluster.local.beacon()).await?,
+            _ = beacon_tick.tick() => link.send_beacon(&context.core.beacon()).await?,
             Ok(()) = consoles.changed() => {
-                context.cluster.refresh_presence();
-                link.send_beacon(&context.cluster.local.beacon()).await?;
+                context.core.refresh_presence();
+                link.send_beacon(&context.core.beacon()).await?;
             }
         }
     };
@@ -320,7 +226,7 @@ struct Link<'a> {
 
 impl Link<'_> {
     async fn publish(&self, message: &Outgoing) -> Result<(), BrokerError> {
-        let exchange = &self.context.topology.live_exchange;
+        let exchange = &self.context.settings.topology.live_exchange;
         let kind = message.kind();
         match message {
             Outgoing::Snapshot(frame) => {
@@ -402,7 +308,7 @@ impl Link<'_> {
             body: &body,
             ..Outbound::default()
         };
-        self.send(&self.context.topology.live_exchange, "", &outbound)
+        self.send(&self.context.settings.topology.live_exchange, "", &outbound)
             .await
     }
 
@@ -414,7 +320,7 @@ impl Link<'_> {
         routing_key: &str,
         outbound: &Outbound<'_>,
     ) -> Result<(), BrokerError> {
-        let node = self.context.node.as_str();
+        let node = self.context.core.node.as_str();
         let nonce = self.seals.nonces.next(now_ms());
         let fields = Fields {
             kind: outbound.kind,
@@ -535,8 +441,8 @@ impl Link<'_> {
                 let announcement: Announcement = parse(opened.body)?;
                 // The message only says that there is a new one: what clients get is read
                 // from the store, where the sender put it first.
-                if announcement.id > context.hub.last_announcement() {
-                    if let Err(error) = context.hub.catch_up(&context.store).await {
+                if announcement.id > context.core.hub.last_announcement() {
+                    if let Err(error) = context.core.hub.catch_up(&context.core.store).await {
                         tracing::warn!(%error, "could not read a new announcement from the store");
                     }
                 }
@@ -550,9 +456,11 @@ impl Link<'_> {
             "answer" => {
                 let answer: Answer = parse(opened.body)?;
                 if let Some(correlation) = delivery.properties.correlation_id() {
-                    context
-                        .cluster
-                        .deliver(correlation.as_str(), opened.node.to_owned(), answer);
+                    context.core.cluster.deliver(
+                        correlation.as_str(),
+                        opened.node.to_owned(),
+                        answer,
+                    );
                 }
             }
             "beacon" => {
@@ -560,30 +468,22 @@ impl Link<'_> {
                 if beacon.node != opened.node {
                     return Err(Rejection::Malformed);
                 }
-                context.cluster.saw(beacon);
+                context.core.saw(beacon);
             }
             "audit" => {
-                let _ = context.cluster.feeds.audit.send(reencoded(opened.body)?);
+                let _ = context.core.feeds.audit.send(reencoded(opened.body)?);
             }
             "event" => {
-                let _ = context.cluster.feeds.events.send(reencoded(opened.body)?);
+                let _ = context.core.feeds.events.send(reencoded(opened.body)?);
             }
             "sign_out" => {
                 let sign_out: SignOut = parse(opened.body)?;
                 if !sign_out.well_formed() {
                     return Err(Rejection::Malformed);
                 }
-                context
-                    .cluster
-                    .local
-                    .registry
-                    .end_session(&sign_out.session);
+                context.core.registry.end_session(&sign_out.session);
             }
-            "refresh" => {
-                if context.status.get().ingest.is_leader {
-                    let _ = context.refresh.try_send(());
-                }
-            }
+            "refresh" => context.core.refresh_if_leading(),
             _ => return Err(Rejection::Malformed),
         }
         Ok(())
@@ -605,7 +505,7 @@ impl Link<'_> {
         if reply_to.as_str() == self.own_queue {
             return Ok(());
         }
-        let answer = self.context.cluster.local.answer(request);
+        let answer = self.context.core.answer(request);
         // Plain data: always serializes.
         let body = serde_json::to_vec(&answer).unwrap_or_default();
         let outbound = Outbound {
@@ -620,13 +520,13 @@ impl Link<'_> {
 
     async fn receive_snapshot(&self, opened: &Opened<'_>) -> Result<(), Rejection> {
         let context = self.context;
-        if opened.node == context.node {
+        if opened.node == context.core.node {
             // This instance's own, back from the exchange: its hub has it already.
             return Ok(());
         }
         let snapshot: Snapshot = parse(opened.body)?;
         let seq = snapshot.seq;
-        match self.seals.ceiling.admits(seq, &context.store).await {
+        match self.seals.ceiling.admits(seq, &context.core.store).await {
             Ok(true) => {}
             Ok(false) => return Err(Rejection::SeqAhead),
             Err(error) => {
@@ -634,17 +534,10 @@ impl Link<'_> {
                 return Ok(());
             }
         }
-        let metrics = &context.metrics;
-        metrics.active_users.set(snapshot.active_users as i64);
-        metrics
-            .orders_per_minute
-            .set(snapshot.orders_per_minute as i64);
-        metrics
-            .revenue_today_minor
-            .set(snapshot.revenue.today_minor);
+        context.core.record_snapshot(&snapshot);
         // Encoded here, by the service's own encoder: never the bytes that came.
         let frame = SnapshotFrame::new(snapshot, opened.oldest_arrival);
-        if !context.hub.publish(frame.clone()) {
+        if !context.core.hub.publish(frame.clone()) {
             self.rebase_if_ahead_of_store(frame).await;
         }
         Ok(())
@@ -654,7 +547,7 @@ impl Link<'_> {
     /// hub's seq is beyond anything the store reserved (the database was restored from a
     /// backup), the hub is what is wrong: it starts again from this snapshot.
     async fn rebase_if_ahead_of_store(&self, frame: Arc<SnapshotFrame>) {
-        let hub = &self.context.hub;
+        let hub = &self.context.core.hub;
         let Some(current) = hub.latest().map(|p| p.id.seq) else {
             return;
         };
@@ -662,7 +555,7 @@ impl Link<'_> {
             // The same snapshot again (the leader's rebroadcast): nothing to decide.
             return;
         }
-        match self.context.store.reserved_seq().await {
+        match self.context.core.store.reserved_seq().await {
             Ok(reserved) if current > reserved => {
                 tracing::warn!(
                     current,
@@ -679,6 +572,7 @@ impl Link<'_> {
 
     fn refuse(&self, rejection: Rejection, delivery: &lapin::message::Delivery) {
         self.context
+            .core
             .metrics
             .fanout_rejected
             .with_label_values(&[rejection.label()])
@@ -738,11 +632,11 @@ impl SeqCeiling {
 }
 
 async fn poll_depths(context: &FanoutContext, channel: &lapin::Channel) -> Result<(), BrokerError> {
-    let depth = Topology::depth(channel, &context.topology.events_queue).await?;
-    let dead = Topology::depth(channel, &context.topology.dead_queue).await?;
-    context.metrics.queue_depth.set(i64::from(depth));
-    context.metrics.dead_letters.set(i64::from(dead));
-    context.status.update_fanout(|s| {
+    let depth = Topology::depth(channel, &context.settings.topology.events_queue).await?;
+    let dead = Topology::depth(channel, &context.settings.topology.dead_queue).await?;
+    context.core.metrics.queue_depth.set(i64::from(depth));
+    context.core.metrics.dead_letters.set(i64::from(dead));
+    context.core.status.update_fanout(|s| {
         s.queue_depth = u64::from(depth);
         s.dead_letters = u64::from(dead);
     });

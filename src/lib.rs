@@ -20,12 +20,17 @@
 //! - adapters: [`store`] (SQLite or PostgreSQL: dedupe, history, lease, sequence),
 //!   [`rabbitmq`] (connections, topology, consumer, dead letters), `dlq` (peek, replay, purge
 //!   of dead letters for the console);
-//! - the core: `live` (the snapshot hub and what live connections share; no transport),
-//!   `control` (cluster questions, beacons, presence: types and bookkeeping), `fanout` (the
-//!   hub between instances, over RabbitMQ), `announce`, [`ingest`] (leads or
-//!   follows: consume, decode, commit, acknowledge, aggregate, publish);
-//! - transports over the application state (`app`): `console` (the operators' sessions),
-//!   `http` (routes, pages, SSE, long-poll, the console handshake, the error shapes);
+//! - the live state: `live` (the snapshot hub and what live connections share; no
+//!   transport), `control` (cluster questions, beacons, presence: types and bookkeeping);
+//! - `core`: this instance's shared state (hub, connection registry, console feeds, status,
+//!   metrics, the queue to the other instances), one handle shared by `Arc`, with the
+//!   operations several parts perform as its methods;
+//! - the tasks over the core: `fanout` (the hub between instances, over RabbitMQ),
+//!   `announce`, [`ingest`] (leads or follows: consume, decode, commit, acknowledge,
+//!   aggregate, publish);
+//! - transports over the core and their own settings (`app`): `console` (the operators'
+//!   sessions), `http` (routes, pages, SSE, long-poll, the console handshake, the error
+//!   shapes);
 //! - commands: [`simulate`], [`users`], [`startup`] (wiring and ordered shutdown).
 //!
 //! What tests and benchmarks use is public; everything else is private to the crate, but for
@@ -55,6 +60,8 @@ mod live;
 
 // The cluster as the console sees it; carried between instances by `fanout`.
 mod control;
+// This instance's shared state, over everything above; every task and transport below has it.
+mod core;
 mod fanout;
 /// How instances seal what they tell each other: public so that the black-box tests can
 /// publish to `<prefix>.live` exactly as an instance (or an impostor) would.

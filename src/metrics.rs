@@ -74,6 +74,9 @@ pub const FANOUT_REJECTION_REASONS: [&str; 6] = [
     "seq_ahead",
 ];
 
+/// The `transport`s of the connection families.
+pub const TRANSPORTS: [&str; 3] = ["sse", "ws", "poll"];
+
 /// The `reason`s of `pulseboard_connections_closed_total` for each `transport` (docs/api.md,
 /// Metrics), each pair exported at 0 from the start.
 pub const CLOSE_REASONS: [(&str, &[&str]); 3] = [

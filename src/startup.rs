@@ -14,15 +14,15 @@
 use crate::aggregate::AggregateSettings;
 use crate::app::{AppState, LiveSettings};
 use crate::config::ServeArgs;
-use crate::fanout::{self, FanoutContext, FanoutSender};
+use crate::core::outbox::{FanoutSender, Outgoing};
+use crate::core::{Core, CoreParts};
+use crate::fanout::{self, FanoutSettings};
 use crate::ingest::{IngestContext, IngestSettings, LeaderInputs};
-use crate::live::credentials::CredentialWatch;
 use crate::live::worker_feed::WorkerFeed;
 use crate::live::Hub;
 use crate::metrics::Metrics;
 use crate::rabbitmq::{self, RawMessage, Topology};
 use crate::simulate::TrafficGenerator;
-use crate::status::StatusCell;
 use crate::store::Store;
 use crate::{clock, http};
 use actix_web::{middleware, web, App};
@@ -50,22 +50,6 @@ pub struct Application {
 /// Bounds the start-up check of the broker's queues; a slower broker is left to ingest's retries.
 const QUEUE_CHECK_TIMEOUT: Duration = Duration::from_secs(3);
 
-/// What the background tasks and the request handlers share.
-struct Shared {
-    node: String,
-    store: Store,
-    hub: Hub,
-    status: Arc<StatusCell>,
-    metrics: Arc<Metrics>,
-    fanout: FanoutSender,
-    /// Asks the leader loop for a snapshot now.
-    refresh: mpsc::Sender<()>,
-    /// The console's view of the cluster (connections registry, beacons, feeds).
-    cluster: Arc<crate::control::Cluster>,
-    /// The users' credential epochs; its task ends connections whose credential is not good.
-    credentials: Arc<CredentialWatch>,
-}
-
 /// The tasks started so far, and the token that stops them.
 struct Tasks {
     handles: Vec<JoinHandle<()>>,
@@ -87,37 +71,24 @@ impl Application {
         let (fanout, fanout_receiver) = FanoutSender::channel();
         let (refresh, refresh_receiver) = mpsc::channel(1);
         let metrics = Arc::new(Metrics::new(&node)?);
-        let status = Arc::new(StatusCell::default());
-        let cluster = Arc::new(crate::control::Cluster::new(
-            crate::control::LocalNode {
-                node: node.clone(),
-                status: status.clone(),
-                metrics: metrics.clone(),
-                registry: crate::live::connection::Registry::new(&node, hub.closing()),
-                hub: hub.clone(),
-            },
-            crate::live::feeds::ConsoleFeeds::default(),
-        ));
-        let credentials = CredentialWatch::load(store.clone(), cluster.local.registry.clone())
+        let core = Arc::new(
+            Core::new(CoreParts {
+                node,
+                store,
+                hub,
+                metrics,
+                fanout,
+                refresh,
+            })
             .await
-            .context("DATABASE_URL")?;
-        let shared = Shared {
-            metrics,
-            node,
-            store,
-            hub,
-            status,
-            fanout,
-            refresh,
-            cluster,
-            credentials: Arc::new(credentials),
-        };
+            .context("DATABASE_URL")?,
+        );
         let mut tasks = Tasks {
             handles: Vec::new(),
             shutdown: CancellationToken::new(),
         };
         tasks.handles.push(tokio::spawn(
-            shared.credentials.clone().run(tasks.shutdown.clone()),
+            core.credentials.clone().run(tasks.shutdown.clone()),
         ));
         let topology = Topology::new(&args.broker.exchange, &args.broker.queue_prefix)
             .with_queue_type(args.broker.queue_type);
@@ -134,27 +105,27 @@ impl Application {
             local: local_demo,
             refresh: refresh_receiver,
         };
-        start_ingest(&args, &shared, &topology, inputs, &mut tasks);
+        start_ingest(&args, &core, &topology, inputs, &mut tasks);
         let live = LiveSettings::new(
             Duration::from_millis(args.snapshot_interval_ms),
             Duration::from_secs(args.heartbeat_secs),
         );
         let draining = CancellationToken::new();
-        let state = app_state(&args, &shared, &topology, auth, live, draining.clone());
+        let state = app_state(&args, &core, &topology, auth, live, draining.clone());
         if alone {
             // No broker: this instance is alone, nothing to fan out to.
             drop(fanout_receiver);
         } else {
-            start_fanout(&args, &shared, topology, fanout_receiver, seal, &mut tasks);
+            start_fanout(&args, &core, topology, fanout_receiver, seal, &mut tasks);
         }
         let server = serve(listener, state, tls, live)?;
-        announce_address(&args, &shared.node, address, tls_scheme(&args));
+        announce_address(&args, &core.node, address, tls_scheme(&args));
         Ok(Application {
             server,
             tasks: tasks.handles,
             shutdown: tasks.shutdown,
-            store: shared.store,
-            hub: shared.hub,
+            store: core.store.clone(),
+            hub: core.hub.clone(),
             draining,
             drain: Duration::from_millis(args.shutdown_drain_ms),
         })
@@ -303,14 +274,14 @@ async fn security(
 
 fn start_ingest(
     args: &ServeArgs,
-    shared: &Shared,
+    core: &Arc<Core>,
     topology: &Topology,
     inputs: LeaderInputs,
     tasks: &mut Tasks,
 ) {
     let context = Arc::new(IngestContext {
+        core: core.clone(),
         settings: IngestSettings {
-            node: shared.node.clone(),
             amqp_url: args.broker.amqp_url.clone(),
             topology: topology.clone(),
             currency: args.money.currency.clone(),
@@ -326,11 +297,6 @@ fn start_ingest(
             demo: args.demo,
             local_demo: inputs.local.is_some(),
         },
-        store: shared.store.clone(),
-        hub: shared.hub.clone(),
-        status: shared.status.clone(),
-        metrics: shared.metrics.clone(),
-        fanout: shared.fanout.clone(),
     });
     tasks.handles.push(tokio::spawn(crate::ingest::run(
         context,
@@ -341,27 +307,21 @@ fn start_ingest(
 
 fn start_fanout(
     args: &ServeArgs,
-    shared: &Shared,
+    core: &Arc<Core>,
     topology: Topology,
-    outgoing: mpsc::Receiver<fanout::Outgoing>,
+    outgoing: mpsc::Receiver<Outgoing>,
     seal: fanout::seal::SealKey,
     tasks: &mut Tasks,
 ) {
-    let context = FanoutContext {
+    let settings = FanoutSettings {
         amqp_url: args.broker.amqp_url.clone(),
-        node: shared.node.clone(),
         topology,
-        hub: shared.hub.clone(),
-        status: shared.status.clone(),
-        metrics: shared.metrics.clone(),
-        store: shared.store.clone(),
-        refresh: shared.refresh.clone(),
-        cluster: shared.cluster.clone(),
         seal,
         window: Duration::from_secs(args.fanout_window_secs),
     };
     tasks.handles.push(tokio::spawn(fanout::run(
-        context,
+        core.clone(),
+        settings,
         outgoing,
         tasks.shutdown.clone(),
     )));
@@ -369,28 +329,20 @@ fn start_fanout(
 
 fn app_state(
     args: &ServeArgs,
-    shared: &Shared,
+    core: &Arc<Core>,
     topology: &Topology,
     auth: crate::auth::AuthState,
     live: LiveSettings,
     draining: CancellationToken,
 ) -> web::Data<AppState> {
     web::Data::new(AppState {
-        node: shared.node.clone(),
+        core: core.clone(),
         auth,
-        credentials: shared.credentials.clone(),
-        store: shared.store.clone(),
-        hub: shared.hub.clone(),
-        status: shared.status.clone(),
-        metrics: shared.metrics.clone(),
         metrics_token: args.metrics_token.clone(),
         live,
-        fanout: shared.fanout.clone(),
-        refresh: shared.refresh.clone(),
         refresh_limit: crate::live::limit::RefreshLimiter::default(),
         trust_proxy: args.trust_proxy,
         streams: crate::live::limit::StreamLimiter::new(args.max_streams_per_user),
-        cluster: shared.cluster.clone(),
         broker: crate::app::BrokerSettings {
             amqp_url: args.broker.amqp_url.clone(),
             topology: topology.clone(),
@@ -414,7 +366,7 @@ fn serve(
         App::new()
             .app_data(state.clone())
             // Made here, so once per HTTP worker, on that worker's thread.
-            .app_data(WorkerFeed::new(state.hub.clone()))
+            .app_data(WorkerFeed::new(state.core.hub.clone()))
             // Innermost: HEAD sees the handler's own body, before any compression; bodies
             // are read in time before any handler, and a 408 still gets the headers below.
             .wrap(middleware::from_fn(http::head_without_stream))

@@ -81,12 +81,12 @@ pub async fn run(
 ) {
     let (mut guard, _slot) = held;
     let user = grant.user.clone();
-    let kicked = guard.register(&state.cluster.local.registry, grant.clone());
+    let kicked = guard.register(&state.core.registry, grant.clone());
     let Some(ender) = guard.ender() else {
         // `register` just made the registration `ender` comes from.
         return;
     };
-    state.cluster.refresh_presence();
+    state.core.refresh_presence();
     let (control_tx, control_rx) = mpsc::channel(8);
     let (frames_tx, frames_rx) = mpsc::channel(WRITE_QUEUE);
     let (snapshot_tx, snapshot_rx) = watch::channel(None);
@@ -121,7 +121,7 @@ pub async fn run(
     drop(connection);
     let _ = writer.await;
     drop(guard);
-    state.cluster.refresh_presence();
+    state.core.refresh_presence();
 }
 
 /// The credential a console was opened with, and how to end the console when it is no longer
@@ -137,14 +137,14 @@ impl Credential {
     fn ending_now(&self, state: &AppState) -> Option<Ending> {
         self.ender
             .ending()
-            .or_else(|| Ending::of(state.credentials.judge(&self.grant)))
+            .or_else(|| Ending::of(state.core.credentials.judge(&self.grant)))
     }
 
     /// Why the console must end now, judged by the database (the table when it fails).
     async fn ending_fresh(&self, state: &AppState) -> Option<Ending> {
         match self.ender.ending() {
             Some(ending) => Some(ending),
-            None => Ending::of(state.credentials.check_fresh(&self.grant).await),
+            None => Ending::of(state.core.credentials.check_fresh(&self.grant).await),
         }
     }
 }
@@ -196,7 +196,7 @@ impl Connection {
     ) -> Option<actix_ws::CloseReason> {
         let welcome = protocol::push(
             "welcome",
-            json!({"user": self.user, "node": self.state.node,
+            json!({"user": self.user, "node": self.state.core.node,
                    "commands": DEFINITIONS.iter().map(|c| c.name).collect::<Vec<_>>()}),
         );
         if self.outbox.frames.send(welcome).await.is_err() {
@@ -205,8 +205,8 @@ impl Connection {
         let heartbeat = self.state.live.heartbeat;
         let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + heartbeat, heartbeat);
         let mut unanswered_pings = 0u8;
-        let mut announcements = self.state.hub.subscribe().announcements;
-        let closing = self.state.hub.closing();
+        let mut announcements = self.state.core.hub.subscribe().announcements;
+        let closing = self.state.core.hub.closing();
         loop {
             if self.behind {
                 guard.set_reason("slow_client");
@@ -539,19 +539,19 @@ impl Connection {
         for topic in topics {
             match (topic, on) {
                 (Topic::Snapshots, true) => {
-                    let mut receiver = state.hub.subscribe().snapshots;
+                    let mut receiver = state.core.hub.subscribe().snapshots;
                     // The current snapshot at once, then every change.
                     receiver.mark_changed();
                     self.topics.snapshots = Some(receiver);
                 }
                 (Topic::Events, true) => {
-                    self.topics.events = Some(state.cluster.feeds.events.subscribe())
+                    self.topics.events = Some(state.core.feeds.events.subscribe())
                 }
                 (Topic::Audit, true) => {
-                    self.topics.audit = Some(state.cluster.feeds.audit.subscribe())
+                    self.topics.audit = Some(state.core.feeds.audit.subscribe())
                 }
                 (Topic::Presence, true) => {
-                    let mut receiver = state.cluster.feeds.presence.subscribe();
+                    let mut receiver = state.core.feeds.presence.subscribe();
                     receiver.mark_changed();
                     self.topics.presence = Some(receiver);
                 }
@@ -694,11 +694,12 @@ impl Job {
         };
         let row = self
             .state
+            .core
             .store
             .append_audit(&NewAudit {
                 at: now_ms(),
                 username: &self.user,
-                node: &self.state.node,
+                node: &self.state.core.node,
                 command: name,
                 payload: &payload,
                 outcome: result,
@@ -706,7 +707,7 @@ impl Job {
             })
             .await?;
         let json = perform::audit_json(&row).to_string();
-        self.state.fanout.send_audit(Arc::from(json.as_str()));
+        self.state.core.fanout.send_audit(Arc::from(json.as_str()));
         Ok(())
     }
 }
@@ -824,11 +825,13 @@ async fn write(
 /// Metric label for a command: the known names, `unknown`, or `invalid` (bounded cardinality).
 fn count(state: &AppState, command: &str, outcome: &str, started: Instant) {
     state
+        .core
         .metrics
         .console_commands
         .with_label_values(&[command, outcome])
         .inc();
     state
+        .core
         .metrics
         .console_command_duration
         .with_label_values(&[command])

@@ -10,13 +10,12 @@ use crate::app::AppState;
 use crate::clock::{now_ms, rfc3339};
 use crate::control::{Answer, NodeStatus, Request};
 use crate::dlq::{self, DlqError};
-use crate::live::IngestState;
+use crate::live::{IngestState, Snapshot};
 use crate::rabbitmq::BrokerError;
 use crate::store::{AuditRow, StoreError};
 use secrecy::ExposeSecret;
 use serde_json::{json, Value};
 use std::time::Duration;
-use tokio::time::Instant;
 
 /// How long other instances have to answer a cluster-wide question.
 pub const ANSWER_WITHIN: Duration = Duration::from_secs(1);
@@ -106,9 +105,9 @@ pub async fn perform(command: &Command, state: &AppState, user: &str) -> Result<
         }
         Command::Announce { message, level } => {
             let announcement = crate::announce::publish(
-                &state.store,
-                &state.hub,
-                &state.fanout,
+                &state.core.store,
+                &state.core.hub,
+                &state.core.fanout,
                 *level,
                 message,
                 user,
@@ -120,7 +119,7 @@ pub async fn perform(command: &Command, state: &AppState, user: &str) -> Result<
         Command::ConnectionsList => Ok(connections(state).await),
         Command::ConnectionsKick { id } => kick(state, id).await,
         Command::AuditTail { limit } => {
-            let rows = state.store.audit_tail(i64::from(*limit)).await?;
+            let rows = state.core.store.audit_tail(i64::from(*limit)).await?;
             Ok(json!({"entries": rows.iter().map(audit_json).collect::<Vec<_>>()}))
         }
     }
@@ -144,38 +143,9 @@ pub fn audit_json(row: &AuditRow) -> Value {
     })
 }
 
-/// Asks every other instance heard from lately; returns their answers and the names of those
-/// that did not answer within [`ANSWER_WITHIN`].
-async fn ask_others(state: &AppState, request: Request) -> (Vec<(String, Answer)>, Vec<String>) {
-    let cluster = &state.cluster;
-    let mut waiting = cluster.other_nodes();
-    if waiting.is_empty() {
-        return (Vec::new(), Vec::new());
-    }
-    let correlation = uuid::Uuid::new_v4().simple().to_string();
-    let mut answers = cluster.expect(&correlation);
-    let mut received = Vec::new();
-    if state.fanout.send_request(correlation.clone(), request) {
-        let deadline = Instant::now() + ANSWER_WITHIN;
-        while !waiting.is_empty() {
-            let Ok(Some((node, answer))) = tokio::time::timeout_at(deadline, answers.recv()).await
-            else {
-                break;
-            };
-            // This instance hears its own question too; it answered locally already.
-            if let Some(at) = waiting.iter().position(|n| *n == node) {
-                waiting.remove(at);
-                received.push((node, answer));
-            }
-        }
-    }
-    cluster.forget(&correlation);
-    (received, waiting)
-}
-
 async fn status(state: &AppState) -> Value {
-    let local = state.cluster.local.report();
-    let (answers, silent) = ask_others(state, Request::Status).await;
+    let local = state.core.report();
+    let (answers, silent) = state.core.ask_others(ANSWER_WITHIN, Request::Status).await;
     let mut nodes = vec![local.clone()];
     nodes.extend(answers.into_iter().filter_map(|(_, answer)| match answer {
         Answer::Status(status) => Some(status),
@@ -186,7 +156,7 @@ async fn status(state: &AppState) -> Value {
     // The leader's own report is the freshest about ingest; else this instance's view.
     let leader_report = nodes.iter().find(|n| n.is_leader).unwrap_or(&local);
     json!({
-        "node": state.node,
+        "node": state.core.node,
         "leader": leader_report.leader.clone().or(local.leader.clone()),
         "ingest": leader_report.ingest.clone().or(local.ingest.clone()),
         "queue_depth": leader_report.queue_depth,
@@ -196,9 +166,12 @@ async fn status(state: &AppState) -> Value {
 }
 
 async fn connections(state: &AppState) -> Value {
-    let mut listed = state.cluster.local.registry.list();
-    let mut nodes = vec![json!({"node": state.node, "state": "ok"})];
-    let (answers, silent) = ask_others(state, Request::Connections).await;
+    let mut listed = state.core.registry.list();
+    let mut nodes = vec![json!({"node": state.core.node, "state": "ok"})];
+    let (answers, silent) = state
+        .core
+        .ask_others(ANSWER_WITHIN, Request::Connections)
+        .await;
     for (node, answer) in answers {
         if let Answer::Connections { connections } = answer {
             listed.extend(connections);
@@ -214,10 +187,13 @@ async fn connections(state: &AppState) -> Value {
 }
 
 async fn kick(state: &AppState, id: &str) -> Result<Value, Failure> {
-    if state.cluster.local.registry.kick(id) {
-        return Ok(json!({"kicked": id, "node": state.node}));
+    if state.core.registry.kick(id) {
+        return Ok(json!({"kicked": id, "node": state.core.node}));
     }
-    let (answers, silent) = ask_others(state, Request::Kick { id: id.to_owned() }).await;
+    let (answers, silent) = state
+        .core
+        .ask_others(ANSWER_WITHIN, Request::Kick { id: id.to_owned() })
+        .await;
     let holder = answers.into_iter().find_map(|(node, answer)| match answer {
         Answer::Kick { kicked: true } => Some(node),
         _ => None,
@@ -241,24 +217,10 @@ async fn kick(state: &AppState, id: &str) -> Result<Value, Failure> {
 /// Stores the pause flag (every leader reads it, now and at the start of every term), tells
 /// the leader to read it now, and waits briefly for its snapshot to show the new state.
 async fn set_paused(state: &AppState, paused: bool) -> Result<Value, Failure> {
-    state.store.set_ingest_paused(paused).await?;
-    // Whichever instance leads: this one directly, the others through the fan-out.
-    let _ = state.refresh.try_send(());
-    state.fanout.request_refresh();
-    let wanted = |s: IngestState| (s == IngestState::Paused) == paused;
-    let deadline = Instant::now() + APPLIED_WITHIN;
-    let mut subscription = state.hub.subscribe();
-    let applied = loop {
-        let current = state.hub.latest_frame().map(|f| f.snapshot.ingest.state);
-        if current.is_some_and(wanted) {
-            break true;
-        }
-        match tokio::time::timeout_at(deadline, subscription.snapshots.changed()).await {
-            Ok(Ok(())) => {}
-            _ => break false,
-        }
-    };
-    let leader = state.status.get().ingest.leader;
+    state.core.store.set_ingest_paused(paused).await?;
+    let wanted = |s: &Snapshot| (s.ingest.state == IngestState::Paused) == paused;
+    let applied = state.core.snapshot_shows(wanted, APPLIED_WITHIN).await;
+    let leader = state.core.status.get().ingest.leader;
     Ok(json!({"paused": paused, "applied": applied, "leader": leader}))
 }
 

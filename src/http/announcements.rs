@@ -30,6 +30,7 @@ pub async fn list(
         )));
     }
     let announcements: Vec<Announcement> = state
+        .core
         .store
         .latest_announcements(limit)
         .await?
@@ -56,9 +57,9 @@ pub async fn create(
     let level = Level::parse(&body.level)
         .ok_or_else(|| ApiError::BadRequest("level must be info, warning or critical".into()))?;
     let announcement = announce::publish(
-        &state.store,
-        &state.hub,
-        &state.fanout,
+        &state.core.store,
+        &state.core.hub,
+        &state.core.fanout,
         level,
         &body.message,
         operator.0.username(),

@@ -27,7 +27,7 @@ pub async fn upgrade(
         .max_frame_size(protocol::MAX_FRAME_BYTES)
         .aggregate_continuations()
         .max_continuation_size(protocol::MAX_FRAME_BYTES);
-    let guard = ConnectionGuard::open(state.metrics.clone(), Transport::Ws, false);
+    let guard = ConnectionGuard::open(state.core.metrics.clone(), Transport::Ws, false);
     actix_web::rt::spawn(crate::console::run(
         session,
         messages,

@@ -36,6 +36,7 @@ pub async fn history(
     let current = minute_of(now_ms());
     let first = current - (minutes - 1) * MINUTE_MS;
     let stored: HashMap<i64, Point> = state
+        .core
         .store
         .history(first, current + MINUTE_MS)
         .await?
@@ -43,6 +44,7 @@ pub async fn history(
         .map(|point| (point.minute, point))
         .collect();
     let live_point = state
+        .core
         .hub
         .latest_frame()
         .map(|frame| frame.snapshot.point.clone())
@@ -77,33 +79,11 @@ pub async fn refresh(viewer: Viewer, state: web::Data<AppState>) -> Result<HttpR
         .refresh_limit
         .admit(viewer.0.username())
         .map_err(ApiError::RefreshLimited)?;
-    let mut snapshots = state.hub.subscribe().snapshots;
-    let before = snapshots
-        .borrow_and_update()
-        .as_ref()
-        .map_or(0, |p| p.id.seq);
-    if state.status.get().ingest.is_leader {
-        let _ = state.refresh.try_send(());
-    } else {
-        state.fanout.request_refresh();
-    }
-    // The leader publishes at its next tick, then the snapshot travels here.
-    let timeout = state.live.snapshot_interval + REFRESH_TIMEOUT;
-    let fresh = tokio::time::timeout(timeout, async {
-        loop {
-            if snapshots.changed().await.is_err() {
-                return None;
-            }
-            let current = snapshots.borrow_and_update().clone();
-            if let Some(published) = current.filter(|p| p.id.seq > before) {
-                return Some(published);
-            }
-        }
-    })
-    .await
-    .ok()
-    .flatten()
-    .ok_or_else(|| ApiError::Unavailable("no ingest leader answered the refresh".into()))?;
+    let fresh = state
+        .core
+        .fresh_snapshot(state.live.snapshot_interval, REFRESH_TIMEOUT)
+        .await
+        .ok_or_else(|| ApiError::Unavailable("no ingest leader answered the refresh".into()))?;
     Ok(HttpResponse::Ok()
         .content_type("application/json")
         .insert_header((header::CACHE_CONTROL, "no-store"))

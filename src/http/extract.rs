@@ -57,17 +57,24 @@ pub async fn authenticate(
             .into_grant();
         // Judged by this instance's table of the users' epochs, not the database: dashboards
         // on tokens ride out a database outage, and a revoked token is refused all the same.
-        if state.credentials.check(&grant).await != Verdict::Good {
+        if state.core.credentials.check(&grant).await != Verdict::Good {
             return Err(ApiError::Unauthorized);
         }
         return Ok(Some(Caller { grant, csrf: None }));
     }
     if let Some(cookie) = request.cookie(SESSION_COOKIE) {
         let key = session_key(cookie.value());
-        let session = state.store.session(&key, now_ms()).await.map_err(|error| {
-            tracing::warn!(%error, "cannot check a session");
-            ApiError::Unavailable("sessions are unavailable right now; try again shortly".into())
-        })?;
+        let session = state
+            .core
+            .store
+            .session(&key, now_ms())
+            .await
+            .map_err(|error| {
+                tracing::warn!(%error, "cannot check a session");
+                ApiError::Unavailable(
+                    "sessions are unavailable right now; try again shortly".into(),
+                )
+            })?;
         // The database has only sessions that are live and of their user's current epoch.
         if let Some(session) = session {
             let grant = Grant {

@@ -26,7 +26,7 @@ pub async fn observe_request(
     let started = Instant::now();
     let metrics = request
         .app_data::<web::Data<AppState>>()
-        .map(|s| s.metrics.clone());
+        .map(|s| s.core.metrics.clone());
     let method = method_label(request.method());
     let route = request
         .match_pattern()

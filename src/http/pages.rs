@@ -48,10 +48,11 @@ pub async fn dashboard(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, PageError> {
     let caller = viewer.0;
-    let published = state.hub.latest();
+    let published = state.core.hub.latest();
     let snapshot = published.as_ref().map(|p| &p.frame.snapshot);
     let since = crate::clock::now_ms() - crate::live::hub::REPLAY_WINDOW_MS;
     let announcements = state
+        .core
         .store
         .latest_announcements(PAGE_ANNOUNCEMENTS)
         .await
@@ -62,7 +63,7 @@ pub async fn dashboard(
         .collect();
     // The stream resumes from here: announcements already on the page are not sent again.
     let last_event_id = crate::live::EventId {
-        announcement: state.hub.last_announcement(),
+        announcement: state.core.hub.last_announcement(),
         seq: snapshot.map_or(0, |s| s.seq),
     };
     let figure = |value: Option<String>| value.unwrap_or_else(|| "—".into());
@@ -110,8 +111,8 @@ struct ConsolePage<'a> {
 
 pub async fn console(operator: PageOperator, state: web::Data<AppState>) -> HttpResponse {
     let caller = operator.0;
-    let status = state.status.get();
-    let frame = state.hub.latest_frame();
+    let status = state.core.status.get();
+    let frame = state.core.hub.latest_frame();
     html(
         StatusCode::OK,
         &ConsolePage {
@@ -123,7 +124,7 @@ pub async fn console(operator: PageOperator, state: web::Data<AppState>) -> Http
                 .map(|c| c.name)
                 .collect::<Vec<_>>()
                 .join(" "),
-            node: &state.node,
+            node: &state.core.node,
             leader: status.ingest.leader.unwrap_or_else(|| "none".into()),
             state: frame
                 .as_ref()

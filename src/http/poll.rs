@@ -44,8 +44,9 @@ pub async fn poll(
             // An id from the future is unknown: everything kept is newer than announcement 0.
             Some(
                 state
+                    .core
                     .hub
-                    .recognise(id, &state.store)
+                    .recognise(id, &state.core.store)
                     .await?
                     .unwrap_or_default(),
             )
@@ -63,11 +64,11 @@ pub async fn poll(
         .acquire(viewer.0.username())
         .ok_or(ApiError::TooManyStreams(state.streams.max()))?;
     // Every poll after the first carries `after`: that is the transport working, not a reconnect.
-    let mut guard = ConnectionGuard::open(state.metrics.clone(), Transport::Poll, false);
-    let ended = guard.register(&state.cluster.local.registry, viewer.0.grant);
-    let mut subscription = state.hub.subscribe();
+    let mut guard = ConnectionGuard::open(state.core.metrics.clone(), Transport::Poll, false);
+    let ended = guard.register(&state.core.registry, viewer.0.grant);
+    let mut subscription = state.core.hub.subscribe();
     let deadline = tokio::time::Instant::now() + timeout;
-    let closing = state.hub.closing();
+    let closing = state.core.hub.closing();
     loop {
         subscription.snapshots.borrow_and_update();
         let events = newer_than(after, &state).await?;
@@ -75,7 +76,7 @@ pub async fn poll(
             for (kind, _, _) in &events {
                 guard.count_sent(*kind);
             }
-            let arrival = state.hub.latest().and_then(|p| p.frame.oldest_arrival);
+            let arrival = state.core.hub.latest().and_then(|p| p.frame.oldest_arrival);
             if let (Some(arrival), true) = (arrival, events.iter().any(|e| e.0 == Sent::Snapshot)) {
                 guard.observe_delivery(arrival);
             }
@@ -109,13 +110,13 @@ async fn newer_than(
     after: Option<EventId>,
     state: &AppState,
 ) -> Result<Vec<(Sent, EventId, std::sync::Arc<str>)>, ApiError> {
-    let current = state.hub.latest();
+    let current = state.core.hub.latest();
     let Some(after) = after else {
         // The current state: its id covers every announcement delivered so far, so that
         // polling after it brings only what is newer (not what came since the snapshot).
         return Ok(current
             .map(|p| {
-                let id = state.hub.position_of(&p);
+                let id = state.core.hub.position_of(&p);
                 vec![(Sent::Snapshot, id, p.frame.json.clone())]
             })
             .unwrap_or_default());
@@ -124,6 +125,7 @@ async fn newer_than(
     let mut events = Vec::new();
     let mut last_announcement = after.announcement;
     let missed = state
+        .core
         .store
         .announcements_after(after.announcement, now_ms() - REPLAY_WINDOW_MS, MAX_EVENTS)
         .await?;

@@ -126,7 +126,7 @@ impl HttpServiceFactory for Endpoint {
 }
 
 async fn snapshot(_viewer: Viewer, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
-    let frame = state.hub.latest_frame().ok_or_else(|| {
+    let frame = state.core.hub.latest_frame().ok_or_else(|| {
         ApiError::Unavailable("no snapshot yet: waiting for the ingest leader".into())
     })?;
     Ok(HttpResponse::Ok()
@@ -136,7 +136,7 @@ async fn snapshot(_viewer: Viewer, state: web::Data<AppState>) -> Result<HttpRes
 }
 
 async fn healthz(state: web::Data<AppState>) -> HttpResponse {
-    HttpResponse::Ok().json(json!({"status": "ok", "node": state.node}))
+    HttpResponse::Ok().json(json!({"status": "ok", "node": state.core.node}))
 }
 
 /// 200 when the database answers and ingest is connected (or runs the in-process demo); 503
@@ -150,13 +150,14 @@ async fn readyz(state: web::Data<AppState>) -> HttpResponse {
         body["checks"] = json!({"shutdown": "draining"});
         return HttpResponse::ServiceUnavailable().json(body);
     }
-    let status = state.status.get();
+    let status = state.core.status.get();
     let ingest_database_error = status
         .ingest
         .database_error
         .as_deref()
         .map(|error| format!("database error in ingest: {error}"));
-    let database = match tokio::time::timeout(READY_DATABASE_TIMEOUT, state.store.ping()).await {
+    let database = match tokio::time::timeout(READY_DATABASE_TIMEOUT, state.core.store.ping()).await
+    {
         Ok(Ok(())) => ingest_database_error.map_or(Ok(()), Err),
         Ok(Err(error)) => Err(format!("database unreachable: {error}")),
         // Waiting for a connection outlasts this check: ingest's last error may say why.
@@ -171,6 +172,7 @@ async fn readyz(state: web::Data<AppState>) -> HttpResponse {
     // still ready; dashboards keep being served and say `paused`.
     let paused = status.ingest.paused
         || state
+            .core
             .hub
             .latest_frame()
             .is_some_and(|f| f.snapshot.ingest.state == crate::live::IngestState::Paused);
@@ -202,7 +204,7 @@ async fn readyz(state: web::Data<AppState>) -> HttpResponse {
     });
     match database.and(ingest) {
         Ok(()) => HttpResponse::Ok()
-            .json(json!({"status": "ready", "node": state.node, "checks": checks})),
+            .json(json!({"status": "ready", "node": state.core.node, "checks": checks})),
         Err(reason) => {
             let mut body = error_body("not_ready", &reason);
             body["checks"] = checks;
@@ -227,5 +229,5 @@ async fn metrics(
     }
     Ok(HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4; charset=utf-8")
-        .body(state.metrics.render()))
+        .body(state.core.metrics.render()))
 }

@@ -162,6 +162,7 @@ pub async fn login(
     let session_id = random_token();
     let now = now_ms();
     if let Err(error) = state
+        .core
         .store
         .create_session(
             &session_key(&session_id),
@@ -216,9 +217,9 @@ pub async fn logout(
             if !same_token(&presented, csrf) {
                 return Err(ApiError::Csrf);
             }
-            state.store.delete_session(key).await?;
-            let ended = state.cluster.local.registry.end_session(key);
-            state.fanout.send_sign_out(key);
+            state.core.store.delete_session(key).await?;
+            let ended = state.core.registry.end_session(key);
+            state.core.fanout.send_sign_out(key);
             tracing::info!(user = %caller.username(), ended, "signed out");
         }
     }
@@ -280,7 +281,7 @@ async fn check_password(
     username: &str,
     password: &str,
 ) -> Result<Option<UserState>, ApiError> {
-    let stored = state.store.user_credentials(username).await?;
+    let stored = state.core.store.user_credentials(username).await?;
     let (hash, user) = match stored {
         Some(stored) => (stored.password_hash, Some(stored.state)),
         None => (password::decoy_hash().to_owned(), None),

@@ -64,8 +64,9 @@ pub async fn stream(
         // An id from the future is unknown: replay everything kept (from announcement 0).
         Some(id) => Some(
             state
+                .core
                 .hub
-                .recognise(id, &state.store)
+                .recognise(id, &state.core.store)
                 .await?
                 .unwrap_or_default(),
         ),
@@ -76,9 +77,12 @@ pub async fn stream(
         .streams
         .acquire(viewer.0.username())
         .ok_or(ApiError::TooManyStreams(state.streams.max()))?;
-    let mut guard =
-        ConnectionGuard::open(state.metrics.clone(), Transport::Sse, resume_text.is_some());
-    guard.register_stream(&state.cluster.local.registry, viewer.0.grant);
+    let mut guard = ConnectionGuard::open(
+        state.core.metrics.clone(),
+        Transport::Sse,
+        resume_text.is_some(),
+    );
+    guard.register_stream(&state.core.registry, viewer.0.grant);
 
     let feed = request
         .app_data::<WorkerFeed>()
@@ -88,13 +92,14 @@ pub async fn stream(
     let position = feed.follow();
     let mut opening = BytesMut::new();
     opening.extend_from_slice(format!("retry: {RETRY_MS}\n\n").as_bytes());
-    let mut last_announcement = state.hub.last_announcement();
+    let mut last_announcement = state.core.hub.last_announcement();
     if let Some(resume) = resume {
         last_announcement = resume.announcement;
-        let seq = state.hub.latest().map_or(resume.seq, |p| p.id.seq);
+        let seq = state.core.hub.latest().map_or(resume.seq, |p| p.id.seq);
         // Page through everything missed: the opening snapshot's id will cover it all.
         loop {
             let page = state
+                .core
                 .store
                 .announcements_after(last_announcement, now_ms() - REPLAY_WINDOW_MS, REPLAY_PAGE)
                 .await?;
@@ -110,7 +115,7 @@ pub async fn stream(
         }
     }
     let mut last_index = 0;
-    if let Some(current) = state.hub.latest() {
+    if let Some(current) = state.core.hub.latest() {
         last_index = current.index;
         // The announcements this client has (sent, or before it connected) are those up to
         // `last_announcement`, whatever the snapshot was stamped with: a later one may not

@@ -187,7 +187,8 @@ impl Feed<'_> {
             return;
         }
         let settings = context.settings.clone();
-        let metrics = context.metrics.clone();
+        let metrics = context.core.metrics.clone();
+        let node = context.core.node.clone();
         let quorum = settings.topology.queue_type == QueueType::Quorum;
         let (reject_head, prefetch) = match broker.caution {
             Caution::None => (false, settings.prefetch),
@@ -211,7 +212,7 @@ impl Feed<'_> {
         broker.connecting = Some(tokio::spawn(async move {
             let url = settings.amqp_url.expose_secret();
             if reject_head {
-                let name = format!("pulseboard reject-unreadable {}", settings.node);
+                let name = format!("pulseboard reject-unreadable {node}");
                 let queue = &settings.topology.events_queue;
                 match reject_unreadable_head(url, &name, &settings.topology).await? {
                     HeadRejected::Unreadable => {
@@ -224,7 +225,7 @@ impl Feed<'_> {
                         "the message the client could not parse was gone from the head"),
                 }
             }
-            ConsumerLink::open(url, &settings.node, &settings.topology, prefetch).await
+            ConsumerLink::open(url, &node, &settings.topology, prefetch).await
         }));
     }
 

@@ -86,7 +86,7 @@ pub(super) async fn lead(
     feed.close().await;
     if matches!(end, LeadEnd::Shutdown) {
         // Hand over at once instead of making the next leader wait for the lease to expire.
-        if let Err(error) = context.store.release_lease(&lease).await {
+        if let Err(error) = context.core.store.release_lease(&lease).await {
             tracing::warn!(%error, "could not release the ingest lease");
         }
     }
@@ -144,8 +144,9 @@ impl<'a> Leader<'a> {
         let now = now_ms();
         let horizon = Aggregator::new(settings.aggregate.clone()).restore_horizon_ms();
         // An older version may have written rows without a key until this node took the lease.
-        context.store.key_unkeyed_events().await?;
+        context.core.store.key_unkeyed_events().await?;
         let restore = context
+            .core
             .store
             .load_restore(now, horizon, settings.aggregate.timezone)
             .await?;
@@ -155,18 +156,18 @@ impl<'a> Leader<'a> {
         );
         let aggregator = Aggregator::restore(settings.aggregate.clone(), restore);
         // A new leader honours a pause made under the one before it.
-        let paused = context.store.ingest_paused().await?;
+        let paused = context.core.store.ingest_paused().await?;
         // Reserved now, so that a term that started can always say the database failed.
-        let next_seq = context.store.reserve_seq(SEQ_BLOCK).await?;
+        let next_seq = context.core.store.reserve_seq(SEQ_BLOCK).await?;
         if paused {
             tracing::info!("ingest is paused by an operator; not consuming");
         }
-        context.metrics.leader.set(1);
-        context.status.update_ingest(|s| {
+        context.core.metrics.leader.set(1);
+        context.core.status.update_ingest(|s| {
             s.paused = paused;
             s.is_leader = true;
             s.term_connecting = !settings.local_demo;
-            s.leader = Some(settings.node.clone());
+            s.leader = Some(context.core.node.clone());
             s.database_error = None;
         });
         Ok(Leader {
@@ -296,7 +297,7 @@ impl<'a> Leader<'a> {
     /// and acknowledged with the batch.
     async fn gather(&mut self, message: RawMessage, feed: &mut Feed<'_>) {
         let settings = &self.context.settings;
-        let metrics = &self.context.metrics;
+        let metrics = &self.context.core.metrics;
         let context = DecodeContext {
             currency: &settings.currency,
             arrived_at: message.arrived_at,
@@ -314,7 +315,12 @@ impl<'a> Leader<'a> {
                 tracing::warn!(reason = %rejection, routing_key = %message.routing_key,
                     "dead-lettering a malformed event");
                 match feed
-                    .dead_letter(&message, &rejection.to_string(), &settings.node, now_ms())
+                    .dead_letter(
+                        &message,
+                        &rejection.to_string(),
+                        &self.context.core.node,
+                        now_ms(),
+                    )
                     .await
                 {
                     Ok(confirm) => self.gathering.confirms.extend(confirm),
@@ -359,8 +365,12 @@ impl<'a> Leader<'a> {
     }
 
     fn set_connected(&self, connected: bool, error: Option<String>) {
-        self.context.metrics.ingest_up.set(i64::from(connected));
-        self.context.status.update_ingest(|s| {
+        self.context
+            .core
+            .metrics
+            .ingest_up
+            .set(i64::from(connected));
+        self.context.core.status.update_ingest(|s| {
             s.consumer.connected = connected;
             s.term_connecting = false;
             if error.is_some() {
@@ -402,7 +412,7 @@ impl<'a> Leader<'a> {
             tracing::debug!(parent: &batch.span, "batch acknowledged: nothing to commit");
             return;
         }
-        let store = self.context.store.clone();
+        let store = self.context.core.store.clone();
         let lease = self.lease.clone();
         let timezone = self.context.settings.aggregate.timezone;
         let span = batch.span.clone();
@@ -489,7 +499,7 @@ impl<'a> Leader<'a> {
         arrivals: &[Millis],
         fresh: &[bool],
     ) -> Counted {
-        let metrics = &self.context.metrics;
+        let metrics = &self.context.core.metrics;
         let mut counted = Counted::default();
         let mut newest_occurred = None;
         for ((event, &arrived_at), &fresh) in events.iter().zip(arrivals).zip(fresh) {
@@ -516,13 +526,16 @@ impl<'a> Leader<'a> {
             );
             newest_occurred = newest_occurred.max(Some(event.occurred_at));
             if let Some(sample) = self.tail.offer(event, arrived_at) {
-                self.context.fanout.send_event(sample);
+                self.context.core.fanout.send_event(sample);
             }
         }
         if let Some(occurred) = newest_occurred {
             self.lag_seconds = (now_ms() - occurred).max(0) as f64 / 1000.0;
             let lag = self.lag_seconds;
-            self.context.status.update_ingest(|s| s.lag_seconds = lag);
+            self.context
+                .core
+                .status
+                .update_ingest(|s| s.lag_seconds = lag);
         }
         counted
     }
@@ -530,7 +543,11 @@ impl<'a> Leader<'a> {
     async fn on_tick(&mut self, feed: &mut Feed<'_>) -> Result<(), LeadEnd> {
         let now = now_ms();
         if self.last_renewed.elapsed() >= LEASE_POLL {
-            self.context.store.renew_lease(&self.lease, now).await?;
+            self.context
+                .core
+                .store
+                .renew_lease(&self.lease, now)
+                .await?;
             self.last_renewed = Instant::now();
         }
         let refresh = std::mem::take(&mut self.refresh_asked);
@@ -546,8 +563,8 @@ impl<'a> Leader<'a> {
         self.publish_snapshot(now, feed.connected(), refresh)
             .await?;
         if self.last_broadcast.elapsed() >= REBROADCAST {
-            if let Some(frame) = self.context.hub.latest_frame() {
-                self.context.fanout.send(frame);
+            if let Some(frame) = self.context.core.hub.latest_frame() {
+                self.context.core.fanout.send(frame);
             }
             self.last_broadcast = Instant::now();
         }
@@ -559,7 +576,7 @@ impl<'a> Leader<'a> {
     /// `<prefix>.events`; resuming reconnects.
     async fn check_pause(&mut self, feed: &mut Feed<'_>) -> Result<(), LeadEnd> {
         self.last_pause_check = Instant::now();
-        let paused = self.context.store.ingest_paused().await?;
+        let paused = self.context.core.store.ingest_paused().await?;
         if paused == self.paused {
             return Ok(());
         }
@@ -575,7 +592,10 @@ impl<'a> Leader<'a> {
             tracing::info!("ingest resumed by an operator");
         }
         self.paused = paused;
-        self.context.status.update_ingest(|s| s.paused = paused);
+        self.context
+            .core
+            .status
+            .update_ingest(|s| s.paused = paused);
         Ok(())
     }
 
@@ -585,7 +605,7 @@ impl<'a> Leader<'a> {
         if minute > self.current_minute {
             let closed = self.current_minute;
             let active = self.aggregator.active_users_at(closed + MINUTE_MS - 1);
-            self.context.store.close_minute(closed, active).await?;
+            self.context.core.store.close_minute(closed, active).await?;
             self.current_minute = minute;
         }
         Ok(())
@@ -594,7 +614,7 @@ impl<'a> Leader<'a> {
     fn prune(&mut self, now: Millis) {
         self.aggregator.prune(now);
         self.last_prune = Instant::now();
-        let store = self.context.store.clone();
+        let store = self.context.core.store.clone();
         tokio::spawn(async move {
             match store.prune(now).await {
                 Ok(rows) => tracing::debug!(rows, "pruned expired rows"),
@@ -604,7 +624,7 @@ impl<'a> Leader<'a> {
     }
 
     fn ingest_view(&self, connected: bool) -> IngestView {
-        let status = self.context.status.get();
+        let status = self.context.core.status.get();
         let (state, reason) = if let Some(error) = &self.database_failure {
             let reason = format!("the database failed: {error}");
             (IngestState::Disconnected, Some(reason))
@@ -623,7 +643,7 @@ impl<'a> Leader<'a> {
         };
         IngestView {
             state,
-            leader: Some(self.context.settings.node.clone()),
+            leader: Some(self.context.core.node.clone()),
             lag_seconds: self.lag_seconds,
             dead_letters: status.fanout.dead_letters,
             reason,
@@ -651,25 +671,21 @@ impl<'a> Leader<'a> {
     /// Publishes snapshot `seq`: to this instance's hub and to the others.
     fn publish(&mut self, seq: i64, now: Millis, figures: Figures, view: IngestView) {
         self.published = Some(Published::of(figures, &view));
-        let settings = &self.context.settings;
-        let snapshot = Snapshot::new(seq, now, &settings.node, &figures, &settings.currency, view);
+        let core = &self.context.core;
+        let currency = &self.context.settings.currency;
+        let snapshot = Snapshot::new(seq, now, &core.node, &figures, currency, view);
+        core.record_snapshot(&snapshot);
         let frame = SnapshotFrame::new(snapshot, self.oldest_unpublished_arrival.take());
-        self.context.hub.publish(frame.clone());
-        self.context.fanout.send(frame);
+        core.hub.publish(frame.clone());
+        core.fanout.send(frame);
         self.last_broadcast = Instant::now();
-        let metrics = &self.context.metrics;
-        metrics.active_users.set(figures.active_users as i64);
-        metrics
-            .orders_per_minute
-            .set(figures.orders_per_minute as i64);
-        metrics.revenue_today_minor.set(figures.revenue_today_minor);
     }
 
     /// The next snapshot's sequence number. The block's last one is never handed out here: it
     /// is kept for the snapshot that says the database failed ([`Leader::say_database_failed`]).
     async fn take_seq(&mut self) -> Result<i64, LeadEnd> {
         if self.next_seq >= self.seq_end {
-            self.next_seq = self.context.store.reserve_seq(SEQ_BLOCK).await?;
+            self.next_seq = self.context.core.store.reserve_seq(SEQ_BLOCK).await?;
             self.seq_end = self.next_seq + SEQ_BLOCK - 1;
         }
         let seq = self.next_seq;

@@ -25,13 +25,9 @@ mod tests;
 
 use crate::aggregate::AggregateSettings;
 use crate::clock::now_ms;
-use crate::fanout::FanoutSender;
-use crate::live::Hub;
-use crate::metrics::Metrics;
+use crate::core::Core;
 use crate::rabbitmq::{RawMessage, Topology};
 use crate::retry::Backoff;
-use crate::status::StatusCell;
-use crate::store::Store;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
@@ -45,7 +41,6 @@ const LEASE_POLL: Duration = Duration::from_secs(1);
 /// What ingest needs to know, fixed at start.
 #[derive(Debug, Clone)]
 pub struct IngestSettings {
-    pub node: String,
     pub amqp_url: secrecy::SecretString,
     pub topology: Topology,
     pub currency: String,
@@ -60,14 +55,10 @@ pub struct IngestSettings {
     pub local_demo: bool,
 }
 
-/// Everything the ingest tasks share.
+/// Everything the ingest tasks share: the core, and ingest's own settings.
 pub struct IngestContext {
+    pub core: Arc<Core>,
     pub settings: IngestSettings,
-    pub store: Store,
-    pub hub: Hub,
-    pub status: Arc<StatusCell>,
-    pub metrics: Arc<Metrics>,
-    pub fanout: FanoutSender,
 }
 
 /// What a leader reads besides the broker; kept across terms of leadership.
@@ -84,13 +75,15 @@ pub async fn run(
     mut inputs: LeaderInputs,
     shutdown: CancellationToken,
 ) {
-    let node = context.settings.node.clone();
+    let node = context.core.node.clone();
     let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
     context
+        .core
         .status
         .update_ingest(|s| s.local_demo = inputs.local.is_some());
     while !shutdown.is_cancelled() {
         let wait = match context
+            .core
             .store
             .try_acquire_lease(&node, now_ms(), LEASE_TTL_MS)
             .await
@@ -100,17 +93,17 @@ pub async fn run(
                 tracing::info!(epoch = lease.epoch, "this node now leads ingest");
                 let end = match leader::lead(&context, lease, &mut inputs, &shutdown).await {
                     leader::LeadEnd::Database(error) => {
-                        leader::LeadEnd::Database(context.store.explain_timeout(error).await)
+                        leader::LeadEnd::Database(context.core.store.explain_timeout(error).await)
                     }
                     end => end,
                 };
-                context.metrics.leader.set(0);
-                context.metrics.ingest_up.set(0);
+                context.core.metrics.leader.set(0);
+                context.core.metrics.ingest_up.set(0);
                 let database_error = match &end {
                     leader::LeadEnd::Database(error) => Some(error.to_string()),
                     _ => None,
                 };
-                context.status.update_ingest(|s| {
+                context.core.status.update_ingest(|s| {
                     s.is_leader = false;
                     s.term_connecting = false;
                     s.consumer.connected = false;
@@ -129,17 +122,24 @@ pub async fn run(
             }
             Ok(None) => {
                 backoff.reset();
-                let holder = context.store.lease_holder(now_ms()).await.ok().flatten();
-                context.status.update_ingest(|s| {
+                let holder = context
+                    .core
+                    .store
+                    .lease_holder(now_ms())
+                    .await
+                    .ok()
+                    .flatten();
+                context.core.status.update_ingest(|s| {
                     s.database_error = None;
                     s.leader = holder;
                 });
                 LEASE_POLL
             }
             Err(error) => {
-                let error = context.store.explain_timeout(error).await;
+                let error = context.core.store.explain_timeout(error).await;
                 tracing::warn!(%error, "database unavailable; retrying");
                 context
+                    .core
                     .status
                     .update_ingest(|s| s.database_error = Some(error.to_string()));
                 backoff.next_delay()

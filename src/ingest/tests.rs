@@ -6,11 +6,7 @@ use super::{leader, IngestContext, IngestSettings, LeaderInputs, LEASE_TTL_MS};
 use crate::aggregate::{AggregateSettings, MAX_AMOUNT_MINOR};
 use crate::clock::{now_ms, rfc3339};
 use crate::config::DatabaseUrl;
-use crate::fanout::FanoutSender;
-use crate::live::Hub;
-use crate::metrics::Metrics;
 use crate::rabbitmq::{RawMessage, Topology};
-use crate::status::StatusCell;
 use crate::store::Store;
 use serde_json::json;
 use std::sync::Arc;
@@ -32,7 +28,6 @@ async fn memory_store() -> Store {
 async fn context(max_batch: usize, linger: Duration) -> IngestContext {
     IngestContext {
         settings: IngestSettings {
-            node: "unit".into(),
             amqp_url: "amqp://unused".to_owned().into(),
             topology: Topology::new("events", "unit"),
             currency: "USD".into(),
@@ -47,11 +42,7 @@ async fn context(max_batch: usize, linger: Duration) -> IngestContext {
             demo: true,
             local_demo: true,
         },
-        store: memory_store().await,
-        hub: Hub::new(0),
-        status: Arc::new(StatusCell::default()),
-        metrics: Arc::new(Metrics::new("unit").expect("metrics")),
-        fanout: FanoutSender::channel().0,
+        core: Arc::new(crate::core::for_tests("unit", memory_store().await).await),
     }
 }
 
@@ -74,6 +65,7 @@ fn message(body: serde_json::Value) -> RawMessage {
 
 fn counted(context: &IngestContext, kind: &str, outcome: &str) -> u64 {
     context
+        .core
         .metrics
         .events
         .with_label_values(&[kind, outcome])
@@ -100,6 +92,7 @@ async fn lead_until(context: &IngestContext, messages: Vec<RawMessage>, expected
         let mut today = None;
         while tokio::time::Instant::now() < deadline {
             today = context
+                .core
                 .hub
                 .latest_frame()
                 .map(|f| f.snapshot.revenue.today_minor);
@@ -119,6 +112,7 @@ async fn lead_until(context: &IngestContext, messages: Vec<RawMessage>, expected
 
 async fn take_lease(context: &IngestContext) -> crate::store::Lease {
     context
+        .core
         .store
         .try_acquire_lease("unit", now_ms(), LEASE_TTL_MS)
         .await
@@ -127,7 +121,7 @@ async fn take_lease(context: &IngestContext) -> crate::store::Lease {
 }
 
 fn latest_seq(context: &IngestContext) -> Option<i64> {
-    context.hub.latest_frame().map(|frame| frame.seq())
+    context.core.hub.latest_frame().map(|frame| frame.seq())
 }
 
 /// `POST /api/dashboard/refresh` asks for a snapshot without a change; however many ask, the
@@ -199,7 +193,7 @@ async fn full_batches_and_a_lingering_one_are_each_committed_once() {
         .collect();
     assert_eq!(sizes, vec![2, 2, 1]);
     assert_eq!(counted(&context, "order.placed", "applied"), 5);
-    assert_eq!(context.store.applied_count().await.expect("count"), 5);
+    assert_eq!(context.core.store.applied_count().await.expect("count"), 5);
 }
 
 #[tokio::test]
@@ -209,7 +203,7 @@ async fn a_repeat_in_the_same_batch_is_a_duplicate_before_the_store() {
     lead_until(&context, messages, 150).await;
     assert_eq!(counted(&context, "order.placed", "applied"), 2);
     assert_eq!(counted(&context, "order.placed", "duplicate"), 1);
-    assert_eq!(context.store.applied_count().await.expect("count"), 2);
+    assert_eq!(context.core.store.applied_count().await.expect("count"), 2);
 }
 
 #[tokio::test]
@@ -221,7 +215,7 @@ async fn malformed_messages_and_sums_without_room_are_refused_and_the_rest_appli
     sqlx::query("INSERT INTO daily_revenue (day, revenue_minor) VALUES ($1, $2)")
         .bind(today.to_string())
         .bind(near_limit)
-        .execute(context.store.writer())
+        .execute(context.core.store.writer())
         .await
         .expect("seed");
     let messages = vec![
@@ -233,5 +227,5 @@ async fn malformed_messages_and_sums_without_room_are_refused_and_the_rest_appli
     assert_eq!(counted(&context, "unknown", "rejected"), 1);
     assert_eq!(counted(&context, "order.placed", "rejected"), 1);
     assert_eq!(counted(&context, "order.placed", "applied"), 1);
-    assert_eq!(context.store.applied_count().await.expect("count"), 1);
+    assert_eq!(context.core.store.applied_count().await.expect("count"), 1);
 }
