@@ -9,9 +9,10 @@
 //! missing. No transport and no broker here.
 
 use crate::live::connection::ConnectionInfo;
+use crate::sync::lock;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 
@@ -153,13 +154,6 @@ impl Cluster {
             let _ = sender.try_send((node, answer));
         }
     }
-}
-
-/// Plain maps: a panic elsewhere cannot leave them half-changed; no `.await` while held.
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 #[cfg(test)]

@@ -154,7 +154,7 @@ async fn session(
         .status
         .update_fanout(|s| s.link.connected = true);
     tracing::info!("snapshot fan-out connected");
-    if let Err(error) = context.core.hub.catch_up(&context.core.store).await {
+    if let Err(error) = context.core.catch_up_announcements().await {
         tracing::warn!(%error, "could not catch up on announcements");
     }
 
@@ -442,7 +442,7 @@ impl Link<'_> {
                 // The message only says that there is a new one: what clients get is read
                 // from the store, where the sender put it first.
                 if announcement.id > context.core.hub.last_announcement() {
-                    if let Err(error) = context.core.hub.catch_up(&context.core.store).await {
+                    if let Err(error) = context.core.catch_up_announcements().await {
                         tracing::warn!(%error, "could not read a new announcement from the store");
                     }
                 }

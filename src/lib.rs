@@ -26,7 +26,7 @@
 //!   metrics, the queue to the other instances), one handle shared by `Arc`, with the
 //!   operations several parts perform as its methods;
 //! - the tasks over the core: `fanout` (the hub between instances, over RabbitMQ),
-//!   `announce`, [`ingest`] (leads or follows: consume, decode, commit, acknowledge,
+//!   [`ingest`] (leads or follows: consume, decode, commit, acknowledge,
 //!   aggregate, publish);
 //! - transports over the core and their own settings (`app`): `console` (the operators'
 //!   sessions), `http` (routes, pages, SSE, long-poll, the console handshake, the error
@@ -36,7 +36,8 @@
 //! What tests and benchmarks use is public; everything else is private to the crate, but for
 //! the few store details the benchmarks' baseline shares, which go through `for_benchmarks`.
 
-// Foundations; `window` before the others, since `auth` counts with it.
+// Foundations; `sync` and `window` before the others, which lock and count with them.
+mod sync;
 mod window;
 
 pub mod aggregate;
@@ -67,8 +68,7 @@ mod fanout;
 /// publish to `<prefix>.live` exactly as an instance (or an impostor) would.
 pub use fanout::seal;
 
-// What changes it: ingest (events) and announcements.
-mod announce;
+// What changes it: ingest (events).
 mod ingest;
 
 // Transports over the application state.

@@ -77,6 +77,23 @@ pub const FANOUT_REJECTION_REASONS: [&str; 6] = [
 /// The `transport`s of the connection families.
 pub const TRANSPORTS: [&str; 3] = ["sse", "ws", "poll"];
 
+/// The `kind`s of `pulseboard_messages_sent_total` (`live::connection::Sent`).
+pub const MESSAGE_KINDS: [&str; 3] = ["snapshot", "announcement", "heartbeat"];
+
+/// The `type`s of `pulseboard_events_total`: the event types, `other` for an unknown type,
+/// `unknown` for a message that is not an event at all.
+pub const EVENT_TYPES: [&str; 6] = [
+    "order.placed",
+    "order.refunded",
+    "user.active",
+    "user.signed_out",
+    "other",
+    "unknown",
+];
+
+/// The `outcome`s of `pulseboard_events_total` (SPEC §8).
+pub const EVENT_OUTCOMES: [&str; 4] = ["applied", "duplicate", "ignored", "rejected"];
+
 /// The `reason`s of `pulseboard_connections_closed_total` for each `transport` (docs/api.md,
 /// Metrics), each pair exported at 0 from the start.
 pub const CLOSE_REASONS: [(&str, &[&str]); 3] = [
@@ -226,17 +243,51 @@ impl Metrics {
             )?,
             registry,
         };
+        metrics.export_known_label_sets();
+        Ok(metrics)
+    }
+
+    /// Every known label set at 0 from the start (SPEC §8): a fresh instance already has each
+    /// series a dashboard panel or an alert rule reads. Not `http_*`, whose label sets (route
+    /// and status) exist only once a request had them.
+    fn export_known_label_sets(&self) {
         for reason in FANOUT_REJECTION_REASONS {
-            metrics.fanout_rejected.with_label_values(&[reason]);
+            self.fanout_rejected.with_label_values(&[reason]);
         }
         for (transport, reasons) in CLOSE_REASONS {
             for reason in reasons {
-                metrics
-                    .connections_closed
+                self.connections_closed
                     .with_label_values(&[transport, reason]);
             }
         }
-        Ok(metrics)
+        for transport in TRANSPORTS {
+            let label = [transport];
+            self.connections.with_label_values(&label);
+            self.connections_opened.with_label_values(&label);
+            self.reconnects.with_label_values(&label);
+            self.delivery_latency.with_label_values(&label);
+            self.slow_client_coalesced.with_label_values(&label);
+            self.slow_client_disconnects.with_label_values(&label);
+            for kind in MESSAGE_KINDS {
+                self.messages_sent.with_label_values(&[transport, kind]);
+            }
+        }
+        for event_type in EVENT_TYPES {
+            for outcome in EVENT_OUTCOMES {
+                self.events.with_label_values(&[event_type, outcome]);
+            }
+        }
+    }
+
+    /// The console's commands and outcomes at 0, for `pulseboard_console_commands_total` and
+    /// its duration (the console knows them; the metrics are made before it).
+    pub fn export_console_commands(&self, commands: &[&str], outcomes: &[&str]) {
+        for command in commands {
+            self.console_command_duration.with_label_values(&[command]);
+            for outcome in outcomes {
+                self.console_commands.with_label_values(&[command, outcome]);
+            }
+        }
     }
 
     /// The text exposition of every metric.

@@ -71,6 +71,7 @@ impl Application {
         let (fanout, fanout_receiver) = FanoutSender::channel();
         let (refresh, refresh_receiver) = mpsc::channel(1);
         let metrics = Arc::new(Metrics::new(&node)?);
+        crate::console::export_metrics(&metrics);
         let core = Arc::new(
             Core::new(CoreParts {
                 node,

@@ -84,10 +84,7 @@ impl StatusCell {
     }
 
     fn lock(&self) -> MutexGuard<'_, IngestStatus> {
-        // A panic while holding this lock leaves plain data behind; keep serving it.
-        self.0
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        crate::sync::lock(&self.0)
     }
 }
 

@@ -104,8 +104,7 @@ impl AuthState {
     }
 
     fn throttle(&self) -> std::sync::MutexGuard<'_, Throttle> {
-        // Plain counters: a panic elsewhere cannot leave them inconsistent.
-        self.throttle.lock().unwrap_or_else(|p| p.into_inner())
+        crate::sync::lock(&self.throttle)
     }
 
     /// A sign-in attempt of `username` from `address`, counted as a failure until resolved;

@@ -395,6 +395,16 @@ fn fields<T: DeserializeOwned>(payload: &Value) -> Result<T, ParseError> {
     })
 }
 
+/// Every `command` label the console counts under (each known command, `unknown` and
+/// `invalid`) with every `outcome` (`ok` and each error code), exported at 0 from the start.
+pub fn export_metrics(metrics: &crate::metrics::Metrics) {
+    let mut commands: Vec<&str> = DEFINITIONS.iter().map(|d| d.name).collect();
+    commands.extend(["unknown", "invalid"]);
+    let mut outcomes = vec!["ok"];
+    outcomes.extend(super::protocol::ErrorCode::ALL.map(|code| code.as_str()));
+    metrics.export_console_commands(&commands, &outcomes);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

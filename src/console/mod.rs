@@ -26,12 +26,12 @@ mod commands;
 mod perform;
 pub mod protocol;
 
-pub use commands::DEFINITIONS;
+pub use commands::{export_metrics, DEFINITIONS};
 
 use crate::app::AppState;
 use crate::auth::grant::Grant;
 use crate::clock::{now_ms, rfc3339};
-use crate::live::connection::{ConnectionGuard, Ender, Ending};
+use crate::live::connection::{CloseReason, ConnectionGuard, Ender, Ending};
 use crate::live::limit::StreamSlot;
 use crate::store::NewAudit;
 use commands::{Command, ParseError, Topic};
@@ -209,7 +209,7 @@ impl Connection {
         let closing = self.state.core.hub.closing();
         loop {
             if self.behind {
-                guard.set_reason("slow_client");
+                guard.set_reason(CloseReason::SlowClient);
                 return Some(actix_ws::CloseReason {
                     code: actix_ws::CloseCode::Again,
                     description: Some("not reading: a reply could not be queued".into()),
@@ -222,13 +222,13 @@ impl Connection {
                 _ = kicked.cancelled() => {
                     let ending = guard.ending().filter(|_| !closing.is_cancelled());
                     let Some(ending) = ending else {
-                        guard.set_reason("shutdown");
+                        guard.set_reason(CloseReason::Shutdown);
                         return Some(actix_ws::CloseReason {
                             code: actix_ws::CloseCode::Away,
                             description: Some("going away".to_owned()),
                         });
                     };
-                    guard.set_reason(ending.label());
+                    guard.set_reason(CloseReason::Ended(ending));
                     return Some(actix_ws::CloseReason {
                         code: actix_ws::CloseCode::Policy,
                         description: Some(ending.explanation().into()),
@@ -236,7 +236,7 @@ impl Connection {
                 }
                 _ = ping.tick() => {
                     if unanswered_pings >= 2 {
-                        guard.set_reason("ping_timeout");
+                        guard.set_reason(CloseReason::PingTimeout);
                         return Some(actix_ws::CloseCode::Away.into());
                     }
                     unanswered_pings += 1;
@@ -253,7 +253,7 @@ impl Connection {
                     }
                     Some(Ok(actix_ws::AggregatedMessage::Close(reason))) => return reason,
                     Some(Err(error)) if too_large(&error) => {
-                        guard.set_reason("too_large");
+                        guard.set_reason(CloseReason::TooLarge);
                         return Some(actix_ws::CloseReason {
                             code: actix_ws::CloseCode::Size,
                             description: Some("messages are limited to 64 KiB".into()),

@@ -104,16 +104,10 @@ pub async fn perform(command: &Command, state: &AppState, user: &str) -> Result<
             Ok(json!({"purged": purged}))
         }
         Command::Announce { message, level } => {
-            let announcement = crate::announce::publish(
-                &state.core.store,
-                &state.core.hub,
-                &state.core.fanout,
-                *level,
-                message,
-                user,
-                now_ms(),
-            )
-            .await?;
+            let announcement = state
+                .core
+                .publish_announcement(*level, message, user, now_ms())
+                .await?;
             Ok(json!(announcement))
         }
         Command::ConnectionsList => Ok(connections(state).await),

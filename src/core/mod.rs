@@ -5,21 +5,23 @@
 //!
 //! The operations more than one of them perform are methods here, so each is written once:
 //! asking the leader for a snapshot and waiting for it, recording a published snapshot in the
-//! gauges, answering the other instances' questions, presence. Transport settings stay with
+//! gauges, answering the other instances' questions, presence, publishing an announcement and
+//! filling a hub's gaps from the store, recognising a resume id. Transport settings stay with
 //! each transport (`app::AppState` for HTTP and the console), task settings with each task.
 //! No transport, no broker, no SQL here.
 
 pub mod outbox;
 
+use crate::aggregate::Millis;
 use crate::control::{Answer, Beacon, Cluster, NodeStatus, Present, Request};
 use crate::live::connection::Registry;
 use crate::live::credentials::CredentialWatch;
 use crate::live::feeds::ConsoleFeeds;
-use crate::live::hub::PublishedSnapshot;
-use crate::live::{Hub, Snapshot};
+use crate::live::hub::{EventId, PublishedSnapshot, REPLAY_WINDOW_MS};
+use crate::live::{Announcement, Hub, Level, Snapshot};
 use crate::metrics::Metrics;
 use crate::status::StatusCell;
-use crate::store::Store;
+use crate::store::{Store, StoreError};
 use outbox::FanoutSender;
 use std::sync::Arc;
 use std::time::Duration;
@@ -59,7 +61,7 @@ pub struct CoreParts {
 
 impl Core {
     /// The core, with the users' credential epochs loaded from the store.
-    pub async fn new(parts: CoreParts) -> Result<Core, crate::store::StoreError> {
+    pub async fn new(parts: CoreParts) -> Result<Core, StoreError> {
         let registry = Registry::new(&parts.node, parts.hub.closing());
         let credentials = CredentialWatch::load(parts.store.clone(), registry.clone()).await?;
         Ok(Core {
@@ -187,6 +189,71 @@ impl Core {
         }
         self.cluster.forget(&correlation);
         (received, waiting)
+    }
+
+    /// Stores an announcement, delivers it on this instance and tells the others: the one
+    /// code path of `POST /api/announcements` and the console's `announce`.
+    pub async fn publish_announcement(
+        &self,
+        level: Level,
+        message: &str,
+        author: &str,
+        now: Millis,
+    ) -> Result<Announcement, StoreError> {
+        let announcement: Announcement = self
+            .store
+            .create_announcement(level.as_str(), message, author, now)
+            .await?
+            .into();
+        self.announce(announcement.clone()).await?;
+        self.fanout.send_announcement(announcement.clone());
+        Ok(announcement)
+    }
+
+    /// Delivers an announcement on this instance, in id order: one already delivered is
+    /// ignored; a gap (one this instance missed) is filled from the store first.
+    pub async fn announce(&self, announcement: Announcement) -> Result<(), StoreError> {
+        let last = self.hub.last_announcement();
+        if announcement.id <= last {
+            return Ok(());
+        }
+        if announcement.id > last + 1 {
+            return self.catch_up_announcements().await;
+        }
+        self.hub.deliver(announcement);
+        Ok(())
+    }
+
+    /// Delivers, in order, every stored announcement the hub has not delivered yet.
+    pub async fn catch_up_announcements(&self) -> Result<(), StoreError> {
+        let since = crate::clock::now_ms() - REPLAY_WINDOW_MS;
+        let missed = self
+            .store
+            .announcements_after(self.hub.last_announcement(), since, 1_000)
+            .await?;
+        for stored in missed {
+            self.hub.deliver(stored.into());
+        }
+        Ok(())
+    }
+
+    /// `id` if the service has been there; `None` for an id from the future (a database
+    /// restored from a backup, a made-up id), which the caller treats as unknown: a full replay
+    /// of what is kept, then the current snapshot, as for a new client. Waiting for the
+    /// service to reach such an id would silence the client for good.
+    ///
+    /// The store is asked only when the hub has not reached the id itself: another instance
+    /// may be an announcement or a snapshot ahead, and what the store holds (announcements,
+    /// seqs reserved by a leader) is what every instance will reach.
+    pub async fn recognise(&self, id: EventId) -> Result<Option<EventId>, StoreError> {
+        let (announcement_reached, seq_reached) = self.hub.has_reached(id);
+        let announcement_known =
+            announcement_reached || id.announcement <= self.store.last_announcement_id().await?;
+        if !announcement_known {
+            return Ok(None);
+        }
+        let seq_known = seq_reached || id.seq <= self.store.reserved_seq().await?;
+        Ok(seq_known.then_some(id))
     }
 
     /// What `status` shows of this instance.

@@ -202,11 +202,7 @@ impl Freshness {
         if nonce.abs_diff(now) > self.window_us {
             return Err(Rejection::Stale);
         }
-        // A plain map: a panic elsewhere cannot leave it half-changed; no `.await` while held.
-        let mut last = self
-            .last_accepted
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut last = crate::sync::lock(&self.last_accepted);
         if last.get(node).is_some_and(|seen| nonce <= *seen) {
             return Err(Rejection::Replayed);
         }
@@ -238,7 +234,7 @@ impl LogGate {
 
     /// `Some(held back since the last line)` when a line may be written now.
     pub fn admit(&self, now: Instant) -> Option<u64> {
-        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let mut state = crate::sync::lock(&self.state);
         let (last, held) = &mut *state;
         if last.is_some_and(|at| now.duration_since(at) < self.every) {
             *held += 1;

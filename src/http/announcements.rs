@@ -2,7 +2,6 @@
 
 use super::extract::{Operator, Viewer};
 use super::{ApiError, AppState};
-use crate::announce;
 use crate::clock::now_ms;
 use crate::live::announcement::validate_message;
 use crate::live::{Announcement, Level};
@@ -56,15 +55,9 @@ pub async fn create(
     validate_message(&body.message).map_err(ApiError::BadRequest)?;
     let level = Level::parse(&body.level)
         .ok_or_else(|| ApiError::BadRequest("level must be info, warning or critical".into()))?;
-    let announcement = announce::publish(
-        &state.core.store,
-        &state.core.hub,
-        &state.core.fanout,
-        level,
-        &body.message,
-        operator.0.username(),
-        now_ms(),
-    )
-    .await?;
+    let announcement = state
+        .core
+        .publish_announcement(level, &body.message, operator.0.username(), now_ms())
+        .await?;
     Ok(HttpResponse::Created().json(announcement))
 }

@@ -11,7 +11,7 @@
 use super::extract::Viewer;
 use super::{ApiError, AppState};
 use crate::clock::now_ms;
-use crate::live::connection::{ConnectionGuard, Ending, Sent, Transport};
+use crate::live::connection::{CloseReason, ConnectionGuard, Ending, Sent, Transport};
 use crate::live::hub::{EventId, REPLAY_WINDOW_MS};
 use actix_web::http::header;
 use actix_web::{web, HttpResponse};
@@ -42,14 +42,7 @@ pub async fn poll(
                 ApiError::BadRequest("after must be an event id received from this service".into())
             })?;
             // An id from the future is unknown: everything kept is newer than announcement 0.
-            Some(
-                state
-                    .core
-                    .hub
-                    .recognise(id, &state.core.store)
-                    .await?
-                    .unwrap_or_default(),
-            )
+            Some(state.core.recognise(id).await?.unwrap_or_default())
         }
     };
     let timeout = Duration::from_secs(
@@ -97,7 +90,7 @@ pub async fn poll(
 fn ended_poll(guard: &mut ConnectionGuard, shutdown: bool) -> Result<HttpResponse, ApiError> {
     let ending = guard.ending().filter(|_| !shutdown);
     if let Some(ending) = ending {
-        guard.set_reason(ending.label());
+        guard.set_reason(CloseReason::Ended(ending));
     }
     match ending {
         Some(Ending::Revoked | Ending::Expired) => Err(ApiError::Unauthorized),

@@ -23,7 +23,7 @@
 use super::extract::Viewer;
 use super::{ApiError, AppState};
 use crate::clock::now_ms;
-use crate::live::connection::{ConnectionGuard, Sent, Transport};
+use crate::live::connection::{CloseReason, ConnectionGuard, Sent, Transport};
 use crate::live::hub::{sse_event, AnnouncementFrame, EventId, REPLAY_WINDOW_MS};
 use crate::live::limit::StreamSlot;
 use crate::live::worker_feed::{Lagged, Listing, WorkerFeed};
@@ -62,14 +62,7 @@ pub async fn stream(
         .or_else(|| query.into_inner().last_event_id);
     let resume = match resume_text.as_deref().and_then(EventId::parse) {
         // An id from the future is unknown: replay everything kept (from announcement 0).
-        Some(id) => Some(
-            state
-                .core
-                .hub
-                .recognise(id, &state.core.store)
-                .await?
-                .unwrap_or_default(),
-        ),
+        Some(id) => Some(state.core.recognise(id).await?.unwrap_or_default()),
         None => None,
     };
     // Before anything is subscribed or sent: a refused stream costs nothing.
@@ -206,7 +199,7 @@ impl Drop for StreamState {
         let behind = hub.last_announcement() > self.last_announcement
             || hub.latest().is_some_and(|p| p.index > self.last_index);
         if behind {
-            self.guard.set_reason("slow_client");
+            self.guard.set_reason(CloseReason::SlowClient);
         }
     }
 }
@@ -237,7 +230,7 @@ impl Stream for SseBody {
                     // Only announcements it already has (or predate it) left the ring.
                     Some(first) => stream.position = first,
                     None => {
-                        stream.guard.set_reason("slow_client");
+                        stream.guard.set_reason(CloseReason::SlowClient);
                         return Poll::Ready(None);
                     }
                 },
@@ -284,12 +277,12 @@ impl StreamState {
     /// a last comment line.
     fn stopped(&mut self, cx: &mut Context<'_>) -> Stop {
         if self.feed.closing() {
-            self.guard.set_reason("shutdown");
+            self.guard.set_reason(CloseReason::Shutdown);
             return Stop::Silently;
         }
         match self.guard.ended(cx.waker()) {
             Some(ending) => {
-                self.guard.set_reason(ending.label());
+                self.guard.set_reason(CloseReason::Ended(ending));
                 let last = format!(": closed: {}\n\n", ending.explanation());
                 Stop::Saying(Bytes::from(last))
             }

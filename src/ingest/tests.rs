@@ -229,3 +229,21 @@ async fn malformed_messages_and_sums_without_room_are_refused_and_the_rest_appli
     assert_eq!(counted(&context, "order.placed", "applied"), 1);
     assert_eq!(context.core.store.applied_count().await.expect("count"), 1);
 }
+
+#[test]
+fn every_event_type_label_is_exported_from_the_start() {
+    use crate::aggregate::EventKind;
+    let kinds = [
+        EventKind::OrderPlaced { amount_minor: 1 },
+        EventKind::OrderRefunded { amount_minor: 1 },
+        EventKind::UserActive,
+        EventKind::UserSignedOut,
+        EventKind::Other,
+    ];
+    for kind in kinds {
+        assert!(
+            crate::metrics::EVENT_TYPES.contains(&kind.label()),
+            "{kind:?}"
+        );
+    }
+}

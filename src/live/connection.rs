@@ -110,6 +110,51 @@ impl Ending {
     }
 }
 
+/// Why a connection closed: the `reason` of `pulseboard_connections_closed_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CloseReason {
+    /// As far as the server knows, the client left (the default).
+    ClientClosed,
+    /// It did not keep up and was cut off.
+    SlowClient,
+    /// The instance is stopping.
+    Shutdown,
+    /// The server ended it (kicked, revoked, expired).
+    Ended(Ending),
+    /// A console that did not answer pings.
+    PingTimeout,
+    /// A console message over the frame limit.
+    TooLarge,
+}
+
+impl CloseReason {
+    /// Every reason a transport can close with, as `metrics::CLOSE_REASONS` (which exports
+    /// them from the start, below this module) must list them: checked by a test.
+    #[cfg(test)]
+    pub fn all_for(transport: Transport) -> Vec<CloseReason> {
+        let mut all = vec![CloseReason::ClientClosed];
+        if transport != Transport::Poll {
+            all.extend([CloseReason::SlowClient, CloseReason::Shutdown]);
+        }
+        all.extend(Ending::ALL.map(CloseReason::Ended));
+        if transport == Transport::Ws {
+            all.extend([CloseReason::PingTimeout, CloseReason::TooLarge]);
+        }
+        all
+    }
+
+    pub fn label(self) -> &'static str {
+        match self {
+            CloseReason::ClientClosed => "client_closed",
+            CloseReason::SlowClient => "slow_client",
+            CloseReason::Shutdown => "shutdown",
+            CloseReason::Ended(ending) => ending.label(),
+            CloseReason::PingTimeout => "ping_timeout",
+            CloseReason::TooLarge => "too_large",
+        }
+    }
+}
+
 /// Counts a connection open while it lives, and closed, with its reason, when dropped.
 ///
 /// The per-message series are resolved once, at open: looking a label set up costs a hash and a
@@ -117,7 +162,7 @@ impl Ending {
 pub struct ConnectionGuard {
     metrics: Arc<Metrics>,
     transport: Transport,
-    reason: &'static str,
+    reason: CloseReason,
     sent: [IntCounter; 3],
     latency: Histogram,
     coalesced: IntCounter,
@@ -145,7 +190,7 @@ impl ConnectionGuard {
             sent,
             metrics,
             transport,
-            reason: "client_closed",
+            reason: CloseReason::ClientClosed,
             registration: None,
         }
     }
@@ -186,11 +231,11 @@ impl ConnectionGuard {
 
     /// No other reason was recorded: as far as the server knows, the client left.
     pub fn closed_by_client(&self) -> bool {
-        self.reason == "client_closed"
+        self.reason == CloseReason::ClientClosed
     }
 
     /// Records why the server ends this connection (the default is that the client left).
-    pub fn set_reason(&mut self, reason: &'static str) {
+    pub fn set_reason(&mut self, reason: CloseReason) {
         self.reason = reason;
     }
 
@@ -217,9 +262,9 @@ impl Drop for ConnectionGuard {
         self.metrics.connections.with_label_values(&[label]).dec();
         self.metrics
             .connections_closed
-            .with_label_values(&[label, self.reason])
+            .with_label_values(&[label, self.reason.label()])
             .inc();
-        if self.reason == "slow_client" {
+        if self.reason == CloseReason::SlowClient {
             self.metrics
                 .slow_client_disconnects
                 .with_label_values(&[label])
@@ -431,10 +476,7 @@ impl Registry {
 
     /// Plain map: a panic elsewhere cannot leave it half-changed; no `.await` while held.
     fn lock(&self) -> MutexGuard<'_, BTreeMap<u64, Arc<Entry>>> {
-        self.inner
-            .entries
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        crate::sync::lock(&self.inner.entries)
     }
 }
 
@@ -449,6 +491,13 @@ impl Drop for Registration {
 mod tests {
     use super::*;
     use crate::auth::Role;
+
+    #[test]
+    fn every_transport_and_kind_is_exported_from_the_start() {
+        let transports = [Transport::Sse, Transport::Ws, Transport::Poll].map(Transport::label);
+        assert_eq!(transports, crate::metrics::TRANSPORTS);
+        assert_eq!(Sent::ALL.map(Sent::label), crate::metrics::MESSAGE_KINDS);
+    }
 
     fn grant(user: &str, kind: GrantKind) -> Grant {
         Grant {
@@ -556,11 +605,17 @@ mod tests {
     }
 
     #[test]
-    fn every_ending_is_a_close_reason_exported_for_every_transport() {
-        for (transport, reasons) in crate::metrics::CLOSE_REASONS {
-            for ending in Ending::ALL {
-                assert!(reasons.contains(&ending.label()), "{transport}: {ending:?}");
-            }
+    fn every_close_reason_of_a_transport_is_exported_for_it() {
+        for transport in [Transport::Sse, Transport::Ws, Transport::Poll] {
+            let (_, exported) = crate::metrics::CLOSE_REASONS
+                .iter()
+                .find(|(name, _)| *name == transport.label())
+                .expect("listed");
+            let reasons: Vec<&str> = CloseReason::all_for(transport)
+                .into_iter()
+                .map(CloseReason::label)
+                .collect();
+            assert_eq!(&reasons, exported, "{transport:?}");
         }
     }
 }

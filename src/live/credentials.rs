@@ -41,12 +41,8 @@ impl CredentialWatch {
     }
 
     fn known(&self) -> Arc<KnownUsers> {
-        // Replaced whole under the lock, never left half-written: a poisoned lock still holds
-        // a complete table.
-        self.known
-            .read()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .clone()
+        // Replaced whole under the lock, never left half-written.
+        crate::sync::read(&self.known).clone()
     }
 
     /// A new request's credential: judged by the table, and by the database only when the table
@@ -107,10 +103,7 @@ impl CredentialWatch {
     /// error the last table is kept (and still ends what has expired).
     async fn refresh(&self) -> Result<(), StoreError> {
         let read = read_users(&self.store).await.map(|known| {
-            *self
-                .known
-                .write()
-                .unwrap_or_else(|poisoned| poisoned.into_inner()) = Arc::new(known);
+            *crate::sync::write(&self.known) = Arc::new(known);
         });
         let known = self.known();
         let now = now_ms();
@@ -120,10 +113,7 @@ impl CredentialWatch {
         let mut ended = self.registry.sweep(|grant| {
             let verdict = known.judge(grant, now);
             if verdict == Verdict::Revoked && known.may_predate(grant) {
-                doubtful
-                    .lock()
-                    .unwrap_or_else(|poisoned| poisoned.into_inner())
-                    .push(grant.clone());
+                crate::sync::lock(&doubtful).push(grant.clone());
                 return Verdict::Good;
             }
             verdict

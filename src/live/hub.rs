@@ -15,7 +15,7 @@
 
 use super::{Announcement, SnapshotFrame};
 use crate::aggregate::Millis;
-use crate::store::{Store, StoreError};
+
 use bytes::Bytes;
 use std::sync::{Arc, Mutex, MutexGuard};
 use tokio::sync::{broadcast, watch};
@@ -104,11 +104,7 @@ impl Hub {
     }
 
     fn cursor(&self) -> MutexGuard<'_, Cursor> {
-        // Plain counters: a panic elsewhere cannot leave them half-written.
-        self.inner
-            .cursor
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        crate::sync::lock(&self.inner.cursor)
     }
 
     /// Makes `frame` the current snapshot unless a newer one is already here (a late fan-out
@@ -142,42 +138,14 @@ impl Hub {
         self.publish(frame)
     }
 
-    /// Delivers an announcement to every connection, in id order. An id already delivered is
-    /// ignored; a gap (an announcement this instance missed) is filled from the store first.
-    pub async fn announce(
-        &self,
-        announcement: Announcement,
-        store: &Store,
-    ) -> Result<(), StoreError> {
-        let last = self.last_announcement();
-        if announcement.id <= last {
-            return Ok(());
-        }
-        if announcement.id > last + 1 {
-            return self.catch_up(store).await;
-        }
-        self.deliver(announcement);
-        Ok(())
-    }
-
-    /// Delivers, in order, every stored announcement this hub has not delivered yet.
-    pub async fn catch_up(&self, store: &Store) -> Result<(), StoreError> {
-        let since = crate::clock::now_ms() - REPLAY_WINDOW_MS;
-        let missed = store
-            .announcements_after(self.last_announcement(), since, 1_000)
-            .await?;
-        for stored in missed {
-            self.deliver(stored.into());
-        }
-        Ok(())
-    }
-
     #[cfg(test)]
     pub fn deliver_for_test(&self, announcement: Announcement) {
         self.deliver(announcement);
     }
 
-    fn deliver(&self, announcement: Announcement) {
+    /// Delivers an announcement to every connection, unless it is not newer than the last one
+    /// delivered (the caller fills gaps from the store first: `core::Core::announce`).
+    pub fn deliver(&self, announcement: Announcement) {
         let mut cursor = self.cursor();
         if announcement.id <= cursor.last_announcement {
             return;
@@ -192,27 +160,12 @@ impl Hub {
         self.cursor().last_announcement
     }
 
-    /// `id` if the service has been there; `None` for an id from the future (a database
-    /// restored from a backup, a made-up id), which the caller treats as unknown: a full replay
-    /// of what is kept, then the current snapshot, as for a new client. Waiting for the
-    /// service to reach such an id would silence the client for good.
-    ///
-    /// The store is asked only when this hub has not reached the id itself: another instance
-    /// may be an announcement or a snapshot ahead, and what the store holds (announcements,
-    /// seqs reserved by a leader) is what every instance will reach.
-    pub async fn recognise(
-        &self,
-        id: EventId,
-        store: &Store,
-    ) -> Result<Option<EventId>, StoreError> {
-        let announcement_known = id.announcement <= self.last_announcement()
-            || id.announcement <= store.last_announcement_id().await?;
-        if !announcement_known {
-            return Ok(None);
-        }
-        let current_seq = self.latest().map_or(0, |p| p.id.seq);
-        let seq_known = id.seq <= current_seq || id.seq <= store.reserved_seq().await?;
-        Ok(seq_known.then_some(id))
+    /// Whether this hub has reached `id` itself (`false`: the store may know it; see
+    /// `core::Core::recognise`).
+    pub fn has_reached(&self, id: EventId) -> (bool, bool) {
+        let announcement = id.announcement <= self.last_announcement();
+        let seq = id.seq <= self.latest().map_or(0, |p| p.id.seq);
+        (announcement, seq)
     }
 
     /// Where a client that has just been sent `current` stands: every announcement this hub

@@ -8,6 +8,7 @@
 //! limits are per instance on purpose: they cap what one runaway client costs this process,
 //! and need no coordination between instances.
 
+use crate::sync::lock;
 use crate::window::SlidingWindows;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -72,12 +73,6 @@ impl StreamLimiter {
     fn held_by(&self, user: &str) -> usize {
         lock(&self.held).get(user).copied().unwrap_or(0)
     }
-}
-
-/// Plain counters: a panic elsewhere cannot leave them inconsistent, so a poisoned lock is used
-/// as it is. No `.await` happens while it is held.
-fn lock<T>(held: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    held.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// `POST /api/dashboard/refresh` per user: [`REFRESHES_PER_WINDOW`] within a sliding

@@ -1553,3 +1553,71 @@ async fn an_instance_down_reaches_telegram_then_resolves() {
         .await;
     assert_addressed(&resolved);
 }
+
+/// SPEC §8: every labelled family exports each known label set from the start, so a fresh
+/// instance already has the series Grafana panels and alert rules read ("No data" otherwise).
+#[tokio::test]
+async fn a_fresh_instance_exports_every_known_label_set_at_zero() {
+    let database = TestDatabase::new(Backend::Sqlite).await;
+    let names = Names::new();
+    let service = Service::start(&ServiceConfig::new(&database, &names, "obs-zero")).await;
+    let text = metrics_text(&service).await;
+    let mut missing = Vec::new();
+    let mut expect = |family: &str, labels: &[(&str, &str)]| {
+        let found = text.lines().any(|line| {
+            line.starts_with(&format!("{family}{{"))
+                && labels
+                    .iter()
+                    .all(|(name, value)| line.contains(&format!("{name}=\"{value}\"")))
+                && line.ends_with(" 0")
+        });
+        if !found {
+            missing.push(format!("{family} {labels:?}"));
+        }
+    };
+    for transport in ["sse", "ws", "poll"] {
+        let t = [("transport", transport)];
+        expect("pulseboard_connections", &t);
+        expect("pulseboard_connections_opened_total", &t);
+        expect("pulseboard_reconnects_total", &t);
+        expect("pulseboard_delivery_latency_seconds_count", &t);
+        expect("pulseboard_slow_client_coalesced_total", &t);
+        expect("pulseboard_slow_client_disconnects_total", &t);
+        for kind in ["snapshot", "announcement", "heartbeat"] {
+            expect(
+                "pulseboard_messages_sent_total",
+                &[("transport", transport), ("kind", kind)],
+            );
+        }
+    }
+    for event_type in [
+        "order.placed",
+        "order.refunded",
+        "user.active",
+        "user.signed_out",
+    ] {
+        for outcome in ["applied", "duplicate", "ignored", "rejected"] {
+            expect(
+                "pulseboard_events_total",
+                &[("type", event_type), ("outcome", outcome)],
+            );
+        }
+    }
+    expect(
+        "pulseboard_console_commands_total",
+        &[("command", "connections.kick"), ("outcome", "ok")],
+    );
+    expect(
+        "pulseboard_console_commands_total",
+        &[("command", "dlq.replay"), ("outcome", "unavailable")],
+    );
+    expect(
+        "pulseboard_console_command_duration_seconds_count",
+        &[("command", "status")],
+    );
+    assert!(
+        missing.is_empty(),
+        "not exported at 0 by a fresh instance:\n{}\n{text}",
+        missing.join("\n")
+    );
+}
