@@ -1,5 +1,5 @@
-//! HTTP: the routes (see docs/api.md, HTTP routes) over the application state, request metrics,
-//! JSON errors, and the middleware every request passes: the screen of its head (no content
+//! HTTP: the routes (see docs/api.md, HTTP routes) over the application state, JSON errors,
+//! request metrics (`observe`), and the middleware every request passes: the screen of its head (no content
 //! coding, a bounded URI), the body deadline, `HEAD` of streams, compression, HTTP/1.0 streams.
 //!
 //! Handlers are thin: they read the hub, the store or the ingest status and shape the answer.

@@ -14,6 +14,7 @@ use super::IngestContext;
 use crate::aggregate::Millis;
 use crate::clock::now_ms;
 use crate::config::QueueType;
+use crate::core::Core;
 use crate::rabbitmq::{
     is_unreadable, reject_unreadable_head, BrokerError, ConsumerLink, HeadRejected, RawMessage,
 };
@@ -91,6 +92,18 @@ impl Caution {
     fn widens_after(&self, acknowledged: u64) -> bool {
         matches!(self, Caution::Narrow(window) if acknowledged > 2 * u64::from(*window))
     }
+}
+
+/// Whether ingest consumes, in the status and `pulseboard_ingest_up`, with the last error.
+pub(super) fn report_link(core: &Core, connected: bool, error: Option<String>) {
+    core.metrics.ingest_up.set(i64::from(connected));
+    core.status.update_ingest(|s| {
+        s.consumer.connected = connected;
+        s.term_connecting = false;
+        if error.is_some() {
+            s.consumer.last_error = error;
+        }
+    });
 }
 
 impl BrokerFeed {
@@ -274,6 +287,13 @@ impl Feed<'_> {
             tracing::warn!(%error, "RabbitMQ link failed");
             let _ = broker.drop_link(error.to_string());
         }
+    }
+
+    /// Drops the broker link after a failure, and says so (status, `pulseboard_ingest_up`).
+    pub(super) fn fail(&mut self, core: &Core, error: BrokerError) {
+        let message = error.to_string();
+        self.lose(error);
+        report_link(core, false, Some(message));
     }
 
     /// Stops consuming until [`Feed::resume`]: the link is closed, so unacknowledged

@@ -1,14 +1,16 @@
 //! Ingest: RabbitMQ (or the demo's in-process queue) → decode → store → aggregate → snapshots.
 //!
 //! Every instance runs [`run`]. It competes for the database lease (`store::Lease`); the holder
-//! becomes the leader (`leader`) that consumes, commits, acknowledges and publishes snapshots,
+//! becomes the leader that consumes, commits, acknowledges and publishes snapshots,
 //! the others wait and serve what the leader fans out. Leadership ends on shutdown, on losing the
 //! lease, or on a database error; the loop then tries again with backoff, and a new term always
 //! starts by rebuilding the figures from the store.
 //!
-//! Inside: `leader` runs a term (its loop and the order commit → ack → aggregate → publish),
-//! over `batch` (what is gathered between commits and when it is due) and `feed` (the RabbitMQ
-//! consumer link or the demo's in-process queue), `tail` (the console's sampled event tail).
+//! Inside, one job per file: `term` runs a term of leadership (its loop, the lease, the
+//! pause, minutes and pruning) over `pipeline` (gather → commit → acknowledge → apply, the
+//! exactly-once order) and `publisher` (whether and what snapshot to publish, sequence numbers),
+//! `batch` (what is gathered between commits and when it is due), `feed` (the RabbitMQ
+//! consumer link or the demo's in-process queue) and `tail` (the console's sampled event tail).
 //! An operator's pause (`store::Store::ingest_paused`) is read at the start of every term and
 //! whenever the leader is told or a second passed: a paused leader consumes nothing.
 //! Boundaries: decoding is pure ([`decode`]);
@@ -18,8 +20,10 @@ mod batch;
 pub mod batch_log;
 pub mod decode;
 mod feed;
-mod leader;
+mod pipeline;
+mod publisher;
 mod tail;
+mod term;
 #[cfg(test)]
 mod tests;
 
@@ -28,6 +32,8 @@ use crate::clock::now_ms;
 use crate::core::Core;
 use crate::rabbitmq::{RawMessage, Topology};
 use crate::retry::Backoff;
+use crate::store::StoreError;
+use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
@@ -61,6 +67,35 @@ pub struct IngestContext {
     pub settings: IngestSettings,
 }
 
+/// Why a term of leadership ended.
+pub(super) enum LeadEnd {
+    Shutdown,
+    LostLease,
+    Database(StoreError),
+    /// The task committing a batch panicked.
+    CommitTask(String),
+}
+
+impl fmt::Display for LeadEnd {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            LeadEnd::Shutdown => f.write_str("shutting down"),
+            LeadEnd::LostLease => f.write_str("lease lost to another node"),
+            LeadEnd::Database(error) => write!(f, "{error}"),
+            LeadEnd::CommitTask(error) => write!(f, "committing a batch failed: {error}"),
+        }
+    }
+}
+
+impl From<StoreError> for LeadEnd {
+    fn from(error: StoreError) -> Self {
+        match error {
+            StoreError::LostLease => LeadEnd::LostLease,
+            other => LeadEnd::Database(other),
+        }
+    }
+}
+
 /// What a leader reads besides the broker; kept across terms of leadership.
 pub struct LeaderInputs {
     /// The demo's in-process queue, when there is no broker.
@@ -91,16 +126,16 @@ pub async fn run(
             Ok(Some(lease)) => {
                 backoff.reset();
                 tracing::info!(epoch = lease.epoch, "this node now leads ingest");
-                let end = match leader::lead(&context, lease, &mut inputs, &shutdown).await {
-                    leader::LeadEnd::Database(error) => {
-                        leader::LeadEnd::Database(context.core.store.explain_timeout(error).await)
+                let end = match term::lead(&context, lease, &mut inputs, &shutdown).await {
+                    LeadEnd::Database(error) => {
+                        LeadEnd::Database(context.core.store.explain_timeout(error).await)
                     }
                     end => end,
                 };
                 context.core.metrics.leader.set(0);
                 context.core.metrics.ingest_up.set(0);
                 let database_error = match &end {
-                    leader::LeadEnd::Database(error) => Some(error.to_string()),
+                    LeadEnd::Database(error) => Some(error.to_string()),
                     _ => None,
                 };
                 context.core.status.update_ingest(|s| {
@@ -113,7 +148,7 @@ pub async fn run(
                     s.database_error = database_error;
                 });
                 match end {
-                    leader::LeadEnd::Shutdown => {
+                    LeadEnd::Shutdown => {
                         tracing::info!(reason = %end, "this node stopped leading ingest")
                     }
                     _ => tracing::warn!(reason = %end, "this node stopped leading ingest"),

@@ -2,7 +2,7 @@
 //! messages become events of a batch, which are duplicates or refused, and that every batch
 //! (full, or cut by its linger) is committed once and shows in the snapshot.
 
-use super::{leader, IngestContext, IngestSettings, LeaderInputs, LEASE_TTL_MS};
+use super::{term, IngestContext, IngestSettings, LeaderInputs, LEASE_TTL_MS};
 use crate::aggregate::{AggregateSettings, MAX_AMOUNT_MINOR};
 use crate::clock::{now_ms, rfc3339};
 use crate::config::DatabaseUrl;
@@ -83,7 +83,7 @@ async fn lead_until(context: &IngestContext, messages: Vec<RawMessage>, expected
         refresh,
     };
     let shutdown = CancellationToken::new();
-    let term = leader::lead(context, lease, &mut inputs, &shutdown);
+    let term = term::lead(context, lease, &mut inputs, &shutdown);
     let drive = async {
         for message in messages {
             sender.send(message).await.expect("the leader reads");
@@ -105,7 +105,7 @@ async fn lead_until(context: &IngestContext, messages: Vec<RawMessage>, expected
         today
     };
     let (end, today) = tokio::join!(term, drive);
-    assert!(matches!(end, leader::LeadEnd::Shutdown), "{end}");
+    assert!(matches!(end, super::LeadEnd::Shutdown), "{end}");
     // Reached while leading, not by the commit that shutdown makes of what is left.
     assert_eq!(today, Some(expected), "today's revenue within 10 s");
 }
@@ -140,7 +140,7 @@ async fn a_flood_of_refreshes_publishes_at_most_one_snapshot_per_tick() {
         refresh,
     };
     let shutdown = CancellationToken::new();
-    let term = leader::lead(&context, lease, &mut inputs, &shutdown);
+    let term = term::lead(&context, lease, &mut inputs, &shutdown);
     let flood = Duration::from_millis(500);
     let drive = async {
         while latest_seq(&context).is_none() {

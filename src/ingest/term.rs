@@ -1,0 +1,317 @@
+//! One term of leadership: the loop that drives the commit pipeline (`pipeline`) and the
+//! snapshots (`publisher`), and the leader's chores on every tick: renewing the lease,
+//! following an operator's pause, closing finished minutes, pruning.
+//!
+//! A single task owns the aggregator, so no lock guards it. It waits on the next message, the
+//! batch being committed, the end of the batching linger, and the snapshot tick. The commit
+//! runs in a task of its own while the next batch is gathered and decoded, so the database
+//! never waits for the broker and the broker (up to `prefetch` messages ahead) never waits for
+//! the database. The next batch, when due, starts committing as soon as the one before it
+//! lands, before that one's acknowledgement goes out.
+//!
+//! Failure handling: a lost broker drops the uncommitted batch (the broker redelivers it) and
+//! reconnects with backoff while snapshots go on; a lost lease or a database error ends the term.
+
+use super::batch::Batch;
+use super::feed::{report_link, BrokerFeed, Feed, FeedItem};
+use super::pipeline::{Landed, Pipeline};
+use super::publisher::{Publisher, Standing};
+use super::{IngestContext, LeadEnd, LeaderInputs, LEASE_POLL};
+use crate::aggregate::{minute_of, Aggregator, Millis, MINUTE_MS};
+use crate::clock::now_ms;
+use crate::store::{Applied, Lease};
+use std::time::Duration;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+const PRUNE_EVERY: Duration = Duration::from_secs(60);
+
+/// Leads one term: from the rebuild of the figures to the release of the lease on shutdown.
+pub(super) async fn lead(
+    context: &IngestContext,
+    lease: Lease,
+    inputs: &mut LeaderInputs,
+    shutdown: &CancellationToken,
+) -> LeadEnd {
+    let refresh = &mut inputs.refresh;
+    let mut feed = match inputs.local.as_mut() {
+        Some(receiver) => Feed::Local(receiver),
+        None => Feed::Broker(Box::new(BrokerFeed::new())),
+    };
+    let end = match Term::start(context, lease.clone()).await {
+        Ok(mut term) => term.run(&mut feed, refresh, shutdown).await,
+        Err(end) => end,
+    };
+    feed.close().await;
+    if matches!(end, LeadEnd::Shutdown) {
+        // Hand over at once instead of making the next leader wait for the lease to expire.
+        if let Err(error) = context.core.store.release_lease(&lease).await {
+            tracing::warn!(%error, "could not release the ingest lease");
+        }
+    }
+    end
+}
+
+struct Term<'a> {
+    context: &'a IngestContext,
+    lease: Lease,
+    aggregator: Aggregator,
+    pipeline: Pipeline,
+    publisher: Publisher,
+    last_renewed: Instant,
+    current_minute: Millis,
+    last_prune: Instant,
+    /// An operator paused ingest (stored; cluster-wide): nothing is consumed meanwhile.
+    paused: bool,
+    last_pause_check: Instant,
+    /// A refresh was asked for since the last tick: the next tick publishes even without a
+    /// change. Requests never publish themselves, so a flood of them still makes at most one
+    /// snapshot per tick.
+    refresh_asked: bool,
+}
+
+impl<'a> Term<'a> {
+    async fn start(context: &'a IngestContext, lease: Lease) -> Result<Term<'a>, LeadEnd> {
+        let settings = &context.settings;
+        let store = &context.core.store;
+        let now = now_ms();
+        let horizon = Aggregator::new(settings.aggregate.clone()).restore_horizon_ms();
+        // An older version may have written rows without a key until this node took the lease.
+        store.key_unkeyed_events().await?;
+        let restore = store
+            .load_restore(now, horizon, settings.aggregate.timezone)
+            .await?;
+        tracing::info!(
+            recent_events = restore.recent_events.len(),
+            "rebuilt the live figures from the store"
+        );
+        let aggregator = Aggregator::restore(settings.aggregate.clone(), restore);
+        // A new leader honours a pause made under the one before it.
+        let paused = store.ingest_paused().await?;
+        let publisher = Publisher::start(context).await?;
+        if paused {
+            tracing::info!("ingest is paused by an operator; not consuming");
+        }
+        context.core.metrics.leader.set(1);
+        context.core.status.update_ingest(|s| {
+            s.paused = paused;
+            s.is_leader = true;
+            s.term_connecting = !settings.local_demo;
+            s.leader = Some(context.core.node.clone());
+            s.database_error = None;
+        });
+        Ok(Term {
+            context,
+            pipeline: Pipeline::new(context, lease.clone()),
+            lease,
+            aggregator,
+            publisher,
+            last_renewed: Instant::now(),
+            current_minute: minute_of(now),
+            last_prune: Instant::now(),
+            paused,
+            last_pause_check: Instant::now(),
+            refresh_asked: false,
+        })
+    }
+
+    async fn run(
+        &mut self,
+        feed: &mut Feed<'_>,
+        refresh: &mut mpsc::Receiver<()>,
+        shutdown: &CancellationToken,
+    ) -> LeadEnd {
+        let mut tick = tokio::time::interval(self.context.settings.snapshot_interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        if self.paused {
+            feed.suspend().await;
+        }
+        feed.maybe_connect(self.context);
+        let result: Result<(), LeadEnd> = async {
+            loop {
+                let linger = self.pipeline.linger_deadline();
+                let idle = !self.pipeline.is_committing();
+                let may_gather = self.pipeline.has_room() && !self.paused;
+                tokio::select! {
+                    biased;
+                    _ = shutdown.cancelled() => {
+                        // Commit and acknowledge what was already received, then stop.
+                        self.flush(feed).await?;
+                        return Err(LeadEnd::Shutdown);
+                    }
+                    committed = self.pipeline.committed() => self.on_committed(committed, feed).await?,
+                    item = feed.next(), if may_gather => {
+                        self.on_feed(item, feed).await;
+                        if !self.pipeline.is_committing() && self.pipeline.gathering_is_due() {
+                            self.pipeline.start_commit(self.context, feed).await;
+                        }
+                    }
+                    _ = sleep_until(linger), if linger.is_some() && idle => {
+                        self.pipeline.start_commit(self.context, feed).await
+                    }
+                    _ = tick.tick() => self.on_tick(feed).await?,
+                    Some(()) = refresh.recv() => self.refresh_asked = true,
+                }
+            }
+        }
+        .await;
+        self.pipeline.settle().await;
+        match result {
+            Ok(()) => LeadEnd::Shutdown,
+            Err(LeadEnd::Database(error)) => {
+                let figures = self.aggregator.figures(now_ms());
+                self.publisher
+                    .say_database_failed(self.context, figures, &error);
+                LeadEnd::Database(error)
+            }
+            Err(end) => end,
+        }
+    }
+
+    /// A batch's commit returned: acknowledge and apply it, and keep the database busy.
+    async fn on_committed(
+        &mut self,
+        committed: Result<(Batch, Applied), LeadEnd>,
+        feed: &mut Feed<'_>,
+    ) -> Result<(), LeadEnd> {
+        // Keep the database busy: the next batch starts committing before this one is
+        // acknowledged and applied. Its acknowledgement still follows this one's, and which
+        // of its events are new is the database's answer.
+        if committed.is_ok() && self.pipeline.gathering_has_events_due() {
+            self.pipeline.start_commit(self.context, feed).await;
+        }
+        let landed = self
+            .pipeline
+            .on_committed(self.context, &mut self.aggregator, committed, feed)
+            .await?;
+        self.land(landed);
+        if self.pipeline.gathering_is_due() {
+            self.pipeline.start_commit(self.context, feed).await;
+        }
+        Ok(())
+    }
+
+    /// A commit landed: fenced by the lease, it renewed it as well.
+    fn land(&mut self, landed: Landed) {
+        self.last_renewed = Instant::now();
+        self.publisher.landed(self.context, landed);
+    }
+
+    /// Commits, acknowledges and applies everything received so far.
+    async fn flush(&mut self, feed: &mut Feed<'_>) -> Result<(), LeadEnd> {
+        let landed = self
+            .pipeline
+            .flush(self.context, &mut self.aggregator, feed)
+            .await?;
+        self.land(landed);
+        Ok(())
+    }
+
+    async fn on_feed(&mut self, item: FeedItem, feed: &mut Feed<'_>) {
+        match item {
+            FeedItem::Message(message) => {
+                self.pipeline
+                    .gather(self.context, &mut self.aggregator, message, feed)
+                    .await
+            }
+            FeedItem::Connected => {
+                tracing::info!("consuming from RabbitMQ");
+                report_link(&self.context.core, true, None);
+            }
+            FeedItem::Lost(error) => {
+                tracing::warn!(%error, "lost RabbitMQ; reconnecting with backoff");
+                // Unacknowledged messages of the lost channel come back from the broker.
+                self.pipeline.drop_gathering(&mut self.aggregator);
+                report_link(&self.context.core, false, Some(error));
+            }
+        }
+    }
+
+    async fn on_tick(&mut self, feed: &mut Feed<'_>) -> Result<(), LeadEnd> {
+        let now = now_ms();
+        if self.last_renewed.elapsed() >= LEASE_POLL {
+            self.context
+                .core
+                .store
+                .renew_lease(&self.lease, now)
+                .await?;
+            self.last_renewed = Instant::now();
+        }
+        let refresh = std::mem::take(&mut self.refresh_asked);
+        // A pause or resume is announced as a refresh: read the flag before publishing.
+        if refresh || self.last_pause_check.elapsed() >= LEASE_POLL {
+            self.check_pause(feed).await?;
+        }
+        feed.maybe_connect(self.context);
+        self.close_finished_minutes(now).await?;
+        if self.last_prune.elapsed() >= PRUNE_EVERY {
+            self.prune(now);
+        }
+        let standing = Standing {
+            connected: feed.connected(),
+            paused: self.paused,
+        };
+        let figures = self.aggregator.figures(now);
+        self.publisher
+            .publish_if_changed(self.context, now, figures, standing, refresh)
+            .await
+    }
+
+    /// Reads the stored pause flag and follows it: pausing commits and acknowledges what was
+    /// already gathered, then closes the consumer, so the broker keeps every later message in
+    /// `<prefix>.events`; resuming reconnects.
+    async fn check_pause(&mut self, feed: &mut Feed<'_>) -> Result<(), LeadEnd> {
+        self.last_pause_check = Instant::now();
+        let paused = self.context.core.store.ingest_paused().await?;
+        if paused == self.paused {
+            return Ok(());
+        }
+        if paused {
+            self.flush(feed).await?;
+            feed.suspend().await;
+            tracing::info!("ingest paused by an operator");
+        } else {
+            feed.resume();
+            feed.maybe_connect(self.context);
+            tracing::info!("ingest resumed by an operator");
+        }
+        self.paused = paused;
+        self.context
+            .core
+            .status
+            .update_ingest(|s| s.paused = paused);
+        Ok(())
+    }
+
+    /// Writes "active users at the end of the minute" for the minute that just ended.
+    async fn close_finished_minutes(&mut self, now: Millis) -> Result<(), LeadEnd> {
+        let minute = minute_of(now);
+        if minute > self.current_minute {
+            let closed = self.current_minute;
+            let active = self.aggregator.active_users_at(closed + MINUTE_MS - 1);
+            self.context.core.store.close_minute(closed, active).await?;
+            self.current_minute = minute;
+        }
+        Ok(())
+    }
+
+    fn prune(&mut self, now: Millis) {
+        self.aggregator.prune(now);
+        self.last_prune = Instant::now();
+        let store = self.context.core.store.clone();
+        tokio::spawn(async move {
+            match store.prune(now).await {
+                Ok(rows) => tracing::debug!(rows, "pruned expired rows"),
+                Err(error) => tracing::warn!(%error, "pruning failed; will retry"),
+            }
+        });
+    }
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
+    }
+}
