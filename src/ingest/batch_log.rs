@@ -10,7 +10,8 @@
 
 use crate::aggregate::Millis;
 
-/// The target the line is logged under: the leader's module, as `RUST_LOG` names it.
+/// The target the line is logged under, as `RUST_LOG` names it (docs/operations.md): a fixed
+/// name, kept when the leader was split into files, so that filters and readers keep working.
 pub const TARGET: &str = "pulseboard::ingest::leader";
 /// The line's message.
 pub const MESSAGE: &str = "batch committed";
