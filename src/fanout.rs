@@ -27,7 +27,7 @@ pub mod seal;
 
 use crate::clock::now_ms;
 use crate::control::{Answer, Beacon, Request, BEACON_EVERY};
-use crate::core::outbox::{Outgoing, SignOut};
+use crate::core::outbox::{Kind, Outgoing, SignOut};
 use crate::core::Core;
 use crate::live::{Announcement, Snapshot, SnapshotFrame};
 use crate::rabbitmq::{bind_private_queue, connect, BrokerError, Topology};
@@ -199,18 +199,28 @@ async fn session(
 }
 
 /// One message on its way out: what its seal covers besides the sender and the nonce.
-#[derive(Default)]
 struct Outbound<'a> {
-    kind: &'static str,
+    kind: Kind,
     body: &'a [u8],
     reply_to: Option<&'a str>,
     correlation: Option<&'a str>,
     oldest_arrival: Option<i64>,
 }
 
+impl Outbound<'_> {
+    /// What a struct update fills in: a refresh, with nothing but its kind.
+    const EMPTY: Outbound<'static> = Outbound {
+        kind: Kind::Refresh,
+        body: &[],
+        reply_to: None,
+        correlation: None,
+        oldest_arrival: None,
+    };
+}
+
 /// A message whose seal and freshness were checked: the only way anything of it is read.
 struct Opened<'a> {
-    kind: &'a str,
+    kind: Kind,
     node: &'a str,
     oldest_arrival: Option<i64>,
     body: &'a [u8],
@@ -234,7 +244,7 @@ impl Link<'_> {
                     kind,
                     body: frame.json.as_bytes(),
                     oldest_arrival: frame.oldest_arrival,
-                    ..Outbound::default()
+                    ..Outbound::EMPTY
                 };
                 self.send(exchange, "", &outbound).await
             }
@@ -247,7 +257,7 @@ impl Link<'_> {
                     &Outbound {
                         kind,
                         body: &body,
-                        ..Outbound::default()
+                        ..Outbound::EMPTY
                     },
                 )
                 .await
@@ -258,7 +268,7 @@ impl Link<'_> {
                     "",
                     &Outbound {
                         kind,
-                        ..Outbound::default()
+                        ..Outbound::EMPTY
                     },
                 )
                 .await
@@ -274,7 +284,7 @@ impl Link<'_> {
                     body: &body,
                     reply_to: Some(self.own_queue),
                     correlation: Some(correlation),
-                    ..Outbound::default()
+                    ..Outbound::EMPTY
                 };
                 self.send(exchange, "", &outbound).await
             }
@@ -284,7 +294,7 @@ impl Link<'_> {
                 let outbound = Outbound {
                     kind,
                     body: &body,
-                    ..Outbound::default()
+                    ..Outbound::EMPTY
                 };
                 self.send(exchange, "", &outbound).await
             }
@@ -292,7 +302,7 @@ impl Link<'_> {
                 let outbound = Outbound {
                     kind,
                     body: json.as_bytes(),
-                    ..Outbound::default()
+                    ..Outbound::EMPTY
                 };
                 self.send(exchange, "", &outbound).await
             }
@@ -304,9 +314,9 @@ impl Link<'_> {
         // Strings only: always serializes.
         let body = serde_json::to_vec(beacon).unwrap_or_default();
         let outbound = Outbound {
-            kind: "beacon",
+            kind: Kind::Beacon,
             body: &body,
-            ..Outbound::default()
+            ..Outbound::EMPTY
         };
         self.send(&self.context.settings.topology.live_exchange, "", &outbound)
             .await
@@ -323,7 +333,7 @@ impl Link<'_> {
         let node = self.context.core.node.as_str();
         let nonce = self.seals.nonces.next(now_ms());
         let fields = Fields {
-            kind: outbound.kind,
+            kind: outbound.kind.as_str(),
             node,
             nonce,
             reply_to: outbound.reply_to.unwrap_or_default(),
@@ -350,7 +360,7 @@ impl Link<'_> {
         }
         let mut properties = BasicProperties::default()
             .with_content_type("application/json".into())
-            .with_type(outbound.kind.into())
+            .with_type(outbound.kind.as_str().into())
             .with_app_id(node.into())
             .with_headers(headers);
         if let Some(reply_to) = outbound.reply_to {
@@ -420,6 +430,8 @@ impl Link<'_> {
         };
         self.seals.key.check(&fields, seal)?;
         self.seals.freshness.admit(node, nonce, now_ms())?;
+        // Sealed by an instance: a kind this version does not know is a newer one's, or a bug.
+        let kind = Kind::parse(kind).ok_or(Rejection::Malformed)?;
         Ok(Opened {
             kind,
             node,
@@ -436,8 +448,8 @@ impl Link<'_> {
     ) -> Result<(), Rejection> {
         let context = self.context;
         match opened.kind {
-            "snapshot" => return self.receive_snapshot(opened).await,
-            "announcement" => {
+            Kind::Snapshot => return self.receive_snapshot(opened).await,
+            Kind::Announcement => {
                 let announcement: Announcement = parse(opened.body)?;
                 // The message only says that there is a new one: what clients get is read
                 // from the store, where the sender put it first.
@@ -447,13 +459,13 @@ impl Link<'_> {
                     }
                 }
             }
-            "request" => {
+            Kind::Request => {
                 let request: Request = parse(opened.body)?;
                 if let Err(error) = self.answer(&request, delivery).await {
                     tracing::warn!(%error, "could not answer a request");
                 }
             }
-            "answer" => {
+            Kind::Answer => {
                 let answer: Answer = parse(opened.body)?;
                 if let Some(correlation) = delivery.properties.correlation_id() {
                     context.core.cluster.deliver(
@@ -463,28 +475,27 @@ impl Link<'_> {
                     );
                 }
             }
-            "beacon" => {
+            Kind::Beacon => {
                 let beacon: Beacon = parse(opened.body)?;
                 if beacon.node != opened.node {
                     return Err(Rejection::Malformed);
                 }
                 context.core.saw(beacon);
             }
-            "audit" => {
+            Kind::Audit => {
                 let _ = context.core.feeds.audit.send(reencoded(opened.body)?);
             }
-            "event" => {
+            Kind::Event => {
                 let _ = context.core.feeds.events.send(reencoded(opened.body)?);
             }
-            "sign_out" => {
+            Kind::SignOut => {
                 let sign_out: SignOut = parse(opened.body)?;
                 if !sign_out.well_formed() {
                     return Err(Rejection::Malformed);
                 }
                 context.core.registry.end_session(&sign_out.session);
             }
-            "refresh" => context.core.refresh_if_leading(),
-            _ => return Err(Rejection::Malformed),
+            Kind::Refresh => context.core.refresh_if_leading(),
         }
         Ok(())
     }
@@ -509,10 +520,10 @@ impl Link<'_> {
         // Plain data: always serializes.
         let body = serde_json::to_vec(&answer).unwrap_or_default();
         let outbound = Outbound {
-            kind: "answer",
+            kind: Kind::Answer,
             body: &body,
             correlation: Some(correlation.as_str()),
-            ..Outbound::default()
+            ..Outbound::EMPTY
         };
         // The default exchange routes by queue name: straight to the asker's own queue.
         self.send("", reply_to.as_str(), &outbound).await

@@ -43,16 +43,64 @@ impl SignOut {
     }
 }
 
-impl Outgoing {
-    pub fn kind(&self) -> &'static str {
+/// What a message between instances is: its AMQP `type`, which its seal covers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Snapshot,
+    Announcement,
+    Refresh,
+    Request,
+    Answer,
+    Beacon,
+    Audit,
+    Event,
+    SignOut,
+}
+
+impl Kind {
+    pub const ALL: [Kind; 9] = [
+        Kind::Snapshot,
+        Kind::Announcement,
+        Kind::Refresh,
+        Kind::Request,
+        Kind::Answer,
+        Kind::Beacon,
+        Kind::Audit,
+        Kind::Event,
+        Kind::SignOut,
+    ];
+
+    /// The wire name (the AMQP `type` property).
+    pub fn as_str(self) -> &'static str {
         match self {
-            Outgoing::Snapshot(_) => "snapshot",
-            Outgoing::Announcement(_) => "announcement",
-            Outgoing::Refresh => "refresh",
-            Outgoing::Request { .. } => "request",
-            Outgoing::Audit(_) => "audit",
-            Outgoing::Event(_) => "event",
-            Outgoing::SignOut(_) => "sign_out",
+            Kind::Snapshot => "snapshot",
+            Kind::Announcement => "announcement",
+            Kind::Refresh => "refresh",
+            Kind::Request => "request",
+            Kind::Answer => "answer",
+            Kind::Beacon => "beacon",
+            Kind::Audit => "audit",
+            Kind::Event => "event",
+            Kind::SignOut => "sign_out",
+        }
+    }
+
+    /// The kind a wire name names; `None` for anything else.
+    pub fn parse(name: &str) -> Option<Kind> {
+        Kind::ALL.into_iter().find(|kind| kind.as_str() == name)
+    }
+}
+
+impl Outgoing {
+    pub fn kind(&self) -> Kind {
+        match self {
+            Outgoing::Snapshot(_) => Kind::Snapshot,
+            Outgoing::Announcement(_) => Kind::Announcement,
+            Outgoing::Refresh => Kind::Refresh,
+            Outgoing::Request { .. } => Kind::Request,
+            Outgoing::Audit(_) => Kind::Audit,
+            Outgoing::Event(_) => Kind::Event,
+            Outgoing::SignOut(_) => Kind::SignOut,
         }
     }
 }
@@ -104,6 +152,21 @@ impl FanoutSender {
         };
         if self.0.try_send(Outgoing::SignOut(sign_out)).is_err() {
             tracing::warn!("the fan-out queue is full: other instances end this session's connections only at their next request");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_kind_reads_back_from_its_wire_name_and_nothing_else_does() {
+        for kind in Kind::ALL {
+            assert_eq!(Kind::parse(kind.as_str()), Some(kind));
+        }
+        for other in ["", "Snapshot", "snapshot ", "signout"] {
+            assert_eq!(Kind::parse(other), None, "{other:?}");
         }
     }
 }
