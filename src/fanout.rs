@@ -187,7 +187,12 @@ async fn session(
                 link.publish(&message).await?;
             }
             _ = depth_tick.tick() => poll_depths(context, &depth_channel).await?,
-            _ = beacon_tick.tick() => link.send_beacon(&context.core.beacon()).await?,
+            _ = beacon_tick.tick() => {
+                // Also the clock of presence: an instance that went silent sends nothing that
+                // would drop its operators once they are past `PRESENT_WITHIN`.
+                context.core.refresh_presence();
+                link.send_beacon(&context.core.beacon()).await?;
+            }
             Ok(()) = consoles.changed() => {
                 context.core.refresh_presence();
                 link.send_beacon(&context.core.beacon()).await?;

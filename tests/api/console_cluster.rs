@@ -1,6 +1,7 @@
 //! Console commands that act across instances and on the broker: a pause issued on the
-//! follower, kept across the leader's death; listing and kicking another instance's stream; the
-//! dead-letter commands (peek, replay exactly once, purge with confirmation).
+//! follower, kept across the leader's death; listing and kicking another instance's stream; an
+//! instance that stops answering (SIGSTOP) shown as `unreachable`; presence across instances;
+//! the dead-letter commands (peek, replay exactly once, purge with confirmation).
 
 use crate::console::{error_of, Console};
 use crate::helpers::{Backend, Broker, Names, Service, ServiceConfig, TestDatabase};
@@ -354,4 +355,193 @@ async fn a_dead_letter_is_peeked_replayed_once_after_the_fix_and_purged_only_wit
         "{tail}"
     );
     let _ = connection.close(200, "bye").await;
+}
+
+/// `node`'s `state` in a `status` or `connections.list` reply (`null` when it is not listed).
+fn state_of(reply: &Value, node: &str) -> Value {
+    let rows = reply["nodes"].as_array().into_iter().flatten();
+    rows.filter(|n| n["node"] == node)
+        .map(|n| n["state"].clone())
+        .next()
+        .unwrap_or(Value::Null)
+}
+
+/// Whether a `connections.list` reply lists a connection held by `node`.
+fn holds(listed: &Value, node: &str) -> bool {
+    let prefix = format!("{node}/");
+    let mut all = listed["connections"].as_array().into_iter().flatten();
+    all.any(|c| c["id"].as_str().is_some_and(|id| id.starts_with(&prefix)))
+}
+
+/// [`two_instances`], each with its own name as its `status` says it (a snapshot names the
+/// leader's).
+async fn two_named_instances(
+    database: &TestDatabase,
+    names: &Names,
+) -> ((Service, String), (Service, String)) {
+    async fn node_of(service: &Service) -> String {
+        let status = Console::open(service, service.token())
+            .await
+            .ok("status", Value::Null)
+            .await;
+        status["node"].as_str().expect("node").to_owned()
+    }
+    let (leader, follower) = two_instances(database, names).await;
+    let (leader_node, follower_node) = (node_of(&leader).await, node_of(&follower).await);
+    ((leader, leader_node), (follower, follower_node))
+}
+
+/// An instance that stops answering (SIGSTOP: its sockets stay open, nothing answers on them)
+/// is not left out of the other's answers nor waited for: `status` and `connections.list` list
+/// it as `unreachable` after their one second, and as `ok` again once it goes on (SIGCONT).
+#[tokio::test]
+async fn an_instance_that_stops_answering_is_unreachable_in_status_and_connections_list() {
+    let database = TestDatabase::new(Backend::Postgres).await;
+    let names = Names::new();
+    let _broker = Broker::connect(&names).await;
+    // The leader asks and stays up: the frozen one leads nothing.
+    let ((asker, asker_node), (frozen, frozen_node)) = two_named_instances(&database, &names).await;
+    let mut stream = SseClient::connect(&frozen, "/api/dashboard/stream", None).await;
+    stream.next_of("snapshot", Duration::from_secs(10)).await;
+    let mut console = Console::open(&asker, asker.token()).await;
+    wait_for_node(&mut console, &frozen_node).await;
+    let listed = console.ok("connections.list", Value::Null).await;
+    let seen = (
+        state_of(&listed, &frozen_node),
+        holds(&listed, &frozen_node),
+    );
+    assert_eq!(seen, (json!("ok"), true), "its stream is listed: {listed}");
+
+    frozen.freeze();
+    let asked = std::time::Instant::now();
+    let status = console.ok("status", Value::Null).await;
+    let waited = asked.elapsed();
+    assert_eq!(state_of(&status, &frozen_node), "unreachable", "{status}");
+    assert_eq!(state_of(&status, &asker_node), "ok", "{status}");
+    assert!(
+        (Duration::from_millis(900)..Duration::from_secs(3)).contains(&waited),
+        "status waited {waited:?} for the silent instance"
+    );
+    let listed = console.ok("connections.list", Value::Null).await;
+    assert_eq!(
+        listed["nodes"],
+        json!([{"node": asker_node, "state": "ok"}, {"node": frozen_node, "state": "unreachable"}]),
+        "{listed}"
+    );
+    assert!(
+        !holds(&listed, &frozen_node),
+        "nothing is known of its connections: {listed}"
+    );
+    assert!(
+        holds(&listed, &asker_node),
+        "this console is listed: {listed}"
+    );
+
+    frozen.resume();
+    wait_for_node(&mut console, &frozen_node).await;
+    let listed = console.ok("connections.list", Value::Null).await;
+    let seen = (
+        state_of(&listed, &frozen_node),
+        holds(&listed, &frozen_node),
+    );
+    assert_eq!(seen, (json!("ok"), true), "listed again: {listed}");
+}
+
+/// The operators of a `presence` push, as `user on node`.
+fn present(push: &Value) -> Vec<String> {
+    push["payload"]["operators"]
+        .as_array()
+        .expect("operators")
+        .iter()
+        .map(|o| {
+            format!(
+                "{} on {}",
+                o["user"].as_str().unwrap_or("?"),
+                o["node"].as_str().unwrap_or("?")
+            )
+        })
+        .collect()
+}
+
+/// Presence is the cluster's, not one instance's: an operator who opens a console on one
+/// instance is shown on the other's within a beacon, and goes when they close it; an operator
+/// on an instance that stops answering goes too, once it has been silent for a while.
+#[tokio::test]
+async fn presence_shows_the_operators_of_every_instance_and_drops_those_that_left() {
+    let database = TestDatabase::new(Backend::Postgres).await;
+    let names = Names::new();
+    let _broker = Broker::connect(&names).await;
+    let ((watcher, watcher_node), (other, other_node)) =
+        two_named_instances(&database, &names).await;
+    let password = crate::auth::add_user(&database, "ops2", "operator");
+    let token = crate::helpers::fetch_token(&other.base_url, "ops2", &password).await;
+    let mut console = Console::open(&watcher, watcher.token()).await;
+    wait_for_node(&mut console, &other_node).await;
+    console
+        .ok("subscribe", json!({"topics": ["presence"]}))
+        .await;
+    let admin = format!("admin on {watcher_node}");
+    let ops2 = format!("ops2 on {other_node}");
+    // Only this console: the one opened to learn the other's name is gone by now.
+    let alone = console
+        .push("presence", |p| {
+            p["operators"].as_array().is_some_and(|o| o.len() == 1)
+        })
+        .await;
+    assert_eq!(present(&alone), vec![admin.clone()], "{alone}");
+
+    // Both ways: each instance's consoles see the operators of the other.
+    let mut remote = Console::open(&other, &token).await;
+    remote
+        .ok("subscribe", json!({"topics": ["presence"]}))
+        .await;
+    let both = console
+        .push("presence", |p| {
+            p["operators"].as_array().is_some_and(|o| o.len() == 2)
+        })
+        .await;
+    assert_eq!(present(&both), vec![admin.clone(), ops2.clone()], "{both}");
+    let seen_there = remote
+        .push("presence", |p| {
+            p["operators"].as_array().is_some_and(|o| o.len() == 2)
+        })
+        .await;
+    assert_eq!(
+        present(&seen_there),
+        vec![admin.clone(), ops2.clone()],
+        "{seen_there}"
+    );
+
+    // Closed: gone from the other instance.
+    drop(remote);
+    let left = console
+        .push("presence", |p| {
+            p["operators"].as_array().is_some_and(|o| o.len() == 1)
+        })
+        .await;
+    assert_eq!(present(&left), vec![admin.clone()], "{left}");
+
+    // Open on an instance that then stops answering: shown, then gone.
+    let _remote = Console::open(&other, &token).await;
+    let back = console
+        .push("presence", |p| {
+            p["operators"].as_array().is_some_and(|o| o.len() == 2)
+        })
+        .await;
+    assert_eq!(present(&back), vec![admin.clone(), ops2.clone()], "{back}");
+    other.freeze();
+    let frozen = std::time::Instant::now();
+    let mut gone = None;
+    while gone.is_none() && frozen.elapsed() < Duration::from_secs(15) {
+        let frame = console.next_frame().await;
+        gone = frame.filter(|f| f["type"] == "presence" && present(f) == vec![admin.clone()]);
+    }
+    let after = frozen.elapsed();
+    other.resume();
+    assert!(
+        gone.is_some(),
+        "ops2 on the silent {other_node} is still shown after {after:?}"
+    );
+    // Silent for 6 s (three missed beacons), noticed at this instance's next beacon.
+    assert!(after < Duration::from_secs(10), "dropped after {after:?}");
 }

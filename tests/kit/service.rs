@@ -365,12 +365,27 @@ impl Service {
         }
     }
 
+    /// SIGSTOP: the process stops where it is, its sockets stay open and nothing answers on
+    /// them (a host that hangs); [`Service::resume`] lets it go on.
+    pub fn freeze(&self) {
+        self.signal("-STOP").expect("kill -STOP");
+    }
+
+    /// SIGCONT after [`Service::freeze`].
+    pub fn resume(&self) {
+        self.signal("-CONT").expect("kill -CONT");
+    }
+
     fn send_term(&self) -> anyhow::Result<()> {
+        self.signal("-TERM")
+    }
+
+    fn signal(&self, signal: &str) -> anyhow::Result<()> {
         let status = std::process::Command::new("kill")
-            .args(["-TERM", &self.pid.to_string()])
+            .args([signal, &self.pid.to_string()])
             .status()
-            .context("running kill -TERM")?;
-        ensure!(status.success(), "kill -TERM {} failed", self.pid);
+            .with_context(|| format!("running kill {signal}"))?;
+        ensure!(status.success(), "kill {signal} {} failed", self.pid);
         Ok(())
     }
 }
