@@ -248,6 +248,13 @@ pub struct ServeArgs {
           value_parser = clap::value_parser!(u64).range(0..=5_000))]
     pub shutdown_drain_ms: u64,
 
+    /// How long the console's audit log keeps a row (pruned every minute by the leader).
+    /// 90 days by default, which is what the contract promises; shorten it only where a
+    /// policy demands it.
+    #[arg(long, env = "PULSEBOARD_AUDIT_RETENTION_SECS", default_value_t = 7_776_000,
+          value_parser = clap::value_parser!(u32).range(1..=315_360_000))]
+    pub audit_retention_secs: u32,
+
     /// Demo traffic rate in events per second (with --demo).
     #[arg(long, default_value_t = 40, value_parser = clap::value_parser!(u32).range(1..=100_000))]
     pub demo_rate: u32,
@@ -489,6 +496,7 @@ mod tests {
         assert_eq!(serve.max_streams_per_user, 0);
         assert_eq!(serve.token_ttl_secs, 900);
         assert!(!serve.trust_proxy);
+        assert_eq!(serve.audit_retention_secs, 90 * 24 * 3_600, "90 days");
     }
 
     #[test]
@@ -523,6 +531,10 @@ mod tests {
                 "--snapshot-interval-ms",
             ),
             (vec!["serve", "--token-ttl-secs", "0"], "--token-ttl-secs"),
+            (
+                vec!["serve", "--audit-retention-secs", "0"],
+                "--audit-retention-secs",
+            ),
             (
                 vec!["serve", "--token-ttl-secs", "86401"],
                 "--token-ttl-secs",

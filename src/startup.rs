@@ -230,7 +230,8 @@ fn bind(args: &ServeArgs) -> anyhow::Result<(TcpListener, SocketAddr)> {
 async fn open_store(args: &ServeArgs) -> anyhow::Result<Store> {
     let store = Store::connect(&args.database.database_url)
         .await
-        .context("DATABASE_URL")?;
+        .context("DATABASE_URL")?
+        .with_audit_retention(Duration::from_secs(args.audit_retention_secs.into()));
     store.migrate().await.context("DATABASE_URL")?;
     Ok(store)
 }

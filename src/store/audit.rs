@@ -1,14 +1,15 @@
 //! The console's audit log (docs/api.md, Console: audit) and the stored ingest pause.
 //!
 //! Rows are written by the console before it replies, so the log is never behind what an
-//! operator was told; they are kept [`AUDIT_KEEP_MS`] (pruned with the rest by `prune`).
+//! operator was told; they are kept [`AUDIT_KEEP_MS`] unless the operator set another retention
+//! ([`Store::with_audit_retention`]), and pruned with the rest by `prune`.
 
 use super::{Store, StoreError};
 use crate::aggregate::Millis;
 use sqlx::any::AnyRow;
 use sqlx::Row;
 
-/// 90 days.
+/// 90 days (SPEC §7).
 pub(super) const AUDIT_KEEP_MS: Millis = 90 * 24 * 3_600_000;
 const PAUSED_SETTING: &str = "ingest_paused";
 
@@ -90,9 +91,18 @@ impl Store {
         .collect()
     }
 
+    /// This store with audit rows kept `keep` instead of [`AUDIT_KEEP_MS`].
+    pub fn with_audit_retention(self, keep: std::time::Duration) -> Store {
+        let audit_keep_ms = Millis::try_from(keep.as_millis()).unwrap_or(Millis::MAX);
+        Store {
+            audit_keep_ms,
+            ..self
+        }
+    }
+
     pub(super) async fn prune_audit(&self, now: Millis) -> Result<u64, StoreError> {
         Ok(sqlx::query("DELETE FROM audit_log WHERE at < $1")
-            .bind(now - AUDIT_KEEP_MS)
+            .bind(now.saturating_sub(self.audit_keep_ms))
             .execute(self.writer())
             .await?
             .rows_affected())

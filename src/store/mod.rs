@@ -131,6 +131,8 @@ pub struct Store {
     backend: Backend,
     /// Where the pools connect: [`Store::explain_timeout`] asks there why they cannot.
     url: SecretString,
+    /// How long an audit row is kept (`PULSEBOARD_AUDIT_RETENTION_SECS`).
+    audit_keep_ms: Millis,
 }
 
 impl Store {
@@ -149,6 +151,7 @@ impl Store {
                     reader,
                     backend: Backend::Sqlite,
                     url: url.into(),
+                    audit_keep_ms: audit::AUDIT_KEEP_MS,
                 })
             }
             Backend::Postgres => {
@@ -167,6 +170,7 @@ impl Store {
                     reader: pool,
                     backend: Backend::Postgres,
                     url: database.url.clone(),
+                    audit_keep_ms: audit::AUDIT_KEEP_MS,
                 })
             }
         }

@@ -1,7 +1,7 @@
 //! The operations console over real sockets (docs/api.md, Console): every command, every error
 //! code, the frame limit (1009), binary frames, the rate limit, the ping timeout, pushes while a
-//! slow command runs, the audit log on both backends, cluster-wide commands between two
-//! instances (pause across a failover, list and kick), and the dead-letter commands.
+//! slow command runs, the audit log on both backends and its pruning. Commands across instances
+//! and the dead-letter commands are in `console_cluster`.
 
 use crate::auth::add_user;
 use crate::helpers::{event, Backend, Broker, Names, Service, ServiceConfig, TestDatabase};
@@ -691,4 +691,63 @@ async fn a_console_that_never_reads_its_replies_is_closed_not_silently_dropped()
     // Others are served as before.
     let mut console = Console::open(&service, service.token()).await;
     console.ok("ping", Value::Null).await;
+}
+
+/// The `message`s of the audited announcements in an `audit.tail` reply, newest first.
+fn announced(tail: &Value) -> Vec<String> {
+    tail["entries"]
+        .as_array()
+        .expect("entries")
+        .iter()
+        .filter(|e| e["command"] == "announce")
+        .map(|e| e["payload"]["message"].as_str().unwrap_or("?").to_owned())
+        .collect()
+}
+
+/// Audit rows are pruned with the rest once they are older than the retention configured
+/// (`PULSEBOARD_AUDIT_RETENTION_SECS`, 90 days unless set); younger ones stay. The leader
+/// prunes a minute into its term, then every minute.
+#[tokio::test]
+async fn audit_rows_past_the_configured_retention_are_pruned_and_younger_ones_kept() {
+    let database = TestDatabase::new(Backend::Sqlite).await;
+    let names = Names::new();
+    let _broker = Broker::connect(&names).await;
+    let mut config = ServiceConfig::new(&database, &names, "prune-1");
+    config
+        .env
+        .push(("PULSEBOARD_AUDIT_RETENTION_SECS".into(), "45".into()));
+    let service = Service::start(&config).await;
+    service.wait_until_ingesting(Duration::from_secs(15)).await;
+    // The term began before this: its first prune comes within a minute from now.
+    let term = tokio::time::Instant::now();
+    let announce = |message: &'static str| {
+        let service = &service;
+        async move {
+            let mut console = Console::open(service, service.token()).await;
+            let payload = json!({"message": message, "level": "info"});
+            console.ok("announce", payload).await;
+        }
+    };
+    announce("old").await;
+    // 45 s old or more at the first prune; the next one only 30 s or less.
+    tokio::time::sleep_until(term + Duration::from_secs(30)).await;
+    announce("recent").await;
+    let mut console = Console::open(&service, service.token()).await;
+    let tail = console.ok("audit.tail", json!({"limit": 200})).await;
+    assert_eq!(announced(&tail), ["recent", "old"], "{tail}");
+
+    loop {
+        let tail = console.ok("audit.tail", json!({"limit": 200})).await;
+        let kept = announced(&tail);
+        if kept == ["recent"] {
+            break;
+        }
+        assert_eq!(kept, ["recent", "old"], "{tail}");
+        assert!(
+            term.elapsed() < Duration::from_secs(80),
+            "the old row is still there after {:?}: {tail}",
+            term.elapsed()
+        );
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
 }
