@@ -131,6 +131,39 @@ impl Browser {
             .expect("text")
     }
 
+    /// Opens the console page and waits until its WebSocket is connected.
+    async fn open_console(&self, service: &Service) {
+        self.client
+            .goto(&service.url("/console"))
+            .await
+            .expect("console");
+        self.wait_for_text("[data-connection-text]", Duration::from_secs(10), |t| {
+            t == "Connected"
+        })
+        .await;
+    }
+
+    async fn click(&self, css: &str) {
+        self.client
+            .find(Locator::Css(css))
+            .await
+            .unwrap_or_else(|e| panic!("no {css}: {e}"))
+            .click()
+            .await
+            .expect("click");
+    }
+
+    /// What a form field at `css` holds now.
+    async fn value(&self, css: &str) -> Value {
+        self.client
+            .execute(
+                "return document.querySelector(arguments[0]).value;",
+                vec![json!(css)],
+            )
+            .await
+            .expect("script")
+    }
+
     async fn wait_until_connected(&self, timeout: Duration) {
         self.wait_for_text("[data-connection-text]", timeout, |t| {
             t.starts_with("Connected")
@@ -603,16 +636,7 @@ async fn the_console_page_runs_commands_queues_them_while_down_and_shows_presenc
 
     let browser = Browser::start(true).await;
     browser.sign_in(&service, &database.admin_password).await;
-    browser
-        .client
-        .goto(&service.url("/console"))
-        .await
-        .expect("console");
-    browser
-        .wait_for_text("[data-connection-text]", Duration::from_secs(10), |t| {
-            t == "Connected"
-        })
-        .await;
+    browser.open_console(&service).await;
     run_console_line(&browser, "status").await;
     let reply = browser
         .wait_for_text(
@@ -679,5 +703,132 @@ async fn the_console_page_runs_commands_queues_them_while_down_and_shows_presenc
         })
         .await;
     browser.screenshot("8c-console-reconnected").await;
+    browser.assert_clean().await;
+}
+
+/// The console page's command line: Tab completes a command name (to the common prefix when
+/// several match), ↑/↓ walk the history, and `ingest.pause` and `dlq.purge` wait for a
+/// confirmation: cancelled, nothing is sent (nor audited); confirmed, `dlq.purge` goes with
+/// `"confirm": true`.
+#[tokio::test]
+async fn the_console_command_line_completes_walks_its_history_and_confirms_before_acting() {
+    const TAB: &str = "\u{E004}";
+    const UP: &str = "\u{E013}";
+    const DOWN: &str = "\u{E015}";
+    let database = TestDatabase::new(Backend::Sqlite).await;
+    let names = Names::new();
+    let _broker = Broker::connect(&names).await;
+    let service = Service::start(&ServiceConfig::new(&database, &names, "page-2")).await;
+    service.wait_until_ingesting(Duration::from_secs(15)).await;
+    let browser = Browser::start(true).await;
+    browser.sign_in(&service, &database.admin_password).await;
+    browser.open_console(&service).await;
+    let input = browser
+        .client
+        .find(Locator::Css("[data-command-input]"))
+        .await
+        .expect("command line");
+    let last_entry = "[data-transcript] .entry:last-child";
+
+    // Tab: the common prefix of connections.list and connections.kick, then the one command.
+    input.send_keys("conn").await.expect("type");
+    input.send_keys(TAB).await.expect("tab");
+    assert_eq!(browser.value("[data-command-input]").await, "connections.");
+    input.send_keys("l").await.expect("type");
+    input.send_keys(TAB).await.expect("tab");
+    assert_eq!(
+        browser.value("[data-command-input]").await,
+        "connections.list "
+    );
+    input.send_keys("\u{E007}").await.expect("enter");
+    browser
+        .wait_for_text(last_entry, Duration::from_secs(5), |t| {
+            t.contains("\"connections\"")
+        })
+        .await;
+    input.send_keys("dlq.pe").await.expect("type");
+    input.send_keys(TAB).await.expect("tab");
+    input.send_keys(r#"{"limit": 5}"#).await.expect("type");
+    input.send_keys("\u{E007}").await.expect("enter");
+    browser
+        .wait_for_text(last_entry, Duration::from_secs(5), |t| {
+            t.contains("\"count\": 0")
+        })
+        .await;
+
+    // ↑/↓: newest first, back down to an empty line.
+    input.send_keys(UP).await.expect("up");
+    assert_eq!(
+        browser.value("[data-command-input]").await,
+        r#"dlq.peek {"limit": 5}"#
+    );
+    input.send_keys(UP).await.expect("up");
+    assert_eq!(
+        browser.value("[data-command-input]").await,
+        "connections.list"
+    );
+    input.send_keys(UP).await.expect("up");
+    assert_eq!(
+        browser.value("[data-command-input]").await,
+        "connections.list",
+        "the oldest stays"
+    );
+    input.send_keys(DOWN).await.expect("down");
+    assert_eq!(
+        browser.value("[data-command-input]").await,
+        r#"dlq.peek {"limit": 5}"#
+    );
+    browser.screenshot("9a-console-history").await;
+    input.send_keys(DOWN).await.expect("down");
+    assert_eq!(browser.value("[data-command-input]").await, "");
+
+    // Confirmation: cancelled, nothing is sent; confirmed, the page adds `confirm`.
+    let confirm_shown = "return !document.querySelector('[data-confirm]').hidden;";
+    run_console_line(&browser, "ingest.pause").await;
+    assert_eq!(browser.js(confirm_shown).await, json!(true));
+    let question = browser.text("[data-confirm-text]").await;
+    assert!(question.starts_with("Pause ingestion"), "{question}");
+    browser.screenshot("9b-console-confirm").await;
+    browser.click("[data-confirm-no]").await;
+    assert_eq!(browser.js(confirm_shown).await, json!(false));
+    browser
+        .wait_for_text(
+            &format!("{last_entry} .state"),
+            Duration::from_secs(2),
+            |t| t == "cancelled",
+        )
+        .await;
+    run_console_line(&browser, "dlq.purge").await;
+    assert_eq!(browser.js(confirm_shown).await, json!(true));
+    browser.click("[data-confirm-yes]").await;
+    browser
+        .wait_for_text(last_entry, Duration::from_secs(5), |t| {
+            t.contains("\"purged\": 0")
+        })
+        .await;
+    browser.screenshot("9c-console-confirmed").await;
+
+    // What reached the service: the purge, with `confirm`, and no pause.
+    let mut console = crate::console::Console::open(&service, service.token()).await;
+    let tail = console.ok("audit.tail", json!({"limit": 50})).await;
+    let audited: Vec<_> = tail["entries"]
+        .as_array()
+        .expect("entries")
+        .iter()
+        .map(|e| {
+            (
+                e["command"].clone(),
+                e["payload"].clone(),
+                e["outcome"].clone(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        audited,
+        vec![(json!("dlq.purge"), json!({"confirm": true}), json!("ok"))],
+        "{tail}"
+    );
+    let snapshot = service.snapshot().await.expect("snapshot");
+    assert_eq!(snapshot["ingest"]["state"], "running", "{snapshot}");
     browser.assert_clean().await;
 }

@@ -1,14 +1,14 @@
 //! The broker side of a run: the queue prefix and exchange of one test or benchmark run, and
 //! their deletion when the run ends, so that runs in parallel never meet and nothing is left
-//! behind; publisher confirms awaited in a window.
+//! behind; publisher confirms awaited in a window; a publisher that keeps a steady rate.
 
 use anyhow::Context;
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use futures_util::FutureExt;
 use lapin::publisher_confirm::{Confirmation, PublisherConfirm};
-use pulseboard::rabbitmq::{connect, Topology};
+use pulseboard::rabbitmq::{connect, publish_event, Topology};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// The shared broker every test talks to.
 pub const AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
@@ -201,4 +201,95 @@ impl Confirms {
         }
         Ok(())
     }
+}
+
+/// What [`publish_paced`] sent: every message, confirmed, and how long that took.
+#[derive(Debug, Clone, Copy)]
+pub struct Paced {
+    pub sent: u64,
+    pub seconds: f64,
+}
+
+impl Paced {
+    pub fn rate(&self) -> f64 {
+        self.sent as f64 / self.seconds.max(f64::EPSILON)
+    }
+}
+
+/// Publishes `messages` (routing key, body) to `exchange` at `rate` a second in all, as
+/// producers do (persistent, with publisher confirms), shared among `producers` tasks of
+/// their own connection each: on a busy machine one producer may not reach the rate. Returns
+/// once the broker confirmed them all; a refusal is an error.
+pub async fn publish_paced(
+    amqp_url: &str,
+    exchange: &str,
+    rate: u64,
+    messages: Vec<(String, Vec<u8>)>,
+    producers: usize,
+) -> anyhow::Result<Paced> {
+    let producers = producers.max(1);
+    let share = messages.len().div_ceil(producers).max(1);
+    let mut messages = messages.into_iter();
+    let tasks: Vec<_> = (0..producers)
+        .map(|_| {
+            let part: Vec<_> = messages.by_ref().take(share).collect();
+            let (amqp_url, exchange) = (amqp_url.to_owned(), exchange.to_owned());
+            let rate = rate / producers as u64;
+            tokio::spawn(async move { produce_paced(&amqp_url, &exchange, rate, &part).await })
+        })
+        .collect();
+    let mut paced = Paced {
+        sent: 0,
+        seconds: 0.0,
+    };
+    for task in tasks {
+        let part = task.await??;
+        paced.sent += part.sent;
+        paced.seconds = paced.seconds.max(part.seconds);
+    }
+    Ok(paced)
+}
+
+/// One producer of [`publish_paced`]: at most `MAX_UNCONFIRMED` outstanding.
+async fn produce_paced(
+    amqp_url: &str,
+    exchange: &str,
+    rate: u64,
+    messages: &[(String, Vec<u8>)],
+) -> anyhow::Result<Paced> {
+    const MAX_UNCONFIRMED: usize = 1_000;
+    let (connection, channel) = open_channel(amqp_url, "pulseboard kit paced publisher")
+        .await
+        .map_err(anyhow::Error::msg)?;
+    channel
+        .confirm_select(lapin::options::ConfirmSelectOptions::default())
+        .await?;
+    let mut confirms = Confirms::new(MAX_UNCONFIRMED);
+    let mut pacing = tokio::time::interval(Duration::from_millis(10));
+    pacing.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let started = Instant::now();
+    let mut sent = 0;
+    while sent < messages.len() {
+        pacing.tick().await;
+        let due = (started.elapsed().as_secs_f64() * rate as f64) as usize;
+        for (routing_key, body) in &messages[sent..due.min(messages.len())] {
+            confirms
+                .push(publish_event(&channel, exchange, routing_key, body).await?)
+                .await?;
+            sent += 1;
+        }
+        confirms.settle_ready()?;
+    }
+    confirms.finish().await?;
+    let seconds = started.elapsed().as_secs_f64();
+    let _ = connection.close(200, "published").await;
+    anyhow::ensure!(
+        confirms.refused == 0,
+        "RabbitMQ refused {} of {sent} messages",
+        confirms.refused
+    );
+    Ok(Paced {
+        sent: sent as u64,
+        seconds,
+    })
 }
