@@ -1,19 +1,24 @@
-//! The console's commands as types (docs/api.md, Console: commands): one [`Definition`] per
-//! command (name, payload fields, whether it is audited) and one [`Command`] variant with its
-//! typed, validated payload. [`Command::parse`] is the only place a name becomes a command, and
-//! [`Command::definition`] maps back with an exhaustive `match`, so a new variant cannot be
-//! forgotten in `help`, the audit rule or the metrics labels.
+//! The console's commands as types (docs/api.md, Console: commands), the one place where what a
+//! command is and how it is treated is decided: one [`Definition`] per command (name, payload
+//! fields, whether it is audited) and one [`Command`] with its typed, validated payload, which is
+//! either an [`InlineCommand`] the session answers on the spot (it waits for nothing and is never
+//! audited) or a [`JobCommand`] run apart from the session. A frame's name is looked up in the
+//! table once ([`definition_of`]: its audit rule and metrics label, even when the payload is
+//! refused), and [`Command::parse`] is the only place a name becomes a command. The tests map
+//! every variant back to its definition with an exhaustive `match`, so a new one cannot be
+//! forgotten in the table (and so in `help`, the audit rule or the metrics labels). Every command
+//! needs the operator role, which the handshake (`http::console`) checks once for the connection.
 //!
-//! Pure: no I/O. What each command does is `perform`'s business.
+//! Pure: no I/O. What each job does is `perform`'s business.
 
 use crate::live::announcement::validate_message;
 use crate::live::Level;
 use serde::de::DeserializeOwned;
-use serde::Deserialize;
-use serde_json::{json, Value};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
 
 /// One payload field as `help` describes it.
-#[derive(Debug)]
+#[derive(Debug, Serialize)]
 pub struct Field {
     pub name: &'static str,
     pub rule: &'static str,
@@ -168,7 +173,7 @@ pub const DEFINITIONS: [Definition; 14] = [
 ];
 
 /// A push topic of `subscribe`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Topic {
     Snapshots,
@@ -177,14 +182,28 @@ pub enum Topic {
     Presence,
 }
 
-/// A command with its validated payload.
+/// A command with its validated payload: answered by the session or run as a job.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Command {
+    Inline(InlineCommand),
+    Job(JobCommand),
+}
+
+/// A command the session answers on the spot: it waits for nothing and changes nothing, so it
+/// is never audited.
+#[derive(Debug, Clone, PartialEq)]
+pub enum InlineCommand {
     Help,
     Ping,
-    Status,
     Subscribe(Vec<Topic>),
     Unsubscribe(Vec<Topic>),
+}
+
+/// A command that waits on something (the broker, the database, other instances): it runs in a
+/// task of its own, after a fresh check of the credential.
+#[derive(Debug, Clone, PartialEq)]
+pub enum JobCommand {
+    Status,
     IngestPause,
     IngestResume,
     DlqPeek { limit: u32 },
@@ -247,35 +266,39 @@ struct Kick {
 impl Command {
     /// `name` and `payload` (`null` when the frame had none) into a command, or why not.
     pub fn parse(name: &str, payload: &Value) -> Result<Command, ParseError> {
+        use InlineCommand as I;
+        use JobCommand as J;
+        let inline = Command::Inline;
+        let job = Command::Job;
         Ok(match name {
-            "help" => no_fields(payload).map(|()| Command::Help)?,
-            "ping" => no_fields(payload).map(|()| Command::Ping)?,
-            "status" => no_fields(payload).map(|()| Command::Status)?,
-            "subscribe" => Command::Subscribe(topics(payload)?),
-            "unsubscribe" => Command::Unsubscribe(topics(payload)?),
-            "ingest.pause" => no_fields(payload).map(|()| Command::IngestPause)?,
-            "ingest.resume" => no_fields(payload).map(|()| Command::IngestResume)?,
-            "dlq.peek" => Command::DlqPeek {
+            "help" => no_fields(payload).map(|()| inline(I::Help))?,
+            "ping" => no_fields(payload).map(|()| inline(I::Ping))?,
+            "status" => no_fields(payload).map(|()| job(J::Status))?,
+            "subscribe" => inline(I::Subscribe(topics(payload)?)),
+            "unsubscribe" => inline(I::Unsubscribe(topics(payload)?)),
+            "ingest.pause" => no_fields(payload).map(|()| job(J::IngestPause))?,
+            "ingest.resume" => no_fields(payload).map(|()| job(J::IngestResume))?,
+            "dlq.peek" => job(J::DlqPeek {
                 limit: limit(payload, 100)?,
-            },
-            "dlq.replay" => Command::DlqReplay {
+            }),
+            "dlq.replay" => job(J::DlqReplay {
                 limit: limit(payload, 1_000)?,
-            },
+            }),
             "dlq.purge" => {
                 let Confirm { confirm } = fields(payload)?;
                 if !confirm {
                     return Err(invalid("confirm", "must be true to drop every dead letter"));
                 }
-                Command::DlqPurge
+                job(J::DlqPurge)
             }
             "announce" => {
                 let Announce { message, level } = fields(payload)?;
                 validate_message(&message).map_err(|m| invalid("message", m))?;
                 let level = Level::parse(&level)
                     .ok_or_else(|| invalid("level", "must be info, warning or critical"))?;
-                Command::Announce { message, level }
+                job(J::Announce { message, level })
             }
-            "connections.list" => no_fields(payload).map(|()| Command::ConnectionsList)?,
+            "connections.list" => no_fields(payload).map(|()| job(J::ConnectionsList))?,
             "connections.kick" => {
                 let Kick { id } = fields(payload)?;
                 if id.is_empty() || id.chars().count() > 200 {
@@ -284,61 +307,88 @@ impl Command {
                         "must be a connection id from connections.list",
                     ));
                 }
-                Command::ConnectionsKick { id }
+                job(J::ConnectionsKick { id })
             }
-            "audit.tail" => Command::AuditTail {
+            "audit.tail" => job(J::AuditTail {
                 limit: limit(payload, 200)?,
-            },
+            }),
             other => return Err(ParseError::Unknown(other.to_owned())),
         })
     }
 
-    /// This command's definition.
+    /// This command's definition (for the tests: the session carries the one it looked up).
+    #[cfg(test)]
     pub fn definition(&self) -> &'static Definition {
-        let index = match self {
-            Command::Help => 0,
-            Command::Ping => 1,
-            Command::Status => 2,
-            Command::Subscribe(_) => 3,
-            Command::Unsubscribe(_) => 4,
-            Command::IngestPause => 5,
-            Command::IngestResume => 6,
-            Command::DlqPeek { .. } => 7,
-            Command::DlqReplay { .. } => 8,
-            Command::DlqPurge => 9,
-            Command::Announce { .. } => 10,
-            Command::ConnectionsList => 11,
-            Command::ConnectionsKick { .. } => 12,
-            Command::AuditTail { .. } => 13,
-        };
-        &DEFINITIONS[index]
-    }
-
-    pub fn name(&self) -> &'static str {
-        self.definition().name
+        match self {
+            Command::Inline(command) => command.definition(),
+            Command::Job(command) => command.definition(),
+        }
     }
 }
 
-/// The definition of a command name, if there is one (for refusals before parsing succeeds).
+#[cfg(test)]
+impl InlineCommand {
+    pub fn definition(&self) -> &'static Definition {
+        &DEFINITIONS[match self {
+            InlineCommand::Help => 0,
+            InlineCommand::Ping => 1,
+            InlineCommand::Subscribe(_) => 3,
+            InlineCommand::Unsubscribe(_) => 4,
+        }]
+    }
+}
+
+#[cfg(test)]
+impl JobCommand {
+    pub fn definition(&self) -> &'static Definition {
+        &DEFINITIONS[match self {
+            JobCommand::Status => 2,
+            JobCommand::IngestPause => 5,
+            JobCommand::IngestResume => 6,
+            JobCommand::DlqPeek { .. } => 7,
+            JobCommand::DlqReplay { .. } => 8,
+            JobCommand::DlqPurge => 9,
+            JobCommand::Announce { .. } => 10,
+            JobCommand::ConnectionsList => 11,
+            JobCommand::ConnectionsKick { .. } => 12,
+            JobCommand::AuditTail { .. } => 13,
+        }]
+    }
+}
+
+/// The definition of a command name, if there is one: read once per frame, before parsing, so
+/// that a refusal knows whether it goes on the audit record.
 pub fn definition_of(name: &str) -> Option<&'static Definition> {
     DEFINITIONS.iter().find(|d| d.name == name)
 }
 
 /// `help`'s answer: every command with its payload fields.
-pub fn help() -> Value {
-    let commands: Vec<Value> = DEFINITIONS
+#[derive(Debug, Serialize)]
+pub struct Help {
+    commands: Vec<CommandHelp>,
+}
+
+#[derive(Debug, Serialize)]
+struct CommandHelp {
+    name: &'static str,
+    summary: &'static str,
+    payload: &'static [Field],
+    audited: bool,
+    example: Value,
+}
+
+pub fn help() -> Help {
+    let commands = DEFINITIONS
         .iter()
-        .map(|d| {
-            json!({
-                "name": d.name,
-                "summary": d.summary,
-                "payload": d.fields.iter().map(|f| json!({"name": f.name, "rule": f.rule})).collect::<Vec<_>>(),
-                "audited": d.audited,
-                "example": serde_json::from_str::<Value>(d.example).unwrap_or(Value::Null),
-            })
+        .map(|d| CommandHelp {
+            name: d.name,
+            summary: d.summary,
+            payload: d.fields,
+            audited: d.audited,
+            example: serde_json::from_str(d.example).unwrap_or(Value::Null),
         })
         .collect();
-    json!({ "commands": commands })
+    Help { commands }
 }
 
 /// Commands without fields take no payload, `null` or `{}`.
@@ -409,6 +459,7 @@ pub fn export_metrics(metrics: &crate::metrics::Metrics) {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+    use serde_json::json;
 
     #[test]
     fn every_definition_parses_its_example_and_maps_back_to_itself() {
@@ -416,7 +467,17 @@ mod tests {
             let payload: Value = serde_json::from_str(definition.example).expect("example");
             let command = Command::parse(definition.name, &payload)
                 .unwrap_or_else(|e| panic!("{}: {e}", definition.name));
-            assert_eq!(command.name(), definition.name);
+            assert_eq!(command.definition().name, definition.name);
+        }
+    }
+
+    #[test]
+    fn no_command_the_session_answers_inline_is_audited() {
+        for definition in &DEFINITIONS {
+            let payload: Value = serde_json::from_str(definition.example).expect("example");
+            if let Ok(Command::Inline(command)) = Command::parse(definition.name, &payload) {
+                assert!(!command.definition().audited, "{}", definition.name);
+            }
         }
     }
 
@@ -513,7 +574,7 @@ mod tests {
         ) {
             let name = DEFINITIONS[index].name;
             match Command::parse(name, &payload) {
-                Ok(command) => prop_assert_eq!(command.name(), name),
+                Ok(command) => prop_assert_eq!(command.definition().name, name),
                 Err(ParseError::InvalidPayload { field, message }) => {
                     prop_assert!(!field.is_empty());
                     prop_assert!(!message.is_empty());

@@ -1,43 +1,30 @@
-//! What each command does (docs/api.md, Console: commands), against the application state:
+//! What each job does (docs/api.md, Console: commands), against the application state:
 //! cluster-wide questions over `<prefix>.live` (see `control`), the stored ingest pause, the
 //! dead-letter queue, announcements (`announce`: the same path as `POST /api/announcements`),
-//! the audit log. Returns the reply's payload or a [`Failure`] with its error code; auditing
-//! and sending are the session's.
+//! the audit log. Returns the reply's payload (a `replies` type, as JSON) or a [`Failure`] with
+//! its error code; auditing and sending are the job's (`job`).
 
-use super::commands::Command;
-use super::protocol::ErrorCode;
+use super::commands::JobCommand;
+use super::protocol::{ErrorCode, Failure};
+use super::replies::{
+    payload, AuditEntry, AuditTail, ClusterStatus, Connections, Kicked, NodeReach, Paused, Peeked,
+    Purged, Reach,
+};
 use crate::app::AppState;
-use crate::clock::{now_ms, rfc3339};
+use crate::clock::now_ms;
 use crate::control::{Answer, NodeStatus, Request};
 use crate::dlq::{self, DlqError};
 use crate::live::{IngestState, Snapshot};
 use crate::rabbitmq::BrokerError;
-use crate::store::{AuditRow, StoreError};
+use crate::store::StoreError;
 use secrecy::ExposeSecret;
-use serde_json::{json, Value};
+use serde_json::Value;
 use std::time::Duration;
 
 /// How long other instances have to answer a cluster-wide question.
 pub const ANSWER_WITHIN: Duration = Duration::from_secs(1);
 /// How long `ingest.pause`/`resume` wait for the leader's snapshot to show the new state.
 const APPLIED_WITHIN: Duration = Duration::from_secs(3);
-
-/// A command that did not succeed: the error code and message of its reply.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{message}")]
-pub struct Failure {
-    pub code: ErrorCode,
-    pub message: String,
-}
-
-impl Failure {
-    pub fn new(code: ErrorCode, message: impl Into<String>) -> Failure {
-        Failure {
-            code,
-            message: message.into(),
-        }
-    }
-}
 
 impl From<StoreError> for Failure {
     fn from(error: StoreError) -> Self {
@@ -78,43 +65,37 @@ impl From<DlqError> for Failure {
     }
 }
 
-/// Performs a command that runs apart from the session (the session answers `help`, `ping`,
-/// `subscribe` and `unsubscribe` itself).
-pub async fn perform(command: &Command, state: &AppState, user: &str) -> Result<Value, Failure> {
+/// Performs a job.
+pub async fn perform(command: &JobCommand, state: &AppState, user: &str) -> Result<Value, Failure> {
     match command {
-        Command::Help => Ok(super::commands::help()),
-        Command::Ping => Ok(json!({"pong": true, "server_time": rfc3339(now_ms())})),
-        Command::Subscribe(_) | Command::Unsubscribe(_) => Err(Failure::new(
-            ErrorCode::Internal,
-            "subscriptions belong to the session",
-        )),
-        Command::Status => Ok(status(state).await),
-        Command::IngestPause => set_paused(state, true).await,
-        Command::IngestResume => set_paused(state, false).await,
-        Command::DlqPeek { limit } => {
-            let letters = dlq::peek(amqp(state), &state.broker.topology, *limit).await?;
-            Ok(json!({"count": letters.len(), "messages": letters}))
+        JobCommand::Status => payload(&status(state).await),
+        JobCommand::IngestPause => payload(&set_paused(state, true).await?),
+        JobCommand::IngestResume => payload(&set_paused(state, false).await?),
+        JobCommand::DlqPeek { limit } => {
+            let messages = dlq::peek(amqp(state), &state.broker.topology, *limit).await?;
+            let count = messages.len();
+            payload(&Peeked { count, messages })
         }
-        Command::DlqReplay { limit } => {
-            let replayed = dlq::replay(amqp(state), &state.broker.topology, *limit).await?;
-            Ok(json!(replayed))
+        JobCommand::DlqReplay { limit } => {
+            payload(&dlq::replay(amqp(state), &state.broker.topology, *limit).await?)
         }
-        Command::DlqPurge => {
+        JobCommand::DlqPurge => {
             let purged = dlq::purge(amqp(state), &state.broker.topology).await?;
-            Ok(json!({"purged": purged}))
+            payload(&Purged { purged })
         }
-        Command::Announce { message, level } => {
+        JobCommand::Announce { message, level } => {
             let announcement = state
                 .core
                 .publish_announcement(*level, message, user, now_ms())
                 .await?;
-            Ok(json!(announcement))
+            payload(&announcement)
         }
-        Command::ConnectionsList => Ok(connections(state).await),
-        Command::ConnectionsKick { id } => kick(state, id).await,
-        Command::AuditTail { limit } => {
+        JobCommand::ConnectionsList => payload(&connections(state).await),
+        JobCommand::ConnectionsKick { id } => payload(&kick(state, id).await?),
+        JobCommand::AuditTail { limit } => {
             let rows = state.core.store.audit_tail(i64::from(*limit)).await?;
-            Ok(json!({"entries": rows.iter().map(audit_json).collect::<Vec<_>>()}))
+            let entries = rows.iter().map(AuditEntry::of).collect();
+            payload(&AuditTail { entries })
         }
     }
 }
@@ -123,21 +104,7 @@ fn amqp(state: &AppState) -> &str {
     state.broker.amqp_url.expose_secret()
 }
 
-/// An audit row as consoles see it (reply of `audit.tail` and `audit` pushes).
-pub fn audit_json(row: &AuditRow) -> Value {
-    json!({
-        "id": row.id,
-        "at": rfc3339(row.at),
-        "user": row.username,
-        "node": row.node,
-        "command": row.command,
-        "payload": serde_json::from_str::<Value>(&row.payload).unwrap_or(Value::Null),
-        "outcome": row.outcome,
-        "detail": row.detail,
-    })
-}
-
-async fn status(state: &AppState) -> Value {
+async fn status(state: &AppState) -> ClusterStatus {
     let local = state.core.report();
     let (answers, silent) = state.core.ask_others(ANSWER_WITHIN, Request::Status).await;
     let mut nodes = vec![local.clone()];
@@ -149,19 +116,23 @@ async fn status(state: &AppState) -> Value {
     nodes.sort_by(|a, b| a.node.cmp(&b.node));
     // The leader's own report is the freshest about ingest; else this instance's view.
     let leader_report = nodes.iter().find(|n| n.is_leader).unwrap_or(&local);
-    json!({
-        "node": state.core.node,
-        "leader": leader_report.leader.clone().or(local.leader.clone()),
-        "ingest": leader_report.ingest.clone().or(local.ingest.clone()),
-        "queue_depth": leader_report.queue_depth,
-        "dead_letters": leader_report.dead_letters,
-        "nodes": nodes,
-    })
+    ClusterStatus {
+        node: state.core.node.clone(),
+        leader: leader_report.leader.clone().or(local.leader.clone()),
+        ingest: leader_report.ingest.clone().or(local.ingest.clone()),
+        queue_depth: leader_report.queue_depth,
+        dead_letters: leader_report.dead_letters,
+        nodes,
+    }
 }
 
-async fn connections(state: &AppState) -> Value {
+async fn connections(state: &AppState) -> Connections {
+    let reach = |node: &str, state: Reach| NodeReach {
+        node: node.to_owned(),
+        state,
+    };
     let mut listed = state.core.registry.list();
-    let mut nodes = vec![json!({"node": state.core.node, "state": "ok"})];
+    let mut nodes = vec![reach(&state.core.node, Reach::Ok)];
     let (answers, silent) = state
         .core
         .ask_others(ANSWER_WITHIN, Request::Connections)
@@ -170,19 +141,22 @@ async fn connections(state: &AppState) -> Value {
         if let Answer::Connections { connections } = answer {
             listed.extend(connections);
         }
-        nodes.push(json!({"node": node, "state": "ok"}));
+        nodes.push(reach(&node, Reach::Ok));
     }
-    nodes.extend(
-        silent
-            .iter()
-            .map(|node| json!({"node": node, "state": "unreachable"})),
-    );
-    json!({"connections": listed, "nodes": nodes})
+    nodes.extend(silent.iter().map(|node| reach(node, Reach::Unreachable)));
+    Connections {
+        connections: listed,
+        nodes,
+    }
 }
 
-async fn kick(state: &AppState, id: &str) -> Result<Value, Failure> {
+async fn kick(state: &AppState, id: &str) -> Result<Kicked, Failure> {
+    let kicked = |node: &str| Kicked {
+        kicked: id.to_owned(),
+        node: node.to_owned(),
+    };
     if state.core.registry.kick(id) {
-        return Ok(json!({"kicked": id, "node": state.core.node}));
+        return Ok(kicked(&state.core.node));
     }
     let (answers, silent) = state
         .core
@@ -193,7 +167,7 @@ async fn kick(state: &AppState, id: &str) -> Result<Value, Failure> {
         _ => None,
     });
     match holder {
-        Some(node) => Ok(json!({"kicked": id, "node": node})),
+        Some(node) => Ok(kicked(&node)),
         None if !silent.is_empty() => Err(Failure::new(
             ErrorCode::Unavailable,
             format!(
@@ -210,12 +184,16 @@ async fn kick(state: &AppState, id: &str) -> Result<Value, Failure> {
 
 /// Stores the pause flag (every leader reads it, now and at the start of every term), tells
 /// the leader to read it now, and waits briefly for its snapshot to show the new state.
-async fn set_paused(state: &AppState, paused: bool) -> Result<Value, Failure> {
+async fn set_paused(state: &AppState, paused: bool) -> Result<Paused, Failure> {
     state.core.store.set_ingest_paused(paused).await?;
     let wanted = |s: &Snapshot| (s.ingest.state == IngestState::Paused) == paused;
     let applied = state.core.snapshot_shows(wanted, APPLIED_WITHIN).await;
     let leader = state.core.status.get().ingest.leader;
-    Ok(json!({"paused": paused, "applied": applied, "leader": leader}))
+    Ok(Paused {
+        paused,
+        applied,
+        leader,
+    })
 }
 
 #[cfg(test)]

@@ -1,6 +1,7 @@
 //! Console frames (docs/api.md, Console): the envelope of client commands in (`id`, `type`,
-//! `payload`), replies, errors and pushes out. Pure: what a command's payload means is
-//! `commands`' business.
+//! `payload`); replies, errors (a command's [`Failure`]: its code and message) and pushes
+//! ([`PushKind`]) out. Pure: what a command's payload means is `commands`' business, what a
+//! reply's payload holds `replies`'.
 
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -44,6 +45,23 @@ impl ErrorCode {
             ErrorCode::RateLimited => "rate_limited",
             ErrorCode::Unavailable => "unavailable",
             ErrorCode::Internal => "internal",
+        }
+    }
+}
+
+/// A command that did not succeed: the error code and message of its reply.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct Failure {
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+impl Failure {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Failure {
+        Failure {
+            code,
+            message: message.into(),
         }
     }
 }
@@ -107,13 +125,46 @@ pub fn error(id: Option<&str>, code: ErrorCode, message: &str) -> String {
         .to_string()
 }
 
-pub fn push(kind: &str, payload: Value) -> String {
-    json!({"type": kind, "payload": payload}).to_string()
+/// What a frame without an `id` carries (its `type`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PushKind {
+    /// First frame of every connection: who, where, which commands.
+    Welcome,
+    /// Every announcement, to every console.
+    Announcement,
+    /// Topic `snapshots`.
+    Snapshot,
+    /// Topic `events`: one sampled accepted event.
+    Event,
+    /// Topic `audit`: one audit entry.
+    Audit,
+    /// Topic `presence`.
+    Presence,
+}
+
+impl PushKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PushKind::Welcome => "welcome",
+            PushKind::Announcement => "announcement",
+            PushKind::Snapshot => "snapshot",
+            PushKind::Event => "event",
+            PushKind::Audit => "audit",
+            PushKind::Presence => "presence",
+        }
+    }
+}
+
+pub fn push(kind: PushKind, payload: Value) -> String {
+    json!({"type": kind.as_str(), "payload": payload}).to_string()
 }
 
 /// A push whose payload is already JSON text (encoded once for every console).
-pub fn push_raw(kind: &str, payload_json: &str) -> String {
-    format!(r#"{{"type":{},"payload":{payload_json}}}"#, json!(kind))
+pub fn push_raw(kind: PushKind, payload_json: &str) -> String {
+    format!(
+        r#"{{"type":{},"payload":{payload_json}}}"#,
+        json!(kind.as_str())
+    )
 }
 
 #[cfg(test)]
