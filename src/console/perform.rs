@@ -28,28 +28,12 @@ const APPLIED_WITHIN: Duration = Duration::from_secs(3);
 
 impl From<StoreError> for Failure {
     fn from(error: StoreError) -> Self {
-        let code = if store_unreachable(&error) {
+        let code = if error.is_unavailable() {
             ErrorCode::Unavailable
         } else {
             ErrorCode::Internal
         };
         Failure::new(code, format!("database: {error}"))
-    }
-}
-
-/// The database did not answer (as opposed to answering with an error).
-fn store_unreachable(error: &StoreError) -> bool {
-    match error {
-        StoreError::Connect(_) => true,
-        StoreError::Database(error) => matches!(
-            error,
-            sqlx::Error::Io(_)
-                | sqlx::Error::PoolTimedOut
-                | sqlx::Error::PoolClosed
-                | sqlx::Error::Tls(_)
-                | sqlx::Error::WorkerCrashed
-        ),
-        _ => false,
     }
 }
 
@@ -202,7 +186,10 @@ mod tests {
 
     #[test]
     fn a_database_that_does_not_answer_is_unavailable_and_one_that_errs_is_internal() {
-        let down = Failure::from(StoreError::Database(sqlx::Error::PoolTimedOut));
+        let down = Failure::from(StoreError::Refused {
+            waited: Duration::from_secs(5),
+            cause: "the database system is shutting down (SQLSTATE 57P03)".into(),
+        });
         assert_eq!(down.code, ErrorCode::Unavailable);
         let wrong = Failure::from(StoreError::Corrupt("x".into()));
         assert_eq!(wrong.code, ErrorCode::Internal);

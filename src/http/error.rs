@@ -10,6 +10,9 @@ use serde_json::json;
 
 /// `Retry-After` of a sign-in refused because too many passwords are being checked at once.
 pub(super) const BUSY_RETRY: std::time::Duration = std::time::Duration::from_secs(1);
+/// `Retry-After` while the database does not answer: about one connection attempt of the
+/// store's pool, which is how long this request already waited.
+const DATABASE_RETRY: std::time::Duration = std::time::Duration::from_secs(5);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -65,6 +68,10 @@ pub enum ApiError {
     TooManyStreams(usize),
     #[error("{0}")]
     Unavailable(String),
+    /// The database does not answer or refuses for now (`StoreError::is_unavailable`); the
+    /// cause goes to the log.
+    #[error("the database does not answer; try again shortly")]
+    DatabaseUnavailable(#[source] crate::store::StoreError),
     #[error("internal error")]
     Internal(#[source] anyhow::Error),
 }
@@ -84,7 +91,9 @@ impl ApiError {
             ApiError::TooManyStreams(_) => "too_many_streams",
             ApiError::UnsupportedEncoding => "unsupported_media_type",
             ApiError::UriTooLong(_) => "uri_too_long",
-            ApiError::Unavailable(_) | ApiError::SignInBusy => "unavailable",
+            ApiError::Unavailable(_) | ApiError::DatabaseUnavailable(_) | ApiError::SignInBusy => {
+                "unavailable"
+            }
             ApiError::Internal(_) => "internal",
         }
     }
@@ -92,7 +101,11 @@ impl ApiError {
 
 impl From<crate::store::StoreError> for ApiError {
     fn from(error: crate::store::StoreError) -> Self {
-        ApiError::Internal(error.into())
+        if error.is_unavailable() {
+            ApiError::DatabaseUnavailable(error)
+        } else {
+            ApiError::Internal(error.into())
+        }
     }
 }
 
@@ -118,14 +131,22 @@ impl ResponseError for ApiError {
             ApiError::TooManyStreams(_) => StatusCode::TOO_MANY_REQUESTS,
             ApiError::UnsupportedEncoding => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::UriTooLong(_) => StatusCode::URI_TOO_LONG,
-            ApiError::Unavailable(_) | ApiError::SignInBusy => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Unavailable(_) | ApiError::DatabaseUnavailable(_) | ApiError::SignInBusy => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 
     fn error_response(&self) -> HttpResponse {
-        if let ApiError::Internal(cause) = self {
-            tracing::error!(error = format!("{cause:#}"), "request failed");
+        match self {
+            ApiError::Internal(cause) => {
+                tracing::error!(error = format!("{cause:#}"), "request failed");
+            }
+            ApiError::DatabaseUnavailable(cause) => {
+                tracing::warn!(error = %cause, "request failed: the database does not answer");
+            }
+            _ => {}
         }
         let mut response = HttpResponse::build(self.status_code())
             .json(error_body(self.code(), &self.to_string()));
@@ -134,6 +155,7 @@ impl ResponseError for ApiError {
                 retry_after(&mut response, *wait)
             }
             ApiError::SignInBusy => retry_after(&mut response, BUSY_RETRY),
+            ApiError::DatabaseUnavailable(_) => retry_after(&mut response, DATABASE_RETRY),
             ApiError::MethodNotAllowed(allow) => allow_header(&mut response, allow),
             // The rest of the body may still be on its way (unread, for a refused head): the
             // connection cannot be reused.
@@ -251,5 +273,37 @@ pub fn html(status: StatusCode, page: &impl Template) -> HttpResponse {
                 .content_type("text/plain; charset=utf-8")
                 .body("internal error")
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::StoreError;
+
+    #[test]
+    fn a_database_that_does_not_answer_is_503_unavailable_and_one_that_errs_is_500() {
+        let down = ApiError::from(StoreError::Refused {
+            waited: std::time::Duration::from_secs(5),
+            cause: "sorry, too many clients already (SQLSTATE 53300)".into(),
+        });
+        assert_eq!(down.status_code(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(down.code(), "unavailable");
+        let response = down.error_response();
+        assert_eq!(
+            response
+                .headers()
+                .get(header::RETRY_AFTER)
+                .map(|v| v.as_bytes()),
+            Some(&b"5"[..])
+        );
+        assert!(
+            !down.to_string().contains("53300"),
+            "the cause stays in the log"
+        );
+
+        let fault = ApiError::from(StoreError::Corrupt("x".into()));
+        assert_eq!(fault.status_code(), StatusCode::INTERNAL_SERVER_ERROR);
+        assert_eq!(fault.code(), "internal");
     }
 }

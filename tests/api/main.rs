@@ -9,6 +9,7 @@ mod cluster;
 mod console;
 mod console_cluster;
 mod crash;
+mod database_down;
 mod demo;
 mod deployment;
 mod disk_full;

@@ -394,7 +394,7 @@ pub(crate) async fn config_on_private_postgres(
 
 /// A service on a database of its own on a private PostgreSQL cluster, with broker names of
 /// its own, once ready.
-async fn ready_on_private_postgres(
+pub(crate) async fn ready_on_private_postgres(
     tag: &str,
 ) -> (PrivatePostgres, TestDatabase, Names, Broker, Service) {
     let postgres = PrivatePostgres::start().await;
