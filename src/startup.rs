@@ -1,5 +1,6 @@
 //! Wiring: builds the application state from the configuration, starts the tasks (ingest,
-//! fan-out, demo traffic) and the HTTP server, and stops them in order on shutdown.
+//! fan-out, demo traffic) and the HTTP server (actix-web's `HttpServer`), and stops them in
+//! order on shutdown.
 //!
 //! Shutdown order (docs/operations.md, Shutdown), on SIGTERM or Ctrl-C:
 //! 1. `/readyz` answers 503 at once, while everything is still served for the drain period
@@ -25,7 +26,8 @@ use crate::rabbitmq::{self, RawMessage, Topology};
 use crate::simulate::TrafficGenerator;
 use crate::store::Store;
 use crate::{clock, http};
-use actix_web::{middleware, web, App};
+use actix_web::http::KeepAlive;
+use actix_web::{middleware, web, App, HttpServer};
 use anyhow::Context;
 use secrecy::ExposeSecret;
 use std::net::{SocketAddr, TcpListener};
@@ -353,7 +355,20 @@ fn app_state(
     })
 }
 
-/// The HTTP server on `listener`, with every middleware, already running.
+/// How long a connection's first request head may take: actix-http answers its own plain 408
+/// after it (the request *body* has its own deadline, `http::read_body_in_time`).
+const REQUEST_HEAD_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a closing connection waits for the client to close its side.
+const CLIENT_DISCONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+/// Seconds requests in flight get to finish once the server stops.
+const SHUTDOWN_TIMEOUT_SECS: u64 = 5;
+
+/// The HTTP server on `listener`, plain or over TLS (HTTP/1.1 by ALPN), with every
+/// middleware, already running. Signals are `run_until_stopped`'s.
+///
+/// actix-web's `HttpServer`, with actix-server's defaults for what is not set here: one worker
+/// per available core, 25 000 connections per worker, TLS handshakes within 3 s. The listener
+/// is bound by `bind` (its backlog is the one `std` gives it; `listen` leaves it as it is).
 fn serve(
     listener: TcpListener,
     state: web::Data<AppState>,
@@ -364,7 +379,7 @@ fn serve(
         .local_addr()
         .context("PULSEBOARD_BIND: no local address")?;
     abort_stalled_readers(&listener, live.stall_timeout);
-    let server = http::server::serve(listener, tls, move || {
+    let server = HttpServer::new(move || {
         App::new()
             .app_data(state.clone())
             // Made here, so once per HTTP worker, on that worker's thread.
@@ -386,8 +401,19 @@ fn serve(
             .wrap(middleware::from_fn(http::observe_request))
             .configure(http::configure)
     })
+    .disable_signals()
+    .shutdown_timeout(SHUTDOWN_TIMEOUT_SECS)
+    .keep_alive(KeepAlive::default())
+    .client_request_timeout(REQUEST_HEAD_TIMEOUT)
+    .client_disconnect_timeout(CLIENT_DISCONNECT_TIMEOUT)
+    // Events are small and must leave at once; Nagle would hold one back behind an ACK.
+    .tcp_nodelay(true);
+    let server = match tls {
+        None => server.listen(listener),
+        Some(config) => server.listen_rustls_0_23(listener, config),
+    }
     .with_context(|| format!("PULSEBOARD_BIND {address}: cannot serve"))?;
-    Ok(server)
+    Ok(server.run())
 }
 
 fn tls_scheme(args: &ServeArgs) -> &'static str {

@@ -41,16 +41,6 @@ pub enum ApiError {
     /// The request body did not arrive within the read deadline; the connection is closed.
     #[error("the request body did not arrive in time")]
     RequestTimeout,
-    /// actix-http's parser could not read the request (its own 400, given this body by
-    /// `parser_errors`).
-    #[error("the request could not be parsed")]
-    MalformedRequest,
-    /// The request head did not arrive within the request timeout (actix-http's own 408).
-    #[error("the request head did not arrive in time")]
-    HeadTimeout,
-    /// The request head is over 128 KiB or has over 96 headers (actix-http's own 431).
-    #[error("the request head is too large")]
-    HeadTooLarge,
     /// The request names a `Content-Encoding` other than `identity`: bodies are never
     /// inflated (see `http::screen_request_head`).
     #[error(
@@ -79,15 +69,14 @@ pub enum ApiError {
 impl ApiError {
     pub fn code(&self) -> &'static str {
         match self {
-            ApiError::BadRequest(_) | ApiError::MalformedRequest => "bad_request",
+            ApiError::BadRequest(_) => "bad_request",
             ApiError::Unauthorized => "unauthorized",
             ApiError::Forbidden | ApiError::Csrf | ApiError::ForbiddenOrigin => "forbidden",
             ApiError::BadCredentials => "unauthorized",
             ApiError::RateLimited(_) | ApiError::RefreshLimited(_) => "rate_limited",
             ApiError::NotFound => "not_found",
             ApiError::MethodNotAllowed(_) => "method_not_allowed",
-            ApiError::RequestTimeout | ApiError::HeadTimeout => "request_timeout",
-            ApiError::HeadTooLarge => "headers_too_large",
+            ApiError::RequestTimeout => "request_timeout",
             ApiError::TooManyStreams(_) => "too_many_streams",
             ApiError::UnsupportedEncoding => "unsupported_media_type",
             ApiError::UriTooLong(_) => "uri_too_long",
@@ -117,7 +106,7 @@ pub fn error_body(code: &str, message: &str) -> serde_json::Value {
 impl ResponseError for ApiError {
     fn status_code(&self) -> StatusCode {
         match self {
-            ApiError::BadRequest(_) | ApiError::MalformedRequest => StatusCode::BAD_REQUEST,
+            ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
             ApiError::Forbidden | ApiError::Csrf | ApiError::ForbiddenOrigin => {
                 StatusCode::FORBIDDEN
@@ -126,8 +115,7 @@ impl ResponseError for ApiError {
             ApiError::RateLimited(_) | ApiError::RefreshLimited(_) => StatusCode::TOO_MANY_REQUESTS,
             ApiError::NotFound => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
-            ApiError::RequestTimeout | ApiError::HeadTimeout => StatusCode::REQUEST_TIMEOUT,
-            ApiError::HeadTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            ApiError::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             ApiError::TooManyStreams(_) => StatusCode::TOO_MANY_REQUESTS,
             ApiError::UnsupportedEncoding => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::UriTooLong(_) => StatusCode::URI_TOO_LONG,

@@ -13,12 +13,10 @@ mod error;
 pub mod extract;
 mod observe;
 mod pages;
-mod parser_errors;
 mod poll;
 pub mod proxy;
 mod redirect;
 mod routes;
-pub mod server;
 mod signin;
 mod sse;
 
@@ -74,8 +72,8 @@ async fn not_found(request: actix_web::HttpRequest) -> actix_web::HttpResponse {
 }
 
 /// Request targets longer than this are answered 414. The `http` crate refuses any over 64 KiB
-/// itself while actix-http parses the head (a 400, before any service runs: see
-/// `parser_errors`); this limit is lower, so that every URI the service can see at all is
+/// itself while actix-http parses the head (actix-http's plain 400, before any service runs);
+/// this limit is lower, so that every URI the service can see at all is
 /// either served or refused with a 414 that says why. 8 KiB is what common proxies pass.
 pub(crate) const MAX_URI_BYTES: usize = 8 * 1024;
 
@@ -269,7 +267,8 @@ pub fn security_headers() -> actix_web::middleware::DefaultHeaders {
     )
 }
 
-/// The headers every answer carries, the parser's own included (`parser_errors`).
+/// The headers every answer of the application carries (the parser's own refusals, which
+/// never reach it, go without: docs/security.md).
 const SECURITY_HEADERS: [(&str, &str); 4] = [
     (
         "Content-Security-Policy",

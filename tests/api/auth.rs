@@ -766,7 +766,7 @@ async fn https_and_wss_with_a_self_signed_certificate_and_no_plain_http() {
     let first = socket.next().await.expect("frame").expect("frame");
     assert!(first.to_string().contains("\"welcome\""), "{first}");
 
-    // A request the HTTP parser refuses gets the JSON error over TLS too.
+    // A request the HTTP parser refuses gets its 400 over TLS too, and the connection ends.
     let mut stream = connect().await;
     stream
         .write_all(b"NOT HTTP\x01\r\n\r\n")
@@ -775,16 +775,16 @@ async fn https_and_wss_with_a_self_signed_certificate_and_no_plain_http() {
     // Read until the connection ends, by a close or by an error.
     let mut answer = Vec::new();
     let mut buffer = [0u8; 1024];
-    while let Ok(Ok(read @ 1..)) =
-        tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buffer)).await
-    {
-        answer.extend_from_slice(&buffer[..read]);
-    }
+    let closed = loop {
+        match tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buffer)).await {
+            Ok(Ok(0) | Err(_)) => break true,
+            Ok(Ok(read)) => answer.extend_from_slice(&buffer[..read]),
+            Err(_) => break false,
+        }
+    };
     let answer = String::from_utf8_lossy(&answer);
     assert!(answer.starts_with("HTTP/1.1 400 "), "{answer}");
-    let body = answer.split_once("\r\n\r\n").map(|(_, body)| body);
-    let error: serde_json::Value = serde_json::from_str(body.unwrap_or_default()).expect("JSON");
-    assert_eq!(error["error"]["code"], "bad_request", "{answer}");
+    assert!(closed, "the connection stays open: {answer:?}");
 
     // Plain HTTP to the TLS port gets no HTTP answer.
     let mut plain = tokio::net::TcpStream::connect(&address).await.expect("tcp");
