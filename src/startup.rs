@@ -363,11 +363,11 @@ const CLIENT_DISCONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 /// Seconds requests in flight get to finish once the server stops.
 const SHUTDOWN_TIMEOUT_SECS: u64 = 5;
 
-/// The HTTP server on `listener`, plain or over TLS (HTTP/1.1 by ALPN), with every
-/// middleware, already running. Signals are `run_until_stopped`'s.
+/// The HTTP server on `listener`, plain or over TLS (HTTP/1.1 by ALPN: actix-web's `http2`
+/// feature is off), with every middleware, already running. Signals are `run_until_stopped`'s.
 ///
 /// actix-web's `HttpServer`, with actix-server's defaults for what is not set here: one worker
-/// per available core, 25 000 connections per worker, TLS handshakes within 3 s. The listener
+/// per available core, 25 600 connections per worker, TLS handshakes within 3 s. The listener
 /// is bound by `bind` (its backlog is the one `std` gives it; `listen` leaves it as it is).
 fn serve(
     listener: TcpListener,
