@@ -8,15 +8,19 @@
 
 use crate::console::Console;
 use crate::helpers::{
-    event, refused_start, Backend, Broker, Names, Service, ServiceConfig, TestDatabase,
+    event, open_channel, refused_start, short_id, Backend, Broker, Names, Service, ServiceConfig,
+    TestDatabase,
 };
 use crate::kit::cpu::{peak_resident_kib, resident_kib};
 use crate::kit::raw_amqp::{
     deepest_fitting, nested_arrays, nested_tables, short_string, table, wide_table, RawProperties,
     RawPublisher,
 };
-use lapin::options::QueueDeclareOptions;
+use crate::private_services::PrivateRabbit;
+use lapin::options::{BasicGetOptions, ConfirmSelectOptions, QueueDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable};
+use lapin::BasicProperties;
+use pulseboard::rabbitmq::Topology;
 use serde_json::{json, Value};
 use std::time::Duration;
 
@@ -442,4 +446,103 @@ async fn oversized_bodies_are_dead_lettered_whole_without_being_held_all_at_once
         GROWTH_LIMIT_KIB / 1024,
         BODY_BYTES >> 20
     );
+}
+
+/// The compose stack's broker (`rabbitmq/pulseboard.conf`, on a node of the test's own): a
+/// body over SPEC's 64 KiB but within its `max_message_size` is dead-lettered whole with reason
+/// `too_large`; one byte over that size is refused to the producer at the door, saying why,
+/// and never reaches the service; ingest goes on.
+#[tokio::test]
+async fn the_compose_broker_refuses_bodies_over_its_message_size_to_the_producer() {
+    let config = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/rabbitmq/pulseboard.conf"
+    ))
+    .expect("rabbitmq/pulseboard.conf");
+    let limit: usize = config
+        .lines()
+        .find_map(|line| line.strip_prefix("max_message_size = "))
+        .and_then(|value| value.trim().parse().ok())
+        .expect("max_message_size in rabbitmq/pulseboard.conf");
+    // Comfortably above SPEC's 64 KiB, so that no event of a careless producer is refused at
+    // the door; within the service's body budget (16 MiB), so that one body alone never
+    // exceeds it.
+    assert!((16 * 64 * 1024..=16 << 20).contains(&limit), "{limit}");
+    let rabbit = PrivateRabbit::start_with(&config).await;
+    let url = rabbit.amqp_url();
+    let names = Names::on(&url, &format!("test-{}", short_id()), &[], &[]);
+    let database = TestDatabase::new(Backend::Sqlite).await;
+    let mut service_config = ServiceConfig::new(&database, &names, "door-1");
+    service_config.amqp_url = url.clone();
+    let service = Service::start(&service_config).await;
+    service.wait_until_ingesting(Duration::from_secs(30)).await;
+
+    let (connection, channel) = open_channel(&url, "producer").await.expect("connect");
+    channel
+        .confirm_select(ConfirmSelectOptions::default())
+        .await
+        .expect("confirms");
+    let taken = publish_confirmed(&channel, &names.exchange, &large_body(0, limit)).await;
+    assert!(taken.as_ref().is_ok_and(|c| c.is_ack()), "{taken:?}");
+    let refused = publish_confirmed(&channel, &names.exchange, &large_body(1, limit + 1)).await;
+    let said = format!("{refused:?}");
+    assert!(
+        said.contains("PRECONDITION_FAILED") && said.contains(&format!("{}", limit + 1)),
+        "{said}"
+    );
+    // The broker closed that channel: another one for the event behind.
+    let channel = connection.create_channel().await.expect("channel");
+    channel
+        .confirm_select(ConfirmSelectOptions::default())
+        .await
+        .expect("confirms");
+    let taken = publish_confirmed(&channel, &names.exchange, &order("after-door", 9)).await;
+    assert!(taken.as_ref().is_ok_and(|c| c.is_ack()), "{taken:?}");
+    service
+        .wait_for_snapshot(Duration::from_secs(30), |s| {
+            s["revenue"]["today_minor"] == 9
+        })
+        .await;
+    let dead = names.topology().dead_queue;
+    let letter = channel
+        .basic_get(&dead, BasicGetOptions { no_ack: true })
+        .await
+        .expect("basic.get")
+        .expect("the body within the limit is dead-lettered");
+    assert_eq!(letter.delivery.data.len(), limit, "dead-lettered whole");
+    let reason = letter
+        .delivery
+        .properties
+        .headers()
+        .as_ref()
+        .and_then(|headers| match headers.inner().get("x-pulseboard-reason") {
+            Some(AMQPValue::LongString(text)) => Some(text.to_string()),
+            _ => None,
+        })
+        .unwrap_or_default();
+    assert!(reason.starts_with("too_large"), "{reason:?}");
+    assert_eq!(
+        Topology::depth(&channel, &dead).await.expect("depth"),
+        0,
+        "only that one"
+    );
+}
+
+/// Publishes `body` persistent under `order.placed` and waits for the broker's verdict.
+async fn publish_confirmed(
+    channel: &lapin::Channel,
+    exchange: &str,
+    body: &[u8],
+) -> Result<lapin::publisher_confirm::Confirmation, lapin::Error> {
+    let properties = BasicProperties::default().with_delivery_mode(2);
+    channel
+        .basic_publish(
+            exchange,
+            "order.placed",
+            Default::default(),
+            body,
+            properties,
+        )
+        .await?
+        .await
 }
