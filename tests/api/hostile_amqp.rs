@@ -385,6 +385,23 @@ fn large_body_start(index: usize) -> String {
     format!("{{\"id\":\"large-{index:02}\",\"pad\":\"")
 }
 
+/// How many oversized bodies of how many MiB: `PULSEBOARD_TEST_LARGE_BODIES` (`40x30`, for
+/// figures: docs/benchmarks.md, Oversized bodies), or 20 of 12 MiB.
+fn large_bodies() -> (usize, usize) {
+    let asked = std::env::var("PULSEBOARD_TEST_LARGE_BODIES").unwrap_or_default();
+    match asked.split_once('x') {
+        Some((count, mib)) => (
+            count
+                .parse()
+                .expect("PULSEBOARD_TEST_LARGE_BODIES: <count>x<MiB>"),
+            mib.parse::<usize>()
+                .expect("PULSEBOARD_TEST_LARGE_BODIES: <count>x<MiB>")
+                << 20,
+        ),
+        None => (20, 12 << 20),
+    }
+}
+
 /// Bodies far over SPEC's 64 KiB (issue 27: 40 of 30 MB took the service from 334 MB to
 /// 1.2 GB), here 20 of 12 MiB (what a debug build reads in about 15 s), published while the
 /// service consumes, with orders behind them. Each is dead-lettered whole with reason
@@ -393,11 +410,10 @@ fn large_body_start(index: usize) -> String {
 /// sends the next only once this one's dead letter is confirmed and it is acknowledged.
 #[tokio::test]
 async fn oversized_bodies_are_dead_lettered_whole_without_being_held_all_at_once() {
-    const BODIES: usize = 20;
-    const BODY_BYTES: usize = 12 << 20;
+    let (bodies, body_bytes) = large_bodies();
     // Measured: 3 bodies' worth (one is held twice while its copy is written, and the
     // allocator keeps what it freed for the next); 16 (192 MiB) before the window was bounded.
-    const GROWTH_LIMIT_KIB: u64 = 8 * (BODY_BYTES as u64 / 1024);
+    let growth_limit_kib = 8 * (body_bytes as u64 / 1024);
     let names = Names::new();
     let broker = Broker::connect(&names).await;
     let (_database, mut service) = start(Backend::Sqlite, &names, "large-1", false).await;
@@ -405,12 +421,12 @@ async fn oversized_bodies_are_dead_lettered_whole_without_being_held_all_at_once
     let ingesting = resident_kib(pid);
     let mut producer = RawPublisher::connect().await.expect("hostile producer");
     let persistent = RawProperties::persistent();
-    for index in 0..BODIES {
-        let body = large_body(index, BODY_BYTES);
+    for index in 0..bodies {
+        let body = large_body(index, body_bytes);
         producer
             .publish(&names.exchange, b"order.placed", &persistent, &body)
             .await
-            .expect("the broker takes a body of 12 MiB (max_message_size is 128 MiB here)");
+            .expect("the broker takes the body (its max_message_size is 128 MiB here)");
     }
     for index in 0..5 {
         let body = order(&format!("behind-{index}"), 10);
@@ -421,7 +437,8 @@ async fn oversized_bodies_are_dead_lettered_whole_without_being_held_all_at_once
     }
     wait_for_revenue(&service, &broker, 50, Duration::from_secs(60)).await;
     service.check_running().expect("the service survives");
-    let grown = peak_resident_kib(pid).saturating_sub(ingesting);
+    let peak = peak_resident_kib(pid);
+    let grown = peak.saturating_sub(ingesting);
 
     let dead = format!("{}.dead", names.prefix);
     let mut starts = Vec::new();
@@ -429,22 +446,28 @@ async fn oversized_bodies_are_dead_lettered_whole_without_being_held_all_at_once
         let reason = letter.header("x-pulseboard-reason").unwrap_or_default();
         assert!(reason.starts_with("too_large"), "{reason:?}");
         assert_eq!(
-            letter.size, BODY_BYTES,
+            letter.size, body_bytes,
             "the dead letter keeps the whole body"
         );
         starts.push(String::from_utf8_lossy(&letter.start).into_owned());
     }
     starts.sort();
-    let expected: Vec<String> = (0..BODIES).map(large_body_start).collect();
+    let expected: Vec<String> = (0..bodies).map(large_body_start).collect();
     assert_eq!(starts, expected, "every oversized body dead-lettered, once");
     assert!(
-        grown <= GROWTH_LIMIT_KIB,
+        grown <= growth_limit_kib,
         "peak resident memory grew by {} MiB over {} MiB when ingesting; at most {} MiB \
          expected for bodies of {} MiB",
         grown / 1024,
         ingesting / 1024,
-        GROWTH_LIMIT_KIB / 1024,
-        BODY_BYTES >> 20
+        growth_limit_kib / 1024,
+        body_bytes >> 20
+    );
+    eprintln!(
+        "{bodies} bodies of {} MiB: resident {} MiB when ingesting, peak {} MiB",
+        body_bytes >> 20,
+        ingesting / 1024,
+        peak / 1024
     );
 }
 
