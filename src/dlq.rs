@@ -304,13 +304,18 @@ fn describe(delivery: &lapin::message::Delivery) -> DeadLetter {
 }
 
 /// The first [`BODY_PREVIEW_BYTES`] of `body` as text: invalid UTF-8 replaced, never a
-/// character cut in half.
+/// character cut in half. Only the start of the body is decoded: a dead letter may be as large
+/// as the broker lets a message be (an oversized body is dead-lettered whole), and its text
+/// with invalid bytes replaced would take up to three times that.
 pub fn preview(body: &[u8]) -> (String, bool) {
-    let text = String::from_utf8_lossy(body);
-    if text.len() <= BODY_PREVIEW_BYTES {
-        return (text.into_owned(), body.len() > BODY_PREVIEW_BYTES);
-    }
-    (cut_at_char(&text, BODY_PREVIEW_BYTES).to_owned(), true)
+    // A replacement is never shorter than what it replaces: the text of these bytes starts
+    // with the text of the whole body's first BODY_PREVIEW_BYTES (a character at most 4 bytes
+    // long, cut at the end of `start`, falls after them).
+    let start = &body[..body.len().min(BODY_PREVIEW_BYTES + 4)];
+    let text = String::from_utf8_lossy(start);
+    let shown = cut_at_char(&text, BODY_PREVIEW_BYTES);
+    let truncated = shown.len() < text.len() || start.len() < body.len();
+    (shown.to_owned(), truncated)
 }
 
 #[cfg(test)]
@@ -323,7 +328,24 @@ mod tests {
         fn a_preview_is_valid_text_within_the_limit(body in proptest::collection::vec(any::<u8>(), 0..5_000)) {
             let (text, truncated) = preview(&body);
             prop_assert!(text.len() <= BODY_PREVIEW_BYTES);
-            prop_assert_eq!(truncated, text.len() < String::from_utf8_lossy(&body).len());
+            let whole = String::from_utf8_lossy(&body);
+            prop_assert_eq!(truncated, text.len() < whole.len());
+            prop_assert_eq!(text.as_str(), cut_at_char(&whole, BODY_PREVIEW_BYTES));
+        }
+
+        #[test]
+        fn a_preview_of_mostly_valid_text_is_the_start_of_the_whole_text(
+            text in "\\PC{600,1200}",
+            noise in proptest::collection::vec(any::<u8>(), 0..8),
+            at in 0usize..5_000,
+        ) {
+            let mut body = text.into_bytes();
+            let at = at.min(body.len());
+            body.splice(at..at, noise);
+            let whole = String::from_utf8_lossy(&body);
+            let (shown, truncated) = preview(&body);
+            prop_assert_eq!(shown.as_str(), cut_at_char(&whole, BODY_PREVIEW_BYTES));
+            prop_assert_eq!(truncated, shown.len() < whole.len());
         }
     }
 

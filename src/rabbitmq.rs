@@ -31,16 +31,18 @@
 
 use crate::aggregate::Millis;
 use crate::config::QueueType;
+use futures_util::StreamExt;
 use lapin::options::{
-    BasicConsumeOptions, BasicGetOptions, BasicPublishOptions, BasicQosOptions, BasicRejectOptions,
-    ConfirmSelectOptions, ExchangeDeclareOptions, ExchangeDeleteOptions, QueueBindOptions,
-    QueueDeclareOptions, QueueDeleteOptions,
+    BasicCancelOptions, BasicConsumeOptions, BasicGetOptions, BasicPublishOptions, BasicQosOptions,
+    BasicRejectOptions, ConfirmSelectOptions, ExchangeDeclareOptions, ExchangeDeleteOptions,
+    QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions,
 };
 use lapin::publisher_confirm::{Confirmation, PublisherConfirm};
 use lapin::types::{AMQPValue, FieldTable, LongString};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, Consumer, ExchangeKind};
 use std::str::FromStr;
 use std::time::Duration;
+use tokio::task::JoinHandle;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -115,6 +117,8 @@ pub enum BrokerError {
     Amqp(#[from] lapin::Error),
     #[error("RabbitMQ refused the dead letter")]
     DeadLetterRefused,
+    #[error("starting a consumer with another prefetch failed: {0}")]
+    Rewindow(String),
 }
 
 /// Names of everything the service declares, derived once from the configuration.
@@ -536,11 +540,30 @@ async fn put_back(
 const UNREADABLE_GET_LIMIT: Duration = Duration::from_secs(2);
 
 /// The leader's link: a consuming channel and a confirming channel for dead letters.
+///
+/// The consumer's prefetch (its window: how many deliveries the broker may have sent it
+/// unacknowledged) can be changed while the link lives ([`ConsumerLink::rewindow`]). RabbitMQ
+/// applies a `basic.qos` only to consumers started after it (and a channel-wide one only to
+/// classic queues), so the consumer is cancelled and a new one started with the new prefetch, on
+/// the same channel: deliveries already sent stay unacknowledged there, and delivery tags go on
+/// from where they were, so nothing is delivered twice and one multiple-ack still covers them.
 pub struct ConsumerLink {
     connection: Connection,
-    pub consumer: Consumer,
-    /// The consumer's prefetch: how many deliveries may be outstanding at once.
-    pub prefetch: u16,
+    /// The consumer being read: until it ends (cancelled), then its successor's.
+    consumer: Consumer,
+    /// `consumer` has ended (a lapin consumer answers nothing once it has said so).
+    ended: bool,
+    /// `consumer`'s prefetch.
+    window: u16,
+    /// The consumer that takes over once `consumer` has ended, with its prefetch: started by
+    /// [`ConsumerLink::rewindow`] after cancelling `consumer`.
+    successor: Option<(u16, JoinHandle<Result<Consumer, BrokerError>>)>,
+    /// The prefetch last asked for, applied once the successor in flight has taken over.
+    wanted: u16,
+    /// Consumers started on this link, for their tags.
+    started: u32,
+    node: String,
+    queue: String,
     consume_channel: Channel,
     dead_channel: Channel,
     dead_exchange: String,
@@ -556,29 +579,99 @@ impl ConsumerLink {
         let connection = connect(url, &format!("pulseboard ingest {node}")).await?;
         let consume_channel = connection.create_channel().await?;
         topology.declare(&consume_channel).await?;
-        consume_channel
-            .basic_qos(prefetch, BasicQosOptions::default())
-            .await?;
         let dead_channel = connection.create_channel().await?;
         dead_channel
             .confirm_select(ConfirmSelectOptions::default())
             .await?;
-        let tag = format!("pulseboard-{node}");
-        let consume = consume_channel.basic_consume(
-            &topology.events_queue,
-            &tag,
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
-        );
-        let consumer = bounded("consume from", &topology.events_queue, consume).await??;
+        let tag = consumer_tag(node, 0);
+        let consumer = start_consumer(
+            consume_channel.clone(),
+            topology.events_queue.clone(),
+            tag,
+            prefetch,
+        )
+        .await?;
         Ok(ConsumerLink {
             connection,
             consumer,
-            prefetch,
+            ended: false,
+            window: prefetch,
+            successor: None,
+            wanted: prefetch,
+            started: 1,
+            node: node.to_owned(),
+            queue: topology.events_queue.clone(),
             consume_channel,
             dead_channel,
             dead_exchange: topology.dead_exchange.clone(),
         })
+    }
+
+    /// The next delivery, in delivery-tag order across the consumers of the link; `None` when
+    /// the broker cancelled the consumer. Cancel-safe.
+    pub async fn next_delivery(&mut self) -> Option<Result<lapin::message::Delivery, BrokerError>> {
+        loop {
+            if !self.ended {
+                match self.consumer.next().await {
+                    Some(delivery) => return Some(delivery.map_err(BrokerError::from)),
+                    None => self.ended = true,
+                }
+            }
+            // Every delivery of the cancelled consumer came before the broker's cancel-ok,
+            // hence before any of its successor's.
+            let (window, successor) = self.successor.as_mut()?;
+            let window = *window;
+            let started = successor.await;
+            self.successor = None;
+            match started {
+                Ok(Ok(consumer)) => {
+                    self.consumer = consumer;
+                    self.ended = false;
+                    self.window = window;
+                }
+                Ok(Err(error)) => return Some(Err(error)),
+                Err(error) => return Some(Err(BrokerError::Rewindow(error.to_string()))),
+            }
+            if self.wanted != self.window {
+                self.start_successor();
+            }
+        }
+    }
+
+    /// How many deliveries the broker may have sent this link unacknowledged at most: the
+    /// prefetch of the consumer being read, and of its successor once that is asked for.
+    pub fn prefetch(&self) -> u16 {
+        let successor = self.successor.as_ref().map_or(0, |(window, _)| *window);
+        self.window.saturating_add(successor)
+    }
+
+    /// Consumes with `prefetch` from now on: the current consumer is cancelled and a new one
+    /// started with it, in a task of its own; deliveries go on from the current consumer until
+    /// the new one takes over.
+    pub fn rewindow(&mut self, prefetch: u16) {
+        self.wanted = prefetch;
+        if self.successor.is_none() && prefetch != self.window {
+            self.start_successor();
+        }
+    }
+
+    fn start_successor(&mut self) {
+        let cancelled = consumer_tag(&self.node, self.started - 1);
+        let tag = consumer_tag(&self.node, self.started);
+        self.started += 1;
+        let channel = self.consume_channel.clone();
+        let queue = self.queue.clone();
+        let window = self.wanted;
+        let started = tokio::spawn(async move {
+            bounded(
+                "stop consuming from",
+                &queue,
+                channel.basic_cancel(&cancelled, BasicCancelOptions::default()),
+            )
+            .await??;
+            start_consumer(channel, queue, tag, window).await
+        });
+        self.successor = Some((window, started));
     }
 
     /// Acknowledges every delivery up to and including `tag`.
@@ -659,12 +752,42 @@ impl ConsumerLink {
 
     /// Cancels consumption and closes: unacknowledged deliveries go back to the queue.
     pub async fn close(self) {
+        if let Some((_, successor)) = &self.successor {
+            successor.abort();
+        }
         close(
             &self.connection,
             &[&self.consume_channel, &self.dead_channel],
         )
         .await;
     }
+}
+
+/// The tag of the `index`th consumer a link of `node` starts.
+fn consumer_tag(node: &str, index: u32) -> String {
+    match index {
+        0 => format!("pulseboard-{node}"),
+        _ => format!("pulseboard-{node}-{index}"),
+    }
+}
+
+/// Starts consuming `queue` on `channel` with `prefetch` (applies to consumers started after it).
+async fn start_consumer(
+    channel: Channel,
+    queue: String,
+    tag: String,
+    prefetch: u16,
+) -> Result<Consumer, BrokerError> {
+    channel
+        .basic_qos(prefetch, BasicQosOptions::default())
+        .await?;
+    let consume = channel.basic_consume(
+        &queue,
+        &tag,
+        BasicConsumeOptions::default(),
+        FieldTable::default(),
+    );
+    Ok(bounded("consume from", &queue, consume).await??)
 }
 
 /// Room a content header frame takes besides its headers: the frame's own bytes, the

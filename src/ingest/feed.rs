@@ -2,13 +2,28 @@
 //! opened, lost and reopened with backoff; delivery tags belong to the link that issued them)
 //! or the demo's in-process queue (nothing to acknowledge, nowhere to dead-letter).
 //!
-//! A message the client cannot parse ends the link before any code of ours sees it, and the
-//! broker delivers it again first. The feed narrows the next link to find it
-//! ([`Caution`]): it opens with a prefetch of exactly the deliveries the lost link had
-//! received but not acknowledged (messages that came before the unreadable one), then with a
-//! prefetch of 1, so that a link of prefetch 1 that dies this way proves the unreadable
-//! message is at the head of the queue; that message is then rejected to the dead-letter
-//! queue ([`reject_unreadable_head`]) and consumption goes on at full prefetch.
+//! How many deliveries the broker may send the link before it acknowledges them (its window,
+//! the consumer's prefetch) is the feed's [`Caution`]; the link applies it
+//! ([`ConsumerLink::rewindow`]). Two things narrow it:
+//!
+//! - **Bodies.** The client reads everything the broker sends as fast as it comes and keeps it
+//!   whole until it is taken, and RabbitMQ bounds what it sends by count only (it ignores a
+//!   prefetch size): the window is what bounds the memory held. It is kept so that the window
+//!   times the largest body seen lately stays within [`BODY_BUDGET_BYTES`]: a larger body
+//!   narrows it at once (down to 1 for a body over the budget), and it doubles again after each
+//!   window's worth of deliveries that leave room for it, up to the full prefetch. Every link
+//!   opens at 1 and widens the same way, so a queue that filled with large bodies while no link
+//!   read it is not sent whole to a new one.
+//! - **Unreadable messages.** A message the client cannot parse ends the link before any code of
+//!   ours sees it, and the broker delivers it again first. The next link opens with a prefetch
+//!   of exactly the deliveries the lost link had received but not acknowledged (messages that
+//!   came before the unreadable one), then with a prefetch of 1, so that a link of prefetch 1
+//!   that dies this way proves the unreadable message is at the head of the queue; that
+//!   message is then rejected to the dead-letter queue ([`reject_unreadable_head`]). Such a
+//!   window widens only after twice its size, past where the message was.
+//!
+//! What the broker sent before the window narrowed is received all the same: the bound is the
+//! window in force when a body was sent, times that body (docs/security.md, Oversized bodies).
 
 use super::IngestContext;
 use crate::aggregate::Millis;
@@ -19,7 +34,6 @@ use crate::rabbitmq::{
     is_unreadable, reject_unreadable_head, BrokerError, ConsumerLink, HeadRejected, RawMessage,
 };
 use crate::retry::Backoff;
-use futures_util::StreamExt;
 use lapin::publisher_confirm::PublisherConfirm;
 use secrecy::ExposeSecret;
 use std::time::Duration;
@@ -29,6 +43,11 @@ use tokio::time::Instant;
 
 /// How soon a link that died on an unreadable message is replaced.
 const UNREADABLE_RETRY: Duration = Duration::from_millis(100);
+
+/// Bytes of message bodies a link may be sent before it acknowledges them, reckoned as the
+/// window times the largest body seen lately: the full prefetch (10 000) of events up to
+/// 1.6 KiB, 256 at SPEC's 64 KiB limit, one at a time over 16 MiB.
+const BODY_BUDGET_BYTES: usize = 16 * 1024 * 1024;
 
 pub(super) enum FeedItem {
     Message(RawMessage),
@@ -52,45 +71,152 @@ pub(super) struct BrokerFeed {
     backoff: Backoff,
     /// Paused by an operator: no link, and none opened until resumed.
     suspended: bool,
-    /// How the next link opens after one died on a message the client could not parse.
+    /// How wide the link consumes, and how the next one opens.
     caution: Caution,
+    /// The configured prefetch: the widest window.
+    full: u16,
     /// The last delivery tag received, and the last acknowledged, on the current link (a
     /// channel numbers its deliveries from 1).
     received: u64,
     acknowledged: u64,
 }
 
-/// How the feed finds a message the client cannot parse (see the module's header).
+/// How wide the link consumes (see the module's header).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Caution {
     /// Full prefetch.
     None,
-    /// The next link, and the current one, take at most this many deliveries at once.
-    Narrow(u16),
+    /// Fewer deliveries at once than the full prefetch.
+    Narrow(Window),
     /// The message at the head of the queue is unreadable: reject it before the next link.
     RejectHead,
+}
+
+/// A window narrower than the full prefetch, and when it may widen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Window {
+    /// Deliveries the broker may send before they are acknowledged.
+    size: u16,
+    /// The window is looked at again once `calm` deliveries came after the one of tag `from`
+    /// (0 on a new link).
+    from: u64,
+    calm: u64,
+    /// The largest body received since it was last looked at, bytes.
+    largest: usize,
+}
+
+impl Window {
+    fn new(size: u16, from: u64, calm: u64) -> Window {
+        Window {
+            size,
+            from,
+            calm,
+            largest: 0,
+        }
+    }
+}
+
+/// How many bodies of `bytes` fit [`BODY_BUDGET_BYTES`]: at least 1, at most `full`.
+fn fitting(bytes: usize, full: u16) -> u16 {
+    let fit = BODY_BUDGET_BYTES / bytes.max(1);
+    u16::try_from(fit).unwrap_or(u16::MAX).clamp(1, full.max(1))
 }
 
 impl Caution {
     /// After a link of `prefetch` died on an unreadable delivery, having received `outstanding`
     /// readable ones it had not acknowledged yet (those came before the unreadable one).
     fn after_unreadable(prefetch: u16, outstanding: u64) -> Caution {
-        if prefetch == 1 && outstanding == 0 {
-            Caution::RejectHead
+        let window = if prefetch == 1 && outstanding == 0 {
+            return Caution::RejectHead;
         } else if prefetch == 1 {
             // The broker cannot have sent another delivery beside the one held: the failure
             // was elsewhere; try again as narrow.
-            Caution::Narrow(1)
+            1
         } else {
-            Caution::Narrow(u16::try_from(outstanding.max(1)).unwrap_or(u16::MAX))
+            u16::try_from(outstanding.max(1)).unwrap_or(u16::MAX)
+        };
+        // Twice the window: a link that received that many has gone past where the message
+        // was (the broker took it out meanwhile, by its delivery limit).
+        Caution::Narrow(Window::new(window, 0, 2 * u64::from(window)))
+    }
+
+    /// How the next link opens, and whether the head of the queue is to be rejected first.
+    fn opening(self, quorum: bool, full: u16) -> (Caution, bool) {
+        match self {
+            Caution::None => (Caution::ramp(full), false),
+            // Its deliveries are numbered afresh.
+            Caution::Narrow(window) => (
+                Caution::Narrow(Window {
+                    from: 0,
+                    size: window.size.min(full),
+                    ..window
+                }),
+                false,
+            ),
+            // A quorum queue with a single active consumer refuses `basic.get`; its delivery
+            // limit takes the message out instead, after the failures of links that take
+            // nothing else (so no other message's delivery count grows meanwhile).
+            Caution::RejectHead if quorum => (Caution::Narrow(Window::new(1, 0, 2)), false),
+            // One attempt per proof, whatever becomes of it: should the link then fail to
+            // open, the next must not reject the head again (it is a readable message now).
+            // Should the reject itself have failed, the message ends the next link, and is
+            // found again.
+            Caution::RejectHead => (Caution::ramp(full), true),
         }
     }
 
-    /// A narrowed link that acknowledged twice its window without failing has gone past where
-    /// the unreadable message was (the broker took it out meanwhile, by its delivery limit):
-    /// full prefetch again.
-    fn widens_after(&self, acknowledged: u64) -> bool {
-        matches!(self, Caution::Narrow(window) if acknowledged > 2 * u64::from(*window))
+    /// A new link's window: 1, doubling from its first delivery.
+    fn ramp(full: u16) -> Caution {
+        if full <= 1 {
+            Caution::None
+        } else {
+            Caution::Narrow(Window::new(1, 0, 1))
+        }
+    }
+
+    /// The prefetch a link consumes with under this caution.
+    fn prefetch(&self, full: u16) -> u16 {
+        match self {
+            Caution::Narrow(window) => window.size,
+            Caution::None | Caution::RejectHead => full,
+        }
+    }
+
+    /// After the delivery of tag `tag` with a body of `bytes`: the prefetch to consume with
+    /// from now on, if it changes.
+    fn after_delivery(&mut self, tag: u64, bytes: usize, full: u16) -> Option<u16> {
+        let fits = fitting(bytes, full);
+        let window = match self {
+            Caution::None if fits < full => {
+                *self = Caution::Narrow(Window::new(fits, tag, u64::from(fits)));
+                return Some(fits);
+            }
+            Caution::Narrow(window) => window,
+            Caution::None | Caution::RejectHead => return None,
+        };
+        if fits < window.size {
+            // Not before the window looked at last was due: past an unreadable message.
+            let due = (window.from + window.calm).saturating_sub(tag);
+            *window = Window::new(fits, tag, due.max(u64::from(fits)));
+            window.largest = bytes;
+            return Some(fits);
+        }
+        window.largest = window.largest.max(bytes);
+        if tag < window.from + window.calm {
+            return None;
+        }
+        let wider = window.size.saturating_mul(2).min(full);
+        if fitting(window.largest, full) < wider {
+            // Stays: looked at again after another window's worth.
+            *window = Window::new(window.size, tag, u64::from(window.size));
+            return None;
+        }
+        *self = if wider == full {
+            Caution::None
+        } else {
+            Caution::Narrow(Window::new(wider, tag, u64::from(wider)))
+        };
+        Some(wider)
     }
 }
 
@@ -116,6 +242,7 @@ impl BrokerFeed {
             backoff: Backoff::new(Duration::from_millis(250), Duration::from_secs(10)),
             suspended: false,
             caution: Caution::None,
+            full: 1,
             received: 0,
             acknowledged: 0,
         }
@@ -150,13 +277,20 @@ impl Feed<'_> {
                 let Some(link) = &mut broker.link else {
                     return std::future::pending().await;
                 };
-                match link.consumer.next().await {
+                match link.next_delivery().await {
                     Some(Ok(delivery)) => {
-                        broker.received = delivery.delivery_tag;
+                        let (tag, bytes) = (delivery.delivery_tag, delivery.data.len());
+                        broker.received = tag;
+                        let was = broker.caution.prefetch(broker.full);
+                        if let Some(window) = broker.caution.after_delivery(tag, bytes, broker.full)
+                        {
+                            say_window(window, bytes, was);
+                            link.rewindow(window);
+                        }
                         FeedItem::Message(RawMessage::from_delivery(delivery, now_ms()))
                     }
-                    Some(Err(error)) if is_unreadable(&error) => {
-                        let prefetch = link.prefetch;
+                    Some(Err(BrokerError::Amqp(error))) if is_unreadable(&error) => {
+                        let prefetch = link.prefetch();
                         broker.caution = Caution::after_unreadable(
                             prefetch,
                             broker.received.saturating_sub(broker.acknowledged),
@@ -203,25 +337,10 @@ impl Feed<'_> {
         let metrics = context.core.metrics.clone();
         let node = context.core.node.clone();
         let quorum = settings.topology.queue_type == QueueType::Quorum;
-        let (reject_head, prefetch) = match broker.caution {
-            Caution::None => (false, settings.prefetch),
-            Caution::Narrow(window) => (false, window.min(settings.prefetch)),
-            // A quorum queue with a single active consumer refuses `basic.get`; its delivery
-            // limit takes the message out instead, after the failures of links that take
-            // nothing else (so no other message's delivery count grows meanwhile).
-            Caution::RejectHead if quorum => {
-                broker.caution = Caution::Narrow(1);
-                (false, 1)
-            }
-            // One attempt per proof, whatever becomes of it: should the link then fail to
-            // open, the next must not reject the head again (it is a readable message now).
-            // Should the reject itself have failed, the message ends the next link, and is
-            // found again.
-            Caution::RejectHead => {
-                broker.caution = Caution::None;
-                (true, settings.prefetch)
-            }
-        };
+        broker.full = settings.prefetch;
+        let (caution, reject_head) = broker.caution.opening(quorum, broker.full);
+        broker.caution = caution;
+        let prefetch = caution.prefetch(broker.full);
         broker.connecting = Some(tokio::spawn(async move {
             let url = settings.amqp_url.expose_secret();
             if reject_head {
@@ -264,13 +383,6 @@ impl Feed<'_> {
         };
         link.ack_through(tag).await?;
         broker.acknowledged = broker.acknowledged.max(tag);
-        if broker.caution.widens_after(broker.acknowledged) && broker.received == tag {
-            // Nothing outstanding: reopen at full prefetch, at once.
-            tracing::info!("past the unreadable message: consuming at full prefetch again");
-            broker.caution = Caution::None;
-            let _ = broker.drop_link("reopening at full prefetch".into());
-            broker.retry_at = Instant::now();
-        }
         Ok(())
     }
 
@@ -330,6 +442,21 @@ impl Feed<'_> {
     }
 }
 
+/// Logs a change of window: a narrowing for a body, which an operator may want to know of, at
+/// INFO; the widening of every new link, at DEBUG.
+fn say_window(window: u16, bytes: usize, was: u16) {
+    if window < was {
+        tracing::info!(
+            window,
+            bytes,
+            budget = BODY_BUDGET_BYTES,
+            "a large message body: consuming fewer messages at once"
+        );
+    } else {
+        tracing::debug!(window, "consuming more messages at once");
+    }
+}
+
 impl BrokerFeed {
     fn failed(&mut self, error: String) -> FeedItem {
         self.retry_at = Instant::now() + self.backoff.next_delay();
@@ -346,16 +473,35 @@ impl BrokerFeed {
 
 #[cfg(test)]
 mod tests {
-    use super::Caution;
+    use super::{fitting, Caution, Window, BODY_BUDGET_BYTES};
+
+    const FULL: u16 = 10_000;
+    const SMALL: usize = 300;
+
+    fn narrow(size: u16, from: u64, calm: u64) -> Caution {
+        Caution::Narrow(Window::new(size, from, calm))
+    }
+
+    /// Feeds deliveries of `bytes` from tag `from` on; returns the last tag and every window
+    /// asked for.
+    fn deliver(caution: &mut Caution, from: u64, bodies: &[usize]) -> (u64, Vec<u16>) {
+        let mut asked = Vec::new();
+        let mut tag = from;
+        for &bytes in bodies {
+            tag += 1;
+            asked.extend(caution.after_delivery(tag, bytes, FULL));
+        }
+        (tag, asked)
+    }
 
     #[test]
     fn a_wide_link_that_fails_is_narrowed_to_what_it_had_not_acknowledged() {
-        assert_eq!(Caution::after_unreadable(10_000, 37), Caution::Narrow(37));
+        assert_eq!(Caution::after_unreadable(10_000, 37), narrow(37, 0, 74));
         // Nothing outstanding: the unreadable message came first.
-        assert_eq!(Caution::after_unreadable(10_000, 0), Caution::Narrow(1));
+        assert_eq!(Caution::after_unreadable(10_000, 0), narrow(1, 0, 2));
         assert_eq!(
             Caution::after_unreadable(37, 100_000),
-            Caution::Narrow(u16::MAX)
+            narrow(u16::MAX, 0, 2 * u64::from(u16::MAX))
         );
     }
 
@@ -363,14 +509,87 @@ mod tests {
     fn a_link_of_one_that_fails_holding_nothing_proves_the_head_unreadable() {
         assert_eq!(Caution::after_unreadable(1, 0), Caution::RejectHead);
         // Holding one, it cannot have been sent another: the head is the one held.
-        assert_eq!(Caution::after_unreadable(1, 1), Caution::Narrow(1));
+        assert_eq!(Caution::after_unreadable(1, 1), narrow(1, 0, 2));
     }
 
     #[test]
-    fn a_narrow_link_widens_only_past_twice_its_window() {
-        assert!(!Caution::Narrow(3).widens_after(6));
-        assert!(Caution::Narrow(3).widens_after(7));
-        assert!(!Caution::None.widens_after(1_000_000));
-        assert!(!Caution::RejectHead.widens_after(1_000_000));
+    fn a_window_narrowed_for_an_unreadable_message_widens_only_past_twice_its_size() {
+        let mut caution = Caution::after_unreadable(FULL, 3);
+        let (tag, asked) = deliver(&mut caution, 0, &[SMALL; 5]);
+        assert!(asked.is_empty(), "{asked:?}");
+        assert_eq!(caution.after_delivery(tag + 1, SMALL, FULL), Some(6));
+    }
+
+    #[test]
+    fn every_link_opens_at_one_and_doubles_with_each_window_of_small_bodies() {
+        let (mut caution, reject) = Caution::None.opening(false, FULL);
+        assert!(!reject);
+        assert_eq!(caution.prefetch(FULL), 1);
+        let (_, asked) = deliver(&mut caution, 0, &[SMALL; 20_000]);
+        assert_eq!(
+            asked,
+            [2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, FULL]
+        );
+        assert_eq!(caution, Caution::None);
+    }
+
+    #[test]
+    fn a_body_over_the_budget_narrows_the_window_to_one_until_a_window_passes_without_one() {
+        let large = 30 << 20;
+        let mut caution = Caution::None;
+        assert_eq!(caution.after_delivery(7, large, FULL), Some(1));
+        // The large bodies the broker had sent already, and those behind them, one at a time.
+        let (tag, asked) = deliver(&mut caution, 7, &[large; 39]);
+        assert!(asked.is_empty(), "{asked:?}");
+        assert_eq!(caution.prefetch(FULL), 1);
+        let (_, asked) = deliver(&mut caution, tag, &[SMALL; 3]);
+        assert_eq!(asked, [2, 4]);
+    }
+
+    #[test]
+    fn bodies_are_held_within_the_budget_and_the_window_settles_where_they_fit() {
+        let bytes = 4_096;
+        let mut caution = Caution::None;
+        let fits = fitting(bytes, FULL);
+        assert_eq!(usize::from(fits), BODY_BUDGET_BYTES / bytes);
+        assert_eq!(caution.after_delivery(1, bytes, FULL), Some(fits));
+        let (_, asked) = deliver(&mut caution, 1, &[bytes; 50_000]);
+        assert!(asked.is_empty(), "{asked:?}");
+        assert_eq!(caution.prefetch(FULL), fits);
+        // Smaller bodies later: the window grows back to the full prefetch.
+        let (_, asked) = deliver(&mut caution, 50_001, &[SMALL; 20_000]);
+        assert_eq!(asked, [8_192, FULL]);
+    }
+
+    #[test]
+    fn a_large_body_does_not_let_a_window_widen_before_an_unreadable_message_is_past() {
+        let mut caution = Caution::after_unreadable(FULL, 64);
+        assert_eq!(caution.after_delivery(1, 1 << 20, FULL), Some(16));
+        // Not before tag 128, where the unreadable window would have widened; and the large
+        // body came in that period, so one more window of small ones.
+        let (tag, asked) = deliver(&mut caution, 1, &[SMALL; 127 + 15]);
+        assert!(asked.is_empty(), "{asked:?}");
+        assert_eq!(caution.after_delivery(tag + 1, SMALL, FULL), Some(32));
+    }
+
+    #[test]
+    fn a_new_link_keeps_the_window_and_numbers_from_zero() {
+        let mut caution = Caution::None;
+        caution.after_delivery(500, 1 << 20, FULL);
+        let (caution, _) = caution.opening(false, FULL);
+        assert_eq!(caution, narrow(16, 0, 16));
+    }
+
+    #[test]
+    fn an_unreadable_head_is_rejected_once_and_then_the_link_ramps() {
+        assert_eq!(
+            Caution::RejectHead.opening(false, FULL),
+            (narrow(1, 0, 1), true)
+        );
+        // A quorum queue's delivery limit takes it out: links of one meanwhile.
+        assert_eq!(
+            Caution::RejectHead.opening(true, FULL),
+            (narrow(1, 0, 2), false)
+        );
     }
 }

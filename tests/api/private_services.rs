@@ -145,10 +145,15 @@ pub struct PrivateRabbit {
 impl PrivateRabbit {
     /// Starts the node and waits until AMQP answers on its port.
     pub async fn start() -> PrivateRabbit {
+        PrivateRabbit::start_with("").await
+    }
+
+    /// [`PrivateRabbit::start`], with `config` (`rabbitmq.conf` lines) after the node's own.
+    pub async fn start_with(config: &str) -> PrivateRabbit {
         let mut failures = Vec::new();
         // A free port may be taken by someone else between our probe and the node's bind.
         for _ in 0..3 {
-            match PrivateRabbit::try_start().await {
+            match PrivateRabbit::try_start(config).await {
                 Ok(rabbit) => return rabbit,
                 Err(failure) => failures.push(failure),
             }
@@ -159,7 +164,7 @@ impl PrivateRabbit {
         );
     }
 
-    async fn try_start() -> Result<PrivateRabbit, String> {
+    async fn try_start(config: &str) -> Result<PrivateRabbit, String> {
         let id = crate::helpers::short_id();
         let node = format!("pbtest-{id}@localhost");
         let [port, dist_port] = free_ports::<2>();
@@ -168,7 +173,7 @@ impl PrivateRabbit {
         let file = |name: &str| dir.join(name).display().to_string();
         fs::write(
             file("rabbitmq.conf"),
-            format!("listeners.tcp.local = 127.0.0.1:{port}\n"),
+            format!("listeners.tcp.local = 127.0.0.1:{port}\n{config}"),
         )
         .expect("rabbitmq.conf");
         fs::write(file("enabled_plugins"), "[].\n").expect("enabled_plugins");

@@ -45,7 +45,17 @@ pub fn allowed_cpus(pid: &str) -> String {
 
 /// Resident memory of a process (VmRSS), KiB; 0 when it cannot be read.
 pub fn resident_kib(pid: u32) -> u64 {
-    status_field(&pid.to_string(), "VmRSS:")
+    kib_field(pid, "VmRSS:")
+}
+
+/// The most resident memory a process has had since it started (VmHWM, the kernel's own high
+/// water mark: no peak between two readings is missed), KiB; 0 when it cannot be read.
+pub fn peak_resident_kib(pid: u32) -> u64 {
+    kib_field(pid, "VmHWM:")
+}
+
+fn kib_field(pid: u32, name: &str) -> u64 {
+    status_field(&pid.to_string(), name)
         .and_then(|value| value.trim_end_matches("kB").trim().parse().ok())
         .unwrap_or(0)
 }

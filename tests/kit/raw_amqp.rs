@@ -1,7 +1,10 @@
 //! A hostile producer: publishes messages no well-behaved AMQP client can build (invalid UTF-8
 //! in a short string, header tables nested as deep as a frame allows), byte by byte over a
 //! socket of its own, with publisher confirms. Only what a publisher needs of AMQP 0-9-1:
-//! handshake (PLAIN), one channel in confirm mode, `basic.publish`.
+//! handshake (PLAIN), one channel in confirm mode, `basic.publish`; and `basic.get`, to take
+//! messages of any size off a queue keeping only their headers and the start of their body
+//! (a client that builds every body whole, and in a debug build parses it byte by byte, would
+//! make a test of large bodies slow and large itself).
 
 use anyhow::{bail, ensure, Context};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -129,6 +132,8 @@ pub struct RawPublisher {
     /// What the broker allows a frame to be: the handshake's `frame_max`.
     pub frame_max: u32,
     published: u64,
+    /// The channel of the last frame read.
+    last_channel: u16,
 }
 
 impl RawPublisher {
@@ -143,6 +148,7 @@ impl RawPublisher {
             stream,
             frame_max: 0,
             published: 0,
+            last_channel: 0,
         };
         publisher.expect_method(0, (10, 10)).await?;
         let mut start_ok = method(10, 11);
@@ -218,6 +224,46 @@ impl RawPublisher {
         Ok(())
     }
 
+    /// Takes the message at the head of `queue` (`basic.get`, no acknowledgement: it leaves
+    /// the queue), keeping the first `keep` bytes of its body; `None` when the queue is empty.
+    pub async fn take(&mut self, queue: &str, keep: usize) -> anyhow::Result<Option<RawMessage>> {
+        let mut get = method(60, 70);
+        get.extend_from_slice(&0u16.to_be_bytes());
+        get.extend_from_slice(&short_string(queue.as_bytes()));
+        get.push(1);
+        self.send(FRAME_METHOD, 1, &get).await?;
+        let (id, _) = self.next_method(1).await?;
+        match id {
+            (60, 72) => return Ok(None),
+            (60, 71) => {}
+            other => bail!("expected basic.get-ok or get-empty, got {other:?}"),
+        }
+        let (kind, header) = self.next_frame().await?;
+        ensure!(
+            kind == FRAME_HEADER && header.len() >= HEADER_FIXED,
+            "not a content header"
+        );
+        let size = u64::from_be_bytes(header[4..12].try_into()?) as usize;
+        let flags = u16::from_be_bytes([header[12], header[13]]);
+        let headers = header_table(flags, &header[HEADER_FIXED..])?;
+        let mut message = RawMessage {
+            headers,
+            size,
+            start: Vec::with_capacity(keep.min(size)),
+        };
+        let mut received = 0;
+        while received < size {
+            let (kind, part) = self.next_frame().await?;
+            ensure!(kind == FRAME_BODY, "not a body frame");
+            received += part.len();
+            let room = keep.saturating_sub(message.start.len());
+            message
+                .start
+                .extend_from_slice(&part[..room.min(part.len())]);
+        }
+        Ok(Some(message))
+    }
+
     async fn send(&mut self, kind: u8, channel: u16, payload: &[u8]) -> anyhow::Result<()> {
         let mut frame = Vec::with_capacity(payload.len() + FRAME_OVERHEAD);
         frame.push(kind);
@@ -236,6 +282,42 @@ impl RawPublisher {
         channel: u16,
         expected: (u16, u16),
     ) -> anyhow::Result<Vec<u8>> {
+        let (id, payload) = self.next_method(channel).await?;
+        ensure!(
+            id == expected,
+            "expected {expected:?} on {channel}, got {id:?}"
+        );
+        Ok(payload)
+    }
+
+    /// The next method frame, which must be on `channel`: its (class, method) and payload.
+    async fn next_method(&mut self, channel: u16) -> anyhow::Result<((u16, u16), Vec<u8>)> {
+        let (kind, payload) = self.next_frame().await?;
+        ensure!(
+            kind == FRAME_METHOD && payload.len() >= 4,
+            "not a method frame"
+        );
+        let id = (
+            u16::from_be_bytes([payload[0], payload[1]]),
+            u16::from_be_bytes([payload[2], payload[3]]),
+        );
+        if id == (10, 50) || id == (20, 40) {
+            let text = payload
+                .get(7..)
+                .map(String::from_utf8_lossy)
+                .unwrap_or_default();
+            bail!("the broker closed: {text}");
+        }
+        ensure!(
+            self.last_channel == channel,
+            "{id:?} on channel {}, not {channel}",
+            self.last_channel
+        );
+        Ok((id, payload))
+    }
+
+    /// The next frame but heartbeats: its type and payload.
+    async fn next_frame(&mut self) -> anyhow::Result<(u8, Vec<u8>)> {
         loop {
             let mut head = [0u8; 7];
             self.stream
@@ -249,32 +331,82 @@ impl RawPublisher {
                 payload.pop() == Some(FRAME_END),
                 "frame without its end marker"
             );
-            if head[0] == FRAME_HEARTBEAT {
-                continue;
+            if head[0] != FRAME_HEARTBEAT {
+                self.last_channel = u16::from_be_bytes([head[1], head[2]]);
+                return Ok((head[0], payload));
             }
-            ensure!(
-                head[0] == FRAME_METHOD && payload.len() >= 4,
-                "not a method frame"
-            );
-            let id = (
-                u16::from_be_bytes([payload[0], payload[1]]),
-                u16::from_be_bytes([payload[2], payload[3]]),
-            );
-            if id == (10, 50) || id == (20, 40) {
-                let text = payload
-                    .get(7..)
-                    .map(String::from_utf8_lossy)
-                    .unwrap_or_default();
-                bail!("the broker closed: {text}");
-            }
-            let on = u16::from_be_bytes([head[1], head[2]]);
-            ensure!(
-                on == channel && id == expected,
-                "expected {expected:?} on {channel}, got {id:?} on {on}"
-            );
-            return Ok(payload);
         }
     }
+}
+
+/// A message taken by [`RawPublisher::take`].
+#[derive(Debug, Clone)]
+pub struct RawMessage {
+    /// Its header table's entries whose values are long strings, as text.
+    pub headers: Vec<(String, String)>,
+    /// The size of its body, bytes.
+    pub size: usize,
+    /// The start of its body.
+    pub start: Vec<u8>,
+}
+
+impl RawMessage {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(key, _)| key == name)
+            .map(|(_, value)| value.as_str())
+    }
+}
+
+/// The long-string entries of the header table in a content header's property list of
+/// `flags` (content type and encoding, if present, come before it).
+fn header_table(flags: u16, list: &[u8]) -> anyhow::Result<Vec<(String, String)>> {
+    let mut at = 0;
+    for bit in [15, 14] {
+        if flags & (1 << bit) != 0 {
+            at += 1 + usize::from(*list.get(at).context("short properties")?);
+        }
+    }
+    if flags & (1 << 13) == 0 {
+        return Ok(Vec::new());
+    }
+    let size = u32::from_be_bytes(list.get(at..at + 4).context("short table")?.try_into()?);
+    let table = list
+        .get(at + 4..at + 4 + size as usize)
+        .context("short table")?;
+    let mut entries = Vec::new();
+    let mut at = 0;
+    while at < table.len() {
+        let key_size = usize::from(table[at]);
+        let key = String::from_utf8_lossy(table.get(at + 1..at + 1 + key_size).context("key")?);
+        at += 1 + key_size;
+        let kind = *table.get(at).context("value type")?;
+        let value_size = value_size(kind, table.get(at + 1..).context("value")?)?;
+        if kind == b'S' {
+            let text = table.get(at + 5..at + 1 + value_size).context("value")?;
+            entries.push((key.into_owned(), String::from_utf8_lossy(text).into_owned()));
+        }
+        at += 1 + value_size;
+    }
+    Ok(entries)
+}
+
+/// Bytes a field value of type `kind` takes, at the start of `rest`.
+fn value_size(kind: u8, rest: &[u8]) -> anyhow::Result<usize> {
+    let long = || -> anyhow::Result<usize> {
+        Ok(4 + u32::from_be_bytes(rest.get(..4).context("short value")?.try_into()?) as usize)
+    };
+    Ok(match kind {
+        b't' | b'b' | b'B' => 1,
+        b's' | b'u' => 2,
+        b'I' | b'i' | b'f' => 4,
+        b'l' | b'L' | b'd' | b'T' => 8,
+        b'D' => 5,
+        b'V' => 0,
+        b'S' | b'A' | b'F' | b'x' => long()?,
+        other => bail!("unknown field type {other}"),
+    })
 }
 
 fn method(class: u16, id: u16) -> Vec<u8> {

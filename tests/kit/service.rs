@@ -92,6 +92,14 @@ impl ServiceConfig {
     }
 }
 
+/// The binary to run: `PULSEBOARD_TEST_BINARY` (another build, such as
+/// `target/release/pulseboard`, to take a test's figures with it), or the one Cargo built with
+/// the test or benchmark.
+fn binary() -> String {
+    std::env::var("PULSEBOARD_TEST_BINARY")
+        .unwrap_or_else(|_| env!("CARGO_BIN_EXE_pulseboard").to_owned())
+}
+
 /// A running `pulseboard serve`; killed when dropped.
 pub struct Service {
     child: Child,
@@ -123,7 +131,8 @@ impl Service {
     }
 
     pub async fn try_start(config: &ServiceConfig) -> anyhow::Result<Service> {
-        let binary = env!("CARGO_BIN_EXE_pulseboard");
+        let binary = binary();
+        let binary = binary.as_str();
         let started = Instant::now();
         let mut child = Command::new(binary)
             .args(&config.args)
