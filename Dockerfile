@@ -3,12 +3,21 @@
 #   docker run --rm -p 8080:8080 pulseboard serve --demo
 # Configuration is environment only (docs/deployment.md, Configuration).
 
+# --- front-end packages ------------------------------------------------------------------------
+# uPlot from the npm registry, as package-lock.json pins it; the build embeds it (build.rs stops
+# without it).
+FROM node:20-bookworm-slim AS npm
+WORKDIR /src
+COPY package.json package-lock.json ./
+RUN npm ci --ignore-scripts --no-audit --no-fund
+
 # --- dependencies ------------------------------------------------------------------------------
-# Only the manifests: this layer (every dependency compiled) is rebuilt when Cargo.toml or
-# Cargo.lock change, not when the source does.
+# Only the manifests: this layer (every dependency compiled) is rebuilt when Cargo.toml,
+# Cargo.lock or package-lock.json change, not when the source does.
 FROM rust:1-bookworm AS build
 WORKDIR /src
-COPY Cargo.toml Cargo.lock build.rs ./
+COPY Cargo.toml Cargo.lock build.rs package.json package-lock.json ./
+COPY --from=npm /src/node_modules node_modules
 # Cargo checks that every target the manifest names exists: empty stand-ins for them.
 RUN mkdir -p src benches tests/api migrations \
     && echo 'fn main() {}' > src/main.rs \
@@ -18,7 +27,8 @@ RUN mkdir -p src benches tests/api migrations \
     && rm -rf src benches tests
 
 # --- the service -------------------------------------------------------------------------------
-# Migrations, templates and static files are compiled into the binary.
+# Migrations, templates and static files (and uPlot from node_modules/) are compiled into the
+# binary.
 COPY src src
 COPY migrations migrations
 COPY templates templates

@@ -5,11 +5,12 @@
 #
 # On a fresh Debian 12 machine (root, apt-get reachable, rustup toolchain with cargo) it first
 # makes sure the services the tests talk to are installed and running, then runs, in order:
-# cargo fmt --check, cargo clippy (warnings are errors), the doc tests, then the tests with
+# npm ci (uPlot, which the binary embeds, from package-lock.json), cargo fmt --check, cargo clippy (warnings are errors), the doc tests, then the tests with
 # cargo-nextest when it is available, or with cargo test otherwise. Every step runs even when an
 # earlier one failed, so one run shows every problem; the exit status is non-zero if any failed.
 #
-# Idempotent: services that already run are left alone, and are never stopped.
+# Idempotent: services that already run are left alone, and are never stopped; node_modules/
+# already installed from the current package-lock.json is left as it is.
 #
 # Services the tests expect:
 #   - PostgreSQL on 127.0.0.1:5432, user postgres with trust authentication
@@ -17,6 +18,7 @@
 #     server binaries (initdb, pg_ctl) under /usr/lib/postgresql/*/bin for private clusters;
 #   - RabbitMQ on 127.0.0.1:5672 with guest/guest;
 #   - nginx and docker-compose (Debian's; the tests start their own nginx, no daemon is needed);
+#   - npm (Debian's, with Node.js), for the front-end packages of package.json;
 #   - Chromium and chromedriver; Prometheus, Alertmanager, promtool and amtool (Debian's
 #     prometheus and prometheus-alertmanager; the tests start their own, no daemon is needed).
 #
@@ -285,6 +287,33 @@ ensure_proxy_tools() {
 }
 
 # ---------------------------------------------------------------------------------------------
+# npm
+# ---------------------------------------------------------------------------------------------
+# The binary embeds uPlot from node_modules/ (src/http/assets.rs); build.rs stops the build
+# when it is missing.
+ensure_npm() {
+    section "npm"
+    command -v npm >/dev/null 2>&1 || apt_install nodejs npm
+    command -v npm >/dev/null 2>&1 || die "npm missing after install"
+    note "present: node $(node --version 2>/dev/null), npm $(npm --version 2>/dev/null)"
+}
+
+# A copy of the lockfile node_modules/ was installed from. npm ci deletes node_modules/ first, so
+# the copy goes with it.
+NPM_STAMP=node_modules/.installed-from-package-lock.json
+
+# npm ci rewrites every file it installs, and the new modification times would make cargo
+# rebuild the crate and every test binary: it is skipped when node_modules/ already holds what
+# this package-lock.json names.
+npm_install() {
+    if cmp -s package-lock.json "$NPM_STAMP" && npm ls --silent >/dev/null 2>&1; then
+        note "node_modules/ is installed from this package-lock.json: nothing to do"
+        return 0
+    fi
+    npm ci --ignore-scripts --no-audit --no-fund && cp package-lock.json "$NPM_STAMP"
+}
+
+# ---------------------------------------------------------------------------------------------
 # Rust checks and tests
 # ---------------------------------------------------------------------------------------------
 
@@ -347,6 +376,7 @@ main() {
     ensure_chromium
     ensure_prometheus
     ensure_proxy_tools
+    ensure_npm
     raise_file_limit
 
     section "Tools"
@@ -367,6 +397,8 @@ main() {
     fi
     note "test runner: cargo $runner"
 
+    # Before anything builds: the build embeds what npm installs.
+    step npm npm_install
     step fmt cargo fmt --check
     step clippy cargo clippy --all-targets -- -D warnings
     # Doc tests run first (nextest does not run them), so that the last test summary printed is

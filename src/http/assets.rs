@@ -1,4 +1,5 @@
-//! Static assets (`static/`), embedded in the binary so that one file deploys.
+//! Static assets (`static/`, and uPlot from `node_modules/`), embedded in the binary so that one
+//! file deploys.
 //!
 //! Each file is served with its content type, an ETag made from its content hash (answering
 //! `If-None-Match` with 304), and, when asked for by its versioned URL ([`url`]), a year of
@@ -6,15 +7,38 @@
 
 use actix_web::http::header;
 use actix_web::{web, HttpRequest, HttpResponse};
-use rust_embed::Embed;
+use rust_embed::{Embed, EmbeddedFile};
 
+/// The service's own files.
 #[derive(Embed)]
 #[folder = "static/"]
 struct Files;
 
+/// uPlot as `npm ci` installs it (package.json pins the version); build.rs stops the build with
+/// the command to run when it is missing.
+#[derive(Embed)]
+#[folder = "node_modules/uplot/"]
+struct Uplot;
+
+/// The files of the uPlot package that are served, under the names pages use: the rest of the
+/// package (other builds, typings) is embedded but never served.
+const UPLOT_FILES: [(&str, &str); 3] = [
+    ("vendor/uplot/uPlot.esm.js", "dist/uPlot.esm.js"),
+    ("vendor/uplot/uPlot.min.css", "dist/uPlot.min.css"),
+    ("vendor/uplot/LICENSE", "LICENSE"),
+];
+
+/// The asset served as `/static/<name>`.
+fn get(name: &str) -> Option<EmbeddedFile> {
+    match UPLOT_FILES.iter().find(|(served, _)| *served == name) {
+        Some((_, in_package)) => Uplot::get(in_package),
+        None => Files::get(name),
+    }
+}
+
 /// The first 8 bytes of the file's SHA-256, in hex: its version.
 fn version(name: &str) -> Option<String> {
-    Files::get(name).map(|file| {
+    get(name).map(|file| {
         file.metadata.sha256_hash()[..8]
             .iter()
             .map(|b| format!("{b:02x}"))
@@ -43,7 +67,7 @@ pub async fn favicon(request: HttpRequest) -> HttpResponse {
 }
 
 fn respond(name: &str, request: &HttpRequest) -> HttpResponse {
-    let (Some(file), Some(version)) = (Files::get(name), version(name)) else {
+    let (Some(file), Some(version)) = (get(name), version(name)) else {
         return actix_web::ResponseError::error_response(&super::PageError::NotFound);
     };
     let etag = format!("\"{version}\"");
@@ -91,8 +115,19 @@ mod tests {
             assert!(url.contains("?v="), "{name} is not embedded");
         }
         assert!(
-            Files::get("vendor/uplot/LICENSE").is_some(),
+            get("vendor/uplot/LICENSE").is_some(),
             "the vendored licence ships too"
+        );
+    }
+
+    #[test]
+    fn only_the_named_files_of_the_uplot_package_are_served() {
+        assert!(get("vendor/uplot/uPlot.d.ts").is_none());
+        assert!(get("vendor/uplot/package.json").is_none());
+        assert!(get("dist/uPlot.esm.js").is_none());
+        assert!(
+            Uplot::get("dist/uPlot.d.ts").is_some(),
+            "the package is there"
         );
     }
 }

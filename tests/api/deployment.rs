@@ -170,7 +170,10 @@ fn the_dockerfile_caches_dependencies_runs_unprivileged_and_checks_health() {
     // The manifests and a dependency build come before the source.
     assert!(position("COPY Cargo.toml Cargo.lock") < position("COPY src"));
     assert!(position("&& cargo build --release --locked") < position("COPY src"));
-    assert_eq!(lines.iter().filter(|l| l.starts_with("FROM ")).count(), 2);
+    // uPlot from npm, the build, the runtime; the build embeds what the first installs.
+    assert_eq!(lines.iter().filter(|l| l.starts_with("FROM ")).count(), 3);
+    assert!(position("RUN npm ci") < position("COPY --from=npm /src/node_modules"));
+    assert!(position("COPY --from=npm /src/node_modules") < position("&& cargo build --release"));
     assert!(lines
         .iter()
         .any(|l| l.starts_with("FROM debian:bookworm-slim")));
