@@ -189,6 +189,17 @@ rabbit_wait() {
     done
 }
 
+# Succeeds when guest/guest can log in, creating or repairing the user first if needed.
+rabbit_guest_ready() {
+    rabbitmqctl -q authenticate_user guest guest >/dev/null 2>&1 && return 0
+    note "user guest/guest missing or with another password: setting it up"
+    rabbitmqctl -q add_user guest guest >/dev/null 2>&1 ||
+        rabbitmqctl -q change_password guest guest || return 1
+    rabbitmqctl -q set_user_tags guest administrator || return 1
+    rabbitmqctl -q set_permissions -p / guest '.*' '.*' '.*' || return 1
+    rabbitmqctl -q authenticate_user guest guest >/dev/null
+}
+
 ensure_rabbitmq() {
     section "RabbitMQ on $AMQP_HOST:$AMQP_PORT"
     if ! command -v rabbitmq-server >/dev/null 2>&1; then
@@ -203,14 +214,14 @@ ensure_rabbitmq() {
         note "waiting up to ${RABBIT_WAIT_SECS}s for RabbitMQ"
         rabbit_wait || die "RabbitMQ does not answer on $AMQP_HOST:$AMQP_PORT after ${RABBIT_WAIT_SECS}s"
     fi
-    if ! rabbitmqctl -q authenticate_user guest guest >/dev/null 2>&1; then
-        note "user guest/guest missing or with another password: setting it up"
-        rabbitmqctl -q add_user guest guest >/dev/null 2>&1 ||
-            rabbitmqctl -q change_password guest guest
-        rabbitmqctl -q set_user_tags guest administrator
-        rabbitmqctl -q set_permissions -p / guest '.*' '.*' '.*'
-        rabbitmqctl -q authenticate_user guest guest >/dev/null ||
-            die "RabbitMQ refuses guest/guest"
+    if ! rabbit_guest_ready; then
+        # A node that cannot even manage its users has a broken internal database (seen after the
+        # disk filled up: mnesia's counters were gone); a restart brings it back with its data.
+        note "RabbitMQ cannot set up guest/guest: restarting the node once"
+        rabbitmqctl -q stop >/dev/null 2>&1 || note "rabbitmqctl stop reported an error"
+        rabbitmq-server -detached || note "rabbitmq-server -detached reported an error; waiting anyway"
+        rabbit_wait || die "RabbitMQ does not answer on $AMQP_HOST:$AMQP_PORT after a restart"
+        rabbit_guest_ready || die "RabbitMQ refuses guest/guest even after a restart"
     fi
     note "RabbitMQ ready: amqp://guest:guest@$AMQP_HOST:$AMQP_PORT/%2f"
 }
