@@ -10,7 +10,7 @@ use std::time::Duration;
 
 /// Everything a request handler or console session may use: the core, and the settings of
 /// the transports.
-pub struct AppState {
+pub(crate) struct AppState {
     /// This instance's shared state (hub, registry, feeds, status, metrics, fan-out, store).
     pub core: Arc<Core>,
     pub auth: crate::auth::AuthState,
@@ -33,14 +33,14 @@ pub struct AppState {
 /// RabbitMQ as the console's dead-letter commands reach it: a connection of their own per
 /// command, so a slow broker never holds up ingest or fan-out.
 #[derive(Debug, Clone)]
-pub struct BrokerSettings {
+pub(crate) struct BrokerSettings {
     pub amqp_url: secrecy::SecretString,
     pub topology: Topology,
 }
 
 /// Timing of live connections.
 #[derive(Debug, Clone, Copy)]
-pub struct LiveSettings {
+pub(crate) struct LiveSettings {
     /// At most one snapshot per this interval (the page shows when figures are stale).
     pub snapshot_interval: Duration,
     /// SSE comment heartbeat (and WebSocket ping) interval.
@@ -50,7 +50,7 @@ pub struct LiveSettings {
 }
 
 impl LiveSettings {
-    pub fn new(snapshot_interval: Duration, heartbeat: Duration) -> Self {
+    pub(crate) fn new(snapshot_interval: Duration, heartbeat: Duration) -> Self {
         LiveSettings {
             snapshot_interval,
             heartbeat,

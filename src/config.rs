@@ -53,11 +53,11 @@ pub struct UsersArgs {
     pub database: DatabaseArgs,
 
     #[command(subcommand)]
-    pub action: UsersAction,
+    pub(crate) action: UsersAction,
 }
 
 #[derive(Debug, Subcommand)]
-pub enum UsersAction {
+pub(crate) enum UsersAction {
     /// Create a user; without --password-stdin a generated password is printed once.
     Add {
         #[arg(value_parser = parse_username)]
@@ -124,7 +124,7 @@ pub struct DatabaseArgs {
 }
 
 #[derive(Debug, Clone, Args)]
-pub struct BrokerArgs {
+pub(crate) struct BrokerArgs {
     /// RabbitMQ address; a comma-separated list of a cluster's nodes is tried in turn.
     #[arg(
         long = "amqp-url",
@@ -163,7 +163,7 @@ pub struct ServeArgs {
     pub database: DatabaseArgs,
 
     #[command(flatten)]
-    pub broker: BrokerArgs,
+    pub(crate) broker: BrokerArgs,
 
     /// This instance's name [default: host name + port].
     #[arg(long, env = "PULSEBOARD_NODE_ID", value_parser = parse_node_id)]
@@ -185,7 +185,7 @@ pub struct ServeArgs {
     pub active_window_secs: u64,
 
     #[command(flatten)]
-    pub money: MoneyArgs,
+    pub(crate) money: MoneyArgs,
 
     /// IANA time zone that defines "today".
     #[arg(long, env = "PULSEBOARD_TIMEZONE", default_value = "UTC", value_parser = parse_timezone)]
@@ -223,7 +223,7 @@ pub struct ServeArgs {
     /// PEM private key; with --tls-cert the service speaks HTTPS only.
     #[arg(long, env = "PULSEBOARD_TLS_KEY", requires = "tls_cert", hide_env_values = true,
           value_parser = PathBufValueParser::new().map(SecretPath))]
-    pub tls_key: Option<SecretPath>,
+    pub(crate) tls_key: Option<SecretPath>,
 
     /// When set, /metrics requires `Authorization: Bearer <token>`.
     #[arg(long, env = "PULSEBOARD_METRICS_TOKEN", hide_env_values = true,
@@ -261,7 +261,7 @@ pub struct ServeArgs {
 }
 
 #[derive(Debug, Clone, Args)]
-pub struct MoneyArgs {
+pub(crate) struct MoneyArgs {
     /// The one revenue currency (ISO 4217 code).
     #[arg(long, env = "PULSEBOARD_CURRENCY", default_value = "USD", value_parser = parse_currency)]
     pub currency: String,
@@ -282,10 +282,10 @@ pub struct SimulateArgs {
     pub users: u32,
 
     #[command(flatten)]
-    pub broker: BrokerArgs,
+    pub(crate) broker: BrokerArgs,
 
     #[command(flatten)]
-    pub money: MoneyArgs,
+    pub(crate) money: MoneyArgs,
 }
 
 /// A validated database address; the scheme picks the backend.
@@ -300,7 +300,7 @@ pub struct DatabaseUrl {
 /// either. [`secrecy::SecretBox`] needs a type it can zero, which a path is not, so this is the
 /// same idea for a path: redacted `Debug`, the value through [`ExposeSecret`].
 #[derive(Clone)]
-pub struct SecretPath(PathBuf);
+pub(crate) struct SecretPath(PathBuf);
 
 impl std::fmt::Debug for SecretPath {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 
 /// How often every instance says it is there (and who has a console open on it).
-pub const BEACON_EVERY: Duration = Duration::from_secs(2);
+pub(crate) const BEACON_EVERY: Duration = Duration::from_secs(2);
 /// An instance silent this long is no longer listed at all (until then: `unreachable`).
 const FORGET_AFTER: Duration = Duration::from_secs(30);
 /// Operators of an instance silent this long are no longer shown as present.
@@ -26,7 +26,7 @@ const PRESENT_WITHIN: Duration = Duration::from_secs(6);
 /// A question to every instance.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "request", rename_all = "snake_case")]
-pub enum Request {
+pub(crate) enum Request {
     Status,
     Connections,
     Kick { id: String },
@@ -35,7 +35,7 @@ pub enum Request {
 /// One instance's answer.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "answer", rename_all = "snake_case")]
-pub enum Answer {
+pub(crate) enum Answer {
     Status(NodeStatus),
     Connections { connections: Vec<ConnectionInfo> },
     Kick { kicked: bool },
@@ -43,7 +43,7 @@ pub enum Answer {
 
 /// What `status` shows of one instance.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct NodeStatus {
+pub(crate) struct NodeStatus {
     pub node: String,
     /// `ok`, or `unreachable` for an instance that did not answer in time.
     pub state: String,
@@ -58,7 +58,7 @@ pub struct NodeStatus {
 }
 
 impl NodeStatus {
-    pub fn unreachable(node: &str) -> NodeStatus {
+    pub(crate) fn unreachable(node: &str) -> NodeStatus {
         NodeStatus {
             node: node.to_owned(),
             state: "unreachable".into(),
@@ -74,7 +74,7 @@ impl NodeStatus {
 
 /// "I am here, and these operators have a console open on me."
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Beacon {
+pub(crate) struct Beacon {
     pub node: String,
     pub operators: Vec<String>,
     /// Sent once when an instance stops: forget it at once.
@@ -84,18 +84,18 @@ pub struct Beacon {
 
 /// One operator with a console open, and where.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize)]
-pub struct Present {
+pub(crate) struct Present {
     pub user: String,
     pub node: String,
 }
 
 /// Answers on their way to one asker.
-pub type AnswerSender = mpsc::Sender<(String, Answer)>;
+pub(crate) type AnswerSender = mpsc::Sender<(String, Answer)>;
 
 /// What this instance knows of the other instances: their beacons, and the questions it
 /// waits for answers to. Fed by `fanout`, asked by the console (through `core::Core`).
 #[derive(Default)]
-pub struct Cluster {
+pub(crate) struct Cluster {
     /// Other instances by name: when their last beacon came, and their operators.
     others: Mutex<HashMap<String, (Instant, Vec<String>)>>,
     /// Questions waiting for answers, by correlation id.
@@ -104,7 +104,7 @@ pub struct Cluster {
 
 impl Cluster {
     /// Records another instance's beacon (or, when it is leaving, forgets it at once).
-    pub fn saw(&self, beacon: Beacon) {
+    pub(crate) fn saw(&self, beacon: Beacon) {
         let mut others = lock(&self.others);
         if beacon.leaving {
             others.remove(&beacon.node);
@@ -114,7 +114,7 @@ impl Cluster {
     }
 
     /// Other instances heard from lately, by name.
-    pub fn other_nodes(&self) -> Vec<String> {
+    pub(crate) fn other_nodes(&self) -> Vec<String> {
         let mut others = lock(&self.others);
         others.retain(|_, (seen, _)| seen.elapsed() < FORGET_AFTER);
         let mut nodes: Vec<String> = others.keys().cloned().collect();
@@ -123,7 +123,7 @@ impl Cluster {
     }
 
     /// The operators with a console open on an instance heard from lately.
-    pub fn present_elsewhere(&self) -> Vec<Present> {
+    pub(crate) fn present_elsewhere(&self) -> Vec<Present> {
         let mut present = Vec::new();
         for (node, (seen, operators)) in lock(&self.others).iter() {
             if seen.elapsed() < PRESENT_WITHIN {
@@ -138,18 +138,18 @@ impl Cluster {
 
     /// Registers a question; answers to `correlation` go to the returned receiver until
     /// [`Cluster::forget`].
-    pub fn expect(&self, correlation: &str) -> mpsc::Receiver<(String, Answer)> {
+    pub(crate) fn expect(&self, correlation: &str) -> mpsc::Receiver<(String, Answer)> {
         let (sender, receiver) = mpsc::channel(64);
         lock(&self.pending).insert(correlation.to_owned(), sender);
         receiver
     }
 
-    pub fn forget(&self, correlation: &str) {
+    pub(crate) fn forget(&self, correlation: &str) {
         lock(&self.pending).remove(correlation);
     }
 
     /// Hands an answer to whoever asks under `correlation` (late ones are dropped).
-    pub fn deliver(&self, correlation: &str, node: String, answer: Answer) {
+    pub(crate) fn deliver(&self, correlation: &str, node: String, answer: Answer) {
         if let Some(sender) = lock(&self.pending).get(correlation) {
             let _ = sender.try_send((node, answer));
         }

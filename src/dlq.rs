@@ -25,13 +25,13 @@ use serde::Serialize;
 use std::time::Duration;
 
 /// Bodies are shown up to this many bytes (cut at a character boundary).
-pub const BODY_PREVIEW_BYTES: usize = 2_048;
+pub(crate) const BODY_PREVIEW_BYTES: usize = 2_048;
 const REASON_HEADER: &str = "x-pulseboard-reason";
 /// How long one `basic.get` may take before the dead letter it fetched counts as unreadable.
 const GET_LIMIT: Duration = Duration::from_secs(5);
 
 #[derive(Debug, thiserror::Error)]
-pub enum DlqError {
+pub(crate) enum DlqError {
     #[error(transparent)]
     Broker(#[from] BrokerError),
     #[error("RabbitMQ: {0}")]
@@ -44,7 +44,7 @@ pub enum DlqError {
 
 /// One dead letter as `dlq.peek` shows it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct DeadLetter {
+pub(crate) struct DeadLetter {
     /// `x-pulseboard-reason`: why ingest refused it; for a message the broker dead-lettered
     /// itself, `broker: <x-death reason>`; `null` when neither says.
     pub reason: Option<String>,
@@ -101,7 +101,7 @@ async fn next(connection: &Connection, channel: &Channel, queue: &str) -> Result
 
 /// What `dlq.replay` did.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Replayed {
+pub(crate) struct Replayed {
     pub replayed: u32,
     /// Dead letters left behind it.
     pub remaining: u32,
@@ -112,7 +112,11 @@ pub struct Replayed {
 }
 
 /// Up to `limit` dead letters, oldest first, left in the queue.
-pub async fn peek(url: &str, topology: &Topology, limit: u32) -> Result<Vec<DeadLetter>, DlqError> {
+pub(crate) async fn peek(
+    url: &str,
+    topology: &Topology,
+    limit: u32,
+) -> Result<Vec<DeadLetter>, DlqError> {
     let (connection, channel) = open(url, "pulseboard console dlq.peek").await?;
     let mut letters = Vec::new();
     while letters.len() < limit as usize {
@@ -131,7 +135,11 @@ pub async fn peek(url: &str, topology: &Topology, limit: u32) -> Result<Vec<Dead
 }
 
 /// Moves up to `limit` dead letters back through the events exchange, one at a time.
-pub async fn replay(url: &str, topology: &Topology, limit: u32) -> Result<Replayed, DlqError> {
+pub(crate) async fn replay(
+    url: &str,
+    topology: &Topology,
+    limit: u32,
+) -> Result<Replayed, DlqError> {
     let (connection, channel) = open(url, "pulseboard console dlq.replay").await?;
     channel
         .confirm_select(ConfirmSelectOptions::default())
@@ -195,7 +203,7 @@ async fn depth_on_own_connection(url: &str, topology: &Topology) -> u32 {
 }
 
 /// Drops every dead letter; returns how many there were.
-pub async fn purge(url: &str, topology: &Topology) -> Result<u32, DlqError> {
+pub(crate) async fn purge(url: &str, topology: &Topology) -> Result<u32, DlqError> {
     let (connection, channel) = open(url, "pulseboard console dlq.purge").await?;
     let purged = channel
         .queue_purge(&topology.dead_queue, QueuePurgeOptions::default())
@@ -307,7 +315,7 @@ fn describe(delivery: &lapin::message::Delivery) -> DeadLetter {
 /// character cut in half. Only the start of the body is decoded: a dead letter may be as large
 /// as the broker lets a message be (an oversized body is dead-lettered whole), and its text
 /// with invalid bytes replaced would take up to three times that.
-pub fn preview(body: &[u8]) -> (String, bool) {
+pub(crate) fn preview(body: &[u8]) -> (String, bool) {
     // A replacement is never shorter than what it replaces: the text of these bytes starts
     // with the text of the whole body's first BODY_PREVIEW_BYTES (a character at most 4 bytes
     // long, cut at the end of `start`, falls after them).

@@ -48,10 +48,10 @@ use tokio_util::sync::CancellationToken;
 const OLDEST_ARRIVAL_HEADER: &str = "x-oldest-arrival";
 const DEPTH_POLL: Duration = Duration::from_secs(2);
 /// At most one log line per interval about refused messages (the counter has them all).
-pub const REJECTION_LOG_EVERY: Duration = Duration::from_secs(10);
+pub(crate) const REJECTION_LOG_EVERY: Duration = Duration::from_secs(10);
 
 /// What the fan-out needs besides the core, fixed at start.
-pub struct FanoutSettings {
+pub(crate) struct FanoutSettings {
     pub amqp_url: secrecy::SecretString,
     pub topology: Topology,
     /// Seals what this instance sends and checks what it receives.
@@ -88,7 +88,7 @@ impl Seals {
 }
 
 /// Runs until `shutdown`, reconnecting after every failure.
-pub async fn run(
+pub(crate) async fn run(
     core: Arc<Core>,
     settings: FanoutSettings,
     mut outgoing: mpsc::Receiver<Outgoing>,

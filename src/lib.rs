@@ -36,6 +36,8 @@
 //! What tests and benchmarks use is public; everything else is private to the crate, but for
 //! the few store details the benchmarks' baseline shares, which go through `for_benchmarks`.
 
+#![warn(unreachable_pub)]
+
 // Foundations; `sync` and `window` before the others, which lock and count with them.
 mod sync;
 mod window;

@@ -37,7 +37,7 @@ const AGE_BUCKETS: &[f64] = &[
     86400.0,
 ];
 
-pub struct Metrics {
+pub(crate) struct Metrics {
     registry: Registry,
     pub connections: IntGaugeVec,
     pub connections_opened: IntCounterVec,
@@ -65,7 +65,7 @@ pub struct Metrics {
 
 /// The `reason`s of `pulseboard_fanout_rejected_total` (docs/security.md, Messages between
 /// instances), each exported at 0 from the start.
-pub const FANOUT_REJECTION_REASONS: [&str; 6] = [
+pub(crate) const FANOUT_REJECTION_REASONS: [&str; 6] = [
     "unsigned",
     "bad_signature",
     "stale",
@@ -75,14 +75,14 @@ pub const FANOUT_REJECTION_REASONS: [&str; 6] = [
 ];
 
 /// The `transport`s of the connection families.
-pub const TRANSPORTS: [&str; 3] = ["sse", "ws", "poll"];
+pub(crate) const TRANSPORTS: [&str; 3] = ["sse", "ws", "poll"];
 
 /// The `kind`s of `pulseboard_messages_sent_total` (`live::connection::Sent`).
-pub const MESSAGE_KINDS: [&str; 3] = ["snapshot", "announcement", "heartbeat"];
+pub(crate) const MESSAGE_KINDS: [&str; 3] = ["snapshot", "announcement", "heartbeat"];
 
 /// The `type`s of `pulseboard_events_total`: the event types, `other` for an unknown type,
 /// `unknown` for a message that is not an event at all.
-pub const EVENT_TYPES: [&str; 6] = [
+pub(crate) const EVENT_TYPES: [&str; 6] = [
     "order.placed",
     "order.refunded",
     "user.active",
@@ -92,11 +92,11 @@ pub const EVENT_TYPES: [&str; 6] = [
 ];
 
 /// The `outcome`s of `pulseboard_events_total` (SPEC §8).
-pub const EVENT_OUTCOMES: [&str; 4] = ["applied", "duplicate", "ignored", "rejected"];
+pub(crate) const EVENT_OUTCOMES: [&str; 4] = ["applied", "duplicate", "ignored", "rejected"];
 
 /// The `reason`s of `pulseboard_connections_closed_total` for each `transport` (docs/api.md,
 /// Metrics), each pair exported at 0 from the start.
-pub const CLOSE_REASONS: [(&str, &[&str]); 3] = [
+pub(crate) const CLOSE_REASONS: [(&str, &[&str]); 3] = [
     (
         "sse",
         &[
@@ -126,10 +126,10 @@ pub const CLOSE_REASONS: [(&str, &[&str]); 3] = [
 
 #[derive(Debug, thiserror::Error)]
 #[error("cannot register metrics: {0}")]
-pub struct MetricsError(#[from] prometheus::Error);
+pub(crate) struct MetricsError(#[from] prometheus::Error);
 
 impl Metrics {
-    pub fn new(node: &str) -> Result<Metrics, MetricsError> {
+    pub(crate) fn new(node: &str) -> Result<Metrics, MetricsError> {
         let labels = HashMap::from([("node".to_string(), node.to_string())]);
         let registry = Registry::new_custom(None, Some(labels))?;
         let r = &registry;
@@ -281,7 +281,7 @@ impl Metrics {
 
     /// The console's commands and outcomes at 0, for `pulseboard_console_commands_total` and
     /// its duration (the console knows them; the metrics are made before it).
-    pub fn export_console_commands(&self, commands: &[&str], outcomes: &[&str]) {
+    pub(crate) fn export_console_commands(&self, commands: &[&str], outcomes: &[&str]) {
         for command in commands {
             self.console_command_duration.with_label_values(&[command]);
             for outcome in outcomes {
@@ -291,7 +291,7 @@ impl Metrics {
     }
 
     /// The text exposition of every metric.
-    pub fn render(&self) -> String {
+    pub(crate) fn render(&self) -> String {
         let mut buffer = Vec::new();
         // Encoding into a Vec only fails on an invalid metric family, which registration rules out.
         let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buffer);
@@ -299,7 +299,7 @@ impl Metrics {
     }
 
     /// Counts one consumed event.
-    pub fn count_event(&self, event_type: &str, outcome: &str) {
+    pub(crate) fn count_event(&self, event_type: &str, outcome: &str) {
         self.events.with_label_values(&[event_type, outcome]).inc();
     }
 }

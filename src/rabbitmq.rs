@@ -55,7 +55,7 @@ pub const DELIVERY_LIMIT: i64 = 20;
 /// The largest frame a connection may negotiate: RabbitMQ's default `frame_max`. A publisher
 /// can send no larger frame than the broker allows, and a content header is never split, so
 /// this bounds the deepest header table the broker can deliver.
-pub const FRAME_MAX_SUPPORTED: u32 = 131_072;
+pub(crate) const FRAME_MAX_SUPPORTED: u32 = 131_072;
 /// The fewest bytes one level of nesting takes in a frame: an array value is a type byte and a
 /// four-byte length (a table entry adds a key of at least one byte).
 const BYTES_PER_NESTING_LEVEL: usize = 5;
@@ -377,7 +377,7 @@ async fn connect_one(url: &str, name: &str) -> Result<Connection, BrokerError> {
 /// has nothing left to close). Each channel's close is awaited first: a channel still closing
 /// (as a dropped one is) when its connection closes is reported by the client as a
 /// connection error, at ERROR.
-pub async fn close(connection: &Connection, channels: &[&Channel]) {
+pub(crate) async fn close(connection: &Connection, channels: &[&Channel]) {
     for channel in channels {
         let _ = channel.close(200, "bye").await;
     }
@@ -399,7 +399,7 @@ async fn bounded<T>(
 }
 
 /// The nodes of an `AMQP_URL`, in order.
-pub fn nodes(urls: &str) -> Vec<&str> {
+pub(crate) fn nodes(urls: &str) -> Vec<&str> {
     urls.split(',')
         .map(str::trim)
         .filter(|url| !url.is_empty())
@@ -407,7 +407,7 @@ pub fn nodes(urls: &str) -> Vec<&str> {
 }
 
 /// `host:port` of a node, for logs and errors: never its credentials.
-pub fn node_address(url: &str) -> String {
+pub(crate) fn node_address(url: &str) -> String {
     match lapin::uri::AMQPUri::from_str(url) {
         Ok(uri) => format!("{}:{}", uri.authority.host, uri.authority.port),
         Err(_) => "an unparsable address".to_owned(),
@@ -417,13 +417,13 @@ pub fn node_address(url: &str) -> String {
 /// Whether `error` says the client could not parse what the broker sent: a message it cannot
 /// read (invalid UTF-8 in a routing key, a header name, a content type…) ends the whole
 /// connection this way, before any code of ours sees the delivery.
-pub fn is_unreadable(error: &lapin::Error) -> bool {
+pub(crate) fn is_unreadable(error: &lapin::Error) -> bool {
     matches!(error, lapin::Error::ParsingError(_))
 }
 
 /// What [`reject_unreadable_head`] found at the head of the queue.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum HeadRejected {
+pub(crate) enum HeadRejected {
     /// A message the client cannot parse: the broker dead-letters it.
     Unreadable,
     /// A message the client could parse after all (the unreadable one left the queue in
@@ -440,7 +440,7 @@ pub enum HeadRejected {
 /// answer arrives: the broker handles a channel's methods in order, so the reject applies to
 /// the message the get took, and it is sent before the client fails on that message. The
 /// queue's dead-letter exchange takes it, with the broker's `x-death` reason `rejected`.
-pub async fn reject_unreadable_head(
+pub(crate) async fn reject_unreadable_head(
     url: &str,
     name: &str,
     topology: &Topology,
@@ -479,7 +479,7 @@ pub async fn reject_unreadable_head(
 
 /// Whether the broker took a message published with [`publish_routed`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Routed {
+pub(crate) enum Routed {
     /// Routed to a queue and confirmed.
     Taken,
     /// No queue is bound for its key (returned).
@@ -492,7 +492,7 @@ pub enum Routed {
 
 /// Publishes `body` to `exchange` under `routing_key`, `mandatory`, on a channel in confirm
 /// mode, and waits for the broker's verdict: only [`Routed::Taken`] means a queue has it.
-pub async fn publish_routed(
+pub(crate) async fn publish_routed(
     channel: &Channel,
     exchange: &str,
     routing_key: &str,
@@ -547,7 +547,7 @@ const UNREADABLE_GET_LIMIT: Duration = Duration::from_secs(2);
 /// classic queues), so the consumer is cancelled and a new one started with the new prefetch, on
 /// the same channel: deliveries already sent stay unacknowledged there, and delivery tags go on
 /// from where they were, so nothing is delivered twice and one multiple-ack still covers them.
-pub struct ConsumerLink {
+pub(crate) struct ConsumerLink {
     connection: Connection,
     /// The consumer being read: until it ends (cancelled), then its successor's.
     consumer: Consumer,
@@ -570,7 +570,7 @@ pub struct ConsumerLink {
 }
 
 impl ConsumerLink {
-    pub async fn open(
+    pub(crate) async fn open(
         url: &str,
         node: &str,
         topology: &Topology,
@@ -609,7 +609,9 @@ impl ConsumerLink {
 
     /// The next delivery, in delivery-tag order across the consumers of the link; `None` when
     /// the broker cancelled the consumer. Cancel-safe.
-    pub async fn next_delivery(&mut self) -> Option<Result<lapin::message::Delivery, BrokerError>> {
+    pub(crate) async fn next_delivery(
+        &mut self,
+    ) -> Option<Result<lapin::message::Delivery, BrokerError>> {
         loop {
             if !self.ended {
                 match self.consumer.next().await {
@@ -640,7 +642,7 @@ impl ConsumerLink {
 
     /// How many deliveries the broker may have sent this link unacknowledged at most: the
     /// prefetch of the consumer being read, and of its successor once that is asked for.
-    pub fn prefetch(&self) -> u16 {
+    pub(crate) fn prefetch(&self) -> u16 {
         let successor = self.successor.as_ref().map_or(0, |(window, _)| *window);
         self.window.saturating_add(successor)
     }
@@ -648,7 +650,7 @@ impl ConsumerLink {
     /// Consumes with `prefetch` from now on: the current consumer is cancelled and a new one
     /// started with it, in a task of its own; deliveries go on from the current consumer until
     /// the new one takes over.
-    pub fn rewindow(&mut self, prefetch: u16) {
+    pub(crate) fn rewindow(&mut self, prefetch: u16) {
         self.wanted = prefetch;
         if self.successor.is_none() && prefetch != self.window {
             self.start_successor();
@@ -675,7 +677,7 @@ impl ConsumerLink {
     }
 
     /// Acknowledges every delivery up to and including `tag`.
-    pub async fn ack_through(&self, tag: u64) -> Result<(), BrokerError> {
+    pub(crate) async fn ack_through(&self, tag: u64) -> Result<(), BrokerError> {
         self.consume_channel
             .basic_ack(tag, lapin::options::BasicAckOptions { multiple: true })
             .await?;
@@ -684,7 +686,7 @@ impl ConsumerLink {
 
     /// Publishes a copy of a refused message with its reason; await the returned confirm before
     /// acknowledging the original.
-    pub async fn dead_letter(
+    pub(crate) async fn dead_letter(
         &self,
         message: &RawMessage,
         reason: &str,
@@ -751,7 +753,7 @@ impl ConsumerLink {
     }
 
     /// Cancels consumption and closes: unacknowledged deliveries go back to the queue.
-    pub async fn close(self) {
+    pub(crate) async fn close(self) {
         if let Some((_, successor)) = &self.successor {
             successor.abort();
         }
@@ -797,7 +799,7 @@ const CONTENT_HEADER_ROOM: usize = 256;
 const MAX_REASON_BYTES: usize = 512;
 
 /// The longest start of `text` within `limit` bytes that ends on a character boundary.
-pub fn cut_at_char(text: &str, limit: usize) -> &str {
+pub(crate) fn cut_at_char(text: &str, limit: usize) -> &str {
     if text.len() <= limit {
         return text;
     }
@@ -809,7 +811,7 @@ pub fn cut_at_char(text: &str, limit: usize) -> &str {
 }
 
 /// Bytes `table` takes on the wire (AMQP 0-9-1 field table).
-pub fn encoded_table_size(table: &FieldTable) -> usize {
+pub(crate) fn encoded_table_size(table: &FieldTable) -> usize {
     4 + table
         .inner()
         .iter()
@@ -888,7 +890,7 @@ pub async fn publish_event(
 }
 
 /// Waits for the broker's verdict on a dead letter.
-pub async fn confirmed(confirm: PublisherConfirm) -> Result<(), BrokerError> {
+pub(crate) async fn confirmed(confirm: PublisherConfirm) -> Result<(), BrokerError> {
     match confirm.await? {
         Confirmation::Ack(_) | Confirmation::NotRequested => Ok(()),
         Confirmation::Nack(_) => Err(BrokerError::DeadLetterRefused),
@@ -897,7 +899,7 @@ pub async fn confirmed(confirm: PublisherConfirm) -> Result<(), BrokerError> {
 
 /// One consumed message, as ingest sees it before decoding.
 #[derive(Debug, Clone)]
-pub struct RawMessage {
+pub(crate) struct RawMessage {
     pub body: Vec<u8>,
     pub routing_key: String,
     pub headers: Option<FieldTable>,
@@ -907,7 +909,7 @@ pub struct RawMessage {
 }
 
 impl RawMessage {
-    pub fn from_delivery(delivery: lapin::message::Delivery, arrived_at: Millis) -> Self {
+    pub(crate) fn from_delivery(delivery: lapin::message::Delivery, arrived_at: Millis) -> Self {
         RawMessage {
             headers: delivery.properties.headers().clone(),
             routing_key: delivery.routing_key.to_string(),

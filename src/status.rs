@@ -10,7 +10,7 @@ use std::sync::{Mutex, MutexGuard};
 
 /// A RabbitMQ link as its owner last saw it.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Link {
+pub(crate) struct Link {
     pub connected: bool,
     /// Why it last went down; kept after it comes back, until the next failure replaces it.
     pub last_error: Option<String>,
@@ -18,7 +18,7 @@ pub struct Link {
 
 /// Written by `ingest`.
 #[derive(Debug, Clone, Default)]
-pub struct IngestFacts {
+pub(crate) struct IngestFacts {
     /// This instance holds the lease and aggregates.
     pub is_leader: bool,
     /// The lease holder as this instance last saw it.
@@ -38,7 +38,7 @@ pub struct IngestFacts {
 
 /// Written by `fanout`.
 #[derive(Debug, Clone, Default)]
-pub struct FanoutFacts {
+pub(crate) struct FanoutFacts {
     /// The link that brings the leader's snapshots to this instance (and takes them out).
     pub link: Link,
     pub dead_letters: u64,
@@ -47,7 +47,7 @@ pub struct FanoutFacts {
 
 /// A copy of everything known.
 #[derive(Debug, Clone, Default)]
-pub struct IngestStatus {
+pub(crate) struct IngestStatus {
     pub ingest: IngestFacts,
     pub fanout: FanoutFacts,
 }
@@ -55,7 +55,7 @@ pub struct IngestStatus {
 impl IngestStatus {
     /// The link this instance's readiness rests on: the leader's consumer, or the fan-out link
     /// that brings the others their snapshots. `None` in the in-process demo, which has none.
-    pub fn ingest_link(&self) -> Option<&Link> {
+    pub(crate) fn ingest_link(&self) -> Option<&Link> {
         if self.ingest.local_demo {
             None
         } else if self.ingest.is_leader && !self.ingest.term_connecting {
@@ -68,18 +68,18 @@ impl IngestStatus {
 
 /// Shared, briefly locked status. A std mutex: nothing awaits while holding it.
 #[derive(Debug, Default)]
-pub struct StatusCell(Mutex<IngestStatus>);
+pub(crate) struct StatusCell(Mutex<IngestStatus>);
 
 impl StatusCell {
-    pub fn get(&self) -> IngestStatus {
+    pub(crate) fn get(&self) -> IngestStatus {
         self.lock().clone()
     }
 
-    pub fn update_ingest(&self, change: impl FnOnce(&mut IngestFacts)) {
+    pub(crate) fn update_ingest(&self, change: impl FnOnce(&mut IngestFacts)) {
         change(&mut self.lock().ingest);
     }
 
-    pub fn update_fanout(&self, change: impl FnOnce(&mut FanoutFacts)) {
+    pub(crate) fn update_fanout(&self, change: impl FnOnce(&mut FanoutFacts)) {
         change(&mut self.lock().fanout);
     }
 

@@ -21,14 +21,14 @@ use tracing_subscriber::EnvFilter;
 
 /// Where actix-http logs `stream error: request parse error: …` at ERROR for every malformed
 /// request (400, 431): any client could fill the error log with them.
-pub const HTTP_PARSER_TARGET: &str = "actix_http::h1::dispatcher";
+pub(crate) const HTTP_PARSER_TARGET: &str = "actix_http::h1::dispatcher";
 
 const DEFAULT_DIRECTIVES: &str = "info";
 
 /// The filter: `RUST_LOG` (or `info` when unset or empty), plus `actix_http::h1::dispatcher=off`
 /// unless one of its directives names that target (or a prefix of it, such as `actix_http`,
 /// which is how `EnvFilter` matches targets): an operator who asks for it gets it.
-pub fn filter_directives(rust_log: Option<&str>) -> String {
+pub(crate) fn filter_directives(rust_log: Option<&str>) -> String {
     let rust_log = rust_log
         .map(str::trim)
         .filter(|directives| !directives.is_empty())
@@ -50,7 +50,7 @@ fn names_http_parser(rust_log: &str) -> bool {
 }
 
 /// The filter from the environment; an invalid `RUST_LOG` falls back to the default.
-pub fn env_filter() -> EnvFilter {
+pub(crate) fn env_filter() -> EnvFilter {
     let rust_log = std::env::var("RUST_LOG").ok();
     EnvFilter::try_new(filter_directives(rust_log.as_deref()))
         .unwrap_or_else(|_| EnvFilter::new(filter_directives(None)))
@@ -58,7 +58,7 @@ pub fn env_filter() -> EnvFilter {
 
 /// A subscriber writing to `sink` (generic so that tests can read what it writes); `ansi`
 /// colours the text format's level, target and field names.
-pub fn get_subscriber<W>(
+pub(crate) fn get_subscriber<W>(
     filter: EnvFilter,
     log_format: LogFormat,
     ansi: bool,

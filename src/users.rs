@@ -74,7 +74,7 @@ async fn perform(store: &Store, action: UsersAction) -> anyhow::Result<()> {
 
 /// Creates the first user when there is none: operator `admin`, with
 /// `PULSEBOARD_ADMIN_PASSWORD` or a generated password logged once.
-pub async fn bootstrap_admin(store: &Store, configured: Option<&str>) -> anyhow::Result<()> {
+pub(crate) async fn bootstrap_admin(store: &Store, configured: Option<&str>) -> anyhow::Result<()> {
     if store.user_count().await? > 0 {
         return Ok(());
     }

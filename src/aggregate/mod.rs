@@ -33,11 +33,11 @@ const SECOND_MS: Millis = 1_000;
 const HOUR_SECS: i64 = 3_600;
 /// Producers may be a little ahead of us: events up to this far in the future are accepted
 /// (see docs/api.md, Events) and count as "now" in the trailing windows.
-pub const MAX_FUTURE_MS: Millis = 5 * MINUTE_MS;
+pub(crate) const MAX_FUTURE_MS: Millis = 5 * MINUTE_MS;
 /// Events older than this are rejected, and ids are remembered this long for deduplication.
-pub const MAX_AGE_MS: Millis = 24 * 60 * MINUTE_MS;
+pub(crate) const MAX_AGE_MS: Millis = 24 * 60 * MINUTE_MS;
 /// The largest amount one order or refund may carry: 10^12 minor units (see docs/api.md, Events).
-pub const MAX_AMOUNT_MINOR: i64 = 1_000_000_000_000;
+pub(crate) const MAX_AMOUNT_MINOR: i64 = 1_000_000_000_000;
 /// Minutes and days are kept this long beyond [`MAX_AGE_MS`]: an event admitted at the edge of
 /// the window, or a batch that lingers, still finds its sums in memory.
 const SUMS_MARGIN_MS: Millis = 60 * MINUTE_MS;
@@ -57,14 +57,14 @@ pub struct Overflow {
 
 /// What the aggregator needs to know about the deployment.
 #[derive(Debug, Clone)]
-pub struct AggregateSettings {
+pub(crate) struct AggregateSettings {
     pub active_window_ms: Millis,
     pub timezone: Tz,
 }
 
 /// The figures of one moment: what a snapshot shows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Figures {
+pub(crate) struct Figures {
     pub active_users: u64,
     pub orders_per_minute: u64,
     pub revenue_today_minor: i64,
@@ -132,13 +132,13 @@ impl Tally {
 /// The durable effect of a set of newly applied events: increments per minute and per local day.
 /// The store adds these to its tables in the same transaction that records the event ids.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Delta {
+pub(crate) struct Delta {
     pub minutes: BTreeMap<Millis, Tally>,
     pub days: BTreeMap<NaiveDate, i64>,
 }
 
 impl Delta {
-    pub fn of<'a>(events: impl IntoIterator<Item = &'a Event>, timezone: Tz) -> Delta {
+    pub(crate) fn of<'a>(events: impl IntoIterator<Item = &'a Event>, timezone: Tz) -> Delta {
         let mut delta = Delta::default();
         for event in events {
             let tally = event.tally();
@@ -158,10 +158,6 @@ impl Delta {
         }
         delta.days.retain(|_, revenue| *revenue != 0);
         delta
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.minutes.is_empty() && self.days.is_empty()
     }
 }
 
@@ -197,7 +193,7 @@ struct Second {
 }
 
 #[derive(Debug, Clone)]
-pub struct Aggregator {
+pub(crate) struct Aggregator {
     settings: AggregateSettings,
     users: HashMap<String, Presence>,
     seconds: BTreeMap<i64, Second>,
@@ -210,7 +206,7 @@ pub struct Aggregator {
 }
 
 impl Aggregator {
-    pub fn new(settings: AggregateSettings) -> Self {
+    pub(crate) fn new(settings: AggregateSettings) -> Self {
         Self {
             settings,
             users: HashMap::new(),
@@ -223,7 +219,7 @@ impl Aggregator {
     }
 
     /// Rebuilds the state a leader had, from what the store kept.
-    pub fn restore(settings: AggregateSettings, input: RestoreInput) -> Self {
+    pub(crate) fn restore(settings: AggregateSettings, input: RestoreInput) -> Self {
         let mut aggregator = Self::new(settings);
         for event in &input.recent_events {
             aggregator.observe(event);
@@ -234,17 +230,13 @@ impl Aggregator {
     }
 
     /// How far back `restore` needs events: the longest trailing window.
-    pub fn restore_horizon_ms(&self) -> Millis {
+    pub(crate) fn restore_horizon_ms(&self) -> Millis {
         self.settings.active_window_ms.max(HOUR_SECS * SECOND_MS)
-    }
-
-    pub fn settings(&self) -> &AggregateSettings {
-        &self.settings
     }
 
     /// The oldest instant whose minute and day sums `restore` needs: every event still
     /// acceptable at `now` falls on or after it.
-    pub fn sums_since(now: Millis) -> Millis {
+    pub(crate) fn sums_since(now: Millis) -> Millis {
         now - MAX_AGE_MS - SUMS_MARGIN_MS
     }
 
@@ -252,7 +244,7 @@ impl Aggregator {
     /// its day and the trailing hour, on top of what earlier admitted events may still add.
     /// Each admitted event must later be [`apply`](Self::apply)'d or
     /// [`release`](Self::release)'d.
-    pub fn admit(&mut self, event: &Event) -> Result<(), Overflow> {
+    pub(crate) fn admit(&mut self, event: &Event) -> Result<(), Overflow> {
         let amount_minor = event.kind.amount_minor();
         if amount_minor == 0 {
             return Ok(());
@@ -284,14 +276,14 @@ impl Aggregator {
 
     /// Gives back the room [`admit`](Self::admit) reserved for `events`, once they are
     /// applied or dropped.
-    pub fn release<'a>(&mut self, events: impl IntoIterator<Item = &'a Event>) {
+    pub(crate) fn release<'a>(&mut self, events: impl IntoIterator<Item = &'a Event>) {
         for event in events {
             self.in_flight.remove(&event.kind);
         }
     }
 
     /// Applies one newly accepted (not duplicate) event.
-    pub fn apply(&mut self, event: &Event) {
+    pub(crate) fn apply(&mut self, event: &Event) {
         self.observe(event);
         let tally = event.tally();
         if tally.is_zero() {
@@ -334,7 +326,7 @@ impl Aggregator {
     }
 
     /// The figures at `now`.
-    pub fn figures(&self, now: Millis) -> Figures {
+    pub(crate) fn figures(&self, now: Millis) -> Figures {
         let active_users = self.active_users_at(now);
         let now_sec = now.div_euclid(SECOND_MS);
         let orders_per_minute = self.sum_seconds_since(now_sec - 60).orders.max(0) as u64;
@@ -357,7 +349,7 @@ impl Aggregator {
     }
 
     /// Users whose latest event falls within the active window ending at `at`.
-    pub fn active_users_at(&self, at: Millis) -> u64 {
+    pub(crate) fn active_users_at(&self, at: Millis) -> u64 {
         let window = self.settings.active_window_ms;
         self.users
             .values()
@@ -375,7 +367,7 @@ impl Aggregator {
     }
 
     /// Forgets what can no longer affect any figure at `now` or later, so memory stays bounded.
-    pub fn prune(&mut self, now: Millis) {
+    pub(crate) fn prune(&mut self, now: Millis) {
         let window = self.settings.active_window_ms;
         self.users
             .retain(|_, presence| presence.last_active > now - window);
@@ -456,7 +448,7 @@ pub fn minute_of(at: Millis) -> Millis {
 }
 
 /// The calendar date of `at` in `timezone`.
-pub fn local_date(at: Millis, timezone: Tz) -> NaiveDate {
+pub(crate) fn local_date(at: Millis, timezone: Tz) -> NaiveDate {
     match timezone.timestamp_millis_opt(at) {
         chrono::LocalResult::Single(t) => t.date_naive(),
         chrono::LocalResult::Ambiguous(t, _) => t.date_naive(),

@@ -24,14 +24,14 @@ const ISSUE_SLACK_MS: Millis = 2_000;
 
 /// A user's current credential state, as the database has it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct UserState {
+pub(crate) struct UserState {
     pub epoch: String,
     pub role: Role,
 }
 
 /// How a grant was presented.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum GrantKind {
+pub(crate) enum GrantKind {
     /// A bearer or `access_token` token.
     Token,
     /// A browser session: the SHA-256 of its id (`auth::session_key`), as it is stored.
@@ -40,7 +40,7 @@ pub enum GrantKind {
 
 /// A checked credential: what every open connection remembers of the one it was opened with.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Grant {
+pub(crate) struct Grant {
     pub user: String,
     pub role: Role,
     /// The user's credential epoch when the credential was made.
@@ -54,7 +54,7 @@ pub struct Grant {
 
 /// Whether a grant is still good.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Verdict {
+pub(crate) enum Verdict {
     Good,
     /// Its user was removed, changed password (a new epoch) or changed role; or its session
     /// was signed out.
@@ -64,13 +64,13 @@ pub enum Verdict {
 }
 
 /// A fresh credential epoch: 128 random bits in hex, for a new user or a new password.
-pub fn new_epoch() -> String {
+pub(crate) fn new_epoch() -> String {
     let bytes: [u8; 16] = rand::random();
     super::hex(&bytes)
 }
 
 /// The decision: `current` is the user's state now (`None`: no such user).
-pub fn judge(grant: &Grant, current: Option<&UserState>, now: Millis) -> Verdict {
+pub(crate) fn judge(grant: &Grant, current: Option<&UserState>, now: Millis) -> Verdict {
     if now >= grant.expires_at {
         return Verdict::Expired;
     }
@@ -82,22 +82,22 @@ pub fn judge(grant: &Grant, current: Option<&UserState>, now: Millis) -> Verdict
 
 /// Every user's current state, as read from the database at `read_at`.
 #[derive(Debug, Clone, Default)]
-pub struct KnownUsers {
+pub(crate) struct KnownUsers {
     users: HashMap<String, UserState>,
     read_at: Millis,
 }
 
 impl KnownUsers {
-    pub fn new(users: HashMap<String, UserState>, read_at: Millis) -> KnownUsers {
+    pub(crate) fn new(users: HashMap<String, UserState>, read_at: Millis) -> KnownUsers {
         KnownUsers { users, read_at }
     }
 
-    pub fn get(&self, user: &str) -> Option<&UserState> {
+    pub(crate) fn get(&self, user: &str) -> Option<&UserState> {
         self.users.get(user)
     }
 
     /// [`judge`] against this table.
-    pub fn judge(&self, grant: &Grant, now: Millis) -> Verdict {
+    pub(crate) fn judge(&self, grant: &Grant, now: Millis) -> Verdict {
         judge(grant, self.get(&grant.user), now)
     }
 
@@ -105,7 +105,7 @@ impl KnownUsers {
     /// user added, or a password changed, and a token issued, since). Only then is a refusal by
     /// the table worth a look at the database; a revoked credential is older than the table
     /// that no longer has its epoch.
-    pub fn may_predate(&self, grant: &Grant) -> bool {
+    pub(crate) fn may_predate(&self, grant: &Grant) -> bool {
         grant.issued_at + ISSUE_SLACK_MS >= self.read_at
     }
 }

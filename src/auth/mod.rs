@@ -5,10 +5,10 @@
 //! are `http::extract`; the SQL is `store::users`. Nothing here logs a password, hash, token or
 //! secret.
 
-pub mod grant;
-pub mod password;
-pub mod throttle;
-pub mod token;
+pub(crate) mod grant;
+pub(crate) mod password;
+pub(crate) mod throttle;
+pub(crate) mod token;
 
 use crate::aggregate::Millis;
 use password::Verifier;
@@ -19,14 +19,14 @@ use std::time::{Duration, Instant};
 use throttle::{Attempt, Throttle};
 use token::TokenKeys;
 
-pub const SESSION_COOKIE: &str = "pulseboard_session";
-pub const CSRF_COOKIE: &str = "pulseboard_csrf";
-pub const CSRF_HEADER: &str = "X-CSRF-Token";
-pub const SESSION_TTL_MS: Millis = 12 * 3_600_000;
+pub(crate) const SESSION_COOKIE: &str = "pulseboard_session";
+pub(crate) const CSRF_COOKIE: &str = "pulseboard_csrf";
+pub(crate) const CSRF_HEADER: &str = "X-CSRF-Token";
+pub(crate) const SESSION_TTL_MS: Millis = 12 * 3_600_000;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
-pub enum Role {
+pub(crate) enum Role {
     /// Views dashboards.
     Admin,
     /// Views dashboards and uses the console.
@@ -34,7 +34,7 @@ pub enum Role {
 }
 
 impl Role {
-    pub fn parse(text: &str) -> Option<Role> {
+    pub(crate) fn parse(text: &str) -> Option<Role> {
         match text {
             "admin" => Some(Role::Admin),
             "operator" => Some(Role::Operator),
@@ -42,7 +42,7 @@ impl Role {
         }
     }
 
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Role::Admin => "admin",
             Role::Operator => "operator",
@@ -59,7 +59,7 @@ impl std::str::FromStr for Role {
 }
 
 /// User names: 1 to 64 of letters, digits, `.`, `_`, `-`.
-pub fn validate_username(name: &str) -> Result<(), String> {
+pub(crate) fn validate_username(name: &str) -> Result<(), String> {
     let valid = !name.is_empty()
         && name.len() <= 64
         && name
@@ -73,7 +73,7 @@ pub fn validate_username(name: &str) -> Result<(), String> {
 }
 
 /// What authentication needs at run time.
-pub struct AuthState {
+pub(crate) struct AuthState {
     pub keys: TokenKeys,
     /// `PULSEBOARD_TOKEN_TTL_SECS`: how long an access token lives.
     pub token_ttl_secs: i64,
@@ -87,7 +87,7 @@ pub struct AuthState {
 }
 
 impl AuthState {
-    pub fn new(
+    pub(crate) fn new(
         secret: &[u8],
         token_ttl_secs: u32,
         secure_cookies: bool,
@@ -109,33 +109,33 @@ impl AuthState {
 
     /// A sign-in attempt of `username` from `address`, counted as a failure until resolved;
     /// `Err(retry_after)` while the throttle holds it back (see `throttle`).
-    pub fn admit_sign_in(&self, username: &str, address: &str) -> Result<Attempt, Duration> {
+    pub(crate) fn admit_sign_in(&self, username: &str, address: &str) -> Result<Attempt, Duration> {
         self.throttle().admit(username, address, Instant::now())
     }
 
     /// The password was wrong.
-    pub fn sign_in_failed(&self, attempt: Attempt) {
+    pub(crate) fn sign_in_failed(&self, attempt: Attempt) {
         self.throttle().failed(attempt);
     }
 
     /// The password was right.
-    pub fn sign_in_succeeded(&self, attempt: Attempt) {
+    pub(crate) fn sign_in_succeeded(&self, attempt: Attempt) {
         self.throttle().succeeded(attempt, Instant::now());
     }
 
     /// The password could not be checked: the attempt does not count.
-    pub fn sign_in_withdrawn(&self, attempt: Attempt) {
+    pub(crate) fn sign_in_withdrawn(&self, attempt: Attempt) {
         self.throttle().withdraw(attempt);
     }
 }
 
 /// Session ids are stored hashed: a leaked table does not hand out live sessions.
-pub fn session_key(session_id: &str) -> String {
+pub(crate) fn session_key(session_id: &str) -> String {
     hex(&Sha256::digest(session_id.as_bytes()))
 }
 
 /// 32 random bytes as URL-safe text: session ids and CSRF tokens.
-pub fn random_token() -> String {
+pub(crate) fn random_token() -> String {
     use base64::Engine;
     let bytes: [u8; 32] = rand::random();
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
@@ -146,7 +146,7 @@ fn hex(bytes: &[u8]) -> String {
 }
 
 /// Constant-time equality for tokens.
-pub fn same_token(a: &str, b: &str) -> bool {
+pub(crate) fn same_token(a: &str, b: &str) -> bool {
     use subtle::ConstantTimeEq;
     a.len() == b.len() && bool::from(a.as_bytes().ct_eq(b.as_bytes()))
 }

@@ -13,14 +13,14 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-pub const MIN_PASSWORD_CHARS: usize = 8;
+pub(crate) const MIN_PASSWORD_CHARS: usize = 8;
 const GENERATED_PASSWORD_CHARS: usize = 20;
 
 #[derive(Debug, thiserror::Error)]
 #[error("cannot hash the password: {0}")]
-pub struct HashError(String);
+pub(crate) struct HashError(String);
 
-pub fn hash(password: &str) -> Result<String, HashError> {
+pub(crate) fn hash(password: &str) -> Result<String, HashError> {
     let salt_bytes: [u8; 16] = rand::rng().random();
     let salt = SaltString::encode_b64(&salt_bytes).map_err(|e| HashError(e.to_string()))?;
     Argon2::default()
@@ -30,7 +30,7 @@ pub fn hash(password: &str) -> Result<String, HashError> {
 }
 
 /// Whether `password` matches the stored PHC string; a malformed hash matches nothing.
-pub fn verify(password: &str, stored: &str) -> bool {
+pub(crate) fn verify(password: &str, stored: &str) -> bool {
     PasswordHash::new(stored)
         .map(|hash| {
             Argon2::default()
@@ -47,7 +47,7 @@ const LONGEST_WAIT: Duration = Duration::from_secs(2);
 
 /// Password checks on the blocking pool, `running` at once at most, `running + waiting` in the
 /// building at most; beyond, or after [`LONGEST_WAIT`] in line, [`Busy`].
-pub struct Verifier {
+pub(crate) struct Verifier {
     running: Arc<Semaphore>,
     admitted: Arc<Semaphore>,
     longest_wait: Duration,
@@ -56,10 +56,10 @@ pub struct Verifier {
 /// Too many password checks at once: the caller answers "retry in a moment".
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 #[error("too many password checks at once")]
-pub struct Busy;
+pub(crate) struct Busy;
 
 impl Verifier {
-    pub fn new(running: usize, waiting: usize, longest_wait: Duration) -> Self {
+    pub(crate) fn new(running: usize, waiting: usize, longest_wait: Duration) -> Self {
         let running = running.max(1);
         Verifier {
             running: Arc::new(Semaphore::new(running)),
@@ -69,13 +69,13 @@ impl Verifier {
     }
 
     /// One check per core at once (the cores this process may use).
-    pub fn for_this_machine() -> Self {
+    pub(crate) fn for_this_machine() -> Self {
         let cores = std::thread::available_parallelism().map_or(1, usize::from);
         Verifier::new(cores, cores * WAITING_PER_RUNNING, LONGEST_WAIT)
     }
 
     /// Whether `password` matches `stored`, checked on the blocking pool in turn.
-    pub async fn verify(&self, password: String, stored: String) -> Result<bool, Busy> {
+    pub(crate) async fn verify(&self, password: String, stored: String) -> Result<bool, Busy> {
         self.run(move || verify(&password, &stored)).await
     }
 
@@ -110,13 +110,13 @@ impl Verifier {
 
 /// A hash of nothing in particular: verifying against it makes an unknown user name cost as
 /// much time as a known one, so timing does not tell which names exist.
-pub fn decoy_hash() -> &'static str {
+pub(crate) fn decoy_hash() -> &'static str {
     "$argon2id$v=19$m=19456,t=2,p=1$c29tZXNhbHRzb21lc2FsdA$4nl6yKc4M/3BX8LhJZ0jVDzHqF8OI7Zb2u8qOwl9eqk"
 }
 
 /// A random password of letters and digits, for `users add` without `--password-stdin` and for
 /// the first-start administrator.
-pub fn generate() -> String {
+pub(crate) fn generate() -> String {
     const ALPHABET: &[u8] = b"abcdefghijkmnopqrstuvwxyzABCDEFGHJKLMNPQRSTUVWXYZ23456789";
     let mut rng = rand::rng();
     (0..GENERATED_PASSWORD_CHARS)
@@ -124,7 +124,7 @@ pub fn generate() -> String {
         .collect()
 }
 
-pub fn validate(password: &str) -> Result<(), String> {
+pub(crate) fn validate(password: &str) -> Result<(), String> {
     if password.chars().count() < MIN_PASSWORD_CHARS {
         return Err(format!(
             "a password needs at least {MIN_PASSWORD_CHARS} characters"

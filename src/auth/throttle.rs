@@ -45,12 +45,12 @@ const _: () = assert!((PAIR_LIMIT - 1) * PAIR_WINDOWS_PER_USER_WINDOW < USER_LIM
 /// [`Throttle::withdraw`] say otherwise.
 #[must_use = "an attempt counts as a failure unless it is resolved"]
 #[derive(Debug)]
-pub struct Attempt {
+pub(crate) struct Attempt {
     pair: (String, String),
     at: Instant,
 }
 
-pub struct Throttle {
+pub(crate) struct Throttle {
     pairs: SlidingWindows<(String, String)>,
     addresses: SlidingWindows<String>,
     users: SlidingWindows<String>,
@@ -72,7 +72,12 @@ impl Default for Throttle {
 impl Throttle {
     /// Admits an attempt of `user` from `address`, counting it as a failure; `Err(retry_after)`
     /// (at least a second) when one of the limits holds it back.
-    pub fn admit(&mut self, user: &str, address: &str, now: Instant) -> Result<Attempt, Duration> {
+    pub(crate) fn admit(
+        &mut self,
+        user: &str,
+        address: &str,
+        now: Instant,
+    ) -> Result<Attempt, Duration> {
         let pair = (address.to_owned(), user.to_owned());
         let address = pair.0.clone();
         let user = pair.1.clone();
@@ -95,20 +100,20 @@ impl Throttle {
     }
 
     /// The password was wrong: the attempt stays counted.
-    pub fn failed(&mut self, attempt: Attempt) {
+    pub(crate) fn failed(&mut self, attempt: Attempt) {
         drop(attempt);
     }
 
     /// The password was right: the attempt is not a failure, the address's earlier failures
     /// for this user are forgiven, and the address is known for this user from now on.
-    pub fn succeeded(&mut self, attempt: Attempt, now: Instant) {
+    pub(crate) fn succeeded(&mut self, attempt: Attempt, now: Instant) {
         self.pairs.clear(&attempt.pair);
         self.known.record(&attempt.pair, now);
         self.withdraw(attempt);
     }
 
     /// The password was never checked (the service was busy or failed): nothing is counted.
-    pub fn withdraw(&mut self, attempt: Attempt) {
+    pub(crate) fn withdraw(&mut self, attempt: Attempt) {
         let Attempt { pair, at } = attempt;
         self.pairs.take_back(&pair, at);
         self.addresses.take_back(&pair.0, at);

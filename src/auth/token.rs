@@ -13,7 +13,7 @@ use jsonwebtoken::{decode, encode, Algorithm, DecodingKey, EncodingKey, Header, 
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Claims {
+pub(crate) struct Claims {
     pub sub: String,
     pub role: Role,
     /// The user's credential epoch when the token was issued.
@@ -24,7 +24,7 @@ pub struct Claims {
 
 impl Claims {
     /// What an open connection remembers of this token.
-    pub fn into_grant(self) -> Grant {
+    pub(crate) fn into_grant(self) -> Grant {
         Grant {
             user: self.sub,
             role: self.role,
@@ -37,13 +37,13 @@ impl Claims {
 }
 
 #[derive(Clone)]
-pub struct TokenKeys {
+pub(crate) struct TokenKeys {
     encoding: EncodingKey,
     decoding: DecodingKey,
 }
 
 impl TokenKeys {
-    pub fn new(secret: &[u8]) -> Self {
+    pub(crate) fn new(secret: &[u8]) -> Self {
         TokenKeys {
             encoding: EncodingKey::from_secret(secret),
             decoding: DecodingKey::from_secret(secret),
@@ -51,7 +51,7 @@ impl TokenKeys {
     }
 
     /// A token for `user` under credential epoch `epoch`, valid `ttl_secs` from `now_secs`.
-    pub fn issue(
+    pub(crate) fn issue(
         &self,
         user: &str,
         role: Role,
@@ -71,7 +71,7 @@ impl TokenKeys {
     }
 
     /// The claims of a well-signed, unexpired token (no leeway: expired means expired).
-    pub fn verify(&self, token: &str) -> Option<Claims> {
+    pub(crate) fn verify(&self, token: &str) -> Option<Claims> {
         let mut validation = Validation::new(Algorithm::HS256);
         validation.leeway = 0;
         validation.set_required_spec_claims(&["exp", "sub"]);

@@ -19,14 +19,14 @@ use serde_json::Value;
 
 /// One payload field as `help` describes it.
 #[derive(Debug, Serialize)]
-pub struct Field {
+pub(crate) struct Field {
     pub name: &'static str,
     pub rule: &'static str,
 }
 
 /// What `help` and the welcome frame say of a command, and how it is treated.
 #[derive(Debug)]
-pub struct Definition {
+pub(crate) struct Definition {
     pub name: &'static str,
     pub fields: &'static [Field],
     /// Written to the audit log (every command that changes something).
@@ -59,7 +59,7 @@ const TOPICS: &[Field] = &[Field {
 }];
 
 /// Every command, in the order `help` lists them.
-pub const DEFINITIONS: [Definition; 14] = [
+pub(crate) const DEFINITIONS: [Definition; 14] = [
     def("help", NONE, false, "every command with its payload fields", "null"),
     def("ping", NONE, false, "answers pong with the server time", "null"),
     def(
@@ -175,7 +175,7 @@ pub const DEFINITIONS: [Definition; 14] = [
 /// A push topic of `subscribe`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
-pub enum Topic {
+pub(super) enum Topic {
     Snapshots,
     Events,
     Audit,
@@ -184,7 +184,7 @@ pub enum Topic {
 
 /// A command with its validated payload: answered by the session or run as a job.
 #[derive(Debug, Clone, PartialEq)]
-pub enum Command {
+pub(super) enum Command {
     Inline(InlineCommand),
     Job(JobCommand),
 }
@@ -192,7 +192,7 @@ pub enum Command {
 /// A command the session answers on the spot: it waits for nothing and changes nothing, so it
 /// is never audited.
 #[derive(Debug, Clone, PartialEq)]
-pub enum InlineCommand {
+pub(super) enum InlineCommand {
     Help,
     Ping,
     Subscribe(Vec<Topic>),
@@ -202,7 +202,7 @@ pub enum InlineCommand {
 /// A command that waits on something (the broker, the database, other instances): it runs in a
 /// task of its own, after a fresh check of the credential.
 #[derive(Debug, Clone, PartialEq)]
-pub enum JobCommand {
+pub(super) enum JobCommand {
     Status,
     IngestPause,
     IngestResume,
@@ -217,7 +217,7 @@ pub enum JobCommand {
 
 /// Why a command was not parsed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum ParseError {
+pub(super) enum ParseError {
     #[error("no command {0:?}; try help")]
     Unknown(String),
     /// `field` is the payload field at fault (or `payload` for the whole).
@@ -265,7 +265,7 @@ struct Kick {
 
 impl Command {
     /// `name` and `payload` (`null` when the frame had none) into a command, or why not.
-    pub fn parse(name: &str, payload: &Value) -> Result<Command, ParseError> {
+    pub(super) fn parse(name: &str, payload: &Value) -> Result<Command, ParseError> {
         use InlineCommand as I;
         use JobCommand as J;
         let inline = Command::Inline;
@@ -318,7 +318,7 @@ impl Command {
 
     /// This command's definition (for the tests: the session carries the one it looked up).
     #[cfg(test)]
-    pub fn definition(&self) -> &'static Definition {
+    pub(super) fn definition(&self) -> &'static Definition {
         match self {
             Command::Inline(command) => command.definition(),
             Command::Job(command) => command.definition(),
@@ -328,7 +328,7 @@ impl Command {
 
 #[cfg(test)]
 impl InlineCommand {
-    pub fn definition(&self) -> &'static Definition {
+    pub(super) fn definition(&self) -> &'static Definition {
         &DEFINITIONS[match self {
             InlineCommand::Help => 0,
             InlineCommand::Ping => 1,
@@ -340,7 +340,7 @@ impl InlineCommand {
 
 #[cfg(test)]
 impl JobCommand {
-    pub fn definition(&self) -> &'static Definition {
+    pub(super) fn definition(&self) -> &'static Definition {
         &DEFINITIONS[match self {
             JobCommand::Status => 2,
             JobCommand::IngestPause => 5,
@@ -358,13 +358,13 @@ impl JobCommand {
 
 /// The definition of a command name, if there is one: read once per frame, before parsing, so
 /// that a refusal knows whether it goes on the audit record.
-pub fn definition_of(name: &str) -> Option<&'static Definition> {
+pub(super) fn definition_of(name: &str) -> Option<&'static Definition> {
     DEFINITIONS.iter().find(|d| d.name == name)
 }
 
 /// `help`'s answer: every command with its payload fields.
 #[derive(Debug, Serialize)]
-pub struct Help {
+pub(super) struct Help {
     commands: Vec<CommandHelp>,
 }
 
@@ -377,7 +377,7 @@ struct CommandHelp {
     example: Value,
 }
 
-pub fn help() -> Help {
+pub(super) fn help() -> Help {
     let commands = DEFINITIONS
         .iter()
         .map(|d| CommandHelp {
@@ -447,7 +447,7 @@ fn fields<T: DeserializeOwned>(payload: &Value) -> Result<T, ParseError> {
 
 /// Every `command` label the console counts under (each known command, `unknown` and
 /// `invalid`) with every `outcome` (`ok` and each error code), exported at 0 from the start.
-pub fn export_metrics(metrics: &crate::metrics::Metrics) {
+pub(crate) fn export_metrics(metrics: &crate::metrics::Metrics) {
     let mut commands: Vec<&str> = DEFINITIONS.iter().map(|d| d.name).collect();
     commands.extend(["unknown", "invalid"]);
     let mut outcomes = vec!["ok"];

@@ -39,11 +39,11 @@ mod credential;
 mod job;
 mod observe;
 mod perform;
-pub mod protocol;
+pub(crate) mod protocol;
 mod replies;
 mod session;
 mod topics;
 mod writer;
 
-pub use commands::{export_metrics, DEFINITIONS};
-pub use session::run;
+pub(crate) use commands::{export_metrics, DEFINITIONS};
+pub(crate) use session::run;

@@ -22,7 +22,7 @@ use serde_json::Value;
 use std::time::Duration;
 
 /// How long other instances have to answer a cluster-wide question.
-pub const ANSWER_WITHIN: Duration = Duration::from_secs(1);
+pub(super) const ANSWER_WITHIN: Duration = Duration::from_secs(1);
 /// How long `ingest.pause`/`resume` wait for the leader's snapshot to show the new state.
 const APPLIED_WITHIN: Duration = Duration::from_secs(3);
 
@@ -50,7 +50,11 @@ impl From<DlqError> for Failure {
 }
 
 /// Performs a job.
-pub async fn perform(command: &JobCommand, state: &AppState, user: &str) -> Result<Value, Failure> {
+pub(super) async fn perform(
+    command: &JobCommand,
+    state: &AppState,
+    user: &str,
+) -> Result<Value, Failure> {
     match command {
         JobCommand::Status => payload(&status(state).await),
         JobCommand::IngestPause => payload(&set_paused(state, true).await?),

@@ -6,12 +6,12 @@
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-pub const MAX_FRAME_BYTES: usize = 64 * 1024;
+pub(crate) const MAX_FRAME_BYTES: usize = 64 * 1024;
 const MAX_ID_CHARS: usize = 64;
 
 /// The error codes of a refused or failed command (docs/api.md, Console).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ErrorCode {
+pub(crate) enum ErrorCode {
     /// Not JSON, no `id` or `type`, or a binary frame.
     BadRequest,
     UnknownCommand,
@@ -26,7 +26,7 @@ pub enum ErrorCode {
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 7] = [
+    pub(crate) const ALL: [ErrorCode; 7] = [
         ErrorCode::BadRequest,
         ErrorCode::UnknownCommand,
         ErrorCode::InvalidPayload,
@@ -36,7 +36,7 @@ impl ErrorCode {
         ErrorCode::Internal,
     ];
 
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             ErrorCode::BadRequest => "bad_request",
             ErrorCode::UnknownCommand => "unknown_command",
@@ -52,13 +52,13 @@ impl ErrorCode {
 /// A command that did not succeed: the error code and message of its reply.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{message}")]
-pub struct Failure {
+pub(crate) struct Failure {
     pub code: ErrorCode,
     pub message: String,
 }
 
 impl Failure {
-    pub fn new(code: ErrorCode, message: impl Into<String>) -> Failure {
+    pub(crate) fn new(code: ErrorCode, message: impl Into<String>) -> Failure {
         Failure {
             code,
             message: message.into(),
@@ -68,7 +68,7 @@ impl Failure {
 
 /// A decoded client frame: its id, the command name and the raw payload.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Envelope {
+pub(crate) struct Envelope {
     pub id: String,
     pub name: String,
     pub payload: Value,
@@ -84,13 +84,13 @@ struct RawCommand {
 
 /// A refused frame: its id when one could be read, and the error to send back.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Refusal {
+pub(crate) struct Refusal {
     pub id: Option<String>,
     pub code: ErrorCode,
     pub message: String,
 }
 
-pub fn decode(text: &str) -> Result<Envelope, Refusal> {
+pub(crate) fn decode(text: &str) -> Result<Envelope, Refusal> {
     let refuse = |id: Option<String>, message: &str| Refusal {
         id,
         code: ErrorCode::BadRequest,
@@ -116,18 +116,18 @@ pub fn decode(text: &str) -> Result<Envelope, Refusal> {
     })
 }
 
-pub fn reply(id: &str, payload: Value) -> String {
+pub(crate) fn reply(id: &str, payload: Value) -> String {
     json!({"id": id, "type": "reply", "ok": true, "payload": payload}).to_string()
 }
 
-pub fn error(id: Option<&str>, code: ErrorCode, message: &str) -> String {
+pub(crate) fn error(id: Option<&str>, code: ErrorCode, message: &str) -> String {
     json!({"id": id, "type": "error", "ok": false, "error": {"code": code.as_str(), "message": message}})
         .to_string()
 }
 
 /// What a frame without an `id` carries (its `type`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum PushKind {
+pub(crate) enum PushKind {
     /// First frame of every connection: who, where, which commands.
     Welcome,
     /// Every announcement, to every console.
@@ -143,7 +143,7 @@ pub enum PushKind {
 }
 
 impl PushKind {
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             PushKind::Welcome => "welcome",
             PushKind::Announcement => "announcement",
@@ -155,12 +155,12 @@ impl PushKind {
     }
 }
 
-pub fn push(kind: PushKind, payload: Value) -> String {
+pub(crate) fn push(kind: PushKind, payload: Value) -> String {
     json!({"type": kind.as_str(), "payload": payload}).to_string()
 }
 
 /// A push whose payload is already JSON text (encoded once for every console).
-pub fn push_raw(kind: PushKind, payload_json: &str) -> String {
+pub(crate) fn push_raw(kind: PushKind, payload_json: &str) -> String {
     format!(
         r#"{{"type":{},"payload":{payload_json}}}"#,
         json!(kind.as_str())

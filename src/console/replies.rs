@@ -17,7 +17,7 @@ use serde_json::Value;
 
 /// The first frame of a connection.
 #[derive(Debug, Serialize)]
-pub struct Welcome<'a> {
+pub(super) struct Welcome<'a> {
     pub user: &'a str,
     pub node: &'a str,
     pub commands: Vec<&'static str>,
@@ -25,20 +25,20 @@ pub struct Welcome<'a> {
 
 /// `ping`.
 #[derive(Debug, Serialize)]
-pub struct Pong {
+pub(super) struct Pong {
     pub pong: bool,
     pub server_time: String,
 }
 
 /// `subscribe` and `unsubscribe`: the topics now on, in the order of [`Topic`].
 #[derive(Debug, Serialize)]
-pub struct Subscribed {
+pub(super) struct Subscribed {
     pub subscribed: Vec<Topic>,
 }
 
 /// `status`: the cluster as the leader's report (else this instance's) says it, and every node.
 #[derive(Debug, Serialize)]
-pub struct ClusterStatus {
+pub(super) struct ClusterStatus {
     pub node: String,
     pub leader: Option<String>,
     pub ingest: Option<String>,
@@ -49,35 +49,35 @@ pub struct ClusterStatus {
 
 /// `connections.list`.
 #[derive(Debug, Serialize)]
-pub struct Connections {
+pub(super) struct Connections {
     pub connections: Vec<ConnectionInfo>,
     pub nodes: Vec<NodeReach>,
 }
 
 /// Whether a node answered a `connections.list` in time.
 #[derive(Debug, Serialize)]
-pub struct NodeReach {
+pub(super) struct NodeReach {
     pub node: String,
     pub state: Reach,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
-pub enum Reach {
+pub(super) enum Reach {
     Ok,
     Unreachable,
 }
 
 /// `connections.kick`: which node closed it.
 #[derive(Debug, Serialize)]
-pub struct Kicked {
+pub(super) struct Kicked {
     pub kicked: String,
     pub node: String,
 }
 
 /// `ingest.pause` and `ingest.resume`.
 #[derive(Debug, Serialize)]
-pub struct Paused {
+pub(super) struct Paused {
     pub paused: bool,
     /// The leader's snapshot showed the new state in time.
     pub applied: bool,
@@ -86,26 +86,26 @@ pub struct Paused {
 
 /// `dlq.peek`.
 #[derive(Debug, Serialize)]
-pub struct Peeked {
+pub(super) struct Peeked {
     pub count: usize,
     pub messages: Vec<DeadLetter>,
 }
 
 /// `dlq.purge`.
 #[derive(Debug, Serialize)]
-pub struct Purged {
+pub(super) struct Purged {
     pub purged: u32,
 }
 
 /// `audit.tail`, newest first.
 #[derive(Debug, Serialize)]
-pub struct AuditTail {
+pub(super) struct AuditTail {
     pub entries: Vec<AuditEntry>,
 }
 
 /// An audit row as consoles see it (in `audit.tail` and in `audit` pushes).
 #[derive(Debug, Serialize)]
-pub struct AuditEntry {
+pub(super) struct AuditEntry {
     pub id: i64,
     pub at: String,
     pub user: String,
@@ -118,7 +118,7 @@ pub struct AuditEntry {
 }
 
 impl AuditEntry {
-    pub fn of(row: &AuditRow) -> AuditEntry {
+    pub(super) fn of(row: &AuditRow) -> AuditEntry {
         AuditEntry {
             id: row.id,
             at: rfc3339(row.at),
@@ -133,7 +133,7 @@ impl AuditEntry {
 }
 
 /// A reply's payload as JSON, its objects' keys sorted as in every frame.
-pub fn payload(reply: &impl Serialize) -> Result<Value, Failure> {
+pub(super) fn payload(reply: &impl Serialize) -> Result<Value, Failure> {
     // Only a map whose keys are not text could fail; no reply has one.
     serde_json::to_value(reply)
         .map_err(|e| Failure::new(ErrorCode::Internal, format!("the reply: {e}")))

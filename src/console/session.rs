@@ -31,7 +31,7 @@ const COMMANDS_PER_SECOND: usize = 20;
 const IN_FLIGHT: usize = 4;
 
 /// Serves one upgraded console connection until it closes.
-pub async fn run(
+pub(crate) async fn run(
     session: actix_ws::Session,
     messages: actix_ws::AggregatedMessageStream,
     grant: Grant,

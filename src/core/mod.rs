@@ -10,7 +10,7 @@
 //! each transport (`app::AppState` for HTTP and the console), task settings with each task.
 //! No transport, no broker, no SQL here.
 
-pub mod outbox;
+pub(crate) mod outbox;
 
 use crate::aggregate::Millis;
 use crate::control::{Answer, Beacon, Cluster, NodeStatus, Present, Request};
@@ -28,7 +28,7 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 
 /// This instance's shared state (see the module header).
-pub struct Core {
+pub(crate) struct Core {
     /// This instance's name (`PULSEBOARD_NODE_ID`, or host:port).
     pub node: String,
     pub store: Store,
@@ -50,7 +50,7 @@ pub struct Core {
 }
 
 /// What `startup` hands [`Core::new`]; the rest the core makes itself.
-pub struct CoreParts {
+pub(crate) struct CoreParts {
     pub node: String,
     pub store: Store,
     pub hub: Hub,
@@ -61,7 +61,7 @@ pub struct CoreParts {
 
 impl Core {
     /// The core, with the users' credential epochs loaded from the store.
-    pub async fn new(parts: CoreParts) -> Result<Core, StoreError> {
+    pub(crate) async fn new(parts: CoreParts) -> Result<Core, StoreError> {
         let registry = Registry::new(&parts.node, parts.hub.closing());
         let credentials = CredentialWatch::load(parts.store.clone(), registry.clone()).await?;
         Ok(Core {
@@ -81,7 +81,7 @@ impl Core {
 
     /// Asks whichever instance leads for a snapshot at its next tick: this one directly, the
     /// others through the fan-out (its receivers pass it on only if they lead).
-    pub fn ask_leader_for_snapshot(&self) {
+    pub(crate) fn ask_leader_for_snapshot(&self) {
         if self.status.get().ingest.is_leader {
             let _ = self.refresh.try_send(());
         } else {
@@ -91,7 +91,7 @@ impl Core {
 
     /// Passes a refresh asked for by another instance to this instance's leader loop, if it
     /// leads.
-    pub fn refresh_if_leading(&self) {
+    pub(crate) fn refresh_if_leading(&self) {
         if self.status.get().ingest.is_leader {
             let _ = self.refresh.try_send(());
         }
@@ -100,7 +100,7 @@ impl Core {
     /// Asks the leader for a snapshot and waits (at most one snapshot interval plus `grace`)
     /// until one newer than the current one reached this instance, so that every dashboard
     /// has it too; `None` when none came in time.
-    pub async fn fresh_snapshot(
+    pub(crate) async fn fresh_snapshot(
         &self,
         interval: Duration,
         grace: Duration,
@@ -128,7 +128,7 @@ impl Core {
 
     /// Waits until the latest snapshot satisfies `wanted`, asking the leader for one first;
     /// `false` when none did within `within`.
-    pub async fn snapshot_shows(
+    pub(crate) async fn snapshot_shows(
         &self,
         wanted: impl Fn(&Snapshot) -> bool,
         within: Duration,
@@ -148,7 +148,7 @@ impl Core {
     }
 
     /// The figures of a snapshot this instance made or received, in the gauges.
-    pub fn record_snapshot(&self, snapshot: &Snapshot) {
+    pub(crate) fn record_snapshot(&self, snapshot: &Snapshot) {
         self.metrics.active_users.set(snapshot.active_users as i64);
         self.metrics
             .orders_per_minute
@@ -160,7 +160,7 @@ impl Core {
 
     /// Asks every other instance heard from lately; returns their answers and the names of
     /// those that did not answer `within`.
-    pub async fn ask_others(
+    pub(crate) async fn ask_others(
         &self,
         within: Duration,
         request: Request,
@@ -193,7 +193,7 @@ impl Core {
 
     /// Stores an announcement, delivers it on this instance and tells the others: the one
     /// code path of `POST /api/announcements` and the console's `announce`.
-    pub async fn publish_announcement(
+    pub(crate) async fn publish_announcement(
         &self,
         level: Level,
         message: &str,
@@ -212,7 +212,7 @@ impl Core {
 
     /// Delivers an announcement on this instance, in id order: one already delivered is
     /// ignored; a gap (one this instance missed) is filled from the store first.
-    pub async fn announce(&self, announcement: Announcement) -> Result<(), StoreError> {
+    pub(crate) async fn announce(&self, announcement: Announcement) -> Result<(), StoreError> {
         let last = self.hub.last_announcement();
         if announcement.id <= last {
             return Ok(());
@@ -225,7 +225,7 @@ impl Core {
     }
 
     /// Delivers, in order, every stored announcement the hub has not delivered yet.
-    pub async fn catch_up_announcements(&self) -> Result<(), StoreError> {
+    pub(crate) async fn catch_up_announcements(&self) -> Result<(), StoreError> {
         let since = crate::clock::now_ms() - REPLAY_WINDOW_MS;
         let missed = self
             .store
@@ -245,7 +245,7 @@ impl Core {
     /// The store is asked only when the hub has not reached the id itself: another instance
     /// may be an announcement or a snapshot ahead, and what the store holds (announcements,
     /// seqs reserved by a leader) is what every instance will reach.
-    pub async fn recognise(&self, id: EventId) -> Result<Option<EventId>, StoreError> {
+    pub(crate) async fn recognise(&self, id: EventId) -> Result<Option<EventId>, StoreError> {
         let (announcement_reached, seq_reached) = self.hub.has_reached(id);
         let announcement_known =
             announcement_reached || id.announcement <= self.store.last_announcement_id().await?;
@@ -257,7 +257,7 @@ impl Core {
     }
 
     /// What `status` shows of this instance.
-    pub fn report(&self) -> NodeStatus {
+    pub(crate) fn report(&self) -> NodeStatus {
         let status = self.status.get();
         let connections = crate::metrics::TRANSPORTS
             .iter()
@@ -283,7 +283,7 @@ impl Core {
     }
 
     /// This instance's answer to a question every instance answers.
-    pub fn answer(&self, request: &Request) -> Answer {
+    pub(crate) fn answer(&self, request: &Request) -> Answer {
         match request {
             Request::Status => Answer::Status(self.report()),
             Request::Connections => Answer::Connections {
@@ -296,7 +296,7 @@ impl Core {
     }
 
     /// "I am here, and these operators have a console open on me."
-    pub fn beacon(&self) -> Beacon {
+    pub(crate) fn beacon(&self) -> Beacon {
         Beacon {
             node: self.node.clone(),
             operators: self.registry.operators(),
@@ -305,7 +305,7 @@ impl Core {
     }
 
     /// Records another instance's beacon; pushes presence to the consoles when it changed.
-    pub fn saw(&self, beacon: Beacon) {
+    pub(crate) fn saw(&self, beacon: Beacon) {
         if beacon.node != self.node {
             self.cluster.saw(beacon);
             self.refresh_presence();
@@ -313,7 +313,7 @@ impl Core {
     }
 
     /// Every operator with a console open here or on an instance heard from lately.
-    pub fn presence(&self) -> Vec<Present> {
+    pub(crate) fn presence(&self) -> Vec<Present> {
         let mut present: Vec<Present> = self
             .registry
             .operators()
@@ -329,7 +329,7 @@ impl Core {
     }
 
     /// Pushes presence to this instance's consoles if it changed.
-    pub fn refresh_presence(&self) {
+    pub(crate) fn refresh_presence(&self) {
         let payload = serde_json::json!({ "operators": self.presence() }).to_string();
         self.feeds.presence.send_if_modified(|current| {
             if **current == *payload {
@@ -344,7 +344,7 @@ impl Core {
 
 /// A core over `store` with nothing listening to its queues, for unit tests.
 #[cfg(test)]
-pub async fn for_tests(node: &str, store: Store) -> Core {
+pub(crate) async fn for_tests(node: &str, store: Store) -> Core {
     let (fanout, _) = FanoutSender::channel();
     let (refresh, _) = mpsc::channel(1);
     Core::new(CoreParts {

@@ -9,7 +9,7 @@ use tokio::sync::mpsc;
 
 /// What this instance tells the others.
 #[derive(Debug)]
-pub enum Outgoing {
+pub(crate) enum Outgoing {
     Snapshot(Arc<SnapshotFrame>),
     Announcement(Announcement),
     Refresh,
@@ -28,13 +28,13 @@ pub enum Outgoing {
 
 /// The body of a `sign_out` message.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct SignOut {
+pub(crate) struct SignOut {
     /// The session's key hash, as stored (`auth::session_key`): 64 lower-case hex digits.
     pub session: String,
 }
 
 impl SignOut {
-    pub fn well_formed(&self) -> bool {
+    pub(crate) fn well_formed(&self) -> bool {
         self.session.len() == 64
             && self
                 .session
@@ -45,7 +45,7 @@ impl SignOut {
 
 /// What a message between instances is: its AMQP `type`, which its seal covers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Kind {
+pub(crate) enum Kind {
     Snapshot,
     Announcement,
     Refresh,
@@ -58,7 +58,7 @@ pub enum Kind {
 }
 
 impl Kind {
-    pub const ALL: [Kind; 9] = [
+    pub(crate) const ALL: [Kind; 9] = [
         Kind::Snapshot,
         Kind::Announcement,
         Kind::Refresh,
@@ -71,7 +71,7 @@ impl Kind {
     ];
 
     /// The wire name (the AMQP `type` property).
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Kind::Snapshot => "snapshot",
             Kind::Announcement => "announcement",
@@ -86,13 +86,13 @@ impl Kind {
     }
 
     /// The kind a wire name names; `None` for anything else.
-    pub fn parse(name: &str) -> Option<Kind> {
+    pub(crate) fn parse(name: &str) -> Option<Kind> {
         Kind::ALL.into_iter().find(|kind| kind.as_str() == name)
     }
 }
 
 impl Outgoing {
-    pub fn kind(&self) -> Kind {
+    pub(crate) fn kind(&self) -> Kind {
         match self {
             Outgoing::Snapshot(_) => Kind::Snapshot,
             Outgoing::Announcement(_) => Kind::Announcement,
@@ -106,29 +106,29 @@ impl Outgoing {
 }
 
 #[derive(Clone)]
-pub struct FanoutSender(mpsc::Sender<Outgoing>);
+pub(crate) struct FanoutSender(mpsc::Sender<Outgoing>);
 
 impl FanoutSender {
-    pub fn channel() -> (FanoutSender, mpsc::Receiver<Outgoing>) {
+    pub(crate) fn channel() -> (FanoutSender, mpsc::Receiver<Outgoing>) {
         let (sender, receiver) = mpsc::channel(64);
         (FanoutSender(sender), receiver)
     }
 
-    pub fn send(&self, frame: Arc<SnapshotFrame>) {
+    pub(crate) fn send(&self, frame: Arc<SnapshotFrame>) {
         let _ = self.0.try_send(Outgoing::Snapshot(frame));
     }
 
-    pub fn send_announcement(&self, announcement: Announcement) {
+    pub(crate) fn send_announcement(&self, announcement: Announcement) {
         let _ = self.0.try_send(Outgoing::Announcement(announcement));
     }
 
     /// Asks whichever instance leads to publish a snapshot now.
-    pub fn request_refresh(&self) {
+    pub(crate) fn request_refresh(&self) {
         let _ = self.0.try_send(Outgoing::Refresh);
     }
 
     /// Asks every instance (this one included); `false` when the queue to the broker is full.
-    pub fn send_request(&self, correlation: String, request: Request) -> bool {
+    pub(crate) fn send_request(&self, correlation: String, request: Request) -> bool {
         self.0
             .try_send(Outgoing::Request {
                 correlation,
@@ -137,16 +137,16 @@ impl FanoutSender {
             .is_ok()
     }
 
-    pub fn send_audit(&self, row: Arc<str>) {
+    pub(crate) fn send_audit(&self, row: Arc<str>) {
         let _ = self.0.try_send(Outgoing::Audit(row));
     }
 
-    pub fn send_event(&self, event: Arc<str>) {
+    pub(crate) fn send_event(&self, event: Arc<str>) {
         let _ = self.0.try_send(Outgoing::Event(event));
     }
 
     /// Tells every instance that the session with key hash `key` signed out.
-    pub fn send_sign_out(&self, key: &str) {
+    pub(crate) fn send_sign_out(&self, key: &str) {
         let sign_out = SignOut {
             session: key.to_owned(),
         };

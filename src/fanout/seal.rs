@@ -106,7 +106,7 @@ impl SealKey {
     }
 
     /// `Ok` when `seal` is the seal of `fields`, compared in constant time.
-    pub fn check(&self, fields: &Fields<'_>, seal: &str) -> Result<(), Rejection> {
+    pub(crate) fn check(&self, fields: &Fields<'_>, seal: &str) -> Result<(), Rejection> {
         let tag = unhex(seal).ok_or(Rejection::BadSignature)?;
         // `verify_slice` compares in constant time and refuses a tag of another length.
         self.mac(fields)
@@ -183,13 +183,13 @@ fn micros(ms: i64) -> u64 {
 /// What a receiver accepts after the seal: nonces within `window` of its clock, and from each
 /// node only newer ones than it accepted last.
 #[derive(Debug)]
-pub struct Freshness {
+pub(crate) struct Freshness {
     window_us: u64,
     last_accepted: Mutex<HashMap<String, u64>>,
 }
 
 impl Freshness {
-    pub fn new(window: Duration) -> Freshness {
+    pub(crate) fn new(window: Duration) -> Freshness {
         Freshness {
             window_us: u64::try_from(window.as_micros()).unwrap_or(u64::MAX),
             last_accepted: Mutex::default(),
@@ -197,7 +197,7 @@ impl Freshness {
     }
 
     /// Accepts `nonce` from `node` (already sealed) at `now_ms`, or says why not.
-    pub fn admit(&self, node: &str, nonce: u64, now_ms: i64) -> Result<(), Rejection> {
+    pub(crate) fn admit(&self, node: &str, nonce: u64, now_ms: i64) -> Result<(), Rejection> {
         let now = micros(now_ms);
         if nonce.abs_diff(now) > self.window_us {
             return Err(Rejection::Stale);
@@ -219,13 +219,13 @@ impl Freshness {
 /// Lets one log line through per `every`, and counts the ones held back: a flood of refused
 /// messages must not flood the log.
 #[derive(Debug)]
-pub struct LogGate {
+pub(crate) struct LogGate {
     every: Duration,
     state: Mutex<(Option<Instant>, u64)>,
 }
 
 impl LogGate {
-    pub fn new(every: Duration) -> LogGate {
+    pub(crate) fn new(every: Duration) -> LogGate {
         LogGate {
             every,
             state: Mutex::new((None, 0)),
@@ -233,7 +233,7 @@ impl LogGate {
     }
 
     /// `Some(held back since the last line)` when a line may be written now.
-    pub fn admit(&self, now: Instant) -> Option<u64> {
+    pub(crate) fn admit(&self, now: Instant) -> Option<u64> {
         let mut state = crate::sync::lock(&self.state);
         let (last, held) = &mut *state;
         if last.is_some_and(|at| now.duration_since(at) < self.every) {

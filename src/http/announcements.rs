@@ -12,12 +12,12 @@ const DEFAULT_LIMIT: i64 = 20;
 const MAX_LIMIT: i64 = 100;
 
 #[derive(Debug, Deserialize)]
-pub struct ListQuery {
+pub(super) struct ListQuery {
     limit: Option<i64>,
 }
 
 /// `{"announcements":[…]}`, newest first.
-pub async fn list(
+pub(super) async fn list(
     _viewer: Viewer,
     query: web::Query<ListQuery>,
     state: web::Data<AppState>,
@@ -40,13 +40,13 @@ pub async fn list(
 }
 
 #[derive(Debug, Deserialize)]
-pub struct NewAnnouncement {
+pub(super) struct NewAnnouncement {
     message: String,
     level: String,
 }
 
 /// 201 with the announcement, after it was stored and handed to every dashboard.
-pub async fn create(
+pub(super) async fn create(
     operator: Operator,
     body: web::Json<NewAnnouncement>,
     state: web::Data<AppState>,

@@ -48,21 +48,21 @@ fn version(name: &str) -> Option<String> {
 
 /// `/static/<name>?v=<version>`: the URL pages use, so a new build is fetched at once and an
 /// unchanged file is never fetched twice.
-pub fn url(name: &str) -> String {
+pub(crate) fn url(name: &str) -> String {
     match version(name) {
         Some(v) => format!("/static/{name}?v={v}"),
         None => format!("/static/{name}"),
     }
 }
 
-pub async fn serve(path: web::Path<String>, request: HttpRequest) -> HttpResponse {
+pub(crate) async fn serve(path: web::Path<String>, request: HttpRequest) -> HttpResponse {
     respond(&path.into_inner(), &request)
 }
 
 /// `/favicon.ico`: pages name their icon (`<link rel="icon">`, by its versioned URL), but
 /// browsers and other clients still ask for this path by convention; it answers with the same
 /// SVG (its own content type says what it is), revalidated like any unversioned asset.
-pub async fn favicon(request: HttpRequest) -> HttpResponse {
+pub(crate) async fn favicon(request: HttpRequest) -> HttpResponse {
     respond("favicon.svg", &request)
 }
 

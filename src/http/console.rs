@@ -9,7 +9,7 @@ use crate::live::connection::{ConnectionGuard, Transport};
 use actix_web::http::header;
 use actix_web::{web, HttpRequest, HttpResponse};
 
-pub async fn upgrade(
+pub(super) async fn upgrade(
     request: HttpRequest,
     body: web::Payload,
     operator: Operator,

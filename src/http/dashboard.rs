@@ -16,13 +16,13 @@ const DEFAULT_HISTORY_MINUTES: i64 = 60;
 const REFRESH_TIMEOUT: Duration = Duration::from_secs(3);
 
 #[derive(Debug, Deserialize)]
-pub struct HistoryQuery {
+pub(super) struct HistoryQuery {
     minutes: Option<i64>,
 }
 
 /// `{"points":[…]}`: one point per minute, oldest first, ending with the current minute;
 /// minutes without events are zeros, so charts need no gap handling.
-pub async fn history(
+pub(super) async fn history(
     _viewer: Viewer,
     query: web::Query<HistoryQuery>,
     state: web::Data<AppState>,
@@ -74,7 +74,10 @@ fn empty(minute: i64) -> Point {
 /// it once it reached this instance, so every dashboard got it too. However many ask, the
 /// leader publishes at most one snapshot per tick; each user may ask a few times a second
 /// (429 beyond, see `live::limit`).
-pub async fn refresh(viewer: Viewer, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+pub(super) async fn refresh(
+    viewer: Viewer,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
     state
         .refresh_limit
         .admit(viewer.0.username())

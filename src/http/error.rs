@@ -15,7 +15,7 @@ pub(super) const BUSY_RETRY: std::time::Duration = std::time::Duration::from_sec
 const DATABASE_RETRY: std::time::Duration = std::time::Duration::from_secs(5);
 
 #[derive(Debug, thiserror::Error)]
-pub enum ApiError {
+pub(crate) enum ApiError {
     #[error("{0}")]
     BadRequest(String),
     #[error("sign in or send a valid access token")]
@@ -67,7 +67,7 @@ pub enum ApiError {
 }
 
 impl ApiError {
-    pub fn code(&self) -> &'static str {
+    pub(crate) fn code(&self) -> &'static str {
         match self {
             ApiError::BadRequest(_) => "bad_request",
             ApiError::Unauthorized => "unauthorized",
@@ -99,7 +99,7 @@ impl From<crate::store::StoreError> for ApiError {
 }
 
 /// The body of every JSON error.
-pub fn error_body(code: &str, message: &str) -> serde_json::Value {
+pub(crate) fn error_body(code: &str, message: &str) -> serde_json::Value {
     json!({"error": {"code": code, "message": message}})
 }
 
@@ -169,13 +169,13 @@ fn close(response: &mut HttpResponse) {
 }
 
 /// `Allow: GET, HEAD` on a 405; the list is built from method names, always a valid value.
-pub fn allow_header(response: &mut HttpResponse, allow: &str) {
+pub(super) fn allow_header(response: &mut HttpResponse, allow: &str) {
     if let Ok(value) = header::HeaderValue::from_str(allow) {
         response.headers_mut().insert(header::ALLOW, value);
     }
 }
 
-pub fn retry_after(response: &mut HttpResponse, wait: std::time::Duration) {
+pub(super) fn retry_after(response: &mut HttpResponse, wait: std::time::Duration) {
     let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
     if let Ok(value) = header::HeaderValue::from_str(&secs.to_string()) {
         response.headers_mut().insert(header::RETRY_AFTER, value);
@@ -183,7 +183,7 @@ pub fn retry_after(response: &mut HttpResponse, wait: std::time::Duration) {
 }
 
 #[derive(Debug, thiserror::Error)]
-pub enum PageError {
+pub(crate) enum PageError {
     #[error("sign in first")]
     SignIn { next: String },
     #[error("your role does not allow this page")]
@@ -249,7 +249,7 @@ impl ResponseError for PageError {
 }
 
 /// Renders a template; a render failure becomes the plain 500 page.
-pub fn html(status: StatusCode, page: &impl Template) -> HttpResponse {
+pub(super) fn html(status: StatusCode, page: &impl Template) -> HttpResponse {
     match page.render() {
         Ok(body) => HttpResponse::build(status)
             .content_type("text/html; charset=utf-8")

@@ -13,7 +13,7 @@ use std::collections::HashMap;
 /// An authenticated caller: the credential as checked, which every live connection it opens
 /// remembers (so that it ends when the credential stops being good).
 #[derive(Debug, Clone)]
-pub struct Caller {
+pub(crate) struct Caller {
     pub grant: Grant,
     /// A browser session's CSRF token, which guards its unsafe methods; a bearer or
     /// `access_token` token has none (browsers do not send those on their own: no CSRF risk).
@@ -21,20 +21,20 @@ pub struct Caller {
 }
 
 impl Caller {
-    pub fn username(&self) -> &str {
+    pub(crate) fn username(&self) -> &str {
         &self.grant.user
     }
 
-    pub fn role(&self) -> Role {
+    pub(crate) fn role(&self) -> Role {
         self.grant.role
     }
 
-    pub fn csrf(&self) -> Option<&str> {
+    pub(crate) fn csrf(&self) -> Option<&str> {
         self.csrf.as_deref()
     }
 
     /// The key hash of the session it came with; `None` for a token.
-    pub fn session_key(&self) -> Option<&str> {
+    pub(crate) fn session_key(&self) -> Option<&str> {
         match &self.grant.kind {
             GrantKind::Session { key } => Some(key),
             GrantKind::Token => None,
@@ -44,7 +44,7 @@ impl Caller {
 
 /// The caller, if any credential is presented; a presented but invalid token is an error
 /// (an expired or revoked token must not silently fall back to an anonymous request).
-pub async fn authenticate(
+pub(crate) async fn authenticate(
     request: &HttpRequest,
     state: &AppState,
 ) -> Result<Option<Caller>, ApiError> {
@@ -155,7 +155,7 @@ async fn caller_with_role(request: HttpRequest, operator_only: bool) -> Result<C
 }
 
 /// Any signed-in role (admin or operator): 401 otherwise.
-pub struct Viewer(pub Caller);
+pub(crate) struct Viewer(pub Caller);
 
 impl FromRequest for Viewer {
     type Error = ApiError;
@@ -168,7 +168,7 @@ impl FromRequest for Viewer {
 }
 
 /// The operator role: 401 when not signed in, 403 for an admin.
-pub struct Operator(pub Caller);
+pub(crate) struct Operator(pub Caller);
 
 impl FromRequest for Operator {
     type Error = ApiError;
@@ -196,7 +196,7 @@ async fn page_caller(request: HttpRequest, operator_only: bool) -> Result<Caller
 }
 
 /// A page for any signed-in role; otherwise a redirect to `/login?next=…`.
-pub struct PageViewer(pub Caller);
+pub(crate) struct PageViewer(pub Caller);
 
 impl FromRequest for PageViewer {
     type Error = PageError;
@@ -209,7 +209,7 @@ impl FromRequest for PageViewer {
 }
 
 /// A page for operators; an admin gets the 403 page.
-pub struct PageOperator(pub Caller);
+pub(crate) struct PageOperator(pub Caller);
 
 impl FromRequest for PageOperator {
     type Error = PageError;

@@ -6,24 +6,24 @@
 //! They never touch RabbitMQ and never compute figures.
 
 mod announcements;
-pub mod assets;
+pub(crate) mod assets;
 mod console;
 mod dashboard;
 mod error;
-pub mod extract;
+pub(crate) mod extract;
 mod observe;
 mod pages;
 mod poll;
-pub mod proxy;
+pub(crate) mod proxy;
 mod redirect;
 mod routes;
 mod signin;
 mod sse;
 
-pub use crate::app::AppState;
-pub use error::PageError;
-pub use error::{error_body, ApiError};
-pub use observe::observe_request;
+pub(crate) use crate::app::AppState;
+pub(crate) use error::PageError;
+pub(crate) use error::{error_body, ApiError};
+pub(crate) use observe::observe_request;
 
 use actix_web::body::{BodySize, EitherBody, MessageBody};
 use actix_web::dev::{ServiceRequest, ServiceResponse};
@@ -38,7 +38,7 @@ use std::time::Duration;
 const MAX_JSON_BODY: usize = 64 * 1024;
 const MAX_FORM_BODY: usize = 16 * 1024;
 
-pub fn configure(config: &mut web::ServiceConfig) {
+pub(crate) fn configure(config: &mut web::ServiceConfig) {
     config
         .app_data(
             web::JsonConfig::default()
@@ -82,7 +82,7 @@ pub(crate) const MAX_URI_BYTES: usize = 8 * 1024;
 /// no compressed bodies, and refusing them here means no extractor ever inflates one: a
 /// 64 KiB deflate body would otherwise become tens of megabytes before the size limits,
 /// which count inflated bytes, could see it.
-pub async fn screen_request_head(
+pub(crate) async fn screen_request_head(
     request: ServiceRequest,
     next: Next<impl MessageBody + 'static>,
 ) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
@@ -127,7 +127,7 @@ fn is_identity(value: &header::HeaderValue) -> bool {
 /// HTTP/1.0 has no chunked encoding, yet actix-http would send a streamed body (the event
 /// stream, a compressed answer) chunked to it. For an HTTP/1.0 request such a body is sent
 /// as it is and ends with the connection (RFC 1945 §7.2.2), which is then never kept alive.
-pub async fn close_delimit_for_http10(
+pub(crate) async fn close_delimit_for_http10(
     request: ServiceRequest,
     next: Next<impl MessageBody>,
 ) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
@@ -144,7 +144,7 @@ pub async fn close_delimit_for_http10(
 /// How long a request body may take to arrive, from the moment its head was read. actix-http
 /// bounds only the head (`client_request_timeout`); without this, a client that announces a
 /// body and never sends it holds its connection and file descriptor for as long as it likes.
-pub const BODY_READ_TIMEOUT: Duration = Duration::from_secs(10);
+pub(crate) const BODY_READ_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Bodies are read here whole, up to this; a longer one is cut one byte past it, and the
 /// extractors' own limits (all lower) refuse it.
@@ -153,7 +153,7 @@ const MAX_BODY_READ: usize = MAX_JSON_BODY;
 /// Reads a request's body within [`BODY_READ_TIMEOUT`] before any handler sees it: 408 (JSON,
 /// connection closed) when it is late, 400 when it is malformed. Handlers then extract from
 /// memory. WebSocket upgrades and requests without a body pass untouched.
-pub async fn read_body_in_time(
+pub(crate) async fn read_body_in_time(
     mut request: ServiceRequest,
     next: Next<impl MessageBody + 'static>,
 ) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
@@ -205,7 +205,7 @@ async fn read_prefix(
 /// `HEAD` is served by the `GET` handler (see `routes`), and actix-http sends no body for it;
 /// but it would still poll a streaming body (an event stream never ends) to discard it. Such a
 /// body is dropped here, which also ends the stream's connection accounting at once.
-pub async fn head_without_stream(
+pub(crate) async fn head_without_stream(
     request: ServiceRequest,
     next: Next<impl MessageBody + 'static>,
 ) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
@@ -223,7 +223,7 @@ pub async fn head_without_stream(
 /// `identity`, and [`unmark_uncompressed`], outside it, takes that mark off again: HTTP has
 /// `identity` for `Accept-Encoding` only, never as a response's `Content-Encoding` (RFC 9110
 /// §8.4.1). Pages, assets and JSON are compressed as before.
-pub async fn mark_uncompressed(
+pub(crate) async fn mark_uncompressed(
     request: ServiceRequest,
     next: Next<impl MessageBody>,
 ) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
@@ -243,7 +243,7 @@ pub async fn mark_uncompressed(
 }
 
 /// Outside `Compress`: removes the `identity` mark set by [`mark_uncompressed`].
-pub async fn unmark_uncompressed(
+pub(crate) async fn unmark_uncompressed(
     request: ServiceRequest,
     next: Next<impl MessageBody>,
 ) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
@@ -260,7 +260,7 @@ pub async fn unmark_uncompressed(
 
 /// Headers of every response: no framing, no sniffing, no referrer leaks, scripts and styles
 /// from this origin only (no inline script).
-pub fn security_headers() -> actix_web::middleware::DefaultHeaders {
+pub(crate) fn security_headers() -> actix_web::middleware::DefaultHeaders {
     SECURITY_HEADERS.iter().fold(
         actix_web::middleware::DefaultHeaders::new(),
         |headers, &header| headers.add(header),

@@ -10,7 +10,7 @@ use actix_web::{web, HttpResponse};
 use askama::Template;
 
 /// `12345` minor units → `123.45 USD` (two decimals; issue-free for the usual currencies).
-pub fn money(minor: i64, currency: &str) -> String {
+pub(super) fn money(minor: i64, currency: &str) -> String {
     let sign = if minor < 0 { "-" } else { "" };
     let minor = minor.unsigned_abs();
     format!("{sign}{}.{:02} {currency}", minor / 100, minor % 100)
@@ -43,7 +43,7 @@ const PAGE_ANNOUNCEMENTS: i64 = 5;
 
 /// The dashboard, rendered with the current figures so that they show before (and without) any
 /// script; `app.js` then keeps them live from the event stream.
-pub async fn dashboard(
+pub(super) async fn dashboard(
     viewer: PageViewer,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, PageError> {
@@ -109,7 +109,7 @@ struct ConsolePage<'a> {
     state: &'a str,
 }
 
-pub async fn console(operator: PageOperator, state: web::Data<AppState>) -> HttpResponse {
+pub(super) async fn console(operator: PageOperator, state: web::Data<AppState>) -> HttpResponse {
     let caller = operator.0;
     let status = state.core.status.get();
     let frame = state.core.hub.latest_frame();

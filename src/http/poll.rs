@@ -19,17 +19,17 @@ use serde::Deserialize;
 use std::fmt::Write;
 use std::time::Duration;
 
-pub const MAX_TIMEOUT_SECS: u64 = 30;
+pub(super) const MAX_TIMEOUT_SECS: u64 = 30;
 const DEFAULT_TIMEOUT_SECS: u64 = 25;
 const MAX_EVENTS: i64 = 100;
 
 #[derive(Debug, Deserialize)]
-pub struct PollQuery {
+pub(super) struct PollQuery {
     after: Option<String>,
     timeout: Option<u64>,
 }
 
-pub async fn poll(
+pub(super) async fn poll(
     viewer: Viewer,
     query: web::Query<PollQuery>,
     state: web::Data<AppState>,

@@ -18,7 +18,7 @@ const FORWARDED_PROTO: &str = "x-forwarded-proto";
 
 /// The client's IP address, for throttling and logs: the peer's, or with a trusted proxy the
 /// address it forwarded (the peer's when it sent none that parses).
-pub fn client_address(request: &HttpRequest, trust_proxy: bool) -> String {
+pub(crate) fn client_address(request: &HttpRequest, trust_proxy: bool) -> String {
     let forwarded = trust_proxy
         .then(|| last_entry(request, FORWARDED_FOR))
         .flatten()
@@ -30,7 +30,7 @@ pub fn client_address(request: &HttpRequest, trust_proxy: bool) -> String {
 
 /// The origin (`scheme://host[:port]`) this request was addressed to: what a browser on this
 /// service's own pages sends as `Origin`. `tls`: the service itself speaks HTTPS.
-pub fn own_origin(request: &HttpRequest, trust_proxy: bool, tls: bool) -> Option<String> {
+pub(crate) fn own_origin(request: &HttpRequest, trust_proxy: bool, tls: bool) -> Option<String> {
     let own_scheme = if tls { "https" } else { "http" };
     let (scheme, host) = if trust_proxy {
         let scheme = last_entry(request, FORWARDED_PROTO)

@@ -14,7 +14,7 @@
 const MAX_DECODING_ROUNDS: usize = 4;
 
 /// A safe redirect target for `next`, or `/`.
-pub fn safe_next(next: Option<&str>) -> String {
+pub(super) fn safe_next(next: Option<&str>) -> String {
     match next {
         Some(path) if is_local_path_at_every_decoding(path) => encode_for_header(path),
         _ => "/".to_owned(),

@@ -15,7 +15,7 @@ const READY_DATABASE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// The route table: path, then each method with its handler. `get` also serves `HEAD` (RFC 9110:
 /// same handler, no body); any other method on a listed path is answered 405 with `Allow`.
-pub fn configure(config: &mut web::ServiceConfig) {
+pub(super) fn configure(config: &mut web::ServiceConfig) {
     use Kind::{Api, Page};
     config
         .service(Endpoint::new("/", Page).get(pages::dashboard))

@@ -29,7 +29,7 @@ struct LoginPage<'a> {
 }
 
 #[derive(Debug, Deserialize)]
-pub struct NextQuery {
+pub(super) struct NextQuery {
     next: Option<String>,
 }
 
@@ -75,7 +75,7 @@ fn login_form(
     response
 }
 
-pub async fn login_page(
+pub(super) async fn login_page(
     request: HttpRequest,
     query: web::Query<NextQuery>,
     state: web::Data<AppState>,
@@ -88,14 +88,14 @@ pub async fn login_page(
 }
 
 #[derive(Deserialize)]
-pub struct LoginForm {
+pub(super) struct LoginForm {
     username: String,
     password: String,
     csrf: String,
     next: Option<String>,
 }
 
-pub async fn login(
+pub(super) async fn login(
     request: HttpRequest,
     form: web::Form<LoginForm>,
     state: web::Data<AppState>,
@@ -190,14 +190,14 @@ pub async fn login(
 }
 
 #[derive(Deserialize)]
-pub struct LogoutForm {
+pub(super) struct LogoutForm {
     csrf: Option<String>,
 }
 
 /// Ends the session (the row is deleted: the cookie is worthless afterwards) and clears it;
 /// the connections opened with it end too, here at once and on every other instance when the
 /// fan-out brings them the sign-out.
-pub async fn logout(
+pub(super) async fn logout(
     request: HttpRequest,
     form: Option<web::Form<LogoutForm>>,
     state: web::Data<AppState>,
@@ -229,14 +229,14 @@ pub async fn logout(
 }
 
 #[derive(Deserialize)]
-pub struct TokenRequest {
+pub(super) struct TokenRequest {
     username: String,
     password: String,
 }
 
 /// `{"access_token","token_type":"Bearer","expires_in"}`; 401 on bad credentials, 429 when
 /// throttled, 503 when too many passwords are being checked at once.
-pub async fn token(
+pub(super) async fn token(
     request: HttpRequest,
     body: web::Json<TokenRequest>,
     state: web::Data<AppState>,

@@ -43,12 +43,12 @@ const RETRY_MS: u64 = 2_000;
 const REPLAY_PAGE: i64 = 1_000;
 
 #[derive(Debug, Deserialize)]
-pub struct StreamQuery {
+pub(super) struct StreamQuery {
     #[serde(rename = "lastEventId")]
     last_event_id: Option<String>,
 }
 
-pub async fn stream(
+pub(super) async fn stream(
     viewer: Viewer,
     request: HttpRequest,
     query: web::Query<StreamQuery>,

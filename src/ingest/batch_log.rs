@@ -14,7 +14,7 @@ use crate::aggregate::Millis;
 /// name, kept when the leader was split into files, so that filters and readers keep working.
 pub const TARGET: &str = "pulseboard::ingest::leader";
 /// The line's message.
-pub const MESSAGE: &str = "batch committed";
+pub(crate) const MESSAGE: &str = "batch committed";
 
 /// One committed batch, as logged.
 #[derive(Debug, Clone, Copy, PartialEq)]

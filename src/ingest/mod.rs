@@ -17,8 +17,8 @@
 //! SQL lives in `store`; figures in `aggregate`; the broker plumbing in `rabbitmq`.
 
 mod batch;
-pub mod batch_log;
-pub mod decode;
+pub(crate) mod batch_log;
+pub(crate) mod decode;
 mod feed;
 mod pipeline;
 mod publisher;
@@ -46,7 +46,7 @@ const LEASE_POLL: Duration = Duration::from_secs(1);
 
 /// What ingest needs to know, fixed at start.
 #[derive(Debug, Clone)]
-pub struct IngestSettings {
+pub(crate) struct IngestSettings {
     pub amqp_url: secrecy::SecretString,
     pub topology: Topology,
     pub currency: String,
@@ -62,7 +62,7 @@ pub struct IngestSettings {
 }
 
 /// Everything the ingest tasks share: the core, and ingest's own settings.
-pub struct IngestContext {
+pub(crate) struct IngestContext {
     pub core: Arc<Core>,
     pub settings: IngestSettings,
 }
@@ -97,7 +97,7 @@ impl From<StoreError> for LeadEnd {
 }
 
 /// What a leader reads besides the broker; kept across terms of leadership.
-pub struct LeaderInputs {
+pub(crate) struct LeaderInputs {
     /// The demo's in-process queue, when there is no broker.
     pub local: Option<mpsc::Receiver<RawMessage>>,
     /// Requests to publish a snapshot now (`POST /api/dashboard/refresh`).
@@ -105,7 +105,7 @@ pub struct LeaderInputs {
 }
 
 /// Competes for the lease until `shutdown`; leads while holding it.
-pub async fn run(
+pub(crate) async fn run(
     context: Arc<IngestContext>,
     mut inputs: LeaderInputs,
     shutdown: CancellationToken,

@@ -8,12 +8,12 @@ use crate::clock::rfc3339;
 use serde_json::json;
 use std::sync::Arc;
 
-pub const PER_SECOND: u32 = 50;
+pub(super) const PER_SECOND: u32 = 50;
 const WINDOW_MS: Millis = 1_000;
 
 /// Decides which accepted events go to the tail.
 #[derive(Debug, Default)]
-pub struct Sampler {
+pub(super) struct Sampler {
     window_start: Millis,
     sent_in_window: u32,
     skipped: u64,
@@ -21,7 +21,7 @@ pub struct Sampler {
 
 impl Sampler {
     /// The push payload for `event` if it is within this second's budget; else counts it.
-    pub fn offer(&mut self, event: &Event, now: Millis) -> Option<Arc<str>> {
+    pub(super) fn offer(&mut self, event: &Event, now: Millis) -> Option<Arc<str>> {
         if now - self.window_start >= WINDOW_MS {
             self.window_start = now;
             self.sent_in_window = 0;

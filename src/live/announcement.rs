@@ -5,18 +5,18 @@ use crate::clock::rfc3339;
 use crate::store::StoredAnnouncement;
 use serde::{Deserialize, Serialize};
 
-pub const MAX_MESSAGE_CHARS: usize = 500;
+pub(crate) const MAX_MESSAGE_CHARS: usize = 500;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
-pub enum Level {
+pub(crate) enum Level {
     Info,
     Warning,
     Critical,
 }
 
 impl Level {
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Level::Info => "info",
             Level::Warning => "warning",
@@ -24,7 +24,7 @@ impl Level {
         }
     }
 
-    pub fn parse(text: &str) -> Option<Level> {
+    pub(crate) fn parse(text: &str) -> Option<Level> {
         match text {
             "info" => Some(Level::Info),
             "warning" => Some(Level::Warning),
@@ -37,7 +37,7 @@ impl Level {
 /// An announcement as clients receive it: `{"id","level","message","author","created_at"}`
 /// (see docs/api.md, Announcements).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Announcement {
+pub(crate) struct Announcement {
     pub id: i64,
     pub level: Level,
     pub message: String,
@@ -62,7 +62,7 @@ impl From<StoredAnnouncement> for Announcement {
 /// 500 characters, at least one of them visible, no U+0000 (PostgreSQL cannot store it), and
 /// no bidirectional override or isolate: those reorder what follows them on screen, so a
 /// banner could show other words than it holds (and than the audit log records).
-pub fn validate_message(message: &str) -> Result<(), String> {
+pub(crate) fn validate_message(message: &str) -> Result<(), String> {
     let chars = message.chars().count();
     if chars == 0 || chars > MAX_MESSAGE_CHARS {
         return Err(format!(

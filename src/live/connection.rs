@@ -21,14 +21,14 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Transport {
+pub(crate) enum Transport {
     Sse,
     Poll,
     Ws,
 }
 
 impl Transport {
-    pub fn label(self) -> &'static str {
+    pub(crate) fn label(self) -> &'static str {
         match self {
             Transport::Sse => "sse",
             Transport::Poll => "poll",
@@ -39,7 +39,7 @@ impl Transport {
 
 /// What a connection sent, for `pulseboard_messages_sent_total{kind}`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Sent {
+pub(crate) enum Sent {
     Snapshot,
     Announcement,
     Heartbeat,
@@ -49,7 +49,7 @@ impl Sent {
     /// In declaration order, so that `kind as usize` indexes a per-kind array built from it.
     const ALL: [Sent; 3] = [Sent::Snapshot, Sent::Announcement, Sent::Heartbeat];
 
-    pub fn label(self) -> &'static str {
+    pub(crate) fn label(self) -> &'static str {
         match self {
             Sent::Snapshot => "snapshot",
             Sent::Announcement => "announcement",
@@ -60,7 +60,7 @@ impl Sent {
 
 /// Why the server ends a registered connection before its client leaves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Ending {
+pub(crate) enum Ending {
     /// An operator's `connections.kick`.
     Kicked,
     /// Its credential was revoked: the user removed, their password or role changed, or the
@@ -75,7 +75,7 @@ impl Ending {
     const ALL: [Ending; 3] = [Ending::Kicked, Ending::Revoked, Ending::Expired];
 
     /// The `reason` of `pulseboard_connections_closed_total`.
-    pub fn label(self) -> &'static str {
+    pub(crate) fn label(self) -> &'static str {
         match self {
             Ending::Kicked => "kicked",
             Ending::Revoked => "revoked",
@@ -84,7 +84,7 @@ impl Ending {
     }
 
     /// What a client is told (a console's close frame, a stream's last comment).
-    pub fn explanation(self) -> &'static str {
+    pub(crate) fn explanation(self) -> &'static str {
         match self {
             Ending::Kicked => "kicked",
             Ending::Revoked => "revoked: the credential is no longer valid; sign in again",
@@ -93,7 +93,7 @@ impl Ending {
     }
 
     /// The ending for a credential that is no longer good; `None` for a good one.
-    pub fn of(verdict: Verdict) -> Option<Ending> {
+    pub(crate) fn of(verdict: Verdict) -> Option<Ending> {
         match verdict {
             Verdict::Good => None,
             Verdict::Revoked => Some(Ending::Revoked),
@@ -112,7 +112,7 @@ impl Ending {
 
 /// Why a connection closed: the `reason` of `pulseboard_connections_closed_total`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CloseReason {
+pub(crate) enum CloseReason {
     /// As far as the server knows, the client left (the default).
     ClientClosed,
     /// It did not keep up and was cut off.
@@ -131,7 +131,7 @@ impl CloseReason {
     /// Every reason a transport can close with, as `metrics::CLOSE_REASONS` (which exports
     /// them from the start, below this module) must list them: checked by a test.
     #[cfg(test)]
-    pub fn all_for(transport: Transport) -> Vec<CloseReason> {
+    pub(crate) fn all_for(transport: Transport) -> Vec<CloseReason> {
         let mut all = vec![CloseReason::ClientClosed];
         if transport != Transport::Poll {
             all.extend([CloseReason::SlowClient, CloseReason::Shutdown]);
@@ -143,7 +143,7 @@ impl CloseReason {
         all
     }
 
-    pub fn label(self) -> &'static str {
+    pub(crate) fn label(self) -> &'static str {
         match self {
             CloseReason::ClientClosed => "client_closed",
             CloseReason::SlowClient => "slow_client",
@@ -159,7 +159,7 @@ impl CloseReason {
 ///
 /// The per-message series are resolved once, at open: looking a label set up costs a hash and a
 /// lock, paid for every message on every connection (40 000 times a second at 10 000 clients).
-pub struct ConnectionGuard {
+pub(crate) struct ConnectionGuard {
     metrics: Arc<Metrics>,
     transport: Transport,
     reason: CloseReason,
@@ -172,7 +172,7 @@ pub struct ConnectionGuard {
 
 impl ConnectionGuard {
     /// `resuming`: the request carried a `Last-Event-ID` (or `after`), so it is a reconnect.
-    pub fn open(metrics: Arc<Metrics>, transport: Transport, resuming: bool) -> Self {
+    pub(crate) fn open(metrics: Arc<Metrics>, transport: Transport, resuming: bool) -> Self {
         let label = [transport.label()];
         metrics.connections.with_label_values(&label).inc();
         metrics.connections_opened.with_label_values(&label).inc();
@@ -198,7 +198,7 @@ impl ConnectionGuard {
     /// Lists this connection in `registry` with the credential it was opened with until it
     /// drops; the token it returns is cancelled when the connection is ended (see
     /// [`ConnectionGuard::ending`] for why) or at shutdown.
-    pub fn register(&mut self, registry: &Registry, grant: Grant) -> CancellationToken {
+    pub(crate) fn register(&mut self, registry: &Registry, grant: Grant) -> CancellationToken {
         let kick = registry.inner.closing.child_token();
         self.registration = Some(registry.add(grant, self.transport, Some(kick.clone())));
         kick
@@ -207,51 +207,51 @@ impl ConnectionGuard {
     /// Lists this connection like [`ConnectionGuard::register`], for a stream that polls
     /// [`ConnectionGuard::ended`] instead of waiting on a token (and learns of shutdown
     /// elsewhere): no token, no lock, a few bytes less per connection.
-    pub fn register_stream(&mut self, registry: &Registry, grant: Grant) {
+    pub(crate) fn register_stream(&mut self, registry: &Registry, grant: Grant) {
         self.registration = Some(registry.add(grant, self.transport, None));
     }
 
     /// Why this connection was ended, if it was; if not yet, `waker` is woken when it is.
-    pub fn ended(&self, waker: &Waker) -> Option<Ending> {
+    pub(crate) fn ended(&self, waker: &Waker) -> Option<Ending> {
         let registration = self.registration.as_ref()?;
         registration.entry.ending_waker.register(waker);
         registration.entry.ending()
     }
 
     /// Why this connection was ended, if it was.
-    pub fn ending(&self) -> Option<Ending> {
+    pub(crate) fn ending(&self) -> Option<Ending> {
         self.registration.as_ref()?.entry.ending()
     }
 
     /// A handle that ends this connection from elsewhere (a console command that found its
     /// credential no longer good); `None` when it is not registered.
-    pub fn ender(&self) -> Option<Ender> {
+    pub(crate) fn ender(&self) -> Option<Ender> {
         Some(Ender(self.registration.as_ref()?.entry.clone()))
     }
 
     /// No other reason was recorded: as far as the server knows, the client left.
-    pub fn closed_by_client(&self) -> bool {
+    pub(crate) fn closed_by_client(&self) -> bool {
         self.reason == CloseReason::ClientClosed
     }
 
     /// Records why the server ends this connection (the default is that the client left).
-    pub fn set_reason(&mut self, reason: CloseReason) {
+    pub(crate) fn set_reason(&mut self, reason: CloseReason) {
         self.reason = reason;
     }
 
-    pub fn count_sent(&self, kind: Sent) {
+    pub(crate) fn count_sent(&self, kind: Sent) {
         self.sent[kind as usize].inc();
     }
 
     /// `pulseboard_delivery_latency_seconds`: from the arrival of the oldest event a snapshot
     /// holds to now, when its bytes are handed to the socket.
-    pub fn observe_delivery(&self, oldest_arrival: crate::aggregate::Millis) {
+    pub(crate) fn observe_delivery(&self, oldest_arrival: crate::aggregate::Millis) {
         let seconds = (crate::clock::now_ms() - oldest_arrival).max(0) as f64 / 1000.0;
         self.latency.observe(seconds);
     }
 
     /// Snapshots this connection skipped because it was behind (latest wins).
-    pub fn count_coalesced(&self, skipped: u64) {
+    pub(crate) fn count_coalesced(&self, skipped: u64) {
         self.coalesced.inc_by(skipped);
     }
 }
@@ -275,7 +275,7 @@ impl Drop for ConnectionGuard {
 
 /// One listed connection: what `connections.list` shows of it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
-pub struct ConnectionInfo {
+pub(crate) struct ConnectionInfo {
     /// `<node>/<n>`: unique in the cluster, so a kick can be sent to every node.
     pub id: String,
     pub user: String,
@@ -321,22 +321,22 @@ impl Entry {
 
 /// Ends one connection from outside its own loop.
 #[derive(Clone)]
-pub struct Ender(Arc<Entry>);
+pub(crate) struct Ender(Arc<Entry>);
 
 impl Ender {
-    pub fn end(&self, why: Ending) {
+    pub(crate) fn end(&self, why: Ending) {
         self.0.end(why);
     }
 
     /// Why the connection was ended, if it was.
-    pub fn ending(&self) -> Option<Ending> {
+    pub(crate) fn ending(&self) -> Option<Ending> {
         self.0.ending()
     }
 }
 
 /// This instance's live connections. Cloning is shallow.
 #[derive(Clone)]
-pub struct Registry {
+pub(crate) struct Registry {
     inner: Arc<RegistryInner>,
 }
 
@@ -353,7 +353,7 @@ struct RegistryInner {
 }
 
 /// A connection's place in the registry; dropping it removes the entry.
-pub struct Registration {
+pub(crate) struct Registration {
     registry: Registry,
     number: u64,
     entry: Arc<Entry>,
@@ -361,7 +361,7 @@ pub struct Registration {
 
 impl Registry {
     /// `closing`: the hub's shutdown token (`Hub::closing`).
-    pub fn new(node: &str, closing: CancellationToken) -> Registry {
+    pub(crate) fn new(node: &str, closing: CancellationToken) -> Registry {
         Registry {
             inner: Arc::new(RegistryInner {
                 node: node.to_owned(),
@@ -404,7 +404,7 @@ impl Registry {
     }
 
     /// Every listed connection, oldest first.
-    pub fn list(&self) -> Vec<ConnectionInfo> {
+    pub(crate) fn list(&self) -> Vec<ConnectionInfo> {
         self.lock()
             .iter()
             .map(|(number, entry)| ConnectionInfo {
@@ -417,7 +417,7 @@ impl Registry {
     }
 
     /// Operators with a console open here (sorted, each once).
-    pub fn operators(&self) -> Vec<String> {
+    pub(crate) fn operators(&self) -> Vec<String> {
         let mut users: Vec<String> = self
             .lock()
             .values()
@@ -430,12 +430,12 @@ impl Registry {
     }
 
     /// Changes whenever a console connection opens or closes.
-    pub fn watch_consoles(&self) -> watch::Receiver<u64> {
+    pub(crate) fn watch_consoles(&self) -> watch::Receiver<u64> {
         self.inner.consoles.subscribe()
     }
 
     /// Ends the connection `id` if this instance holds it.
-    pub fn kick(&self, id: &str) -> bool {
+    pub(crate) fn kick(&self, id: &str) -> bool {
         let number = id
             .strip_prefix(self.inner.node.as_str())
             .and_then(|rest| rest.strip_prefix('/'))
@@ -452,7 +452,7 @@ impl Registry {
 
     /// Ends every connection opened with the session whose key hash is `key` (it signed out);
     /// returns how many.
-    pub fn end_session(&self, key: &str) -> usize {
+    pub(crate) fn end_session(&self, key: &str) -> usize {
         self.lock()
             .values()
             .filter(|e| matches!(&e.grant.kind, GrantKind::Session { key: k } if k == key))
@@ -462,7 +462,7 @@ impl Registry {
 
     /// Ends every connection whose credential `judge` no longer finds good, each for the
     /// verdict's reason; returns the user and reason of each one ended.
-    pub fn sweep(&self, judge: impl Fn(&Grant) -> Verdict) -> Vec<(String, Ending)> {
+    pub(crate) fn sweep(&self, judge: impl Fn(&Grant) -> Verdict) -> Vec<(String, Ending)> {
         let mut ended = Vec::new();
         for entry in self.lock().values() {
             if let Some(why) = Ending::of(judge(&entry.grant)) {

@@ -19,10 +19,10 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 /// How often the table is read again (and every open connection judged).
-pub const REFRESH_EVERY: Duration = Duration::from_secs(1);
+pub(crate) const REFRESH_EVERY: Duration = Duration::from_secs(1);
 
 /// The table and what keeps it current. Shared as an `Arc`.
-pub struct CredentialWatch {
+pub(crate) struct CredentialWatch {
     store: Store,
     registry: Registry,
     /// Replaced whole at each read; readers clone the `Arc` and judge without the lock.
@@ -31,7 +31,10 @@ pub struct CredentialWatch {
 
 impl CredentialWatch {
     /// Reads the table once: an instance does not serve before it knows its users.
-    pub async fn load(store: Store, registry: Registry) -> Result<CredentialWatch, StoreError> {
+    pub(crate) async fn load(
+        store: Store,
+        registry: Registry,
+    ) -> Result<CredentialWatch, StoreError> {
         let known = read_users(&store).await?;
         Ok(CredentialWatch {
             store,
@@ -48,7 +51,7 @@ impl CredentialWatch {
     /// A new request's credential: judged by the table, and by the database only when the table
     /// refuses a credential made after it was read (a user added or a password changed, and a
     /// token issued, within the last second); the table's verdict when the database fails.
-    pub async fn check(&self, grant: &Grant) -> Verdict {
+    pub(crate) async fn check(&self, grant: &Grant) -> Verdict {
         let known = self.known();
         let verdict = known.judge(grant, now_ms());
         if verdict != Verdict::Revoked || !known.may_predate(grant) {
@@ -59,7 +62,7 @@ impl CredentialWatch {
 
     /// A credential judged by what the database says now (a console command's, before it
     /// runs); the table's verdict when the database fails.
-    pub async fn check_fresh(&self, grant: &Grant) -> Verdict {
+    pub(crate) async fn check_fresh(&self, grant: &Grant) -> Verdict {
         match self.judged_by_store(grant).await {
             Some(verdict) => verdict,
             None => self.judge(grant),
@@ -70,7 +73,7 @@ impl CredentialWatch {
     /// read before the grant was made (a user added, a token issued, in the last moments)
     /// cannot revoke it: it may not know the user yet. The sweep after the next read judges
     /// such a grant by the database.
-    pub fn judge(&self, grant: &Grant) -> Verdict {
+    pub(crate) fn judge(&self, grant: &Grant) -> Verdict {
         doubtful_as_good(&self.known(), grant, now_ms())
     }
 
@@ -146,7 +149,7 @@ impl CredentialWatch {
 
     /// Runs until `shutdown`: a read every [`REFRESH_EVERY`]; a failing database is logged
     /// once when it starts failing and once when it answers again.
-    pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
+    pub(crate) async fn run(self: Arc<Self>, shutdown: CancellationToken) {
         let mut tick = tokio::time::interval(REFRESH_EVERY);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut failing = false;

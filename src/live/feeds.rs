@@ -13,7 +13,7 @@ const CHANNEL: usize = 256;
 
 /// Cloning is shallow.
 #[derive(Clone)]
-pub struct ConsoleFeeds {
+pub(crate) struct ConsoleFeeds {
     /// `{"event": {…}, "skipped": n}`, at most 50 a second (the leader samples).
     pub events: broadcast::Sender<Arc<str>>,
     /// One audit row each.

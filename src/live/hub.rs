@@ -22,19 +22,19 @@ use tokio::sync::{broadcast, watch};
 use tokio_util::sync::CancellationToken;
 
 /// Announcements a connection may fall behind before it is disconnected.
-pub const ANNOUNCEMENT_RING: usize = 256;
+pub(crate) const ANNOUNCEMENT_RING: usize = 256;
 /// Replay window for missed announcements (docs/api.md, Server-Sent Events: resume).
-pub const REPLAY_WINDOW_MS: Millis = 24 * 3_600_000;
+pub(crate) const REPLAY_WINDOW_MS: Millis = 24 * 3_600_000;
 
 /// A position in the stream of events, as carried by SSE ids and the long-poll `after`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct EventId {
+pub(crate) struct EventId {
     pub announcement: i64,
     pub seq: i64,
 }
 
 impl EventId {
-    pub fn parse(text: &str) -> Option<EventId> {
+    pub(crate) fn parse(text: &str) -> Option<EventId> {
         let (announcement, seq) = text.trim().split_once('-')?;
         Some(EventId {
             announcement: announcement.parse().ok().filter(|a: &i64| *a >= 0)?,
@@ -51,7 +51,7 @@ impl std::fmt::Display for EventId {
 
 /// A snapshot as this instance hands it out.
 #[derive(Debug)]
-pub struct PublishedSnapshot {
+pub(crate) struct PublishedSnapshot {
     /// Counts snapshots published on this instance, to measure coalescing per connection.
     pub index: u64,
     pub id: EventId,
@@ -62,7 +62,7 @@ pub struct PublishedSnapshot {
 
 /// An announcement as this instance hands it out.
 #[derive(Debug)]
-pub struct AnnouncementFrame {
+pub(crate) struct AnnouncementFrame {
     pub announcement: Announcement,
     pub sse: Bytes,
 }
@@ -82,13 +82,13 @@ struct Inner {
 
 /// Cloning is shallow.
 #[derive(Clone)]
-pub struct Hub {
+pub(crate) struct Hub {
     inner: Arc<Inner>,
 }
 
 impl Hub {
     /// A hub whose announcement cursor starts at `last_announcement` (what the store has).
-    pub fn new(last_announcement: i64) -> Self {
+    pub(crate) fn new(last_announcement: i64) -> Self {
         Hub {
             inner: Arc::new(Inner {
                 snapshots: watch::Sender::new(None),
@@ -109,7 +109,7 @@ impl Hub {
 
     /// Makes `frame` the current snapshot unless a newer one is already here (a late fan-out
     /// message from a former leader must not move `seq` backwards). Returns whether it was taken.
-    pub fn publish(&self, frame: Arc<SnapshotFrame>) -> bool {
+    pub(crate) fn publish(&self, frame: Arc<SnapshotFrame>) -> bool {
         let mut cursor = self.cursor();
         if frame.seq() <= cursor.seq {
             return false;
@@ -133,19 +133,19 @@ impl Hub {
     /// Makes `frame` the current snapshot even when its seq is lower: for a hub whose seq is
     /// ahead of anything the store reserved (a database restored from a backup), which would
     /// otherwise refuse every snapshot until a leader caught up.
-    pub fn rebase(&self, frame: Arc<SnapshotFrame>) -> bool {
+    pub(crate) fn rebase(&self, frame: Arc<SnapshotFrame>) -> bool {
         self.cursor().seq = frame.seq() - 1;
         self.publish(frame)
     }
 
     #[cfg(test)]
-    pub fn deliver_for_test(&self, announcement: Announcement) {
+    pub(crate) fn deliver_for_test(&self, announcement: Announcement) {
         self.deliver(announcement);
     }
 
     /// Delivers an announcement to every connection, unless it is not newer than the last one
     /// delivered (the caller fills gaps from the store first: `core::Core::announce`).
-    pub fn deliver(&self, announcement: Announcement) {
+    pub(crate) fn deliver(&self, announcement: Announcement) {
         let mut cursor = self.cursor();
         if announcement.id <= cursor.last_announcement {
             return;
@@ -156,13 +156,13 @@ impl Hub {
         let _ = self.inner.announcements.send(Arc::new(frame));
     }
 
-    pub fn last_announcement(&self) -> i64 {
+    pub(crate) fn last_announcement(&self) -> i64 {
         self.cursor().last_announcement
     }
 
     /// Whether this hub has reached `id` itself (`false`: the store may know it; see
     /// `core::Core::recognise`).
-    pub fn has_reached(&self, id: EventId) -> (bool, bool) {
+    pub(crate) fn has_reached(&self, id: EventId) -> (bool, bool) {
         let announcement = id.announcement <= self.last_announcement();
         let seq = id.seq <= self.latest().map_or(0, |p| p.id.seq);
         (announcement, seq)
@@ -170,24 +170,24 @@ impl Hub {
 
     /// Where a client that has just been sent `current` stands: every announcement this hub
     /// has delivered is "before it", whatever the snapshot was stamped with.
-    pub fn position_of(&self, current: &PublishedSnapshot) -> EventId {
+    pub(crate) fn position_of(&self, current: &PublishedSnapshot) -> EventId {
         EventId {
             announcement: self.last_announcement(),
             seq: current.id.seq,
         }
     }
 
-    pub fn latest(&self) -> Option<Arc<PublishedSnapshot>> {
+    pub(crate) fn latest(&self) -> Option<Arc<PublishedSnapshot>> {
         self.inner.snapshots.borrow().clone()
     }
 
-    pub fn latest_frame(&self) -> Option<Arc<SnapshotFrame>> {
+    pub(crate) fn latest_frame(&self) -> Option<Arc<SnapshotFrame>> {
         self.latest().map(|p| p.frame.clone())
     }
 
     /// A connection's view: snapshot slot and announcement ring, taken together so that no
     /// announcement falls between them.
-    pub fn subscribe(&self) -> Subscription {
+    pub(crate) fn subscribe(&self) -> Subscription {
         let _cursor = self.cursor();
         Subscription {
             snapshots: self.inner.snapshots.subscribe(),
@@ -196,22 +196,22 @@ impl Hub {
     }
 
     /// Ends every connection (shutdown).
-    pub fn close(&self) {
+    pub(crate) fn close(&self) {
         self.inner.closing.cancel();
     }
 
-    pub fn closing(&self) -> CancellationToken {
+    pub(crate) fn closing(&self) -> CancellationToken {
         self.inner.closing.clone()
     }
 }
 
-pub struct Subscription {
+pub(crate) struct Subscription {
     pub snapshots: watch::Receiver<Option<Arc<PublishedSnapshot>>>,
     pub announcements: broadcast::Receiver<Arc<AnnouncementFrame>>,
 }
 
 impl AnnouncementFrame {
-    pub fn new(announcement: Announcement, seq: i64) -> Self {
+    pub(crate) fn new(announcement: Announcement, seq: i64) -> Self {
         // A struct of strings and numbers always serializes.
         let json = serde_json::to_string(&announcement).unwrap_or_default();
         let id = EventId {
@@ -226,7 +226,7 @@ impl AnnouncementFrame {
 }
 
 /// One SSE event. `data` is single-line JSON, so one `data:` line carries it.
-pub fn sse_event(id: &EventId, event: &str, data: &str) -> Bytes {
+pub(crate) fn sse_event(id: &EventId, event: &str, data: &str) -> Bytes {
     Bytes::from(format!("id: {id}\nevent: {event}\ndata: {data}\n\n"))
 }
 

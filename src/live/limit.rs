@@ -26,21 +26,21 @@ type Held = Arc<Mutex<HashMap<String, usize>>>;
 
 /// Open live connections per user name, and the cap (`0`: none).
 #[derive(Clone)]
-pub struct StreamLimiter {
+pub(crate) struct StreamLimiter {
     max: usize,
     held: Held,
 }
 
 /// One live connection of one user; dropping it frees the slot.
 #[must_use = "the slot is freed as soon as it is dropped"]
-pub struct StreamSlot {
+pub(crate) struct StreamSlot {
     /// `None` when there is no cap: nothing to count, nothing to give back. Boxed, so that
     /// the usual unlimited slot, kept for a stream's life, is one pointer.
     held: Option<Box<(Held, String)>>,
 }
 
 impl StreamLimiter {
-    pub fn new(max_per_user: u32) -> Self {
+    pub(crate) fn new(max_per_user: u32) -> Self {
         StreamLimiter {
             max: max_per_user as usize,
             held: Arc::default(),
@@ -48,12 +48,12 @@ impl StreamLimiter {
     }
 
     /// The cap, `0` meaning none.
-    pub fn max(&self) -> usize {
+    pub(crate) fn max(&self) -> usize {
         self.max
     }
 
     /// A slot for `user`, or `None` when they already hold the maximum.
-    pub fn acquire(&self, user: &str) -> Option<StreamSlot> {
+    pub(crate) fn acquire(&self, user: &str) -> Option<StreamSlot> {
         if self.max == 0 {
             return Some(StreamSlot { held: None });
         }
@@ -78,7 +78,7 @@ impl StreamLimiter {
 /// `POST /api/dashboard/refresh` per user: [`REFRESHES_PER_WINDOW`] within a sliding
 /// [`REFRESH_WINDOW`]. A forced snapshot still waits for the snapshot tick (`ingest`), so
 /// this only keeps one user from making every refresh of everyone else wait in line.
-pub struct RefreshLimiter {
+pub(crate) struct RefreshLimiter {
     asked: Mutex<SlidingWindows<String>>,
 }
 
@@ -96,7 +96,7 @@ impl Default for RefreshLimiter {
 
 impl RefreshLimiter {
     /// Counts a refresh of `user`; `Err(retry_after)` when they asked too often.
-    pub fn admit(&self, user: &str) -> Result<(), Duration> {
+    pub(crate) fn admit(&self, user: &str) -> Result<(), Duration> {
         self.admit_at(user, Instant::now())
     }
 

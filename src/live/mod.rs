@@ -12,16 +12,16 @@
 //! - [`limit`]: the cap on live connections one user may hold (SSE, long-poll, console);
 //! - [`worker_feed`]: one HTTP worker's copy of the hub, which wakes that worker's streams.
 
-pub mod announcement;
-pub mod connection;
-pub mod credentials;
-pub mod feeds;
-pub mod hub;
-pub mod limit;
-pub mod worker_feed;
+pub(crate) mod announcement;
+pub(crate) mod connection;
+pub(crate) mod credentials;
+pub(crate) mod feeds;
+pub(crate) mod hub;
+pub(crate) mod limit;
+pub(crate) mod worker_feed;
 
-pub use announcement::{Announcement, Level};
-pub use hub::{EventId, Hub};
+pub(crate) use announcement::{Announcement, Level};
+pub(crate) use hub::{EventId, Hub};
 
 use crate::aggregate::{Figures, Millis};
 use crate::clock::rfc3339;
@@ -34,7 +34,7 @@ use std::sync::Arc;
 /// the stream and in long-poll answers. Field names are the wire names: renaming one breaks
 /// clients.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Snapshot {
+pub(crate) struct Snapshot {
     /// Strictly increasing across restarts and leaders (reserved from the store in blocks), so
     /// a client or an instance can drop anything not newer than what it has.
     pub seq: i64,
@@ -54,7 +54,7 @@ pub struct Snapshot {
 
 /// Net revenue (orders minus refunds), in minor units of the one configured currency.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Revenue {
+pub(crate) struct Revenue {
     /// `PULSEBOARD_CURRENCY`: clients need it to format the amounts.
     pub currency: String,
     /// Events that occurred today in `PULSEBOARD_TIMEZONE`.
@@ -65,7 +65,7 @@ pub struct Revenue {
 
 /// How ingest is doing, as the leader sees it: lets a dashboard tell "quiet" from "stuck".
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct IngestView {
+pub(crate) struct IngestView {
     pub state: IngestState,
     /// The instance that aggregates.
     pub leader: Option<String>,
@@ -81,7 +81,7 @@ pub struct IngestView {
 /// `ingest.state` on the wire, in lower case.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
-pub enum IngestState {
+pub(crate) enum IngestState {
     /// Consuming RabbitMQ.
     Running,
     /// Stopped on an operator's request (the console's `ingest.pause`).
@@ -95,7 +95,7 @@ pub enum IngestState {
 
 impl IngestState {
     /// The wire name (as serialized).
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             IngestState::Running => "running",
             IngestState::Paused => "paused",
@@ -109,7 +109,7 @@ impl IngestState {
 /// `/api/dashboard/history` (see docs/api.md, Snapshot). The minute is its UTC start; the
 /// counts are of events that occurred in it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct PointView {
+pub(crate) struct PointView {
     pub minute: String,
     pub orders: i64,
     pub revenue_minor: i64,
@@ -135,7 +135,7 @@ fn rfc3339_minute(minute: Millis) -> String {
 }
 
 impl Snapshot {
-    pub fn new(
+    pub(crate) fn new(
         seq: i64,
         now: Millis,
         node: &str,
@@ -163,7 +163,7 @@ impl Snapshot {
 /// A published snapshot with its one JSON encoding, always made here (a snapshot from another
 /// instance is encoded again, never relayed as it came: its JSON is one line, whatever was sent).
 #[derive(Debug)]
-pub struct SnapshotFrame {
+pub(crate) struct SnapshotFrame {
     pub snapshot: Snapshot,
     pub json: Arc<str>,
     /// Arrival time of the oldest event first reflected in this snapshot, for the delivery
@@ -172,7 +172,7 @@ pub struct SnapshotFrame {
 }
 
 impl SnapshotFrame {
-    pub fn new(snapshot: Snapshot, oldest_arrival: Option<Millis>) -> Arc<Self> {
+    pub(crate) fn new(snapshot: Snapshot, oldest_arrival: Option<Millis>) -> Arc<Self> {
         // Serializing a struct of strings and numbers cannot fail.
         let json = serde_json::to_string(&snapshot).unwrap_or_default();
         Arc::new(SnapshotFrame {
@@ -182,7 +182,7 @@ impl SnapshotFrame {
         })
     }
 
-    pub fn seq(&self) -> i64 {
+    pub(crate) fn seq(&self) -> i64 {
         self.snapshot.seq
     }
 }

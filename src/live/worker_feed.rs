@@ -28,7 +28,7 @@ use tokio::sync::broadcast::error::{RecvError, TryRecvError};
 
 /// The newest snapshot, as a stream of this worker writes it.
 #[derive(Debug, Clone)]
-pub struct LocalSnapshot {
+pub(crate) struct LocalSnapshot {
     /// `PublishedSnapshot::index`: counts snapshots published on this instance.
     pub index: u64,
     pub oldest_arrival: Option<Millis>,
@@ -39,18 +39,18 @@ pub struct LocalSnapshot {
 /// Where a stream is listed to be woken: the feed's version then, and its place in the list.
 /// The default is "never listed" (versions start at 1).
 #[derive(Debug, Default)]
-pub struct Listing {
+pub(crate) struct Listing {
     version: u64,
     index: usize,
 }
 
 /// A stream asked for an announcement the ring no longer holds.
 #[derive(Debug, PartialEq, Eq)]
-pub struct Lagged;
+pub(crate) struct Lagged;
 
 /// Cloning is shallow; every clone is the same feed.
 #[derive(Clone)]
-pub struct WorkerFeed {
+pub(crate) struct WorkerFeed {
     inner: Rc<Inner>,
 }
 
@@ -79,7 +79,7 @@ struct State {
 }
 
 impl WorkerFeed {
-    pub fn new(hub: Hub) -> WorkerFeed {
+    pub(crate) fn new(hub: Hub) -> WorkerFeed {
         WorkerFeed {
             inner: Rc::new(Inner {
                 hub,
@@ -97,14 +97,14 @@ impl WorkerFeed {
         }
     }
 
-    pub fn hub(&self) -> &Hub {
+    pub(crate) fn hub(&self) -> &Hub {
         &self.inner.hub
     }
 
     /// Starts following the hub, once; call it on the worker's thread (inside its `LocalSet`),
     /// before the stream reads what it needs from the hub. Returns the position from which the
     /// stream takes announcements.
-    pub fn follow(&self) -> u64 {
+    pub(crate) fn follow(&self) -> u64 {
         let mut state = self.inner.state.borrow_mut();
         if !state.following {
             state.following = true;
@@ -121,7 +121,7 @@ impl WorkerFeed {
     }
 
     /// The announcement at `position`, if it has been relayed.
-    pub fn announcement(&self, position: u64) -> Result<Option<(i64, Bytes)>, Lagged> {
+    pub(crate) fn announcement(&self, position: u64) -> Result<Option<(i64, Bytes)>, Lagged> {
         let state = self.inner.state.borrow();
         let Some(offset) = position.checked_sub(state.first) else {
             return Err(Lagged);
@@ -132,25 +132,25 @@ impl WorkerFeed {
     /// After `Lagged`: where a stream that has (or did not need) every announcement up to
     /// `last_announcement` goes on from, if nothing it lacks left the ring; `None` when it must
     /// resume from the store.
-    pub fn after_lag(&self, last_announcement: i64) -> Option<u64> {
+    pub(crate) fn after_lag(&self, last_announcement: i64) -> Option<u64> {
         let state = self.inner.state.borrow();
         (last_announcement >= state.lost_through).then_some(state.first)
     }
 
     /// The newest snapshot when it is newer than `index`.
-    pub fn snapshot_after(&self, index: u64) -> Option<LocalSnapshot> {
+    pub(crate) fn snapshot_after(&self, index: u64) -> Option<LocalSnapshot> {
         let state = self.inner.state.borrow();
         state.snapshot.as_ref().filter(|s| s.index > index).cloned()
     }
 
     /// The hub is closing (shutdown): streams end.
-    pub fn closing(&self) -> bool {
+    pub(crate) fn closing(&self) -> bool {
         self.inner.state.borrow().closing
     }
 
     /// Wakes `waker` at the next change. `listing` is the caller's memory of where it was
     /// last listed, so that a stream polled again before a change is not listed twice.
-    pub fn wake_on_change(&self, waker: &Waker, listing: &mut Listing) {
+    pub(crate) fn wake_on_change(&self, waker: &Waker, listing: &mut Listing) {
         let mut state = self.inner.state.borrow_mut();
         if listing.version != state.version {
             listing.version = state.version;
@@ -165,7 +165,7 @@ impl WorkerFeed {
     }
 
     /// Takes a stream that ends off the list of waiters.
-    pub fn forget(&self, listing: &Listing) {
+    pub(crate) fn forget(&self, listing: &Listing) {
         let mut state = self.inner.state.borrow_mut();
         if listing.version == state.version {
             if let Some(waiter) = state.waiters.get_mut(listing.index) {

@@ -9,7 +9,7 @@ use sqlx::Row;
 pub(super) const ANNOUNCEMENTS_KEEP_MS: Millis = 7 * 24 * 3_600_000;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct StoredAnnouncement {
+pub(crate) struct StoredAnnouncement {
     pub id: i64,
     pub level: String,
     pub message: String,
@@ -20,7 +20,7 @@ pub struct StoredAnnouncement {
 impl Store {
     /// Stores an announcement under the next id. The counter row is locked until commit, so
     /// ids become visible in order and a reader that has seen id N has seen all below it.
-    pub async fn create_announcement(
+    pub(crate) async fn create_announcement(
         &self,
         level: &str,
         message: &str,
@@ -56,7 +56,7 @@ impl Store {
     }
 
     /// Announcements with `id > after` created at or after `since`, oldest first.
-    pub async fn announcements_after(
+    pub(crate) async fn announcements_after(
         &self,
         after: i64,
         since: Millis,
@@ -77,7 +77,7 @@ impl Store {
     }
 
     /// The newest announcements, newest first.
-    pub async fn latest_announcements(
+    pub(crate) async fn latest_announcements(
         &self,
         limit: i64,
     ) -> Result<Vec<StoredAnnouncement>, StoreError> {
@@ -94,7 +94,7 @@ impl Store {
     }
 
     /// The highest announcement id ever issued (0 when none).
-    pub async fn last_announcement_id(&self) -> Result<i64, StoreError> {
+    pub(crate) async fn last_announcement_id(&self) -> Result<i64, StoreError> {
         let row = sqlx::query("SELECT value FROM counters WHERE name = 'announcement_id'")
             .fetch_one(self.reader())
             .await?;

@@ -15,7 +15,7 @@ const PAUSED_SETTING: &str = "ingest_paused";
 
 /// What an audit row says, before it has an id.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct NewAudit<'a> {
+pub(crate) struct NewAudit<'a> {
     pub at: Millis,
     pub username: &'a str,
     pub node: &'a str,
@@ -29,7 +29,7 @@ pub struct NewAudit<'a> {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct AuditRow {
+pub(crate) struct AuditRow {
     pub id: i64,
     pub at: Millis,
     pub username: String,
@@ -42,7 +42,7 @@ pub struct AuditRow {
 
 impl Store {
     /// Appends one audit row and returns it with its id.
-    pub async fn append_audit(&self, entry: &NewAudit<'_>) -> Result<AuditRow, StoreError> {
+    pub(crate) async fn append_audit(&self, entry: &NewAudit<'_>) -> Result<AuditRow, StoreError> {
         let mut tx = self.writer().begin().await?;
         let id: i64 = sqlx::query(
             "UPDATE counters SET value = value + 1 WHERE name = 'audit_id' RETURNING value",
@@ -78,7 +78,7 @@ impl Store {
     }
 
     /// The latest `limit` audit rows, newest first.
-    pub async fn audit_tail(&self, limit: i64) -> Result<Vec<AuditRow>, StoreError> {
+    pub(crate) async fn audit_tail(&self, limit: i64) -> Result<Vec<AuditRow>, StoreError> {
         sqlx::query(
             "SELECT id, at, username, node, command, payload, outcome, detail FROM audit_log \
              ORDER BY id DESC LIMIT $1",
@@ -92,7 +92,7 @@ impl Store {
     }
 
     /// This store with audit rows kept `keep` instead of [`AUDIT_KEEP_MS`].
-    pub fn with_audit_retention(self, keep: std::time::Duration) -> Store {
+    pub(crate) fn with_audit_retention(self, keep: std::time::Duration) -> Store {
         let audit_keep_ms = Millis::try_from(keep.as_millis()).unwrap_or(Millis::MAX);
         Store {
             audit_keep_ms,
@@ -109,7 +109,7 @@ impl Store {
     }
 
     /// Whether an operator paused ingest (cluster-wide, until resumed).
-    pub async fn ingest_paused(&self) -> Result<bool, StoreError> {
+    pub(crate) async fn ingest_paused(&self) -> Result<bool, StoreError> {
         let row = sqlx::query("SELECT value FROM settings WHERE name = $1")
             .bind(PAUSED_SETTING)
             .fetch_optional(self.writer())
@@ -120,7 +120,7 @@ impl Store {
         })
     }
 
-    pub async fn set_ingest_paused(&self, paused: bool) -> Result<(), StoreError> {
+    pub(crate) async fn set_ingest_paused(&self, paused: bool) -> Result<(), StoreError> {
         sqlx::query(
             "INSERT INTO settings (name, value) VALUES ($1, $2) \
              ON CONFLICT (name) DO UPDATE SET value = excluded.value",

@@ -19,11 +19,10 @@ pub(crate) mod batch;
 mod lease;
 mod users;
 
-pub use announcements::StoredAnnouncement;
-pub use audit::{AuditRow, NewAudit};
+pub(crate) use announcements::StoredAnnouncement;
+pub(crate) use audit::{AuditRow, NewAudit};
 pub use batch::event_id_key;
 pub use lease::Lease;
-pub use users::{SessionRow, UserRow};
 
 use crate::aggregate::{
     minute_of, Event, EventKind, Millis, Point, RestoreInput, Tally, MAX_AGE_MS, MAX_FUTURE_MS,
@@ -313,7 +312,7 @@ impl Store {
         Ok(())
     }
 
-    pub async fn ping(&self) -> Result<(), StoreError> {
+    pub(crate) async fn ping(&self) -> Result<(), StoreError> {
         match sqlx::query("SELECT 1").execute(&self.reader).await {
             Ok(_) => Ok(()),
             Err(error) => Err(self.explain_timeout(error.into()).await),
@@ -322,7 +321,7 @@ impl Store {
 
     /// `error`, or, when it is only the pool's timeout, why the database gave no connection
     /// (see [`explain_timeout`]). For what reports a store error to people: logs, `/readyz`.
-    pub async fn explain_timeout(&self, error: StoreError) -> StoreError {
+    pub(crate) async fn explain_timeout(&self, error: StoreError) -> StoreError {
         if self.backend == Backend::Postgres {
             explain_timeout(&self.url, error).await
         } else {
@@ -451,7 +450,7 @@ impl Store {
     }
 
     /// The highest snapshot seq any leader has reserved: no genuine snapshot is above it.
-    pub async fn reserved_seq(&self) -> Result<i64, StoreError> {
+    pub(crate) async fn reserved_seq(&self) -> Result<i64, StoreError> {
         let row = sqlx::query("SELECT value FROM counters WHERE name = 'snapshot_seq'")
             .fetch_one(&self.reader)
             .await?;

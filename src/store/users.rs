@@ -11,7 +11,7 @@ use sqlx::Row;
 use std::collections::HashMap;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct UserRow {
+pub(crate) struct UserRow {
     pub username: String,
     pub role: Role,
     pub created_at: Millis,
@@ -21,12 +21,12 @@ pub struct UserRow {
 #[derive(Debug, Clone)]
 pub struct StoredUser {
     pub password_hash: String,
-    pub state: UserState,
+    pub(crate) state: UserState,
 }
 
 /// A live session whose epoch is still its user's.
 #[derive(Debug, Clone)]
-pub struct SessionRow {
+pub(crate) struct SessionRow {
     pub username: String,
     /// The user's current role.
     pub role: Role,
@@ -50,7 +50,7 @@ fn state_at(row: &AnyRow, at: usize) -> Result<UserState, StoreError> {
 
 impl Store {
     /// Creates a user with a fresh credential epoch; `false` when the name is taken.
-    pub async fn create_user(
+    pub(crate) async fn create_user(
         &self,
         username: &str,
         password_hash: &str,
@@ -94,7 +94,7 @@ impl Store {
     }
 
     /// Every user's role and credential epoch: the table each instance checks tokens against.
-    pub async fn user_states(&self) -> Result<HashMap<String, UserState>, StoreError> {
+    pub(crate) async fn user_states(&self) -> Result<HashMap<String, UserState>, StoreError> {
         sqlx::query("SELECT username, role, credential_epoch FROM users")
             .fetch_all(self.reader())
             .await?
@@ -103,7 +103,7 @@ impl Store {
             .collect()
     }
 
-    pub async fn users(&self) -> Result<Vec<UserRow>, StoreError> {
+    pub(crate) async fn users(&self) -> Result<Vec<UserRow>, StoreError> {
         sqlx::query("SELECT username, role, created_at FROM users ORDER BY username")
             .fetch_all(self.reader())
             .await?
@@ -118,7 +118,7 @@ impl Store {
             .collect()
     }
 
-    pub async fn user_count(&self) -> Result<i64, StoreError> {
+    pub(crate) async fn user_count(&self) -> Result<i64, StoreError> {
         let row = sqlx::query("SELECT CAST(COUNT(*) AS BIGINT) FROM users")
             .fetch_one(self.reader())
             .await?;
@@ -126,7 +126,7 @@ impl Store {
     }
 
     /// Removes a user and their sessions; `false` when there is no such user.
-    pub async fn remove_user(&self, username: &str) -> Result<bool, StoreError> {
+    pub(crate) async fn remove_user(&self, username: &str) -> Result<bool, StoreError> {
         let mut tx = self.writer().begin().await?;
         sqlx::query("DELETE FROM sessions WHERE username = $1")
             .bind(username)
@@ -143,7 +143,7 @@ impl Store {
 
     /// Replaces a password under a new credential epoch, which revokes the user's tokens, and
     /// deletes their sessions; `false` when there is no such user.
-    pub async fn set_password(
+    pub(crate) async fn set_password(
         &self,
         username: &str,
         password_hash: &str,
@@ -168,7 +168,7 @@ impl Store {
 
     /// A session of `username` under their credential epoch `epoch` (read when the password
     /// was checked: a password changed in between leaves this session dead at birth).
-    pub async fn create_session(
+    pub(crate) async fn create_session(
         &self,
         id_hash: &str,
         username: &str,
@@ -193,7 +193,7 @@ impl Store {
     }
 
     /// A live session with its user's current role, if its epoch is still the user's.
-    pub async fn session(
+    pub(crate) async fn session(
         &self,
         id_hash: &str,
         now: Millis,
@@ -224,7 +224,7 @@ impl Store {
         }
     }
 
-    pub async fn delete_session(&self, id_hash: &str) -> Result<(), StoreError> {
+    pub(crate) async fn delete_session(&self, id_hash: &str) -> Result<(), StoreError> {
         sqlx::query("DELETE FROM sessions WHERE id_hash = $1")
             .bind(id_hash)
             .execute(self.writer())

@@ -19,7 +19,7 @@ use tracing_subscriber::registry::LookupSpan;
 /// character (C0 with `\n`, `\r`, `\t`, NUL, ESC; DEL; C1, which some terminals take as escape
 /// introducers), the Unicode line and paragraph separators (line breaks to some viewers and to
 /// JavaScript), and the bidirectional controls that can reorder what a reader sees.
-pub fn needs_escape(c: char) -> bool {
+pub(super) fn needs_escape(c: char) -> bool {
     c.is_control()
         || matches!(
             c,
@@ -37,13 +37,13 @@ pub fn needs_escape(c: char) -> bool {
 /// the rest of [`needs_escape`]; with `quotes`, also `\"`. The backslash is escaped too, so the
 /// text form stays one-to-one (`tests::unescape` reverses it).
 /// Anything else (é, 日本) is written as it is.
-pub struct Escaper<W> {
+pub(super) struct Escaper<W> {
     inner: W,
     quotes: bool,
 }
 
 impl<W: fmt::Write> Escaper<W> {
-    pub fn new(inner: W) -> Self {
+    pub(super) fn new(inner: W) -> Self {
         Escaper {
             inner,
             quotes: false,
@@ -87,7 +87,7 @@ impl<W: fmt::Write> fmt::Write for Escaper<W> {
 /// The text format's [`FormatFields`]: the default layout, every value escaped. Used for event
 /// fields and span fields alike.
 #[derive(Debug, Default, Clone, Copy)]
-pub struct EscapingFields;
+pub(super) struct EscapingFields;
 
 impl<'a> MakeVisitor<Writer<'a>> for EscapingFields {
     type Visitor = EscapingVisitor<'a>;
@@ -101,7 +101,7 @@ impl<'a> MakeVisitor<Writer<'a>> for EscapingFields {
     }
 }
 
-pub struct EscapingVisitor<'a> {
+pub(super) struct EscapingVisitor<'a> {
     writer: Writer<'a>,
     first: bool,
     result: fmt::Result,
@@ -191,7 +191,7 @@ impl VisitFmt for EscapingVisitor<'_> {
 /// [`needs_escape`] still raw is written as `\uXXXX`. That is always sound: outside its strings,
 /// JSON is ASCII without controls, so such a character can only be inside a string, where the
 /// escape stands for the same character and the line parses back to the same value.
-pub struct EscapedJson<F>(pub F);
+pub(super) struct EscapedJson<F>(pub F);
 
 impl<S, N, F> FormatEvent<S, N> for EscapedJson<F>
 where
@@ -230,14 +230,14 @@ pub(super) mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    pub fn escape(text: &str) -> String {
+    pub(crate) fn escape(text: &str) -> String {
         let mut out = String::new();
         let _ = Escaper::new(&mut out).write_str(text);
         out
     }
 
     /// The inverse of [`Escaper`] without quotes; `None` for text it cannot have written.
-    pub fn unescape(text: &str) -> Option<String> {
+    pub(crate) fn unescape(text: &str) -> Option<String> {
         let mut out = String::new();
         let mut chars = text.chars();
         while let Some(c) = chars.next() {
@@ -263,7 +263,7 @@ pub(super) mod tests {
     }
 
     /// Mostly the characters that matter here, with any character now and then.
-    pub fn tricky_text() -> impl Strategy<Value = String> {
+    pub(crate) fn tricky_text() -> impl Strategy<Value = String> {
         let tricky = prop::sample::select(vec![
             '\n', '\r', '\t', '\0', '\u{1b}', '\u{7f}', '\u{85}', '\u{9b}', '\u{2028}', '\u{2029}',
             '\u{202e}', '\u{2066}', '\\', '"', '=', ' ', '{', '}', 'u', 'a', 'é', '日', '本', '😀',
