@@ -3,7 +3,11 @@
 //! leader), and for the console (see `control`): beacons, requests every instance answers (to
 //! the asker's own queue, by the default exchange, with the request's correlation id), audit
 //! entries and the leader's sampled event tail; and sign-outs, so that every instance ends the
-//! connections of a session signed out on one. The message `type` property says which.
+//! connections of a session signed out on one. The message `type` property says which
+//! (`core::outbox::Kind`), and each kind's body has its own type, parsed only after the seal is
+//! checked. The tag stays in that property rather than in a tagged JSON envelope: the seal
+//! covers it, a receiver can refuse a message before parsing anything, and instances of two
+//! versions keep understanding each other through a rolling upgrade.
 //!
 //! Senders never block: a full queue drops the message. That is safe for each kind: the next
 //! snapshot or the 1 s rebroadcast supersedes a snapshot, a hub fills any announcement gap from
