@@ -2,8 +2,9 @@
 //! (`Server`), the snapshot interval and warm-up that shape the load and its measurement window,
 //! and the state the publisher, the clients and the driver share while the case runs (`Shared`:
 //! one clock, the window, the orders' publish instants, every client's receipts, the clients'
-//! counters). It only holds that state; the clients fill it (`clients`), the publisher too
-//! (`load`), and `analysis` reads it after the load (each adds its own `impl Shared` methods).
+//! counters). It only holds that state: the clients fill it (`clients`), the publisher too
+//! (`load`), and `analysis` reads it after the load; `clients` and `analysis` add the `impl
+//! Shared` methods of their own job.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;

@@ -1,7 +1,8 @@
 //! What a case gives, and how it is shown: the result row (`Row`, everything measured for one
 //! client count and server) and the targets it is held to, whether its window was disturbed,
-//! the machine lines printed first and the Markdown tables printed at the end (docs/benchmarks.md
-//! keeps them). Formatting only: every figure is measured or computed before it gets here.
+//! the machine lines printed first and the Markdown tables printed at the end (what
+//! docs/benchmarks.md reports from). Formatting only: every figure is measured or computed before
+//! it gets here.
 
 use super::analysis::{SnapshotTimes, Summary};
 use super::case::{Server, SNAPSHOT_INTERVAL_MS, WARM_UP};
