@@ -13,7 +13,7 @@
 //! includes the receiving side. The hop through the upstream connection makes each snapshot a
 //! little later here than at the service, never earlier, so the baseline is not flattered.
 
-use super::find;
+use super::clients::find;
 use anyhow::{bail, Context};
 use std::io::{self, BufRead, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -36,7 +36,7 @@ const HEADERS: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n\
     cache-control: no-cache\r\ntransfer-encoding: chunked\r\n\r\n";
 
 /// The baseline process, seen from the benchmark.
-pub struct BareFanout {
+pub(super) struct BareFanout {
     address: SocketAddr,
     child: Child,
 }
@@ -45,7 +45,11 @@ impl BareFanout {
     /// Starts the baseline process on the service's stream (`request` is the HTTP request for
     /// it); it listens for clients on an ephemeral port of 127.0.0.1. It ends when this value
     /// is dropped, or when the benchmark's process ends (its standard input closes).
-    pub fn start(service: SocketAddr, request: &[u8], writers: usize) -> anyhow::Result<Self> {
+    pub(super) fn start(
+        service: SocketAddr,
+        request: &[u8],
+        writers: usize,
+    ) -> anyhow::Result<Self> {
         let mut child = Command::new(std::env::current_exe()?)
             .env(SERVICE_ENV, service.to_string())
             .env(REQUEST_ENV, String::from_utf8_lossy(request).as_ref())
@@ -72,11 +76,11 @@ impl BareFanout {
         }
     }
 
-    pub fn address(&self) -> SocketAddr {
+    pub(super) fn address(&self) -> SocketAddr {
         self.address
     }
 
-    pub fn pid(&self) -> u32 {
+    pub(super) fn pid(&self) -> u32 {
         self.child.id()
     }
 }
@@ -94,7 +98,7 @@ fn stop(child: &mut Child) {
 
 /// When this process is the baseline (its environment says so), serves until the service's
 /// stream ends, then exits; otherwise returns at once.
-pub fn serve_if_asked() {
+pub(super) fn serve_if_asked() {
     let Ok(service) = std::env::var(SERVICE_ENV) else {
         return;
     };
