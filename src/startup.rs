@@ -352,6 +352,7 @@ fn app_state(
             topology: topology.clone(),
         },
         draining,
+        timezone: args.timezone,
     })
 }
 
