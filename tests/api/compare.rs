@@ -12,8 +12,8 @@ use chrono::{DateTime, Timelike, Utc};
 use serde_json::Value;
 use std::time::Duration;
 
-const MINUTE_MS: i64 = 60_000;
-const DAY_MS: i64 = 86_400_000;
+pub const MINUTE_MS: i64 = 60_000;
+pub const DAY_MS: i64 = 86_400_000;
 
 /// Per seeded minute: orders, net revenue, users active at its end.
 const SEEDED: (i64, i64, i64) = (2, 10, 5);
@@ -29,9 +29,10 @@ async fn execute(database: &TestDatabase, sql: &str) {
     pool.close().await;
 }
 
-/// Stores a history point for every minute of `[from, to)` (as a leader would have).
-async fn seed_minutes(database: &TestDatabase, from: i64, to: i64) {
-    let (orders, revenue, users) = SEEDED;
+/// Stores a history point for every minute of `[from, to)` (as a leader would have): orders,
+/// net revenue and users active at its end.
+pub async fn seed_minutes(database: &TestDatabase, from: i64, to: i64, point: (i64, i64, i64)) {
+    let (orders, revenue, users) = point;
     let minutes: Vec<i64> = (0..)
         .map(|i| from + i * MINUTE_MS)
         .take_while(|m| *m < to)
@@ -52,7 +53,7 @@ async fn seed_minutes(database: &TestDatabase, from: i64, to: i64) {
     }
 }
 
-fn minute_of(at: i64) -> i64 {
+pub fn minute_of(at: i64) -> i64 {
     at - at.rem_euclid(MINUTE_MS)
 }
 
@@ -102,6 +103,7 @@ async fn compare_with_yesterday_from_seeded_history(backend: Backend) {
         &database,
         yesterday_midnight - 60 * MINUTE_MS,
         yesterday + 15 * MINUTE_MS,
+        SEEDED,
     )
     .await;
     let service = Service::start(&config).await;
