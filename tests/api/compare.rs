@@ -317,3 +317,40 @@ async fn a_late_event_revises_its_minute_and_is_counted_on_sqlite() {
 async fn a_late_event_revises_its_minute_and_is_counted_on_postgres() {
     a_late_event_revises_its_minute_and_is_counted(Backend::Postgres).await;
 }
+
+/// While ingest is paused, events wait in `<prefix>.events`: the snapshot says how many
+/// (`trust.queue_depth`), and again 0 once they are consumed.
+#[tokio::test]
+async fn the_queue_depth_is_in_trust_while_events_wait() {
+    let database = TestDatabase::new(Backend::Sqlite).await;
+    let names = Names::new();
+    let broker = Broker::connect(&names).await;
+    let service = Service::start(&ServiceConfig::new(&database, &names, "depth-1")).await;
+    service.wait_until_ingesting(Duration::from_secs(20)).await;
+    let mut console = crate::console::Console::open(&service, service.token()).await;
+    console.ok("ingest.pause", Value::Null).await;
+    service
+        .wait_for_snapshot(Duration::from_secs(10), |s| {
+            s["ingest"]["state"] == "paused"
+        })
+        .await;
+    let messages: Vec<(String, Vec<u8>)> = (0..3)
+        .map(|i| {
+            (
+                "order.placed".to_owned(),
+                event(&format!("q-{i}"), "order.placed", 0, "u1", Some(100)),
+            )
+        })
+        .collect();
+    broker.publish_all(&messages).await;
+    let waiting = service
+        .wait_for_snapshot(Duration::from_secs(15), |s| s["trust"]["queue_depth"] == 3)
+        .await;
+    assert_eq!(waiting["revenue"]["today_minor"], 0, "{waiting}");
+    console.ok("ingest.resume", Value::Null).await;
+    service
+        .wait_for_snapshot(Duration::from_secs(15), |s| {
+            s["trust"]["queue_depth"] == 0 && s["revenue"]["today_minor"] == 300
+        })
+        .await;
+}
