@@ -992,6 +992,32 @@ async fn the_cards_compare_with_yesterday_and_last_week_and_the_charts_overlay_a
         .await;
     browser.screenshot("10c-revised-minute-marked").await;
     browser.js("window.scrollTo(0, 0); return null;").await;
+
+    // Events waiting (ingest paused): the status line says how many, and no longer once
+    // they are consumed.
+    let mut console = crate::console::Console::open(&service, service.token()).await;
+    console.ok("ingest.pause", Value::Null).await;
+    service
+        .wait_for_snapshot(Duration::from_secs(10), |s| {
+            s["ingest"]["state"] == "paused"
+        })
+        .await;
+    broker
+        .publish_all(&[order("q1", 100), order("q2", 100)])
+        .await;
+    let waiting = browser
+        .wait_for_text(".status", Duration::from_secs(15), |t| {
+            t.contains("2 events waiting in the queue")
+        })
+        .await;
+    assert!(regex_lite_time(&waiting), "{waiting}");
+    browser.screenshot("10f-queue-waiting").await;
+    console.ok("ingest.resume", Value::Null).await;
+    browser
+        .wait_for_text(".status", Duration::from_secs(15), |t| {
+            !t.contains("waiting in the queue")
+        })
+        .await;
     for (name, width, height) in [
         ("10d-compare-phone", 390, 844),
         ("10e-compare-desktop", 1440, 900),
