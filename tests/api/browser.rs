@@ -1035,6 +1035,31 @@ async fn the_cards_compare_with_yesterday_and_last_week_and_the_charts_overlay_a
         browser.screenshot(name).await;
     }
     browser.assert_clean().await;
+    drop(browser);
+
+    // Without JavaScript the server renders the same comparisons and status line.
+    let plain = Browser::start(false).await;
+    plain.sign_in(&service, &database.admin_password).await;
+    let cards = plain
+        .js("return [...document.querySelectorAll('[data-compare] dd')].map(d => [d.textContent, d.dataset.direction]);")
+        .await;
+    let cards = cards.as_array().expect("cards");
+    assert_eq!(cards.len(), 8, "{cards:?}");
+    assert!(cards.iter().all(|c| c[0] != "—"), "{cards:?}");
+    // Each says its direction, as the script would: orders now against last week's 1.
+    for card in cards {
+        let text = card[0].as_str().unwrap_or_default();
+        let arrow = match card[1].as_str() {
+            Some("up") => "▲ +",
+            Some("down") => "▼ −",
+            _ => "• ",
+        };
+        assert!(text.starts_with(arrow) && text.ends_with("%)"), "{cards:?}");
+    }
+    assert_eq!(cards[3][1], "up", "{cards:?}");
+    let status = plain.text(".status").await;
+    assert!(regex_lite_time(&status), "{status}");
+    plain.screenshot("10g-compare-no-javascript").await;
 }
 
 /// "figures include every event received up to HH:MM:SS" in `text`.
