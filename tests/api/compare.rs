@@ -354,3 +354,69 @@ async fn the_queue_depth_is_in_trust_while_events_wait() {
         })
         .await;
 }
+
+/// Every instance serves the leader's comparisons and exports the same baselines; a new leader
+/// reads them from the history again and goes on comparing.
+#[tokio::test]
+async fn every_instance_compares_alike_and_a_new_leader_goes_on_comparing() {
+    clear_of_minute_boundary(Duration::from_secs(40)).await;
+    let database = TestDatabase::new(Backend::Postgres).await;
+    let names = Names::new();
+    let config = |node: &str| {
+        let mut config = ServiceConfig::new(&database, &names, node);
+        config
+            .env
+            .push(("PULSEBOARD_TIMEZONE".into(), "UTC".into()));
+        config
+    };
+    let mut first = Service::start(&config("cmp-a")).await;
+    first.terminate(Duration::from_secs(15)).await;
+    let yesterday = minute_of(Utc::now().timestamp_millis()) - DAY_MS;
+    let midnight = yesterday - yesterday.rem_euclid(DAY_MS);
+    seed_minutes(
+        &database,
+        midnight - 60 * MINUTE_MS,
+        yesterday + 15 * MINUTE_MS,
+        SEEDED,
+    )
+    .await;
+    let first = Service::start(&config("cmp-a")).await;
+    let second = Service::start(&config("cmp-b")).await;
+    let mut services = [first, second];
+    for service in &services {
+        let snapshot = service
+            .wait_for_snapshot(Duration::from_secs(20), |s| {
+                !s["compare"]["yesterday"].is_null()
+            })
+            .await;
+        assert_eq!(
+            snapshot["compare"]["yesterday"],
+            expected_yesterday(millis(&snapshot["generated_at"])),
+            "{snapshot}"
+        );
+        let text = service.metrics().await.expect("metrics");
+        assert_eq!(
+            metric_sum(&text, "pulseboard_active_users_baseline", "compare=\"1d\""),
+            SEEDED.2 as u64,
+            "{text}"
+        );
+    }
+    let leader = services[0]
+        .snapshot()
+        .await
+        .and_then(|s| s["ingest"]["leader"].as_str().map(str::to_owned))
+        .expect("a leader");
+    let (dead, alive) = if leader == "cmp-a" { (0, 1) } else { (1, 0) };
+    services[dead].kill().await;
+    let follower = if alive == 0 { "cmp-a" } else { "cmp-b" };
+    let taken_over = services[alive]
+        .wait_for_snapshot(Duration::from_secs(20), |s| {
+            s["ingest"]["leader"] == follower && !s["compare"]["yesterday"].is_null()
+        })
+        .await;
+    assert_eq!(
+        taken_over["compare"]["yesterday"],
+        expected_yesterday(millis(&taken_over["generated_at"])),
+        "{taken_over}"
+    );
+}
