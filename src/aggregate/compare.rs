@@ -351,6 +351,29 @@ mod tests {
         );
     }
 
+    /// Havana moves its clocks at midnight: 2026-03-08 begins at 01:00 CDT.
+    #[test]
+    fn a_day_whose_midnight_was_skipped_begins_at_its_first_instant() {
+        let havana: Tz = chrono_tz::America::Havana;
+        let noon = at("2026-03-08T12:00:00-04:00");
+        assert_eq!(
+            local_midnight(noon, havana),
+            at("2026-03-08T01:00:00-04:00")
+        );
+        let points = minutes(
+            at("2026-03-07T00:00:00-05:00"),
+            at("2026-03-09T00:00:00-04:00"),
+            1,
+        );
+        let after = at("2026-03-09T12:00:30-04:00");
+        let yesterday = loaded(after, &points, havana)
+            .compare(after)
+            .yesterday
+            .expect("history");
+        // From 01:00 to 12:00: the 23-hour day's 11 hours.
+        assert_eq!(yesterday.revenue_today_minor, 11 * 60);
+    }
+
     #[test]
     fn revenue_today_compares_with_that_day_from_its_midnight_to_the_same_time() {
         let now = at("2026-11-23T10:15:30+01:00");
