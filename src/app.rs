@@ -28,6 +28,8 @@ pub(crate) struct AppState {
     /// Cancelled when shutdown begins: `/readyz` answers 503 from then on, while everything
     /// else is still served for the drain period (`PULSEBOARD_SHUTDOWN_DRAIN_MS`).
     pub draining: tokio_util::sync::CancellationToken,
+    /// `PULSEBOARD_TIMEZONE`: the history API's `compare` shifts by wall-clock days in it.
+    pub timezone: chrono_tz::Tz,
 }
 
 /// RabbitMQ as the console's dead-letter commands reach it: a connection of their own per

@@ -15,8 +15,8 @@
 //! on a bucket bound is where the estimate is exact).
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 use std::collections::HashMap;
 
@@ -60,8 +60,19 @@ pub(crate) struct Metrics {
     pub active_users: IntGauge,
     pub orders_per_minute: IntGauge,
     pub revenue_today_minor: IntGauge,
+    /// Applied amounts by `type` (`order.placed`, `order.refunded`): revenue per minute is the
+    /// difference of their increases, with no dip at midnight.
+    pub order_amount_minor: IntCounterVec,
+    /// The figures at the same time yesterday / last week (`compare` = `1d`, `7d`); a label
+    /// set is absent while the history does not reach back.
+    pub orders_per_minute_baseline: IntGaugeVec,
+    pub active_users_baseline: IntGaugeVec,
+    pub late_events: IntCounter,
     pub fanout_rejected: IntCounterVec,
 }
+
+/// The `type`s of `pulseboard_order_amount_minor_total`.
+pub(crate) const ORDER_TYPES: [&str; 2] = ["order.placed", "order.refunded"];
 
 /// The `reason`s of `pulseboard_fanout_rejected_total` (docs/security.md, Messages between
 /// instances), each exported at 0 from the start.
@@ -235,6 +246,29 @@ impl Metrics {
                 "revenue_today_minor",
                 "Revenue today (minor units) in the last snapshot",
             )?,
+            order_amount_minor: counter_vec(
+                r,
+                "order_amount_minor_total",
+                "Applied order and refund amounts (minor units)",
+                &["type"],
+            )?,
+            orders_per_minute_baseline: gauge_vec(
+                r,
+                "orders_per_minute_baseline",
+                "Orders per minute at the same time yesterday (1d) or last week (7d), from history",
+                &["compare"],
+            )?,
+            active_users_baseline: gauge_vec(
+                r,
+                "active_users_baseline",
+                "Active users at the same time yesterday (1d) or last week (7d), from history",
+                &["compare"],
+            )?,
+            late_events: counter(
+                r,
+                "late_events_total",
+                "Events applied after their minute had been published",
+            )?,
             fanout_rejected: counter_vec(
                 r,
                 "fanout_rejected_total",
@@ -271,6 +305,9 @@ impl Metrics {
             for kind in MESSAGE_KINDS {
                 self.messages_sent.with_label_values(&[transport, kind]);
             }
+        }
+        for order_type in ORDER_TYPES {
+            self.order_amount_minor.with_label_values(&[order_type]);
         }
         for event_type in EVENT_TYPES {
             for outcome in EVENT_OUTCOMES {
@@ -310,6 +347,12 @@ fn name(short: &str) -> String {
 
 fn gauge(r: &Registry, short: &str, help: &str) -> Result<IntGauge, prometheus::Error> {
     let metric = IntGauge::new(name(short), help)?;
+    r.register(Box::new(metric.clone()))?;
+    Ok(metric)
+}
+
+fn counter(r: &Registry, short: &str, help: &str) -> Result<IntCounter, prometheus::Error> {
+    let metric = IntCounter::new(name(short), help)?;
     r.register(Box::new(metric.clone()))?;
     Ok(metric)
 }
@@ -440,6 +483,22 @@ mod tests {
         ("pulseboard_orders_per_minute", MetricType::GAUGE, &[]),
         ("pulseboard_revenue_today_minor", MetricType::GAUGE, &[]),
         (
+            "pulseboard_order_amount_minor_total",
+            MetricType::COUNTER,
+            &["type"],
+        ),
+        (
+            "pulseboard_orders_per_minute_baseline",
+            MetricType::GAUGE,
+            &["compare"],
+        ),
+        (
+            "pulseboard_active_users_baseline",
+            MetricType::GAUGE,
+            &["compare"],
+        ),
+        ("pulseboard_late_events_total", MetricType::COUNTER, &[]),
+        (
             "pulseboard_fanout_rejected_total",
             MetricType::COUNTER,
             &["reason"],
@@ -464,6 +523,10 @@ mod tests {
         m.event_age.observe(1.5);
         m.count_event("order.placed", "applied");
         m.slow_client_coalesced.with_label_values(&["sse"]).inc();
+        m.orders_per_minute_baseline
+            .with_label_values(&["1d"])
+            .set(3);
+        m.active_users_baseline.with_label_values(&["7d"]).set(9);
         m.slow_client_disconnects.with_label_values(&["sse"]).inc();
         m.console_commands.with_label_values(&["ping", "ok"]).inc();
         m.console_command_duration

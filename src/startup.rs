@@ -337,6 +337,7 @@ fn app_state(
             topology: topology.clone(),
         },
         draining,
+        timezone: args.timezone,
     })
 }
 

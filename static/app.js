@@ -3,9 +3,15 @@
 // - Connection: Server-Sent Events with resume (the last event id), reconnecting with capped
 //   exponential backoff and jitter; after repeated stream failures it falls back to long-poll;
 //   after the last attempt it stops and offers a Reconnect button.
-// - Figures: updated from every snapshot, each with its change against one minute earlier.
+// - Figures: updated from every snapshot, each with its change against one minute earlier and
+//   against the same time yesterday and last week (the snapshot's `compare`; "—" when null).
+// - Trust: the status line says up to when every received event is in the figures, and the
+//   queue depth when events wait.
 // - Charts: uPlot, backfilled from /api/dashboard/history and appended from each snapshot's
-//   point; refetched after every reconnect so there is no gap.
+//   point; refetched after every reconnect so there is no gap, and when a late event revised a
+//   minute (marked on the charts). The current minute is drawn apart, dashed, as partial. A
+//   toggle (remembered in localStorage) overlays yesterday's or last week's series, faint,
+//   from the history API's `compare`.
 // - Announcements: a banner, newest first, dismissible; missed ones arrive on resume.
 import uPlot from "./vendor/uplot/uPlot.esm.js";
 import { Reconnect } from "./reconnect.js";
@@ -38,6 +44,14 @@ const formatters = {
 
 // ---------- figures ----------
 const history = []; // [{at, figures}] for the trend against one minute earlier
+// Each card's figure as the snapshot's `compare` names it.
+const compareKeys = {
+  active_users: "active_users",
+  orders_per_minute: "orders_per_minute",
+  today_minor: "revenue_today_minor",
+  last_hour_minor: "revenue_last_hour_minor",
+};
+const percent = new Intl.NumberFormat(undefined, { maximumFractionDigits: 1 });
 
 function figuresOf(snapshot) {
   return {
@@ -60,6 +74,8 @@ function showSnapshot(snapshot) {
     const trend = root.querySelector(`[data-trend="${name}"]`);
     if (trend) showTrend(trend, name, minuteAgo ? value - minuteAgo[name] : null);
   }
+  showComparison(snapshot.compare, figures);
+  showTrust(snapshot.trust);
   root.querySelector("[data-seq]").textContent = snapshot.seq;
   root.querySelector("[data-ingest-state]").textContent = snapshot.ingest.state;
   lastUpdate = Date.parse(snapshot.generated_at) || now;
@@ -79,6 +95,55 @@ function showTrend(element, name, delta) {
   element.dataset.direction = delta > 0 ? "up" : delta < 0 ? "down" : "flat";
 }
 
+// Each card's change against the same time yesterday and last week: absolute and percent,
+// coloured by direction; "—" where the history does not reach back.
+function showComparison(compare, figures) {
+  for (const [name, value] of Object.entries(figures)) {
+    for (const against of ["yesterday", "last_week"]) {
+      const cell = root.querySelector(`[data-compare="${name}"] [data-against="${against}"]`);
+      if (!cell) continue;
+      const then = compare?.[against]?.[compareKeys[name]];
+      if (then == null) {
+        cell.textContent = "—";
+        cell.dataset.direction = "none";
+        continue;
+      }
+      const delta = value - then;
+      const sign = delta > 0 ? "+" : delta < 0 ? "−" : "";
+      const arrow = delta > 0 ? "▲ " : delta < 0 ? "▼ " : "• ";
+      const share = then === 0 ? (delta === 0 ? "0 %" : "new") : `${sign}${percent.format(Math.abs(delta / then) * 100)} %`;
+      cell.textContent = `${arrow}${sign}${formatters[name](Math.abs(delta))} (${share})`;
+      cell.dataset.direction = delta > 0 ? "up" : delta < 0 ? "down" : "flat";
+    }
+  }
+}
+
+// ---------- trust ----------
+let revised = new Set(); // minutes (Unix seconds) of the last hour revised by late events
+window.pulseboardRevised = revised;
+const clockTime = new Intl.DateTimeFormat(undefined, { hour: "2-digit", minute: "2-digit", second: "2-digit", hourCycle: "h23" });
+
+function showTrust(trust) {
+  const complete = root.querySelector("[data-complete]");
+  const through = trust?.complete_through ? new Date(trust.complete_through) : null;
+  complete.hidden = !through || Number.isNaN(through.getTime());
+  if (!complete.hidden) {
+    const time = complete.querySelector("[data-complete-through]");
+    time.dateTime = through.toISOString();
+    time.textContent = clockTime.format(through);
+  }
+  const depth = trust?.queue_depth ?? 0;
+  const queue = root.querySelector("[data-queue]");
+  queue.hidden = depth === 0;
+  queue.querySelector("[data-queue-depth]").textContent = integer.format(depth);
+  const minutes = new Set((trust?.revised_minutes ?? []).map((m) => Date.parse(m) / 1000));
+  // A minute newly revised: the chart's earlier points changed, which no snapshot carries.
+  const fresh = [...minutes].some((m) => !revised.has(m) && m >= (series.xs[0] ?? Infinity));
+  revised = minutes;
+  window.pulseboardRevised = revised;
+  if (fresh) backfill().catch(report);
+}
+
 // ---------- last update, ageing visibly ----------
 let lastUpdate = Date.parse(root.dataset.generatedAt) || null;
 const updated = root.querySelector("[data-updated]");
@@ -93,7 +158,10 @@ setInterval(ageLastUpdate, 1000);
 
 // ---------- charts ----------
 let rangeMinutes = 60;
-const series = { xs: [], orders: [], revenue: [] };
+const series = { xs: [], orders: [], revenue: [], overlayOrders: [], overlayRevenue: [] };
+const OVERLAYS = { "": null, "1d": "Yesterday", "7d": "Last week" };
+let overlay = localStorage.getItem("pulseboard-compare") ?? "";
+if (!(overlay in OVERLAYS)) overlay = "";
 window.pulseboardSeries = series; // read by the browser tests
 const charts = {};
 window.pulseboardCharts = charts; // read by the browser tests
@@ -122,12 +190,48 @@ function labelAxisSize(font, minimum) {
   };
 }
 
+// Revised minutes: a small downward triangle at the top of the plot and a faint line down it.
+function drawRevised(u) {
+  const { ctx } = u;
+  const min = u.scales.x.min;
+  const max = u.scales.x.max;
+  let drawn = 0;
+  ctx.save();
+  ctx.fillStyle = "#d97706";
+  const size = 6 * devicePixelRatio;
+  for (const minute of revised) {
+    if (min == null || minute < min || minute > max) continue;
+    const x = u.valToPos(minute, "x", true);
+    const top = u.bbox.top;
+    ctx.globalAlpha = 1;
+    ctx.beginPath();
+    ctx.moveTo(x - size, top);
+    ctx.lineTo(x + size, top);
+    ctx.lineTo(x, top + size * 1.5);
+    ctx.closePath();
+    ctx.fill();
+    ctx.globalAlpha = 0.3;
+    ctx.fillRect(x - devicePixelRatio, top, 2 * devicePixelRatio, u.bbox.height);
+    drawn += 1;
+  }
+  ctx.restore();
+  u.root.dataset.revisedDrawn = String(drawn);
+}
+
 function chartOptions(label, color, format, element) {
   const fontPx = parseFloat(getComputedStyle(document.documentElement).fontSize) || 16;
   const font = `${Math.round(fontPx * 0.8)}px system-ui, sans-serif`;
+  const value = (u, v) => (v == null ? "—" : format(v));
   return {
     ...chartSize(element),
-    series: [{}, { label, stroke: color, width: 2, fill: `${color}22`, value: (u, v) => (v == null ? "—" : format(v)) }],
+    series: [
+      {},
+      { label, stroke: color, width: 2, fill: `${color}22`, value },
+      // The current minute, still filling: dashed from the last whole minute, a hollow point.
+      { label: "this minute so far", stroke: color, width: 2, dash: [6, 5], value, points: { show: true, size: 8, width: 2, fill: "transparent", stroke: color, filter: (u) => [u.data[0].length - 1] } },
+      { label: OVERLAYS[overlay] ?? "Earlier", stroke: `${color}80`, width: 1.5, dash: [2, 3], show: overlay !== "", value },
+    ],
+    hooks: { draw: [drawRevised] },
     axes: [
       { stroke: "currentColor", font },
       { stroke: "currentColor", font, values: (u, ticks) => ticks.map(format), size: labelAxisSize(font, Math.round(fontPx * 4.5)) },
@@ -150,25 +254,73 @@ function makeCharts() {
       requestAnimationFrame(() => charts[name].setSize(chartSize(element)));
     }).observe(element);
   };
-  place("orders", "Orders", "#2563eb", (v) => integer.format(v), [series.xs, series.orders]);
-  place("revenue", "Revenue", "#16a34a", formatMoney, [series.xs, series.revenue]);
+  place("orders", "Orders", "#2563eb", (v) => integer.format(v), chartData(series.orders, series.overlayOrders));
+  place("revenue", "Revenue", "#16a34a", formatMoney, chartData(series.revenue, series.overlayRevenue));
+}
+
+// A chart's data: the whole minutes solid, the current (last) minute apart as partial, so that
+// a minute still filling never reads as a dip; and the overlay, aligned by position.
+function chartData(values, earlier) {
+  const last = values.length - 1;
+  const whole = values.map((v, i) => (i === last ? null : v));
+  const partial = values.map((v, i) => (i >= last - 1 ? v : null));
+  const overlaid = series.xs.map((_, i) => (overlay ? earlier[i] ?? null : null));
+  return [series.xs, whole, partial, overlaid];
 }
 
 function redraw() {
-  charts.orders?.setData([series.xs, series.orders]);
-  charts.revenue?.setData([series.xs, series.revenue]);
+  charts.orders?.setData(chartData(series.orders, series.overlayOrders));
+  charts.revenue?.setData(chartData(series.revenue, series.overlayRevenue));
+}
+
+async function fetchHistory(query) {
+  const response = await fetch(`/api/dashboard/history?minutes=${rangeMinutes}${query}`, { credentials: "same-origin" });
+  if (!response.ok) throw new Error(`history: ${response.status}`);
+  return (await response.json()).points;
 }
 
 async function backfill() {
-  const response = await fetch(`/api/dashboard/history?minutes=${rangeMinutes}`, { credentials: "same-origin" });
-  if (!response.ok) throw new Error(`history: ${response.status}`);
-  const { points } = await response.json();
+  const [points, earlier] = await Promise.all([fetchHistory(""), overlay ? fetchHistory(`&compare=${overlay}`) : null]);
   series.xs = points.map((p) => Date.parse(p.minute) / 1000);
   series.orders = points.map((p) => p.orders);
   series.revenue = points.map((p) => p.revenue_minor);
+  setOverlay(earlier);
   // Snapshots that arrived while the history was on its way are newer than it.
   if (latestPoint) appendPoint(latestPoint);
   else redraw();
+}
+
+// The earlier series, aligned with today's from the right (both end at the current minute).
+function setOverlay(points) {
+  const shift = series.xs.length - (points?.length ?? 0);
+  series.overlayOrders = series.xs.map((_, i) => points?.[i - shift]?.orders ?? null);
+  series.overlayRevenue = series.xs.map((_, i) => points?.[i - shift]?.revenue_minor ?? null);
+}
+
+async function refreshOverlay() {
+  if (!overlay) return;
+  setOverlay(await fetchHistory(`&compare=${overlay}`));
+  redraw();
+}
+
+function showOverlayChoice() {
+  for (const b of root.querySelectorAll("[data-overlay]")) b.setAttribute("aria-pressed", String(b.dataset.overlay === overlay));
+  root.dataset.compareOverlay = overlay;
+  for (const chart of Object.values(charts)) {
+    chart.setSeries(3, { show: overlay !== "" });
+    const label = chart.root.querySelectorAll(".u-legend .u-series")[3]?.querySelector(".u-label");
+    if (label) label.textContent = OVERLAYS[overlay] ?? "Earlier";
+  }
+}
+
+for (const button of root.querySelectorAll("[data-overlay]")) {
+  button.addEventListener("click", () => {
+    overlay = button.dataset.overlay in OVERLAYS ? button.dataset.overlay : "";
+    localStorage.setItem("pulseboard-compare", overlay);
+    showOverlayChoice();
+    if (overlay) refreshOverlay().catch(report);
+    else redraw();
+  });
 }
 
 let latestPoint = null;
@@ -186,6 +338,8 @@ function appendPoint(point) {
     // Minutes without a snapshot in between are zeros, as the history has them.
     for (let m = series.xs[last] + 60; m < x; m += 60) pushPoint(m, 0, 0);
     pushPoint(x, point.orders, point.revenue_minor);
+    // A new minute: the earlier series moves on by one too.
+    refreshOverlay().catch(report);
   }
   redraw();
 }
@@ -194,10 +348,10 @@ function pushPoint(x, orders, revenue) {
   series.xs.push(x);
   series.orders.push(orders);
   series.revenue.push(revenue);
+  series.overlayOrders.push(null);
+  series.overlayRevenue.push(null);
   while (series.xs.length > rangeMinutes) {
-    series.xs.shift();
-    series.orders.shift();
-    series.revenue.shift();
+    for (const name of ["xs", "orders", "revenue", "overlayOrders", "overlayRevenue"]) series[name].shift();
   }
 }
 
@@ -362,6 +516,7 @@ function report(error) {
 
 // ---------- start ----------
 makeCharts();
+showOverlayChoice();
 backfill().catch(report);
 ageLastUpdate();
 connect();

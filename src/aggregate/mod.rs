@@ -19,14 +19,22 @@
 //! day, the trailing hour) stays representable, counting the events admitted but not yet committed.
 //! An event that would overflow one is refused ([`Overflow`]) instead of wrapping a figure or
 //! turning a database column into a floating-point number.
+//!
+//! A *late* event is one whose minute had already ended when it was applied: that minute's
+//! history point was published, and the event revises it (its orders and revenue, like every
+//! figure, are by event time). [`Aggregator::apply_arrived`] counts them per local day of
+//! arrival and remembers the minutes they revised ([`Trust`]). Comparisons with yesterday and
+//! last week are in [`compare`].
 
+pub(crate) mod compare;
 mod event;
 
+pub use compare::{same_time_earlier, Offset};
 pub use event::{Event, EventKind, Millis};
 
 use chrono::{NaiveDate, TimeZone};
 use chrono_tz::Tz;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 pub const MINUTE_MS: Millis = 60_000;
 const SECOND_MS: Millis = 1_000;
@@ -70,6 +78,22 @@ pub(crate) struct Figures {
     pub revenue_today_minor: i64,
     pub revenue_last_hour_minor: i64,
     pub point: Point,
+}
+
+/// What the figures' trustworthiness owes to late events (docs/api.md, Snapshot: `trust`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct Trust {
+    /// Late events applied since local midnight.
+    pub late_events_today: u64,
+    /// Minutes of the last hour whose orders or revenue a late event revised, oldest first.
+    pub revised_minutes: Vec<Millis>,
+}
+
+/// Late events seen: how many arrived on each local day, and the minutes they revised.
+#[derive(Debug, Clone, Default)]
+struct Late {
+    per_day: BTreeMap<NaiveDate, u64>,
+    revised: BTreeSet<Millis>,
 }
 
 /// One history point: a minute's orders and net revenue, and the users active at its end.
@@ -203,6 +227,7 @@ pub(crate) struct Aggregator {
     days: BTreeMap<NaiveDate, i64>,
     /// Amounts admitted but not yet applied or released: they may land in any sum.
     in_flight: InFlight,
+    late: Late,
 }
 
 impl Aggregator {
@@ -215,6 +240,7 @@ impl Aggregator {
             minutes: BTreeMap::new(),
             days: BTreeMap::new(),
             in_flight: InFlight::default(),
+            late: Late::default(),
         }
     }
 
@@ -300,6 +326,33 @@ impl Aggregator {
         *day = day.saturating_add(tally.revenue_minor);
     }
 
+    /// Applies one newly accepted event that arrived (was applied) at `now`; `true` when it is
+    /// late: its minute had ended, so its history point was already published and is revised.
+    /// A late order or refund marks its minute revised; every late event is counted.
+    pub(crate) fn apply_arrived(&mut self, event: &Event, now: Millis) -> bool {
+        self.apply(event);
+        let minute = minute_of(event.occurred_at);
+        if minute >= minute_of(now) {
+            return false;
+        }
+        let today = local_date(now, self.settings.timezone);
+        *self.late.per_day.entry(today).or_default() += 1;
+        if !event.tally().is_zero() {
+            self.late.revised.insert(minute);
+        }
+        true
+    }
+
+    /// Late events of today, and the minutes of the hour before `now`'s minute they revised.
+    pub(crate) fn trust(&self, now: Millis) -> Trust {
+        let today = local_date(now, self.settings.timezone);
+        let hour_ago = minute_of(now) - HOUR_SECS * SECOND_MS;
+        Trust {
+            late_events_today: self.late.per_day.get(&today).copied().unwrap_or(0),
+            revised_minutes: self.late.revised.range(hour_ago..).copied().collect(),
+        }
+    }
+
     /// The parts of an event that only live in memory: presence and per-second tallies.
     fn observe(&mut self, event: &Event) {
         let presence = self.users.entry(event.user_id.clone()).or_insert(Presence {
@@ -379,6 +432,10 @@ impl Aggregator {
             .fold(0i64, |sum, s| sum.saturating_add(s.gross_minor));
         self.seconds = kept;
         self.seconds_gross_minor = self.seconds_gross_minor.saturating_sub(dropped_gross);
+        let today = local_date(now, self.settings.timezone);
+        self.late.per_day = self.late.per_day.split_off(&today);
+        let hour_ago = minute_of(now) - HOUR_SECS * SECOND_MS;
+        self.late.revised = self.late.revised.split_off(&hour_ago);
         let since = Self::sums_since(now);
         self.minutes = self.minutes.split_off(&minute_of(since));
         self.days = self

@@ -447,3 +447,54 @@ mod overflow_properties {
         }
     }
 }
+
+#[test]
+fn an_event_of_a_minute_already_ended_is_late_and_revises_that_minute() {
+    let now = at("2026-11-23T10:15:30Z");
+    let mut aggregator = Aggregator::new(settings(Tz::UTC));
+    // In the current minute: on time.
+    assert!(!aggregator.apply_arrived(&placed("a", 100, now - 20_000, "u1"), now));
+    // In 10:12, 10:13 (an order and a refund) and an activity in 10:14: late.
+    let revised = at("2026-11-23T10:12:00Z");
+    assert!(aggregator.apply_arrived(&placed("b", 500, revised + 5_000, "u2"), now));
+    assert!(aggregator.apply_arrived(&refunded("c", 200, revised + 61_000, "u2"), now));
+    let activity = event("d", EventKind::UserActive, revised + 125_000, "u3");
+    assert!(aggregator.apply_arrived(&activity, now));
+    let trust = aggregator.trust(now);
+    assert_eq!(trust.late_events_today, 3);
+    // Only orders and refunds change a minute's point; the activity is counted, not marked.
+    assert_eq!(trust.revised_minutes, vec![revised, revised + MINUTE_MS]);
+    // The revision is in the figures: revenue today and last hour hold the late amounts.
+    let figures = aggregator.figures(now);
+    assert_eq!(figures.revenue_today_minor, 100 + 500 - 200);
+    assert_eq!(figures.revenue_last_hour_minor, 400);
+    assert_eq!(figures.active_users, 3);
+    let delta = Delta::of([placed("b", 500, revised + 5_000, "u2")].iter(), Tz::UTC);
+    assert_eq!(delta.minutes[&revised].revenue_minor, 500);
+
+    // An hour later the minutes are no longer "of the last hour"; the count stays for the day.
+    let later = now + 61 * MINUTE_MS;
+    aggregator.prune(later);
+    let trust = aggregator.trust(later);
+    assert_eq!(trust.revised_minutes, Vec::<Millis>::new());
+    assert_eq!(trust.late_events_today, 3);
+}
+
+#[test]
+fn late_events_today_start_again_at_local_midnight() {
+    let tz: Tz = chrono_tz::America::New_York;
+    // 23:59:30 in New York is 04:59:30 UTC the next day.
+    let evening = at("2026-11-23T23:59:30-05:00");
+    let mut aggregator = Aggregator::new(settings(tz));
+    assert!(aggregator.apply_arrived(&placed("a", 1, evening - 120_000, "u"), evening));
+    assert_eq!(aggregator.trust(evening).late_events_today, 1);
+    let after_midnight = at("2026-11-24T00:00:30-05:00");
+    assert_eq!(aggregator.trust(after_midnight).late_events_today, 0);
+    // Revised minutes are of the last hour, whichever day they fall on.
+    assert_eq!(
+        aggregator.trust(after_midnight).revised_minutes,
+        vec![minute_of(evening - 120_000)]
+    );
+    assert!(aggregator.apply_arrived(&placed("b", 1, evening, "u"), after_midnight));
+    assert_eq!(aggregator.trust(after_midnight).late_events_today, 1);
+}

@@ -12,7 +12,7 @@
 
 pub(crate) mod outbox;
 
-use crate::aggregate::Millis;
+use crate::aggregate::{Millis, Offset};
 use crate::control::{Answer, Beacon, Cluster, NodeStatus, Present, Request};
 use crate::live::connection::Registry;
 use crate::live::credentials::CredentialWatch;
@@ -156,6 +156,33 @@ impl Core {
         self.metrics
             .revenue_today_minor
             .set(snapshot.revenue.today_minor);
+        // The baselines from the same numbers as the snapshot's `compare`; a label set is
+        // absent while the history does not reach back (docs/api.md, Metrics).
+        for offset in Offset::ALL {
+            let label = [offset.label()];
+            match snapshot.compare.get(offset) {
+                Some(then) => {
+                    self.metrics
+                        .orders_per_minute_baseline
+                        .with_label_values(&label)
+                        .set(then.orders_per_minute as i64);
+                    self.metrics
+                        .active_users_baseline
+                        .with_label_values(&label)
+                        .set(then.active_users as i64);
+                }
+                None => {
+                    let _ = self
+                        .metrics
+                        .orders_per_minute_baseline
+                        .remove_label_values(&label);
+                    let _ = self
+                        .metrics
+                        .active_users_baseline
+                        .remove_label_values(&label);
+                }
+            }
+        }
     }
 
     /// Asks every other instance heard from lately; returns their answers and the names of

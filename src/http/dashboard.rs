@@ -2,7 +2,7 @@
 
 use super::extract::Viewer;
 use super::{ApiError, AppState};
-use crate::aggregate::{minute_of, Point, MINUTE_MS};
+use crate::aggregate::{minute_of, same_time_earlier, Offset, Point, MINUTE_MS};
 use crate::clock::now_ms;
 use crate::live::PointView;
 use actix_web::http::header;
@@ -18,10 +18,12 @@ const REFRESH_TIMEOUT: Duration = Duration::from_secs(3);
 #[derive(Debug, Deserialize)]
 pub(super) struct HistoryQuery {
     minutes: Option<i64>,
+    compare: Option<String>,
 }
 
 /// `{"points":[…]}`: one point per minute, oldest first, ending with the current minute;
-/// minutes without events are zeros, so charts need no gap handling.
+/// minutes without events are zeros, so charts need no gap handling. With `compare=1d|7d`,
+/// the same window a day or a week earlier (`{"points":[…],"compare":"1d"}`).
 pub(super) async fn history(
     _viewer: Viewer,
     query: web::Query<HistoryQuery>,
@@ -35,6 +37,14 @@ pub(super) async fn history(
     }
     let current = minute_of(now_ms());
     let first = current - (minutes - 1) * MINUTE_MS;
+    if let Some(label) = &query.compare {
+        let offset = Offset::from_label(label)
+            .ok_or_else(|| ApiError::BadRequest("compare must be 1d or 7d".into()))?;
+        let points = shifted_history(&state, first, minutes, offset).await?;
+        return Ok(HttpResponse::Ok()
+            .insert_header((header::CACHE_CONTROL, "no-store"))
+            .json(serde_json::json!({ "points": points, "compare": offset.label() })));
+    }
     let stored: HashMap<i64, Point> = state
         .core
         .store
@@ -59,6 +69,43 @@ pub(super) async fn history(
     Ok(HttpResponse::Ok()
         .insert_header((header::CACHE_CONTROL, "no-store"))
         .json(serde_json::json!({ "points": points })))
+}
+
+/// The window of `minutes` minutes from `first`, each minute replaced by the one at the same
+/// wall-clock time `offset` earlier (as the snapshot's `compare`), each point with its own
+/// (earlier) minute. Across a daylight-saving change two minutes may map to one, so the
+/// points are as many as asked and a chart aligns them with today's by position.
+async fn shifted_history(
+    state: &AppState,
+    first: i64,
+    minutes: i64,
+    offset: Offset,
+) -> Result<Vec<PointView>, ApiError> {
+    let timezone = state.timezone;
+    let earlier: Vec<i64> = (0..minutes)
+        .map(|i| {
+            minute_of(same_time_earlier(
+                first + i * MINUTE_MS,
+                offset.days(),
+                timezone,
+            ))
+        })
+        .collect();
+    let (Some(from), Some(to)) = (earlier.iter().min(), earlier.iter().max()) else {
+        return Ok(Vec::new());
+    };
+    let stored: HashMap<i64, Point> = state
+        .core
+        .store
+        .history(*from, to + MINUTE_MS)
+        .await?
+        .into_iter()
+        .map(|point| (point.minute, point))
+        .collect();
+    Ok(earlier
+        .into_iter()
+        .map(|minute| stored.get(&minute).copied().unwrap_or(empty(minute)).into())
+        .collect())
 }
 
 fn empty(minute: i64) -> Point {

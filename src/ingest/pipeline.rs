@@ -13,7 +13,7 @@ use super::decode::{decode, DecodeContext, Rejection};
 use super::feed::Feed;
 use super::tail::Sampler;
 use super::{IngestContext, LeadEnd};
-use crate::aggregate::{Aggregator, Event, EventKind, Millis};
+use crate::aggregate::{minute_of, Aggregator, Event, EventKind, Millis, Tally};
 use crate::clock::now_ms;
 use crate::rabbitmq::{confirmed, RawMessage};
 use crate::store::{Applied, Lease, StoreError};
@@ -38,6 +38,12 @@ pub(super) struct Landed {
     pub(super) oldest_arrival: Option<Millis>,
     /// The newest `occurred_at` newly applied (the lag).
     pub(super) newest_occurred: Option<Millis>,
+    /// When the newest event of the batch arrived, new or not: every event that arrived
+    /// before it is in the figures now (the snapshot's `trust.complete_through`).
+    pub(super) newest_arrival: Option<Millis>,
+    /// The minute and tally of each late order or refund applied (a comparison's baseline
+    /// may sum over its minute).
+    pub(super) late_tallies: Vec<(Millis, Tally)>,
 }
 
 impl Landed {
@@ -47,6 +53,8 @@ impl Landed {
             (a, b) => a.or(b),
         };
         self.newest_occurred = self.newest_occurred.max(other.newest_occurred);
+        self.newest_arrival = self.newest_arrival.max(other.newest_arrival);
+        self.late_tallies.extend(other.late_tallies);
     }
 }
 
@@ -301,7 +309,11 @@ impl Pipeline {
     ) -> (Counted, Landed) {
         let metrics = &context.core.metrics;
         let mut counted = Counted::default();
-        let mut landed = Landed::default();
+        let mut landed = Landed {
+            newest_arrival: batch.arrivals().last().copied(),
+            ..Landed::default()
+        };
+        let now = now_ms();
         let arrivals = batch.events().iter().zip(batch.arrivals());
         for ((event, &arrived_at), &fresh) in arrivals.zip(fresh) {
             let outcome = match (fresh, &event.kind) {
@@ -317,13 +329,30 @@ impl Pipeline {
             if !fresh {
                 continue;
             }
-            aggregator.apply(event);
+            if aggregator.apply_arrived(event, now) {
+                metrics.late_events.inc();
+                let tally = event.tally();
+                if tally != Tally::default() {
+                    landed
+                        .late_tallies
+                        .push((minute_of(event.occurred_at), tally));
+                }
+            }
+            if let EventKind::OrderPlaced { amount_minor }
+            | EventKind::OrderRefunded { amount_minor } = event.kind
+            {
+                metrics
+                    .order_amount_minor
+                    .with_label_values(&[event.kind.label()])
+                    .inc_by(amount_minor.max(0) as u64);
+            }
             metrics
                 .event_age
                 .observe((arrived_at - event.occurred_at).max(0) as f64 / 1000.0);
             landed.add(Landed {
                 oldest_arrival: Some(arrived_at),
                 newest_occurred: Some(event.occurred_at),
+                ..Landed::default()
             });
             if let Some(sample) = self.tail.offer(event, arrived_at) {
                 context.core.fanout.send_event(sample);

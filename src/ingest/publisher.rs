@@ -7,9 +7,10 @@
 
 use super::pipeline::Landed;
 use super::{IngestContext, LeadEnd};
-use crate::aggregate::{Figures, Millis};
+use crate::aggregate::compare::Comparison;
+use crate::aggregate::{Figures, Millis, Trust};
 use crate::clock::now_ms;
-use crate::live::{IngestState, IngestView, Snapshot, SnapshotFrame};
+use crate::live::{IngestState, IngestView, Snapshot, SnapshotContext, SnapshotFrame};
 use crate::store::StoreError;
 use std::time::Duration;
 use tokio::time::Instant;
@@ -26,16 +27,24 @@ struct Published {
     figures: Figures,
     state: IngestState,
     dead_letters: u64,
+    context: SnapshotContext,
 }
 
 impl Published {
-    fn of(figures: Figures, view: &IngestView) -> Published {
+    fn of(figures: Figures, view: &IngestView, context: &SnapshotContext) -> Published {
         Published {
             figures,
             state: view.state,
             dead_letters: view.dead_letters,
+            context: context.clone(),
         }
     }
+}
+
+/// What the term knows beyond the figures of the moment, for the next snapshot.
+pub(super) struct Beyond {
+    pub(super) comparison: Comparison,
+    pub(super) trust: Trust,
 }
 
 /// How ingest stands, as the next snapshot says it.
@@ -54,6 +63,10 @@ pub(super) struct Publisher {
     lag_seconds: f64,
     /// The database error that ends this term, for its last snapshot.
     database_failure: Option<String>,
+    /// Every event that reached this leader before this instant is in the figures: the
+    /// arrival of the newest event of the last batch applied; the term's start before any
+    /// (what was committed before it, the term rebuilt from the store).
+    complete_through: Millis,
 }
 
 impl Publisher {
@@ -69,6 +82,7 @@ impl Publisher {
             oldest_unpublished_arrival: None,
             lag_seconds: 0.0,
             database_failure: None,
+            complete_through: now_ms(),
         })
     }
 
@@ -79,6 +93,9 @@ impl Publisher {
                 self.oldest_unpublished_arrival
                     .map_or(arrival, |o| o.min(arrival)),
             );
+        }
+        if let Some(arrival) = landed.newest_arrival {
+            self.complete_through = self.complete_through.max(arrival);
         }
         if let Some(occurred) = landed.newest_occurred {
             self.lag_seconds = (now_ms() - occurred).max(0) as f64 / 1000.0;
@@ -94,13 +111,22 @@ impl Publisher {
         context: &IngestContext,
         now: Millis,
         figures: Figures,
+        beyond: Beyond,
         standing: Standing,
         force: bool,
     ) -> Result<(), LeadEnd> {
         let view = self.ingest_view(context, standing);
-        if force || self.published.as_ref() != Some(&Published::of(figures, &view)) {
+        let snapshot_context = SnapshotContext {
+            comparison: beyond.comparison,
+            trust: beyond.trust,
+            complete_through: self.complete_through,
+            queue_depth: context.core.status.get().fanout.queue_depth,
+        };
+        let unchanged =
+            self.published.as_ref() == Some(&Published::of(figures, &view, &snapshot_context));
+        if force || !unchanged {
             let seq = self.take_seq(context).await?;
-            self.publish(context, seq, now, figures, view);
+            self.publish(context, seq, now, figures, view, snapshot_context);
         }
         if self.last_broadcast.elapsed() >= REBROADCAST {
             if let Some(frame) = context.core.hub.latest_frame() {
@@ -128,7 +154,12 @@ impl Publisher {
             paused: false,
         };
         let view = self.ingest_view(context, standing);
-        self.publish(context, seq, now_ms(), figures, view);
+        let snapshot_context = self
+            .published
+            .as_ref()
+            .map(|p| p.context.clone())
+            .unwrap_or_default();
+        self.publish(context, seq, now_ms(), figures, view, snapshot_context);
     }
 
     /// Publishes snapshot `seq`: to this instance's hub, its gauges and the other instances.
@@ -139,11 +170,20 @@ impl Publisher {
         now: Millis,
         figures: Figures,
         view: IngestView,
+        snapshot_context: SnapshotContext,
     ) {
-        self.published = Some(Published::of(figures, &view));
         let core = &context.core;
         let currency = &context.settings.currency;
-        let snapshot = Snapshot::new(seq, now, &core.node, &figures, currency, view);
+        let snapshot = Snapshot::new(
+            seq,
+            now,
+            &core.node,
+            &figures,
+            currency,
+            view.clone(),
+            &snapshot_context,
+        );
+        self.published = Some(Published::of(figures, &view, &snapshot_context));
         core.record_snapshot(&snapshot);
         let frame = SnapshotFrame::new(snapshot, self.oldest_unpublished_arrival.take());
         core.hub.publish(frame.clone());

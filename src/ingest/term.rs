@@ -15,8 +15,9 @@
 use super::batch::Batch;
 use super::feed::{report_link, BrokerFeed, Feed, FeedItem};
 use super::pipeline::{Landed, Pipeline};
-use super::publisher::{Publisher, Standing};
+use super::publisher::{Beyond, Publisher, Standing};
 use super::{IngestContext, LeadEnd, LeaderInputs, LEASE_POLL};
+use crate::aggregate::compare::{Baselines, Comparison};
 use crate::aggregate::{minute_of, Aggregator, Millis, MINUTE_MS};
 use crate::clock::now_ms;
 use crate::store::{Applied, Lease};
@@ -69,6 +70,14 @@ struct Term<'a> {
     /// change. Requests never publish themselves, so a flood of them still makes at most one
     /// snapshot per tick.
     refresh_asked: bool,
+    /// The history the comparisons sum over, read once at the start and then a minute at a
+    /// time as minutes close: no snapshot asks the database.
+    baselines: Baselines,
+    /// The minute `comparison` is of.
+    compared_minute: Millis,
+    /// Yesterday's and last week's figures for `compared_minute`, computed when it changes or
+    /// a late event revises a minute they sum over, and reused by every snapshot meanwhile.
+    comparison: Comparison,
 }
 
 impl<'a> Term<'a> {
@@ -101,7 +110,13 @@ impl<'a> Term<'a> {
             s.leader = Some(context.core.node.clone());
             s.database_error = None;
         });
+        let mut baselines = Baselines::new(settings.aggregate.timezone);
+        load_baselines(store, &mut baselines, now).await?;
+        let comparison = baselines.compare(now);
         Ok(Term {
+            baselines,
+            compared_minute: minute_of(now),
+            comparison,
             context,
             pipeline: Pipeline::new(context, lease.clone()),
             lease,
@@ -195,6 +210,15 @@ impl<'a> Term<'a> {
     /// A commit landed: fenced by the lease, it renewed it as well.
     fn land(&mut self, landed: Landed) {
         self.last_renewed = Instant::now();
+        let mut revised = false;
+        for (minute, tally) in &landed.late_tallies {
+            revised |= self
+                .baselines
+                .revise(*minute, tally.orders, tally.revenue_minor);
+        }
+        if revised {
+            self.comparison = self.baselines.compare(self.compared_minute);
+        }
         self.publisher.landed(self.context, landed);
     }
 
@@ -245,6 +269,7 @@ impl<'a> Term<'a> {
         }
         feed.maybe_connect(self.context);
         self.close_finished_minutes(now).await?;
+        self.compare_anew(now).await?;
         if self.last_prune.elapsed() >= PRUNE_EVERY {
             self.prune(now);
         }
@@ -253,9 +278,26 @@ impl<'a> Term<'a> {
             paused: self.paused,
         };
         let figures = self.aggregator.figures(now);
+        let beyond = Beyond {
+            comparison: self.comparison,
+            trust: self.aggregator.trust(now),
+        };
         self.publisher
-            .publish_if_changed(self.context, now, figures, standing, refresh)
+            .publish_if_changed(self.context, now, figures, beyond, standing, refresh)
             .await
+    }
+
+    /// At a new minute, reads the minutes the comparisons now need (usually the one that
+    /// closed a day and a week ago) and computes them again.
+    async fn compare_anew(&mut self, now: Millis) -> Result<(), LeadEnd> {
+        let minute = minute_of(now);
+        if minute == self.compared_minute {
+            return Ok(());
+        }
+        load_baselines(&self.context.core.store, &mut self.baselines, now).await?;
+        self.compared_minute = minute;
+        self.comparison = self.baselines.compare(now);
+        Ok(())
     }
 
     /// Reads the stored pause flag and follows it: pausing commits and acknowledges what was
@@ -307,6 +349,19 @@ impl<'a> Term<'a> {
             }
         });
     }
+}
+
+/// Reads from the store what `baselines` lack for the comparisons at `now`.
+async fn load_baselines(
+    store: &crate::store::Store,
+    baselines: &mut Baselines,
+    now: Millis,
+) -> Result<(), LeadEnd> {
+    for (offset, from, to) in baselines.missing(now) {
+        let points = store.history(from, to).await?;
+        baselines.load(offset, from, to, points, now);
+    }
+    Ok(())
 }
 
 async fn sleep_until(deadline: Option<Instant>) {

@@ -26,7 +26,8 @@ pub(crate) mod worker_feed;
 pub(crate) use announcement::{Announcement, Level};
 pub(crate) use hub::{EventId, Hub};
 
-use crate::aggregate::{Figures, Millis};
+use crate::aggregate::compare::{Compared, Comparison};
+use crate::aggregate::{Figures, Millis, Offset, Trust};
 use crate::clock::rfc3339;
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
@@ -53,6 +54,80 @@ pub(crate) struct Snapshot {
     pub ingest: IngestView,
     /// The current minute's history point, so a chart can move without asking for history.
     pub point: PointView,
+    /// The figures at the same time yesterday and last week (`null` where history does not
+    /// reach back). Absent from a leader of an older version: both `null` then.
+    #[serde(default)]
+    pub compare: CompareView,
+    /// How far the figures can be trusted: complete through when, the queue, late events.
+    #[serde(default)]
+    pub trust: TrustView,
+}
+
+/// `compare` on the wire (docs/api.md, Snapshot).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub(crate) struct CompareView {
+    pub yesterday: Option<ComparedView>,
+    pub last_week: Option<ComparedView>,
+}
+
+/// One earlier moment's figures, named as the snapshot's own.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub(crate) struct ComparedView {
+    pub active_users: u64,
+    pub orders_per_minute: u64,
+    pub revenue_today_minor: i64,
+    pub revenue_last_hour_minor: i64,
+}
+
+impl From<Compared> for ComparedView {
+    fn from(c: Compared) -> Self {
+        ComparedView {
+            active_users: c.active_users,
+            orders_per_minute: c.orders_per_minute,
+            revenue_today_minor: c.revenue_today_minor,
+            revenue_last_hour_minor: c.revenue_last_hour_minor,
+        }
+    }
+}
+
+impl From<Comparison> for CompareView {
+    fn from(c: Comparison) -> Self {
+        CompareView {
+            yesterday: c.yesterday.map(Into::into),
+            last_week: c.last_week.map(Into::into),
+        }
+    }
+}
+
+impl CompareView {
+    pub(crate) fn get(&self, offset: Offset) -> Option<&ComparedView> {
+        match offset {
+            Offset::Day => self.yesterday.as_ref(),
+            Offset::Week => self.last_week.as_ref(),
+        }
+    }
+}
+
+/// `trust` on the wire (docs/api.md, Snapshot).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub(crate) struct TrustView {
+    /// Every event that reached the leader before (and at) this instant is in the figures:
+    /// the arrival of the newest event of the last batch it applied (docs/live.md).
+    pub complete_through: String,
+    /// Messages waiting in `<prefix>.events`, as last polled.
+    pub queue_depth: u64,
+    pub late_events_today: u64,
+    /// Minutes (UTC starts) of the last hour revised by late events, oldest first.
+    pub revised_minutes: Vec<String>,
+}
+
+/// What a snapshot says beyond the figures of the moment: made by the leader's term.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub(crate) struct SnapshotContext {
+    pub comparison: Comparison,
+    pub trust: Trust,
+    pub complete_through: Millis,
+    pub queue_depth: u64,
 }
 
 /// Net revenue (orders minus refunds), in minor units of the one configured currency.
@@ -145,6 +220,7 @@ impl Snapshot {
         figures: &Figures,
         currency: &str,
         ingest: IngestView,
+        context: &SnapshotContext,
     ) -> Self {
         Snapshot {
             seq,
@@ -159,6 +235,18 @@ impl Snapshot {
             },
             ingest,
             point: figures.point.into(),
+            compare: context.comparison.into(),
+            trust: TrustView {
+                complete_through: rfc3339(context.complete_through),
+                queue_depth: context.queue_depth,
+                late_events_today: context.trust.late_events_today,
+                revised_minutes: context
+                    .trust
+                    .revised_minutes
+                    .iter()
+                    .map(|m| rfc3339_minute(*m))
+                    .collect(),
+            },
         }
     }
 }
@@ -215,8 +303,33 @@ pub(crate) mod tests {
             dead_letters: 0,
             reason: None,
         };
+        let context = SnapshotContext {
+            comparison: Comparison {
+                yesterday: Some(Compared {
+                    active_users: 2,
+                    orders_per_minute: 1,
+                    revenue_today_minor: 1500,
+                    revenue_last_hour_minor: 400,
+                }),
+                last_week: None,
+            },
+            trust: Trust {
+                late_events_today: 1,
+                revised_minutes: vec![1_795_428_720_000],
+            },
+            complete_through: 1_795_428_929_980,
+            queue_depth: 0,
+        };
         SnapshotFrame::new(
-            Snapshot::new(seq, 1_795_428_930_250, "web-1", &figures, "USD", ingest),
+            Snapshot::new(
+                seq,
+                1_795_428_930_250,
+                "web-1",
+                &figures,
+                "USD",
+                ingest,
+                &context,
+            ),
             None,
         )
     }
@@ -242,6 +355,31 @@ pub(crate) mod tests {
         assert!(json["ingest"].get("reason").is_none(), "{json}");
         assert_eq!(json["point"]["minute"], "2026-11-23T10:15:00Z");
         assert_eq!(json["point"]["active_users"], 3);
+        assert_eq!(json["compare"]["yesterday"]["active_users"], 2);
+        assert_eq!(json["compare"]["yesterday"]["orders_per_minute"], 1);
+        assert_eq!(json["compare"]["yesterday"]["revenue_today_minor"], 1500);
+        assert_eq!(json["compare"]["yesterday"]["revenue_last_hour_minor"], 400);
+        assert!(json["compare"]["last_week"].is_null(), "{json}");
+        assert_eq!(
+            json["trust"]["complete_through"],
+            "2026-11-23T10:15:29.980Z"
+        );
+        assert_eq!(json["trust"]["queue_depth"], 0);
+        assert_eq!(json["trust"]["late_events_today"], 1);
+        assert_eq!(
+            json["trust"]["revised_minutes"],
+            serde_json::json!(["2026-11-23T10:12:00Z"])
+        );
+    }
+
+    #[test]
+    fn a_snapshot_of_an_older_leader_without_compare_or_trust_is_read() {
+        let mut json: serde_json::Value = serde_json::from_str(&frame(7).json).expect("json");
+        let object = json.as_object_mut().expect("object");
+        object.remove("compare");
+        object.remove("trust");
+        let snapshot: Snapshot = serde_json::from_value(json).expect("an older snapshot");
+        assert_eq!(snapshot.compare, CompareView::default());
     }
 
     #[test]

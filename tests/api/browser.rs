@@ -832,3 +832,248 @@ async fn the_console_command_line_completes_walks_its_history_and_confirms_befor
     assert_eq!(snapshot["ingest"]["state"], "running", "{snapshot}");
     browser.assert_clean().await;
 }
+
+/// The admin's dashboard against yesterday and last week (history seeded in the database),
+/// with the overlay toggle remembered across a reload, a late event's minute marked on the
+/// charts, the current minute drawn apart as partial, and the status line's "figures include
+/// every event received up to …"; on a desktop and a phone.
+#[tokio::test]
+async fn the_cards_compare_with_yesterday_and_last_week_and_the_charts_overlay_and_mark_revisions()
+{
+    use crate::compare::{minute_of, seed_minutes, DAY_MS, MINUTE_MS};
+    crate::helpers::clear_of_minute_boundary(Duration::from_secs(50)).await;
+    let database = TestDatabase::new(Backend::Sqlite).await;
+    let names = Names::new();
+    let broker = Broker::connect(&names).await;
+    let mut config = ServiceConfig::new(&database, &names, "browser-compare");
+    config
+        .env
+        .push(("PULSEBOARD_TIMEZONE".into(), "UTC".into()));
+    let mut service = Service::start(&config).await;
+    service.terminate(Duration::from_secs(15)).await;
+    // Yesterday 4 orders and 5 users a minute, last week 1 order and 9 users: an hour around
+    // the same time, from that day's midnight.
+    let now = chrono::Utc::now().timestamp_millis();
+    for (days, point) in [(1, (4, 250, 5)), (7, (1, 100, 9))] {
+        let then = minute_of(now) - days * DAY_MS;
+        let midnight = then - then.rem_euclid(DAY_MS);
+        seed_minutes(
+            &database,
+            midnight - 60 * MINUTE_MS,
+            then + 30 * MINUTE_MS,
+            point,
+        )
+        .await;
+    }
+    let service = Service::start(&config).await;
+    broker
+        .publish_all(&[order("c1", 1_000), order("c2", 500)])
+        .await;
+    service
+        .wait_for_snapshot(Duration::from_secs(20), |s| {
+            s["revenue"]["today_minor"] == 1_500 && !s["compare"]["last_week"].is_null()
+        })
+        .await;
+
+    let browser = Browser::start(true).await;
+    browser.sign_in(&service, &database.admin_password).await;
+    browser.wait_until_connected(Duration::from_secs(5)).await;
+    // Orders per minute: 2 now against 4 yesterday (down 50 %) and 1 last week (up 100 %).
+    let orders = "[data-compare='orders_per_minute']";
+    let yesterday = browser
+        .wait_for_text(
+            &format!("{orders} [data-against='yesterday']"),
+            Duration::from_secs(5),
+            |t| t != "—",
+        )
+        .await;
+    assert_eq!(yesterday, "▼ −2 (−50 %)");
+    assert_eq!(
+        browser
+            .text(&format!("{orders} [data-against='last_week']"))
+            .await,
+        "▲ +1 (+100 %)"
+    );
+    let directions = browser
+        .js("return [...document.querySelectorAll(\"[data-compare='orders_per_minute'] dd\")].map(d => [d.dataset.direction, getComputedStyle(d).color]);")
+        .await;
+    assert_eq!(directions[0][0], "down", "{directions}");
+    assert_eq!(directions[1][0], "up", "{directions}");
+    assert_ne!(directions[0][1], directions[1][1], "coloured by direction");
+    let users = browser
+        .text("[data-compare='active_users'] [data-against='last_week']")
+        .await;
+    assert!(users.starts_with("▼ −8"), "{users}");
+    // Status line: the time every received event is in by, and no queue (it is empty).
+    let status = browser.text(".status").await;
+    let complete = regex_lite_time(&status);
+    assert!(complete, "{status}");
+    assert!(!status.contains("waiting in the queue"), "{status}");
+
+    // The current minute is drawn apart: the solid line ends at the last whole minute, the
+    // dashed one joins it to the current minute's (partial) value.
+    let drawn = browser
+        .js("const d = window.pulseboardCharts.orders.data; const n = d[0].length; return [d[1][n - 1], d[1][n - 2], d[2][n - 1], d[2].filter(v => v != null).length];")
+        .await;
+    assert_eq!(drawn[0], Value::Null, "{drawn}");
+    assert_eq!(drawn[1], 0, "{drawn}");
+    assert_eq!(drawn[2], 2, "{drawn}");
+    assert_eq!(drawn[3], 2, "{drawn}");
+    browser.screenshot("10a-compare-cards").await;
+
+    // The overlay: yesterday's series, faint, from the history API; remembered.
+    browser.click("[data-overlay='1d']").await;
+    let overlay_of = "const d = window.pulseboardCharts.orders.data; return [window.pulseboardCharts.orders.series[3].show, d[3].filter(v => v === 4).length, d[3].length];";
+    let started = Instant::now();
+    let overlaid = loop {
+        let overlaid = browser.js(overlay_of).await;
+        if overlaid[1].as_u64().unwrap_or(0) >= 30 || started.elapsed() > Duration::from_secs(5) {
+            break overlaid;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(overlaid[0], true, "{overlaid}");
+    assert!(
+        overlaid[1].as_u64().unwrap_or(0) >= 30,
+        "yesterday's 4 a minute: {overlaid}"
+    );
+    browser.screenshot("10b-overlay-yesterday").await;
+    browser.client.refresh().await.expect("reload");
+    browser.wait_until_connected(Duration::from_secs(5)).await;
+    let remembered = browser
+        .js("return [localStorage.getItem('pulseboard-compare'), document.querySelector(\"[data-overlay='1d']\").getAttribute('aria-pressed')];")
+        .await;
+    assert_eq!(remembered, json!(["1d", "true"]));
+    browser.click("[data-overlay='7d']").await;
+    let started = Instant::now();
+    loop {
+        let week = browser.js(overlay_of).await;
+        let ones = browser
+            .js("return window.pulseboardCharts.orders.data[3].filter(v => v === 1).length;")
+            .await;
+        if ones.as_u64().unwrap_or(0) >= 30 {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "last week's overlay: {week}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // A late order, three minutes old: its minute is revised and marked on both charts.
+    let late_minute = minute_of(chrono::Utc::now().timestamp_millis() - 180_000) / 1000;
+    broker
+        .publish_all(&[(
+            "order.placed".to_owned(),
+            event("late-c", "order.placed", 180, "u-late", Some(777)),
+        )])
+        .await;
+    let started = Instant::now();
+    let marked = loop {
+        let marked = browser
+            .js("return [[...window.pulseboardRevised], [...document.querySelectorAll('.uplot')].map(u => u.dataset.revisedDrawn)];")
+            .await;
+        if marked[1] == json!(["1", "1"]) || started.elapsed() > Duration::from_secs(10) {
+            break marked;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(marked, json!([[late_minute], ["1", "1"]]));
+    // The revised minute's point holds the late order (the history was read again).
+    let revised_point = browser
+        .js(&format!(
+            "const s = window.pulseboardSeries; return s.revenue[s.xs.indexOf({late_minute})];"
+        ))
+        .await;
+    assert_eq!(revised_point, 777);
+    browser
+        .js("document.querySelector('.charts').scrollIntoView(); return null;")
+        .await;
+    browser.screenshot("10c-revised-minute-marked").await;
+    browser.js("window.scrollTo(0, 0); return null;").await;
+
+    // Events waiting (ingest paused): the status line says how many, and no longer once
+    // they are consumed.
+    let mut console = crate::console::Console::open(&service, service.token()).await;
+    console.ok("ingest.pause", Value::Null).await;
+    service
+        .wait_for_snapshot(Duration::from_secs(10), |s| {
+            s["ingest"]["state"] == "paused"
+        })
+        .await;
+    broker
+        .publish_all(&[order("q1", 100), order("q2", 100)])
+        .await;
+    let waiting = browser
+        .wait_for_text(".status", Duration::from_secs(15), |t| {
+            t.contains("2 events waiting in the queue")
+        })
+        .await;
+    assert!(regex_lite_time(&waiting), "{waiting}");
+    browser.screenshot("10f-queue-waiting").await;
+    console.ok("ingest.resume", Value::Null).await;
+    browser
+        .wait_for_text(".status", Duration::from_secs(15), |t| {
+            !t.contains("waiting in the queue")
+        })
+        .await;
+    for (name, width, height) in [
+        ("10d-compare-phone", 390, 844),
+        ("10e-compare-desktop", 1440, 900),
+    ] {
+        browser
+            .client
+            .set_window_size(width, height)
+            .await
+            .expect("resize");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let overflow = browser
+            .js("return document.documentElement.scrollWidth - document.documentElement.clientWidth;")
+            .await;
+        assert_eq!(overflow, 0, "horizontal overflow at {width}x{height}");
+        browser.screenshot(name).await;
+    }
+    browser.assert_clean().await;
+    drop(browser);
+
+    // Without JavaScript the server renders the same comparisons and status line.
+    let plain = Browser::start(false).await;
+    plain.sign_in(&service, &database.admin_password).await;
+    let cards = plain
+        .js("return [...document.querySelectorAll('[data-compare] dd')].map(d => [d.textContent, d.dataset.direction]);")
+        .await;
+    let cards = cards.as_array().expect("cards");
+    assert_eq!(cards.len(), 8, "{cards:?}");
+    assert!(cards.iter().all(|c| c[0] != "—"), "{cards:?}");
+    // Each says its direction, as the script would: orders now against last week's 1.
+    for card in cards {
+        let text = card[0].as_str().unwrap_or_default();
+        let arrow = match card[1].as_str() {
+            Some("up") => "▲ +",
+            Some("down") => "▼ −",
+            _ => "• ",
+        };
+        assert!(text.starts_with(arrow) && text.ends_with("%)"), "{cards:?}");
+    }
+    assert_eq!(cards[3][1], "up", "{cards:?}");
+    let status = plain.text(".status").await;
+    assert!(regex_lite_time(&status), "{status}");
+    plain.screenshot("10g-compare-no-javascript").await;
+}
+
+/// "figures include every event received up to HH:MM:SS" in `text`.
+fn regex_lite_time(text: &str) -> bool {
+    let Some(at) = text.find("figures include every event received up to ") else {
+        return false;
+    };
+    let time: Vec<char> = text[at + 43..].chars().take(8).collect();
+    time.len() == 8
+        && time.iter().enumerate().all(|(i, c)| {
+            if i == 2 || i == 5 {
+                *c == ':'
+            } else {
+                c.is_ascii_digit()
+            }
+        })
+}

@@ -6,6 +6,7 @@ mod auth;
 mod browser;
 mod cli;
 mod cluster;
+mod compare;
 mod console;
 mod console_cluster;
 mod crash;

@@ -1615,6 +1615,22 @@ async fn a_fresh_instance_exports_every_known_label_set_at_zero() {
         "pulseboard_console_command_duration_seconds_count",
         &[("command", "status")],
     );
+    for order_type in ["order.placed", "order.refunded"] {
+        expect(
+            "pulseboard_order_amount_minor_total",
+            &[("type", order_type)],
+        );
+    }
+    expect("pulseboard_late_events_total", &[]);
+    // The baselines are absent while there is no history to take them from (SPEC §8).
+    for family in [
+        "pulseboard_orders_per_minute_baseline{",
+        "pulseboard_active_users_baseline{",
+    ] {
+        if text.lines().any(|line| line.starts_with(family)) {
+            missing.push(format!("{family} is exported without history"));
+        }
+    }
     assert!(
         missing.is_empty(),
         "not exported at 0 by a fresh instance:\n{}\n{text}",

@@ -1,0 +1,422 @@
+//! The admin's dashboard figures beyond the moment (docs/api.md, Snapshot: `compare`, `trust`;
+//! HTTP routes: history `compare`): comparisons with yesterday and last week from history
+//! seeded in the test database, on the snapshot, the event stream, the history API and the
+//! metrics; and a late event revising its minute and counted.
+
+use crate::helpers::{
+    clear_of_minute_boundary, event, metric_sum, Backend, Broker, Names, Service, ServiceConfig,
+    TestDatabase,
+};
+use crate::sse_client::SseClient;
+use chrono::{DateTime, Timelike, Utc};
+use serde_json::Value;
+use std::time::Duration;
+
+pub const MINUTE_MS: i64 = 60_000;
+pub const DAY_MS: i64 = 86_400_000;
+
+/// Per seeded minute: orders, net revenue, users active at its end.
+const SEEDED: (i64, i64, i64) = (2, 10, 5);
+
+async fn execute(database: &TestDatabase, sql: &str) {
+    sqlx::any::install_default_drivers();
+    let pool = sqlx::AnyPool::connect(&database.url)
+        .await
+        .expect("the test database");
+    sqlx::Executor::execute(&pool, sql)
+        .await
+        .unwrap_or_else(|e| panic!("{e}: {sql:.200}"));
+    pool.close().await;
+}
+
+/// Stores a history point for every minute of `[from, to)` (as a leader would have): orders,
+/// net revenue and users active at its end.
+pub async fn seed_minutes(database: &TestDatabase, from: i64, to: i64, point: (i64, i64, i64)) {
+    let (orders, revenue, users) = point;
+    let minutes: Vec<i64> = (0..)
+        .map(|i| from + i * MINUTE_MS)
+        .take_while(|m| *m < to)
+        .collect();
+    for chunk in minutes.chunks(400) {
+        let values: Vec<String> = chunk
+            .iter()
+            .map(|m| format!("({m}, {orders}, {revenue}, {users})"))
+            .collect();
+        execute(
+            database,
+            &format!(
+                "INSERT INTO minute_stats (minute, orders, revenue_minor, active_users) VALUES {}",
+                values.join(", ")
+            ),
+        )
+        .await;
+    }
+}
+
+pub fn minute_of(at: i64) -> i64 {
+    at - at.rem_euclid(MINUTE_MS)
+}
+
+fn millis(rfc3339: &Value) -> i64 {
+    DateTime::parse_from_rfc3339(rfc3339.as_str().expect("a time"))
+        .unwrap_or_else(|e| panic!("{e}: {rfc3339}"))
+        .timestamp_millis()
+}
+
+fn rfc3339_minute(minute: i64) -> String {
+    DateTime::from_timestamp_millis(minute)
+        .expect("a minute")
+        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+}
+
+/// What `compare.yesterday` must say for a snapshot generated at `generated_at` (UTC): the
+/// seeded minutes summed from yesterday's midnight, and over the hour, to the same minute.
+fn expected_yesterday(generated_at: i64) -> Value {
+    let (orders, revenue, users) = SEEDED;
+    let instant = minute_of(generated_at) - DAY_MS;
+    let midnight = instant - instant.rem_euclid(DAY_MS);
+    serde_json::json!({
+        "active_users": users,
+        "orders_per_minute": orders,
+        "revenue_today_minor": revenue * (instant - midnight) / MINUTE_MS,
+        "revenue_last_hour_minor": revenue * 60,
+    })
+}
+
+async fn compare_with_yesterday_from_seeded_history(backend: Backend) {
+    clear_of_minute_boundary(Duration::from_secs(40)).await;
+    let database = TestDatabase::new(backend).await;
+    let names = Names::new();
+    let mut config = ServiceConfig::new(&database, &names, "compare-1");
+    config
+        .env
+        .push(("PULSEBOARD_TIMEZONE".into(), "UTC".into()));
+    // Migrated by a first start; history is seeded while no leader runs.
+    let mut service = Service::start(&config).await;
+    service.terminate(Duration::from_secs(15)).await;
+    let now = Utc::now().timestamp_millis();
+    let yesterday = minute_of(now) - DAY_MS;
+    let yesterday_midnight = yesterday - yesterday.rem_euclid(DAY_MS);
+    // Yesterday from an hour before its midnight to a quarter of an hour past now's time;
+    // nothing a week ago.
+    seed_minutes(
+        &database,
+        yesterday_midnight - 60 * MINUTE_MS,
+        yesterday + 15 * MINUTE_MS,
+        SEEDED,
+    )
+    .await;
+    let service = Service::start(&config).await;
+
+    let snapshot = service
+        .wait_for_snapshot(Duration::from_secs(20), |s| {
+            !s["compare"]["yesterday"].is_null()
+        })
+        .await;
+    assert_eq!(
+        snapshot["compare"]["yesterday"],
+        expected_yesterday(millis(&snapshot["generated_at"])),
+        "{snapshot}"
+    );
+    assert!(snapshot["compare"]["last_week"].is_null(), "{snapshot}");
+
+    // The stream's opening snapshot says the same.
+    let mut stream = SseClient::connect(&service, "/api/dashboard/stream", None).await;
+    let (_, opening) = stream.opening().await;
+    assert_eq!(
+        opening["compare"]["yesterday"],
+        expected_yesterday(millis(&opening["generated_at"])),
+        "{opening}"
+    );
+    assert!(opening["compare"]["last_week"].is_null(), "{opening}");
+
+    // The metrics export the same baselines; last week's are absent (no history).
+    let text = service.metrics().await.expect("metrics");
+    assert_eq!(
+        metric_sum(
+            &text,
+            "pulseboard_orders_per_minute_baseline",
+            "compare=\"1d\""
+        ),
+        SEEDED.0 as u64,
+        "{text}"
+    );
+    assert_eq!(
+        metric_sum(&text, "pulseboard_active_users_baseline", "compare=\"1d\""),
+        SEEDED.2 as u64,
+        "{text}"
+    );
+    assert!(
+        !text
+            .lines()
+            .any(|l| l.contains("_baseline{") && l.contains("compare=\"7d\"")),
+        "{text}"
+    );
+
+    // History: the same window a day earlier, each point with its own minute.
+    let (status, today) = service.get_json("/api/dashboard/history?minutes=30").await;
+    assert_eq!(status, 200, "{today}");
+    assert!(today.get("compare").is_none(), "{today}");
+    let (status, shifted) = service
+        .get_json("/api/dashboard/history?minutes=30&compare=1d")
+        .await;
+    assert_eq!(status, 200, "{shifted}");
+    assert_eq!(shifted["compare"], "1d");
+    let points = shifted["points"].as_array().expect("points");
+    assert_eq!(points.len(), 30, "{shifted}");
+    let today_points = today["points"].as_array().expect("points");
+    for (earlier, now) in points.iter().zip(today_points) {
+        assert_eq!(
+            millis(&earlier["minute"]),
+            millis(&now["minute"]) - DAY_MS,
+            "{shifted}"
+        );
+        assert_eq!(earlier["revenue_minor"], SEEDED.1, "{shifted}");
+        assert_eq!(earlier["orders"], SEEDED.0, "{shifted}");
+        assert_eq!(earlier["active_users"], SEEDED.2, "{shifted}");
+    }
+    let (status, week) = service
+        .get_json("/api/dashboard/history?minutes=30&compare=7d")
+        .await;
+    assert_eq!(status, 200, "{week}");
+    assert_eq!(week["compare"], "7d");
+    let week_points = week["points"].as_array().expect("points");
+    assert_eq!(week_points.len(), 30);
+    assert_eq!(
+        millis(&week_points[29]["minute"]),
+        millis(&today_points[29]["minute"]) - 7 * DAY_MS
+    );
+    assert!(
+        week_points.iter().all(|p| p["revenue_minor"] == 0),
+        "{week}"
+    );
+
+    for bad in ["2d", "", "1D"] {
+        let (status, body) = service
+            .get_json(&format!("/api/dashboard/history?minutes=5&compare={bad}"))
+            .await;
+        assert_eq!(status, 400, "compare={bad}: {body}");
+        assert_eq!(body["error"]["code"], "bad_request", "{body}");
+    }
+}
+
+#[tokio::test]
+async fn compare_with_yesterday_from_seeded_history_on_sqlite() {
+    compare_with_yesterday_from_seeded_history(Backend::Sqlite).await;
+}
+
+#[tokio::test]
+async fn compare_with_yesterday_from_seeded_history_on_postgres() {
+    compare_with_yesterday_from_seeded_history(Backend::Postgres).await;
+}
+
+/// Waits, if need be, so that the next `window` stays within one UTC day.
+async fn clear_of_midnight(window: Duration) {
+    let seconds_into_day = Utc::now().num_seconds_from_midnight();
+    let left = Duration::from_secs(u64::from(86_400 - seconds_into_day.min(86_400)));
+    if left < window {
+        tokio::time::sleep(left + Duration::from_secs(2)).await;
+    }
+}
+
+async fn a_late_event_revises_its_minute_and_is_counted(backend: Backend) {
+    // The late events are 3 minutes old: they and the test stay within one day and one minute.
+    clear_of_midnight(Duration::from_secs(300)).await;
+    let database = TestDatabase::new(backend).await;
+    let names = Names::new();
+    let broker = Broker::connect(&names).await;
+    let mut config = ServiceConfig::new(&database, &names, "late-1");
+    config
+        .env
+        .push(("PULSEBOARD_TIMEZONE".into(), "UTC".into()));
+    let service = Service::start(&config).await;
+    service.wait_until_ingesting(Duration::from_secs(20)).await;
+    clear_of_minute_boundary(Duration::from_secs(15)).await;
+
+    let sent_at = Utc::now().timestamp_millis();
+    broker
+        .publish_all(&[
+            (
+                "order.placed".into(),
+                event("now-1", "order.placed", 0, "u1", Some(300)),
+            ),
+            (
+                "order.placed".into(),
+                event("late-1", "order.placed", 180, "u2", Some(700)),
+            ),
+            (
+                "order.refunded".into(),
+                event("late-2", "order.refunded", 180, "u2", Some(200)),
+            ),
+        ])
+        .await;
+    let late_minute = minute_of(sent_at - 180_000);
+    let snapshot = service
+        .wait_for_snapshot(Duration::from_secs(20), |s| {
+            s["revenue"]["today_minor"] == 800
+        })
+        .await;
+    let trust = &snapshot["trust"];
+    assert_eq!(trust["late_events_today"], 2, "{snapshot}");
+    assert_eq!(
+        trust["revised_minutes"],
+        serde_json::json!([rfc3339_minute(late_minute)]),
+        "{snapshot}"
+    );
+    assert_eq!(trust["queue_depth"], 0, "{snapshot}");
+    // Every event that arrived is in: complete through their arrival, after they were sent.
+    let complete_through = millis(&trust["complete_through"]);
+    assert!(
+        complete_through >= sent_at && complete_through <= millis(&snapshot["generated_at"]),
+        "{snapshot}"
+    );
+    assert_eq!(snapshot["revenue"]["last_hour_minor"], 800, "{snapshot}");
+
+    // The stream says the same, and the history point of that minute is revised.
+    let mut stream = SseClient::connect(&service, "/api/dashboard/stream", None).await;
+    let (_, opening) = stream.opening().await;
+    assert_eq!(opening["trust"], snapshot["trust"], "{opening}");
+    let (status, history) = service.get_json("/api/dashboard/history?minutes=10").await;
+    assert_eq!(status, 200);
+    let point = history["points"]
+        .as_array()
+        .expect("points")
+        .iter()
+        .find(|p| p["minute"] == rfc3339_minute(late_minute))
+        .cloned()
+        .unwrap_or_else(|| panic!("the late minute in {history}"));
+    assert_eq!(point["revenue_minor"], 500, "{point}");
+    assert_eq!(point["orders"], 1, "{point}");
+
+    let text = service.metrics().await.expect("metrics");
+    assert_eq!(metric_sum(&text, "pulseboard_late_events_total", ""), 2);
+    assert_eq!(
+        metric_sum(
+            &text,
+            "pulseboard_order_amount_minor_total",
+            "type=\"order.placed\""
+        ),
+        1_000
+    );
+    assert_eq!(
+        metric_sum(
+            &text,
+            "pulseboard_order_amount_minor_total",
+            "type=\"order.refunded\""
+        ),
+        200
+    );
+}
+
+#[tokio::test]
+async fn a_late_event_revises_its_minute_and_is_counted_on_sqlite() {
+    a_late_event_revises_its_minute_and_is_counted(Backend::Sqlite).await;
+}
+
+#[tokio::test]
+async fn a_late_event_revises_its_minute_and_is_counted_on_postgres() {
+    a_late_event_revises_its_minute_and_is_counted(Backend::Postgres).await;
+}
+
+/// While ingest is paused, events wait in `<prefix>.events`: the snapshot says how many
+/// (`trust.queue_depth`), and again 0 once they are consumed.
+#[tokio::test]
+async fn the_queue_depth_is_in_trust_while_events_wait() {
+    let database = TestDatabase::new(Backend::Sqlite).await;
+    let names = Names::new();
+    let broker = Broker::connect(&names).await;
+    let service = Service::start(&ServiceConfig::new(&database, &names, "depth-1")).await;
+    service.wait_until_ingesting(Duration::from_secs(20)).await;
+    let mut console = crate::console::Console::open(&service, service.token()).await;
+    console.ok("ingest.pause", Value::Null).await;
+    service
+        .wait_for_snapshot(Duration::from_secs(10), |s| {
+            s["ingest"]["state"] == "paused"
+        })
+        .await;
+    let messages: Vec<(String, Vec<u8>)> = (0..3)
+        .map(|i| {
+            (
+                "order.placed".to_owned(),
+                event(&format!("q-{i}"), "order.placed", 0, "u1", Some(100)),
+            )
+        })
+        .collect();
+    broker.publish_all(&messages).await;
+    let waiting = service
+        .wait_for_snapshot(Duration::from_secs(15), |s| s["trust"]["queue_depth"] == 3)
+        .await;
+    assert_eq!(waiting["revenue"]["today_minor"], 0, "{waiting}");
+    console.ok("ingest.resume", Value::Null).await;
+    service
+        .wait_for_snapshot(Duration::from_secs(15), |s| {
+            s["trust"]["queue_depth"] == 0 && s["revenue"]["today_minor"] == 300
+        })
+        .await;
+}
+
+/// Every instance serves the leader's comparisons and exports the same baselines; a new leader
+/// reads them from the history again and goes on comparing.
+#[tokio::test]
+async fn every_instance_compares_alike_and_a_new_leader_goes_on_comparing() {
+    clear_of_minute_boundary(Duration::from_secs(40)).await;
+    let database = TestDatabase::new(Backend::Postgres).await;
+    let names = Names::new();
+    let config = |node: &str| {
+        let mut config = ServiceConfig::new(&database, &names, node);
+        config
+            .env
+            .push(("PULSEBOARD_TIMEZONE".into(), "UTC".into()));
+        config
+    };
+    let mut first = Service::start(&config("cmp-a")).await;
+    first.terminate(Duration::from_secs(15)).await;
+    let yesterday = minute_of(Utc::now().timestamp_millis()) - DAY_MS;
+    let midnight = yesterday - yesterday.rem_euclid(DAY_MS);
+    seed_minutes(
+        &database,
+        midnight - 60 * MINUTE_MS,
+        yesterday + 15 * MINUTE_MS,
+        SEEDED,
+    )
+    .await;
+    let first = Service::start(&config("cmp-a")).await;
+    let second = Service::start(&config("cmp-b")).await;
+    let mut services = [first, second];
+    for service in &services {
+        let snapshot = service
+            .wait_for_snapshot(Duration::from_secs(20), |s| {
+                !s["compare"]["yesterday"].is_null()
+            })
+            .await;
+        assert_eq!(
+            snapshot["compare"]["yesterday"],
+            expected_yesterday(millis(&snapshot["generated_at"])),
+            "{snapshot}"
+        );
+        let text = service.metrics().await.expect("metrics");
+        assert_eq!(
+            metric_sum(&text, "pulseboard_active_users_baseline", "compare=\"1d\""),
+            SEEDED.2 as u64,
+            "{text}"
+        );
+    }
+    let leader = services[0]
+        .snapshot()
+        .await
+        .and_then(|s| s["ingest"]["leader"].as_str().map(str::to_owned))
+        .expect("a leader");
+    let (dead, alive) = if leader == "cmp-a" { (0, 1) } else { (1, 0) };
+    services[dead].kill().await;
+    let follower = if alive == 0 { "cmp-a" } else { "cmp-b" };
+    let taken_over = services[alive]
+        .wait_for_snapshot(Duration::from_secs(20), |s| {
+            s["ingest"]["leader"] == follower && !s["compare"]["yesterday"].is_null()
+        })
+        .await;
+    assert_eq!(
+        taken_over["compare"]["yesterday"],
+        expected_yesterday(millis(&taken_over["generated_at"])),
+        "{taken_over}"
+    );
+}
