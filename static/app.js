@@ -7,6 +7,9 @@
 // - Charts: uPlot, backfilled from /api/dashboard/history and appended from each snapshot's
 //   point; refetched after every reconnect so there is no gap.
 // - Announcements: a banner, newest first, dismissible; missed ones arrive on resume.
+// - The wall screen (/kiosk, `data-kiosk`) runs this same module: it never stops reconnecting,
+//   and when its stream fails it asks whether its link is still good (the snapshot's 401 says
+//   it is not): then it stops and says "this screen's link was revoked".
 import uPlot from "./vendor/uplot/uPlot.esm.js";
 import { Reconnect } from "./reconnect.js";
 
@@ -14,6 +17,7 @@ const root = document.querySelector("[data-dashboard]");
 const csrf = document.querySelector('meta[name="csrf-token"]')?.content ?? "";
 const currency = root.dataset.currency || "USD";
 const intervalMs = Number(root.dataset.intervalMs) || 250;
+const kiosk = root.hasAttribute("data-kiosk");
 
 const STREAM_FAILURES_BEFORE_POLL = 3;
 const POLL_TIMEOUT_S = 25;
@@ -253,7 +257,8 @@ const status = root.querySelector("[data-connection]");
 const statusDot = status.querySelector(".dot");
 const statusText = status.querySelector("[data-connection-text]");
 const reconnectButton = root.querySelector("[data-reconnect]");
-const reconnect = new Reconnect({ connect, setStatus, button: reconnectButton });
+// A wall screen has nobody to press Reconnect: it tries for ever (every 30 s at most).
+const reconnect = new Reconnect({ connect, setStatus, button: reconnectButton, maxAttempts: kiosk ? Infinity : undefined });
 
 let lastEventId = root.dataset.lastEventId || "";
 let streamFailures = 0;
@@ -297,7 +302,7 @@ function openStream() {
     source = null;
     streamFailures += 1;
     if (streamFailures >= STREAM_FAILURES_BEFORE_POLL) usePoll = true;
-    scheduleReconnect();
+    connectionFailed();
   });
 }
 
@@ -311,7 +316,7 @@ async function pollLoop() {
       if (!response.ok) throw new Error(`poll: ${response.status}`);
       body = await response.json();
     } catch {
-      scheduleReconnect();
+      connectionFailed();
       return;
     }
     if (first) {
@@ -332,7 +337,30 @@ function scheduleReconnect() {
   reconnect.schedule();
 }
 
-reconnectButton.addEventListener("click", () => {
+// The connection failed or was closed: try again, unless this is a wall screen whose link is
+// no longer good.
+function connectionFailed() {
+  if (!kiosk) return scheduleReconnect();
+  linkRevoked().then((revoked) => (revoked ? showRevoked() : scheduleReconnect()));
+}
+
+async function linkRevoked() {
+  try {
+    const response = await fetch("/api/dashboard/snapshot", { credentials: "same-origin", cache: "no-store" });
+    return response.status === 401;
+  } catch {
+    return false; // the instance is away: reconnect
+  }
+}
+
+function showRevoked() {
+  usePoll = false;
+  root.setAttribute("data-revoked-link", "");
+  root.querySelector("[data-revoked]").hidden = false;
+  setStatus("disconnected", "Link revoked");
+}
+
+reconnectButton?.addEventListener("click", () => {
   usePoll = false;
   streamFailures = 0;
   reconnect.restart();
@@ -340,7 +368,7 @@ reconnectButton.addEventListener("click", () => {
 
 // ---------- refresh ----------
 const refreshButton = root.querySelector("[data-refresh]");
-refreshButton.addEventListener("click", async () => {
+refreshButton?.addEventListener("click", async () => {
   refreshButton.disabled = true;
   try {
     const response = await fetch("/api/dashboard/refresh", {

@@ -1,6 +1,6 @@
 //! Dashboard data beside the live streams: history for backfilling charts, forced refresh.
 
-use super::extract::Viewer;
+use super::extract::{Reader, Viewer};
 use super::{ApiError, AppState};
 use crate::aggregate::{minute_of, Point, MINUTE_MS};
 use crate::clock::now_ms;
@@ -23,7 +23,7 @@ pub(super) struct HistoryQuery {
 /// `{"points":[…]}`: one point per minute, oldest first, ending with the current minute;
 /// minutes without events are zeros, so charts need no gap handling.
 pub(super) async fn history(
-    _viewer: Viewer,
+    _reader: Reader,
     query: web::Query<HistoryQuery>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
