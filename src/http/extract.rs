@@ -102,10 +102,7 @@ pub(crate) async fn authenticate(
 
 /// The caller of a kiosk session with id digest `key`, if it is a live session of a live link;
 /// the link is marked used (at most once a minute: `Store::touch_kiosk_link`).
-async fn kiosk_caller(
-    state: &AppState,
-    key: String,
-) -> Result<Option<Caller>, ApiError> {
+async fn kiosk_caller(state: &AppState, key: String) -> Result<Option<Caller>, ApiError> {
     let now = now_ms();
     let unavailable = |error: crate::store::StoreError| {
         tracing::warn!(%error, "cannot check a kiosk session");

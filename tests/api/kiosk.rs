@@ -10,6 +10,7 @@ use crate::auth::{bare_client, raw_upgrade};
 use crate::console::Console;
 use crate::console_cluster::two_instances;
 use crate::helpers::{fetch_token, Backend, Broker, Names, Service, ServiceConfig, TestDatabase};
+use crate::proxy::Nginx;
 use crate::revocation::last_words;
 use crate::sse_client::SseClient;
 use reqwest::header::{COOKIE, LOCATION, SET_COOKIE};
@@ -317,4 +318,47 @@ async fn tokens_revoke_on_one_instance_closes_the_link_s_stream_on_the_other_wit
             "instance {name} logged the key"
         );
     }
+}
+
+#[tokio::test]
+async fn through_nginx_a_kiosk_link_s_key_is_not_in_the_access_log() {
+    let database = TestDatabase::new(Backend::Sqlite).await;
+    let names = Names::new();
+    let _broker = Broker::connect(&names).await;
+    let service = Service::start(&ServiceConfig::new(&database, &names, "kiosk-px")).await;
+    let port: u16 = service
+        .address()
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.parse().ok())
+        .expect("port");
+    let nginx = Nginx::start([port, port]).await;
+    let (url, key) = issue(&database, &service, "proxied");
+    let through_proxy = url.replace(&service.base_url, &nginx.origin());
+    let session = open_link(&through_proxy).await;
+    let response = bare_client()
+        .get(nginx.url("/kiosk"))
+        .header(COOKIE, kiosk_cookie(&session))
+        .send()
+        .await
+        .expect("the wall screen through nginx");
+    assert_eq!(response.status(), 200);
+    // nginx writes a request's line once it is answered.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let log = loop {
+        let log = nginx.access_log();
+        if log.lines().filter(|l| l.contains("GET /kiosk ")).count() >= 2
+            || Instant::now() > deadline
+        {
+            break log;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(
+        log.lines().filter(|l| l.contains("GET /kiosk ")).count(),
+        2,
+        "{log}"
+    );
+    assert!(!log.contains(&key), "nginx logged the key:\n{log}");
+    assert!(!service.log_text().contains(&key));
 }
