@@ -104,9 +104,12 @@ window.pulseboardCharts = charts; // read by the browser tests
 
 // Charts follow their box: its width, a height from the viewport, text from the root font size
 // (so a wall screen gets large labels as the rest of the page does).
+// A wall screen's charts fill the room its layout leaves them instead (kiosk.css).
 function chartSize(element) {
+  const width = Math.max(240, element.clientWidth);
+  if (kiosk) return { width, height: Math.max(120, element.clientHeight) };
   return {
-    width: Math.max(240, element.clientWidth),
+    width,
     height: Math.round(Math.min(520, Math.max(200, window.innerHeight * 0.28))),
   };
 }
@@ -129,12 +132,14 @@ function labelAxisSize(font, minimum) {
 function chartOptions(label, color, format, element) {
   const fontPx = parseFloat(getComputedStyle(document.documentElement).fontSize) || 16;
   const font = `${Math.round(fontPx * 0.8)}px system-ui, sans-serif`;
+  // A canvas knows no `currentColor`: the axes take the page's text colour (light when dark).
+  const ink = getComputedStyle(element).color || "currentColor";
   return {
     ...chartSize(element),
     series: [{}, { label, stroke: color, width: 2, fill: `${color}22`, value: (u, v) => (v == null ? "—" : format(v)) }],
     axes: [
-      { stroke: "currentColor", font },
-      { stroke: "currentColor", font, values: (u, ticks) => ticks.map(format), size: labelAxisSize(font, Math.round(fontPx * 4.5)) },
+      { stroke: ink, font },
+      { stroke: ink, font, values: (u, ticks) => ticks.map(format), size: labelAxisSize(font, Math.round(fontPx * 4.5)) },
     ],
     legend: { show: true },
     cursor: { drag: { x: false, y: false } },
@@ -148,9 +153,11 @@ function makeCharts() {
     // Only a change of the box's width resizes the chart, on the next frame: resizing inside the
     // observer's callback would notify it again in the same frame.
     let width = element.clientWidth;
+    let height = element.clientHeight;
     new ResizeObserver(() => {
-      if (element.clientWidth === width) return;
+      if (element.clientWidth === width && (!kiosk || element.clientHeight === height)) return;
       width = element.clientWidth;
+      height = element.clientHeight;
       requestAnimationFrame(() => charts[name].setSize(chartSize(element)));
     }).observe(element);
   };
