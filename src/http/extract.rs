@@ -305,3 +305,19 @@ impl FromRequest for PageOperator {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::{Access, Role};
+
+    #[test]
+    fn a_kiosk_link_reads_the_dashboard_and_nothing_else() {
+        let roles = [Role::Admin, Role::Operator, Role::Kiosk];
+        let admitted = |access: Access| -> Vec<Role> {
+            roles.into_iter().filter(|r| access.admits(*r)).collect()
+        };
+        assert_eq!(admitted(Access::Dashboard), roles);
+        assert_eq!(admitted(Access::Viewer), [Role::Admin, Role::Operator]);
+        assert_eq!(admitted(Access::Operator), [Role::Operator]);
+    }
+}

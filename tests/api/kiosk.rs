@@ -200,6 +200,8 @@ async fn a_kiosk_link_reads_the_dashboard_only_its_key_is_in_no_log_and_revoking
     }
     let handshake = raw_upgrade_with_cookie(&service, &session).await;
     assert!(handshake.starts_with("HTTP/1.1 403"), "{handshake}");
+    // Refused for its role, not its origin (the service's own, which is allowed).
+    assert!(handshake.contains("your role"), "{handshake}");
 
     // Listed, used, and never shown again.
     let (listed, _) = tokens_command(&database, &["list"], &service.base_url);
