@@ -3,7 +3,11 @@
 //! leader), and for the console (see `control`): beacons, requests every instance answers (to
 //! the asker's own queue, by the default exchange, with the request's correlation id), audit
 //! entries and the leader's sampled event tail; and sign-outs, so that every instance ends the
-//! connections of a session signed out on one. The message `type` property says which.
+//! connections of a session signed out on one. The message `type` property says which
+//! (`core::outbox::Kind`), and each kind's body has its own type, parsed only after the seal is
+//! checked. The tag stays in that property rather than in a tagged JSON envelope: the seal
+//! covers it, a receiver can refuse a message before parsing anything, and instances of two
+//! versions keep understanding each other through a rolling upgrade.
 //!
 //! Senders never block: a full queue drops the message. That is safe for each kind: the next
 //! snapshot or the 1 s rebroadcast supersedes a snapshot, a hub fills any announcement gap from
@@ -30,13 +34,14 @@ use crate::control::{Answer, Beacon, Request, BEACON_EVERY};
 use crate::core::outbox::{Kind, Outgoing, SignOut};
 use crate::core::Core;
 use crate::live::{Announcement, Snapshot, SnapshotFrame};
-use crate::rabbitmq::{bind_private_queue, connect, BrokerError, Topology};
+use crate::rabbitmq::{
+    bind_private_queue, connect, consume_without_acks, publish_to_instances, BrokerError,
+    InstanceMessage, Topology,
+};
 use crate::retry::Backoff;
 use crate::store::{Store, StoreError};
 use futures_util::StreamExt;
-use lapin::options::{BasicConsumeOptions, BasicPublishOptions};
 use lapin::types::{AMQPValue, FieldTable};
-use lapin::BasicProperties;
 use seal::{Fields, Freshness, LogGate, NonceClock, Rejection, SealKey};
 use secrecy::ExposeSecret;
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -136,17 +141,7 @@ async fn session(
     let channel = connection.create_channel().await?;
     context.settings.topology.declare(&channel).await?;
     let own_queue = bind_private_queue(&channel, &context.settings.topology.live_exchange).await?;
-    let mut incoming = channel
-        .basic_consume(
-            &own_queue,
-            "",
-            BasicConsumeOptions {
-                no_ack: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await?;
+    let mut incoming = consume_without_acks(&channel, &own_queue).await?;
     let depth_channel = connection.create_channel().await?;
     backoff.reset();
     context
@@ -212,15 +207,41 @@ struct Outbound<'a> {
     oldest_arrival: Option<i64>,
 }
 
-impl Outbound<'_> {
-    /// What a struct update fills in: a refresh, with nothing but its kind.
-    const EMPTY: Outbound<'static> = Outbound {
-        kind: Kind::Refresh,
-        body: &[],
-        reply_to: None,
-        correlation: None,
-        oldest_arrival: None,
-    };
+impl<'a> Outbound<'a> {
+    fn new(kind: Kind, body: &'a [u8]) -> Outbound<'a> {
+        Outbound {
+            kind,
+            body,
+            reply_to: None,
+            correlation: None,
+            oldest_arrival: None,
+        }
+    }
+
+    /// A request: answers go to `reply_to` and carry `correlation` back.
+    fn asking(mut self, reply_to: &'a str, correlation: &'a str) -> Outbound<'a> {
+        self.reply_to = Some(reply_to);
+        self.correlation = Some(correlation);
+        self
+    }
+
+    /// An answer to the request of that `correlation`.
+    fn answering(mut self, correlation: &'a str) -> Outbound<'a> {
+        self.correlation = Some(correlation);
+        self
+    }
+
+    /// A snapshot, with the arrival time of the oldest event it includes (delivery latency).
+    fn arrived(mut self, oldest_arrival: Option<i64>) -> Outbound<'a> {
+        self.oldest_arrival = oldest_arrival;
+        self
+    }
+}
+
+/// A message body as JSON. Every body is plain data (strings, numbers, tagged enums of them), for
+/// which serializing cannot fail: the empty body of the fallback is never sent in practice.
+fn encoded<T: serde::Serialize>(value: &T) -> Vec<u8> {
+    serde_json::to_vec(value).unwrap_or_default()
 }
 
 /// A message whose seal and freshness were checked: the only way anything of it is read.
@@ -245,84 +266,38 @@ impl Link<'_> {
         let kind = message.kind();
         match message {
             Outgoing::Snapshot(frame) => {
-                let outbound = Outbound {
-                    kind,
-                    body: frame.json.as_bytes(),
-                    oldest_arrival: frame.oldest_arrival,
-                    ..Outbound::EMPTY
-                };
+                let outbound =
+                    Outbound::new(kind, frame.json.as_bytes()).arrived(frame.oldest_arrival);
                 self.send(exchange, "", &outbound).await
             }
             Outgoing::Announcement(announcement) => {
-                // A struct of strings and numbers always serializes.
-                let body = serde_json::to_vec(announcement).unwrap_or_default();
-                self.send(
-                    exchange,
-                    "",
-                    &Outbound {
-                        kind,
-                        body: &body,
-                        ..Outbound::EMPTY
-                    },
-                )
-                .await
+                let body = encoded(announcement);
+                self.send(exchange, "", &Outbound::new(kind, &body)).await
             }
-            Outgoing::Refresh => {
-                self.send(
-                    exchange,
-                    "",
-                    &Outbound {
-                        kind,
-                        ..Outbound::EMPTY
-                    },
-                )
-                .await
-            }
+            Outgoing::Refresh => self.send(exchange, "", &Outbound::new(kind, &[])).await,
             Outgoing::Request {
                 correlation,
                 request,
             } => {
-                // A tagged enum of strings always serializes.
-                let body = serde_json::to_vec(request).unwrap_or_default();
-                let outbound = Outbound {
-                    kind,
-                    body: &body,
-                    reply_to: Some(self.own_queue),
-                    correlation: Some(correlation),
-                    ..Outbound::EMPTY
-                };
+                let body = encoded(request);
+                let outbound = Outbound::new(kind, &body).asking(self.own_queue, correlation);
                 self.send(exchange, "", &outbound).await
             }
             Outgoing::SignOut(sign_out) => {
-                // One string field: always serializes.
-                let body = serde_json::to_vec(sign_out).unwrap_or_default();
-                let outbound = Outbound {
-                    kind,
-                    body: &body,
-                    ..Outbound::EMPTY
-                };
-                self.send(exchange, "", &outbound).await
+                let body = encoded(sign_out);
+                self.send(exchange, "", &Outbound::new(kind, &body)).await
             }
             Outgoing::Audit(json) | Outgoing::Event(json) => {
-                let outbound = Outbound {
-                    kind,
-                    body: json.as_bytes(),
-                    ..Outbound::EMPTY
-                };
-                self.send(exchange, "", &outbound).await
+                self.send(exchange, "", &Outbound::new(kind, json.as_bytes()))
+                    .await
             }
         }
     }
 
     /// This instance's beacon.
     async fn send_beacon(&self, beacon: &Beacon) -> Result<(), BrokerError> {
-        // Strings only: always serializes.
-        let body = serde_json::to_vec(beacon).unwrap_or_default();
-        let outbound = Outbound {
-            kind: Kind::Beacon,
-            body: &body,
-            ..Outbound::EMPTY
-        };
+        let body = encoded(beacon);
+        let outbound = Outbound::new(Kind::Beacon, &body);
         self.send(&self.context.settings.topology.live_exchange, "", &outbound)
             .await
     }
@@ -363,26 +338,15 @@ impl Link<'_> {
                 AMQPValue::LongLongInt(arrival),
             );
         }
-        let mut properties = BasicProperties::default()
-            .with_content_type("application/json".into())
-            .with_type(outbound.kind.as_str().into())
-            .with_app_id(node.into())
-            .with_headers(headers);
-        if let Some(reply_to) = outbound.reply_to {
-            properties = properties.with_reply_to(reply_to.into());
-        }
-        if let Some(correlation) = outbound.correlation {
-            properties = properties.with_correlation_id(correlation.into());
-        }
-        self.channel
-            .basic_publish(
-                exchange,
-                routing_key,
-                BasicPublishOptions::default(),
-                outbound.body,
-                properties,
-            )
-            .await?;
+        let message = InstanceMessage {
+            kind: outbound.kind.as_str(),
+            sender: node,
+            headers,
+            reply_to: outbound.reply_to,
+            correlation_id: outbound.correlation,
+            body: outbound.body,
+        };
+        publish_to_instances(self.channel, exchange, routing_key, message).await?;
         Ok(())
     }
 
@@ -522,14 +486,8 @@ impl Link<'_> {
             return Ok(());
         }
         let answer = self.context.core.answer(request);
-        // Plain data: always serializes.
-        let body = serde_json::to_vec(&answer).unwrap_or_default();
-        let outbound = Outbound {
-            kind: Kind::Answer,
-            body: &body,
-            correlation: Some(correlation.as_str()),
-            ..Outbound::EMPTY
-        };
+        let body = encoded(&answer);
+        let outbound = Outbound::new(Kind::Answer, &body).answering(correlation.as_str());
         // The default exchange routes by queue name: straight to the asker's own queue.
         self.send("", reply_to.as_str(), &outbound).await
     }

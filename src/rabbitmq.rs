@@ -1,5 +1,8 @@
-//! RabbitMQ plumbing for ingest: connection, topology (docs/events.md, Topology), the consumer,
-//! dead letters.
+//! RabbitMQ plumbing: connection, topology (docs/events.md, Topology), ingest's consumer and
+//! dead letters, and the few calls the fan-out between instances, the demo and the start-up
+//! check make. Every publish, consume and declaration of the service goes through here (the
+//! console's dead-letter handling has its own adapter, `dlq`), so the broker's options (acks,
+//! confirms, persistence, queue arguments) are decided in one file.
 //!
 //! Topology, declared idempotently by every instance at connect:
 //! - `$PULSEBOARD_EXCHANGE` (topic, durable): where producers publish;
@@ -841,8 +844,6 @@ fn encoded_value_size(value: &AMQPValue) -> usize {
     }
 }
 
-/// Publishes one event the way producers should (docs/api.md, Events): persistent, JSON. On a
-/// channel in confirm mode, await the returned confirm to know the broker has it.
 /// A server-named queue of this connection's own (exclusive, gone with it), bound to the fanout
 /// `exchange`: where an instance receives what the others tell it. Returns its name.
 pub async fn bind_private_queue(channel: &Channel, exchange: &str) -> Result<String, BrokerError> {
@@ -870,6 +871,8 @@ pub async fn bind_private_queue(channel: &Channel, exchange: &str) -> Result<Str
     Ok(name)
 }
 
+/// Publishes one event the way producers should (docs/api.md, Events): persistent, JSON. On a
+/// channel in confirm mode, await the returned confirm to know the broker has it.
 pub async fn publish_event(
     channel: &Channel,
     exchange: &str,
@@ -887,6 +890,104 @@ pub async fn publish_event(
                 .with_content_type("application/json".into()),
         )
         .await
+}
+
+/// Connects, declares the topology once and disconnects: what `serve` checks at start, so that
+/// a queue of the wrong type is reported before anything else runs.
+pub(crate) async fn check_topology(urls: &str, topology: &Topology) -> Result<(), BrokerError> {
+    let connection = connect(urls, "pulseboard start-up").await?;
+    match connection.create_channel().await {
+        Ok(channel) => {
+            let declared = topology.declare(&channel).await;
+            close(&connection, &[&channel]).await;
+            declared
+        }
+        Err(error) => {
+            close(&connection, &[]).await;
+            Err(error.into())
+        }
+    }
+}
+
+/// What instances say to each other (see `fanout`): transient JSON messages whose properties
+/// carry the kind, the sender and, for a question, where and how to answer.
+pub(crate) struct InstanceMessage<'a> {
+    pub kind: &'a str,
+    pub sender: &'a str,
+    pub headers: FieldTable,
+    pub reply_to: Option<&'a str>,
+    pub correlation_id: Option<&'a str>,
+    pub body: &'a [u8],
+}
+
+/// Publishes without a confirm: what instances say to each other is superseded soon enough
+/// (the next snapshot, beacon or retry) that waiting for the broker would buy nothing.
+pub(crate) async fn publish_to_instances(
+    channel: &Channel,
+    exchange: &str,
+    routing_key: &str,
+    message: InstanceMessage<'_>,
+) -> Result<(), BrokerError> {
+    let mut properties = BasicProperties::default()
+        .with_content_type("application/json".into())
+        .with_type(message.kind.into())
+        .with_app_id(message.sender.into())
+        .with_headers(message.headers);
+    if let Some(reply_to) = message.reply_to {
+        properties = properties.with_reply_to(reply_to.into());
+    }
+    if let Some(correlation) = message.correlation_id {
+        properties = properties.with_correlation_id(correlation.into());
+    }
+    channel
+        .basic_publish(
+            exchange,
+            routing_key,
+            BasicPublishOptions::default(),
+            message.body,
+            properties,
+        )
+        .await?;
+    Ok(())
+}
+
+/// Consumes an instance's own queue without acknowledgements: a message lost with the link is
+/// one the fan-out tolerates losing.
+pub(crate) async fn consume_without_acks(
+    channel: &Channel,
+    queue: &str,
+) -> Result<Consumer, BrokerError> {
+    let consumer = channel
+        .basic_consume(
+            queue,
+            "",
+            BasicConsumeOptions {
+                no_ack: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await?;
+    Ok(consumer)
+}
+
+/// Publishes one demo event, without a confirm: the demo's traffic may be lost with the link.
+pub(crate) async fn publish_unconfirmed(
+    channel: &Channel,
+    exchange: &str,
+    routing_key: &str,
+    body: &[u8],
+) -> Result<(), BrokerError> {
+    channel
+        .basic_publish(
+            exchange,
+            routing_key,
+            BasicPublishOptions::default(),
+            body,
+            BasicProperties::default(),
+        )
+        .await?;
+    Ok(())
 }
 
 /// Waits for the broker's verdict on a dead letter.

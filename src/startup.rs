@@ -187,22 +187,7 @@ impl Application {
 /// change a queue's type or arguments, so retrying would never
 /// succeed. A broker that does not answer now is left to ingest, which retries.
 async fn check_queue_type(args: &ServeArgs, topology: &Topology) -> anyhow::Result<()> {
-    let check = async {
-        let connection =
-            rabbitmq::connect(args.broker.amqp_url.expose_secret(), "pulseboard start-up").await?;
-        let declared = match connection.create_channel().await {
-            Ok(channel) => {
-                let declared = topology.declare(&channel).await;
-                rabbitmq::close(&connection, &[&channel]).await;
-                declared
-            }
-            Err(error) => {
-                rabbitmq::close(&connection, &[]).await;
-                Err(error.into())
-            }
-        };
-        declared
-    };
+    let check = rabbitmq::check_topology(args.broker.amqp_url.expose_secret(), topology);
     match tokio::time::timeout(QUEUE_CHECK_TIMEOUT, check).await {
         Ok(Err(
             error @ (rabbitmq::BrokerError::QueueType { .. }
@@ -460,15 +445,13 @@ async fn start_demo(
                     let channel = channel.clone();
                     let exchange = exchange.clone();
                     async move {
-                        let _ = channel
-                            .basic_publish(
-                                &exchange,
-                                event.routing_key,
-                                Default::default(),
-                                &event.body,
-                                Default::default(),
-                            )
-                            .await;
+                        let _ = rabbitmq::publish_unconfirmed(
+                            &channel,
+                            &exchange,
+                            event.routing_key,
+                            &event.body,
+                        )
+                        .await;
                     }
                 },
             )));

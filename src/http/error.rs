@@ -193,8 +193,31 @@ pub(crate) enum PageError {
     /// The page exists, not with this method; the value is the `Allow` header.
     #[error("this page does not answer this method")]
     MethodNotAllowed(String),
+    /// The database does not answer for now (`StoreError::is_unavailable`); the cause is logged.
+    #[error("the database does not answer: {0}")]
+    Unavailable(String),
     #[error("{0}")]
     Internal(String),
+}
+
+impl From<crate::store::StoreError> for PageError {
+    fn from(error: crate::store::StoreError) -> Self {
+        if error.is_unavailable() {
+            PageError::Unavailable(error.to_string())
+        } else {
+            PageError::Internal(error.to_string())
+        }
+    }
+}
+
+impl From<ApiError> for PageError {
+    /// For a page whose caller check failed in a way other than signing in or role.
+    fn from(error: ApiError) -> Self {
+        match error {
+            ApiError::DatabaseUnavailable(cause) => PageError::Unavailable(cause.to_string()),
+            other => PageError::Internal(other.to_string()),
+        }
+    }
 }
 
 #[derive(Template)]
@@ -211,6 +234,7 @@ impl ResponseError for PageError {
             PageError::Forbidden => StatusCode::FORBIDDEN,
             PageError::NotFound => StatusCode::NOT_FOUND,
             PageError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
+            PageError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             PageError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -234,6 +258,18 @@ impl ResponseError for PageError {
                     },
                 );
                 allow_header(&mut response, allow);
+                return response;
+            }
+            PageError::Unavailable(cause) => {
+                tracing::warn!(%cause, "page failed: the database does not answer");
+                let mut response = html(
+                    self.status_code(),
+                    &ErrorPage {
+                        title: "Try again shortly",
+                        message: "The database does not answer right now. Try again in a moment.",
+                    },
+                );
+                retry_after(&mut response, DATABASE_RETRY);
                 return response;
             }
             PageError::Internal(cause) => {
@@ -293,5 +329,38 @@ mod tests {
         let fault = ApiError::from(StoreError::Corrupt("x".into()));
         assert_eq!(fault.status_code(), StatusCode::INTERNAL_SERVER_ERROR);
         assert_eq!(fault.code(), "internal");
+    }
+
+    #[test]
+    fn a_page_whose_database_does_not_answer_is_503_with_retry_after_and_hides_the_cause() {
+        let refused = || StoreError::Refused {
+            waited: std::time::Duration::from_secs(5),
+            cause: "sorry, too many clients already (SQLSTATE 53300)".into(),
+        };
+        for down in [
+            PageError::from(refused()),
+            PageError::from(ApiError::from(refused())),
+        ] {
+            assert_eq!(down.status_code(), StatusCode::SERVICE_UNAVAILABLE);
+            let response = down.error_response();
+            assert_eq!(
+                response
+                    .headers()
+                    .get(header::RETRY_AFTER)
+                    .map(|v| v.as_bytes()),
+                Some(&b"5"[..])
+            );
+        }
+        let body = PageError::from(refused()).error_response().into_body();
+        let bytes = actix_web::body::to_bytes(body);
+        let text = futures_util::FutureExt::now_or_never(bytes)
+            .and_then(Result::ok)
+            .unwrap_or_default();
+        let text = String::from_utf8_lossy(&text);
+        assert!(text.contains("does not answer"), "{text}");
+        assert!(!text.contains("53300"), "the cause stays in the log");
+
+        let fault = PageError::from(StoreError::Corrupt("x".into()));
+        assert_eq!(fault.status_code(), StatusCode::INTERNAL_SERVER_ERROR);
     }
 }

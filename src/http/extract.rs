@@ -72,12 +72,9 @@ pub(crate) async fn authenticate(
             .store
             .session(&key, now_ms())
             .await
-            .map_err(|error| {
-                tracing::warn!(%error, "cannot check a session");
-                ApiError::Unavailable(
-                    "sessions are unavailable right now; try again shortly".into(),
-                )
-            })?;
+            // A database that does not answer is 503 with Retry-After; any other failure is
+            // the service's own (500), decided once by `StoreError::is_unavailable`.
+            .map_err(ApiError::from)?;
         // The database has only sessions that are live and of their user's current epoch.
         if let Some(session) = session {
             let grant = Grant {
@@ -272,7 +269,7 @@ async fn page_caller(request: HttpRequest, access: Access) -> Result<Caller, Pag
                 .unwrap_or_else(|| "/".into()),
         }),
         Err(ApiError::Forbidden) => Err(PageError::Forbidden),
-        Err(error) => Err(PageError::Internal(error.to_string())),
+        Err(error) => Err(PageError::from(error)),
     }
 }
 

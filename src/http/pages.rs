@@ -56,7 +56,7 @@ pub(super) async fn dashboard(
         .store
         .latest_announcements(PAGE_ANNOUNCEMENTS)
         .await
-        .map_err(|e| PageError::Internal(e.to_string()))?
+        .map_err(PageError::from)?
         .into_iter()
         .filter(|a| a.created_at >= since)
         .map(crate::live::Announcement::from)

@@ -1,7 +1,10 @@
 //! Live state, without transports: the snapshot and announcements every client sees, each
 //! encoded once, and what every live connection shares. It knows nothing of HTTP or RabbitMQ;
 //! the transports (`http::sse`, `http::poll`, `console`) read it, and `fanout` feeds it from
-//! the other instances.
+//! the other instances. One thing of a wire format is here on purpose: each frame is also kept
+//! in the event-stream text form (`id:`/`event:`/`data:` lines, `hub::sse_event`), made once
+//! when the frame is published, because ten thousand streams writing the same bytes must not
+//! each format them; `http::sse` only writes those bytes.
 //!
 //! - [`hub`]: this instance's latest snapshot and announcement ring, and event ids;
 //! - [`announcement`]: an announcement's fields and rules;

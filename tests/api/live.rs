@@ -583,7 +583,7 @@ fn with_news(seen: &Seen) -> usize {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn two_thousand_clients_receive_the_same_snapshots_and_each_delivery_is_timed_once() {
+async fn two_thousand_clients_see_snapshots_in_order_to_the_final_total_with_every_skip_counted() {
     const CLIENTS: usize = 2_000;
     const BURSTS: usize = 40;
     const PER_BURST: usize = 25;
