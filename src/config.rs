@@ -43,8 +43,43 @@ pub enum Command {
     Simulate(SimulateArgs),
     /// Manage the users who may sign in.
     Users(UsersArgs),
+    /// Kiosk links: revocable, dashboard-only links for wall screens.
+    Tokens(TokensArgs),
     /// Apply database migrations and exit.
     Migrate(DatabaseArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct TokensArgs {
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+
+    #[command(subcommand)]
+    pub(crate) action: TokensAction,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum TokensAction {
+    /// Create a kiosk link and print its URL once (only a digest of its key is kept).
+    Issue {
+        #[arg(value_parser = parse_link_name)]
+        name: String,
+        /// How long the link lives: 90m, 12h, 30d (at most 366d).
+        #[arg(long, default_value = "30d", value_parser = crate::auth::kiosk::parse_ttl)]
+        ttl: i64,
+        /// The address wall screens reach the service at (scheme, host, port; a path prefix if
+        /// a proxy serves it under one): the printed URL starts with it.
+        #[arg(long, env = "PULSEBOARD_PUBLIC_URL", default_value = "http://127.0.0.1:8080",
+              value_parser = parse_public_url)]
+        public_url: String,
+    },
+    /// List kiosk links: name, created, expires, last used.
+    List,
+    /// Revoke a kiosk link: its screens' streams close within seconds on every instance.
+    Revoke {
+        #[arg(value_parser = parse_link_name)]
+        name: String,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -375,6 +410,23 @@ fn parse_node_id(name: &str) -> Result<String, String> {
     } else {
         Err("use 1 to 64 printable characters".into())
     }
+}
+
+fn parse_link_name(name: &str) -> Result<String, String> {
+    crate::auth::kiosk::validate_name(name).map(|()| name.to_owned())
+}
+
+/// `http://` or `https://`, a host, no query or fragment; kept without a trailing `/`.
+fn parse_public_url(url: &str) -> Result<String, String> {
+    let rest = url
+        .strip_prefix("https://")
+        .or_else(|| url.strip_prefix("http://"))
+        .ok_or("expected http://HOST[:PORT][/PATH] or https://…")?;
+    let host = rest.split('/').next().unwrap_or_default();
+    if host.is_empty() || url.contains(['?', '#', ' ']) || host.contains('@') {
+        return Err("expected http://HOST[:PORT][/PATH] or https://… (no query, no user)".into());
+    }
+    Ok(url.trim_end_matches('/').to_owned())
 }
 
 fn parse_username(name: &str) -> Result<String, String> {

@@ -31,7 +31,8 @@
 //! - transports over the core and their own settings (`app`): `console` (the operators'
 //!   sessions), `http` (routes, pages, SSE, long-poll, the console handshake, the error
 //!   shapes);
-//! - commands: [`simulate`], [`users`], [`startup`] (wiring and ordered shutdown).
+//! - commands: [`simulate`], [`users`], [`tokens`] (kiosk links), [`startup`] (wiring and
+//!   ordered shutdown).
 //!
 //! What tests and benchmarks use is public; everything else is private to the crate, but for
 //! the few store details the benchmarks' baseline shares, which go through `for_benchmarks`.
@@ -80,6 +81,7 @@ mod http;
 
 // Commands besides serving, then the wiring of `serve`.
 pub mod simulate;
+pub mod tokens;
 pub mod users;
 
 pub mod startup;

@@ -5,7 +5,7 @@ use anyhow::Context;
 use clap::error::ErrorKind;
 use clap::Parser;
 use pulseboard::config::{Cli, Command};
-use pulseboard::{simulate, startup::Application, store::Store, telemetry, users};
+use pulseboard::{simulate, startup::Application, store::Store, telemetry, tokens, users};
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
@@ -63,6 +63,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
         Command::Serve(args) => Application::build(*args).await?.run_until_stopped().await,
         Command::Simulate(args) => Ok(simulate::run(args).await?),
         Command::Users(args) => users::run(args).await,
+        Command::Tokens(args) => tokens::run(args).await,
         Command::Migrate(args) => {
             let store = Store::connect(&args.database_url)
                 .await

@@ -13,6 +13,9 @@
 //   toggle (remembered in localStorage) overlays yesterday's or last week's series, faint,
 //   from the history API's `compare`.
 // - Announcements: a banner, newest first, dismissible; missed ones arrive on resume.
+// - The wall screen (/kiosk, `data-kiosk`) runs this same module: it never stops reconnecting,
+//   and when its stream fails it asks whether its link is still good (the snapshot's 401 says
+//   it is not): then it stops and says "this screen's link was revoked".
 import uPlot from "./vendor/uplot/uPlot.esm.js";
 import { Reconnect } from "./reconnect.js";
 
@@ -20,6 +23,7 @@ const root = document.querySelector("[data-dashboard]");
 const csrf = document.querySelector('meta[name="csrf-token"]')?.content ?? "";
 const currency = root.dataset.currency || "USD";
 const intervalMs = Number(root.dataset.intervalMs) || 250;
+const kiosk = root.hasAttribute("data-kiosk");
 
 const STREAM_FAILURES_BEFORE_POLL = 3;
 const POLL_TIMEOUT_S = 25;
@@ -168,9 +172,12 @@ window.pulseboardCharts = charts; // read by the browser tests
 
 // Charts follow their box: its width, a height from the viewport, text from the root font size
 // (so a wall screen gets large labels as the rest of the page does).
+// A wall screen's charts fill the room its layout leaves them instead (kiosk.css).
 function chartSize(element) {
+  const width = Math.max(240, element.clientWidth);
+  if (kiosk) return { width, height: Math.max(120, element.clientHeight) };
   return {
-    width: Math.max(240, element.clientWidth),
+    width,
     height: Math.round(Math.min(520, Math.max(200, window.innerHeight * 0.28))),
   };
 }
@@ -222,6 +229,8 @@ function chartOptions(label, color, format, element) {
   const fontPx = parseFloat(getComputedStyle(document.documentElement).fontSize) || 16;
   const font = `${Math.round(fontPx * 0.8)}px system-ui, sans-serif`;
   const value = (u, v) => (v == null ? "—" : format(v));
+  // A canvas knows no `currentColor`: the axes take the page's text colour (light when dark).
+  const ink = getComputedStyle(element).color || "currentColor";
   return {
     ...chartSize(element),
     series: [
@@ -233,8 +242,8 @@ function chartOptions(label, color, format, element) {
     ],
     hooks: { draw: [drawRevised] },
     axes: [
-      { stroke: "currentColor", font },
-      { stroke: "currentColor", font, values: (u, ticks) => ticks.map(format), size: labelAxisSize(font, Math.round(fontPx * 4.5)) },
+      { stroke: ink, font },
+      { stroke: ink, font, values: (u, ticks) => ticks.map(format), size: labelAxisSize(font, Math.round(fontPx * 4.5)) },
     ],
     legend: { show: true },
     cursor: { drag: { x: false, y: false } },
@@ -248,9 +257,11 @@ function makeCharts() {
     // Only a change of the box's width resizes the chart, on the next frame: resizing inside the
     // observer's callback would notify it again in the same frame.
     let width = element.clientWidth;
+    let height = element.clientHeight;
     new ResizeObserver(() => {
-      if (element.clientWidth === width) return;
+      if (element.clientWidth === width && (!kiosk || element.clientHeight === height)) return;
       width = element.clientWidth;
+      height = element.clientHeight;
       requestAnimationFrame(() => charts[name].setSize(chartSize(element)));
     }).observe(element);
   };
@@ -407,7 +418,8 @@ const status = root.querySelector("[data-connection]");
 const statusDot = status.querySelector(".dot");
 const statusText = status.querySelector("[data-connection-text]");
 const reconnectButton = root.querySelector("[data-reconnect]");
-const reconnect = new Reconnect({ connect, setStatus, button: reconnectButton });
+// A wall screen has nobody to press Reconnect: it tries for ever (every 30 s at most).
+const reconnect = new Reconnect({ connect, setStatus, button: reconnectButton, maxAttempts: kiosk ? Infinity : undefined });
 
 let lastEventId = root.dataset.lastEventId || "";
 let streamFailures = 0;
@@ -451,7 +463,7 @@ function openStream() {
     source = null;
     streamFailures += 1;
     if (streamFailures >= STREAM_FAILURES_BEFORE_POLL) usePoll = true;
-    scheduleReconnect();
+    connectionFailed();
   });
 }
 
@@ -465,7 +477,7 @@ async function pollLoop() {
       if (!response.ok) throw new Error(`poll: ${response.status}`);
       body = await response.json();
     } catch {
-      scheduleReconnect();
+      connectionFailed();
       return;
     }
     if (first) {
@@ -486,7 +498,30 @@ function scheduleReconnect() {
   reconnect.schedule();
 }
 
-reconnectButton.addEventListener("click", () => {
+// The connection failed or was closed: try again, unless this is a wall screen whose link is
+// no longer good.
+function connectionFailed() {
+  if (!kiosk) return scheduleReconnect();
+  linkRevoked().then((revoked) => (revoked ? showRevoked() : scheduleReconnect()));
+}
+
+async function linkRevoked() {
+  try {
+    const response = await fetch("/api/dashboard/snapshot", { credentials: "same-origin", cache: "no-store" });
+    return response.status === 401;
+  } catch {
+    return false; // the instance is away: reconnect
+  }
+}
+
+function showRevoked() {
+  usePoll = false;
+  root.setAttribute("data-revoked-link", "");
+  root.querySelector("[data-revoked]").hidden = false;
+  setStatus("disconnected", "Link revoked");
+}
+
+reconnectButton?.addEventListener("click", () => {
   usePoll = false;
   streamFailures = 0;
   reconnect.restart();
@@ -494,7 +529,7 @@ reconnectButton.addEventListener("click", () => {
 
 // ---------- refresh ----------
 const refreshButton = root.querySelector("[data-refresh]");
-refreshButton.addEventListener("click", async () => {
+refreshButton?.addEventListener("click", async () => {
   refreshButton.disabled = true;
   try {
     const response = await fetch("/api/dashboard/refresh", {

@@ -9,11 +9,12 @@ const MAX_ATTEMPTS = 8;
 
 export class Reconnect {
   // `connect` opens a connection; `setStatus(state, text)` shows the connection state;
-  // `button` is shown when the attempts are used up.
-  constructor({ connect, setStatus, button }) {
+  // `button` (if any) is shown when the `maxAttempts` (default 8) are used up.
+  constructor({ connect, setStatus, button, maxAttempts = MAX_ATTEMPTS }) {
     this.connect = connect;
     this.setStatus = setStatus;
     this.button = button;
+    this.maxAttempts = maxAttempts;
     this.attempt = 0;
     this.retryTimer = null;
     this.countdownTimer = null;
@@ -36,16 +37,16 @@ export class Reconnect {
   // The connection is up: the next failure starts counting from the first attempt again.
   connected() {
     this.attempt = 0;
-    this.button.hidden = true;
+    if (this.button) this.button.hidden = true;
   }
 
   // The connection failed or closed: try again after the next wait, or give up.
   schedule() {
     if (this.retryTimer) return;
     this.attempt += 1;
-    if (this.attempt > MAX_ATTEMPTS) {
+    if (this.attempt > this.maxAttempts) {
       this.setStatus("disconnected", "Disconnected");
-      this.button.hidden = false;
+      if (this.button) this.button.hidden = false;
       return;
     }
     const ceiling = Math.min(BACKOFF_CAP_MS, BACKOFF_BASE_MS * 2 ** (this.attempt - 1));

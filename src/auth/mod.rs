@@ -1,11 +1,12 @@
 //! Identity and authorization, without HTTP: roles and what they may do, user names, session
 //! keys and CSRF tokens, access tokens ([`token`]), whether a credential is still good
-//! ([`grant`]), password hashing ([`password`]) and the throttle on failed sign-ins
-//! ([`throttle`]). The HTTP extractors that apply them to a request
+//! ([`grant`]), kiosk links ([`kiosk`]), password hashing ([`password`]) and the throttle on
+//! failed sign-ins ([`throttle`]). The HTTP extractors that apply them to a request
 //! are `http::extract`; the SQL is `store::users`. Nothing here logs a password, hash, token or
 //! secret.
 
 pub(crate) mod grant;
+pub(crate) mod kiosk;
 pub(crate) mod password;
 pub(crate) mod throttle;
 pub(crate) mod token;
@@ -31,9 +32,13 @@ pub(crate) enum Role {
     Admin,
     /// Views dashboards and uses the console.
     Operator,
+    /// A wall screen's kiosk link: reads the dashboard and nothing else (docs/security.md,
+    /// Kiosk links). Never a user's role: `parse` does not know it.
+    Kiosk,
 }
 
 impl Role {
+    /// A user's role (`admin` or `operator`); a kiosk link is not a user.
     pub(crate) fn parse(text: &str) -> Option<Role> {
         match text {
             "admin" => Some(Role::Admin),
@@ -46,6 +51,7 @@ impl Role {
         match self {
             Role::Admin => "admin",
             Role::Operator => "operator",
+            Role::Kiosk => "kiosk",
         }
     }
 }

@@ -59,7 +59,7 @@ const TOPICS: &[Field] = &[Field {
 }];
 
 /// Every command, in the order `help` lists them.
-pub(crate) const DEFINITIONS: [Definition; 14] = [
+pub(crate) const DEFINITIONS: [Definition; 16] = [
     def("help", NONE, false, "every command with its payload fields", "null"),
     def("ping", NONE, false, "answers pong with the server time", "null"),
     def(
@@ -170,6 +170,23 @@ pub(crate) const DEFINITIONS: [Definition; 14] = [
         "latest audit entries, newest first",
         r#"{"limit":20}"#,
     ),
+    def(
+        "tokens.list",
+        NONE,
+        false,
+        "kiosk links: name, created, expires, last used",
+        "null",
+    ),
+    def(
+        "tokens.revoke",
+        &[Field {
+            name: "name",
+            rule: "a kiosk link's name from tokens.list",
+        }],
+        true,
+        "revokes that kiosk link: its screens' streams close on every node",
+        r#"{"name":"lobby"}"#,
+    ),
 ];
 
 /// A push topic of `subscribe`.
@@ -213,6 +230,8 @@ pub(super) enum JobCommand {
     ConnectionsList,
     ConnectionsKick { id: String },
     AuditTail { limit: u32 },
+    TokensList,
+    TokensRevoke { name: String },
 }
 
 /// Why a command was not parsed.
@@ -261,6 +280,12 @@ struct Announce {
 #[serde(deny_unknown_fields)]
 struct Kick {
     id: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Name {
+    name: String,
 }
 
 impl Command {
@@ -312,6 +337,12 @@ impl Command {
             "audit.tail" => job(J::AuditTail {
                 limit: limit(payload, 200)?,
             }),
+            "tokens.list" => no_fields(payload).map(|()| job(J::TokensList))?,
+            "tokens.revoke" => {
+                let Name { name } = fields(payload)?;
+                crate::auth::kiosk::validate_name(&name).map_err(|m| invalid("name", m))?;
+                job(J::TokensRevoke { name })
+            }
             other => return Err(ParseError::Unknown(other.to_owned())),
         })
     }
@@ -352,6 +383,8 @@ impl JobCommand {
             JobCommand::ConnectionsList => 11,
             JobCommand::ConnectionsKick { .. } => 12,
             JobCommand::AuditTail { .. } => 13,
+            JobCommand::TokensList => 14,
+            JobCommand::TokensRevoke { .. } => 15,
         }]
     }
 }
@@ -492,6 +525,7 @@ mod tests {
             "connections.list",
             "dlq.peek",
             "audit.tail",
+            "tokens.list",
         ];
         for definition in &DEFINITIONS {
             assert_eq!(
@@ -526,6 +560,8 @@ mod tests {
         assert_eq!(field("subscribe", json!({"topics": ["weather"]})), "topics");
         assert_eq!(field("subscribe", json!({"topics": []})), "topics");
         assert_eq!(field("ping", json!({"x": 1})), "x");
+        assert_eq!(field("tokens.revoke", json!({"name": "a b"})), "name");
+        assert_eq!(field("tokens.revoke", json!({})), "name");
         assert_eq!(
             Command::parse("reboot", &Value::Null),
             Err(ParseError::Unknown("reboot".into()))
@@ -553,6 +589,7 @@ mod tests {
                         Just("message".to_owned()),
                         Just("level".to_owned()),
                         Just("id".to_owned()),
+                        Just("name".to_owned()),
                         "[a-z]{1,6}",
                     ],
                     inner,

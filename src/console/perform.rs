@@ -7,8 +7,8 @@
 use super::commands::JobCommand;
 use super::protocol::{ErrorCode, Failure};
 use super::replies::{
-    payload, AuditEntry, AuditTail, ClusterStatus, Connections, Kicked, NodeReach, Paused, Peeked,
-    Purged, Reach,
+    payload, AuditEntry, AuditTail, ClusterStatus, Connections, Kicked, KioskLinks, NodeReach,
+    Paused, Peeked, Purged, Reach, Revoked,
 };
 use crate::app::AppState;
 use crate::clock::now_ms;
@@ -85,6 +85,20 @@ pub(super) async fn perform(
             let entries = rows.iter().map(AuditEntry::of).collect();
             payload(&AuditTail { entries })
         }
+        JobCommand::TokensList => {
+            let links = state.core.store.kiosk_links().await?;
+            payload(&KioskLinks::of(&links))
+        }
+        JobCommand::TokensRevoke { name } => match state.core.revoke_kiosk_link(name).await? {
+            Some(ended) => payload(&Revoked {
+                revoked: name.clone(),
+                ended_here: ended,
+            }),
+            None => Err(Failure::new(
+                ErrorCode::InvalidPayload,
+                format!("name: no kiosk link {name}"),
+            )),
+        },
     }
 }
 

@@ -11,7 +11,7 @@ use crate::clock::rfc3339;
 use crate::control::NodeStatus;
 use crate::dlq::DeadLetter;
 use crate::live::connection::ConnectionInfo;
-use crate::store::AuditRow;
+use crate::store::{AuditRow, KioskLink};
 use serde::Serialize;
 use serde_json::Value;
 
@@ -73,6 +73,44 @@ pub(super) enum Reach {
 pub(super) struct Kicked {
     pub kicked: String,
     pub node: String,
+}
+
+/// `tokens.list`: every kiosk link, by name.
+#[derive(Debug, Serialize)]
+pub(super) struct KioskLinks {
+    pub links: Vec<KioskLinkEntry>,
+}
+
+#[derive(Debug, Serialize)]
+pub(super) struct KioskLinkEntry {
+    pub name: String,
+    pub created: String,
+    pub expires: String,
+    /// `null` until a screen used it.
+    pub last_used: Option<String>,
+}
+
+impl KioskLinks {
+    pub(super) fn of(links: &[KioskLink]) -> KioskLinks {
+        let links = links
+            .iter()
+            .map(|link| KioskLinkEntry {
+                name: link.name.clone(),
+                created: rfc3339(link.created_at),
+                expires: rfc3339(link.expires_at),
+                last_used: link.last_used_at.map(rfc3339),
+            })
+            .collect();
+        KioskLinks { links }
+    }
+}
+
+/// `tokens.revoke`: which link, and how many of its connections this node closed (the other
+/// nodes close theirs on the fan-out's word, or within a second of reading the database).
+#[derive(Debug, Serialize)]
+pub(super) struct Revoked {
+    pub revoked: String,
+    pub ended_here: usize,
 }
 
 /// `ingest.pause` and `ingest.resume`.

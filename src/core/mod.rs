@@ -218,6 +218,25 @@ impl Core {
         (received, waiting)
     }
 
+    /// Revokes kiosk link `name` (the console's `tokens.revoke`): deletes it and its sessions,
+    /// ends their connections here at once and tells the other instances, as a sign-out does
+    /// (each ends them on the fan-out's message, or at its next read of the credential epochs
+    /// within a second when the message is lost: the only way `pulseboard tokens revoke`, which
+    /// only writes the database, reaches them). `None` when there is no such link; otherwise
+    /// how many connections ended here.
+    pub(crate) async fn revoke_kiosk_link(&self, name: &str) -> Result<Option<usize>, StoreError> {
+        let Some(sessions) = self.store.revoke_kiosk_link(name).await? else {
+            return Ok(None);
+        };
+        let mut ended = 0;
+        for key in &sessions {
+            ended += self.registry.end_session(key);
+            self.fanout.send_sign_out(key);
+        }
+        tracing::info!(link = %name, sessions = sessions.len(), ended, "revoked a kiosk link");
+        Ok(Some(ended))
+    }
+
     /// Stores an announcement, delivers it on this instance and tells the others: the one
     /// code path of `POST /api/announcements` and the console's `announce`.
     pub(crate) async fn publish_announcement(

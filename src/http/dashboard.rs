@@ -1,6 +1,6 @@
 //! Dashboard data beside the live streams: history for backfilling charts, forced refresh.
 
-use super::extract::Viewer;
+use super::extract::{Reader, Viewer};
 use super::{ApiError, AppState};
 use crate::aggregate::{minute_of, same_time_earlier, Offset, Point, MINUTE_MS};
 use crate::clock::now_ms;
@@ -25,7 +25,7 @@ pub(super) struct HistoryQuery {
 /// minutes without events are zeros, so charts need no gap handling. With `compare=1d|7d`,
 /// the same window a day or a week earlier (`{"points":[…],"compare":"1d"}`).
 pub(super) async fn history(
-    _viewer: Viewer,
+    _reader: Reader,
     query: web::Query<HistoryQuery>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {

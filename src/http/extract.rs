@@ -1,7 +1,10 @@
-//! Who is calling: credentials from the request, and the extractors that gate handlers.
+//! Who is calling: credentials from the request, and the extractors that gate handlers. What
+//! each caller may reach is decided here, by [`Access`]: a kiosk link's session (`Role::Kiosk`)
+//! passes only [`Reader`], the dashboard's read-only data (docs/security.md, Kiosk links).
 
 use super::{ApiError, AppState, PageError};
 use crate::auth::grant::{Grant, GrantKind, Verdict};
+use crate::auth::kiosk::{holder, KIOSK_COOKIE};
 use crate::auth::{same_token, session_key, Role, CSRF_HEADER, SESSION_COOKIE};
 use crate::clock::now_ms;
 use actix_web::dev::Payload;
@@ -88,7 +91,63 @@ pub(crate) async fn authenticate(
             }));
         }
     }
+    if let Some(cookie) = request.cookie(KIOSK_COOKIE) {
+        return kiosk_caller(state, session_key(cookie.value())).await;
+    }
     Ok(None)
+}
+
+/// The caller of a kiosk session with id digest `key`, if it is a live session of a live link;
+/// the link is marked used (at most once a minute: `Store::touch_kiosk_link`).
+async fn kiosk_caller(state: &AppState, key: String) -> Result<Option<Caller>, ApiError> {
+    let now = now_ms();
+    let unavailable = |error: crate::store::StoreError| {
+        tracing::warn!(%error, "cannot check a kiosk session");
+        ApiError::Unavailable("sessions are unavailable right now; try again shortly".into())
+    };
+    let Some(session) = state
+        .core
+        .store
+        .kiosk_session(&key, now)
+        .await
+        .map_err(unavailable)?
+    else {
+        return Ok(None);
+    };
+    if let Err(error) = state.core.store.touch_kiosk_link(&session.link, now).await {
+        tracing::debug!(%error, "cannot record a kiosk link's use");
+    }
+    let grant = Grant {
+        user: holder(&session.link),
+        role: Role::Kiosk,
+        epoch: session.epoch,
+        kind: GrantKind::Session { key },
+        issued_at: session.created_at,
+        expires_at: session.expires_at,
+    };
+    // Only safe methods ever pass a kiosk session ([`Access::Dashboard`]): no CSRF token.
+    Ok(Some(Caller { grant, csrf: None }))
+}
+
+/// What a handler lets in (SPEC §5, the "who" column).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Access {
+    /// The dashboard's read-only data: admin, operator, kiosk link.
+    Dashboard,
+    /// Everything else a signed-in user may do: admin, operator.
+    Viewer,
+    /// The console and changing things for everyone: operator.
+    Operator,
+}
+
+impl Access {
+    fn admits(self, role: Role) -> bool {
+        match self {
+            Access::Dashboard => true,
+            Access::Viewer => role != Role::Kiosk,
+            Access::Operator => role == Role::Operator,
+        }
+    }
 }
 
 fn bearer_token(request: &HttpRequest) -> Option<String> {
@@ -139,19 +198,37 @@ fn state_of(request: &HttpRequest) -> Result<web::Data<AppState>, ApiError> {
         .ok_or_else(|| ApiError::Internal(anyhow::anyhow!("application state missing")))
 }
 
-async fn caller_with_role(request: HttpRequest, operator_only: bool) -> Result<Caller, ApiError> {
+async fn caller_with_role(request: HttpRequest, access: Access) -> Result<Caller, ApiError> {
     let state = state_of(&request)?;
     let caller = authenticate(&request, &state)
         .await?
         .ok_or(ApiError::Unauthorized)?;
-    if operator_only && caller.role() != Role::Operator {
+    if !access.admits(caller.role()) {
         return Err(ApiError::Forbidden);
     }
     check_csrf(&request, &caller)?;
     Ok(caller)
 }
 
-/// Any signed-in role (admin or operator): 401 otherwise.
+/// The dashboard's read-only data (snapshot, history, stream, long-poll): admin, operator or a
+/// kiosk link; 401 otherwise.
+pub(crate) struct Reader(pub Caller);
+
+impl FromRequest for Reader {
+    type Error = ApiError;
+    type Future = LocalBoxFuture<'static, Result<Self, Self::Error>>;
+
+    fn from_request(request: &HttpRequest, _: &mut Payload) -> Self::Future {
+        let request = request.clone();
+        Box::pin(async move {
+            caller_with_role(request, Access::Dashboard)
+                .await
+                .map(Reader)
+        })
+    }
+}
+
+/// A signed-in user (admin or operator): 401 when not signed in, 403 for a kiosk link.
 pub(crate) struct Viewer(pub Caller);
 
 impl FromRequest for Viewer {
@@ -160,11 +237,11 @@ impl FromRequest for Viewer {
 
     fn from_request(request: &HttpRequest, _: &mut Payload) -> Self::Future {
         let request = request.clone();
-        Box::pin(async move { caller_with_role(request, false).await.map(Viewer) })
+        Box::pin(async move { caller_with_role(request, Access::Viewer).await.map(Viewer) })
     }
 }
 
-/// The operator role: 401 when not signed in, 403 for an admin.
+/// The operator role: 401 when not signed in, 403 for an admin or a kiosk link.
 pub(crate) struct Operator(pub Caller);
 
 impl FromRequest for Operator {
@@ -173,12 +250,16 @@ impl FromRequest for Operator {
 
     fn from_request(request: &HttpRequest, _: &mut Payload) -> Self::Future {
         let request = request.clone();
-        Box::pin(async move { caller_with_role(request, true).await.map(Operator) })
+        Box::pin(async move {
+            caller_with_role(request, Access::Operator)
+                .await
+                .map(Operator)
+        })
     }
 }
 
-async fn page_caller(request: HttpRequest, operator_only: bool) -> Result<Caller, PageError> {
-    match caller_with_role(request.clone(), operator_only).await {
+async fn page_caller(request: HttpRequest, access: Access) -> Result<Caller, PageError> {
+    match caller_with_role(request.clone(), access).await {
         Ok(caller) => Ok(caller),
         Err(ApiError::Unauthorized) => Err(PageError::SignIn {
             next: request
@@ -192,7 +273,7 @@ async fn page_caller(request: HttpRequest, operator_only: bool) -> Result<Caller
     }
 }
 
-/// A page for any signed-in role; otherwise a redirect to `/login?next=…`.
+/// A page for a signed-in user; otherwise a redirect to `/login?next=…` (a kiosk link: 403).
 pub(crate) struct PageViewer(pub Caller);
 
 impl FromRequest for PageViewer {
@@ -201,7 +282,7 @@ impl FromRequest for PageViewer {
 
     fn from_request(request: &HttpRequest, _: &mut Payload) -> Self::Future {
         let request = request.clone();
-        Box::pin(async move { page_caller(request, false).await.map(PageViewer) })
+        Box::pin(async move { page_caller(request, Access::Viewer).await.map(PageViewer) })
     }
 }
 
@@ -214,6 +295,26 @@ impl FromRequest for PageOperator {
 
     fn from_request(request: &HttpRequest, _: &mut Payload) -> Self::Future {
         let request = request.clone();
-        Box::pin(async move { page_caller(request, true).await.map(PageOperator) })
+        Box::pin(async move {
+            page_caller(request, Access::Operator)
+                .await
+                .map(PageOperator)
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Access, Role};
+
+    #[test]
+    fn a_kiosk_link_reads_the_dashboard_and_nothing_else() {
+        let roles = [Role::Admin, Role::Operator, Role::Kiosk];
+        let admitted = |access: Access| -> Vec<Role> {
+            roles.into_iter().filter(|r| access.admits(*r)).collect()
+        };
+        assert_eq!(admitted(Access::Dashboard), roles);
+        assert_eq!(admitted(Access::Viewer), [Role::Admin, Role::Operator]);
+        assert_eq!(admitted(Access::Operator), [Role::Operator]);
     }
 }

@@ -11,6 +11,7 @@ mod console;
 mod dashboard;
 mod error;
 pub(crate) mod extract;
+mod kiosk;
 mod observe;
 mod pages;
 mod poll;

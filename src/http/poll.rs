@@ -8,7 +8,7 @@
 //! current snapshot, with an id that covers every announcement so far; an `after` newer than
 //! anything the service knows is treated as unknown (everything kept is replayed).
 
-use super::extract::Viewer;
+use super::extract::Reader;
 use super::{ApiError, AppState};
 use crate::clock::now_ms;
 use crate::live::connection::{CloseReason, ConnectionGuard, Ending, Sent, Transport};
@@ -30,7 +30,7 @@ pub(super) struct PollQuery {
 }
 
 pub(super) async fn poll(
-    viewer: Viewer,
+    viewer: Reader,
     query: web::Query<PollQuery>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {

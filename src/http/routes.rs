@@ -1,8 +1,10 @@
 //! The route table (see docs/api.md, HTTP routes) and the small handlers: snapshot, health,
 //! readiness, metrics.
 
-use super::extract::Viewer;
-use super::{announcements, assets, dashboard, error_body, pages, signin, ApiError, AppState};
+use super::extract::Reader;
+use super::{
+    announcements, assets, dashboard, error_body, kiosk, pages, signin, ApiError, AppState,
+};
 use super::{console, poll, sse};
 use actix_web::dev::{AppService, HttpServiceFactory};
 use actix_web::http::{header, Method};
@@ -20,6 +22,7 @@ pub(super) fn configure(config: &mut web::ServiceConfig) {
     config
         .service(Endpoint::new("/", Page).get(pages::dashboard))
         .service(Endpoint::new("/console", Page).get(pages::console))
+        .service(Endpoint::new("/kiosk", Page).get(kiosk::page))
         .service(Endpoint::new("/static/{path:.*}", Page).get(assets::serve))
         .service(Endpoint::new("/favicon.ico", Page).get(assets::favicon))
         .service(
@@ -125,7 +128,7 @@ impl HttpServiceFactory for Endpoint {
     }
 }
 
-async fn snapshot(_viewer: Viewer, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+async fn snapshot(_reader: Reader, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     let frame = state.core.hub.latest_frame().ok_or_else(|| {
         ApiError::Unavailable("no snapshot yet: waiting for the ingest leader".into())
     })?;

@@ -20,7 +20,7 @@
 //! (the feed, an ending, the heartbeat timer) stay registered without a lock, and the
 //! heartbeat timer is moved only when it fires, not at every write.
 
-use super::extract::Viewer;
+use super::extract::Reader;
 use super::{ApiError, AppState};
 use crate::clock::now_ms;
 use crate::live::connection::{CloseReason, ConnectionGuard, Sent, Transport};
@@ -49,7 +49,7 @@ pub(super) struct StreamQuery {
 }
 
 pub(super) async fn stream(
-    viewer: Viewer,
+    viewer: Reader,
     request: HttpRequest,
     query: web::Query<StreamQuery>,
     state: web::Data<AppState>,

@@ -1,8 +1,10 @@
 //! The credential watch (docs/security.md, Revocation): this instance's table of every user's
 //! credential epoch and role ([`KnownUsers`]), read from the database every [`REFRESH_EVERY`] by
 //! one task, which then ends the registered connections whose credential is no longer good
-//! (reason `revoked` or `expired`). Users are changed by `pulseboard users …`, a separate
-//! process that only writes the database: reading it is how every instance learns of a change.
+//! (reason `revoked` or `expired`). Users are changed by `pulseboard users …`, and kiosk links by
+//! `pulseboard tokens …`, separate processes that only write the database: reading it is how
+//! every instance learns of a change. Kiosk links are in the same table, under their holder
+//! names (`auth::kiosk::holder`) with role `kiosk`, so that one sweep ends both.
 //!
 //! Whether a credential is good is decided by `auth::grant::judge` alone; what differs is where
 //! the user's current state comes from: the table, for a new request with a token (no database
@@ -12,6 +14,7 @@
 
 use super::connection::Registry;
 use crate::auth::grant::{judge, Grant, GrantKind, KnownUsers, UserState, Verdict};
+use crate::auth::Role;
 use crate::clock::now_ms;
 use crate::store::{Store, StoreError};
 use std::sync::{Arc, RwLock};
@@ -85,6 +88,12 @@ impl CredentialWatch {
                 .user_credentials(&grant.user)
                 .await
                 .map(|user| user.map(|u| u.state)),
+            // A revoked link's session has no row; a live one carries its link's epoch.
+            GrantKind::Session { key } if grant.role == Role::Kiosk => self
+                .store
+                .kiosk_session(key, now_ms())
+                .await
+                .map(|row| row.map(|row| row.state())),
             // A signed-out session has no row; an existing one carries its user's state.
             GrantKind::Session { key } => self.store.session(key, now_ms()).await.map(|row| {
                 row.map(|row| UserState {
@@ -185,5 +194,7 @@ fn doubtful_as_good(known: &KnownUsers, grant: &Grant, now: i64) -> Verdict {
 
 async fn read_users(store: &Store) -> Result<KnownUsers, StoreError> {
     let read_at = now_ms();
-    Ok(KnownUsers::new(store.user_states().await?, read_at))
+    let mut states = store.user_states().await?;
+    states.extend(store.kiosk_states().await?);
+    Ok(KnownUsers::new(states, read_at))
 }

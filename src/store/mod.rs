@@ -16,12 +16,14 @@
 mod announcements;
 mod audit;
 pub(crate) mod batch;
+mod kiosk;
 mod lease;
 mod users;
 
 pub(crate) use announcements::StoredAnnouncement;
 pub(crate) use audit::{AuditRow, NewAudit};
 pub use batch::event_id_key;
+pub(crate) use kiosk::KioskLink;
 pub use lease::Lease;
 
 use crate::aggregate::{

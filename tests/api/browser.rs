@@ -1077,3 +1077,163 @@ fn regex_lite_time(text: &str) -> bool {
             }
         })
 }
+
+/// The wall screen's layout at `width` × `height`: the viewport, whether the page scrolls,
+/// the smallest figure's font size, any figure cut off, the background's luminance.
+async fn kiosk_layout(browser: &Browser, width: u32, height: u32) -> Value {
+    // The window's size, less what the browser keeps for itself, is the viewport's.
+    browser
+        .client
+        .set_window_size(width, height)
+        .await
+        .expect("resize");
+    let inner = browser
+        .js("return [window.innerWidth, window.innerHeight];")
+        .await;
+    let (inner_width, inner_height) = (
+        inner[0].as_u64().unwrap_or(0),
+        inner[1].as_u64().unwrap_or(0),
+    );
+    browser
+        .client
+        .set_window_size(
+            2 * width - inner_width as u32,
+            2 * height - inner_height as u32,
+        )
+        .await
+        .expect("resize");
+    // Past the resize and uPlot's redraw on the next frame.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    browser
+        .js(r#"
+            const values = [...document.querySelectorAll("[data-figure]")];
+            const [r, g, b] = getComputedStyle(document.body).backgroundColor.match(/\d+/g).map(Number);
+            return {
+                width: window.innerWidth,
+                height: window.innerHeight,
+                scrolls: document.documentElement.scrollHeight > window.innerHeight + 1,
+                smallest_figure_px: Math.min(...values.map((v) => parseFloat(getComputedStyle(v).fontSize))),
+                cut: values.filter((v) => v.scrollWidth > v.clientWidth + 1).map((v) => v.textContent),
+                offscreen: [...document.querySelectorAll(".figure, .chart")].filter((e) => e.getBoundingClientRect().bottom > window.innerHeight + 1).length,
+                clipped_charts: [...document.querySelectorAll(".chart")].filter((c) => c.querySelector(".uplot").getBoundingClientRect().bottom > c.getBoundingClientRect().bottom + 1).length,
+                luminance: (0.2126 * r + 0.7152 * g + 0.0722 * b) / 255,
+                navigation: document.querySelectorAll("nav, a[href]").length,
+            };
+        "#)
+        .await
+}
+
+#[tokio::test]
+async fn the_wall_screen_fits_1920x1080_and_1280x720_survives_a_restart_and_shows_a_revoked_link() {
+    let database = TestDatabase::new(Backend::Sqlite).await;
+    let names = Names::new();
+    let broker = Broker::connect(&names).await;
+    let port = free_port();
+    let mut config = ServiceConfig::new(&database, &names, "wall-1");
+    config
+        .env
+        .push(("PULSEBOARD_BIND".into(), format!("127.0.0.1:{port}")));
+    let mut service = Service::start(&config).await;
+    // Large figures: the widest revenue a screen is likely to show.
+    broker
+        .publish_all(&[order("wall-1", 123_456_789), order("wall-2", 99_999)])
+        .await;
+    service
+        .wait_for_snapshot(Duration::from_secs(10), |s| {
+            s["revenue"]["today_minor"] == 123_556_788
+        })
+        .await;
+    let (url, key) = crate::kiosk::issue(&database, &service, "lobby");
+
+    let browser = Browser::start(true).await;
+    browser.client.goto(&url).await.expect("open the link");
+    browser
+        .wait_for_css("[data-kiosk]", Duration::from_secs(10))
+        .await;
+    let address = browser.js("return location.href;").await;
+    assert_eq!(
+        address,
+        json!(service.url("/kiosk")),
+        "the key left the address bar"
+    );
+    assert!(!address.to_string().contains(&key));
+    browser.wait_until_connected(Duration::from_secs(10)).await;
+    browser
+        .wait_for_text("[data-figure='today_minor']", Duration::from_secs(5), |t| {
+            t.contains("1,235,567.88")
+        })
+        .await;
+
+    for (width, height, name, least_px) in [
+        (1920, 1080, "11a-kiosk-1920x1080", 90.0),
+        (1280, 720, "11b-kiosk-1280x720", 60.0),
+    ] {
+        let layout = kiosk_layout(&browser, width, height).await;
+        browser.screenshot(name).await;
+        assert_eq!(layout["width"], width, "{layout}");
+        assert_eq!(layout["height"], height, "{layout}");
+        assert_eq!(layout["scrolls"], false, "{name}: {layout}");
+        assert_eq!(
+            layout["offscreen"], 0,
+            "{name}: every figure and chart on screen: {layout}"
+        );
+        assert_eq!(layout["cut"], json!([]), "{name}: {layout}");
+        assert_eq!(
+            layout["clipped_charts"], 0,
+            "{name}: the charts fit their boxes: {layout}"
+        );
+        assert!(
+            layout["smallest_figure_px"].as_f64() >= Some(least_px),
+            "{name}: figures readable across a room: {layout}"
+        );
+        assert!(
+            layout["luminance"].as_f64() < Some(0.1),
+            "{name}: dark: {layout}"
+        );
+        assert_eq!(layout["navigation"], 0, "{name}: no navigation: {layout}");
+    }
+    browser.assert_clean().await;
+
+    // An instance restart: a discreet reconnecting line, then live again by itself.
+    service.kill().await;
+    browser
+        .wait_for_text("[data-connection-text]", Duration::from_secs(5), |t| {
+            t.starts_with("Reconnecting")
+        })
+        .await;
+    browser.screenshot("11c-kiosk-reconnecting").await;
+    drop(service);
+    let service = Service::start(&config).await;
+    browser.wait_until_connected(Duration::from_secs(40)).await;
+    broker.publish_all(&[order("wall-3", 1)]).await;
+    browser
+        .wait_for_text(
+            "[data-figure='today_minor']",
+            Duration::from_secs(10),
+            |t| t.contains("1,235,567.89"),
+        )
+        .await;
+
+    // Revoked: the screen says so within the 5 s, and a reload shows the same.
+    let revoked = Instant::now();
+    crate::kiosk::tokens_command(&database, &["revoke", "lobby"], &service.base_url);
+    browser
+        .wait_for_text("[data-revoked]", Duration::from_secs(5), |t| {
+            t.contains("This screen's link was revoked.")
+        })
+        .await;
+    assert!(revoked.elapsed() < Duration::from_secs(5));
+    let figures_shown = browser
+        .js("return document.querySelector('.figures').getClientRects().length;")
+        .await;
+    assert_eq!(figures_shown, 0, "the figures are hidden");
+    browser.screenshot("11d-kiosk-revoked").await;
+    browser.client.refresh().await.expect("reload");
+    browser
+        .wait_for_text("[data-revoked]", Duration::from_secs(5), |t| {
+            t.contains("This screen's link was revoked.")
+        })
+        .await;
+    let scripts = browser.js("return document.scripts.length;").await;
+    assert_eq!(scripts, 0, "the revoked page runs nothing");
+}

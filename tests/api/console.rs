@@ -223,7 +223,7 @@ async fn every_command_answers_and_every_refusal_has_its_code() {
     // help: every command with its payload fields.
     let help = console.ok("help", Value::Null).await;
     let commands = help["commands"].as_array().expect("commands");
-    assert_eq!(commands.len(), 14, "{help}");
+    assert_eq!(commands.len(), 16, "{help}");
     let peek = commands
         .iter()
         .find(|c| c["name"] == "dlq.peek")

@@ -20,6 +20,7 @@ mod hardening;
 mod helpers;
 mod hostile_amqp;
 mod ingest;
+mod kiosk;
 // The kit is shared with the benchmarks, which use other parts of it (CPU accounting).
 #[allow(dead_code)]
 #[path = "../kit/mod.rs"]

@@ -34,10 +34,10 @@ const NGINX: &str = "/usr/sbin/nginx";
 /// reconnection included.
 const MAX_SILENCE: Duration = Duration::from_secs(4);
 
-/// `nginx/pulseboard.conf` with the compose addresses swapped for local ones; nothing else
-/// changes. Each swapped line must be there exactly once, so a change to the file that this
-/// test would not notice fails here.
-pub fn local_proxy_config(source: &str, upstreams: [u16; 2], listen: u16) -> String {
+/// `nginx/pulseboard.conf` with the compose addresses swapped for local ones, and its access
+/// log moved into `dir`; nothing else changes. Each swapped line must be there exactly once,
+/// so a change to the file that this test would not notice fails here.
+pub fn local_proxy_config(source: &str, upstreams: [u16; 2], listen: u16, dir: &str) -> String {
     let swaps = [
         // Addresses need no resolving (and Debian's nginx predates `resolve` outside nginx Plus).
         (
@@ -49,6 +49,10 @@ pub fn local_proxy_config(source: &str, upstreams: [u16; 2], listen: u16) -> Str
             format!("server 127.0.0.1:{} ", upstreams[1]),
         ),
         ("listen 80;", format!("listen 127.0.0.1:{listen};")),
+        (
+            "access_log /var/log/nginx/access.log pulseboard;",
+            format!("access_log {dir}/access.log pulseboard;"),
+        ),
     ];
     let mut config = source.to_owned();
     for (from, to) in swaps {
@@ -83,7 +87,7 @@ impl Nginx {
         let dir = folder.path().display().to_string();
         std::fs::write(
             folder.path().join("pulseboard.conf"),
-            local_proxy_config(&source, upstreams, port),
+            local_proxy_config(&source, upstreams, port, &dir),
         )
         .expect("write pulseboard.conf");
         // The frame the official image's nginx.conf gives conf.d/default.conf: an http block.
@@ -138,6 +142,11 @@ impl Nginx {
 
     pub fn origin(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// What it wrote to its access log so far.
+    pub fn access_log(&self) -> String {
+        std::fs::read_to_string(self._folder.path().join("access.log")).unwrap_or_default()
     }
 }
 

@@ -33,7 +33,7 @@ async fn stream_with_token(service: &Service, token: &str) -> SseClient {
 }
 
 /// Reads `stream` until it ends (within `limit`); returns its last comment.
-async fn last_words(stream: &mut SseClient, limit: Duration) -> String {
+pub(crate) async fn last_words(stream: &mut SseClient, limit: Duration) -> String {
     let deadline = Instant::now() + limit;
     let mut last_comment = String::new();
     loop {
