@@ -98,7 +98,7 @@ pub(crate) async fn authenticate(
 }
 
 /// The caller of a kiosk session with id digest `key`, if it is a live session of a live link;
-/// the link is marked used (at most once a minute: `Store::touch_kiosk_link`).
+/// the link is marked used (at most once a minute per link: `auth::kiosk::LinkUse`).
 async fn kiosk_caller(state: &AppState, key: String) -> Result<Option<Caller>, ApiError> {
     let now = now_ms();
     let unavailable = |error: crate::store::StoreError| {
@@ -114,8 +114,10 @@ async fn kiosk_caller(state: &AppState, key: String) -> Result<Option<Caller>, A
     else {
         return Ok(None);
     };
-    if let Err(error) = state.core.store.touch_kiosk_link(&session.link, now).await {
-        tracing::debug!(%error, "cannot record a kiosk link's use");
+    if state.core.kiosk_use.due(&session.link, now) {
+        if let Err(error) = state.core.store.touch_kiosk_link(&session.link, now).await {
+            tracing::debug!(%error, "cannot record a kiosk link's use");
+        }
     }
     let grant = Grant {
         user: holder(&session.link),

@@ -76,6 +76,8 @@ async fn exchange(state: &AppState, key: &str) -> Result<HttpResponse, PageError
     let (value, max_age_secs) = match opened {
         Some((link, expires_at)) => {
             tracing::info!(%link, "a kiosk link opened a session");
+            // The exchange wrote "last used": the screen's first requests need not.
+            let _ = state.core.kiosk_use.due(&link, now);
             (session, (expires_at - now) / 1000)
         }
         None => {

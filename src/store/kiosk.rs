@@ -178,15 +178,15 @@ impl Store {
         }
     }
 
-    /// Records that `link` was used at `now`, at most once a minute (a screen's streams
-    /// reconnect, its charts ask for history: none of that needs a write each time).
+    /// Records that `link` was used at `now` (never moving it back). How often is decided by
+    /// the caller (`auth::kiosk::LinkUse`): every call is a write.
     pub(crate) async fn touch_kiosk_link(&self, link: &str, now: Millis) -> Result<(), StoreError> {
         sqlx::query(
             "UPDATE kiosk_links SET last_used_at = $1 WHERE name = $2 AND last_used_at < $3",
         )
         .bind(now)
         .bind(link)
-        .bind(now - 60_000)
+        .bind(now)
         .execute(self.writer())
         .await?;
         Ok(())
