@@ -101,16 +101,13 @@ pub(crate) async fn authenticate(
 /// the link is marked used (at most once a minute per link: `auth::kiosk::LinkUse`).
 async fn kiosk_caller(state: &AppState, key: String) -> Result<Option<Caller>, ApiError> {
     let now = now_ms();
-    let unavailable = |error: crate::store::StoreError| {
-        tracing::warn!(%error, "cannot check a kiosk session");
-        ApiError::Unavailable("sessions are unavailable right now; try again shortly".into())
-    };
     let Some(session) = state
         .core
         .store
         .kiosk_session(&key, now)
         .await
-        .map_err(unavailable)?
+        // 503 with Retry-After when the database does not answer, 500 otherwise.
+        .map_err(ApiError::from)?
     else {
         return Ok(None);
     };
