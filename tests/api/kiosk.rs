@@ -570,3 +570,33 @@ async fn under_tls_the_kiosk_cookie_is_secure() {
     assert!(cookie.contains("; Secure"), "{cookie}");
     assert!(!cookie.contains("pulseboard_kiosk=revoked"), "{cookie}");
 }
+
+/// Without `PULSEBOARD_PUBLIC_URL`, `tokens issue` prints the link under the service's own
+/// address as its configuration says (`PULSEBOARD_BIND`, `https://` with TLS), not a fixed
+/// `http://127.0.0.1:8080`, and says to set `PULSEBOARD_PUBLIC_URL` behind a proxy.
+#[tokio::test]
+async fn tokens_issue_without_a_public_url_prints_the_service_s_own_address() {
+    let database = TestDatabase::new(Backend::Sqlite).await;
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_pulseboard"))
+        .args(["tokens", "issue", "hall"])
+        .env("DATABASE_URL", &database.url)
+        .env_remove("PULSEBOARD_PUBLIC_URL")
+        .env("PULSEBOARD_BIND", "10.1.2.3:8443")
+        .env("PULSEBOARD_TLS_CERT", "/etc/pulseboard/cert.pem")
+        .env("PULSEBOARD_TLS_KEY", "/etc/pulseboard/key.pem")
+        .output()
+        .expect("tokens command");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        stdout
+            .lines()
+            .any(|l| l.starts_with("https://10.1.2.3:8443/kiosk?key=")),
+        "{stdout}"
+    );
+    assert!(stdout.contains("set PULSEBOARD_PUBLIC_URL"), "{stdout}");
+}
