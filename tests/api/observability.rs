@@ -619,6 +619,45 @@ fn every_alert_reaches_telegram_and_no_secret_is_in_the_repository() {
     }
 }
 
+/// With N instances an alert is N alerts, one per `instance`: both notification paths group
+/// them by alert, never by instance or node, so one incident is one Telegram message (the
+/// template lists every alert of the group).
+#[test]
+fn an_alert_of_every_instance_is_one_message() {
+    fn group_by(route: &Yaml, what: &str, found: &mut Vec<(String, Vec<String>)>) {
+        if let Some(keys) = route["group_by"].as_sequence() {
+            let keys = keys.iter().filter_map(|k| k.as_str().map(str::to_owned));
+            found.push((what.to_owned(), keys.collect()));
+        }
+        for child in route["routes"].as_sequence().into_iter().flatten() {
+            group_by(child, what, found);
+        }
+    }
+    let mut found = Vec::new();
+    let alertmanager = yaml("alertmanager/alertmanager.yml");
+    group_by(&alertmanager["route"], "alertmanager", &mut found);
+    let grafana = yaml("grafana/provisioning/alerting/policies.yaml");
+    for policy in seq(&grafana["policies"], "policies") {
+        group_by(policy, "grafana", &mut found);
+    }
+    assert!(found.iter().any(|(w, _)| w == "alertmanager"), "{found:?}");
+    assert!(found.iter().any(|(w, _)| w == "grafana"), "{found:?}");
+    for (what, keys) in &found {
+        assert!(keys.iter().any(|k| k == "alertname"), "{what}: {keys:?}");
+        for per_instance in ["instance", "node", "..."] {
+            assert!(
+                !keys.iter().any(|k| k == per_instance),
+                "{what} groups by {per_instance}: one message per instance"
+            );
+        }
+    }
+    let template = read("alertmanager/templates/telegram.tmpl");
+    assert!(
+        template.contains("range .Alerts"),
+        "the message lists the group"
+    );
+}
+
 #[test]
 fn grafana_and_prometheus_rules_agree_rule_by_rule() {
     let grafana = grafana_rules();
