@@ -68,10 +68,16 @@ pub(crate) enum TokensAction {
         #[arg(long, default_value = "30d", value_parser = crate::auth::kiosk::parse_ttl)]
         ttl: i64,
         /// The address wall screens reach the service at (scheme, host, port; a path prefix if
-        /// a proxy serves it under one): the printed URL starts with it.
-        #[arg(long, env = "PULSEBOARD_PUBLIC_URL", default_value = "http://127.0.0.1:8080",
-              value_parser = parse_public_url)]
-        public_url: String,
+        /// a proxy serves it under one): the printed URL starts with it. Unset: the service's
+        /// own address, from PULSEBOARD_BIND and whether PULSEBOARD_TLS_CERT is set.
+        #[arg(long, env = "PULSEBOARD_PUBLIC_URL", value_parser = parse_public_url)]
+        public_url: Option<String>,
+        /// The service's listen address, for the URL when --public-url is unset.
+        #[arg(long, env = "PULSEBOARD_BIND", default_value = "127.0.0.1:8080")]
+        bind: SocketAddr,
+        /// The service's TLS certificate: when set, the URL derived from --bind is https://.
+        #[arg(long, env = "PULSEBOARD_TLS_CERT")]
+        tls_cert: Option<PathBuf>,
     },
     /// List kiosk links: name, created, expires, last used.
     List,
@@ -416,6 +422,19 @@ fn parse_link_name(name: &str) -> Result<String, String> {
     crate::auth::kiosk::validate_name(name).map(|()| name.to_owned())
 }
 
+/// The start of a kiosk link's URL when `PULSEBOARD_PUBLIC_URL` is unset: the service's own
+/// address, `https://` when it speaks TLS; a wildcard listen address (`0.0.0.0`, `::`) stands
+/// for this host's loopback, the one address known to reach it.
+pub(crate) fn service_url(bind: SocketAddr, tls: bool) -> String {
+    let scheme = if tls { "https" } else { "http" };
+    let port = bind.port();
+    match bind.ip() {
+        std::net::IpAddr::V4(ip) if ip.is_unspecified() => format!("{scheme}://127.0.0.1:{port}"),
+        std::net::IpAddr::V6(ip) if ip.is_unspecified() => format!("{scheme}://[::1]:{port}"),
+        _ => format!("{scheme}://{bind}"),
+    }
+}
+
 /// `http://` or `https://`, a host, no query or fragment; kept without a trailing `/`.
 fn parse_public_url(url: &str) -> Result<String, String> {
     let rest = url
@@ -531,6 +550,16 @@ mod tests {
 
     fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
         Cli::try_parse_from(std::iter::once("pulseboard").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn a_kiosk_link_s_default_address_is_the_service_s_own() {
+        let url = |bind: &str, tls| super::service_url(bind.parse().expect("address"), tls);
+        assert_eq!(url("127.0.0.1:8080", false), "http://127.0.0.1:8080");
+        assert_eq!(url("10.0.0.5:8443", true), "https://10.0.0.5:8443");
+        assert_eq!(url("0.0.0.0:9000", true), "https://127.0.0.1:9000");
+        assert_eq!(url("[::]:9000", false), "http://[::1]:9000");
+        assert_eq!(url("[fd00::1]:80", false), "http://[fd00::1]:80");
     }
 
     #[test]

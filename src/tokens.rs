@@ -5,7 +5,7 @@
 
 use crate::auth::{random_token, session_key};
 use crate::clock::{now_ms, rfc3339};
-use crate::config::{TokensAction, TokensArgs};
+use crate::config::{service_url, TokensAction, TokensArgs};
 use crate::store::Store;
 use anyhow::{bail, Context};
 
@@ -25,7 +25,13 @@ async fn perform(store: &Store, action: TokensAction) -> anyhow::Result<()> {
             name,
             ttl,
             public_url,
+            bind,
+            tls_cert,
         } => {
+            let (base, derived) = match public_url {
+                Some(url) => (url, false),
+                None => (service_url(bind, tls_cert.is_some()), true),
+            };
             let key = random_token();
             let now = now_ms();
             if !store
@@ -34,8 +40,14 @@ async fn perform(store: &Store, action: TokensAction) -> anyhow::Result<()> {
             {
                 bail!("kiosk link {name} already exists (revoke it first: pulseboard tokens revoke {name})");
             }
+            let from = if derived {
+                " (the service's own address, from PULSEBOARD_BIND and TLS: behind a proxy or \
+                 a load balancer, set PULSEBOARD_PUBLIC_URL to the address screens reach)"
+            } else {
+                ""
+            };
             println!(
-                "kiosk link {name}, expires {}; its URL (shown once):\n{public_url}/kiosk?key={key}",
+                "kiosk link {name}, expires {}; its URL{from} (shown once):\n{base}/kiosk?key={key}",
                 rfc3339(now + ttl)
             );
         }

@@ -3,6 +3,8 @@
 //! its SHA-256 ([`super::session_key`]), as the session a screen exchanges it for is. Pure.
 
 use crate::aggregate::Millis;
+use std::collections::HashMap;
+use std::sync::Mutex;
 
 /// The cookie of a kiosk session (apart from a user's `pulseboard_session`: a screen that is
 /// also signed in as someone keeps both, and neither stands in for the other).
@@ -45,6 +47,39 @@ pub(crate) fn parse_ttl(text: &str) -> Result<Millis, String> {
     }
 }
 
+/// How often a link's "last used" is written: `tokens list` is right to this much.
+pub(crate) const RECORD_USE_EVERY_MS: Millis = 60_000;
+
+/// When this instance last recorded each link's use: decides, from memory, whether a request
+/// of a screen writes "last used" (at most once a [`RECORD_USE_EVERY_MS`] per link), so that
+/// its long-polls and history fetches do not each take the database's writer. One entry per
+/// link name this instance has seen used.
+#[derive(Debug, Default)]
+pub(crate) struct LinkUse {
+    recorded: Mutex<HashMap<String, Millis>>,
+}
+
+impl LinkUse {
+    /// Whether `link`'s use at `now` is to be written; if so, it counts as written.
+    pub(crate) fn due(&self, link: &str, now: Millis) -> bool {
+        let mut recorded = self
+            .recorded
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        match recorded.get_mut(link) {
+            Some(at) if now - *at < RECORD_USE_EVERY_MS => false,
+            Some(at) => {
+                *at = now;
+                true
+            }
+            None => {
+                recorded.insert(link.to_owned(), now);
+                true
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -77,5 +112,19 @@ mod tests {
         assert!(super::super::validate_username(&holder("lobby")).is_err());
         assert!(validate_name("lobby-2.east_wing").is_ok());
         assert!(validate_name("a b").is_err());
+    }
+
+    #[test]
+    fn a_link_s_use_is_written_at_most_once_a_minute_each() {
+        let uses = LinkUse::default();
+        assert!(uses.due("lobby", 1_000), "the first use is written");
+        assert!(!uses.due("lobby", 1_001), "the next request is not");
+        assert!(!uses.due("lobby", 1_000 + RECORD_USE_EVERY_MS - 1));
+        assert!(uses.due("hall", 1_001), "each link has its own minute");
+        assert!(
+            uses.due("lobby", 1_000 + RECORD_USE_EVERY_MS),
+            "a minute on, again"
+        );
+        assert!(!uses.due("lobby", 2_000 + RECORD_USE_EVERY_MS));
     }
 }

@@ -13,6 +13,7 @@
 pub(crate) mod outbox;
 
 use crate::aggregate::{Millis, Offset};
+use crate::auth::kiosk::LinkUse;
 use crate::control::{Answer, Beacon, Cluster, NodeStatus, Present, Request};
 use crate::live::connection::Registry;
 use crate::live::credentials::CredentialWatch;
@@ -45,6 +46,8 @@ pub(crate) struct Core {
     pub credentials: Arc<CredentialWatch>,
     /// The other instances, as their beacons and answers tell.
     pub cluster: Cluster,
+    /// When this instance last wrote each kiosk link's "last used".
+    pub kiosk_use: LinkUse,
     /// Asks this instance's leader loop for a snapshot at its next tick.
     refresh: mpsc::Sender<()>,
 }
@@ -75,6 +78,7 @@ impl Core {
             fanout: parts.fanout,
             credentials: Arc::new(credentials),
             cluster: Cluster::default(),
+            kiosk_use: LinkUse::default(),
             refresh: parts.refresh,
         })
     }

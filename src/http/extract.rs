@@ -98,24 +98,23 @@ pub(crate) async fn authenticate(
 }
 
 /// The caller of a kiosk session with id digest `key`, if it is a live session of a live link;
-/// the link is marked used (at most once a minute: `Store::touch_kiosk_link`).
+/// the link is marked used (at most once a minute per link: `auth::kiosk::LinkUse`).
 async fn kiosk_caller(state: &AppState, key: String) -> Result<Option<Caller>, ApiError> {
     let now = now_ms();
-    let unavailable = |error: crate::store::StoreError| {
-        tracing::warn!(%error, "cannot check a kiosk session");
-        ApiError::Unavailable("sessions are unavailable right now; try again shortly".into())
-    };
     let Some(session) = state
         .core
         .store
         .kiosk_session(&key, now)
         .await
-        .map_err(unavailable)?
+        // 503 with Retry-After when the database does not answer, 500 otherwise.
+        .map_err(ApiError::from)?
     else {
         return Ok(None);
     };
-    if let Err(error) = state.core.store.touch_kiosk_link(&session.link, now).await {
-        tracing::debug!(%error, "cannot record a kiosk link's use");
+    if state.core.kiosk_use.due(&session.link, now) {
+        if let Err(error) = state.core.store.touch_kiosk_link(&session.link, now).await {
+            tracing::debug!(%error, "cannot record a kiosk link's use");
+        }
     }
     let grant = Grant {
         user: holder(&session.link),

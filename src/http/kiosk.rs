@@ -5,7 +5,7 @@
 //! nor sent on (`Referrer-Policy: no-referrer`). A screen whose link was revoked, or has
 //! expired, gets the page that says so.
 
-use super::error::{html, PageError};
+use super::error::{html, ApiError, PageError};
 use super::extract::authenticate;
 use super::pages::money;
 use super::AppState;
@@ -48,9 +48,13 @@ pub(super) async fn page(
     if let Some(key) = key {
         return exchange(&state, &key).await;
     }
-    let caller = authenticate(&request, &state)
-        .await
-        .map_err(|error| PageError::Internal(error.to_string()))?;
+    let caller = match authenticate(&request, &state).await {
+        Ok(caller) => caller,
+        // A bad or expired `?access_token=` or bearer token: sign in, as every page does.
+        Err(ApiError::Unauthorized) => None,
+        // A database that does not answer is the 503 page with Retry-After (`PageError::from`).
+        Err(error) => return Err(PageError::from(error)),
+    };
     match caller {
         Some(_) => Ok(render(&state, false, StatusCode::OK)),
         None if request.cookie(KIOSK_COOKIE).is_some() => {
@@ -72,10 +76,12 @@ async fn exchange(state: &AppState, key: &str) -> Result<HttpResponse, PageError
         .store
         .open_kiosk_session(&session_key(key), &session_key(&session), now)
         .await
-        .map_err(|error| PageError::Internal(error.to_string()))?;
+        .map_err(PageError::from)?;
     let (value, max_age_secs) = match opened {
         Some((link, expires_at)) => {
             tracing::info!(%link, "a kiosk link opened a session");
+            // The exchange wrote "last used": the screen's first requests need not.
+            let _ = state.core.kiosk_use.due(&link, now);
             (session, (expires_at - now) / 1000)
         }
         None => {

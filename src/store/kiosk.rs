@@ -178,15 +178,15 @@ impl Store {
         }
     }
 
-    /// Records that `link` was used at `now`, at most once a minute (a screen's streams
-    /// reconnect, its charts ask for history: none of that needs a write each time).
+    /// Records that `link` was used at `now` (never moving it back). How often is decided by
+    /// the caller (`auth::kiosk::LinkUse`): every call is a write.
     pub(crate) async fn touch_kiosk_link(&self, link: &str, now: Millis) -> Result<(), StoreError> {
         sqlx::query(
             "UPDATE kiosk_links SET last_used_at = $1 WHERE name = $2 AND last_used_at < $3",
         )
         .bind(now)
         .bind(link)
-        .bind(now - 60_000)
+        .bind(now)
         .execute(self.writer())
         .await?;
         Ok(())
@@ -231,4 +231,57 @@ async fn delete_link(
         .await?
         .rows_affected();
     Ok((removed == 1).then_some(sessions))
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::config::DatabaseUrl;
+    use crate::store::Store;
+    use sqlx::Row;
+
+    async fn sessions(store: &Store) -> i64 {
+        sqlx::query("SELECT CAST(COUNT(*) AS BIGINT) FROM kiosk_sessions")
+            .fetch_one(store.reader())
+            .await
+            .expect("count")
+            .try_get(0)
+            .expect("count")
+    }
+
+    #[tokio::test]
+    async fn expired_kiosk_sessions_are_pruned_and_live_ones_kept() {
+        let folder = tempfile::tempdir().expect("temporary folder");
+        let url: DatabaseUrl = format!("sqlite://{}", folder.path().join("kiosk.db").display())
+            .parse()
+            .expect("url");
+        let store = Store::connect(&url).await.expect("connect");
+        store.migrate().await.expect("migrate");
+        let now = 1_000_000;
+        assert!(store
+            .issue_kiosk_link("short", "k1", now, now + 60_000)
+            .await
+            .expect("issue"));
+        assert!(store
+            .issue_kiosk_link("long", "k2", now, now + 600_000)
+            .await
+            .expect("issue"));
+        for (key, session) in [("k1", "s1"), ("k2", "s2")] {
+            let opened = store.open_kiosk_session(key, session, now).await;
+            assert!(opened.expect("open").is_some(), "{key} is live");
+        }
+        assert_eq!(sessions(&store).await, 2);
+
+        store.prune(now + 120_000).await.expect("prune");
+        assert_eq!(
+            sessions(&store).await,
+            1,
+            "the expired link's session is gone"
+        );
+        let live = store
+            .kiosk_session("s2", now + 120_000)
+            .await
+            .expect("read");
+        assert!(live.is_some(), "the live link's session is kept");
+        store.close().await;
+    }
 }

@@ -504,8 +504,15 @@ impl Store {
             .execute(&self.writer)
             .await?
             .rows_affected();
+        // A kiosk session lives as long as its link did when it opened (a link issued again
+        // is a new link): past that it is dead, the screen gets the revoked page.
+        let kiosk_sessions = sqlx::query("DELETE FROM kiosk_sessions WHERE expires_at < $1")
+            .bind(now)
+            .execute(&self.writer)
+            .await?
+            .rows_affected();
         let audit = self.prune_audit(now).await?;
-        Ok(events + minutes + announcements + sessions + audit)
+        Ok(events + minutes + announcements + sessions + kiosk_sessions + audit)
     }
 
     /// Count of applied ids currently remembered (for status and tests).
