@@ -9,7 +9,7 @@
 //   queue depth when events wait.
 // - Charts: uPlot, backfilled from /api/dashboard/history and appended from each snapshot's
 //   point; refetched after every reconnect so there is no gap, and when a late event revised a
-//   minute (marked on the charts). The current minute is drawn apart, dashed, as partial. A
+//   minute (marked on the charts; at most once a minute, with jitter). The current minute is drawn apart, dashed, as partial. A
 //   toggle (remembered in localStorage) overlays yesterday's or last week's series, faint,
 //   from the history API's `compare`.
 // - Announcements: a banner, newest first, dismissible; missed ones arrive on resume.
@@ -141,7 +141,23 @@ function showTrust(trust) {
   const fresh = [...minutes].some((m) => !revised.has(m) && m >= (series.xs[0] ?? Infinity));
   revised = minutes;
   window.pulseboardRevised = revised;
-  if (fresh) backfill().catch(report);
+  if (fresh) scheduleRevisedRead();
+}
+
+// Late events revise minutes at any time, and every open page sees the same snapshot: the
+// history is read again at most once a minute per page, after a random delay of up to
+// REVISED_JITTER_MS, so that the pages' reads spread out instead of arriving together.
+const REVISED_JITTER_MS = 10000;
+let revisedReadAt = -Infinity;
+let revisedTimer = null;
+function scheduleRevisedRead() {
+  if (revisedTimer !== null) return;
+  const wait = Math.max(0, revisedReadAt + 60000 - Date.now()) + Math.random() * REVISED_JITTER_MS;
+  revisedTimer = setTimeout(() => {
+    revisedTimer = null;
+    revisedReadAt = Date.now();
+    backfill().catch(report);
+  }, wait);
 }
 
 // ---------- last update, ageing visibly ----------

@@ -95,7 +95,9 @@ impl<'a> Term<'a> {
             recent_events = restore.recent_events.len(),
             "rebuilt the live figures from the store"
         );
-        let aggregator = Aggregator::restore(settings.aggregate.clone(), restore);
+        let mut aggregator = Aggregator::restore(settings.aggregate.clone(), restore);
+        // The minutes before this one were closed and published by the term before.
+        aggregator.close_minutes_before(minute_of(now));
         // A new leader honours a pause made under the one before it.
         let paused = store.ingest_paused().await?;
         let publisher = Publisher::start(context).await?;
@@ -334,6 +336,9 @@ impl<'a> Term<'a> {
             let active = self.aggregator.active_users_at(closed + MINUTE_MS - 1);
             self.context.core.store.close_minute(closed, active).await?;
             self.current_minute = minute;
+            // This tick's snapshot publishes the new minute: from now on the closed one is
+            // revised by late events (the aggregator decides lateness from this alone).
+            self.aggregator.close_minutes_before(minute);
         }
         Ok(())
     }

@@ -980,12 +980,20 @@ async fn the_cards_compare_with_yesterday_and_last_week_and_the_charts_overlay_a
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     assert_eq!(marked, json!([[late_minute], ["1", "1"]]));
-    // The revised minute's point holds the late order (the history was read again).
-    let revised_point = browser
-        .js(&format!(
-            "const s = window.pulseboardSeries; return s.revenue[s.xs.indexOf({late_minute})];"
-        ))
-        .await;
+    // The revised minute's point holds the late order: the history was read again, after a
+    // random delay of up to 10 s (at most once a minute).
+    let started = Instant::now();
+    let revised_point = loop {
+        let point = browser
+            .js(&format!(
+                "const s = window.pulseboardSeries; return s.revenue[s.xs.indexOf({late_minute})];"
+            ))
+            .await;
+        if point == json!(777) || started.elapsed() > Duration::from_secs(15) {
+            break point;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
     assert_eq!(revised_point, 777);
     browser
         .js("document.querySelector('.charts').scrollIntoView(); return null;")
