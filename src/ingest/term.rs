@@ -279,6 +279,16 @@ impl<'a> Term<'a> {
             connected: feed.connected(),
             paused: self.paused,
         };
+        // Nothing gathered, nothing committing, and nothing waiting in the queue (with a link
+        // to it, or paused): every event that reached this leader is in the figures.
+        let holds_nothing =
+            !self.pipeline.is_committing() && self.pipeline.linger_deadline().is_none();
+        if holds_nothing
+            && (standing.connected || standing.paused)
+            && Publisher::queue_depth(self.context) == 0
+        {
+            self.publisher.idle(now);
+        }
         let figures = self.aggregator.figures(now);
         let beyond = Beyond {
             comparison: self.comparison,
