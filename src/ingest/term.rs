@@ -20,7 +20,7 @@ use super::{IngestContext, LeadEnd, LeaderInputs, LEASE_POLL};
 use crate::aggregate::compare::{Baselines, Comparison};
 use crate::aggregate::{minute_of, Aggregator, Millis, MINUTE_MS};
 use crate::clock::now_ms;
-use crate::store::{Applied, Lease};
+use crate::store::{Applied, Lease, StoreError};
 use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -113,8 +113,15 @@ impl<'a> Term<'a> {
             s.database_error = None;
         });
         let mut baselines = Baselines::new(settings.aggregate.timezone);
-        load_baselines(store, &mut baselines, now).await?;
-        let comparison = baselines.compare(now);
+        // Not essential either: without them the term starts with none and reads next minute.
+        let comparison = match load_baselines(store, &mut baselines, now).await {
+            Ok(()) => baselines.compare(now),
+            Err(error) => {
+                tracing::warn!(%error, "could not read the history for the comparisons; \
+                    reading again next minute");
+                Comparison::default()
+            }
+        };
         Ok(Term {
             baselines,
             compared_minute: minute_of(now),
@@ -271,7 +278,7 @@ impl<'a> Term<'a> {
         }
         feed.maybe_connect(self.context);
         self.close_finished_minutes(now).await?;
-        self.compare_anew(now).await?;
+        self.compare_anew(now).await;
         if self.last_prune.elapsed() >= PRUNE_EVERY {
             self.prune(now);
         }
@@ -300,16 +307,21 @@ impl<'a> Term<'a> {
     }
 
     /// At a new minute, reads the minutes the comparisons now need (usually the one that
-    /// closed a day and a week ago) and computes them again.
-    async fn compare_anew(&mut self, now: Millis) -> Result<(), LeadEnd> {
+    /// closed a day and a week ago) and computes them again. The comparisons are not essential:
+    /// a failed read is logged, the last comparison stays, and the next minute reads again
+    /// (what this one lacked too, see `Baselines::missing`); it never ends the term.
+    async fn compare_anew(&mut self, now: Millis) {
         let minute = minute_of(now);
         if minute == self.compared_minute {
-            return Ok(());
+            return;
         }
-        load_baselines(&self.context.core.store, &mut self.baselines, now).await?;
         self.compared_minute = minute;
-        self.comparison = self.baselines.compare(now);
-        Ok(())
+        match load_baselines(&self.context.core.store, &mut self.baselines, now).await {
+            Ok(()) => self.comparison = self.baselines.compare(now),
+            Err(error) => tracing::warn!(%error,
+                "could not read the history for the comparisons; keeping the last ones, \
+                 reading again next minute"),
+        }
     }
 
     /// Reads the stored pause flag and follows it: pausing commits and acknowledges what was
@@ -371,7 +383,7 @@ async fn load_baselines(
     store: &crate::store::Store,
     baselines: &mut Baselines,
     now: Millis,
-) -> Result<(), LeadEnd> {
+) -> Result<(), StoreError> {
     for (offset, from, to) in baselines.missing(now) {
         let points = store.history(from, to).await?;
         baselines.load(offset, from, to, points, now);
