@@ -10,8 +10,13 @@
 //!
 //! [`Baselines`] holds the minutes these sums need, so that a snapshot never asks the
 //! database: the leader loads them once and, as minutes close, only the minutes it lacks
-//! ([`Baselines::missing`]). A figure is `None` when the history does not reach back to it:
-//! no point is stored for the minute that ends at `E` (the service was not running then).
+//! ([`Baselines::missing`]). History may have holes of a minute or two (a restart skipped
+//! closing a minute): a point missing where a figure needs one is taken from the nearest stored
+//! point within [`NEAREST_MINUTES`] minutes. A comparison is `None` when no point is stored that
+//! near the minute ending at `E` (the service was not running then); revenue today is `None`
+//! unless the history reaches back to that day's midnight, and revenue of the last hour unless
+//! it reaches back to `E` minus an hour (a stored point within [`NEAREST_MINUTES`] of either):
+//! a sum over part of the window is not that day's figure.
 
 use super::{local_date, minute_of, Millis, Point, MINUTE_MS};
 use chrono::{Days, LocalResult, NaiveDateTime, TimeZone};
@@ -19,6 +24,10 @@ use chrono_tz::Tz;
 use std::collections::BTreeMap;
 
 const HOUR_MS: Millis = 60 * MINUTE_MS;
+/// How far from a missing minute the nearest stored point may be taken instead, and how near the
+/// start of a sum the history must begin for the sum to count (see the module header).
+pub(crate) const NEAREST_MINUTES: i64 = 5;
+const NEAREST_MS: Millis = NEAREST_MINUTES * MINUTE_MS;
 
 /// How far back a comparison looks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -64,8 +73,10 @@ impl Offset {
 pub(crate) struct Compared {
     pub active_users: u64,
     pub orders_per_minute: u64,
-    pub revenue_today_minor: i64,
-    pub revenue_last_hour_minor: i64,
+    /// `None` unless the history reaches back to that day's midnight.
+    pub revenue_today_minor: Option<i64>,
+    /// `None` unless the history reaches back an hour before the instant.
+    pub revenue_last_hour_minor: Option<i64>,
 }
 
 /// Yesterday's and last week's figures; `None` where the history does not reach back.
@@ -115,7 +126,8 @@ fn local_midnight(at: Millis, timezone: Tz) -> Millis {
     instant_of(day.and_time(chrono::NaiveTime::MIN), timezone)
 }
 
-/// What one comparison needs: its instant `E` and the minutes `[from, E)` it sums over.
+/// What one comparison needs: its instant `E` and the minutes `[from, E)` it sums over, read
+/// from [`NEAREST_MINUTES`] before the sums' start (to tell whether the history reaches it).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Window {
     pub from: Millis,
@@ -126,23 +138,25 @@ impl Window {
     /// The window compared with the minute that contains `now`.
     pub(crate) fn of(now: Millis, offset: Offset, timezone: Tz) -> Window {
         let instant = minute_of(same_time_earlier(minute_of(now), offset.days(), timezone));
-        let from = minute_of(local_midnight(instant, timezone).min(instant - HOUR_MS));
+        let from = minute_of(local_midnight(instant, timezone).min(instant - HOUR_MS)) - NEAREST_MS;
         Window { from, instant }
     }
 
     /// The figures as they stood at the window's instant, from `points` (every stored minute
-    /// of the window); `None` when no point is stored for the minute ending at the instant.
+    /// of the window); `None` when no point is stored near the minute ending at the instant.
     pub(crate) fn figures(
         &self,
         points: &BTreeMap<Millis, Point>,
         timezone: Tz,
     ) -> Option<Compared> {
-        let last = points.get(&(self.instant - MINUTE_MS))?;
+        let last = nearest(points, self.instant - MINUTE_MS)?;
         let midnight = local_midnight(self.instant, timezone);
-        let sum = |from: Millis| -> i64 {
-            points
-                .range(from..self.instant)
-                .fold(0i64, |sum, (_, p)| sum.saturating_add(p.revenue_minor))
+        let sum = |from: Millis| -> Option<i64> {
+            reaches_back(points, from).then(|| {
+                points
+                    .range(from..self.instant)
+                    .fold(0i64, |sum, (_, p)| sum.saturating_add(p.revenue_minor))
+            })
         };
         Some(Compared {
             active_users: last.active_users,
@@ -151,6 +165,24 @@ impl Window {
             revenue_last_hour_minor: sum(self.instant - HOUR_MS),
         })
     }
+}
+
+/// The point of `minute`, or else the nearest stored one within [`NEAREST_MINUTES`] (the
+/// earlier one of two as near).
+fn nearest(points: &BTreeMap<Millis, Point>, minute: Millis) -> Option<&Point> {
+    points
+        .range(minute - NEAREST_MS..=minute + NEAREST_MS)
+        .min_by_key(|(at, _)| ((*at - minute).abs(), **at))
+        .map(|(_, point)| point)
+}
+
+/// Whether the stored history reaches back to `start`: a point is stored within
+/// [`NEAREST_MINUTES`] of it.
+fn reaches_back(points: &BTreeMap<Millis, Point>, start: Millis) -> bool {
+    points
+        .range(start - NEAREST_MS..=start + NEAREST_MS)
+        .next()
+        .is_some()
 }
 
 /// The stored minutes of one comparison's window, and which span of minutes was read.
@@ -371,7 +403,7 @@ mod tests {
             .yesterday
             .expect("history");
         // From 01:00 to 12:00: the 23-hour day's 11 hours.
-        assert_eq!(yesterday.revenue_today_minor, 11 * 60);
+        assert_eq!(yesterday.revenue_today_minor, Some(11 * 60));
     }
 
     #[test]
@@ -388,8 +420,8 @@ mod tests {
             .yesterday
             .expect("history reaches back a day");
         // Midnight to 10:15: 615 minutes; the minutes before midnight are another day.
-        assert_eq!(yesterday.revenue_today_minor, 615 * 10);
-        assert_eq!(yesterday.revenue_last_hour_minor, 60 * 10);
+        assert_eq!(yesterday.revenue_today_minor, Some(615 * 10));
+        assert_eq!(yesterday.revenue_last_hour_minor, Some(60 * 10));
         assert_eq!(yesterday.orders_per_minute, 1);
         assert_eq!(yesterday.active_users, 7);
     }
@@ -406,8 +438,8 @@ mod tests {
             .compare(now)
             .yesterday
             .expect("history");
-        assert_eq!(yesterday.revenue_today_minor, 20 * 10);
-        assert_eq!(yesterday.revenue_last_hour_minor, 60 * 10);
+        assert_eq!(yesterday.revenue_today_minor, Some(20 * 10));
+        assert_eq!(yesterday.revenue_last_hour_minor, Some(60 * 10));
     }
 
     #[test]
@@ -423,7 +455,7 @@ mod tests {
             .compare(after_short)
             .yesterday
             .expect("history");
-        assert_eq!(compared.revenue_today_minor, 11 * 60);
+        assert_eq!(compared.revenue_today_minor, Some(11 * 60));
         // The day after the long day, 12:00: the long day had 13 hours to its noon.
         let after_long = at("2026-10-26T12:00:20+01:00");
         let points = minutes(
@@ -435,7 +467,7 @@ mod tests {
             .compare(after_long)
             .yesterday
             .expect("history");
-        assert_eq!(compared.revenue_today_minor, 13 * 60);
+        assert_eq!(compared.revenue_today_minor, Some(13 * 60));
     }
 
     #[test]
@@ -446,17 +478,73 @@ mod tests {
         let comparison = loaded(now, &points, Tz::UTC).compare(now);
         assert!(comparison.yesterday.is_some());
         assert_eq!(comparison.last_week, None);
-        // A gap where the minute ending at yesterday's instant should be: not known.
+        // No point within five minutes of the minute ending at yesterday's instant: not known.
         let instant = Window::of(now, Offset::Day, Tz::UTC).instant;
         let gap: Vec<Point> = points
-            .into_iter()
-            .filter(|p| p.minute != instant - MINUTE_MS)
+            .iter()
+            .copied()
+            .filter(|p| p.minute < instant - 7 * MINUTE_MS || p.minute >= instant + 5 * MINUTE_MS)
             .collect();
         assert_eq!(loaded(now, &gap, Tz::UTC).compare(now).yesterday, None);
         // Nothing at all.
         assert_eq!(
             loaded(now, &[], Tz::UTC).compare(now),
             Comparison::default()
+        );
+    }
+
+    /// A restart skipped closing a minute: a day later the comparison takes the nearest point
+    /// instead of going null (which would remove the baseline gauge and reset its alert).
+    #[test]
+    fn a_minute_missing_from_the_history_is_taken_from_the_nearest_stored_point() {
+        let now = at("2026-11-23T10:15:30Z");
+        let instant = Window::of(now, Offset::Day, Tz::UTC).instant;
+        let mut points = minutes(now - 2 * 24 * HOUR_MS, now, 5);
+        points.retain(|p| p.minute != instant - MINUTE_MS);
+        // The minute before the hole had 4 orders and 9 users.
+        for p in points
+            .iter_mut()
+            .filter(|p| p.minute == instant - 2 * MINUTE_MS)
+        {
+            p.orders = 4;
+            p.active_users = 9;
+        }
+        let yesterday = loaded(now, &points, Tz::UTC)
+            .compare(now)
+            .yesterday
+            .expect("the nearest minute stands in");
+        assert_eq!(yesterday.orders_per_minute, 4);
+        assert_eq!(yesterday.active_users, 9);
+        // The sums miss the one minute, and still count.
+        assert_eq!(yesterday.revenue_last_hour_minor, Some(59 * 5));
+    }
+
+    /// The service started at 08:00 yesterday: yesterday's revenue to 10:15 is not the sum
+    /// from 08:00, it is unknown; the last hour (from 09:15) is known.
+    #[test]
+    fn a_sum_is_none_unless_the_history_reaches_back_to_its_start() {
+        let now = at("2026-11-23T10:15:30Z");
+        let points = minutes(at("2026-11-22T08:00:00Z"), now, 5);
+        let yesterday = loaded(now, &points, Tz::UTC)
+            .compare(now)
+            .yesterday
+            .expect("history at the instant");
+        assert_eq!(yesterday.revenue_today_minor, None);
+        assert_eq!(yesterday.revenue_last_hour_minor, Some(60 * 5));
+        assert_eq!(yesterday.orders_per_minute, 1);
+        // Started at 09:30: the last hour is not known either.
+        let points = minutes(at("2026-11-22T09:30:00Z"), now, 5);
+        let yesterday = loaded(now, &points, Tz::UTC)
+            .compare(now)
+            .yesterday
+            .expect("history at the instant");
+        assert_eq!(yesterday.revenue_last_hour_minor, None);
+        // Started at 00:03, within five minutes of midnight: counted.
+        let points = minutes(at("2026-11-22T00:03:00Z"), now, 5);
+        let yesterday = loaded(now, &points, Tz::UTC).compare(now).yesterday;
+        assert_eq!(
+            yesterday.and_then(|c| c.revenue_today_minor),
+            Some((10 * 60 + 12) * 5)
         );
     }
 
@@ -485,10 +573,11 @@ mod tests {
         let revised_minute = Window::of(later, Offset::Day, Tz::UTC).instant - 2 * MINUTE_MS;
         assert!(baselines.revise(revised_minute, 1, 100));
         let after = baselines.compare(later).yesterday.expect("history");
-        assert_eq!(after.revenue_today_minor, before.revenue_today_minor + 100);
+        let plus = |sum: Option<i64>| sum.map(|s| s + 100);
+        assert_eq!(after.revenue_today_minor, plus(before.revenue_today_minor));
         assert_eq!(
             after.revenue_last_hour_minor,
-            before.revenue_last_hour_minor + 100
+            plus(before.revenue_last_hour_minor)
         );
         // A minute outside every window changes nothing.
         assert!(!baselines.revise(later, 1, 100));
@@ -504,8 +593,12 @@ mod tests {
             baselines.load(offset, from, to, points.iter().copied(), next_day);
         }
         let yesterday = baselines.compare(next_day).yesterday.expect("history");
-        assert_eq!(yesterday.revenue_today_minor, 0, "midnight: nothing yet");
-        assert_eq!(yesterday.revenue_last_hour_minor, 60 * 2);
+        assert_eq!(
+            yesterday.revenue_today_minor,
+            Some(0),
+            "midnight: nothing yet"
+        );
+        assert_eq!(yesterday.revenue_last_hour_minor, Some(60 * 2));
     }
 
     #[test]
