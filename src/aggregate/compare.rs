@@ -3,10 +3,17 @@
 //!
 //! "The same time one day earlier" is wall-clock time in `PULSEBOARD_TIMEZONE`, not 24 hours:
 //! across a daylight-saving change the two instants are 23 or 25 hours apart
-//! ([`same_time_earlier`]). History has one point per minute, so a figure of the past is taken
-//! as it stood at the start of the minute that corresponds to the current one (its *instant*,
-//! `E`): active users at the end of the minute before `E`, the orders of that minute, revenue
-//! over the 60 minutes before `E`, and revenue from that day's local midnight up to `E`.
+//! ([`same_time_earlier`]). History has one point per minute; a figure of the past is taken as
+//! it stood at the start of the minute that corresponds to the current one (its *instant*,
+//! `E`), plus the part of the compared minute `[E, E+1m)` that corresponds to the seconds
+//! elapsed in the current one (`s`/60 of that minute's figure, whole seconds): today's figures
+//! include the current partial minute, and cutting the comparison at `E` would favour today by
+//! up to 59 s. So revenue today is that day's revenue from its local midnight to `E` plus `s`/60
+//! of minute `E`'s; revenue of the last hour is the 60 minutes before `E`, less `s`/60 of the
+//! first of them, plus `s`/60 of minute `E`'s; orders per minute is the minute before `E`'s
+//! orders and minute `E`'s weighed `(60 - s)` to `s` (today's is a trailing 60 s); active users
+//! are those at the end of the minute before `E`. [`Bases`] holds what is known at `E`,
+//! computed once a minute, and [`Bases::at`] interpolates for each snapshot.
 //!
 //! [`Baselines`] holds the minutes these sums need, so that a snapshot never asks the
 //! database: the leader loads them once and, as minutes close, only the minutes it lacks
@@ -86,6 +93,61 @@ pub(crate) struct Comparison {
     pub last_week: Option<Compared>,
 }
 
+/// One comparison as it stood at its instant `E`, and what interpolating within the compared
+/// minute needs (see the module header).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Basis {
+    at_instant: Compared,
+    /// Orders and net revenue of the compared minute `[E, E+1m)` (0 where none is stored).
+    minute_orders: i64,
+    minute_revenue_minor: i64,
+    /// Net revenue of the minute an hour before `E`, which the trailing hour leaves as the
+    /// seconds pass.
+    leaving_revenue_minor: i64,
+}
+
+impl Basis {
+    /// The figures `elapsed_secs` (0–59) seconds into the compared minute.
+    fn at(&self, elapsed_secs: i64) -> Compared {
+        let part = |value: i64| (i128::from(value) * i128::from(elapsed_secs) / 60) as i64;
+        let start = self.at_instant;
+        let weighed = (i128::from(start.orders_per_minute as i64) * i128::from(60 - elapsed_secs)
+            + i128::from(self.minute_orders.max(0)) * i128::from(elapsed_secs)
+            + 30)
+            / 60;
+        Compared {
+            active_users: start.active_users,
+            orders_per_minute: weighed.max(0) as u64,
+            revenue_today_minor: start
+                .revenue_today_minor
+                .map(|sum| sum.saturating_add(part(self.minute_revenue_minor))),
+            revenue_last_hour_minor: start.revenue_last_hour_minor.map(|sum| {
+                sum.saturating_sub(part(self.leaving_revenue_minor))
+                    .saturating_add(part(self.minute_revenue_minor))
+            }),
+        }
+    }
+}
+
+/// Yesterday's and last week's [`Basis`], computed once a minute; `None` where the history does
+/// not reach back.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Bases {
+    pub yesterday: Option<Basis>,
+    pub last_week: Option<Basis>,
+}
+
+impl Bases {
+    /// The comparison for a snapshot at `now`, within the minute these were computed for.
+    pub(crate) fn at(&self, now: Millis) -> Comparison {
+        let elapsed_secs = (now - minute_of(now)) / 1_000;
+        Comparison {
+            yesterday: self.yesterday.map(|b| b.at(elapsed_secs)),
+            last_week: self.last_week.map(|b| b.at(elapsed_secs)),
+        }
+    }
+}
+
 /// The instant showing the same wall-clock time as `at`, `days` calendar days earlier in
 /// `timezone`. A time that did not exist that day (the hour skipped when clocks went forward)
 /// is read in the offset before the jump (02:30 becomes 03:30 of the new offset); a time that
@@ -126,8 +188,9 @@ fn local_midnight(at: Millis, timezone: Tz) -> Millis {
     instant_of(day.and_time(chrono::NaiveTime::MIN), timezone)
 }
 
-/// What one comparison needs: its instant `E` and the minutes `[from, E)` it sums over, read
-/// from [`NEAREST_MINUTES`] before the sums' start (to tell whether the history reaches it).
+/// What one comparison needs: its instant `E`, the minutes `[from, E)` it sums over, read from
+/// [`NEAREST_MINUTES`] before the sums' start (to tell whether the history reaches it), and the
+/// compared minute `[E, E+1m)` ([`Window::to`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Window {
     pub from: Millis,
@@ -140,6 +203,26 @@ impl Window {
         let instant = minute_of(same_time_earlier(minute_of(now), offset.days(), timezone));
         let from = minute_of(local_midnight(instant, timezone).min(instant - HOUR_MS)) - NEAREST_MS;
         Window { from, instant }
+    }
+
+    /// The end of the minutes to read: the compared minute included.
+    pub(crate) fn to(&self) -> Millis {
+        self.instant + MINUTE_MS
+    }
+
+    /// What the comparison needs from `points` (every stored minute of the window); `None`
+    /// when no point is stored near the minute ending at the instant.
+    pub(crate) fn basis(&self, points: &BTreeMap<Millis, Point>, timezone: Tz) -> Option<Basis> {
+        let at_instant = self.figures(points, timezone)?;
+        let minute = points.get(&self.instant);
+        Some(Basis {
+            at_instant,
+            minute_orders: minute.map_or(0, |p| p.orders),
+            minute_revenue_minor: minute.map_or(0, |p| p.revenue_minor),
+            leaving_revenue_minor: points
+                .get(&(self.instant - HOUR_MS))
+                .map_or(0, |p| p.revenue_minor),
+        })
     }
 
     /// The figures as they stood at the window's instant, from `points` (every stored minute
@@ -216,7 +299,7 @@ impl Baselines {
             .into_iter()
             .filter_map(|offset| {
                 let window = Window::of(now, offset, self.timezone);
-                let (from, to) = (window.from, window.instant);
+                let (from, to) = (window.from, window.to());
                 match self.loaded[offset.index()].span {
                     Some((start, end)) if start <= from && end >= to => None,
                     Some((start, end)) if start <= from && end >= from => Some((offset, end, to)),
@@ -279,16 +362,17 @@ impl Baselines {
         revised
     }
 
-    /// Yesterday's and last week's figures for the minute containing `now`, from what was
-    /// loaded. Call [`Baselines::missing`] and [`Baselines::load`] first.
-    pub(crate) fn compare(&self, now: Millis) -> Comparison {
-        let figures = |offset: Offset| {
+    /// Yesterday's and last week's bases for the minute containing `now`, from what was
+    /// loaded ([`Bases::at`] gives each snapshot's figures). Call [`Baselines::missing`] and
+    /// [`Baselines::load`] first.
+    pub(crate) fn compare(&self, now: Millis) -> Bases {
+        let basis = |offset: Offset| {
             let window = Window::of(now, offset, self.timezone);
-            window.figures(&self.loaded[offset.index()].points, self.timezone)
+            window.basis(&self.loaded[offset.index()].points, self.timezone)
         };
-        Comparison {
-            yesterday: figures(Offset::Day),
-            last_week: figures(Offset::Week),
+        Bases {
+            yesterday: basis(Offset::Day),
+            last_week: basis(Offset::Week),
         }
     }
 }
@@ -400,6 +484,7 @@ mod tests {
         let after = at("2026-03-09T12:00:30-04:00");
         let yesterday = loaded(after, &points, havana)
             .compare(after)
+            .at(minute_of(after))
             .yesterday
             .expect("history");
         // From 01:00 to 12:00: the 23-hour day's 11 hours.
@@ -417,6 +502,7 @@ mod tests {
         );
         let yesterday = loaded(now, &points, BERLIN)
             .compare(now)
+            .at(minute_of(now))
             .yesterday
             .expect("history reaches back a day");
         // Midnight to 10:15: 615 minutes; the minutes before midnight are another day.
@@ -436,6 +522,7 @@ mod tests {
         );
         let yesterday = loaded(now, &points, BERLIN)
             .compare(now)
+            .at(minute_of(now))
             .yesterday
             .expect("history");
         assert_eq!(yesterday.revenue_today_minor, Some(20 * 10));
@@ -453,6 +540,7 @@ mod tests {
         );
         let compared = loaded(after_short, &points, BERLIN)
             .compare(after_short)
+            .at(minute_of(after_short))
             .yesterday
             .expect("history");
         assert_eq!(compared.revenue_today_minor, Some(11 * 60));
@@ -465,6 +553,7 @@ mod tests {
         );
         let compared = loaded(after_long, &points, BERLIN)
             .compare(after_long)
+            .at(minute_of(after_long))
             .yesterday
             .expect("history");
         assert_eq!(compared.revenue_today_minor, Some(13 * 60));
@@ -475,7 +564,9 @@ mod tests {
         let now = at("2026-11-23T10:15:30Z");
         // Two days of history: yesterday is there, last week is not.
         let points = minutes(now - 2 * 24 * HOUR_MS, now, 5);
-        let comparison = loaded(now, &points, Tz::UTC).compare(now);
+        let comparison = loaded(now, &points, Tz::UTC)
+            .compare(now)
+            .at(minute_of(now));
         assert!(comparison.yesterday.is_some());
         assert_eq!(comparison.last_week, None);
         // No point within five minutes of the minute ending at yesterday's instant: not known.
@@ -485,10 +576,16 @@ mod tests {
             .copied()
             .filter(|p| p.minute < instant - 7 * MINUTE_MS || p.minute >= instant + 5 * MINUTE_MS)
             .collect();
-        assert_eq!(loaded(now, &gap, Tz::UTC).compare(now).yesterday, None);
+        assert_eq!(
+            loaded(now, &gap, Tz::UTC)
+                .compare(now)
+                .at(minute_of(now))
+                .yesterday,
+            None
+        );
         // Nothing at all.
         assert_eq!(
-            loaded(now, &[], Tz::UTC).compare(now),
+            loaded(now, &[], Tz::UTC).compare(now).at(minute_of(now)),
             Comparison::default()
         );
     }
@@ -511,6 +608,7 @@ mod tests {
         }
         let yesterday = loaded(now, &points, Tz::UTC)
             .compare(now)
+            .at(minute_of(now))
             .yesterday
             .expect("the nearest minute stands in");
         assert_eq!(yesterday.orders_per_minute, 4);
@@ -527,6 +625,7 @@ mod tests {
         let points = minutes(at("2026-11-22T08:00:00Z"), now, 5);
         let yesterday = loaded(now, &points, Tz::UTC)
             .compare(now)
+            .at(minute_of(now))
             .yesterday
             .expect("history at the instant");
         assert_eq!(yesterday.revenue_today_minor, None);
@@ -536,16 +635,53 @@ mod tests {
         let points = minutes(at("2026-11-22T09:30:00Z"), now, 5);
         let yesterday = loaded(now, &points, Tz::UTC)
             .compare(now)
+            .at(minute_of(now))
             .yesterday
             .expect("history at the instant");
         assert_eq!(yesterday.revenue_last_hour_minor, None);
         // Started at 00:03, within five minutes of midnight: counted.
         let points = minutes(at("2026-11-22T00:03:00Z"), now, 5);
-        let yesterday = loaded(now, &points, Tz::UTC).compare(now).yesterday;
+        let yesterday = loaded(now, &points, Tz::UTC)
+            .compare(now)
+            .at(minute_of(now))
+            .yesterday;
         assert_eq!(
             yesterday.and_then(|c| c.revenue_today_minor),
             Some((10 * 60 + 12) * 5)
         );
+    }
+
+    /// Today's figures include the seconds of the current minute: so do the comparisons.
+    #[test]
+    fn the_comparison_takes_the_elapsed_part_of_the_compared_minute() {
+        let minute = at("2026-11-23T10:15:00Z");
+        let instant = Window::of(minute, Offset::Day, Tz::UTC).instant;
+        // Every minute 10 and 1 order; the compared minute 10:15 yesterday 600 and 7 orders;
+        // the minute leaving the hour (09:15) 120.
+        let mut points = minutes(minute - 2 * 24 * HOUR_MS, minute, 10);
+        for p in points.iter_mut() {
+            if p.minute == instant {
+                (p.revenue_minor, p.orders) = (600, 7);
+            }
+            if p.minute == instant - HOUR_MS {
+                p.revenue_minor = 120;
+            }
+        }
+        let bases = loaded(minute, &points, Tz::UTC).compare(minute);
+        let start = bases.at(minute).yesterday.expect("history");
+        let today_at_start = (10 * 60 + 15 - 1) * 10 + 120;
+        assert_eq!(start.revenue_today_minor, Some(today_at_start));
+        assert_eq!(start.revenue_last_hour_minor, Some(59 * 10 + 120));
+        assert_eq!(start.orders_per_minute, 1);
+        // 30 s in: half of the compared minute is in, half of the leaving one out.
+        let half = bases.at(minute + 30_000).yesterday.expect("history");
+        assert_eq!(half.revenue_today_minor, Some(today_at_start + 300));
+        assert_eq!(half.revenue_last_hour_minor, Some(59 * 10 + 120 - 60 + 300));
+        assert_eq!(half.orders_per_minute, 4);
+        // 59.9 s in: whole seconds, 59 of 60.
+        let late = bases.at(minute + 59_900).yesterday.expect("history");
+        assert_eq!(late.revenue_today_minor, Some(today_at_start + 590));
+        assert_eq!(late.orders_per_minute, 7);
     }
 
     #[test]
@@ -565,14 +701,27 @@ mod tests {
             );
             baselines.load(offset, from, to, points.iter().copied(), later);
         }
-        let before = baselines.compare(later).yesterday.expect("history");
-        let fresh = loaded(later, &points, Tz::UTC).compare(later);
+        let before = baselines
+            .compare(later)
+            .at(minute_of(later))
+            .yesterday
+            .expect("history");
+        let fresh = loaded(later, &points, Tz::UTC)
+            .compare(later)
+            .at(minute_of(later));
         assert_eq!(Some(before), fresh.yesterday, "the same as reading it all");
-        assert_eq!(baselines.compare(later).last_week, fresh.last_week);
+        assert_eq!(
+            baselines.compare(later).at(minute_of(later)).last_week,
+            fresh.last_week
+        );
 
         let revised_minute = Window::of(later, Offset::Day, Tz::UTC).instant - 2 * MINUTE_MS;
         assert!(baselines.revise(revised_minute, 1, 100));
-        let after = baselines.compare(later).yesterday.expect("history");
+        let after = baselines
+            .compare(later)
+            .at(minute_of(later))
+            .yesterday
+            .expect("history");
         let plus = |sum: Option<i64>| sum.map(|s| s + 100);
         assert_eq!(after.revenue_today_minor, plus(before.revenue_today_minor));
         assert_eq!(
@@ -592,7 +741,11 @@ mod tests {
         for (offset, from, to) in baselines.missing(next_day) {
             baselines.load(offset, from, to, points.iter().copied(), next_day);
         }
-        let yesterday = baselines.compare(next_day).yesterday.expect("history");
+        let yesterday = baselines
+            .compare(next_day)
+            .at(minute_of(next_day))
+            .yesterday
+            .expect("history");
         assert_eq!(
             yesterday.revenue_today_minor,
             Some(0),

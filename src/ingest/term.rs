@@ -17,7 +17,7 @@ use super::feed::{report_link, BrokerFeed, Feed, FeedItem};
 use super::pipeline::{Landed, Pipeline};
 use super::publisher::{Beyond, Publisher, Standing};
 use super::{IngestContext, LeadEnd, LeaderInputs, LEASE_POLL};
-use crate::aggregate::compare::{Baselines, Comparison};
+use crate::aggregate::compare::{Baselines, Bases};
 use crate::aggregate::{minute_of, Aggregator, Millis, MINUTE_MS};
 use crate::clock::now_ms;
 use crate::store::{Applied, Lease, StoreError};
@@ -76,8 +76,9 @@ struct Term<'a> {
     /// The minute `comparison` is of.
     compared_minute: Millis,
     /// Yesterday's and last week's figures for `compared_minute`, computed when it changes or
-    /// a late event revises a minute they sum over, and reused by every snapshot meanwhile.
-    comparison: Comparison,
+    /// a late event revises a minute they sum over; every snapshot meanwhile interpolates
+    /// within the compared minute (`Bases::at`).
+    comparison: Bases,
 }
 
 impl<'a> Term<'a> {
@@ -119,7 +120,7 @@ impl<'a> Term<'a> {
             Err(error) => {
                 tracing::warn!(%error, "could not read the history for the comparisons; \
                     reading again next minute");
-                Comparison::default()
+                Bases::default()
             }
         };
         Ok(Term {
@@ -298,7 +299,7 @@ impl<'a> Term<'a> {
         }
         let figures = self.aggregator.figures(now);
         let beyond = Beyond {
-            comparison: self.comparison,
+            comparison: self.comparison.at(now),
             trust: self.aggregator.trust(now),
         };
         self.publisher

@@ -70,15 +70,18 @@ fn rfc3339_minute(minute: i64) -> String {
 }
 
 /// What `compare.yesterday` must say for a snapshot generated at `generated_at` (UTC): the
-/// seeded minutes summed from yesterday's midnight, and over the hour, to the same minute.
+/// seeded minutes summed from yesterday's midnight, and over the hour, to the same minute, and
+/// the elapsed seconds' part of that minute (the hour gains as much as it loses: every minute
+/// is alike).
 fn expected_yesterday(generated_at: i64) -> Value {
     let (orders, revenue, users) = SEEDED;
     let instant = minute_of(generated_at) - DAY_MS;
     let midnight = instant - instant.rem_euclid(DAY_MS);
+    let elapsed_secs = (generated_at - minute_of(generated_at)) / 1000;
     serde_json::json!({
         "active_users": users,
         "orders_per_minute": orders,
-        "revenue_today_minor": revenue * (instant - midnight) / MINUTE_MS,
+        "revenue_today_minor": revenue * (instant - midnight) / MINUTE_MS + revenue * elapsed_secs / 60,
         "revenue_last_hour_minor": revenue * 60,
     })
 }
