@@ -1043,6 +1043,30 @@ async fn the_cards_compare_with_yesterday_and_last_week_and_the_charts_overlay_a
         browser.screenshot(name).await;
     }
     browser.assert_clean().await;
+
+    // The wall screen reuses app.js with cards and charts only: without the status line's
+    // parts and the snapshot number, a snapshot (here the one an order makes) must not throw.
+    browser
+        .js("for (const s of ['[data-complete]', '[data-queue]', '[data-seq]', '[data-ingest-state]', '[data-updated]']) document.querySelector(s)?.remove(); return null;")
+        .await;
+    broker
+        .publish_all(&[(
+            "order.placed".to_owned(),
+            event("kiosk-a", "order.placed", 0, "u-kiosk", Some(5)),
+        )])
+        .await;
+    let started = Instant::now();
+    while browser
+        .js("return window.pulseboardSeries.revenue.at(-1);")
+        .await
+        .as_i64()
+        .is_some_and(|r| r % 10 != 5)
+        && started.elapsed() < Duration::from_secs(10)
+    {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    browser.assert_clean().await;
     drop(browser);
 
     // Without JavaScript the server renders the same comparisons and status line.
