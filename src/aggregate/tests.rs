@@ -470,8 +470,11 @@ fn an_event_of_a_minute_already_ended_is_late_and_revises_that_minute() {
     assert_eq!(figures.revenue_today_minor, 100 + 500 - 200);
     assert_eq!(figures.revenue_last_hour_minor, 400);
     assert_eq!(figures.active_users, 3);
-    let delta = Delta::of([placed("b", 500, revised + 5_000, "u2")].iter(), Tz::UTC);
-    assert_eq!(delta.minutes[&revised].revenue_minor, 500);
+    // The revised minutes' own points hold the late order and refund.
+    let point = aggregator.figures(revised + 30_000).point;
+    assert_eq!((point.orders, point.revenue_minor), (1, 500));
+    let point = aggregator.figures(revised + MINUTE_MS + 30_000).point;
+    assert_eq!((point.orders, point.revenue_minor), (0, -200));
 
     // An hour later the minutes are no longer "of the last hour"; the count stays for the day.
     let later = now + 61 * MINUTE_MS;

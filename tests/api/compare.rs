@@ -423,3 +423,54 @@ async fn every_instance_compares_alike_and_a_new_leader_goes_on_comparing() {
         "{taken_over}"
     );
 }
+
+/// In `PULSEBOARD_TIMEZONE=Asia/Kolkata` (UTC+05:30, no daylight saving) yesterday's revenue
+/// today begins at Kolkata's midnight, 18:30 UTC the day before: history seeded from an hour
+/// before that midnight is summed from it, not from UTC's midnight.
+#[tokio::test]
+async fn compare_in_a_zone_other_than_utc_sums_from_its_local_midnight() {
+    const KOLKATA_OFFSET_MS: i64 = 19_800_000;
+    clear_of_minute_boundary(Duration::from_secs(40)).await;
+    let database = TestDatabase::new(Backend::Sqlite).await;
+    let names = Names::new();
+    let mut config = ServiceConfig::new(&database, &names, "compare-tz");
+    config
+        .env
+        .push(("PULSEBOARD_TIMEZONE".into(), "Asia/Kolkata".into()));
+    let mut service = Service::start(&config).await;
+    service.terminate(Duration::from_secs(15)).await;
+    let now = Utc::now().timestamp_millis();
+    let local_midnight = |at: i64| at - (at + KOLKATA_OFFSET_MS).rem_euclid(DAY_MS);
+    let yesterday = minute_of(now) - DAY_MS;
+    seed_minutes(
+        &database,
+        local_midnight(yesterday) - 70 * MINUTE_MS,
+        yesterday + 15 * MINUTE_MS,
+        SEEDED,
+    )
+    .await;
+    let service = Service::start(&config).await;
+    let snapshot = service
+        .wait_for_snapshot(Duration::from_secs(20), |s| {
+            !s["compare"]["yesterday"].is_null()
+        })
+        .await;
+    let generated_at = millis(&snapshot["generated_at"]);
+    let instant = minute_of(generated_at) - DAY_MS;
+    let (orders, revenue, users) = SEEDED;
+    let elapsed_secs = (generated_at - minute_of(generated_at)) / 1000;
+    assert_eq!(
+        snapshot["compare"]["yesterday"],
+        serde_json::json!({
+            "active_users": users,
+            "orders_per_minute": orders,
+            "revenue_today_minor": revenue * (instant - local_midnight(instant)) / MINUTE_MS
+                + revenue * elapsed_secs / 60,
+            "revenue_last_hour_minor": revenue * 60,
+        }),
+        "{snapshot}"
+    );
+    // Not the UTC day's sum (unless Kolkata's and UTC's midnight fall on the same minute).
+    let utc_midnight = instant - instant.rem_euclid(DAY_MS);
+    assert_ne!(local_midnight(instant), utc_midnight);
+}
