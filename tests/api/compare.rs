@@ -86,6 +86,27 @@ fn expected_yesterday(generated_at: i64) -> Value {
     })
 }
 
+/// Migrates the database with a first start, seeds [`SEEDED`] history from `from(yesterday)`
+/// (yesterday: the minute a day before now's) to a quarter of an hour past yesterday's same
+/// time while no leader runs, and starts the service again.
+async fn start_with_yesterday(
+    config: &ServiceConfig,
+    database: &TestDatabase,
+    from: impl Fn(i64) -> i64,
+) -> Service {
+    let mut service = Service::start(config).await;
+    service.terminate(Duration::from_secs(15)).await;
+    let yesterday = minute_of(Utc::now().timestamp_millis()) - DAY_MS;
+    seed_minutes(
+        database,
+        from(yesterday),
+        yesterday + 15 * MINUTE_MS,
+        SEEDED,
+    )
+    .await;
+    Service::start(config).await
+}
+
 async fn compare_with_yesterday_from_seeded_history(backend: Backend) {
     clear_of_minute_boundary(Duration::from_secs(40)).await;
     let database = TestDatabase::new(backend).await;
@@ -94,22 +115,11 @@ async fn compare_with_yesterday_from_seeded_history(backend: Backend) {
     config
         .env
         .push(("PULSEBOARD_TIMEZONE".into(), "UTC".into()));
-    // Migrated by a first start; history is seeded while no leader runs.
-    let mut service = Service::start(&config).await;
-    service.terminate(Duration::from_secs(15)).await;
-    let now = Utc::now().timestamp_millis();
-    let yesterday = minute_of(now) - DAY_MS;
-    let yesterday_midnight = yesterday - yesterday.rem_euclid(DAY_MS);
-    // Yesterday from an hour before its midnight to a quarter of an hour past now's time;
-    // nothing a week ago.
-    seed_minutes(
-        &database,
-        yesterday_midnight - 60 * MINUTE_MS,
-        yesterday + 15 * MINUTE_MS,
-        SEEDED,
-    )
+    // Yesterday from an hour before its midnight; nothing a week ago.
+    let service = start_with_yesterday(&config, &database, |yesterday| {
+        yesterday - yesterday.rem_euclid(DAY_MS) - 60 * MINUTE_MS
+    })
     .await;
-    let service = Service::start(&config).await;
 
     let snapshot = service
         .wait_for_snapshot(Duration::from_secs(20), |s| {
@@ -437,19 +447,11 @@ async fn compare_in_a_zone_other_than_utc_sums_from_its_local_midnight() {
     config
         .env
         .push(("PULSEBOARD_TIMEZONE".into(), "Asia/Kolkata".into()));
-    let mut service = Service::start(&config).await;
-    service.terminate(Duration::from_secs(15)).await;
-    let now = Utc::now().timestamp_millis();
     let local_midnight = |at: i64| at - (at + KOLKATA_OFFSET_MS).rem_euclid(DAY_MS);
-    let yesterday = minute_of(now) - DAY_MS;
-    seed_minutes(
-        &database,
-        local_midnight(yesterday) - 70 * MINUTE_MS,
-        yesterday + 15 * MINUTE_MS,
-        SEEDED,
-    )
+    let service = start_with_yesterday(&config, &database, |yesterday| {
+        local_midnight(yesterday) - 70 * MINUTE_MS
+    })
     .await;
-    let service = Service::start(&config).await;
     let snapshot = service
         .wait_for_snapshot(Duration::from_secs(20), |s| {
             !s["compare"]["yesterday"].is_null()
