@@ -9,7 +9,7 @@
 //   queue depth when events wait.
 // - Charts: uPlot, backfilled from /api/dashboard/history and appended from each snapshot's
 //   point; refetched after every reconnect so there is no gap, and when a late event revised a
-//   minute (marked on the charts). The current minute is drawn apart, dashed, as partial. A
+//   minute (marked on the charts; at most once a minute, with jitter). The current minute is drawn apart, dashed, as partial. A
 //   toggle (remembered in localStorage) overlays yesterday's or last week's series, faint,
 //   from the history API's `compare`.
 // - Announcements: a banner, newest first, dismissible; missed ones arrive on resume.
@@ -80,11 +80,18 @@ function showSnapshot(snapshot) {
   }
   showComparison(snapshot.compare, figures);
   showTrust(snapshot.trust);
-  root.querySelector("[data-seq]").textContent = snapshot.seq;
-  root.querySelector("[data-ingest-state]").textContent = snapshot.ingest.state;
+  setText("[data-seq]", snapshot.seq);
+  setText("[data-ingest-state]", snapshot.ingest.state);
   lastUpdate = Date.parse(snapshot.generated_at) || now;
   ageLastUpdate();
   appendPoint(snapshot.point);
+}
+
+// The wall screen (kiosk) reuses this script with cards and charts only: every element of the
+// snapshot path may be absent, and is then skipped.
+function setText(selector, text) {
+  const element = root.querySelector(selector);
+  if (element) element.textContent = text;
 }
 
 function showTrend(element, name, delta) {
@@ -130,33 +137,54 @@ const clockTime = new Intl.DateTimeFormat(undefined, { hour: "2-digit", minute: 
 function showTrust(trust) {
   const complete = root.querySelector("[data-complete]");
   const through = trust?.complete_through ? new Date(trust.complete_through) : null;
-  complete.hidden = !through || Number.isNaN(through.getTime());
-  if (!complete.hidden) {
+  if (complete) {
+    complete.hidden = !through || Number.isNaN(through.getTime());
     const time = complete.querySelector("[data-complete-through]");
-    time.dateTime = through.toISOString();
-    time.textContent = clockTime.format(through);
+    if (!complete.hidden && time) {
+      time.dateTime = through.toISOString();
+      time.textContent = clockTime.format(through);
+    }
   }
   const depth = trust?.queue_depth ?? 0;
   const queue = root.querySelector("[data-queue]");
-  queue.hidden = depth === 0;
-  queue.querySelector("[data-queue-depth]").textContent = integer.format(depth);
+  if (queue) {
+    queue.hidden = depth === 0;
+    const count = queue.querySelector("[data-queue-depth]");
+    if (count) count.textContent = integer.format(depth);
+  }
   const minutes = new Set((trust?.revised_minutes ?? []).map((m) => Date.parse(m) / 1000));
   // A minute newly revised: the chart's earlier points changed, which no snapshot carries.
   const fresh = [...minutes].some((m) => !revised.has(m) && m >= (series.xs[0] ?? Infinity));
   revised = minutes;
   window.pulseboardRevised = revised;
-  if (fresh) backfill().catch(report);
+  if (fresh) scheduleRevisedRead();
+}
+
+// Late events revise minutes at any time, and every open page sees the same snapshot: the
+// history is read again at most once a minute per page, after a random delay of up to
+// REVISED_JITTER_MS, so that the pages' reads spread out instead of arriving together.
+const REVISED_JITTER_MS = 10000;
+let revisedReadAt = -Infinity;
+let revisedTimer = null;
+function scheduleRevisedRead() {
+  if (revisedTimer !== null) return;
+  const wait = Math.max(0, revisedReadAt + 60000 - Date.now()) + Math.random() * REVISED_JITTER_MS;
+  revisedTimer = setTimeout(() => {
+    revisedTimer = null;
+    revisedReadAt = Date.now();
+    backfill().catch(report);
+  }, wait);
 }
 
 // ---------- last update, ageing visibly ----------
 let lastUpdate = Date.parse(root.dataset.generatedAt) || null;
 const updated = root.querySelector("[data-updated]");
 function ageLastUpdate() {
-  if (!lastUpdate) return;
+  if (!lastUpdate || !updated) return;
   const seconds = Math.max(0, Math.round((Date.now() - lastUpdate) / 1000));
   updated.dateTime = new Date(lastUpdate).toISOString();
   updated.textContent = `${new Date(lastUpdate).toLocaleTimeString()} (${seconds} s ago)`;
-  updated.parentElement.classList.toggle("stale", seconds * 1000 > Math.max(10000, 8 * intervalMs));
+  updated.parentElement?.classList.toggle("stale", seconds * 1000 > Math.max(10000, 8 * intervalMs));
 }
 setInterval(ageLastUpdate, 1000);
 
@@ -164,7 +192,9 @@ setInterval(ageLastUpdate, 1000);
 let rangeMinutes = 60;
 const series = { xs: [], orders: [], revenue: [], overlayOrders: [], overlayRevenue: [] };
 const OVERLAYS = { "": null, "1d": "Yesterday", "7d": "Last week" };
-let overlay = localStorage.getItem("pulseboard-compare") ?? "";
+// The stored choice applies only where the page has the toggle (not on the wall screen).
+const hasOverlayToggle = root.querySelector("[data-overlay]") !== null;
+let overlay = hasOverlayToggle ? localStorage.getItem("pulseboard-compare") ?? "" : "";
 if (!(overlay in OVERLAYS)) overlay = "";
 window.pulseboardSeries = series; // read by the browser tests
 const charts = {};
@@ -253,6 +283,7 @@ function chartOptions(label, color, format, element) {
 function makeCharts() {
   const place = (name, label, color, format, data) => {
     const element = root.querySelector(`[data-chart="${name}"]`);
+    if (!element) return;
     charts[name] = new uPlot(chartOptions(label, color, format, element), data, element);
     // Only a change of the box's width resizes the chart, on the next frame: resizing inside the
     // observer's callback would notify it again in the same frame.
@@ -379,7 +410,7 @@ const banner = root.querySelector("[data-announcements]");
 const dismissed = new Set(JSON.parse(sessionStorage.getItem("pulseboard-dismissed") || "[]"));
 
 function showAnnouncement(a) {
-  if (dismissed.has(a.id) || banner.querySelector(`[data-announcement-id="${a.id}"]`)) return;
+  if (!banner || dismissed.has(a.id) || banner.querySelector(`[data-announcement-id="${a.id}"]`)) return;
   const item = document.createElement("div");
   item.className = `announcement level-${a.level}`;
   item.dataset.announcementId = a.id;
@@ -401,7 +432,7 @@ function showAnnouncement(a) {
   banner.prepend(item);
 }
 
-banner.addEventListener("click", (event) => {
+banner?.addEventListener("click", (event) => {
   const button = event.target.closest("[data-dismiss]");
   if (!button) return;
   const item = button.closest("[data-announcement-id]");
@@ -409,15 +440,16 @@ banner.addEventListener("click", (event) => {
   sessionStorage.setItem("pulseboard-dismissed", JSON.stringify([...dismissed]));
   item.remove();
 });
-for (const item of banner.querySelectorAll("[data-announcement-id]")) {
+for (const item of banner?.querySelectorAll("[data-announcement-id]") ?? []) {
   if (dismissed.has(Number(item.dataset.announcementId))) item.remove();
 }
 
 // ---------- connection ----------
 const status = root.querySelector("[data-connection]");
-const statusDot = status.querySelector(".dot");
-const statusText = status.querySelector("[data-connection-text]");
-const reconnectButton = root.querySelector("[data-reconnect]");
+const statusDot = status?.querySelector(".dot");
+const statusText = status?.querySelector("[data-connection-text]");
+// A page without the button gets a detached one: it simply never shows.
+const reconnectButton = root.querySelector("[data-reconnect]") ?? document.createElement("button");
 // A wall screen has nobody to press Reconnect: it tries for ever (every 30 s at most).
 const reconnect = new Reconnect({ connect, setStatus, button: reconnectButton, maxAttempts: kiosk ? Infinity : undefined });
 
@@ -428,8 +460,8 @@ let source = null;
 let everConnected = false;
 
 function setStatus(state, text) {
-  statusDot.dataset.state = state;
-  statusText.textContent = text;
+  if (statusDot) statusDot.dataset.state = state;
+  if (statusText) statusText.textContent = text;
   root.dataset.connection = state;
 }
 

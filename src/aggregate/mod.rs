@@ -20,10 +20,13 @@
 //! An event that would overflow one is refused ([`Overflow`]) instead of wrapping a figure or
 //! turning a database column into a floating-point number.
 //!
-//! A *late* event is one whose minute had already ended when it was applied: that minute's
-//! history point was published, and the event revises it (its orders and revenue, like every
-//! figure, are by event time). [`Aggregator::apply_arrived`] counts them per local day of
-//! arrival and remembers the minutes they revised ([`Trust`]). Comparisons with yesterday and
+//! A *late* event is one whose minute had already been closed when it was applied: the leader
+//! closed it ([`Aggregator::close_minutes_before`]) and published its history point in a
+//! snapshot as a whole minute, and the event revises it (its orders and revenue, like every
+//! figure, are by event time). Lateness is decided against the minutes closed, never against the
+//! clock: an event of 10:14:59.9 that commits at 10:15:00.1, before 10:14 was closed, is on time.
+//! [`Aggregator::apply_arrived`] counts late events per local day of arrival and remembers the
+//! minutes they revised ([`Trust`]). Comparisons with yesterday and
 //! last week are in [`compare`].
 
 pub(crate) mod compare;
@@ -228,6 +231,8 @@ pub(crate) struct Aggregator {
     /// Amounts admitted but not yet applied or released: they may land in any sum.
     in_flight: InFlight,
     late: Late,
+    /// Every minute before this one was closed and published as whole: an event of one is late.
+    open_from: Millis,
 }
 
 impl Aggregator {
@@ -241,6 +246,7 @@ impl Aggregator {
             days: BTreeMap::new(),
             in_flight: InFlight::default(),
             late: Late::default(),
+            open_from: Millis::MIN,
         }
     }
 
@@ -326,13 +332,21 @@ impl Aggregator {
         *day = day.saturating_add(tally.revenue_minor);
     }
 
-    /// Applies one newly accepted event that arrived (was applied) at `now`; `true` when it is
-    /// late: its minute had ended, so its history point was already published and is revised.
-    /// A late order or refund marks its minute revised; every late event is counted.
+    /// Records that every minute before `minute` is closed: its history point was (or is about
+    /// to be, in the same tick) published as a whole minute. Events of those minutes are late
+    /// from now on. Never moves back.
+    pub(crate) fn close_minutes_before(&mut self, minute: Millis) {
+        self.open_from = self.open_from.max(minute);
+    }
+
+    /// Applies one newly accepted event, applied at `now` (which only says the local day it is
+    /// counted on); `true` when it is late: its minute was already closed
+    /// ([`close_minutes_before`](Self::close_minutes_before)), so the published history point
+    /// is revised. A late order or refund marks its minute revised; every late event is counted.
     pub(crate) fn apply_arrived(&mut self, event: &Event, now: Millis) -> bool {
         self.apply(event);
         let minute = minute_of(event.occurred_at);
-        if minute >= minute_of(now) {
+        if minute >= self.open_from {
             return false;
         }
         let today = local_date(now, self.settings.timezone);

@@ -452,6 +452,7 @@ mod overflow_properties {
 fn an_event_of_a_minute_already_ended_is_late_and_revises_that_minute() {
     let now = at("2026-11-23T10:15:30Z");
     let mut aggregator = Aggregator::new(settings(Tz::UTC));
+    aggregator.close_minutes_before(minute_of(now));
     // In the current minute: on time.
     assert!(!aggregator.apply_arrived(&placed("a", 100, now - 20_000, "u1"), now));
     // In 10:12, 10:13 (an order and a refund) and an activity in 10:14: late.
@@ -469,8 +470,11 @@ fn an_event_of_a_minute_already_ended_is_late_and_revises_that_minute() {
     assert_eq!(figures.revenue_today_minor, 100 + 500 - 200);
     assert_eq!(figures.revenue_last_hour_minor, 400);
     assert_eq!(figures.active_users, 3);
-    let delta = Delta::of([placed("b", 500, revised + 5_000, "u2")].iter(), Tz::UTC);
-    assert_eq!(delta.minutes[&revised].revenue_minor, 500);
+    // The revised minutes' own points hold the late order and refund.
+    let point = aggregator.figures(revised + 30_000).point;
+    assert_eq!((point.orders, point.revenue_minor), (1, 500));
+    let point = aggregator.figures(revised + MINUTE_MS + 30_000).point;
+    assert_eq!((point.orders, point.revenue_minor), (0, -200));
 
     // An hour later the minutes are no longer "of the last hour"; the count stays for the day.
     let later = now + 61 * MINUTE_MS;
@@ -486,6 +490,7 @@ fn late_events_today_start_again_at_local_midnight() {
     // 23:59:30 in New York is 04:59:30 UTC the next day.
     let evening = at("2026-11-23T23:59:30-05:00");
     let mut aggregator = Aggregator::new(settings(tz));
+    aggregator.close_minutes_before(minute_of(evening));
     assert!(aggregator.apply_arrived(&placed("a", 1, evening - 120_000, "u"), evening));
     assert_eq!(aggregator.trust(evening).late_events_today, 1);
     let after_midnight = at("2026-11-24T00:00:30-05:00");
@@ -495,6 +500,28 @@ fn late_events_today_start_again_at_local_midnight() {
         aggregator.trust(after_midnight).revised_minutes,
         vec![minute_of(evening - 120_000)]
     );
+    aggregator.close_minutes_before(minute_of(after_midnight));
     assert!(aggregator.apply_arrived(&placed("b", 1, evening, "u"), after_midnight));
     assert_eq!(aggregator.trust(after_midnight).late_events_today, 1);
+}
+
+#[test]
+fn an_event_of_the_last_instant_of_a_minute_applied_after_it_is_late_only_once_it_was_closed() {
+    let minute = at("2026-11-23T10:14:00Z");
+    let next = minute + MINUTE_MS;
+    let mut aggregator = Aggregator::new(settings(Tz::UTC));
+    aggregator.close_minutes_before(minute);
+    // Arrived at 10:14:59.9, committed and applied at 10:15:00.1: 10:14 is not closed yet.
+    let arrived = placed("a", 100, next - 100, "u1");
+    assert!(!aggregator.apply_arrived(&arrived, next + 100));
+    assert_eq!(aggregator.trust(next + 100), Trust::default());
+    // The leader closes 10:14 (and publishes it whole): an event of it is late from then on.
+    aggregator.close_minutes_before(next);
+    assert!(aggregator.apply_arrived(&placed("b", 100, next - 50, "u1"), next + 200));
+    let trust = aggregator.trust(next + 200);
+    assert_eq!(trust.late_events_today, 1);
+    assert_eq!(trust.revised_minutes, vec![minute]);
+    // Closing never moves back.
+    aggregator.close_minutes_before(minute);
+    assert!(aggregator.apply_arrived(&placed("c", 100, next - 10, "u1"), next + 300));
 }

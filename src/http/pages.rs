@@ -61,8 +61,8 @@ fn comparisons(snapshot: Option<&crate::live::Snapshot>) -> Vec<[Against; 2]> {
     let count = |n: i64| n.to_string();
     let amount = |n: i64| money(n, currency);
     let now = |pick: fn(&crate::live::Snapshot) -> i64| snapshot.map_or(0, pick);
-    let then = |pick: fn(&crate::live::ComparedView) -> i64| {
-        let of = |against: Option<&crate::live::ComparedView>| against.map(pick);
+    let then = |pick: fn(&crate::live::ComparedView) -> Option<i64>| {
+        let of = |against: Option<&crate::live::ComparedView>| against.and_then(pick);
         [
             of(snapshot.and_then(|s| s.compare.yesterday.as_ref())),
             of(snapshot.and_then(|s| s.compare.last_week.as_ref())),
@@ -74,12 +74,12 @@ fn comparisons(snapshot: Option<&crate::live::Snapshot>) -> Vec<[Against; 2]> {
     vec![
         card(
             now(|s| s.active_users as i64),
-            then(|c| c.active_users as i64),
+            then(|c| Some(c.active_users as i64)),
             &count,
         ),
         card(
             now(|s| s.orders_per_minute as i64),
-            then(|c| c.orders_per_minute as i64),
+            then(|c| Some(c.orders_per_minute as i64)),
             &count,
         ),
         card(

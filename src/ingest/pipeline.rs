@@ -313,6 +313,8 @@ impl Pipeline {
             newest_arrival: batch.arrivals().last().copied(),
             ..Landed::default()
         };
+        // Only the local day a late event is counted on; whether it is late is the aggregator's
+        // decision, from the minutes the term closed.
         let now = now_ms();
         let arrivals = batch.events().iter().zip(batch.arrivals());
         for ((event, &arrived_at), &fresh) in arrivals.zip(fresh) {

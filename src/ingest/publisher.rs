@@ -20,6 +20,9 @@ use tokio::time::Instant;
 const SEQ_BLOCK: i64 = 1_000;
 /// Followers that joined late get the current snapshot within this interval.
 const REBROADCAST: Duration = Duration::from_secs(1);
+/// An idle leader moves `complete_through` up to now once it lags by more than this: a quiet
+/// night publishes a snapshot this often, not at every tick.
+const IDLE_STEP_MS: Millis = 10_000;
 
 /// What was last published, to publish only on change.
 #[derive(PartialEq)]
@@ -86,6 +89,14 @@ impl Publisher {
         })
     }
 
+    /// The leader holds nothing uncommitted and, as last polled, nothing waits in the queue:
+    /// every event that reached it is in the figures, up to `now`. Moves `complete_through`
+    /// only when it lags by more than [`IDLE_STEP_MS`], so that idling does not publish a
+    /// snapshot per tick (docs/live.md, How far the figures are complete).
+    pub(super) fn idle(&mut self, now: Millis) {
+        self.complete_through = idle_complete_through(self.complete_through, now);
+    }
+
     /// Takes in what a committed batch changed: the next snapshot's delivery latency and lag.
     pub(super) fn landed(&mut self, context: &IngestContext, landed: Landed) {
         if let Some(arrival) = landed.oldest_arrival {
@@ -120,7 +131,7 @@ impl Publisher {
             comparison: beyond.comparison,
             trust: beyond.trust,
             complete_through: self.complete_through,
-            queue_depth: context.core.status.get().fanout.queue_depth,
+            queue_depth: Self::queue_depth(context),
         };
         let unchanged =
             self.published.as_ref() == Some(&Published::of(figures, &view, &snapshot_context));
@@ -203,6 +214,11 @@ impl Publisher {
         Ok(seq)
     }
 
+    /// Messages waiting in `<prefix>.events`, as last polled.
+    pub(super) fn queue_depth(context: &IngestContext) -> u64 {
+        context.core.status.get().fanout.queue_depth
+    }
+
     fn ingest_view(&self, context: &IngestContext, standing: Standing) -> IngestView {
         let status = context.core.status.get();
         let (state, reason) = if let Some(error) = &self.database_failure {
@@ -228,5 +244,38 @@ impl Publisher {
             dead_letters: status.fanout.dead_letters,
             reason,
         }
+    }
+}
+
+/// `complete_through` of an idle leader at `now` (see [`Publisher::idle`]).
+fn idle_complete_through(complete_through: Millis, now: Millis) -> Millis {
+    if now - complete_through > IDLE_STEP_MS {
+        now
+    } else {
+        complete_through
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_idle_leader_moves_complete_through_to_now_in_steps_of_more_than_ten_seconds() {
+        let last_event = 1_800_000_000_000;
+        // Within the step: it stays, so an idle tick changes no snapshot.
+        assert_eq!(
+            idle_complete_through(last_event, last_event + 9_000),
+            last_event
+        );
+        assert_eq!(
+            idle_complete_through(last_event, last_event + IDLE_STEP_MS),
+            last_event
+        );
+        // Beyond it: complete up to now; two hours of quiet read as current, not as a stall.
+        let later = last_event + 2 * 3_600_000;
+        assert_eq!(idle_complete_through(last_event, later), later);
+        // Never backwards.
+        assert_eq!(idle_complete_through(later, later - 60_000), later);
     }
 }

@@ -17,10 +17,10 @@ use super::feed::{report_link, BrokerFeed, Feed, FeedItem};
 use super::pipeline::{Landed, Pipeline};
 use super::publisher::{Beyond, Publisher, Standing};
 use super::{IngestContext, LeadEnd, LeaderInputs, LEASE_POLL};
-use crate::aggregate::compare::{Baselines, Comparison};
+use crate::aggregate::compare::{Baselines, Bases};
 use crate::aggregate::{minute_of, Aggregator, Millis, MINUTE_MS};
 use crate::clock::now_ms;
-use crate::store::{Applied, Lease};
+use crate::store::{Applied, Lease, StoreError};
 use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -76,8 +76,9 @@ struct Term<'a> {
     /// The minute `comparison` is of.
     compared_minute: Millis,
     /// Yesterday's and last week's figures for `compared_minute`, computed when it changes or
-    /// a late event revises a minute they sum over, and reused by every snapshot meanwhile.
-    comparison: Comparison,
+    /// a late event revises a minute they sum over; every snapshot meanwhile interpolates
+    /// within the compared minute (`Bases::at`).
+    comparison: Bases,
 }
 
 impl<'a> Term<'a> {
@@ -95,7 +96,9 @@ impl<'a> Term<'a> {
             recent_events = restore.recent_events.len(),
             "rebuilt the live figures from the store"
         );
-        let aggregator = Aggregator::restore(settings.aggregate.clone(), restore);
+        let mut aggregator = Aggregator::restore(settings.aggregate.clone(), restore);
+        // The minutes before this one were closed and published by the term before.
+        aggregator.close_minutes_before(minute_of(now));
         // A new leader honours a pause made under the one before it.
         let paused = store.ingest_paused().await?;
         let publisher = Publisher::start(context).await?;
@@ -111,8 +114,15 @@ impl<'a> Term<'a> {
             s.database_error = None;
         });
         let mut baselines = Baselines::new(settings.aggregate.timezone);
-        load_baselines(store, &mut baselines, now).await?;
-        let comparison = baselines.compare(now);
+        // Not essential either: without them the term starts with none and reads next minute.
+        let comparison = match load_baselines(store, &mut baselines, now).await {
+            Ok(()) => baselines.compare(now),
+            Err(error) => {
+                tracing::warn!(%error, "could not read the history for the comparisons; \
+                    reading again next minute");
+                Bases::default()
+            }
+        };
         Ok(Term {
             baselines,
             compared_minute: minute_of(now),
@@ -269,7 +279,7 @@ impl<'a> Term<'a> {
         }
         feed.maybe_connect(self.context);
         self.close_finished_minutes(now).await?;
-        self.compare_anew(now).await?;
+        self.compare_anew(now).await;
         if self.last_prune.elapsed() >= PRUNE_EVERY {
             self.prune(now);
         }
@@ -277,9 +287,19 @@ impl<'a> Term<'a> {
             connected: feed.connected(),
             paused: self.paused,
         };
+        // Nothing gathered, nothing committing, and nothing waiting in the queue (with a link
+        // to it, or paused): every event that reached this leader is in the figures.
+        let holds_nothing =
+            !self.pipeline.is_committing() && self.pipeline.linger_deadline().is_none();
+        if holds_nothing
+            && (standing.connected || standing.paused)
+            && Publisher::queue_depth(self.context) == 0
+        {
+            self.publisher.idle(now);
+        }
         let figures = self.aggregator.figures(now);
         let beyond = Beyond {
-            comparison: self.comparison,
+            comparison: self.comparison.at(now),
             trust: self.aggregator.trust(now),
         };
         self.publisher
@@ -288,16 +308,21 @@ impl<'a> Term<'a> {
     }
 
     /// At a new minute, reads the minutes the comparisons now need (usually the one that
-    /// closed a day and a week ago) and computes them again.
-    async fn compare_anew(&mut self, now: Millis) -> Result<(), LeadEnd> {
+    /// closed a day and a week ago) and computes them again. The comparisons are not essential:
+    /// a failed read is logged, the last comparison stays, and the next minute reads again
+    /// (what this one lacked too, see `Baselines::missing`); it never ends the term.
+    async fn compare_anew(&mut self, now: Millis) {
         let minute = minute_of(now);
         if minute == self.compared_minute {
-            return Ok(());
+            return;
         }
-        load_baselines(&self.context.core.store, &mut self.baselines, now).await?;
         self.compared_minute = minute;
-        self.comparison = self.baselines.compare(now);
-        Ok(())
+        match load_baselines(&self.context.core.store, &mut self.baselines, now).await {
+            Ok(()) => self.comparison = self.baselines.compare(now),
+            Err(error) => tracing::warn!(%error,
+                "could not read the history for the comparisons; keeping the last ones, \
+                 reading again next minute"),
+        }
     }
 
     /// Reads the stored pause flag and follows it: pausing commits and acknowledges what was
@@ -334,6 +359,9 @@ impl<'a> Term<'a> {
             let active = self.aggregator.active_users_at(closed + MINUTE_MS - 1);
             self.context.core.store.close_minute(closed, active).await?;
             self.current_minute = minute;
+            // This tick's snapshot publishes the new minute: from now on the closed one is
+            // revised by late events (the aggregator decides lateness from this alone).
+            self.aggregator.close_minutes_before(minute);
         }
         Ok(())
     }
@@ -356,7 +384,7 @@ async fn load_baselines(
     store: &crate::store::Store,
     baselines: &mut Baselines,
     now: Millis,
-) -> Result<(), LeadEnd> {
+) -> Result<(), StoreError> {
     for (offset, from, to) in baselines.missing(now) {
         let points = store.history(from, to).await?;
         baselines.load(offset, from, to, points, now);

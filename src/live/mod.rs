@@ -75,8 +75,10 @@ pub(crate) struct CompareView {
 pub(crate) struct ComparedView {
     pub active_users: u64,
     pub orders_per_minute: u64,
-    pub revenue_today_minor: i64,
-    pub revenue_last_hour_minor: i64,
+    /// `null` unless the history reaches back to that day's midnight.
+    pub revenue_today_minor: Option<i64>,
+    /// `null` unless the history reaches back an hour.
+    pub revenue_last_hour_minor: Option<i64>,
 }
 
 impl From<Compared> for ComparedView {
@@ -308,8 +310,8 @@ pub(crate) mod tests {
                 yesterday: Some(Compared {
                     active_users: 2,
                     orders_per_minute: 1,
-                    revenue_today_minor: 1500,
-                    revenue_last_hour_minor: 400,
+                    revenue_today_minor: Some(1500),
+                    revenue_last_hour_minor: Some(400),
                 }),
                 last_week: None,
             },

@@ -70,17 +70,41 @@ fn rfc3339_minute(minute: i64) -> String {
 }
 
 /// What `compare.yesterday` must say for a snapshot generated at `generated_at` (UTC): the
-/// seeded minutes summed from yesterday's midnight, and over the hour, to the same minute.
+/// seeded minutes summed from yesterday's midnight, and over the hour, to the same minute, and
+/// the elapsed seconds' part of that minute (the hour gains as much as it loses: every minute
+/// is alike).
 fn expected_yesterday(generated_at: i64) -> Value {
     let (orders, revenue, users) = SEEDED;
     let instant = minute_of(generated_at) - DAY_MS;
     let midnight = instant - instant.rem_euclid(DAY_MS);
+    let elapsed_secs = (generated_at - minute_of(generated_at)) / 1000;
     serde_json::json!({
         "active_users": users,
         "orders_per_minute": orders,
-        "revenue_today_minor": revenue * (instant - midnight) / MINUTE_MS,
+        "revenue_today_minor": revenue * (instant - midnight) / MINUTE_MS + revenue * elapsed_secs / 60,
         "revenue_last_hour_minor": revenue * 60,
     })
+}
+
+/// Migrates the database with a first start, seeds [`SEEDED`] history from `from(yesterday)`
+/// (yesterday: the minute a day before now's) to a quarter of an hour past yesterday's same
+/// time while no leader runs, and starts the service again.
+async fn start_with_yesterday(
+    config: &ServiceConfig,
+    database: &TestDatabase,
+    from: impl Fn(i64) -> i64,
+) -> Service {
+    let mut service = Service::start(config).await;
+    service.terminate(Duration::from_secs(15)).await;
+    let yesterday = minute_of(Utc::now().timestamp_millis()) - DAY_MS;
+    seed_minutes(
+        database,
+        from(yesterday),
+        yesterday + 15 * MINUTE_MS,
+        SEEDED,
+    )
+    .await;
+    Service::start(config).await
 }
 
 async fn compare_with_yesterday_from_seeded_history(backend: Backend) {
@@ -91,22 +115,11 @@ async fn compare_with_yesterday_from_seeded_history(backend: Backend) {
     config
         .env
         .push(("PULSEBOARD_TIMEZONE".into(), "UTC".into()));
-    // Migrated by a first start; history is seeded while no leader runs.
-    let mut service = Service::start(&config).await;
-    service.terminate(Duration::from_secs(15)).await;
-    let now = Utc::now().timestamp_millis();
-    let yesterday = minute_of(now) - DAY_MS;
-    let yesterday_midnight = yesterday - yesterday.rem_euclid(DAY_MS);
-    // Yesterday from an hour before its midnight to a quarter of an hour past now's time;
-    // nothing a week ago.
-    seed_minutes(
-        &database,
-        yesterday_midnight - 60 * MINUTE_MS,
-        yesterday + 15 * MINUTE_MS,
-        SEEDED,
-    )
+    // Yesterday from an hour before its midnight; nothing a week ago.
+    let service = start_with_yesterday(&config, &database, |yesterday| {
+        yesterday - yesterday.rem_euclid(DAY_MS) - 60 * MINUTE_MS
+    })
     .await;
-    let service = Service::start(&config).await;
 
     let snapshot = service
         .wait_for_snapshot(Duration::from_secs(20), |s| {
@@ -419,4 +432,47 @@ async fn every_instance_compares_alike_and_a_new_leader_goes_on_comparing() {
         expected_yesterday(millis(&taken_over["generated_at"])),
         "{taken_over}"
     );
+}
+
+/// In `PULSEBOARD_TIMEZONE=Asia/Kolkata` (UTC+05:30, no daylight saving) yesterday's revenue
+/// today begins at Kolkata's midnight, 18:30 UTC the day before: history seeded from an hour
+/// before that midnight is summed from it, not from UTC's midnight.
+#[tokio::test]
+async fn compare_in_a_zone_other_than_utc_sums_from_its_local_midnight() {
+    const KOLKATA_OFFSET_MS: i64 = 19_800_000;
+    clear_of_minute_boundary(Duration::from_secs(40)).await;
+    let database = TestDatabase::new(Backend::Sqlite).await;
+    let names = Names::new();
+    let mut config = ServiceConfig::new(&database, &names, "compare-tz");
+    config
+        .env
+        .push(("PULSEBOARD_TIMEZONE".into(), "Asia/Kolkata".into()));
+    let local_midnight = |at: i64| at - (at + KOLKATA_OFFSET_MS).rem_euclid(DAY_MS);
+    let service = start_with_yesterday(&config, &database, |yesterday| {
+        local_midnight(yesterday) - 70 * MINUTE_MS
+    })
+    .await;
+    let snapshot = service
+        .wait_for_snapshot(Duration::from_secs(20), |s| {
+            !s["compare"]["yesterday"].is_null()
+        })
+        .await;
+    let generated_at = millis(&snapshot["generated_at"]);
+    let instant = minute_of(generated_at) - DAY_MS;
+    let (orders, revenue, users) = SEEDED;
+    let elapsed_secs = (generated_at - minute_of(generated_at)) / 1000;
+    assert_eq!(
+        snapshot["compare"]["yesterday"],
+        serde_json::json!({
+            "active_users": users,
+            "orders_per_minute": orders,
+            "revenue_today_minor": revenue * (instant - local_midnight(instant)) / MINUTE_MS
+                + revenue * elapsed_secs / 60,
+            "revenue_last_hour_minor": revenue * 60,
+        }),
+        "{snapshot}"
+    );
+    // Not the UTC day's sum (unless Kolkata's and UTC's midnight fall on the same minute).
+    let utc_midnight = instant - instant.rem_euclid(DAY_MS);
+    assert_ne!(local_midnight(instant), utc_midnight);
 }
