@@ -1,9 +1,10 @@
 //! The store's contract, one suite run against both backends: embedded SQLite and PostgreSQL.
 
 use futures_util::FutureExt;
+use pulseboard::aggregate::{id_hash, StoredPresence};
 use pulseboard::aggregate::{minute_of, Event, EventKind, MINUTE_MS};
 use pulseboard::config::DatabaseUrl;
-use pulseboard::store::{event_id_key, Lease, Store, StoreError};
+use pulseboard::store::{order_digest, Lease, Store, StoreError};
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
 
@@ -79,22 +80,6 @@ async fn execute(url: &str, sql: &str) {
     pool.close().await;
 }
 
-/// Writes one applied `order.placed` row into SQLite's `applied_events` directly, with the given
-/// `id_key` (`None`: NULL, as an older version writes it).
-async fn insert_applied_row(url: &str, id: &str, id_key: Option<i64>) {
-    let key = id_key.map_or("NULL".to_owned(), |key| key.to_string());
-    execute(
-        url,
-        &format!(
-            "INSERT INTO applied_events \
-             (id_key, id, kind, user_id, occurred_at, amount_minor, applied_at) \
-             VALUES ({key}, '{id}', 'order.placed', 'u1', {}, 1, {NOW})",
-            NOW - 1_000
-        ),
-    )
-    .await;
-}
-
 async fn admin(sql: &str) {
     use sqlx::Connection;
     let mut connection = sqlx::PgConnection::connect("postgres://postgres@127.0.0.1:5432/postgres")
@@ -156,7 +141,7 @@ async fn a_batch_is_applied_once_and_duplicates_change_nothing() {
             .load_restore(NOW, 3_600_000, chrono_tz::UTC)
             .await
             .expect("restore");
-        assert_eq!(restore.recent_events.len(), 3);
+        assert_eq!(restore.recent_orders.len(), 3);
         assert_eq!(restore.days.iter().map(|(_, r)| r).sum::<i64>(), 400);
         let minute = minute_of(NOW);
         let tally = restore
@@ -289,17 +274,46 @@ async fn ids_that_look_like_array_syntax_are_stored_as_given() {
             .apply_batch(&lease, &batch, chrono_tz::UTC, NOW)
             .await
             .expect("apply again");
-        assert!(applied.fresh.iter().all(|fresh| !*fresh), "all known");
+        // Orders and refunds are known; user events are applied again, harmlessly.
+        let orders: Vec<bool> = batch.iter().map(|e| e.kind.amount_minor() > 0).collect();
+        let again: Vec<bool> = applied.fresh.iter().map(|fresh| !fresh).collect();
+        assert_eq!(again, orders, "orders known");
 
         let restore = store
             .load_restore(NOW, 3_600_000, chrono_tz::UTC)
             .await
             .expect("restore");
-        let mut stored = restore.recent_events;
-        stored.sort_by(|a, b| a.id.cmp(&b.id));
-        let mut expected = batch;
-        expected.sort_by(|a, b| a.id.cmp(&b.id));
-        assert_eq!(stored, expected);
+        let mut users = restore.users;
+        users.sort_by(|a, b| a.user_id.cmp(&b.user_id));
+        let mut expected: Vec<StoredPresence> = batch
+            .iter()
+            .map(|e| StoredPresence {
+                user_id: e.user_id.clone(),
+                last_active: (e.kind != EventKind::UserSignedOut).then_some(e.occurred_at),
+                last_signed_out: (e.kind == EventKind::UserSignedOut).then_some(e.occurred_at),
+                active_id: if e.kind == EventKind::UserSignedOut {
+                    0
+                } else {
+                    id_hash(&e.id) as i64
+                },
+                signed_out_id: if e.kind == EventKind::UserSignedOut {
+                    id_hash(&e.id) as i64
+                } else {
+                    0
+                },
+            })
+            .collect();
+        expected.sort_by(|a, b| a.user_id.cmp(&b.user_id));
+        assert_eq!(users, expected);
+        let mut orders = restore.recent_orders;
+        orders.sort_by_key(|(at, _)| *at);
+        let mut expected: Vec<(i64, EventKind)> = batch
+            .iter()
+            .filter(|e| e.kind.amount_minor() > 0)
+            .map(|e| (e.occurred_at, e.kind.clone()))
+            .collect();
+        expected.sort_by_key(|(at, _)| *at);
+        assert_eq!(orders, expected);
     })
     .await;
 }
@@ -313,46 +327,91 @@ async fn a_username_holding_nul_is_unknown_not_an_error() {
     .await;
 }
 
-/// SQLite looks ids up by a 64-bit key; two ids that share one must still be told apart.
+/// Orders are looked up by the high half of their digest; an id whose digest shares only that
+/// half with a recorded one is still new, and a recorded digest is found in any live bucket.
 #[tokio::test]
-async fn sqlite_tells_apart_ids_that_share_a_key() {
-    let folder = tempfile::tempdir().expect("temporary folder");
-    let url = sqlite_url(&folder);
-    let store = open(&url).await;
-    let lease = first_lease(&store).await;
-    // No two known ids share a key, so forge one: "not-b" stored under the key of "b".
-    insert_applied_row(&url, "not-b", Some(event_id_key("b"))).await;
-    let applied = store
-        .apply_batch(&lease, &[order("b", 5, NOW - 1_000)], chrono_tz::UTC, NOW)
-        .await
-        .expect("apply");
-    assert_eq!(applied.fresh, vec![true]);
-    assert_eq!(store.applied_count().await.expect("count"), 2);
-    store.close().await;
+async fn ids_whose_digests_share_a_half_are_told_apart() {
+    with_each_database(|url| async move {
+        let store = open(&url).await;
+        let lease = first_lease(&store).await;
+        // No two known ids share a half, so forge rows: one with the high half of "b", and
+        // "c" itself, in a bucket of their own.
+        let (b_hi, b_lo) = order_digest("b");
+        let (c_hi, c_lo) = order_digest("c");
+        execute(
+            &url,
+            &format!(
+                "INSERT INTO order_id_buckets (bucket, ends_at) VALUES (0, {});
+                 INSERT INTO order_ids (bucket, hi, lo, occurred_at, signed_minor) VALUES
+                 (0, {b_hi}, {}, {NOW}, 1), (0, {c_hi}, {c_lo}, {NOW}, 1)",
+                NOW + 3_600_000,
+                b_lo ^ 1
+            ),
+        )
+        .await;
+        let batch = [order("b", 5, NOW - 1_000), order("c", 5, NOW - 1_000)];
+        assert_eq!(fresh(&store, &lease, &batch).await, vec![true, false]);
+        assert_eq!(store.applied_count().await.expect("count"), 3);
+        store.close().await;
+    })
+    .await;
 }
 
-/// An older version still running beside an upgraded one writes rows without a key; the new
-/// leader keys them (`key_unkeyed_events`, called when it takes the lease) before it looks up.
+/// An older version still running beside a migrated database (it migrated before this version
+/// did) is refused at its next batch with one line naming the cause, instead of counting its
+/// orders in a table no one reads.
 #[tokio::test]
-async fn sqlite_rows_written_without_a_key_are_found_once_keyed() {
-    let folder = tempfile::tempdir().expect("temporary folder");
-    let url = sqlite_url(&folder);
-    let store = open(&url).await;
-    let lease = first_lease(&store).await;
-    insert_applied_row(&url, "written-by-old", None).await;
-    store.key_unkeyed_events().await.expect("keying");
-    let applied = store
-        .apply_batch(
-            &lease,
-            &[order("written-by-old", 1, NOW - 1_000)],
-            chrono_tz::UTC,
-            NOW,
+async fn an_older_instance_writing_applied_events_is_refused_with_one_line() {
+    with_each_database(|url| async move {
+        open(&url).await.close().await;
+        sqlx::any::install_default_drivers();
+        let pool = sqlx::AnyPool::connect(&url).await.expect("connect");
+        let written = sqlx::query(
+            "INSERT INTO applied_events \
+             (id, kind, user_id, occurred_at, amount_minor, applied_at) \
+             VALUES ('old', 'order.placed', 'u1', 1, 1, 1)",
         )
+        .execute(&pool)
         .await
-        .expect("apply");
-    assert_eq!(applied.fresh, vec![false]);
-    assert_eq!(store.applied_count().await.expect("count"), 1);
-    store.close().await;
+        .expect_err("refused");
+        pool.close().await;
+        let message = written.to_string();
+        assert!(
+            message.contains("migrated by a newer pulseboard (migration 20261203000010"),
+            "{message}"
+        );
+    })
+    .await;
+}
+
+/// A database another version migrated further is refused at start, and one that misses a
+/// migration of this version is refused by a new leader, each with one line naming the cause.
+#[tokio::test]
+async fn a_schema_of_another_version_is_refused_naming_the_cause() {
+    with_each_database(|url| async move {
+        let store = open(&url).await;
+        store.check_schema().await.expect("this version's schema");
+        execute(
+            &url,
+            "INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time) \
+             SELECT 20991231000099, 'from the future', success, checksum, execution_time \
+             FROM _sqlx_migrations WHERE version = 20261203000010",
+        )
+        .await;
+        let newer = store.migrate().await.expect_err("a newer schema");
+        assert!(matches!(newer, StoreError::NewerSchema { version: 20991231000099 }), "{newer}");
+        assert!(newer.to_string().contains("migrated by a newer pulseboard"), "{newer}");
+        execute(
+            &url,
+            "DELETE FROM _sqlx_migrations WHERE version >= 20261203000010",
+        )
+        .await;
+        let older = store.check_schema().await.expect_err("an older schema");
+        assert!(matches!(older, StoreError::OlderSchema { version: 20261203000010 }), "{older}");
+        assert!(older.to_string().contains("pulseboard migrate"), "{older}");
+        store.close().await;
+    })
+    .await;
 }
 
 /// Events applied before the upgrade to SQLite's `id_key` (migration 20261124000005) are still
@@ -503,8 +562,9 @@ async fn history_keeps_closed_minutes_and_pruning_drops_what_expired() {
         assert_eq!(history[1].orders, 1);
         assert_eq!(history[1].active_users, 7);
 
-        // 26 hours later the applied id is past the dedupe window; the 9-day-old minute is gone.
-        let later = NOW + 26 * 60 * MINUTE_MS;
+        // 30 hours later the applied id is past the dedupe window (25 h 05 min) and the bucket
+        // it was kept in (a sixth of that); the 9-day-old minute is gone.
+        let later = NOW + 30 * 60 * MINUTE_MS;
         assert!(store.prune(later).await.expect("prune") >= 2);
         assert_eq!(store.applied_count().await.expect("count"), 0);
         let history = store
@@ -576,7 +636,7 @@ async fn sqlite_writes_again_once_a_full_disk_has_room() {
 
     disk.free().expect("free the disk");
     store
-        .key_unkeyed_events()
+        .digest_staged_orders()
         .await
         .expect("BEGIN IMMEDIATE once the disk has room");
     store.renew_lease(&lease, NOW + 2).await.expect("renewal");
