@@ -698,3 +698,254 @@ async fn sqlite_hands_out_no_lease_or_sequence_block_it_did_not_store() {
     }
     store.close().await;
 }
+
+/// An event of `user` of a kind without an amount.
+fn user_event(id: &str, kind: EventKind, occurred_at: i64, user: &str) -> Event {
+    Event {
+        id: id.into(),
+        kind,
+        occurred_at,
+        user_id: user.into(),
+    }
+}
+
+/// A repeated `user.active` is applied again and leaves every stored figure as it was, and a
+/// `user.signed_out` redelivered after a later `user.active` of the same user does not remove
+/// them: the user's row keeps the later of each.
+#[tokio::test]
+async fn repeated_user_events_leave_every_figure_as_it_was() {
+    with_each_backend(|store| async move {
+        let lease = first_lease(&store).await;
+        let signed_out = user_event("s", EventKind::UserSignedOut, NOW - 20_000, "u1");
+        let active = user_event("a", EventKind::UserActive, NOW - 10_000, "u1");
+        let first = [
+            signed_out.clone(),
+            active.clone(),
+            order("o", 100, NOW - 5_000),
+        ];
+        assert_eq!(fresh(&store, &lease, &first).await, vec![true; 3]);
+        let before = store
+            .load_restore(NOW, 3_600_000, chrono_tz::UTC)
+            .await
+            .expect("restore");
+        let history = store
+            .history(NOW - 3_600_000, NOW + 60_000)
+            .await
+            .expect("history");
+
+        for again in [
+            vec![active.clone()],
+            vec![signed_out.clone()],
+            vec![active, signed_out],
+        ] {
+            fresh(&store, &lease, &again).await;
+        }
+        let after = store
+            .load_restore(NOW, 3_600_000, chrono_tz::UTC)
+            .await
+            .expect("restore");
+        assert_eq!(after.users, before.users);
+        let user = &after.users[0];
+        assert_eq!(
+            (user.last_active, user.last_signed_out),
+            (Some(NOW - 5_000), Some(NOW - 20_000)),
+            "still active (the order is theirs too): the sign-out is older"
+        );
+        assert_eq!(after.recent_orders, before.recent_orders);
+        assert_eq!(after.days, before.days);
+        assert_eq!(after.minutes, before.minutes);
+        assert_eq!(
+            store
+                .history(NOW - 3_600_000, NOW + 60_000)
+                .await
+                .expect("history"),
+            history
+        );
+        assert_eq!(
+            store.presence_count().await.expect("count"),
+            1,
+            "one row per user"
+        );
+        assert_eq!(
+            store.applied_count().await.expect("count"),
+            1,
+            "one id: the order's"
+        );
+    })
+    .await;
+}
+
+/// With the window shortened by configuration, an order repeated within it is a duplicate; its
+/// id is pruned once the window and its bucket have passed (a repeat by then is older than the
+/// window, which the decoder refuses as `too_old`: see the black-box test).
+#[tokio::test]
+async fn a_shortened_window_keeps_order_ids_for_the_window_and_prunes_them_after() {
+    with_each_database(|url| async move {
+        let store = open(&url)
+            .await
+            .with_dedupe_window(std::time::Duration::from_secs(60));
+        let lease = first_lease(&store).await;
+        assert_eq!(
+            fresh(&store, &lease, &[order("o", 100, NOW - 1_000)]).await,
+            [true]
+        );
+        // Within the window (applied 50 s later): a duplicate.
+        let later = NOW + 50_000;
+        let again = store
+            .apply_batch(
+                &lease,
+                &[order("o", 100, NOW - 1_000)],
+                chrono_tz::UTC,
+                later,
+            )
+            .await
+            .expect("apply");
+        assert_eq!(again.fresh, [false]);
+        // 60 s + 2.5 s + 5 min kept, in buckets of a sixth of that: gone 8 minutes later.
+        store.prune(NOW + 8 * 60_000).await.expect("prune");
+        assert_eq!(store.applied_count().await.expect("count"), 0);
+        assert_eq!(revenue_by_days(&store).await, 100);
+        store.close().await;
+    })
+    .await;
+}
+
+/// Today's schema (main's migrations: all but this issue's, numbered 20261203000009 and up, which
+/// sort before main's 07 and 08 but are applied after them on an existing deployment) with applied events of every kind and their
+/// figures, then this version's migrations: every figure and the history stay, the orders are
+/// still duplicates, and the users' latest activity and sign-out come over.
+#[tokio::test]
+async fn the_migration_from_applied_events_keeps_every_figure_and_the_history() {
+    with_each_database(|url| async move {
+        let mut migrator = if url.starts_with("sqlite:") {
+            sqlx::migrate!("migrations/sqlite")
+        } else {
+            sqlx::migrate!("migrations/postgres")
+        };
+        migrator.migrations = migrator
+            .migrations
+            .iter()
+            .filter(|migration| !(20261203000009..20261204000000).contains(&migration.version))
+            .cloned()
+            .collect::<Vec<_>>()
+            .into();
+        sqlx::any::install_default_drivers();
+        let pool = sqlx::AnyPool::connect(&url).await.expect("connect");
+        migrator.run(&pool).await.expect("today's migrations");
+        pool.close().await;
+        let minute = minute_of(NOW);
+        // u1: active, then signed out; u2: signed out, then active (and an order); u3: active
+        // only, an hour and a half ago; plus an order and a refund of u4.
+        let rows = [
+            ("a1", "user.active", "u1", NOW - 40_000, 0),
+            ("s1", "user.signed_out", "u1", NOW - 30_000, 0),
+            ("s2", "user.signed_out", "u2", NOW - 30_000, 0),
+            ("a2", "user.active", "u2", NOW - 20_000, 0),
+            ("o2", "order.placed", "u2", NOW - 10_000, 250),
+            ("a3", "user.active", "u3", NOW - 5_400_000, 0),
+            ("o4", "order.placed", "u4", NOW - 2_000, 1_000),
+            ("r4", "order.refunded", "u4", NOW - 1_000, 0),
+            ("r5", "order.refunded", "u4", NOW - 1_000, 40),
+        ];
+        let values: Vec<String> = rows
+            .iter()
+            .map(|(id, kind, user, at, amount)| {
+                format!("('{id}', '{kind}', '{user}', {at}, {amount}, {NOW})")
+            })
+            .collect();
+        execute(
+            &url,
+            &format!(
+                "INSERT INTO applied_events \
+                 (id, kind, user_id, occurred_at, amount_minor, applied_at) VALUES {};
+                 INSERT INTO minute_stats (minute, orders, revenue_minor, active_users) VALUES
+                 ({minute}, 2, 1210, 0), ({}, 5, 777, 3);
+                 INSERT INTO daily_revenue (day, revenue_minor) VALUES ('2026-11-23', 1987)",
+                values.join(", "),
+                minute - 3 * 86_400_000
+            ),
+        )
+        .await;
+        let old_history = {
+            let store = Store::connect(&url.parse().expect("url"))
+                .await
+                .expect("connect");
+            let history = store
+                .history(minute - 4 * 86_400_000, minute + 60_000)
+                .await
+                .expect("history");
+            store.close().await;
+            history
+        };
+
+        let store = open(&url).await;
+        assert_eq!(
+            store
+                .history(minute - 4 * 86_400_000, minute + 60_000)
+                .await
+                .expect("history"),
+            old_history
+        );
+        let restore = store
+            .load_restore(NOW, 3_600_000, chrono_tz::UTC)
+            .await
+            .expect("restore");
+        let mut users: Vec<(String, Option<i64>, Option<i64>)> = restore
+            .users
+            .iter()
+            .map(|u| (u.user_id.clone(), u.last_active, u.last_signed_out))
+            .collect();
+        users.sort();
+        assert_eq!(
+            users,
+            vec![
+                ("u1".into(), Some(NOW - 40_000), Some(NOW - 30_000)),
+                ("u2".into(), Some(NOW - 10_000), Some(NOW - 30_000)),
+                ("u4".into(), Some(NOW - 1_000), None),
+            ],
+            "u3 is older than the horizon"
+        );
+        let mut orders = restore.recent_orders.clone();
+        orders.sort_by_key(|(at, kind)| (*at, kind.amount_minor()));
+        assert_eq!(
+            orders,
+            vec![
+                (NOW - 10_000, EventKind::OrderPlaced { amount_minor: 250 }),
+                (
+                    NOW - 2_000,
+                    EventKind::OrderPlaced {
+                        amount_minor: 1_000
+                    }
+                ),
+                (NOW - 1_000, EventKind::OrderRefunded { amount_minor: 0 }),
+                (NOW - 1_000, EventKind::OrderRefunded { amount_minor: 40 }),
+            ]
+        );
+        assert_eq!(restore.days.iter().map(|(_, r)| r).sum::<i64>(), 1987);
+        let tally = restore
+            .minutes
+            .iter()
+            .find(|(m, _)| *m == minute)
+            .expect("this minute")
+            .1;
+        assert_eq!((tally.orders, tally.revenue_minor), (2, 1210));
+        assert_eq!(store.presence_count().await.expect("count"), 4);
+
+        // The orders are still duplicates; the users' rows take new events as before.
+        let lease = first_lease(&store).await;
+        let again = [
+            order("o2", 250, NOW - 10_000),
+            order("o4", 1_000, NOW - 2_000),
+            order("r5", 40, NOW - 1_000),
+            order("new", 5, NOW - 1_000),
+        ];
+        assert_eq!(
+            fresh(&store, &lease, &again).await,
+            vec![false, false, false, true]
+        );
+        assert_eq!(store.applied_count().await.expect("count"), 5);
+        assert_eq!(revenue_by_days(&store).await, 1987 + 5);
+        store.close().await;
+    })
+    .await;
+}
