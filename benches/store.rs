@@ -210,6 +210,11 @@ async fn footprint(server: &PostgresServer, growth: usize, rebuild: usize) -> an
             applied += size;
         }
         let grown = database_size(&database.url).await? - before;
+        println!(
+            "<!-- {}: {} -->",
+            backend_name(backend),
+            table_sizes(&database.url).await
+        );
         // The rebuild: the rest of BENCH_REBUILD spread evenly over the last 24 hours, applied
         // when they occurred (the newest now).
         let mut rebuilt = applied;
@@ -262,6 +267,35 @@ async fn database_size(url: &str) -> anyhow::Result<i64> {
         pool.close().await;
         Ok(sqlx::Row::try_get(&row, 0)?)
     }
+}
+
+/// Bytes per table and index of the footprint's tables, where the backend tells (SQLite's
+/// `dbstat` when compiled in).
+async fn table_sizes(url: &str) -> String {
+    let sql = if url.starts_with("sqlite:") {
+        "SELECT name, SUM(pgsize) FROM dbstat GROUP BY name ORDER BY 2 DESC LIMIT 6"
+    } else {
+        "SELECT CAST(relname AS TEXT), pg_total_relation_size(oid) FROM pg_class \
+         WHERE relname IN ('applied_events', 'order_ids', 'user_presence', 'order_id_buckets') \
+         ORDER BY 2 DESC"
+    };
+    let Ok(pool) = sqlx::AnyPool::connect(url).await else {
+        return "no connection".into();
+    };
+    let sizes = match sqlx::query(sql).fetch_all(&pool).await {
+        Ok(rows) => rows
+            .iter()
+            .map(|row| {
+                let name: String = sqlx::Row::try_get(row, 0).unwrap_or_default();
+                let bytes: i64 = sqlx::Row::try_get(row, 1).unwrap_or_default();
+                format!("{name} {bytes}")
+            })
+            .collect::<Vec<_>>()
+            .join(", "),
+        Err(error) => format!("sizes unknown: {error}"),
+    };
+    pool.close().await;
+    sizes
 }
 
 const MIX_BATCH: usize = 1_000;

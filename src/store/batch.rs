@@ -386,7 +386,7 @@ async fn insert_order_rows(
 }
 
 /// Which of `digests` are recorded in one of `buckets`, on PostgreSQL: one statement, the
-/// primary key probed for every bucket and high half.
+/// primary key probed once for every bucket and high half.
 async fn known_postgres(
     tx: &mut sqlx::Transaction<'_, sqlx::Any>,
     buckets: &[i64],
@@ -395,9 +395,15 @@ async fn known_postgres(
     if buckets.is_empty() {
         return Ok(HashSet::new());
     }
+    // One index probe per bucket and high half, in a nested loop: written as
+    // `bucket = ANY(…) AND hi = ANY(…)`, PostgreSQL 15 reads every row of the live buckets
+    // (its index scan keys on the first array only), which grows with the window's orders
+    // (18 ms at 60 000 rows for 100 ids; this form 20 ms for 1 000 ids, whatever the rows).
     let rows = sqlx::query(
-        "SELECT hi, lo FROM order_ids \
-         WHERE bucket = ANY($1::bigint[]) AND hi = ANY($2::bigint[])",
+        "SELECT found.hi, found.lo \
+         FROM unnest($1::bigint[]) AS b (bucket) CROSS JOIN unnest($2::bigint[]) AS d (hi) \
+         CROSS JOIN LATERAL (SELECT hi, lo FROM order_ids \
+         WHERE order_ids.bucket = b.bucket AND order_ids.hi = d.hi OFFSET 0) AS found",
     )
     .bind(postgres_int_array(buckets.iter().copied()))
     .bind(postgres_int_array(digests.iter().map(|d| d.0)))
