@@ -505,10 +505,7 @@ async fn floor_drain(
                     .context("the broker cancelled the durable consumer")??;
                 first.get_or_insert_with(Instant::now);
                 received += 1;
-                let context = DecodeContext {
-                    currency: CURRENCY,
-                    arrived_at: unix_ms(),
-                };
+                let context = DecodeContext::new(CURRENCY, unix_ms());
                 // Generated traffic holds no malformed event; a consumer would dead-letter one.
                 if let Ok(event) = decode(&delivery.data, context) {
                     batch.push(event);

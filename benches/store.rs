@@ -19,7 +19,14 @@
 //! cargo bench --bench store
 //! BENCH_BACKENDS=sqlite BENCH_PREFILL=1000000 cargo bench --bench store
 //! BENCH_VARY=1 cargo bench --bench store
+//! BENCH_GROWTH=100000 BENCH_REBUILD=1000000 cargo bench --bench store   # size and rebuild
 //! ```
+//!
+//! With `BENCH_GROWTH` (events) and `BENCH_REBUILD` (events), it measures instead what the store
+//! keeps: the database's growth over `BENCH_GROWTH` events of the mix of issue 28 (90 %
+//! `user.active`, 8 % `order.placed`, 2 % `order.refunded`, 5 000 users) applied in batches of
+//! 1 000, and how long `load_restore` (what a new leader reads) takes once `BENCH_REBUILD`
+//! events of the same mix were applied over the last 24 hours.
 
 // The kit is shared with the tests and the other benchmarks; this one uses its databases.
 #[allow(dead_code)]
@@ -53,6 +60,11 @@ async fn main() -> anyhow::Result<()> {
         "BENCH_DUPLICATES needs earlier events: BENCH_PREFILL must be at least 1"
     );
     let server = PostgresServer::from_env();
+    let growth = env_number("BENCH_GROWTH", 0)?;
+    let rebuild = env_number("BENCH_REBUILD", 0)?;
+    if growth > 0 || rebuild > 0 {
+        return footprint(&server, growth, rebuild).await;
+    }
     println!(
         "## Store commit cost (release build; {prefill} events applied before; {rounds} batches \
          per size{}; {duplicate_percent} % of each batch applied before)\n",
@@ -170,6 +182,154 @@ async fn measure(
     store.close().await;
     bare.pool.close().await;
     Ok([Fit::of(&bare_samples), Fit::of(&store_samples)])
+}
+
+/// Growth per event and rebuild time, per backend (see the header).
+async fn footprint(server: &PostgresServer, growth: usize, rebuild: usize) -> anyhow::Result<()> {
+    println!("## Store footprint (release build; issue 28's mix, batches of {MIX_BATCH})\n");
+    println!("| backend | events | growth (bytes) | bytes/event | events for the rebuild | load_restore (ms, best of 3) |");
+    println!("| --- | ---: | ---: | ---: | ---: | ---: |");
+    for backend in backends_from_env() {
+        let database = TestDatabase::create(server, backend, &unique_name("size")).await?;
+        let store = Store::connect(&database.url.parse().map_err(anyhow::Error::msg)?).await?;
+        store.migrate().await?;
+        let now = pulseboard::clock::now_ms();
+        let lease: Lease = store
+            .try_acquire_lease("bench", now, LEASE_TTL_MS)
+            .await?
+            .ok_or_else(|| anyhow::anyhow!("the lease is held"))?;
+        let mut mix = Mix::default();
+        let before = database_size(&database.url).await?;
+        let mut applied = 0;
+        while applied < growth {
+            let size = MIX_BATCH.min(growth - applied);
+            let batch = mix.batch(size, now);
+            store
+                .apply_batch(&lease, &batch, chrono_tz::UTC, now)
+                .await?;
+            applied += size;
+        }
+        let grown = database_size(&database.url).await? - before;
+        println!(
+            "<!-- {}: {} -->",
+            backend_name(backend),
+            table_sizes(&database.url).await
+        );
+        // The rebuild: the rest of BENCH_REBUILD spread evenly over the last 24 hours, applied
+        // when they occurred (the newest now).
+        let mut rebuilt = applied;
+        let day_ms = 24 * 3_600_000;
+        while rebuilt < rebuild {
+            let size = MIX_BATCH.min(rebuild - rebuilt);
+            let at = now - day_ms + (day_ms as f64 * rebuilt as f64 / rebuild as f64) as i64;
+            let batch = mix.batch(size, at);
+            store
+                .apply_batch(&lease, &batch, chrono_tz::UTC, at)
+                .await?;
+            rebuilt += size;
+        }
+        let mut best = f64::MAX;
+        for _ in 0..3 {
+            let started = Instant::now();
+            let input = store.load_restore(now, 3_600_000, chrono_tz::UTC).await?;
+            best = best.min(started.elapsed().as_secs_f64());
+            std::hint::black_box(input);
+        }
+        println!(
+            "| {} | {applied} | {grown} | {:.1} | {rebuilt} | {:.0} |",
+            backend_name(backend),
+            grown as f64 / applied.max(1) as f64,
+            best * 1e3
+        );
+        store.close().await;
+    }
+    Ok(())
+}
+
+/// The database's size on disk: SQLite's file and WAL once checkpointed, PostgreSQL's
+/// `pg_database_size` after a checkpoint.
+async fn database_size(url: &str) -> anyhow::Result<i64> {
+    if let Some(path) = url.strip_prefix("sqlite://") {
+        let path = path.split('?').next().unwrap_or_default();
+        let pool = sqlx::AnyPool::connect(url).await?;
+        sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
+            .execute(&pool)
+            .await?;
+        pool.close().await;
+        let file = |p: &str| std::fs::metadata(p).map(|m| m.len() as i64).unwrap_or(0);
+        Ok(file(path) + file(&format!("{path}-wal")))
+    } else {
+        let pool = sqlx::AnyPool::connect(url).await?;
+        sqlx::query("CHECKPOINT").execute(&pool).await?;
+        let row = sqlx::query("SELECT pg_database_size(current_database())")
+            .fetch_one(&pool)
+            .await?;
+        pool.close().await;
+        Ok(sqlx::Row::try_get(&row, 0)?)
+    }
+}
+
+/// Bytes per table and index of the footprint's tables, where the backend tells (SQLite's
+/// `dbstat` when compiled in).
+async fn table_sizes(url: &str) -> String {
+    let sql = if url.starts_with("sqlite:") {
+        "SELECT name, SUM(pgsize) FROM dbstat GROUP BY name ORDER BY 2 DESC LIMIT 6"
+    } else {
+        "SELECT CAST(relname AS TEXT), pg_total_relation_size(oid) FROM pg_class \
+         WHERE relname IN ('applied_events', 'order_ids', 'user_presence', 'order_id_buckets') \
+         ORDER BY 2 DESC"
+    };
+    let Ok(pool) = sqlx::AnyPool::connect(url).await else {
+        return "no connection".into();
+    };
+    let sizes = match sqlx::query(sql).fetch_all(&pool).await {
+        Ok(rows) => rows
+            .iter()
+            .map(|row| {
+                let name: String = sqlx::Row::try_get(row, 0).unwrap_or_default();
+                let bytes: i64 = sqlx::Row::try_get(row, 1).unwrap_or_default();
+                format!("{name} {bytes}")
+            })
+            .collect::<Vec<_>>()
+            .join(", "),
+        Err(error) => format!("sizes unknown: {error}"),
+    };
+    pool.close().await;
+    sizes
+}
+
+const MIX_BATCH: usize = 1_000;
+
+/// Issue 28's mix: 90 % `user.active`, 8 % `order.placed`, 2 % `order.refunded`, 5 000 users.
+#[derive(Default)]
+struct Mix {
+    next: u64,
+}
+
+impl Mix {
+    fn batch(&mut self, size: usize, at: i64) -> Vec<Event> {
+        (0..size)
+            .map(|_| {
+                self.next += 1;
+                let n = self.next;
+                let kind = match n % 50 {
+                    0..=3 => EventKind::OrderPlaced {
+                        amount_minor: 1_000 + (n % 5_000) as i64,
+                    },
+                    4 => EventKind::OrderRefunded {
+                        amount_minor: 500 + (n % 1_000) as i64,
+                    },
+                    _ => EventKind::UserActive,
+                };
+                Event {
+                    id: format!("evt-{}", uuid::Uuid::new_v4()),
+                    kind,
+                    occurred_at: at - (n % 60_000) as i64,
+                    user_id: format!("u-{}", n % 5_000),
+                }
+            })
+            .collect()
+    }
 }
 
 /// What to time, from the environment.

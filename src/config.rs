@@ -296,6 +296,14 @@ pub struct ServeArgs {
           value_parser = clap::value_parser!(u32).range(1..=315_360_000))]
     pub audit_retention_secs: u32,
 
+    /// The exactly-once window: how long an order's id is remembered, and how far in the past
+    /// an event may have occurred (one window: an order too old to be recognised is too old to
+    /// be accepted). 24 hours, as the contract promises; shorter only for tests and
+    /// benchmarks that must see ids expire.
+    #[arg(long, env = "PULSEBOARD_DEDUPE_WINDOW_SECS", default_value_t = 86_400,
+          value_parser = clap::value_parser!(u32).range(10..=86_400))]
+    pub dedupe_window_secs: u32,
+
     /// Demo traffic rate in events per second (with --demo).
     #[arg(long, default_value_t = 40, value_parser = clap::value_parser!(u32).range(1..=100_000))]
     pub demo_rate: u32,
@@ -578,6 +586,7 @@ mod tests {
         assert_eq!(serve.token_ttl_secs, 900);
         assert!(!serve.trust_proxy);
         assert_eq!(serve.audit_retention_secs, 90 * 24 * 3_600, "90 days");
+        assert_eq!(serve.dedupe_window_secs, 24 * 3_600, "24 hours");
     }
 
     #[test]

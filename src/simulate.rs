@@ -233,14 +233,8 @@ mod tests {
         let mut net = 0;
         for _ in 0..2_000 {
             let event = generator.next_event(now);
-            let decoded = decode(
-                &event.body,
-                DecodeContext {
-                    currency: "EUR",
-                    arrived_at: now,
-                },
-            )
-            .expect("generated events are valid");
+            let decoded = decode(&event.body, DecodeContext::new("EUR", now))
+                .expect("generated events are valid");
             net += decoded.tally().revenue_minor;
         }
         let tally = &generator.tally;

@@ -218,7 +218,8 @@ async fn open_store(args: &ServeArgs) -> anyhow::Result<Store> {
     let store = Store::connect(&args.database.database_url)
         .await
         .context("DATABASE_URL")?
-        .with_audit_retention(Duration::from_secs(args.audit_retention_secs.into()));
+        .with_audit_retention(Duration::from_secs(args.audit_retention_secs.into()))
+        .with_dedupe_window(Duration::from_secs(args.dedupe_window_secs.into()));
     store.migrate().await.context("DATABASE_URL")?;
     Ok(store)
 }
@@ -283,6 +284,7 @@ fn start_ingest(
             prefetch: 10_000,
             max_batch: 2_000,
             batch_linger: Duration::from_millis(5),
+            dedupe_window_ms: i64::from(args.dedupe_window_secs) * 1_000,
             demo: args.demo,
             local_demo: inputs.local.is_some(),
         },

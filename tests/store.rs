@@ -1,9 +1,10 @@
 //! The store's contract, one suite run against both backends: embedded SQLite and PostgreSQL.
 
 use futures_util::FutureExt;
+use pulseboard::aggregate::{id_hash, StoredPresence};
 use pulseboard::aggregate::{minute_of, Event, EventKind, MINUTE_MS};
 use pulseboard::config::DatabaseUrl;
-use pulseboard::store::{event_id_key, Lease, Store, StoreError};
+use pulseboard::store::{order_digest, Lease, Store, StoreError};
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
 
@@ -79,22 +80,6 @@ async fn execute(url: &str, sql: &str) {
     pool.close().await;
 }
 
-/// Writes one applied `order.placed` row into SQLite's `applied_events` directly, with the given
-/// `id_key` (`None`: NULL, as an older version writes it).
-async fn insert_applied_row(url: &str, id: &str, id_key: Option<i64>) {
-    let key = id_key.map_or("NULL".to_owned(), |key| key.to_string());
-    execute(
-        url,
-        &format!(
-            "INSERT INTO applied_events \
-             (id_key, id, kind, user_id, occurred_at, amount_minor, applied_at) \
-             VALUES ({key}, '{id}', 'order.placed', 'u1', {}, 1, {NOW})",
-            NOW - 1_000
-        ),
-    )
-    .await;
-}
-
 async fn admin(sql: &str) {
     use sqlx::Connection;
     let mut connection = sqlx::PgConnection::connect("postgres://postgres@127.0.0.1:5432/postgres")
@@ -156,7 +141,7 @@ async fn a_batch_is_applied_once_and_duplicates_change_nothing() {
             .load_restore(NOW, 3_600_000, chrono_tz::UTC)
             .await
             .expect("restore");
-        assert_eq!(restore.recent_events.len(), 3);
+        assert_eq!(restore.recent_orders.len(), 3);
         assert_eq!(restore.days.iter().map(|(_, r)| r).sum::<i64>(), 400);
         let minute = minute_of(NOW);
         let tally = restore
@@ -289,17 +274,46 @@ async fn ids_that_look_like_array_syntax_are_stored_as_given() {
             .apply_batch(&lease, &batch, chrono_tz::UTC, NOW)
             .await
             .expect("apply again");
-        assert!(applied.fresh.iter().all(|fresh| !*fresh), "all known");
+        // Orders and refunds are known; user events are applied again, harmlessly.
+        let orders: Vec<bool> = batch.iter().map(|e| e.kind.amount_minor() > 0).collect();
+        let again: Vec<bool> = applied.fresh.iter().map(|fresh| !fresh).collect();
+        assert_eq!(again, orders, "orders known");
 
         let restore = store
             .load_restore(NOW, 3_600_000, chrono_tz::UTC)
             .await
             .expect("restore");
-        let mut stored = restore.recent_events;
-        stored.sort_by(|a, b| a.id.cmp(&b.id));
-        let mut expected = batch;
-        expected.sort_by(|a, b| a.id.cmp(&b.id));
-        assert_eq!(stored, expected);
+        let mut users = restore.users;
+        users.sort_by(|a, b| a.user_id.cmp(&b.user_id));
+        let mut expected: Vec<StoredPresence> = batch
+            .iter()
+            .map(|e| StoredPresence {
+                user_id: e.user_id.clone(),
+                last_active: (e.kind != EventKind::UserSignedOut).then_some(e.occurred_at),
+                last_signed_out: (e.kind == EventKind::UserSignedOut).then_some(e.occurred_at),
+                active_id: if e.kind == EventKind::UserSignedOut {
+                    0
+                } else {
+                    id_hash(&e.id) as i64
+                },
+                signed_out_id: if e.kind == EventKind::UserSignedOut {
+                    id_hash(&e.id) as i64
+                } else {
+                    0
+                },
+            })
+            .collect();
+        expected.sort_by(|a, b| a.user_id.cmp(&b.user_id));
+        assert_eq!(users, expected);
+        let mut orders = restore.recent_orders;
+        orders.sort_by_key(|(at, _)| *at);
+        let mut expected: Vec<(i64, EventKind)> = batch
+            .iter()
+            .filter(|e| e.kind.amount_minor() > 0)
+            .map(|e| (e.occurred_at, e.kind.clone()))
+            .collect();
+        expected.sort_by_key(|(at, _)| *at);
+        assert_eq!(orders, expected);
     })
     .await;
 }
@@ -313,46 +327,91 @@ async fn a_username_holding_nul_is_unknown_not_an_error() {
     .await;
 }
 
-/// SQLite looks ids up by a 64-bit key; two ids that share one must still be told apart.
+/// Orders are looked up by the high half of their digest; an id whose digest shares only that
+/// half with a recorded one is still new, and a recorded digest is found in any live bucket.
 #[tokio::test]
-async fn sqlite_tells_apart_ids_that_share_a_key() {
-    let folder = tempfile::tempdir().expect("temporary folder");
-    let url = sqlite_url(&folder);
-    let store = open(&url).await;
-    let lease = first_lease(&store).await;
-    // No two known ids share a key, so forge one: "not-b" stored under the key of "b".
-    insert_applied_row(&url, "not-b", Some(event_id_key("b"))).await;
-    let applied = store
-        .apply_batch(&lease, &[order("b", 5, NOW - 1_000)], chrono_tz::UTC, NOW)
-        .await
-        .expect("apply");
-    assert_eq!(applied.fresh, vec![true]);
-    assert_eq!(store.applied_count().await.expect("count"), 2);
-    store.close().await;
+async fn ids_whose_digests_share_a_half_are_told_apart() {
+    with_each_database(|url| async move {
+        let store = open(&url).await;
+        let lease = first_lease(&store).await;
+        // No two known ids share a half, so forge rows: one with the high half of "b", and
+        // "c" itself, in a bucket of their own.
+        let (b_hi, b_lo) = order_digest("b");
+        let (c_hi, c_lo) = order_digest("c");
+        execute(
+            &url,
+            &format!(
+                "INSERT INTO order_id_buckets (bucket, ends_at) VALUES (0, {});
+                 INSERT INTO order_ids (bucket, hi, lo, occurred_at, signed_minor) VALUES
+                 (0, {b_hi}, {}, {NOW}, 1), (0, {c_hi}, {c_lo}, {NOW}, 1)",
+                NOW + 3_600_000,
+                b_lo ^ 1
+            ),
+        )
+        .await;
+        let batch = [order("b", 5, NOW - 1_000), order("c", 5, NOW - 1_000)];
+        assert_eq!(fresh(&store, &lease, &batch).await, vec![true, false]);
+        assert_eq!(store.applied_count().await.expect("count"), 3);
+        store.close().await;
+    })
+    .await;
 }
 
-/// An older version still running beside an upgraded one writes rows without a key; the new
-/// leader keys them (`key_unkeyed_events`, called when it takes the lease) before it looks up.
+/// An older version still running beside a migrated database (it migrated before this version
+/// did) is refused at its next batch with one line naming the cause, instead of counting its
+/// orders in a table no one reads.
 #[tokio::test]
-async fn sqlite_rows_written_without_a_key_are_found_once_keyed() {
-    let folder = tempfile::tempdir().expect("temporary folder");
-    let url = sqlite_url(&folder);
-    let store = open(&url).await;
-    let lease = first_lease(&store).await;
-    insert_applied_row(&url, "written-by-old", None).await;
-    store.key_unkeyed_events().await.expect("keying");
-    let applied = store
-        .apply_batch(
-            &lease,
-            &[order("written-by-old", 1, NOW - 1_000)],
-            chrono_tz::UTC,
-            NOW,
+async fn an_older_instance_writing_applied_events_is_refused_with_one_line() {
+    with_each_database(|url| async move {
+        open(&url).await.close().await;
+        sqlx::any::install_default_drivers();
+        let pool = sqlx::AnyPool::connect(&url).await.expect("connect");
+        let written = sqlx::query(
+            "INSERT INTO applied_events \
+             (id, kind, user_id, occurred_at, amount_minor, applied_at) \
+             VALUES ('old', 'order.placed', 'u1', 1, 1, 1)",
         )
+        .execute(&pool)
         .await
-        .expect("apply");
-    assert_eq!(applied.fresh, vec![false]);
-    assert_eq!(store.applied_count().await.expect("count"), 1);
-    store.close().await;
+        .expect_err("refused");
+        pool.close().await;
+        let message = written.to_string();
+        assert!(
+            message.contains("migrated by a newer pulseboard (migration 20261228000010"),
+            "{message}"
+        );
+    })
+    .await;
+}
+
+/// A database another version migrated further is refused at start, and one that misses a
+/// migration of this version is refused by a new leader, each with one line naming the cause.
+#[tokio::test]
+async fn a_schema_of_another_version_is_refused_naming_the_cause() {
+    with_each_database(|url| async move {
+        let store = open(&url).await;
+        store.check_schema().await.expect("this version's schema");
+        execute(
+            &url,
+            "INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time) \
+             SELECT 20991231000099, 'from the future', success, checksum, execution_time \
+             FROM _sqlx_migrations WHERE version = 20261228000010",
+        )
+        .await;
+        let newer = store.migrate().await.expect_err("a newer schema");
+        assert!(matches!(newer, StoreError::NewerSchema { version: 20991231000099 }), "{newer}");
+        assert!(newer.to_string().contains("migrated by a newer pulseboard"), "{newer}");
+        execute(
+            &url,
+            "DELETE FROM _sqlx_migrations WHERE version >= 20261228000010",
+        )
+        .await;
+        let older = store.check_schema().await.expect_err("an older schema");
+        assert!(matches!(older, StoreError::OlderSchema { version: 20261228000010 }), "{older}");
+        assert!(older.to_string().contains("pulseboard migrate"), "{older}");
+        store.close().await;
+    })
+    .await;
 }
 
 /// Events applied before the upgrade to SQLite's `id_key` (migration 20261124000005) are still
@@ -503,8 +562,9 @@ async fn history_keeps_closed_minutes_and_pruning_drops_what_expired() {
         assert_eq!(history[1].orders, 1);
         assert_eq!(history[1].active_users, 7);
 
-        // 26 hours later the applied id is past the dedupe window; the 9-day-old minute is gone.
-        let later = NOW + 26 * 60 * MINUTE_MS;
+        // 30 hours later the applied id is past the dedupe window (25 h 05 min) and the bucket
+        // it was kept in (a sixth of that); the 9-day-old minute is gone.
+        let later = NOW + 30 * 60 * MINUTE_MS;
         assert!(store.prune(later).await.expect("prune") >= 2);
         assert_eq!(store.applied_count().await.expect("count"), 0);
         let history = store
@@ -576,7 +636,7 @@ async fn sqlite_writes_again_once_a_full_disk_has_room() {
 
     disk.free().expect("free the disk");
     store
-        .key_unkeyed_events()
+        .digest_staged_orders()
         .await
         .expect("BEGIN IMMEDIATE once the disk has room");
     store.renew_lease(&lease, NOW + 2).await.expect("renewal");
@@ -637,4 +697,255 @@ async fn sqlite_hands_out_no_lease_or_sequence_block_it_did_not_store() {
             .expect("the last lease handed out on the full disk holds");
     }
     store.close().await;
+}
+
+/// An event of `user` of a kind without an amount.
+fn user_event(id: &str, kind: EventKind, occurred_at: i64, user: &str) -> Event {
+    Event {
+        id: id.into(),
+        kind,
+        occurred_at,
+        user_id: user.into(),
+    }
+}
+
+/// A repeated `user.active` is applied again and leaves every stored figure as it was, and a
+/// `user.signed_out` redelivered after a later `user.active` of the same user does not remove
+/// them: the user's row keeps the later of each.
+#[tokio::test]
+async fn repeated_user_events_leave_every_figure_as_it_was() {
+    with_each_backend(|store| async move {
+        let lease = first_lease(&store).await;
+        let signed_out = user_event("s", EventKind::UserSignedOut, NOW - 20_000, "u1");
+        let active = user_event("a", EventKind::UserActive, NOW - 10_000, "u1");
+        let first = [
+            signed_out.clone(),
+            active.clone(),
+            order("o", 100, NOW - 5_000),
+        ];
+        assert_eq!(fresh(&store, &lease, &first).await, vec![true; 3]);
+        let before = store
+            .load_restore(NOW, 3_600_000, chrono_tz::UTC)
+            .await
+            .expect("restore");
+        let history = store
+            .history(NOW - 3_600_000, NOW + 60_000)
+            .await
+            .expect("history");
+
+        for again in [
+            vec![active.clone()],
+            vec![signed_out.clone()],
+            vec![active, signed_out],
+        ] {
+            fresh(&store, &lease, &again).await;
+        }
+        let after = store
+            .load_restore(NOW, 3_600_000, chrono_tz::UTC)
+            .await
+            .expect("restore");
+        assert_eq!(after.users, before.users);
+        let user = &after.users[0];
+        assert_eq!(
+            (user.last_active, user.last_signed_out),
+            (Some(NOW - 5_000), Some(NOW - 20_000)),
+            "still active (the order is theirs too): the sign-out is older"
+        );
+        assert_eq!(after.recent_orders, before.recent_orders);
+        assert_eq!(after.days, before.days);
+        assert_eq!(after.minutes, before.minutes);
+        assert_eq!(
+            store
+                .history(NOW - 3_600_000, NOW + 60_000)
+                .await
+                .expect("history"),
+            history
+        );
+        assert_eq!(
+            store.presence_count().await.expect("count"),
+            1,
+            "one row per user"
+        );
+        assert_eq!(
+            store.applied_count().await.expect("count"),
+            1,
+            "one id: the order's"
+        );
+    })
+    .await;
+}
+
+/// With the window shortened by configuration, an order repeated within it is a duplicate; its
+/// id is pruned once the window and its bucket have passed (a repeat by then is older than the
+/// window, which the decoder refuses as `too_old`: see the black-box test).
+#[tokio::test]
+async fn a_shortened_window_keeps_order_ids_for_the_window_and_prunes_them_after() {
+    with_each_database(|url| async move {
+        let store = open(&url)
+            .await
+            .with_dedupe_window(std::time::Duration::from_secs(60));
+        let lease = first_lease(&store).await;
+        assert_eq!(
+            fresh(&store, &lease, &[order("o", 100, NOW - 1_000)]).await,
+            [true]
+        );
+        // Within the window (applied 50 s later): a duplicate.
+        let later = NOW + 50_000;
+        let again = store
+            .apply_batch(
+                &lease,
+                &[order("o", 100, NOW - 1_000)],
+                chrono_tz::UTC,
+                later,
+            )
+            .await
+            .expect("apply");
+        assert_eq!(again.fresh, [false]);
+        // 60 s + 2.5 s + 5 min kept, in buckets of a sixth of that: gone 8 minutes later.
+        store.prune(NOW + 8 * 60_000).await.expect("prune");
+        assert_eq!(store.applied_count().await.expect("count"), 0);
+        assert_eq!(revenue_by_days(&store).await, 100);
+        store.close().await;
+    })
+    .await;
+}
+
+/// Today's schema (main's migrations: all but this issue's, numbered 20261228000009 and up, which
+/// sort before main's 07 and 08 but are applied after them on an existing deployment) with applied events of every kind and their
+/// figures, then this version's migrations: every figure and the history stay, the orders are
+/// still duplicates, and the users' latest activity and sign-out come over.
+#[tokio::test]
+async fn the_migration_from_applied_events_keeps_every_figure_and_the_history() {
+    with_each_database(|url| async move {
+        let mut migrator = if url.starts_with("sqlite:") {
+            sqlx::migrate!("migrations/sqlite")
+        } else {
+            sqlx::migrate!("migrations/postgres")
+        };
+        migrator.migrations = migrator
+            .migrations
+            .iter()
+            .filter(|migration| !(20261228000009..20261229000000).contains(&migration.version))
+            .cloned()
+            .collect::<Vec<_>>()
+            .into();
+        sqlx::any::install_default_drivers();
+        let pool = sqlx::AnyPool::connect(&url).await.expect("connect");
+        migrator.run(&pool).await.expect("today's migrations");
+        pool.close().await;
+        let minute = minute_of(NOW);
+        // u1: active, then signed out; u2: signed out, then active (and an order); u3: active
+        // only, an hour and a half ago; plus an order and a refund of u4.
+        let rows = [
+            ("a1", "user.active", "u1", NOW - 40_000, 0),
+            ("s1", "user.signed_out", "u1", NOW - 30_000, 0),
+            ("s2", "user.signed_out", "u2", NOW - 30_000, 0),
+            ("a2", "user.active", "u2", NOW - 20_000, 0),
+            ("o2", "order.placed", "u2", NOW - 10_000, 250),
+            ("a3", "user.active", "u3", NOW - 5_400_000, 0),
+            ("o4", "order.placed", "u4", NOW - 2_000, 1_000),
+            ("r4", "order.refunded", "u4", NOW - 1_000, 0),
+            ("r5", "order.refunded", "u4", NOW - 1_000, 40),
+        ];
+        let values: Vec<String> = rows
+            .iter()
+            .map(|(id, kind, user, at, amount)| {
+                format!("('{id}', '{kind}', '{user}', {at}, {amount}, {NOW})")
+            })
+            .collect();
+        execute(
+            &url,
+            &format!(
+                "INSERT INTO applied_events \
+                 (id, kind, user_id, occurred_at, amount_minor, applied_at) VALUES {};
+                 INSERT INTO minute_stats (minute, orders, revenue_minor, active_users) VALUES
+                 ({minute}, 2, 1210, 0), ({}, 5, 777, 3);
+                 INSERT INTO daily_revenue (day, revenue_minor) VALUES ('2026-11-23', 1987)",
+                values.join(", "),
+                minute - 3 * 86_400_000
+            ),
+        )
+        .await;
+        let old_history = {
+            let store = Store::connect(&url.parse().expect("url"))
+                .await
+                .expect("connect");
+            let history = store
+                .history(minute - 4 * 86_400_000, minute + 60_000)
+                .await
+                .expect("history");
+            store.close().await;
+            history
+        };
+
+        let store = open(&url).await;
+        assert_eq!(
+            store
+                .history(minute - 4 * 86_400_000, minute + 60_000)
+                .await
+                .expect("history"),
+            old_history
+        );
+        let restore = store
+            .load_restore(NOW, 3_600_000, chrono_tz::UTC)
+            .await
+            .expect("restore");
+        let mut users: Vec<(String, Option<i64>, Option<i64>)> = restore
+            .users
+            .iter()
+            .map(|u| (u.user_id.clone(), u.last_active, u.last_signed_out))
+            .collect();
+        users.sort();
+        assert_eq!(
+            users,
+            vec![
+                ("u1".into(), Some(NOW - 40_000), Some(NOW - 30_000)),
+                ("u2".into(), Some(NOW - 10_000), Some(NOW - 30_000)),
+                ("u4".into(), Some(NOW - 1_000), None),
+            ],
+            "u3 is older than the horizon"
+        );
+        let mut orders = restore.recent_orders.clone();
+        orders.sort_by_key(|(at, kind)| (*at, kind.amount_minor()));
+        assert_eq!(
+            orders,
+            vec![
+                (NOW - 10_000, EventKind::OrderPlaced { amount_minor: 250 }),
+                (
+                    NOW - 2_000,
+                    EventKind::OrderPlaced {
+                        amount_minor: 1_000
+                    }
+                ),
+                (NOW - 1_000, EventKind::OrderRefunded { amount_minor: 0 }),
+                (NOW - 1_000, EventKind::OrderRefunded { amount_minor: 40 }),
+            ]
+        );
+        assert_eq!(restore.days.iter().map(|(_, r)| r).sum::<i64>(), 1987);
+        let tally = restore
+            .minutes
+            .iter()
+            .find(|(m, _)| *m == minute)
+            .expect("this minute")
+            .1;
+        assert_eq!((tally.orders, tally.revenue_minor), (2, 1210));
+        assert_eq!(store.presence_count().await.expect("count"), 4);
+
+        // The orders are still duplicates; the users' rows take new events as before.
+        let lease = first_lease(&store).await;
+        let again = [
+            order("o2", 250, NOW - 10_000),
+            order("o4", 1_000, NOW - 2_000),
+            order("r5", 40, NOW - 1_000),
+            order("new", 5, NOW - 1_000),
+        ];
+        assert_eq!(
+            fresh(&store, &lease, &again).await,
+            vec![false, false, false, true]
+        );
+        assert_eq!(store.applied_count().await.expect("count"), 5);
+        assert_eq!(revenue_by_days(&store).await, 1987 + 5);
+        store.close().await;
+    })
+    .await;
 }

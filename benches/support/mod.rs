@@ -4,11 +4,12 @@
 
 use pulseboard::aggregate::Event;
 use pulseboard::config::Backend;
-use pulseboard::for_benchmarks::{applied_event_columns, SQLITE_PRAGMAS};
-use pulseboard::store::{event_id_key, Store};
+use pulseboard::for_benchmarks::{signed_minor, SQLITE_PRAGMAS};
+use pulseboard::store::{order_digest, Store};
 use sqlx::{AnyPool, Executor};
 
-/// `applied_events` of a database migrated by the store, written with nothing but an INSERT.
+/// `order_ids` of a database migrated by the store, written with nothing but an INSERT: the
+/// rows of the batch's orders and refunds (user events leave no row of their own).
 #[derive(Clone)]
 pub struct BareTable {
     pub pool: AnyPool,
@@ -41,33 +42,29 @@ impl BareTable {
         Ok(BareTable { pool, backend })
     }
 
-    /// The columns the store writes: SQLite's rows lead with the id's key (its index holds that).
-    fn columns(&self) -> &'static [&'static str] {
-        applied_event_columns(self.backend)
-    }
-
     /// The rows, in one transaction committed as the store commits.
     pub async fn insert(&self, events: &[Event], now: i64) -> anyhow::Result<()> {
+        let rows: Vec<(i64, i64, i64, i64)> = events
+            .iter()
+            .filter_map(|event| {
+                let (hi, lo) = order_digest(&event.id);
+                signed_minor(&event.kind).map(|signed| (hi, lo, event.occurred_at, signed))
+            })
+            .collect();
         let mut tx = self.pool.begin().await?;
-        for chunk in events.chunks(1_000) {
+        for chunk in rows.chunks(180) {
             let sql = format!(
-                "INSERT INTO applied_events \
-                 ({}) VALUES {}",
-                self.columns().join(", "),
-                placeholders(chunk.len(), self.columns().len(), self.backend)
+                "INSERT INTO order_ids (bucket, hi, lo, occurred_at, signed_minor) VALUES {}",
+                placeholders(chunk.len(), 5, self.backend)
             );
             let mut query = sqlx::query(&sql);
-            for event in chunk {
-                if self.backend == Backend::Sqlite {
-                    query = query.bind(event_id_key(&event.id));
-                }
+            for &(hi, lo, occurred_at, signed) in chunk {
                 query = query
-                    .bind(event.id.as_str())
-                    .bind(event.kind.label())
-                    .bind(event.user_id.as_str())
-                    .bind(event.occurred_at)
-                    .bind(event.kind.amount_minor())
-                    .bind(now);
+                    .bind(now - now % 3_600_000)
+                    .bind(hi)
+                    .bind(lo)
+                    .bind(occurred_at)
+                    .bind(signed);
             }
             query.execute(&mut *tx).await?;
         }

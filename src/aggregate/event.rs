@@ -63,7 +63,14 @@ impl EventKind {
 impl Event {
     /// This event's contribution to the order and revenue tallies.
     pub fn tally(&self) -> super::Tally {
-        match self.kind {
+        super::Tally::of(&self.kind)
+    }
+}
+
+impl super::Tally {
+    /// What one event of `kind` adds to the order and revenue tallies.
+    pub(crate) fn of(kind: &EventKind) -> super::Tally {
+        match *kind {
             EventKind::OrderPlaced { amount_minor } => super::Tally {
                 orders: 1,
                 revenue_minor: amount_minor,

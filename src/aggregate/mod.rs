@@ -191,18 +191,47 @@ impl Delta {
 /// The persisted state a new leader rebuilds from (see `store::Store::load_restore`).
 #[derive(Debug, Clone, Default)]
 pub struct RestoreInput {
-    /// Every applied event that can still affect a trailing window at `now`.
-    pub recent_events: Vec<Event>,
+    /// The users whose last activity or sign-out can still affect the active window at `now`.
+    pub users: Vec<StoredPresence>,
+    /// Every applied order and refund that can still affect a trailing window at `now`: its
+    /// `occurred_at` and kind (with the amount).
+    pub recent_orders: Vec<(Millis, EventKind)>,
     /// Net revenue per local day, for the days around `now`.
     pub days: Vec<(NaiveDate, i64)>,
     /// History tallies of the minutes around `now`.
     pub minutes: Vec<(Millis, Tally)>,
 }
 
+/// One user's latest activity and latest sign-out by event time, as the store keeps them
+/// (`None`: never seen).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredPresence {
+    pub user_id: String,
+    pub last_active: Option<Millis>,
+    pub last_signed_out: Option<Millis>,
+    /// [`id_hash`] of the event that set each (0: unknown).
+    pub active_id: i64,
+    pub signed_out_id: i64,
+}
+
 #[derive(Debug, Clone, Copy)]
 struct Presence {
     last_active: Millis,
     last_signed_out: Millis,
+    /// A hash of the id of the first event applied at `last_active` (and at `last_signed_out`),
+    /// 0 when unknown (restored from the store): what [`Aggregator::recognises`] compares.
+    active_id: u64,
+    signed_out_id: u64,
+}
+
+/// The id hash [`Presence`] keeps, and the store with it (never 0, which means unknown): the
+/// first 8 bytes of the id's SHA-256 (stable across versions, unlike std's hasher).
+pub fn id_hash(id: &str) -> u64 {
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::digest(id.as_bytes());
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&digest[..8]);
+    u64::from_be_bytes(first).max(1)
 }
 
 impl Presence {
@@ -253,8 +282,19 @@ impl Aggregator {
     /// Rebuilds the state a leader had, from what the store kept.
     pub(crate) fn restore(settings: AggregateSettings, input: RestoreInput) -> Self {
         let mut aggregator = Self::new(settings);
-        for event in &input.recent_events {
-            aggregator.observe(event);
+        for user in input.users {
+            aggregator.users.insert(
+                user.user_id,
+                Presence {
+                    last_active: user.last_active.unwrap_or(Millis::MIN),
+                    last_signed_out: user.last_signed_out.unwrap_or(Millis::MIN),
+                    active_id: user.active_id as u64,
+                    signed_out_id: user.signed_out_id as u64,
+                },
+            );
+        }
+        for (occurred_at, kind) in input.recent_orders {
+            aggregator.observe_tally(occurred_at, &kind);
         }
         aggregator.days = input.days.into_iter().collect();
         aggregator.minutes = input.minutes.into_iter().collect();
@@ -367,24 +407,55 @@ impl Aggregator {
         }
     }
 
+    /// Whether `event` repeats one already applied, as far as memory tells: a user event (of
+    /// a kind that has no id record in the store) of the same user, kind, `occurred_at` and id
+    /// as the one that set that user's latest activity, or latest sign-out. Applying it again
+    /// would change nothing, so it counts as a duplicate. Not recognised: a repeat of an
+    /// earlier event of the user, of a user the aggregator has forgotten (inactive beyond the
+    /// window), or of one applied before a restore (the store keeps no ids of user events):
+    /// the count of user-kind duplicates is best-effort while their effect is exact
+    /// (docs/events.md). Orders are never judged here: the store's id records decide them.
+    pub(crate) fn recognises(&self, event: &Event) -> bool {
+        let Some(presence) = self.users.get(&event.user_id) else {
+            return false;
+        };
+        let (at, id) = match event.kind {
+            EventKind::UserSignedOut => (presence.last_signed_out, presence.signed_out_id),
+            EventKind::UserActive | EventKind::Other => (presence.last_active, presence.active_id),
+            EventKind::OrderPlaced { .. } | EventKind::OrderRefunded { .. } => return false,
+        };
+        at == event.occurred_at && id == id_hash(&event.id)
+    }
+
     /// The parts of an event that only live in memory: presence and per-second tallies.
     fn observe(&mut self, event: &Event) {
         let presence = self.users.entry(event.user_id.clone()).or_insert(Presence {
             last_active: Millis::MIN,
             last_signed_out: Millis::MIN,
+            active_id: 0,
+            signed_out_id: 0,
         });
-        match event.kind {
+        let (at, id) = match event.kind {
             EventKind::UserSignedOut => {
-                presence.last_signed_out = presence.last_signed_out.max(event.occurred_at)
+                (&mut presence.last_signed_out, &mut presence.signed_out_id)
             }
-            _ => presence.last_active = presence.last_active.max(event.occurred_at),
+            _ => (&mut presence.last_active, &mut presence.active_id),
+        };
+        if event.occurred_at > *at {
+            *at = event.occurred_at;
+            *id = id_hash(&event.id);
         }
-        let tally = event.tally();
+        self.observe_tally(event.occurred_at, &event.kind);
+    }
+
+    /// An order's or refund's part in the per-second tallies of the trailing hour.
+    fn observe_tally(&mut self, occurred_at: Millis, kind: &EventKind) {
+        let tally = Tally::of(kind);
         if !tally.is_zero() {
-            let gross = event.kind.amount_minor();
+            let gross = kind.amount_minor();
             let second = self
                 .seconds
-                .entry(event.occurred_at.div_euclid(SECOND_MS))
+                .entry(occurred_at.div_euclid(SECOND_MS))
                 .or_default();
             second.tally.add(tally);
             second.gross_minor = second.gross_minor.saturating_add(gross);
@@ -436,8 +507,11 @@ impl Aggregator {
     /// Forgets what can no longer affect any figure at `now` or later, so memory stays bounded.
     pub(crate) fn prune(&mut self, now: Millis) {
         let window = self.settings.active_window_ms;
-        self.users
-            .retain(|_, presence| presence.last_active > now - window);
+        // A recent sign-out is kept even when the activity before it is old: an event of that
+        // user arriving late, but older than the sign-out, must not bring them back.
+        self.users.retain(|_, presence| {
+            presence.last_active > now - window || presence.last_signed_out > now - window
+        });
         let oldest_second = now.div_euclid(SECOND_MS) - HOUR_SECS;
         let kept = self.seconds.split_off(&oldest_second);
         let dropped_gross = self

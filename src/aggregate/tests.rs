@@ -208,16 +208,104 @@ fn restore_from_stored_effects_gives_the_same_figures() {
     let restored = Aggregator::restore(
         settings(Tz::UTC),
         RestoreInput {
-            recent_events: events
-                .iter()
-                .filter(|e| e.occurred_at > now - horizon)
-                .cloned()
-                .collect(),
             days: delta.days.into_iter().collect(),
             minutes: delta.minutes.into_iter().collect(),
+            ..stored(&events, now - horizon)
         },
     );
     assert_eq!(restored.figures(now), live.figures(now));
+}
+
+/// What the store keeps of `events` for a restore: one presence per user (latest activity and
+/// sign-out) and the orders and refunds that occurred after `since`.
+fn stored(events: &[Event], since: Millis) -> RestoreInput {
+    let mut users: std::collections::BTreeMap<String, StoredPresence> = Default::default();
+    for event in events {
+        let user = users
+            .entry(event.user_id.clone())
+            .or_insert(StoredPresence {
+                user_id: event.user_id.clone(),
+                last_active: None,
+                last_signed_out: None,
+                active_id: 0,
+                signed_out_id: 0,
+            });
+        let (slot, id) = match event.kind {
+            EventKind::UserSignedOut => (&mut user.last_signed_out, &mut user.signed_out_id),
+            _ => (&mut user.last_active, &mut user.active_id),
+        };
+        if Some(event.occurred_at) > *slot {
+            *slot = Some(event.occurred_at);
+            *id = id_hash(&event.id) as i64;
+        }
+    }
+    RestoreInput {
+        users: users.into_values().collect(),
+        recent_orders: events
+            .iter()
+            .filter(|e| e.occurred_at > since && e.kind.amount_minor() != 0)
+            .map(|e| (e.occurred_at, e.kind.clone()))
+            .collect(),
+        ..RestoreInput::default()
+    }
+}
+
+#[test]
+fn a_user_event_seen_before_is_recognised_and_an_order_never_is() {
+    let now = at("2026-11-23T10:15:30Z");
+    let active = event("a", EventKind::UserActive, now - 10_000, "u1");
+    let signed_out = event("s", EventKind::UserSignedOut, now - 20_000, "u1");
+    let order = placed("o", 5, now - 10_000, "u2");
+    let aggregator = aggregate(
+        &[active.clone(), signed_out.clone(), order.clone()],
+        Tz::UTC,
+    );
+    assert!(aggregator.recognises(&active));
+    // Another event of the same user, kind and instant is not a repeat (it is applied again,
+    // which changes nothing either).
+    let mut twin = active.clone();
+    twin.id = "a-twin".into();
+    assert!(!aggregator.recognises(&twin));
+    assert!(aggregator.recognises(&signed_out));
+    assert!(!aggregator.recognises(&order), "the store decides orders");
+    let later = event("b", EventKind::UserActive, now - 5_000, "u1");
+    assert!(!aggregator.recognises(&later));
+    let stranger = event("c", EventKind::UserActive, now - 10_000, "u9");
+    assert!(!aggregator.recognises(&stranger));
+}
+
+/// A sign-out redelivered after a later activity of the same user leaves them active, live
+/// and after a restore from what the store keeps.
+#[test]
+fn a_sign_out_older_than_the_last_activity_does_not_remove_the_user() {
+    let now = at("2026-11-23T10:15:30Z");
+    let signed_out = event("s", EventKind::UserSignedOut, now - 20_000, "u1");
+    let active = event("a", EventKind::UserActive, now - 10_000, "u1");
+    let events = [signed_out.clone(), active, signed_out];
+    let live = aggregate(&events, Tz::UTC);
+    assert_eq!(live.figures(now).active_users, 1);
+    let restored = Aggregator::restore(settings(Tz::UTC), stored(&events, now - 3_600_000));
+    assert_eq!(restored.figures(now).active_users, 1);
+    // The latest of each is still recognised after the restore.
+    assert!(restored.recognises(&events[1]) && restored.recognises(&events[2]));
+}
+
+/// Pruning keeps a recent sign-out whose user's activity is older than the window: a late
+/// event between the two must not bring them back.
+#[test]
+fn pruning_keeps_a_recent_sign_out() {
+    let now = at("2026-11-23T10:15:30Z");
+    let window = settings(Tz::UTC).active_window_ms;
+    let mut aggregator = aggregate(
+        &[
+            event("a", EventKind::UserActive, now - window - 60_000, "u1"),
+            event("s", EventKind::UserSignedOut, now - 10_000, "u1"),
+        ],
+        Tz::UTC,
+    );
+    aggregator.prune(now);
+    aggregator.apply(&event("late", EventKind::UserActive, now - 20_000, "u1"));
+    assert_eq!(aggregator.figures(now).active_users, 0);
 }
 
 #[test]
@@ -271,7 +359,6 @@ fn holding(sum: i64, at: Millis) -> Aggregator {
     Aggregator::restore(
         settings(Tz::UTC),
         RestoreInput {
-            recent_events: Vec::new(),
             days: vec![(local_date(at, Tz::UTC), sum)],
             minutes: vec![(
                 minute_of(at),
@@ -280,6 +367,7 @@ fn holding(sum: i64, at: Millis) -> Aggregator {
                     revenue_minor: sum,
                 },
             )],
+            ..RestoreInput::default()
         },
     )
 }
@@ -342,9 +430,19 @@ fn the_last_hour_is_bounded_by_its_gross() {
     let mut aggregator = Aggregator::restore(
         settings(Tz::UTC),
         RestoreInput {
-            recent_events: vec![
-                placed("p", i64::MAX / 2, now - 1_000, "u"),
-                refunded("r", i64::MAX / 2, now - 2_000, "u"),
+            recent_orders: vec![
+                (
+                    now - 1_000,
+                    EventKind::OrderPlaced {
+                        amount_minor: i64::MAX / 2,
+                    },
+                ),
+                (
+                    now - 2_000,
+                    EventKind::OrderRefunded {
+                        amount_minor: i64::MAX / 2,
+                    },
+                ),
             ],
             ..RestoreInput::default()
         },

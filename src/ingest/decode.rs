@@ -53,6 +53,21 @@ impl From<Overflow> for Rejection {
 pub struct DecodeContext<'a> {
     pub currency: &'a str,
     pub arrived_at: Millis,
+    /// How far before its arrival an event may have occurred: 24 hours, or the shorter
+    /// `PULSEBOARD_DEDUPE_WINDOW_SECS` (an order too old for its id to be remembered is too
+    /// old to be accepted).
+    pub max_age_ms: Millis,
+}
+
+impl<'a> DecodeContext<'a> {
+    /// The context of a message that arrived at `arrived_at`, with the 24-hour age limit.
+    pub fn new(currency: &'a str, arrived_at: Millis) -> Self {
+        DecodeContext {
+            currency,
+            arrived_at,
+            max_age_ms: MAX_AGE_MS,
+        }
+    }
 }
 
 pub fn decode(body: &[u8], context: DecodeContext<'_>) -> Result<Event, Rejection> {
@@ -80,7 +95,7 @@ pub fn decode(body: &[u8], context: DecodeContext<'_>) -> Result<Event, Rejectio
     let event_type = required(&fields, "type")?
         .as_str()
         .ok_or_else(|| Rejection::new("invalid_field", "type must be a string"))?;
-    let occurred_at = timestamp(&fields, context.arrived_at)?;
+    let occurred_at = timestamp(&fields, context.arrived_at, context.max_age_ms)?;
     let user_id = bounded_string(&fields, "user_id")?;
     let kind = match event_type {
         "order.placed" => EventKind::OrderPlaced {
@@ -205,7 +220,11 @@ fn bounded_string<'a>(fields: &'a Map<String, Value>, name: &str) -> Result<&'a 
     Ok(text)
 }
 
-fn timestamp(fields: &Map<String, Value>, arrived_at: Millis) -> Result<Millis, Rejection> {
+fn timestamp(
+    fields: &Map<String, Value>,
+    arrived_at: Millis,
+    max_age_ms: Millis,
+) -> Result<Millis, Rejection> {
     let text = required(fields, "occurred_at")?.as_str().ok_or_else(|| {
         Rejection::new(
             "invalid_field",
@@ -225,10 +244,15 @@ fn timestamp(fields: &Map<String, Value>, arrived_at: Millis) -> Result<Millis, 
             format!("occurred_at {text} is more than 5 minutes ahead of arrival"),
         ));
     }
-    if occurred_at < arrived_at - MAX_AGE_MS {
+    if occurred_at < arrived_at - max_age_ms {
+        let limit = if max_age_ms == MAX_AGE_MS {
+            "24 hours".to_owned()
+        } else {
+            format!("{} s", max_age_ms / 1_000)
+        };
         return Err(Rejection::new(
             "too_old",
-            format!("occurred_at {text} is more than 24 hours before arrival"),
+            format!("occurred_at {text} is more than {limit} before arrival"),
         ));
     }
     Ok(occurred_at)
@@ -292,10 +316,7 @@ mod tests {
     const NOW: Millis = 1_795_428_930_000; // 2026-11-23T10:15:30Z
 
     fn context() -> DecodeContext<'static> {
-        DecodeContext {
-            currency: "USD",
-            arrived_at: NOW,
-        }
+        DecodeContext::new("USD", NOW)
     }
 
     fn order(kind: &str) -> Value {
@@ -506,10 +527,7 @@ mod tests {
     fn a_leap_second_counts_in_the_minute_and_day_it_is_written_in() {
         // 2026-06-30T23:59:59.999Z
         const LAST_MILLISECOND_OF_JUNE: Millis = 1_782_863_999_999;
-        let arrived = DecodeContext {
-            currency: "USD",
-            arrived_at: LAST_MILLISECOND_OF_JUNE + 1_000,
-        };
+        let arrived = DecodeContext::new("USD", LAST_MILLISECOND_OF_JUNE + 1_000);
         for written in [
             "2026-06-30T23:59:60Z",
             "2026-06-30T23:59:60.500Z",

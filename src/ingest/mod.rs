@@ -55,6 +55,8 @@ pub(crate) struct IngestSettings {
     pub prefetch: u16,
     pub max_batch: usize,
     pub batch_linger: Duration,
+    /// `PULSEBOARD_DEDUPE_WINDOW_SECS`: events older than this are refused (`too_old`).
+    pub dedupe_window_ms: i64,
     /// `serve --demo`: snapshots say `demo`.
     pub demo: bool,
     /// Demo traffic arrives through an in-process queue instead of RabbitMQ.

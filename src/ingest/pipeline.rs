@@ -122,8 +122,8 @@ impl Pipeline {
     ) {
         let metrics = &context.core.metrics;
         let decoding = DecodeContext {
-            currency: &context.settings.currency,
-            arrived_at: message.arrived_at,
+            max_age_ms: context.settings.dedupe_window_ms,
+            ..DecodeContext::new(&context.settings.currency, message.arrived_at)
         };
         let (tag, arrived_at) = (message.tag, message.arrived_at);
         match self.admit(aggregator, decode(&message.body, decoding)) {
@@ -318,6 +318,9 @@ impl Pipeline {
         let now = now_ms();
         let arrivals = batch.events().iter().zip(batch.arrivals());
         for ((event, &arrived_at), &fresh) in arrivals.zip(fresh) {
+            // A user event the store applied again harmlessly, which the aggregator recognises
+            // as one it has applied: a duplicate (best-effort count, exact effect).
+            let fresh = fresh && !aggregator.recognises(event);
             let outcome = match (fresh, &event.kind) {
                 (false, _) => "duplicate",
                 (true, EventKind::Other) => {

@@ -87,13 +87,19 @@ impl<'a> Term<'a> {
         let store = &context.core.store;
         let now = now_ms();
         let horizon = Aggregator::new(settings.aggregate.clone()).restore_horizon_ms();
-        // An older version may have written rows without a key until this node took the lease.
-        store.key_unkeyed_events().await?;
+        // A database another version migrated (or one restored from before this version's
+        // migrations) is refused with one line rather than led with wrong figures.
+        store.check_schema().await?;
+        // Order rows a migration staged, should an instance have stopped half-way through.
+        store.digest_staged_orders().await?;
+        let started = std::time::Instant::now();
         let restore = store
             .load_restore(now, horizon, settings.aggregate.timezone)
             .await?;
         tracing::info!(
-            recent_events = restore.recent_events.len(),
+            users = restore.users.len(),
+            recent_orders = restore.recent_orders.len(),
+            load_ms = started.elapsed().as_millis() as u64,
             "rebuilt the live figures from the store"
         );
         let mut aggregator = Aggregator::restore(settings.aggregate.clone(), restore);

@@ -39,6 +39,7 @@ async fn context(max_batch: usize, linger: Duration) -> IngestContext {
             prefetch: 100,
             max_batch,
             batch_linger: linger,
+            dedupe_window_ms: 86_400_000,
             demo: true,
             local_demo: true,
         },

@@ -22,13 +22,13 @@ mod users;
 
 pub(crate) use announcements::StoredAnnouncement;
 pub(crate) use audit::{AuditRow, NewAudit};
-pub use batch::event_id_key;
+pub use batch::order_digest;
 pub(crate) use kiosk::KioskLink;
 pub use lease::Lease;
 
 use crate::aggregate::{
-    minute_of, Event, EventKind, Millis, Point, RestoreInput, Tally, MAX_AGE_MS, MAX_FUTURE_MS,
-    MINUTE_MS,
+    minute_of, EventKind, Millis, Point, RestoreInput, StoredPresence, Tally, MAX_AGE_MS,
+    MAX_FUTURE_MS, MINUTE_MS,
 };
 use crate::config::{Backend, DatabaseUrl};
 use chrono::NaiveDate;
@@ -56,9 +56,28 @@ const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
 /// and 3 hours more: last week's revenue from its midnight to the same time of day reaches
 /// back up to 8 days and 2 hours (a 25-hour day a week ago, compared at its end).
 const HISTORY_KEEP_MS: Millis = (8 * 24 + 3) * 60 * MINUTE_MS;
-/// Applied ids are kept an hour beyond the 24 h dedupe window, so a redelivery at the edge still
-/// finds its id.
-const DEDUPE_KEEP_MS: Millis = MAX_AGE_MS + 60 * MINUTE_MS;
+/// Order ids are looked up in this many buckets of the dedupe window (and a few beyond it):
+/// more buckets would keep less beyond the window, fewer would probe less per order.
+const DEDUPE_BUCKETS: Millis = 6;
+
+/// How long order ids (and user rows) are kept, and the width of the buckets they are kept in.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct DedupeWindow {
+    /// The window, plus a 24th of it and the 5 minutes an event may come from the future, so
+    /// that a redelivery at the edge still finds its id (24 h: 25 h 05 min).
+    keep_ms: Millis,
+    bucket_ms: Millis,
+}
+
+impl DedupeWindow {
+    fn new(window_ms: Millis) -> DedupeWindow {
+        let keep_ms = window_ms + window_ms / 24 + MAX_FUTURE_MS;
+        DedupeWindow {
+            keep_ms,
+            bucket_ms: (keep_ms / DEDUPE_BUCKETS).max(1_000),
+        }
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -73,6 +92,17 @@ pub enum StoreError {
     Refused { waited: Duration, cause: String },
     #[error("database migration failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error(
+        "the database was migrated by a newer pulseboard (migration {version} is unknown to \
+         this version): run that version or a later one, or restore the backup taken before \
+         the upgrade"
+    )]
+    NewerSchema { version: i64 },
+    #[error(
+        "the database schema is older than this pulseboard (migration {version} is not \
+         applied): run `pulseboard migrate` with this version, then start again"
+    )]
+    OlderSchema { version: i64 },
     #[error("database error: {0}")]
     Database(#[from] sqlx::Error),
     #[error("this node no longer holds the ingest lease")]
@@ -115,6 +145,8 @@ impl StoreError {
             StoreError::Refused { .. } => true,
             StoreError::CreateDir { .. }
             | StoreError::Migrate(_)
+            | StoreError::NewerSchema { .. }
+            | StoreError::OlderSchema { .. }
             | StoreError::LostLease
             | StoreError::Corrupt(_)
             | StoreError::NonIntegerFigures { .. }
@@ -162,6 +194,14 @@ fn sqlite_busy(code: &str) -> bool {
         .is_ok_and(|code| code & 0xff == SQLITE_BUSY)
 }
 
+/// A migration error, or the one that says the database was migrated by a newer version.
+fn schema_error(error: sqlx::migrate::MigrateError) -> StoreError {
+    match error {
+        sqlx::migrate::MigrateError::VersionMissing(version) => StoreError::NewerSchema { version },
+        error => StoreError::Migrate(error),
+    }
+}
+
 /// Tables of figures, their key column and their figure columns: what
 /// [`Store::check_figures`] inspects.
 const FIGURE_TABLES: [(&str, &str, &[&str]); 2] = [
@@ -195,6 +235,8 @@ pub struct Store {
     url: SecretString,
     /// How long an audit row is kept (`PULSEBOARD_AUDIT_RETENTION_SECS`).
     audit_keep_ms: Millis,
+    /// How long order ids and user rows are kept (`PULSEBOARD_DEDUPE_WINDOW_SECS`).
+    dedupe: DedupeWindow,
 }
 
 impl Store {
@@ -214,6 +256,7 @@ impl Store {
                     backend: Backend::Sqlite,
                     url: url.into(),
                     audit_keep_ms: audit::AUDIT_KEEP_MS,
+                    dedupe: DedupeWindow::new(MAX_AGE_MS),
                 })
             }
             Backend::Postgres => {
@@ -233,26 +276,56 @@ impl Store {
                     backend: Backend::Postgres,
                     url: database.url.clone(),
                     audit_keep_ms: audit::AUDIT_KEEP_MS,
+                    dedupe: DedupeWindow::new(MAX_AGE_MS),
                 })
             }
         }
     }
 
+    /// How long an order id is remembered (and an event may be old): 24 hours by default.
+    pub fn with_dedupe_window(mut self, window: Duration) -> Store {
+        let window_ms = Millis::try_from(window.as_millis()).unwrap_or(MAX_AGE_MS);
+        self.dedupe = DedupeWindow::new(window_ms.clamp(1_000, MAX_AGE_MS));
+        self
+    }
+
     pub async fn migrate(&self) -> Result<(), StoreError> {
+        let migrator = self.migrator();
+        migrator.run(&self.writer).await.map_err(schema_error)?;
         match self.backend {
             Backend::Sqlite => {
-                sqlx::migrate!("migrations/sqlite")
-                    .run(&self.writer)
-                    .await?;
-                self.key_unkeyed_events().await?;
+                self.digest_staged_orders().await?;
                 self.check_figures().await?;
             }
-            Backend::Postgres => {
-                sqlx::migrate!("migrations/postgres")
-                    .run(&self.writer)
-                    .await?;
-                self.check_figure_columns().await?;
-            }
+            Backend::Postgres => self.check_figure_columns().await?,
+        }
+        Ok(())
+    }
+
+    fn migrator(&self) -> sqlx::migrate::Migrator {
+        match self.backend {
+            Backend::Sqlite => sqlx::migrate!("migrations/sqlite"),
+            Backend::Postgres => sqlx::migrate!("migrations/postgres"),
+        }
+    }
+
+    /// Refuses to lead on a database whose schema is not this version's: one that misses a
+    /// migration this version has (restored from an older backup, or never migrated by this
+    /// version), or holds one it does not know (migrated by a newer version). A new leader
+    /// asks before it rebuilds: the figures it would compute and write there would be wrong.
+    pub async fn check_schema(&self) -> Result<(), StoreError> {
+        let applied: Vec<i64> = sqlx::query_scalar(
+            "SELECT version FROM _sqlx_migrations WHERE success ORDER BY version",
+        )
+        .fetch_all(&self.reader)
+        .await?;
+        let migrator = self.migrator();
+        let known: Vec<i64> = migrator.iter().map(|m| m.version).collect();
+        if let Some(unknown) = applied.iter().find(|v| !known.contains(v)) {
+            return Err(StoreError::NewerSchema { version: *unknown });
+        }
+        if let Some(missing) = known.iter().find(|v| !applied.contains(v)) {
+            return Err(StoreError::OlderSchema { version: *missing });
         }
         Ok(())
     }
@@ -346,18 +419,26 @@ impl Store {
         horizon_ms: Millis,
         timezone: Tz,
     ) -> Result<RestoreInput, StoreError> {
-        // An event that occurred within the horizon arrived at most 5 minutes before it.
-        let recent_events = sqlx::query(
-            "SELECT id, kind, user_id, occurred_at, amount_minor FROM applied_events \
-             WHERE applied_at > $1 AND occurred_at > $2",
+        let since = now - horizon_ms;
+        let users = sqlx::query(
+            "SELECT user_id, last_active, last_signed_out, active_id, signed_out_id \
+             FROM user_presence WHERE last_active > $1 OR last_signed_out > $1",
         )
-        .bind(now - horizon_ms - MAX_FUTURE_MS - MINUTE_MS)
-        .bind(now - horizon_ms)
+        .bind(since)
         .fetch_all(&self.reader)
         .await?
         .iter()
-        .map(stored_event)
-        .collect::<Result<Vec<_>, _>>()?;
+        .map(|row| {
+            Ok(StoredPresence {
+                user_id: row.try_get(0)?,
+                last_active: row.try_get(1)?,
+                last_signed_out: row.try_get(2)?,
+                active_id: row.try_get(3)?,
+                signed_out_id: row.try_get(4)?,
+            })
+        })
+        .collect::<Result<Vec<_>, StoreError>>()?;
+        let recent_orders = self.orders_since(since).await?;
 
         // Every minute and day an event still acceptable at `now` can fall into: the
         // aggregator checks each new event against these sums before it is committed.
@@ -396,10 +477,48 @@ impl Store {
         .collect::<Result<Vec<_>, StoreError>>()?;
 
         Ok(RestoreInput {
-            recent_events,
+            users,
+            recent_orders,
             days,
             minutes,
         })
+    }
+
+    /// The orders and refunds that occurred after `since`, from the buckets they can be in:
+    /// an event that occurred then was applied at most 5 minutes before (it may come from the
+    /// future), so only the buckets ending after that are read (a bucket is a sixth of the
+    /// dedupe window: the last hour and at most 4 h 10 min beyond it by default).
+    async fn orders_since(&self, since: Millis) -> Result<Vec<(Millis, EventKind)>, StoreError> {
+        let buckets: Vec<i64> =
+            sqlx::query_scalar("SELECT bucket FROM order_id_buckets WHERE ends_at > $1")
+                .bind(since - MAX_FUTURE_MS - MINUTE_MS)
+                .fetch_all(&self.reader)
+                .await?;
+        if buckets.is_empty() {
+            return Ok(Vec::new());
+        }
+        let list = buckets
+            .iter()
+            .map(i64::to_string)
+            .collect::<Vec<_>>()
+            .join(", ");
+        // The bucket numbers are the store's own integers: written into the text, they make
+        // one statement for both backends.
+        let rows = sqlx::query(&format!(
+            "SELECT occurred_at, signed_minor FROM order_ids \
+             WHERE bucket IN ({list}) AND occurred_at > $1"
+        ))
+        .bind(since)
+        .fetch_all(&self.reader)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                Ok((
+                    row.try_get::<i64, _>(0)?,
+                    batch::kind_of_signed(row.try_get(1)?),
+                ))
+            })
+            .collect()
     }
 
     /// Records the users active at the end of `minute`, completing its history point.
@@ -484,11 +603,7 @@ impl Store {
 
     /// Deletes what is past every retention window. Returns the number of rows removed.
     pub async fn prune(&self, now: Millis) -> Result<u64, StoreError> {
-        let events = sqlx::query("DELETE FROM applied_events WHERE applied_at < $1")
-            .bind(now - DEDUPE_KEEP_MS)
-            .execute(&self.writer)
-            .await?
-            .rows_affected();
+        let events = self.prune_order_ids(now).await?;
         let minutes = sqlx::query("DELETE FROM minute_stats WHERE minute < $1")
             .bind(now - HISTORY_KEEP_MS)
             .execute(&self.writer)
@@ -515,9 +630,52 @@ impl Store {
         Ok(events + minutes + announcements + sessions + kiosk_sessions + audit)
     }
 
-    /// Count of applied ids currently remembered (for status and tests).
+    /// Deletes every bucket of order ids that ended before the dedupe window, one statement
+    /// each on the leading key (no scan), and the user rows last seen before it. Returns the
+    /// number of rows removed.
+    async fn prune_order_ids(&self, now: Millis) -> Result<u64, StoreError> {
+        let before = now - self.dedupe.keep_ms;
+        let expired: Vec<i64> =
+            sqlx::query_scalar("SELECT bucket FROM order_id_buckets WHERE ends_at <= $1")
+                .bind(before)
+                .fetch_all(&self.writer)
+                .await?;
+        let mut removed = 0;
+        for bucket in expired {
+            let mut tx = self.writer.begin().await?;
+            removed += sqlx::query("DELETE FROM order_ids WHERE bucket = $1")
+                .bind(bucket)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+            sqlx::query("DELETE FROM order_id_buckets WHERE bucket = $1")
+                .bind(bucket)
+                .execute(&mut *tx)
+                .await?;
+            tx.commit().await?;
+        }
+        removed += sqlx::query(
+            "DELETE FROM user_presence WHERE COALESCE(last_active, $1) < $1 \
+             AND COALESCE(last_signed_out, $1) < $1",
+        )
+        .bind(before)
+        .execute(&self.writer)
+        .await?
+        .rows_affected();
+        Ok(removed)
+    }
+
+    /// Count of order ids currently remembered (for status and tests).
     pub async fn applied_count(&self) -> Result<i64, StoreError> {
-        let row = sqlx::query("SELECT CAST(COUNT(*) AS BIGINT) FROM applied_events")
+        let row = sqlx::query("SELECT CAST(COUNT(*) AS BIGINT) FROM order_ids")
+            .fetch_one(&self.reader)
+            .await?;
+        Ok(row.try_get(0)?)
+    }
+
+    /// Count of event users with a presence row of their own (for tests).
+    pub async fn presence_count(&self) -> Result<i64, StoreError> {
+        let row = sqlx::query("SELECT CAST(COUNT(*) AS BIGINT) FROM user_presence")
             .fetch_one(&self.reader)
             .await?;
         Ok(row.try_get(0)?)
@@ -638,16 +796,6 @@ fn refusal(error: &sqlx::Error) -> String {
         },
         other => other.to_string(),
     }
-}
-
-fn stored_event(row: &AnyRow) -> Result<Event, StoreError> {
-    let kind: String = row.try_get(1)?;
-    Ok(Event {
-        id: row.try_get(0)?,
-        kind: EventKind::from_stored(&kind, row.try_get(4)?),
-        user_id: row.try_get(2)?,
-        occurred_at: row.try_get(3)?,
-    })
 }
 
 /// An embedded database is created on first start, as its users expect, also when the URL

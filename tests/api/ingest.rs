@@ -233,3 +233,81 @@ async fn one_poison_message_among_ten_thousand_delays_nothing() {
     assert_eq!(broker.events_queue_depth().await, 0);
     assert_eq!(service.events_counted("rejected").await, 1);
 }
+
+/// With the exactly-once window shortened to 20 s (`PULSEBOARD_DEDUPE_WINDOW_SECS`), an order
+/// repeated within it is a duplicate, and repeated once the window has passed (as an order is a
+/// day later under the default) it is refused as `too_old`: neither changes a figure. A
+/// repeated `user.active` leaves every figure as it was too. Fails if the window is not
+/// configurable (the order would be a duplicate still, then accepted past 24 h) or if the age
+/// limit did not follow it (the repeat would count twice once its id was pruned).
+async fn repeats_within_and_after_a_shortened_window_change_nothing(backend: Backend) {
+    let database = TestDatabase::new(backend).await;
+    let names = Names::new();
+    let broker = Broker::connect(&names).await;
+    let mut config = ServiceConfig::new(&database, &names, "window-1");
+    config
+        .env
+        .push(("PULSEBOARD_DEDUPE_WINDOW_SECS".into(), "20".into()));
+    let service = Service::start(&config).await;
+    let placed = msg(
+        "order.placed",
+        event("w1", "order.placed", 1, "u1", Some(1_234)),
+    );
+    let active = msg("user.active", event("wa", "user.active", 1, "u2", None));
+    broker.publish_all(&[placed.clone(), active.clone()]).await;
+    let counted = |s: &Value| s["revenue"]["today_minor"] == 1_234 && s["active_users"] == 2;
+    let figures = |s: &Value| {
+        (
+            s["revenue"]["today_minor"].clone(),
+            s["revenue"]["last_hour_minor"].clone(),
+            s["orders_per_minute"].clone(),
+            s["active_users"].clone(),
+            s["point"]["orders"].clone(),
+        )
+    };
+    let first = service
+        .wait_for_snapshot(Duration::from_secs(20), counted)
+        .await;
+
+    broker.publish_all(&[placed.clone(), active.clone()]).await;
+    crate::outage::eventually(
+        "both repeats counted as duplicates",
+        || service.log_text(),
+        || async {
+            match service.events_counted("duplicate").await {
+                2 => Ok(()),
+                n => Err(format!("{n} duplicates")),
+            }
+        },
+    )
+    .await;
+    let within = service
+        .wait_for_snapshot(Duration::from_secs(5), counted)
+        .await;
+    assert_eq!(figures(&within), figures(&first));
+
+    tokio::time::sleep(Duration::from_secs(21)).await;
+    broker.publish_all(&[placed]).await;
+    let letters = broker.wait_for_dead_letters(1).await;
+    assert!(letters[0].0.starts_with("too_old: "), "{letters:?}");
+    let after = service
+        .wait_for_snapshot(Duration::from_secs(5), |s| {
+            s["revenue"]["today_minor"] == 1_234
+        })
+        .await;
+    assert_eq!(
+        after["revenue"]["today_minor"],
+        first["revenue"]["today_minor"]
+    );
+    assert_eq!(service.events_counted("applied").await, 2);
+}
+
+#[tokio::test]
+async fn repeats_within_and_after_a_shortened_window_change_nothing_on_sqlite() {
+    repeats_within_and_after_a_shortened_window_change_nothing(Backend::Sqlite).await;
+}
+
+#[tokio::test]
+async fn repeats_within_and_after_a_shortened_window_change_nothing_on_postgres() {
+    repeats_within_and_after_a_shortened_window_change_nothing(Backend::Postgres).await;
+}
