@@ -93,12 +93,40 @@ fn message(body: &Value) -> &str {
     body["error"]["message"].as_str().unwrap_or_default()
 }
 
-/// Every distinct event sent was applied (or ignored, for a type the service does not
-/// aggregate) exactly once: the failed commits counted nothing, their redeliveries once.
+/// Every distinct event sent is in the figures exactly once, and every order and refund was
+/// counted applied exactly once: the failed commits counted nothing, their redeliveries once.
+/// A user event's repeat is applied again harmlessly and counted a duplicate only when the
+/// leader still recognises it (SPEC §3.2; docs/events.md): across the term that the full disk
+/// ended, a redelivered user event that is not its user's latest may be counted applied twice,
+/// so for those kinds only "at least once" is a count the service promises.
 async fn assert_each_counted_once(service: &Service, tally: &SentTally) {
     assert_exact_totals(service, tally).await;
-    let counted = service.events_counted("applied").await + service.events_counted("ignored").await;
-    assert_eq!(counted, tally.sent, "{}", service.log_text());
+    let text = service.metrics().await.unwrap_or_default();
+    let counted = |kind: &str, outcome: &str| -> u64 {
+        text.lines()
+            .filter(|line| line.starts_with("pulseboard_events_total{"))
+            .filter(|line| line.contains(&format!("type=\"{kind}\"")))
+            .filter(|line| line.contains(&format!("outcome=\"{outcome}\"")))
+            .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum::<f64>() as u64
+    };
+    for (kind, sent) in &tally.by_type {
+        // Types the service does not aggregate are counted under one label (SPEC §8: bounded).
+        let label = match *kind {
+            "order.placed" | "order.refunded" | "user.active" | "user.signed_out" => kind,
+            _ => "other",
+        };
+        let applied = counted(label, "applied") + counted(label, "ignored");
+        if matches!(*kind, "order.placed" | "order.refunded") {
+            assert_eq!(applied, *sent, "{kind}: {}", service.log_text());
+        } else {
+            assert!(
+                applied >= *sent,
+                "{kind}: {applied} < {sent}: {}",
+                service.log_text()
+            );
+        }
+    }
 }
 
 #[tokio::test]
