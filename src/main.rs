@@ -65,10 +65,9 @@ async fn run(command: Command) -> anyhow::Result<()> {
         Command::Users(args) => users::run(args).await,
         Command::Tokens(args) => tokens::run(args).await,
         Command::Migrate(args) => {
-            let store = Store::connect(&args.database_url)
+            let store = Store::open_migrated(&args.database_url)
                 .await
                 .context("DATABASE_URL")?;
-            store.migrate().await.context("DATABASE_URL")?;
             store.close().await;
             eprintln!("migrations applied");
             Ok(())

@@ -10,10 +10,9 @@ use anyhow::{bail, Context};
 use std::io::Read;
 
 pub async fn run(args: UsersArgs) -> anyhow::Result<()> {
-    let store = Store::connect(&args.database.database_url)
+    let store = Store::open_migrated(&args.database.database_url)
         .await
         .context("DATABASE_URL")?;
-    store.migrate().await.context("DATABASE_URL")?;
     let result = perform(&store, args.action).await;
     store.close().await;
     result

@@ -249,28 +249,16 @@ impl ResponseError for PageError {
             }
             PageError::Forbidden => ("Not allowed", "Your role does not allow this page."),
             PageError::NotFound => ("Not found", "There is no page at this address."),
-            PageError::MethodNotAllowed(allow) => {
-                let mut response = html(
-                    self.status_code(),
-                    &ErrorPage {
-                        title: "Not allowed",
-                        message: "This page does not answer that kind of request.",
-                    },
-                );
-                allow_header(&mut response, allow);
-                return response;
-            }
+            PageError::MethodNotAllowed(_) => (
+                "Not allowed",
+                "This page does not answer that kind of request.",
+            ),
             PageError::Unavailable(cause) => {
                 tracing::warn!(%cause, "page failed: the database does not answer");
-                let mut response = html(
-                    self.status_code(),
-                    &ErrorPage {
-                        title: "Try again shortly",
-                        message: "The database does not answer right now. Try again in a moment.",
-                    },
-                );
-                retry_after(&mut response, DATABASE_RETRY);
-                return response;
+                (
+                    "Try again shortly",
+                    "The database does not answer right now. Try again in a moment.",
+                )
             }
             PageError::Internal(cause) => {
                 tracing::error!(%cause, "page failed");
@@ -280,7 +268,13 @@ impl ResponseError for PageError {
                 )
             }
         };
-        html(self.status_code(), &ErrorPage { title, message })
+        let mut response = html(self.status_code(), &ErrorPage { title, message });
+        match self {
+            PageError::MethodNotAllowed(allow) => allow_header(&mut response, allow),
+            PageError::Unavailable(_) => retry_after(&mut response, DATABASE_RETRY),
+            _ => {}
+        }
+        response
     }
 }
 

@@ -289,6 +289,14 @@ impl Store {
         self
     }
 
+    /// Connects and applies the migrations: what the one-shot commands (`migrate`, `users`,
+    /// `tokens`) do before anything else.
+    pub async fn open_migrated(database: &DatabaseUrl) -> Result<Store, StoreError> {
+        let store = Store::connect(database).await?;
+        store.migrate().await?;
+        Ok(store)
+    }
+
     pub async fn migrate(&self) -> Result<(), StoreError> {
         let migrator = self.migrator();
         migrator.run(&self.writer).await.map_err(schema_error)?;
