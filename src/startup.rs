@@ -2,6 +2,10 @@
 //! fan-out, demo traffic) and the HTTP server (actix-web's `HttpServer`), and stops them in
 //! order on shutdown.
 //!
+//! Start-up takes the port first and listens last: between the two (the database, migrations,
+//! the broker check) a connection is refused, not parked in a backlog nobody reads, so that a
+//! proxy sends it to another instance at once during a rolling restart.
+//!
 //! Shutdown order (docs/operations.md, Shutdown), on SIGTERM or Ctrl-C:
 //! 1. `/readyz` answers 503 at once, while everything is still served for the drain period
 //!    (`PULSEBOARD_SHUTDOWN_DRAIN_MS`), so that a load balancer takes the instance out of
@@ -62,7 +66,8 @@ impl Application {
     /// Binds, opens the database, starts ingest and fan-out, then the HTTP server. Every error
     /// names the option to fix (`PULSEBOARD_BIND`, `DATABASE_URL`, …).
     pub async fn build(args: ServeArgs) -> anyhow::Result<Application> {
-        let (listener, address) = bind(&args)?;
+        let port = BoundPort::take(args.bind)?;
+        let address = port.address;
         let node = args
             .node_id
             .clone()
@@ -121,7 +126,7 @@ impl Application {
         } else {
             start_fanout(&args, &core, topology, fanout_receiver, seal, &mut tasks);
         }
-        let server = serve(listener, state, tls, live)?;
+        let server = serve(port.listen()?, state, tls, live)?;
         announce_address(&args, &core.node, address, tls_scheme(&args));
         Ok(Application {
             server,
@@ -205,13 +210,48 @@ async fn check_queue_type(args: &ServeArgs, topology: &Topology) -> anyhow::Resu
     }
 }
 
-fn bind(args: &ServeArgs) -> anyhow::Result<(TcpListener, SocketAddr)> {
-    let listener = TcpListener::bind(args.bind)
-        .with_context(|| format!("PULSEBOARD_BIND {}: cannot listen", args.bind))?;
-    let address = listener
-        .local_addr()
-        .context("PULSEBOARD_BIND: no local address")?;
-    Ok((listener, address))
+/// How many connections the kernel queues before the server accepts them: what `std`'s
+/// `TcpListener::bind` gives, which the live tests' reconnection waves were measured with.
+const LISTEN_BACKLOG: i32 = 128;
+
+/// `PULSEBOARD_BIND` bound but not yet listening. Bound, so a port in use fails at once and a
+/// port-0 bind knows its number for the node name; not listening, so a connection made while
+/// the instance starts is refused (a reset, at once) instead of waiting in the listen backlog
+/// until the server answers, which could be seconds: a proxy's connection then goes to
+/// another instance (nginx's `proxy_next_upstream error`), not into a wait it cannot time out.
+struct BoundPort {
+    socket: socket2::Socket,
+    address: SocketAddr,
+}
+
+impl BoundPort {
+    fn take(bind: SocketAddr) -> anyhow::Result<BoundPort> {
+        let cannot = || format!("PULSEBOARD_BIND {bind}: cannot listen");
+        let socket = socket2::Socket::new(
+            socket2::Domain::for_address(bind),
+            socket2::Type::STREAM,
+            Some(socket2::Protocol::TCP),
+        )
+        .with_context(cannot)?;
+        // As `std` does: a restarted instance may take the port while the old one's
+        // connections are still in TIME_WAIT.
+        socket.set_reuse_address(true).with_context(cannot)?;
+        socket.bind(&bind.into()).with_context(cannot)?;
+        let address = socket
+            .local_addr()
+            .ok()
+            .and_then(|address| address.as_socket())
+            .context("PULSEBOARD_BIND: no local address")?;
+        Ok(BoundPort { socket, address })
+    }
+
+    /// Starts accepting connections: the last step before the server runs.
+    fn listen(self) -> anyhow::Result<TcpListener> {
+        self.socket
+            .listen(LISTEN_BACKLOG)
+            .with_context(|| format!("PULSEBOARD_BIND {}: cannot listen", self.address))?;
+        Ok(self.socket.into())
+    }
 }
 
 async fn open_store(args: &ServeArgs) -> anyhow::Result<Store> {
@@ -356,7 +396,7 @@ const SHUTDOWN_TIMEOUT_SECS: u64 = 5;
 ///
 /// actix-web's `HttpServer`, with actix-server's defaults for what is not set here: one worker
 /// per available core, 25 600 connections per worker, TLS handshakes within 3 s. The listener
-/// is bound by `bind` (its backlog is the one `std` gives it; `listen` leaves it as it is).
+/// listens from [`BoundPort::listen`] on (`LISTEN_BACKLOG`).
 fn serve(
     listener: TcpListener,
     state: web::Data<AppState>,

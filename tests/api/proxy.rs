@@ -7,7 +7,9 @@
 //!   the console gets 1001 "going away" and reconnects, totals stay exact, and the live
 //!   instance's `/readyz` answers 200 throughout;
 //! - a rolling restart of both instances under 1 000 events/s loses nothing, counts nothing
-//!   twice and serves every dashboard client throughout.
+//!   twice and serves every dashboard client throughout;
+//! - a starting instance refuses connections until it can answer them, so that nginx moves a
+//!   reconnecting client on at once instead of leaving it in a listen backlog.
 //!
 //! The instances are the debug build the other black-box tests use (`CARGO_BIN_EXE_pulseboard`):
 //! a release build would add minutes of CI time and a second `target/` tree, and the debug build
@@ -652,7 +654,6 @@ impl Load {
     /// console session (nginx spreads connections round robin), so that what happens to `i`
     /// happens to clients.
     async fn reach(&mut self, stack: &Stack, i: usize) {
-        // nginx keeps an instance that failed out for 2 s (`fail_timeout`).
         // One client at a time, at uneven moments: added in step with the announcer's
         // requests, every new client could meet the same turn of the round robin.
         for attempt in 0..30 {
@@ -900,4 +901,48 @@ async fn a_rolling_restart_under_a_thousand_events_a_second_loses_and_repeats_no
     for i in 0..2 {
         assert_eq!(stack.web(i).events_counted("duplicate").await, 0);
     }
+}
+
+/// A connection made while an instance starts is refused at once, not queued in a listen
+/// backlog that nobody reads until the start is over: nginx (`proxy_next_upstream error`)
+/// then sends it to the other instance, where a queued one would have waited out the start.
+#[tokio::test]
+async fn a_starting_instance_refuses_connections_until_it_can_answer() {
+    // A database that takes connections and never answers: the start waits on it.
+    let silent_database = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind the silent database");
+    let database_address = silent_database.local_addr().expect("its address");
+    let port = crate::private_services::free_port();
+    let mut service = Command::new(env!("CARGO_BIN_EXE_pulseboard"))
+        .arg("serve")
+        .env("PULSEBOARD_BIND", format!("127.0.0.1:{port}"))
+        .env(
+            "DATABASE_URL",
+            format!("postgres://postgres@{database_address}/postgres"),
+        )
+        .env("AMQP_URL", AMQP_URL)
+        .env("RUST_LOG", "off")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start pulseboard");
+    // The port is bound before the database is asked: once it is asked, the start is under
+    // way, port bound, not yet listening.
+    let (_held, _) = tokio::time::timeout(Duration::from_secs(20), silent_database.accept())
+        .await
+        .expect("the service asks its database within 20 s")
+        .expect("accept its connection");
+    let attempt = tokio::net::TcpStream::connect(("127.0.0.1", port)).await;
+    assert_eq!(
+        attempt.as_ref().err().map(std::io::Error::kind),
+        Some(std::io::ErrorKind::ConnectionRefused),
+        "a connection during the start: {attempt:?}"
+    );
+    assert!(
+        service.try_wait().expect("its status").is_none(),
+        "still starting, waiting for its database"
+    );
 }
