@@ -37,6 +37,37 @@ pub async fn clear_of_minute_boundary(window: Duration) {
     }
 }
 
+/// How far an idle leader lets `trust.complete_through` lag before it moves it to now and
+/// publishes a snapshot for it (`ingest::publisher`'s idle step, docs/live.md).
+const IDLE_STEP: Duration = Duration::from_secs(10);
+
+/// Waits until `service`, a leader with nothing to ingest, is due to publish nothing for
+/// `window`: neither a new minute's snapshot nor an idle step of `trust.complete_through`
+/// (every 10 s while idle). A test that needs "nothing new" for a while calls this before it
+/// takes the id it waits after. `window` must be well under the idle step.
+pub async fn clear_of_publishing(service: &Service, window: Duration) {
+    assert!(window + Duration::from_secs(2) < IDLE_STEP, "{window:?}");
+    loop {
+        let snapshot = service.snapshot().await.expect("a snapshot");
+        let complete_through = snapshot["trust"]["complete_through"]
+            .as_str()
+            .and_then(|at| chrono::DateTime::parse_from_rfc3339(at).ok())
+            .map(|at| at.with_timezone(&chrono::Utc))
+            .unwrap_or_else(|| panic!("trust.complete_through: {snapshot}"));
+        let now = chrono::Utc::now();
+        let to_idle_step = (complete_through + IDLE_STEP - now)
+            .to_std()
+            .unwrap_or(Duration::ZERO);
+        let to_minute = Duration::from_millis((60_000 - now.timestamp_millis() % 60_000) as u64);
+        let next_publish = to_idle_step.min(to_minute);
+        if next_publish >= window {
+            return;
+        }
+        // Past it and its snapshot (a tick later), then look again.
+        tokio::time::sleep(next_publish + Duration::from_millis(500)).await;
+    }
+}
+
 /// A producer and inspector on the real broker, scoped to one test's names.
 pub struct Broker {
     /// Kept open for the channel's sake.

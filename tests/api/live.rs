@@ -2,7 +2,7 @@
 //! across instances, announcements, refresh and history — real sockets, real RabbitMQ.
 
 use crate::helpers::{
-    clear_of_minute_boundary, event, metric_sum, slow_reader, Backend, Broker, Names, Service,
+    clear_of_publishing, event, metric_sum, slow_reader, Backend, Broker, Names, Service,
     ServiceConfig, TestDatabase,
 };
 use crate::kit::cpu::resident_kib;
@@ -300,8 +300,8 @@ async fn long_poll_answers_at_once_when_something_is_newer_and_after_its_timeout
     service.wait_until_ingesting(Duration::from_secs(10)).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     // From here until the announcement nothing else may change (a run once met a minute's
-    // snapshot in the 2 s poll that expects none).
-    clear_of_minute_boundary(Duration::from_secs(6)).await;
+    // snapshot in the 2 s poll that expects none; an idle step would do the same).
+    clear_of_publishing(&service, Duration::from_secs(4)).await;
 
     let started = Instant::now();
     let (status, first) = service.get_json("/api/dashboard/poll?timeout=5").await;

@@ -6,7 +6,7 @@
 //! newer.
 
 use crate::helpers::{
-    clear_of_minute_boundary, Backend, Broker, Names, Service, ServiceConfig, TestDatabase,
+    clear_of_publishing, Backend, Broker, Names, Service, ServiceConfig, TestDatabase,
 };
 use crate::sse_client::SseClient;
 use serde_json::{json, Value};
@@ -99,8 +99,6 @@ fn kinds_and_messages(body: &Value) -> Vec<(String, String)> {
 #[tokio::test]
 async fn a_long_poll_after_an_id_from_the_future_answers_at_once_with_what_is_kept() {
     let (_database, _broker, service) = start_with_announcements("resume-poll").await;
-    // "Waits for news" holds only while the leader publishes nothing: a new minute would.
-    clear_of_minute_boundary(Duration::from_secs(15)).await;
     let (first, _) = poll(&service, "timeout=1").await;
     let current = first["events"][0]["id"].as_str().expect("id").to_owned();
     let (announcement, _) = current.split_once('-').expect("an id");
@@ -114,6 +112,9 @@ async fn a_long_poll_after_an_id_from_the_future_answers_at_once_with_what_is_ke
         "999999-999999".to_owned(),
         format!("{announcement}-999999999"),
     ] {
+        // "Waits for news" holds only while the leader publishes nothing: a new minute or an
+        // idle step would.
+        clear_of_publishing(&service, Duration::from_secs(4)).await;
         let (body, took) = poll(&service, &format!("after={after}&timeout=5")).await;
         assert!(
             took < Duration::from_secs(2),
@@ -130,9 +131,9 @@ async fn a_long_poll_after_an_id_from_the_future_answers_at_once_with_what_is_ke
 #[tokio::test]
 async fn the_first_long_poll_answers_the_current_state_with_an_id_that_brings_only_news() {
     let (_database, _broker, service) = start_with_announcements("first-poll").await;
-    // The snapshot stays the same from here (nothing is published): a new minute would make
-    // the leader publish one.
-    clear_of_minute_boundary(Duration::from_secs(10)).await;
+    // The snapshot stays the same from here (nothing is published): a new minute or an idle
+    // step would make the leader publish one.
+    clear_of_publishing(&service, Duration::from_secs(5)).await;
     announce(&service, "since the last snapshot").await;
 
     let (first, took) = poll(&service, "timeout=5").await;
