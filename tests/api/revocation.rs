@@ -94,8 +94,10 @@ async fn closed_count(service: &Service, transport: &str, reason: &str) -> u64 {
 }
 
 /// A long-poll of `service` with `token` that waits (after the current snapshot, for
-/// something newer); its status once answered.
+/// something newer); its status once answered. Taken clear of the leader's next snapshot, which
+/// would answer it 200 before any revocation.
 async fn waiting_poll(service: &Service, token: &str) -> tokio::task::JoinHandle<u16> {
+    crate::helpers::clear_of_publishing(service, Duration::from_secs(6)).await;
     let newest = current_event_id(service, token).await;
     let request = reqwest::Client::new()
         .get(service.url(&format!("/api/dashboard/poll?after={newest}&timeout=25")))
