@@ -7,7 +7,8 @@
 //!
 //! What it keeps in memory, and why:
 //! - per user, the latest activity and the latest sign-out (two max-registers): enough to decide
-//!   "active now" without keeping every event;
+//!   "active now" without keeping every event; and which of the minutes the leader closed in the
+//!   last hour counted them active at its end (one 64-bit mask, see late events below);
 //! - per second, orders and net revenue for the last hour: orders per minute and revenue last hour
 //!   are sums over these (so windows are precise to one second);
 //! - per local day and per minute, net revenue and orders: the same increments the store persists
@@ -43,11 +44,13 @@
 //! (latest activity, latest sign-out, once the batch is applied) decide the rest: a late activity
 //! at `t` adds its user to each remembered minute end `e` with `t <= e < t + window` where they
 //! were not counted, if their latest sign-out is before `t` (then none falls between `t` and
-//! `e`; a later one may, or may not, and the point is left as it was); a late sign-out at `s`
-//! removes its user from each remembered end `e >= s` where they were counted, if their latest
-//! activity is not after `s`. Minutes a leader did not close itself (its predecessor's, before
-//! a failover or restart) have no masks: a late user event leaves their active users as they
-//! were (its orders and revenue are revised all the same). Comparisons with yesterday and
+//! `e`; with one at or after `t`, an earlier one may fall between too, unknown, and the points
+//! are left as they were); a late sign-out at `s` removes its user from each remembered end
+//! `e >= s` where they were counted, if their latest activity is not after `s` (else they may
+//! have been active again before `e`, and the points stay). Minutes a leader did not close
+//! itself (its predecessor's, before a failover or restart) have no masks: a late event leaves
+//! their active users as they were (a late order revises their orders and revenue all the
+//! same). Comparisons with yesterday and
 //! last week are in [`compare`].
 
 pub(crate) mod compare;

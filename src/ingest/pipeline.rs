@@ -330,6 +330,7 @@ impl Pipeline {
             ..Landed::default()
         };
         aggregator.count_revision(&applied.revision);
+        metrics.late_events.inc_by(applied.revision.late_events);
         let arrivals = batch.events().iter().zip(batch.arrivals());
         let verdicts = applied.fresh.iter().zip(&applied.revision.late);
         for ((event, &arrived_at), (&fresh, &late)) in arrivals.zip(verdicts) {
@@ -351,7 +352,6 @@ impl Pipeline {
             }
             aggregator.apply(event);
             if late {
-                metrics.late_events.inc();
                 let tally = event.tally();
                 if tally != Tally::default() {
                     landed

@@ -210,7 +210,7 @@ const FIGURE_TABLES: [(&str, &str, &[&str]); 2] = [
         "minute",
         &["orders", "revenue_minor", "active_users"],
     ),
-    ("daily_revenue", "day", &["revenue_minor", "late_events"]),
+    ("daily_revenue", "day", &["revenue_minor"]),
 ];
 
 /// What a committed batch did, in the order of the events given.
