@@ -141,8 +141,8 @@ pub struct Judgement {
 }
 
 impl Judgement {
-    /// A judgement made elsewhere (tests of the store): `late` per event, and the changes to
-    /// the closed minutes' active users.
+    /// `late` per event, and the changes to the closed minutes' active users (those of 0
+    /// dropped): what [`Aggregator::judge`] decides, and what the store's tests give it.
     pub fn new(late: Vec<bool>, mut active_users: BTreeMap<Millis, i64>) -> Judgement {
         active_users.retain(|_, change| *change != 0);
         Judgement { late, active_users }
