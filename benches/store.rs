@@ -35,7 +35,7 @@ mod kit;
 mod support;
 
 use kit::database::{backend_name, backends_from_env, Backend, PostgresServer, TestDatabase};
-use pulseboard::aggregate::{Event, EventKind};
+use pulseboard::aggregate::{Event, EventKind, Judgement};
 use pulseboard::store::{Lease, Store};
 use std::time::Instant;
 use support::BareTable;
@@ -133,7 +133,7 @@ async fn measure(
         let batch = generator.batch(PREFILL_BATCH.min(prefill - earlier.len()));
         bare.insert(&batch, now).await?;
         store
-            .apply_batch(&lease, &batch, chrono_tz::UTC, now)
+            .apply_batch(&lease, &batch, &Judgement::default(), chrono_tz::UTC, now)
             .await?;
         earlier.extend(batch.into_iter().map(|e| e.id));
     }
@@ -164,7 +164,7 @@ async fn measure(
             let bare_took = started.elapsed().as_secs_f64();
             let started = Instant::now();
             store
-                .apply_batch(&lease, &batch, chrono_tz::UTC, now)
+                .apply_batch(&lease, &batch, &Judgement::default(), chrono_tz::UTC, now)
                 .await?;
             let store_took = started.elapsed().as_secs_f64();
             bare_samples.push((size as f64, bare_took));
@@ -205,7 +205,7 @@ async fn footprint(server: &PostgresServer, growth: usize, rebuild: usize) -> an
             let size = MIX_BATCH.min(growth - applied);
             let batch = mix.batch(size, now);
             store
-                .apply_batch(&lease, &batch, chrono_tz::UTC, now)
+                .apply_batch(&lease, &batch, &Judgement::default(), chrono_tz::UTC, now)
                 .await?;
             applied += size;
         }
@@ -224,7 +224,7 @@ async fn footprint(server: &PostgresServer, growth: usize, rebuild: usize) -> an
             let at = now - day_ms + (day_ms as f64 * rebuilt as f64 / rebuild as f64) as i64;
             let batch = mix.batch(size, at);
             store
-                .apply_batch(&lease, &batch, chrono_tz::UTC, at)
+                .apply_batch(&lease, &batch, &Judgement::default(), chrono_tz::UTC, at)
                 .await?;
             rebuilt += size;
         }

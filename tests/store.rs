@@ -1,7 +1,7 @@
 //! The store's contract, one suite run against both backends: embedded SQLite and PostgreSQL.
 
 use futures_util::FutureExt;
-use pulseboard::aggregate::{id_hash, StoredPresence};
+use pulseboard::aggregate::{id_hash, Judgement, StoredPresence};
 use pulseboard::aggregate::{minute_of, Event, EventKind, MINUTE_MS};
 use pulseboard::config::DatabaseUrl;
 use pulseboard::store::{order_digest, Lease, Store, StoreError};
@@ -102,7 +102,7 @@ async fn first_lease(store: &Store) -> Lease {
 /// Applies `events` as one batch and returns which of them were new.
 async fn fresh(store: &Store, lease: &Lease, events: &[Event]) -> Vec<bool> {
     store
-        .apply_batch(lease, events, chrono_tz::UTC, NOW)
+        .apply_batch(lease, events, &Judgement::default(), chrono_tz::UTC, NOW)
         .await
         .expect("apply")
         .fresh
@@ -163,14 +163,14 @@ async fn large_batches_recognise_every_earlier_id() {
         let event = |n: usize| order(&format!("e-{n}"), 1, NOW - 1_000);
         let first: Vec<Event> = (0..3_000).filter(|n| n % 2 == 0).map(event).collect();
         let applied = store
-            .apply_batch(&lease, &first, chrono_tz::UTC, NOW)
+            .apply_batch(&lease, &first, &Judgement::default(), chrono_tz::UTC, NOW)
             .await
             .expect("apply");
         assert!(applied.fresh.iter().all(|fresh| *fresh));
 
         let second: Vec<Event> = (0..3_000).map(event).collect();
         let applied = store
-            .apply_batch(&lease, &second, chrono_tz::UTC, NOW)
+            .apply_batch(&lease, &second, &Judgement::default(), chrono_tz::UTC, NOW)
             .await
             .expect("apply");
         let expected: Vec<bool> = (0..3_000).map(|n| n % 2 == 1).collect();
@@ -223,7 +223,7 @@ async fn only_the_first_copy_of_a_new_id_counts_and_near_twins_are_distinct() {
         assert_eq!(store.applied_count().await.expect("count"), 6);
         assert_eq!(revenue_by_days(&store).await, 7 + 100 + 4);
         let again = store
-            .apply_batch(&lease, &batch, chrono_tz::UTC, NOW)
+            .apply_batch(&lease, &batch, &Judgement::default(), chrono_tz::UTC, NOW)
             .await
             .expect("apply");
         assert!(again.fresh.iter().all(|f| !f), "{:?}", again.fresh);
@@ -266,12 +266,12 @@ async fn ids_that_look_like_array_syntax_are_stored_as_given() {
             })
             .collect();
         let applied = store
-            .apply_batch(&lease, &batch, chrono_tz::UTC, NOW)
+            .apply_batch(&lease, &batch, &Judgement::default(), chrono_tz::UTC, NOW)
             .await
             .expect("apply");
         assert!(applied.fresh.iter().all(|fresh| *fresh));
         let applied = store
-            .apply_batch(&lease, &batch, chrono_tz::UTC, NOW)
+            .apply_batch(&lease, &batch, &Judgement::default(), chrono_tz::UTC, NOW)
             .await
             .expect("apply again");
         // Orders and refunds are known; user events are applied again, harmlessly.
@@ -462,7 +462,7 @@ async fn events_applied_before_the_id_key_upgrade_are_still_recognised() {
             .map(|n| order(&format!("old-{n}"), 1, NOW - 1_000))
             .collect();
         let applied = store
-            .apply_batch(&lease, &batch, chrono_tz::UTC, NOW)
+            .apply_batch(&lease, &batch, &Judgement::default(), chrono_tz::UTC, NOW)
             .await
             .expect("apply");
         let expected: Vec<bool> = (0..OLD + 10).step_by(3).map(|n| n >= OLD).collect();
@@ -503,7 +503,13 @@ async fn a_stale_leader_cannot_commit_after_a_takeover() {
             .expect("expired lease is free");
         assert!(new.epoch > old.epoch);
         let late = store
-            .apply_batch(&old, &[order("x", 1, NOW)], chrono_tz::UTC, NOW + TTL + 2)
+            .apply_batch(
+                &old,
+                &[order("x", 1, NOW)],
+                &Judgement::default(),
+                chrono_tz::UTC,
+                NOW + TTL + 2,
+            )
             .await;
         assert!(matches!(late, Err(StoreError::LostLease)), "{late:?}");
         assert_eq!(store.applied_count().await.expect("count"), 0);
@@ -543,6 +549,7 @@ async fn history_keeps_closed_minutes_and_pruning_drops_what_expired() {
             .apply_batch(
                 &lease,
                 &[order("recent", 10, NOW - 90_000)],
+                &Judgement::default(),
                 chrono_tz::UTC,
                 NOW,
             )
@@ -600,7 +607,13 @@ async fn sqlite_file_and_folder_are_created_without_mode_in_the_url() {
     let store = open(&format!("sqlite://{}", path.display())).await;
     let lease = first_lease(&store).await;
     store
-        .apply_batch(&lease, &[order("created-1", 100, NOW)], chrono_tz::UTC, NOW)
+        .apply_batch(
+            &lease,
+            &[order("created-1", 100, NOW)],
+            &Judgement::default(),
+            chrono_tz::UTC,
+            NOW,
+        )
         .await
         .expect("apply");
     assert_eq!(store.applied_count().await.expect("count"), 1);
@@ -626,7 +639,9 @@ async fn sqlite_writes_again_once_a_full_disk_has_room() {
     let batch: Vec<Event> = (0..200)
         .map(|n| order(&format!("while-full-{n}"), 1, NOW))
         .collect();
-    let refused = store.apply_batch(&lease, &batch, chrono_tz::UTC, NOW).await;
+    let refused = store
+        .apply_batch(&lease, &batch, &Judgement::default(), chrono_tz::UTC, NOW)
+        .await;
     assert!(refused.is_err(), "a commit on a full disk: {refused:?}");
     let renewal = store.renew_lease(&lease, NOW + 1).await;
     assert!(
@@ -668,7 +683,7 @@ async fn sqlite_hands_out_no_lease_or_sequence_block_it_did_not_store() {
         .map(|n| order(&format!("while-full-{n}"), 1, NOW))
         .collect();
     assert!(store
-        .apply_batch(&lease, &batch, chrono_tz::UTC, NOW)
+        .apply_batch(&lease, &batch, &Judgement::default(), chrono_tz::UTC, NOW)
         .await
         .is_err());
     let mut handed_out = Vec::new();
@@ -775,6 +790,79 @@ async fn repeated_user_events_leave_every_figure_as_it_was() {
     .await;
 }
 
+/// Late events are stored with their batch: counted on the commit's local day, their minutes
+/// marked revised and the closed minutes' active users changed as the leader judged; a
+/// redelivered batch counts only what the commit applies anew; a new leader reads today's
+/// count and the last hour's revised minutes back.
+#[tokio::test]
+async fn late_events_are_stored_with_their_batch_once_and_read_back_by_a_new_leader() {
+    with_each_backend(|store| async move {
+        let lease = first_lease(&store).await;
+        let closed = minute_of(NOW) - 3 * MINUTE_MS;
+        let long_ago = minute_of(NOW) - 2 * 60 * MINUTE_MS;
+        for minute in [long_ago, closed, closed + MINUTE_MS] {
+            store.close_minute(minute, 3).await.expect("close");
+        }
+        let batch = [
+            order("late-order", 100, closed + 10_000),
+            user_event("late-active", EventKind::UserActive, closed + 20_000, "u9"),
+            order("on-time", 50, NOW),
+            order("late-long-ago", 7, long_ago + 1_000),
+        ];
+        let judged = Judgement::new(
+            vec![true, true, false, true],
+            [(closed, 1), (closed + MINUTE_MS, 1)].into(),
+        );
+        let applied = store
+            .apply_batch(&lease, &batch, &judged, chrono_tz::UTC, NOW)
+            .await
+            .expect("apply");
+        assert_eq!(applied.revision.late, vec![true, true, false, true]);
+        assert_eq!(applied.revision.late_events, 3);
+        assert_eq!(applied.revision.day.to_string(), "2026-11-23");
+        assert_eq!(
+            applied.revision.minutes,
+            [(long_ago, 0), (closed, 1), (closed + MINUTE_MS, 1)].into()
+        );
+
+        // Redelivered after a lost acknowledgement: the orders are duplicates, and the leader
+        // recognises the user event as the one it applied, so nothing counts again.
+        let again = Judgement::new(vec![true, false, false, true], Default::default());
+        let applied = store
+            .apply_batch(&lease, &batch, &again, chrono_tz::UTC, NOW + 1_000)
+            .await
+            .expect("apply again");
+        assert_eq!(applied.fresh, vec![false, true, false, false]);
+        assert_eq!(applied.revision.late_events, 0);
+        assert!(
+            applied.revision.minutes.is_empty(),
+            "{:?}",
+            applied.revision
+        );
+
+        let history = store
+            .history(closed, closed + 2 * MINUTE_MS)
+            .await
+            .expect("history");
+        let points: Vec<(i64, i64, u64)> = history
+            .iter()
+            .map(|p| (p.orders, p.revenue_minor, p.active_users))
+            .collect();
+        assert_eq!(points, vec![(1, 100, 4), (0, 0, 4)]);
+        let restore = store
+            .load_restore(NOW, 3_600_000, chrono_tz::UTC)
+            .await
+            .expect("restore");
+        let today = applied.revision.day;
+        assert_eq!(restore.late_events, vec![(today, 3)]);
+        // Of the last hour only: the minute of two hours ago is revised, but not listed.
+        assert_eq!(restore.revised_minutes, vec![closed, closed + MINUTE_MS]);
+        // The day row holds the count beside the revenue, which the count leaves alone.
+        assert_eq!(restore.days, vec![(today, 157)]);
+    })
+    .await;
+}
+
 /// With the window shortened by configuration, an order repeated within it is a duplicate; its
 /// id is pruned once the window and its bucket have passed (a repeat by then is older than the
 /// window, which the decoder refuses as `too_old`: see the black-box test).
@@ -795,6 +883,7 @@ async fn a_shortened_window_keeps_order_ids_for_the_window_and_prunes_them_after
             .apply_batch(
                 &lease,
                 &[order("o", 100, NOW - 1_000)],
+                &Judgement::default(),
                 chrono_tz::UTC,
                 later,
             )

@@ -14,6 +14,8 @@ use tokio::time::Instant;
 pub(super) struct Batch {
     events: Vec<Event>,
     arrivals: Vec<Millis>,
+    /// The earliest `occurred_at` among `events`: whether any may be late.
+    oldest_occurred: Option<Millis>,
     /// Ids in `events`: a repeat within one batch is a duplicate before it reaches the store.
     ids: HashSet<String>,
     /// Dead letters published for this batch's malformed messages, confirmed before the ack.
@@ -36,6 +38,7 @@ impl Batch {
         Batch {
             events: Vec::with_capacity(capacity),
             arrivals: Vec::with_capacity(capacity),
+            oldest_occurred: None,
             ids: HashSet::with_capacity(capacity),
             confirms: Vec::new(),
             messages: 0,
@@ -50,6 +53,10 @@ impl Batch {
     /// An event of this batch, which arrived at `arrived_at`; then [`Batch::add_message`].
     pub(super) fn add_event(&mut self, event: Event, arrived_at: Millis) {
         self.ids.insert(event.id.clone());
+        self.oldest_occurred = Some(
+            self.oldest_occurred
+                .map_or(event.occurred_at, |oldest| oldest.min(event.occurred_at)),
+        );
         self.events.push(event);
         self.arrivals.push(arrived_at);
     }
@@ -85,6 +92,10 @@ impl Batch {
 
     pub(super) fn arrivals(&self) -> &[Millis] {
         &self.arrivals
+    }
+
+    pub(super) fn oldest_occurred(&self) -> Option<Millis> {
+        self.oldest_occurred
     }
 
     pub(super) fn messages(&self) -> usize {
@@ -146,6 +157,7 @@ impl Batch {
     pub(super) fn clear(&mut self) {
         self.events.clear();
         self.arrivals.clear();
+        self.oldest_occurred = None;
         self.ids.clear();
         self.confirms.clear();
         self.messages = 0;

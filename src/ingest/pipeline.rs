@@ -1,8 +1,10 @@
 //! A term's commit pipeline, the exactly-once order: messages are decoded as they arrive into
-//! the batch being gathered (malformed ones are dead-lettered at once); a due batch is
-//! committed in one transaction fenced by the lease, in a task of its own while the next one
-//! gathers; then it is acknowledged with one multiple-ack, and only then applied to the live
-//! figures. One batch commits at a time, which keeps the acknowledgements in delivery order.
+//! the batch being gathered (malformed ones are dead-lettered at once); a due batch is judged
+//! (which of its events are late, and what they revise: `Aggregator::judge`, once) and
+//! committed with that judgement in one transaction fenced by the lease, in a task of its own
+//! while the next one gathers; then it is acknowledged with one multiple-ack, and only then
+//! applied to the live figures, with the late events the commit stored. One batch commits at a
+//! time, which keeps the acknowledgements in delivery order.
 //!
 //! No loop and no clock here: the term (`term`) decides when each step runs; this file decides
 //! what each step does.
@@ -106,9 +108,16 @@ impl Pipeline {
         self.gathering.is_due(self.max_batch)
     }
 
-    /// Due, and holds events to commit (see [`Batch::has_events_due`]).
-    pub(super) fn gathering_has_events_due(&self) -> bool {
+    /// Due, holds events to commit (see [`Batch::has_events_due`]), and may start committing
+    /// before the batch committed before it is applied: it holds no event of a closed minute,
+    /// so nothing in it is late, and its judgement cannot depend on that batch (see
+    /// `Aggregator::judge`).
+    pub(super) fn gathering_may_commit_early(&self, aggregator: &Aggregator) -> bool {
         self.gathering.has_events_due(self.max_batch)
+            && !self
+                .gathering
+                .oldest_occurred()
+                .is_some_and(|at| aggregator.is_closed(at))
     }
 
     /// Decodes one message into the batch being gathered; a malformed one is dead-lettered now
@@ -180,9 +189,14 @@ impl Pipeline {
         self.gathering.clear();
     }
 
-    /// Starts committing the gathered batch, if any, in a task of its own. A batch of nothing
-    /// but dead letters has nothing to commit and is acknowledged at once.
-    pub(super) async fn start_commit(&mut self, context: &IngestContext, feed: &mut Feed<'_>) {
+    /// Judges the gathered batch, if any, and starts committing it in a task of its own. A
+    /// batch of nothing but dead letters has nothing to commit and is acknowledged at once.
+    pub(super) async fn start_commit(
+        &mut self,
+        context: &IngestContext,
+        aggregator: &mut Aggregator,
+        feed: &mut Feed<'_>,
+    ) {
         if self.gathering.messages() == 0 || self.committing.is_some() {
             return;
         }
@@ -196,6 +210,7 @@ impl Pipeline {
             tracing::debug!(parent: batch.span(), "batch acknowledged: nothing to commit");
             return;
         }
+        let judgement = aggregator.judge(batch.events());
         let store = context.core.store.clone();
         let lease = self.lease.clone();
         let timezone = context.settings.aggregate.timezone;
@@ -204,7 +219,7 @@ impl Pipeline {
             async move {
                 let started = Instant::now();
                 let applied = store
-                    .apply_batch(&lease, batch.events(), timezone, now_ms())
+                    .apply_batch(&lease, batch.events(), &judgement, timezone, now_ms())
                     .await;
                 // Only a batch that landed (see `batch_log`); a failed one is reported by the caller.
                 if applied.is_ok() {
@@ -262,7 +277,7 @@ impl Pipeline {
         feed: &mut Feed<'_>,
     ) -> Result<Landed, LeadEnd> {
         let mut landed = self.finish_commit(context, aggregator, feed).await?;
-        self.start_commit(context, feed).await;
+        self.start_commit(context, aggregator, feed).await;
         landed.add(self.finish_commit(context, aggregator, feed).await?);
         Ok(landed)
     }
@@ -287,7 +302,7 @@ impl Pipeline {
         // Committed: the events count from now on, whatever happens to the acknowledgement.
         // If it fails, the broker redelivers them and the store recognises them as duplicates.
         acknowledge(context, &mut batch, feed).await;
-        let (counted, landed) = self.apply(context, aggregator, &batch, &applied.fresh);
+        let (counted, landed) = self.apply(context, aggregator, &batch, &applied);
         aggregator.release(batch.events());
         batch.span().record("new", counted.new);
         batch.span().record("ignored", counted.ignored);
@@ -299,13 +314,14 @@ impl Pipeline {
         Ok(landed)
     }
 
-    /// Counts a committed batch and adds its new events to the live figures.
+    /// Counts a committed batch and adds its new events to the live figures, and its late
+    /// events to the trust figures as the commit stored them.
     fn apply(
         &mut self,
         context: &IngestContext,
         aggregator: &mut Aggregator,
         batch: &Batch,
-        fresh: &[bool],
+        applied: &Applied,
     ) -> (Counted, Landed) {
         let metrics = &context.core.metrics;
         let mut counted = Counted::default();
@@ -313,11 +329,11 @@ impl Pipeline {
             newest_arrival: batch.arrivals().last().copied(),
             ..Landed::default()
         };
-        // Only the local day a late event is counted on; whether it is late is the aggregator's
-        // decision, from the minutes the term closed.
-        let now = now_ms();
+        aggregator.count_revision(&applied.revision);
+        metrics.late_events.inc_by(applied.revision.late_events);
         let arrivals = batch.events().iter().zip(batch.arrivals());
-        for ((event, &arrived_at), &fresh) in arrivals.zip(fresh) {
+        let verdicts = applied.fresh.iter().zip(&applied.revision.late);
+        for ((event, &arrived_at), (&fresh, &late)) in arrivals.zip(verdicts) {
             // A user event the store applied again harmlessly, which the aggregator recognises
             // as one it has applied: a duplicate (best-effort count, exact effect).
             let fresh = fresh && !aggregator.recognises(event);
@@ -334,8 +350,8 @@ impl Pipeline {
             if !fresh {
                 continue;
             }
-            if aggregator.apply_arrived(event, now) {
-                metrics.late_events.inc();
+            aggregator.apply(event);
+            if late {
                 let tally = event.tally();
                 if tally != Tally::default() {
                     landed

@@ -7,7 +7,10 @@
 //! runs in a task of its own while the next batch is gathered and decoded, so the database
 //! never waits for the broker and the broker (up to `prefetch` messages ahead) never waits for
 //! the database. The next batch, when due, starts committing as soon as the one before it
-//! lands, before that one's acknowledgement goes out.
+//! lands, before that one's acknowledgement goes out, unless it may hold late events: those
+//! are judged against figures that include every batch before (`Aggregator::judge`). For the
+//! same reason the batch in flight lands before a minute is closed: the closed point includes
+//! every batch judged while it was open.
 //!
 //! Failure handling: a lost broker drops the uncommitted batch (the broker redelivers it) and
 //! reconnects with backoff while snapshots go on; a lost lease or a database error ends the term.
@@ -18,7 +21,7 @@ use super::pipeline::{Landed, Pipeline};
 use super::publisher::{Beyond, Publisher, Standing};
 use super::{IngestContext, LeadEnd, LeaderInputs, LEASE_POLL};
 use crate::aggregate::compare::{Baselines, Bases};
-use crate::aggregate::{minute_of, Aggregator, Millis, MINUTE_MS};
+use crate::aggregate::{minute_of, Aggregator, Millis};
 use crate::clock::now_ms;
 use crate::store::{Applied, Lease, StoreError};
 use std::time::Duration;
@@ -175,11 +178,11 @@ impl<'a> Term<'a> {
                     item = feed.next(), if may_gather => {
                         self.on_feed(item, feed).await;
                         if !self.pipeline.is_committing() && self.pipeline.gathering_is_due() {
-                            self.pipeline.start_commit(self.context, feed).await;
+                            self.start_commit(feed).await;
                         }
                     }
                     _ = sleep_until(linger), if linger.is_some() && idle => {
-                        self.pipeline.start_commit(self.context, feed).await
+                        self.start_commit(feed).await
                     }
                     _ = tick.tick() => self.on_tick(feed).await?,
                     Some(()) = refresh.recv() => self.refresh_asked = true,
@@ -209,8 +212,8 @@ impl<'a> Term<'a> {
         // Keep the database busy: the next batch starts committing before this one is
         // acknowledged and applied. Its acknowledgement still follows this one's, and which
         // of its events are new is the database's answer.
-        if committed.is_ok() && self.pipeline.gathering_has_events_due() {
-            self.pipeline.start_commit(self.context, feed).await;
+        if committed.is_ok() && self.pipeline.gathering_may_commit_early(&self.aggregator) {
+            self.start_commit(feed).await;
         }
         let landed = self
             .pipeline
@@ -218,9 +221,15 @@ impl<'a> Term<'a> {
             .await?;
         self.land(landed);
         if self.pipeline.gathering_is_due() {
-            self.pipeline.start_commit(self.context, feed).await;
+            self.start_commit(feed).await;
         }
         Ok(())
+    }
+
+    async fn start_commit(&mut self, feed: &mut Feed<'_>) {
+        self.pipeline
+            .start_commit(self.context, &mut self.aggregator, feed)
+            .await
     }
 
     /// A commit landed: fenced by the lease, it renewed it as well.
@@ -284,7 +293,7 @@ impl<'a> Term<'a> {
             self.check_pause(feed).await?;
         }
         feed.maybe_connect(self.context);
-        self.close_finished_minutes(now).await?;
+        self.close_finished_minutes(now, feed).await?;
         self.compare_anew(now).await;
         if self.last_prune.elapsed() >= PRUNE_EVERY {
             self.prune(now);
@@ -357,12 +366,23 @@ impl<'a> Term<'a> {
         Ok(())
     }
 
-    /// Writes "active users at the end of the minute" for the minute that just ended.
-    async fn close_finished_minutes(&mut self, now: Millis) -> Result<(), LeadEnd> {
+    /// Writes "active users at the end of the minute" for the minute that just ended, once
+    /// the batch in flight has landed: it was judged while the minute was open, so its events
+    /// of it are on time and must be in the point.
+    async fn close_finished_minutes(
+        &mut self,
+        now: Millis,
+        feed: &mut Feed<'_>,
+    ) -> Result<(), LeadEnd> {
         let minute = minute_of(now);
         if minute > self.current_minute {
+            let landed = self
+                .pipeline
+                .finish_commit(self.context, &mut self.aggregator, feed)
+                .await?;
+            self.land(landed);
             let closed = self.current_minute;
-            let active = self.aggregator.active_users_at(closed + MINUTE_MS - 1);
+            let active = self.aggregator.close_minute(closed);
             self.context.core.store.close_minute(closed, active).await?;
             self.current_minute = minute;
             // This tick's snapshot publishes the new minute: from now on the closed one is

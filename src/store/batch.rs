@@ -3,8 +3,12 @@
 //! digest of their id among the ids recorded in the last 24 hours (the others are duplicates
 //! and change nothing) and the new ones recorded; every new event's user gets their latest
 //! activity or sign-out upserted, once per batch per user (last writer wins by event time,
-//! so a repeated user event is applied again harmlessly); and the new events' [`Delta`] is
-//! added to the minute and day tables. The caller acknowledges the messages only after this
+//! so a repeated user event is applied again harmlessly); the new events' [`Delta`] is added to
+//! the minute and day tables; and what the batch's late events revised ([`Revision`], from the
+//! leader's [`Judgement`] narrowed to the events applied here, so a redelivery counts nothing
+//! twice) is written beside: the late events counted on the commit's local day
+//! (`daily_revenue.late_events`), the closed minutes' active users changed, and every revised
+//! minute marked (`minute_stats.revised`). The caller acknowledges the messages only after this
 //! commits.
 //!
 //! Order ids are kept as [`order_digest`]s in time buckets (`order_id_buckets` lists them):
@@ -14,7 +18,7 @@
 //! statement; SQLite writes `?` lists in chunks under its bind-parameter limit.
 
 use super::{Applied, DedupeWindow, Lease, Store, StoreError};
-use crate::aggregate::{id_hash, Delta, Event, EventKind, Millis};
+use crate::aggregate::{id_hash, local_date, Delta, Event, EventKind, Judgement, Millis, Revision};
 use crate::config::Backend;
 use chrono_tz::Tz;
 use sqlx::Row;
@@ -79,10 +83,13 @@ impl Store {
     /// applied before, or earlier in the batch, is a duplicate: `Applied::fresh` is false for
     /// it and it changes nothing. A user event is fresh unless its id is earlier in the batch:
     /// applied again, it changes nothing either (the aggregator may still recognise it).
+    /// `judgement` says which events are late and what they change in closed minutes (the
+    /// default: none); `Applied::revision` is what of it this commit stored.
     pub async fn apply_batch(
         &self,
         lease: &Lease,
         events: &[Event],
+        judgement: &Judgement,
         timezone: Tz,
         now: Millis,
     ) -> Result<Applied, StoreError> {
@@ -150,8 +157,10 @@ impl Store {
             .execute(&mut *tx)
             .await?;
         }
+        let revision = judgement.revision(events, &fresh, local_date(now, timezone));
+        write_revision(&mut tx, &revision).await?;
         tx.commit().await?;
-        Ok(Applied { fresh })
+        Ok(Applied { fresh, revision })
     }
 
     /// Records the new orders (`new`: index in `events`, digest) in the bucket of `now`.
@@ -303,6 +312,37 @@ impl Store {
             }
         }
     }
+}
+
+/// Writes what a batch's late events revised, after its [`Delta`] (so every minute it marks
+/// has its row): the count on the commit's day, and each revised minute's change of active
+/// users and mark. A minute whose active users change was closed, so its row exists.
+async fn write_revision(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    revision: &Revision,
+) -> Result<(), StoreError> {
+    if revision.late_events > 0 {
+        sqlx::query(
+            "INSERT INTO daily_revenue (day, revenue_minor, late_events) VALUES ($1, 0, $2) \
+             ON CONFLICT (day) DO UPDATE SET \
+             late_events = daily_revenue.late_events + excluded.late_events",
+        )
+        .bind(revision.day.to_string())
+        .bind(i64::try_from(revision.late_events).unwrap_or(i64::MAX))
+        .execute(&mut **tx)
+        .await?;
+    }
+    for (minute, change) in &revision.minutes {
+        sqlx::query(
+            "UPDATE minute_stats SET active_users = active_users + $2, revised = 1 \
+             WHERE minute = $1",
+        )
+        .bind(*minute)
+        .bind(*change)
+        .execute(&mut **tx)
+        .await?;
+    }
+    Ok(())
 }
 
 /// The bucket width of the rows a migration brings over (an hour); later buckets have the

@@ -27,8 +27,8 @@ pub(crate) use kiosk::KioskLink;
 pub use lease::Lease;
 
 use crate::aggregate::{
-    minute_of, EventKind, Millis, Point, RestoreInput, StoredPresence, Tally, MAX_AGE_MS,
-    MAX_FUTURE_MS, MINUTE_MS,
+    minute_of, Aggregator, EventKind, Millis, Point, RestoreInput, Revision, StoredPresence, Tally,
+    MAX_AGE_MS, MAX_FUTURE_MS, MINUTE_MS,
 };
 use crate::config::{Backend, DatabaseUrl};
 use chrono::NaiveDate;
@@ -218,6 +218,8 @@ const FIGURE_TABLES: [(&str, &str, &[&str]); 2] = [
 pub struct Applied {
     /// `true` where the event was new and is now counted; `false` for a duplicate.
     pub fresh: Vec<bool>,
+    /// What its late events revised, as stored with it.
+    pub revision: Revision,
 }
 
 /// Handle to the database. Cloning is shallow.
@@ -450,21 +452,33 @@ impl Store {
 
         // Every minute and day an event still acceptable at `now` can fall into: the
         // aggregator checks each new event against these sums before it is committed.
-        let sums_since = crate::aggregate::Aggregator::sums_since(now);
+        let sums_since = Aggregator::sums_since(now);
         let first_day = crate::aggregate::local_date(sums_since, timezone);
-        let days = sqlx::query("SELECT day, revenue_minor FROM daily_revenue WHERE day >= $1")
-            .bind(first_day.to_string())
-            .fetch_all(&self.reader)
-            .await?
-            .iter()
-            .map(|row| {
-                let day: String = row.try_get(0)?;
-                let day = day
-                    .parse::<NaiveDate>()
-                    .map_err(|e| StoreError::Corrupt(format!("day {day:?}: {e}")))?;
-                Ok((day, row.try_get::<i64, _>(1)?))
-            })
-            .collect::<Result<Vec<_>, StoreError>>()?;
+        let mut days = Vec::new();
+        let mut late_events = Vec::new();
+        let rows = sqlx::query(
+            "SELECT day, revenue_minor, late_events FROM daily_revenue WHERE day >= $1",
+        )
+        .bind(first_day.to_string())
+        .fetch_all(&self.reader)
+        .await?;
+        for row in &rows {
+            let day: String = row.try_get(0)?;
+            let day = day
+                .parse::<NaiveDate>()
+                .map_err(|e| StoreError::Corrupt(format!("day {day:?}: {e}")))?;
+            days.push((day, row.try_get::<i64, _>(1)?));
+            let late = row.try_get::<i64, _>(2)?;
+            if late > 0 {
+                late_events.push((day, u64::try_from(late).unwrap_or(0)));
+            }
+        }
+        let revised_minutes = sqlx::query_scalar(
+            "SELECT minute FROM minute_stats WHERE minute >= $1 AND revised <> 0 ORDER BY minute",
+        )
+        .bind(Aggregator::revised_since(now))
+        .fetch_all(&self.reader)
+        .await?;
 
         let minutes = sqlx::query(
             "SELECT minute, orders, revenue_minor FROM minute_stats WHERE minute >= $1",
@@ -489,6 +503,8 @@ impl Store {
             recent_orders,
             days,
             minutes,
+            late_events,
+            revised_minutes,
         })
     }
 

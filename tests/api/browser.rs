@@ -961,13 +961,21 @@ async fn the_cards_compare_with_yesterday_and_last_week_and_the_charts_overlay_a
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 
-    // A late order, three minutes old: its minute is revised and marked on both charts.
+    // A late order, three minutes old: its minute is revised and marked on both charts. Its
+    // user signed out since (on time), so the order does not make them active at the ends of
+    // the minutes the leader closed after it (which would revise those too).
     let late_minute = minute_of(chrono::Utc::now().timestamp_millis() - 180_000) / 1000;
     broker
-        .publish_all(&[(
-            "order.placed".to_owned(),
-            event("late-c", "order.placed", 180, "u-late", Some(777)),
-        )])
+        .publish_all(&[
+            (
+                "user.signed_out".to_owned(),
+                event("late-c-out", "user.signed_out", 0, "u-late", None),
+            ),
+            (
+                "order.placed".to_owned(),
+                event("late-c", "order.placed", 180, "u-late", Some(777)),
+            ),
+        ])
         .await;
     let started = Instant::now();
     let marked = loop {

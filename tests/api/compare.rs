@@ -1,7 +1,8 @@
 //! The admin's dashboard figures beyond the moment (docs/api.md, Snapshot: `compare`, `trust`;
 //! HTTP routes: history `compare`): comparisons with yesterday and last week from history
 //! seeded in the test database, on the snapshot, the event stream, the history API and the
-//! metrics; and a late event revising its minute and counted.
+//! metrics; and late events revising their minutes (orders, revenue, active users) and
+//! counted, in a way that survives a restart.
 
 use crate::helpers::{
     clear_of_minute_boundary, event, metric_sum, Backend, Broker, Names, Service, ServiceConfig,
@@ -233,8 +234,10 @@ async fn clear_of_midnight(window: Duration) {
 }
 
 async fn a_late_event_revises_its_minute_and_is_counted(backend: Backend) {
-    // The late events are 3 minutes old: they and the test stay within one day and one minute.
-    clear_of_midnight(Duration::from_secs(300)).await;
+    // The late events are 7 minutes old: they and the test stay within one day and one minute,
+    // and their users' activity ended (5 minutes on) before any minute this leader closed, so
+    // they revise their minute's orders and revenue, and no minute's active users.
+    clear_of_midnight(Duration::from_secs(600)).await;
     let database = TestDatabase::new(backend).await;
     let names = Names::new();
     let broker = Broker::connect(&names).await;
@@ -255,15 +258,15 @@ async fn a_late_event_revises_its_minute_and_is_counted(backend: Backend) {
             ),
             (
                 "order.placed".into(),
-                event("late-1", "order.placed", 180, "u2", Some(700)),
+                event("late-1", "order.placed", 420, "u2", Some(700)),
             ),
             (
                 "order.refunded".into(),
-                event("late-2", "order.refunded", 180, "u2", Some(200)),
+                event("late-2", "order.refunded", 420, "u2", Some(200)),
             ),
         ])
         .await;
-    let late_minute = minute_of(sent_at - 180_000);
+    let late_minute = minute_of(sent_at - 420_000);
     let snapshot = service
         .wait_for_snapshot(Duration::from_secs(20), |s| {
             s["revenue"]["today_minor"] == 800
@@ -289,7 +292,7 @@ async fn a_late_event_revises_its_minute_and_is_counted(backend: Backend) {
     let mut stream = SseClient::connect(&service, "/api/dashboard/stream", None).await;
     let (_, opening) = stream.opening().await;
     assert_eq!(opening["trust"], snapshot["trust"], "{opening}");
-    let (status, history) = service.get_json("/api/dashboard/history?minutes=10").await;
+    let (status, history) = service.get_json("/api/dashboard/history?minutes=15").await;
     assert_eq!(status, 200);
     let point = history["points"]
         .as_array()
@@ -329,6 +332,137 @@ async fn a_late_event_revises_its_minute_and_is_counted_on_sqlite() {
 #[tokio::test]
 async fn a_late_event_revises_its_minute_and_is_counted_on_postgres() {
     a_late_event_revises_its_minute_and_is_counted(Backend::Postgres).await;
+}
+
+/// The history point of `minute` as the history API serves it.
+async fn point_of(service: &Service, minute: i64) -> Value {
+    let (status, history) = service.get_json("/api/dashboard/history?minutes=15").await;
+    assert_eq!(status, 200, "{history}");
+    history["points"]
+        .as_array()
+        .expect("points")
+        .iter()
+        .find(|p| p["minute"] == rfc3339_minute(minute))
+        .cloned()
+        .unwrap_or_else(|| panic!("minute {} in {history}", rfc3339_minute(minute)))
+}
+
+/// An event at a time within `minute` (its 30th second or just after), as `event` builds it.
+fn event_in(id: &str, kind: &str, minute: i64, user: &str, amount: Option<i64>) -> Vec<u8> {
+    let seconds_ago = (Utc::now().timestamp_millis() - (minute + 30_000)) / 1000;
+    event(id, kind, seconds_ago, user, amount)
+}
+
+/// A late activity revises the users active at the end of a minute this leader closed, and
+/// the late events' count and revised minutes are stored with them: after a restart the new
+/// leader's snapshot says the same, and the history keeps the revised point. The new leader
+/// did not close that minute itself, so a late activity in it then is counted but leaves its
+/// active users as they were (docs/events.md, Late events).
+async fn late_events_and_revised_minutes_survive_a_restart(backend: Backend) {
+    clear_of_midnight(Duration::from_secs(300)).await;
+    let database = TestDatabase::new(backend).await;
+    let names = Names::new();
+    let broker = Broker::connect(&names).await;
+    let mut config = ServiceConfig::new(&database, &names, "late-restart-1");
+    config
+        .env
+        .push(("PULSEBOARD_TIMEZONE".into(), "UTC".into()));
+    let mut service = Service::start(&config).await;
+    service.wait_until_ingesting(Duration::from_secs(20)).await;
+    clear_of_minute_boundary(Duration::from_secs(10)).await;
+
+    // u1 active on time in minute M, which this leader then closes with 1 user active.
+    let minute = minute_of(Utc::now().timestamp_millis());
+    broker
+        .publish_all(&[(
+            "user.active".into(),
+            event("u1-now", "user.active", 0, "u1", None),
+        )])
+        .await;
+    service
+        .wait_for_snapshot(Duration::from_secs(20), |s| s["active_users"] == 1)
+        .await;
+    // The snapshot of the next minute follows its close, in the same tick.
+    service
+        .wait_for_snapshot(Duration::from_secs(80), |s| {
+            millis(&s["point"]["minute"]) > minute
+        })
+        .await;
+    let closed = point_of(&service, minute).await;
+    assert_eq!(
+        (&closed["active_users"], &closed["orders"]),
+        (&1.into(), &0.into()),
+        "{closed}"
+    );
+
+    // Late in M: u2's activity and u3's order, both unseen: active at M's end.
+    broker
+        .publish_all(&[
+            (
+                "user.active".into(),
+                event_in("u2-late", "user.active", minute, "u2", None),
+            ),
+            (
+                "order.placed".into(),
+                event_in("u3-late", "order.placed", minute, "u3", Some(400)),
+            ),
+        ])
+        .await;
+    let revised = serde_json::json!([rfc3339_minute(minute)]);
+    let snapshot = service
+        .wait_for_snapshot(Duration::from_secs(20), |s| {
+            s["trust"]["late_events_today"] == 2
+        })
+        .await;
+    assert_eq!(snapshot["trust"]["revised_minutes"], revised, "{snapshot}");
+    let point = point_of(&service, minute).await;
+    assert_eq!(
+        (
+            &point["active_users"],
+            &point["orders"],
+            &point["revenue_minor"]
+        ),
+        (&3.into(), &1.into(), &400.into()),
+        "{point}"
+    );
+
+    // A new leader (the service restarted) says the same, from the store.
+    service.terminate(Duration::from_secs(15)).await;
+    let service = Service::start(&config).await;
+    let snapshot = service.wait_until_ingesting(Duration::from_secs(20)).await;
+    assert_eq!(snapshot["trust"]["late_events_today"], 2, "{snapshot}");
+    assert_eq!(snapshot["trust"]["revised_minutes"], revised, "{snapshot}");
+    assert_eq!(point_of(&service, minute).await, point);
+
+    // It did not close M: a late activity in it is counted, and M keeps its active users.
+    broker
+        .publish_all(&[(
+            "user.active".into(),
+            event_in("u4-late", "user.active", minute, "u4", None),
+        )])
+        .await;
+    let snapshot = service
+        .wait_for_snapshot(Duration::from_secs(20), |s| {
+            s["trust"]["late_events_today"] == 3
+        })
+        .await;
+    assert!(
+        snapshot["trust"]["revised_minutes"]
+            .as_array()
+            .is_some_and(|minutes| minutes.contains(&revised[0])),
+        "{snapshot}"
+    );
+    assert_eq!(point_of(&service, minute).await["active_users"], 3);
+}
+
+#[tokio::test]
+async fn late_events_and_revised_minutes_survive_a_restart_on_sqlite() {
+    late_events_and_revised_minutes_survive_a_restart(Backend::Sqlite).await;
+}
+
+#[tokio::test]
+async fn late_events_and_revised_minutes_survive_a_restart_on_postgres() {
+    late_events_and_revised_minutes_survive_a_restart(Backend::Postgres).await;
 }
 
 /// While ingest is paused, events wait in `<prefix>.events`: the snapshot says how many
