@@ -27,7 +27,10 @@
 //! times of the counted rounds; a second line gives the median round's rates, which one drain
 //! in the broker's fast mode does not move.
 //!
-//! Environment: `BENCH_EVENTS` (N, events per backend, 200 000), `BENCH_BACKENDS`
+//! Environment: `BENCH_EVENTS` (N, events per backend, 200 000), `BENCH_MIX` (which events:
+//! `simulate`, `pulseboard simulate`'s mix over 10 000 users, the default; `orders`, nothing
+//! but `order.placed`; `activity`, issue 28's 90 % `user.active`, 8 % `order.placed`, 2 %
+//! `order.refunded` over 5 000 users), `BENCH_BACKENDS`
 //! (`sqlite,postgres`), `BENCH_ROUNDS` (4), `BENCH_QUIET_SECS` (how long to wait for an idle
 //! machine before each drain, 300), `AMQP_URL`, `BENCH_PG_HOST` (127.0.0.1), `BENCH_PG_USER`
 //! (postgres), `BENCH_SERVICE_LOG` (the service's `RUST_LOG`, `warn,pulseboard=info`; with
@@ -46,7 +49,7 @@ use lapin::types::{AMQPValue, FieldTable};
 use lapin::{Channel, Connection, ExchangeKind};
 use pulseboard::for_benchmarks::{decode, DecodeContext};
 use pulseboard::rabbitmq::{connect, publish_event, Topology};
-use pulseboard::simulate::{Generated, TrafficGenerator};
+use pulseboard::simulate::{Generated, Mix, TrafficGenerator};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 // The kit is shared with the tests and the other benchmarks; this one uses most of it.
@@ -80,7 +83,6 @@ const STOP_LIMIT: Duration = Duration::from_secs(20);
 const POLL_EVERY: Duration = Duration::from_millis(50);
 /// The run fails if the applied count stops moving for this long.
 const STALL_LIMIT: Duration = Duration::from_secs(60);
-const USERS: u32 = 10_000;
 /// A drain counts as quiet when processes other than the consumer, the broker and the database
 /// used less than this (% of one core) while it ran.
 const QUIET_OTHER: f64 = 25.0;
@@ -143,6 +145,7 @@ struct Settings {
     postgres: PostgresServer,
     quiet_limit: Duration,
     rounds: u64,
+    workload: Workload,
     /// `BENCH_BASELINE_ONLY=1`: a second bare loop drains the service's queue in its place.
     baseline_only: bool,
 }
@@ -162,12 +165,12 @@ fn main() {
             Ok(row) => rows.push(row),
             Err(error) => {
                 eprintln!("benchmark failed on {}: {error:#}", backend_name(backend));
-                print_table(&rows, settings.baseline_only);
+                print_table(&rows, &settings);
                 std::process::exit(1);
             }
         }
     }
-    print_table(&rows, settings.baseline_only);
+    print_table(&rows, &settings);
 }
 
 fn settings() -> Settings {
@@ -203,6 +206,62 @@ fn settings() -> Settings {
                 .unwrap_or(DEFAULT_QUIET_SECS),
         ),
         baseline_only: std::env::var("BENCH_BASELINE_ONLY").is_ok_and(|text| text == "1"),
+        workload: Workload::from_env(),
+    }
+}
+
+/// Which events the rounds are made of (`BENCH_MIX`).
+#[derive(Clone, Copy)]
+struct Workload {
+    name: &'static str,
+    mix: Mix,
+    users: u32,
+}
+
+impl Workload {
+    const ALL: [Workload; 3] = [
+        Workload {
+            name: "simulate",
+            mix: Mix::SIMULATE,
+            users: 10_000,
+        },
+        Workload {
+            name: "orders",
+            mix: Mix::ORDERS,
+            users: 10_000,
+        },
+        Workload {
+            name: "activity",
+            mix: Mix::ACTIVITY,
+            users: 5_000,
+        },
+    ];
+
+    fn from_env() -> Workload {
+        let name = std::env::var("BENCH_MIX").unwrap_or_else(|_| "simulate".into());
+        Workload::ALL
+            .into_iter()
+            .find(|workload| workload.name == name)
+            .expect("BENCH_MIX must be simulate, orders or activity")
+    }
+
+    fn generator(&self, seed: u64) -> TrafficGenerator {
+        TrafficGenerator::new(self.users, CURRENCY, seed).with_mix(self.mix)
+    }
+
+    fn describe(&self) -> String {
+        let Mix {
+            active,
+            placed,
+            refunded,
+            signed_out,
+            other,
+        } = self.mix;
+        format!(
+            "`BENCH_MIX={}`: {active} % user.active, {placed} % order.placed, {refunded} % \
+             order.refunded, {signed_out} % user.signed_out, {other} % order.shipped; {} users",
+            self.name, self.users
+        )
     }
 }
 
@@ -294,7 +353,7 @@ async fn measure(
     declare_like_events(channel, names, Drainer::Raw).await?;
     declare_like_events(channel, names, Drainer::Floor).await?;
     let floor_table = BareTable::open(&floor_database.url).await?;
-    let mut generator = TrafficGenerator::new(USERS, CURRENCY, 0x5eed + backend as u64);
+    let mut generator = settings.workload.generator(0x5eed + backend as u64);
     let mut row = Row {
         backend,
         events: settings.events,
@@ -814,11 +873,14 @@ fn print_machine(background: f64) {
     println!();
 }
 
-fn print_table(rows: &[Row], baseline_only: bool) {
+fn print_table(rows: &[Row], settings: &Settings) {
+    let baseline_only = settings.baseline_only;
     if rows.is_empty() {
         return;
     }
     println!("## Sustained ingest (release build, broker and database on this machine)");
+    println!();
+    println!("Events: {}", settings.workload.describe());
     println!();
     if baseline_only {
         println!(

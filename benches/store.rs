@@ -10,10 +10,11 @@
 //! half the nominal size up), as under load, where a statement whose text depends on the size
 //! is prepared anew for nearly every batch.
 //!
-//! The baseline, in the same run: the same rows written by one bare multi-row `INSERT` per batch,
-//! in its own transaction, into a second database of the same schema and size. That is what
-//! the database charges for storing the rows; the rest of `apply_batch` is the lease fence, the
-//! duplicate check and the minute and day tables.
+//! The baseline, in the same run: the same rows written by one bare multi-row `INSERT` per batch
+//! (order rows) and one plain multi-row upsert (a presence row per user of the batch), in its
+//! own transaction, into a second database of the same schema and size. That is what the
+//! database charges for storing the rows; the rest of `apply_batch` is the lease fence, the
+//! duplicate check, the later-of rule of the presence rows and the minute and day tables.
 //!
 //! ```sh
 //! cargo bench --bench store

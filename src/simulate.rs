@@ -37,8 +37,66 @@ pub struct SentTally {
     pub refunded_minor: i64,
 }
 
+/// What share of the events each type makes, in percent (the five add up to 100). A refund
+/// with no earlier order left to refund becomes a `user.active`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Mix {
+    pub active: u8,
+    pub placed: u8,
+    pub refunded: u8,
+    pub signed_out: u8,
+    /// `order.shipped`, a type the service counts and ignores.
+    pub other: u8,
+}
+
+impl Mix {
+    /// `pulseboard simulate`'s and the demo's.
+    pub const SIMULATE: Mix = Mix {
+        active: 55,
+        placed: 25,
+        refunded: 5,
+        signed_out: 10,
+        other: 5,
+    };
+    /// Nothing but new orders.
+    pub const ORDERS: Mix = Mix {
+        active: 0,
+        placed: 100,
+        refunded: 0,
+        signed_out: 0,
+        other: 0,
+    };
+    /// Issue 28's: mostly activity, a few orders and refunds.
+    pub const ACTIVITY: Mix = Mix {
+        active: 90,
+        placed: 8,
+        refunded: 2,
+        signed_out: 0,
+        other: 0,
+    };
+
+    /// The type a roll of `0..100` makes: the shares in the order of the fields.
+    fn kind_of(&self, roll: u8) -> &'static str {
+        let shares = [
+            (self.active, "user.active"),
+            (self.placed, "order.placed"),
+            (self.refunded, "order.refunded"),
+            (self.signed_out, "user.signed_out"),
+        ];
+        let mut below = 0u8;
+        for (share, kind) in shares {
+            below = below.saturating_add(share);
+            if roll < below {
+                return kind;
+            }
+        }
+        "order.shipped"
+    }
+}
+
 pub struct TrafficGenerator {
     rng: StdRng,
+    mix: Mix,
     users: u32,
     currency: String,
     recent_orders: VecDeque<i64>,
@@ -50,6 +108,7 @@ impl TrafficGenerator {
     pub fn new(users: u32, currency: &str, seed: u64) -> Self {
         TrafficGenerator {
             rng: StdRng::seed_from_u64(seed),
+            mix: Mix::SIMULATE,
             users: users.max(1),
             currency: currency.to_owned(),
             recent_orders: VecDeque::new(),
@@ -58,14 +117,18 @@ impl TrafficGenerator {
         }
     }
 
+    /// The same generator making events of `mix` (instead of [`Mix::SIMULATE`]).
+    pub fn with_mix(self, mix: Mix) -> Self {
+        TrafficGenerator { mix, ..self }
+    }
+
     /// An event that occurred at `now`.
     pub fn next_event(&mut self, now: Millis) -> Generated {
         let user = format!("u-{}", self.rng.random_range(0..self.users));
         let id = format!("evt-{}", uuid::Uuid::new_v4());
-        let roll = self.rng.random_range(0..100);
-        let (routing_key, data) = match roll {
-            0..=54 => ("user.active", None),
-            55..=79 => {
+        let roll = self.rng.random_range(0..100u8);
+        let (routing_key, data) = match self.mix.kind_of(roll) {
+            "order.placed" => {
                 let amount: i64 = self.rng.random_range(199..=24_999);
                 self.recent_orders.push_back(amount);
                 if self.recent_orders.len() > 1_000 {
@@ -74,15 +137,14 @@ impl TrafficGenerator {
                 self.tally.placed_minor += amount;
                 ("order.placed", Some(amount))
             }
-            80..=84 => match self.recent_orders.pop_front() {
+            "order.refunded" => match self.recent_orders.pop_front() {
                 Some(amount) => {
                     self.tally.refunded_minor += amount;
                     ("order.refunded", Some(amount))
                 }
                 None => ("user.active", None),
             },
-            85..=94 => ("user.signed_out", None),
-            _ => ("order.shipped", None),
+            kind => (kind, None),
         };
         let mut event = serde_json::json!({
             "id": id,
@@ -242,5 +304,49 @@ mod tests {
         assert_eq!(tally.by_type.values().sum::<u64>(), 2_000);
         assert_eq!(tally.placed_minor - tally.refunded_minor, net);
         assert!(tally.by_type.get("order.refunded").copied().unwrap_or(0) > 0);
+    }
+
+    #[test]
+    fn a_roll_falls_in_the_share_of_its_type() {
+        let simulate = Mix::SIMULATE;
+        let kinds: Vec<&str> = [0, 54, 55, 79, 80, 84, 85, 94, 95, 99]
+            .into_iter()
+            .map(|roll| simulate.kind_of(roll))
+            .collect();
+        assert_eq!(
+            kinds,
+            [
+                "user.active",
+                "user.active",
+                "order.placed",
+                "order.placed",
+                "order.refunded",
+                "order.refunded",
+                "user.signed_out",
+                "user.signed_out",
+                "order.shipped",
+                "order.shipped"
+            ]
+        );
+        assert!((0..100).all(|roll| Mix::ORDERS.kind_of(roll) == "order.placed"));
+    }
+
+    #[test]
+    fn a_mix_makes_its_shares() {
+        let now = 1_795_428_930_000;
+        let mut generator = TrafficGenerator::new(5_000, "EUR", 11).with_mix(Mix::ACTIVITY);
+        for _ in 0..20_000 {
+            generator.next_event(now);
+        }
+        let share = |kind: &str| generator.tally.by_type.get(kind).copied().unwrap_or(0);
+        // 90 / 8 / 2 %, within what 20 000 rolls leave to chance (a few standard deviations).
+        assert!(
+            (17_700..=18_300).contains(&share("user.active")),
+            "{:?}",
+            generator.tally
+        );
+        assert!((1_450..=1_750).contains(&share("order.placed")));
+        assert!((320..=480).contains(&share("order.refunded")));
+        assert_eq!(share("user.signed_out") + share("order.shipped"), 0);
     }
 }

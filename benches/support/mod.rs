@@ -2,14 +2,17 @@
 //! durable consumer of these rows must pay. (What the benchmarks share with the tests, the
 //! service, databases, names and CPU accounting, is the kit in `tests/kit`.)
 
-use pulseboard::aggregate::Event;
+use pulseboard::aggregate::{Event, EventKind};
 use pulseboard::config::Backend;
 use pulseboard::for_benchmarks::{signed_minor, SQLITE_PRAGMAS};
 use pulseboard::store::{order_digest, Store};
 use sqlx::{AnyPool, Executor};
+use std::collections::BTreeMap;
 
-/// `order_ids` of a database migrated by the store, written with nothing but an INSERT: the
-/// rows of the batch's orders and refunds (user events leave no row of their own).
+/// The rows the store keeps for a batch, in a database it migrated, written with nothing but
+/// plain statements: an `order_ids` row per order and refund (one multi-row `INSERT`), and one
+/// `user_presence` row per user with an event in the batch (one multi-row upsert that takes the
+/// batch's latest time as it is; the store's keeps the later of the stored and the new).
 #[derive(Clone)]
 pub struct BareTable {
     pub pool: AnyPool,
@@ -51,6 +54,17 @@ impl BareTable {
                 signed_minor(&event.kind).map(|signed| (hi, lo, event.occurred_at, signed))
             })
             .collect();
+        // Each user's latest activity and sign-out in the batch.
+        let mut users: BTreeMap<&str, (Option<i64>, Option<i64>)> = BTreeMap::new();
+        for event in events {
+            let seen = users.entry(event.user_id.as_str()).or_default();
+            let slot = match event.kind {
+                EventKind::UserSignedOut => &mut seen.1,
+                _ => &mut seen.0,
+            };
+            *slot = (*slot).max(Some(event.occurred_at));
+        }
+        let users: Vec<_> = users.into_iter().collect();
         let mut tx = self.pool.begin().await?;
         for chunk in rows.chunks(180) {
             let sql = format!(
@@ -65,6 +79,19 @@ impl BareTable {
                     .bind(lo)
                     .bind(occurred_at)
                     .bind(signed);
+            }
+            query.execute(&mut *tx).await?;
+        }
+        for chunk in users.chunks(300) {
+            let sql = format!(
+                "INSERT INTO user_presence (user_id, last_active, last_signed_out) VALUES {} \
+                 ON CONFLICT (user_id) DO UPDATE SET last_active = excluded.last_active, \
+                 last_signed_out = excluded.last_signed_out",
+                placeholders(chunk.len(), 3, self.backend)
+            );
+            let mut query = sqlx::query(&sql);
+            for &(user, (active, signed_out)) in chunk {
+                query = query.bind(user).bind(active).bind(signed_out);
             }
             query.execute(&mut *tx).await?;
         }
