@@ -4,8 +4,6 @@
 //! counted the user active at their end (kept and read by [`super::late`]); and the form the
 //! store keeps them in ([`StoredPresence`], with [`id_hash`]). Pure; no figures are summed here.
 
-#[cfg(doc)]
-use super::Aggregator;
 use super::{Event, EventKind, Millis};
 
 /// One user's latest activity and latest sign-out by event time, as the store keeps them
@@ -25,7 +23,8 @@ pub(super) struct Presence {
     pub(super) last_active: Millis,
     pub(super) last_signed_out: Millis,
     /// A hash of the id of the first event applied at `last_active` (and at `last_signed_out`),
-    /// 0 when unknown (restored from the store): what [`Aggregator::recognises`] compares.
+    /// 0 when unknown (restored from the store): what
+    /// [`Aggregator::recognises`](super::Aggregator::recognises) compares.
     pub(super) active_id: u64,
     pub(super) signed_out_id: u64,
     /// Bit `late::counted_bit` of each minute the leader closed in the last hour
