@@ -27,7 +27,19 @@
 //! keeps: the database's growth over `BENCH_GROWTH` events of the mix of issue 28 (90 %
 //! `user.active`, 8 % `order.placed`, 2 % `order.refunded`, 5 000 users) applied in batches of
 //! 1 000, and how long `load_restore` (what a new leader reads) takes once `BENCH_REBUILD`
-//! events of the same mix were applied over the last 24 hours.
+//! events of the same mix were applied over the last 24 hours. The growth run's clock moves
+//! as at `GROWTH_RATE` events/s (each user's events a few seconds apart, each one later than
+//! the last), so that every user row is rewritten as under real traffic.
+//!
+//! With `BENCH_SUSTAIN_SECS` (seconds) it runs the mix in real time instead, at
+//! `BENCH_SUSTAIN_RATE` events/s (2 000) on every backend at once, with the dedupe window
+//! shortened to `BENCH_SUSTAIN_WINDOW_SECS` (600, as `PULSEBOARD_DEDUPE_WINDOW_SECS` does) and
+//! `Store::prune` every minute as the leader runs it, and prints each database's size every
+//! `BENCH_SAMPLE_SECS` (30): it must stop growing once the first windows are pruned.
+//!
+//! ```sh
+//! BENCH_SUSTAIN_SECS=1800 cargo bench --bench store   # 30 minutes, both backends at once
+//! ```
 
 // The kit is shared with the tests and the other benchmarks; this one uses its databases.
 #[allow(dead_code)]
@@ -65,6 +77,17 @@ async fn main() -> anyhow::Result<()> {
     let rebuild = env_number("BENCH_REBUILD", 0)?;
     if growth > 0 || rebuild > 0 {
         return footprint(&server, growth, rebuild).await;
+    }
+    let sustain_secs = env_number("BENCH_SUSTAIN_SECS", 0)?;
+    if sustain_secs > 0 {
+        let sustain = Sustain {
+            secs: sustain_secs as u64,
+            rate: env_number("BENCH_SUSTAIN_RATE", 2_000)?,
+            window_secs: env_number("BENCH_SUSTAIN_WINDOW_SECS", 600)? as u64,
+            sample_secs: env_number("BENCH_SAMPLE_SECS", 30)?.max(1) as u64,
+        };
+        anyhow::ensure!(sustain.rate > 0, "BENCH_SUSTAIN_RATE must be at least 1");
+        return sustained(&server, &sustain).await;
     }
     println!(
         "## Store commit cost (release build; {prefill} events applied before; {rounds} batches \
@@ -204,9 +227,12 @@ async fn footprint(server: &PostgresServer, growth: usize, rebuild: usize) -> an
         let mut applied = 0;
         while applied < growth {
             let size = MIX_BATCH.min(growth - applied);
-            let batch = mix.batch(size, now);
+            // The clock moves on as at GROWTH_RATE events/s: a user's next event is later
+            // than their last, as under real traffic.
+            let at = now + (applied * 1_000 / GROWTH_RATE) as i64;
+            let batch = mix.batch(size, at);
             store
-                .apply_batch(&lease, &batch, &Judgement::default(), chrono_tz::UTC, now)
+                .apply_batch(&lease, &batch, &Judgement::default(), chrono_tz::UTC, at)
                 .await?;
             applied += size;
         }
@@ -215,6 +241,11 @@ async fn footprint(server: &PostgresServer, growth: usize, rebuild: usize) -> an
             "<!-- {}: {} -->",
             backend_name(backend),
             table_sizes(&database.url).await
+        );
+        println!(
+            "<!-- {}: {} -->",
+            backend_name(backend),
+            row_versions(&database.url).await
         );
         // The rebuild: the rest of BENCH_REBUILD spread evenly over the last 24 hours, applied
         // when they occurred (the newest now).
@@ -247,6 +278,172 @@ async fn footprint(server: &PostgresServer, growth: usize, rebuild: usize) -> an
     Ok(())
 }
 
+/// What the sustained run does (see the header).
+struct Sustain {
+    secs: u64,
+    rate: usize,
+    window_secs: u64,
+    sample_secs: u64,
+}
+
+/// One size sample of a sustained run.
+struct Sample {
+    at_secs: u64,
+    bytes: i64,
+    applied: usize,
+    /// Events due by the schedule but not yet applied (the queue a leader would have).
+    backlog: usize,
+}
+
+/// Every backend at once, each in a task of its own; prints each one's samples as they come,
+/// and all of them side by side at the end.
+async fn sustained(server: &PostgresServer, sustain: &Sustain) -> anyhow::Result<()> {
+    let mut runs = Vec::new();
+    for backend in backends_from_env() {
+        let database = TestDatabase::create(server, backend, &unique_name("sustain")).await?;
+        let plan = Sustain { ..*sustain };
+        runs.push((
+            backend,
+            tokio::spawn(async move { sustain_one(backend, database, plan).await }),
+        ));
+    }
+    let mut results = Vec::new();
+    for (backend, run) in runs {
+        results.push((backend, run.await??));
+    }
+    println!(
+        "## Sustained load (release build; issue 28's mix at {} events/s for {} s, dedupe \
+         window {} s, `Store::prune` every {PRUNE_EVERY_SECS} s)\n",
+        sustain.rate, sustain.secs, sustain.window_secs
+    );
+    for (backend, (samples, after_stop)) in &results {
+        println!("### {}\n", backend_name(*backend));
+        println!("| s | growth (bytes) | applied | applied/s since the last sample | backlog |");
+        println!("| ---: | ---: | ---: | ---: | ---: |");
+        let mut last = (0, 0);
+        for sample in samples {
+            let rate = (sample.applied - last.1) as f64 / (sample.at_secs - last.0).max(1) as f64;
+            println!(
+                "| {} | {} | {} | {:.0} | {} |",
+                sample.at_secs, sample.bytes, sample.applied, rate, sample.backlog
+            );
+            last = (sample.at_secs, sample.applied);
+        }
+        let peak = samples.iter().map(|s| s.backlog).max().unwrap_or(0);
+        let applied = samples.last().map_or(0, |s| s.applied);
+        println!(
+            "\nAfter a clean stop: growth {after_stop} bytes; {applied} events applied \
+             ({:.0}/s); largest backlog {peak} events.\n",
+            applied as f64 / sustain.secs as f64
+        );
+    }
+    Ok(())
+}
+
+/// How often the sustained run prunes, as the leader does (`PRUNE_EVERY` in ingest).
+const PRUNE_EVERY_SECS: u64 = 60;
+/// How often the sustained run applies what is due: at 2 000 events/s, batches of 200.
+const SUSTAIN_TICK_MS: u64 = 100;
+/// The most a sustained batch takes when it has fallen behind (the leader's batch limit).
+const SUSTAIN_MAX_BATCH: usize = 2_000;
+
+/// One backend's sustained run: the samples, and the growth after the store was closed.
+async fn sustain_one(
+    backend: Backend,
+    database: TestDatabase,
+    sustain: Sustain,
+) -> anyhow::Result<(Vec<Sample>, i64)> {
+    let store = Store::connect(&database.url.parse().map_err(anyhow::Error::msg)?)
+        .await?
+        .with_dedupe_window(std::time::Duration::from_secs(sustain.window_secs));
+    store.migrate().await?;
+    let started_ms = pulseboard::clock::now_ms();
+    let ttl = (sustain.secs as i64 + 3_600) * 1_000;
+    let lease: Lease = store
+        .try_acquire_lease("bench", started_ms, ttl)
+        .await?
+        .ok_or_else(|| anyhow::anyhow!("the lease is held"))?;
+    let before = database_size(&database.url).await?;
+    let started = Instant::now();
+    let mut mix = Mix::default();
+    let mut samples = Vec::new();
+    let (mut applied, mut next_sample, mut next_prune) = (0, sustain.sample_secs, PRUNE_EVERY_SECS);
+    let mut minute = started_ms - started_ms % 60_000;
+    let mut tick = tokio::time::interval(std::time::Duration::from_millis(SUSTAIN_TICK_MS));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let elapsed = started.elapsed();
+        let due = (elapsed.as_secs_f64() * sustain.rate as f64) as usize;
+        let now = pulseboard::clock::now_ms();
+        if due > applied {
+            let size = (due - applied).min(SUSTAIN_MAX_BATCH);
+            let batch = mix.batch(size, now);
+            store
+                .apply_batch(&lease, &batch, &Judgement::default(), chrono_tz::UTC, now)
+                .await?;
+            applied += size;
+        }
+        // The leader's other writes: a minute's history point when it closes, and pruning
+        // in the background, every minute.
+        if now - minute >= 60_000 {
+            store.close_minute(minute, 5_000).await?;
+            minute = now - now % 60_000;
+        }
+        let secs = elapsed.as_secs();
+        if secs >= next_prune {
+            next_prune += PRUNE_EVERY_SECS;
+            let store = store.clone();
+            tokio::spawn(async move {
+                if let Err(error) = store.prune(now).await {
+                    eprintln!("prune failed: {error}");
+                }
+            });
+        }
+        if secs >= next_sample || secs >= sustain.secs {
+            next_sample += sustain.sample_secs;
+            let due = (started.elapsed().as_secs_f64() * sustain.rate as f64) as usize;
+            let bytes = match database_size(&database.url).await {
+                Ok(bytes) => bytes - before,
+                // A 30-minute run is not lost to one busy checkpoint: the next sample tells.
+                Err(error) => {
+                    eprintln!(
+                        "{}: size unknown at {secs} s: {error}",
+                        backend_name(backend)
+                    );
+                    continue;
+                }
+            };
+            let sample = Sample {
+                at_secs: secs,
+                bytes,
+                applied,
+                backlog: due.saturating_sub(applied),
+            };
+            eprintln!(
+                "{} {:>5} s: growth {:>11} bytes, {} applied, backlog {}",
+                backend_name(backend),
+                sample.at_secs,
+                sample.bytes,
+                sample.applied,
+                sample.backlog
+            );
+            samples.push(sample);
+            if secs >= sustain.secs {
+                break;
+            }
+        }
+    }
+    store.close().await;
+    let after_stop = database_size(&database.url).await? - before;
+    eprintln!(
+        "{}: {}",
+        backend_name(backend),
+        table_sizes(&database.url).await
+    );
+    Ok((samples, after_stop))
+}
+
 /// The database's size on disk: SQLite's file and WAL once checkpointed, PostgreSQL's
 /// `pg_database_size` after a checkpoint.
 async fn database_size(url: &str) -> anyhow::Result<i64> {
@@ -276,9 +473,9 @@ async fn table_sizes(url: &str) -> String {
     let sql = if url.starts_with("sqlite:") {
         "SELECT name, SUM(pgsize) FROM dbstat GROUP BY name ORDER BY 2 DESC LIMIT 6"
     } else {
-        "SELECT CAST(relname AS TEXT), pg_total_relation_size(oid) FROM pg_class \
-         WHERE relname IN ('applied_events', 'order_ids', 'user_presence', 'order_id_buckets') \
-         ORDER BY 2 DESC"
+        "SELECT CAST(c.relname AS TEXT), CAST(pg_relation_size(c.oid) AS BIGINT) FROM pg_class c \
+         JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = 'public' \
+         AND c.relkind IN ('r', 'i') AND pg_relation_size(c.oid) > 8192 ORDER BY 2 DESC"
     };
     let Ok(pool) = sqlx::AnyPool::connect(url).await else {
         return "no connection".into();
@@ -299,7 +496,52 @@ async fn table_sizes(url: &str) -> String {
     sizes
 }
 
+/// Row versions written and left behind per table (PostgreSQL's statistics; nothing on
+/// SQLite, which rewrites rows in place).
+async fn row_versions(url: &str) -> String {
+    if url.starts_with("sqlite:") {
+        return "row versions: not kept".into();
+    }
+    let Ok(pool) = sqlx::AnyPool::connect(url).await else {
+        return "no connection".into();
+    };
+    // The counters reach the statistics when the writing sessions end or flush: the store's
+    // pool was open until just now.
+    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    let versions = sqlx::query(
+        "SELECT CAST(relname AS TEXT), n_tup_ins, n_tup_upd, n_tup_hot_upd, n_tup_del, \
+         n_live_tup, n_dead_tup FROM pg_stat_user_tables \
+         WHERE n_tup_ins + n_tup_upd + n_tup_del > 0 ORDER BY n_tup_upd + n_tup_ins DESC",
+    )
+    .fetch_all(&pool)
+    .await;
+    let text = match versions {
+        Ok(rows) => rows
+            .iter()
+            .map(|row| {
+                let name: String = sqlx::Row::try_get(row, 0).unwrap_or_default();
+                let n = |i| sqlx::Row::try_get::<i64, _>(row, i).unwrap_or_default();
+                format!(
+                    "{name} ins {} upd {} (hot {}) del {} live {} dead {}",
+                    n(1),
+                    n(2),
+                    n(3),
+                    n(4),
+                    n(5),
+                    n(6)
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("; "),
+        Err(error) => format!("row versions unknown: {error}"),
+    };
+    pool.close().await;
+    text
+}
+
 const MIX_BATCH: usize = 1_000;
+/// The event rate the growth run's clock follows (events of the mix per second).
+const GROWTH_RATE: usize = 2_000;
 
 /// Issue 28's mix: 90 % `user.active`, 8 % `order.placed`, 2 % `order.refunded`, 5 000 users.
 #[derive(Default)]
@@ -325,7 +567,8 @@ impl Mix {
                 Event {
                     id: format!("evt-{}", uuid::Uuid::new_v4()),
                     kind,
-                    occurred_at: at - (n % 60_000) as i64,
+                    // Up to a second late: events reach the leader soon after they occur.
+                    occurred_at: at - (n % 1_000) as i64,
                     user_id: format!("u-{}", n % 5_000),
                 }
             })

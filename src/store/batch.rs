@@ -215,9 +215,10 @@ impl Store {
                      last_active = GREATEST(user_presence.last_active, excluded.last_active), \
                      last_signed_out = \
                      GREATEST(user_presence.last_signed_out, excluded.last_signed_out), \
-                     active_id = {}, signed_out_id = {}",
+                     active_id = {}, signed_out_id = {} WHERE {}",
                     later_id("last_active", "active_id"),
                     later_id("last_signed_out", "signed_out_id"),
+                    presence_moved(),
                 ))
                 .bind(postgres_text_array(users.iter().map(|(u, _)| *u)))
                 .bind(postgres_nullable_int_array(
@@ -240,12 +241,13 @@ impl Store {
                          (user_id, last_active, last_signed_out, active_id, signed_out_id) \
                          VALUES {} ON CONFLICT (user_id) DO UPDATE SET \
                          last_active = {}, last_signed_out = {}, active_id = {}, \
-                         signed_out_id = {}",
+                         signed_out_id = {} WHERE {}",
                         sqlite_placeholders(chunk.len(), 5),
                         sqlite_later("last_active"),
                         sqlite_later("last_signed_out"),
                         later_id("last_active", "active_id"),
                         later_id("last_signed_out", "signed_out_id"),
+                        presence_moved(),
                     );
                     let mut query = sqlx::query(&sql);
                     for (user, seen) in chunk {
@@ -511,9 +513,24 @@ fn sqlite_later(column: &str) -> String {
 /// Every right-hand side of an upsert's SET reads the row as it was.
 fn later_id(time: &str, id: &str) -> String {
     format!(
-        "CASE WHEN excluded.{time} IS NOT NULL AND (user_presence.{time} IS NULL \
-         OR excluded.{time} > user_presence.{time}) THEN excluded.{id} ELSE user_presence.{id} END"
+        "CASE WHEN {} THEN excluded.{id} ELSE user_presence.{id} END",
+        later(time)
     )
+}
+
+/// The batch brings a later `time` than the row holds (or the row holds none).
+fn later(time: &str) -> String {
+    format!(
+        "(excluded.{time} IS NOT NULL AND (user_presence.{time} IS NULL \
+         OR excluded.{time} > user_presence.{time}))"
+    )
+}
+
+/// The upsert's `WHERE`: a user row is rewritten only when one of its times moves on. A row
+/// rewritten with what it held costs PostgreSQL a new row version all the same (and SQLite a
+/// page write); a redelivery, or an event older than the user's last, now writes nothing.
+fn presence_moved() -> String {
+    format!("{} OR {}", later("last_active"), later("last_signed_out"))
 }
 
 /// `(?, ?), (?, ?)` for `rows` rows of `columns` values. SQLite's driver looks every `$N` up

@@ -665,6 +665,7 @@ impl Store {
                 .fetch_all(&self.writer)
                 .await?;
         let mut removed = 0;
+        let buckets_dropped = !expired.is_empty();
         for bucket in expired {
             let mut tx = self.writer.begin().await?;
             removed += sqlx::query("DELETE FROM order_ids WHERE bucket = $1")
@@ -686,7 +687,25 @@ impl Store {
         .execute(&self.writer)
         .await?
         .rows_affected();
+        if buckets_dropped {
+            self.vacuum_after_prune().await?;
+        }
         Ok(removed)
+    }
+
+    /// On PostgreSQL, makes the space of the rows just deleted reusable, once per dropped
+    /// bucket (a sixth of the dedupe window): a `DELETE` leaves dead row versions and index
+    /// entries that only `VACUUM` reclaims, and autovacuum may be off, or wait for a fifth of
+    /// a table to be dead (its default), which `order_ids` reaches every other bucket only.
+    /// A plain `VACUUM` blocks no reads or writes; `SKIP_LOCKED` leaves a table that another
+    /// vacuum is working on to it. SQLite reuses a deleted page by itself.
+    async fn vacuum_after_prune(&self) -> Result<(), StoreError> {
+        if self.backend == Backend::Postgres {
+            self.writer
+                .execute("VACUUM (SKIP_LOCKED) order_ids, order_id_buckets, user_presence")
+                .await?;
+        }
+        Ok(())
     }
 
     /// Count of order ids currently remembered (for status and tests).
