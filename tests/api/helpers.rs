@@ -29,12 +29,17 @@ pub use crate::kit::service::{fetch_token, Service, ServiceConfig};
 pub async fn clear_of_minute_boundary(window: Duration) {
     let now_ms = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |since| since.as_millis());
-    let to_boundary = Duration::from_millis((60_000 - now_ms % 60_000) as u64);
+        .map_or(0, |since| since.as_millis() as i64);
+    let to_boundary = to_next_minute(now_ms);
     if to_boundary < window {
         // Past the boundary and its snapshot.
         tokio::time::sleep(to_boundary + Duration::from_millis(500)).await;
     }
+}
+
+/// From `now_ms` (Unix milliseconds) to the next minute boundary.
+fn to_next_minute(now_ms: i64) -> Duration {
+    Duration::from_millis((60_000 - now_ms.rem_euclid(60_000)) as u64)
 }
 
 /// How far an idle leader lets `trust.complete_through` lag before it moves it to now and
@@ -58,7 +63,7 @@ pub async fn clear_of_publishing(service: &Service, window: Duration) {
         let to_idle_step = (complete_through + IDLE_STEP - now)
             .to_std()
             .unwrap_or(Duration::ZERO);
-        let to_minute = Duration::from_millis((60_000 - now.timestamp_millis() % 60_000) as u64);
+        let to_minute = to_next_minute(now.timestamp_millis());
         let next_publish = to_idle_step.min(to_minute);
         if next_publish >= window {
             return;
