@@ -337,7 +337,12 @@ impl Metrics {
 
     /// Counts one consumed event.
     pub(crate) fn count_event(&self, event_type: &str, outcome: &str) {
-        self.events.with_label_values(&[event_type, outcome]).inc();
+        self.count_events(event_type, outcome, 1);
+    }
+
+    /// Counts `n` consumed events of one type and outcome.
+    pub(crate) fn count_events(&self, event_type: &str, outcome: &str, n: u64) {
+        self.events.with_label_values(&[event_type, outcome]).inc_by(n);
     }
 }
 

@@ -244,7 +244,8 @@ async fn ids_that_look_like_array_syntax_are_stored_as_given() {
             r#"say "hi""#.to_owned(),
             r"C:\path\".to_owned(),
             " padded ".to_owned(),
-            "ünï-çødé-✓".to_owned(),
+            "tab\there\u{1f}".to_owned(),
+            "ünï-çødé-✓ 😀".to_owned(),
             "x".repeat(128),
         ];
         // Every column differs from one event to the next, so a column written in another's

@@ -75,6 +75,38 @@ struct Counted {
     ignored: usize,
 }
 
+/// A committed batch's counter increments, summed per label set and added once per batch:
+/// a labelled counter is found by hashing its labels, which per event was a measurable part
+/// of the leader's time (docs/benchmarks.md, "Where the service's time goes").
+#[derive(Default)]
+struct MetricTally {
+    /// `(event type, outcome)` → events, for `pulseboard_events_total`.
+    events: Vec<((&'static str, &'static str), u64)>,
+    /// Event type → minor units, for `pulseboard_order_amount_minor_total`.
+    amounts: Vec<(&'static str, u64)>,
+}
+
+impl MetricTally {
+    fn add<K: PartialEq>(sums: &mut Vec<(K, u64)>, key: K, n: u64) {
+        match sums.iter_mut().find(|(k, _)| *k == key) {
+            Some((_, sum)) => *sum += n,
+            None => sums.push((key, n)),
+        }
+    }
+
+    fn publish(self, metrics: &crate::metrics::Metrics) {
+        for ((event_type, outcome), n) in self.events {
+            metrics.count_events(event_type, outcome, n);
+        }
+        for (event_type, minor) in self.amounts {
+            metrics
+                .order_amount_minor
+                .with_label_values(&[event_type])
+                .inc_by(minor);
+        }
+    }
+}
+
 /// The task committing a batch; it hands the batch back with the outcome.
 type Commit = JoinHandle<(Batch, Result<Applied, StoreError>)>;
 
@@ -325,6 +357,7 @@ impl Pipeline {
     ) -> (Counted, Landed) {
         let metrics = &context.core.metrics;
         let mut counted = Counted::default();
+        let mut tally = MetricTally::default();
         let mut landed = Landed {
             newest_arrival: batch.arrivals().last().copied(),
             ..Landed::default()
@@ -345,7 +378,7 @@ impl Pipeline {
                 }
                 (true, _) => "applied",
             };
-            metrics.count_event(event.kind.label(), outcome);
+            MetricTally::add(&mut tally.events, (event.kind.label(), outcome), 1);
             counted.new += usize::from(fresh);
             if !fresh {
                 continue;
@@ -362,10 +395,8 @@ impl Pipeline {
             if let EventKind::OrderPlaced { amount_minor }
             | EventKind::OrderRefunded { amount_minor } = event.kind
             {
-                metrics
-                    .order_amount_minor
-                    .with_label_values(&[event.kind.label()])
-                    .inc_by(amount_minor.max(0) as u64);
+                let minor = amount_minor.max(0) as u64;
+                MetricTally::add(&mut tally.amounts, event.kind.label(), minor);
             }
             metrics
                 .event_age
@@ -379,6 +410,7 @@ impl Pipeline {
                 context.core.fanout.send_event(sample);
             }
         }
+        tally.publish(metrics);
         (counted, landed)
     }
 }

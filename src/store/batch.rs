@@ -13,9 +13,10 @@
 //!
 //! Order ids are kept as [`order_digest`]s in time buckets (`order_id_buckets` lists them):
 //! a lookup asks each live bucket, a prune deletes a whole bucket with one statement on the
-//! leading key of the primary key. Both backends ask first and insert the new rows after;
-//! PostgreSQL takes one array per column, so that every batch size runs one prepared
-//! statement; SQLite writes `?` lists in chunks under its bind-parameter limit.
+//! leading key of the primary key. Both backends ask first and insert the new rows after, and
+//! both bind a whole batch's rows as one value per statement, so that every batch size runs
+//! the same statement text, prepared once per connection (sqlx's statement cache):
+//! PostgreSQL one array per column, SQLite one JSON array of rows read with `json_each`.
 
 use super::{Applied, DedupeWindow, Lease, Store, StoreError};
 use crate::aggregate::{id_hash, local_date, Delta, Event, EventKind, Judgement, Millis, Revision};
@@ -23,9 +24,6 @@ use crate::config::Backend;
 use chrono_tz::Tz;
 use sqlx::Row;
 use std::collections::{BTreeMap, HashSet};
-
-/// Rows per SQLite `INSERT` or lookup: well under its bind-parameter limit.
-const INSERT_CHUNK: usize = 900;
 
 /// Staged order rows digested per commit when `Store::migrate` finishes migration
 /// `20261228000010` on SQLite (which has no SHA-256 in SQL).
@@ -235,31 +233,32 @@ impl Store {
                 .await?;
             }
             Backend::Sqlite => {
-                for chunk in users.chunks(INSERT_CHUNK / 5) {
-                    let sql = format!(
-                        "INSERT INTO user_presence \
-                         (user_id, last_active, last_signed_out, active_id, signed_out_id) \
-                         VALUES {} ON CONFLICT (user_id) DO UPDATE SET \
-                         last_active = {}, last_signed_out = {}, active_id = {}, \
-                         signed_out_id = {} WHERE {}",
-                        sqlite_placeholders(chunk.len(), 5),
-                        sqlite_later("last_active"),
-                        sqlite_later("last_signed_out"),
-                        later_id("last_active", "active_id"),
-                        later_id("last_signed_out", "signed_out_id"),
-                        presence_moved(),
-                    );
-                    let mut query = sqlx::query(&sql);
-                    for (user, seen) in chunk {
-                        query = query
-                            .bind(*user)
-                            .bind(seen.last_active)
-                            .bind(seen.last_signed_out)
-                            .bind(seen.active_id)
-                            .bind(seen.signed_out_id);
-                    }
-                    query.execute(&mut **tx).await?;
-                }
+                // `WHERE true`: without it SQLite would read `ON CONFLICT` as part of a join
+                // in the SELECT (its documented parsing ambiguity for upserts from a SELECT).
+                sqlx::query(&format!(
+                    "INSERT INTO user_presence \
+                     (user_id, last_active, last_signed_out, active_id, signed_out_id) \
+                     SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 3, value ->> 4 \
+                     FROM json_each(?) WHERE true ON CONFLICT (user_id) DO UPDATE SET \
+                     last_active = {}, last_signed_out = {}, active_id = {}, \
+                     signed_out_id = {} WHERE {}",
+                    sqlite_later("last_active"),
+                    sqlite_later("last_signed_out"),
+                    later_id("last_active", "active_id"),
+                    later_id("last_signed_out", "signed_out_id"),
+                    presence_moved(),
+                ))
+                .bind(sqlite_json_rows(users.iter().map(|(user, seen)| {
+                    [
+                        Json::Text(user),
+                        Json::Int(seen.last_active),
+                        Json::Int(seen.last_signed_out),
+                        Json::Int(Some(seen.active_id)),
+                        Json::Int(Some(seen.signed_out_id)),
+                    ]
+                })))
+                .execute(&mut **tx)
+                .await?;
             }
         }
         Ok(())
@@ -405,23 +404,17 @@ async fn insert_order_rows(
             .await?;
         }
         Backend::Sqlite => {
-            for chunk in rows.chunks(INSERT_CHUNK / 5) {
-                let sql = format!(
-                    "INSERT INTO order_ids (bucket, hi, lo, occurred_at, signed_minor) \
-                     VALUES {} ON CONFLICT DO NOTHING",
-                    sqlite_placeholders(chunk.len(), 5)
-                );
-                let mut query = sqlx::query(&sql);
-                for &(hi, lo, occurred_at, signed) in chunk {
-                    query = query
-                        .bind(bucket)
-                        .bind(hi)
-                        .bind(lo)
-                        .bind(occurred_at)
-                        .bind(signed);
-                }
-                query.execute(&mut **tx).await?;
-            }
+            sqlx::query(
+                "INSERT INTO order_ids (bucket, hi, lo, occurred_at, signed_minor) \
+                 SELECT ?, value ->> 0, value ->> 1, value ->> 2, value ->> 3 \
+                 FROM json_each(?) WHERE true ON CONFLICT DO NOTHING",
+            )
+            .bind(bucket)
+            .bind(sqlite_json_rows(rows.iter().map(|&(hi, lo, at, signed)| {
+                [hi, lo, at, signed].map(|n| Json::Int(Some(n)))
+            })))
+            .execute(&mut **tx)
+            .await?;
         }
     }
     Ok(())
@@ -454,33 +447,26 @@ async fn known_postgres(
     known_among(&rows, digests)
 }
 
-/// The SQLite side of [`known_postgres`]: `IN` lists, in chunks.
+/// The SQLite side of [`known_postgres`]: one statement, the primary key probed once for
+/// every bucket and high half (`SEARCH order_ids USING PRIMARY KEY (bucket=? AND hi=?)`).
 async fn known_sqlite(
     tx: &mut sqlx::Transaction<'_, sqlx::Any>,
     buckets: &[i64],
     digests: &[(i64, i64)],
 ) -> Result<HashSet<(i64, i64)>, StoreError> {
-    let mut known = HashSet::new();
     if buckets.is_empty() {
-        return Ok(known);
+        return Ok(HashSet::new());
     }
-    for chunk in digests.chunks(INSERT_CHUNK - buckets.len().min(INSERT_CHUNK / 2)) {
-        let sql = format!(
-            "SELECT hi, lo FROM order_ids WHERE bucket IN {} AND hi IN {}",
-            sqlite_placeholders(1, buckets.len()),
-            sqlite_placeholders(1, chunk.len())
-        );
-        let mut query = sqlx::query(&sql);
-        for bucket in buckets {
-            query = query.bind(*bucket);
-        }
-        for digest in chunk {
-            query = query.bind(digest.0);
-        }
-        let rows = query.fetch_all(&mut **tx).await?;
-        known.extend(known_among(&rows, chunk)?);
-    }
-    Ok(known)
+    let rows = sqlx::query(
+        "SELECT hi, lo FROM order_ids \
+         WHERE bucket IN (SELECT value FROM json_each(?)) \
+         AND hi IN (SELECT value FROM json_each(?))",
+    )
+    .bind(sqlite_json_rows(buckets.iter().map(|&b| [Json::Int(Some(b))])))
+    .bind(sqlite_json_rows(digests.iter().map(|d| [Json::Int(Some(d.0))])))
+    .fetch_all(&mut **tx)
+    .await?;
+    known_among(&rows, digests)
 }
 
 /// The `(hi, lo)` rows found that are one of `digests` (a row may share only the high half).
@@ -533,11 +519,63 @@ fn presence_moved() -> String {
     format!("{} OR {}", later("last_active"), later("last_signed_out"))
 }
 
-/// `(?, ?), (?, ?)` for `rows` rows of `columns` values. SQLite's driver looks every `$N` up
-/// by name in a list (quadratic: it dominated a 6 000-value insert); `?` is positional.
-fn sqlite_placeholders(rows: usize, columns: usize) -> String {
-    let row = format!("({})", vec!["?"; columns].join(", "));
-    vec![row; rows].join(", ")
+/// One value of a row written by [`sqlite_json_rows`].
+enum Json<'a> {
+    /// An integer, or `null` for `None` (which `->>` reads as SQL NULL).
+    Int(Option<i64>),
+    Text(&'a str),
+}
+
+/// A JSON array of `rows`, each an array of its values: a row of one value is written as
+/// the value alone (`[1,2]`, for `SELECT value FROM json_each(?)`), longer rows as arrays
+/// (`[["u",1,null]]`, read as `value ->> 0`, `value ->> 1`, …). Written here rather than by
+/// serde: nothing in it can fail, and the texts (user ids) need only JSON's string escapes.
+fn sqlite_json_rows<'a, const N: usize>(rows: impl Iterator<Item = [Json<'a>; N]>) -> String {
+    use std::fmt::Write;
+    let mut json = String::from("[");
+    for (n, row) in rows.enumerate() {
+        if n > 0 {
+            json.push(',');
+        }
+        if N > 1 {
+            json.push('[');
+        }
+        for (m, value) in row.iter().enumerate() {
+            if m > 0 {
+                json.push(',');
+            }
+            match value {
+                // Writing to a String cannot fail.
+                Json::Int(Some(number)) => {
+                    let _ = write!(json, "{number}");
+                }
+                Json::Int(None) => json.push_str("null"),
+                Json::Text(text) => push_json_string(&mut json, text),
+            }
+        }
+        if N > 1 {
+            json.push(']');
+        }
+    }
+    json.push(']');
+    json
+}
+
+/// `text` as a JSON string: `"` and `\` escaped, control characters as `\u00XX`.
+fn push_json_string(json: &mut String, text: &str) {
+    use std::fmt::Write;
+    json.push('"');
+    for c in text.chars() {
+        match c {
+            '"' => json.push_str("\\\""),
+            '\\' => json.push_str("\\\\"),
+            c if u32::from(c) < 0x20 => {
+                let _ = write!(json, "\\u{:04x}", u32::from(c));
+            }
+            c => json.push(c),
+        }
+    }
+    json.push('"');
 }
 
 /// Marks the first copy of each id in `events` (a batch may repeat one).
@@ -630,9 +668,20 @@ mod tests {
     }
 
     #[test]
-    fn sqlite_placeholders_are_positional() {
-        assert_eq!(sqlite_placeholders(2, 3), "(?, ?, ?), (?, ?, ?)");
-        assert_eq!(sqlite_placeholders(1, 1), "(?)");
+    fn sqlite_json_rows_are_arrays_of_rows_with_every_text_escaped() {
+        let rows = [
+            [Json::Text("a"), Json::Int(Some(-1)), Json::Int(None)],
+            [Json::Text("q\"u\\o\u{1}é"), Json::Int(Some(i64::MIN)), Json::Int(Some(0))],
+        ];
+        assert_eq!(
+            sqlite_json_rows(rows.into_iter()),
+            r#"[["a",-1,null],["q\"u\\o\u0001é",-9223372036854775808,0]]"#
+        );
+        assert_eq!(
+            sqlite_json_rows([1, 2].into_iter().map(|n| [Json::Int(Some(n))])),
+            "[1,2]"
+        );
+        assert_eq!(sqlite_json_rows(std::iter::empty::<[Json; 3]>()), "[]");
     }
 
     #[test]
