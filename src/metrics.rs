@@ -342,7 +342,9 @@ impl Metrics {
 
     /// Counts `n` consumed events of one type and outcome.
     pub(crate) fn count_events(&self, event_type: &str, outcome: &str, n: u64) {
-        self.events.with_label_values(&[event_type, outcome]).inc_by(n);
+        self.events
+            .with_label_values(&[event_type, outcome])
+            .inc_by(n);
     }
 }
 

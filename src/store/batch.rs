@@ -410,9 +410,9 @@ async fn insert_order_rows(
                  FROM json_each(?) WHERE true ON CONFLICT DO NOTHING",
             )
             .bind(bucket)
-            .bind(sqlite_json_rows(rows.iter().map(|&(hi, lo, at, signed)| {
-                [hi, lo, at, signed].map(|n| Json::Int(Some(n)))
-            })))
+            .bind(sqlite_json_rows(rows.iter().map(
+                |&(hi, lo, at, signed)| [hi, lo, at, signed].map(|n| Json::Int(Some(n))),
+            )))
             .execute(&mut **tx)
             .await?;
         }
@@ -462,8 +462,12 @@ async fn known_sqlite(
          WHERE bucket IN (SELECT value FROM json_each(?)) \
          AND hi IN (SELECT value FROM json_each(?))",
     )
-    .bind(sqlite_json_rows(buckets.iter().map(|&b| [Json::Int(Some(b))])))
-    .bind(sqlite_json_rows(digests.iter().map(|d| [Json::Int(Some(d.0))])))
+    .bind(sqlite_json_rows(
+        buckets.iter().map(|&b| [Json::Int(Some(b))]),
+    ))
+    .bind(sqlite_json_rows(
+        digests.iter().map(|d| [Json::Int(Some(d.0))]),
+    ))
     .fetch_all(&mut **tx)
     .await?;
     known_among(&rows, digests)
@@ -671,7 +675,11 @@ mod tests {
     fn sqlite_json_rows_are_arrays_of_rows_with_every_text_escaped() {
         let rows = [
             [Json::Text("a"), Json::Int(Some(-1)), Json::Int(None)],
-            [Json::Text("q\"u\\o\u{1}é"), Json::Int(Some(i64::MIN)), Json::Int(Some(0))],
+            [
+                Json::Text("q\"u\\o\u{1}é"),
+                Json::Int(Some(i64::MIN)),
+                Json::Int(Some(0)),
+            ],
         ];
         assert_eq!(
             sqlite_json_rows(rows.into_iter()),
