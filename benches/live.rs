@@ -32,8 +32,9 @@
 //! 6. the baseline (unless `BENCH_BARE=0`): the same case again with a fresh service, but the
 //!    clients connect to [`BareFanout`], a process of its own (this binary again), which reads
 //!    the service's stream over one connection and writes each snapshot to every client with
-//!    one blocking `write`, from one thread per core: the floor of a fan-out on this machine,
-//!    under the same ingest load, measured by the same clients.
+//!    one blocking `write`, from one thread per core, and consumes every event itself without
+//!    acknowledgements, storing nothing: a bare server, the floor of a server that ingests
+//!    and fans out on this machine, under the same load, measured by the same clients.
 //!
 //! Environment: `BENCH_CLIENTS` (`1000,10000`), `BENCH_BARE` (1; 0 skips the baseline),
 //! `BENCH_RATE` (5000), `BENCH_LOAD_SECS` (20),
@@ -330,6 +331,8 @@ async fn drive(
                 service_address,
                 &request_to(service_address),
                 usable_cores(),
+                &settings.amqp_url,
+                &names.topology.exchange,
             )
             .context("starting the baseline fan-out")?,
         ),

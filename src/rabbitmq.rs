@@ -847,6 +847,15 @@ fn encoded_value_size(value: &AMQPValue) -> usize {
 /// A server-named queue of this connection's own (exclusive, gone with it), bound to the fanout
 /// `exchange`: where an instance receives what the others tell it. Returns its name.
 pub async fn bind_private_queue(channel: &Channel, exchange: &str) -> Result<String, BrokerError> {
+    bind_private_queue_for(channel, exchange, "").await
+}
+
+/// [`bind_private_queue`] with a binding key, for a topic exchange (`#`: every routing key).
+pub async fn bind_private_queue_for(
+    channel: &Channel,
+    exchange: &str,
+    binding_key: &str,
+) -> Result<String, BrokerError> {
     let queue = channel
         .queue_declare(
             "",
@@ -863,7 +872,7 @@ pub async fn bind_private_queue(channel: &Channel, exchange: &str) -> Result<Str
         .queue_bind(
             &name,
             exchange,
-            "",
+            binding_key,
             QueueBindOptions::default(),
             FieldTable::default(),
         )
@@ -953,10 +962,7 @@ pub(crate) async fn publish_to_instances(
 
 /// Consumes an instance's own queue without acknowledgements: a message lost with the link is
 /// one the fan-out tolerates losing.
-pub(crate) async fn consume_without_acks(
-    channel: &Channel,
-    queue: &str,
-) -> Result<Consumer, BrokerError> {
+pub async fn consume_without_acks(channel: &Channel, queue: &str) -> Result<Consumer, BrokerError> {
     let consumer = channel
         .basic_consume(
             queue,

@@ -12,9 +12,22 @@
 //! client and per snapshot: the system call and the kernel's TCP work, which on loopback
 //! includes the receiving side. The hop through the upstream connection makes each snapshot a
 //! little later here than at the service, never earlier, so the baseline is not flattered.
+//!
+//! Beside the fan-out, the process consumes every event the service consumes, from a queue of
+//! its own bound to the same exchange, without acknowledgements, decodes each with the
+//! service's decoder and sums the orders, storing nothing: the least ingest a server can do.
+//! So the process's CPU is that of a bare server (a no-ack consumer and one write per client
+//! per tick), which is what pulseboard's deliveries per CPU-second are compared with
+//! (docs/benchmarks.md, "Live delivery"). Its snapshots' figures still come from the service,
+//! whose stream tells the clients which orders each includes.
 
 use super::clients::find;
+use super::load::CURRENCY;
 use anyhow::{bail, Context};
+use futures_util::StreamExt;
+use pulseboard::aggregate::EventKind;
+use pulseboard::for_benchmarks::{decode, DecodeContext};
+use pulseboard::rabbitmq::{bind_private_queue_for, consume_without_acks};
 use std::io::{self, BufRead, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::process::{Child, Command, Stdio};
@@ -28,6 +41,9 @@ const SERVICE_ENV: &str = "BENCH_BARE_SERVICE";
 const REQUEST_ENV: &str = "BENCH_BARE_REQUEST";
 /// Writer threads, one per core, in the same environment.
 const WRITERS_ENV: &str = "BENCH_BARE_WRITERS";
+/// The broker and the exchange the events are published to, in the same environment.
+const AMQP_ENV: &str = "BENCH_BARE_AMQP";
+const EXCHANGE_ENV: &str = "BENCH_BARE_EXCHANGE";
 /// How long the baseline may take to say where it listens.
 const START_LIMIT: Duration = Duration::from_secs(10);
 /// A client that cannot take a snapshot for this long is dropped (it counts as lost).
@@ -43,17 +59,22 @@ pub(super) struct BareFanout {
 
 impl BareFanout {
     /// Starts the baseline process on the service's stream (`request` is the HTTP request for
-    /// it); it listens for clients on an ephemeral port of 127.0.0.1. It ends when this value
-    /// is dropped, or when the benchmark's process ends (its standard input closes).
+    /// it), consuming the events published to `exchange` too; it listens for clients on an
+    /// ephemeral port of 127.0.0.1 once its consumer is bound. It ends when this value is
+    /// dropped, or when the benchmark's process ends (its standard input closes).
     pub(super) fn start(
         service: SocketAddr,
         request: &[u8],
         writers: usize,
+        amqp_url: &str,
+        exchange: &str,
     ) -> anyhow::Result<Self> {
         let mut child = Command::new(std::env::current_exe()?)
             .env(SERVICE_ENV, service.to_string())
             .env(REQUEST_ENV, String::from_utf8_lossy(request).as_ref())
             .env(WRITERS_ENV, writers.to_string())
+            .env(AMQP_ENV, amqp_url)
+            .env(EXCHANGE_ENV, exchange)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .spawn()
@@ -129,6 +150,18 @@ fn serve(service: &str) -> anyhow::Result<()> {
         .context(WRITERS_ENV)?
         .parse()
         .context(WRITERS_ENV)?;
+    let amqp_url = std::env::var(AMQP_ENV).context(AMQP_ENV)?;
+    let exchange = std::env::var(EXCHANGE_ENV).context(EXCHANGE_ENV)?;
+    let (bound, consuming) = mpsc::channel();
+    std::thread::spawn(move || {
+        if let Err(error) = consume_events(&amqp_url, &exchange, &bound) {
+            eprintln!("bare fan-out: consuming the events: {error:#}");
+            std::process::exit(1);
+        }
+    });
+    consuming
+        .recv_timeout(START_LIMIT)
+        .context("the event consumer did not start")?;
     let listener = TcpListener::bind("127.0.0.1:0")?;
     let address = listener.local_addr()?;
     let mut upstream = TcpStream::connect(service).context("connecting to the service")?;
@@ -144,6 +177,38 @@ fn serve(service: &str) -> anyhow::Result<()> {
     std::thread::spawn(move || accept_loop(&listener, &joining));
     println!("{address}");
     relay(upstream, &senders).context("the service's stream")
+}
+
+/// The bare server's ingest, on a thread of its own: a server-named queue bound to `exchange`
+/// for every routing key, consumed without acknowledgements; each event decoded and its order
+/// amount added up, nothing stored. Says on `bound` when the queue is bound (before any of the
+/// load is published), then consumes until the process ends.
+fn consume_events(amqp_url: &str, exchange: &str, bound: &mpsc::Sender<()>) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let connection = lapin::Connection::connect(amqp_url, Default::default()).await?;
+        let channel = connection.create_channel().await?;
+        let queue = bind_private_queue_for(&channel, exchange, "#").await?;
+        let mut deliveries = consume_without_acks(&channel, &queue).await?;
+        let _ = bound.send(());
+        let mut revenue: i64 = 0;
+        while let Some(delivery) = deliveries.next().await {
+            let delivery = delivery?;
+            let context = DecodeContext::new(CURRENCY, pulseboard::clock::now_ms());
+            if let Ok(event) = decode(&delivery.data, context) {
+                revenue += match event.kind {
+                    EventKind::OrderPlaced { amount_minor } => amount_minor,
+                    EventKind::OrderRefunded { amount_minor } => -amount_minor,
+                    _ => 0,
+                };
+            }
+        }
+        // Kept, so that the sum is not optimised away.
+        std::hint::black_box(revenue);
+        anyhow::Ok(())
+    })
 }
 
 /// One writer's clients: each snapshot to each of them, one `write` each, in the order they

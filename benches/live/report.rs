@@ -248,31 +248,42 @@ pub(super) fn print_tables(rate: u64, load: Duration, rows: &[Row]) {
     println!();
     println!(
         "Deliveries per CPU-second (snapshots received by the clients in the window ÷ CPU \
-         seconds of: the service; the bare fan-out process; both, the service then only \
-         ingesting and feeding the fan-out one stream)"
+         seconds of: the service; the bare server process (no-ack consumer of every event, one \
+         write per client per tick, nothing stored); both, the service then only ingesting and \
+         feeding the bare server one stream). Ratio: the service's figure ÷ the bare server's \
+         of the same client count"
     );
     println!();
-    println!("| clients | service | bare fan-out process | service + bare fan-out |");
-    println!("| ---: | ---: | ---: | ---: |");
+    println!("| clients | service | bare server process | service + bare server | ratio |");
+    println!("| ---: | ---: | ---: | ---: | ---: |");
+    let per_cpu_second = |row: &Row, ticks: u64| {
+        let cores = row.cpu.percent(ticks) / 100.0;
+        (cores > 0.0).then(|| row.snapshots_per_second / cores)
+    };
+    let shown = |rate: Option<f64>| rate.map_or_else(|| "–".to_owned(), |r| format!("{r:.0}"));
+    let bare_of = |clients: usize| {
+        rows.iter()
+            .find(|r| r.clients == clients && r.server == Server::Bare)
+            .and_then(|r| per_cpu_second(r, r.cpu.watched[1]))
+    };
     for row in rows {
-        let cpu = &row.cpu;
-        let per_cpu_second = |ticks: u64| {
-            let cores = cpu.percent(ticks) / 100.0;
-            if cores > 0.0 {
-                format!("{:.0}", row.snapshots_per_second / cores)
-            } else {
-                "–".to_owned()
+        let watched = row.cpu.watched;
+        let (service, bare, both, ratio) = match row.server {
+            Server::Pulseboard => {
+                let service = per_cpu_second(row, watched[0]);
+                let ratio = service
+                    .zip(bare_of(row.clients))
+                    .map_or_else(|| "–".to_owned(), |(s, b)| format!("{:.2}", s / b));
+                (shown(service), "–".into(), "–".into(), ratio)
             }
-        };
-        let (service, bare, both) = match row.server {
-            Server::Pulseboard => (per_cpu_second(cpu.watched[0]), "–".into(), "–".into()),
             Server::Bare => (
                 "–".into(),
-                per_cpu_second(cpu.watched[1]),
-                per_cpu_second(cpu.watched[0] + cpu.watched[1]),
+                shown(per_cpu_second(row, watched[1])),
+                shown(per_cpu_second(row, watched[0] + watched[1])),
+                "–".into(),
             ),
         };
-        println!("| {} | {service} | {bare} | {both} |", row.case());
+        println!("| {} | {service} | {bare} | {both} | {ratio} |", row.case());
     }
     println!();
     println!("Slow clients and integrity (whole run)");
