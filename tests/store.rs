@@ -1142,3 +1142,128 @@ async fn the_migration_from_applied_events_keeps_every_figure_and_the_history() 
     })
     .await;
 }
+
+/// An id whose bucket has expired but is not pruned yet is new again, and recorded once: its
+/// repeat within the window from then on is a duplicate, and a prune of the old bucket keeps
+/// it. PostgreSQL, keyed by the digest alone, moves the row to the current bucket; SQLite
+/// keeps the old row until the prune drops it.
+#[tokio::test]
+async fn an_id_of_an_expired_bucket_not_yet_pruned_is_new_again_and_recorded_once() {
+    with_each_database(|url| async move {
+        let store = open(&url)
+            .await
+            .with_dedupe_window(std::time::Duration::from_secs(60));
+        let lease = first_lease(&store).await;
+        let apply_at = |at: i64| {
+            let store = store.clone();
+            let lease = lease.clone();
+            async move {
+                store
+                    .apply_batch(
+                        &lease,
+                        &[order("o", 100, NOW - 1_000)],
+                        &Judgement::default(),
+                        chrono_tz::UTC,
+                        at,
+                    )
+                    .await
+                    .expect("apply")
+                    .fresh
+            }
+        };
+        assert_eq!(apply_at(NOW).await, [true]);
+        // 60 s + 2.5 s + 5 min kept: 8 minutes later the first bucket has expired.
+        let later = NOW + 8 * 60_000;
+        assert_eq!(apply_at(later).await, [true], "older than the window: new");
+        assert_eq!(
+            apply_at(later + 10_000).await,
+            [false],
+            "within it: a duplicate"
+        );
+        store.prune(later + 10_000).await.expect("prune");
+        assert_eq!(store.applied_count().await.expect("count"), 1);
+        assert_eq!(apply_at(later + 20_000).await, [false], "still recorded");
+        assert_eq!(revenue_by_days(&store).await, 200);
+        store.close().await;
+    })
+    .await;
+}
+
+/// PostgreSQL's order ids are keyed by the digest alone since migration 20261228000012: a
+/// digest recorded twice before it (once in an expired bucket, once again later) keeps the row
+/// of the newer bucket, and every live id is still a duplicate after it.
+#[tokio::test]
+async fn the_migration_to_digest_keys_keeps_one_row_per_id_and_every_live_id() {
+    with_each_database(|url| async move {
+        if url.starts_with("sqlite:") {
+            return; // SQLite keeps its bucket-first key: no such migration.
+        }
+        let mut migrator = sqlx::migrate!("migrations/postgres");
+        migrator.migrations = migrator
+            .migrations
+            .iter()
+            .filter(|migration| migration.version < 20261228000012)
+            .cloned()
+            .collect::<Vec<_>>()
+            .into();
+        sqlx::any::install_default_drivers();
+        let pool = sqlx::AnyPool::connect(&url).await.expect("connect");
+        migrator.run(&pool).await.expect("the migrations before it");
+        pool.close().await;
+        let (twice_hi, twice_lo) = order_digest("twice");
+        let (once_hi, once_lo) = order_digest("once");
+        let (old_hi, old_lo) = order_digest("old");
+        let (expired, live) = (NOW - 2 * 86_400_000, NOW - 60_000);
+        execute(
+            &url,
+            &format!(
+                "INSERT INTO order_id_buckets (bucket, ends_at) VALUES
+                 ({expired}, {expired} + 3600000), ({live}, {live} + 3600000);
+                 INSERT INTO order_ids (bucket, hi, lo, occurred_at, signed_minor) VALUES
+                 ({expired}, {twice_hi}, {twice_lo}, {expired}, 7),
+                 ({live}, {twice_hi}, {twice_lo}, {live}, 9),
+                 ({live}, {once_hi}, {once_lo}, {live}, 5),
+                 ({expired}, {old_hi}, {old_lo}, {expired}, 3)"
+            ),
+        )
+        .await;
+
+        let store = open(&url).await;
+        assert_eq!(store.applied_count().await.expect("count"), 3);
+        let restore = store
+            .load_restore(NOW, 3_600_000, chrono_tz::UTC)
+            .await
+            .expect("restore");
+        let mut recent = restore.recent_orders.clone();
+        recent.sort_by_key(|(_, kind)| kind.amount_minor());
+        assert_eq!(
+            recent,
+            vec![
+                (live, EventKind::OrderPlaced { amount_minor: 5 }),
+                (live, EventKind::OrderPlaced { amount_minor: 9 }),
+            ]
+        );
+        let pool = sqlx::AnyPool::connect(&url).await.expect("connect");
+        let kept: Vec<(i64, i64)> = sqlx::query_as(&format!(
+            "SELECT bucket, signed_minor FROM order_ids WHERE hi = {twice_hi} AND lo = {twice_lo}"
+        ))
+        .fetch_all(&pool)
+        .await
+        .expect("the id recorded twice");
+        pool.close().await;
+        assert_eq!(kept, vec![(live, 9)], "the newer bucket's row");
+        let lease = first_lease(&store).await;
+        let batch = [
+            order("twice", 9, live),
+            order("once", 5, live),
+            order("old", 3, NOW - 1_000),
+        ];
+        assert_eq!(
+            fresh(&store, &lease, &batch).await,
+            vec![false, false, true]
+        );
+        assert_eq!(store.applied_count().await.expect("count"), 3);
+        store.close().await;
+    })
+    .await;
+}

@@ -11,12 +11,16 @@
 //! minute marked (`minute_stats.revised`). The caller acknowledges the messages only after this
 //! commits.
 //!
-//! Order ids are kept as [`order_digest`]s in time buckets (`order_id_buckets` lists them):
-//! a lookup asks each live bucket, a prune deletes a whole bucket with one statement on the
-//! leading key of the primary key. Both backends ask first and insert the new rows after, and
-//! both bind a whole batch's rows as one value per statement, so that every batch size runs
-//! the same statement text, prepared once per connection (sqlx's statement cache):
-//! PostgreSQL one array per column, SQLite one JSON array of rows read with `json_each`.
+//! Order ids are kept as [`order_digest`]s in time buckets (`order_id_buckets` lists them), so
+//! that a prune deletes a whole bucket with one statement. On PostgreSQL the digest alone is
+//! the primary key (the bucket has an index of its own): one upsert decides which orders are
+//! new and records them, one key probe an order. On SQLite the key leads with the bucket, so
+//! that a prune deletes one contiguous range of the table (SQLite has one writer, and a prune
+//! of scattered rows would hold it far longer): the lookup asks each live bucket first and
+//! the new rows are inserted after. Both bind a whole batch's rows as one value per statement,
+//! so that every batch size runs the same statement text, prepared once per connection (sqlx's
+//! statement cache): PostgreSQL one array per column, SQLite one JSON array of rows read with
+//! `json_each`.
 
 use super::{Applied, DedupeWindow, Lease, Store, StoreError};
 use crate::aggregate::{id_hash, local_date, Delta, Event, EventKind, Judgement, Millis, Revision};
@@ -99,26 +103,22 @@ impl Store {
             .filter(|&i| fresh[i] && signed_minor(&events[i].kind).is_some())
             .collect();
         if !orders.is_empty() {
-            let digests: Vec<(i64, i64)> = orders
-                .iter()
-                .map(|&i| order_digest(&events[i].id))
-                .collect();
-            let buckets = live_buckets(&mut tx, now - self.dedupe.keep_ms).await?;
-            let mut known = match self.backend {
-                Backend::Postgres => known_postgres(&mut tx, &buckets, &digests).await?,
-                Backend::Sqlite => known_sqlite(&mut tx, &buckets, &digests).await?,
-            };
-            let mut new = Vec::with_capacity(orders.len());
-            for (&i, digest) in orders.iter().zip(&digests) {
+            let mut candidates = Vec::with_capacity(orders.len());
+            let mut seen = HashSet::with_capacity(orders.len());
+            for &i in &orders {
+                let digest = order_digest(&events[i].id);
                 // A digest seen once is a duplicate from then on, within the batch too.
-                if known.insert(*digest) {
-                    new.push((i, *digest));
+                if seen.insert(digest) {
+                    candidates.push((i, digest));
                 } else {
                     fresh[i] = false;
                 }
             }
-            if !new.is_empty() {
-                self.record_orders(&mut tx, events, &new, now).await?;
+            let recorded = self
+                .record_new_orders(&mut tx, events, &candidates, now)
+                .await?;
+            for &(i, digest) in &candidates {
+                fresh[i] = recorded.contains(&digest);
             }
         }
         self.upsert_presence(&mut tx, events, &fresh).await?;
@@ -161,21 +161,47 @@ impl Store {
         Ok(Applied { fresh, revision })
     }
 
-    /// Records the new orders (`new`: index in `events`, digest) in the bucket of `now`.
-    async fn record_orders(
+    /// Records in the bucket of `now` those of `candidates` (index in `events`, digest, every
+    /// digest once) that no live bucket holds, and returns their digests: the batch's new
+    /// orders. PostgreSQL keys `order_ids` by the digest alone, so one upsert both decides and
+    /// records (a row of an expired bucket not yet pruned is taken over, as a new id); SQLite
+    /// keys it by bucket first, so it asks each live bucket, then inserts.
+    async fn record_new_orders(
         &self,
         tx: &mut sqlx::Transaction<'_, sqlx::Any>,
         events: &[Event],
-        new: &[(usize, (i64, i64))],
+        candidates: &[(usize, (i64, i64))],
         now: Millis,
-    ) -> Result<(), StoreError> {
+    ) -> Result<HashSet<(i64, i64)>, StoreError> {
         let bucket = self.dedupe.bucket_of(now);
+        let live_after = now - self.dedupe.keep_ms;
         register_bucket(tx, bucket, bucket + self.dedupe.bucket_ms).await?;
-        let rows = new.iter().filter_map(|&(i, (hi, lo))| {
-            let event = &events[i];
-            signed_minor(&event.kind).map(|signed| (hi, lo, event.occurred_at, signed))
-        });
-        insert_order_rows(tx, self.backend, bucket, rows.collect()).await
+        let rows = |wanted: &dyn Fn(&(i64, i64)) -> bool| -> Vec<(i64, i64, i64, i64)> {
+            candidates
+                .iter()
+                .filter(|(_, digest)| wanted(digest))
+                .filter_map(|&(i, (hi, lo))| {
+                    let event = &events[i];
+                    signed_minor(&event.kind).map(|signed| (hi, lo, event.occurred_at, signed))
+                })
+                .collect()
+        };
+        match self.backend {
+            Backend::Postgres => {
+                upsert_orders_postgres(tx, bucket, live_after, rows(&|_| true)).await
+            }
+            Backend::Sqlite => {
+                let buckets = live_buckets(tx, live_after).await?;
+                let digests: Vec<(i64, i64)> = candidates.iter().map(|c| c.1).collect();
+                let known = known_sqlite(tx, &buckets, &digests).await?;
+                let new = rows(&|digest| !known.contains(digest));
+                let recorded = new.iter().map(|r| (r.0, r.1)).collect();
+                if !new.is_empty() {
+                    insert_orders_sqlite(tx, bucket, new).await?;
+                }
+                Ok(recorded)
+            }
+        }
     }
 
     /// Upserts the latest activity and sign-out of every user with a new event in the batch,
@@ -301,7 +327,7 @@ impl Store {
             }
             for (bucket, rows) in by_bucket {
                 register_bucket(&mut tx, bucket, bucket + MIGRATED_BUCKET_MS).await?;
-                insert_order_rows(&mut tx, Backend::Sqlite, bucket, rows).await?;
+                insert_orders_sqlite(&mut tx, bucket, rows).await?;
             }
             sqlx::query("DELETE FROM order_ids_undigested WHERE rowid <= $1")
                 .bind(last_rowid)
@@ -380,75 +406,64 @@ async fn register_bucket(
     Ok(())
 }
 
-/// Inserts `(hi, lo, occurred_at, signed_minor)` rows into `bucket`. A digest already there
-/// (only a second copy of the same id can be) is left as it is.
-async fn insert_order_rows(
+/// Inserts `(hi, lo, occurred_at, signed_minor)` rows into `bucket` on PostgreSQL, where the
+/// digest alone is the key: a digest recorded in a bucket still live (ending after
+/// `live_after`) is left as it is, one in an expired bucket moves to this one with the new
+/// event's figures. Returns the digests inserted or moved: the new orders. One statement, one
+/// primary-key probe per row, the probe the insert makes anyway.
+async fn upsert_orders_postgres(
     tx: &mut sqlx::Transaction<'_, sqlx::Any>,
-    backend: Backend,
+    bucket: Millis,
+    live_after: Millis,
+    rows: Vec<(i64, i64, i64, i64)>,
+) -> Result<HashSet<(i64, i64)>, StoreError> {
+    let recorded = sqlx::query(
+        "INSERT INTO order_ids AS o (bucket, hi, lo, occurred_at, signed_minor) \
+         SELECT $1, * FROM unnest($2::bigint[], $3::bigint[], $4::bigint[], $5::bigint[]) \
+         ON CONFLICT (hi, lo) DO UPDATE SET bucket = excluded.bucket, \
+         occurred_at = excluded.occurred_at, signed_minor = excluded.signed_minor \
+         WHERE NOT EXISTS (SELECT 1 FROM order_id_buckets AS b \
+         WHERE b.bucket = o.bucket AND b.ends_at > $6) \
+         RETURNING hi, lo",
+    )
+    .bind(bucket)
+    .bind(postgres_int_array(rows.iter().map(|r| r.0)))
+    .bind(postgres_int_array(rows.iter().map(|r| r.1)))
+    .bind(postgres_int_array(rows.iter().map(|r| r.2)))
+    .bind(postgres_int_array(rows.iter().map(|r| r.3)))
+    .bind(live_after)
+    .fetch_all(&mut **tx)
+    .await?;
+    recorded
+        .iter()
+        .map(|row| Ok((row.try_get::<i64, _>(0)?, row.try_get::<i64, _>(1)?)))
+        .collect()
+}
+
+/// Inserts `(hi, lo, occurred_at, signed_minor)` rows into `bucket` on SQLite, whose key leads
+/// with the bucket; the caller has asked the live buckets first ([`known_sqlite`]). A digest
+/// already there (only a second copy of the same id can be) is left as it is.
+async fn insert_orders_sqlite(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
     bucket: Millis,
     rows: Vec<(i64, i64, i64, i64)>,
 ) -> Result<(), StoreError> {
-    match backend {
-        Backend::Postgres => {
-            sqlx::query(
-                "INSERT INTO order_ids (bucket, hi, lo, occurred_at, signed_minor) \
-                 SELECT $1, * FROM unnest($2::bigint[], $3::bigint[], $4::bigint[], \
-                 $5::bigint[]) ON CONFLICT DO NOTHING",
-            )
-            .bind(bucket)
-            .bind(postgres_int_array(rows.iter().map(|r| r.0)))
-            .bind(postgres_int_array(rows.iter().map(|r| r.1)))
-            .bind(postgres_int_array(rows.iter().map(|r| r.2)))
-            .bind(postgres_int_array(rows.iter().map(|r| r.3)))
-            .execute(&mut **tx)
-            .await?;
-        }
-        Backend::Sqlite => {
-            sqlx::query(
-                "INSERT INTO order_ids (bucket, hi, lo, occurred_at, signed_minor) \
-                 SELECT ?, value ->> 0, value ->> 1, value ->> 2, value ->> 3 \
-                 FROM json_each(?) WHERE true ON CONFLICT DO NOTHING",
-            )
-            .bind(bucket)
-            .bind(sqlite_json_rows(rows.iter().map(
-                |&(hi, lo, at, signed)| [hi, lo, at, signed].map(|n| Json::Int(Some(n))),
-            )))
-            .execute(&mut **tx)
-            .await?;
-        }
-    }
+    sqlx::query(
+        "INSERT INTO order_ids (bucket, hi, lo, occurred_at, signed_minor) \
+         SELECT ?, value ->> 0, value ->> 1, value ->> 2, value ->> 3 \
+         FROM json_each(?) WHERE true ON CONFLICT DO NOTHING",
+    )
+    .bind(bucket)
+    .bind(sqlite_json_rows(rows.iter().map(
+        |&(hi, lo, at, signed)| [hi, lo, at, signed].map(|n| Json::Int(Some(n))),
+    )))
+    .execute(&mut **tx)
+    .await?;
     Ok(())
 }
 
-/// Which of `digests` are recorded in one of `buckets`, on PostgreSQL: one statement, the
-/// primary key probed once for every bucket and high half.
-async fn known_postgres(
-    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
-    buckets: &[i64],
-    digests: &[(i64, i64)],
-) -> Result<HashSet<(i64, i64)>, StoreError> {
-    if buckets.is_empty() {
-        return Ok(HashSet::new());
-    }
-    // One index probe per bucket and high half, in a nested loop: written as
-    // `bucket = ANY(…) AND hi = ANY(…)`, PostgreSQL 15 reads every row of the live buckets
-    // (its index scan keys on the first array only), which grows with the window's orders
-    // (18 ms at 60 000 rows for 100 ids; this form 20 ms for 1 000 ids, whatever the rows).
-    let rows = sqlx::query(
-        "SELECT found.hi, found.lo \
-         FROM unnest($1::bigint[]) AS b (bucket) CROSS JOIN unnest($2::bigint[]) AS d (hi) \
-         CROSS JOIN LATERAL (SELECT hi, lo FROM order_ids \
-         WHERE order_ids.bucket = b.bucket AND order_ids.hi = d.hi OFFSET 0) AS found",
-    )
-    .bind(postgres_int_array(buckets.iter().copied()))
-    .bind(postgres_int_array(digests.iter().map(|d| d.0)))
-    .fetch_all(&mut **tx)
-    .await?;
-    known_among(&rows, digests)
-}
-
-/// The SQLite side of [`known_postgres`]: one statement, the primary key probed once for
-/// every bucket and high half (`SEARCH order_ids USING PRIMARY KEY (bucket=? AND hi=?)`).
+/// Which of `digests` are recorded in one of `buckets`, on SQLite: one statement, the primary
+/// key probed once for every bucket and high half (`SEARCH order_ids USING PRIMARY KEY (bucket=? AND hi=?)`).
 async fn known_sqlite(
     tx: &mut sqlx::Transaction<'_, sqlx::Any>,
     buckets: &[i64],
