@@ -777,10 +777,17 @@ async fn the_event_tail_is_capped_at_fifty_a_second_under_a_flood() {
         "{} pushes: each accepted event is pushed or counted as skipped",
         pushes.len()
     );
-    assert!(seconds.iter().all(|n| *n <= 50), "per second: {seconds:?}");
+    // Before the first second that runs out of room (the flood may start slowly on a loaded
+    // machine) no push says it skipped any, so the first group may hold several seconds: it is
+    // bounded by its span below, like the whole run. Every later group is one second.
     assert!(
-        seconds.len() >= 2 && seconds[0] == 50,
+        seconds.len() >= 3 && seconds[1..].iter().all(|n| *n <= 50) && seconds[1] == 50,
         "per second: {seconds:?}"
+    );
+    let first_group = pushes[seconds[0] as usize - 1].0 - pushes[0].0;
+    assert!(
+        u64::from(seconds[0]) <= 50 * (first_group.as_secs() + 1),
+        "per second: {seconds:?}; the first group over {first_group:?}"
     );
     let at_most = 50 * (span.as_secs() + 2);
     assert!(
