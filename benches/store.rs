@@ -8,7 +8,9 @@
 //! batch (default 0) carry ids applied before, like redeliveries after a failover; the baseline
 //! then stores only the new rows. With `BENCH_VARY=1` every batch has a size of its own (from
 //! half the nominal size up), as under load, where a statement whose text depends on the size
-//! is prepared anew for nearly every batch.
+//! is prepared anew for nearly every batch. With `BENCH_PREFILL_DAY=1` the earlier events are
+//! applied at instants spread over the last 24 hours, so that their ids fill every live bucket
+//! as in a service that has run for a day.
 //!
 //! The baseline, in the same run: the same rows written by one bare multi-row `INSERT` per batch
 //! (order rows) and one plain multi-row upsert (a presence row per user of the batch), in its
@@ -20,6 +22,7 @@
 //! cargo bench --bench store
 //! BENCH_BACKENDS=sqlite BENCH_PREFILL=1000000 cargo bench --bench store
 //! BENCH_VARY=1 cargo bench --bench store
+//! BENCH_BACKENDS=postgres BENCH_PREFILL=1000000 BENCH_PREFILL_DAY=1 cargo bench --bench store
 //! BENCH_GROWTH=100000 BENCH_REBUILD=1000000 cargo bench --bench store   # size and rebuild
 //! ```
 //!
@@ -56,6 +59,7 @@ use support::BareTable;
 const BATCH_SIZES: [usize; 4] = [50, 250, 1_000, 2_000];
 const PREFILL_BATCH: usize = 2_000;
 const LEASE_TTL_MS: i64 = 3_600_000;
+const DAY_MS: i64 = 86_400_000;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -63,6 +67,7 @@ async fn main() -> anyhow::Result<()> {
     let rounds = env_number("BENCH_ROUNDS", 20)?;
     let duplicate_percent = env_number("BENCH_DUPLICATES", 0)?;
     let vary_sizes = env_number("BENCH_VARY", 0)? != 0;
+    let prefill_over_a_day = env_number("BENCH_PREFILL_DAY", 0)? != 0;
     anyhow::ensure!(rounds > 0, "BENCH_ROUNDS must be at least 1");
     anyhow::ensure!(
         duplicate_percent <= 100,
@@ -90,8 +95,13 @@ async fn main() -> anyhow::Result<()> {
         return sustained(&server, &sustain).await;
     }
     println!(
-        "## Store commit cost (release build; {prefill} events applied before; {rounds} batches \
-         per size{}; {duplicate_percent} % of each batch applied before)\n",
+        "## Store commit cost (release build; {prefill} events applied before{}; {rounds} \
+         batches per size{}; {duplicate_percent} % of each batch applied before)\n",
+        if prefill_over_a_day {
+            ", spread over the last 24 hours"
+        } else {
+            ""
+        },
         if vary_sizes {
             ", each of its own size, from half the size up"
         } else {
@@ -110,6 +120,7 @@ async fn main() -> anyhow::Result<()> {
             rounds,
             duplicate_percent,
             vary_sizes,
+            prefill_over_a_day,
         };
         fits.push((backend, measure(backend, &bare, &store, &plan).await?));
     }
@@ -141,6 +152,7 @@ async fn measure(
         rounds,
         duplicate_percent,
         vary_sizes,
+        prefill_over_a_day,
     } = *plan;
     let now = pulseboard::clock::now_ms();
     let mut generator = Generator::new(now);
@@ -154,10 +166,17 @@ async fn measure(
 
     let mut earlier = Vec::with_capacity(prefill);
     while earlier.len() < prefill {
+        // Over a day the earlier ids fill every live bucket (seven with the default window),
+        // as in a service that has run for a day; else they are all in the current one.
+        let at = if prefill_over_a_day {
+            now - DAY_MS + DAY_MS * earlier.len() as i64 / prefill as i64
+        } else {
+            now
+        };
         let batch = generator.batch(PREFILL_BATCH.min(prefill - earlier.len()));
-        bare.insert(&batch, now).await?;
+        bare.insert(&batch, at).await?;
         store
-            .apply_batch(&lease, &batch, &Judgement::default(), chrono_tz::UTC, now)
+            .apply_batch(&lease, &batch, &Judgement::default(), chrono_tz::UTC, at)
             .await?;
         earlier.extend(batch.into_iter().map(|e| e.id));
     }
@@ -250,10 +269,9 @@ async fn footprint(server: &PostgresServer, growth: usize, rebuild: usize) -> an
         // The rebuild: the rest of BENCH_REBUILD spread evenly over the last 24 hours, applied
         // when they occurred (the newest now).
         let mut rebuilt = applied;
-        let day_ms = 24 * 3_600_000;
         while rebuilt < rebuild {
             let size = MIX_BATCH.min(rebuild - rebuilt);
-            let at = now - day_ms + (day_ms as f64 * rebuilt as f64 / rebuild as f64) as i64;
+            let at = now - DAY_MS + DAY_MS * rebuilt as i64 / rebuild as i64;
             let batch = mix.batch(size, at);
             store
                 .apply_batch(&lease, &batch, &Judgement::default(), chrono_tz::UTC, at)
@@ -582,6 +600,8 @@ struct Plan {
     rounds: usize,
     duplicate_percent: usize,
     vary_sizes: bool,
+    /// The earlier events applied over the last 24 hours, not all now.
+    prefill_over_a_day: bool,
 }
 
 /// `seconds = per_commit + per_event × events`, fitted by least squares.
