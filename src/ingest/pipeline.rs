@@ -385,11 +385,11 @@ impl Pipeline {
             }
             aggregator.apply(event);
             if late {
-                let tally = event.tally();
-                if tally != Tally::default() {
+                let late_tally = event.tally();
+                if late_tally != Tally::default() {
                     landed
                         .late_tallies
-                        .push((minute_of(event.occurred_at), tally));
+                        .push((minute_of(event.occurred_at), late_tally));
                 }
             }
             if let EventKind::OrderPlaced { amount_minor }
