@@ -101,8 +101,13 @@ async fn first_lease(store: &Store) -> Lease {
 
 /// Applies `events` as one batch and returns which of them were new.
 async fn fresh(store: &Store, lease: &Lease, events: &[Event]) -> Vec<bool> {
+    fresh_at(store, lease, events, NOW).await
+}
+
+/// [`fresh`], applied at `now`.
+async fn fresh_at(store: &Store, lease: &Lease, events: &[Event], now: i64) -> Vec<bool> {
     store
-        .apply_batch(lease, events, &Judgement::default(), chrono_tz::UTC, NOW)
+        .apply_batch(lease, events, &Judgement::default(), chrono_tz::UTC, now)
         .await
         .expect("apply")
         .fresh
@@ -880,17 +885,8 @@ async fn a_shortened_window_keeps_order_ids_for_the_window_and_prunes_them_after
         );
         // Within the window (applied 50 s later): a duplicate.
         let later = NOW + 50_000;
-        let again = store
-            .apply_batch(
-                &lease,
-                &[order("o", 100, NOW - 1_000)],
-                &Judgement::default(),
-                chrono_tz::UTC,
-                later,
-            )
-            .await
-            .expect("apply");
-        assert_eq!(again.fresh, [false]);
+        let again = fresh_at(&store, &lease, &[order("o", 100, NOW - 1_000)], later).await;
+        assert_eq!(again, [false]);
         // 60 s + 2.5 s + 5 min kept, in buckets of a sixth of that: gone 8 minutes later.
         store.prune(NOW + 8 * 60_000).await.expect("prune");
         assert_eq!(store.applied_count().await.expect("count"), 0);
@@ -1154,23 +1150,8 @@ async fn an_id_of_an_expired_bucket_not_yet_pruned_is_new_again_and_recorded_onc
             .await
             .with_dedupe_window(std::time::Duration::from_secs(60));
         let lease = first_lease(&store).await;
-        let apply_at = |at: i64| {
-            let store = store.clone();
-            let lease = lease.clone();
-            async move {
-                store
-                    .apply_batch(
-                        &lease,
-                        &[order("o", 100, NOW - 1_000)],
-                        &Judgement::default(),
-                        chrono_tz::UTC,
-                        at,
-                    )
-                    .await
-                    .expect("apply")
-                    .fresh
-            }
-        };
+        let once = [order("o", 100, NOW - 1_000)];
+        let apply_at = |at: i64| fresh_at(&store, &lease, &once, at);
         assert_eq!(apply_at(NOW).await, [true]);
         // 60 s + 2.5 s + 5 min kept: 8 minutes later the first bucket has expired.
         let later = NOW + 8 * 60_000;

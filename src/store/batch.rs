@@ -176,28 +176,24 @@ impl Store {
         let bucket = self.dedupe.bucket_of(now);
         let live_after = now - self.dedupe.keep_ms;
         register_bucket(tx, bucket, bucket + self.dedupe.bucket_ms).await?;
-        let rows = |wanted: &dyn Fn(&(i64, i64)) -> bool| -> Vec<(i64, i64, i64, i64)> {
-            candidates
-                .iter()
-                .filter(|(_, digest)| wanted(digest))
-                .filter_map(|&(i, (hi, lo))| {
-                    let event = &events[i];
-                    signed_minor(&event.kind).map(|signed| (hi, lo, event.occurred_at, signed))
-                })
-                .collect()
-        };
+        // (hi, lo, occurred_at, signed_minor) of every candidate, all orders or refunds.
+        let mut rows: Vec<(i64, i64, i64, i64)> = candidates
+            .iter()
+            .filter_map(|&(i, (hi, lo))| {
+                let event = &events[i];
+                signed_minor(&event.kind).map(|signed| (hi, lo, event.occurred_at, signed))
+            })
+            .collect();
         match self.backend {
-            Backend::Postgres => {
-                upsert_orders_postgres(tx, bucket, live_after, rows(&|_| true)).await
-            }
+            Backend::Postgres => upsert_orders_postgres(tx, bucket, live_after, rows).await,
             Backend::Sqlite => {
                 let buckets = live_buckets(tx, live_after).await?;
                 let digests: Vec<(i64, i64)> = candidates.iter().map(|c| c.1).collect();
                 let known = known_sqlite(tx, &buckets, &digests).await?;
-                let new = rows(&|digest| !known.contains(digest));
-                let recorded = new.iter().map(|r| (r.0, r.1)).collect();
-                if !new.is_empty() {
-                    insert_orders_sqlite(tx, bucket, new).await?;
+                rows.retain(|&(hi, lo, _, _)| !known.contains(&(hi, lo)));
+                let recorded = rows.iter().map(|&(hi, lo, _, _)| (hi, lo)).collect();
+                if !rows.is_empty() {
+                    insert_orders_sqlite(tx, bucket, rows).await?;
                 }
                 Ok(recorded)
             }
@@ -463,7 +459,8 @@ async fn insert_orders_sqlite(
 }
 
 /// Which of `digests` are recorded in one of `buckets`, on SQLite: one statement, the primary
-/// key probed once for every bucket and high half (`SEARCH order_ids USING PRIMARY KEY (bucket=? AND hi=?)`).
+/// key probed once for every bucket and high half
+/// (`SEARCH order_ids USING PRIMARY KEY (bucket=? AND hi=?)`).
 async fn known_sqlite(
     tx: &mut sqlx::Transaction<'_, sqlx::Any>,
     buckets: &[i64],
