@@ -160,6 +160,61 @@ async fn a_batch_is_applied_once_and_duplicates_change_nothing() {
     .await;
 }
 
+/// One batch whose orders fall in three minutes on both sides of midnight: each minute and each
+/// day gets its own sum, and a later batch adds to the rows the first one wrote.
+#[tokio::test]
+async fn a_batch_across_midnight_adds_to_each_minute_and_day_of_its_own() {
+    with_each_backend(|store| async move {
+        let lease = first_lease(&store).await;
+        let midnight = NOW - NOW.rem_euclid(24 * 60 * MINUTE_MS);
+        let now = midnight + 5 * MINUTE_MS;
+        let refund = Event {
+            kind: EventKind::OrderRefunded { amount_minor: 30 },
+            ..order("r", 0, midnight + 90_000)
+        };
+        let first = [
+            order("before", 100, midnight - 30_000),
+            order("after", 250, midnight + 10_000),
+            refund,
+            order("after-2", 7, midnight + 70_000),
+        ];
+        assert_eq!(fresh_at(&store, &lease, &first, now).await, vec![true; 4]);
+        let second = [
+            order("before-2", 1, midnight - 20_000),
+            order("after-3", 2, midnight + 20_000),
+        ];
+        assert_eq!(fresh_at(&store, &lease, &second, now).await, vec![true; 2]);
+
+        let minutes: Vec<(i64, i64, i64)> = store
+            .history(midnight - MINUTE_MS, now)
+            .await
+            .expect("history")
+            .iter()
+            .map(|p| (p.minute - midnight, p.orders, p.revenue_minor))
+            .collect();
+        assert_eq!(
+            minutes,
+            vec![(-MINUTE_MS, 2, 101), (0, 2, 252), (MINUTE_MS, 1, -23)]
+        );
+        let restore = store
+            .load_restore(now, 3_600_000, chrono_tz::UTC)
+            .await
+            .expect("restore");
+        let day = |at: i64| {
+            chrono::DateTime::from_timestamp_millis(at)
+                .expect("an instant")
+                .date_naive()
+        };
+        let mut days = restore.days.clone();
+        days.sort();
+        assert_eq!(
+            days,
+            vec![(day(midnight - 1), 101), (day(midnight), 252 - 23)]
+        );
+    })
+    .await;
+}
+
 /// Batches larger than one statement's worth of rows, with earlier ids scattered through them.
 #[tokio::test]
 async fn large_batches_recognise_every_earlier_id() {

@@ -17,14 +17,22 @@
 //! new and records them, one key probe an order. On SQLite the key leads with the bucket, so
 //! that a prune deletes one contiguous range of the table (SQLite has one writer, and a prune
 //! of scattered rows would hold it far longer): the lookup asks each live bucket first and
-//! the new rows are inserted after. Both bind a whole batch's rows as one value per statement,
-//! so that every batch size runs the same statement text, prepared once per connection (sqlx's
-//! statement cache): PostgreSQL one array per column, SQLite one JSON array of rows read with
-//! `json_each`.
+//! the new rows are inserted after. Both bind a whole batch's rows as one value per column
+//! (`params`), so that every batch size runs the same statement text.
+//!
+//! Each statement on PostgreSQL is a round trip the commit waits for, while the broker waits
+//! for the acknowledgement: a commit there is `BEGIN`, the fence, one order upsert (which
+//! registers the bucket too) and one upsert of the presence, minute and day rows, then
+//! `COMMIT`. The fence stays a statement of its own and comes first, so that a leader that
+//! lost the lease waits on the lease row before it locks any other.
 
+use super::params::{
+    postgres_int_array, postgres_nullable_int_array, postgres_text_array, sqlite_json_rows, Json,
+};
 use super::{Applied, DedupeWindow, Lease, Store, StoreError};
 use crate::aggregate::{id_hash, local_date, Delta, Event, EventKind, Judgement, Millis, Revision};
 use crate::config::Backend;
+use chrono::NaiveDate;
 use chrono_tz::Tz;
 use sqlx::Row;
 use std::collections::{BTreeMap, HashSet};
@@ -121,8 +129,6 @@ impl Store {
                 fresh[i] = recorded.contains(&digest);
             }
         }
-        self.upsert_presence(&mut tx, events, &fresh).await?;
-
         let delta = Delta::of(
             events
                 .iter()
@@ -131,30 +137,8 @@ impl Store {
                 .map(|(e, _)| e),
             timezone,
         );
-        for (minute, tally) in &delta.minutes {
-            sqlx::query(
-                "INSERT INTO minute_stats (minute, orders, revenue_minor) VALUES ($1, $2, $3) \
-                 ON CONFLICT (minute) DO UPDATE SET \
-                 orders = minute_stats.orders + excluded.orders, \
-                 revenue_minor = minute_stats.revenue_minor + excluded.revenue_minor",
-            )
-            .bind(*minute)
-            .bind(tally.orders)
-            .bind(tally.revenue_minor)
-            .execute(&mut *tx)
+        self.write_figures(&mut tx, &presence_of(events, &fresh), &delta)
             .await?;
-        }
-        for (day, revenue) in &delta.days {
-            sqlx::query(
-                "INSERT INTO daily_revenue (day, revenue_minor) VALUES ($1, $2) \
-                 ON CONFLICT (day) DO UPDATE SET \
-                 revenue_minor = daily_revenue.revenue_minor + excluded.revenue_minor",
-            )
-            .bind(day.to_string())
-            .bind(*revenue)
-            .execute(&mut *tx)
-            .await?;
-        }
         let revision = judgement.revision(events, &fresh, local_date(now, timezone));
         write_revision(&mut tx, &revision).await?;
         tx.commit().await?;
@@ -174,8 +158,8 @@ impl Store {
         now: Millis,
     ) -> Result<HashSet<(i64, i64)>, StoreError> {
         let bucket = self.dedupe.bucket_of(now);
+        let ends_at = bucket + self.dedupe.bucket_ms;
         let live_after = now - self.dedupe.keep_ms;
-        register_bucket(tx, bucket, bucket + self.dedupe.bucket_ms).await?;
         // (hi, lo, occurred_at, signed_minor) of every candidate, all orders or refunds.
         let mut rows: Vec<(i64, i64, i64, i64)> = candidates
             .iter()
@@ -185,8 +169,11 @@ impl Store {
             })
             .collect();
         match self.backend {
-            Backend::Postgres => upsert_orders_postgres(tx, bucket, live_after, rows).await,
+            Backend::Postgres => {
+                upsert_orders_postgres(tx, (bucket, ends_at), live_after, rows).await
+            }
             Backend::Sqlite => {
+                register_bucket(tx, bucket, ends_at).await?;
                 let buckets = live_buckets(tx, live_after).await?;
                 let digests: Vec<(i64, i64)> = candidates.iter().map(|c| c.1).collect();
                 let known = known_sqlite(tx, &buckets, &digests).await?;
@@ -200,90 +187,23 @@ impl Store {
         }
     }
 
-    /// Upserts the latest activity and sign-out of every user with a new event in the batch,
-    /// one row per user: each keeps the later of what it held and what the batch brings.
-    async fn upsert_presence(
+    /// Writes what the batch's new events change: each user's presence row and the minute and
+    /// day tables. One statement on PostgreSQL (three data-modifying parts on three tables, so
+    /// no row is written twice), where every statement is a round trip that the commit waits
+    /// for; three on SQLite, which runs in the process. Nothing when nothing is new.
+    async fn write_figures(
         &self,
         tx: &mut sqlx::Transaction<'_, sqlx::Any>,
-        events: &[Event],
-        fresh: &[bool],
+        users: &[(&str, Seen)],
+        delta: &Delta,
     ) -> Result<(), StoreError> {
-        let mut users: BTreeMap<&str, Seen> = BTreeMap::new();
-        for (event, _) in events.iter().zip(fresh).filter(|(_, f)| **f) {
-            let seen = users.entry(event.user_id.as_str()).or_default();
-            let (slot, id) = match event.kind {
-                EventKind::UserSignedOut => (&mut seen.last_signed_out, &mut seen.signed_out_id),
-                _ => (&mut seen.last_active, &mut seen.active_id),
-            };
-            if Some(event.occurred_at) > *slot {
-                *slot = Some(event.occurred_at);
-                *id = id_hash(&event.id) as i64;
-            }
-        }
-        if users.is_empty() {
+        if users.is_empty() && delta.minutes.is_empty() && delta.days.is_empty() {
             return Ok(());
         }
-        let users: Vec<(&str, Seen)> = users.into_iter().collect();
         match self.backend {
-            Backend::Postgres => {
-                sqlx::query(&format!(
-                    "INSERT INTO user_presence \
-                     (user_id, last_active, last_signed_out, active_id, signed_out_id) \
-                     SELECT * FROM unnest($1::text[], $2::bigint[], $3::bigint[], \
-                     $4::bigint[], $5::bigint[]) \
-                     ON CONFLICT (user_id) DO UPDATE SET \
-                     last_active = GREATEST(user_presence.last_active, excluded.last_active), \
-                     last_signed_out = \
-                     GREATEST(user_presence.last_signed_out, excluded.last_signed_out), \
-                     active_id = {}, signed_out_id = {} WHERE {}",
-                    later_id("last_active", "active_id"),
-                    later_id("last_signed_out", "signed_out_id"),
-                    presence_moved(),
-                ))
-                .bind(postgres_text_array(users.iter().map(|(u, _)| *u)))
-                .bind(postgres_nullable_int_array(
-                    users.iter().map(|(_, s)| s.last_active),
-                ))
-                .bind(postgres_nullable_int_array(
-                    users.iter().map(|(_, s)| s.last_signed_out),
-                ))
-                .bind(postgres_int_array(users.iter().map(|(_, s)| s.active_id)))
-                .bind(postgres_int_array(
-                    users.iter().map(|(_, s)| s.signed_out_id),
-                ))
-                .execute(&mut **tx)
-                .await?;
-            }
-            Backend::Sqlite => {
-                // `WHERE true`: without it SQLite would read `ON CONFLICT` as part of a join
-                // in the SELECT (its documented parsing ambiguity for upserts from a SELECT).
-                sqlx::query(&format!(
-                    "INSERT INTO user_presence \
-                     (user_id, last_active, last_signed_out, active_id, signed_out_id) \
-                     SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 3, value ->> 4 \
-                     FROM json_each(?) WHERE true ON CONFLICT (user_id) DO UPDATE SET \
-                     last_active = {}, last_signed_out = {}, active_id = {}, \
-                     signed_out_id = {} WHERE {}",
-                    sqlite_later("last_active"),
-                    sqlite_later("last_signed_out"),
-                    later_id("last_active", "active_id"),
-                    later_id("last_signed_out", "signed_out_id"),
-                    presence_moved(),
-                ))
-                .bind(sqlite_json_rows(users.iter().map(|(user, seen)| {
-                    [
-                        Json::Text(user),
-                        Json::Int(seen.last_active),
-                        Json::Int(seen.last_signed_out),
-                        Json::Int(Some(seen.active_id)),
-                        Json::Int(Some(seen.signed_out_id)),
-                    ]
-                })))
-                .execute(&mut **tx)
-                .await?;
-            }
+            Backend::Postgres => write_figures_postgres(tx, users, delta).await,
+            Backend::Sqlite => write_figures_sqlite(tx, users, delta).await,
         }
-        Ok(())
     }
 
     /// Digests the order rows migration `20261228000010` staged on SQLite (which has no
@@ -406,15 +326,19 @@ async fn register_bucket(
 /// digest alone is the key: a digest recorded in a bucket still live (ending after
 /// `live_after`) is left as it is, one in an expired bucket moves to this one with the new
 /// event's figures. Returns the digests inserted or moved: the new orders. One statement, one
-/// primary-key probe per row, the probe the insert makes anyway.
+/// primary-key probe per row, the probe the insert makes anyway; it registers the bucket
+/// (start, end) too. The liveness test reads the buckets as they were before the statement,
+/// which is enough: a digest already in this bucket came with a commit that registered it.
 async fn upsert_orders_postgres(
     tx: &mut sqlx::Transaction<'_, sqlx::Any>,
-    bucket: Millis,
+    (bucket, ends_at): (Millis, Millis),
     live_after: Millis,
     rows: Vec<(i64, i64, i64, i64)>,
 ) -> Result<HashSet<(i64, i64)>, StoreError> {
     let recorded = sqlx::query(
-        "INSERT INTO order_ids AS o (bucket, hi, lo, occurred_at, signed_minor) \
+        "WITH registered AS (INSERT INTO order_id_buckets (bucket, ends_at) \
+         VALUES ($1, $7) ON CONFLICT (bucket) DO NOTHING) \
+         INSERT INTO order_ids AS o (bucket, hi, lo, occurred_at, signed_minor) \
          SELECT $1, * FROM unnest($2::bigint[], $3::bigint[], $4::bigint[], $5::bigint[]) \
          ON CONFLICT (hi, lo) DO UPDATE SET bucket = excluded.bucket, \
          occurred_at = excluded.occurred_at, signed_minor = excluded.signed_minor \
@@ -428,6 +352,7 @@ async fn upsert_orders_postgres(
     .bind(postgres_int_array(rows.iter().map(|r| r.2)))
     .bind(postgres_int_array(rows.iter().map(|r| r.3)))
     .bind(live_after)
+    .bind(ends_at)
     .fetch_all(&mut **tx)
     .await?;
     recorded
@@ -535,65 +460,6 @@ fn presence_moved() -> String {
     format!("{} OR {}", later("last_active"), later("last_signed_out"))
 }
 
-/// One value of a row written by [`sqlite_json_rows`].
-enum Json<'a> {
-    /// An integer, or `null` for `None` (which `->>` reads as SQL NULL).
-    Int(Option<i64>),
-    Text(&'a str),
-}
-
-/// A JSON array of `rows`, each an array of its values: a row of one value is written as
-/// the value alone (`[1,2]`, for `SELECT value FROM json_each(?)`), longer rows as arrays
-/// (`[["u",1,null]]`, read as `value ->> 0`, `value ->> 1`, …). Written here rather than by
-/// serde: nothing in it can fail, and the texts (user ids) need only JSON's string escapes.
-fn sqlite_json_rows<'a, const N: usize>(rows: impl Iterator<Item = [Json<'a>; N]>) -> String {
-    use std::fmt::Write;
-    let mut json = String::from("[");
-    for (n, row) in rows.enumerate() {
-        if n > 0 {
-            json.push(',');
-        }
-        if N > 1 {
-            json.push('[');
-        }
-        for (m, value) in row.iter().enumerate() {
-            if m > 0 {
-                json.push(',');
-            }
-            match value {
-                // Writing to a String cannot fail.
-                Json::Int(Some(number)) => {
-                    let _ = write!(json, "{number}");
-                }
-                Json::Int(None) => json.push_str("null"),
-                Json::Text(text) => push_json_string(&mut json, text),
-            }
-        }
-        if N > 1 {
-            json.push(']');
-        }
-    }
-    json.push(']');
-    json
-}
-
-/// `text` as a JSON string: `"` and `\` escaped, control characters as `\u00XX`.
-fn push_json_string(json: &mut String, text: &str) {
-    use std::fmt::Write;
-    json.push('"');
-    for c in text.chars() {
-        match c {
-            '"' => json.push_str("\\\""),
-            '\\' => json.push_str("\\\\"),
-            c if u32::from(c) < 0x20 => {
-                let _ = write!(json, "\\u{:04x}", u32::from(c));
-            }
-            c => json.push(c),
-        }
-    }
-    json.push('"');
-}
-
 /// Marks the first copy of each id in `events` (a batch may repeat one).
 fn first_copies(events: &[Event]) -> Vec<bool> {
     let mut seen = HashSet::with_capacity(events.len());
@@ -603,47 +469,154 @@ fn first_copies(events: &[Event]) -> Vec<bool> {
         .collect()
 }
 
+/// The latest activity and sign-out of every user with a new event in the batch, one entry
+/// per user in user order (so that concurrent upserts take row locks in one order).
+fn presence_of<'a>(events: &'a [Event], fresh: &[bool]) -> Vec<(&'a str, Seen)> {
+    let mut users: BTreeMap<&str, Seen> = BTreeMap::new();
+    for (event, _) in events.iter().zip(fresh).filter(|(_, f)| **f) {
+        let seen = users.entry(event.user_id.as_str()).or_default();
+        let (slot, id) = match event.kind {
+            EventKind::UserSignedOut => (&mut seen.last_signed_out, &mut seen.signed_out_id),
+            _ => (&mut seen.last_active, &mut seen.active_id),
+        };
+        if Some(event.occurred_at) > *slot {
+            *slot = Some(event.occurred_at);
+            *id = id_hash(&event.id) as i64;
+        }
+    }
+    users.into_iter().collect()
+}
+
+/// The upsert of `user_presence` rows: each keeps the later of what it held and what the
+/// batch brings, and is rewritten only when one of its times moves on. `later` is the SQL of
+/// "the later of the stored and the new value" for a column, which differs by backend.
+fn presence_upsert(rows: &str, later_of: impl Fn(&str) -> String) -> String {
+    format!(
+        "INSERT INTO user_presence \
+         (user_id, last_active, last_signed_out, active_id, signed_out_id) {rows} \
+         ON CONFLICT (user_id) DO UPDATE SET \
+         last_active = {}, last_signed_out = {}, active_id = {}, signed_out_id = {} WHERE {}",
+        later_of("last_active"),
+        later_of("last_signed_out"),
+        later_id("last_active", "active_id"),
+        later_id("last_signed_out", "signed_out_id"),
+        presence_moved(),
+    )
+}
+
+const MINUTES_ADDED: &str = "ON CONFLICT (minute) DO UPDATE SET \
+     orders = minute_stats.orders + excluded.orders, \
+     revenue_minor = minute_stats.revenue_minor + excluded.revenue_minor";
+
+const DAYS_ADDED: &str = "ON CONFLICT (day) DO UPDATE SET \
+     revenue_minor = daily_revenue.revenue_minor + excluded.revenue_minor";
+
+/// [`Store::write_figures`] on PostgreSQL: the presence, minute and day upserts as the parts
+/// of one statement, each fed by `unnest` of one array per column.
+async fn write_figures_postgres(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    users: &[(&str, Seen)],
+    delta: &Delta,
+) -> Result<(), StoreError> {
+    let presence = presence_upsert(
+        "SELECT * FROM unnest($1::text[], $2::bigint[], $3::bigint[], $4::bigint[], $5::bigint[])",
+        |column| format!("GREATEST(user_presence.{column}, excluded.{column})"),
+    );
+    sqlx::query(&format!(
+        "WITH presence AS ({presence}), \
+         minutes AS (INSERT INTO minute_stats (minute, orders, revenue_minor) \
+         SELECT * FROM unnest($6::bigint[], $7::bigint[], $8::bigint[]) {MINUTES_ADDED}) \
+         INSERT INTO daily_revenue (day, revenue_minor) \
+         SELECT * FROM unnest($9::text[], $10::bigint[]) {DAYS_ADDED}"
+    ))
+    .bind(postgres_text_array(users.iter().map(|(u, _)| *u)))
+    .bind(postgres_nullable_int_array(
+        users.iter().map(|(_, s)| s.last_active),
+    ))
+    .bind(postgres_nullable_int_array(
+        users.iter().map(|(_, s)| s.last_signed_out),
+    ))
+    .bind(postgres_int_array(users.iter().map(|(_, s)| s.active_id)))
+    .bind(postgres_int_array(
+        users.iter().map(|(_, s)| s.signed_out_id),
+    ))
+    .bind(postgres_int_array(delta.minutes.keys().copied()))
+    .bind(postgres_int_array(delta.minutes.values().map(|t| t.orders)))
+    .bind(postgres_int_array(
+        delta.minutes.values().map(|t| t.revenue_minor),
+    ))
+    .bind(postgres_text_array(
+        delta.days.keys().map(NaiveDate::to_string),
+    ))
+    .bind(postgres_int_array(delta.days.values().copied()))
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// [`Store::write_figures`] on SQLite: three statements (SQLite has no data-modifying `WITH`),
+/// each fed by `json_each` of one JSON array of rows. `WHERE true`: without it SQLite would
+/// read `ON CONFLICT` as part of a join in the SELECT (its documented parsing ambiguity for
+/// upserts from a SELECT).
+async fn write_figures_sqlite(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    users: &[(&str, Seen)],
+    delta: &Delta,
+) -> Result<(), StoreError> {
+    if !users.is_empty() {
+        sqlx::query(&presence_upsert(
+            "SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 3, value ->> 4 \
+             FROM json_each(?) WHERE true",
+            sqlite_later,
+        ))
+        .bind(sqlite_json_rows(users.iter().map(|(user, seen)| {
+            [
+                Json::Text(user),
+                Json::Int(seen.last_active),
+                Json::Int(seen.last_signed_out),
+                Json::Int(Some(seen.active_id)),
+                Json::Int(Some(seen.signed_out_id)),
+            ]
+        })))
+        .execute(&mut **tx)
+        .await?;
+    }
+    if !delta.minutes.is_empty() {
+        sqlx::query(&format!(
+            "INSERT INTO minute_stats (minute, orders, revenue_minor) \
+             SELECT value ->> 0, value ->> 1, value ->> 2 FROM json_each(?) WHERE true \
+             {MINUTES_ADDED}"
+        ))
+        .bind(sqlite_json_rows(delta.minutes.iter().map(|(minute, t)| {
+            [*minute, t.orders, t.revenue_minor].map(|n| Json::Int(Some(n)))
+        })))
+        .execute(&mut **tx)
+        .await?;
+    }
+    if !delta.days.is_empty() {
+        let days: Vec<(String, i64)> = delta
+            .days
+            .iter()
+            .map(|(day, revenue)| (day.to_string(), *revenue))
+            .collect();
+        sqlx::query(&format!(
+            "INSERT INTO daily_revenue (day, revenue_minor) \
+             SELECT value ->> 0, value ->> 1 FROM json_each(?) WHERE true {DAYS_ADDED}"
+        ))
+        .bind(sqlite_json_rows(days.iter().map(|(day, revenue)| {
+            [Json::Text(day), Json::Int(Some(*revenue))]
+        })))
+        .execute(&mut **tx)
+        .await?;
+    }
+    Ok(())
+}
+
 impl DedupeWindow {
     /// The start of the bucket `at` falls in.
     pub(super) fn bucket_of(&self, at: Millis) -> Millis {
         at - at.rem_euclid(self.bucket_ms)
     }
-}
-
-/// A PostgreSQL array literal of `items` (`{"a","b\"c"}`), bound as text and cast to `text[]`:
-/// the `Any` driver binds no arrays. Every element is quoted, so `NULL`, commas, braces and
-/// spaces stay data; inside quotes only `"` and `\` need a backslash.
-fn postgres_text_array<'a>(items: impl Iterator<Item = &'a str>) -> String {
-    let mut literal = String::from("{");
-    for (n, item) in items.enumerate() {
-        if n > 0 {
-            literal.push(',');
-        }
-        literal.push('"');
-        for c in item.chars() {
-            if c == '"' || c == '\\' {
-                literal.push('\\');
-            }
-            literal.push(c);
-        }
-        literal.push('"');
-    }
-    literal.push('}');
-    literal
-}
-
-/// A PostgreSQL array literal of integers, for `$N::bigint[]`.
-pub(super) fn postgres_int_array(items: impl Iterator<Item = i64>) -> String {
-    let numbers: Vec<String> = items.map(|n| n.to_string()).collect();
-    format!("{{{}}}", numbers.join(","))
-}
-
-/// [`postgres_int_array`] with `NULL` for `None`.
-fn postgres_nullable_int_array(items: impl Iterator<Item = Option<i64>>) -> String {
-    let numbers: Vec<String> = items
-        .map(|n| n.map_or_else(|| "NULL".to_owned(), |n| n.to_string()))
-        .collect();
-    format!("{{{}}}", numbers.join(","))
 }
 
 #[cfg(test)]
@@ -681,49 +654,5 @@ mod tests {
             assert_eq!(kind_of_signed(signed), kind);
         }
         assert_eq!(signed_minor(&EventKind::UserActive), None);
-    }
-
-    #[test]
-    fn sqlite_json_rows_are_arrays_of_rows_with_every_text_escaped() {
-        let rows = [
-            [Json::Text("a"), Json::Int(Some(-1)), Json::Int(None)],
-            [
-                Json::Text("q\"u\\o\u{1}é"),
-                Json::Int(Some(i64::MIN)),
-                Json::Int(Some(0)),
-            ],
-        ];
-        assert_eq!(
-            sqlite_json_rows(rows.into_iter()),
-            r#"[["a",-1,null],["q\"u\\o\u0001é",-9223372036854775808,0]]"#
-        );
-        assert_eq!(
-            sqlite_json_rows([1, 2].into_iter().map(|n| [Json::Int(Some(n))])),
-            "[1,2]"
-        );
-        assert_eq!(sqlite_json_rows(std::iter::empty::<[Json; 3]>()), "[]");
-    }
-
-    #[test]
-    fn postgres_array_literals_quote_every_element() {
-        let ids = [
-            "a",
-            "NULL",
-            "x,y",
-            "{z}",
-            r#"q"uote"#,
-            r"back\slash",
-            " sp ",
-            "é",
-        ];
-        assert_eq!(
-            postgres_text_array(ids.into_iter()),
-            r#"{"a","NULL","x,y","{z}","q\"uote","back\\slash"," sp ","é"}"#
-        );
-        assert_eq!(postgres_text_array(std::iter::empty()), "{}");
-        assert_eq!(
-            postgres_int_array([1, -2, i64::MIN].into_iter()),
-            "{1,-2,-9223372036854775808}"
-        );
     }
 }

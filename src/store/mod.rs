@@ -7,8 +7,8 @@
 //! settings (among them the ingest pause) and retention.
 //!
 //! `sqlx::AnyPool`s serve both backends; their SQL is shared (placeholders `$N`, `ON CONFLICT`,
-//! `RETURNING`) except the batch statements: SQLite's write `?` lists, PostgreSQL's take one
-//! array per column, so that every batch size runs one prepared statement. The migrations
+//! `RETURNING`) except the batch statements: SQLite's read one JSON array of rows, PostgreSQL's
+//! one array per column (`params`), so that every batch size runs one prepared statement. The migrations
 //! differ. SQLite gets one writer connection, so writers take turns in order, and a pool of
 //! read-only connections beside it; PostgreSQL one pool for both.
 //! Sums are cast to BIGINT because PostgreSQL's NUMERIC has no portable decoding.
@@ -18,6 +18,7 @@ mod audit;
 pub(crate) mod batch;
 mod kiosk;
 mod lease;
+mod params;
 mod users;
 
 pub(crate) use announcements::StoredAnnouncement;
