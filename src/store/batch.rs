@@ -488,7 +488,7 @@ fn presence_of<'a>(events: &'a [Event], fresh: &[bool]) -> Vec<(&'a str, Seen)> 
 }
 
 /// The upsert of `user_presence` rows: each keeps the later of what it held and what the
-/// batch brings, and is rewritten only when one of its times moves on. `later` is the SQL of
+/// batch brings, and is rewritten only when one of its times moves on. `later_of` is the SQL of
 /// "the later of the stored and the new value" for a column, which differs by backend.
 fn presence_upsert(rows: &str, later_of: impl Fn(&str) -> String) -> String {
     format!(
