@@ -95,5 +95,6 @@ pub mod for_benchmarks {
     pub use crate::ingest::batch_log::{CommittedBatch, TARGET as BATCH_LOG_TARGET};
     pub use crate::ingest::decode::{decode, DecodeContext};
     pub use crate::store::batch::signed_minor;
+    pub use crate::store::postgres::SESSION as POSTGRES_SESSION;
     pub use crate::store::sqlite::PRAGMAS as SQLITE_PRAGMAS;
 }

@@ -4,6 +4,7 @@ use futures_util::FutureExt;
 use pulseboard::aggregate::{id_hash, Judgement, StoredPresence};
 use pulseboard::aggregate::{minute_of, Event, EventKind, MINUTE_MS};
 use pulseboard::config::DatabaseUrl;
+use pulseboard::for_benchmarks::POSTGRES_SESSION;
 use pulseboard::store::{order_digest, Lease, Store, StoreError};
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
@@ -70,13 +71,20 @@ async fn open(url: &str) -> Store {
     store
 }
 
-/// Runs one statement on the database at `url`, beside the store.
+/// Runs statements on the database at `url`, beside the store, on a connection marked as the
+/// store marks its own (PostgreSQL refuses order rows from an unmarked one).
 async fn execute(url: &str, sql: &str) {
     sqlx::any::install_default_drivers();
     let pool = sqlx::AnyPool::connect(url).await.expect("connect");
-    sqlx::Executor::execute(&pool, sql)
-        .await
-        .expect("statement");
+    if url.starts_with("postgres") {
+        sqlx::Executor::execute(&pool, &*format!("{POSTGRES_SESSION}; {sql}"))
+            .await
+            .expect("statement");
+    } else {
+        sqlx::Executor::execute(&pool, sql)
+            .await
+            .expect("statement");
+    }
     pool.close().await;
 }
 
@@ -418,6 +426,16 @@ async fn ids_whose_digests_share_a_half_are_told_apart() {
     .await;
 }
 
+/// The error of `sql` run as an older instance runs it: on a connection of its own, without
+/// the settings this version's connections make. Panics if it is not refused.
+async fn refused_as_an_older_instance(url: &str, sql: &str) -> String {
+    sqlx::any::install_default_drivers();
+    let pool = sqlx::AnyPool::connect(url).await.expect("connect");
+    let written = sqlx::query(sql).execute(&pool).await.expect_err("refused");
+    pool.close().await;
+    written.to_string()
+}
+
 /// An older version still running beside a migrated database (it migrated before this version
 /// did) is refused at its next batch with one line naming the cause, instead of counting its
 /// orders in a table no one reads.
@@ -425,22 +443,54 @@ async fn ids_whose_digests_share_a_half_are_told_apart() {
 async fn an_older_instance_writing_applied_events_is_refused_with_one_line() {
     with_each_database(|url| async move {
         open(&url).await.close().await;
-        sqlx::any::install_default_drivers();
-        let pool = sqlx::AnyPool::connect(&url).await.expect("connect");
-        let written = sqlx::query(
+        let message = refused_as_an_older_instance(
+            &url,
             "INSERT INTO applied_events \
              (id, kind, user_id, occurred_at, amount_minor, applied_at) \
              VALUES ('old', 'order.placed', 'u1', 1, 1, 1)",
         )
-        .execute(&pool)
-        .await
-        .expect_err("refused");
-        pool.close().await;
-        let message = written.to_string();
+        .await;
         assert!(
             message.contains("migrated by a newer pulseboard (migration 20261228000010"),
             "{message}"
         );
+    })
+    .await;
+}
+
+/// An instance of a version before migration 20261228000013 still running beside a migrated
+/// PostgreSQL database (one from before the digest key of migration 20261228000012 would
+/// lose ids) is refused at its next order insert with one line naming the cause; the store's
+/// own connections write as before.
+#[tokio::test]
+async fn an_older_instance_writing_order_ids_after_the_digest_key_is_refused_with_one_line() {
+    with_each_database(|url| async move {
+        if !url.starts_with("postgres") {
+            return; // SQLite keeps its bucket-first key: no such migration.
+        }
+        let store = open(&url).await;
+        // The older version's order insert, as it was written.
+        let message = refused_as_an_older_instance(
+            &url,
+            "INSERT INTO order_ids (bucket, hi, lo, occurred_at, signed_minor) \
+             SELECT 0, * FROM unnest('{1}'::bigint[], '{2}'::bigint[], '{3}'::bigint[], \
+             '{4}'::bigint[]) ON CONFLICT DO NOTHING",
+        )
+        .await;
+        assert!(
+            message.contains(
+                "migrated by a newer pulseboard (migration 20261228000013: order ids keyed by \
+                 their digest): stop this older instance"
+            ),
+            "{message}"
+        );
+        let lease = first_lease(&store).await;
+        assert_eq!(
+            fresh(&store, &lease, &[order("new", 5, NOW - 1_000)]).await,
+            vec![true]
+        );
+        assert_eq!(store.applied_count().await.expect("count"), 1);
+        store.close().await;
     })
     .await;
 }

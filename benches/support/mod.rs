@@ -4,7 +4,7 @@
 
 use pulseboard::aggregate::{Event, EventKind};
 use pulseboard::config::Backend;
-use pulseboard::for_benchmarks::{signed_minor, SQLITE_PRAGMAS};
+use pulseboard::for_benchmarks::{signed_minor, POSTGRES_SESSION, SQLITE_PRAGMAS};
 use pulseboard::store::{order_digest, Store};
 use sqlx::{AnyPool, Executor};
 use std::collections::BTreeMap;
@@ -34,9 +34,10 @@ impl BareTable {
             .after_connect(move |connection, _| {
                 Box::pin(async move {
                     // The store's own settings: the baseline must be as durable.
-                    if backend == Backend::Sqlite {
-                        connection.execute(SQLITE_PRAGMAS).await?;
-                    }
+                    match backend {
+                        Backend::Sqlite => connection.execute(SQLITE_PRAGMAS).await?,
+                        Backend::Postgres => connection.execute(POSTGRES_SESSION).await?,
+                    };
                     Ok(())
                 })
             })

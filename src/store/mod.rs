@@ -51,6 +51,16 @@ pub(crate) mod sqlite {
          PRAGMA cache_size = -65536; PRAGMA wal_autocheckpoint = 16384;";
 }
 
+/// PostgreSQL's session settings, for the same reason as [`sqlite`]'s module.
+pub(crate) mod postgres {
+    /// Set on every PostgreSQL connection: it tells migration `20261228000013`'s trigger that
+    /// the writer knows `order_ids` is keyed by digest, so that an older instance still running
+    /// is refused instead (a statement of it leaves the setting unset). Every later version
+    /// sets it too. A pooler that shares server sessions between clients (PgBouncer in
+    /// transaction mode) would lose it: connect to PostgreSQL directly or in session mode.
+    pub const SESSION: &str = "SET pulseboard.order_ids = 'keyed_by_digest'";
+}
+
 const POSTGRES_CONNECTIONS: u32 = 8;
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
 /// History is kept a day longer than the 7 days promised (docs/api.md, HTTP routes: history),
@@ -264,6 +274,12 @@ impl Store {
             }
             Backend::Postgres => {
                 let pool = match pool_options(POSTGRES_CONNECTIONS)
+                    .after_connect(|connection, _| {
+                        Box::pin(async move {
+                            connection.execute(postgres::SESSION).await?;
+                            Ok(())
+                        })
+                    })
                     .connect(database.url.expose_secret())
                     .await
                 {
