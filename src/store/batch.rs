@@ -17,14 +17,17 @@
 //! new and records them, one key probe an order. On SQLite the key leads with the bucket, so
 //! that a prune deletes one contiguous range of the table (SQLite has one writer, and a prune
 //! of scattered rows would hold it far longer): the lookup asks each live bucket first and
-//! the new rows are inserted after. Both bind a whole batch's rows as one value per column
-//! (`params`), so that every batch size runs the same statement text.
+//! the new rows are inserted after. Both bind a whole batch's rows as one value per statement
+//! parameter (`params`: PostgreSQL one array per column, SQLite one JSON array of rows), so
+//! that every batch size runs the same statement text.
 //!
 //! Each statement on PostgreSQL is a round trip the commit waits for, while the broker waits
 //! for the acknowledgement: a commit there is `BEGIN`, the fence, one order upsert (which
 //! registers the bucket too) and one upsert of the presence, minute and day rows, then
-//! `COMMIT`. The fence stays a statement of its own and comes first, so that a leader that
-//! lost the lease waits on the lease row before it locks any other.
+//! `COMMIT`; a batch with late events adds what it revised (`write_revision`: one day
+//! upsert and one update per revised minute). The fence stays a statement of its own and
+//! comes first, so that a leader that lost the lease waits on the lease row before it locks
+//! any other.
 
 use super::params::{
     postgres_int_array, postgres_nullable_int_array, postgres_text_array, sqlite_json_rows, Json,

@@ -8,9 +8,9 @@
 //!
 //! `sqlx::AnyPool`s serve both backends; their SQL is shared (placeholders `$N`, `ON CONFLICT`,
 //! `RETURNING`) except the batch statements: SQLite's read one JSON array of rows, PostgreSQL's
-//! one array per column (`params`), so that every batch size runs one prepared statement. The migrations
-//! differ. SQLite gets one writer connection, so writers take turns in order, and a pool of
-//! read-only connections beside it; PostgreSQL one pool for both.
+//! one array per column (`params`), so that every batch size runs one prepared statement. The
+//! migrations differ. SQLite gets one writer connection, so writers take turns in order, and a
+//! pool of read-only connections beside it; PostgreSQL one pool for both.
 //! Sums are cast to BIGINT because PostgreSQL's NUMERIC has no portable decoding.
 
 mod announcements;
