@@ -76,15 +76,14 @@ async fn open(url: &str) -> Store {
 async fn execute(url: &str, sql: &str) {
     sqlx::any::install_default_drivers();
     let pool = sqlx::AnyPool::connect(url).await.expect("connect");
-    if url.starts_with("postgres") {
-        sqlx::Executor::execute(&pool, &*format!("{POSTGRES_SESSION}; {sql}"))
-            .await
-            .expect("statement");
+    let marked = if url.starts_with("postgres") {
+        format!("{POSTGRES_SESSION}; {sql}")
     } else {
-        sqlx::Executor::execute(&pool, sql)
-            .await
-            .expect("statement");
-    }
+        sql.to_owned()
+    };
+    sqlx::Executor::execute(&pool, marked.as_str())
+        .await
+        .expect("statement");
     pool.close().await;
 }
 

@@ -39,6 +39,7 @@ use chrono::NaiveDate;
 use chrono_tz::Tz;
 use sqlx::Row;
 use std::collections::{BTreeMap, HashSet};
+use std::sync::LazyLock;
 
 /// Staged order rows digested per commit when `Store::migrate` finishes migration
 /// `20261228000010` on SQLite (which has no SHA-256 in SQL).
@@ -515,49 +516,54 @@ const DAYS_ADDED: &str = "ON CONFLICT (day) DO UPDATE SET \
      revenue_minor = daily_revenue.revenue_minor + excluded.revenue_minor";
 
 /// [`Store::write_figures`] on PostgreSQL: the presence, minute and day upserts as the parts
-/// of one statement, each fed by `unnest` of one array per column.
+/// of one statement (its text built once), each fed by `unnest` of one array per column.
 async fn write_figures_postgres(
     tx: &mut sqlx::Transaction<'_, sqlx::Any>,
     users: &[(&str, Seen)],
     delta: &Delta,
 ) -> Result<(), StoreError> {
-    let presence = presence_upsert(
-        "SELECT * FROM unnest($1::text[], $2::bigint[], $3::bigint[], $4::bigint[], $5::bigint[])",
-        |column| format!("GREATEST(user_presence.{column}, excluded.{column})"),
-    );
-    sqlx::query(&format!(
-        "WITH presence AS ({presence}), \
+    static STATEMENT: LazyLock<String> = LazyLock::new(|| {
+        let presence = presence_upsert(
+            "SELECT * FROM unnest($1::text[], $2::bigint[], $3::bigint[], $4::bigint[], \
+             $5::bigint[])",
+            |column| format!("GREATEST(user_presence.{column}, excluded.{column})"),
+        );
+        format!(
+            "WITH presence AS ({presence}), \
          minutes AS (INSERT INTO minute_stats (minute, orders, revenue_minor) \
          SELECT * FROM unnest($6::bigint[], $7::bigint[], $8::bigint[]) {MINUTES_ADDED}) \
          INSERT INTO daily_revenue (day, revenue_minor) \
          SELECT * FROM unnest($9::text[], $10::bigint[]) {DAYS_ADDED}"
-    ))
-    .bind(postgres_text_array(users.iter().map(|(u, _)| *u)))
-    .bind(postgres_nullable_int_array(
-        users.iter().map(|(_, s)| s.last_active),
-    ))
-    .bind(postgres_nullable_int_array(
-        users.iter().map(|(_, s)| s.last_signed_out),
-    ))
-    .bind(postgres_int_array(users.iter().map(|(_, s)| s.active_id)))
-    .bind(postgres_int_array(
-        users.iter().map(|(_, s)| s.signed_out_id),
-    ))
-    .bind(postgres_int_array(delta.minutes.keys().copied()))
-    .bind(postgres_int_array(delta.minutes.values().map(|t| t.orders)))
-    .bind(postgres_int_array(
-        delta.minutes.values().map(|t| t.revenue_minor),
-    ))
-    .bind(postgres_text_array(
-        delta.days.keys().map(NaiveDate::to_string),
-    ))
-    .bind(postgres_int_array(delta.days.values().copied()))
-    .execute(&mut **tx)
-    .await?;
+        )
+    });
+    sqlx::query(STATEMENT.as_str())
+        .bind(postgres_text_array(users.iter().map(|(u, _)| *u)))
+        .bind(postgres_nullable_int_array(
+            users.iter().map(|(_, s)| s.last_active),
+        ))
+        .bind(postgres_nullable_int_array(
+            users.iter().map(|(_, s)| s.last_signed_out),
+        ))
+        .bind(postgres_int_array(users.iter().map(|(_, s)| s.active_id)))
+        .bind(postgres_int_array(
+            users.iter().map(|(_, s)| s.signed_out_id),
+        ))
+        .bind(postgres_int_array(delta.minutes.keys().copied()))
+        .bind(postgres_int_array(delta.minutes.values().map(|t| t.orders)))
+        .bind(postgres_int_array(
+            delta.minutes.values().map(|t| t.revenue_minor),
+        ))
+        .bind(postgres_text_array(
+            delta.days.keys().map(NaiveDate::to_string),
+        ))
+        .bind(postgres_int_array(delta.days.values().copied()))
+        .execute(&mut **tx)
+        .await?;
     Ok(())
 }
 
 /// [`Store::write_figures`] on SQLite: three statements (SQLite has no data-modifying `WITH`),
+/// their texts built once,
 /// each fed by `json_each` of one JSON array of rows. `WHERE true`: without it SQLite would
 /// read `ON CONFLICT` as part of a join in the SELECT (its documented parsing ambiguity for
 /// upserts from a SELECT).
@@ -566,35 +572,47 @@ async fn write_figures_sqlite(
     users: &[(&str, Seen)],
     delta: &Delta,
 ) -> Result<(), StoreError> {
-    if !users.is_empty() {
-        sqlx::query(&presence_upsert(
+    static PRESENCE: LazyLock<String> = LazyLock::new(|| {
+        presence_upsert(
             "SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 3, value ->> 4 \
              FROM json_each(?) WHERE true",
             sqlite_later,
-        ))
-        .bind(sqlite_json_rows(users.iter().map(|(user, seen)| {
-            [
-                Json::Text(user),
-                Json::Int(seen.last_active),
-                Json::Int(seen.last_signed_out),
-                Json::Int(Some(seen.active_id)),
-                Json::Int(Some(seen.signed_out_id)),
-            ]
-        })))
-        .execute(&mut **tx)
-        .await?;
+        )
+    });
+    if !users.is_empty() {
+        sqlx::query(PRESENCE.as_str())
+            .bind(sqlite_json_rows(users.iter().map(|(user, seen)| {
+                [
+                    Json::Text(user),
+                    Json::Int(seen.last_active),
+                    Json::Int(seen.last_signed_out),
+                    Json::Int(Some(seen.active_id)),
+                    Json::Int(Some(seen.signed_out_id)),
+                ]
+            })))
+            .execute(&mut **tx)
+            .await?;
     }
-    if !delta.minutes.is_empty() {
-        sqlx::query(&format!(
+    static MINUTES: LazyLock<String> = LazyLock::new(|| {
+        format!(
             "INSERT INTO minute_stats (minute, orders, revenue_minor) \
              SELECT value ->> 0, value ->> 1, value ->> 2 FROM json_each(?) WHERE true \
              {MINUTES_ADDED}"
-        ))
-        .bind(sqlite_json_rows(delta.minutes.iter().map(|(minute, t)| {
-            [*minute, t.orders, t.revenue_minor].map(|n| Json::Int(Some(n)))
-        })))
-        .execute(&mut **tx)
-        .await?;
+        )
+    });
+    static DAYS: LazyLock<String> = LazyLock::new(|| {
+        format!(
+            "INSERT INTO daily_revenue (day, revenue_minor) \
+             SELECT value ->> 0, value ->> 1 FROM json_each(?) WHERE true {DAYS_ADDED}"
+        )
+    });
+    if !delta.minutes.is_empty() {
+        sqlx::query(MINUTES.as_str())
+            .bind(sqlite_json_rows(delta.minutes.iter().map(|(minute, t)| {
+                [*minute, t.orders, t.revenue_minor].map(|n| Json::Int(Some(n)))
+            })))
+            .execute(&mut **tx)
+            .await?;
     }
     if !delta.days.is_empty() {
         let days: Vec<(String, i64)> = delta
@@ -602,15 +620,12 @@ async fn write_figures_sqlite(
             .iter()
             .map(|(day, revenue)| (day.to_string(), *revenue))
             .collect();
-        sqlx::query(&format!(
-            "INSERT INTO daily_revenue (day, revenue_minor) \
-             SELECT value ->> 0, value ->> 1 FROM json_each(?) WHERE true {DAYS_ADDED}"
-        ))
-        .bind(sqlite_json_rows(days.iter().map(|(day, revenue)| {
-            [Json::Text(day), Json::Int(Some(*revenue))]
-        })))
-        .execute(&mut **tx)
-        .await?;
+        sqlx::query(DAYS.as_str())
+            .bind(sqlite_json_rows(days.iter().map(|(day, revenue)| {
+                [Json::Text(day), Json::Int(Some(*revenue))]
+            })))
+            .execute(&mut **tx)
+            .await?;
     }
     Ok(())
 }

@@ -1,8 +1,8 @@
-//! A whole batch bound as one value per column, so that every batch size runs the same
-//! statement text, prepared once per connection (sqlx's statement cache) instead of once per
-//! size: PostgreSQL array literals cast in SQL (`$1::bigint[]`, read with `unnest`; the `Any`
-//! driver binds no arrays), and SQLite JSON arrays of rows (read with `json_each`). Pure
-//! encoding: nothing here talks to a database.
+//! A whole batch bound as one value per statement parameter, so that every batch size runs
+//! the same statement text, prepared once per connection (sqlx's statement cache) instead of
+//! once per size: PostgreSQL array literals cast in SQL (`$1::bigint[]`, read with `unnest`;
+//! the `Any` driver binds no arrays), and SQLite JSON arrays of rows (read with `json_each`).
+//! Pure encoding: nothing here talks to a database.
 
 /// One value of a row written by [`sqlite_json_rows`].
 pub(super) enum Json<'a> {
@@ -89,16 +89,28 @@ pub(super) fn postgres_text_array<S: AsRef<str>>(items: impl Iterator<Item = S>)
 
 /// A PostgreSQL array literal of integers, for `$N::bigint[]`.
 pub(super) fn postgres_int_array(items: impl Iterator<Item = i64>) -> String {
-    let numbers: Vec<String> = items.map(|n| n.to_string()).collect();
-    format!("{{{}}}", numbers.join(","))
+    postgres_nullable_int_array(items.map(Some))
 }
 
-/// [`postgres_int_array`] with `NULL` for `None`.
+/// [`postgres_int_array`] with `NULL` for `None`. Written into one string: a batch's arrays
+/// are built on every commit.
 pub(super) fn postgres_nullable_int_array(items: impl Iterator<Item = Option<i64>>) -> String {
-    let numbers: Vec<String> = items
-        .map(|n| n.map_or_else(|| "NULL".to_owned(), |n| n.to_string()))
-        .collect();
-    format!("{{{}}}", numbers.join(","))
+    use std::fmt::Write;
+    let mut literal = String::from("{");
+    for (n, item) in items.enumerate() {
+        if n > 0 {
+            literal.push(',');
+        }
+        match item {
+            // Writing to a String cannot fail.
+            Some(number) => {
+                let _ = write!(literal, "{number}");
+            }
+            None => literal.push_str("NULL"),
+        }
+    }
+    literal.push('}');
+    literal
 }
 
 #[cfg(test)]
