@@ -294,17 +294,24 @@ impl Stack {
         }
     }
 
-    /// Live connections of `transport` on instance `i`.
-    async fn connections(&self, i: usize, transport: &str) -> u64 {
-        let Ok(answer) = self.http.get(self.direct_url(i, "/metrics")).send().await else {
-            return 0;
-        };
-        let text = answer.text().await.unwrap_or_default();
-        metric_sum(
+    /// Live connections of `transport` on instance `i`, from its own `/metrics`.
+    async fn connections(&self, i: usize, transport: &str) -> Result<u64, String> {
+        let unread = |e: &dyn std::fmt::Display| format!("web-{} /metrics: {e}", i + 1);
+        let answer = self
+            .http
+            .get(self.direct_url(i, "/metrics"))
+            .send()
+            .await
+            .map_err(|e| unread(&e))?;
+        if !answer.status().is_success() {
+            return Err(unread(&answer.status()));
+        }
+        let text = answer.text().await.map_err(|e| unread(&e))?;
+        Ok(metric_sum(
             &text,
             "pulseboard_connections",
             &format!("transport=\"{transport}\""),
-        )
+        ))
     }
 
     /// The current snapshot through nginx.
@@ -656,11 +663,22 @@ impl Load {
     async fn reach(&mut self, stack: &Stack, i: usize) {
         // One client at a time, at uneven moments: added in step with the announcer's
         // requests, every new client could meet the same turn of the round robin.
+        // A failed read of the counts is remembered, not taken for 0: adding clients on it
+        // would say nothing about where nginx sends them.
+        let mut unread = Vec::new();
         for attempt in 0..30 {
             let jitter = rand::random::<u64>() % 200;
             tokio::time::sleep(Duration::from_millis(200 + jitter)).await;
-            let streams = stack.connections(i, "sse").await;
-            let consoles = stack.connections(i, "ws").await;
+            let (streams, consoles) = match (
+                stack.connections(i, "sse").await,
+                stack.connections(i, "ws").await,
+            ) {
+                (Ok(streams), Ok(consoles)) => (streams, consoles),
+                (Err(error), _) | (_, Err(error)) => {
+                    unread.push(error);
+                    continue;
+                }
+            };
             if streams > 0 && consoles > 0 {
                 return;
             }
@@ -673,11 +691,20 @@ impl Load {
         let log = std::fs::read_to_string(stack.nginx._folder.path().join("error.log"))
             .unwrap_or_default();
         let tail: Vec<&str> = log.lines().rev().take(20).collect();
+        let counts = |j: usize| async move {
+            (
+                stack.connections(j, "sse").await,
+                stack.connections(j, "ws").await,
+            )
+        };
         panic!(
-            "no stream or console session reached web-{} (streams {}, consoles {}); nginx: {tail:#?}",
+            "no stream or console session reached web-{} ({:?}) with {} streams and {} consoles \
+             started; the other instance has {:?}; failed reads {unread:?}; nginx: {tail:#?}",
             i + 1,
-            stack.connections(i, "sse").await,
-            stack.connections(i, "ws").await
+            counts(i).await,
+            self.streams.len(),
+            self.consoles.len(),
+            counts(1 - i).await,
         );
     }
 
