@@ -5,11 +5,11 @@
 //! counted, in a way that survives a restart.
 
 use crate::helpers::{
-    clear_of_minute_boundary, event, metric_sum, Backend, Broker, Names, Service, ServiceConfig,
-    TestDatabase,
+    clear_of_minute_boundary, event, metric_sum, within_one_utc_day, Backend, Broker, Names,
+    Service, ServiceConfig, TestDatabase,
 };
 use crate::sse_client::SseClient;
-use chrono::{DateTime, Timelike, Utc};
+use chrono::{DateTime, Utc};
 use serde_json::Value;
 use std::time::Duration;
 
@@ -224,20 +224,11 @@ async fn compare_with_yesterday_from_seeded_history_on_postgres() {
     compare_with_yesterday_from_seeded_history(Backend::Postgres).await;
 }
 
-/// Waits, if need be, so that the next `window` stays within one UTC day.
-async fn clear_of_midnight(window: Duration) {
-    let seconds_into_day = Utc::now().num_seconds_from_midnight();
-    let left = Duration::from_secs(u64::from(86_400 - seconds_into_day.min(86_400)));
-    if left < window {
-        tokio::time::sleep(left + Duration::from_secs(2)).await;
-    }
-}
-
 async fn a_late_event_revises_its_minute_and_is_counted(backend: Backend) {
     // The late events are 7 minutes old: they and the test stay within one day and one minute,
     // and their users' activity ended (5 minutes on) before any minute this leader closed, so
     // they revise their minute's orders and revenue, and no minute's active users.
-    clear_of_midnight(Duration::from_secs(600)).await;
+    within_one_utc_day(Duration::from_secs(480), Duration::from_secs(600)).await;
     let database = TestDatabase::new(backend).await;
     let names = Names::new();
     let broker = Broker::connect(&names).await;
@@ -360,7 +351,7 @@ fn event_in(id: &str, kind: &str, minute: i64, user: &str, amount: Option<i64>) 
 /// did not close that minute itself, so a late activity in it then is counted but leaves its
 /// active users as they were (docs/events.md, Late events).
 async fn late_events_and_revised_minutes_survive_a_restart(backend: Backend) {
-    clear_of_midnight(Duration::from_secs(300)).await;
+    within_one_utc_day(Duration::ZERO, Duration::from_secs(300)).await;
     let database = TestDatabase::new(backend).await;
     let names = Names::new();
     let broker = Broker::connect(&names).await;

@@ -37,6 +37,22 @@ pub async fn clear_of_minute_boundary(window: Duration) {
     }
 }
 
+/// Sleeps until the span from `back` before now to `ahead` after it lies within one UTC day:
+/// a test whose events reach `back` into the past, and which runs for up to `ahead`, must not
+/// see midnight split them (revenue today would lose the earlier ones, and late events would
+/// be counted on the other day).
+pub async fn within_one_utc_day(back: Duration, ahead: Duration) {
+    use chrono::Timelike;
+    let day = Duration::from_secs(86_400);
+    let into_day = Duration::from_secs(u64::from(chrono::Utc::now().num_seconds_from_midnight()));
+    let margin = Duration::from_secs(2);
+    if into_day < back {
+        tokio::time::sleep(back - into_day + margin).await;
+    } else if day.saturating_sub(into_day) < ahead {
+        tokio::time::sleep(day.saturating_sub(into_day) + back + margin).await;
+    }
+}
+
 /// From `now_ms` (Unix milliseconds) to the next minute boundary.
 fn to_next_minute(now_ms: i64) -> Duration {
     Duration::from_millis((60_000 - now_ms.rem_euclid(60_000)) as u64)

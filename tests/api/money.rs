@@ -2,7 +2,9 @@
 //! for, is dead-lettered with its reason while everything else goes on; a database left with a
 //! figure that is not a whole number is refused at start with one clear line.
 
-use crate::helpers::{event, Backend, Broker, Names, Service, ServiceConfig, TestDatabase};
+use crate::helpers::{
+    event, within_one_utc_day, Backend, Broker, Names, Service, ServiceConfig, TestDatabase,
+};
 use chrono::Utc;
 use serde_json::Value;
 use std::time::Duration;
@@ -15,17 +17,6 @@ fn order(id: &str, kind: &str, seconds_ago: i64, amount: i64) -> (String, Vec<u8
         kind.to_owned(),
         event(id, kind, seconds_ago, "u1", Some(amount)),
     )
-}
-
-/// Waits, if need be, until "today" (UTC, as the service counts it here) lasts at least
-/// `window` more: a test that compares today's revenue must not straddle midnight.
-async fn clear_of_midnight(window: Duration) {
-    use chrono::Timelike;
-    let seconds_into_day = Utc::now().num_seconds_from_midnight();
-    let left = Duration::from_secs(u64::from(86_400 - seconds_into_day.min(86_400)));
-    if left < window {
-        tokio::time::sleep(left + Duration::from_secs(2)).await;
-    }
 }
 
 /// `/readyz` and `/api/dashboard/history` both answer 200, and history's revenue adds up to
@@ -44,7 +35,7 @@ async fn serves_history_and_readiness(service: &Service, revenue: i64) {
 }
 
 async fn overflowing_orders_are_dead_lettered_and_the_service_stays_up(backend: Backend) {
-    clear_of_midnight(Duration::from_secs(120)).await;
+    within_one_utc_day(Duration::from_secs(10), Duration::from_secs(120)).await;
     let database = TestDatabase::new(backend).await;
     let names = Names::new();
     let broker = Broker::connect(&names).await;
@@ -128,7 +119,7 @@ async fn execute(database: &TestDatabase, sql: &str) -> Result<(), sqlx::Error> 
 }
 
 async fn a_sum_without_room_refuses_the_event_not_the_service(backend: Backend) {
-    clear_of_midnight(Duration::from_secs(120)).await;
+    within_one_utc_day(Duration::from_secs(10), Duration::from_secs(120)).await;
     let database = TestDatabase::new(backend).await;
     let names = Names::new();
     let broker = Broker::connect(&names).await;
@@ -304,7 +295,7 @@ async fn a_database_with_a_non_integer_figure_is_refused_at_start_on_postgres() 
 /// database (not RabbitMQ), and once the writes work again nothing was lost.
 #[tokio::test]
 async fn readiness_names_a_database_that_refuses_the_leaders_writes() {
-    clear_of_midnight(Duration::from_secs(120)).await;
+    within_one_utc_day(Duration::from_secs(10), Duration::from_secs(120)).await;
     let database = TestDatabase::new(Backend::Postgres).await;
     let names = Names::new();
     let broker = Broker::connect(&names).await;
