@@ -9,6 +9,8 @@
 //! - per user, the latest activity and the latest sign-out (two max-registers): enough to decide
 //!   "active now" without keeping every event; and which of the minutes the leader closed in the
 //!   last hour counted them active at its end (one 64-bit mask, see [`late`]);
+//! - a hash of each user event applied within the active window: what recognises their
+//!   repeats ([`recent`]);
 //! - per second, orders and net revenue for the last hour: orders per minute and revenue last hour
 //!   are sums over these (so windows are precise to one second);
 //! - per local day and per minute, net revenue and orders: the same increments the store persists
@@ -25,6 +27,7 @@
 //!   from the per-user masks of who was counted), and the `trust` figures that count them;
 //! - [`presence`]: one user's registers (latest activity, latest sign-out, the ids that set
 //!   them, the mask of closed minutes that counted them) and their stored form;
+//! - [`recent`]: the user events applied within the active window, to recognise a repeat;
 //! - [`compare`]: comparisons with yesterday and last week;
 //! - `event`: the accepted event itself.
 
@@ -33,6 +36,7 @@ pub(crate) mod compare;
 mod event;
 mod late;
 mod presence;
+mod recent;
 
 pub use bound::{Figure, Overflow};
 pub use compare::{same_time_earlier, Offset};
@@ -44,6 +48,7 @@ pub use presence::{id_hash, StoredPresence};
 use bound::InFlight;
 use late::Late;
 use presence::Presence;
+use recent::RecentUserEvents;
 
 use chrono::{NaiveDate, TimeZone};
 use chrono_tz::Tz;
@@ -171,6 +176,8 @@ struct Second {
 pub(crate) struct Aggregator {
     settings: AggregateSettings,
     users: HashMap<String, Presence>,
+    /// The user events applied within the active window (see [`Aggregator::recognises`]).
+    recent_user_events: RecentUserEvents,
     seconds: BTreeMap<i64, Second>,
     /// Gross of every second in `seconds`: no sum over any of them can be larger.
     seconds_gross_minor: i64,
@@ -191,6 +198,7 @@ impl Aggregator {
         Self {
             settings,
             users: HashMap::new(),
+            recent_user_events: RecentUserEvents::default(),
             seconds: BTreeMap::new(),
             seconds_gross_minor: 0,
             minutes: BTreeMap::new(),
@@ -258,13 +266,21 @@ impl Aggregator {
 
     /// Whether `event` repeats one already applied, as far as memory tells: a user event (of
     /// a kind that has no id record in the store) of the same user, kind, `occurred_at` and id
-    /// as the one that set that user's latest activity, or latest sign-out. Applying it again
-    /// would change nothing, so it counts as a duplicate. Not recognised: a repeat of an
-    /// earlier event of the user, of a user the aggregator has forgotten (inactive beyond the
-    /// window), or of one applied before a restore (the store keeps no ids of user events):
-    /// the count of user-kind duplicates is best-effort while their effect is exact
-    /// (docs/events.md). Orders are never judged here: the store's id records decide them.
+    /// as one applied in the active window ([`recent`]), or as the one that set that user's
+    /// latest activity or latest sign-out (which a new leader restores from the store).
+    /// Applying it again would change nothing, so it counts as a duplicate. Not recognised: a
+    /// repeat of an event older than the window but for the latest of its user, or of one
+    /// applied before a restore but for the latest: the count of user-kind duplicates is
+    /// best-effort while their effect is exact (docs/events.md). Orders are never judged
+    /// here: the store's id records decide them.
     pub(crate) fn recognises(&self, event: &Event) -> bool {
+        self.recent_user_events.contains(event) || self.set_a_register(event)
+    }
+
+    /// `event` set its user's latest activity or latest sign-out (see [`recognises`]).
+    ///
+    /// [`recognises`]: Aggregator::recognises
+    fn set_a_register(&self, event: &Event) -> bool {
         let Some(presence) = self.users.get(&event.user_id) else {
             return false;
         };
@@ -278,6 +294,7 @@ impl Aggregator {
 
     /// The parts of an event that only live in memory: presence and per-second tallies.
     fn observe(&mut self, event: &Event) {
+        self.recent_user_events.remember(event);
         self.users
             .entry(event.user_id.clone())
             .or_insert_with(Presence::unseen)
@@ -354,6 +371,7 @@ impl Aggregator {
                 || presence.last_signed_out > now - window
                 || presence.counted & remembered != 0
         });
+        self.recent_user_events.rotate(now, window);
         let oldest_second = now.div_euclid(SECOND_MS) - HOUR_SECS;
         let kept = self.seconds.split_off(&oldest_second);
         let dropped_gross = self

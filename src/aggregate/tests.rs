@@ -276,6 +276,54 @@ fn a_user_event_seen_before_is_recognised_and_an_order_never_is() {
     assert!(!aggregator.recognises(&stranger));
 }
 
+/// SPEC §3.2: repeats of user events are recognised at least within the active window, not
+/// only the one that set its user's registers; past the window only that one is.
+#[test]
+fn every_user_event_of_the_active_window_is_recognised_when_repeated() {
+    let now = at("2026-11-23T10:15:30Z");
+    let window = settings(Tz::UTC).active_window_ms;
+    let first = event("a1", EventKind::UserActive, now - 60_000, "u1");
+    let second = event("a2", EventKind::UserActive, now - 30_000, "u1");
+    let signed_out = event("s1", EventKind::UserSignedOut, now - 50_000, "u1");
+    let other = event("x1", EventKind::Other, now - 40_000, "u1");
+    let mut aggregator = aggregate(
+        &[
+            first.clone(),
+            signed_out.clone(),
+            other.clone(),
+            second.clone(),
+        ],
+        Tz::UTC,
+    );
+    // `first` and `other` no longer set u1's latest activity; they are repeats all the same.
+    for repeat in [&first, &second, &signed_out, &other] {
+        assert!(aggregator.recognises(repeat), "{repeat:?}");
+    }
+    // A new event at the same instant, or another user's with the same id, is not a repeat.
+    let mut twin = first.clone();
+    twin.id = "a1-twin".into();
+    let mut elsewhere = first.clone();
+    elsewhere.user_id = "u2".into();
+    assert!(!aggregator.recognises(&twin) && !aggregator.recognises(&elsewhere));
+
+    // Once they were applied longer ago than the window, only what set u1's latest activity
+    // and sign-out is known.
+    aggregator.prune(now);
+    let later = now + window + 1;
+    let third = event("a3", EventKind::UserActive, later - 1_000, "u1");
+    aggregator.apply(&third);
+    aggregator.prune(later);
+    for forgotten in [&first, &second, &other] {
+        assert!(!aggregator.recognises(forgotten), "{forgotten:?}");
+    }
+    assert!(aggregator.recognises(&third) && aggregator.recognises(&signed_out));
+    assert_eq!(
+        aggregator.recent_user_events.len(),
+        1,
+        "only `third` is kept"
+    );
+}
+
 /// A sign-out redelivered after a later activity of the same user leaves them active, live
 /// and after a restore from what the store keeps.
 #[test]

@@ -68,10 +68,17 @@ async fn known_mix_gives_hand_computed_figures(backend: Backend) {
             event(&id, "user.active", 50, &format!("u{i}"), None),
         ));
     }
-    // 10 % duplicates of earlier ids; the refund's must not subtract twice, and a re-used id
-    // with a different body still counts once.
+    // u5 active again, later: "a5" no longer set their latest activity.
+    messages.push(msg(
+        "user.active",
+        event("a5-later", "user.active", 60, "u5", None),
+    ));
+    // 10 % duplicates of earlier ids; the refund's must not subtract twice, a re-used id with
+    // a different body still counts once, and a user event of the active window is recognised
+    // whether or not it is its user's latest (SPEC §3.2).
     messages.push(good[0].clone());
     messages.push(good[5].clone());
+    messages.push(good[6].clone());
     messages.push(msg(
         "order.placed",
         event("o2", "order.placed", 2, "u2", Some(99_999)),
@@ -166,13 +173,13 @@ async fn known_mix_gives_hand_computed_figures(backend: Backend) {
         "bodies kept as sent"
     );
 
-    assert_eq!(service.events_counted("duplicate").await, 3);
+    assert_eq!(service.events_counted("duplicate").await, 4);
     assert_eq!(
         service.events_counted("rejected").await,
         malformed.len() as u64
     );
     assert_eq!(service.events_counted("ignored").await, 1);
-    assert_eq!(service.events_counted("applied").await, 19);
+    assert_eq!(service.events_counted("applied").await, 20);
     assert_eq!(
         broker.events_queue_depth().await,
         0,

@@ -113,6 +113,35 @@ fn a_late_event_the_commit_found_a_duplicate_is_not_counted() {
     assert_eq!(aggregator.trust(now), Trust::default());
 }
 
+/// A redelivered user event of a closed minute is a duplicate, not a late event: it changes no
+/// figure, `trust` included, whether it was applied in an earlier batch (and is no longer its
+/// user's latest) or earlier in the same batch.
+#[test]
+fn a_repeated_user_event_of_a_closed_minute_is_not_late_again() {
+    let now = at("2026-11-23T10:15:30Z");
+    let mut aggregator = Aggregator::new(settings(Tz::UTC));
+    aggregator.close_minutes_before(minute_of(now));
+    let first = active("a1", now - 150_000, "u1");
+    let revision = land(&mut aggregator, std::slice::from_ref(&first), now);
+    assert_eq!(revision.late_events, 1);
+    land(&mut aggregator, &[active("a2", now - 100_000, "u1")], now);
+    let before = aggregator.trust(now);
+    assert_eq!(before.late_events_today, 2);
+
+    let revision = land(&mut aggregator, std::slice::from_ref(&first), now);
+    assert_eq!(
+        (revision.late.clone(), revision.late_events),
+        (vec![false], 0)
+    );
+    let copies = [
+        signed_out("s1", now - 120_000, "u2"),
+        signed_out("s1", now - 120_000, "u2"),
+    ];
+    let revision = land(&mut aggregator, &copies, now);
+    assert_eq!(revision.late, vec![true, false]);
+    assert_eq!(aggregator.trust(now).late_events_today, 3);
+}
+
 #[test]
 fn late_events_today_start_again_at_local_midnight() {
     let tz: Tz = chrono_tz::America::New_York;
@@ -231,16 +260,15 @@ fn a_late_activity_adds_its_user_to_the_closed_minutes_it_was_active_at_the_end_
         }
     );
     // Once u1 is active again (on time), the repeat of their late event is no longer their
-    // latest: counted again (best-effort, as a duplicate of a user event is), but they are
-    // counted wherever it made them active, so nothing changes.
+    // latest, but it was applied within the window: recognised all the same.
     let revision = land(&mut aggregator, &[active("u1-now", now, "u1")], now);
     assert_eq!(revision.late_events, 0);
     let revision = land(&mut aggregator, &[other], now);
-    assert_eq!(revision.late_events, 1);
+    assert_eq!(revision.late_events, 0);
     assert!(revision.minutes.is_empty(), "{revision:?}");
 
     let trust = aggregator.trust(now);
-    assert_eq!(trust.late_events_today, 4);
+    assert_eq!(trust.late_events_today, 3);
     let minute = |n: i64| start + n * MINUTE_MS;
     assert_eq!(
         trust.revised_minutes,
