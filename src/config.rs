@@ -254,7 +254,8 @@ pub struct ServeArgs {
     pub admin_password: Option<SecretString>,
 
     /// Comma list of origins allowed to open the console WebSocket [default: own origin].
-    #[arg(long, env = "PULSEBOARD_ALLOWED_ORIGINS", value_delimiter = ',')]
+    #[arg(long, env = "PULSEBOARD_ALLOWED_ORIGINS", value_delimiter = ',',
+          value_parser = parse_origin)]
     pub allowed_origins: Vec<String>,
 
     /// PEM certificate chain; with --tls-key the service speaks HTTPS only.
@@ -456,6 +457,23 @@ fn parse_public_url(url: &str) -> Result<String, String> {
     Ok(url.trim_end_matches('/').to_owned())
 }
 
+/// One origin of a comma list, as a browser sends it in `Origin`: `http://` or `https://` and a
+/// host with an optional port, nothing after it. Spaces around it (`a, b`) and a trailing `/`
+/// are dropped, so that the list reads as people write it and still matches.
+fn parse_origin(origin: &str) -> Result<String, String> {
+    let origin = origin.trim().trim_end_matches('/');
+    let host = origin
+        .strip_prefix("https://")
+        .or_else(|| origin.strip_prefix("http://"))
+        .unwrap_or_default();
+    if host.is_empty() || host.contains(['/', '?', '#', '@', ' ']) {
+        return Err(format!(
+            "{origin:?} is not an origin: expected http://HOST[:PORT] or https://HOST[:PORT]"
+        ));
+    }
+    Ok(origin.to_owned())
+}
+
 fn parse_username(name: &str) -> Result<String, String> {
     crate::auth::validate_username(name).map(|()| name.to_owned())
 }
@@ -587,6 +605,31 @@ mod tests {
         assert!(!serve.trust_proxy);
         assert_eq!(serve.audit_retention_secs, 90 * 24 * 3_600, "90 days");
         assert_eq!(serve.dedupe_window_secs, 24 * 3_600, "24 hours");
+    }
+
+    #[test]
+    fn allowed_origins_read_as_written_and_only_origins_are_allowed() {
+        let origins = |list: &str| match parse(&["serve", "--allowed-origins", list]) {
+            Ok(Cli {
+                command: Command::Serve(serve),
+                ..
+            }) => Ok(serve.allowed_origins),
+            Ok(_) => panic!("not serve"),
+            Err(error) => Err(error.to_string()),
+        };
+        assert_eq!(
+            origins("https://a.example, https://b.example:8443/").expect("parses"),
+            ["https://a.example", "https://b.example:8443"]
+        );
+        for wrong in [
+            "a.example",
+            "https://a.example/dash",
+            "https://",
+            "https://a.example,",
+        ] {
+            let error = origins(wrong).expect_err(wrong);
+            assert!(error.contains("is not an origin"), "{wrong}: {error}");
+        }
     }
 
     #[test]
