@@ -13,7 +13,7 @@
 //! snapshot or the 1 s rebroadcast supersedes a snapshot, a hub fills any announcement gap from
 //! the store, and a refresh caller times out. Every instance runs [`run`]: one connection
 //! (reconnecting with backoff), publishing what this instance sends, consuming everything from
-//! an exclusive queue into its [`Hub`], and polling the depths of the events and dead-letter
+//! an exclusive queue into its [`Hub`](crate::live::Hub), and polling the depths of the events and dead-letter
 //! queues for status and metrics. On every (re)connect the hub catches up on announcements
 //! from the store.
 //!
