@@ -35,7 +35,6 @@
 //! same).
 
 use super::presence::Presence;
-use super::recent::RecentUserEvents;
 use super::{
     local_date, minute_of, Aggregator, Event, EventKind, Millis, HOUR_SECS, MINUTE_MS, SECOND_MS,
 };
@@ -192,8 +191,8 @@ impl Aggregator {
     }
 
     /// Decides, once and before the batch commits, which of `events` are late (their minute
-    /// is closed, and they are not a repeat [`recognises`](Self::recognises) knows, nor a copy
-    /// of a late user event earlier in the batch), and what the late ones change in the
+    /// is closed, and they are not a repeat [`recognises`](Self::recognises) knows; a batch
+    /// holds no id twice, see `ingest::pipeline`), and what the late ones change in the
     /// active users of the minutes this leader closed (see the module header). The changes
     /// are made to the masks now, so that the next batch is judged on top of them; the leader
     /// must not judge a batch holding late events while the one before it is committed but
@@ -204,19 +203,9 @@ impl Aggregator {
     /// duplicate) changes nothing here: its first copy set the masks or the registers they
     /// were made from. So the changes hold whichever events the commit finds new.
     pub(crate) fn judge(&mut self, events: &[Event]) -> Judgement {
-        // A copy of a late user event earlier in the same batch is a repeat too.
-        let mut earlier_in_batch = RecentUserEvents::default();
         let late: Vec<bool> = events
             .iter()
-            .map(|event| {
-                let late = self.is_closed(event.occurred_at)
-                    && !self.recognises(event)
-                    && !earlier_in_batch.contains(event);
-                if late {
-                    earlier_in_batch.remember(event);
-                }
-                late
-            })
+            .map(|event| self.is_closed(event.occurred_at) && !self.recognises(event))
             .collect();
         if !late.contains(&true) {
             return Judgement::default();

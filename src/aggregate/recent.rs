@@ -6,9 +6,9 @@
 //! Events are kept by when they were applied, not when they occurred, so that a late event
 //! (its `occurred_at` long past) is recognised as long as an on-time one: in generations, one
 //! per call of [`RecentUserEvents::rotate`] (the leader's prune, every minute), each dropped
-//! whole once it ended more than the window ago, so an event stays known for at least the
-//! window after it was applied and at most a generation longer. A lookup asks each
-//! generation, a handful. Each event is kept as a 64-bit keyed hash of its kind's register,
+//! whole at the first rotation more than the window after it ended, so an event stays known
+//! for at least the window after it was applied and at most two prune intervals longer. A
+//! lookup asks each generation, a handful. Each event is kept as a 64-bit keyed hash of its kind's register,
 //! user, id and `occurred_at`: the key is this process's own, so no producer can choose ids
 //! that collide, and by chance a new event matches one of n kept ones with a probability of
 //! n/2⁶⁴: at 5 000 user events a second and the default 5-minute window (n under 2 million),
