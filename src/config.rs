@@ -462,10 +462,16 @@ fn parse_public_url(url: &str) -> Result<String, String> {
 /// are dropped, so that the list reads as people write it and still matches.
 fn parse_origin(origin: &str) -> Result<String, String> {
     let origin = origin.trim().trim_end_matches('/');
-    let host = origin
-        .strip_prefix("https://")
-        .or_else(|| origin.strip_prefix("http://"))
-        .unwrap_or_default();
+    // Schemes are case-insensitive, as the comparison with `Origin` is.
+    let (scheme, host) = origin.split_once("://").unwrap_or_default();
+    let host = if ["http", "https"]
+        .iter()
+        .any(|s| s.eq_ignore_ascii_case(scheme))
+    {
+        host
+    } else {
+        ""
+    };
     if host.is_empty() || host.contains(['/', '?', '#', '@', ' ']) {
         return Err(format!(
             "{origin:?} is not an origin: expected http://HOST[:PORT] or https://HOST[:PORT]"
@@ -618,14 +624,20 @@ mod tests {
             Err(error) => Err(error.to_string()),
         };
         assert_eq!(
-            origins("https://a.example, https://b.example:8443/").expect("parses"),
-            ["https://a.example", "https://b.example:8443"]
+            origins("https://a.example, https://b.example:8443/, HTTPS://C.example")
+                .expect("parses"),
+            [
+                "https://a.example",
+                "https://b.example:8443",
+                "HTTPS://C.example"
+            ]
         );
         for wrong in [
             "a.example",
             "https://a.example/dash",
             "https://",
             "https://a.example,",
+            "ftp://a.example",
         ] {
             let error = origins(wrong).expect_err(wrong);
             assert!(error.contains("is not an origin"), "{wrong}: {error}");
