@@ -1,5 +1,6 @@
 //! The dead-letter queue `<prefix>.dead` as operators handle it (docs/api.md, Console: `dlq.*`):
-//! look without removing, replay into the events exchange, purge.
+//! look without removing, replay into `<prefix>.events` (through `<prefix>.replay`, bound to
+//! that queue alone, under the letter's own routing key), purge.
 //!
 //! Each call opens a connection of its own and closes it, so a slow or unreachable broker holds
 //! up only the console command that asked. Replay publishes a copy with publisher confirms and
@@ -134,7 +135,9 @@ pub(crate) async fn peek(
     Ok(letters)
 }
 
-/// Moves up to `limit` dead letters back through the events exchange, one at a time.
+/// Moves up to `limit` dead letters back to `<prefix>.events`, one at a time: through
+/// `<prefix>.replay`, so that no other queue bound to the producers' exchange (another
+/// deployment's, an archive's) gets a second copy.
 pub(crate) async fn replay(
     url: &str,
     topology: &Topology,
@@ -156,7 +159,7 @@ pub(crate) async fn replay(
                     break;
                 }
             };
-            match republish(&channel, &topology.exchange, &delivery).await {
+            match republish(&channel, &topology.replay_exchange, &delivery).await {
                 Ok(()) => {
                     delivery.ack(BasicAckOptions::default()).await?;
                     replayed += 1;
@@ -235,7 +238,9 @@ async fn republish(
     .await?;
     match routed {
         Routed::Taken => Ok(()),
-        Routed::Unroutable => Err(DlqError::NotRouted("no queue is bound for its key")),
+        Routed::Unroutable => Err(DlqError::NotRouted(
+            "the events queue is not bound to the replay exchange",
+        )),
         Routed::Refused => Err(DlqError::NotRouted("refused")),
         Routed::Unconfirmed => Err(DlqError::NotRouted("no confirm")),
     }

@@ -8,6 +8,9 @@
 //! - `$PULSEBOARD_EXCHANGE` (topic, durable): where producers publish;
 //! - `<prefix>.events` (durable, single active consumer) bound with `order.*` and `user.*`,
 //!   dead-lettering into `<prefix>.dlx` (fanout) → `<prefix>.dead` (durable);
+//! - `<prefix>.replay` (fanout, durable) bound to `<prefix>.events` alone: where `dlq.replay`
+//!   puts a dead letter back under its own routing key, so that no other queue bound to the
+//!   producers' exchange gets a second copy;
 //! - `<prefix>.live` (fanout, transient): snapshots between instances (see `fanout`).
 //!
 //! `PULSEBOARD_QUEUE_TYPE=quorum` declares `<prefix>.events` and `<prefix>.dead` as quorum
@@ -131,6 +134,8 @@ pub struct Topology {
     pub events_queue: String,
     pub dead_exchange: String,
     pub dead_queue: String,
+    /// Bound to `events_queue` alone: what a replayed dead letter is published to.
+    pub replay_exchange: String,
     pub live_exchange: String,
     /// `PULSEBOARD_QUEUE_TYPE` of the events and dead-letter queues.
     pub queue_type: QueueType,
@@ -143,6 +148,7 @@ impl Topology {
             events_queue: format!("{prefix}.events"),
             dead_exchange: format!("{prefix}.dlx"),
             dead_queue: format!("{prefix}.dead"),
+            replay_exchange: format!("{prefix}.replay"),
             live_exchange: format!("{prefix}.live"),
             queue_type: QueueType::Classic,
         }
@@ -266,6 +272,14 @@ impl Topology {
             .await?;
         channel
             .exchange_declare(
+                &self.replay_exchange,
+                ExchangeKind::Fanout,
+                durable,
+                FieldTable::default(),
+            )
+            .await?;
+        channel
+            .exchange_declare(
                 &self.live_exchange,
                 ExchangeKind::Fanout,
                 ExchangeDeclareOptions::default(),
@@ -296,6 +310,15 @@ impl Topology {
                 )
                 .await?;
         }
+        channel
+            .queue_bind(
+                &self.events_queue,
+                &self.replay_exchange,
+                "",
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
         Ok(())
     }
 
@@ -312,7 +335,13 @@ impl Topology {
                 first_error.get_or_insert(error);
             }
         }
-        for exchange in [&self.exchange, &self.dead_exchange, &self.live_exchange] {
+        let exchanges = [
+            &self.exchange,
+            &self.dead_exchange,
+            &self.replay_exchange,
+            &self.live_exchange,
+        ];
+        for exchange in exchanges {
             if let Err(error) = channel
                 .exchange_delete(exchange, ExchangeDeleteOptions::default())
                 .await

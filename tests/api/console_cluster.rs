@@ -6,7 +6,8 @@
 use crate::console::{error_of, Console};
 use crate::helpers::{Backend, Broker, Names, Service, ServiceConfig, TestDatabase};
 use crate::sse_client::SseClient;
-use lapin::options::BasicPublishOptions;
+use lapin::options::{BasicPublishOptions, QueueBindOptions, QueueDeclareOptions};
+use lapin::types::FieldTable;
 use lapin::BasicProperties;
 use serde_json::{json, Value};
 use std::time::Duration;
@@ -281,6 +282,35 @@ async fn a_dead_letter_is_peeked_replayed_once_after_the_fix_and_purged_only_wit
     }
     drop(console);
 
+    // Another consumer of the producers' exchange (an archive, another deployment): it got
+    // the event when it was published, and must not get it again with a replay.
+    let (bystander_link, bystander) =
+        crate::helpers::open_channel(crate::helpers::AMQP_URL, "dlq test bystander")
+            .await
+            .expect("channel");
+    let bystander_queue = format!("{}.bystander", names.prefix);
+    bystander
+        .queue_declare(
+            &bystander_queue,
+            QueueDeclareOptions {
+                exclusive: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .expect("bystander queue");
+    bystander
+        .queue_bind(
+            &bystander_queue,
+            &names.exchange,
+            "#",
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .expect("bystander bound");
+
     // The cause is fixed: the service now counts EUR.
     service.terminate(Duration::from_secs(15)).await;
     let mut config = ServiceConfig::new(&database, &names, "d-1");
@@ -324,6 +354,11 @@ async fn a_dead_letter_is_peeked_replayed_once_after_the_fix_and_purged_only_wit
     assert_eq!(service.events_counted("applied").await, 1);
     let snapshot = service.snapshot().await.expect("snapshot");
     assert_eq!(snapshot["revenue"]["today_minor"], 2_500, "{snapshot}");
+    let copies = pulseboard::rabbitmq::Topology::depth(&bystander, &bystander_queue)
+        .await
+        .expect("bystander depth");
+    assert_eq!(copies, 0, "replays reach the service's queue alone");
+    let _ = bystander_link.close(200, "done").await;
 
     // Purge: refused without confirm (and audited), done with it.
     channel
