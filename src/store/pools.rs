@@ -1,7 +1,8 @@
 //! Opening the store: the pools of either backend and the settings every connection gets,
 //! the SQLite file and folder created on first start, a connection left inside a failed
 //! transaction kept out of its pool, and why a PostgreSQL pool that timed out got no
-//! connection. Statements are elsewhere; this file only connects.
+//! connection; the ping that says whether the database answers, and closing. No statement of
+//! the store's data is here.
 
 use super::{DedupeWindow, Store, StoreError};
 use crate::aggregate::MAX_AGE_MS;
