@@ -309,6 +309,7 @@ fn start_ingest(
     inputs: LeaderInputs,
     tasks: &mut Tasks,
 ) {
+    let snapshot_interval = Duration::from_millis(args.snapshot_interval_ms);
     let context = Arc::new(IngestContext {
         core: core.clone(),
         settings: IngestSettings {
@@ -319,11 +320,13 @@ fn start_ingest(
                 active_window_ms: args.active_window_secs as i64 * 1000,
                 timezone: args.timezone,
             },
-            snapshot_interval: Duration::from_millis(args.snapshot_interval_ms),
+            snapshot_interval,
             // Several batches of credit: the broker keeps delivering while one commits.
             prefetch: 10_000,
             max_batch: 2_000,
-            batch_linger: Duration::from_millis(5),
+            // Each tick cuts the batch (`ingest::term`); with ticks far apart, a message still
+            // waits at most a second for its acknowledgement.
+            batch_linger: snapshot_interval.min(Duration::from_secs(1)),
             dedupe_window_ms: i64::from(args.dedupe_window_secs) * 1_000,
             demo: args.demo,
             local_demo: inputs.local.is_some(),

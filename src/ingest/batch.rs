@@ -125,6 +125,13 @@ impl Batch {
         self.messages - self.events.len() - self.rejected
     }
 
+    /// Due now, full or not: a snapshot tick takes everything gathered before it.
+    pub(super) fn cut(&mut self) {
+        if self.messages > 0 {
+            self.deadline = Some(Instant::now());
+        }
+    }
+
     pub(super) fn is_due(&self, max_batch: usize) -> bool {
         self.messages >= max_batch || self.deadline.is_some_and(|d| Instant::now() >= d)
     }
@@ -203,6 +210,17 @@ mod tests {
         add_event(&mut full, "a", 1);
         add_event(&mut full, "b", 2);
         assert!(full.is_due(2), "full, before its linger");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_cut_makes_a_gathered_batch_due_before_its_linger_and_leaves_an_empty_one_alone() {
+        let mut empty = Batch::with_capacity(3);
+        empty.cut();
+        assert!(!empty.is_due(3), "nothing to commit");
+        let mut batch = Batch::with_capacity(3);
+        add_event(&mut batch, "a", 1);
+        batch.cut();
+        assert!(batch.is_due(3), "due at once, {LINGER:?} before its linger");
     }
 
     #[tokio::test(start_paused = true)]

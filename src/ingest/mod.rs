@@ -54,6 +54,7 @@ pub(crate) struct IngestSettings {
     pub snapshot_interval: Duration,
     pub prefetch: u16,
     pub max_batch: usize,
+    /// The longest a batch waits after its first message when no snapshot tick cuts it first.
     pub batch_linger: Duration,
     /// `PULSEBOARD_DEDUPE_WINDOW_SECS`: events older than this are refused (`too_old`).
     pub dedupe_window_ms: i64,

@@ -31,6 +31,11 @@ pub(super) struct Pipeline {
     max_batch: usize,
     /// The console's sampled event tail, fed from applied events.
     tail: Sampler,
+    /// Messages gathered this term, and of them those settled: acknowledged after their
+    /// batch landed, or dropped to come back from the broker. A snapshot that must include
+    /// everything gathered before it waits until the second reaches its mark ([`Pipeline::cut`]).
+    gathered: u64,
+    settled: u64,
 }
 
 /// What applying a committed batch changed, for the next snapshot.
@@ -119,7 +124,22 @@ impl Pipeline {
             lease,
             max_batch,
             tail: Sampler::default(),
+            gathered: 0,
+            settled: 0,
         }
+    }
+
+    /// Makes the batch being gathered due now; returns the mark of everything gathered so far,
+    /// settled once [`Pipeline::has_settled`] says so.
+    pub(super) fn cut(&mut self) -> u64 {
+        self.gathering.cut();
+        self.gathered
+    }
+
+    /// Every message gathered before `mark` was taken has landed in the figures (or was
+    /// dropped, to come back from the broker).
+    pub(super) fn has_settled(&self, mark: u64) -> bool {
+        self.settled >= mark
     }
 
     /// Whether another message fits in the batch being gathered.
@@ -195,6 +215,7 @@ impl Pipeline {
         }
         self.gathering
             .add_message(tag, feed.link_generation(), context.settings.batch_linger);
+        self.gathered += 1;
     }
 
     /// Decides what a decoded message becomes: an event of the batch (with room reserved in
@@ -218,6 +239,7 @@ impl Pipeline {
     /// its events reserved.
     pub(super) fn drop_gathering(&mut self, aggregator: &mut Aggregator) {
         aggregator.release(self.gathering.events());
+        self.settled += self.gathering.messages() as u64;
         self.gathering.clear();
     }
 
@@ -237,6 +259,7 @@ impl Pipeline {
         batch.open_span();
         if batch.events().is_empty() {
             acknowledge(context, &mut batch, feed).await;
+            self.settled += batch.messages() as u64;
             batch.span().record("new", 0);
             batch.span().record("duplicates", batch.repeats());
             tracing::debug!(parent: batch.span(), "batch acknowledged: nothing to commit");
@@ -335,6 +358,7 @@ impl Pipeline {
         // If it fails, the broker redelivers them and the store recognises them as duplicates.
         acknowledge(context, &mut batch, feed).await;
         let (counted, landed) = self.apply(context, aggregator, &batch, &applied);
+        self.settled += batch.messages() as u64;
         aggregator.release(batch.events());
         batch.span().record("new", counted.new);
         batch.span().record("ignored", counted.ignored);

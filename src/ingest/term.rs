@@ -3,14 +3,18 @@
 //! following an operator's pause, closing finished minutes, pruning.
 //!
 //! A single task owns the aggregator, so no lock guards it. It waits on the next message, the
-//! batch being committed, the end of the batching linger, and the snapshot tick. The commit
-//! runs in a task of its own while the next batch is gathered and decoded, so the database
-//! never waits for the broker and the broker (up to `prefetch` messages ahead) never waits for
-//! the database. The next batch, when due, starts committing as soon as the one before it
-//! lands, before that one's acknowledgement goes out, unless it may hold late events: those
-//! are judged against figures that include every batch before (`Aggregator::judge`). For the
-//! same reason the batch in flight lands before a minute is closed: the closed point includes
-//! every batch judged while it was open.
+//! batch being committed, the end of the batching linger, and the snapshot tick. A batch is
+//! due when full or at the tick: each tick cuts the batch being gathered, and the tick's
+//! snapshot goes out once everything gathered before the tick has landed, so a snapshot holds
+//! every event that arrived before its tick and a steady stream commits about once a tick (the
+//! linger only bounds how long a message waits when ticks are far apart). The commit runs in
+//! a task of its own while the next batch is gathered and decoded, so the database never
+//! waits for the broker and the broker (up to `prefetch` messages ahead) never waits for the
+//! database. The next batch, when due, starts committing as soon as the one before it lands,
+//! before that one's acknowledgement goes out, unless it may hold late events: those are
+//! judged against figures that include every batch before (`Aggregator::judge`). For the same
+//! reason everything gathered lands before a minute is closed: the closed point includes every
+//! event that arrived while it was open.
 //!
 //! Failure handling: a lost broker drops the uncommitted batch (the broker redelivers it) and
 //! reconnects with backoff while snapshots go on; a lost lease or a database error ends the term.
@@ -73,6 +77,8 @@ struct Term<'a> {
     /// change. Requests never publish themselves, so a flood of them still makes at most one
     /// snapshot per tick.
     refresh_asked: bool,
+    /// The last tick's snapshot, while the batches holding what was gathered before it commit.
+    snapshot_due: Option<SnapshotDue>,
     /// The history the comparisons sum over, read once at the start and then a minute at a
     /// time as minutes close: no snapshot asks the database.
     baselines: Baselines,
@@ -147,6 +153,7 @@ impl<'a> Term<'a> {
             paused,
             last_pause_check: Instant::now(),
             refresh_asked: false,
+            snapshot_due: None,
         })
     }
 
@@ -187,6 +194,7 @@ impl<'a> Term<'a> {
                     _ = tick.tick() => self.on_tick(feed).await?,
                     Some(()) = refresh.recv() => self.refresh_asked = true,
                 }
+                self.publish_when_settled(feed).await?;
             }
         }
         .await;
@@ -298,6 +306,35 @@ impl<'a> Term<'a> {
         if self.last_prune.elapsed() >= PRUNE_EVERY {
             self.prune(now);
         }
+        // The snapshot of this tick includes everything gathered before it: the batch being
+        // gathered commits now (or right after the one in flight), and the snapshot follows
+        // its landing. Between ticks a batch waits to be full, so a steady stream commits
+        // about once a tick instead of once a linger.
+        let mark = self.pipeline.cut();
+        if !self.pipeline.is_committing() {
+            self.start_commit(feed).await;
+        }
+        let (late, due) = SnapshotDue::at_tick(self.snapshot_due.take(), mark, refresh);
+        self.snapshot_due = Some(due);
+        if let Some(refresh) = late {
+            self.publish(refresh, feed).await?;
+        }
+        Ok(())
+    }
+
+    /// Publishes the tick's snapshot once everything gathered before the tick has landed.
+    async fn publish_when_settled(&mut self, feed: &Feed<'_>) -> Result<(), LeadEnd> {
+        match self.snapshot_due {
+            Some(due) if self.pipeline.has_settled(due.mark) => {
+                self.snapshot_due = None;
+                self.publish(due.refresh, feed).await
+            }
+            _ => Ok(()),
+        }
+    }
+
+    async fn publish(&mut self, refresh: bool, feed: &Feed<'_>) -> Result<(), LeadEnd> {
+        let now = now_ms();
         let standing = Standing {
             connected: feed.connected(),
             paused: self.paused,
@@ -367,8 +404,8 @@ impl<'a> Term<'a> {
     }
 
     /// Writes "active users at the end of the minute" for the minute that just ended, once
-    /// the batch in flight has landed: it was judged while the minute was open, so its events
-    /// of it are on time and must be in the point.
+    /// everything gathered has landed: it arrived while the minute was open, so its events of
+    /// it are on time and must be in the point.
     async fn close_finished_minutes(
         &mut self,
         now: Millis,
@@ -376,11 +413,7 @@ impl<'a> Term<'a> {
     ) -> Result<(), LeadEnd> {
         let minute = minute_of(now);
         if minute > self.current_minute {
-            let landed = self
-                .pipeline
-                .finish_commit(self.context, &mut self.aggregator, feed)
-                .await?;
-            self.land(landed);
+            self.flush(feed).await?;
             let closed = self.current_minute;
             let active = self.aggregator.close_minute(closed);
             self.context.core.store.close_minute(closed, active).await?;
@@ -422,5 +455,51 @@ async fn sleep_until(deadline: Option<Instant>) {
     match deadline {
         Some(deadline) => tokio::time::sleep_until(deadline).await,
         None => std::future::pending().await,
+    }
+}
+
+/// A tick's snapshot, due once every message gathered before the tick has settled.
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct SnapshotDue {
+    mark: u64,
+    refresh: bool,
+}
+
+impl SnapshotDue {
+    /// At a tick: this tick's snapshot, due at `mark`, and whether the last tick's goes out
+    /// now (`Some(refresh)`). That one still waits a whole tick later only when its batch has
+    /// not landed (a slow database): it goes out without it, answering the refreshes asked so
+    /// far, so that snapshots keep coming, a tick late, whatever a commit does.
+    fn at_tick(waiting: Option<SnapshotDue>, mark: u64, refresh: bool) -> (Option<bool>, Self) {
+        match waiting {
+            Some(late) => (
+                Some(late.refresh || refresh),
+                SnapshotDue {
+                    mark,
+                    refresh: false,
+                },
+            ),
+            None => (None, SnapshotDue { mark, refresh }),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::SnapshotDue;
+
+    #[test]
+    fn a_tick_s_snapshot_waits_for_its_mark_and_the_last_one_still_waiting_goes_out_at_once() {
+        let due = |mark, refresh| SnapshotDue { mark, refresh };
+        assert_eq!(SnapshotDue::at_tick(None, 7, true), (None, due(7, true)));
+        assert_eq!(
+            SnapshotDue::at_tick(Some(due(7, false)), 9, true),
+            (Some(true), due(9, false)),
+            "the refresh is answered by the late snapshot, not a second one this tick"
+        );
+        assert_eq!(
+            SnapshotDue::at_tick(Some(due(7, true)), 9, false),
+            (Some(true), due(9, false))
+        );
     }
 }

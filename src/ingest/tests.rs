@@ -1,6 +1,6 @@
 //! A leader's term driven through the in-process feed, over an in-memory SQLite store: which
 //! messages become events of a batch, which are duplicates or refused, and that every batch
-//! (full, or cut by its linger) is committed once and shows in the snapshot.
+//! (full, cut by a tick, or by its linger) is committed once and shows in the snapshot.
 
 use super::{term, IngestContext, IngestSettings, LeaderInputs, LEASE_TTL_MS};
 use crate::aggregate::{AggregateSettings, MAX_AMOUNT_MINOR};
@@ -77,12 +77,7 @@ fn counted(context: &IngestContext, kind: &str, outcome: &str) -> u64 {
 /// `today_minor` is `expected` (failing after 10 s), then stops it.
 async fn lead_until(context: &IngestContext, messages: Vec<RawMessage>, expected: i64) {
     let lease = take_lease(context).await;
-    let (sender, receiver) = mpsc::channel(messages.len().max(1));
-    let (_refresh, refresh) = mpsc::channel(1);
-    let mut inputs = LeaderInputs {
-        local: Some(receiver),
-        refresh,
-    };
+    let (sender, _ask, mut inputs) = local_inputs();
     let shutdown = CancellationToken::new();
     let term = term::lead(context, lease, &mut inputs, &shutdown);
     let drive = async {
@@ -111,6 +106,18 @@ async fn lead_until(context: &IngestContext, messages: Vec<RawMessage>, expected
     assert_eq!(today, Some(expected), "today's revenue within 10 s");
 }
 
+/// A leader's inputs through the in-process feed, with what drives them: a sender of messages
+/// and one of refresh requests.
+fn local_inputs() -> (mpsc::Sender<RawMessage>, mpsc::Sender<()>, LeaderInputs) {
+    let (feed, local) = mpsc::channel(100);
+    let (ask, refresh) = mpsc::channel(1);
+    let inputs = LeaderInputs {
+        local: Some(local),
+        refresh,
+    };
+    (feed, ask, inputs)
+}
+
 async fn take_lease(context: &IngestContext) -> crate::store::Lease {
     context
         .core
@@ -133,13 +140,8 @@ async fn a_flood_of_refreshes_publishes_at_most_one_snapshot_per_tick() {
     let interval = Duration::from_millis(50);
     context.settings.snapshot_interval = interval;
     let lease = take_lease(&context).await;
-    let (ask, refresh) = mpsc::channel(1);
     // The in-process feed stays open, and nothing comes through it.
-    let (_feed, local) = mpsc::channel(1);
-    let mut inputs = LeaderInputs {
-        local: Some(local),
-        refresh,
-    };
+    let (_feed, ask, mut inputs) = local_inputs();
     let shutdown = CancellationToken::new();
     let term = term::lead(&context, lease, &mut inputs, &shutdown);
     let flood = Duration::from_millis(500);
@@ -171,7 +173,9 @@ async fn a_flood_of_refreshes_publishes_at_most_one_snapshot_per_tick() {
 
 #[tokio::test]
 async fn full_batches_and_a_lingering_one_are_each_committed_once() {
-    let context = context(2, Duration::from_millis(30)).await;
+    let mut context = context(2, Duration::from_millis(30)).await;
+    // Ticks far apart: the linger, not a tick, cuts the last batch.
+    context.settings.snapshot_interval = Duration::from_secs(1);
     // The leader's `batch committed` lines, in the service's own text log, read back by
     // `batch_log`: the events of each batch committed, in commit order.
     let folder = tempfile::tempdir().expect("temporary folder");
@@ -195,6 +199,58 @@ async fn full_batches_and_a_lingering_one_are_each_committed_once() {
     assert_eq!(sizes, vec![2, 2, 1]);
     assert_eq!(counted(&context, "order.placed", "applied"), 5);
     assert_eq!(context.core.store.applied_count().await.expect("count"), 5);
+}
+
+/// A tick cuts the batch being gathered, however long its linger, and that tick's snapshot
+/// already holds it: the snapshot waits for the batch to land instead of showing it a tick
+/// later.
+#[tokio::test]
+async fn a_tick_commits_what_was_gathered_before_it_and_its_snapshot_shows_it() {
+    let mut context = context(100, Duration::from_secs(60)).await;
+    let interval = Duration::from_millis(500);
+    context.settings.snapshot_interval = interval;
+    let lease = take_lease(&context).await;
+    let (sender, ask, mut inputs) = local_inputs();
+    let shutdown = CancellationToken::new();
+    let term = term::lead(&context, lease, &mut inputs, &shutdown);
+    // Every tick publishes (a refresh is always asked): frames are ticks, one seq each.
+    let next_frame = |after: Option<i64>| {
+        let (context, ask) = (&context, &ask);
+        async move {
+            loop {
+                let _ = ask.try_send(());
+                let frame = context.core.hub.latest_frame();
+                if let Some(frame) = frame.filter(|f| Some(f.seq()) > after) {
+                    return frame;
+                }
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+        }
+    };
+    let drive = async {
+        let first = next_frame(None).await;
+        // Just after a tick's snapshot: the next tick is about 500 ms away.
+        let ticked = next_frame(Some(first.seq())).await;
+        for n in 1..=3 {
+            sender
+                .send(order(&format!("t{n}"), 100))
+                .await
+                .expect("sent");
+        }
+        let next = tokio::time::timeout(Duration::from_secs(5), next_frame(Some(ticked.seq())))
+            .await
+            .expect("the next tick's snapshot within 5 s");
+        shutdown.cancel();
+        (ticked, next)
+    };
+    let (end, (ticked, next)) = tokio::join!(term, drive);
+    assert!(matches!(end, super::LeadEnd::Shutdown), "{end}");
+    assert_eq!(ticked.snapshot.revenue.today_minor, 0);
+    assert_eq!(next.seq(), ticked.seq() + 1, "one tick later");
+    assert_eq!(
+        next.snapshot.revenue.today_minor, 300,
+        "the tick after the orders arrived shows them, with a linger of 60 s"
+    );
 }
 
 #[tokio::test]
