@@ -324,7 +324,7 @@ impl Pipeline {
     }
 
     /// Commits, acknowledges and applies everything received so far: the batch in flight,
-    /// then the one gathered (before a pause or a stop).
+    /// then the one gathered (before a pause, a stop or a minute's close).
     pub(super) async fn flush(
         &mut self,
         context: &IngestContext,
