@@ -4,10 +4,11 @@
 //!
 //! A single task owns the aggregator, so no lock guards it. It waits on the next message, the
 //! batch being committed, the end of the batching linger, and the snapshot tick. A batch is
-//! due when full or at the tick: each tick cuts the batch being gathered, and the tick's
-//! snapshot goes out once everything gathered before the tick has landed, so a snapshot holds
-//! every event that arrived before its tick and a steady stream commits about once a tick (the
-//! linger only bounds how long a message waits when ticks are far apart). The commit runs in
+//! due when full, when its linger has passed, or at the tick: each tick cuts the batch being
+//! gathered, and the tick's snapshot goes out once everything gathered before the tick has
+//! landed, so a snapshot holds every event that arrived before its tick. With a linger shorter
+//! than the interval (`startup`: four fifths), a steady stream commits twice a tick, and the
+//! snapshot waits only for the commit of what arrived since the first. The commit runs in
 //! a task of its own while the next batch is gathered and decoded, so the database never
 //! waits for the broker and the broker (up to `prefetch` messages ahead) never waits for the
 //! database. The next batch, when due, starts committing as soon as the one before it lands,
@@ -308,8 +309,8 @@ impl<'a> Term<'a> {
         }
         // The snapshot of this tick includes everything gathered before it: the batch being
         // gathered commits now (or right after the one in flight), and the snapshot follows
-        // its landing. Between ticks a batch waits to be full, so a steady stream commits
-        // about once a tick instead of once a linger.
+        // its landing. Between ticks a batch waits to be full or for its linger, so a steady
+        // stream commits a few times a tick, not once every few milliseconds.
         let mark = self.pipeline.cut();
         if !self.pipeline.is_committing() {
             self.start_commit(feed).await;
